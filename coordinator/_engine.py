@@ -1,0 +1,316 @@
+"""The I/O shell around :class:`SchedulerState`: inbox, group commit, dispatch, watchers.
+
+One loop owns the state machine. gRPC handlers only :meth:`Engine.post` events and wake
+it. Each turn it drains every queued event, feeds them to the state machine, asks it to
+schedule, commits all resulting records to the store in one transaction, and only then
+sends assignments to workers and updates to watchers. While a commit is in flight new
+events pile up and ride the next turn together: batching grows with load by itself and
+costs nothing when idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+
+from xpipe._proto import common_pb2 as pb
+from xpipe._proto import pipeline_pb2, worker_pb2
+
+from ._events import (
+    Action,
+    Assign,
+    CancelAttempts,
+    DrainWorker,
+    Event,
+    RunRecord,
+    RunRestored,
+    RunSubmitted,
+    TaskRecord,
+    Tick,
+)
+from ._state import TERMINAL_RUN_STATES, SchedulerState
+from ._store import Store
+from ._validate import validate_spec
+
+__all__ = ["Engine", "EngineConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Scheduling knobs of one coordinator."""
+
+    #: Assignments a worker may hold beyond its slots (hides the round trip for short tasks).
+    prefetch: int = 8
+    #: A worker unheard of for this long is lost; its attempts go to other workers.
+    heartbeat_timeout_s: float = 10.0
+    #: How often workers send heartbeats (told to them on registration).
+    heartbeat_interval_s: float = 1.0
+    #: How often timers (retries, heartbeat deadlines) are checked.
+    tick_interval_s: float = 0.1
+    #: Finished runs kept in memory for fast GetRun; older ones are read from the store.
+    finished_runs_in_memory: int = 64
+
+
+@dataclass(slots=True)
+class _Session:
+    """One connected worker stream: what the engine sends to it goes through ``outbox``."""
+
+    worker_id: str
+    outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+
+class Engine:
+    def __init__(self, store: Store, config: EngineConfig = EngineConfig()):
+        self.store = store
+        self.config = config
+        self.state = SchedulerState(prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s)
+        self.sessions: dict[str, _Session] = {}
+        self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self._inbox: list[Event] = []
+        self._submits: dict[str, asyncio.Future] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._stopping = False
+        self.turns = 0
+        self.error: BaseException | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Resume every unfinished run from the store, then start the loops."""
+        now = time.time()
+        for stored in await self.store.load_unfinished():
+            if stored.spec is None:
+                log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id)
+                continue
+            order = tuple(validate_spec(stored.spec))
+            self.post(RunRestored(now, stored.header.run_id, stored.spec, order, stored.header.created_at, stored.tasks))
+            log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name)
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="xpipe-engine"),
+            asyncio.create_task(self._ticker(), name="xpipe-ticker"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops (idempotent); outstanding submits fail with an error."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*self._tasks, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                log.error("engine loop ended with an error", exc_info=result)
+        for fut in self._submits.values():
+            if not fut.done():
+                fut.set_exception(RuntimeError("coordinator is shutting down"))
+        for session in self.sessions.values():
+            session.outbox.put_nowait(None)
+        for queues in self._watchers.values():
+            for q in queues:
+                q.put_nowait(None)
+
+    # ------------------------------------------------------------------ inputs
+
+    def post(self, event: Event) -> None:
+        self._inbox.append(event)
+        self._wake.set()
+
+    async def submit(self, spec: pb.PipelineSpec, *, idempotency_key: str = "") -> str:
+        """Validate, persist and start a run; returns once the run is durable."""
+        order = tuple(validate_spec(spec))
+        run_id = uuid.uuid4().hex[:16] if not idempotency_key else uuid.uuid5(uuid.NAMESPACE_URL, idempotency_key).hex[:16]
+        if run_id in self.state.runs or run_id in self._submits:
+            return run_id
+        fut = asyncio.get_running_loop().create_future()
+        self._submits[run_id] = fut
+        self.post(RunSubmitted(time.time(), run_id, spec, order))
+        try:
+            await fut
+        finally:
+            self._submits.pop(run_id, None)
+        return run_id
+
+    def connect_worker(self, worker_id: str) -> _Session:
+        old = self.sessions.get(worker_id)
+        if old is not None:
+            old.outbox.put_nowait(None)  # a stale stream of the same worker ends
+        session = self.sessions[worker_id] = _Session(worker_id)
+        return session
+
+    def disconnect_worker(self, session: _Session) -> bool:
+        """Forget a stream; False if a newer stream of the same worker replaced it."""
+        if self.sessions.get(session.worker_id) is session:
+            del self.sessions[session.worker_id]
+            return True
+        return False
+
+    def watch(self, run_id: str) -> asyncio.Queue:
+        q: asyncio.Queue = asyncio.Queue()
+        self._watchers[run_id].add(q)
+        return q
+
+    def unwatch(self, run_id: str, q: asyncio.Queue) -> None:
+        queues = self._watchers.get(run_id)
+        if queues is not None:
+            queues.discard(q)
+            if not queues:
+                del self._watchers[run_id]
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_interval_s)
+            self.post(Tick(time.time()))
+
+    async def _loop(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._turn()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:
+                # A store failure must not be acted on as if it were durable: fail loudly.
+                self.error = exc
+                log.critical("engine turn failed; coordinator cannot go on", exc_info=True)
+                for fut in self._submits.values():
+                    if not fut.done():
+                        fut.set_exception(exc)
+                raise
+
+    async def _turn(self) -> None:
+        events, self._inbox = self._inbox, []
+        if not events:
+            return
+        self.turns += 1
+        state = self.state
+        actions: list[Action] = []
+        submitted: list[str] = []
+        for event in events:
+            actions.extend(state.handle(event))
+            if isinstance(event, RunSubmitted):
+                submitted.append(event.run_id)
+        actions.extend(state.schedule(time.time()))
+        records = [a for a in actions if isinstance(a, (RunRecord, TaskRecord))]
+        if records:
+            await self.store.commit(records)
+        for run_id in submitted:
+            fut = self._submits.get(run_id)
+            if fut is not None and not fut.done():
+                fut.set_result(run_id)
+        self._dispatch(actions)
+        if records:
+            self._notify(records)
+
+    def _dispatch(self, actions: list[Action]) -> None:
+        batches: dict[str, worker_pb2.AssignmentBatch] = {}
+        for action in actions:
+            if isinstance(action, Assign):
+                batch = batches.get(action.worker_id)
+                if batch is None:
+                    batch = batches[action.worker_id] = worker_pb2.AssignmentBatch()
+                batch.code.extend(action.code)
+                run_id, task, attempt = action.attempt
+                batch.assignments.append(
+                    worker_pb2.Assignment(
+                        attempt=worker_pb2.AttemptRef(run_id=run_id, task=task, attempt=attempt),
+                        task=action.task,
+                        upstream=action.upstream,
+                    )
+                )
+            elif isinstance(action, CancelAttempts):
+                self._send(
+                    action.worker_id,
+                    worker_pb2.CoordinatorMessage(
+                        cancel=worker_pb2.Cancel(
+                            attempts=[worker_pb2.AttemptRef(run_id=r, task=t, attempt=a) for r, t, a in action.attempts]
+                        )
+                    ),
+                )
+            elif isinstance(action, DrainWorker):
+                self._send(action.worker_id, worker_pb2.CoordinatorMessage(drain=worker_pb2.Drain()))
+        for worker_id, batch in batches.items():
+            self._send(worker_id, worker_pb2.CoordinatorMessage(assignments=batch))
+
+    def _send(self, worker_id: str, message: worker_pb2.CoordinatorMessage) -> None:
+        session = self.sessions.get(worker_id)
+        if session is None:
+            # The worker's stream is gone; the heartbeat deadline will requeue its attempts.
+            log.info("worker %s has no stream; message dropped", worker_id)
+            return
+        session.outbox.put_nowait(message)
+
+    def _notify(self, records: list[Action]) -> None:
+        changed: dict[str, list[pipeline_pb2.TaskInfo]] = defaultdict(list)
+        finished: list[str] = []
+        for rec in records:
+            if isinstance(rec, TaskRecord):
+                if rec.run_id in self._watchers:
+                    changed[rec.run_id].append(task_info(rec))
+            elif rec.state in TERMINAL_RUN_STATES:
+                finished.append(rec.run_id)
+                changed.setdefault(rec.run_id, [])
+        for run_id, infos in changed.items():
+            queues = self._watchers.get(run_id)
+            run = self.state.runs.get(run_id)
+            if not queues or run is None:
+                continue
+            event = pipeline_pb2.RunEvent(summary=run.summary(), changed=infos)
+            for q in queues:
+                q.put_nowait(event)
+        for run_id in finished:
+            self._finished[run_id] = None
+        while len(self._finished) > self.config.finished_runs_in_memory:
+            old, _ = self._finished.popitem(last=False)
+            self.state.forget_run(old)
+
+    # ------------------------------------------------------------------ queries
+
+    async def run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:
+        run = self.state.runs.get(run_id)
+        if run is not None:
+            infos = [task_info(rec, include_results) for rec in self.state.iter_records(run_id)]
+            return pipeline_pb2.RunInfo(summary=run.summary(), tasks=infos)
+        stored = await self.store.get_run(run_id, with_results=include_results)
+        if stored is None:
+            return None
+        h = stored.header
+        infos = [task_info(rec, include_results) for rec in stored.tasks.values()]
+        known = {i.name for i in infos}
+        if stored.spec is not None:
+            infos.extend(
+                pipeline_pb2.TaskInfo(name=t.name, state=pb.CANCELLED if h.state == pb.RUN_CANCELLED else pb.PENDING)
+                for t in stored.spec.tasks
+                if t.name not in known
+            )
+        summary = pipeline_pb2.RunSummary(
+            run_id=h.run_id, pipeline=h.name, state=h.state, created_at=h.created_at, finished_at=h.finished_at,
+            total_tasks=h.total,
+            succeeded_tasks=sum(1 for i in infos if i.state == pb.SUCCEEDED),
+            failed_tasks=sum(1 for i in infos if i.state in (pb.FAILED, pb.UPSTREAM_FAILED)),
+        )  # fmt: skip
+        return pipeline_pb2.RunInfo(summary=summary, tasks=infos)
+
+
+def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.TaskInfo:
+    info = pipeline_pb2.TaskInfo(
+        name=rec.name, state=rec.state, attempts=rec.attempt, worker=rec.worker,
+        started_at=rec.started_at, finished_at=rec.finished_at,
+    )  # fmt: skip
+    if rec.error is not None:
+        info.error.CopyFrom(rec.error)
+    if include_result and rec.result is not None:
+        info.result.CopyFrom(rec.result)
+    return info

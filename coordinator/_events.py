@@ -1,0 +1,192 @@
+"""Events into and actions out of the coordinator's state machine.
+
+Events and actions are frozen, slotted dataclasses so they can be logged, compared in
+tests and never mutated by the shell after the fact. Every event carries ``now`` (unix
+seconds): the state machine reads no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from xpipe._proto import common_pb2
+
+__all__ = [
+    "AttemptKey",
+    "Event",
+    "RunSubmitted",
+    "RunRestored",
+    "WorkerConnected",
+    "WorkerDisconnected",
+    "HeartbeatReceived",
+    "TaskStarted",
+    "TaskSucceeded",
+    "TaskFailed",
+    "TaskReleased",
+    "CancelRequested",
+    "DrainRequested",
+    "Tick",
+    "Action",
+    "RunRecord",
+    "TaskRecord",
+    "Assign",
+    "CancelAttempts",
+    "DrainWorker",
+]
+
+#: (run_id, task name, attempt number) names one attempt of one task.
+AttemptKey = tuple[str, str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunSubmitted(Event):
+    run_id: str
+    spec: common_pb2.PipelineSpec
+    order: tuple[str, ...]  # a topological order, from validate_graph
+
+
+@dataclass(frozen=True, slots=True)
+class RunRestored(Event):
+    """A run read back from the store after a restart (``tasks`` maps name -> TaskRecord)."""
+
+    run_id: str
+    spec: common_pb2.PipelineSpec
+    order: tuple[str, ...]
+    created_at: float
+    tasks: dict[str, TaskRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConnected(Event):
+    worker_id: str
+    name: str
+    host: str
+    slots: int
+    handlers: frozenset[str] = frozenset()
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: common_pb2.Resources | None = None
+    running: tuple[AttemptKey, ...] = ()
+    accepts_pickled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerDisconnected(Event):
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReceived(Event):
+    worker_id: str
+    running: tuple[AttemptKey, ...] = ()
+    metrics: Any = None
+    draining: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStarted(Event):
+    worker_id: str
+    attempt: AttemptKey
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded(Event):
+    worker_id: str
+    attempt: AttemptKey
+    at: float
+    result: common_pb2.Payload
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed(Event):
+    worker_id: str
+    attempt: AttemptKey
+    at: float
+    error: common_pb2.TaskError
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReleased(Event):
+    """The worker gives an attempt back unstarted (it is draining or stopping)."""
+
+    worker_id: str
+    attempt: AttemptKey
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested(Event):
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainRequested(Event):
+    worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tick(Event):
+    """Time passed: retry timers and heartbeat deadlines are checked."""
+
+
+# ---- actions ----
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord(Action):
+    """Persist a run's header; ``spec`` is set only when the run is new."""
+
+    run_id: str
+    name: str
+    state: int  # common_pb2.RunState
+    created_at: float
+    finished_at: float
+    total: int
+    spec: common_pb2.PipelineSpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord(Action):
+    """Persist one task's latest state (the store keeps one row per task)."""
+
+    run_id: str
+    name: str
+    state: int  # common_pb2.TaskState
+    attempt: int
+    worker: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    error: common_pb2.TaskError | None = None
+    result: common_pb2.Payload | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Assign(Action):
+    worker_id: str
+    attempt: AttemptKey
+    task: common_pb2.TaskSpec
+    upstream: tuple[common_pb2.Payload, ...]
+    code: tuple[common_pb2.CodeBlob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAttempts(Action):
+    worker_id: str
+    attempts: tuple[AttemptKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DrainWorker(Action):
+    worker_id: str

@@ -1,0 +1,83 @@
+"""``xpipe-coordinator``: run one coordinator process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from ._engine import EngineConfig
+from ._server import Coordinator, write_ready_file
+from ._store import open_store
+
+log = logging.getLogger("xpipe.coordinator")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xpipe-coordinator", description="Run an xpipe coordinator.")
+    p.add_argument("--listen", default="127.0.0.1:7400", help="HOST:PORT to serve gRPC on (port 0 picks one)")
+    p.add_argument("--data-dir", default="./xpipe-data", type=Path, help="directory for the store and artifacts")
+    p.add_argument("--store", default="sqlite", help="'sqlite' (default, in --data-dir) or 'sqlite:///PATH'")
+    p.add_argument("--heartbeat-timeout-s", type=float, default=10.0, help="a silent worker is lost after this")
+    p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
+    p.add_argument("--prefetch", type=int, default=8, help="assignments a worker may hold beyond its slots")
+    p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def _serve(opts: argparse.Namespace) -> int:
+    if opts.heartbeat_timeout_s <= 0 or opts.heartbeat_interval_s <= 0:
+        raise SystemExit("xpipe-coordinator: heartbeat times must be positive")
+    if opts.heartbeat_interval_s >= opts.heartbeat_timeout_s:
+        raise SystemExit("xpipe-coordinator: --heartbeat-interval-s must be below --heartbeat-timeout-s")
+    if opts.prefetch < 0:
+        raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
+    try:
+        store = open_store(opts.store, opts.data_dir)
+    except ValueError as exc:
+        raise SystemExit(f"xpipe-coordinator: {exc}") from None
+    config = EngineConfig(
+        prefetch=opts.prefetch,
+        heartbeat_timeout_s=opts.heartbeat_timeout_s,
+        heartbeat_interval_s=opts.heartbeat_interval_s,
+    )
+    coordinator = Coordinator(store, listen=opts.listen, config=config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await coordinator.start()
+    if opts.ready_file:
+        write_ready_file(opts.ready_file, coordinator.address)
+    print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
+    engine_failed = asyncio.ensure_future(asyncio.gather(*coordinator.engine._tasks))
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({engine_failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if engine_failed in done:
+        log.critical("engine stopped: %r", coordinator.engine.error)
+        code = 1
+    stopper.cancel()
+    await coordinator.stop()
+    engine_failed.cancel()
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_serve(opts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""The coordinator's run/task state machine: pure, synchronous, no I/O, no clock.
+
+The gRPC servicers and the store loop (``_engine.py``) translate the outside world into
+:mod:`._events` events, feed them to :meth:`SchedulerState.handle`, then carry out the
+returned actions: first every ``RunRecord``/``TaskRecord`` is committed to the store (group
+commit), only then are ``Assign``/``CancelAttempts`` messages sent. A crash between the two
+therefore never loses a transition that a worker or client has seen.
+
+Task attempt states follow DESIGN.md::
+
+    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT
+    (and SKIPPED, CANCELLED, UPSTREAM_FAILED from the non-terminal states)
+
+Each attempt has a number. A result that names any attempt but the current one (a worker
+presumed lost, a cancelled attempt) is stale: it is counted in ``stale_results`` and
+dropped, so a task's completion is recorded exactly once.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+from xpipe._proto import common_pb2 as pb
+from xpipe._proto import pipeline_pb2
+
+from ._events import (
+    Action,
+    Assign,
+    AttemptKey,
+    CancelAttempts,
+    CancelRequested,
+    DrainRequested,
+    DrainWorker,
+    Event,
+    HeartbeatReceived,
+    RunRecord,
+    RunRestored,
+    RunSubmitted,
+    TaskFailed,
+    TaskRecord,
+    TaskReleased,
+    TaskStarted,
+    TaskSucceeded,
+    Tick,
+    WorkerConnected,
+    WorkerDisconnected,
+)
+
+__all__ = ["SchedulerState", "InvalidTransition", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
+
+log = logging.getLogger(__name__)
+
+TERMINAL_TASK_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.SKIPPED, pb.CANCELLED, pb.UPSTREAM_FAILED})
+TERMINAL_RUN_STATES = frozenset({pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED})
+_ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
+
+#: Every allowed task transition. ``_move`` refuses anything else.
+_ALLOWED: dict[int, frozenset[int]] = {
+    pb.PENDING: frozenset({pb.READY, pb.UPSTREAM_FAILED, pb.CANCELLED, pb.SKIPPED}),
+    pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED}),
+    pb.ASSIGNED: frozenset({pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED}),
+    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED}),
+    pb.RETRY_WAIT: frozenset({pb.READY, pb.CANCELLED}),
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A transition not in the table was attempted: a bug in the state machine."""
+
+
+class _Task:
+    __slots__ = (
+        "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
+        "deps", "waiting", "dependents", "failures", "retry_at",
+    )  # fmt: skip
+
+    def __init__(self, spec: pb.TaskSpec):
+        self.name = spec.name
+        self.spec = spec
+        self.state = pb.PENDING
+        self.attempt = 0
+        self.worker = ""
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.error: pb.TaskError | None = None
+        self.result: pb.Payload | None = None
+        # Unique upstream names: depends_on (positional) plus DataFlow sources.
+        self.deps: tuple[str, ...] = tuple(dict.fromkeys([*spec.depends_on, *(f.source_task for f in spec.flows)]))
+        self.waiting = 0
+        self.dependents: list[str] = []
+        self.failures = 0
+        self.retry_at = 0.0
+
+
+class _Run:
+    __slots__ = (
+        "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
+        "failed", "code", "retry_on_failure", "max_parallel", "inflight",
+    )  # fmt: skip
+
+    def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
+        self.run_id = run_id
+        self.name = spec.name
+        self.spec = spec
+        self.created_at = created_at
+        self.finished_at = 0.0
+        self.state = pb.RUN_RUNNING
+        self.tasks: dict[str, _Task] = {t.name: _Task(t) for t in spec.tasks}
+        self.terminal = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.code = {blob.code_hash: blob for blob in spec.code}
+        self.retry_on_failure = spec.retry_on_failure
+        self.max_parallel = spec.max_parallel
+        self.inflight = 0  # tasks ASSIGNED or RUNNING
+        for task in self.tasks.values():
+            for dep in task.deps:
+                self.tasks[dep].dependents.append(task.name)
+
+    def summary(self) -> pipeline_pb2.RunSummary:
+        return pipeline_pb2.RunSummary(
+            run_id=self.run_id, pipeline=self.name, state=self.state, created_at=self.created_at,
+            finished_at=self.finished_at, total_tasks=len(self.tasks), succeeded_tasks=self.succeeded,
+            failed_tasks=self.failed,
+        )  # fmt: skip
+
+
+class _Worker:
+    __slots__ = (
+        "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
+        "state", "connected", "last_seen", "sent_code", "metrics",
+    )  # fmt: skip
+
+    def __init__(self, worker_id: str, now: float):
+        self.worker_id = worker_id
+        self.name = worker_id
+        self.host = ""
+        self.slots = 0
+        self.handlers: frozenset[str] = frozenset()
+        self.labels: dict[str, str] = {}
+        self.resources: pb.Resources | None = None
+        self.accepts_pickled = True
+        self.assigned: dict[AttemptKey, float] = {}  # attempt -> when it was sent
+        self.state = "ready"  # ready | draining | lost
+        self.connected = False
+        self.last_seen = now
+        self.sent_code: set[str] = set()
+        self.metrics = None
+
+
+class SchedulerState:
+    """All runs, tasks and workers a coordinator knows, and the rules that move them.
+
+    Args:
+        prefetch: assignments a worker may hold beyond its slots, so it never idles
+            waiting for the next round trip.
+        heartbeat_timeout_s: a worker unheard of for this long is lost and its attempts
+            are requeued.
+        validate: check invariants after every event (tests turn this on).
+    """
+
+    def __init__(self, *, prefetch: int = 8, heartbeat_timeout_s: float = 10.0, validate: bool = False):
+        self.prefetch = prefetch
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.validate_each_step = validate
+        self.runs: dict[str, _Run] = {}
+        self.workers: dict[str, _Worker] = {}
+        self._ready: list[tuple[int, int, str, str]] = []  # (-priority, seq, run_id, task)
+        self._retries: list[tuple[float, int, str, str, int]] = []  # (at, seq, run_id, task, attempt)
+        self._seq = itertools.count()
+        self.stale_results = 0
+        self.recent: deque[Event] = deque(maxlen=200)  # for debugging
+
+    # ------------------------------------------------------------------ events
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions the shell must carry out, in order."""
+        self.recent.append(event)
+        out: list[Action] = []
+        match event:
+            case TaskSucceeded():
+                self._on_result(event, out)
+            case TaskFailed():
+                self._on_result(event, out)
+            case TaskStarted():
+                self._on_started(event, out)
+            case TaskReleased():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None:
+                    worker.assigned.pop(event.attempt, None)
+                self._requeue(event.attempt, event.now, out, reason=f"released by worker {event.worker_id}")
+            case HeartbeatReceived():
+                self._on_heartbeat(event, out)
+            case RunSubmitted():
+                self._on_submitted(event, out)
+            case RunRestored():
+                self._on_restored(event, out)
+            case WorkerConnected():
+                self._on_worker_connected(event, out)
+            case WorkerDisconnected():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None and worker.state != "lost":
+                    worker.connected = False
+                    worker.last_seen = event.now
+            case CancelRequested():
+                self._on_cancel(event, out)
+            case DrainRequested():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None and worker.state == "ready":
+                    worker.state = "draining"
+                    out.append(DrainWorker(worker.worker_id))
+            case Tick():
+                self._on_tick(event.now, out)
+            case _:
+                raise TypeError(f"unknown event {event!r}")
+        if self.validate_each_step:
+            self.validate()
+        return out
+
+    def _on_submitted(self, ev: RunSubmitted, out: list[Action]) -> None:
+        run = _Run(ev.run_id, ev.spec, ev.now)
+        self.runs[run.run_id] = run
+        out.append(self._run_record(run, spec=ev.spec))
+        for name in ev.order:
+            task = run.tasks[name]
+            task.waiting = len(task.deps)
+            if not task.deps:
+                self._move(run, task, pb.READY, out)
+
+    def _on_restored(self, ev: RunRestored, out: list[Action]) -> None:
+        run = _Run(ev.run_id, ev.spec, ev.created_at)
+        self.runs[run.run_id] = run
+        for name, rec in ev.tasks.items():
+            task = run.tasks.get(name)
+            if task is None:
+                continue
+            task.state, task.attempt, task.worker = rec.state, rec.attempt, rec.worker
+            task.started_at, task.finished_at = rec.started_at, rec.finished_at
+            task.error, task.result = rec.error, rec.result
+            if rec.state in TERMINAL_TASK_STATES:
+                self._count_terminal(run, task)
+            elif rec.state in _ACTIVE:
+                run.inflight += 1
+                # The worker may come back and report it; if not, the heartbeat deadline requeues it.
+                worker = self.workers.get(rec.worker)
+                if worker is None:
+                    worker = self.workers[rec.worker] = _Worker(rec.worker, ev.now)
+                worker.assigned[(run.run_id, name, rec.attempt)] = ev.now
+            elif rec.state == pb.RETRY_WAIT:
+                task.retry_at = ev.now
+                heapq.heappush(self._retries, (ev.now, next(self._seq), run.run_id, name, task.attempt))
+            elif rec.state == pb.READY:
+                self._push_ready(run, task)
+        for name in ev.order:
+            task = run.tasks[name]
+            task.waiting = sum(1 for d in task.deps if run.tasks[d].state != pb.SUCCEEDED)
+            if task.state == pb.PENDING and task.waiting == 0:
+                self._move(run, task, pb.READY, out)
+        self._maybe_finish(run, ev.now, out)
+
+    def _on_worker_connected(self, ev: WorkerConnected, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is None or worker.state == "lost":
+            worker = self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.now)
+        worker.name, worker.host, worker.slots = ev.name, ev.host, max(0, ev.slots)
+        worker.handlers, worker.labels, worker.resources = ev.handlers, dict(ev.labels), ev.resources
+        worker.accepts_pickled = ev.accepts_pickled
+        worker.connected, worker.last_seen, worker.state = True, ev.now, "ready"
+        worker.sent_code = set()  # a reconnecting worker may be a new process with an empty cache
+        for key in ev.running:  # attempts it still runs after a coordinator restart or a blip
+            task = self._current(key)
+            if task is not None and task.state in _ACTIVE:
+                worker.assigned.setdefault(key, ev.now)
+
+    def _on_heartbeat(self, ev: HeartbeatReceived, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is None or worker.state == "lost":
+            return
+        worker.last_seen = ev.now
+        worker.metrics = ev.metrics
+        if ev.draining and worker.state == "ready":
+            worker.state = "draining"
+        # An attempt the worker does not hold, sent long enough ago to have arrived, was lost
+        # in transit (a stream that broke mid-batch): requeue it.
+        held = set(ev.running)
+        grace = max(2.0, self.heartbeat_timeout_s / 2)
+        for key, sent_at in list(worker.assigned.items()):
+            if key not in held and ev.now - sent_at > grace:
+                del worker.assigned[key]
+                self._requeue(key, ev.now, out, reason="not held by its worker")
+
+    def _on_started(self, ev: TaskStarted, out: list[Action]) -> None:
+        task = self._current(ev.attempt)
+        if task is None or task.state != pb.ASSIGNED:
+            return
+        run = self.runs[ev.attempt[0]]
+        task.started_at = ev.at
+        self._move(run, task, pb.RUNNING, out)
+
+    def _on_result(self, ev: TaskSucceeded | TaskFailed, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is not None:
+            worker.assigned.pop(ev.attempt, None)
+            worker.last_seen = ev.now
+        task = self._current(ev.attempt)
+        if task is None or task.state not in _ACTIVE:
+            self.stale_results += 1
+            log.info("dropped stale result for attempt %s from worker %s", ev.attempt, ev.worker_id)
+            return
+        run = self.runs[ev.attempt[0]]
+        task.worker = ev.worker_id
+        task.finished_at = ev.at
+        task.started_at = ev.started_at or task.started_at or ev.at
+        if isinstance(ev, TaskSucceeded):
+            task.result = ev.result
+            task.error = None
+            self._move(run, task, pb.SUCCEEDED, out)
+            for name in task.dependents:
+                child = run.tasks[name]
+                child.waiting -= 1
+                if child.waiting == 0 and child.state == pb.PENDING:
+                    self._move(run, child, pb.READY, out)
+        else:
+            task.error = ev.error
+            task.failures += 1
+            retries = task.spec.retry.max_retries if run.retry_on_failure else 0
+            if ev.error.error_type != "CANCELLED" and task.failures <= retries:
+                delay = task.spec.retry.retry_delay_s
+                task.retry_at = ev.now + delay
+                self._move(run, task, pb.RETRY_WAIT, out)
+                heapq.heappush(self._retries, (task.retry_at, next(self._seq), run.run_id, task.name, task.attempt))
+            else:
+                self._move(run, task, pb.FAILED, out)
+                self._fail_dependents(run, task, out)
+        self._maybe_finish(run, ev.now, out)
+
+    def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
+        run = self.runs.get(ev.run_id)
+        if run is None or run.state in TERMINAL_RUN_STATES:
+            return
+        by_worker: dict[str, list[AttemptKey]] = {}
+        for task in run.tasks.values():
+            if task.state in TERMINAL_TASK_STATES:
+                continue
+            if task.state in _ACTIVE and task.worker:
+                by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
+            task.finished_at = ev.now
+            self._move(run, task, pb.CANCELLED, out)
+        for worker_id, keys in by_worker.items():
+            if worker_id in self.workers and self.workers[worker_id].connected:
+                out.append(CancelAttempts(worker_id, tuple(keys)))
+        self._maybe_finish(run, ev.now, out, cancelled=True)
+
+    def _on_tick(self, now: float, out: list[Action]) -> None:
+        while self._retries and self._retries[0][0] <= now:
+            _, _, run_id, name, attempt = heapq.heappop(self._retries)
+            run = self.runs.get(run_id)
+            task = run.tasks.get(name) if run else None
+            if task is not None and task.state == pb.RETRY_WAIT and task.attempt == attempt:
+                self._move(run, task, pb.READY, out)
+        deadline = now - self.heartbeat_timeout_s
+        for worker in self.workers.values():
+            if worker.state != "lost" and worker.last_seen < deadline:
+                self._lose_worker(worker, now, out)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def schedule(self, now: float) -> list[Action]:
+        """Hand ready tasks to workers with credit (free slots plus prefetch)."""
+        out: list[Action] = []
+        workers = [w for w in self.workers.values() if w.connected and w.state == "ready"]
+        credit = {w.worker_id: w.slots + self.prefetch - len(w.assigned) for w in workers}
+        open_workers = [w for w in workers if credit[w.worker_id] > 0]
+        deferred: list[tuple[int, int, str, str]] = []
+        while self._ready and open_workers:
+            entry = heapq.heappop(self._ready)
+            run = self.runs.get(entry[2])
+            task = run.tasks.get(entry[3]) if run else None
+            if task is None or task.state != pb.READY:
+                continue  # cancelled or already handled: lazy deletion
+            if run.max_parallel and run.inflight >= run.max_parallel:
+                worker = None
+            else:
+                worker = self._pick_worker(task, open_workers, credit)
+            if worker is None:
+                deferred.append(entry)
+                if len(deferred) >= 1024:
+                    break
+                continue
+            credit[worker.worker_id] -= 1
+            if credit[worker.worker_id] <= 0:
+                open_workers.remove(worker)
+            self._assign(run, task, worker, now, out)
+        for entry in deferred:
+            heapq.heappush(self._ready, entry)
+        return out
+
+    def _pick_worker(self, task: _Task, workers: list[_Worker], credit: dict[str, int]) -> _Worker | None:
+        spec = task.spec
+        kind = spec.WhichOneof("kind")
+        best, best_credit = None, 0
+        for worker in workers:
+            if kind == "handler" and spec.handler.name not in worker.handlers:
+                continue
+            if kind == "python" and spec.python.code_hash and not worker.accepts_pickled:
+                continue
+            if credit[worker.worker_id] > best_credit:
+                best, best_credit = worker, credit[worker.worker_id]
+        return best
+
+    def _assign(self, run: _Run, task: _Task, worker: _Worker, now: float, out: list[Action]) -> None:
+        task.attempt += 1
+        task.worker = worker.worker_id
+        task.started_at = 0.0
+        key = (run.run_id, task.name, task.attempt)
+        worker.assigned[key] = now
+        # The shell commits this ASSIGNED record before it sends the Assign that follows.
+        self._move(run, task, pb.ASSIGNED, out)
+        spec = task.spec
+        upstream = tuple(run.tasks[d].result or pb.Payload() for d in spec.depends_on) + tuple(
+            run.tasks[f.source_task].result or pb.Payload() for f in spec.flows
+        )
+        code: tuple[pb.CodeBlob, ...] = ()
+        code_hash = spec.python.code_hash if spec.WhichOneof("kind") == "python" else ""
+        if code_hash and code_hash not in worker.sent_code:
+            worker.sent_code.add(code_hash)
+            code = (run.code[code_hash],)
+        out.append(Assign(worker.worker_id, key, spec, upstream, code))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _current(self, key: AttemptKey) -> _Task | None:
+        run = self.runs.get(key[0])
+        task = run.tasks.get(key[1]) if run else None
+        if task is None or task.attempt != key[2]:
+            return None
+        return task
+
+    def _requeue(self, key: AttemptKey, now: float, out: list[Action], *, reason: str) -> None:
+        task = self._current(key)
+        if task is None or task.state not in _ACTIVE:
+            return
+        log.warning("requeueing attempt %s: %s", key, reason)
+        task.worker = ""
+        task.started_at = 0.0
+        self._move(self.runs[key[0]], task, pb.READY, out)
+
+    def _lose_worker(self, worker: _Worker, now: float, out: list[Action]) -> None:
+        log.warning("worker %s (%s) lost: no word for %.1fs", worker.name, worker.worker_id, now - worker.last_seen)
+        worker.state = "lost"
+        worker.connected = False
+        for key in list(worker.assigned):
+            self._requeue(key, now, out, reason=f"worker {worker.name} lost")
+        worker.assigned.clear()
+
+    def _fail_dependents(self, run: _Run, task: _Task, out: list[Action]) -> None:
+        stack = list(task.dependents)
+        while stack:
+            child = run.tasks[stack.pop()]
+            if child.state == pb.PENDING:
+                child.error = pb.TaskError(
+                    error_type="DEPENDENCY_FAILURE", message=f"upstream task {task.name!r} did not succeed"
+                )
+                self._move(run, child, pb.UPSTREAM_FAILED, out)
+                stack.extend(child.dependents)
+
+    def _move(self, run: _Run, task: _Task, to: int, out: list[Action]) -> None:
+        if to not in _ALLOWED.get(task.state, ()):
+            raise InvalidTransition(
+                f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(task.state)} -> {pb.TaskState.Name(to)}"
+            )
+        was_active = task.state in _ACTIVE
+        task.state = to
+        if to in _ACTIVE:
+            run.inflight += not was_active
+        elif was_active:
+            run.inflight -= 1
+        if to == pb.READY:
+            self._push_ready(run, task)
+        elif to in TERMINAL_TASK_STATES:
+            self._count_terminal(run, task)
+        out.append(
+            TaskRecord(
+                run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
+                task.error, task.result if to == pb.SUCCEEDED else None,
+            )  # fmt: skip
+        )
+
+    def _push_ready(self, run: _Run, task: _Task) -> None:
+        heapq.heappush(self._ready, (-task.spec.priority, next(self._seq), run.run_id, task.name))
+
+    @staticmethod
+    def _count_terminal(run: _Run, task: _Task) -> None:
+        run.terminal += 1
+        if task.state == pb.SUCCEEDED:
+            run.succeeded += 1
+        elif task.state in (pb.FAILED, pb.UPSTREAM_FAILED):
+            run.failed += 1
+
+    def _maybe_finish(self, run: _Run, now: float, out: list[Action], *, cancelled: bool = False) -> None:
+        if run.state in TERMINAL_RUN_STATES or run.terminal < len(run.tasks):
+            return
+        if cancelled or any(t.state == pb.CANCELLED for t in run.tasks.values()):
+            run.state = pb.RUN_CANCELLED
+        elif run.failed:
+            run.state = pb.RUN_FAILED
+        else:
+            run.state = pb.RUN_SUCCEEDED
+        run.finished_at = now
+        out.append(self._run_record(run))
+
+    @staticmethod
+    def _run_record(run: _Run, spec: pb.PipelineSpec | None = None) -> RunRecord:
+        return RunRecord(run.run_id, run.name, run.state, run.created_at, run.finished_at, len(run.tasks), spec)
+
+    # ------------------------------------------------------------------ queries
+
+    def forget_run(self, run_id: str) -> None:
+        """Drop a finished run from memory (the store still has it)."""
+        run = self.runs.get(run_id)
+        if run is not None and run.state in TERMINAL_RUN_STATES:
+            del self.runs[run_id]
+
+    def active_runs(self) -> int:
+        return sum(1 for r in self.runs.values() if r.state not in TERMINAL_RUN_STATES)
+
+    def worker_by_name(self, name: str) -> _Worker | None:
+        for worker in self.workers.values():
+            if worker.name == name and worker.state != "lost":
+                return worker
+        return None
+
+    def validate(self) -> None:
+        """Check invariants; raises AssertionError naming the first one broken."""
+        for run in self.runs.values():
+            terminal = 0
+            for task in run.tasks.values():
+                if task.state in TERMINAL_TASK_STATES:
+                    terminal += 1
+                if task.state in (pb.READY, pb.ASSIGNED, pb.RUNNING):
+                    for dep in task.deps:
+                        assert run.tasks[dep].state == pb.SUCCEEDED, f"{task.name} active before {dep} succeeded"
+                if task.state == pb.PENDING:
+                    unmet = sum(1 for d in task.deps if run.tasks[d].state != pb.SUCCEEDED)
+                    assert unmet == task.waiting, f"{task.name}: waiting={task.waiting}, unmet deps={unmet}"
+            assert terminal == run.terminal, f"run {run.run_id}: terminal count {run.terminal} != {terminal}"
+        for worker in self.workers.values():
+            if worker.state == "lost":
+                assert not worker.assigned, f"lost worker {worker.name} still holds attempts"
+            for key in worker.assigned:
+                task = self._current(key)
+                if task is not None and task.state in _ACTIVE:
+                    assert task.worker == worker.worker_id, f"{key} held by {worker.name} but assigned to {task.worker}"
+
+    def iter_records(self, run_id: str) -> Iterable[TaskRecord]:
+        run = self.runs[run_id]
+        for t in run.tasks.values():
+            yield TaskRecord(run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result)

@@ -1,0 +1,126 @@
+"""Encoding of task arguments and results into :class:`Payload` messages.
+
+Python-to-Python values use pickle (cloudpickle for what plain pickle refuses); values
+for or from other languages use JSON. Encoded data above ``ZSTD_THRESHOLD_BYTES`` is
+zstd-compressed: below it, compression costs more time than the bytes it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+import zstandard
+
+from ._proto import common_pb2
+from .errors import SerializationError
+
+__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty"]
+
+#: Encoded values at least this large are zstd-compressed.
+ZSTD_THRESHOLD_BYTES = 16 * 1024
+#: Largest encoded value carried inside a message.
+MAX_INLINE_BYTES = 48 * 1024 * 1024
+
+_CODECS = {"pickle": common_pb2.CODEC_PICKLE, "json": common_pb2.CODEC_JSON, "raw": common_pb2.CODEC_RAW}
+_compressor = zstandard.ZstdCompressor(level=3)
+_decompressor = zstandard.ZstdDecompressor()
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _pickle(value: Any, what: str) -> bytes:
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        pass
+    try:
+        import cloudpickle
+
+        return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialise {what} {_describe(value)} of type {type(value).__name__}: {exc}"
+        ) from exc
+
+
+def encode(
+    value: Any,
+    codec: str = "pickle",
+    *,
+    what: str = "value",
+    compress_threshold_bytes: int = ZSTD_THRESHOLD_BYTES,
+) -> common_pb2.Payload:
+    """Encode ``value`` with ``codec`` ("pickle", "json" or "raw").
+
+    Args:
+        what: names the value in error messages, e.g. ``"result of task 'load'"``.
+
+    Raises:
+        SerializationError: the value cannot be encoded, or is larger than MAX_INLINE_BYTES.
+    """
+    if codec == "pickle":
+        data = _pickle(value, what)
+    elif codec == "json":
+        try:
+            data = json.dumps(value, separators=(",", ":")).encode()
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(f"cannot encode {what} {_describe(value)} as JSON: {exc}") from exc
+    elif codec == "raw":
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise SerializationError(f"raw codec needs bytes for {what}, got {type(value).__name__}")
+        data = bytes(value)
+    else:
+        raise SerializationError(f"unknown codec {codec!r}; expected one of {sorted(_CODECS)}")
+    size = len(data)
+    compressed = size >= compress_threshold_bytes
+    if compressed:
+        data = _compressor.compress(data)
+    if len(data) > MAX_INLINE_BYTES:
+        raise SerializationError(
+            f"{what} is {len(data)} bytes encoded, over the {MAX_INLINE_BYTES}-byte limit for one value"
+        )
+    return common_pb2.Payload(codec=_CODECS[codec], zstd=compressed, data=data, size_bytes=size)
+
+
+def encode_json(value: Any, *, what: str = "value") -> common_pb2.Payload:
+    """Encode ``value`` as JSON (for results other languages must read)."""
+    return encode(value, "json", what=what)
+
+
+def empty() -> common_pb2.Payload:
+    """The payload that means "nothing here" (no extra arguments)."""
+    return common_pb2.Payload()
+
+
+def is_empty(payload: common_pb2.Payload) -> bool:
+    return payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data and not payload.artifact_ref
+
+
+def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
+    """Decode a payload made by :func:`encode` (or by any client following the API).
+
+    Raises:
+        SerializationError: the payload is corrupt or uses an unknown codec.
+    """
+    if payload.artifact_ref:
+        raise SerializationError(f"{what} lives in the artifact store ({payload.artifact_ref}); fetch it first")
+    data = payload.data
+    try:
+        if payload.zstd:
+            data = _decompressor.decompress(data, max_output_size=max(payload.size_bytes, 1))
+        if payload.codec == common_pb2.CODEC_PICKLE:
+            return pickle.loads(data)
+        if payload.codec == common_pb2.CODEC_JSON:
+            return json.loads(data)
+        if payload.codec == common_pb2.CODEC_RAW:
+            return bytes(data)
+    except Exception as exc:
+        raise SerializationError(f"cannot decode {what}: {type(exc).__name__}: {exc}") from exc
+    if payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data:
+        return None
+    raise SerializationError(f"cannot decode {what}: unknown codec {payload.codec}")

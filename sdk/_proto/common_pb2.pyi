@@ -1,0 +1,219 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CODEC_UNSPECIFIED: _ClassVar[Codec]
+    CODEC_PICKLE: _ClassVar[Codec]
+    CODEC_JSON: _ClassVar[Codec]
+    CODEC_RAW: _ClassVar[Codec]
+
+class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
+    RUN_PENDING: _ClassVar[RunState]
+    RUN_RUNNING: _ClassVar[RunState]
+    RUN_SUCCEEDED: _ClassVar[RunState]
+    RUN_FAILED: _ClassVar[RunState]
+    RUN_CANCELLED: _ClassVar[RunState]
+
+class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_STATE_UNSPECIFIED: _ClassVar[TaskState]
+    PENDING: _ClassVar[TaskState]
+    READY: _ClassVar[TaskState]
+    ASSIGNED: _ClassVar[TaskState]
+    RUNNING: _ClassVar[TaskState]
+    SUCCEEDED: _ClassVar[TaskState]
+    FAILED: _ClassVar[TaskState]
+    RETRY_WAIT: _ClassVar[TaskState]
+    SKIPPED: _ClassVar[TaskState]
+    CANCELLED: _ClassVar[TaskState]
+    UPSTREAM_FAILED: _ClassVar[TaskState]
+CODEC_UNSPECIFIED: Codec
+CODEC_PICKLE: Codec
+CODEC_JSON: Codec
+CODEC_RAW: Codec
+RUN_STATE_UNSPECIFIED: RunState
+RUN_PENDING: RunState
+RUN_RUNNING: RunState
+RUN_SUCCEEDED: RunState
+RUN_FAILED: RunState
+RUN_CANCELLED: RunState
+TASK_STATE_UNSPECIFIED: TaskState
+PENDING: TaskState
+READY: TaskState
+ASSIGNED: TaskState
+RUNNING: TaskState
+SUCCEEDED: TaskState
+FAILED: TaskState
+RETRY_WAIT: TaskState
+SKIPPED: TaskState
+CANCELLED: TaskState
+UPSTREAM_FAILED: TaskState
+
+class Payload(_message.Message):
+    __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes")
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    ZSTD_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_REF_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    codec: Codec
+    zstd: bool
+    data: bytes
+    artifact_ref: str
+    size_bytes: int
+    def __init__(self, codec: _Optional[_Union[Codec, str]] = ..., zstd: _Optional[bool] = ..., data: _Optional[bytes] = ..., artifact_ref: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class Resources(_message.Message):
+    __slots__ = ("cpu_cores", "memory_bytes", "gpu", "custom")
+    class CustomEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    GPU_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_FIELD_NUMBER: _ClassVar[int]
+    cpu_cores: float
+    memory_bytes: int
+    gpu: int
+    custom: _containers.ScalarMap[str, float]
+    def __init__(self, cpu_cores: _Optional[float] = ..., memory_bytes: _Optional[int] = ..., gpu: _Optional[int] = ..., custom: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class PythonCall(_message.Message):
+    __slots__ = ("import_path", "code_hash")
+    IMPORT_PATH_FIELD_NUMBER: _ClassVar[int]
+    CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    import_path: str
+    code_hash: str
+    def __init__(self, import_path: _Optional[str] = ..., code_hash: _Optional[str] = ...) -> None: ...
+
+class CommandCall(_message.Message):
+    __slots__ = ("argv", "env", "cwd")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ARGV_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CWD_FIELD_NUMBER: _ClassVar[int]
+    argv: _containers.RepeatedScalarFieldContainer[str]
+    env: _containers.ScalarMap[str, str]
+    cwd: str
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ...) -> None: ...
+
+class HandlerCall(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DataFlowBinding(_message.Message):
+    __slots__ = ("source_task", "key", "parameter")
+    SOURCE_TASK_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    PARAMETER_FIELD_NUMBER: _ClassVar[int]
+    source_task: str
+    key: str
+    parameter: str
+    def __init__(self, source_task: _Optional[str] = ..., key: _Optional[str] = ..., parameter: _Optional[str] = ...) -> None: ...
+
+class RetryPolicy(_message.Message):
+    __slots__ = ("max_retries", "retry_delay_s")
+    MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    max_retries: int
+    retry_delay_s: float
+    def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ...) -> None: ...
+
+class TaskSpec(_message.Message):
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    RETRY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    depends_on: _containers.RepeatedScalarFieldContainer[str]
+    python: PythonCall
+    command: CommandCall
+    handler: HandlerCall
+    args: Payload
+    flows: _containers.RepeatedCompositeFieldContainer[DataFlowBinding]
+    retry: RetryPolicy
+    timeout_s: float
+    resources: Resources
+    labels: _containers.ScalarMap[str, str]
+    priority: int
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class CodeBlob(_message.Message):
+    __slots__ = ("code_hash", "data")
+    CODE_HASH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    code_hash: str
+    data: bytes
+    def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PipelineSpec(_message.Message):
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    RETRY_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
+    code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
+    retry_on_failure: bool
+    labels: _containers.ScalarMap[str, str]
+    max_parallel: int
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ...) -> None: ...
+
+class TaskError(_message.Message):
+    __slots__ = ("error_type", "exception_type", "message", "traceback")
+    ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    error_type: str
+    exception_type: str
+    message: str
+    traceback: str
+    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,134 @@
+from . import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SubmitPipelineRequest(_message.Message):
+    __slots__ = ("pipeline", "idempotency_key")
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    pipeline: _common_pb2.PipelineSpec
+    idempotency_key: str
+    def __init__(self, pipeline: _Optional[_Union[_common_pb2.PipelineSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class SubmitPipelineResponse(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetRunRequest(_message.Message):
+    __slots__ = ("run_id", "include_results")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    include_results: bool
+    def __init__(self, run_id: _Optional[str] = ..., include_results: _Optional[bool] = ...) -> None: ...
+
+class ListRunsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListRunsResponse(_message.Message):
+    __slots__ = ("runs",)
+    RUNS_FIELD_NUMBER: _ClassVar[int]
+    runs: _containers.RepeatedCompositeFieldContainer[RunSummary]
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class CancelRunResponse(_message.Message):
+    __slots__ = ("cancelled",)
+    CANCELLED_FIELD_NUMBER: _ClassVar[int]
+    cancelled: bool
+    def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
+
+class WatchRunRequest(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class GetTaskResultRequest(_message.Message):
+    __slots__ = ("run_id", "task")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: _common_pb2.TaskState
+    attempts: int
+    worker: str
+    started_at: float
+    finished_at: float
+    error: _common_pb2.TaskError
+    result: _common_pb2.Payload
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
+
+class RunSummary(_message.Message):
+    __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "total_tasks", "succeeded_tasks", "failed_tasks")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TASKS_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    pipeline: str
+    state: _common_pb2.RunState
+    created_at: float
+    finished_at: float
+    total_tasks: int
+    succeeded_tasks: int
+    failed_tasks: int
+    def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., total_tasks: _Optional[int] = ..., succeeded_tasks: _Optional[int] = ..., failed_tasks: _Optional[int] = ...) -> None: ...
+
+class RunInfo(_message.Message):
+    __slots__ = ("summary", "tasks")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    summary: RunSummary
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, summary: _Optional[_Union[RunSummary, _Mapping]] = ..., tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class RunEvent(_message.Message):
+    __slots__ = ("summary", "changed")
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    summary: RunSummary
+    changed: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, summary: _Optional[_Union[RunSummary, _Mapping]] = ..., changed: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class TaskResult(_message.Message):
+    __slots__ = ("state", "result", "error")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    state: _common_pb2.TaskState
+    result: _common_pb2.Payload
+    error: _common_pb2.TaskError
+    def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,183 @@
+from . import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WorkerMessage(_message.Message):
+    __slots__ = ("register", "heartbeat", "events")
+    REGISTER_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    register: Register
+    heartbeat: Heartbeat
+    events: TaskEventBatch
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ...) -> None: ...
+
+class Register(_message.Message):
+    __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    HANDLERS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_PICKLED_CODE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    name: str
+    host: str
+    slots: int
+    resources: _common_pb2.Resources
+    labels: _containers.ScalarMap[str, str]
+    handlers: _containers.RepeatedScalarFieldContainer[str]
+    running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    accepts_pickled_code: bool
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., accepts_pickled_code: _Optional[bool] = ...) -> None: ...
+
+class AttemptRef(_message.Message):
+    __slots__ = ("run_id", "task", "attempt")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    attempt: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+
+class WorkerMetrics(_message.Message):
+    __slots__ = ("cpu_percent", "memory_percent", "memory_used_bytes", "load_1m")
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_1M_FIELD_NUMBER: _ClassVar[int]
+    cpu_percent: float
+    memory_percent: float
+    memory_used_bytes: int
+    load_1m: float
+    def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., load_1m: _Optional[float] = ...) -> None: ...
+
+class Heartbeat(_message.Message):
+    __slots__ = ("metrics", "running", "draining")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    metrics: WorkerMetrics
+    running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    draining: bool
+    def __init__(self, metrics: _Optional[_Union[WorkerMetrics, _Mapping]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+
+class TaskEvent(_message.Message):
+    __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    attempt: AttemptRef
+    started: Started
+    succeeded: Succeeded
+    failed: Failed
+    released: Released
+    at: float
+    started_at: float
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., succeeded: _Optional[_Union[Succeeded, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., at: _Optional[float] = ..., started_at: _Optional[float] = ...) -> None: ...
+
+class Started(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Succeeded(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: _common_pb2.Payload
+    def __init__(self, result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
+
+class Failed(_message.Message):
+    __slots__ = ("error",)
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    error: _common_pb2.TaskError
+    def __init__(self, error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
+
+class Released(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class TaskEventBatch(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TaskEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ...) -> None: ...
+
+class CoordinatorMessage(_message.Message):
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    registered: Registered
+    assignments: AssignmentBatch
+    cancel: Cancel
+    drain: Drain
+    not_leader: NotLeader
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ...) -> None: ...
+
+class Registered(_message.Message):
+    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch")
+    COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    coordinator_id: str
+    heartbeat_interval_s: float
+    prefetch: int
+    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("attempt", "task", "upstream")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    attempt: AttemptRef
+    task: _common_pb2.TaskSpec
+    upstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ...) -> None: ...
+
+class AssignmentBatch(_message.Message):
+    __slots__ = ("assignments", "code")
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedCompositeFieldContainer[Assignment]
+    code: _containers.RepeatedCompositeFieldContainer[_common_pb2.CodeBlob]
+    def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
+
+class Cancel(_message.Message):
+    __slots__ = ("attempts",)
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    attempts: _containers.RepeatedCompositeFieldContainer[AttemptRef]
+    def __init__(self, attempts: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ...) -> None: ...
+
+class Drain(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NotLeader(_message.Message):
+    __slots__ = ("leader_address",)
+    LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    leader_address: str
+    def __init__(self, leader_address: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,167 @@
+"""Errors raised by xpipe, grouped by what the caller can do about them.
+
+::
+
+    XpipeError
+    ├── PipelineValidationError      the pipeline is malformed: fix it and submit again
+    ├── SerializationError           a value cannot be encoded or decoded
+    ├── PipelineExecutionError       the run ended badly: inspect ``error_type`` and ``result``
+    ├── DistributedExecutionError    the cluster cannot serve: no coordinator, no worker, lost nodes
+    │   └── CoordinatorUnavailableError   could not reach any coordinator (retryable)
+    ├── RunNotFoundError             no run with that id
+    ├── RequestRejectedError         the coordinator refused a request (bad argument, too large)
+    └── DataStreamError              a stream pipeline failed
+
+gRPC status codes are translated into these in exactly one place, :func:`from_grpc_error`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+if TYPE_CHECKING:
+    from ._result import PipelineResult
+
+__all__ = [
+    "XpipeError",
+    "PipelineValidationError",
+    "SerializationError",
+    "PipelineExecutionError",
+    "DistributedExecutionError",
+    "CoordinatorUnavailableError",
+    "RunNotFoundError",
+    "RequestRejectedError",
+    "DataStreamError",
+    "ERROR_TYPES",
+    "from_grpc_error",
+]
+
+#: The values of :attr:`PipelineExecutionError.error_type`.
+ERROR_TYPES = (
+    "TASK_FAILURE",
+    "DEPENDENCY_FAILURE",
+    "RESOURCE_EXHAUSTION",
+    "DATA_QUALITY_FAILURE",
+    "TIMEOUT",
+    "CIRCUIT_OPEN",
+    "CANCELLED",
+    "SERIALIZATION",
+    "WORKER_LOST",
+)
+
+
+class XpipeError(Exception):
+    """Root of every error xpipe raises."""
+
+
+class PipelineValidationError(XpipeError, ValueError):
+    """The pipeline is malformed: a cycle, an unknown dependency, a duplicate name, ...
+
+    Attributes:
+        cycle: the task names forming a cycle, first name repeated at the end, if any.
+        unknown: dependency names that name no task, if any.
+    """
+
+    def __init__(self, message: str, *, cycle: list[str] | None = None, unknown: list[str] | None = None):
+        super().__init__(message)
+        self.cycle = cycle or []
+        self.unknown = unknown or []
+
+
+class SerializationError(XpipeError, TypeError):
+    """A value could not be encoded for the wire, or decoded from it."""
+
+
+class PipelineExecutionError(XpipeError):
+    """A run ended failed or cancelled.
+
+    Attributes:
+        error_type: one of :data:`ERROR_TYPES`, e.g. ``"TASK_FAILURE"`` or ``"TIMEOUT"``.
+        result: the partial :class:`~xpipe.PipelineResult`, with the outputs that did finish.
+        task: name of the first failing task, if any.
+        task_error: that task's error message.
+        traceback: that task's remote traceback text.
+        missing_dependencies: for ``DEPENDENCY_FAILURE``, upstream tasks that did not succeed.
+        required_resources: for ``RESOURCE_EXHAUSTION``, what the task asked for.
+        quality_report: for ``DATA_QUALITY_FAILURE``, what the task reported.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_type: str = "TASK_FAILURE",
+        result: PipelineResult | None = None,
+        task: str | None = None,
+        task_error: str = "",
+        traceback: str = "",
+        missing_dependencies: list[str] | None = None,
+        required_resources: dict[str, Any] | None = None,
+        quality_report: Any = None,
+    ):
+        super().__init__(message)
+        self.error_type = error_type
+        self.result = result
+        self.task = task
+        self.task_error = task_error
+        self.traceback = traceback
+        self.missing_dependencies = missing_dependencies or []
+        self.required_resources = required_resources or {}
+        self.quality_report = quality_report
+
+
+class DistributedExecutionError(XpipeError):
+    """The cluster cannot serve the request: no coordinator, no worker, lost nodes."""
+
+
+class CoordinatorUnavailableError(DistributedExecutionError):
+    """No coordinator answered at the given addresses; retrying later may succeed."""
+
+
+class RunNotFoundError(XpipeError, KeyError):
+    """No run with that id is known to the coordinator."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RequestRejectedError(XpipeError):
+    """The coordinator refused a request as invalid (bad argument, too large, not allowed)."""
+
+
+class DataStreamError(XpipeError):
+    """A stream pipeline failed."""
+
+
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_REJECTED = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def from_grpc_error(exc: grpc.RpcError) -> XpipeError:
+    """Translate a gRPC error into the xpipe error a caller can act on.
+
+    Every status code maps somewhere; ``tests/unit/test_errors.py`` checks that.
+    """
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return RunNotFoundError(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return PipelineValidationError(details)
+    if code in _UNAVAILABLE:
+        return CoordinatorUnavailableError(f"coordinator unavailable ({code.name}): {details}")
+    if code in _REJECTED:
+        return RequestRejectedError(f"{code.name}: {details}")
+    # OK should never arrive as an error; UNKNOWN, INTERNAL, DATA_LOSS are server faults.
+    return DistributedExecutionError(f"coordinator error ({code.name}): {details}")

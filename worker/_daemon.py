@@ -1,0 +1,420 @@
+"""The ``xpipe-worker`` daemon: one stream to the coordinator, tasks run in an executor.
+
+The worker keeps what it holds (assignments queued or running) across reconnects and
+reports it in ``Register`` and every heartbeat, so a coordinator that restarted or a
+stream that broke loses nothing. Task events go out in batches: whatever finished while
+the previous message was being written rides the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import grpc
+import psutil
+
+from xpipe._proto import common_pb2 as pb
+from xpipe._handlers import handler_names
+from xpipe._proto import worker_pb2, worker_pb2_grpc
+
+from ._executor import TaskExecutor, make_executor
+
+__all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources"]
+
+log = logging.getLogger(__name__)
+
+_CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.enable_retries", 0),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How one worker presents itself and runs tasks."""
+
+    #: Coordinator addresses, tried in turn until one accepts.
+    coordinators: tuple[str, ...]
+    #: Human-friendly name shown in ``xpipe workers``.
+    name: str = field(default_factory=socket.gethostname)
+    #: Tasks run at once.
+    slots: int = 1
+    #: Modules imported at start (they may register ``@xpipe.handler`` functions).
+    imports: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    resources: pb.Resources | None = None
+    #: "process" (isolated subprocesses, the default) or "thread".
+    executor: str = "process"
+    #: Run cloudpickled code sent by clients; turn off to run only importable code.
+    allow_pickled: bool = True
+    #: On SIGTERM or drain, how long running tasks may take to finish before they are requeued.
+    grace_s: float = 30.0
+    #: Stable id across reconnects; generated when empty.
+    worker_id: str = ""
+    #: Longest wait between reconnect attempts.
+    max_backoff_s: float = 2.0
+
+
+def detect_resources() -> pb.Resources:
+    """What this machine offers: logical cores, total memory, and NVIDIA GPUs if any."""
+    gpus = 0
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=5).stdout
+            gpus = sum(1 for line in out.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            log.warning("nvidia-smi failed; assuming no GPU", exc_info=True)
+    return pb.Resources(cpu_cores=psutil.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total, gpu=gpus)
+
+
+class WorkerDaemon:
+    """Connects, registers, heartbeats, runs assignments, reconnects; see module docs."""
+
+    def __init__(self, config: WorkerConfig):
+        if not config.coordinators:
+            raise ValueError("a worker needs at least one coordinator address")
+        if config.slots < 1:
+            raise ValueError(f"slots must be at least 1, got {config.slots}")
+        self.config = config
+        self.worker_id = config.worker_id or f"{config.name}-{uuid.uuid4().hex[:8]}"
+        self.resources = config.resources or detect_resources()
+        self._executor: TaskExecutor | None = None
+        self._handlers: list[str] = []
+        self._code: dict[str, bytes] = {}
+        # Attempts this worker holds: queued or running, in arrival order.
+        self._held: OrderedDict[tuple[str, str, int], worker_pb2.Assignment] = OrderedDict()
+        self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
+        self._running: set[tuple[str, str, int]] = set()
+        self._pending_events: list[worker_pb2.TaskEvent] = []
+        self._events_ready = asyncio.Event()
+        self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
+        self._draining = False
+        self._stop = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.heartbeat_interval_s = 1.0
+        self.connected = asyncio.Event()
+        self.tasks_done = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run until :meth:`shutdown` (or SIGTERM through ``_main``) completes."""
+        for module in self.config.imports:
+            importlib.import_module(module)  # fail fast, in the parent, on a bad --import
+        self._handlers = handler_names()
+        # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
+        self._executor = make_executor(
+            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled
+        )
+        await self._executor.start()
+        runners = [asyncio.create_task(self._runner(), name=f"xpipe-slot-{i}") for i in range(self.config.slots)]
+        try:
+            await self._connect_loop()
+        finally:
+            for _ in runners:
+                self._queue.put_nowait(None)
+            await asyncio.gather(*runners, return_exceptions=True)
+            await self._executor.stop(grace_s=0)
+
+    async def shutdown(self, grace_s: float | None = None) -> None:
+        """Stop taking work, give back queued attempts, let running ones finish, then exit.
+
+        Running attempts still going after ``grace_s`` are cancelled and given back to the
+        coordinator, which requeues them elsewhere: nothing is lost.
+        """
+        grace = self.config.grace_s if grace_s is None else grace_s
+        if not self._draining:
+            self._draining = True
+            log.info("draining: no new work; %d attempts running", len(self._running))
+            for key in [k for k in self._held if k not in self._running]:
+                self._held.pop(key)
+                self._emit(_released(key, "worker draining"))
+            self._heartbeat_now()
+        try:
+            await asyncio.wait_for(self._wait_idle(), timeout=grace)
+        except TimeoutError:
+            log.warning("grace of %.1fs over; giving back %d running attempts", grace, len(self._running))
+            for key in list(self._running):
+                self._held.pop(key, None)
+                self._emit(_released(key, "worker stopped before the attempt finished"))
+                await self._executor.cancel(key)
+        await self._flush_events(timeout_s=5.0)
+        self._stop.set()
+
+    async def _wait_idle(self) -> None:
+        while self._held:
+            self._idle.clear()
+            await self._idle.wait()
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connect_loop(self) -> None:
+        backoff = 0.05
+        addresses = list(self.config.coordinators)
+        i = 0
+        while not self._stop.is_set():
+            address = addresses[i % len(addresses)]
+            i += 1
+            started = time.monotonic()
+            try:
+                await self._session(address)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                    log.error("coordinator %s refused this worker: %s", address, exc.details())
+                    raise
+                log.info("stream to %s ended: %s %s", address, exc.code().name, exc.details())
+            except Exception:
+                log.exception("stream to %s failed", address)
+            self.connected.clear()
+            if self._stop.is_set():
+                break
+            if time.monotonic() - started > 5:
+                backoff = 0.05
+            delay = backoff * (0.5 + random.random())
+            try:
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            backoff = min(backoff * 2, self.config.max_backoff_s)
+
+    async def _session(self, address: str) -> None:
+        send: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
+        send.put_nowait(worker_pb2.WorkerMessage(register=self._register_message()))
+
+        async def outgoing():
+            while True:
+                message = await send.get()
+                if message is None:
+                    return
+                yield message
+
+        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(outgoing())
+            background: list[asyncio.Task] = []
+            try:
+                async for message in call:
+                    body = message.WhichOneof("body")
+                    if body == "assignments":
+                        self._accept(message.assignments)
+                    elif body == "registered":
+                        reg = message.registered
+                        self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
+                        self._send = send
+                        self.connected.set()
+                        log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
+                        background = [
+                            asyncio.create_task(self._heartbeats(send)),
+                            asyncio.create_task(self._event_sender(send)),
+                            asyncio.create_task(self._stop_watch(call)),
+                        ]
+                    elif body == "cancel":
+                        for ref in message.cancel.attempts:
+                            await self._cancel((ref.run_id, ref.task, ref.attempt))
+                    elif body == "drain":
+                        asyncio.get_running_loop().create_task(self.shutdown())
+                    elif body == "not_leader":
+                        log.info("%s is not the leader (leader: %s)", address, message.not_leader.leader_address)
+                        return
+            finally:
+                self._send = None
+                send.put_nowait(None)
+                for task in background:
+                    task.cancel()
+                results = await asyncio.gather(*background, return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        log.error("worker background task failed", exc_info=result)
+
+    async def _stop_watch(self, call) -> None:
+        await self._stop.wait()
+        call.cancel()
+
+    def _register_message(self) -> worker_pb2.Register:
+        return worker_pb2.Register(
+            worker_id=self.worker_id,
+            name=self.config.name,
+            host=socket.gethostname(),
+            slots=self.config.slots,
+            resources=self.resources,
+            labels=self.config.labels,
+            handlers=self._handlers,
+            running=[_ref(k) for k in self._held],
+            accepts_pickled_code=self.config.allow_pickled,
+        )
+
+    async def _heartbeats(self, send: asyncio.Queue) -> None:
+        proc = psutil.Process()
+        proc.cpu_percent()
+        while True:
+            mem = psutil.virtual_memory()
+            send.put_nowait(
+                worker_pb2.WorkerMessage(
+                    heartbeat=worker_pb2.Heartbeat(
+                        metrics=worker_pb2.WorkerMetrics(
+                            cpu_percent=psutil.cpu_percent(),
+                            memory_percent=mem.percent,
+                            memory_used_bytes=mem.total - mem.available,
+                            load_1m=os.getloadavg()[0],
+                        ),
+                        running=[_ref(k) for k in self._held],
+                        draining=self._draining,
+                    )
+                )
+            )
+            await asyncio.sleep(self.heartbeat_interval_s)
+
+    def _heartbeat_now(self) -> None:
+        if self._send is not None:
+            self._send.put_nowait(
+                worker_pb2.WorkerMessage(
+                    heartbeat=worker_pb2.Heartbeat(running=[_ref(k) for k in self._held], draining=True)
+                )
+            )
+
+    async def _event_sender(self, send: asyncio.Queue) -> None:
+        while True:
+            await self._events_ready.wait()
+            self._events_ready.clear()
+            if self._pending_events:
+                events, self._pending_events = self._pending_events, []
+                send.put_nowait(worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events)))
+            # Let the stream write before taking the next batch, so events coalesce under load.
+            await asyncio.sleep(0)
+
+    async def _flush_events(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self._pending_events and time.monotonic() < deadline:
+            if self._send is None:
+                await asyncio.sleep(0.05)
+                continue
+            self._events_ready.set()
+            await asyncio.sleep(0.01)
+
+    # ------------------------------------------------------------------ tasks
+
+    def _accept(self, batch: worker_pb2.AssignmentBatch) -> None:
+        for blob in batch.code:
+            self._code[blob.code_hash] = blob.data
+        for assignment in batch.assignments:
+            key = _key(assignment.attempt)
+            if self._draining:
+                self._emit(_released(key, "worker draining"))
+                continue
+            if key in self._held:
+                continue  # a duplicate after a reconnect
+            self._held[key] = assignment
+            self._queue.put_nowait(key)
+
+    async def _runner(self) -> None:
+        executor = self._executor
+        assert executor is not None
+        while True:
+            key = await self._queue.get()
+            if key is None:
+                return
+            assignment = self._held.get(key)
+            if assignment is None:
+                continue  # cancelled or released while queued
+            self._running.add(key)
+            started = time.time()
+            code_hash = assignment.task.python.code_hash
+            try:
+                event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
+            except Exception as exc:
+                log.exception("executor failed on %s", key)
+                event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
+            finally:
+                self._running.discard(key)
+            if self._held.pop(key, None) is None:
+                continue  # released at shutdown: the coordinator requeues it, do not report twice
+            event.started_at = started
+            self.tasks_done += 1
+            self._emit(event)
+            if not self._held:
+                self._idle.set()
+
+    async def _cancel(self, key: tuple[str, str, int]) -> None:
+        if key not in self._held:
+            return
+        if key in self._running:
+            await self._executor.cancel(key)  # the runner reports it as failed CANCELLED
+        else:
+            self._held.pop(key)
+            self._emit(_failed(key, "CANCELLED", "cancelled before it started"))
+            if not self._held:
+                self._idle.set()
+
+    def _emit(self, event: worker_pb2.TaskEvent) -> None:
+        self._pending_events.append(event)
+        self._events_ready.set()
+
+
+def _key(ref: worker_pb2.AttemptRef) -> tuple[str, str, int]:
+    return (ref.run_id, ref.task, ref.attempt)
+
+
+def _ref(key: tuple[str, str, int]) -> worker_pb2.AttemptRef:
+    return worker_pb2.AttemptRef(run_id=key[0], task=key[1], attempt=key[2])
+
+
+def _failed(key: tuple[str, str, int], error_type: str, message: str) -> worker_pb2.TaskEvent:
+    return worker_pb2.TaskEvent(
+        attempt=_ref(key), at=time.time(), failed=worker_pb2.Failed(error=pb.TaskError(error_type=error_type, message=message))
+    )
+
+
+def _released(key: tuple[str, str, int], reason: str) -> worker_pb2.TaskEvent:
+    return worker_pb2.TaskEvent(attempt=_ref(key), at=time.time(), released=worker_pb2.Released(reason=reason))
+
+
+def parse_kv(text: str, what: str) -> dict[str, str]:
+    """Parse ``k=v,k2=v2`` (for ``--labels`` and ``--resources``); names the bad item."""
+    out: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"bad {what} item {item!r}: expected key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
+
+
+def parse_resources(text: str, base: pb.Resources) -> pb.Resources:
+    """Override detected resources with ``cpu=4,memory=16Gi,gpu=1,<custom>=N``."""
+    res = pb.Resources()
+    res.CopyFrom(base)
+    for key, value in parse_kv(text, "--resources").items():
+        try:
+            if key == "cpu":
+                res.cpu_cores = float(value)
+            elif key == "memory":
+                number = value.rstrip("BbKkMmGgTtIi")
+                unit = value[len(number) :].lower().rstrip("b")
+                res.memory_bytes = int(float(number) * _UNITS[unit])
+            elif key == "gpu":
+                res.gpu = int(value)
+            else:
+                res.custom[key] = float(value)
+        except (ValueError, KeyError):
+            raise ValueError(f"bad --resources value {key}={value!r}") from None
+        if key != "memory" and float(value) < 0:
+            raise ValueError(f"--resources {key} must not be negative, got {value}")
+    return res
+

@@ -1,0 +1,87 @@
+"""``xpipe-worker``: run a worker daemon that takes tasks from a coordinator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+
+log = logging.getLogger("xpipe.worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xpipe-worker", description="Run an xpipe worker.")
+    p.add_argument(
+        "--coordinator",
+        default=os.environ.get("XPIPE_COORDINATOR", "127.0.0.1:7400"),
+        help="HOST:PORT[,HOST:PORT...] of the coordinators (default: $XPIPE_COORDINATOR)",
+    )
+    p.add_argument("--name", default=socket.gethostname(), help="name shown in `xpipe workers`")
+    p.add_argument("--slots", type=int, default=os.cpu_count() or 1, help="tasks run at once")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE at start (registers its @xpipe.handler functions); repeatable")  # fmt: skip
+    p.add_argument("--labels", default="", help="k=v,k2=v2 labels that tasks can require")
+    p.add_argument("--resources", default="", help="override detected resources: cpu=4,memory=16Gi,gpu=1,<custom>=N")
+    p.add_argument("--executor", default="process", choices=["process", "thread"], help="how tasks are isolated")
+    p.add_argument("--no-pickled-code", action="store_true", help="refuse cloudpickled code; run importable code only")
+    p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long running tasks may finish")
+    p.add_argument("--worker-id", default="", help="stable id (default: NAME-random)")
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+async def _run(config: WorkerConfig) -> int:
+    daemon = WorkerDaemon(config)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def on_signal() -> None:
+        if not stopping:
+            log.info("signal received: draining")
+            stopping.append(loop.create_task(daemon.shutdown()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await daemon.run()
+    for task in stopping:
+        await task
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    opts = p.parse_args(argv)
+    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if opts.slots < 1:
+        p.error(f"--slots must be at least 1, got {opts.slots}")
+    coordinators = tuple(a.strip() for a in opts.coordinator.split(",") if a.strip())
+    if not coordinators:
+        p.error("--coordinator needs at least one HOST:PORT")
+    try:
+        labels = parse_kv(opts.labels, "--labels")
+        resources = parse_resources(opts.resources, detect_resources())
+    except ValueError as exc:
+        p.error(str(exc))
+    sys.path.insert(0, os.getcwd())
+    config = WorkerConfig(
+        coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
+        resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
+        worker_id=opts.worker_id,
+    )  # fmt: skip
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(_run(config))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
