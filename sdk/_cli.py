@@ -1,0 +1,243 @@
+"""The ``xpipe`` command: run pipelines and inspect a cluster.
+
+Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``) and ``--json``.
+``xpipe run`` without a coordinator uses the embedded default, like ``PipelineManager()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._result import RUN_STATUS, TASK_STATUS
+from .errors import PipelineExecutionError, XpipeError
+
+__all__ = ["main"]
+
+
+def _fmt_time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def load_pipeline(target: str):
+    """Load ``FILE.py[:OBJECT]`` and return the Pipeline it names (or its only one).
+
+    The file is loaded under a private module name and its code is pickled by value, so
+    workers on other machines do not need the file.
+    """
+    from ._dag import Pipeline
+
+    path_text, _, obj_name = target.partition(":")
+    if len(path_text) == 1 and obj_name and obj_name[0] in "\\/":  # a Windows drive letter
+        path_text, _, obj_name = target.rpartition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise SystemExit(f"xpipe run: no such file {path_text!r}")
+    module_name = f"_xpipe_run_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(module)
+    sys.path.insert(0, str(path.resolve().parent))
+    spec.loader.exec_module(module)
+    if obj_name:
+        if not hasattr(module, obj_name):
+            raise SystemExit(f"xpipe run: {path_text} has no object {obj_name!r}")
+        obj = getattr(module, obj_name)
+        if callable(obj) and not isinstance(obj, Pipeline):
+            obj = obj()
+        if not isinstance(obj, Pipeline):
+            raise SystemExit(f"xpipe run: {target} is a {type(obj).__name__}, not a Pipeline")
+        return obj
+    found = [v for v in vars(module).values() if isinstance(v, Pipeline)]
+    if len(found) != 1:
+        names = [k for k, v in vars(module).items() if isinstance(v, Pipeline)]
+        raise SystemExit(f"xpipe run: {path_text} defines {len(found)} pipelines {names}; name one as FILE.py:OBJECT")
+    return found[0]
+
+
+def _client(opts):
+    from ._client import Client
+
+    if not opts.coordinator:
+        raise SystemExit(f"xpipe {opts.command}: no coordinator; pass --coordinator HOST:PORT or set XPIPE_COORDINATOR")
+    return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s)
+
+
+def _emit(opts, data: Any, text: str) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True) if opts.json else text)
+
+
+def cmd_run(opts) -> int:
+    from ._manager import PipelineManager
+
+    pipeline = load_pipeline(opts.target)
+    with PipelineManager(coordinator=opts.coordinator or None) as pm:
+        result = pm.execute_pipeline(pipeline, monitor=not opts.json, raise_on_failure=False)
+    data = {
+        "run_id": result.run_id,
+        "pipeline": result.pipeline,
+        "status": result.status,
+        "outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
+        "tasks": {n: {"status": t.status, "attempts": t.attempts, "worker": t.worker, "duration_s": t.duration_s,
+                      "error": t.error} for n, t in result.tasks.items()},  # fmt: skip
+    }
+    lines = [f"run {result.run_id} of {result.pipeline}: {result.status}"]
+    for name, info in result.tasks.items():
+        line = f"  {name:30} {info.status:16} {info.worker or '-':12}"
+        if info.duration_s is not None:
+            line += f" {info.duration_s * 1000:8.1f} ms"
+        if info.error:
+            line += f"  {info.error_type}: {info.error}"
+        lines.append(line)
+    for name, value in result.outputs.items():
+        text = repr(value)
+        lines.append(f"  -> {name} = {text if len(text) < 200 else text[:197] + '...'}")
+    _emit(opts, data, "\n".join(lines))
+    return 0 if result.succeeded else 1
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def cmd_runs(opts) -> int:
+    with _client(opts) as client:
+        runs = client.list_runs(opts.limit)
+    data = [
+        {"run_id": r.run_id, "pipeline": r.pipeline, "status": RUN_STATUS.get(r.state, "unknown"),
+         "created_at": r.created_at, "finished_at": r.finished_at or None, "tasks": r.total_tasks}
+        for r in runs
+    ]  # fmt: skip
+    lines = [f"{'RUN':18} {'PIPELINE':24} {'STATUS':10} {'TASKS':>6}  CREATED"]
+    lines += [f"{d['run_id']:18} {d['pipeline'][:24]:24} {d['status']:10} {d['tasks']:>6}  {_fmt_time(d['created_at'])}" for d in data]
+    _emit(opts, data, "\n".join(lines))
+    return 0
+
+
+def cmd_status(opts) -> int:
+    with _client(opts) as client:
+        info = client.get_run(opts.run_id)
+    s = info.summary
+    tasks = {
+        t.name: {"status": TASK_STATUS.get(t.state, "unknown"), "attempts": t.attempts, "worker": t.worker,
+                 "started_at": t.started_at or None, "finished_at": t.finished_at or None,
+                 "error": t.error.message if t.HasField("error") else None}
+        for t in info.tasks
+    }  # fmt: skip
+    data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": RUN_STATUS.get(s.state, "unknown"),
+            "total_tasks": s.total_tasks, "succeeded_tasks": s.succeeded_tasks, "failed_tasks": s.failed_tasks,
+            "created_at": s.created_at, "finished_at": s.finished_at or None, "tasks": tasks}  # fmt: skip
+    counts: dict[str, int] = {}
+    for t in tasks.values():
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    lines = [f"run {s.run_id} of {s.pipeline}: {data['status']} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"]
+    for name, t in list(tasks.items())[: opts.limit]:
+        lines.append(f"  {name:30} {t['status']:16} {t['worker'] or '-':12} {t['error'] or ''}")
+    if len(tasks) > opts.limit:
+        lines.append(f"  ... {len(tasks) - opts.limit} more (use --json for all)")
+    _emit(opts, data, "\n".join(lines))
+    return 0
+
+
+def cmd_cancel(opts) -> int:
+    with _client(opts) as client:
+        cancelled = client.cancel(opts.run_id)
+    _emit(opts, {"run_id": opts.run_id, "cancelled": cancelled},
+          f"run {opts.run_id}: {'cancelling' if cancelled else 'already finished'}")  # fmt: skip
+    return 0
+
+
+def cmd_workers(opts) -> int:
+    with _client(opts) as client:
+        workers = client.list_workers()
+    data = []
+    for w in workers:
+        res = {"cpu": w.resources.cpu_cores, "memory_bytes": w.resources.memory_bytes, "gpu": w.resources.gpu,
+               **dict(w.resources.custom)}  # fmt: skip
+        data.append({
+            "name": w.name, "id": w.worker_id, "host": w.host, "state": w.state, "slots": w.slots,
+            "running": w.running, "resources": res, "labels": dict(w.labels), "handlers": list(w.handlers),
+            "last_heartbeat": w.last_heartbeat,
+            "metrics": {"cpu_percent": w.metrics.cpu_percent, "memory_percent": w.metrics.memory_percent},
+        })  # fmt: skip
+    lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5}  HOST"]
+    lines += [f"{d['name'][:16]:16} {d['state']:12} {d['slots']:>5} {d['running']:>7} "
+              f"{d['metrics']['cpu_percent']:>5.0f}  {d['host']}" for d in data]  # fmt: skip
+    _emit(opts, data, "\n".join(lines))
+    return 0
+
+
+def cmd_drain(opts) -> int:
+    with _client(opts) as client:
+        found = client.drain(opts.worker)
+    _emit(opts, {"worker": opts.worker, "draining": found},
+          f"worker {opts.worker}: {'draining' if found else 'not found'}")  # fmt: skip
+    return 0 if found else 1
+
+
+def cmd_cluster(opts) -> int:
+    with _client(opts) as client:
+        s = client.cluster_status()
+    data = {"leader": s.leader_address, "members": list(s.members), "term": s.term, "workers": s.workers,
+            "active_runs": s.active_runs, "coordinator_id": s.coordinator_id, "version": s.version}  # fmt: skip
+    _emit(opts, data, f"leader {s.leader_address} (term {s.term}); members {', '.join(s.members)}; "
+                      f"{s.workers} workers; {s.active_runs} active runs")  # fmt: skip
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--coordinator", default=os.environ.get("XPIPE_COORDINATOR", ""),
+                        help="HOST:PORT[,HOST:PORT...] (default: $XPIPE_COORDINATOR)")  # fmt: skip
+    common.add_argument("--json", action="store_true", help="print JSON")
+    common.add_argument("--connect-timeout-s", type=float, default=10.0, help="how long to try unavailable coordinators")
+    p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")
+    run.add_argument("target", help="a Python file and optionally the Pipeline object in it")
+    run.set_defaults(fn=cmd_run)
+    runs = sub.add_parser("runs", parents=[common], help="list recent runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.set_defaults(fn=cmd_runs)
+    status = sub.add_parser("status", parents=[common], help="show one run")
+    status.add_argument("run_id")
+    status.add_argument("--limit", type=int, default=50, help="tasks to list")
+    status.set_defaults(fn=cmd_status)
+    cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
+    cancel.add_argument("run_id")
+    cancel.set_defaults(fn=cmd_cancel)
+    sub.add_parser("workers", parents=[common], help="list workers").set_defaults(fn=cmd_workers)
+    drain = sub.add_parser("drain", parents=[common], help="drain a worker: no new work, finish what runs")
+    drain.add_argument("worker", help="the worker's name")
+    drain.set_defaults(fn=cmd_drain)
+    sub.add_parser("cluster", parents=[common], help="leader and members").set_defaults(fn=cmd_cluster)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = build_parser().parse_args(argv)
+    try:
+        return opts.fn(opts)
+    except PipelineExecutionError as exc:
+        print(f"xpipe {opts.command}: {exc}", file=sys.stderr)
+        return 1
+    except XpipeError as exc:
+        print(f"xpipe {opts.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,371 @@
+"""Pure tests of the coordinator's state machine: events in, actions out, no I/O."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from xpipe._proto import common_pb2 as pb
+from xpipe.coordinator._events import (
+    Assign,
+    CancelAttempts,
+    CancelRequested,
+    DrainRequested,
+    DrainWorker,
+    HeartbeatReceived,
+    RunRecord,
+    RunRestored,
+    RunSubmitted,
+    TaskFailed,
+    TaskRecord,
+    TaskReleased,
+    TaskStarted,
+    TaskSucceeded,
+    Tick,
+    WorkerConnected,
+    WorkerDisconnected,
+)
+from xpipe.coordinator._state import InvalidTransition, SchedulerState
+from xpipe.coordinator._validate import validate_spec
+
+
+def spec_of(edges: dict[str, list[str]], *, retries: dict[str, int] | None = None, handler: dict[str, str] | None = None,
+            max_parallel: int = 0) -> pb.PipelineSpec:  # fmt: skip
+    spec = pb.PipelineSpec(name="p", retry_on_failure=True, max_parallel=max_parallel)
+    for name, deps in edges.items():
+        t = spec.tasks.add(name=name, depends_on=deps)
+        if handler and name in handler:
+            t.handler.name = handler[name]
+        else:
+            t.python.import_path = "m:f"
+        if retries and name in retries:
+            t.retry.max_retries = retries[name]
+    return spec
+
+
+def submit(state: SchedulerState, edges, now=0.0, run_id="r1", **kw):
+    spec = spec_of(edges, **kw)
+    return state.handle(RunSubmitted(now, run_id, spec, tuple(validate_spec(spec))))
+
+
+def connect(state: SchedulerState, wid="w1", slots=1, now=0.0, **kw):
+    return state.handle(WorkerConnected(now, wid, wid, "host", slots, **kw))
+
+
+def ok(key, wid="w1", now=1.0, value=b"v"):
+    return TaskSucceeded(now, wid, key, now, pb.Payload(codec=pb.CODEC_RAW, data=value))
+
+
+def fail(key, wid="w1", now=1.0, error_type="TASK_FAILURE"):
+    return TaskFailed(now, wid, key, now, pb.TaskError(error_type=error_type, message="boom"))
+
+
+def assigns(actions):
+    return [a for a in actions if isinstance(a, Assign)]
+
+
+def states(state, run_id="r1"):
+    return {n: pb.TaskState.Name(t.state) for n, t in state.runs[run_id].tasks.items()}
+
+
+def test_chain_runs_in_order_and_passes_results():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s)
+    out = submit(s, {"a": [], "b": ["a"], "c": ["b"]})
+    assert isinstance(out[0], RunRecord) and out[0].spec is not None
+    (a,) = assigns(s.schedule(0.0))
+    assert a.attempt == ("r1", "a", 1)
+    assert assigns(s.schedule(0.0)) == []  # no credit left, b not ready
+    s.handle(ok(a.attempt, value=b"A"))
+    (b,) = assigns(s.schedule(1.0))
+    assert b.attempt[1] == "b" and b.upstream[0].data == b"A"
+    s.handle(ok(b.attempt))
+    (c,) = assigns(s.schedule(1.0))
+    out = s.handle(ok(c.attempt))
+    run_rec = [r for r in out if isinstance(r, RunRecord)]
+    assert run_rec and run_rec[-1].state == pb.RUN_SUCCEEDED
+    assert states(s) == {"a": "SUCCEEDED", "b": "SUCCEEDED", "c": "SUCCEEDED"}
+
+
+def test_assigned_record_precedes_its_assign():
+    s = SchedulerState(prefetch=0)
+    connect(s)
+    submit(s, {"a": []})
+    actions = s.schedule(0.0)
+    kinds = [type(a).__name__ for a in actions]
+    assert kinds == ["TaskRecord", "Assign"]
+    assert actions[0].state == pb.ASSIGNED and actions[0].attempt == 1
+
+
+def test_credit_is_slots_plus_prefetch():
+    s = SchedulerState(prefetch=2)
+    connect(s, slots=3)
+    submit(s, {f"t{i}": [] for i in range(20)})
+    assert len(assigns(s.schedule(0.0))) == 5
+    assert assigns(s.schedule(0.0)) == []
+
+
+def test_load_is_balanced_across_workers():
+    s = SchedulerState(prefetch=0)
+    connect(s, "w1", slots=4)
+    connect(s, "w2", slots=4)
+    submit(s, {f"t{i}": [] for i in range(8)})
+    by_worker = {}
+    for a in assigns(s.schedule(0.0)):
+        by_worker[a.worker_id] = by_worker.get(a.worker_id, 0) + 1
+    assert by_worker == {"w1": 4, "w2": 4}
+
+
+def test_handler_tasks_go_only_to_workers_serving_the_handler():
+    s = SchedulerState(prefetch=4)
+    connect(s, "plain", slots=4)
+    connect(s, "resizer", slots=1, handlers=frozenset({"resize"}))
+    submit(s, {"h1": [], "h2": [], "p": []}, handler={"h1": "resize", "h2": "resize"})
+    placed = {a.attempt[1]: a.worker_id for a in assigns(s.schedule(0.0))}
+    assert placed["h1"] == "resizer" and placed["h2"] == "resizer"
+
+
+def test_handler_task_waits_for_a_worker_that_serves_it():
+    s = SchedulerState(prefetch=0)
+    connect(s, "plain")
+    submit(s, {"h": []}, handler={"h": "resize"})
+    assert assigns(s.schedule(0.0)) == []
+    connect(s, "resizer", handlers=frozenset({"resize"}))
+    assert [a.worker_id for a in assigns(s.schedule(0.0))] == ["resizer"]
+
+
+def test_pickled_code_is_sent_once_per_worker():
+    s = SchedulerState(prefetch=0)
+    connect(s, slots=1)
+    spec = pb.PipelineSpec(name="p")
+    for name in ("a", "b"):
+        spec.tasks.add(name=name).python.code_hash = "h1"
+    spec.code.add(code_hash="h1", data=b"code")
+    s.handle(RunSubmitted(0.0, "r1", spec, ("a", "b")))
+    (first,) = assigns(s.schedule(0.0))
+    assert [c.code_hash for c in first.code] == ["h1"]
+    s.handle(ok(first.attempt))
+    (second,) = assigns(s.schedule(1.0))
+    assert second.code == ()
+
+
+def test_failure_marks_dependents_upstream_failed_and_independent_branch_goes_on():
+    s = SchedulerState(prefetch=4, validate=True)
+    connect(s, slots=2)
+    submit(s, {"a": [], "b": ["a"], "c": ["b"], "x": []})
+    got = {a.attempt[1]: a for a in assigns(s.schedule(0.0))}
+    s.handle(fail(got["a"].attempt))
+    assert states(s)["b"] == "UPSTREAM_FAILED" and states(s)["c"] == "UPSTREAM_FAILED"
+    assert s.runs["r1"].tasks["b"].error.error_type == "DEPENDENCY_FAILURE"
+    out = s.handle(ok(got["x"].attempt))
+    assert [r.state for r in out if isinstance(r, RunRecord)] == [pb.RUN_FAILED]
+
+
+def test_retry_waits_then_runs_a_new_attempt():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s)
+    spec = spec_of({"a": []}, retries={"a": 1})
+    spec.tasks[0].retry.retry_delay_s = 5.0
+    s.handle(RunSubmitted(0.0, "r1", spec, ("a",)))
+    (a1,) = assigns(s.schedule(0.0))
+    s.handle(fail(a1.attempt, now=1.0))
+    assert states(s)["a"] == "RETRY_WAIT"
+    s.handle(Tick(5.9))
+    assert assigns(s.schedule(5.9)) == []
+    s.handle(Tick(6.0))
+    (a2,) = assigns(s.schedule(6.0))
+    assert a2.attempt == ("r1", "a", 2)
+    s.handle(fail(a2.attempt, now=7.0))
+    assert states(s)["a"] == "FAILED"
+
+
+def test_retry_on_failure_false_turns_retries_off():
+    s = SchedulerState(prefetch=0)
+    connect(s)
+    spec = spec_of({"a": []}, retries={"a": 3})
+    spec.retry_on_failure = False
+    s.handle(RunSubmitted(0.0, "r1", spec, ("a",)))
+    (a1,) = assigns(s.schedule(0.0))
+    s.handle(fail(a1.attempt))
+    assert states(s)["a"] == "FAILED"
+
+
+def test_stale_result_from_lost_worker_is_dropped_and_completion_recorded_once():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0, validate=True)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (first,) = assigns(s.schedule(0.0))
+    connect(s, "w2", now=0.0)
+    s.handle(HeartbeatReceived(9.0, "w2"))
+    out = s.handle(Tick(10.5))  # w1 silent since 0.0: lost
+    assert any(isinstance(r, TaskRecord) and r.state == pb.READY for r in out)
+    assert s.workers["w1"].state == "lost"
+    (second,) = assigns(s.schedule(10.5))
+    assert second.worker_id == "w2" and second.attempt[2] == 2
+    s.handle(ok(first.attempt, "w1", now=11.0))  # the lost worker comes back with an old result
+    assert s.stale_results == 1 and states(s)["a"] == "ASSIGNED"
+    out = s.handle(ok(second.attempt, "w2", now=12.0))
+    succeeded = [r for r in out if isinstance(r, TaskRecord) and r.state == pb.SUCCEEDED]
+    assert len(succeeded) == 1
+    s.handle(ok(second.attempt, "w2", now=12.5))  # a duplicate of the same event
+    assert s.stale_results == 2
+
+
+def test_cancel_cancels_everything_and_tells_workers():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s, slots=1)
+    submit(s, {"a": [], "b": ["a"], "c": []})
+    (a,) = assigns(s.schedule(0.0))
+    out = s.handle(CancelRequested(1.0, "r1"))
+    cancels = [x for x in out if isinstance(x, CancelAttempts)]
+    assert cancels == [CancelAttempts("w1", (a.attempt,))]
+    assert set(states(s).values()) == {"CANCELLED"}
+    assert [r.state for r in out if isinstance(r, RunRecord)] == [pb.RUN_CANCELLED]
+    s.handle(fail(a.attempt, error_type="CANCELLED"))  # the worker reports the killed attempt
+    assert s.workers["w1"].assigned == {}
+    assert s.handle(CancelRequested(2.0, "r1")) == []  # idempotent
+
+
+def test_max_parallel_one_runs_one_task_at_a_time():
+    s = SchedulerState(prefetch=8)
+    connect(s, slots=4)
+    submit(s, {f"t{i}": [] for i in range(5)}, max_parallel=1)
+    (first,) = assigns(s.schedule(0.0))
+    assert assigns(s.schedule(0.0)) == []
+    s.handle(ok(first.attempt))
+    assert len(assigns(s.schedule(1.0))) == 1
+
+
+def test_drain_stops_new_assignments():
+    s = SchedulerState(prefetch=0)
+    connect(s, "w1", slots=1)
+    out = s.handle(DrainRequested(0.0, "w1"))
+    assert out == [DrainWorker("w1")]
+    submit(s, {"a": []})
+    assert assigns(s.schedule(0.0)) == []
+
+
+def test_released_attempt_is_requeued_at_once():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    s.handle(TaskReleased(1.0, "w1", a.attempt))
+    assert states(s)["a"] == "READY"
+    (again,) = assigns(s.schedule(1.0))
+    assert again.attempt[2] == 2
+
+
+def test_attempt_not_held_by_worker_is_requeued_after_grace():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    s.handle(HeartbeatReceived(1.0, "w1", running=()))  # maybe still in flight: keep it
+    assert states(s)["a"] == "ASSIGNED"
+    s.handle(HeartbeatReceived(6.0, "w1", running=()))  # lost in transit
+    assert states(s)["a"] == "READY"
+
+
+def test_started_then_disconnect_then_reconnect_keeps_attempt():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    s.handle(TaskStarted(0.5, "w1", a.attempt, 0.5))
+    s.handle(WorkerDisconnected(1.0, "w1"))
+    connect(s, "w1", now=2.0, running=(a.attempt,))
+    s.handle(Tick(11.5))  # reconnected at 2.0: not lost
+    assert states(s)["a"] == "RUNNING"
+    s.handle(ok(a.attempt, now=3.0))
+    assert states(s)["a"] == "SUCCEEDED"
+
+
+def test_restore_resumes_run_and_waits_for_the_worker():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0, validate=True)
+    spec = spec_of({"a": [], "b": ["a"], "c": ["b"]})
+    records = {
+        "a": TaskRecord("r1", "a", pb.SUCCEEDED, 1, "w1", 0.0, 1.0, None, pb.Payload(codec=pb.CODEC_RAW, data=b"A")),
+        "b": TaskRecord("r1", "b", pb.RUNNING, 1, "w1", 1.0),
+    }
+    s.handle(RunRestored(100.0, "r1", spec, ("a", "b", "c"), 0.0, records))
+    assert states(s) == {"a": "SUCCEEDED", "b": "RUNNING", "c": "PENDING"}
+    connect(s, "w1", now=101.0, running=(("r1", "b", 1),))
+    s.handle(ok(("r1", "b", 1), now=102.0))
+    (c,) = assigns(s.schedule(102.0))
+    assert c.attempt == ("r1", "c", 1)
+
+
+def test_restore_requeues_attempts_of_a_worker_that_never_returns():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0)
+    spec = spec_of({"a": []})
+    s.handle(RunRestored(100.0, "r1", spec, ("a",), 0.0, {"a": TaskRecord("r1", "a", pb.ASSIGNED, 3, "gone")}))
+    connect(s, "w2", now=100.0)
+    s.handle(HeartbeatReceived(110.0, "w2"))
+    s.handle(Tick(110.5))
+    (a,) = assigns(s.schedule(110.5))
+    assert a.worker_id == "w2" and a.attempt == ("r1", "a", 4)
+
+
+def test_invalid_transition_is_refused():
+    s = SchedulerState()
+    submit(s, {"a": []})
+    run = s.runs["r1"]
+    with pytest.raises(InvalidTransition, match="READY -> SUCCEEDED"):
+        s._move(run, run.tasks["a"], pb.SUCCEEDED, [])
+
+
+@st.composite
+def random_dags(draw):
+    n = draw(st.integers(1, 30))
+    edges = {}
+    for i in range(n):
+        deps = draw(st.lists(st.integers(0, i - 1), max_size=min(i, 4), unique=True)) if i else []
+        edges[f"t{i}"] = [f"t{d}" for d in deps]
+    return edges
+
+
+@settings(max_examples=60, deadline=None)
+@given(edges=random_dags(), seed=st.integers(0, 2**32 - 1), n_workers=st.integers(1, 3))
+def test_random_dags_respect_dependencies_and_run_each_task_once(edges, seed, n_workers):
+    """Random completion order, random worker losses: every task completes exactly once,
+    never before its dependencies."""
+    rng = random.Random(seed)
+    s = SchedulerState(prefetch=rng.randint(0, 3), heartbeat_timeout_s=5.0, validate=True)
+    now = 0.0
+    for i in range(n_workers):
+        connect(s, f"w{i}", slots=rng.randint(1, 3))
+    submit(s, edges)
+    inflight: list[Assign] = []
+    completed: list[str] = []
+    finished_at: dict[str, int] = {}
+    for _ in range(10_000):
+        now += 0.1
+        inflight.extend(assigns(s.schedule(now)))
+        for w in list(s.workers.values()):
+            if w.state != "lost":
+                s.handle(HeartbeatReceived(now, w.worker_id, running=tuple(w.assigned)))
+        if s.runs["r1"].state == pb.RUN_SUCCEEDED:
+            break
+        if not inflight:
+            continue
+        a = inflight.pop(rng.randrange(len(inflight)))
+        if rng.random() < 0.05 and s.workers[a.worker_id].state != "lost":
+            # the worker dies: everything it holds comes back after the heartbeat timeout
+            s.workers[a.worker_id].last_seen = now - 10
+            s.handle(Tick(now))
+            connect(s, f"w{rng.randint(100, 10**6)}", slots=1, now=now)
+            continue
+        out = s.handle(ok(a.attempt, a.worker_id, now=now))
+        for rec in out:
+            if isinstance(rec, TaskRecord) and rec.state == pb.SUCCEEDED:
+                completed.append(rec.name)
+                finished_at[rec.name] = len(completed)
+    assert s.runs["r1"].state == pb.RUN_SUCCEEDED
+    assert sorted(completed) == sorted(edges)  # each exactly once
+    for name, deps in edges.items():
+        for d in deps:
+            assert finished_at[d] < finished_at[name]
