@@ -278,6 +278,75 @@ class _AdminService(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.DrainWorkerResponse(found=True)
 
 
+class _Malformed:
+    """Stands in for a request that did not parse, so the handler can answer INVALID_ARGUMENT."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _safe(deserializer):
+    def parse(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError and friends: hostile or corrupt bytes
+            return _Malformed(exc)
+
+    return parse
+
+
+async def _abort_malformed(context, method: str, bad: _Malformed):
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {bad.error}")
+
+
+class _RejectMalformed(grpc.aio.ServerInterceptor):
+    """Answer unparsable requests with INVALID_ARGUMENT instead of gRPC's bare UNKNOWN."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        method = details.method
+        parse = _safe(handler.request_deserializer)
+        out = handler.response_serializer
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request, context):
+                if isinstance(request, _Malformed):
+                    await _abort_malformed(context, method, request)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary, parse, out)
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request, context):
+                if isinstance(request, _Malformed):
+                    await _abort_malformed(context, method, request)
+                async for item in inner_stream(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
+        if handler.stream_stream is not None:
+            inner_bidi = handler.stream_stream
+
+            async def checked(requests, context):
+                async for request in requests:
+                    if isinstance(request, _Malformed):
+                        await _abort_malformed(context, method, request)
+                    yield request
+
+            async def stream_stream(requests, context):
+                async for item in inner_bidi(checked(requests, context), context):
+                    yield item
+
+            return grpc.stream_stream_rpc_method_handler(stream_stream, parse, out)
+        return handler
+
+
 class Coordinator:
     """One coordinator process: store, engine and gRPC server.
 
@@ -314,7 +383,7 @@ class Coordinator:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options)
+        server = grpc.aio.server(options=options, interceptors=[_RejectMalformed()])
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), server)

@@ -43,11 +43,13 @@ def load_pipeline(target: str):
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(module)
     sys.path.insert(0, str(path.resolve().parent))
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        # Out of sys.modules, the file's functions are not importable by name, so they
+        # travel by value (cloudpickle) and workers need not have the file.
+        del sys.modules[module_name]
     if obj_name:
         if not hasattr(module, obj_name):
             raise SystemExit(f"xpipe run: {path_text} has no object {obj_name!r}")

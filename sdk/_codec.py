@@ -22,6 +22,8 @@ __all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "enco
 ZSTD_THRESHOLD_BYTES = 16 * 1024
 #: Largest encoded value carried inside a message.
 MAX_INLINE_BYTES = 48 * 1024 * 1024
+#: Largest value a compressed payload may inflate to (guards against zstd bombs).
+MAX_DECODED_BYTES = 1024 * 1024 * 1024
 
 _CODECS = {"pickle": common_pb2.CODEC_PICKLE, "json": common_pb2.CODEC_JSON, "raw": common_pb2.CODEC_RAW}
 _compressor = zstandard.ZstdCompressor(level=3)
@@ -112,13 +114,27 @@ def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
     data = payload.data
     try:
         if payload.zstd:
+            # A hostile frame may claim any size: refuse one that says more than the payload
+            # declared or than any value may be, before allocating for it.
+            declared = zstandard.frame_content_size(data)
+            if declared > payload.size_bytes or payload.size_bytes > MAX_DECODED_BYTES:
+                raise SerializationError(
+                    f"cannot decode {what}: compressed frame claims {declared} bytes, "
+                    f"payload declares {payload.size_bytes} (limit {MAX_DECODED_BYTES})"
+                )
             data = _decompressor.decompress(data, max_output_size=max(payload.size_bytes, 1))
+            if len(data) != payload.size_bytes:
+                raise SerializationError(
+                    f"cannot decode {what}: decompressed to {len(data)} bytes, payload declares {payload.size_bytes}"
+                )
         if payload.codec == common_pb2.CODEC_PICKLE:
             return pickle.loads(data)
         if payload.codec == common_pb2.CODEC_JSON:
             return json.loads(data)
         if payload.codec == common_pb2.CODEC_RAW:
             return bytes(data)
+    except SerializationError:
+        raise
     except Exception as exc:
         raise SerializationError(f"cannot decode {what}: {type(exc).__name__}: {exc}") from exc
     if payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data:

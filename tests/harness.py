@@ -1,0 +1,752 @@
+"""Helpers for integration tests that run REAL processes: coordinator, workers, etcd.
+
+Nothing here is a mock. Each helper starts the actual program in its own session
+(process group) on loopback ports, sends its output to a log file (never a pipe that
+could fill and block the child), and waits only by polling with a deadline through
+:func:`eventually`. On failure the log tails go into the error message, since a
+distributed test that fails without the children's logs is nearly impossible to debug.
+
+Example::
+
+    with Cluster(tmp_path, workers=2) as cluster:
+        cluster.workers["w0"].kill()
+        eventually(lambda: _state(cluster, "w0") == "lost", message="w0 marked lost")
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psutil
+
+T = TypeVar("T")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# Helper processes that live for the whole test session by design (started lazily by
+# the stdlib); they are not leaks of any one test.
+_SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+# --------------------------------------------------------------------------- waiting
+
+
+class StopWaiting(Exception):
+    """Raised by an :func:`eventually` condition when waiting longer cannot help.
+
+    For example a child process died before becoming ready: fail at once with the
+    reason instead of polling until the deadline.
+    """
+
+
+def eventually(
+    condition: Callable[[], T],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str = "",
+) -> T:
+    """Poll ``condition`` until it returns a truthy value, and return that value.
+
+    This is the only waiting primitive tests use: never ``sleep(n)`` and hope.
+    Exceptions raised by ``condition`` count as "not yet" (a server that is still
+    starting refuses connections), except :class:`StopWaiting`, which fails at once.
+
+    Raises:
+        AssertionError: on timeout (or StopWaiting), naming ``message`` and the last
+            value or exception seen.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: str = "condition never ran"
+    last_exc: BaseException | None = None
+    what = message or getattr(condition, "__name__", "condition")
+    while True:
+        try:
+            value = condition()
+        except StopWaiting as exc:
+            raise AssertionError(f"{what}: gave up: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+            last_exc = exc
+            last = f"last exception: {type(exc).__name__}: {exc}"
+        else:
+            if value:
+                return value
+            last_exc = None
+            last = f"last value: {value!r}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not met within {timeout_s:g}s; {last}") from last_exc
+        time.sleep(interval_s)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct loopback ports that were free a moment ago.
+
+    All sockets are held open together so the ports are distinct; there is still a
+    small window before the child binds, which loopback tests accept.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def free_port() -> int:
+    """Return a loopback TCP port that was free a moment ago."""
+    return free_ports(1)[0]
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for children: ours, the repo root first on PYTHONPATH, unbuffered.
+
+    The repo root makes ``tests.helpers_tasks`` importable by workers; unbuffered
+    output makes the log files current when a test reads them.
+    """
+    env = dict(os.environ)
+    parts = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _unique_log_path(log_dir: Path, name: str) -> Path:
+    """``name.log``, or ``name.N.log`` when a process of that name ran before."""
+    path = log_dir / f"{name}.log"
+    n = 1
+    while path.exists():
+        path = log_dir / f"{name}.{n}.log"
+        n += 1
+    return path
+
+
+class Proc:
+    """One real child process, in its own session, logging to a file.
+
+    Args:
+        name: Short label used in log file names and error messages.
+        argv: Program and arguments.
+        log_dir: Directory for the log file (stdout and stderr together).
+        env: Full environment; defaults to :func:`child_env`.
+        cwd: Working directory; defaults to ``log_dir``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = [str(a) for a in argv]
+        log_dir = Path(log_dir)
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = _unique_log_path(log_dir, name)
+        with open(self.log_path, "wb") as log:
+            log.write(f"$ {' '.join(self.argv)}\n".encode())
+            log.flush()
+            self.popen = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else child_env(),
+                cwd=str(cwd or log_dir),
+                start_new_session=True,
+            )
+        self.pid = self.popen.pid
+
+    def __repr__(self) -> str:
+        state = "alive" if self.alive() else f"exited {self.popen.returncode}"
+        return f"<Proc {self.name} pid={self.pid} {state} log={self.log_path}>"
+
+    def _exit_status(self) -> int | None:
+        """Exit status without reaping (None while running).
+
+        The child is reaped only by :meth:`kill`/:meth:`terminate`, after its group
+        was swept: until then its zombie keeps the pid, which is also the process
+        group id, from being reused, so signalling the group never hits a stranger.
+        """
+        if self.popen.returncode is not None:
+            return self.popen.returncode
+        try:
+            info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:  # reaped behind our back
+            self.popen.poll()
+            return self.popen.returncode
+        if info is None:
+            return None
+        return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status once exited (negative: killed by that signal), else None."""
+        return self._exit_status()
+
+    def alive(self) -> bool:
+        """True while the process has not exited."""
+        return self._exit_status() is None
+
+    def stop_signal(self, sig: int, *, group: bool = False) -> None:
+        """Send ``sig`` to the process (or its whole process group), if still there.
+
+        Use SIGSTOP/SIGCONT to freeze and thaw a peer, SIGTERM to ask for a clean
+        shutdown without waiting for it.
+        """
+        if self.popen.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(self.pid, sig)
+            else:
+                os.kill(self.pid, sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """Wait for exit and return the exit status (does not reap; see kill()).
+
+        Raises:
+            AssertionError: the process is still running after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while (status := self._exit_status()) is None:
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"{self.name} (pid {self.pid}) still running after {timeout_s:g}s")
+            time.sleep(0.01)
+        return status
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the process and what it spawned), and reap.
+
+        Also sweeps stragglers of a process that already exited, such as task
+        subprocesses of a crashed worker, which would otherwise outlive the test.
+        Idempotent.
+        """
+        if self.popen.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def terminate(self, timeout_s: float = 10) -> int:
+        """Ask for a clean shutdown (SIGTERM), wait, then SIGKILL the group; return status.
+
+        SIGTERM goes to the process itself, not its group, so it gets to shut down its
+        own children in order, as it would under systemd or Kubernetes. Idempotent.
+        """
+        if self.alive():
+            self.stop_signal(signal.SIGTERM)
+        return self._finish(timeout_s)
+
+    def _finish(self, timeout_s: float) -> int:
+        """Give an already-signalled process ``timeout_s`` to exit, then kill and reap."""
+        with contextlib.suppress(AssertionError):
+            self.wait(timeout_s)
+        status = self._exit_status()
+        self.kill()
+        return status if status is not None else self.popen.returncode
+
+    def log_text(self) -> str:
+        """The whole log so far (stdout and stderr interleaved)."""
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the log, for error messages."""
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+def terminate_all(procs: Iterable[Proc], timeout_s: float = 10) -> None:
+    """SIGTERM every process first, then wait for each: shutdowns overlap, not add up."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.alive():
+            proc.stop_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        proc._finish(max(0.0, deadline - time.monotonic()))
+
+
+def format_logs(procs: Iterable[Proc], lines: int = 40) -> str:
+    """Tails of each process's log, headed by name, pid and state."""
+    parts = []
+    for proc in procs:
+        parts.append(f"----- {proc!r} (last {lines} lines) -----\n{proc.log_tail(lines)}")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- leaks
+
+
+def _is_session_helper(proc: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.Error):
+        cmdline = " ".join(proc.cmdline())
+        return any(helper in cmdline for helper in _SESSION_HELPERS)
+    return False
+
+
+def _live_children(ignore: Collection[int]) -> set[int]:
+    live = set()
+    for child in psutil.Process().children(recursive=True):
+        if child.pid in ignore:
+            continue
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE or _is_session_helper(child):
+                continue
+        except psutil.NoSuchProcess:
+            continue
+        live.add(child.pid)
+    return live
+
+
+def assert_no_leaks(timeout_s: float = 0.0, *, ignore: Collection[int] = ()) -> set[int]:
+    """Return the pids of child processes of this process that are still alive.
+
+    Polls up to ``timeout_s`` for them to go (processes take a moment to exit after
+    a signal). Zombies, pids in ``ignore`` (for example children that existed before
+    the test) and the stdlib's session-long multiprocessing helpers are not counted.
+    An empty set means nothing leaked; callers assert on it, using
+    :func:`describe_pids` for the message.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        live = _live_children(ignore)
+        if not live or time.monotonic() >= deadline:
+            return live
+        time.sleep(0.05)
+
+
+def describe_pids(pids: Iterable[int]) -> str:
+    """One line per pid: pid and command line, for leak error messages."""
+    lines = []
+    for pid in sorted(pids):
+        try:
+            cmd = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error as exc:
+            cmd = f"<{type(exc).__name__}>"
+        lines.append(f"pid {pid}: {cmd}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class Cluster:
+    """A real coordinator and ``workers`` real ``xpipe-worker`` daemons on loopback.
+
+    Attributes:
+        address: ``"127.0.0.1:PORT"`` of the coordinator (stable across restarts).
+        coordinator: The current coordinator process.
+        workers: Worker processes by name (``w0``, ``w1``, ... plus added ones).
+        data_dir: The coordinator's ``--data-dir``.
+    """
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        workers: int = 2,
+        slots: int = 2,
+        imports: Sequence[str] = ("tests.helpers_tasks",),
+        coordinator_args: Sequence[str] = (),
+        worker_args: Sequence[str] = (),
+        startup_timeout_s: float = 30.0,
+    ) -> None:
+        self.tmp_path = Path(tmp_path)
+        self.n_workers = workers
+        self.slots = slots
+        self.imports = tuple(imports)
+        self.coordinator_args = tuple(coordinator_args)
+        self.worker_args = tuple(worker_args)
+        self.startup_timeout_s = startup_timeout_s
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.data_dir = self.tmp_path / "coordinator-data"
+        self.log_dir = self.tmp_path / "logs"
+        self.coordinator: Proc | None = None
+        self.workers: dict[str, Proc] = {}
+        self._past: list[Proc] = []  # replaced coordinators, for log dumps
+
+    # -- lifecycle
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            print(self.format_logs(), file=sys.stderr)
+        self.stop()
+
+    def start(self) -> Cluster:
+        """Start the coordinator, wait until healthy, then start and register workers.
+
+        Raises:
+            AssertionError: something did not come up in time or died; the message
+                carries the log tails. Whatever was started is stopped first.
+        """
+        try:
+            self._start_coordinator()
+            for i in range(self.n_workers):
+                self._spawn_worker(f"w{i}", self.slots, ())
+            self.wait_for_workers(list(self.workers))
+        except BaseException as exc:
+            logs = self.format_logs()
+            self.stop()
+            if isinstance(exc, AssertionError):
+                raise AssertionError(f"cluster failed to start: {exc}\n{logs}") from exc
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Terminate workers, then the coordinator (SIGTERM, then SIGKILL). Idempotent."""
+        terminate_all(self.workers.values())
+        if self.coordinator is not None:
+            self.coordinator.terminate()
+
+    def all_procs(self) -> list[Proc]:
+        """Every process this cluster started, including replaced coordinators."""
+        procs = list(self._past)
+        if self.coordinator is not None:
+            procs.append(self.coordinator)
+        return procs + list(self.workers.values())
+
+    def format_logs(self, lines: int = 40) -> str:
+        """Log tails of every process, for failure messages."""
+        return format_logs(self.all_procs(), lines)
+
+    # -- coordinator
+
+    def _start_coordinator(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "xpipe.coordinator",
+            "--listen", self.address,
+            "--data-dir", str(self.data_dir),
+            *self.coordinator_args,
+        ]  # fmt: skip
+        if self.coordinator is not None:
+            self._past.append(self.coordinator)
+        self.coordinator = Proc("coordinator", argv, log_dir=self.log_dir, cwd=self.tmp_path)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout_s: float | None = None) -> None:
+        """Wait until the coordinator's standard gRPC health check answers SERVING."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        coordinator = self.coordinator
+        assert coordinator is not None, "coordinator not started"
+
+        def serving() -> bool:
+            if not coordinator.alive():
+                raise StopWaiting(f"coordinator exited with {coordinator.returncode}")
+            with grpc.insecure_channel(self.address) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=1.0
+                )
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        eventually(
+            serving,
+            timeout_s=timeout_s or self.startup_timeout_s,
+            interval_s=0.05,
+            message=f"coordinator at {self.address} healthy (SERVING)",
+        )
+
+    def restart_coordinator(self, *, wait_for_workers: bool = True) -> Proc:
+        """Stop the coordinator (if still running) and start it again, same port and data.
+
+        With ``wait_for_workers``, also wait until every live worker is listed again
+        with a state other than ``lost`` (they reconnect by themselves).
+        """
+        if self.coordinator is not None:
+            self.coordinator.terminate()
+        try:
+            self._start_coordinator()
+        except AssertionError as exc:
+            raise AssertionError(f"coordinator restart failed: {exc}\n{self.format_logs()}") from exc
+        if wait_for_workers:
+            self.wait_for_workers([name for name, proc in self.workers.items() if proc.alive()])
+        assert self.coordinator is not None
+        return self.coordinator
+
+    # -- workers
+
+    def _spawn_worker(self, name: str, slots: int, extra_args: Sequence[str]) -> Proc:
+        existing = self.workers.get(name)
+        if existing is not None and existing.alive():
+            raise ValueError(f"worker {name!r} is already running (pid {existing.pid})")
+        argv = [
+            sys.executable, "-m", "xpipe.worker",
+            "--coordinator", self.address,
+            "--name", name,
+            "--slots", str(slots),
+        ]  # fmt: skip
+        for module in self.imports:
+            argv += ["--import", module]
+        argv += [*self.worker_args, *extra_args]
+        proc = Proc(name, argv, log_dir=self.log_dir, cwd=self.tmp_path)
+        self.workers[name] = proc
+        return proc
+
+    def add_worker(self, name: str, slots: int | None = None, extra_args: Sequence[str] = ()) -> Proc:
+        """Start one more worker (or restart a dead one by name) and wait until listed.
+
+        Raises:
+            ValueError: a worker of that name is still running.
+            AssertionError: it did not register in time or died.
+        """
+        proc = self._spawn_worker(name, self.slots if slots is None else slots, extra_args)
+        try:
+            self.wait_for_workers([name])
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{format_logs([proc])}") from exc
+        return proc
+
+    def list_workers(self) -> list[Any]:
+        """``AdminService.ListWorkers`` as a list of ``WorkerInfo`` messages."""
+        import grpc
+
+        from xpipe._proto import admin_pb2, admin_pb2_grpc
+
+        with grpc.insecure_channel(self.address) as channel:
+            reply = admin_pb2_grpc.AdminServiceStub(channel).ListWorkers(admin_pb2.ListWorkersRequest(), timeout=5.0)
+        return list(reply.workers)
+
+    def wait_for_workers(self, names: Iterable[str], timeout_s: float | None = None) -> list[Any]:
+        """Wait until every worker in ``names`` is listed with a state other than ``lost``."""
+        wanted = set(names)
+
+        def registered() -> list[Any]:
+            for name in sorted(wanted):
+                proc = self.workers.get(name)
+                if proc is not None and not proc.alive():
+                    raise StopWaiting(f"worker {name} exited with {proc.returncode}")
+            infos = self.list_workers()
+            ready = {info.name for info in infos if info.state != "lost"}
+            missing = wanted - ready
+            if missing:
+                raise LookupError(f"not registered yet: {sorted(missing)}; listed: "
+                                  f"{[(i.name, i.state) for i in infos]}")
+            return infos
+
+        return eventually(
+            registered,
+            timeout_s=timeout_s or self.startup_timeout_s,
+            interval_s=0.05,
+            message=f"workers {sorted(wanted)} registered with {self.address}",
+        )
+
+
+# --------------------------------------------------------------------------- etcd
+
+
+def _goarch() -> str:
+    machine = platform.machine().lower()
+    return {
+        "x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+        "i386": "386", "i686": "386", "armv7l": "arm", "armv6l": "arm",
+    }.get(machine, machine)  # fmt: skip
+
+
+# etcd refuses to start on architectures it does not officially support unless
+# ETCD_UNSUPPORTED_ARCH names the architecture.
+_ETCD_SUPPORTED_ARCHES = {"amd64", "arm64", "ppc64le", "s390x"}
+
+
+def find_etcd(search_path: str | None = None, fallback: str = "/usr/bin/etcd") -> str:
+    """Path of the ``etcd`` binary: on ``search_path`` (default $PATH), else ``fallback``.
+
+    Raises:
+        FileNotFoundError: etcd is not installed; ``make install`` installs it.
+    """
+    path = shutil.which("etcd", path=search_path) or (fallback if os.access(fallback, os.X_OK) else None)
+    if path is None:
+        raise FileNotFoundError(f"etcd binary not found on PATH or at {fallback}; run `make install`")
+    return path
+
+
+class EtcdServer:
+    """A real single-member etcd on free loopback ports with its own data dir.
+
+    Attributes:
+        endpoint: ``"127.0.0.1:PORT"`` of the client API (stable across restarts).
+        client_url: ``"http://127.0.0.1:PORT"``.
+        data_dir: etcd's ``--data-dir``.
+        proc: The current etcd process, or None before start.
+    """
+
+    def __init__(self, tmp_path: Path, *, name: str = "xpipe-test", startup_timeout_s: float = 20.0) -> None:
+        self.tmp_path = Path(tmp_path)
+        self.name = name
+        self.startup_timeout_s = startup_timeout_s
+        self.binary = find_etcd()
+        self.client_port, self.peer_port = free_ports(2)
+        self.endpoint = f"127.0.0.1:{self.client_port}"
+        self.client_url = f"http://{self.endpoint}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        self.data_dir = self.tmp_path / f"etcd-{name}"
+        self.log_dir = self.tmp_path / "logs"
+        self.proc: Proc | None = None
+        # Loopback only: never let an http_proxy setting route our health checks.
+        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def __enter__(self) -> EtcdServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and self.proc is not None:
+            print(format_logs([self.proc]), file=sys.stderr)
+        self.stop()
+
+    def _env(self) -> dict[str, str]:
+        # etcd reads ETCD_* variables as flags and refuses to start when one
+        # conflicts with a command-line flag, so inherited ones are dropped.
+        env = {k: v for k, v in child_env().items() if not k.startswith("ETCD_")}
+        arch = _goarch()
+        if arch not in _ETCD_SUPPORTED_ARCHES:
+            env["ETCD_UNSUPPORTED_ARCH"] = arch
+        return env
+
+    def start(self) -> EtcdServer:
+        """Start etcd (reusing the data dir if it exists) and wait until healthy.
+
+        Raises:
+            AssertionError: etcd exited or was not healthy in time; carries its log.
+        """
+        if self.proc is not None and self.proc.alive():
+            raise RuntimeError(f"etcd {self.name} is already running (pid {self.proc.pid})")
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        argv = [
+            self.binary,
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.client_url,
+            "--advertise-client-urls", self.client_url,
+            "--listen-peer-urls", self.peer_url,
+            "--initial-advertise-peer-urls", self.peer_url,
+            "--initial-cluster", f"{self.name}={self.peer_url}",
+            "--initial-cluster-state", "new",
+            "--initial-cluster-token", f"xpipe-test-{self.client_port}",
+            "--logger", "zap",
+            "--log-outputs", "stderr",
+        ]  # fmt: skip
+        self.proc = Proc(f"etcd-{self.name}", argv, log_dir=self.log_dir, cwd=self.tmp_path, env=self._env())
+        try:
+            self.wait_healthy()
+        except AssertionError as exc:
+            logs = format_logs([self.proc])
+            self.proc.kill()
+            raise AssertionError(f"etcd failed to start: {exc}\n{logs}") from exc
+        return self
+
+    def health(self) -> bool:
+        """True when ``GET /health`` reports ``"health": "true"``."""
+        with self._http.open(f"{self.client_url}/health", timeout=2.0) as reply:
+            body = json.loads(reply.read())
+        return body.get("health") == "true"
+
+    def wait_healthy(self, timeout_s: float | None = None) -> None:
+        """Wait until etcd answers its health endpoint with ``"health": "true"``."""
+        proc = self.proc
+        assert proc is not None, "etcd not started"
+
+        def healthy() -> bool:
+            if not proc.alive():
+                raise StopWaiting(f"etcd exited with {proc.returncode}")
+            return self.health()
+
+        eventually(
+            healthy,
+            timeout_s=timeout_s or self.startup_timeout_s,
+            interval_s=0.05,
+            message=f"etcd at {self.endpoint} healthy",
+        )
+
+    def stop(self) -> None:
+        """Shut etcd down cleanly (SIGTERM, then SIGKILL). Idempotent."""
+        if self.proc is not None:
+            self.proc.terminate()
+
+    def kill(self) -> None:
+        """SIGKILL etcd, as a crash would. Idempotent."""
+        if self.proc is not None:
+            self.proc.kill()
+
+    def restart(self) -> EtcdServer:
+        """Stop (if running) and start again on the same ports and data dir."""
+        self.stop()
+        return self.start()
+
+    # -- a tiny v3 JSON gateway client, for checks that need no etcd library
+
+    def _gateway(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"{self.client_url}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with self._http.open(request, timeout=5.0) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise RuntimeError(f"etcd {path} failed: HTTP {exc.code}: {detail}") from exc
+
+    def put(self, key: bytes, value: bytes) -> dict[str, Any]:
+        """Put ``key = value`` through the v3 HTTP/JSON gateway (``/v3/kv/put``)."""
+        return self._gateway("/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+
+    def get(self, key: bytes) -> bytes | None:
+        """Value of ``key`` through the gateway (``/v3/kv/range``), None if absent."""
+        reply = self._gateway("/v3/kv/range", {"key": _b64(key)})
+        kvs = reply.get("kvs") or []
+        return base64.b64decode(kvs[0].get("value", "")) if kvs else None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,239 @@
+"""The benchmark harness: a quick run end to end, and each way it can fail.
+
+Benchmarks are not tests; this only checks that ``python -m bench --quick`` still runs and
+writes what it promises, and that a broken set-up fails with a clear message and leaves
+no process behind. Everything runs real processes on loopback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from bench import _profile
+from bench.__main__ import build_parser, main
+from bench._report import FULL, METRICS, BenchError, format_table, percentile, summarise
+from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster, _check
+from tests.harness import eventually
+
+_BENCH_TIMEOUT_S = 240
+
+
+def _run_bench(*args: str, timeout_s: float = _BENCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(
+        [sys.executable, "-m", "bench", *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout_s,
+    )  # fmt: skip
+
+
+def _only_json(out: Path) -> dict:
+    files = list(out.glob("*.json"))
+    assert len(files) == 1, f"expected one results file in {out}, found {files}"
+    return json.loads(files[0].read_text())
+
+
+def test_quick_run_writes_both_systems_numbers(tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = _run_bench("--quick", "--scenarios", "wide,roundtrip", "--repeats", "1", "--out", str(tmp_path))
+    assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    doc = _only_json(tmp_path)
+    assert doc["error"] is None
+    assert doc["mode"] == "quick" and doc["repeats"] == 1
+    assert doc["machine"]["cpu_count"] >= 1 and doc["machine"]["python"]
+    assert doc["machine"]["versions"]["grpcio"]
+    assert set(doc["scenarios"]) == {"wide", "roundtrip"}
+
+    wide = doc["scenarios"]["wide"]["samples"]
+    assert len(wide["xpipe"]) == 1 and wide["xpipe"][0]["tasks"] == 500 and wide["xpipe"][0]["tasks_per_s"] > 0
+    rt = doc["scenarios"]["roundtrip"]["samples"]["xpipe"][0]
+    assert len(rt["latencies_ms"]) == 30 and 0 < rt["median_ms"] <= rt["p99_ms"]
+    assert "wide" in proc.stdout and "results:" in proc.stdout, proc.stdout
+
+    if importlib.util.find_spec("distributed") is None:
+        assert doc["systems"]["dask"].startswith("skipped")
+        pytest.skip("dask distributed is not installed: only xpipe's numbers were checked")
+    assert doc["systems"]["dask"] == "measured"
+    assert doc["scenarios"]["wide"]["samples"]["dask"][0]["tasks_per_s"] > 0
+    assert len(doc["scenarios"]["roundtrip"]["samples"]["dask"][0]["latencies_ms"]) == 30
+    row = doc["scenarios"]["wide"]["summary"][0]
+    assert row["ratio"] == pytest.approx(row["xpipe"]["median"] / row["dask"]["median"])
+    assert row["met"] in (True, False)
+    assert time.monotonic() - started < 120
+
+
+def test_a_failed_run_is_recorded_and_exits_1(tmp_path: Path) -> None:
+    # A real run that cannot finish within its timeout: the JSON keeps the error.
+    proc = _run_bench("--quick", "--no-dask", "--scenarios", "wide", "--timeout-s", "0.001", "--out", str(tmp_path))
+    assert proc.returncode == 1, f"{proc.stdout}\n{proc.stderr[-4000:]}"
+    doc = _only_json(tmp_path)
+    assert "wide / xpipe / repeat 1" in doc["error"] and "TimeoutError" in doc["error"], doc["error"]
+    assert doc["systems"]["dask"] == "skipped: --no-dask"
+    assert "ERROR: wide / xpipe" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--scenarios", "wide,bogus"], "unknown scenario(s) ['bogus']"),
+        (["--repeats", "0"], "must be at least 1"),
+        (["--timeout-s", "-3"], "must be above 0"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_problem(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_scenarios_are_deduplicated_and_default_to_all() -> None:
+    assert build_parser().parse_args(["--scenarios", "chain,wide,chain"]).scenarios == ["chain", "wide"]
+    assert build_parser().parse_args([]).scenarios == list(METRICS)
+
+
+def _descendants(pids: list[int]) -> set[int]:
+    found = set(pids)
+    for pid in pids:
+        try:
+            found |= {p.pid for p in psutil.Process(pid).children(recursive=True)}
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return alive
+
+
+def test_cluster_starts_and_stops_without_leftovers(tmp_path: Path) -> None:
+    cluster = XpipeCluster(tmp_path).start()
+    try:
+        assert cluster.address.startswith("127.0.0.1:")
+        names = {w.name for w in cluster.manager.client.list_workers()}
+        assert names == {"w0", "w1"}
+        pids = _descendants([cluster.coordinator_pid, *cluster.worker_pids()])
+        assert len(pids) >= 3
+    finally:
+        cluster.stop()
+    assert not _alive(pids), f"left alive: {_alive(pids)}"
+    cluster.stop()  # idempotent
+
+
+def test_coordinator_that_exits_early_fails_with_its_log(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(BenchError, match=r"coordinator exited with status \d+ before it was ready") as info:
+        XpipeCluster(tmp_path, coordinator_args=["--prefetch", "-1"]).start()
+    assert "--prefetch must not be negative" in str(info.value)
+    after = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not _alive(after)
+
+
+def test_worker_that_exits_early_fails_and_stops_the_coordinator(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(BenchError, match=r"xpipe w\d exited with status 2 before the cluster was up") as info:
+        XpipeCluster(tmp_path, worker_args=["--slots", "0"]).start()
+    assert "--slots must be at least 1" in str(info.value)
+    after = {p.pid for p in psutil.Process().children(recursive=True)} - before
+    assert not _alive(after)
+
+
+def test_cluster_that_is_not_up_in_time_fails(tmp_path: Path) -> None:
+    # A worker pointed at a port nobody serves never registers: the wait times out.
+    with pytest.raises(BenchError, match=r"timed out after 1.5s waiting for workers"):
+        XpipeCluster(tmp_path, startup_timeout_s=1.5, worker_args=["--coordinator", "127.0.0.1:9"]).start()
+
+
+def test_wrong_answers_fail_the_benchmark() -> None:
+    _check(3, 3, "ok")
+    with pytest.raises(BenchError, match=r"end of the chain: expected 99, got 98"):
+        _check(98, 99, "end of the chain")
+
+
+def test_rss_sampler_keeps_the_peak_and_reports_a_vanished_process() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; b = bytearray(64 << 20); sys.stdin.read()"],
+                            stdin=subprocess.PIPE)  # fmt: skip
+    try:
+        sampler = RssSampler(proc.pid, interval_s=0.01).start()
+        eventually(lambda: sampler.peak_bytes > 64 << 20, timeout_s=10, message="peak RSS above 64 MiB")
+        proc.kill()
+        proc.wait()
+        eventually(lambda: sampler.failed is not None, timeout_s=10, message="sampler notices the exit")
+        with pytest.raises(BenchError, match=rf"RSS sampling of pid {proc.pid} failed"):
+            sampler.stop()
+        assert sampler.peak_bytes > 64 << 20
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_percentile_and_summary() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 99) == 5
+    assert percentile(list(range(101)), 99) == 99
+    with pytest.raises(ValueError, match="percentile of no values"):
+        percentile([], 50)
+    with pytest.raises(ValueError, match="within 0..100"):
+        percentile([1], 101)
+    rows = summarise("roundtrip", {"xpipe": [{"median_ms": 2.0, "p99_ms": 3.0}, {"median_ms": 4.0, "p99_ms": 5.0}],
+                                   "dask": [{"median_ms": 30.0, "p99_ms": 40.0}]})  # fmt: skip
+    median = rows[0]
+    assert median["xpipe"] == {"median": 3.0, "min": 2.0, "max": 4.0, "n": 2}
+    assert median["ratio"] == pytest.approx(0.1) and median["met"] is True
+    rows = summarise("bigdag", {"xpipe": [{"peak_rss_mib": 900.0}, {"peak_rss_mib": 1100.0}], "dask": []})
+    rss = next(r for r in rows if r["metric"] == "peak_rss_mib")
+    assert rss["met"] is False, "the worst repeat must meet an absolute goal"
+    table = format_table({"roundtrip": {"summary": summarise("roundtrip", {"xpipe": [{"median_ms": 2.0}]})}})
+    assert "roundtrip" in table and "2" in table
+    assert FULL.wide == 10_000 and FULL.bigdag == 100_000
+
+
+def test_top_frames_reads_collapsed_stacks() -> None:
+    raw = "\n".join([
+        "process 1:\"python\";main (a.py:1);loop (a.py:9);handle (b.py:3) 6",
+        "process 1:\"python\";main (a.py:1);loop (a.py:10);encode (c.py:7) 3",
+        "main (a.py:2) 1",
+        "garbage line",
+    ])  # fmt: skip
+    top = _profile.top_frames(raw)
+    assert top["samples"] == 10
+    assert top["self"][0] == ("handle (b.py)", 60.0)
+    assert ("loop (a.py)", 90.0) in top["inclusive"] and ("main (a.py)", 100.0) in top["inclusive"]
+    assert "60.0%  handle (b.py)" in _profile.format_top("coordinator", top)
+
+
+@pytest.mark.skipif(_profile.find_py_spy() is None, reason="py-spy is not installed")
+def test_py_spy_profiles_a_real_process_and_fails_clearly_on_a_bad_pid(tmp_path: Path) -> None:
+    # The target spins for a fixed amount of work once told to, then exits; py-spy stops
+    # when its target exits, so the profile covers exactly that work.
+    code = "import sys\ndef spin():\n    for _ in range(3000): sum(range(20000))\nsys.stdin.readline()\nspin()"
+    busy = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, text=True)
+    try:
+        spy = _profile.PySpy(busy.pid, tmp_path / "busy.txt", rate_hz=500)
+        busy.stdin.write("go\n")
+        busy.stdin.flush()
+        assert busy.wait(timeout=60) == 0
+        top = _profile.read_profile(spy.stop())
+    finally:
+        busy.kill()
+        busy.wait()
+    assert top["samples"] > 0 and any("spin" in frame for frame, _ in top["inclusive"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with pytest.raises(BenchError, match=r"py-spy exited with \d+ before sampling"):
+        _profile.PySpy(dead.pid, tmp_path / "dead.txt")

@@ -1,0 +1,846 @@
+"""Task executors: where a worker actually runs the tasks it is assigned.
+
+Two kinds share one interface, :class:`TaskExecutor`:
+
+- :class:`ProcessExecutor` (the default) keeps ``slots`` long-lived child processes,
+  each a fresh interpreter (spawned, never forked: gRPC and ``fork`` do not mix). A task that hangs, crashes the
+  interpreter or must be cancelled costs only its child, which is killed with everything
+  it started and replaced. Children stay warm between tasks, so a task costs one pipe
+  round trip, not a process start.
+- :class:`ThreadExecutor` runs tasks in a thread pool in the worker process itself: no
+  isolation, lowest overhead. A thread cannot be killed, so a timeout only stops
+  *waiting* for the task (see its docstring).
+
+Both return a ``TaskEvent`` for every run, never raise for what a task does; see
+:func:`xpipe.worker._runtask.run_assignment` for the error types.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+from typing import Any, Sequence
+
+import psutil
+
+from xpipe._proto import worker_pb2
+
+from . import _runtask
+from ._runtask import failed_event, pickled_code_refusal, run_assignment
+
+__all__ = ["TaskExecutor", "ProcessExecutor", "ThreadExecutor", "ExecutorStartError", "make_executor"]
+
+logger = logging.getLogger(__name__)
+
+AttemptKey = tuple[str, str, int]
+
+#: Extra time a child gets to time out a command by itself (and survive) before it is killed.
+_COMMAND_TIMEOUT_SLACK_S = 1.0
+#: First and largest delay between attempts to replace a child that failed to start.
+_RESPAWN_DELAY_S = (0.1, 30.0)
+#: How long stop() waits for a killed child to exit before giving up on it (and logging).
+_EXIT_WAIT_S = 10.0
+
+_SIZE = struct.Struct("!i")
+_SIZE64 = struct.Struct("!Q")
+
+
+class ExecutorStartError(RuntimeError):
+    """An executor could not start: a module in ``imports`` failed, or a child died early."""
+
+
+def _attempt_key(assignment: worker_pb2.Assignment) -> AttemptKey:
+    ref = assignment.attempt
+    return (ref.run_id, ref.task, ref.attempt)
+
+
+def _describe(key: AttemptKey) -> str:
+    return f"task {key[1]!r} (run {key[0]}, attempt {key[2]})"
+
+
+def _needs_code(assignment: worker_pb2.Assignment) -> str:
+    """The code hash the task runs by, or "" when it needs no pickled code."""
+    task = assignment.task
+    if task.WhichOneof("kind") == "python" and not task.python.import_path:
+        return task.python.code_hash
+    return ""
+
+
+def _code_missing(assignment: worker_pb2.Assignment, code_hash: str) -> worker_pb2.TaskEvent:
+    return failed_event(
+        assignment.attempt,
+        "CODE_MISSING",
+        f"task {assignment.task.name!r} needs pickled code {code_hash[:12]}... which this worker was never sent",
+    )
+
+
+class TaskExecutor(abc.ABC):
+    """Runs assignments and reports their outcome; use as ``async with``."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Get ready to run tasks (start processes, import modules).
+
+        Raises:
+            ExecutorStartError: a module in ``imports`` cannot be imported.
+        """
+
+    @abc.abstractmethod
+    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+        """Run one assignment; return its ``succeeded`` or ``failed`` TaskEvent.
+
+        Args:
+            code: the cloudpickled callable when the task refers to one by hash. Give it
+                once; the executor keeps it for later tasks with the same hash.
+
+        Raises:
+            RuntimeError: the executor is not started, or is stopping.
+            ValueError: this attempt is already running here.
+        """
+
+    @abc.abstractmethod
+    async def cancel(self, attempt: AttemptKey) -> bool:
+        """Cancel ``(run_id, task, attempt)``; its ``run`` returns failed CANCELLED.
+
+        Returns:
+            True if the attempt was running or queued here and is now cancelled.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, grace_s: float = 0.0) -> None:
+        """Stop accepting, let running tasks finish for ``grace_s``, then end them.
+
+        Tasks ended this way, or queued and never started, return failed WORKER_LOST so
+        the coordinator runs them elsewhere. Idempotent.
+        """
+
+    async def __aenter__(self) -> "TaskExecutor":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.stop()
+
+
+# ---- process executor ------------------------------------------------------------
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid``, its process group and the groups of all its descendants.
+
+    A child is its own session and group leader, and runs each command in a group of its
+    own, so the groups cover everything a task started. Our own group is never touched.
+    """
+    groups: set[int] = set()
+    try:
+        groups.add(os.getpgid(pid))
+        for proc in psutil.Process(pid).children(recursive=True):
+            try:
+                groups.add(os.getpgid(proc.pid))
+            except ProcessLookupError:
+                pass
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass
+    groups.discard(os.getpgrp())
+    for group in groups:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"exit code {code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"exit code {code}"
+    return f"exit code {code}"
+
+
+class _Child:
+    """One long-lived executor process and the parent's end of its socket pair."""
+
+    __slots__ = (
+        "proc", "sock", "fd", "exit_fd", "pid", "state", "buffer", "out", "key",
+        "task_name", "future", "timer", "ready", "exited", "known_code",
+    )
+
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket, loop: asyncio.AbstractEventLoop):
+        self.proc = proc
+        self.pid: int = proc.pid
+        self.sock = sock
+        self.fd: int = sock.fileno()
+        self.state = "starting"  # starting | idle | busy | killed | dead
+        self.buffer = bytearray()
+        self.out: memoryview | None = None  # unsent part of a request
+        self.key: AttemptKey | None = None
+        self.task_name = ""
+        self.future: asyncio.Future | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.ready: asyncio.Future = loop.create_future()
+        self.exited: asyncio.Future = loop.create_future()
+        self.known_code: set[str] = set()
+        # A pidfd turns readable when the process exits, whoever else holds its pipes.
+        try:
+            self.exit_fd: int | None = os.pidfd_open(self.pid)
+        except (AttributeError, OSError):  # not Linux >= 5.3: a thread waits instead
+            self.exit_fd = None
+
+
+class ProcessExecutor(TaskExecutor):
+    """Runs each task in one of ``slots`` long-lived child processes.
+
+    Children are fresh interpreters started with ``subprocess`` (like multiprocessing's
+    ``spawn``, minus its re-import of the parent's ``__main__``, which would re-run a user
+    script that lacks an ``if __name__ == "__main__"`` guard). They get the parent's
+    ``sys.path`` and are their own session leaders.
+
+    Each child imports ``imports`` once (so their ``@handler``s register) and keeps its own
+    cache of loaded callables. A task with ``timeout_s`` that overruns, a cancelled task
+    and a task that kills its interpreter each cost their child, which is killed with its
+    process group and replaced in the background.
+
+    Args:
+        slots: number of child processes, i.e. tasks running at once.
+        imports: modules every child imports at start (``xpipe-worker --import``).
+        allow_pickled: run cloudpickled callables; False fails them PICKLED_CODE_REFUSED.
+        start_timeout_s: how long a child may take to start and import ``imports``.
+    """
+
+    def __init__(
+        self,
+        slots: int,
+        *,
+        imports: Sequence[str] = (),
+        allow_pickled: bool = True,
+        start_timeout_s: float = 120.0,
+    ):
+        if slots < 1:
+            raise ValueError(f"an executor needs at least 1 slot, got {slots}")
+        self.slots = slots
+        self.imports = tuple(imports)
+        self.allow_pickled = allow_pickled
+        self.start_timeout_s = start_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._children: set[_Child] = set()
+        self._idle: list[_Child] = []
+        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._queued: dict[AttemptKey, asyncio.Future] = {}
+        self._running: dict[AttemptKey, _Child] = {}
+        self._cancel_before_start: set[AttemptKey] = set()
+        self._code: dict[str, bytes] = {}
+        self._respawns: set[asyncio.Task] = set()
+        self._started = False
+        self._accepting = False
+        self._stopping: asyncio.Future | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the live children (for tests and metrics)."""
+        return [child.pid for child in self._children if child.state != "dead"]
+
+    # -- lifecycle --
+
+    async def start(self) -> None:
+        if self._stopping is not None:
+            raise RuntimeError("executor was stopped; make a new one")
+        if self._started:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._started = True
+        children: list[_Child] = []
+        try:
+            for _ in range(self.slots):
+                children.append(self._launch())
+            results = await asyncio.gather(*(self._await_ready(c) for c in children), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            if errors:
+                raise errors[0]
+        except BaseException:
+            for child in children:
+                self._kill(child)
+            if children:
+                await asyncio.wait([c.exited for c in children], timeout=_EXIT_WAIT_S)
+            self._stopping = self._loop.create_future()
+            self._stopping.set_result(None)
+            raise
+        self._accepting = True
+        for child in children:
+            self._release(child)
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        if self._stopping is not None:
+            await asyncio.shield(self._stopping)
+            return
+        loop = self._loop or asyncio.get_running_loop()
+        self._stopping = loop.create_future()
+        self._accepting = False
+        try:
+            await self._shutdown(grace_s)
+        finally:
+            self._stopping.set_result(None)
+
+    async def _shutdown(self, grace_s: float) -> None:
+        for key, waiter in list(self._queued.items()):
+            if not waiter.done():
+                waiter.set_result(self._lost(key, "executor stopped before task {name!r} started"))
+        for task in list(self._respawns):
+            task.cancel()
+        if self._respawns:
+            await asyncio.gather(*self._respawns, return_exceptions=True)
+        busy = [c.future for c in self._children if c.state == "busy" and c.future is not None]
+        if busy and grace_s > 0:
+            await asyncio.wait(busy, timeout=grace_s)
+        for child in list(self._children):
+            if child.state == "busy" and child.key is not None:
+                self._finish(child, self._lost(child.key, f"executor stopped before task {{name!r}} finished "
+                                                          f"(grace period {grace_s:g} s)"))
+            self._kill(child)
+        children = list(self._children)
+        if children:
+            done, pending = await asyncio.wait([c.exited for c in children], timeout=_EXIT_WAIT_S)
+            for child in children:
+                if child.exited in pending:
+                    logger.error("executor process %d did not exit within %g s of SIGKILL", child.pid, _EXIT_WAIT_S)
+        self._idle.clear()
+
+    def _lost(self, key: AttemptKey, template: str) -> worker_pb2.TaskEvent:
+        return self._ended(key, "WORKER_LOST", template)
+
+    # -- children --
+
+    def _launch(self) -> _Child:
+        assert self._loop is not None
+        ours, theirs = socket.socketpair()
+        try:
+            argv = [
+                sys.executable,
+                *subprocess._args_from_interpreter_flags(),  # type: ignore[attr-defined]
+                "-c",
+                _runtask.CHILD_BOOTSTRAP,
+                json.dumps(sys.path),
+                str(theirs.fileno()),
+                str(os.getpid()),
+                json.dumps(self.imports),
+            ]
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        child = _Child(proc, ours, self._loop)
+        ours.setblocking(False)
+        self._children.add(child)
+        self._loop.add_reader(child.fd, self._on_readable, child)
+        if child.exit_fd is not None:
+            self._loop.add_reader(child.exit_fd, self._on_exit, child)
+        else:
+            self._watch_exit(child)
+        logger.debug("started executor process %d", child.pid)
+        return child
+
+    def _watch_exit(self, child: _Child) -> None:
+        assert self._loop is not None
+        loop = self._loop
+
+        def wait() -> None:
+            child.proc.wait()
+            try:
+                loop.call_soon_threadsafe(self._on_exit, child)
+            except RuntimeError:  # loop closed: stop() already gave up on this child
+                pass
+
+        loop.run_in_executor(None, wait)
+
+    async def _await_ready(self, child: _Child) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(child.ready), self.start_timeout_s)
+        except asyncio.TimeoutError:
+            raise ExecutorStartError(
+                f"executor process {child.pid} did not start within {self.start_timeout_s:g} s "
+                f"(importing {list(self.imports)})"
+            ) from None
+
+    async def _respawn(self) -> None:
+        """Replace a lost child, retrying with backoff while the executor runs."""
+        delay = _RESPAWN_DELAY_S[0]
+        while self._accepting:
+            try:
+                child = self._launch()
+            except OSError as exc:  # e.g. EAGAIN from fork under memory pressure
+                logger.error("cannot start an executor process (retrying in %g s): %s", delay, exc)
+                await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+                delay = min(delay * 2, _RESPAWN_DELAY_S[1])
+                continue
+            try:
+                await self._await_ready(child)
+            except ExecutorStartError as exc:
+                self._kill(child)
+                logger.error("cannot replace an executor process (retrying in %g s): %s", delay, exc)
+                await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
+                delay = min(delay * 2, _RESPAWN_DELAY_S[1])
+                continue
+            except asyncio.CancelledError:
+                self._kill(child)
+                raise
+            self._release(child)
+            return
+
+    def _schedule_respawn(self) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(self._respawn())
+        self._respawns.add(task)
+        task.add_done_callback(self._respawn_done)
+
+    def _respawn_done(self, task: asyncio.Task) -> None:
+        self._respawns.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("replacing an executor process failed", exc_info=task.exception())
+
+    def _release(self, child: _Child) -> None:
+        """Hand an idle child to the oldest waiting run, or park it."""
+        child.state = "idle"
+        child.key = None
+        child.future = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(child)
+                return
+        self._idle.append(child)
+
+    def _kill(self, child: _Child) -> None:
+        if child.state == "dead":
+            return
+        if child.state != "starting":
+            child.state = "killed"
+        try:
+            self._idle.remove(child)
+        except ValueError:
+            pass
+        _kill_tree(child.pid)
+
+    def _finish(self, child: _Child, event: worker_pb2.TaskEvent) -> None:
+        if child.timer is not None:
+            child.timer.cancel()
+            child.timer = None
+        if child.future is not None and not child.future.done():
+            child.future.set_result(event)
+
+    # -- I/O callbacks --
+
+    def _on_readable(self, child: _Child) -> None:
+        while True:
+            try:
+                data = os.read(child.fd, 1 << 18)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:  # EOF: the child is exiting; _on_exit reports it
+                assert self._loop is not None
+                self._loop.remove_reader(child.fd)
+                break
+            child.buffer += data
+            if len(data) < 1 << 18:
+                break
+        buffer = child.buffer
+        while len(buffer) >= 4:
+            (size,) = _SIZE.unpack_from(buffer)
+            start = 4
+            if size == -1:
+                if len(buffer) < 12:
+                    break
+                (size,) = _SIZE64.unpack_from(buffer, 4)
+                start = 12
+            if len(buffer) < start + size:
+                break
+            message = bytes(buffer[start : start + size])
+            del buffer[: start + size]
+            self._on_message(child, message)
+
+    def _on_message(self, child: _Child, message: bytes) -> None:
+        if child.state == "starting":
+            if message[:1] == _runtask.CHILD_READY:
+                child.ready.set_result(None)
+            elif not child.ready.done():
+                text = message[1:].decode("utf-8", errors="replace")
+                child.ready.set_exception(ExecutorStartError(f"executor process {child.pid}: {text}"))
+                child.ready.exception()
+            return
+        if child.state != "busy" or child.key is None:  # a late answer from a child being killed
+            return
+        try:
+            event = worker_pb2.TaskEvent.FromString(message)
+        except Exception as exc:  # a task scribbled on the pipe (e.g. os.write to its fd)
+            logger.error("executor process %d sent a malformed answer for %s: %s", child.pid, _describe(child.key), exc)
+            self._finish(child, self._ended(
+                child.key, "TASK_FAILURE", "executor process sent a malformed answer for task {name!r}"))
+            self._kill(child)
+            return
+        self._finish(child, event)
+        self._release(child)
+
+    def _on_exit(self, child: _Child) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        if child.state == "dead":
+            return
+        self._on_readable(child)  # what it said before dying (e.g. which import failed)
+        loop.remove_reader(child.fd)
+        loop.remove_writer(child.fd)
+        if child.exit_fd is not None:
+            loop.remove_reader(child.exit_fd)
+        # Until we reap it, the child's pid (= its group id) cannot be reused, so this
+        # cannot hit a stranger; it ends whatever the child left running in its group.
+        try:
+            os.killpg(child.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            code: int | None = child.proc.wait(timeout=_EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:  # cannot happen once the pidfd fired; be safe
+            code = None
+        was = child.state
+        child.state = "dead"
+        self._children.discard(child)
+        try:
+            self._idle.remove(child)
+        except ValueError:
+            pass
+        if not child.ready.done():
+            child.ready.set_exception(
+                ExecutorStartError(f"executor process {child.pid} exited during start-up ({_exit_description(code)})")
+            )
+            child.ready.exception()  # whoever still waits gets it; nobody waiting is fine too
+        if was == "busy" and child.key is not None:
+            logger.warning("executor process %d died (%s) while running %s",
+                           child.pid, _exit_description(code), _describe(child.key))
+            ref = worker_pb2.AttemptRef(run_id=child.key[0], task=child.key[1], attempt=child.key[2])
+            self._finish(child, failed_event(
+                ref, "TASK_FAILURE",
+                f"executor process died with {_exit_description(code)} while running task {child.task_name!r}",
+            ))
+        elif was == "idle":
+            logger.warning("idle executor process %d died (%s)", child.pid, _exit_description(code))
+        try:
+            child.sock.close()
+            if child.exit_fd is not None:
+                os.close(child.exit_fd)
+        except Exception:
+            logger.exception("closing executor process %d failed", child.pid)
+        if not child.exited.done():
+            child.exited.set_result(code)
+        if self._accepting and was != "starting":
+            self._schedule_respawn()
+
+    def _write(self, child: _Child) -> None:
+        assert self._loop is not None and child.out is not None
+        try:
+            while child.out:
+                sent = os.write(child.fd, child.out)
+                child.out = child.out[sent:]
+        except BlockingIOError:
+            self._loop.add_writer(child.fd, self._write_more, child)
+            return
+        except OSError as exc:  # the child is gone; _on_exit reports the task
+            logger.warning("cannot send a task to executor process %d: %s", child.pid, exc)
+            child.out = None
+            self._kill(child)
+            child.state = "busy"  # so _on_exit reports the death to the run
+            return
+        child.out = None
+
+    def _write_more(self, child: _Child) -> None:
+        assert self._loop is not None
+        self._loop.remove_writer(child.fd)
+        if child.out is not None and child.state == "busy":
+            self._write(child)
+
+    # -- running --
+
+    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+        if not self._accepting:
+            raise RuntimeError("executor is not running (not started, or stopping)")
+        key = _attempt_key(assignment)
+        if key in self._running or key in self._queued:
+            raise ValueError(f"{_describe(key)} is already running in this executor")
+        code_hash = _needs_code(assignment)
+        if code_hash:
+            if not self.allow_pickled:
+                refusal = pickled_code_refusal(assignment)
+                assert refusal is not None
+                return refusal
+            if code is not None:
+                self._code[code_hash] = code
+            elif code_hash not in self._code:
+                return _code_missing(assignment, code_hash)
+        while True:
+            if not self._accepting:
+                return self._lost(key, "executor stopped before task {name!r} started")
+            if self._idle:
+                child = self._idle.pop()
+            else:
+                got = await self._wait_for_child(key)
+                if isinstance(got, worker_pb2.TaskEvent):
+                    return got
+                child = got
+            if child.state != "idle":  # it died between being handed over and now
+                continue
+            if key in self._cancel_before_start:  # cancelled while the child was handed over
+                self._cancel_before_start.discard(key)
+                self._release(child)
+                return self._ended(key, "CANCELLED", "task {name!r} was cancelled before it started")
+            return await self._run_on(child, key, assignment, code_hash)
+
+    async def _wait_for_child(self, key: AttemptKey) -> _Child | worker_pb2.TaskEvent:
+        assert self._loop is not None
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        self._queued[key] = waiter
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and isinstance(waiter.result(), _Child):
+                self._release(waiter.result())
+            raise
+        finally:
+            del self._queued[key]
+
+    async def _run_on(
+        self, child: _Child, key: AttemptKey, assignment: worker_pb2.Assignment, code_hash: str
+    ) -> worker_pb2.TaskEvent:
+        assert self._loop is not None
+        task = assignment.task
+        child.state = "busy"
+        child.key = key
+        child.task_name = task.name
+        future = child.future = self._loop.create_future()
+        self._running[key] = child
+        try:
+            code = b""
+            if code_hash and code_hash not in child.known_code:
+                code = self._code[code_hash]
+                child.known_code.add(code_hash)
+            body = assignment.SerializeToString()
+            request = _runtask.REQUEST_HEADER.pack(1 if code else 0, len(body)) + body + code
+            size = len(request)
+            header = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _SIZE64.pack(size)
+            child.out = memoryview(header + request)
+            self._write(child)
+            if task.timeout_s > 0:
+                slack = _COMMAND_TIMEOUT_SLACK_S if task.WhichOneof("kind") == "command" else 0.0
+                child.timer = self._loop.call_later(task.timeout_s + slack, self._on_timeout, child, key,
+                                                    task.timeout_s)
+            return await future
+        except asyncio.CancelledError:
+            if child.key == key and child.state == "busy":
+                logger.info("run of %s was cancelled by its caller; killing its executor process", _describe(key))
+                self._finish(child, self._ended(key, "CANCELLED", "task {name!r} was cancelled"))
+                self._kill(child)
+            raise
+        finally:
+            del self._running[key]
+
+    def _ended(self, key: AttemptKey, error_type: str, template: str) -> worker_pb2.TaskEvent:
+        ref = worker_pb2.AttemptRef(run_id=key[0], task=key[1], attempt=key[2])
+        return failed_event(ref, error_type, template.format(name=key[1]))
+
+    def _on_timeout(self, child: _Child, key: AttemptKey, timeout_s: float) -> None:
+        child.timer = None
+        if child.key != key or child.state != "busy":
+            return
+        logger.warning("%s timed out after %g s; killing executor process %d", _describe(key), timeout_s, child.pid)
+        self._finish(child, self._ended(key, "TIMEOUT", f"task {{name!r}} timed out after {timeout_s:g} s"))
+        self._kill(child)
+
+    async def cancel(self, attempt: AttemptKey) -> bool:
+        key = (attempt[0], attempt[1], int(attempt[2]))
+        waiter = self._queued.get(key)
+        if waiter is not None:
+            if not waiter.done():
+                waiter.set_result(self._ended(key, "CANCELLED", "task {name!r} was cancelled before it started"))
+                return True
+            if not waiter.cancelled() and isinstance(waiter.result(), _Child):
+                self._cancel_before_start.add(key)
+                return True
+        child = self._running.get(key)
+        if child is None or child.state != "busy":
+            return False
+        logger.info("cancelling %s: killing executor process %d", _describe(key), child.pid)
+        self._finish(child, self._ended(key, "CANCELLED", "task {name!r} was cancelled"))
+        self._kill(child)
+        return True
+
+
+# ---- thread executor -------------------------------------------------------------
+
+
+class ThreadExecutor(TaskExecutor):
+    """Runs tasks on a pool of ``slots`` threads inside the worker process.
+
+    Cheapest per task, but without isolation: a task shares the worker's memory, the GIL
+    and its fate (a segfault takes the worker down). Python threads cannot be killed, so
+    on timeout the caller gets failed TIMEOUT at once while the thread runs on and holds
+    its slot until the function returns; ``cancel`` only stops tasks that have not
+    started, and ``stop`` leaves still-running threads behind (it logs them). Commands
+    are the exception: their timeout kills the command's process group.
+
+    Args:
+        slots: number of threads, i.e. tasks running at once; more runs queue.
+        imports: modules imported at start (so their ``@handler``s register).
+        allow_pickled: run cloudpickled callables; False fails them PICKLED_CODE_REFUSED.
+    """
+
+    def __init__(self, slots: int, *, imports: Sequence[str] = (), allow_pickled: bool = True):
+        if slots < 1:
+            raise ValueError(f"an executor needs at least 1 slot, got {slots}")
+        self.slots = slots
+        self.imports = tuple(imports)
+        self.allow_pickled = allow_pickled
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._cache: dict = {}
+        self._code: dict[str, bytes] = {}
+        self._running: dict[AttemptKey, tuple[concurrent.futures.Future, asyncio.Future]] = {}
+        self._accepting = False
+        self._stopped = False
+
+    async def start(self) -> None:
+        if self._stopped:
+            raise RuntimeError("executor was stopped; make a new one")
+        if self._pool is not None:
+            return
+        import importlib
+
+        for module in self.imports:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                raise ExecutorStartError(f"cannot import module {module!r}: {type(exc).__name__}: {exc}") from exc
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="xpipe-task")
+        self._accepting = True
+
+    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+        if not self._accepting or self._pool is None:
+            raise RuntimeError("executor is not running (not started, or stopping)")
+        key = _attempt_key(assignment)
+        if key in self._running:
+            raise ValueError(f"{_describe(key)} is already running in this executor")
+        code_hash = _needs_code(assignment)
+        if code_hash:
+            if not self.allow_pickled:
+                refusal = pickled_code_refusal(assignment)
+                assert refusal is not None
+                return refusal
+            if code is not None:
+                self._code[code_hash] = code
+            elif code_hash not in self._code:
+                return _code_missing(assignment, code_hash)
+            code = self._code[code_hash] if code_hash not in self._cache else None
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future = loop.create_future()
+        work = self._pool.submit(run_assignment, assignment, code, self._cache)
+        self._running[key] = (work, outcome)
+
+        def deliver(done: concurrent.futures.Future) -> None:
+            if done.cancelled():
+                return
+            try:
+                loop.call_soon_threadsafe(self._settle, outcome, done)
+            except RuntimeError:  # the loop is closed: nobody waits for this result
+                pass
+
+        work.add_done_callback(deliver)
+        timer = None
+        if assignment.task.timeout_s > 0 and assignment.task.WhichOneof("kind") != "command":
+            timeout_s = assignment.task.timeout_s
+            timer = loop.call_later(timeout_s, self._time_out, outcome, key, timeout_s)
+        try:
+            return await outcome
+        finally:
+            if timer is not None:
+                timer.cancel()
+            del self._running[key]
+
+    @staticmethod
+    def _settle(outcome: asyncio.Future, done: concurrent.futures.Future) -> None:
+        if outcome.done():
+            return
+        exc = done.exception()
+        if exc is not None:  # run_assignment reports everything; this is a bug
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(done.result())
+
+    def _time_out(self, outcome: asyncio.Future, key: AttemptKey, timeout_s: float) -> None:
+        if outcome.done():
+            return
+        logger.warning("%s timed out after %g s; its thread cannot be killed and runs on", _describe(key), timeout_s)
+        ref = worker_pb2.AttemptRef(run_id=key[0], task=key[1], attempt=key[2])
+        outcome.set_result(failed_event(ref, "TIMEOUT", f"task {key[1]!r} timed out after {timeout_s:g} s"))
+
+    async def cancel(self, attempt: AttemptKey) -> bool:
+        key = (attempt[0], attempt[1], int(attempt[2]))
+        entry = self._running.get(key)
+        if entry is None:
+            return False
+        work, outcome = entry
+        if outcome.done() or not work.cancel():
+            return False  # already running: a thread cannot be stopped
+        ref = worker_pb2.AttemptRef(run_id=key[0], task=key[1], attempt=key[2])
+        outcome.set_result(failed_event(ref, "CANCELLED", f"task {key[1]!r} was cancelled before it started"))
+        return True
+
+    async def stop(self, grace_s: float = 0.0) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self._accepting = False
+        pending = [outcome for _, outcome in self._running.values() if not outcome.done()]
+        if pending and grace_s > 0:
+            await asyncio.wait(pending, timeout=grace_s)
+        left = 0
+        for key, (work, outcome) in list(self._running.items()):
+            if outcome.done():
+                continue
+            started = not work.cancel()
+            left += started
+            ref = worker_pb2.AttemptRef(run_id=key[0], task=key[1], attempt=key[2])
+            what = "finished" if started else "started"
+            outcome.set_result(failed_event(ref, "WORKER_LOST", f"executor stopped before task {key[1]!r} {what}"))
+        if left:
+            logger.warning("thread executor stopped with %d task thread(s) still running; they cannot be killed", left)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_executor(kind: str, slots: int, **kw: Any) -> TaskExecutor:
+    """Build the executor ``kind`` names: "process" (isolated, the default) or "thread".
+
+    Raises:
+        ValueError: unknown ``kind``.
+    """
+    if kind == "process":
+        return ProcessExecutor(slots, **kw)
+    if kind == "thread":
+        return ThreadExecutor(slots, **kw)
+    raise ValueError(f"unknown executor kind {kind!r}; expected 'process' or 'thread'")

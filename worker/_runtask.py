@@ -1,0 +1,440 @@
+"""Run one task assignment to completion, synchronously, and describe the outcome.
+
+This is the body of every executor: the process executor calls it in its long-lived
+child processes (see :func:`child_main`), the thread executor in its pool threads. It
+never raises for anything a task does; every outcome, including bad input, becomes a
+``TaskEvent`` carrying either ``succeeded.result`` or ``failed.error``, so an executor
+only has to ship bytes back.
+
+Arguments arrive as ``assignment.upstream``: the results of ``task.depends_on`` in order,
+then one payload per ``task.flows`` binding. The call is
+``f(*upstream_results, *args, **kwargs, **{flow.parameter: value})``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Callable
+
+from xpipe import _codec
+from xpipe._callables import load_callable, load_pickled
+from xpipe._handlers import HandlerNotFoundError, get_handler
+from xpipe._proto import common_pb2, worker_pb2
+from xpipe.errors import SerializationError
+
+__all__ = [
+    "run_assignment",
+    "failed_event",
+    "pickled_code_refusal",
+    "child_main",
+    "child_entry",
+    "COMMAND_STDERR_TAIL_CHARS",
+]
+
+#: How much of a failed command's stderr goes into the error message.
+COMMAND_STDERR_TAIL_CHARS = 2000
+
+#: Header of a request from the executor to a child: has-code flag, assignment length.
+REQUEST_HEADER = struct.Struct("!BI")
+#: First byte of a child's start-up report: ready, or import failure (message follows).
+CHILD_READY = b"R"
+CHILD_IMPORT_FAILED = b"E"
+#: ``python -c`` program of an executor child; argv: sys.path (JSON), socket fd, parent
+#: pid, modules to import (JSON). The parent's sys.path comes first so every import,
+#: including this module's, resolves as in the parent.
+CHILD_BOOTSTRAP = (
+    "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
+    "from xpipe.worker._runtask import child_entry; "
+    "child_entry(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))"
+)
+
+
+class _TaskFailed(Exception):
+    """Raised inside this module to end a task with a given error; never escapes it."""
+
+    def __init__(self, error_type: str, message: str, exception_type: str = "", tb: str = ""):
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.exception_type = exception_type
+        self.tb = tb
+
+
+def failed_event(
+    attempt: worker_pb2.AttemptRef,
+    error_type: str,
+    message: str,
+    *,
+    exception_type: str = "",
+    traceback_text: str = "",
+) -> worker_pb2.TaskEvent:
+    """A ``failed`` TaskEvent for ``attempt``, stamped now."""
+    event = worker_pb2.TaskEvent(at=time.time())
+    event.attempt.CopyFrom(attempt)
+    error = event.failed.error
+    error.error_type = error_type
+    error.message = message
+    error.exception_type = exception_type
+    error.traceback = traceback_text
+    return event
+
+
+def _succeeded(attempt: worker_pb2.AttemptRef, result: common_pb2.Payload) -> worker_pb2.TaskEvent:
+    event = worker_pb2.TaskEvent(at=time.time())
+    event.attempt.CopyFrom(attempt)
+    event.succeeded.result.CopyFrom(result)
+    return event
+
+
+def pickled_code_refusal(assignment: worker_pb2.Assignment) -> worker_pb2.TaskEvent | None:
+    """The PICKLED_CODE_REFUSED failure for a task that needs pickled code, else None.
+
+    Executors built with ``allow_pickled=False`` call this before running anything.
+    """
+    task = assignment.task
+    if task.WhichOneof("kind") == "python" and not task.python.import_path and task.python.code_hash:
+        return failed_event(
+            assignment.attempt,
+            "PICKLED_CODE_REFUSED",
+            f"task {task.name!r} needs pickled code (hash {task.python.code_hash[:12]}...) but this "
+            "worker refuses pickled code; install the code on the worker and refer to the "
+            "callable by import path, or start the worker with pickled code allowed",
+        )
+    return None
+
+
+# ---- arguments -------------------------------------------------------------------
+
+
+def _decode(payload: common_pb2.Payload, what: str) -> Any:
+    try:
+        return _codec.decode(payload, what=what)
+    except SerializationError as exc:
+        raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
+
+
+def _extra_args(task: common_pb2.TaskSpec) -> tuple[list[Any], dict[str, Any]]:
+    """Decode ``task.args`` into (positional, keyword) extra arguments."""
+    if _codec.is_empty(task.args):
+        return [], {}
+    value = _decode(task.args, f"arguments of task {task.name!r}")
+    if task.args.codec == common_pb2.CODEC_JSON:
+        if not isinstance(value, dict) or set(value) - {"args", "kwargs"}:
+            raise _TaskFailed(
+                "SERIALIZATION",
+                f"JSON arguments of task {task.name!r} must be an object with optional keys "
+                f"'args' (array) and 'kwargs' (object), got {_short(value)}",
+            )
+        args, kwargs = value.get("args", []), value.get("kwargs", {})
+    else:
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise _TaskFailed(
+                "SERIALIZATION",
+                f"arguments of task {task.name!r} must decode to (args tuple, kwargs dict), got {_short(value)}",
+            )
+        args, kwargs = value
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+        raise _TaskFailed(
+            "SERIALIZATION",
+            f"arguments of task {task.name!r} must be a sequence of positional arguments and a "
+            f"mapping of keyword arguments, got {type(args).__name__} and {type(kwargs).__name__}",
+        )
+    bad = [key for key in kwargs if not isinstance(key, str)]
+    if bad:
+        raise _TaskFailed("SERIALIZATION", f"keyword argument names of task {task.name!r} must be strings, got {bad!r}")
+    return list(args), dict(kwargs)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _call_arguments(assignment: worker_pb2.Assignment) -> tuple[list[Any], dict[str, Any]]:
+    """Positional and keyword arguments for the task's callable."""
+    task = assignment.task
+    upstream = assignment.upstream
+    n_deps, n_flows = len(task.depends_on), len(task.flows)
+    if len(upstream) != n_deps + n_flows:
+        raise _TaskFailed(
+            "TASK_FAILURE",
+            f"assignment of task {task.name!r} carries {len(upstream)} upstream payloads, expected "
+            f"{n_deps + n_flows} ({n_deps} dependencies + {n_flows} data flows)",
+        )
+    args = [
+        _decode(upstream[i], f"result of upstream task {task.depends_on[i]!r} for task {task.name!r}")
+        for i in range(n_deps)
+    ]
+    extra_args, kwargs = _extra_args(task)
+    args.extend(extra_args)
+    for i, flow in enumerate(task.flows):
+        value = _decode(
+            upstream[n_deps + i], f"result of upstream task {flow.source_task!r} for task {task.name!r}"
+        )
+        if flow.key:
+            try:
+                value = value[flow.key]
+            except (KeyError, IndexError, TypeError) as exc:
+                keys = f"; its keys: {_short(sorted(map(str, value)))}" if isinstance(value, dict) else ""
+                raise _TaskFailed(
+                    "TASK_FAILURE",
+                    f"task {task.name!r}: data flow from {flow.source_task!r} needs key {flow.key!r}, "
+                    f"which its result ({type(value).__name__}) does not have{keys}",
+                    type(exc).__name__,
+                ) from exc
+        if flow.parameter in kwargs:
+            raise _TaskFailed(
+                "TASK_FAILURE",
+                f"task {task.name!r}: parameter {flow.parameter!r} is given both as a keyword argument "
+                f"and by the data flow from {flow.source_task!r}",
+            )
+        kwargs[flow.parameter] = value
+    return args, kwargs
+
+
+# ---- callables -------------------------------------------------------------------
+
+
+def _python_callable(task: common_pb2.TaskSpec, code: bytes | None, cache: dict) -> Callable[..., Any]:
+    call = task.python
+    if call.import_path:
+        func = cache.get(call.import_path)
+        if func is None:
+            try:
+                func = load_callable(call.import_path)
+            except SerializationError as exc:
+                raise _TaskFailed(
+                    "TASK_FAILURE", f"task {task.name!r}: {exc}", type(exc).__name__, traceback.format_exc()
+                ) from exc
+            cache[call.import_path] = func
+        return func
+    if not call.code_hash:
+        raise _TaskFailed("TASK_FAILURE", f"task {task.name!r} names no callable (no import path, no code hash)")
+    func = cache.get(call.code_hash)
+    if func is not None:
+        return func
+    if code is None:
+        raise _TaskFailed(
+            "CODE_MISSING",
+            f"task {task.name!r} needs pickled code {call.code_hash[:12]}... which this worker was never sent",
+        )
+    actual = hashlib.sha256(code).hexdigest()
+    if actual != call.code_hash:
+        raise _TaskFailed(
+            "SERIALIZATION",
+            f"code sent for task {task.name!r} does not match its hash: expected {call.code_hash}, "
+            f"got sha256 {actual}",
+        )
+    try:
+        func = load_pickled(code)
+    except SerializationError as exc:
+        raise _TaskFailed(
+            "SERIALIZATION", f"task {task.name!r}: {exc}", type(exc).__name__, traceback.format_exc()
+        ) from exc
+    cache[call.code_hash] = func
+    return func
+
+
+def _handler_callable(task: common_pb2.TaskSpec) -> Callable[..., Any]:
+    try:
+        return get_handler(task.handler.name)
+    except HandlerNotFoundError as exc:
+        raise _TaskFailed("TASK_FAILURE", f"task {task.name!r}: {exc}", type(exc).__name__) from exc
+
+
+def _encode_result(task: common_pb2.TaskSpec, value: Any, codec: str) -> common_pb2.Payload:
+    try:
+        return _codec.encode(value, codec, what=f"result of task {task.name!r}")
+    except SerializationError as exc:
+        raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
+
+
+def _user_failure(exc: BaseException) -> _TaskFailed:
+    # Drop this module's own frame so the traceback starts in user code.
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    error_type = getattr(exc, "error_type", None)
+    if not isinstance(error_type, str) or not error_type:
+        error_type = "TASK_FAILURE"
+    return _TaskFailed(error_type, str(exc), type(exc).__name__, text)
+
+
+# ---- commands --------------------------------------------------------------------
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _run_command(task: common_pb2.TaskSpec) -> common_pb2.Payload:
+    """Run ``task.command``; its own process group lets a timeout kill all it started."""
+    command = task.command
+    name = task.name
+    argv = list(command.argv)
+    if not argv:
+        raise _TaskFailed("TASK_FAILURE", f"command task {name!r} has an empty argv")
+    extra_args, extra_kwargs = _extra_args(task)
+    if extra_args or extra_kwargs:
+        raise _TaskFailed("TASK_FAILURE", f"command task {name!r} takes no arguments; put them in argv")
+    cwd = command.cwd or None
+    try:
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **command.env},
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,
+        )
+    except FileNotFoundError as exc:
+        if cwd is not None and exc.filename == cwd:
+            message = f"command task {name!r}: working directory {cwd!r} does not exist"
+        else:
+            message = f"command task {name!r}: executable {argv[0]!r} not found"
+        raise _TaskFailed("TASK_FAILURE", message, type(exc).__name__) from exc
+    except OSError as exc:
+        raise _TaskFailed(
+            "TASK_FAILURE", f"command task {name!r}: cannot start {argv[0]!r}: {exc}", type(exc).__name__
+        ) from exc
+    timeout_s = task.timeout_s if task.timeout_s > 0 else None
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid)
+        proc.communicate()
+        raise _TaskFailed("TIMEOUT", f"task {name!r} timed out after {task.timeout_s:g} s") from None
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        raise
+    stdout = out.decode("utf-8", errors="replace")
+    stderr = err.decode("utf-8", errors="replace")
+    if proc.returncode != 0:
+        raise _TaskFailed(
+            "TASK_FAILURE",
+            f"command exited with code {proc.returncode}: {stderr[-COMMAND_STDERR_TAIL_CHARS:]}",
+            "CommandError",
+        )
+    return _encode_result(task, {"stdout": stdout, "stderr": stderr, "exit_code": proc.returncode}, "json")
+
+
+# ---- entry points ----------------------------------------------------------------
+
+
+def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache: dict) -> worker_pb2.TaskEvent:
+    """Run ``assignment`` here and now; return its succeeded or failed TaskEvent.
+
+    Args:
+        code: the cloudpickled callable when the task refers to one by hash and this
+            process may not have it yet; None otherwise.
+        cache: per-process memo of loaded callables, keyed by import path or code hash;
+            pass the same dict on every call so code is unpickled only once.
+    """
+    task = assignment.task
+    try:
+        kind = task.WhichOneof("kind")
+        if kind == "command":
+            return _succeeded(assignment.attempt, _run_command(task))
+        if kind == "python":
+            func = _python_callable(task, code, cache)
+            codec = "pickle"
+        elif kind == "handler":
+            func = _handler_callable(task)
+            codec = "json" if task.args.codec == common_pb2.CODEC_JSON else "pickle"
+        else:
+            raise _TaskFailed("TASK_FAILURE", f"task {task.name!r} says nothing to run (no python, handler or command)")
+        args, kwargs = _call_arguments(assignment)
+        try:
+            value = func(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - user code may raise SystemExit too
+            raise _user_failure(exc) from None
+        return _succeeded(assignment.attempt, _encode_result(task, value, codec))
+    except _TaskFailed as failure:
+        return failed_event(
+            assignment.attempt,
+            failure.error_type,
+            failure.message,
+            exception_type=failure.exception_type,
+            traceback_text=failure.tb,
+        )
+    except Exception as exc:  # a bug here must still end the task, visibly
+        return failed_event(
+            assignment.attempt,
+            "TASK_FAILURE",
+            f"internal error running task {task.name!r}: {type(exc).__name__}: {exc}",
+            exception_type=type(exc).__name__,
+            traceback_text=traceback.format_exc(),
+        )
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL us if the worker dies, so no task outlives its worker."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except Exception:  # best effort: the EOF on the pipe also ends us
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def child_entry(fd: int, parent_pid: int, imports: list[str]) -> None:
+    """Entry point of an executor child started with :data:`CHILD_BOOTSTRAP`."""
+    from multiprocessing.connection import Connection
+
+    child_main(Connection(fd), tuple(imports), parent_pid)
+
+
+def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int) -> None:
+    """Serve assignments from the process executor over ``conn`` until it closes.
+
+    The child is a session leader (the executor starts it so; ``setsid`` here covers any
+    other launcher), so killing its process group takes along anything a task started.
+    It reports readiness (or which import failed) once, then answers each request with
+    one serialized TaskEvent.
+    """
+    try:
+        os.setsid()
+    except OSError:  # already a session leader
+        pass
+    _die_with_parent(parent_pid)
+    for module in imports:
+        try:
+            importlib.import_module(module)
+        except BaseException as exc:  # noqa: BLE001 - report any import failure, then exit
+            conn.send_bytes(
+                CHILD_IMPORT_FAILED + f"cannot import module {module!r}: {type(exc).__name__}: {exc}".encode()
+            )
+            conn.close()
+            return
+    conn.send_bytes(CHILD_READY)
+    cache: dict = {}
+    header_size = REQUEST_HEADER.size
+    while True:
+        try:
+            request = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        has_code, length = REQUEST_HEADER.unpack_from(request)
+        view = memoryview(request)
+        assignment = worker_pb2.Assignment.FromString(view[header_size : header_size + length])
+        code = bytes(view[header_size + length :]) if has_code else None
+        event = run_assignment(assignment, code, cache)
+        conn.send_bytes(event.SerializeToString())
