@@ -1,0 +1,61 @@
+# Developer and CI entry points. GNU make; run `make help` for the list.
+#
+# `make install` is idempotent: the venv is created once, `pip install -e '.[dev]'`
+# reruns only when pyproject.toml is newer than the stamp file, and the system
+# dependencies script is a no-op once etcd is present.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+VPIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+export PIP_NO_INPUT := 1
+
+.PHONY: help install system-deps test proto demo bench clean
+
+help:
+	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd"
+	@echo "make test      check generated stubs are fresh, then run the test suite"
+	@echo "make proto     regenerate sdk/_proto from proto/xpipe/v1"
+	@echo "make demo      run examples/demo.py"
+	@echo "make bench     install bench extras and run python -m bench"
+	@echo "make clean     remove .venv and caches (bench/results stays)"
+
+install: system-deps $(STAMP)
+
+# System packages come first: on a bare Debian they include python3-venv, which
+# `python3 -m venv` needs.
+system-deps:
+	PYTHON=$(PYTHON) bash scripts/install_system_deps.sh
+
+$(VPY): | system-deps
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(VPY)
+	$(VPY) -m pip install --upgrade pip
+	$(VPIP) install -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(VPY) scripts/gen_protos.py --check
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+proto: $(STAMP)
+	$(VPY) scripts/gen_protos.py
+
+demo: install
+	$(VPY) examples/demo.py
+
+bench: install
+	$(VPIP) install -e '.[bench]'
+	$(VPY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist ./*.egg-info
+	find . -path ./.git -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +

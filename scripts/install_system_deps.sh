@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Install the system packages that `make install` and the tests need.
+#
+# - etcd (Debian package etcd-server): integration tests start their own etcd on
+#   free loopback ports, so the package's own service is kept from starting
+#   (policy-rc.d) and never relied on.
+# - python3-venv, only when the python3 in use is Debian's and lacks ensurepip
+#   (a bare Debian 12), since `python3 -m venv` fails without it.
+#
+# Idempotent: installs nothing that is already there. Fails loudly otherwise.
+set -euo pipefail
+
+PYTHON="${PYTHON:-python3}"
+
+log() { echo "[install_system_deps] $*"; }
+die() { echo "[install_system_deps] ERROR: $*" >&2; exit 1; }
+
+find_etcd() {
+    if command -v etcd >/dev/null 2>&1; then
+        command -v etcd
+    elif [ -x /usr/bin/etcd ]; then
+        echo /usr/bin/etcd
+    else
+        return 1
+    fi
+}
+
+packages=()
+
+if path="$(find_etcd)"; then
+    log "etcd already installed at ${path}"
+else
+    log "etcd not found on PATH nor at /usr/bin/etcd; will install etcd-server"
+    packages+=(etcd-server)
+fi
+
+if "${PYTHON}" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    log "${PYTHON} can create virtual environments"
+else
+    py_path="$(command -v "${PYTHON}" || true)"
+    py_real="$(readlink -f "${py_path:-/nonexistent}" || true)"
+    case "${py_real}" in
+        /usr/bin/*)
+            log "${PYTHON} (${py_real}) lacks ensurepip; will install python3-venv"
+            packages+=(python3-venv)
+            ;;
+        *)
+            die "${PYTHON} (${py_real:-not found}) cannot create a venv (no ensurepip/venv) and is not Debian's python; fix that Python install"
+            ;;
+    esac
+fi
+
+if [ "${#packages[@]}" -eq 0 ]; then
+    log "nothing to do"
+    exit 0
+fi
+
+[ "$(id -u)" -eq 0 ] || die "installing ${packages[*]} needs root (apt-get); run as root or install them by hand"
+command -v apt-get >/dev/null 2>&1 || die "apt-get is not available; install ${packages[*]} by hand"
+
+# Keep a package's init script from starting a system-wide etcd on :2379 during the
+# install (exit 101 = "action forbidden"). Only add our own policy file when none
+# exists, and remove it afterwards.
+policy=/usr/sbin/policy-rc.d
+added_policy=0
+if [ ! -e "${policy}" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"${policy}"
+    chmod +x "${policy}"
+    added_policy=1
+fi
+cleanup() { if [ "${added_policy}" -eq 1 ]; then rm -f "${policy}"; fi; }
+trap cleanup EXIT
+
+log "running apt-get update"
+apt-get update </dev/null || die "apt-get update failed"
+log "running apt-get install ${packages[*]}"
+DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${packages[@]}" </dev/null \
+    || die "apt-get install ${packages[*]} failed"
+
+if [[ " ${packages[*]} " == *" etcd-server "* ]]; then
+    path="$(find_etcd)" || die "etcd-server installed but no etcd binary on PATH or at /usr/bin/etcd"
+    log "installed $("${path}" --version 2>/dev/null | head -n 1 || echo etcd) at ${path}"
+fi
+if [[ " ${packages[*]} " == *" python3-venv "* ]]; then
+    "${PYTHON}" -c 'import ensurepip, venv' || die "python3-venv installed but ${PYTHON} still lacks ensurepip"
+    log "installed python3-venv"
+fi
