@@ -34,6 +34,9 @@ __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources"]
 
 log = logging.getLogger(__name__)
 
+#: A task running longer than this reports its start in its own event.
+STARTED_REPORT_DELAY_S = 0.05
+
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
     ("grpc.max_send_message_length", 256 * 1024 * 1024),
@@ -332,6 +335,11 @@ class WorkerDaemon:
                 continue  # cancelled or released while queued
             self._running.add(key)
             started = time.time()
+            # Short tasks report start and end in one event; a task still running after
+            # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
+            started_report = asyncio.get_running_loop().call_later(
+                STARTED_REPORT_DELAY_S, self._emit_started, key, started
+            )
             code_hash = assignment.task.python.code_hash
             try:
                 event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
@@ -339,6 +347,7 @@ class WorkerDaemon:
                 log.exception("executor failed on %s", key)
                 event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
             finally:
+                started_report.cancel()
                 self._running.discard(key)
             if self._held.pop(key, None) is None:
                 continue  # released at shutdown: the coordinator requeues it, do not report twice
@@ -358,6 +367,10 @@ class WorkerDaemon:
             self._emit(_failed(key, "CANCELLED", "cancelled before it started"))
             if not self._held:
                 self._idle.set()
+
+    def _emit_started(self, key: tuple[str, str, int], at: float) -> None:
+        if key in self._running:
+            self._emit(worker_pb2.TaskEvent(attempt=_ref(key), at=at, started=worker_pb2.Started()))
 
     def _emit(self, event: worker_pb2.TaskEvent) -> None:
         self._pending_events.append(event)
