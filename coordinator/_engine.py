@@ -228,6 +228,7 @@ class Engine:
                         attempt=worker_pb2.AttemptRef(run_id=run_id, task=task, attempt=attempt),
                         task=action.task,
                         upstream=action.upstream,
+                        last_try=action.last_try,
                     )
                 )
             elif isinstance(action, CancelAttempts):

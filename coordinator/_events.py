@@ -102,6 +102,9 @@ class TaskSucceeded(Event):
     at: float
     result: common_pb2.Payload
     started_at: float = 0.0
+    skipped: bool = False  # the task's error policy skipped it: SKIPPED, dependents get None
+    fallback_used: bool = False  # result came from the task's fallback
+    cause: common_pb2.TaskError | None = None  # the exception behind a skip or a fallback
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +182,7 @@ class Assign(Action):
     task: common_pb2.TaskSpec
     upstream: tuple[common_pb2.Payload, ...]
     code: tuple[common_pb2.CodeBlob, ...] = ()
+    last_try: bool = False  # no retry follows a failure of this attempt
 
 
 @dataclass(frozen=True, slots=True)

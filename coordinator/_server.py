@@ -178,8 +178,20 @@ class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
         try:
+            outbox = session.outbox
             while True:
-                message = await session.outbox.get()
+                message = await outbox.get()
+                if message is None:
+                    break
+                # Batches that queued while the previous write was in flight go out as one.
+                while message.WhichOneof("body") == "assignments" and not outbox.empty():
+                    following = outbox.get_nowait()
+                    if following is None or following.WhichOneof("body") != "assignments":
+                        yield message
+                        message = following
+                        break
+                    message.assignments.assignments.extend(following.assignments.assignments)
+                    message.assignments.code.extend(following.assignments.code)
                 if message is None:
                     break
                 yield message
@@ -206,7 +218,11 @@ class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                         key = _key(ev.attempt)
                         kind = ev.WhichOneof("kind")
                         if kind == "succeeded":
-                            post(TaskSucceeded(now, worker_id, key, ev.at, ev.succeeded.result, ev.started_at))
+                            done = ev.succeeded
+                            post(TaskSucceeded(
+                                now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
+                                done.fallback_used, done.cause if done.HasField("cause") else None,
+                            ))  # fmt: skip
                         elif kind == "failed":
                             post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at))
                         elif kind == "started":

@@ -21,10 +21,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import random
 from collections import deque
 from collections.abc import Iterable
 
 from xpipe._proto import common_pb2 as pb
+from xpipe._policies import backoff_delay_s
 from xpipe._proto import pipeline_pb2
 
 from ._events import (
@@ -57,13 +59,15 @@ log = logging.getLogger(__name__)
 TERMINAL_TASK_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.SKIPPED, pb.CANCELLED, pb.UPSTREAM_FAILED})
 TERMINAL_RUN_STATES = frozenset({pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED})
 _ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
+#: A dependency in one of these states lets its dependents run (a skipped one passes None).
+_SATISFIED = frozenset({pb.SUCCEEDED, pb.SKIPPED})
 
 #: Every allowed task transition. ``_move`` refuses anything else.
 _ALLOWED: dict[int, frozenset[int]] = {
     pb.PENDING: frozenset({pb.READY, pb.UPSTREAM_FAILED, pb.CANCELLED, pb.SKIPPED}),
     pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED}),
-    pb.ASSIGNED: frozenset({pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED}),
-    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED}),
+    pb.ASSIGNED: frozenset({pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED}),
+    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED}),
     pb.RETRY_WAIT: frozenset({pb.READY, pb.CANCELLED}),
 }
 
@@ -99,7 +103,7 @@ class _Task:
 class _Run:
     __slots__ = (
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
-        "failed", "code", "retry_on_failure", "max_parallel", "inflight",
+        "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -117,6 +121,8 @@ class _Run:
         self.retry_on_failure = spec.retry_on_failure
         self.max_parallel = spec.max_parallel
         self.inflight = 0  # tasks ASSIGNED or RUNNING
+        # failure_isolation=False: the first task failure cancels the rest of the run.
+        self.fail_fast = spec.fault_tolerance.fail_fast
         for task in self.tasks.values():
             for dep in task.deps:
                 self.tasks[dep].dependents.append(task.name)
@@ -161,9 +167,18 @@ class SchedulerState:
         heartbeat_timeout_s: a worker unheard of for this long is lost and its attempts
             are requeued.
         validate: check invariants after every event (tests turn this on).
+        rng: source of retry jitter; tests pass a seeded one for a reproducible schedule.
     """
 
-    def __init__(self, *, prefetch: int = 8, heartbeat_timeout_s: float = 10.0, validate: bool = False):
+    def __init__(
+        self,
+        *,
+        prefetch: int = 8,
+        heartbeat_timeout_s: float = 10.0,
+        validate: bool = False,
+        rng: random.Random | None = None,
+    ):
+        self.rng = rng if rng is not None else random.Random()
         self.prefetch = prefetch
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.validate_each_step = validate
@@ -257,7 +272,7 @@ class SchedulerState:
                 self._push_ready(run, task)
         for name in ev.order:
             task = run.tasks[name]
-            task.waiting = sum(1 for d in task.deps if run.tasks[d].state != pb.SUCCEEDED)
+            task.waiting = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
             if task.state == pb.PENDING and task.waiting == 0:
                 self._move(run, task, pb.READY, out)
         self._maybe_finish(run, ev.now, out)
@@ -316,9 +331,16 @@ class SchedulerState:
         task.finished_at = ev.at
         task.started_at = ev.started_at or task.started_at or ev.at
         if isinstance(ev, TaskSucceeded):
-            task.result = ev.result
+            # A skip or a fallback keeps the exception behind it as the task's error, so
+            # the run shows why (error_type says which of the two happened).
             task.error = None
-            self._move(run, task, pb.SUCCEEDED, out)
+            if ev.skipped or ev.fallback_used:
+                task.error = pb.TaskError()
+                if ev.cause is not None:
+                    task.error.CopyFrom(ev.cause)
+                task.error.error_type = "SKIPPED" if ev.skipped else "FALLBACK_USED"
+            task.result = None if ev.skipped else ev.result
+            self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
             for name in task.dependents:
                 child = run.tasks[name]
                 child.waiting -= 1
@@ -327,16 +349,47 @@ class SchedulerState:
         else:
             task.error = ev.error
             task.failures += 1
-            retries = task.spec.retry.max_retries if run.retry_on_failure else 0
-            if ev.error.error_type != "CANCELLED" and task.failures <= retries:
-                delay = task.spec.retry.retry_delay_s
-                task.retry_at = ev.now + delay
+            retryable = ev.error.error_type != "CANCELLED" and not ev.error.non_retryable
+            if retryable and task.failures <= self._retries_of(run, task):
+                task.retry_at = ev.now + self._retry_delay_s(task)
                 self._move(run, task, pb.RETRY_WAIT, out)
                 heapq.heappush(self._retries, (task.retry_at, next(self._seq), run.run_id, task.name, task.attempt))
             else:
                 self._move(run, task, pb.FAILED, out)
                 self._fail_dependents(run, task, out)
+                if run.fail_fast:
+                    self._stop_run_after_failure(run, task, ev.now, out)
         self._maybe_finish(run, ev.now, out)
+
+    @staticmethod
+    def _retries_of(run: _Run, task: _Task) -> int:
+        return task.spec.retry.max_retries if run.retry_on_failure else 0
+
+    def _retry_delay_s(self, task: _Task) -> float:
+        """The wait before the next retry: the task's backoff, capped, with jitter."""
+        retry = task.spec.retry
+        return backoff_delay_s(
+            retry.backoff, retry.retry_delay_s, task.failures,
+            max_retry_delay_s=retry.max_retry_delay_s, jitter=retry.jitter, rng=self.rng,
+        )  # fmt: skip
+
+    def _stop_run_after_failure(self, run: _Run, failed: _Task, now: float, out: list[Action]) -> None:
+        """failure_isolation=False: cancel every task not yet finished; the run ends FAILED."""
+        by_worker: dict[str, list[AttemptKey]] = {}
+        for task in run.tasks.values():
+            if task.state in TERMINAL_TASK_STATES:
+                continue
+            if task.state in _ACTIVE and task.worker:
+                by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
+            task.error = pb.TaskError(
+                error_type="CANCELLED",
+                message=f"cancelled: task {failed.name!r} failed and the run has failure_isolation off",
+            )
+            task.finished_at = now
+            self._move(run, task, pb.CANCELLED, out)
+        for worker_id, keys in by_worker.items():
+            if worker_id in self.workers and self.workers[worker_id].connected:
+                out.append(CancelAttempts(worker_id, tuple(keys)))
 
     def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
         run = self.runs.get(ev.run_id)
@@ -429,7 +482,8 @@ class SchedulerState:
         if code_hash and code_hash not in worker.sent_code:
             worker.sent_code.add(code_hash)
             code = (run.code[code_hash],)
-        out.append(Assign(worker.worker_id, key, spec, upstream, code))
+        last_try = task.failures >= self._retries_of(run, task)
+        out.append(Assign(worker.worker_id, key, spec, upstream, code, last_try))
 
     # ------------------------------------------------------------------ helpers
 
@@ -504,7 +558,11 @@ class SchedulerState:
     def _maybe_finish(self, run: _Run, now: float, out: list[Action], *, cancelled: bool = False) -> None:
         if run.state in TERMINAL_RUN_STATES or run.terminal < len(run.tasks):
             return
-        if cancelled or any(t.state == pb.CANCELLED for t in run.tasks.values()):
+        if cancelled:
+            run.state = pb.RUN_CANCELLED
+        elif run.fail_fast and run.failed:  # tasks were cancelled because one failed
+            run.state = pb.RUN_FAILED
+        elif any(t.state == pb.CANCELLED for t in run.tasks.values()):
             run.state = pb.RUN_CANCELLED
         elif run.failed:
             run.state = pb.RUN_FAILED
@@ -543,9 +601,9 @@ class SchedulerState:
                     terminal += 1
                 if task.state in (pb.READY, pb.ASSIGNED, pb.RUNNING):
                     for dep in task.deps:
-                        assert run.tasks[dep].state == pb.SUCCEEDED, f"{task.name} active before {dep} succeeded"
+                        assert run.tasks[dep].state in _SATISFIED, f"{task.name} active before {dep} succeeded"
                 if task.state == pb.PENDING:
-                    unmet = sum(1 for d in task.deps if run.tasks[d].state != pb.SUCCEEDED)
+                    unmet = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
                     assert unmet == task.waiting, f"{task.name}: waiting={task.waiting}, unmet deps={unmet}"
             assert terminal == run.terminal, f"run {run.run_id}: terminal count {run.terminal} != {terminal}"
         for worker in self.workers.values():

@@ -16,6 +16,7 @@ from ._client import Client
 from ._dag import DataFlow, Pipeline, Task, pipeline, task
 from ._handlers import handler
 from ._manager import PipelineManager
+from ._policies import handle_errors
 from ._result import PipelineResult, TaskRunInfo
 from .errors import (
     CoordinatorUnavailableError,
@@ -48,6 +49,7 @@ __all__ = [
     "Task",
     "TaskRunInfo",
     "XpipeError",
+    "handle_errors",
     "handler",
     "pipeline",
     "task",

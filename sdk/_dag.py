@@ -22,11 +22,13 @@ import math
 import numbers
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 from . import _codec
 from ._callables import callable_ref, describe_callable
 from ._handlers import get_handler
+from ._policies import BACKOFF_STRATEGIES, FaultTolerance
 from ._proto import common_pb2
 from .errors import PipelineValidationError
 
@@ -39,8 +41,11 @@ _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 _MEMORY_KEYS = {"memory_bytes": 1, "memory_mb": 2**20, "memory_gb": 2**30}
 _TASK_OPTIONS = frozenset(
-    {"max_retries", "retry_delay_s", "timeout_s", "resource_requirements", "labels", "priority"}
-)
+    {
+        "max_retries", "retry_delay_s", "retry_backoff", "max_retry_delay_s", "retry_jitter", "timeout_s",
+        "resource_requirements", "labels", "priority",
+    }
+)  # fmt: skip
 
 
 def _invalid(task_name: Any, field: str, problem: str) -> PipelineValidationError:
@@ -165,8 +170,11 @@ class Task:
         args: tuple = (),
         kwargs: dict | None = None,
         *,
-        max_retries: int = 0,
+        max_retries: int | None = None,
         retry_delay_s: float = 0.0,
+        retry_backoff: str | None = None,
+        max_retry_delay_s: float | None = None,
+        retry_jitter: float = 0.1,
         timeout_s: float | None = None,
         resource_requirements: dict | None = None,
         labels: dict[str, str] | None = None,
@@ -180,6 +188,9 @@ class Task:
             kwargs,
             max_retries=max_retries,
             retry_delay_s=retry_delay_s,
+            retry_backoff=retry_backoff,
+            max_retry_delay_s=max_retry_delay_s,
+            retry_jitter=retry_jitter,
             timeout_s=timeout_s,
             resource_requirements=resource_requirements,
             labels=labels,
@@ -199,8 +210,11 @@ class Task:
         args: Any,
         kwargs: Any,
         *,
-        max_retries: Any = 0,
+        max_retries: Any = None,
         retry_delay_s: Any = 0.0,
+        retry_backoff: Any = None,
+        max_retry_delay_s: Any = None,
+        retry_jitter: Any = 0.1,
         timeout_s: Any = None,
         resource_requirements: Any = None,
         labels: Any = None,
@@ -231,6 +245,10 @@ class Task:
                 raise _invalid(name, "kwargs", f"has a non-string key {key!r}")
         self.kwargs: dict[str, Any] = dict(kwargs)
 
+        # None: not given; the pipeline's configure_fault_tolerance default applies (else 0).
+        self._max_retries_given = max_retries is not None
+        if max_retries is None:
+            max_retries = 0
         if (
             isinstance(max_retries, bool)
             or not isinstance(max_retries, int)
@@ -245,8 +263,22 @@ class Task:
             raise _invalid(name, "timeout_s", f"must be a number > 0 or None, got {timeout_s!r}")
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > _INT32_MAX:
             raise _invalid(name, "priority", f"must be a 32-bit int, got {priority!r}")
+        if retry_backoff is not None and retry_backoff not in BACKOFF_STRATEGIES:
+            raise _invalid(
+                name, "retry_backoff", f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {retry_backoff!r}"
+            )
+        if max_retry_delay_s is not None and (
+            not _is_number(max_retry_delay_s) or not math.isfinite(max_retry_delay_s) or max_retry_delay_s <= 0
+        ):
+            raise _invalid(name, "max_retry_delay_s", f"must be a number > 0 or None, got {max_retry_delay_s!r}")
+        if not _is_number(retry_jitter) or not 0 <= retry_jitter <= 1:
+            raise _invalid(name, "retry_jitter", f"must be a fraction between 0 and 1, got {retry_jitter!r}")
         self.max_retries: int = max_retries
         self.retry_delay_s: float = float(retry_delay_s)
+        #: "fixed", "linear" or "exponential"; None: the pipeline's default, else fixed.
+        self.retry_backoff: str | None = retry_backoff
+        self.max_retry_delay_s: float | None = None if max_retry_delay_s is None else float(max_retry_delay_s)
+        self.retry_jitter: float = float(retry_jitter)
         self.timeout_s: float | None = None if timeout_s is None else float(timeout_s)
         self.priority: int = priority
 
@@ -448,10 +480,13 @@ class Task:
         try:
             spec.retry.max_retries = self.max_retries
             spec.retry.retry_delay_s = self.retry_delay_s
+            spec.retry.backoff = BACKOFF_STRATEGIES[self.retry_backoff or "fixed"]
+            spec.retry.max_retry_delay_s = self.max_retry_delay_s or 0.0
+            spec.retry.jitter = self.retry_jitter
             spec.timeout_s = self.timeout_s or 0.0
             spec.priority = self.priority
             spec.labels.update(self.labels)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, KeyError) as exc:
             raise PipelineValidationError(
                 f"task {self.name!r} has an option the API cannot carry: {exc}"
             ) from exc
@@ -518,6 +553,8 @@ class Pipeline:
         self.name = name
         self.description = description
         self._tasks: dict[str, Task] = {}
+        #: Set by :meth:`configure_fault_tolerance`; None: the defaults.
+        self.fault_tolerance: FaultTolerance | None = None
 
     def add_task(self, task: Task) -> Task:
         """Add one task and return it.
@@ -557,6 +594,38 @@ class Pipeline:
             return self.add_task(task(name, **opts)(func))
 
         return decorate
+
+    def configure_fault_tolerance(
+        self,
+        *,
+        checkpoint_interval: str | float | timedelta | None = None,
+        max_retries_per_task: int = 0,
+        retry_backoff_strategy: str = "fixed",
+        failure_isolation: bool = True,
+        circuit_breaker_enabled: bool = False,
+    ) -> FaultTolerance:
+        """Set the run-wide fault-tolerance policy; returns it (see :class:`FaultTolerance`).
+
+        ``max_retries_per_task`` and ``retry_backoff_strategy`` are defaults for tasks that
+        set no ``max_retries`` / ``retry_backoff`` of their own. With ``failure_isolation``
+        (the default) branches that do not depend on a failed task run on; without it the
+        first failure cancels every task still pending or running. Either way the run
+        ends failed.
+
+        Raises:
+            PipelineValidationError: an argument is out of range or of the wrong type.
+        """
+        try:
+            self.fault_tolerance = FaultTolerance.build(
+                checkpoint_interval=checkpoint_interval,
+                max_retries_per_task=max_retries_per_task,
+                retry_backoff_strategy=retry_backoff_strategy,
+                failure_isolation=failure_isolation,
+                circuit_breaker_enabled=circuit_breaker_enabled,
+            )
+        except ValueError as exc:
+            raise PipelineValidationError(f"pipeline {self.name!r}: configure_fault_tolerance: {exc}") from None
+        return self.fault_tolerance
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -605,12 +674,22 @@ class Pipeline:
         self.validate()
         code: dict[str, bytes] = {}
         specs = [t.to_proto(code) for t in self._tasks.values()]
-        return common_pb2.PipelineSpec(
+        ft = self.fault_tolerance
+        if ft is not None:  # pipeline-wide retry defaults for tasks that set none
+            for t, spec in zip(self._tasks.values(), specs):
+                if not getattr(t, "_max_retries_given", True):
+                    spec.retry.max_retries = ft.max_retries_per_task
+                if t.retry_backoff is None:
+                    spec.retry.backoff = BACKOFF_STRATEGIES[ft.retry_backoff_strategy]
+        made = common_pb2.PipelineSpec(
             name=self.name,
             tasks=specs,
             code=[common_pb2.CodeBlob(code_hash=h, data=data) for h, data in code.items()],
             retry_on_failure=retry_on_failure,
         )
+        if ft is not None:
+            made.fault_tolerance.CopyFrom(ft.to_proto())
+        return made
 
     def __repr__(self) -> str:
         names = list(self._tasks)

@@ -37,6 +37,8 @@ class TaskRunInfo:
     error_type: str | None = None
     exception_type: str | None = None
     traceback: str | None = None
+    #: The task's ``@handle_errors`` fallback produced its result; ``error`` is what the task raised.
+    fallback_used: bool = False
 
     @property
     def duration_s(self) -> float | None:
@@ -58,6 +60,7 @@ class TaskRunInfo:
             error_type=err.error_type if err else None,
             exception_type=(err.exception_type or None) if err else None,
             traceback=(err.traceback or None) if err else None,
+            fallback_used=info.state == pb.SUCCEEDED and err is not None and err.error_type == "FALLBACK_USED",
         )
 
 

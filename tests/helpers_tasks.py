@@ -88,3 +88,72 @@ def scribble_on_pipe() -> str:
 @handler("double")
 def double(value: Any) -> Any:
     return value * 2
+
+
+# ---- error policies (tests/unit/test_policies.py, tests/integration/test_policies.py) ----
+
+from xpipe import handle_errors  # noqa: E402 - kept next to the helpers that use it
+
+
+class DataValidationError(Exception):
+    """Bad input data: the policies below skip a task that raises it."""
+
+
+def count_call(counter_dir: str) -> int:
+    """Add one to the call counter kept in ``counter_dir`` and return the new count."""
+    path = Path(counter_dir) / "calls"
+    count = int(path.read_text()) + 1 if path.exists() else 1
+    path.write_text(str(count))
+    return count
+
+
+def cached_data(*args: Any, **kwargs: Any) -> dict:
+    """A fallback: what the failed task was called with, marked as cached."""
+    return {"cached": True, "args": list(args), "kwargs": kwargs}
+
+
+def broken_cache(*args: Any, **kwargs: Any) -> None:
+    raise RuntimeError("cache is empty too")
+
+
+def _raise_for(kind: str) -> str:
+    if kind == "invalid":
+        raise DataValidationError("row 7 has no id")
+    if kind == "down":
+        raise ConnectionError("api.example is down")
+    if kind == "bug":
+        raise KeyError("missing_column")
+    return "fresh"
+
+
+@handle_errors(retry_on=[ConnectionError, TimeoutError], skip_on=[DataValidationError], fallback=cached_data)
+def fetch(kind: str) -> str:
+    """The seed's resilient extract: retry network errors, skip bad data, else use the cache."""
+    return _raise_for(kind)
+
+
+@handle_errors(retry_on=[ConnectionError], skip_on=[DataValidationError])
+def fetch_no_fallback(kind: str) -> str:
+    return _raise_for(kind)
+
+
+@handle_errors(fallback=broken_cache)
+def fetch_broken_fallback(kind: str) -> str:
+    return _raise_for(kind)
+
+
+@handle_errors(retry_on=[ConnectionError], fallback=cached_data)
+def flaky_fetch(counter_dir: str, failures: int) -> str:
+    """Raise ConnectionError on the first ``failures`` calls (counted in ``counter_dir``)."""
+    count = count_call(counter_dir)
+    if count <= failures:
+        raise ConnectionError(f"call {count} of {failures} failing calls")
+    return f"fresh on call {count}"
+
+
+def fail_times(counter_dir: str, failures: int) -> int:
+    """Raise ValueError on the first ``failures`` calls, then return the call count."""
+    count = count_call(counter_dir)
+    if count <= failures:
+        raise ValueError(f"call {count} fails")
+    return count

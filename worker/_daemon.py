@@ -103,7 +103,7 @@ class WorkerDaemon:
         self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
         self._running: set[tuple[str, str, int]] = set()
         self._pending_events: list[worker_pb2.TaskEvent] = []
-        self._events_ready = asyncio.Event()
+        self._wake = asyncio.Event()  # something to send: a message or task events
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
         self._draining = False
         self._stop = asyncio.Event()
@@ -200,11 +200,20 @@ class WorkerDaemon:
         send.put_nowait(worker_pb2.WorkerMessage(register=self._register_message()))
 
         async def outgoing():
+            # Task events are taken only when the stream can write again, so whatever
+            # finished during the previous write rides in one batch.
             while True:
-                message = await send.get()
-                if message is None:
-                    return
-                yield message
+                if not send.empty():
+                    message = send.get_nowait()
+                    if message is None:
+                        return
+                    yield message
+                elif self._pending_events and self._send is send:
+                    events, self._pending_events = self._pending_events, []
+                    yield worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events))
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
 
         async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
             call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(outgoing())
@@ -220,9 +229,9 @@ class WorkerDaemon:
                         self._send = send
                         self.connected.set()
                         log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
+                        self._wake.set()  # events held while disconnected go out now
                         background = [
                             asyncio.create_task(self._heartbeats(send)),
-                            asyncio.create_task(self._event_sender(send)),
                             asyncio.create_task(self._stop_watch(call)),
                         ]
                     elif body == "cancel":
@@ -235,7 +244,7 @@ class WorkerDaemon:
                         return
             finally:
                 self._send = None
-                send.put_nowait(None)
+                self._put(send, None)
                 for task in background:
                     task.cancel()
                 results = await asyncio.gather(*background, return_exceptions=True)
@@ -265,7 +274,7 @@ class WorkerDaemon:
         proc.cpu_percent()
         while True:
             mem = psutil.virtual_memory()
-            send.put_nowait(
+            self._put(send, 
                 worker_pb2.WorkerMessage(
                     heartbeat=worker_pb2.Heartbeat(
                         metrics=worker_pb2.WorkerMetrics(
@@ -283,21 +292,12 @@ class WorkerDaemon:
 
     def _heartbeat_now(self) -> None:
         if self._send is not None:
-            self._send.put_nowait(
+            self._put(
+                self._send,
                 worker_pb2.WorkerMessage(
                     heartbeat=worker_pb2.Heartbeat(running=[_ref(k) for k in self._held], draining=True)
-                )
+                ),
             )
-
-    async def _event_sender(self, send: asyncio.Queue) -> None:
-        while True:
-            await self._events_ready.wait()
-            self._events_ready.clear()
-            if self._pending_events:
-                events, self._pending_events = self._pending_events, []
-                send.put_nowait(worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events)))
-            # Let the stream write before taking the next batch, so events coalesce under load.
-            await asyncio.sleep(0)
 
     async def _flush_events(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -305,7 +305,7 @@ class WorkerDaemon:
             if self._send is None:
                 await asyncio.sleep(0.05)
                 continue
-            self._events_ready.set()
+            self._wake.set()
             await asyncio.sleep(0.01)
 
     # ------------------------------------------------------------------ tasks
@@ -368,13 +368,17 @@ class WorkerDaemon:
             if not self._held:
                 self._idle.set()
 
+    def _put(self, send: asyncio.Queue, message: worker_pb2.WorkerMessage | None) -> None:
+        send.put_nowait(message)
+        self._wake.set()
+
     def _emit_started(self, key: tuple[str, str, int], at: float) -> None:
         if key in self._running:
             self._emit(worker_pb2.TaskEvent(attempt=_ref(key), at=at, started=worker_pb2.Started()))
 
     def _emit(self, event: worker_pb2.TaskEvent) -> None:
         self._pending_events.append(event)
-        self._events_ready.set()
+        self._wake.set()
 
 
 def _key(ref: worker_pb2.AttemptRef) -> tuple[str, str, int]:

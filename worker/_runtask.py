@@ -8,7 +8,15 @@ only has to ship bytes back.
 
 Arguments arrive as ``assignment.upstream``: the results of ``task.depends_on`` in order,
 then one payload per ``task.flows`` binding. The call is
-``f(*upstream_results, *args, **kwargs, **{flow.parameter: value})``.
+``f(*upstream_results, *args, **kwargs, **{flow.parameter: value})``. An empty upstream
+payload is the result of a SKIPPED task: it decodes to None, and a data flow that takes a
+key from it gets None too.
+
+A function decorated with ``@handle_errors`` carries an :class:`~xpipe._policies.ErrorPolicy`
+that is applied here when it raises: ``skip_on`` -> a ``succeeded`` event with ``skipped``;
+no retry follows (``assignment.last_try``, or the exception is not in ``retry_on``) and a
+fallback exists -> the fallback's result with ``fallback_used``; not in ``retry_on`` ->
+``failed`` with ``error.non_retryable``.
 """
 
 from __future__ import annotations
@@ -25,8 +33,9 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
-from xpipe._callables import load_callable, load_pickled
+from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._handlers import HandlerNotFoundError, get_handler
+from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 
@@ -60,12 +69,21 @@ CHILD_BOOTSTRAP = (
 class _TaskFailed(Exception):
     """Raised inside this module to end a task with a given error; never escapes it."""
 
-    def __init__(self, error_type: str, message: str, exception_type: str = "", tb: str = ""):
+    def __init__(
+        self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False
+    ):
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.exception_type = exception_type
         self.tb = tb
+        self.non_retryable = non_retryable
+
+    def to_proto(self) -> common_pb2.TaskError:
+        return common_pb2.TaskError(
+            error_type=self.error_type, exception_type=self.exception_type, message=self.message,
+            traceback=self.tb, non_retryable=self.non_retryable,
+        )  # fmt: skip
 
 
 def failed_event(
@@ -75,6 +93,7 @@ def failed_event(
     *,
     exception_type: str = "",
     traceback_text: str = "",
+    non_retryable: bool = False,
 ) -> worker_pb2.TaskEvent:
     """A ``failed`` TaskEvent for ``attempt``, stamped now."""
     event = worker_pb2.TaskEvent(at=time.time())
@@ -84,6 +103,7 @@ def failed_event(
     error.message = message
     error.exception_type = exception_type
     error.traceback = traceback_text
+    error.non_retryable = non_retryable
     return event
 
 
@@ -176,6 +196,9 @@ def _call_arguments(assignment: worker_pb2.Assignment) -> tuple[list[Any], dict[
     extra_args, kwargs = _extra_args(task)
     args.extend(extra_args)
     for i, flow in enumerate(task.flows):
+        if flow.key and _codec.is_empty(upstream[n_deps + i]):  # a skipped upstream: None, not None[key]
+            kwargs[flow.parameter] = None
+            continue
         value = _decode(
             upstream[n_deps + i], f"result of upstream task {flow.source_task!r} for task {task.name!r}"
         )
@@ -359,7 +382,10 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - user code may raise SystemExit too
-            raise _user_failure(exc) from None
+            policy = error_policy_of(func)
+            if policy is None:
+                raise _user_failure(exc) from None
+            return _apply_policy(assignment, policy, exc, args, kwargs, codec)
         return _succeeded(assignment.attempt, _encode_result(task, value, codec))
     except _TaskFailed as failure:
         return failed_event(
@@ -368,6 +394,7 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
             failure.message,
             exception_type=failure.exception_type,
             traceback_text=failure.tb,
+            non_retryable=failure.non_retryable,
         )
     except Exception as exc:  # a bug here must still end the task, visibly
         return failed_event(
@@ -377,6 +404,44 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
             exception_type=type(exc).__name__,
             traceback_text=traceback.format_exc(),
         )
+
+
+def _apply_policy(
+    assignment: worker_pb2.Assignment,
+    policy: ErrorPolicy,
+    exc: BaseException,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    codec: str,
+) -> worker_pb2.TaskEvent:
+    """Turn ``exc`` into the outcome ``policy`` asks for; raises _TaskFailed for a failure."""
+    task = assignment.task
+    failure = _user_failure(exc)
+    if policy.skips(exc):
+        event = _succeeded(assignment.attempt, common_pb2.Payload())
+        event.succeeded.skipped = True
+        event.succeeded.cause.CopyFrom(failure.to_proto())
+        return event
+    retryable = policy.retryable(exc)
+    if policy.fallback is not None and (assignment.last_try or not retryable):
+        try:
+            value = policy.fallback(*args, **kwargs)
+        except BaseException as fallback_exc:  # noqa: BLE001 - same as the task itself
+            second = _user_failure(fallback_exc)
+            raise _TaskFailed(
+                second.error_type,
+                f"task {task.name!r}: fallback {describe_callable(policy.fallback)} raised "
+                f"{type(fallback_exc).__name__}: {fallback_exc} (after the task raised {type(exc).__name__}: {exc})",
+                second.exception_type,
+                second.tb,
+                non_retryable=True,
+            ) from None
+        event = _succeeded(assignment.attempt, _encode_result(task, value, codec))
+        event.succeeded.fallback_used = True
+        event.succeeded.cause.CopyFrom(failure.to_proto())
+        return event
+    failure.non_retryable = not retryable
+    raise failure
 
 
 def _die_with_parent(parent_pid: int) -> None:

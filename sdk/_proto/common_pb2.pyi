@@ -14,6 +14,13 @@ class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODEC_JSON: _ClassVar[Codec]
     CODEC_RAW: _ClassVar[Codec]
 
+class RetryBackoff(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RETRY_BACKOFF_UNSPECIFIED: _ClassVar[RetryBackoff]
+    BACKOFF_FIXED: _ClassVar[RetryBackoff]
+    BACKOFF_LINEAR: _ClassVar[RetryBackoff]
+    BACKOFF_EXPONENTIAL: _ClassVar[RetryBackoff]
+
 class RunState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     RUN_STATE_UNSPECIFIED: _ClassVar[RunState]
@@ -40,6 +47,10 @@ CODEC_UNSPECIFIED: Codec
 CODEC_PICKLE: Codec
 CODEC_JSON: Codec
 CODEC_RAW: Codec
+RETRY_BACKOFF_UNSPECIFIED: RetryBackoff
+BACKOFF_FIXED: RetryBackoff
+BACKOFF_LINEAR: RetryBackoff
+BACKOFF_EXPONENTIAL: RetryBackoff
 RUN_STATE_UNSPECIFIED: RunState
 RUN_PENDING: RunState
 RUN_RUNNING: RunState
@@ -133,12 +144,18 @@ class DataFlowBinding(_message.Message):
     def __init__(self, source_task: _Optional[str] = ..., key: _Optional[str] = ..., parameter: _Optional[str] = ...) -> None: ...
 
 class RetryPolicy(_message.Message):
-    __slots__ = ("max_retries", "retry_delay_s")
+    __slots__ = ("max_retries", "retry_delay_s", "backoff", "max_retry_delay_s", "jitter")
     MAX_RETRIES_FIELD_NUMBER: _ClassVar[int]
     RETRY_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRY_DELAY_S_FIELD_NUMBER: _ClassVar[int]
+    JITTER_FIELD_NUMBER: _ClassVar[int]
     max_retries: int
     retry_delay_s: float
-    def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ...) -> None: ...
+    backoff: RetryBackoff
+    max_retry_delay_s: float
+    jitter: float
+    def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
     __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority")
@@ -184,7 +201,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "fault_tolerance")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -198,22 +215,40 @@ class PipelineSpec(_message.Message):
     RETRY_ON_FAILURE_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     MAX_PARALLEL_FIELD_NUMBER: _ClassVar[int]
+    FAULT_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
     retry_on_failure: bool
     labels: _containers.ScalarMap[str, str]
     max_parallel: int
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ...) -> None: ...
+    fault_tolerance: FaultTolerance
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ...) -> None: ...
+
+class FaultTolerance(_message.Message):
+    __slots__ = ("checkpoint_interval_s", "max_retries_per_task", "retry_backoff", "fail_fast", "circuit_breaker_enabled")
+    CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_RETRIES_PER_TASK_FIELD_NUMBER: _ClassVar[int]
+    RETRY_BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    FAIL_FAST_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_BREAKER_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    checkpoint_interval_s: float
+    max_retries_per_task: int
+    retry_backoff: RetryBackoff
+    fail_fast: bool
+    circuit_breaker_enabled: bool
+    def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("error_type", "exception_type", "message", "traceback")
+    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable")
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
+    NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     error_type: str
     exception_type: str
     message: str
     traceback: str
-    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
+    non_retryable: bool
+    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ...) -> None: ...

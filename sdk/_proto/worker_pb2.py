@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import common_pb2 as xpipe_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xpipe/v1/worker.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\"\x95\x01\n\rWorkerMessage\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.xpipe.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.xpipe.v1.HeartbeatH\x00\x12*\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x18.xpipe.v1.TaskEventBatchH\x00\x42\x06\n\x04\x62ody\"\xa6\x02\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05slots\x18\x04 \x01(\r\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.xpipe.v1.Register.LabelsEntry\x12\x10\n\x08handlers\x18\x07 \x03(\t\x12%\n\x07running\x18\x08 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\x12\x1c\n\x14\x61\x63\x63\x65pts_pickled_code\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\nAttemptRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"h\n\rWorkerMetrics\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07load_1m\x18\x04 \x01(\x01\"n\n\tHeartbeat\x12(\n\x07metrics\x18\x01 \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12%\n\x07running\x18\x02 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\xf6\x01\n\tTaskEvent\x12%\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.AttemptRef\x12$\n\x07started\x18\x02 \x01(\x0b\x32\x11.xpipe.v1.StartedH\x00\x12(\n\tsucceeded\x18\x03 \x01(\x0b\x32\x13.xpipe.v1.SucceededH\x00\x12\"\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x10.xpipe.v1.FailedH\x00\x12&\n\x08released\x18\x06 \x01(\x0b\x32\x12.xpipe.v1.ReleasedH\x00\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x42\x06\n\x04kind\"\t\n\x07Started\".\n\tSucceeded\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.xpipe.v1.Payload\",\n\x06\x46\x61iled\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.xpipe.v1.TaskError\"\x1a\n\x08Released\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x0eTaskEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.xpipe.v1.TaskEvent\"\xeb\x01\n\x12\x43oordinatorMessage\x12*\n\nregistered\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RegisteredH\x00\x12\x30\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x19.xpipe.v1.AssignmentBatchH\x00\x12\"\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x10.xpipe.v1.CancelH\x00\x12 \n\x05\x64rain\x18\x04 \x01(\x0b\x32\x0f.xpipe.v1.DrainH\x00\x12)\n\nnot_leader\x18\x05 \x01(\x0b\x32\x13.xpipe.v1.NotLeaderH\x00\x42\x06\n\x04\x62ody\"T\n\nRegistered\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x10\n\x08prefetch\x18\x03 \x01(\r\"z\n\nAssignment\x12%\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.AttemptRef\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.xpipe.v1.TaskSpec\x12#\n\x08upstream\x18\x03 \x03(\x0b\x32\x11.xpipe.v1.Payload\"^\n\x0f\x41ssignmentBatch\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.Assignment\x12 \n\x04\x63ode\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.CodeBlob\"0\n\x06\x43\x61ncel\x12&\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\"\x07\n\x05\x44rain\"#\n\tNotLeader\x12\x16\n\x0eleader_address\x18\x01 \x01(\t2U\n\rWorkerService\x12\x44\n\x07\x43onnect\x12\x17.xpipe.v1.WorkerMessage\x1a\x1c.xpipe.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15xpipe/v1/worker.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\"\x95\x01\n\rWorkerMessage\x12&\n\x08register\x18\x01 \x01(\x0b\x32\x12.xpipe.v1.RegisterH\x00\x12(\n\theartbeat\x18\x02 \x01(\x0b\x32\x13.xpipe.v1.HeartbeatH\x00\x12*\n\x06\x65vents\x18\x03 \x01(\x0b\x32\x18.xpipe.v1.TaskEventBatchH\x00\x42\x06\n\x04\x62ody\"\xa6\x02\n\x08Register\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05slots\x18\x04 \x01(\r\x12&\n\tresources\x18\x05 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12.\n\x06labels\x18\x06 \x03(\x0b\x32\x1e.xpipe.v1.Register.LabelsEntry\x12\x10\n\x08handlers\x18\x07 \x03(\t\x12%\n\x07running\x18\x08 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\x12\x1c\n\x14\x61\x63\x63\x65pts_pickled_code\x18\t \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\nAttemptRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"h\n\rWorkerMetrics\x12\x13\n\x0b\x63pu_percent\x18\x01 \x01(\x01\x12\x16\n\x0ememory_percent\x18\x02 \x01(\x01\x12\x19\n\x11memory_used_bytes\x18\x03 \x01(\x04\x12\x0f\n\x07load_1m\x18\x04 \x01(\x01\"n\n\tHeartbeat\x12(\n\x07metrics\x18\x01 \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12%\n\x07running\x18\x02 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\x12\x10\n\x08\x64raining\x18\x03 \x01(\x08\"\xf6\x01\n\tTaskEvent\x12%\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.AttemptRef\x12$\n\x07started\x18\x02 \x01(\x0b\x32\x11.xpipe.v1.StartedH\x00\x12(\n\tsucceeded\x18\x03 \x01(\x0b\x32\x13.xpipe.v1.SucceededH\x00\x12\"\n\x06\x66\x61iled\x18\x04 \x01(\x0b\x32\x10.xpipe.v1.FailedH\x00\x12&\n\x08released\x18\x06 \x01(\x0b\x32\x12.xpipe.v1.ReleasedH\x00\x12\n\n\x02\x61t\x18\x05 \x01(\x01\x12\x12\n\nstarted_at\x18\x07 \x01(\x01\x42\x06\n\x04kind\"\t\n\x07Started\"z\n\tSucceeded\x12!\n\x06result\x18\x01 \x01(\x0b\x32\x11.xpipe.v1.Payload\x12\x0f\n\x07skipped\x18\x02 \x01(\x08\x12\x15\n\rfallback_used\x18\x03 \x01(\x08\x12\"\n\x05\x63\x61use\x18\x04 \x01(\x0b\x32\x13.xpipe.v1.TaskError\",\n\x06\x46\x61iled\x12\"\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x13.xpipe.v1.TaskError\"\x1a\n\x08Released\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x0eTaskEventBatch\x12#\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x13.xpipe.v1.TaskEvent\"\xeb\x01\n\x12\x43oordinatorMessage\x12*\n\nregistered\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RegisteredH\x00\x12\x30\n\x0b\x61ssignments\x18\x02 \x01(\x0b\x32\x19.xpipe.v1.AssignmentBatchH\x00\x12\"\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x10.xpipe.v1.CancelH\x00\x12 \n\x05\x64rain\x18\x04 \x01(\x0b\x32\x0f.xpipe.v1.DrainH\x00\x12)\n\nnot_leader\x18\x05 \x01(\x0b\x32\x13.xpipe.v1.NotLeaderH\x00\x42\x06\n\x04\x62ody\"T\n\nRegistered\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x02 \x01(\x01\x12\x10\n\x08prefetch\x18\x03 \x01(\r\"\x8c\x01\n\nAssignment\x12%\n\x07\x61ttempt\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.AttemptRef\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.xpipe.v1.TaskSpec\x12#\n\x08upstream\x18\x03 \x03(\x0b\x32\x11.xpipe.v1.Payload\x12\x10\n\x08last_try\x18\x04 \x01(\x08\"^\n\x0f\x41ssignmentBatch\x12)\n\x0b\x61ssignments\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.Assignment\x12 \n\x04\x63ode\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.CodeBlob\"0\n\x06\x43\x61ncel\x12&\n\x08\x61ttempts\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.AttemptRef\"\x07\n\x05\x44rain\"#\n\tNotLeader\x12\x16\n\x0eleader_address\x18\x01 \x01(\t2U\n\rWorkerService\x12\x44\n\x07\x43onnect\x12\x17.xpipe.v1.WorkerMessage\x1a\x1c.xpipe.v1.CoordinatorMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,27 +51,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STARTED']._serialized_start=1035
   _globals['_STARTED']._serialized_end=1044
   _globals['_SUCCEEDED']._serialized_start=1046
-  _globals['_SUCCEEDED']._serialized_end=1092
-  _globals['_FAILED']._serialized_start=1094
-  _globals['_FAILED']._serialized_end=1138
-  _globals['_RELEASED']._serialized_start=1140
-  _globals['_RELEASED']._serialized_end=1166
-  _globals['_TASKEVENTBATCH']._serialized_start=1168
-  _globals['_TASKEVENTBATCH']._serialized_end=1221
-  _globals['_COORDINATORMESSAGE']._serialized_start=1224
-  _globals['_COORDINATORMESSAGE']._serialized_end=1459
-  _globals['_REGISTERED']._serialized_start=1461
-  _globals['_REGISTERED']._serialized_end=1545
-  _globals['_ASSIGNMENT']._serialized_start=1547
-  _globals['_ASSIGNMENT']._serialized_end=1669
-  _globals['_ASSIGNMENTBATCH']._serialized_start=1671
-  _globals['_ASSIGNMENTBATCH']._serialized_end=1765
-  _globals['_CANCEL']._serialized_start=1767
-  _globals['_CANCEL']._serialized_end=1815
-  _globals['_DRAIN']._serialized_start=1817
-  _globals['_DRAIN']._serialized_end=1824
-  _globals['_NOTLEADER']._serialized_start=1826
-  _globals['_NOTLEADER']._serialized_end=1861
-  _globals['_WORKERSERVICE']._serialized_start=1863
-  _globals['_WORKERSERVICE']._serialized_end=1948
+  _globals['_SUCCEEDED']._serialized_end=1168
+  _globals['_FAILED']._serialized_start=1170
+  _globals['_FAILED']._serialized_end=1214
+  _globals['_RELEASED']._serialized_start=1216
+  _globals['_RELEASED']._serialized_end=1242
+  _globals['_TASKEVENTBATCH']._serialized_start=1244
+  _globals['_TASKEVENTBATCH']._serialized_end=1297
+  _globals['_COORDINATORMESSAGE']._serialized_start=1300
+  _globals['_COORDINATORMESSAGE']._serialized_end=1535
+  _globals['_REGISTERED']._serialized_start=1537
+  _globals['_REGISTERED']._serialized_end=1621
+  _globals['_ASSIGNMENT']._serialized_start=1624
+  _globals['_ASSIGNMENT']._serialized_end=1764
+  _globals['_ASSIGNMENTBATCH']._serialized_start=1766
+  _globals['_ASSIGNMENTBATCH']._serialized_end=1860
+  _globals['_CANCEL']._serialized_start=1862
+  _globals['_CANCEL']._serialized_end=1910
+  _globals['_DRAIN']._serialized_start=1912
+  _globals['_DRAIN']._serialized_end=1919
+  _globals['_NOTLEADER']._serialized_start=1921
+  _globals['_NOTLEADER']._serialized_end=1956
+  _globals['_WORKERSERVICE']._serialized_start=1958
+  _globals['_WORKERSERVICE']._serialized_end=2043
 # @@protoc_insertion_point(module_scope)

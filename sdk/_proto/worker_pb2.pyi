@@ -101,10 +101,16 @@ class Started(_message.Message):
     def __init__(self) -> None: ...
 
 class Succeeded(_message.Message):
-    __slots__ = ("result",)
+    __slots__ = ("result", "skipped", "fallback_used", "cause")
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_USED_FIELD_NUMBER: _ClassVar[int]
+    CAUSE_FIELD_NUMBER: _ClassVar[int]
     result: _common_pb2.Payload
-    def __init__(self, result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
+    skipped: bool
+    fallback_used: bool
+    cause: _common_pb2.TaskError
+    def __init__(self, result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., skipped: _Optional[bool] = ..., fallback_used: _Optional[bool] = ..., cause: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class Failed(_message.Message):
     __slots__ = ("error",)
@@ -149,14 +155,16 @@ class Registered(_message.Message):
     def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt", "task", "upstream")
+    __slots__ = ("attempt", "task", "upstream", "last_try")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    LAST_TRY_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: _common_pb2.TaskSpec
     upstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ...) -> None: ...
+    last_try: bool
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ...) -> None: ...
 
 class AssignmentBatch(_message.Message):
     __slots__ = ("assignments", "code")

@@ -1,0 +1,260 @@
+"""Task error policies (``@handle_errors``) and the retry backoff schedule.
+
+A policy only decides what an exception *means*; the worker applies it where the task
+runs (``xpipe.worker._runtask``) and the coordinator's state machine turns the outcome
+into a state:
+
+* an exception in ``skip_on`` ends the task SKIPPED; its dependents still run and get
+  ``None`` for that input (a ``DataFlow`` with a key from it gets ``None`` too);
+* an exception not in ``retry_on`` (when ``retry_on`` is given) is not retried;
+* when no retry follows (not retryable, or the last allowed attempt), ``fallback`` is
+  called with the task's own arguments and its return value becomes the task's result;
+  the run records that the fallback was used (``TaskRunInfo.fallback_used``).
+
+The backoff schedule lives here too so the SDK, its tests and the coordinator agree on
+one formula.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import random
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from ._proto import common_pb2
+
+__all__ = [
+    "ErrorPolicy",
+    "FaultTolerance",
+    "handle_errors",
+    "error_policy_of",
+    "backoff_delay_s",
+    "parse_duration_s",
+    "BACKOFF_STRATEGIES",
+    "POLICY_ATTR",
+]
+
+#: Where ``@handle_errors`` puts its policy on the function.
+POLICY_ATTR = "__xpipe_error_policy__"
+
+#: User-facing strategy names -> the proto enum.
+BACKOFF_STRATEGIES: dict[str, int] = {
+    "fixed": common_pb2.BACKOFF_FIXED,
+    "linear": common_pb2.BACKOFF_LINEAR,
+    "exponential": common_pb2.BACKOFF_EXPONENTIAL,
+}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: No retry waits longer than this (about 31 years), whatever the schedule says.
+_LONGEST_DELAY_S = 1e9
+#: Units a duration string may use ("90s", "1min", "1.5h"), in seconds.
+_DURATION_UNITS = {
+    "": 1.0, "ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0,
+}  # fmt: skip
+_DURATION_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*")
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorPolicy:
+    """What to do when a task's function raises."""
+
+    retry_on: tuple[type[BaseException], ...] | None
+    """Only these exception types are retried; None: every exception is."""
+    skip_on: tuple[type[BaseException], ...] = ()
+    """These end the task SKIPPED instead of FAILED; dependents get None for its result."""
+    fallback: Callable[..., Any] | None = None
+    """Called with the task's arguments when no retry follows; its return value is the result."""
+
+    def skips(self, exc: BaseException) -> bool:
+        return bool(self.skip_on) and isinstance(exc, self.skip_on)
+
+    def retryable(self, exc: BaseException) -> bool:
+        return self.retry_on is None or isinstance(exc, self.retry_on)
+
+
+def _exception_types(name: str, value: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(value, type):
+        value = [value]
+    try:
+        types = tuple(value)
+    except TypeError:
+        raise TypeError(
+            f"handle_errors({name}=...) must be a list of exception classes, got {value!r}"
+        ) from None
+    for item in types:
+        if not (isinstance(item, type) and issubclass(item, BaseException)):
+            raise TypeError(f"handle_errors({name}=...) must hold exception classes, got {item!r}")
+    return types
+
+
+def handle_errors(
+    *,
+    retry_on: Iterable[type[BaseException]] | None = None,
+    skip_on: Iterable[type[BaseException]] = (),
+    fallback: Callable[..., Any] | None = None,
+) -> Callable[[F], F]:
+    """Decorator: attach an error policy to a task function (see the module docstring).
+
+    The function itself is returned unchanged, so calling it locally behaves as before;
+    the policy takes effect when the function runs as a task on a worker. It may be
+    applied above or below ``@task``::
+
+        @task(max_retries=3, retry_backoff="exponential")
+        @handle_errors(retry_on=[ConnectionError], skip_on=[DataValidationError], fallback=use_cached_data)
+        def fetch(url): ...
+
+    Raises:
+        TypeError: an argument is not a list of exception classes, or fallback is not
+            callable, or the decorated object is not a function or function Task.
+    """
+    retry_types = None if retry_on is None else _exception_types("retry_on", retry_on)
+    skip_types = _exception_types("skip_on", skip_on)
+    if fallback is not None and not callable(fallback):
+        raise TypeError(f"handle_errors(fallback=...) must be callable, got {fallback!r}")
+    policy = ErrorPolicy(retry_types, skip_types, fallback)
+
+    def decorate(func: F) -> F:
+        from ._dag import Task  # a Task made by @task: put the policy on the function it runs
+
+        target: Any = func.func if isinstance(func, Task) else func
+        if target is None or not callable(target):
+            raise TypeError(f"@handle_errors must decorate a function, got {func!r}")
+        try:
+            setattr(target, POLICY_ATTR, policy)
+        except AttributeError:
+            raise TypeError(
+                f"@handle_errors cannot attach a policy to {target!r}; decorate a plain function"
+            ) from None
+        return func
+
+    return decorate
+
+
+def error_policy_of(func: Any) -> ErrorPolicy | None:
+    """The policy ``@handle_errors`` attached to ``func``, if any (bound methods included)."""
+    policy = getattr(func, POLICY_ATTR, None)
+    return policy if isinstance(policy, ErrorPolicy) else None
+
+
+def backoff_delay_s(
+    backoff: int,
+    retry_delay_s: float,
+    retry_number: int,
+    *,
+    max_retry_delay_s: float = 0.0,
+    jitter: float = 0.0,
+    rng: random.Random | None = None,
+) -> float:
+    """Seconds to wait before the ``retry_number``-th retry (1 for the first).
+
+    fixed: ``d``; linear: ``d * n``; exponential: ``d * 2**(n-1)``; then capped at
+    ``max_retry_delay_s`` (0: no cap). Jitter spreads retries of many tasks that failed
+    together: the wait is shortened by a random fraction up to ``jitter``, so it never
+    exceeds the cap.
+
+    Args:
+        backoff: a ``RetryBackoff`` enum value (unspecified counts as fixed).
+        rng: source of jitter; pass a seeded one for a reproducible schedule.
+    """
+    n = max(1, retry_number)
+    base = max(0.0, retry_delay_s)
+    if backoff == common_pb2.BACKOFF_LINEAR:
+        delay = base * n
+    elif backoff == common_pb2.BACKOFF_EXPONENTIAL:
+        delay = base * 2.0 ** min(n - 1, 1023)
+    else:
+        delay = base
+    if max_retry_delay_s > 0:
+        delay = min(delay, max_retry_delay_s)
+    delay = min(delay, _LONGEST_DELAY_S)  # uncapped exponential growth: far away, but a usable number
+    if jitter > 0 and delay > 0:
+        draw = (rng or random).random()
+        delay *= 1.0 - min(jitter, 1.0) * draw
+    return delay
+
+
+def parse_duration_s(value: str | float | timedelta) -> float:
+    """Seconds in ``value``: a number of seconds, a timedelta, or a string like "1min".
+
+    Raises:
+        ValueError: not a duration, negative, or an unknown unit.
+    """
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.lower())
+        if match is None or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(
+                f"cannot read duration {value!r}: use a number and one of the units "
+                f"{sorted(u for u in _DURATION_UNITS if u)}, e.g. '30s' or '1min'"
+            )
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"a duration must be seconds, a timedelta or a string like '1min', got {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"a duration must be finite and >= 0, got {value!r}")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class FaultTolerance:
+    """Run-wide fault-tolerance settings (``Pipeline.configure_fault_tolerance``)."""
+
+    checkpoint_interval_s: float = 0.0
+    """How often a run's progress should be checkpointed; 0: not configured. Carried in the spec."""
+    max_retries_per_task: int = 0
+    """``max_retries`` of every task that sets none of its own."""
+    retry_backoff_strategy: str = "fixed"
+    """``retry_backoff`` of every task that sets none: "fixed", "linear" or "exponential"."""
+    failure_isolation: bool = True
+    """True: independent branches run on after a failure. False: the first failure cancels the rest."""
+    circuit_breaker_enabled: bool = False
+    """Carried to the coordinator for its circuit breaker."""
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        checkpoint_interval: str | float | timedelta | None,
+        max_retries_per_task: Any,
+        retry_backoff_strategy: Any,
+        failure_isolation: Any,
+        circuit_breaker_enabled: Any,
+    ) -> FaultTolerance:
+        """Check user arguments and make the settings; raises ValueError naming the bad one."""
+        interval_s = 0.0 if checkpoint_interval is None else parse_duration_s(checkpoint_interval)
+        if (
+            isinstance(max_retries_per_task, bool)
+            or not isinstance(max_retries_per_task, int)
+            or not 0 <= max_retries_per_task < 2**32
+        ):
+            raise ValueError(f"max_retries_per_task must be an int >= 0, got {max_retries_per_task!r}")
+        if retry_backoff_strategy not in BACKOFF_STRATEGIES:
+            raise ValueError(
+                f"retry_backoff_strategy must be one of {sorted(BACKOFF_STRATEGIES)}, "
+                f"got {retry_backoff_strategy!r}"
+            )
+        flags = {"failure_isolation": failure_isolation, "circuit_breaker_enabled": circuit_breaker_enabled}
+        for name, flag in flags.items():
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        return cls(
+            interval_s, max_retries_per_task, retry_backoff_strategy, failure_isolation, circuit_breaker_enabled
+        )
+
+    def to_proto(self) -> common_pb2.FaultTolerance:
+        return common_pb2.FaultTolerance(
+            checkpoint_interval_s=self.checkpoint_interval_s,
+            max_retries_per_task=self.max_retries_per_task,
+            retry_backoff=BACKOFF_STRATEGIES[self.retry_backoff_strategy],
+            fail_fast=not self.failure_isolation,
+            circuit_breaker_enabled=self.circuit_breaker_enabled,
+        )
