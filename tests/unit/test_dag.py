@@ -647,17 +647,6 @@ def test_validate_graph_cycle_is_named_in_order():
     assert info.value.cycle == ["p", "q", "p"]
 
 
-def _large_graph(count: int, rng: random.Random) -> tuple[list[str], dict[str, list[str]]]:
-    # Each task depends on up to 3 tasks *later* in the list, so names are not in
-    # topological order and the full algorithm runs.
-    names = [f"task-{i}" for i in range(count)]
-    deps = {
-        names[i]: list(dict.fromkeys(names[rng.randrange(i + 1, count)] for _ in range(3)))
-        for i in range(count - 1)
-    }
-    return names, deps
-
-
 @st.composite
 def random_dags(draw):
     """(names, deps, edges): edges only go from lower to higher index, names shuffled."""

@@ -1,0 +1,181 @@
+"""Sampling profiles of xpipe processes with py-spy, summarised as text.
+
+``python -m bench --profile`` runs one extra, unmeasured xpipe sample of each scenario
+with py-spy attached to the coordinator and to worker ``w0`` (with its task executor
+children). The raw collapsed stacks are saved next to the JSON, and the top frames (self
+time, and inclusive time per function) go into the JSON and the printed report.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from bench._report import BenchError
+
+__all__ = ["find_py_spy", "PySpy", "top_frames", "format_top"]
+
+_ATTACH_TIMEOUT_S = 20.0
+_STOP_TIMEOUT_S = 30.0
+_LINE_NO = re.compile(r":\d+\)$")
+
+
+def find_py_spy() -> str | None:
+    """Path of py-spy: next to this interpreter (the venv), else on PATH."""
+    here = Path(sys.executable).parent / "py-spy"
+    if here.exists():
+        return str(here)
+    return shutil.which("py-spy")
+
+
+class PySpy:
+    """``py-spy record`` attached to one process until :meth:`stop`.
+
+    Args:
+        pid: the process to sample.
+        out: where the collapsed stacks ("raw" format) go.
+        subprocesses: also sample the process's children (a worker's task executors).
+        rate_hz: samples per second.
+    """
+
+    def __init__(self, pid: int, out: Path, *, subprocesses: bool = False, rate_hz: int = 200):
+        exe = find_py_spy()
+        if exe is None:
+            raise BenchError("py-spy not found; install it with `.venv/bin/pip install py-spy`")
+        self.out = Path(out)
+        self.log_path = self.out.with_suffix(".log")
+        argv = [exe, "record", "--format", "raw", "--rate", str(rate_hz), "--nonblocking", "-o", str(self.out),
+                "--pid", str(pid)]  # fmt: skip
+        if subprocesses:
+            argv.append("--subprocesses")
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_attached()
+
+    def _log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _wait_attached(self) -> None:
+        deadline = time.monotonic() + _ATTACH_TIMEOUT_S
+        while "Sampling process" not in self._log():
+            if self._proc.poll() is not None:
+                raise BenchError(f"py-spy exited with {self._proc.returncode} before sampling:\n{self._log()}")
+            if time.monotonic() >= deadline:
+                self._proc.kill()
+                self._proc.wait()
+                raise BenchError(f"py-spy did not start sampling within {_ATTACH_TIMEOUT_S:g}s:\n{self._log()}")
+            time.sleep(0.02)
+
+    def stop(self) -> Path:
+        """Stop sampling (SIGINT makes py-spy write its output) and return the output path.
+
+        Raises:
+            BenchError: py-spy failed or wrote nothing.
+        """
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGINT)
+            try:
+                self._proc.wait(timeout=_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+                raise BenchError(f"py-spy did not stop within {_STOP_TIMEOUT_S:g}s:\n{self._log()}") from None
+        if not self.out.exists():
+            raise BenchError(f"py-spy wrote no profile (exit {self._proc.returncode}):\n{self._log()}")
+        self.log_path.unlink(missing_ok=True)  # kept only when something went wrong
+        return self.out
+
+
+@contextlib.contextmanager
+def profiling(targets: dict[str, tuple[int, bool]], out_dir: Path, stem: str) -> Iterator[dict[str, Path]]:
+    """Attach py-spy to every ``name -> (pid, subprocesses)`` for the ``with`` body.
+
+    Yields a dict that is filled with ``name -> collapsed-stacks path`` on exit.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spies: dict[str, PySpy] = {}
+    paths: dict[str, Path] = {}
+    try:
+        for name, (pid, subprocesses) in targets.items():
+            spies[name] = PySpy(pid, out_dir / f"{stem}-{name}.txt", subprocesses=subprocesses)
+        yield paths
+    finally:
+        errors = []
+        for name, spy in spies.items():
+            try:
+                paths[name] = spy.stop()
+            except BenchError as exc:
+                errors.append(f"{name}: {exc}")
+        if errors and sys.exc_info()[0] is None:
+            raise BenchError("profiling failed: " + "; ".join(errors))
+
+
+def _frames(stack: str) -> list[str]:
+    """Frames of one collapsed stack, root first, without line numbers (so a function is one entry)."""
+    frames = [f for f in stack.split(";") if f]
+    return [_LINE_NO.sub(")", f) for f in frames]
+
+
+def top_frames(collapsed: str, limit: int = 15) -> dict[str, Any]:
+    """Summarise py-spy "raw" output: the functions that use the most samples.
+
+    Returns:
+        ``{"samples": N, "self": [(frame, pct)], "inclusive": [(frame, pct)]}``; "self" counts
+        samples where the function was the innermost frame, "inclusive" those where it was
+        anywhere on the stack.
+    """
+    self_counts: collections.Counter[str] = collections.Counter()
+    incl_counts: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = _frames(stack)
+        # py-spy prefixes a "process" pseudo-frame with --subprocesses and a thread one with
+        # --threads; neither is a function.
+        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        if not frames:
+            continue
+        total += n
+        self_counts[frames[-1]] += n
+        for frame in set(frames):
+            incl_counts[frame] += n
+    pct = (lambda c: round(100.0 * c / total, 1)) if total else (lambda c: 0.0)
+    return {
+        "samples": total,
+        "self": [(f, pct(c)) for f, c in self_counts.most_common(limit)],
+        "inclusive": [(f, pct(c)) for f, c in incl_counts.most_common(limit)],
+    }
+
+
+def format_top(name: str, summary: dict[str, Any], limit: int = 12) -> str:
+    lines = [f"{name}: {summary['samples']} samples (non-idle)"]
+    for kind in ("self", "inclusive"):
+        lines.append(f"  top {kind}:")
+        lines += [f"    {pct:5.1f}%  {frame}" for frame, pct in summary[kind][:limit]]
+    return "\n".join(lines)
+
+
+def read_profile(path: Path) -> dict[str, Any]:
+    return top_frames(Path(path).read_text(errors="replace"))
+
+
+def can_profile() -> str | None:
+    """None when py-spy is available, else why not."""
+    if find_py_spy() is None:
+        return "py-spy not found; `.venv/bin/pip install py-spy`"
+    if os.name != "posix":
+        return "profiling needs a POSIX system"
+    return None
