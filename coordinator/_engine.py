@@ -98,6 +98,10 @@ class Engine:
             asyncio.create_task(self._ticker(), name="xpipe-ticker"),
         ]
 
+    async def wait(self) -> None:
+        """Return when the loops end; raises what ended them (a store failure, say)."""
+        await asyncio.gather(*self._tasks)
+
     async def stop(self) -> None:
         """Stop the loops (idempotent); outstanding submits fail with an error."""
         if self._stopping:

@@ -54,7 +54,7 @@ async def _serve(opts: argparse.Namespace) -> int:
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
-    engine_failed = asyncio.ensure_future(asyncio.gather(*coordinator.engine._tasks))
+    engine_failed = asyncio.ensure_future(coordinator.engine.wait())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({engine_failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import sqlite3
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -112,7 +111,6 @@ class SQLiteStore(Store):
         self._synchronous = synchronous.upper()
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
         self.commits = 0
         self.rows_written = 0
 

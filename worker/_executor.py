@@ -87,6 +87,19 @@ def _code_missing(assignment: worker_pb2.Assignment, code_hash: str) -> worker_p
 class TaskExecutor(abc.ABC):
     """Runs assignments and reports their outcome; use as ``async with``."""
 
+    allow_pickled: bool
+    _code: dict[str, bytes]
+
+    def _admit_code(self, assignment: worker_pb2.Assignment, code_hash: str, code: bytes | None) -> worker_pb2.TaskEvent | None:
+        """Keep ``code`` under its hash; return a failure event if the task cannot run."""
+        if not self.allow_pickled:
+            return pickled_code_refusal(assignment)
+        if code is not None:
+            self._code[code_hash] = code
+        elif code_hash not in self._code:
+            return _code_missing(assignment, code_hash)
+        return None
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Get ready to run tasks (start processes, import modules).
@@ -586,14 +599,9 @@ class ProcessExecutor(TaskExecutor):
             raise ValueError(f"{_describe(key)} is already running in this executor")
         code_hash = _needs_code(assignment)
         if code_hash:
-            if not self.allow_pickled:
-                refusal = pickled_code_refusal(assignment)
-                assert refusal is not None
-                return refusal
-            if code is not None:
-                self._code[code_hash] = code
-            elif code_hash not in self._code:
-                return _code_missing(assignment, code_hash)
+            refused = self._admit_code(assignment, code_hash, code)
+            if refused is not None:
+                return refused
         while True:
             if not self._accepting:
                 return self._lost(key, "executor stopped before task {name!r} started")
@@ -747,14 +755,9 @@ class ThreadExecutor(TaskExecutor):
             raise ValueError(f"{_describe(key)} is already running in this executor")
         code_hash = _needs_code(assignment)
         if code_hash:
-            if not self.allow_pickled:
-                refusal = pickled_code_refusal(assignment)
-                assert refusal is not None
-                return refusal
-            if code is not None:
-                self._code[code_hash] = code
-            elif code_hash not in self._code:
-                return _code_missing(assignment, code_hash)
+            refused = self._admit_code(assignment, code_hash, code)
+            if refused is not None:
+                return refused
             code = self._code[code_hash] if code_hash not in self._cache else None
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
