@@ -168,6 +168,8 @@ class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                 tuple(_key(r) for r in reg.running), reg.accepts_pickled_code,
             )  # fmt: skip
         )
+        # Outcomes the previous stream may have lost; already-recorded ones are dropped as stale.
+        self._post_events(reg.worker_id, reg.recent, time.time())
         log.info("worker %s (%s) connected with %d slots", reg.name, reg.worker_id, reg.slots)
         yield worker_pb2.CoordinatorMessage(
             registered=worker_pb2.Registered(
@@ -207,6 +209,24 @@ class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                 engine.post(WorkerDisconnected(time.time(), reg.worker_id))
                 log.info("worker %s (%s) disconnected", reg.name, reg.worker_id)
 
+    def _post_events(self, worker_id: str, events, now: float) -> None:
+        post = self.engine.post
+        for ev in events:
+            key = _key(ev.attempt)
+            kind = ev.WhichOneof("kind")
+            if kind == "succeeded":
+                done = ev.succeeded
+                post(TaskSucceeded(
+                    now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
+                    done.fallback_used, done.cause if done.HasField("cause") else None,
+                ))  # fmt: skip
+            elif kind == "failed":
+                post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at))
+            elif kind == "started":
+                post(TaskStarted(now, worker_id, key, ev.at))
+            elif kind == "released":
+                post(TaskReleased(now, worker_id, key))
+
     async def _read(self, worker_id: str, session, request_iterator) -> None:
         post = self.engine.post
         try:
@@ -214,21 +234,7 @@ class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
                 body = message.WhichOneof("body")
                 now = time.time()
                 if body == "events":
-                    for ev in message.events.events:
-                        key = _key(ev.attempt)
-                        kind = ev.WhichOneof("kind")
-                        if kind == "succeeded":
-                            done = ev.succeeded
-                            post(TaskSucceeded(
-                                now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
-                                done.fallback_used, done.cause if done.HasField("cause") else None,
-                            ))  # fmt: skip
-                        elif kind == "failed":
-                            post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at))
-                        elif kind == "started":
-                            post(TaskStarted(now, worker_id, key, ev.at))
-                        elif kind == "released":
-                            post(TaskReleased(now, worker_id, key))
+                    self._post_events(worker_id, message.events.events, now)
                 elif body == "heartbeat":
                     hb = message.heartbeat
                     post(HeartbeatReceived(now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining))

@@ -324,7 +324,10 @@ class SchedulerState:
         task = self._current(ev.attempt)
         if task is None or task.state not in _ACTIVE:
             self.stale_results += 1
-            log.info("dropped stale result for attempt %s from worker %s", ev.attempt, ev.worker_id)
+            # A repeat of an outcome already recorded (a worker re-sending after a reconnect)
+            # is routine; a result for an attempt that was superseded is worth a log line.
+            level = logging.DEBUG if task is not None and task.state in TERMINAL_TASK_STATES else logging.INFO
+            log.log(level, "dropped stale result for attempt %s from worker %s", ev.attempt, ev.worker_id)
             return
         run = self.runs[ev.attempt[0]]
         task.worker = ev.worker_id

@@ -157,3 +157,11 @@ def fail_times(counter_dir: str, failures: int) -> int:
     if count <= failures:
         raise ValueError(f"call {count} fails")
     return count
+
+
+def sleep_then_mark(marker_dir: str, name: str, seconds: float) -> str:
+    """Sleep, then append one line to ``marker_dir/name``: each run of the task leaves one line."""
+    time.sleep(seconds)
+    with open(Path(marker_dir) / name, "a") as f:
+        f.write("ran\n")
+    return name

@@ -34,6 +34,10 @@ __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources"]
 
 log = logging.getLogger(__name__)
 
+#: Outcomes sent within this window (and at most this many) are sent again on reconnect:
+#: a coordinator that died before committing them still records each exactly once.
+RECENT_OUTCOMES_WINDOW_S = 60.0
+RECENT_OUTCOMES_MAX = 10_000
 #: A task running longer than this reports its start in its own event.
 STARTED_REPORT_DELAY_S = 0.05
 
@@ -103,6 +107,8 @@ class WorkerDaemon:
         self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
         self._running: set[tuple[str, str, int]] = set()
         self._pending_events: list[worker_pb2.TaskEvent] = []
+        # Outcomes already sent: (monotonic time, event) by attempt, oldest first.
+        self._recent: OrderedDict[tuple[str, str, int], tuple[float, worker_pb2.TaskEvent]] = OrderedDict()
         self._wake = asyncio.Event()  # something to send: a message or task events
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
         self._draining = False
@@ -210,6 +216,7 @@ class WorkerDaemon:
                     yield message
                 elif self._pending_events and self._send is send:
                     events, self._pending_events = self._pending_events, []
+                    self._remember(events)
                     yield worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events))
                 else:
                     self._wake.clear()
@@ -267,6 +274,7 @@ class WorkerDaemon:
             handlers=self._handlers,
             running=[_ref(k) for k in self._held],
             accepts_pickled_code=self.config.allow_pickled,
+            recent=[event for _, event in self._recent.values()],
         )
 
     async def _heartbeats(self, send: asyncio.Queue) -> None:
@@ -367,6 +375,17 @@ class WorkerDaemon:
             self._emit(_failed(key, "CANCELLED", "cancelled before it started"))
             if not self._held:
                 self._idle.set()
+
+    def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:
+        """Keep recent outcomes, to send again on the next Register (see ``Register.recent``)."""
+        now = time.monotonic()
+        recent = self._recent
+        for event in events:
+            if event.WhichOneof("kind") != "started":
+                recent[_key(event.attempt)] = (now, event)
+        horizon = now - RECENT_OUTCOMES_WINDOW_S
+        while recent and (len(recent) > RECENT_OUTCOMES_MAX or next(iter(recent.values()))[0] < horizon):
+            recent.popitem(last=False)
 
     def _put(self, send: asyncio.Queue, message: worker_pb2.WorkerMessage | None) -> None:
         send.put_nowait(message)
