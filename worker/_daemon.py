@@ -249,6 +249,10 @@ class WorkerDaemon:
                     elif body == "not_leader":
                         log.info("%s is not the leader (leader: %s)", address, message.not_leader.leader_address)
                         return
+            except asyncio.CancelledError:
+                if not self._stop.is_set():
+                    raise
+                # _stop_watch cancelled the call: a clean shutdown, not an error.
             finally:
                 self._send = None
                 self._put(send, None)

@@ -60,3 +60,35 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
         assert result.tasks["first"].attempts == 1 and result.outputs["second"] == "first"
         assert (marks / "first").read_text() == "ran\n"  # ran exactly once
         print(f"coordinator restart to run completion: {recovery_s:.2f}s")
+
+
+def test_sigterm_drains_worker_and_requeues_what_outlives_the_grace(tmp_path):
+    with Cluster(tmp_path, workers=2, slots=1, worker_args=("--grace-s", "0.5")) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("drain")
+        p.add_tasks([Task(f"s{i}", ht.sleep, args=(1.5,)) for i in range(4)])
+        run_id = pm.submit(p)
+        eventually(lambda: any(t.worker == "w0" and t.status == "running" for t in pm.get_run(run_id).tasks.values()),
+                   timeout_s=20)  # fmt: skip
+        c.workers["w0"].stop_signal(signal.SIGTERM)
+        assert c.workers["w0"].wait(timeout_s=20) == 0  # exits cleanly after its grace
+        result = pm.wait(run_id, timeout_s=60)
+        assert result.succeeded
+        given_back = [t for t in result.tasks.values() if t.attempts > 1]
+        assert given_back and all(t.worker == "w1" for t in given_back)
+
+
+def test_xpipe_drain_finishes_running_work_then_takes_none(tmp_path):
+    with Cluster(tmp_path, workers=2, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+        p = Pipeline("drain-cli")
+        p.add_tasks([Task(f"s{i}", ht.sleep, args=(0.4,)) for i in range(8)])
+        run_id = pm.submit(p)
+        eventually(lambda: any(t.worker == "w0" and t.status == "running" for t in pm.get_run(run_id).tasks.values()),
+                   timeout_s=20)  # fmt: skip
+        assert pm.client.drain("w0") is True
+        assert pm.client.drain("nobody") is False
+        assert c.workers["w0"].wait(timeout_s=20) == 0
+        result = pm.wait(run_id, timeout_s=60)
+        assert result.succeeded
+        on_w0 = [t for t in result.tasks.values() if t.worker == "w0"]
+        assert 1 <= len(on_w0) <= 2  # what it was running (and nothing after the drain)
