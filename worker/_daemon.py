@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 #: a coordinator that died before committing them still records each exactly once.
 RECENT_OUTCOMES_WINDOW_S = 60.0
 RECENT_OUTCOMES_MAX = 10_000
+#: While more assignments wait in the local queue, outcomes wait up to this long (or until
+#: EVENT_BATCH_MAX of them) to leave together: one message per batch, not per task.
+EVENT_LINGER_S = 0.002
+EVENT_BATCH_MAX = 256
 #: A task running longer than this reports its start in its own event.
 STARTED_REPORT_DELAY_S = 0.05
 
@@ -107,6 +111,7 @@ class WorkerDaemon:
         self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
         self._running: set[tuple[str, str, int]] = set()
         self._pending_events: list[worker_pb2.TaskEvent] = []
+        self._pending_since = 0.0  # when the oldest unsent event was made (monotonic)
         # Outcomes already sent: (monotonic time, event) by attempt, oldest first.
         self._recent: OrderedDict[tuple[str, str, int], tuple[float, worker_pb2.TaskEvent]] = OrderedDict()
         self._wake = asyncio.Event()  # something to send: a message or task events
@@ -215,6 +220,16 @@ class WorkerDaemon:
                         return
                     yield message
                 elif self._pending_events and self._send is send:
+                    # With more of its work queued here, linger a moment so outcomes leave in
+                    # batches; with none queued, send now (latency matters more then).
+                    linger_s = self._pending_since + EVENT_LINGER_S - time.monotonic()
+                    if self._queue.qsize() and len(self._pending_events) < EVENT_BATCH_MAX and linger_s > 0:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), linger_s)
+                        except TimeoutError:
+                            pass
+                        continue
                     events, self._pending_events = self._pending_events, []
                     self._remember(events)
                     yield worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events))
@@ -400,6 +415,8 @@ class WorkerDaemon:
             self._emit(worker_pb2.TaskEvent(attempt=_ref(key), at=at, started=worker_pb2.Started()))
 
     def _emit(self, event: worker_pb2.TaskEvent) -> None:
+        if not self._pending_events:
+            self._pending_since = time.monotonic()
         self._pending_events.append(event)
         self._wake.set()
 
