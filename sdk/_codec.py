@@ -79,9 +79,13 @@ def encode(
     else:
         raise SerializationError(f"unknown codec {codec!r}; expected one of {sorted(_CODECS)}")
     size = len(data)
-    compressed = size >= compress_threshold_bytes
-    if compressed:
-        data = _compressor.compress(data)
+    compressed = False
+    if size >= compress_threshold_bytes:
+        packed = _compressor.compress(data)
+        # Incompressible data (random, already compressed) stays raw: it would only cost
+        # a decompression later for no saving.
+        if len(packed) <= size * 0.9:
+            data, compressed = packed, True
     if len(data) > MAX_INLINE_BYTES:
         raise SerializationError(
             f"{what} is {len(data)} bytes encoded, over the {MAX_INLINE_BYTES}-byte limit for one value"

@@ -178,3 +178,12 @@ def test_pickle_needing_a_missing_class_is_a_serialization_error():
     data = data.replace(b"Point", b"Pnint")  # same length, names a class that does not exist
     with pytest.raises(SerializationError, match="cannot decode"):
         _codec.decode(common_pb2.Payload(codec=common_pb2.CODEC_PICKLE, data=data))
+
+
+def test_incompressible_value_stays_uncompressed():
+    import os
+
+    data = os.urandom(64 * 1024)
+    payload = _codec.encode(data, "raw")
+    assert payload.zstd is False and payload.data == data and payload.size_bytes == len(data)
+    assert _codec.decode(payload) == data
