@@ -72,6 +72,7 @@ class Engine:
         self.state = SchedulerState(prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s)
         self.sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
+        self._wants_tasks: set[asyncio.Queue] = set()  # watchers that want each task change
         self._inbox: list[Event] = []
         self._submits: dict[str, asyncio.Future] = {}
         self._wake = asyncio.Event()
@@ -80,6 +81,7 @@ class Engine:
         self._stopping = False
         self.turns = 0
         self.error: BaseException | None = None
+        self._dispatched_any = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -158,12 +160,16 @@ class Engine:
             return True
         return False
 
-    def watch(self, run_id: str) -> asyncio.Queue:
+    def watch(self, run_id: str, *, tasks: bool = True) -> asyncio.Queue:
+        """Subscribe to a run's events; ``tasks=False`` gets summaries only (cheaper)."""
         q: asyncio.Queue = asyncio.Queue()
         self._watchers[run_id].add(q)
+        if tasks:
+            self._wants_tasks.add(q)
         return q
 
     def unwatch(self, run_id: str, q: asyncio.Queue) -> None:
+        self._wants_tasks.discard(q)
         queues = self._watchers.get(run_id)
         if queues is not None:
             queues.discard(q)
@@ -246,6 +252,10 @@ class Engine:
                 )
             elif isinstance(action, DrainWorker):
                 self._send(action.worker_id, worker_pb2.CoordinatorMessage(drain=worker_pb2.Drain()))
+        if batches and not self._dispatched_any:
+            # Failover time is measured from a kill to this line of the new leader.
+            self._dispatched_any = True
+            log.info("first assignment dispatched at %.3f", time.time())
         for worker_id, batch in batches.items():
             self._send(worker_id, worker_pb2.CoordinatorMessage(assignments=batch))
 
@@ -260,10 +270,13 @@ class Engine:
     def _notify(self, records: list[Action]) -> None:
         changed: dict[str, list[pipeline_pb2.TaskInfo]] = defaultdict(list)
         finished: list[str] = []
+        want = {run_id for run_id, queues in self._watchers.items() if not queues.isdisjoint(self._wants_tasks)}
         for rec in records:
             if isinstance(rec, TaskRecord):
-                if rec.run_id in self._watchers:
+                if rec.run_id in want:
                     changed[rec.run_id].append(task_info(rec))
+                elif rec.run_id in self._watchers:
+                    changed.setdefault(rec.run_id, [])
             elif rec.state in TERMINAL_RUN_STATES:
                 finished.append(rec.run_id)
                 changed.setdefault(rec.run_id, [])
@@ -272,9 +285,10 @@ class Engine:
             run = self.state.runs.get(run_id)
             if not queues or run is None:
                 continue
-            event = pipeline_pb2.RunEvent(summary=run.summary(), changed=infos)
+            summary = run.summary()
+            full = pipeline_pb2.RunEvent(summary=summary, changed=infos)
             for q in queues:
-                q.put_nowait(event)
+                q.put_nowait(full if q in self._wants_tasks else pipeline_pb2.RunEvent(summary=summary))
         for run_id in finished:
             self._finished[run_id] = None
         while len(self._finished) > self.config.finished_runs_in_memory:

@@ -8,6 +8,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,9 @@ from ._events import (
 from ._state import TERMINAL_RUN_STATES
 from ._store import Store
 
+if TYPE_CHECKING:
+    from ._leader import LeaderElection
+
 __all__ = ["Coordinator", "MAX_MESSAGE_BYTES", "MAX_SLOTS"]
 
 log = logging.getLogger(__name__)
@@ -51,10 +55,19 @@ def _key(ref: worker_pb2.AttemptRef) -> tuple[str, str, int]:
     return (ref.run_id, ref.task, ref.attempt)
 
 
-class _PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
+class _UsesEngine:
+    """Servicers look the engine up per call: an HA coordinator gets a fresh engine each term."""
+
+    c: Coordinator
+
+    @property
+    def engine(self) -> Engine:
+        return self.c.engine
+
+
+class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
-        self.engine = coordinator.engine
 
     async def SubmitPipeline(self, request, context):
         try:
@@ -102,20 +115,29 @@ class _PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
         run_id = request.run_id
         run = self.engine.state.runs.get(run_id)
         if run is None:
-            info = await self.engine.run_info(run_id, include_results=False)
+            info = await self.engine.run_info(run_id, include_results=request.results_on_end)
             if info is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}")
+            self.c.name_workers(info.tasks)
             yield pipeline_pb2.RunEvent(summary=info.summary, changed=info.tasks)
             return
         # Subscribe and snapshot with no await in between, so no change falls in the gap.
-        queue = self.engine.watch(run_id)
+        queue = self.engine.watch(run_id, tasks=not request.summary_only)
         try:
-            tasks = [task_info(rec) for rec in self.engine.state.iter_records(run_id)]
-            self.c.name_workers(tasks)
-            yield pipeline_pb2.RunEvent(summary=run.summary(), changed=tasks)
-            if run.state in TERMINAL_RUN_STATES:
-                return
+            event = pipeline_pb2.RunEvent(summary=run.summary())
+            if not request.summary_only:
+                event.changed.extend(task_info(rec) for rec in self.engine.state.iter_records(run_id))
             while True:
+                if event.summary.state in TERMINAL_RUN_STATES:
+                    if request.results_on_end:
+                        info = await self.engine.run_info(run_id, include_results=True)
+                        if info is not None:
+                            event = pipeline_pb2.RunEvent(summary=info.summary, changed=info.tasks)
+                    self.c.name_workers(event.changed)
+                    yield event
+                    return
+                self.c.name_workers(event.changed)
+                yield event
                 event = await queue.get()
                 if event is None:  # the coordinator is stopping
                     await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
@@ -126,10 +148,6 @@ class _PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
                         break
                     event.summary.CopyFrom(more.summary)
                     event.changed.extend(more.changed)
-                self.c.name_workers(event.changed)
-                yield event
-                if event.summary.state in TERMINAL_RUN_STATES:
-                    return
         finally:
             self.engine.unwatch(run_id, queue)
 
@@ -142,11 +160,18 @@ class _PipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
                 return pipeline_pb2.TaskResult(state=task.state, result=task.result, error=task.error)
         await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} has no task {request.task!r}")
 
+    async def GetTaskStats(self, request, context):
+        if len(request.names) > 100_000:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"GetTaskStats: {len(request.names)} names; at most 100000")
+        stats = await self.engine.store.task_stats(list(request.names))
+        return pipeline_pb2.GetTaskStatsResponse(
+            stats={name: pipeline_pb2.TaskStats(mean_duration_s=mean, samples=n) for name, (mean, n) in stats.items()}
+        )
 
-class _WorkerService(worker_pb2_grpc.WorkerServiceServicer):
+
+class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
-        self.engine = coordinator.engine
 
     async def Connect(self, request_iterator, context):
         try:
@@ -254,18 +279,18 @@ def _check_register(reg: worker_pb2.Register) -> str:
     return ""
 
 
-class _AdminService(admin_pb2_grpc.AdminServiceServicer):
+class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
-        self.engine = coordinator.engine
 
     async def GetClusterStatus(self, request, context):
         state = self.engine.state
+        leader, members, term = await self.c.cluster_view()
         return admin_pb2.ClusterStatus(
             coordinator_id=self.c.coordinator_id,
-            leader_address=self.c.address,
-            members=[self.c.address],
-            term=1,
+            leader_address=leader,
+            members=members,
+            term=term,
             workers=sum(1 for w in state.workers.values() if w.state != "lost" and w.connected),
             active_runs=state.active_runs(),
             version=VERSION,
@@ -375,9 +400,20 @@ class Coordinator:
     Use ``async with Coordinator(...)`` or :meth:`start` / :meth:`stop`.
     """
 
-    def __init__(self, store: Store, *, listen: str = "127.0.0.1:0", config: EngineConfig = EngineConfig()):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        listen: str = "127.0.0.1:0",
+        config: EngineConfig = EngineConfig(),
+        election: LeaderElection | None = None,
+    ):
         self.store = store
         self.listen = listen
+        self.config = config
+        #: HA: only the elected leader runs an engine; without an election this one always leads.
+        self.election = election
+        self._election_task: asyncio.Task | None = None
         self.engine = Engine(store, config)
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         self.address = ""
@@ -405,7 +441,12 @@ class Coordinator:
             ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
             ("grpc.so_reuseport", 0),
         ]
-        server = grpc.aio.server(options=options, interceptors=[_RejectMalformed()])
+        interceptors: list[grpc.aio.ServerInterceptor] = [_RejectMalformed()]
+        if self.election is not None:
+            from ._leader import LeaderGate  # HA only: keeps the etcd client out of single-node imports
+
+            interceptors.insert(0, LeaderGate(self.election))
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), server)
@@ -423,12 +464,16 @@ class Coordinator:
         if bound == 0:
             raise OSError(f"cannot listen on {self.listen}")
         self.address = f"{host or '127.0.0.1'}:{bound}"
-        await self.engine.start()
+        if self.election is None:
+            await self.engine.start()
         await server.start()
         self._server = server
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in names[:3]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.election is not None:
+            self.election.address = self.election.address or self.address
+            self._election_task = asyncio.create_task(self.election.run(self._lead, self._step_down), name="xpipe-election")
         log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
         return self.address
 
@@ -439,9 +484,44 @@ class Coordinator:
         self._stopped.set()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
+            if self._election_task is not None:
+                self.election.stop()  # steps down (stopping the engine) and revokes the lease
+                await asyncio.gather(self._election_task, return_exceptions=True)
             await self.engine.stop()
             await self._server.stop(grace_s)
         await self.store.close()
+
+    # ------------------------------------------------------------------ HA
+
+    async def _lead(self, term: int) -> asyncio.Future:
+        """Elected: build a fresh engine from the store (resuming every unfinished run)."""
+        engine = Engine(self.store, self.config)
+        await engine.start()
+        self.engine = engine
+        log.info("leading term %d with %d runs resumed", term, len(engine.state.runs))
+        return asyncio.ensure_future(engine.wait())
+
+    async def _step_down(self, reason: str) -> None:
+        """Deposed: stop scheduling at once; worker streams and watches end and go to the leader."""
+        engine, self.engine = self.engine, Engine(self.store, self.config)
+        await engine.stop()
+
+    async def cluster_view(self) -> tuple[str, list[str], int]:
+        """(leader address, member addresses, term) as this coordinator knows them."""
+        if self.election is None:
+            return self.address, [self.address], 1
+        return await self.election.status()
+
+    async def wait_fatal(self) -> None:
+        """Return (or raise) when this coordinator cannot go on.
+
+        Without HA that is its engine failing (a store error). An HA member never gives up
+        that way: it steps down and campaigns again; only its election loop failing counts.
+        """
+        if self._election_task is None:
+            await self.engine.wait()
+        else:
+            await self._election_task
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

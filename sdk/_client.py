@@ -21,7 +21,7 @@ import grpc
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import CoordinatorUnavailableError, from_grpc_error
 
-__all__ = ["Client", "parse_addresses"]
+__all__ = ["Client", "leader_hint", "parse_addresses"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -32,6 +32,8 @@ _OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+#: Trailing metadata in which an HA follower names the leader (see coordinator/_leader.py).
+_LEADER_KEY = "xpipe-leader"
 
 
 def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
@@ -45,6 +47,22 @@ def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
         if not sep or not host or not port.isdigit():
             raise ValueError(f"bad coordinator address {address!r}: expected HOST:PORT")
     return out
+
+
+def leader_hint(exc: grpc.RpcError) -> str:
+    """The leader a follower named in its UNAVAILABLE answer, or "" (none, or malformed)."""
+    try:
+        metadata = exc.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - an error without call metadata carries no hint
+        return ""
+    for key, value in metadata:
+        if key == _LEADER_KEY:
+            hint = value.decode() if isinstance(value, bytes) else str(value)
+            try:
+                return parse_addresses(hint)[0] if "," not in hint else ""
+            except ValueError:
+                return ""
+    return ""
 
 
 class Client:
@@ -83,6 +101,16 @@ class Client:
                 self._channel = None
             self._index = (self._index + 1) % len(self.addresses)
 
+    def _use_address(self, address: str) -> None:
+        """Switch to ``address`` (a leader named by a follower), adding it to the list if new."""
+        with self._lock:
+            if self._channel is not None:
+                self._channel.close()
+                self._channel = None
+            if address not in self.addresses:
+                self.addresses.append(address)
+            self._index = self.addresses.index(address)
+
     @property
     def address(self) -> str:
         """The coordinator currently in use."""
@@ -91,6 +119,7 @@ class Client:
     def _call(self, fn: Callable[[pipeline_pb2_grpc.PipelineServiceStub, admin_pb2_grpc.AdminServiceStub], T]) -> T:
         deadline = time.monotonic() + self.connect_timeout_s
         backoff = 0.05
+        jumps = 0
         while True:
             try:
                 return fn(*self._stubs())
@@ -103,6 +132,14 @@ class Client:
                         ) from exc
                     raise from_grpc_error(exc) from exc
                 log.debug("coordinator %s unavailable (%s); trying again", self.address, exc.details())
+                hint = leader_hint(exc)
+            # A follower named the leader: go straight there (a few times in a row at most, in
+            # case members disagree for a moment during an election).
+            if hint and hint != self.address and jumps < 3:
+                jumps += 1
+                self._use_address(hint)
+                continue
+            jumps = 0
             self._next_address()
             time.sleep(min(backoff * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
             backoff = min(backoff * 2, 1.0)
@@ -131,14 +168,24 @@ class Client:
         request = pipeline_pb2.GetTaskResultRequest(run_id=run_id, task=task)
         return self._call(lambda p, a: p.GetTaskResult(request, timeout=self.call_timeout_s))
 
-    def watch(self, run_id: str) -> Iterator[pipeline_pb2.RunEvent]:
+    def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:
+        """Duration history of task names: ``{name: (mean seconds, samples)}`` (known names only)."""
+        request = pipeline_pb2.GetTaskStatsRequest(names=list(names))
+        reply = self._call(lambda p, a: p.GetTaskStats(request, timeout=self.call_timeout_s))
+        return {name: (s.mean_duration_s, s.samples) for name, s in reply.stats.items()}
+
+    def watch(
+        self, run_id: str, *, summary_only: bool = False, results_on_end: bool = False
+    ) -> Iterator[pipeline_pb2.RunEvent]:
         """Yield the run's state, then its changes, until it ends; reconnects on failover.
 
         After a reconnect the first event again carries every task, so a consumer that
-        keeps a name -> state map stays right.
+        keeps a name -> state map stays right. ``summary_only`` leaves out task changes;
+        ``results_on_end`` makes the final event carry every task with its result.
         """
+        request = pipeline_pb2.WatchRunRequest(run_id=run_id, summary_only=summary_only, results_on_end=results_on_end)
         while True:
-            stream = self._call(lambda p, a: p.WatchRun(pipeline_pb2.WatchRunRequest(run_id=run_id)))
+            stream = self._call(lambda p, a: p.WatchRun(request))
             try:
                 for event in stream:
                     yield event
@@ -147,7 +194,11 @@ class Client:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                     raise from_grpc_error(exc) from exc
                 log.info("watch of run %s interrupted (%s); reconnecting", run_id, exc.code().name)
-                self._next_address()
+                hint = leader_hint(exc)
+                if hint and hint != self.address:
+                    self._use_address(hint)
+                else:
+                    self._next_address()
             finally:
                 stream.cancel()
 

@@ -11,9 +11,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._client import Client
-from ._dag import Pipeline
+from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
 from ._local import LocalCluster
+from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import common_pb2 as pb
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, PipelineResult
@@ -136,6 +137,8 @@ class PipelineManager:
         retry_on_failure: bool = True,
         raise_on_failure: bool = True,
         timeout_s: float | None = None,
+        placement_strategy: str | None = None,
+        wait_for_resources_s: float | None = None,
     ) -> PipelineResult:
         """Run a pipeline on the cluster and wait for it.
 
@@ -145,16 +148,149 @@ class PipelineManager:
             retry_on_failure: honour each task's ``max_retries``; False turns retries off.
             raise_on_failure: raise :class:`PipelineExecutionError` when the run fails.
             timeout_s: give up waiting after this long (the run goes on; cancel it if needed).
+            placement_strategy: for this run, instead of the pipeline's (see
+                :meth:`optimize_task_placement`): ``resource_balanced``, ``pack`` or ``spread``.
+            wait_for_resources_s: for this run, instead of the pipeline's: how long a task
+                that no registered worker could fit waits for one to join.
 
         Raises:
             PipelineValidationError: the pipeline is malformed (nothing was submitted).
-            PipelineExecutionError: the run failed or was cancelled.
+            PipelineExecutionError: the run failed or was cancelled; a task no worker could
+                hold gives ``error_type == "RESOURCE_EXHAUSTION"`` and ``required_resources``.
         """
-        spec = self._resolve(pipeline).to_proto(retry_on_failure=retry_on_failure)
+        resolved = self._resolve(pipeline)
+        spec = resolved.to_proto(retry_on_failure=retry_on_failure)
         if not parallel:
             spec.max_parallel = 1
+        if placement_strategy is not None:
+            spec.placement_strategy = check_strategy(placement_strategy, where=f"pipeline {resolved.name!r}")
+        if wait_for_resources_s is not None:
+            spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
         run_id = self.client.submit(spec)
         return self.wait(run_id, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+
+    # ------------------------------------------------------------------ placement and plans
+
+    def optimize_task_placement(self, pipeline: Pipeline | str, strategy: str = "resource_balanced") -> Pipeline:
+        """Choose how the coordinator places this pipeline's tasks from now on; returns it.
+
+        ``resource_balanced`` (the default) evens utilisation across workers and weighs their
+        live cpu load; ``pack`` fills workers first; ``spread`` spreads tasks out. Whatever
+        the strategy, a task goes only to a worker whose free resources and labels fit it.
+
+        Raises:
+            PipelineValidationError: an unknown strategy.
+        """
+        resolved = self._resolve(pipeline)
+        resolved.configure_placement(strategy=strategy)
+        return resolved
+
+    def create_execution_plan(
+        self,
+        pipeline: Pipeline | str,
+        optimization_strategy: str = "time_optimal",
+        resource_constraints: Mapping[str, Any] | None = None,
+        cost_optimization: bool = False,
+    ) -> ExecutionPlan:
+        """Plan a run: stages, critical path, estimated duration and cost (see ``xpipe._plan``).
+
+        Durations come from the coordinator's history of earlier runs of the same task
+        names (1 s for names never seen); prices from the registered workers'
+        ``cost_per_hour`` labels.
+
+        Args:
+            optimization_strategy: ``time_optimal``, ``resource_optimal`` or ``cost_optimal``.
+            resource_constraints: e.g. ``{"cpu_cores": 8, "memory_gb": 32}``: no stage (and,
+                in :meth:`execute_with_plan`, no moment of the run) holds more than this.
+            cost_optimization: price each task on the cheapest worker it fits.
+
+        Raises:
+            PipelineValidationError: a bad argument, or a task bigger than the constraints.
+        """
+        resolved = self._resolve(pipeline)
+        names = resolved.validate()
+        return build_plan(
+            resolved,
+            optimization_strategy=optimization_strategy,
+            resource_constraints=resource_constraints,
+            cost_optimization=cost_optimization,
+            durations=self.client.task_stats(names),
+            workers=[PlanWorker.from_info(w) for w in self.client.list_workers() if w.state != "lost"],
+        )
+
+    def execute_with_plan(
+        self,
+        plan: ExecutionPlan,
+        *,
+        monitor: bool = True,
+        retry_on_failure: bool = True,
+        raise_on_failure: bool = True,
+        timeout_s: float | None = None,
+    ) -> PipelineResult:
+        """Run a plan's pipeline so that its tasks never hold more than the plan's constraints.
+
+        The coordinator enforces the constraints as a run-wide cap on the resources of the
+        tasks in flight, and places them with the plan's ``placement_strategy``.
+
+        Raises:
+            PipelineExecutionError: the run failed (see :meth:`execute_pipeline`).
+        """
+        if not isinstance(plan, ExecutionPlan) or plan.pipeline is None:
+            raise TypeError(f"execute_with_plan needs a plan from create_execution_plan, got {type(plan).__name__}")
+        spec = plan.pipeline.to_proto(retry_on_failure=retry_on_failure)
+        spec.placement_strategy = plan.placement_strategy
+        limits = plan.resource_limits()
+        if limits is not None:
+            spec.resource_limits.CopyFrom(limits)
+        run_id = self.client.submit(spec)
+        return self.wait(run_id, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+
+    def execute_distributed(
+        self,
+        pipeline: Pipeline | str,
+        *,
+        cost_budget: float | None = None,
+        optimization_strategy: str = "time_optimal",
+        resource_constraints: Mapping[str, Any] | None = None,
+        monitor: bool = True,
+        raise_on_failure: bool = True,
+        timeout_s: float | None = None,
+        **seed_options: Any,
+    ) -> PipelineResult:
+        """Plan with cost optimization, refuse if over ``cost_budget``, else run the plan.
+
+        The seed's other keywords (``data_size``, ``estimated_duration``) are accepted with a
+        warning and not acted on.
+
+        Raises:
+            PipelineExecutionError: ``error_type == "RESOURCE_EXHAUSTION"`` before anything
+                runs, when the plan's estimated cost exceeds ``cost_budget`` (the message
+                says by how much; ``exc.plan`` is the plan), or when the run fails.
+        """
+        if seed_options:
+            warnings.warn(f"execute_distributed options {sorted(seed_options)} are accepted but not acted on",
+                          stacklevel=2)  # fmt: skip
+        if cost_budget is not None and (
+            isinstance(cost_budget, bool) or not isinstance(cost_budget, (int, float)) or not cost_budget >= 0
+        ):
+            raise PipelineValidationError(f"cost_budget must be a number >= 0, got {cost_budget!r}")
+        plan = self.create_execution_plan(
+            pipeline, optimization_strategy=optimization_strategy, resource_constraints=resource_constraints,
+            cost_optimization=True,
+        )  # fmt: skip
+        if cost_budget is not None:
+            if not plan.cost_known:
+                warnings.warn("cost_budget cannot be checked: no worker has a cost_per_hour label", stacklevel=2)
+            elif plan.estimated_cost > cost_budget:
+                over = plan.estimated_cost - cost_budget
+                exc = PipelineExecutionError(
+                    f"pipeline {plan.pipeline_name!r} not started: its estimated cost {plan.estimated_cost:.4g} "
+                    f"exceeds cost_budget {cost_budget:.4g} by {over:.4g} ({over / max(cost_budget, 1e-12):.0%})",
+                    error_type="RESOURCE_EXHAUSTION",
+                )
+                exc.plan = plan  # type: ignore[attr-defined]
+                raise exc
+        return self.execute_with_plan(plan, monitor=monitor, raise_on_failure=raise_on_failure, timeout_s=timeout_s)
 
     def wait(
         self,
@@ -172,20 +308,27 @@ class PipelineManager:
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         progress = _Progress.maybe(monitor)
+        final = None
         try:
-            for event in self.client.watch(run_id):
+            for event in self.client.watch(run_id, summary_only=True, results_on_end=True):
                 if progress is not None:
                     progress.update(event.summary)
                 if event.summary.state in _TERMINAL:
+                    final = event
                     break
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s")
         finally:
             if progress is not None:
                 progress.close()
-        result = PipelineResult.from_proto(self.client.get_run(run_id, include_results=True))
+        if final is not None and len(final.changed) == final.summary.total_tasks:
+            # The final event carries every task with its result: no extra GetRun.
+            info = pipeline_pb2.RunInfo(summary=final.summary, tasks=final.changed)
+        else:
+            info = self.client.get_run(run_id, include_results=True)
+        result = PipelineResult.from_proto(info)
         if result.status != "succeeded" and raise_on_failure:
-            raise _execution_error(result)
+            raise _execution_error(result, info)
         return result
 
     def get_run(self, run_id: str) -> PipelineResult:
@@ -228,7 +371,22 @@ class PipelineManager:
             self._local.stop()
 
 
-def _execution_error(result: PipelineResult) -> PipelineExecutionError:
+def _required_resources(info: pipeline_pb2.RunInfo | None, task: str) -> dict[str, Any]:
+    """What a RESOURCE_EXHAUSTION task asked for, in the SDK's keys (cpu_cores, memory_mb, gpu, custom)."""
+    for t in info.tasks if info is not None else ():
+        if t.name == task and t.error.HasField("required_resources"):
+            res = t.error.required_resources
+            out: dict[str, Any] = {"cpu_cores": res.cpu_cores}
+            if res.memory_bytes:
+                out["memory_mb"] = res.memory_bytes / 2**20
+            if res.gpu:
+                out["gpu"] = res.gpu
+            out.update(res.custom)
+            return out
+    return {}
+
+
+def _execution_error(result: PipelineResult, info: pipeline_pb2.RunInfo | None = None) -> PipelineExecutionError:
     if result.status == "cancelled":
         return PipelineExecutionError(f"run {result.run_id} was cancelled", error_type="CANCELLED", result=result)
     failed = [t for t in result.tasks.values() if t.status == "failed"]
@@ -255,6 +413,7 @@ def _execution_error(result: PipelineResult) -> PipelineExecutionError:
         task_error=first.error or "",
         traceback=first.traceback or "",
         missing_dependencies=[first.name] if skipped else [],
+        required_resources=_required_resources(info, first.name) if error_type == "RESOURCE_EXHAUSTION" else None,
     )
 
 

@@ -54,10 +54,14 @@ class CancelRunResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "summary_only", "results_on_end")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_ONLY_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_ON_END_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    summary_only: bool
+    results_on_end: bool
+    def __init__(self, run_id: _Optional[str] = ..., summary_only: _Optional[bool] = ..., results_on_end: _Optional[bool] = ...) -> None: ...
 
 class GetTaskResultRequest(_message.Message):
     __slots__ = ("run_id", "task")
@@ -132,3 +136,30 @@ class TaskResult(_message.Message):
     result: _common_pb2.Payload
     error: _common_pb2.TaskError
     def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
+
+class GetTaskStatsRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class TaskStats(_message.Message):
+    __slots__ = ("mean_duration_s", "samples")
+    MEAN_DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    mean_duration_s: float
+    samples: int
+    def __init__(self, mean_duration_s: _Optional[float] = ..., samples: _Optional[int] = ...) -> None: ...
+
+class GetTaskStatsResponse(_message.Message):
+    __slots__ = ("stats",)
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TaskStats
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TaskStats, _Mapping]] = ...) -> None: ...
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    stats: _containers.MessageMap[str, TaskStats]
+    def __init__(self, stats: _Optional[_Mapping[str, TaskStats]] = ...) -> None: ...

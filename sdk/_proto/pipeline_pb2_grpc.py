@@ -64,6 +64,11 @@ class PipelineServiceStub:
                 request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskResultRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.TaskResult.FromString,
                 _registered_method=True)
+        self.GetTaskStats = channel.unary_unary(
+                '/xpipe.v1.PipelineService/GetTaskStats',
+                request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -106,6 +111,13 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskStats(self, request, context):
+        """Duration history of task names over earlier runs (execution plans estimate with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +150,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.GetTaskResult,
                     request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskResultRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_pipeline__pb2.TaskResult.SerializeToString,
+            ),
+            'GetTaskStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTaskStats,
+                    request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +319,33 @@ class PipelineService:
             '/xpipe.v1.PipelineService/GetTaskResult',
             xpipe_dot_v1_dot_pipeline__pb2.GetTaskResultRequest.SerializeToString,
             xpipe_dot_v1_dot_pipeline__pb2.TaskResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpipe.v1.PipelineService/GetTaskStats',
+            xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.SerializeToString,
+            xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
