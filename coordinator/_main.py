@@ -20,7 +20,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xpipe-coordinator", description="Run an xpipe coordinator.")
     p.add_argument("--listen", default="127.0.0.1:7400", help="HOST:PORT to serve gRPC on (port 0 picks one)")
     p.add_argument("--data-dir", default="./xpipe-data", type=Path, help="directory for the store and artifacts")
-    p.add_argument("--store", default="sqlite", help="'sqlite' (default, in --data-dir) or 'sqlite:///PATH'")
+    p.add_argument("--store", default="sqlite",
+                   help="'sqlite' (default, in --data-dir), 'sqlite:///PATH', or 'etcd://HOST:PORT[,HOST:PORT...]' (HA)")
+    p.add_argument("--cluster", default="default", help="etcd store: cluster name (keys under /xpipe/NAME/)")
+    p.add_argument("--lease-ttl-s", type=int, default=3,
+                   help="etcd store: leader lease TTL; a dead leader is replaced about this long after")
+    p.add_argument("--advertise", default="",
+                   help="etcd store: HOST:PORT clients and workers are sent to (default: the bound address)")
+    p.add_argument("--artifact-dir", type=Path,
+                   help="where big values go (default DATA_DIR/artifacts); all HA coordinators must share it")
     p.add_argument("--heartbeat-timeout-s", type=float, default=10.0, help="a silent worker is lost after this")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
     p.add_argument("--prefetch", type=int, default=8, help="assignments a worker may hold beyond its slots")
@@ -37,7 +45,12 @@ async def _serve(opts: argparse.Namespace) -> int:
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     try:
-        store = open_store(opts.store, opts.data_dir)
+        store = open_store(opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir)
+        election = None
+        if opts.store.startswith("etcd://"):
+            from ._leader import LeaderElection
+
+            election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     config = EngineConfig(
@@ -45,7 +58,7 @@ async def _serve(opts: argparse.Namespace) -> int:
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
         heartbeat_interval_s=opts.heartbeat_interval_s,
     )
-    coordinator = Coordinator(store, listen=opts.listen, config=config)
+    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -54,7 +67,7 @@ async def _serve(opts: argparse.Namespace) -> int:
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
-    engine_failed = asyncio.ensure_future(coordinator.engine.wait())
+    engine_failed = asyncio.ensure_future(coordinator.wait_fatal())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({engine_failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0

@@ -63,6 +63,15 @@ class Store(abc.ABC):
     async def list_runs(self, limit: int) -> list[RunRecord]:
         """The newest ``limit`` runs, newest first."""
 
+    async def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:
+        """Duration history by task name: ``{name: (mean seconds, samples)}``.
+
+        The mean is of ``finished_at - started_at`` over SUCCEEDED task rows of every run;
+        names with no sample are left out. Execution plans estimate with it. A store that
+        keeps no such history may keep this default, which knows nothing.
+        """
+        return {}
+
     async def __aenter__(self) -> Store:
         await self.open()
         return self
@@ -245,11 +254,35 @@ class SQLiteStore(Store):
         ).fetchall()
         return [RunRecord(*row) for row in rows]
 
+    async def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:
+        return await self._call(self._task_stats_sync, list(dict.fromkeys(names)))
 
-def open_store(url: str, data_dir: Path) -> Store:
-    """Make the store a ``--store`` URL names: ``sqlite`` (default) or ``sqlite:///path``."""
+    def _task_stats_sync(self, names: list[str]) -> dict[str, tuple[float, int]]:
+        db = self._db
+        assert db is not None
+        out: dict[str, tuple[float, int]] = {}
+        for i in range(0, len(names), 500):  # stay under SQLite's bound-parameter limit
+            chunk = names[i : i + 500]
+            rows = db.execute(
+                "SELECT name, AVG(finished_at - started_at), COUNT(*) FROM tasks WHERE state=? AND started_at > 0 "
+                f"AND finished_at >= started_at AND name IN ({','.join('?' * len(chunk))}) GROUP BY name",
+                (pb.SUCCEEDED, *chunk),
+            ).fetchall()
+            out.update({name: (float(mean), int(count)) for name, mean, count in rows})
+        return out
+
+
+def open_store(url: str, data_dir: Path, *, cluster: str = "default", artifact_dir: Path | None = None) -> Store:
+    """Make the store a ``--store`` URL names: ``sqlite`` (default), ``sqlite:///path`` or
+    ``etcd://host:port[,host:port...]`` (HA; keys under ``/xpipe/<cluster>/``)."""
     if url in ("", "sqlite"):
         return SQLiteStore(data_dir / "xpipe.db")
     if url.startswith("sqlite:///"):
         return SQLiteStore(url[len("sqlite://") :])
-    raise ValueError(f"unknown --store {url!r}: expected 'sqlite' or 'sqlite:///PATH' (etcd comes with HA)")
+    if url.startswith("etcd://"):
+        from ._etcd_store import EtcdStore  # only HA deployments pay for the etcd client
+
+        return EtcdStore.from_url(url, cluster=cluster, artifact_dir=artifact_dir or data_dir / "artifacts")
+    raise ValueError(
+        f"unknown --store {url!r}: expected 'sqlite', 'sqlite:///PATH' or 'etcd://HOST:PORT[,HOST:PORT...]'"
+    )

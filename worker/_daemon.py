@@ -122,6 +122,9 @@ class WorkerDaemon:
         self._idle.set()
         self.heartbeat_interval_s = 1.0
         self.connected = asyncio.Event()
+        # HA: the leader a follower named (connect there next), and whether one answered so.
+        self._leader_hint = ""
+        self._told_not_leader = False
         self.tasks_done = 0
 
     # ------------------------------------------------------------------ lifecycle
@@ -181,9 +184,14 @@ class WorkerDaemon:
         backoff = 0.05
         addresses = list(self.config.coordinators)
         i = 0
+        hops = 0  # consecutive jumps to a leader named by a follower
         while not self._stop.is_set():
-            address = addresses[i % len(addresses)]
-            i += 1
+            hint, self._leader_hint = self._leader_hint, ""
+            if hint and hops < 3:
+                address, hops = hint, hops + 1
+            else:
+                address, hops = addresses[i % len(addresses)], 0
+                i += 1
             started = time.monotonic()
             try:
                 await self._session(address)
@@ -197,6 +205,12 @@ class WorkerDaemon:
             self.connected.clear()
             if self._stop.is_set():
                 break
+            if self._leader_hint and hops < 3:
+                continue  # a follower named the leader: connect there now
+            if self._told_not_leader:
+                # A live member answered while a leader is being elected: look again soon.
+                backoff = min(backoff, 0.2)
+            self._told_not_leader = False
             if time.monotonic() - started > 5:
                 backoff = 0.05
             delay = backoff * (0.5 + random.random())
@@ -262,7 +276,10 @@ class WorkerDaemon:
                     elif body == "drain":
                         asyncio.get_running_loop().create_task(self.shutdown())
                     elif body == "not_leader":
-                        log.info("%s is not the leader (leader: %s)", address, message.not_leader.leader_address)
+                        leader = message.not_leader.leader_address
+                        log.info("%s is not the leader (leader: %s)", address, leader or "not elected yet")
+                        self._told_not_leader = True
+                        self._leader_hint = leader if leader != address else ""
                         return
             except asyncio.CancelledError:
                 if not self._stop.is_set():
