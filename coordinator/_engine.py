@@ -45,8 +45,9 @@ log = logging.getLogger(__name__)
 class EngineConfig:
     """Scheduling knobs of one coordinator."""
 
-    #: Assignments a worker may hold beyond its slots (hides the round trip for short tasks).
-    prefetch: int = 8
+    #: Most assignments a worker may hold beyond its slots (hides the round trip for short
+    #: tasks); each worker gets what about 20 ms of its tasks need, from 1 up to this.
+    prefetch: int = 64
     #: A worker unheard of for this long is lost; its attempts go to other workers.
     heartbeat_timeout_s: float = 10.0
     #: How often workers send heartbeats (told to them on registration).

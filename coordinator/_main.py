@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where big values go (default DATA_DIR/artifacts); all HA coordinators must share it")
     p.add_argument("--heartbeat-timeout-s", type=float, default=10.0, help="a silent worker is lost after this")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
-    p.add_argument("--prefetch", type=int, default=8, help="assignments a worker may hold beyond its slots")
+    p.add_argument("--prefetch", type=int, default=64,
+                   help="most assignments a worker may hold beyond its slots (adapted to task duration)")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p

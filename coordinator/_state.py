@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._policies import backoff_delay_s
 from xpipe._proto import pipeline_pb2
 
+from ._placement import UNBOUNDED, PlacementIndex, Request, normalize_strategy
 from ._events import (
     Action,
     Assign,
@@ -51,6 +53,9 @@ from ._events import (
     WorkerConnected,
     WorkerDisconnected,
 )
+
+#: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
+PREFETCH_WORK_S = 0.02
 
 __all__ = ["SchedulerState", "InvalidTransition", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
@@ -79,7 +84,7 @@ class InvalidTransition(RuntimeError):
 class _Task:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
-        "deps", "waiting", "dependents", "failures", "retry_at",
+        "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -98,12 +103,16 @@ class _Task:
         self.dependents: list[str] = []
         self.failures = 0
         self.retry_at = 0.0
+        self.request = Request.of(spec.resources if spec.HasField("resources") else None, spec.labels)
+        self.cp = 1  # tasks on the longest path from here to a sink, this one included
+        self.wait_until = 0.0  # waiting for a worker that fits to join, until then
 
 
 class _Run:
     __slots__ = (
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
-        "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast",
+        "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
+        "used", "wait_for_resources_s",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -123,9 +132,61 @@ class _Run:
         self.inflight = 0  # tasks ASSIGNED or RUNNING
         # failure_isolation=False: the first task failure cancels the rest of the run.
         self.fail_fast = spec.fault_tolerance.fail_fast
+        try:
+            self.strategy = normalize_strategy(spec.placement_strategy)
+        except ValueError as exc:
+            log.warning("run %s: %s; using the default", run_id, exc)
+            self.strategy = normalize_strategy("")
+        self.wait_for_resources_s = max(0.0, spec.wait_for_resources_s)
+        # A run-level cap on resources in flight (execution plans); None: no cap.
+        self.limits = Request.limits(spec.resource_limits) if spec.HasField("resource_limits") else None
+        self.used: dict[str, int] = {}  # resources in flight, counted only when limits is set
         for task in self.tasks.values():
             for dep in task.deps:
                 self.tasks[dep].dependents.append(task.name)
+
+    def set_critical_paths(self, order: Iterable[str]) -> None:
+        """Longest path (in tasks) from each task to a sink: O(V+E), once per run."""
+        tasks = self.tasks
+        for name in reversed(tuple(order)):
+            task = tasks[name]
+            task.cp = 1 + max((tasks[d].cp for d in task.dependents), default=0)
+
+    def charge(self, task: _Task, sign: int) -> None:
+        """Add (+1) or remove (-1) a task's request from the run's in-flight resources."""
+        if self.limits is None:
+            return
+        used, r = self.used, task.request
+        for key, amount in (("cpu", r.cpu_milli), ("memory", r.memory_bytes), ("gpu", r.gpu), *r.custom):
+            used[key] = used.get(key, 0) + sign * amount
+
+    def within_limits(self, task: _Task) -> bool:
+        limits = self.limits
+        if limits is None:
+            return True
+        used, r = self.used, task.request
+        if used.get("cpu", 0) + r.cpu_milli > limits.cpu_milli:
+            return False
+        if used.get("memory", 0) + r.memory_bytes > limits.memory_bytes or used.get("gpu", 0) + r.gpu > limits.gpu:
+            return False
+        capped = dict(limits.custom)
+        return all(used.get(k, 0) + v <= capped[k] for k, v in r.custom if k in capped)
+
+    def beyond_limits(self, task: _Task) -> str:
+        """Why this task alone exceeds the run's resource_limits ("" if it does not)."""
+        limits, r = self.limits, task.request
+        if limits is None:
+            return ""
+        over = []
+        if r.cpu_milli > limits.cpu_milli:
+            over.append(f"cpu_cores {r.cpu_milli / 1000:g} > {limits.cpu_milli / 1000:g}")
+        if r.memory_bytes > limits.memory_bytes:
+            over.append(f"memory_bytes {r.memory_bytes} > {limits.memory_bytes}")
+        if r.gpu > limits.gpu:
+            over.append(f"gpu {r.gpu} > {limits.gpu}")
+        capped = dict(limits.custom)
+        over += [f"{k} {v / 1000:g} > {capped[k] / 1000:g}" for k, v in r.custom if k in capped and v > capped[k]]
+        return f"the run's resource_limits are smaller than the task's request ({'; '.join(over)})" if over else ""
 
     def summary(self) -> pipeline_pb2.RunSummary:
         return pipeline_pb2.RunSummary(
@@ -138,7 +199,7 @@ class _Run:
 class _Worker:
     __slots__ = (
         "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
-        "state", "connected", "last_seen", "sent_code", "metrics",
+        "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, now: float):
@@ -156,6 +217,8 @@ class _Worker:
         self.last_seen = now
         self.sent_code: set[str] = set()
         self.metrics = None
+        self.avg_task_s: float | None = None  # moving average of its tasks' run time
+        self.credit = 0  # slots plus the prefetch it gets now
 
 
 class SchedulerState:
@@ -184,7 +247,13 @@ class SchedulerState:
         self.validate_each_step = validate
         self.runs: dict[str, _Run] = {}
         self.workers: dict[str, _Worker] = {}
-        self._ready: list[tuple[int, int, str, str]] = []  # (-priority, seq, run_id, task)
+        # (-priority, -critical path, seq, run_id, task): priority, then critical path, then FIFO.
+        self._ready: list[tuple[int, int, int, str, str]] = []
+        self.placement = PlacementIndex()
+        self._to_judge: list[tuple[str, str]] = []  # READY tasks not yet checked for "can never fit"
+        self._resource_waits: list[tuple[float, int, str, str]] = []  # (deadline, seq, run_id, task)
+        # After a restart, workers reconnect one by one: judge "can never fit" only after this.
+        self._settle_until = 0.0
         self._retries: list[tuple[float, int, str, str, int]] = []  # (at, seq, run_id, task, attempt)
         self._seq = itertools.count()
         self.stale_results = 0
@@ -206,7 +275,7 @@ class SchedulerState:
             case TaskReleased():
                 worker = self.workers.get(event.worker_id)
                 if worker is not None:
-                    worker.assigned.pop(event.attempt, None)
+                    self._unhold(worker, event.attempt)
                 self._requeue(event.attempt, event.now, out, reason=f"released by worker {event.worker_id}")
             case HeartbeatReceived():
                 self._on_heartbeat(event, out)
@@ -221,12 +290,14 @@ class SchedulerState:
                 if worker is not None and worker.state != "lost":
                     worker.connected = False
                     worker.last_seen = event.now
+                    self.placement.set_eligible(worker.worker_id, False)
             case CancelRequested():
                 self._on_cancel(event, out)
             case DrainRequested():
                 worker = self.workers.get(event.worker_id)
                 if worker is not None and worker.state == "ready":
                     worker.state = "draining"
+                    self.placement.set_eligible(worker.worker_id, False)
                     out.append(DrainWorker(worker.worker_id))
             case Tick():
                 self._on_tick(event.now, out)
@@ -239,6 +310,7 @@ class SchedulerState:
     def _on_submitted(self, ev: RunSubmitted, out: list[Action]) -> None:
         run = _Run(ev.run_id, ev.spec, ev.now)
         self.runs[run.run_id] = run
+        run.set_critical_paths(ev.order)
         out.append(self._run_record(run, spec=ev.spec))
         for name in ev.order:
             task = run.tasks[name]
@@ -249,6 +321,8 @@ class SchedulerState:
     def _on_restored(self, ev: RunRestored, out: list[Action]) -> None:
         run = _Run(ev.run_id, ev.spec, ev.created_at)
         self.runs[run.run_id] = run
+        run.set_critical_paths(ev.order)
+        self._settle_until = max(self._settle_until, ev.now + self.heartbeat_timeout_s)
         for name, rec in ev.tasks.items():
             task = run.tasks.get(name)
             if task is None:
@@ -260,6 +334,7 @@ class SchedulerState:
                 self._count_terminal(run, task)
             elif rec.state in _ACTIVE:
                 run.inflight += 1
+                run.charge(task, +1)
                 # The worker may come back and report it; if not, the heartbeat deadline requeues it.
                 worker = self.workers.get(rec.worker)
                 if worker is None:
@@ -286,10 +361,15 @@ class SchedulerState:
         worker.accepts_pickled = ev.accepts_pickled
         worker.connected, worker.last_seen, worker.state = True, ev.now, "ready"
         worker.sent_code = set()  # a reconnecting worker may be a new process with an empty cache
+        self._index_worker(worker)
         for key in ev.running:  # attempts it still runs after a coordinator restart or a blip
             task = self._current(key)
             if task is not None and task.state in _ACTIVE:
                 worker.assigned.setdefault(key, ev.now)
+        for key in worker.assigned:  # charge what it holds (restored attempts included)
+            task = self._current(key)
+            if task is not None:
+                self.placement.hold(worker.worker_id, key, task.request)
 
     def _on_heartbeat(self, ev: HeartbeatReceived, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
@@ -297,15 +377,18 @@ class SchedulerState:
             return
         worker.last_seen = ev.now
         worker.metrics = ev.metrics
+        if ev.metrics is not None:
+            self.placement.set_load(worker.worker_id, ev.metrics.cpu_percent)
         if ev.draining and worker.state == "ready":
             worker.state = "draining"
+            self.placement.set_eligible(worker.worker_id, False)
         # An attempt the worker does not hold, sent long enough ago to have arrived, was lost
         # in transit (a stream that broke mid-batch): requeue it.
         held = set(ev.running)
         grace = max(2.0, self.heartbeat_timeout_s / 2)
         for key, sent_at in list(worker.assigned.items()):
             if key not in held and ev.now - sent_at > grace:
-                del worker.assigned[key]
+                self._unhold(worker, key)
                 self._requeue(key, ev.now, out, reason="not held by its worker")
 
     def _on_started(self, ev: TaskStarted, out: list[Action]) -> None:
@@ -316,11 +399,42 @@ class SchedulerState:
         task.started_at = ev.at
         self._move(run, task, pb.RUNNING, out)
 
+    def _index_worker(self, worker: _Worker) -> None:
+        worker.credit = worker.slots + self._prefetch_for(worker)
+        self.placement.upsert(
+            worker.worker_id, slots=worker.slots, credit=worker.credit, resources=worker.resources,
+            labels=worker.labels, handlers=worker.handlers, accepts_pickled=worker.accepts_pickled,
+        )  # fmt: skip
+
+    def _prefetch_for(self, worker: _Worker) -> int:
+        """Enough queued work to cover about PREFETCH_WORK_S per slot, at most ``prefetch``.
+
+        Short tasks get a deep queue (the round trip would otherwise idle the worker);
+        long ones get one spare each, so a worker that joins later still finds work.
+        """
+        if self.prefetch <= 0:
+            return 0
+        if worker.avg_task_s is None:
+            return min(self.prefetch, max(1, worker.slots))
+        wanted = math.ceil(worker.slots * PREFETCH_WORK_S / max(worker.avg_task_s, 1e-5))
+        return max(1, min(self.prefetch, wanted))
+
+    def _learn_duration(self, worker: _Worker, ev: TaskSucceeded | TaskFailed) -> None:
+        if not ev.started_at or ev.at < ev.started_at:
+            return
+        took = ev.at - ev.started_at
+        worker.avg_task_s = took if worker.avg_task_s is None else 0.8 * worker.avg_task_s + 0.2 * took
+        prefetch = self._prefetch_for(worker)
+        old = worker.credit - worker.slots
+        if worker.state != "lost" and abs(prefetch - old) >= max(1, old // 4):
+            self._index_worker(worker)
+
     def _on_result(self, ev: TaskSucceeded | TaskFailed, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
         if worker is not None:
-            worker.assigned.pop(ev.attempt, None)
+            self._unhold(worker, ev.attempt)
             worker.last_seen = ev.now
+            self._learn_duration(worker, ev)
         task = self._current(ev.attempt)
         if task is None or task.state not in _ACTIVE:
             self.stale_results += 1
@@ -418,6 +532,15 @@ class SchedulerState:
             task = run.tasks.get(name) if run else None
             if task is not None and task.state == pb.RETRY_WAIT and task.attempt == attempt:
                 self._move(run, task, pb.READY, out)
+        while self._resource_waits and self._resource_waits[0][0] <= now:
+            _, _, run_id, name = heapq.heappop(self._resource_waits)
+            run = self.runs.get(run_id)
+            task = run.tasks.get(name) if run else None
+            if task is not None and task.state == pb.READY and task.wait_until:
+                task.wait_until = 0.0
+                why = run.beyond_limits(task) or self.placement.why_never_fits(task.request)
+                if why:
+                    self._fail_unplaceable(run, task, why, now, out, waited=True)
         deadline = now - self.heartbeat_timeout_s
         for worker in self.workers.values():
             if worker.state != "lost" and worker.last_seen < deadline:
@@ -426,47 +549,77 @@ class SchedulerState:
     # ------------------------------------------------------------------ scheduling
 
     def schedule(self, now: float) -> list[Action]:
-        """Hand ready tasks to workers with credit (free slots plus prefetch)."""
+        """Place ready tasks on workers with credit and free resources; see ``_placement``.
+
+        Ready tasks go in order of priority, then critical-path length, then FIFO. A task
+        that fits nowhere right now is set aside for the next pass; one that no registered
+        worker could ever fit fails with RESOURCE_EXHAUSTION (after the run's
+        ``wait_for_resources_s``).
+        """
         out: list[Action] = []
-        workers = [w for w in self.workers.values() if w.connected and w.state == "ready"]
-        credit = {w.worker_id: w.slots + self.prefetch - len(w.assigned) for w in workers}
-        open_workers = [w for w in workers if credit[w.worker_id] > 0]
-        deferred: list[tuple[int, int, str, str]] = []
-        while self._ready and open_workers:
+        if self._to_judge and now >= self._settle_until:
+            self._judge_ready(now, out)
+        index = self.placement
+        deferred: list[tuple[int, int, int, str, str]] = []
+        while self._ready and index.has_room():
             entry = heapq.heappop(self._ready)
-            run = self.runs.get(entry[2])
-            task = run.tasks.get(entry[3]) if run else None
+            run = self.runs.get(entry[3])
+            task = run.tasks.get(entry[4]) if run else None
             if task is None or task.state != pb.READY:
                 continue  # cancelled or already handled: lazy deletion
-            if run.max_parallel and run.inflight >= run.max_parallel:
-                worker = None
-            else:
-                worker = self._pick_worker(task, open_workers, credit)
-            if worker is None:
+            worker_id = None
+            if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
+                spec = task.spec
+                kind = spec.WhichOneof("kind")
+                worker_id = index.pick(
+                    task.request, strategy=run.strategy, handler=spec.handler.name if kind == "handler" else "",
+                    needs_pickled=kind == "python" and bool(spec.python.code_hash),
+                )  # fmt: skip
+            if worker_id is None:
                 deferred.append(entry)
                 if len(deferred) >= 1024:
                     break
                 continue
-            credit[worker.worker_id] -= 1
-            if credit[worker.worker_id] <= 0:
-                open_workers.remove(worker)
-            self._assign(run, task, worker, now, out)
+            self._assign(run, task, self.workers[worker_id], now, out)
         for entry in deferred:
             heapq.heappush(self._ready, entry)
         return out
 
-    def _pick_worker(self, task: _Task, workers: list[_Worker], credit: dict[str, int]) -> _Worker | None:
-        spec = task.spec
-        kind = spec.WhichOneof("kind")
-        best, best_credit = None, 0
-        for worker in workers:
-            if kind == "handler" and spec.handler.name not in worker.handlers:
+    def _judge_ready(self, now: float, out: list[Action]) -> None:
+        """Fail (or start the wait of) READY tasks that no registered worker could ever fit."""
+        if not self.placement.nodes:
+            return  # nobody registered yet: workers may still be starting
+        pending, self._to_judge = self._to_judge, []
+        for run_id, name in pending:
+            run = self.runs.get(run_id)
+            task = run.tasks.get(name) if run else None
+            if task is None or task.state != pb.READY or task.wait_until:
                 continue
-            if kind == "python" and spec.python.code_hash and not worker.accepts_pickled:
+            why = run.beyond_limits(task) or self.placement.why_never_fits(task.request)
+            if not why:
                 continue
-            if credit[worker.worker_id] > best_credit:
-                best, best_credit = worker, credit[worker.worker_id]
-        return best
+            if run.wait_for_resources_s > 0:
+                task.wait_until = now + run.wait_for_resources_s
+                heapq.heappush(self._resource_waits, (task.wait_until, next(self._seq), run_id, name))
+                log.info("run %s: task %r waits up to %.1fs for a worker: %s", run_id, name,
+                         run.wait_for_resources_s, why)  # fmt: skip
+            else:
+                self._fail_unplaceable(run, task, why, now, out, waited=False)
+
+    def _fail_unplaceable(self, run: _Run, task: _Task, why: str, now: float, out: list[Action], *, waited: bool) -> None:
+        message = f"task {task.name!r} asks for {task.request.describe()}, but {why}"
+        if waited:
+            message += f" (waited {run.wait_for_resources_s:g}s for one to join)"
+        task.error = pb.TaskError(
+            error_type="RESOURCE_EXHAUSTION", message=message, non_retryable=True,
+            required_resources=task.request.to_proto(),
+        )  # fmt: skip
+        task.finished_at = now
+        self._move(run, task, pb.FAILED, out)
+        self._fail_dependents(run, task, out)
+        if run.fail_fast:
+            self._stop_run_after_failure(run, task, now, out)
+        self._maybe_finish(run, now, out)
 
     def _assign(self, run: _Run, task: _Task, worker: _Worker, now: float, out: list[Action]) -> None:
         task.attempt += 1
@@ -474,6 +627,7 @@ class SchedulerState:
         task.started_at = 0.0
         key = (run.run_id, task.name, task.attempt)
         worker.assigned[key] = now
+        self.placement.hold(worker.worker_id, key, task.request)
         # The shell commits this ASSIGNED record before it sends the Assign that follows.
         self._move(run, task, pb.ASSIGNED, out)
         spec = task.spec
@@ -510,9 +664,15 @@ class SchedulerState:
         log.warning("worker %s (%s) lost: no word for %.1fs", worker.name, worker.worker_id, now - worker.last_seen)
         worker.state = "lost"
         worker.connected = False
+        self.placement.remove(worker.worker_id)
         for key in list(worker.assigned):
             self._requeue(key, now, out, reason=f"worker {worker.name} lost")
         worker.assigned.clear()
+
+    def _unhold(self, worker: _Worker, key: AttemptKey) -> None:
+        """The worker no longer holds this attempt: drop it and give its resources back."""
+        if worker.assigned.pop(key, None) is not None:
+            self.placement.release(worker.worker_id, key)
 
     def _fail_dependents(self, run: _Run, task: _Task, out: list[Action]) -> None:
         stack = list(task.dependents)
@@ -533,9 +693,12 @@ class SchedulerState:
         was_active = task.state in _ACTIVE
         task.state = to
         if to in _ACTIVE:
-            run.inflight += not was_active
+            if not was_active:
+                run.inflight += 1
+                run.charge(task, +1)
         elif was_active:
             run.inflight -= 1
+            run.charge(task, -1)
         if to == pb.READY:
             self._push_ready(run, task)
         elif to in TERMINAL_TASK_STATES:
@@ -548,7 +711,9 @@ class SchedulerState:
         )
 
     def _push_ready(self, run: _Run, task: _Task) -> None:
-        heapq.heappush(self._ready, (-task.spec.priority, next(self._seq), run.run_id, task.name))
+        heapq.heappush(self._ready, (-task.spec.priority, -task.cp, next(self._seq), run.run_id, task.name))
+        if not task.wait_until:
+            self._to_judge.append((run.run_id, task.name))
 
     @staticmethod
     def _count_terminal(run: _Run, task: _Task) -> None:
@@ -612,6 +777,23 @@ class SchedulerState:
         for worker in self.workers.values():
             if worker.state == "lost":
                 assert not worker.assigned, f"lost worker {worker.name} still holds attempts"
+            node = self.placement.nodes.get(worker.worker_id)
+            if node is not None:
+                assert set(node.held) <= set(worker.assigned), f"{worker.name}: ledger holds attempts it was not sent"
+                # Adaptive prefetch may shrink credit below what a worker already holds; the
+                # bound that must never break is the largest credit it could have had.
+                most = max(1, node.slots) + self.prefetch
+                scale = max(1.0, most / max(1, node.slots))
+
+                def cap(total: int) -> int:
+                    return total if total == UNBOUNDED else int(total * scale)
+
+                cap_cpu, cap_mem, cap_gpu = cap(node.cpu), cap(node.memory), cap(node.gpu)
+                assert node.used_cpu <= cap_cpu and node.used_memory <= cap_mem and node.used_gpu <= cap_gpu, (
+                    f"{worker.name} over-committed: cpu {node.used_cpu}/{cap_cpu}, memory {node.used_memory}/"
+                    f"{cap_mem}, gpu {node.used_gpu}/{cap_gpu}"
+                )
+                assert len(node.held) <= most, f"{worker.name} holds {len(node.held)} > most credit {most}"
             for key in worker.assigned:
                 task = self._current(key)
                 if task is not None and task.state in _ACTIVE:

@@ -107,6 +107,34 @@ def cmd_run(opts) -> int:
     return 0 if result.succeeded else 1
 
 
+def cmd_plan(opts) -> int:
+    """Print the execution plan of FILE.py[:OBJECT]; with a coordinator, from its history and workers."""
+    from ._plan import PlanWorker, build_plan
+
+    pipeline = load_pipeline(opts.target)
+    constraints = {}
+    if opts.cpu_cores is not None:
+        constraints["cpu_cores"] = opts.cpu_cores
+    if opts.memory_gb is not None:
+        constraints["memory_gb"] = opts.memory_gb
+    if opts.gpu is not None:
+        constraints["gpu"] = opts.gpu
+    durations: dict[str, tuple[float, int]] = {}
+    workers: list[PlanWorker] = []
+    if opts.coordinator:
+        with _client(opts) as client:
+            durations = client.task_stats(pipeline.validate())
+            workers = [PlanWorker.from_info(w) for w in client.list_workers() if w.state != "lost"]
+    plan = build_plan(
+        pipeline, optimization_strategy=opts.strategy, resource_constraints=constraints or None,
+        cost_optimization=opts.cost_optimization, durations=durations, workers=workers,
+    )  # fmt: skip
+    if not opts.coordinator and not opts.json:
+        print("(no coordinator: durations are defaults and costs unknown; pass --coordinator for history)")
+    print(plan.to_json(sort_keys=True) if opts.json else str(plan))
+    return 0
+
+
 def _jsonable(value: Any) -> Any:
     try:
         json.dumps(value)
@@ -211,6 +239,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")
     run.add_argument("target", help="a Python file and optionally the Pipeline object in it")
     run.set_defaults(fn=cmd_run)
+    plan = sub.add_parser("plan", parents=[common], help="print the execution plan of FILE.py[:OBJECT]")
+    plan.add_argument("target", help="a Python file and optionally the Pipeline object in it")
+    plan.add_argument("--strategy", default="time_optimal", choices=["time_optimal", "resource_optimal", "cost_optimal"])
+    plan.add_argument("--cpu-cores", type=float, default=None, help="resource constraint: cores in flight at most")
+    plan.add_argument("--memory-gb", type=float, default=None, help="resource constraint: memory in flight at most")
+    plan.add_argument("--gpu", type=int, default=None, help="resource constraint: GPUs in flight at most")
+    plan.add_argument("--cost-optimization", action="store_true", help="price tasks on the cheapest fitting worker")
+    plan.set_defaults(fn=cmd_plan)
     runs = sub.add_parser("runs", parents=[common], help="list recent runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.set_defaults(fn=cmd_runs)

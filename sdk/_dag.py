@@ -32,7 +32,12 @@ from ._policies import BACKOFF_STRATEGIES, FaultTolerance
 from ._proto import common_pb2
 from .errors import PipelineValidationError
 
-__all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph"]
+__all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
+
+#: How the coordinator chooses among the workers a task fits on (docs/placement.md):
+#: ``resource_balanced`` (the default) evens utilisation, ``pack`` fills workers first,
+#: ``spread`` spreads tasks out.
+PLACEMENT_STRATEGIES = ("resource_balanced", "pack", "spread")
 
 # A task name is used in file names, store keys and log lines: no whitespace, no slash.
 _NAME_RE = re.compile(r"[^\s/]+")
@@ -555,6 +560,11 @@ class Pipeline:
         self._tasks: dict[str, Task] = {}
         #: Set by :meth:`configure_fault_tolerance`; None: the defaults.
         self.fault_tolerance: FaultTolerance | None = None
+        #: Set by :meth:`configure_placement` (or ``PipelineManager.optimize_task_placement``);
+        #: None: the coordinator's default, ``resource_balanced``.
+        self.placement_strategy: str | None = None
+        #: How long a task no registered worker could fit waits for one to join; 0: fail at once.
+        self.wait_for_resources_s: float = 0.0
 
     def add_task(self, task: Task) -> Task:
         """Add one task and return it.
@@ -627,6 +637,25 @@ class Pipeline:
             raise PipelineValidationError(f"pipeline {self.name!r}: configure_fault_tolerance: {exc}") from None
         return self.fault_tolerance
 
+    def configure_placement(
+        self, *, strategy: str | None = None, wait_for_resources_s: float | timedelta | None = None
+    ) -> None:
+        """Choose how this pipeline's tasks are placed (arguments left None are unchanged).
+
+        Args:
+            strategy: one of :data:`PLACEMENT_STRATEGIES`.
+            wait_for_resources_s: a task that no registered worker could ever fit (too few
+                cores, no GPU, no worker with its labels) waits this long for a fitting worker
+                to join before it fails with ``RESOURCE_EXHAUSTION``; 0 fails it at once.
+
+        Raises:
+            PipelineValidationError: an unknown strategy or a negative wait.
+        """
+        if strategy is not None:
+            self.placement_strategy = check_strategy(strategy, where=f"pipeline {self.name!r}")
+        if wait_for_resources_s is not None:
+            self.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {self.name!r}")
+
     @property
     def tasks(self) -> dict[str, Task]:
         """A copy of the tasks by name, in insertion order."""
@@ -689,12 +718,33 @@ class Pipeline:
         )
         if ft is not None:
             made.fault_tolerance.CopyFrom(ft.to_proto())
+        if self.placement_strategy:
+            made.placement_strategy = self.placement_strategy
+        made.wait_for_resources_s = self.wait_for_resources_s
         return made
 
     def __repr__(self) -> str:
         names = list(self._tasks)
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         return f"<Pipeline {self.name!r} with {len(names)} task(s): {shown}>"
+
+
+def check_strategy(strategy: Any, *, where: str) -> str:
+    """Return ``strategy`` if it names a placement strategy; raise naming the known ones."""
+    if strategy not in PLACEMENT_STRATEGIES:
+        raise PipelineValidationError(
+            f"{where}: unknown placement strategy {strategy!r}; known: {', '.join(PLACEMENT_STRATEGIES)}"
+        )
+    return strategy
+
+
+def check_wait_s(value: Any, *, where: str) -> float:
+    """``wait_for_resources_s`` as finite seconds >= 0 (a timedelta is accepted too)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def pipeline(name: str) -> Callable[[Callable[[], Any]], Pipeline]:

@@ -17,6 +17,7 @@ one formula.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import random
@@ -37,6 +38,8 @@ __all__ = [
     "parse_duration_s",
     "BACKOFF_STRATEGIES",
     "POLICY_ATTR",
+    "RECOVERY_DECISIONS",
+    "check_recovery_handler",
 ]
 
 #: Where ``@handle_errors`` puts its policy on the function.
@@ -136,6 +139,32 @@ def handle_errors(
     return decorate
 
 
+#: What a recovery handler may return (``@pipeline.recovery_handler``).
+RECOVERY_DECISIONS = ("halt_pipeline", "retry_with_fallback", "skip", "continue")
+
+
+def check_recovery_handler(func: Any, *, where: str) -> Callable[..., Any]:
+    """Return ``func`` if it can be called as ``handler(failed_task, error, context)``.
+
+    Raises:
+        TypeError: not callable, or its signature does not take three positional arguments.
+    """
+    if not callable(func) or isinstance(func, type):
+        raise TypeError(f"{where}: a recovery handler must be a function, got {func!r}")
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):  # a builtin without a signature: let the worker find out
+        return func
+    try:
+        signature.bind("task", {}, {})
+    except TypeError as exc:
+        raise TypeError(
+            f"{where}: recovery handler {getattr(func, '__qualname__', func)!s}{signature} must accept "
+            f"(failed_task, error, context): {exc}"
+        ) from None
+    return func
+
+
 def error_policy_of(func: Any) -> ErrorPolicy | None:
     """The policy ``@handle_errors`` attached to ``func``, if any (bound methods included)."""
     policy = getattr(func, POLICY_ATTR, None)
@@ -217,7 +246,13 @@ class FaultTolerance:
     failure_isolation: bool = True
     """True: independent branches run on after a failure. False: the first failure cancels the rest."""
     circuit_breaker_enabled: bool = False
-    """Carried to the coordinator for its circuit breaker."""
+    """True: attempts go through circuit breakers (see ``xpipe.coordinator._breaker``)."""
+    circuit_failure_threshold: int = 5
+    """Failed attempts within ``circuit_window_s`` that open a circuit."""
+    circuit_window_s: float = 60.0
+    """How far back failures count toward opening a circuit."""
+    circuit_open_s: float = 30.0
+    """How long an open circuit fails attempts fast before it lets one probe through."""
 
     @classmethod
     def build(
@@ -228,6 +263,9 @@ class FaultTolerance:
         retry_backoff_strategy: Any,
         failure_isolation: Any,
         circuit_breaker_enabled: Any,
+        circuit_failure_threshold: Any = 5,
+        circuit_window_s: Any = 60.0,
+        circuit_open_s: Any = 30.0,
     ) -> FaultTolerance:
         """Check user arguments and make the settings; raises ValueError naming the bad one."""
         interval_s = 0.0 if checkpoint_interval is None else parse_duration_s(checkpoint_interval)
@@ -246,9 +284,25 @@ class FaultTolerance:
         for name, flag in flags.items():
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if (
+            isinstance(circuit_failure_threshold, bool)
+            or not isinstance(circuit_failure_threshold, int)
+            or not 1 <= circuit_failure_threshold < 2**32
+        ):
+            raise ValueError(f"circuit_failure_threshold must be an int >= 1, got {circuit_failure_threshold!r}")
+        durations = {"circuit_window_s": circuit_window_s, "circuit_open_s": circuit_open_s}
+        seconds = {}
+        for name, value in durations.items():
+            try:
+                seconds[name] = parse_duration_s(value)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+            if seconds[name] <= 0:
+                raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
         return cls(
-            interval_s, max_retries_per_task, retry_backoff_strategy, failure_isolation, circuit_breaker_enabled
-        )
+            interval_s, max_retries_per_task, retry_backoff_strategy, failure_isolation, circuit_breaker_enabled,
+            circuit_failure_threshold, seconds["circuit_window_s"], seconds["circuit_open_s"],
+        )  # fmt: skip
 
     def to_proto(self) -> common_pb2.FaultTolerance:
         return common_pb2.FaultTolerance(

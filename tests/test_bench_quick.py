@@ -50,6 +50,7 @@ def test_quick_run_writes_both_systems_numbers(tmp_path: Path) -> None:
     assert doc["mode"] == "quick" and doc["repeats"] == 1
     assert doc["machine"]["cpu_count"] >= 1 and doc["machine"]["python"]
     assert doc["machine"]["versions"]["grpcio"]
+    assert "commit" in doc["xpipe_source"] and "uncommitted_changes" in doc["xpipe_source"]
     assert set(doc["scenarios"]) == {"wide", "roundtrip"}
 
     wide = doc["scenarios"]["wide"]["samples"]
@@ -129,6 +130,9 @@ def test_cluster_starts_and_stops_without_leftovers(tmp_path: Path) -> None:
         assert names == {"w0", "w1"}
         pids = _descendants([cluster.coordinator_pid, *cluster.worker_pids()])
         assert len(pids) >= 3
+        roles = cluster.process_roles()
+        assert {"coordinator", "w0", "w1", "client"} <= set(roles) and roles["client"] == os.getpid()
+        assert set(roles.values()) - {os.getpid()} <= pids
     finally:
         cluster.stop()
     assert not _alive(pids), f"left alive: {_alive(pids)}"
@@ -237,3 +241,18 @@ def test_py_spy_profiles_a_real_process_and_fails_clearly_on_a_bad_pid(tmp_path:
     dead.wait()
     with pytest.raises(BenchError, match=r"py-spy exited with \d+ before sampling"):
         _profile.PySpy(dead.pid, tmp_path / "dead.txt")
+
+
+def test_cpu_meter_counts_this_process_and_skips_a_vanished_one() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    meter = _profile.CpuMeter({"me": os.getpid(), "gone": gone.pid})
+    gone.wait()
+
+    def burned() -> bool:
+        sum(range(100_000))
+        return meter.stop()["cpu_s"]["me"] > 0.05
+
+    eventually(burned, timeout_s=30, interval_s=0, message="this process used CPU")
+    usage = meter.stop()
+    assert "gone" not in usage["cpu_s"] and usage["wall_s"] > 0
+    assert "me " in _profile.format_cpu("test", usage)

@@ -110,6 +110,7 @@ class WorkerDaemon:
         self._held: OrderedDict[tuple[str, str, int], worker_pb2.Assignment] = OrderedDict()
         self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
         self._running: set[tuple[str, str, int]] = set()
+        self._ledger = ResourceLedger(self.resources)
         self._pending_events: list[worker_pb2.TaskEvent] = []
         self._pending_since = 0.0  # when the oldest unsent event was made (monotonic)
         # Outcomes already sent: (monotonic time, event) by attempt, oldest first.
@@ -377,29 +378,38 @@ class WorkerDaemon:
             assignment = self._held.get(key)
             if assignment is None:
                 continue  # cancelled or released while queued
-            self._running.add(key)
-            started = time.time()
-            # Short tasks report start and end in one event; a task still running after
-            # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
-            started_report = asyncio.get_running_loop().call_later(
-                STARTED_REPORT_DELAY_S, self._emit_started, key, started
-            )
-            code_hash = assignment.task.python.code_hash
+            need = task_request(assignment.task.resources)
+            await self._ledger.acquire(need)  # prefetched work waits here for free resources
+            if key not in self._held:
+                await self._ledger.release(need)
+                continue  # cancelled or released while it waited
             try:
-                event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
-            except Exception as exc:
-                log.exception("executor failed on %s", key)
-                event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
+                await self._run_one(executor, key, assignment)
             finally:
-                started_report.cancel()
-                self._running.discard(key)
-            if self._held.pop(key, None) is None:
-                continue  # released at shutdown: the coordinator requeues it, do not report twice
-            event.started_at = started
-            self.tasks_done += 1
-            self._emit(event)
-            if not self._held:
-                self._idle.set()
+                await self._ledger.release(need)
+
+    async def _run_one(self, executor: TaskExecutor, key: tuple[str, str, int], assignment: worker_pb2.Assignment) -> None:
+        self._running.add(key)
+        started = time.time()
+        # Short tasks report start and end in one event; a task still running after
+        # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
+        started_report = asyncio.get_running_loop().call_later(STARTED_REPORT_DELAY_S, self._emit_started, key, started)
+        code_hash = assignment.task.python.code_hash
+        try:
+            event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
+        except Exception as exc:
+            log.exception("executor failed on %s", key)
+            event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
+        finally:
+            started_report.cancel()
+            self._running.discard(key)
+        if self._held.pop(key, None) is None:
+            return  # released at shutdown: the coordinator requeues it, do not report twice
+        event.started_at = started
+        self.tasks_done += 1
+        self._emit(event)
+        if not self._held:
+            self._idle.set()
 
     async def _cancel(self, key: tuple[str, str, int]) -> None:
         if key not in self._held:
@@ -492,3 +502,59 @@ def parse_resources(text: str, base: pb.Resources) -> pb.Resources:
             raise ValueError(f"--resources {key} must not be negative, got {value}")
     return res
 
+
+def task_request(res: pb.Resources) -> tuple[float, int, int, dict[str, float]]:
+    """What a task asks of this worker: (cpu, memory bytes, gpus, custom); no cpu means 1 core."""
+    return (res.cpu_cores or 1.0, res.memory_bytes, res.gpu, dict(res.custom))
+
+
+class ResourceLedger:
+    """The worker's own account of what its running tasks use.
+
+    The coordinator may send more than fits at once (prefetch); a queued attempt starts
+    only when what it asks is free here, so running tasks never exceed what the worker
+    offers. A request larger than the whole worker (the coordinator never sends one) is
+    let through alone rather than blocking forever.
+    """
+
+    def __init__(self, offered: pb.Resources):
+        self.total = task_request(offered) if offered.cpu_cores else (float("inf"), 0, 0, {})
+        self._unbounded_memory = offered.memory_bytes == 0
+        self.used_cpu = 0.0
+        self.used_memory = 0
+        self.used_gpu = 0
+        self.used_custom: dict[str, float] = {}
+        self._changed = asyncio.Condition()
+
+    def fits(self, need: tuple[float, int, int, dict[str, float]]) -> bool:
+        cpu, memory, gpu, custom = need
+        t_cpu, t_memory, t_gpu, t_custom = self.total
+        if not (self.used_cpu or self.used_memory or self.used_gpu or self.used_custom):
+            return True  # an idle worker runs anything it was sent
+        if self.used_cpu + cpu > t_cpu + 1e-9 or self.used_gpu + gpu > t_gpu:
+            return False
+        if not self._unbounded_memory and self.used_memory + memory > t_memory:
+            return False
+        return all(self.used_custom.get(k, 0.0) + v <= t_custom.get(k, 0.0) + 1e-9 for k, v in custom.items())
+
+    async def acquire(self, need: tuple[float, int, int, dict[str, float]]) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.fits(need))
+            self._apply(need, 1)
+
+    async def release(self, need: tuple[float, int, int, dict[str, float]]) -> None:
+        async with self._changed:
+            self._apply(need, -1)
+            self._changed.notify_all()
+
+    def _apply(self, need: tuple[float, int, int, dict[str, float]], sign: int) -> None:
+        cpu, memory, gpu, custom = need
+        self.used_cpu += sign * cpu
+        self.used_memory += sign * memory
+        self.used_gpu += sign * gpu
+        for k, v in custom.items():
+            left = self.used_custom.get(k, 0.0) + sign * v
+            if abs(left) > 1e-9:
+                self.used_custom[k] = left
+            else:
+                self.used_custom.pop(k, None)

@@ -369,3 +369,28 @@ def test_random_dags_respect_dependencies_and_run_each_task_once(edges, seed, n_
     for name, deps in edges.items():
         for d in deps:
             assert finished_at[d] < finished_at[name]
+
+
+def _credit_after(durations_s: float) -> int:
+    s = SchedulerState(prefetch=64, validate=True)
+    connect(s, "w1", slots=2)
+    submit(s, {f"t{i}": [] for i in range(400)})
+    now = 0.0
+    for _ in range(30):
+        for a in assigns(s.schedule(now)):
+            now += durations_s
+            s.handle(TaskSucceeded(now, "w1", a.attempt, now, pb.Payload(), started_at=now - durations_s))
+    return s.workers["w1"].credit
+
+
+def test_prefetch_adapts_to_task_duration():
+    fast, slow = _credit_after(0.0005), _credit_after(2.0)
+    assert fast == 2 + 64  # sub-millisecond tasks: the full prefetch
+    assert slow == 2 + 1  # two-second tasks: one spare, so a late worker still finds work
+
+
+def test_prefetch_zero_means_none():
+    s = SchedulerState(prefetch=0)
+    connect(s, "w1", slots=3)
+    submit(s, {f"t{i}": [] for i in range(10)})
+    assert len(assigns(s.schedule(0.0))) == 3

@@ -1,0 +1,144 @@
+"""Pipeline recovery handlers (``@pipeline.recovery_handler``), the coordinator's side.
+
+The coordinator never runs user Python. When a task of a run with a recovery handler
+fails for good, the state machine parks it in RECOVERING and sends a worker a synthetic
+attempt: an ordinary python call whose callable is the handler and whose arguments are
+``(failed_task_name, error_dict, context_dict)``. Its outcome comes back as a normal
+``TaskSucceeded``/``TaskFailed`` for the attempt key ``(run_id, "<task>/recovery", n)``;
+a user task can never have that name, since task names hold no ``/``.
+
+This module holds the pure pieces: naming, building the synthetic spec, and reading the
+decision out of the outcome without unpickling anything but plain strings.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+from typing import Any
+
+from xpipe import _codec
+from xpipe._policies import RECOVERY_DECISIONS
+from xpipe._proto import common_pb2 as pb
+
+__all__ = [
+    "DECISIONS",
+    "HALT",
+    "RETRY_WITH_FALLBACK",
+    "SKIP",
+    "CONTINUE",
+    "RECOVERY_SUFFIX",
+    "RECOVERY_TIMEOUT_S",
+    "recovery_name",
+    "recovered_task",
+    "recovery_spec",
+    "error_dict",
+    "read_decision",
+]
+
+#: What a recovery handler may return (one list, shared with the SDK).
+DECISIONS = RECOVERY_DECISIONS
+HALT, RETRY_WITH_FALLBACK, SKIP, CONTINUE = DECISIONS
+
+#: Appended to the failed task's name to name the handler's synthetic attempt.
+RECOVERY_SUFFIX = "/recovery"
+#: A handler that runs longer than this is killed and counts as "continue".
+RECOVERY_TIMEOUT_S = 60.0
+#: A decision is a short string; a result larger than this is not one.
+_MAX_DECISION_BYTES = 4096
+
+
+def recovery_name(task: str) -> str:
+    """The synthetic task name of ``task``'s recovery handler call."""
+    return task + RECOVERY_SUFFIX
+
+
+def recovered_task(name: str) -> str | None:
+    """The failed task a synthetic name stands for, or None for an ordinary task name."""
+    if name.endswith(RECOVERY_SUFFIX) and len(name) > len(RECOVERY_SUFFIX):
+        return name[: -len(RECOVERY_SUFFIX)]
+    return None
+
+
+def error_dict(error: pb.TaskError | None) -> dict[str, str]:
+    """The ``error`` argument a handler gets: plain strings, no xpipe types needed to read it."""
+    if error is None:
+        error = pb.TaskError()
+    return {
+        "error_type": error.error_type or "TASK_FAILURE",
+        "exception_type": error.exception_type,
+        "message": error.message,
+        "traceback": error.traceback,
+    }
+
+
+def recovery_spec(
+    task: str,
+    handler: pb.PythonCall,
+    error: pb.TaskError | None,
+    *,
+    run_id: str,
+    pipeline: str,
+    attempt: int,
+) -> pb.TaskSpec:
+    """The synthetic TaskSpec that runs ``handler(task, error_dict, context_dict)`` on a worker."""
+    spec = pb.TaskSpec(name=recovery_name(task), timeout_s=RECOVERY_TIMEOUT_S)
+    spec.python.CopyFrom(handler)
+    context = {"run_id": run_id, "pipeline": pipeline, "attempt": attempt}
+    spec.args.CopyFrom(
+        _codec.encode(((task, error_dict(error), context), {}), "pickle", what=f"recovery arguments of {task!r}")
+    )
+    return spec
+
+
+class _StringsOnly(pickle.Unpickler):
+    """Unpickles builtin scalars only: loading any class or function is refused.
+
+    The result comes from a worker; the coordinator must not run code a hostile or broken
+    worker put in a pickle.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _decode(payload: pb.Payload) -> Any:
+    if payload.artifact_ref or payload.zstd or len(payload.data) > _MAX_DECISION_BYTES:
+        raise ValueError(f"a result of {payload.size_bytes or len(payload.data)} bytes is not a decision")
+    if payload.codec == pb.CODEC_PICKLE:
+        return _StringsOnly(io.BytesIO(payload.data)).load()
+    if payload.codec == pb.CODEC_JSON:
+        return json.loads(payload.data)
+    if payload.codec == pb.CODEC_UNSPECIFIED and not payload.data:
+        return None
+    raise ValueError(f"a result with codec {payload.codec} is not a decision")
+
+
+def read_decision(result: pb.Payload | None, error: pb.TaskError | None) -> tuple[str, str]:
+    """The handler's decision and, when it could not be followed, why.
+
+    Args:
+        result: the synthetic attempt's result when it succeeded, else None.
+        error: its error when it failed (the handler raised, timed out, ...), else None.
+
+    Returns:
+        ``(decision, problem)``: a handler that raised, timed out or returned anything but
+        one of :data:`DECISIONS` counts as ``"continue"`` and ``problem`` says why;
+        otherwise ``problem`` is empty.
+    """
+    if error is not None or result is None:
+        error = error or pb.TaskError()
+        what = f"{error.exception_type}: {error.message}" if error.exception_type else error.message
+        kind = "timed out" if error.error_type == "TIMEOUT" else "raised"
+        return CONTINUE, f"recovery handler {kind} ({what or error.error_type or 'no outcome'})"
+    try:
+        value = _decode(result)
+    except Exception as exc:  # noqa: BLE001 - any undecodable result is "not a decision"
+        return CONTINUE, f"recovery handler returned something that is not a decision ({exc})"
+    if isinstance(value, str) and value in DECISIONS:
+        return value, ""
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return CONTINUE, f"recovery handler returned {shown}, not one of {', '.join(map(repr, DECISIONS))}"
