@@ -294,6 +294,10 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             workers=sum(1 for w in state.workers.values() if w.state != "lost" and w.connected),
             active_runs=state.active_runs(),
             version=VERSION,
+            circuits=[
+                admin_pb2.CircuitInfo(name=c.name, state=c.state, failures=c.failures, opened_at=c.opened_at)
+                for c in state.breakers.snapshot(time.time())
+            ],
         )
 
     async def ListWorkers(self, request, context):

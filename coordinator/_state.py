@@ -8,8 +8,14 @@ therefore never loses a transition that a worker or client has seen.
 
 Task attempt states follow DESIGN.md::
 
-    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT
+    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING
     (and SKIPPED, CANCELLED, UPSTREAM_FAILED from the non-terminal states)
+
+A run with ``circuit_breaker_enabled`` asks the task's circuit (``_breaker``) before each
+attempt is placed; an open circuit fails the attempt at once with ``CIRCUIT_OPEN``. A run
+with a recovery handler parks a task that failed for good in RECOVERING and sends a worker
+a synthetic attempt ``(run_id, "<task>/recovery", n)`` that runs the handler; its answer
+(``_recovery``) decides the task's fate.
 
 Each attempt has a number. A result that names any attempt but the current one (a worker
 presumed lost, a cancelled attempt) is stale: it is counted in ``stale_results`` and
@@ -30,7 +36,18 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._policies import backoff_delay_s
 from xpipe._proto import pipeline_pb2
 
+from ._breaker import OPEN, CircuitBreakers
 from ._placement import UNBOUNDED, PlacementIndex, Request, normalize_strategy
+from ._recovery import (
+    CONTINUE,
+    HALT,
+    RETRY_WITH_FALLBACK,
+    SKIP,
+    read_decision,
+    recovered_task,
+    recovery_name,
+    recovery_spec,
+)
 from ._events import (
     Action,
     Assign,
@@ -70,11 +87,18 @@ _SATISFIED = frozenset({pb.SUCCEEDED, pb.SKIPPED})
 #: Every allowed task transition. ``_move`` refuses anything else.
 _ALLOWED: dict[int, frozenset[int]] = {
     pb.PENDING: frozenset({pb.READY, pb.UPSTREAM_FAILED, pb.CANCELLED, pb.SKIPPED}),
-    pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED}),
-    pb.ASSIGNED: frozenset({pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED}),
-    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED}),
+    # READY -> RETRY_WAIT/FAILED/RECOVERING: an attempt failed fast on an open circuit.
+    pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED, pb.RETRY_WAIT, pb.RECOVERING}),
+    pb.ASSIGNED: frozenset(
+        {pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING}
+    ),
+    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING}),
     pb.RETRY_WAIT: frozenset({pb.READY, pb.CANCELLED}),
+    # The recovery handler's answer: retry_with_fallback, halt/continue, skip; or a cancel.
+    pb.RECOVERING: frozenset({pb.READY, pb.FAILED, pb.SKIPPED, pb.CANCELLED}),
 }
+#: What a recovery handler's synthetic attempt asks of a worker: a slot, next to no cpu.
+_RECOVERY_REQUEST = Request(cpu_milli=1)
 
 
 class InvalidTransition(RuntimeError):
@@ -84,7 +108,8 @@ class InvalidTransition(RuntimeError):
 class _Task:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
-        "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until",
+        "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
+        "recovered",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -106,13 +131,15 @@ class _Task:
         self.request = Request.of(spec.resources if spec.HasField("resources") else None, spec.labels)
         self.cp = 1  # tasks on the longest path from here to a sink, this one included
         self.wait_until = 0.0  # waiting for a worker that fits to join, until then
+        self.circuit = ""  # the circuit its attempts go through; "" when breakers are off
+        self.recovered = False  # the recovery handler was consulted: it is not asked twice
 
 
 class _Run:
     __slots__ = (
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
-        "used", "wait_for_resources_s",
+        "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -141,6 +168,15 @@ class _Run:
         # A run-level cap on resources in flight (execution plans); None: no cap.
         self.limits = Request.limits(spec.resource_limits) if spec.HasField("resource_limits") else None
         self.used: dict[str, int] = {}  # resources in flight, counted only when limits is set
+        # @pipeline.recovery_handler: the call that runs it; None: no handler.
+        self.handler = spec.recovery_handler if spec.HasField("recovery_handler") else None
+        # task name -> (synthetic attempt number, worker) of its handler call; (0, "") while queued.
+        self.recovering: dict[str, tuple[int, str]] = {}
+        self.recovery_seq = 0
+        self.halted = False  # a recovery handler answered halt_pipeline
+        if spec.fault_tolerance.circuit_breaker_enabled:
+            for task in self.tasks.values():
+                task.circuit = task.spec.circuit or f"{spec.name}/{task.name}"
         for task in self.tasks.values():
             for dep in task.deps:
                 self.tasks[dep].dependents.append(task.name)
@@ -258,6 +294,9 @@ class SchedulerState:
         self._seq = itertools.count()
         self.stale_results = 0
         self.recent: deque[Event] = deque(maxlen=200)  # for debugging
+        #: Circuit breakers of every run with circuit_breaker_enabled, shared across runs.
+        self.breakers = CircuitBreakers()
+        self._recoveries: deque[tuple[str, str]] = deque()  # (run_id, task) handler calls to send
 
     # ------------------------------------------------------------------ events
 
@@ -311,6 +350,7 @@ class SchedulerState:
         run = _Run(ev.run_id, ev.spec, ev.now)
         self.runs[run.run_id] = run
         run.set_critical_paths(ev.order)
+        self._configure_circuits(run)
         out.append(self._run_record(run, spec=ev.spec))
         for name in ev.order:
             task = run.tasks[name]
@@ -322,6 +362,7 @@ class SchedulerState:
         run = _Run(ev.run_id, ev.spec, ev.created_at)
         self.runs[run.run_id] = run
         run.set_critical_paths(ev.order)
+        self._configure_circuits(run)
         self._settle_until = max(self._settle_until, ev.now + self.heartbeat_timeout_s)
         for name, rec in ev.tasks.items():
             task = run.tasks.get(name)
@@ -345,6 +386,9 @@ class SchedulerState:
                 heapq.heappush(self._retries, (ev.now, next(self._seq), run.run_id, name, task.attempt))
             elif rec.state == pb.READY:
                 self._push_ready(run, task)
+            elif rec.state == pb.RECOVERING:  # its handler's answer was lost with the old coordinator
+                task.recovered = True
+                self._queue_recovery(run, task)
         for name in ev.order:
             task = run.tasks[name]
             task.waiting = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
@@ -370,6 +414,8 @@ class SchedulerState:
             task = self._current(key)
             if task is not None:
                 self.placement.hold(worker.worker_id, key, task.request)
+            elif recovered_task(key[1]) is not None:
+                self.placement.hold(worker.worker_id, key, _RECOVERY_REQUEST)
 
     def _on_heartbeat(self, ev: HeartbeatReceived, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
@@ -435,6 +481,10 @@ class SchedulerState:
             self._unhold(worker, ev.attempt)
             worker.last_seen = ev.now
             self._learn_duration(worker, ev)
+        recovering = recovered_task(ev.attempt[1])
+        if recovering is not None:
+            self._on_recovery_result(ev, recovering, out)
+            return
         task = self._current(ev.attempt)
         if task is None or task.state not in _ACTIVE:
             self.stale_results += 1
@@ -447,6 +497,11 @@ class SchedulerState:
         task.worker = ev.worker_id
         task.finished_at = ev.at
         task.started_at = ev.started_at or task.started_at or ev.at
+        if task.circuit:
+            if isinstance(ev, TaskSucceeded) and not ev.fallback_used:
+                self.breakers.record_success(task.circuit, ev.now)
+            elif isinstance(ev, TaskSucceeded) or ev.error.error_type != "CANCELLED":
+                self.breakers.record_failure(task.circuit, ev.now)
         if isinstance(ev, TaskSucceeded):
             # A skip or a fallback keeps the exception behind it as the task's error, so
             # the run shows why (error_type says which of the two happened).
@@ -458,25 +513,164 @@ class SchedulerState:
                 task.error.error_type = "SKIPPED" if ev.skipped else "FALLBACK_USED"
             task.result = None if ev.skipped else ev.result
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
-            for name in task.dependents:
-                child = run.tasks[name]
-                child.waiting -= 1
-                if child.waiting == 0 and child.state == pb.PENDING:
-                    self._move(run, child, pb.READY, out)
+            self._release_dependents(run, task, out)
         else:
-            task.error = ev.error
-            task.failures += 1
-            retryable = ev.error.error_type != "CANCELLED" and not ev.error.non_retryable
-            if retryable and task.failures <= self._retries_of(run, task):
-                task.retry_at = ev.now + self._retry_delay_s(task)
-                self._move(run, task, pb.RETRY_WAIT, out)
-                heapq.heappush(self._retries, (task.retry_at, next(self._seq), run.run_id, task.name, task.attempt))
-            else:
-                self._move(run, task, pb.FAILED, out)
-                self._fail_dependents(run, task, out)
-                if run.fail_fast:
-                    self._stop_run_after_failure(run, task, ev.now, out)
+            self._fail_attempt(run, task, ev.error, ev.now, out)
         self._maybe_finish(run, ev.now, out)
+
+    def _release_dependents(self, run: _Run, task: _Task, out: list[Action]) -> None:
+        """``task`` succeeded or was skipped: dependents with nothing else to wait for are READY."""
+        for name in task.dependents:
+            child = run.tasks[name]
+            child.waiting -= 1
+            if child.waiting == 0 and child.state == pb.PENDING:
+                self._move(run, child, pb.READY, out)
+
+    def _fail_attempt(self, run: _Run, task: _Task, error: pb.TaskError, now: float, out: list[Action]) -> None:
+        """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task."""
+        task.error = error
+        task.failures += 1
+        retryable = error.error_type != "CANCELLED" and not error.non_retryable
+        if retryable and task.failures <= self._retries_of(run, task):
+            task.retry_at = now + self._retry_delay_s(task)
+            self._move(run, task, pb.RETRY_WAIT, out)
+            heapq.heappush(self._retries, (task.retry_at, next(self._seq), run.run_id, task.name, task.attempt))
+        elif run.handler is not None and not task.recovered and error.error_type != "CANCELLED":
+            task.recovered = True
+            task.worker = ""
+            self._move(run, task, pb.RECOVERING, out)
+            self._queue_recovery(run, task)
+        else:
+            self._fail_for_good(run, task, now, out)
+
+    def _fail_for_good(self, run: _Run, task: _Task, now: float, out: list[Action]) -> None:
+        self._move(run, task, pb.FAILED, out)
+        self._fail_dependents(run, task, out)
+        if run.fail_fast:
+            self._stop_run_after_failure(run, task, now, out)
+
+    # ------------------------------------------------------------------ recovery handlers
+
+    def _queue_recovery(self, run: _Run, task: _Task) -> None:
+        run.recovering[task.name] = (0, "")
+        self._recoveries.append((run.run_id, task.name))
+
+    def _send_recoveries(self, now: float, out: list[Action]) -> None:
+        """Send queued recovery-handler calls to workers with room; the rest wait for one."""
+        waiting: deque[tuple[str, str]] = deque()
+        while self._recoveries:
+            run_id, name = self._recoveries.popleft()
+            run = self.runs.get(run_id)
+            task = run.tasks.get(name) if run else None
+            if task is None or task.state != pb.RECOVERING or run.recovering.get(name) != (0, ""):
+                continue  # cancelled meanwhile, or already sent
+            assert run.handler is not None
+            worker_id = self.placement.pick(
+                _RECOVERY_REQUEST, strategy=run.strategy, needs_pickled=bool(run.handler.code_hash)
+            )
+            if worker_id is None:
+                waiting.append((run_id, name))
+                continue
+            worker = self.workers[worker_id]
+            run.recovery_seq += 1
+            key = (run_id, recovery_name(name), run.recovery_seq)
+            run.recovering[name] = (run.recovery_seq, worker_id)
+            worker.assigned[key] = now
+            self.placement.hold(worker_id, key, _RECOVERY_REQUEST)
+            spec = recovery_spec(
+                name, run.handler, task.error, run_id=run_id, pipeline=run.name, attempt=task.attempt
+            )  # fmt: skip
+            code: tuple[pb.CodeBlob, ...] = ()
+            code_hash = run.handler.code_hash
+            if code_hash and code_hash not in worker.sent_code and code_hash in run.code:
+                worker.sent_code.add(code_hash)
+                code = (run.code[code_hash],)
+            out.append(Assign(worker_id, key, spec, (), code, True))
+        self._recoveries = waiting
+
+    def _on_recovery_result(self, ev: TaskSucceeded | TaskFailed, name: str, out: list[Action]) -> None:
+        """Apply a recovery handler's answer for task ``name`` (stale answers are dropped)."""
+        run = self.runs.get(ev.attempt[0])
+        task = run.tasks.get(name) if run else None
+        if task is None or task.state != pb.RECOVERING or run.recovering.get(name, (0,))[0] != ev.attempt[2]:
+            self.stale_results += 1
+            log.info("dropped stale recovery answer for attempt %s from worker %s", ev.attempt, ev.worker_id)
+            return
+        del run.recovering[name]
+        if isinstance(ev, TaskSucceeded):
+            decision, problem = read_decision(ev.result, None)
+        else:
+            decision, problem = read_decision(None, ev.error)
+        log.info("run %s: recovery handler for task %r answered %s%s", run.run_id, name, decision,
+                 f" ({problem})" if problem else "")  # fmt: skip
+        error = pb.TaskError()
+        if task.error is not None:
+            error.CopyFrom(task.error)
+        task.finished_at = ev.now
+        if decision == RETRY_WITH_FALLBACK:
+            self._move(run, task, pb.READY, out)  # last_try is set: a fallback runs if it fails
+        elif decision == SKIP:
+            error.error_type = "SKIPPED"
+            error.message = f"skipped by the recovery handler after: {error.message}"
+            task.error, task.result = error, None
+            self._move(run, task, pb.SKIPPED, out)
+            self._release_dependents(run, task, out)
+        elif decision == HALT:
+            error.message += " (the recovery handler halted the pipeline)"
+            task.error = error
+            run.halted = True
+            self._move(run, task, pb.FAILED, out)
+            self._fail_dependents(run, task, out)
+            self._stop_run_after_failure(
+                run, task, ev.now, out, why=f"the recovery handler halted the pipeline after task {name!r} failed"
+            )
+        else:
+            assert decision == CONTINUE
+            if problem:
+                error.message += f" ({problem})"
+            task.error = error
+            self._fail_for_good(run, task, ev.now, out)
+        self._maybe_finish(run, ev.now, out)
+
+    def _requeue_recovery(self, key: AttemptKey, name: str, reason: str) -> None:
+        run = self.runs.get(key[0])
+        task = run.tasks.get(name) if run else None
+        if task is None or task.state != pb.RECOVERING or run.recovering.get(name, (0,))[0] != key[2]:
+            return
+        log.warning("resending recovery handler call %s: %s", key, reason)
+        self._queue_recovery(run, task)
+
+    # ------------------------------------------------------------------ circuit breakers
+
+    def _configure_circuits(self, run: _Run) -> None:
+        ft = run.spec.fault_tolerance
+        if not ft.circuit_breaker_enabled:
+            return
+        b = self.breakers
+        threshold = ft.circuit_failure_threshold or b.threshold
+        window_s = ft.circuit_window_s if ft.circuit_window_s > 0 else b.window_s
+        open_s = ft.circuit_open_s if ft.circuit_open_s > 0 else b.open_s
+        for circuit in {task.circuit for task in run.tasks.values()}:
+            try:
+                b.configure(circuit, threshold=threshold, window_s=window_s, open_s=open_s)
+            except ValueError as exc:  # validated on submit; a restored old spec keeps the defaults
+                log.warning("run %s: circuit %r: %s; using the defaults", run.run_id, circuit, exc)
+
+    def _fail_circuit_open(self, run: _Run, task: _Task, now: float, out: list[Action]) -> None:
+        """The task's circuit is open: this attempt fails at once, without a worker."""
+        snap = next((c for c in self.breakers.snapshot(now) if c.name == task.circuit), None)
+        failures = snap.failures if snap is not None else 0
+        task.attempt += 1
+        task.worker = ""
+        task.started_at = 0.0
+        task.finished_at = now
+        self._fail_attempt(
+            run, task, pb.TaskError(
+                error_type="CIRCUIT_OPEN",
+                message=f"circuit {task.circuit!r} is open ({failures} recent failures); the attempt was not run",
+            ), now, out,
+        )  # fmt: skip
+        self._maybe_finish(run, now, out)
 
     @staticmethod
     def _retries_of(run: _Run, task: _Task) -> int:
@@ -490,18 +684,17 @@ class SchedulerState:
             max_retry_delay_s=retry.max_retry_delay_s, jitter=retry.jitter, rng=self.rng,
         )  # fmt: skip
 
-    def _stop_run_after_failure(self, run: _Run, failed: _Task, now: float, out: list[Action]) -> None:
-        """failure_isolation=False: cancel every task not yet finished; the run ends FAILED."""
+    def _stop_run_after_failure(
+        self, run: _Run, failed: _Task, now: float, out: list[Action], *, why: str = ""
+    ) -> None:
+        """failure_isolation=False (or halt_pipeline): cancel every unfinished task; the run ends FAILED."""
+        why = why or f"task {failed.name!r} failed and the run has failure_isolation off"
         by_worker: dict[str, list[AttemptKey]] = {}
         for task in run.tasks.values():
             if task.state in TERMINAL_TASK_STATES:
                 continue
-            if task.state in _ACTIVE and task.worker:
-                by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
-            task.error = pb.TaskError(
-                error_type="CANCELLED",
-                message=f"cancelled: task {failed.name!r} failed and the run has failure_isolation off",
-            )
+            self._collect_attempt(run, task, by_worker)
+            task.error = pb.TaskError(error_type="CANCELLED", message=f"cancelled: {why}")
             task.finished_at = now
             self._move(run, task, pb.CANCELLED, out)
         for worker_id, keys in by_worker.items():
@@ -516,14 +709,23 @@ class SchedulerState:
         for task in run.tasks.values():
             if task.state in TERMINAL_TASK_STATES:
                 continue
-            if task.state in _ACTIVE and task.worker:
-                by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
+            self._collect_attempt(run, task, by_worker)
             task.finished_at = ev.now
             self._move(run, task, pb.CANCELLED, out)
         for worker_id, keys in by_worker.items():
             if worker_id in self.workers and self.workers[worker_id].connected:
                 out.append(CancelAttempts(worker_id, tuple(keys)))
         self._maybe_finish(run, ev.now, out, cancelled=True)
+
+    @staticmethod
+    def _collect_attempt(run: _Run, task: _Task, by_worker: dict[str, list[AttemptKey]]) -> None:
+        """Note the attempt (or recovery handler call) ``task`` has out, to cancel it."""
+        if task.state in _ACTIVE and task.worker:
+            by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
+        elif task.state == pb.RECOVERING:
+            number, worker_id = run.recovering.pop(task.name, (0, ""))
+            if worker_id:
+                by_worker.setdefault(worker_id, []).append((run.run_id, recovery_name(task.name), number))
 
     def _on_tick(self, now: float, out: list[Action]) -> None:
         while self._retries and self._retries[0][0] <= now:
@@ -559,6 +761,8 @@ class SchedulerState:
         out: list[Action] = []
         if self._to_judge and now >= self._settle_until:
             self._judge_ready(now, out)
+        if self._recoveries:
+            self._send_recoveries(now, out)
         index = self.placement
         deferred: list[tuple[int, int, int, str, str]] = []
         while self._ready and index.has_room():
@@ -567,6 +771,9 @@ class SchedulerState:
             task = run.tasks.get(entry[4]) if run else None
             if task is None or task.state != pb.READY:
                 continue  # cancelled or already handled: lazy deletion
+            if task.circuit and self.breakers.state(task.circuit, now) == OPEN:
+                self._fail_circuit_open(run, task, now, out)
+                continue
             worker_id = None
             if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
                 spec = task.spec
@@ -579,6 +786,10 @@ class SchedulerState:
                 deferred.append(entry)
                 if len(deferred) >= 1024:
                     break
+                continue
+            # Asked only once a worker is found: a half-open circuit's one probe must run.
+            if task.circuit and not self.breakers.allow(task.circuit, now):
+                self._fail_circuit_open(run, task, now, out)
                 continue
             self._assign(run, task, self.workers[worker_id], now, out)
         for entry in deferred:
@@ -652,6 +863,10 @@ class SchedulerState:
         return task
 
     def _requeue(self, key: AttemptKey, now: float, out: list[Action], *, reason: str) -> None:
+        recovering = recovered_task(key[1])
+        if recovering is not None:
+            self._requeue_recovery(key, recovering, reason)
+            return
         task = self._current(key)
         if task is None or task.state not in _ACTIVE:
             return
@@ -728,7 +943,7 @@ class SchedulerState:
             return
         if cancelled:
             run.state = pb.RUN_CANCELLED
-        elif run.fail_fast and run.failed:  # tasks were cancelled because one failed
+        elif (run.fail_fast or run.halted) and run.failed:  # tasks were cancelled because one failed
             run.state = pb.RUN_FAILED
         elif any(t.state == pb.CANCELLED for t in run.tasks.values()):
             run.state = pb.RUN_CANCELLED
@@ -770,6 +985,8 @@ class SchedulerState:
                 if task.state in (pb.READY, pb.ASSIGNED, pb.RUNNING):
                     for dep in task.deps:
                         assert run.tasks[dep].state in _SATISFIED, f"{task.name} active before {dep} succeeded"
+                if task.state == pb.RECOVERING:
+                    assert task.name in run.recovering, f"{task.name} RECOVERING with no handler call"
                 if task.state == pb.PENDING:
                     unmet = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
                     assert unmet == task.waiting, f"{task.name}: waiting={task.waiting}, unmet deps={unmet}"

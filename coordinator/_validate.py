@@ -56,4 +56,13 @@ def validate_spec(spec: pb.PipelineSpec) -> list[str]:
         for flow in task.flows:
             if not flow.parameter:
                 raise PipelineValidationError(f"task {task.name!r}: a DataFlow from {flow.source_task!r} has no parameter")
+    if spec.HasField("recovery_handler"):
+        handler = spec.recovery_handler
+        if not handler.import_path and not handler.code_hash:
+            raise PipelineValidationError(f"pipeline {spec.name!r}: recovery_handler needs import_path or code_hash")
+        if handler.code_hash and handler.code_hash not in code:
+            raise PipelineValidationError(
+                f"pipeline {spec.name!r}: recovery_handler refers to code {handler.code_hash[:12]}... "
+                "that the pipeline does not carry"
+            )
     return validate_graph(names, deps)

@@ -157,9 +157,21 @@ def cmd_runs(opts) -> int:
     return 0
 
 
+def _circuits(status) -> list[dict[str, Any]]:
+    """Circuit breakers that are not closed, from a ClusterStatus."""
+    return [{"name": c.name, "state": c.state, "failures": c.failures, "opened_at": c.opened_at or None}
+            for c in status.circuits if c.state != "closed"]  # fmt: skip
+
+
+def _circuit_lines(circuits: list[dict[str, Any]]) -> list[str]:
+    return [f"  circuit {c['name']:30} {c['state']:10} {c['failures']} failures, opened {_fmt_time(c['opened_at'] or 0)}"
+            for c in circuits]  # fmt: skip
+
+
 def cmd_status(opts) -> int:
     with _client(opts) as client:
         info = client.get_run(opts.run_id)
+        circuits = _circuits(client.cluster_status())
     s = info.summary
     tasks = {
         t.name: {"status": TASK_STATUS.get(t.state, "unknown"), "attempts": t.attempts, "worker": t.worker,
@@ -169,7 +181,8 @@ def cmd_status(opts) -> int:
     }  # fmt: skip
     data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": RUN_STATUS.get(s.state, "unknown"),
             "total_tasks": s.total_tasks, "succeeded_tasks": s.succeeded_tasks, "failed_tasks": s.failed_tasks,
-            "created_at": s.created_at, "finished_at": s.finished_at or None, "tasks": tasks}  # fmt: skip
+            "created_at": s.created_at, "finished_at": s.finished_at or None, "tasks": tasks,
+            "circuits": circuits}  # fmt: skip
     counts: dict[str, int] = {}
     for t in tasks.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
@@ -178,6 +191,7 @@ def cmd_status(opts) -> int:
         lines.append(f"  {name:30} {t['status']:16} {t['worker'] or '-':12} {t['error'] or ''}")
     if len(tasks) > opts.limit:
         lines.append(f"  ... {len(tasks) - opts.limit} more (use --json for all)")
+    lines += _circuit_lines(circuits)
     _emit(opts, data, "\n".join(lines))
     return 0
 
@@ -222,9 +236,11 @@ def cmd_cluster(opts) -> int:
     with _client(opts) as client:
         s = client.cluster_status()
     data = {"leader": s.leader_address, "members": list(s.members), "term": s.term, "workers": s.workers,
-            "active_runs": s.active_runs, "coordinator_id": s.coordinator_id, "version": s.version}  # fmt: skip
-    _emit(opts, data, f"leader {s.leader_address} (term {s.term}); members {', '.join(s.members)}; "
-                      f"{s.workers} workers; {s.active_runs} active runs")  # fmt: skip
+            "active_runs": s.active_runs, "coordinator_id": s.coordinator_id, "version": s.version,
+            "circuits": _circuits(s)}  # fmt: skip
+    text = (f"leader {s.leader_address} (term {s.term}); members {', '.join(s.members)}; "
+            f"{s.workers} workers; {s.active_runs} active runs")  # fmt: skip
+    _emit(opts, data, "\n".join([text, *_circuit_lines(data["circuits"])]))
     return 0
 
 

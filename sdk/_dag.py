@@ -28,7 +28,7 @@ from typing import Any
 from . import _codec
 from ._callables import callable_ref, describe_callable
 from ._handlers import get_handler
-from ._policies import BACKOFF_STRATEGIES, FaultTolerance
+from ._policies import BACKOFF_STRATEGIES, FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
 from .errors import PipelineValidationError
 
@@ -48,7 +48,7 @@ _MEMORY_KEYS = {"memory_bytes": 1, "memory_mb": 2**20, "memory_gb": 2**30}
 _TASK_OPTIONS = frozenset(
     {
         "max_retries", "retry_delay_s", "retry_backoff", "max_retry_delay_s", "retry_jitter", "timeout_s",
-        "resource_requirements", "labels", "priority",
+        "resource_requirements", "labels", "priority", "circuit",
     }
 )  # fmt: skip
 
@@ -184,6 +184,7 @@ class Task:
         resource_requirements: dict | None = None,
         labels: dict[str, str] | None = None,
         priority: int = 0,
+        circuit: str | None = None,
     ):
         self._setup(
             name,
@@ -200,6 +201,7 @@ class Task:
             resource_requirements=resource_requirements,
             labels=labels,
             priority=priority,
+            circuit=circuit,
         )
         if func is None:
             func = self._own_callable()
@@ -224,6 +226,7 @@ class Task:
         resource_requirements: Any = None,
         labels: Any = None,
         priority: Any = 0,
+        circuit: Any = None,
     ) -> None:
         """Check and store everything but the callable, naming the task and field on error."""
         self.name: str = _check_name(name)
@@ -303,6 +306,12 @@ class Task:
         ):
             raise _invalid(name, "labels", f"must map str to str, got {labels!r}")
         self.labels: dict[str, str] = dict(labels)
+
+        if circuit is not None and (not isinstance(circuit, str) or not circuit.strip()):
+            raise _invalid(name, "circuit", f"must be a non-empty string naming a dependency, got {circuit!r}")
+        #: The circuit breaker this task's attempts share (when the pipeline enables breakers);
+        #: None: its own, "<pipeline>/<task>".
+        self.circuit: str | None = circuit
 
     def _check_depends_on(self, depends_on: Any) -> list[str]:
         if isinstance(depends_on, (str, Task)):  # one dependency given bare
@@ -491,6 +500,7 @@ class Task:
             spec.timeout_s = self.timeout_s or 0.0
             spec.priority = self.priority
             spec.labels.update(self.labels)
+            spec.circuit = getattr(self, "circuit", None) or ""
         except (TypeError, ValueError, KeyError) as exc:
             raise PipelineValidationError(
                 f"task {self.name!r} has an option the API cannot carry: {exc}"
@@ -565,6 +575,31 @@ class Pipeline:
         self.placement_strategy: str | None = None
         #: How long a task no registered worker could fit waits for one to join; 0: fail at once.
         self.wait_for_resources_s: float = 0.0
+        #: Set by :meth:`recovery_handler`; None: a task that fails for good just fails.
+        self.recovery_handler_func: Callable[..., Any] | None = None
+
+    def recovery_handler(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Decorator: decide what happens when a task of this pipeline fails for good.
+
+        ``func(failed_task, error, context)`` runs on a worker (the coordinator runs no user
+        code) once a task has no retries left. ``failed_task`` is its name, ``error`` a dict
+        with ``error_type``, ``exception_type``, ``message`` and ``traceback``, ``context`` a
+        dict with ``run_id``, ``pipeline`` and ``attempt``. It returns one of:
+
+        * ``"halt_pipeline"``: the task fails and everything unfinished is cancelled;
+        * ``"skip"``: the task ends SKIPPED and its dependents get None;
+        * ``"continue"``: the task fails, its dependents do not run, other branches go on;
+        * ``"retry_with_fallback"``: one more attempt; if it fails too, the task's
+          ``@handle_errors(fallback=...)`` value is used if it has one, else it fails.
+
+        A handler that raises, or returns anything else, counts as ``"continue"``; the
+        task's error message says so. The function is returned unchanged.
+
+        Raises:
+            TypeError: ``func`` cannot be called with (failed_task, error, context).
+        """
+        self.recovery_handler_func = check_recovery_handler(func, where=f"pipeline {self.name!r}")
+        return func
 
     def add_task(self, task: Task) -> Task:
         """Add one task and return it.
@@ -613,6 +648,9 @@ class Pipeline:
         retry_backoff_strategy: str = "fixed",
         failure_isolation: bool = True,
         circuit_breaker_enabled: bool = False,
+        circuit_failure_threshold: int = 5,
+        circuit_window_s: float | str | timedelta = 60.0,
+        circuit_open_s: float | str | timedelta = 30.0,
     ) -> FaultTolerance:
         """Set the run-wide fault-tolerance policy; returns it (see :class:`FaultTolerance`).
 
@@ -621,6 +659,11 @@ class Pipeline:
         (the default) branches that do not depend on a failed task run on; without it the
         first failure cancels every task still pending or running. Either way the run
         ends failed.
+
+        With ``circuit_breaker_enabled``, ``circuit_failure_threshold`` failed attempts of a
+        task (or of tasks sharing a ``circuit=``) within ``circuit_window_s`` open its circuit:
+        further attempts fail at once with ``CIRCUIT_OPEN`` until, after ``circuit_open_s``,
+        one probe attempt succeeds.
 
         Raises:
             PipelineValidationError: an argument is out of range or of the wrong type.
@@ -632,6 +675,9 @@ class Pipeline:
                 retry_backoff_strategy=retry_backoff_strategy,
                 failure_isolation=failure_isolation,
                 circuit_breaker_enabled=circuit_breaker_enabled,
+                circuit_failure_threshold=circuit_failure_threshold,
+                circuit_window_s=circuit_window_s,
+                circuit_open_s=circuit_open_s,
             )
         except ValueError as exc:
             raise PipelineValidationError(f"pipeline {self.name!r}: configure_fault_tolerance: {exc}") from None
@@ -703,6 +749,12 @@ class Pipeline:
         self.validate()
         code: dict[str, bytes] = {}
         specs = [t.to_proto(code) for t in self._tasks.values()]
+        handler = None
+        if self.recovery_handler_func is not None:
+            import_path, data, code_hash = callable_ref(self.recovery_handler_func)
+            if data is not None:
+                code[code_hash] = data
+            handler = common_pb2.PythonCall(import_path=import_path, code_hash=code_hash)
         ft = self.fault_tolerance
         if ft is not None:  # pipeline-wide retry defaults for tasks that set none
             for t, spec in zip(self._tasks.values(), specs):
@@ -718,6 +770,8 @@ class Pipeline:
         )
         if ft is not None:
             made.fault_tolerance.CopyFrom(ft.to_proto())
+        if handler is not None:
+            made.recovery_handler.CopyFrom(handler)
         if self.placement_strategy:
             made.placement_strategy = self.placement_strategy
         made.wait_for_resources_s = self.wait_for_resources_s

@@ -349,7 +349,9 @@ class PipelineManager:
     def get_cluster_status(self) -> dict[str, Any]:
         status = self.client.cluster_status()
         return {"leader": status.leader_address, "members": list(status.members), "term": status.term,
-                "workers": status.workers, "active_runs": status.active_runs}  # fmt: skip
+                "workers": status.workers, "active_runs": status.active_runs,
+                "circuits": [{"name": c.name, "state": c.state, "failures": c.failures, "opened_at": c.opened_at}
+                             for c in status.circuits]}  # fmt: skip
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -311,4 +311,7 @@ class FaultTolerance:
             retry_backoff=BACKOFF_STRATEGIES[self.retry_backoff_strategy],
             fail_fast=not self.failure_isolation,
             circuit_breaker_enabled=self.circuit_breaker_enabled,
+            circuit_failure_threshold=self.circuit_failure_threshold,
+            circuit_window_s=self.circuit_window_s,
+            circuit_open_s=self.circuit_open_s,
         )

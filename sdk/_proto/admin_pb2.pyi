@@ -13,7 +13,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version")
+    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class ClusterStatus(_message.Message):
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    CIRCUITS_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     leader_address: str
     members: _containers.RepeatedScalarFieldContainer[str]
@@ -28,7 +29,20 @@ class ClusterStatus(_message.Message):
     workers: int
     active_runs: int
     version: str
-    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
+    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ...) -> None: ...
+
+class CircuitInfo(_message.Message):
+    __slots__ = ("name", "state", "failures", "opened_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    state: str
+    failures: int
+    opened_at: float
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., failures: _Optional[int] = ..., opened_at: _Optional[float] = ...) -> None: ...
 
 class ListWorkersRequest(_message.Message):
     __slots__ = ()

@@ -43,6 +43,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SKIPPED: _ClassVar[TaskState]
     CANCELLED: _ClassVar[TaskState]
     UPSTREAM_FAILED: _ClassVar[TaskState]
+    RECOVERING: _ClassVar[TaskState]
 CODEC_UNSPECIFIED: Codec
 CODEC_PICKLE: Codec
 CODEC_JSON: Codec
@@ -68,6 +69,7 @@ RETRY_WAIT: TaskState
 SKIPPED: TaskState
 CANCELLED: TaskState
 UPSTREAM_FAILED: TaskState
+RECOVERING: TaskState
 
 class Payload(_message.Message):
     __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes")
@@ -158,7 +160,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +180,7 @@ class TaskSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     python: PythonCall
@@ -190,7 +193,8 @@ class TaskSpec(_message.Message):
     resources: Resources
     labels: _containers.ScalarMap[str, str]
     priority: int
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
+    circuit: str
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ...) -> None: ...
 
 class CodeBlob(_message.Message):
     __slots__ = ("code_hash", "data")
@@ -201,7 +205,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +223,7 @@ class PipelineSpec(_message.Message):
     WAIT_FOR_RESOURCES_S_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     FAULT_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    RECOVERY_HANDLER_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -229,21 +234,28 @@ class PipelineSpec(_message.Message):
     wait_for_resources_s: float
     resource_limits: Resources
     fault_tolerance: FaultTolerance
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ...) -> None: ...
+    recovery_handler: PythonCall
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ...) -> None: ...
 
 class FaultTolerance(_message.Message):
-    __slots__ = ("checkpoint_interval_s", "max_retries_per_task", "retry_backoff", "fail_fast", "circuit_breaker_enabled")
+    __slots__ = ("checkpoint_interval_s", "max_retries_per_task", "retry_backoff", "fail_fast", "circuit_breaker_enabled", "circuit_failure_threshold", "circuit_window_s", "circuit_open_s")
     CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     MAX_RETRIES_PER_TASK_FIELD_NUMBER: _ClassVar[int]
     RETRY_BACKOFF_FIELD_NUMBER: _ClassVar[int]
     FAIL_FAST_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_BREAKER_ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_FAILURE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
+    CIRCUIT_OPEN_S_FIELD_NUMBER: _ClassVar[int]
     checkpoint_interval_s: float
     max_retries_per_task: int
     retry_backoff: RetryBackoff
     fail_fast: bool
     circuit_breaker_enabled: bool
-    def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ...) -> None: ...
+    circuit_failure_threshold: int
+    circuit_window_s: float
+    circuit_open_s: float
+    def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ..., circuit_failure_threshold: _Optional[int] = ..., circuit_window_s: _Optional[float] = ..., circuit_open_s: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
     __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources")
