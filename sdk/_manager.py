@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._client import Client
+from ._codec import decode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
 from ._local import LocalCluster
@@ -416,7 +417,16 @@ def _execution_error(result: PipelineResult, info: pipeline_pb2.RunInfo | None =
         traceback=first.traceback or "",
         missing_dependencies=[first.name] if skipped else [],
         required_resources=_required_resources(info, first.name) if error_type == "RESOURCE_EXHAUSTION" else None,
+        quality_report=_quality_report(info, first.name),
     )
+
+
+def _quality_report(info: pipeline_pb2.RunInfo | None, task: str) -> Any:
+    """The failing task's ``quality_report`` (from its exception), decoded; None if it had none."""
+    for t in info.tasks if info is not None else ():
+        if t.name == task and t.error.HasField("quality_report"):
+            return decode(t.error.quality_report, what=f"quality report of task {task!r}")
+    return None
 
 
 class _Progress:

@@ -165,3 +165,17 @@ def sleep_then_mark(marker_dir: str, name: str, seconds: float) -> str:
     with open(Path(marker_dir) / name, "a") as f:
         f.write("ran\n")
     return name
+
+
+class ReportedQualityError(Exception):
+    """A data-quality failure that carries a report for the caller."""
+
+    error_type = "DATA_QUALITY_FAILURE"
+
+    def __init__(self, message: str, report: dict):
+        super().__init__(message)
+        self.quality_report = report
+
+
+def fail_with_quality_report(bad_rows: int) -> None:
+    raise ReportedQualityError(f"{bad_rows} rows failed validation", {"bad_rows": bad_rows, "checks": ["id", "amount"]})

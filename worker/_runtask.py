@@ -70,20 +70,25 @@ class _TaskFailed(Exception):
     """Raised inside this module to end a task with a given error; never escapes it."""
 
     def __init__(
-        self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False
-    ):
+        self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False,
+        quality_report: common_pb2.Payload | None = None,
+    ):  # fmt: skip
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.exception_type = exception_type
         self.tb = tb
         self.non_retryable = non_retryable
+        self.quality_report = quality_report
 
     def to_proto(self) -> common_pb2.TaskError:
-        return common_pb2.TaskError(
+        error = common_pb2.TaskError(
             error_type=self.error_type, exception_type=self.exception_type, message=self.message,
             traceback=self.tb, non_retryable=self.non_retryable,
         )  # fmt: skip
+        if self.quality_report is not None:
+            error.quality_report.CopyFrom(self.quality_report)
+        return error
 
 
 def failed_event(
@@ -287,7 +292,16 @@ def _user_failure(exc: BaseException) -> _TaskFailed:
     error_type = getattr(exc, "error_type", None)
     if not isinstance(error_type, str) or not error_type:
         error_type = "TASK_FAILURE"
-    return _TaskFailed(error_type, str(exc), type(exc).__name__, text)
+    report = None
+    if getattr(exc, "quality_report", None) is not None:
+        try:  # JSON when it can be, so any client can read it
+            report = _codec.encode_json(exc.quality_report, what="quality_report")
+        except SerializationError:
+            try:
+                report = _codec.encode(exc.quality_report, what="quality_report")
+            except SerializationError:
+                report = None  # the failure itself still reaches the client
+    return _TaskFailed(error_type, str(exc), type(exc).__name__, text, quality_report=report)
 
 
 # ---- commands --------------------------------------------------------------------
@@ -388,14 +402,10 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
             return _apply_policy(assignment, policy, exc, args, kwargs, codec)
         return _succeeded(assignment.attempt, _encode_result(task, value, codec))
     except _TaskFailed as failure:
-        return failed_event(
-            assignment.attempt,
-            failure.error_type,
-            failure.message,
-            exception_type=failure.exception_type,
-            traceback_text=failure.tb,
-            non_retryable=failure.non_retryable,
-        )
+        event = worker_pb2.TaskEvent(at=time.time())
+        event.attempt.CopyFrom(assignment.attempt)
+        event.failed.error.CopyFrom(failure.to_proto())
+        return event
     except Exception as exc:  # a bug here must still end the task, visibly
         return failed_event(
             assignment.attempt,

@@ -258,17 +258,19 @@ class FaultTolerance(_message.Message):
     def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ..., circuit_failure_threshold: _Optional[int] = ..., circuit_window_s: _Optional[float] = ..., circuit_open_s: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources")
+    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report")
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
     NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_REPORT_FIELD_NUMBER: _ClassVar[int]
     error_type: str
     exception_type: str
     message: str
     traceback: str
     non_retryable: bool
     required_resources: Resources
-    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ...) -> None: ...
+    quality_report: Payload
+    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...

@@ -30,6 +30,7 @@ def test_sigkill_worker_mid_run_requeues_its_attempts(tmp_path):
         assert requeued, "the killed worker's attempts were not requeued"
         assert all(t.worker == "w1" for t in requeued)
         # 24 tasks of 0.3 s on 2 slots take ~3.6 s; the kill adds at most the heartbeat timeout.
+        print(f"worker SIGKILL to run completion: {recovered_s:.2f}s")
         assert recovered_s < 3.6 + HEARTBEAT_TIMEOUT_S + 5.0
         workers = {w.name: w.state for w in c.list_workers()}
         assert workers["w0"] == "lost"

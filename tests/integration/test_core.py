@@ -338,3 +338,13 @@ def test_embedded_default_runs_the_same_pipelines():
         procs = list(local._procs)
     assert time.monotonic() - started < 60
     assert all(p.poll() is not None for p in procs)  # close() stopped every process
+
+
+def test_data_quality_failure_carries_its_report(pm):
+    p = Pipeline("quality")
+    p.add_task(Task("validate", ht.fail_with_quality_report, args=(12,)))
+    with pytest.raises(PipelineExecutionError) as info:
+        pm.execute_pipeline(p, monitor=False)
+    assert info.value.error_type == "DATA_QUALITY_FAILURE"
+    assert info.value.quality_report == {"bad_rows": 12, "checks": ["id", "amount"]}
+    assert "12 rows failed validation" in str(info.value)
