@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bench import _dask, _profile, _xpipe
-from bench._report import FULL, METRICS, QUICK, SCENARIO_NOTES, format_table, machine_info, summarise, write_json
+from bench._report import (
+    FULL, METRICS, QUICK, SCENARIO_NOTES, format_table, machine_info, source_info, summarise, write_json,
+)  # fmt: skip
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 SCENARIO_NAMES = tuple(METRICS)
@@ -120,6 +122,7 @@ class _Runner:
             "mode": "quick" if opts.quick else "full",
             "argv": list(argv),
             "machine": machine_info(),
+            "xpipe_source": source_info(Path(__file__).resolve().parent.parent),
             "repeats": self.repeats,
             "sizes": dataclasses.asdict(self.sizes),
             "systems": {name: "measured" for name in self.systems}
@@ -180,9 +183,12 @@ class _Runner:
         with _xpipe.open_session(self.opts.workdir) as cluster:
             targets = {"coordinator": (cluster.coordinator_pid, False), "worker": (cluster.worker_pids()[0], True)}
             with _profile.profiling(targets, self.opts.out, stem) as paths:
+                meter = _profile.CpuMeter(cluster.process_roles())
                 _xpipe.SCENARIOS[scenario](cluster, self.sizes)
+                usage = meter.stop()
         self.document["profiles"][scenario] = {
-            name: {"file": str(path), **_profile.read_profile(path)} for name, path in paths.items()
+            "cpu": usage,
+            **{name: {"file": str(path), **_profile.read_profile(path)} for name, path in paths.items()},
         }
 
     def _finish(self) -> None:
@@ -196,6 +202,8 @@ class _Runner:
         for scenario, entry in self.document["scenarios"].items():
             print(f"{scenario}: {entry['note']}")
         for scenario, profiles in self.document["profiles"].items():
+            if "cpu" in profiles:
+                print(_profile.format_cpu(f"profile {scenario}", profiles["cpu"]))
             for name, summary in profiles.items():
                 if isinstance(summary, dict) and "samples" in summary:
                     print(_profile.format_top(f"profile {scenario} / {name}", summary))

@@ -49,7 +49,7 @@ def open_session(workdir: Path | None = None) -> Iterator[Any]:
         options["local_directory"] = str(workdir)
     with LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
-        silence_logs=logging.ERROR, **options,
+        silence_logs=logging.CRITICAL, **options,
     ) as cluster, Client(cluster) as client:  # fmt: skip
         _check(client.gather(client.map(tasks.noop, range(8), pure=False)), [None] * 8, "warm-up results")
         yield client

@@ -3,7 +3,13 @@
 ``python -m bench --profile`` runs one extra, unmeasured xpipe sample of each scenario
 with py-spy attached to the coordinator and to worker ``w0`` (with its task executor
 children). The raw collapsed stacks are saved next to the JSON, and the top frames (self
-time, and inclusive time per function) go into the JSON and the printed report.
+time, and inclusive time per function) go into the JSON and the printed report, with the
+CPU seconds each process used during the run (which process is the bottleneck).
+
+Only samples holding the GIL are kept (``py-spy --gil``): py-spy's idle detection counts a
+thread blocked in ``epoll_wait`` under uvloop as busy, which buried the real work under
+the event loop's waits. A sample whose innermost Python frame is ``Runner.run`` is time
+spent in C below the loop (uvloop callbacks, gRPC's Cython core, protobuf).
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ class PySpy:
         out: where the collapsed stacks ("raw" format) go.
         subprocesses: also sample the process's children (a worker's task executors).
         rate_hz: samples per second.
+        gil: keep only samples of threads holding the GIL (see the module docstring).
     """
 
-    def __init__(self, pid: int, out: Path, *, subprocesses: bool = False, rate_hz: int = 200):
+    def __init__(self, pid: int, out: Path, *, subprocesses: bool = False, rate_hz: int = 200, gil: bool = True):
         exe = find_py_spy()
         if exe is None:
             raise BenchError("py-spy not found; install it with `.venv/bin/pip install py-spy`")
@@ -58,6 +65,8 @@ class PySpy:
                 "--pid", str(pid)]  # fmt: skip
         if subprocesses:
             argv.append("--subprocesses")
+        if gil:
+            argv.append("--gil")
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         self._wait_attached()
@@ -160,8 +169,42 @@ def top_frames(collapsed: str, limit: int = 15) -> dict[str, Any]:
     }
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each named process uses between start and :meth:`stop`."""
+
+    def __init__(self, pids: dict[str, int]):
+        import psutil
+
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._before = {name: self._cpu(p) for name, p in self._procs.items()}
+        self._started = time.perf_counter()
+
+    @staticmethod
+    def _cpu(proc: Any) -> float:
+        times = proc.cpu_times()
+        return times.user + times.system
+
+    def stop(self) -> dict[str, Any]:
+        """``{"wall_s": s, "cpu_s": {name: seconds}}``; a process that vanished is left out."""
+        import psutil
+
+        wall = time.perf_counter() - self._started
+        cpu = {}
+        for name, proc in self._procs.items():
+            with contextlib.suppress(psutil.Error):
+                cpu[name] = self._cpu(proc) - self._before[name]
+        return {"wall_s": wall, "cpu_s": cpu}
+
+
+def format_cpu(name: str, usage: dict[str, Any]) -> str:
+    wall = usage["wall_s"]
+    lines = [f"{name}: CPU seconds per process over {wall:.2f}s of wall time"]
+    lines += [f"  {proc:<14} {cpu:6.2f}s  ({cpu / wall * 100:3.0f}% of a core)" for proc, cpu in usage["cpu_s"].items()]
+    return "\n".join(lines)
+
+
 def format_top(name: str, summary: dict[str, Any], limit: int = 12) -> str:
-    lines = [f"{name}: {summary['samples']} samples (non-idle)"]
+    lines = [f"{name}: {summary['samples']} samples holding the GIL"]
     for kind in ("self", "inclusive"):
         lines.append(f"  top {kind}:")
         lines += [f"    {pct:5.1f}%  {frame}" for frame, pct in summary[kind][:limit]]

@@ -30,6 +30,7 @@ __all__ = [
     "percentile",
     "summarise",
     "machine_info",
+    "source_info",
     "format_table",
     "write_json",
 ]
@@ -124,9 +125,10 @@ SCENARIO_NOTES = {
     "roundtrip": "a single-task pipeline (xpipe) / a single submit().result() (Dask), in sequence",
     "bigdag": "layered DAG, each task waits for 2 of the layer above; Dask runs only the small size "
     "unless --dask-bigdag-full; Dask's scheduler shares the benchmark's own process, so its RSS includes the client",
-    "payload": "producers return 1 MiB each to a consumer; xpipe zstd-compresses values >= 16 KiB, so "
-    "'random' bytes are the without-zstd case (zstd runs but saves nothing); Dask compresses with its own "
-    "defaults",
+    "payload": "producers return 1 MiB each to a consumer, and one task sums the lengths received; xpipe "
+    "zstd-compresses values >= 16 KiB by default, so the without-zstd case uses incompressible random bytes "
+    "(which xpipe keeps raw once zstd saves nothing) and the with-zstd case a repeating pattern; Dask's "
+    "comm compression is off by default",
 }
 
 
@@ -236,6 +238,21 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+def source_info(repo: Path) -> dict[str, Any]:
+    """Which xpipe was measured: the git commit and whether the working tree had edits."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": None if status is None else bool(status)}
 
 
 def machine_info() -> dict[str, Any]:

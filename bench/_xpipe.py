@@ -282,6 +282,18 @@ class XpipeCluster:
     def worker_pids(self) -> list[int]:
         return [p.pid for p in self.worker_procs]
 
+    def process_roles(self) -> dict[str, int]:
+        """Every process taking part, by role: coordinator, workers, their task executors,
+        and this (client) process."""
+        roles = {"coordinator": self.coordinator_pid}
+        for proc in self.worker_procs:
+            roles[proc.name] = proc.pid
+            with contextlib.suppress(psutil.Error):
+                for i, child in enumerate(psutil.Process(proc.pid).children(recursive=True)):
+                    roles[f"{proc.name}-exec{i}"] = child.pid
+        roles["client"] = os.getpid()
+        return roles
+
     def stop(self) -> None:
         """Workers first (SIGTERM, so they drain and leave), then the coordinator; SIGKILL stragglers."""
         if self.manager is not None:
@@ -332,7 +344,8 @@ def _check(got: Any, expected: Any, what: str) -> None:
 
 
 def _wait_terminal(pm: Any, run_id: str, timeout_s: float) -> None:
-    """Follow a run until it ends, without downloading every task's result.
+    """Follow a run's summary until it ends, without downloading every task's result
+    (``pm.wait`` would fetch all of them, 1 MiB payloads included).
 
     Raises:
         BenchError: the run did not succeed, or did not end within ``timeout_s``.
@@ -341,7 +354,7 @@ def _wait_terminal(pm: Any, run_id: str, timeout_s: float) -> None:
 
     deadline = time.monotonic() + timeout_s
     status = "unknown"
-    for event in pm.client.watch(run_id):
+    for event in pm.client.watch(run_id, summary_only=True):
         status = RUN_STATUS.get(event.summary.state, "unknown")
         if status in _TERMINAL_STATES:
             break
