@@ -11,6 +11,8 @@ from xpipe._dag import validate_graph
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
 
+from ._placement import normalize_strategy
+
 __all__ = ["validate_spec", "MAX_TASKS"]
 
 #: Most tasks one pipeline may hold.
@@ -27,6 +29,10 @@ def validate_spec(spec: pb.PipelineSpec) -> list[str]:
         raise PipelineValidationError("pipeline has no name")
     if len(spec.tasks) > MAX_TASKS:
         raise PipelineValidationError(f"pipeline {spec.name!r} has {len(spec.tasks)} tasks; the limit is {MAX_TASKS}")
+    try:
+        normalize_strategy(spec.placement_strategy)
+    except ValueError as exc:
+        raise PipelineValidationError(f"pipeline {spec.name!r}: {exc}") from None
     code = {blob.code_hash for blob in spec.code}
     names: list[str] = []
     deps: dict[str, list[str]] = {}

@@ -394,3 +394,12 @@ def test_prefetch_zero_means_none():
     connect(s, "w1", slots=3)
     submit(s, {f"t{i}": [] for i in range(10)})
     assert len(assigns(s.schedule(0.0))) == 3
+
+
+def test_unknown_placement_strategy_from_the_wire_is_refused():
+    from xpipe.errors import PipelineValidationError
+
+    spec = spec_of({"a": []})
+    spec.placement_strategy = "random_walk"
+    with pytest.raises(PipelineValidationError, match="unknown placement strategy 'random_walk'"):
+        validate_spec(spec)
