@@ -105,7 +105,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 ) WITHOUT ROWID;
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
-#: Commits of at most this many records (and no new run) run on the event loop itself.
+#: Commits of at most this many records (no new run, no result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
 
 
@@ -162,7 +162,8 @@ class SQLiteStore(Store):
         if not records:
             return
         if len(records) <= INLINE_COMMIT_RECORDS and not any(
-            isinstance(r, RunRecord) and r.spec is not None for r in records
+            (r.spec is not None) if isinstance(r, RunRecord) else (r.result is not None and len(r.result.data) > 65536)
+            for r in records
         ):
             # A few small rows commit in tens of microseconds: cheaper on the event loop
             # than a hop to the database thread and back. The engine never overlaps two
