@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 import uuid
 from collections import OrderedDict, defaultdict
@@ -54,6 +55,9 @@ class EngineConfig:
     heartbeat_interval_s: float = 1.0
     #: How often timers (retries, heartbeat deadlines) are checked.
     tick_interval_s: float = 0.1
+    #: Directory for results too big to travel inline (workers write, the coordinator reads);
+    #: empty keeps every result inline.
+    artifact_dir: str = ""
     #: Finished runs kept in memory for fast GetRun; older ones are read from the store.
     finished_runs_in_memory: int = 64
 
@@ -299,6 +303,14 @@ class Engine:
     # ------------------------------------------------------------------ queries
 
     async def run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:
+        info = await self._run_info(run_id, include_results=include_results)
+        if info is not None and include_results and self.config.artifact_dir:
+            refs = [t.result for t in info.tasks if t.result.artifact_ref]
+            if refs:
+                await asyncio.to_thread(inline_artifacts, refs, self.config.artifact_dir)
+        return info
+
+    async def _run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:
         run = self.state.runs.get(run_id)
         if run is not None:
             infos = [task_info(rec, include_results) for rec in self.state.iter_records(run_id)]
@@ -334,3 +346,25 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
     if include_result and rec.result is not None:
         info.result.CopyFrom(rec.result)
     return info
+
+
+def inline_artifacts(payloads: list[pb.Payload], artifact_dir: str) -> None:
+    """Replace artifact references with the bytes they name, so any client can read results.
+
+    Only files inside ``artifact_dir`` are read: a reference is data from a worker, and the
+    coordinator must not serve arbitrary files on its behalf.
+    """
+    root = os.path.realpath(artifact_dir)
+    for payload in payloads:
+        ref = payload.artifact_ref
+        path = os.path.realpath(ref[len("file://"):]) if ref.startswith("file://") else ""
+        if not path.startswith(root + os.sep):
+            log.warning("artifact %r is outside %s; left as a reference", ref, root)
+            continue
+        try:
+            with open(path, "rb") as f:
+                payload.data = f.read()
+        except OSError as exc:
+            log.error("cannot read artifact %s: %s", path, exc)
+            continue
+        payload.artifact_ref = ""

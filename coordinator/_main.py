@@ -54,10 +54,13 @@ async def _serve(opts: argparse.Namespace) -> int:
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
+    artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
+    artifact_dir.mkdir(parents=True, exist_ok=True)
     config = EngineConfig(
         prefetch=opts.prefetch,
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
         heartbeat_interval_s=opts.heartbeat_interval_s,
+        artifact_dir=str(artifact_dir),
     )
     coordinator = Coordinator(store, listen=opts.listen, config=config, election=election)
     stop = asyncio.Event()

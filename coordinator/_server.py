@@ -201,6 +201,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 coordinator_id=self.c.coordinator_id,
                 heartbeat_interval_s=engine.config.heartbeat_interval_s,
                 prefetch=engine.config.prefetch,
+                artifact_dir=engine.config.artifact_dir,
             )
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))

@@ -16,7 +16,7 @@ import zstandard
 from ._proto import common_pb2
 from .errors import SerializationError
 
-__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty"]
+__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty", "read_artifact"]
 
 #: Encoded values at least this large are zstd-compressed.
 ZSTD_THRESHOLD_BYTES = 16 * 1024
@@ -107,6 +107,21 @@ def is_empty(payload: common_pb2.Payload) -> bool:
     return payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data and not payload.artifact_ref
 
 
+def read_artifact(ref: str, *, what: str = "value") -> bytes:
+    """The bytes a ``file://`` artifact reference names (a directory shared with the workers).
+
+    Raises:
+        SerializationError: another scheme, or the file cannot be read from here.
+    """
+    if not ref.startswith("file://"):
+        raise SerializationError(f"{what} lives in the artifact store ({ref}); fetch it first")
+    try:
+        with open(ref[len("file://") :], "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise SerializationError(f"cannot read {what} from the artifact store: {exc}") from exc
+
+
 def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
     """Decode a payload made by :func:`encode` (or by any client following the API).
 
@@ -114,8 +129,9 @@ def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
         SerializationError: the payload is corrupt or uses an unknown codec.
     """
     if payload.artifact_ref:
-        raise SerializationError(f"{what} lives in the artifact store ({payload.artifact_ref}); fetch it first")
-    data = payload.data
+        data = read_artifact(payload.artifact_ref, what=what)
+    else:
+        data = payload.data
     try:
         if payload.zstd:
             # A hostile frame may claim any size: refuse one that says more than the payload

@@ -42,6 +42,8 @@ RECENT_OUTCOMES_MAX = 10_000
 #: EVENT_BATCH_MAX of them) to leave together: one message per batch, not per task.
 EVENT_LINGER_S = 0.002
 EVENT_BATCH_MAX = 256
+#: Results at least this big go to the artifact directory and travel as a reference.
+ARTIFACT_MIN_BYTES = 256 * 1024
 #: A task running longer than this reports its start in its own event.
 STARTED_REPORT_DELAY_S = 0.05
 
@@ -78,6 +80,8 @@ class WorkerConfig:
     worker_id: str = ""
     #: Longest wait between reconnect attempts.
     max_backoff_s: float = 2.0
+    #: Where big results go; empty: the directory the coordinator names on registration.
+    artifact_dir: str = ""
 
 
 def detect_resources() -> pb.Resources:
@@ -113,6 +117,7 @@ class WorkerDaemon:
         self._ledger = ResourceLedger(self.resources)
         self._pending_events: list[worker_pb2.TaskEvent] = []
         self._pending_since = 0.0  # when the oldest unsent event was made (monotonic)
+        self._artifact_dir = config.artifact_dir  # the coordinator's, once registered
         # Outcomes already sent: (monotonic time, event) by attempt, oldest first.
         self._recent: OrderedDict[tuple[str, str, int], tuple[float, worker_pb2.TaskEvent]] = OrderedDict()
         self._wake = asyncio.Event()  # something to send: a message or task events
@@ -263,6 +268,7 @@ class WorkerDaemon:
                     elif body == "registered":
                         reg = message.registered
                         self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
+                        self._artifact_dir = self.config.artifact_dir or reg.artifact_dir
                         self._send = send
                         self.connected.set()
                         log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
@@ -405,6 +411,8 @@ class WorkerDaemon:
             self._running.discard(key)
         if self._held.pop(key, None) is None:
             return  # released at shutdown: the coordinator requeues it, do not report twice
+        if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:
+            await self._spill(key, event.succeeded.result)
         event.started_at = started
         self.tasks_done += 1
         self._emit(event)
@@ -421,6 +429,25 @@ class WorkerDaemon:
             self._emit(_failed(key, "CANCELLED", "cancelled before it started"))
             if not self._held:
                 self._idle.set()
+
+    async def _spill(self, key: tuple[str, str, int], result: pb.Payload) -> None:
+        """Move a big result into the artifact directory; it then travels as a reference.
+
+        If the directory cannot be written the result stays inline (slower, still correct).
+        """
+        # The directory must already exist here: on a machine that does not share the
+        # coordinator's directory it is absent, and the result then travels inline.
+        if not self._artifact_dir or not os.path.isdir(self._artifact_dir):
+            return
+        run_id, task, attempt = key
+        path = os.path.join(self._artifact_dir, run_id, f"{task}.{attempt}")
+        try:
+            await asyncio.to_thread(_write_file, path, result.data)
+        except OSError as exc:
+            log.warning("cannot write artifact %s (%s); sending the result inline", path, exc)
+            return
+        result.artifact_ref = "file://" + path
+        result.data = b""
 
     def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:
         """Keep recent outcomes, to send again on the next Register (see ``Register.recent``)."""
@@ -558,3 +585,12 @@ class ResourceLedger:
                 self.used_custom[k] = left
             else:
                 self.used_custom.pop(k, None)
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Write atomically: a reader never sees a half-written artifact."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-pickled-code", action="store_true", help="refuse cloudpickled code; run importable code only")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long running tasks may finish")
     p.add_argument("--worker-id", default="", help="stable id (default: NAME-random)")
+    p.add_argument("--artifact-dir", default="",
+                   help="where big results go (default: the coordinator's; it must be able to read them)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
-        worker_id=opts.worker_id,
+        worker_id=opts.worker_id, artifact_dir=opts.artifact_dir,
     )  # fmt: skip
     try:
         import uvloop

@@ -147,14 +147,16 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch")
+    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_DIR_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     heartbeat_interval_s: float
     prefetch: int
-    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ...) -> None: ...
+    artifact_dir: str
+    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("attempt", "task", "upstream", "last_try")

@@ -348,3 +348,15 @@ def test_data_quality_failure_carries_its_report(pm):
     assert info.value.error_type == "DATA_QUALITY_FAILURE"
     assert info.value.quality_report == {"bad_rows": 12, "checks": ["id", "amount"]}
     assert "12 rows failed validation" in str(info.value)
+
+
+def test_big_results_travel_through_the_artifact_store(pm, cluster):
+    blobs = [os.urandom(1 << 20) for _ in range(3)]  # incompressible: stays 1 MiB encoded
+    p = Pipeline("big")
+    makers = [Task(f"m{i}", ht.echo, args=(blob,)) for i, blob in enumerate(blobs)]
+    p.add_tasks([*makers, Task("sizes", ht.describe, depends_on=makers)])
+    result = pm.execute_pipeline(p, monitor=False)
+    assert result.outputs["m2"] == blobs[2]  # the client gets the bytes, not a reference
+    assert result.outputs["sizes"]["args"] == blobs
+    stored = list((cluster.data_dir / "artifacts" / result.run_id).iterdir())
+    assert sorted(f.name for f in stored) == ["m0.1", "m1.1", "m2.1", "sizes.1"]

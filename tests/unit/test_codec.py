@@ -187,3 +187,16 @@ def test_incompressible_value_stays_uncompressed():
     payload = _codec.encode(data, "raw")
     assert payload.zstd is False and payload.data == data and payload.size_bytes == len(data)
     assert _codec.decode(payload) == data
+
+
+def test_file_artifact_reference_is_read(tmp_path):
+    inline = _codec.encode(list(range(1000)))
+    path = tmp_path / "run" / "task.1"
+    path.parent.mkdir()
+    path.write_bytes(inline.data)
+    ref = common_pb2.Payload(codec=inline.codec, zstd=inline.zstd, size_bytes=inline.size_bytes,
+                             artifact_ref=f"file://{path}")  # fmt: skip
+    assert _codec.decode(ref) == list(range(1000))
+    missing = common_pb2.Payload(codec=inline.codec, artifact_ref=f"file://{tmp_path}/gone")
+    with pytest.raises(SerializationError, match="cannot read result of task 'x' from the artifact store"):
+        _codec.decode(missing, what="result of task 'x'")
