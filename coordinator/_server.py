@@ -113,6 +113,13 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
 
     async def WatchRun(self, request, context):
         run_id = request.run_id
+        if request.HasField("submit"):
+            try:
+                run_id = await self.engine.submit(
+                    request.submit.pipeline, idempotency_key=request.submit.idempotency_key
+                )
+            except PipelineValidationError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         run = self.engine.state.runs.get(run_id)
         if run is None:
             info = await self.engine.run_info(run_id, include_results=request.results_on_end)

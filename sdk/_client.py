@@ -202,6 +202,45 @@ class Client:
             finally:
                 stream.cancel()
 
+    def submit_and_watch(
+        self, spec: common_pb2.PipelineSpec, *, summary_only: bool = False, results_on_end: bool = False
+    ) -> Iterator[pipeline_pb2.RunEvent]:
+        """Submit a pipeline and follow its run in one call (one round trip fewer).
+
+        The first event's ``summary.run_id`` names the run. A retry after a lost answer
+        carries the same idempotency key, so the run is never started twice; once the run
+        id is known, a broken stream continues as :meth:`watch`.
+        """
+        request = pipeline_pb2.WatchRunRequest(
+            submit=pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex),
+            summary_only=summary_only,
+            results_on_end=results_on_end,
+        )
+        deadline = time.monotonic() + self.connect_timeout_s
+        while True:
+            stream = self._call(lambda p, a: p.WatchRun(request))
+            run_id = ""
+            try:
+                for event in stream:
+                    run_id = event.summary.run_id
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+                    raise from_grpc_error(exc) from exc
+                if run_id:
+                    break  # submitted: follow it like any other run
+                if time.monotonic() > deadline:
+                    raise CoordinatorUnavailableError(f"could not submit to {','.join(self.addresses)}") from exc
+                hint = leader_hint(exc)
+                if hint and hint != self.address:
+                    self._use_address(hint)
+                else:
+                    self._next_address()
+            finally:
+                stream.cancel()
+        yield from self.watch(run_id, summary_only=summary_only, results_on_end=results_on_end)
+
     def list_workers(self) -> list[admin_pb2.WorkerInfo]:
         return list(self._call(lambda p, a: a.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=self.call_timeout_s)).workers)
 

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ._client import Client
@@ -167,8 +167,8 @@ class PipelineManager:
             spec.placement_strategy = check_strategy(placement_strategy, where=f"pipeline {resolved.name!r}")
         if wait_for_resources_s is not None:
             spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
-        run_id = self.client.submit(spec)
-        return self.wait(run_id, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True)
+        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
 
     # ------------------------------------------------------------------ placement and plans
 
@@ -243,8 +243,8 @@ class PipelineManager:
         limits = plan.resource_limits()
         if limits is not None:
             spec.resource_limits.CopyFrom(limits)
-        run_id = self.client.submit(spec)
-        return self.wait(run_id, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True)
+        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
 
     def execute_distributed(
         self,
@@ -307,11 +307,19 @@ class PipelineManager:
             TimeoutError: ``timeout_s`` passed first.
             PipelineExecutionError: the run failed or was cancelled (unless ``raise_on_failure=False``).
         """
+        events = self.client.watch(run_id, summary_only=True, results_on_end=True)
+        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+
+    def _follow(
+        self, events: Iterator[pipeline_pb2.RunEvent], *, timeout_s: float | None, monitor: bool, raise_on_failure: bool
+    ) -> PipelineResult:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         progress = _Progress.maybe(monitor)
         final = None
+        run_id = ""
         try:
-            for event in self.client.watch(run_id, summary_only=True, results_on_end=True):
+            for event in events:
+                run_id = event.summary.run_id
                 if progress is not None:
                     progress.update(event.summary)
                 if event.summary.state in _TERMINAL:
@@ -322,6 +330,9 @@ class PipelineManager:
         finally:
             if progress is not None:
                 progress.close()
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
         if final is not None and len(final.changed) == final.summary.total_tasks:
             # The final event carries every task with its result: no extra GetRun.
             info = pipeline_pb2.RunInfo(summary=final.summary, tasks=final.changed)

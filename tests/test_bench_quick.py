@@ -210,7 +210,7 @@ def test_percentile_and_summary() -> None:
 def test_top_frames_reads_collapsed_stacks() -> None:
     raw = "\n".join([
         "process 1:\"python\";main (a.py:1);loop (a.py:9);handle (b.py:3) 6",
-        "process 1:\"python\";main (a.py:1);loop (a.py:10);encode (c.py:7) 3",
+        "process 1:\"python -m w\";process 2:\"python -c import a; a.main()\";main (a.py:1);loop (a.py:10);encode (c.py:7) 3",
         "main (a.py:2) 1",
         "garbage line",
     ])  # fmt: skip
@@ -218,6 +218,7 @@ def test_top_frames_reads_collapsed_stacks() -> None:
     assert top["samples"] == 10
     assert top["self"][0] == ("handle (b.py)", 60.0)
     assert ("loop (a.py)", 90.0) in top["inclusive"] and ("main (a.py)", 100.0) in top["inclusive"]
+    assert not any("import a" in frame or "process" in frame for frame, _ in top["inclusive"])
     assert "60.0%  handle (b.py)" in _profile.format_top("coordinator", top)
 
 

@@ -552,6 +552,7 @@ class ResourceLedger:
         self.used_gpu = 0
         self.used_custom: dict[str, float] = {}
         self._changed = asyncio.Condition()
+        self._waiting = 0  # acquirers blocked on the condition (first come, first served)
 
     def fits(self, need: tuple[float, int, int, dict[str, float]]) -> bool:
         cpu, memory, gpu, custom = need
@@ -565,14 +566,22 @@ class ResourceLedger:
         return all(self.used_custom.get(k, 0.0) + v <= t_custom.get(k, 0.0) + 1e-9 for k, v in custom.items())
 
     async def acquire(self, need: tuple[float, int, int, dict[str, float]]) -> None:
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.fits(need))
-            self._apply(need, 1)
+        if not self._waiting and self.fits(need):
+            self._apply(need, 1)  # the common case: no await, no lock (one event loop)
+            return
+        self._waiting += 1
+        try:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.fits(need))
+                self._apply(need, 1)
+        finally:
+            self._waiting -= 1
 
     async def release(self, need: tuple[float, int, int, dict[str, float]]) -> None:
-        async with self._changed:
-            self._apply(need, -1)
-            self._changed.notify_all()
+        self._apply(need, -1)
+        if self._waiting:
+            async with self._changed:
+                self._changed.notify_all()
 
     def _apply(self, need: tuple[float, int, int, dict[str, float]], sign: int) -> None:
         cpu, memory, gpu, custom = need

@@ -54,14 +54,16 @@ class CancelRunResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "summary_only", "results_on_end")
+    __slots__ = ("run_id", "summary_only", "results_on_end", "submit")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_ONLY_FIELD_NUMBER: _ClassVar[int]
     RESULTS_ON_END_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     summary_only: bool
     results_on_end: bool
-    def __init__(self, run_id: _Optional[str] = ..., summary_only: _Optional[bool] = ..., results_on_end: _Optional[bool] = ...) -> None: ...
+    submit: SubmitPipelineRequest
+    def __init__(self, run_id: _Optional[str] = ..., summary_only: _Optional[bool] = ..., results_on_end: _Optional[bool] = ..., submit: _Optional[_Union[SubmitPipelineRequest, _Mapping]] = ...) -> None: ...
 
 class GetTaskResultRequest(_message.Message):
     __slots__ = ("run_id", "task")

@@ -360,3 +360,19 @@ def test_big_results_travel_through_the_artifact_store(pm, cluster):
     assert result.outputs["sizes"]["args"] == blobs
     stored = list((cluster.data_dir / "artifacts" / result.run_id).iterdir())
     assert sorted(f.name for f in stored) == ["m0.1", "m1.1", "m2.1", "sizes.1"]
+
+
+def test_submit_and_watch_in_one_call(cluster):
+    from xpipe import Client
+
+    with Client(cluster.address) as client:
+        spec = common_pb2.PipelineSpec(name="one-call")
+        spec.tasks.add(name="hello").command.argv.extend(["echo", "hi"])
+        events = list(client.submit_and_watch(spec, summary_only=True, results_on_end=True))
+        assert events[0].summary.run_id and events[-1].summary.state == common_pb2.RUN_SUCCEEDED
+        assert [t.name for t in events[-1].changed] == ["hello"] and events[-1].changed[0].result.data
+        bad = common_pb2.PipelineSpec(name="cyclic")
+        for name, dep in (("a", "b"), ("b", "a")):
+            bad.tasks.add(name=name, depends_on=[dep]).command.argv.append("true")
+        with pytest.raises(PipelineValidationError, match="cycle"):
+            list(client.submit_and_watch(bad))
