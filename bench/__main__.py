@@ -116,6 +116,7 @@ class _Runner:
         except ImportError:
             self.skipped["ray"] = "ray is not installed"
         self.started = _dt.datetime.now(_dt.timezone.utc)
+        self.stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
         self.document: dict[str, Any] = {
             "schema": 1,
             "timestamp": self.started.isoformat(timespec="seconds"),
@@ -179,7 +180,7 @@ class _Runner:
             self.document["profiles"][scenario] = {"skipped": why}
             _log(f"[bench] profile skipped: {why}")
             return
-        stem = f"{self.started.strftime('%Y%m%dT%H%M%SZ')}-profile-{scenario}"
+        stem = f"{self.stamp}-profile-{scenario}"
         with _xpipe.open_session(self.opts.workdir) as cluster:
             targets = {"coordinator": (cluster.coordinator_pid, False), "worker": (cluster.worker_pids()[0], True)}
             with _profile.profiling(targets, self.opts.out, stem) as paths:
@@ -195,7 +196,7 @@ class _Runner:
         for scenario, entry in self.document["scenarios"].items():
             entry["summary"] = summarise(scenario, entry["samples"])
         self.document["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        path = write_json(self.opts.out, self.document, mode=self.document["mode"])
+        path = write_json(self.opts.out, self.document, mode=self.document["mode"], stamp=self.stamp)
         print(format_table(self.document["scenarios"]))
         for name, why in self.skipped.items():
             print(f"{name}: skipped ({why})")

@@ -130,7 +130,17 @@ def profiling(targets: dict[str, tuple[int, bool]], out_dir: Path, stem: str) ->
 
 
 def _frames(stack: str) -> list[str]:
-    """Frames of one collapsed stack, root first, without line numbers (so a function is one entry)."""
+    """Frames of one collapsed stack, root first, without line numbers (so a function is one entry).
+
+    With ``--subprocesses`` py-spy puts ``process PID:"command line"`` pseudo-frames first
+    (the parent's, then the child's); they are dropped here, and since a command line may
+    itself contain ";" (``python -c "a; b"``), each is cut at its closing quote rather than
+    at the first ";". The CPU meter tells the processes apart instead.
+    """
+    while stack.startswith("process "):  # one per level: the worker, then its task executor
+        start = stack.find(':"')
+        end = stack.find('";', start + 2) if start >= 0 else -1
+        stack = stack[end + 2 :] if end >= 0 else ""
     frames = [f for f in stack.split(";") if f]
     return [_LINE_NO.sub(")", f) for f in frames]
 
@@ -152,9 +162,8 @@ def top_frames(collapsed: str, limit: int = 15) -> dict[str, Any]:
             continue
         n = int(count)
         frames = _frames(stack)
-        # py-spy prefixes a "process" pseudo-frame with --subprocesses and a thread one with
-        # --threads; neither is a function.
-        frames = [f for f in frames if not f.startswith(("process ", "thread "))]
+        # --threads adds a "thread" pseudo-frame; it is not a function.
+        frames = [f for f in frames if not f.startswith("thread ")]
         if not frames:
             continue
         total += n

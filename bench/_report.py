@@ -273,11 +273,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def write_json(out_dir: Path, document: Mapping[str, Any], *, mode: str) -> Path:
-    """Write ``document`` as ``out_dir/<UTC timestamp>-<mode>.json`` and return the path."""
+def write_json(out_dir: Path, document: Mapping[str, Any], *, mode: str, stamp: str | None = None) -> Path:
+    """Write ``document`` as ``out_dir/<stamp>-<mode>.json`` and return the path.
+
+    ``stamp`` defaults to the current UTC time; the runner passes its start time, which
+    also names the run's profile files, so they sort together.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = stamp or _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = out_dir / f"{stamp}-{mode}.json"
     n = 1
     while path.exists():
