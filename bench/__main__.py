@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -213,9 +214,15 @@ class _Runner:
         print(f"results: {path}")
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Unwind like Ctrl-C, so every cluster's finally block stops its processes.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     return _Runner(opts, argv).run()
 
 
