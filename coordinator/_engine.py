@@ -140,7 +140,11 @@ class Engine:
         """Validate, persist and start a run; returns once the run is durable."""
         order = tuple(validate_spec(spec))
         run_id = uuid.uuid4().hex[:16] if not idempotency_key else uuid.uuid5(uuid.NAMESPACE_URL, idempotency_key).hex[:16]
-        if run_id in self.state.runs or run_id in self._submits:
+        if run_id in self.state.runs:
+            return run_id
+        pending = self._submits.get(run_id)
+        if pending is not None:  # the same submit retried while the first is being committed
+            await asyncio.shield(pending)
             return run_id
         fut = asyncio.get_running_loop().create_future()
         self._submits[run_id] = fut
