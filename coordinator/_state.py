@@ -34,10 +34,10 @@ from collections.abc import Iterable
 
 from xpipe._proto import common_pb2 as pb
 from xpipe._policies import backoff_delay_s
-from xpipe._proto import pipeline_pb2
 
 from ._breaker import OPEN, CircuitBreakers
-from ._placement import UNBOUNDED, PlacementIndex, Request, normalize_strategy
+from ._entries import RunEntry, TaskEntry, WorkerEntry
+from ._placement import UNBOUNDED, PlacementIndex, Request
 from ._recovery import (
     CONTINUE,
     HALT,
@@ -105,158 +105,6 @@ class InvalidTransition(RuntimeError):
     """A transition not in the table was attempted: a bug in the state machine."""
 
 
-class _Task:
-    __slots__ = (
-        "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
-        "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered",
-    )  # fmt: skip
-
-    def __init__(self, spec: pb.TaskSpec):
-        self.name = spec.name
-        self.spec = spec
-        self.state = pb.PENDING
-        self.attempt = 0
-        self.worker = ""
-        self.started_at = 0.0
-        self.finished_at = 0.0
-        self.error: pb.TaskError | None = None
-        self.result: pb.Payload | None = None
-        # Unique upstream names: depends_on (positional) plus DataFlow sources.
-        self.deps: tuple[str, ...] = tuple(dict.fromkeys([*spec.depends_on, *(f.source_task for f in spec.flows)]))
-        self.waiting = 0
-        self.dependents: list[str] = []
-        self.failures = 0
-        self.retry_at = 0.0
-        self.request = Request.of(spec.resources if spec.HasField("resources") else None, spec.labels)
-        self.cp = 1  # tasks on the longest path from here to a sink, this one included
-        self.wait_until = 0.0  # waiting for a worker that fits to join, until then
-        self.circuit = ""  # the circuit its attempts go through; "" when breakers are off
-        self.recovered = False  # the recovery handler was consulted: it is not asked twice
-
-
-class _Run:
-    __slots__ = (
-        "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
-        "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
-        "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted",
-    )  # fmt: skip
-
-    def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
-        self.run_id = run_id
-        self.name = spec.name
-        self.spec = spec
-        self.created_at = created_at
-        self.finished_at = 0.0
-        self.state = pb.RUN_RUNNING
-        self.tasks: dict[str, _Task] = {t.name: _Task(t) for t in spec.tasks}
-        self.terminal = 0
-        self.succeeded = 0
-        self.failed = 0
-        self.code = {blob.code_hash: blob for blob in spec.code}
-        self.retry_on_failure = spec.retry_on_failure
-        self.max_parallel = spec.max_parallel
-        self.inflight = 0  # tasks ASSIGNED or RUNNING
-        # failure_isolation=False: the first task failure cancels the rest of the run.
-        self.fail_fast = spec.fault_tolerance.fail_fast
-        try:
-            self.strategy = normalize_strategy(spec.placement_strategy)
-        except ValueError as exc:
-            log.warning("run %s: %s; using the default", run_id, exc)
-            self.strategy = normalize_strategy("")
-        self.wait_for_resources_s = max(0.0, spec.wait_for_resources_s)
-        # A run-level cap on resources in flight (execution plans); None: no cap.
-        self.limits = Request.limits(spec.resource_limits) if spec.HasField("resource_limits") else None
-        self.used: dict[str, int] = {}  # resources in flight, counted only when limits is set
-        # @pipeline.recovery_handler: the call that runs it; None: no handler.
-        self.handler = spec.recovery_handler if spec.HasField("recovery_handler") else None
-        # task name -> (synthetic attempt number, worker) of its handler call; (0, "") while queued.
-        self.recovering: dict[str, tuple[int, str]] = {}
-        self.recovery_seq = 0
-        self.halted = False  # a recovery handler answered halt_pipeline
-        if spec.fault_tolerance.circuit_breaker_enabled:
-            for task in self.tasks.values():
-                task.circuit = task.spec.circuit or f"{spec.name}/{task.name}"
-        for task in self.tasks.values():
-            for dep in task.deps:
-                self.tasks[dep].dependents.append(task.name)
-
-    def set_critical_paths(self, order: Iterable[str]) -> None:
-        """Longest path (in tasks) from each task to a sink: O(V+E), once per run."""
-        tasks = self.tasks
-        for name in reversed(tuple(order)):
-            task = tasks[name]
-            task.cp = 1 + max((tasks[d].cp for d in task.dependents), default=0)
-
-    def charge(self, task: _Task, sign: int) -> None:
-        """Add (+1) or remove (-1) a task's request from the run's in-flight resources."""
-        if self.limits is None:
-            return
-        used, r = self.used, task.request
-        for key, amount in (("cpu", r.cpu_milli), ("memory", r.memory_bytes), ("gpu", r.gpu), *r.custom):
-            used[key] = used.get(key, 0) + sign * amount
-
-    def within_limits(self, task: _Task) -> bool:
-        limits = self.limits
-        if limits is None:
-            return True
-        used, r = self.used, task.request
-        if used.get("cpu", 0) + r.cpu_milli > limits.cpu_milli:
-            return False
-        if used.get("memory", 0) + r.memory_bytes > limits.memory_bytes or used.get("gpu", 0) + r.gpu > limits.gpu:
-            return False
-        capped = dict(limits.custom)
-        return all(used.get(k, 0) + v <= capped[k] for k, v in r.custom if k in capped)
-
-    def beyond_limits(self, task: _Task) -> str:
-        """Why this task alone exceeds the run's resource_limits ("" if it does not)."""
-        limits, r = self.limits, task.request
-        if limits is None:
-            return ""
-        over = []
-        if r.cpu_milli > limits.cpu_milli:
-            over.append(f"cpu_cores {r.cpu_milli / 1000:g} > {limits.cpu_milli / 1000:g}")
-        if r.memory_bytes > limits.memory_bytes:
-            over.append(f"memory_bytes {r.memory_bytes} > {limits.memory_bytes}")
-        if r.gpu > limits.gpu:
-            over.append(f"gpu {r.gpu} > {limits.gpu}")
-        capped = dict(limits.custom)
-        over += [f"{k} {v / 1000:g} > {capped[k] / 1000:g}" for k, v in r.custom if k in capped and v > capped[k]]
-        return f"the run's resource_limits are smaller than the task's request ({'; '.join(over)})" if over else ""
-
-    def summary(self) -> pipeline_pb2.RunSummary:
-        return pipeline_pb2.RunSummary(
-            run_id=self.run_id, pipeline=self.name, state=self.state, created_at=self.created_at,
-            finished_at=self.finished_at, total_tasks=len(self.tasks), succeeded_tasks=self.succeeded,
-            failed_tasks=self.failed,
-        )  # fmt: skip
-
-
-class _Worker:
-    __slots__ = (
-        "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
-        "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit",
-    )  # fmt: skip
-
-    def __init__(self, worker_id: str, now: float):
-        self.worker_id = worker_id
-        self.name = worker_id
-        self.host = ""
-        self.slots = 0
-        self.handlers: frozenset[str] = frozenset()
-        self.labels: dict[str, str] = {}
-        self.resources: pb.Resources | None = None
-        self.accepts_pickled = True
-        self.assigned: dict[AttemptKey, float] = {}  # attempt -> when it was sent
-        self.state = "ready"  # ready | draining | lost
-        self.connected = False
-        self.last_seen = now
-        self.sent_code: set[str] = set()
-        self.metrics = None
-        self.avg_task_s: float | None = None  # moving average of its tasks' run time
-        self.credit = 0  # slots plus the prefetch it gets now
-
-
 class SchedulerState:
     """All runs, tasks and workers a coordinator knows, and the rules that move them.
 
@@ -281,8 +129,8 @@ class SchedulerState:
         self.prefetch = prefetch
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.validate_each_step = validate
-        self.runs: dict[str, _Run] = {}
-        self.workers: dict[str, _Worker] = {}
+        self.runs: dict[str, RunEntry] = {}
+        self.workers: dict[str, WorkerEntry] = {}
         # (-priority, -critical path, seq, run_id, task): priority, then critical path, then FIFO.
         self._ready: list[tuple[int, int, int, str, str]] = []
         self.placement = PlacementIndex()
@@ -347,7 +195,7 @@ class SchedulerState:
         return out
 
     def _on_submitted(self, ev: RunSubmitted, out: list[Action]) -> None:
-        run = _Run(ev.run_id, ev.spec, ev.now)
+        run = RunEntry(ev.run_id, ev.spec, ev.now)
         self.runs[run.run_id] = run
         run.set_critical_paths(ev.order)
         self._configure_circuits(run)
@@ -359,7 +207,7 @@ class SchedulerState:
                 self._move(run, task, pb.READY, out)
 
     def _on_restored(self, ev: RunRestored, out: list[Action]) -> None:
-        run = _Run(ev.run_id, ev.spec, ev.created_at)
+        run = RunEntry(ev.run_id, ev.spec, ev.created_at)
         self.runs[run.run_id] = run
         run.set_critical_paths(ev.order)
         self._configure_circuits(run)
@@ -379,7 +227,7 @@ class SchedulerState:
                 # The worker may come back and report it; if not, the heartbeat deadline requeues it.
                 worker = self.workers.get(rec.worker)
                 if worker is None:
-                    worker = self.workers[rec.worker] = _Worker(rec.worker, ev.now)
+                    worker = self.workers[rec.worker] = WorkerEntry(rec.worker, ev.now)
                 worker.assigned[(run.run_id, name, rec.attempt)] = ev.now
             elif rec.state == pb.RETRY_WAIT:
                 task.retry_at = ev.now
@@ -399,7 +247,7 @@ class SchedulerState:
     def _on_worker_connected(self, ev: WorkerConnected, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
         if worker is None or worker.state == "lost":
-            worker = self.workers[ev.worker_id] = _Worker(ev.worker_id, ev.now)
+            worker = self.workers[ev.worker_id] = WorkerEntry(ev.worker_id, ev.now)
         worker.name, worker.host, worker.slots = ev.name, ev.host, max(0, ev.slots)
         worker.handlers, worker.labels, worker.resources = ev.handlers, dict(ev.labels), ev.resources
         worker.accepts_pickled = ev.accepts_pickled
@@ -445,14 +293,14 @@ class SchedulerState:
         task.started_at = ev.at
         self._move(run, task, pb.RUNNING, out)
 
-    def _index_worker(self, worker: _Worker) -> None:
+    def _index_worker(self, worker: WorkerEntry) -> None:
         worker.credit = worker.slots + self._prefetch_for(worker)
         self.placement.upsert(
             worker.worker_id, slots=worker.slots, credit=worker.credit, resources=worker.resources,
             labels=worker.labels, handlers=worker.handlers, accepts_pickled=worker.accepts_pickled,
         )  # fmt: skip
 
-    def _prefetch_for(self, worker: _Worker) -> int:
+    def _prefetch_for(self, worker: WorkerEntry) -> int:
         """Enough queued work to cover about PREFETCH_WORK_S per slot, at most ``prefetch``.
 
         Short tasks get a deep queue (the round trip would otherwise idle the worker);
@@ -465,7 +313,7 @@ class SchedulerState:
         wanted = math.ceil(worker.slots * PREFETCH_WORK_S / max(worker.avg_task_s, 1e-5))
         return max(1, min(self.prefetch, wanted))
 
-    def _learn_duration(self, worker: _Worker, ev: TaskSucceeded | TaskFailed) -> None:
+    def _learn_duration(self, worker: WorkerEntry, ev: TaskSucceeded | TaskFailed) -> None:
         if not ev.started_at or ev.at < ev.started_at:
             return
         took = ev.at - ev.started_at
@@ -518,7 +366,7 @@ class SchedulerState:
             self._fail_attempt(run, task, ev.error, ev.now, out)
         self._maybe_finish(run, ev.now, out)
 
-    def _release_dependents(self, run: _Run, task: _Task, out: list[Action]) -> None:
+    def _release_dependents(self, run: RunEntry, task: TaskEntry, out: list[Action]) -> None:
         """``task`` succeeded or was skipped: dependents with nothing else to wait for are READY."""
         for name in task.dependents:
             child = run.tasks[name]
@@ -526,7 +374,7 @@ class SchedulerState:
             if child.waiting == 0 and child.state == pb.PENDING:
                 self._move(run, child, pb.READY, out)
 
-    def _fail_attempt(self, run: _Run, task: _Task, error: pb.TaskError, now: float, out: list[Action]) -> None:
+    def _fail_attempt(self, run: RunEntry, task: TaskEntry, error: pb.TaskError, now: float, out: list[Action]) -> None:
         """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task."""
         task.error = error
         task.failures += 1
@@ -543,7 +391,7 @@ class SchedulerState:
         else:
             self._fail_for_good(run, task, now, out)
 
-    def _fail_for_good(self, run: _Run, task: _Task, now: float, out: list[Action]) -> None:
+    def _fail_for_good(self, run: RunEntry, task: TaskEntry, now: float, out: list[Action]) -> None:
         self._move(run, task, pb.FAILED, out)
         self._fail_dependents(run, task, out)
         if run.fail_fast:
@@ -551,7 +399,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ recovery handlers
 
-    def _queue_recovery(self, run: _Run, task: _Task) -> None:
+    def _queue_recovery(self, run: RunEntry, task: TaskEntry) -> None:
         run.recovering[task.name] = (0, "")
         self._recoveries.append((run.run_id, task.name))
 
@@ -642,7 +490,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ circuit breakers
 
-    def _configure_circuits(self, run: _Run) -> None:
+    def _configure_circuits(self, run: RunEntry) -> None:
         ft = run.spec.fault_tolerance
         if not ft.circuit_breaker_enabled:
             return
@@ -656,7 +504,7 @@ class SchedulerState:
             except ValueError as exc:  # validated on submit; a restored old spec keeps the defaults
                 log.warning("run %s: circuit %r: %s; using the defaults", run.run_id, circuit, exc)
 
-    def _fail_circuit_open(self, run: _Run, task: _Task, now: float, out: list[Action]) -> None:
+    def _fail_circuit_open(self, run: RunEntry, task: TaskEntry, now: float, out: list[Action]) -> None:
         """The task's circuit is open: this attempt fails at once, without a worker."""
         snap = next((c for c in self.breakers.snapshot(now) if c.name == task.circuit), None)
         failures = snap.failures if snap is not None else 0
@@ -673,10 +521,10 @@ class SchedulerState:
         self._maybe_finish(run, now, out)
 
     @staticmethod
-    def _retries_of(run: _Run, task: _Task) -> int:
+    def _retries_of(run: RunEntry, task: TaskEntry) -> int:
         return task.spec.retry.max_retries if run.retry_on_failure else 0
 
-    def _retry_delay_s(self, task: _Task) -> float:
+    def _retry_delay_s(self, task: TaskEntry) -> float:
         """The wait before the next retry: the task's backoff, capped, with jitter."""
         retry = task.spec.retry
         return backoff_delay_s(
@@ -685,7 +533,7 @@ class SchedulerState:
         )  # fmt: skip
 
     def _stop_run_after_failure(
-        self, run: _Run, failed: _Task, now: float, out: list[Action], *, why: str = ""
+        self, run: RunEntry, failed: TaskEntry, now: float, out: list[Action], *, why: str = ""
     ) -> None:
         """failure_isolation=False (or halt_pipeline): cancel every unfinished task; the run ends FAILED."""
         why = why or f"task {failed.name!r} failed and the run has failure_isolation off"
@@ -718,7 +566,7 @@ class SchedulerState:
         self._maybe_finish(run, ev.now, out, cancelled=True)
 
     @staticmethod
-    def _collect_attempt(run: _Run, task: _Task, by_worker: dict[str, list[AttemptKey]]) -> None:
+    def _collect_attempt(run: RunEntry, task: TaskEntry, by_worker: dict[str, list[AttemptKey]]) -> None:
         """Note the attempt (or recovery handler call) ``task`` has out, to cancel it."""
         if task.state in _ACTIVE and task.worker:
             by_worker.setdefault(task.worker, []).append((run.run_id, task.name, task.attempt))
@@ -817,7 +665,7 @@ class SchedulerState:
             else:
                 self._fail_unplaceable(run, task, why, now, out, waited=False)
 
-    def _fail_unplaceable(self, run: _Run, task: _Task, why: str, now: float, out: list[Action], *, waited: bool) -> None:
+    def _fail_unplaceable(self, run: RunEntry, task: TaskEntry, why: str, now: float, out: list[Action], *, waited: bool) -> None:
         message = f"task {task.name!r} asks for {task.request.describe()}, but {why}"
         if waited:
             message += f" (waited {run.wait_for_resources_s:g}s for one to join)"
@@ -832,7 +680,7 @@ class SchedulerState:
             self._stop_run_after_failure(run, task, now, out)
         self._maybe_finish(run, now, out)
 
-    def _assign(self, run: _Run, task: _Task, worker: _Worker, now: float, out: list[Action]) -> None:
+    def _assign(self, run: RunEntry, task: TaskEntry, worker: WorkerEntry, now: float, out: list[Action]) -> None:
         task.attempt += 1
         task.worker = worker.worker_id
         task.started_at = 0.0
@@ -855,7 +703,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ helpers
 
-    def _current(self, key: AttemptKey) -> _Task | None:
+    def _current(self, key: AttemptKey) -> TaskEntry | None:
         run = self.runs.get(key[0])
         task = run.tasks.get(key[1]) if run else None
         if task is None or task.attempt != key[2]:
@@ -875,7 +723,7 @@ class SchedulerState:
         task.started_at = 0.0
         self._move(self.runs[key[0]], task, pb.READY, out)
 
-    def _lose_worker(self, worker: _Worker, now: float, out: list[Action]) -> None:
+    def _lose_worker(self, worker: WorkerEntry, now: float, out: list[Action]) -> None:
         log.warning("worker %s (%s) lost: no word for %.1fs", worker.name, worker.worker_id, now - worker.last_seen)
         worker.state = "lost"
         worker.connected = False
@@ -884,12 +732,12 @@ class SchedulerState:
             self._requeue(key, now, out, reason=f"worker {worker.name} lost")
         worker.assigned.clear()
 
-    def _unhold(self, worker: _Worker, key: AttemptKey) -> None:
+    def _unhold(self, worker: WorkerEntry, key: AttemptKey) -> None:
         """The worker no longer holds this attempt: drop it and give its resources back."""
         if worker.assigned.pop(key, None) is not None:
             self.placement.release(worker.worker_id, key)
 
-    def _fail_dependents(self, run: _Run, task: _Task, out: list[Action]) -> None:
+    def _fail_dependents(self, run: RunEntry, task: TaskEntry, out: list[Action]) -> None:
         stack = list(task.dependents)
         while stack:
             child = run.tasks[stack.pop()]
@@ -900,7 +748,7 @@ class SchedulerState:
                 self._move(run, child, pb.UPSTREAM_FAILED, out)
                 stack.extend(child.dependents)
 
-    def _move(self, run: _Run, task: _Task, to: int, out: list[Action]) -> None:
+    def _move(self, run: RunEntry, task: TaskEntry, to: int, out: list[Action]) -> None:
         if to not in _ALLOWED.get(task.state, ()):
             raise InvalidTransition(
                 f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(task.state)} -> {pb.TaskState.Name(to)}"
@@ -925,20 +773,20 @@ class SchedulerState:
             )  # fmt: skip
         )
 
-    def _push_ready(self, run: _Run, task: _Task) -> None:
+    def _push_ready(self, run: RunEntry, task: TaskEntry) -> None:
         heapq.heappush(self._ready, (-task.spec.priority, -task.cp, next(self._seq), run.run_id, task.name))
         if not task.wait_until:
             self._to_judge.append((run.run_id, task.name))
 
     @staticmethod
-    def _count_terminal(run: _Run, task: _Task) -> None:
+    def _count_terminal(run: RunEntry, task: TaskEntry) -> None:
         run.terminal += 1
         if task.state == pb.SUCCEEDED:
             run.succeeded += 1
         elif task.state in (pb.FAILED, pb.UPSTREAM_FAILED):
             run.failed += 1
 
-    def _maybe_finish(self, run: _Run, now: float, out: list[Action], *, cancelled: bool = False) -> None:
+    def _maybe_finish(self, run: RunEntry, now: float, out: list[Action], *, cancelled: bool = False) -> None:
         if run.state in TERMINAL_RUN_STATES or run.terminal < len(run.tasks):
             return
         if cancelled:
@@ -955,7 +803,7 @@ class SchedulerState:
         out.append(self._run_record(run))
 
     @staticmethod
-    def _run_record(run: _Run, spec: pb.PipelineSpec | None = None) -> RunRecord:
+    def _run_record(run: RunEntry, spec: pb.PipelineSpec | None = None) -> RunRecord:
         return RunRecord(run.run_id, run.name, run.state, run.created_at, run.finished_at, len(run.tasks), spec)
 
     # ------------------------------------------------------------------ queries
@@ -969,7 +817,7 @@ class SchedulerState:
     def active_runs(self) -> int:
         return sum(1 for r in self.runs.values() if r.state not in TERMINAL_RUN_STATES)
 
-    def worker_by_name(self, name: str) -> _Worker | None:
+    def worker_by_name(self, name: str) -> WorkerEntry | None:
         for worker in self.workers.values():
             if worker.name == name and worker.state != "lost":
                 return worker
