@@ -376,3 +376,17 @@ def test_submit_and_watch_in_one_call(cluster):
             bad.tasks.add(name=name, depends_on=[dep]).command.argv.append("true")
         with pytest.raises(PipelineValidationError, match="cycle"):
             list(client.submit_and_watch(bad))
+
+
+def test_big_results_stay_inline_where_the_artifact_dir_is_missing(tmp_path):
+    missing = tmp_path / "not-mounted-here"
+    with Cluster(tmp_path, workers=1, slots=1, worker_args=("--artifact-dir", str(missing))) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        blob = os.urandom(1 << 20)
+        p = Pipeline("inline-big")
+        first = Task("make", ht.echo, args=(blob,))
+        p.add_tasks([first, Task("use", ht.echo, depends_on=[first])])
+        result = pm.execute_pipeline(p, monitor=False)
+        assert result.outputs["use"] == blob
+        assert not missing.exists()  # the worker did not create a directory nobody reads
+        assert not (c.data_dir / "artifacts" / result.run_id).exists()
