@@ -6,7 +6,8 @@ alike. Each sample runs on a fresh cluster. The table of medians, min-max and ra
 printed, and the same data, raw samples included, is written as JSON under ``--out``.
 
 Exit status: 0 when every measurement ran (goals missed or not), 1 when one failed (the
-JSON then has the samples taken so far and an ``error``), 2 for bad arguments.
+JSON then has the samples taken so far and an ``error``), 2 for bad arguments, 130 on
+Ctrl-C and 143 on SIGTERM (clusters stopped, partial JSON written).
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ class _Runner:
         except KeyboardInterrupt:
             self.document["error"] = f"interrupted during {where}"
             code = 130
+        except _Terminated as exc:
+            self.document["error"] = f"terminated by {signal.Signals(exc.signum).name} during {where}"
+            code = 128 + exc.signum
         except Exception as exc:  # noqa: BLE001 - recorded, reported, and turned into the exit status
             self.document["error"] = f"{where}: {type(exc).__name__}: {exc}"
             code = 1
@@ -214,9 +218,18 @@ class _Runner:
         print(f"results: {path}")
 
 
+class _Terminated(BaseException):
+    """Raised by the SIGTERM handler: a BaseException, so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # Unwind like Ctrl-C, so every cluster's finally block stops its processes.
-    raise SystemExit(128 + signum)
+    # Unwind like Ctrl-C, so every cluster's finally block stops its processes and the
+    # samples taken so far are still written, marked with the reason.
+    raise _Terminated(signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

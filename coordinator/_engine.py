@@ -306,8 +306,15 @@ class Engine:
 
     # ------------------------------------------------------------------ queries
 
-    async def run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:
+    async def run_info(
+        self, run_id: str, *, include_results: bool, only_task: str = ""
+    ) -> pipeline_pb2.RunInfo | None:
+        """The run's summary and tasks (just ``only_task`` if given), results inlined if asked."""
         info = await self._run_info(run_id, include_results=include_results)
+        if info is not None and only_task:
+            wanted = [t for t in info.tasks if t.name == only_task]
+            del info.tasks[:]
+            info.tasks.extend(wanted)
         if info is not None and include_results and self.config.artifact_dir:
             refs = [t.result for t in info.tasks if t.result.artifact_ref]
             if refs:

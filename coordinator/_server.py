@@ -159,7 +159,8 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             self.engine.unwatch(run_id, queue)
 
     async def GetTaskResult(self, request, context):
-        info = await self.engine.run_info(request.run_id, include_results=True)
+        # Only this task's result is inlined: the others' artifacts stay on disk.
+        info = await self.engine.run_info(request.run_id, include_results=True, only_task=request.task)
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
         for task in info.tasks:

@@ -81,6 +81,37 @@ def test_a_failed_run_is_recorded_and_exits_1(tmp_path: Path) -> None:
     assert "ERROR: wide / xpipe" in proc.stdout
 
 
+def test_sigterm_stops_the_clusters_and_writes_what_was_measured(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as err_file:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "bench", "--quick", "--no-dask", "--scenarios", "roundtrip,bigdag",
+             "--out", str(tmp_path / "out")],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+        )  # fmt: skip
+    try:
+        # Terminate while the bigdag scenario's cluster is up: roundtrip is then on record.
+        def cluster_up() -> set[int]:
+            assert bench.poll() is None, err.read_text()
+            if "[bench] bigdag / xpipe / repeat 1 ..." not in err.read_text():
+                return set()
+            names = {p.pid: " ".join(p.cmdline()) for p in psutil.Process(bench.pid).children(recursive=True)}
+            workers = [pid for pid, cmd in names.items() if "xpipe.worker" in cmd]
+            return set(names) if len(workers) == 2 else set()
+
+        pids = eventually(cluster_up, timeout_s=60, interval_s=0.01, message="bigdag cluster started")
+        bench.terminate()
+        assert bench.wait(timeout=60) == 143, err.read_text()[-3000:]
+    finally:
+        bench.kill()
+        bench.wait()
+    eventually(lambda: not _alive(pids), timeout_s=10, message=f"cluster processes gone: {_alive(pids)}")
+    doc = _only_json(tmp_path / "out")
+    assert doc["error"] == "terminated by SIGTERM during bigdag / xpipe / repeat 1", doc["error"]
+    assert doc["scenarios"]["roundtrip"]["samples"]["xpipe"][0]["count"] == 30
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
