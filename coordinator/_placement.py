@@ -160,13 +160,23 @@ class _Node:
     def _cap(self, total: int) -> int:
         return total if total == UNBOUNDED else int(total * self.headroom)
 
+    def _cap_cpu(self) -> int:
+        """The cpu cap in whole cores (never below the worker's own cpu).
+
+        A fractional cap (2 cores x 1.25 = 2.5) would leave "room" that no 1-core task (the
+        default request) fits, and a scheduling pass would scan the whole ready queue for it.
+        """
+        if self.cpu == UNBOUNDED:
+            return UNBOUNDED
+        return max(self.cpu, self._cap(self.cpu) // _MILLI * _MILLI)
+
     def has_room(self) -> bool:
-        return self.eligible and len(self.held) < self.credit and self.used_cpu < self._cap(self.cpu)
+        return self.eligible and len(self.held) < self.credit and self.used_cpu < self._cap_cpu()
 
     def fits_now(self, r: Request) -> bool:
         if len(self.held) >= self.credit or not self.fits_ever(r):
             return False
-        if self.used_cpu + r.cpu_milli > self._cap(self.cpu) or self.used_memory + r.memory_bytes > self._cap(self.memory):
+        if self.used_cpu + r.cpu_milli > self._cap_cpu() or self.used_memory + r.memory_bytes > self._cap(self.memory):
             return False
         if self.used_gpu + r.gpu > self._cap(self.gpu):
             return False
@@ -205,7 +215,7 @@ class _Node:
     def keys(self) -> tuple[tuple, tuple, tuple, int, int]:
         """Heap keys for balanced, pack, spread; free cpu and memory (for the max-heaps)."""
         share = self.share()
-        free_cpu = self._cap(self.cpu) - self.used_cpu
+        free_cpu = self._cap_cpu() - self.used_cpu
         free_mem = self._cap(self.memory) - self.used_memory
         return (
             (share + self.load, -free_cpu, self.seq),

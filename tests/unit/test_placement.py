@@ -496,3 +496,13 @@ def test_random_runs_never_over_commit(seed, strategy):
     for t in run.tasks.values():
         if t.state == pb.FAILED:
             assert t.error.error_type == "RESOURCE_EXHAUSTION"
+
+
+def test_fractional_headroom_leaves_no_room_a_default_task_cannot_use():
+    idx = PlacementIndex()
+    idx.upsert("w", slots=4, credit=5, resources=res(2), labels={})  # 2 cores x 1.25 = 2.5
+    for i in range(2):
+        assert idx.pick(req(1)) == "w"
+        idx.hold("w", i, req(1))
+    # Half a core "left" would make the scheduler scan the whole ready queue for nothing.
+    assert idx.pick(req(1)) is None and not idx.has_room()
