@@ -32,6 +32,7 @@ from ._events import (
     RunSubmitted,
     TaskRecord,
     Tick,
+    task_info,
 )
 from ._state import TERMINAL_RUN_STATES, SchedulerState
 from ._store import Store
@@ -346,17 +347,6 @@ class Engine:
         )  # fmt: skip
         return pipeline_pb2.RunInfo(summary=summary, tasks=infos)
 
-
-def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.TaskInfo:
-    info = pipeline_pb2.TaskInfo(
-        name=rec.name, state=rec.state, attempts=rec.attempt, worker=rec.worker,
-        started_at=rec.started_at, finished_at=rec.finished_at,
-    )  # fmt: skip
-    if rec.error is not None:
-        info.error.CopyFrom(rec.error)
-    if include_result and rec.result is not None:
-        info.result.CopyFrom(rec.result)
-    return info
 
 
 def inline_artifacts(payloads: list[pb.Payload], artifact_dir: str) -> None:

@@ -46,7 +46,7 @@ from aetcd import rpc
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 
-from ._events import RunRecord, TaskRecord
+from ._events import RunRecord, TaskRecord, task_info
 from ._store import Store, StoredRun
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
@@ -314,14 +314,7 @@ class EtcdStore(Store):
             if "/" in rec.run_id:
                 raise EtcdStoreError(f"run id {rec.run_id!r} contains '/'")
             if isinstance(rec, TaskRecord):
-                info = pipeline_pb2.TaskInfo(
-                    name=rec.name, state=rec.state, attempts=rec.attempt, worker=rec.worker,
-                    started_at=rec.started_at, finished_at=rec.finished_at,
-                )  # fmt: skip
-                if rec.error is not None:
-                    info.error.CopyFrom(rec.error)
-                if rec.result is not None:
-                    info.result.CopyFrom(rec.result)
+                info = task_info(rec, include_result=True)
                 ops[self._tasks_prefix(rec.run_id) + rec.name.encode()] = self._pack(info.SerializeToString())
                 continue
             header = pipeline_pb2.RunSummary(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from xpipe._proto import common_pb2
+from xpipe._proto import common_pb2, pipeline_pb2
 
 __all__ = [
     "AttemptKey",
@@ -33,6 +33,7 @@ __all__ = [
     "Assign",
     "CancelAttempts",
     "DrainWorker",
+    "task_info",
 ]
 
 #: (run_id, task name, attempt number) names one attempt of one task.
@@ -194,3 +195,16 @@ class CancelAttempts(Action):
 @dataclass(frozen=True, slots=True)
 class DrainWorker(Action):
     worker_id: str
+
+
+def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.TaskInfo:
+    """A task record as the API shows it (with its result only when asked)."""
+    info = pipeline_pb2.TaskInfo(
+        name=rec.name, state=rec.state, attempts=rec.attempt, worker=rec.worker,
+        started_at=rec.started_at, finished_at=rec.finished_at,
+    )  # fmt: skip
+    if rec.error is not None:
+        info.error.CopyFrom(rec.error)
+    if include_result and rec.result is not None:
+        info.result.CopyFrom(rec.result)
+    return info

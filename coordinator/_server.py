@@ -18,7 +18,7 @@ from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_g
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
 
-from ._engine import Engine, EngineConfig, task_info
+from ._engine import Engine, EngineConfig
 from ._events import (
     CancelRequested,
     DrainRequested,
@@ -29,6 +29,7 @@ from ._events import (
     TaskSucceeded,
     WorkerConnected,
     WorkerDisconnected,
+    task_info,
 )
 from ._state import TERMINAL_RUN_STATES
 from ._store import Store

@@ -111,6 +111,14 @@ class Client:
                 self.addresses.append(address)
             self._index = self.addresses.index(address)
 
+    def _follow_hint(self, exc: grpc.RpcError) -> None:
+        """After a broken stream: go to the leader a follower named, else the next address."""
+        hint = leader_hint(exc)
+        if hint and hint != self.address:
+            self._use_address(hint)
+        else:
+            self._next_address()
+
     @property
     def address(self) -> str:
         """The coordinator currently in use."""
@@ -194,11 +202,7 @@ class Client:
                 if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                     raise from_grpc_error(exc) from exc
                 log.info("watch of run %s interrupted (%s); reconnecting", run_id, exc.code().name)
-                hint = leader_hint(exc)
-                if hint and hint != self.address:
-                    self._use_address(hint)
-                else:
-                    self._next_address()
+                self._follow_hint(exc)
             finally:
                 stream.cancel()
 
@@ -232,11 +236,7 @@ class Client:
                     break  # submitted: follow it like any other run
                 if time.monotonic() > deadline:
                     raise CoordinatorUnavailableError(f"could not submit to {','.join(self.addresses)}") from exc
-                hint = leader_hint(exc)
-                if hint and hint != self.address:
-                    self._use_address(hint)
-                else:
-                    self._next_address()
+                self._follow_hint(exc)
             finally:
                 stream.cancel()
         yield from self.watch(run_id, summary_only=summary_only, results_on_end=results_on_end)
