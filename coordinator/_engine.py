@@ -27,6 +27,7 @@ from ._events import (
     CancelAttempts,
     DrainWorker,
     Event,
+    ResetWorker,
     RunRecord,
     RunRestored,
     RunSubmitted,
@@ -69,6 +70,8 @@ class _Session:
 
     worker_id: str
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
+    #: Set when the engine ends this stream on purpose: the status the worker is told.
+    reset_reason: str = ""
 
 
 class Engine:
@@ -262,6 +265,11 @@ class Engine:
                 )
             elif isinstance(action, DrainWorker):
                 self._send(action.worker_id, worker_pb2.CoordinatorMessage(drain=worker_pb2.Drain()))
+            elif isinstance(action, ResetWorker):
+                session = self.sessions.get(action.worker_id)
+                if session is not None:
+                    session.reset_reason = action.reason
+                    session.outbox.put_nowait(None)  # its stream ends; the worker registers again
         if batches and not self._dispatched_any:
             # Failover time is measured from a kill to this line of the new leader.
             self._dispatched_any = True

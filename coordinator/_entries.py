@@ -149,7 +149,7 @@ class RunEntry:
 class WorkerEntry:
     __slots__ = (
         "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
-        "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit",
+        "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit", "reset_sent",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, now: float):
@@ -169,3 +169,4 @@ class WorkerEntry:
         self.metrics = None
         self.avg_task_s: float | None = None  # moving average of its tasks' run time
         self.credit = 0  # slots plus the prefetch it gets now
+        self.reset_sent = False  # lost, then heard from: told to register again (once)

@@ -33,6 +33,7 @@ __all__ = [
     "Assign",
     "CancelAttempts",
     "DrainWorker",
+    "ResetWorker",
     "task_info",
 ]
 
@@ -195,6 +196,19 @@ class CancelAttempts(Action):
 @dataclass(frozen=True, slots=True)
 class DrainWorker(Action):
     worker_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResetWorker(Action):
+    """End the worker's stream so it registers again, reporting what it holds.
+
+    Sent when a worker presumed lost turns out to be alive (it was paused, or its network
+    stalled past the heartbeat deadline): its attempts were already requeued, so it must
+    come back as a new registration, with its stale attempts fenced.
+    """
+
+    worker_id: str
+    reason: str
 
 
 def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.TaskInfo:

@@ -232,6 +232,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 if message is None:
                     break
                 yield message
+            if session.reset_reason:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, session.reset_reason)
         finally:
             reader.cancel()
             try:

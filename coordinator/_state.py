@@ -60,6 +60,7 @@ from ._events import (
     HeartbeatReceived,
     RunRecord,
     RunRestored,
+    ResetWorker,
     RunSubmitted,
     TaskFailed,
     TaskRecord,
@@ -163,6 +164,7 @@ class SchedulerState:
                 worker = self.workers.get(event.worker_id)
                 if worker is not None:
                     self._unhold(worker, event.attempt)
+                    self._heard_from(worker, out)
                 self._requeue(event.attempt, event.now, out, reason=f"released by worker {event.worker_id}")
             case HeartbeatReceived():
                 self._on_heartbeat(event, out)
@@ -254,10 +256,17 @@ class SchedulerState:
         worker.connected, worker.last_seen, worker.state = True, ev.now, "ready"
         worker.sent_code = set()  # a reconnecting worker may be a new process with an empty cache
         self._index_worker(worker)
+        stale: list[AttemptKey] = []
         for key in ev.running:  # attempts it still runs after a coordinator restart or a blip
             task = self._current(key)
             if task is not None and task.state in _ACTIVE:
                 worker.assigned.setdefault(key, ev.now)
+            elif recovered_task(key[1]) is None:
+                # Superseded while the worker was away (it was presumed lost, or the run
+                # ended): its result would be dropped as stale, so free the slot now.
+                stale.append(key)
+        if stale:
+            out.append(CancelAttempts(worker.worker_id, tuple(stale)))
         for key in worker.assigned:  # charge what it holds (restored attempts included)
             task = self._current(key)
             if task is not None:
@@ -267,7 +276,10 @@ class SchedulerState:
 
     def _on_heartbeat(self, ev: HeartbeatReceived, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
-        if worker is None or worker.state == "lost":
+        if worker is None:
+            return
+        if worker.state == "lost":
+            self._heard_from(worker, out)
             return
         worker.last_seen = ev.now
         worker.metrics = ev.metrics
@@ -285,7 +297,23 @@ class SchedulerState:
                 self._unhold(worker, key)
                 self._requeue(key, ev.now, out, reason="not held by its worker")
 
+    def _heard_from(self, worker: WorkerEntry, out: list[Action]) -> None:
+        """A worker we gave up on is alive after all: make it register again.
+
+        Its attempts were requeued when it was lost, so its stream cannot simply carry
+        on. Ending the stream makes the worker register afresh, reporting what it holds;
+        a result of an attempt that was superseded is then fenced as stale, and the
+        attempts themselves are cancelled (see ``_on_worker_connected``).
+        """
+        if worker.state == "lost" and not worker.reset_sent:
+            worker.reset_sent = True
+            log.warning("lost worker %s (%s) is alive again; asking it to register again", worker.name, worker.worker_id)
+            out.append(ResetWorker(worker.worker_id, f"worker {worker.name} was presumed lost; register again"))
+
     def _on_started(self, ev: TaskStarted, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is not None and worker.state == "lost":
+            self._heard_from(worker, out)
         task = self._current(ev.attempt)
         if task is None or task.state != pb.ASSIGNED:
             return
@@ -329,6 +357,7 @@ class SchedulerState:
             self._unhold(worker, ev.attempt)
             worker.last_seen = ev.now
             self._learn_duration(worker, ev)
+            self._heard_from(worker, out)
         recovering = recovered_task(ev.attempt[1])
         if recovering is not None:
             self._on_recovery_result(ev, recovering, out)

@@ -18,6 +18,7 @@ from xpipe.coordinator._events import (
     HeartbeatReceived,
     RunRecord,
     RunRestored,
+    ResetWorker,
     RunSubmitted,
     TaskFailed,
     TaskRecord,
@@ -212,6 +213,44 @@ def test_stale_result_from_lost_worker_is_dropped_and_completion_recorded_once()
     assert len(succeeded) == 1
     s.handle(ok(second.attempt, "w2", now=12.5))  # a duplicate of the same event
     assert s.stale_results == 2
+
+
+def test_lost_worker_heard_from_again_is_reset_then_registers_and_gets_work():
+    """A paused worker (SIGSTOP past the deadline, then SIGCONT) is used again."""
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0, validate=True)
+    connect(s, "w1")
+    connect(s, "w2")
+    submit(s, {"a": [], "b": []})
+    first = {a.attempt[1]: a for a in assigns(s.schedule(0.0))}
+    s.handle(HeartbeatReceived(9.0, "w2", tuple(a.attempt for a in first.values() if a.worker_id == "w2")))
+    s.handle(Tick(10.5))  # w1 silent since 0.0: lost, its attempt requeued
+    assert s.workers["w1"].state == "lost"
+    out = s.handle(HeartbeatReceived(11.0, "w1", tuple(a.attempt for a in first.values() if a.worker_id == "w1")))
+    assert out == [ResetWorker("w1", "worker w1 was presumed lost; register again")]
+    # More word from the same stream before it closes: told once only.
+    assert s.handle(HeartbeatReceived(11.1, "w1")) == []
+    lost_attempt = next(a.attempt for a in first.values() if a.worker_id == "w1")
+    assert s.handle(TaskStarted(11.2, "w1", lost_attempt, 11.2)) == []
+    # It registers again, still running its superseded attempt: that attempt is cancelled.
+    s.handle(WorkerDisconnected(11.3, "w1"))
+    out = connect(s, "w1", now=11.4, running=(lost_attempt,))
+    assert CancelAttempts("w1", (lost_attempt,)) in out
+    assert s.workers["w1"].state == "ready" and s.workers["w1"].connected
+    # And it gets work again.
+    submit(s, {"c": []}, now=11.5, run_id="r2")
+    placed = {a.worker_id for a in assigns(s.schedule(11.5))}
+    assert "w1" in placed
+
+
+def test_result_from_a_lost_worker_resets_it_and_is_fenced():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0, validate=True)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (first,) = assigns(s.schedule(0.0))
+    s.handle(Tick(10.5))
+    out = s.handle(ok(first.attempt, "w1", now=11.0))
+    assert [a for a in out if isinstance(a, ResetWorker)] == [ResetWorker("w1", "worker w1 was presumed lost; register again")]
+    assert s.stale_results == 1 and states(s)["a"] == "READY"
 
 
 def test_cancel_cancels_everything_and_tells_workers():
