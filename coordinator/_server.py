@@ -459,6 +459,8 @@ class Coordinator:
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
         self.store_recoveries = 0
+        self._recovered_at = -1e9
+        self._fault_attempts = 0
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -579,9 +581,13 @@ class Coordinator:
         await failed.stop()  # worker streams and watches end; they come back to the fresh engine
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         log.error("the store refuses writes; taking no work until it accepts one again: %s", fault)
-        attempt = 0
+        # A fresh engine that failed again soon after goes on with the same backoff: a probe
+        # may fit where the resumed runs' commits do not.
+        now = time.monotonic()
+        attempt = self._fault_attempts if now - self._recovered_at < 30.0 else 0
         while True:
             attempt += 1
+            self._fault_attempts = attempt
             # 0.2 s doubling up to 5 s, jittered: a freed disk is noticed within seconds.
             await asyncio.sleep(backoff_delay_s(pb.BACKOFF_EXPONENTIAL, 0.2, attempt, max_retry_delay_s=5.0, jitter=0.2))
             try:
@@ -595,6 +601,7 @@ class Coordinator:
             break
         self.engine = engine
         self.store_recoveries += 1
+        self._recovered_at = time.monotonic()
         await placeholder.stop()
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.warning("the store accepts writes again; resumed %d runs (recovery %d)", len(engine.state.runs),

@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 PRIVATE_FILE_MODE = 0o600
 #: Mode of directories the coordinator creates for its data and artifacts.
 PRIVATE_DIR_MODE = 0o700
+#: Bytes :meth:`SQLiteStore.probe` writes to learn that the disk has room again.
+PROBE_BYTES = 256 * 1024
 #: Version of the SQLite schema, written to the manifest.
 SCHEMA_VERSION = 1
 
@@ -406,7 +408,8 @@ class SQLiteStore(Store):
         db = self._db
         assert db is not None
         try:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('probed_at', ?)", (repr(time.time()),))
+            # Room for a row is not room for a commit: ask for PROBE_BYTES, rewritten each time.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', zeroblob(?))", (PROBE_BYTES,))
         except sqlite3.Error as exc:
             raise StoreFault.wrap(exc, str(self.path)) from exc
 
