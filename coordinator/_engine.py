@@ -76,7 +76,7 @@ class EngineConfig:
 #: Memory a task of a finished run costs beyond its spec's and result's bytes: its
 #: TaskEntry, its TaskSpec message object, dependency lists and request. Measured on
 #: 20,000-task no-op runs (see ``bench`` notes in docs/performance.md).
-TASK_OVERHEAD_BYTES = 1500
+TASK_OVERHEAD_BYTES = 1900
 
 
 def estimate_run_bytes(run) -> int:
