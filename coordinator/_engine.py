@@ -246,6 +246,7 @@ class Engine:
                 # The turn's actions are not carried out: memory is ahead of the store now.
                 self.error = exc
                 if isinstance(exc, StoreFault):
+                    self.fault = exc  # submits and workers that come before the supervisor are refused too
                     log.error("store commit failed; this engine stops: %s", exc)
                 else:
                     log.critical("engine turn failed; coordinator cannot go on", exc_info=True)

@@ -83,7 +83,8 @@ def test_a_full_disk_is_refused_with_its_cause_and_the_coordinator_recovers_by_i
 
             # Up, answering reads from the store, refusing writes until there is room again.
             assert cluster.coordinator.alive()
-            assert _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING
+            eventually(lambda: _health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING, timeout_s=5,
+                       message="health NOT_SERVING while the store refuses writes")  # fmt: skip
             listed = stub.ListRuns(pipeline_pb2.ListRunsRequest(), timeout=5).runs
             assert [r.pipeline for r in listed] == ["before"]  # the refused run was never recorded
             assert _run_state(stub, before) == pb.RUN_SUCCEEDED
