@@ -195,3 +195,29 @@ def test_a_bug_handling_a_worker_event_drops_that_event_only(tmp_path):
         assert _state_of(engine, good) == pb.RUN_SUCCEEDED
 
     asyncio.run(_with_engine(tmp_path, "heartbeat", body))
+
+
+def test_finished_runs_in_memory_are_bounded_by_estimated_bytes(tmp_path):
+    """Past the byte budget the oldest finished runs leave memory; reads then come from the store."""
+
+    async def scenario():
+        store = SQLiteStore(tmp_path / "xpipe.db")
+        await store.open()
+        one_run = 3 * 1900 + 200  # about what estimate_run_bytes gives a 3-task run
+        engine = Engine(store, EngineConfig(tick_interval_s=0.02, finished_runs_memory_bytes=2 * one_run))
+        await engine.start()
+        try:
+            h = Harness(engine)
+            ids = []
+            for i in range(4):
+                ids.append(await engine.submit(_spec(f"p{i}")))
+                await h.until(lambda: ids[-1] in engine._finished)
+            assert [r for r in ids if r in engine.state.runs] == ids[-2:]
+            assert engine._finished_bytes <= 2 * one_run
+            info = await engine.run_info(ids[0], include_results=False)
+            assert info.summary.state == pb.RUN_SUCCEEDED and len(info.tasks) == 3
+        finally:
+            await engine.stop()
+            await store.close()
+
+    asyncio.run(scenario())
