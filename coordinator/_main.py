@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ._engine import EngineConfig
 from ._server import Coordinator, write_ready_file
-from ._store import open_store
+from ._store import StoreError, make_private_dir, open_store
 
 log = logging.getLogger("xpipe.coordinator")
 
@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="./xpipe-data", type=Path, help="directory for the store and artifacts")
     p.add_argument("--store", default="sqlite",
                    help="'sqlite' (default, in --data-dir), 'sqlite:///PATH', or 'etcd://HOST:PORT[,HOST:PORT...]' (HA)")
+    p.add_argument("--accept-empty-store", action="store_true",
+                   help="start although the SQLite database its manifest names is missing or empty "
+                        "(its history is lost; the manifest is rewritten)")
     p.add_argument("--cluster", default="default", help="etcd store: cluster name (keys under /xpipe/NAME/)")
     p.add_argument("--lease-ttl-s", type=int, default=3,
                    help="etcd store: leader lease TTL; a dead leader is replaced about this long after")
@@ -46,7 +49,10 @@ async def _serve(opts: argparse.Namespace) -> int:
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     try:
-        store = open_store(opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir)
+        store = open_store(
+            opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir,
+            accept_empty_store=opts.accept_empty_store,
+        )  # fmt: skip
         election = None
         if opts.store.startswith("etcd://"):
             from ._leader import LeaderElection
@@ -55,7 +61,7 @@ async def _serve(opts: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
-    artifact_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
         prefetch=opts.prefetch,
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
@@ -67,7 +73,13 @@ async def _serve(opts: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await coordinator.start()
+    try:
+        await coordinator.start()
+    except StoreError as exc:
+        # One line naming the file and the way out, not a traceback: an operator reads it.
+        await coordinator.stop()
+        print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
+        return 2
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
@@ -76,7 +88,8 @@ async def _serve(opts: argparse.Namespace) -> int:
     done, _ = await asyncio.wait({engine_failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if engine_failed in done:
-        log.critical("engine stopped: %r", coordinator.engine.error)
+        exc = engine_failed.exception() if not engine_failed.cancelled() else None
+        log.critical("engine stopped: %r", exc or coordinator.engine.error)
         code = 1
     stopper.cancel()
     await coordinator.stop()

@@ -18,7 +18,9 @@ from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_g
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
 
-from ._engine import Engine, EngineConfig
+from xpipe._policies import backoff_delay_s
+
+from ._engine import Engine, EngineConfig, InternalError
 from ._events import (
     CancelRequested,
     DrainRequested,
@@ -32,7 +34,7 @@ from ._events import (
     task_info,
 )
 from ._state import TERMINAL_RUN_STATES
-from ._store import Store
+from ._store import Store, StoreFault
 
 if TYPE_CHECKING:
     from ._leader import LeaderElection
@@ -56,6 +58,25 @@ def _key(ref: worker_pb2.AttemptRef) -> tuple[str, str, int]:
     return (ref.run_id, ref.task, ref.attempt)
 
 
+async def _abort_store_fault(context, fault: StoreFault) -> None:
+    """A write the store refused: RESOURCE_EXHAUSTED for a full disk, else UNAVAILABLE; retry later."""
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED if fault.disk_full else grpc.StatusCode.UNAVAILABLE
+    await context.abort(code, f"{fault}; nothing was recorded, retry once the store accepts writes again")
+
+
+async def _submit(engine: Engine, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
+    """Submit and map what can go wrong to one status code each."""
+    try:
+        return await engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
+    except PipelineValidationError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except StoreFault as exc:
+        await _abort_store_fault(context, exc)
+    except InternalError as exc:
+        await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+    raise AssertionError("unreachable: context.abort raises")
+
+
 class _UsesEngine:
     """Servicers look the engine up per call: an HA coordinator gets a fresh engine each term."""
 
@@ -71,10 +92,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         self.c = coordinator
 
     async def SubmitPipeline(self, request, context):
-        try:
-            run_id = await self.engine.submit(request.pipeline, idempotency_key=request.idempotency_key)
-        except PipelineValidationError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        run_id = await _submit(self.engine, request, context)
         return pipeline_pb2.SubmitPipelineResponse(run_id=run_id)
 
     async def GetRun(self, request, context):
@@ -109,19 +127,17 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             return pipeline_pb2.CancelRunResponse(cancelled=False)
         if run.state in TERMINAL_RUN_STATES:
             return pipeline_pb2.CancelRunResponse(cancelled=False)
+        if self.engine.fault is not None:
+            await _abort_store_fault(context, self.engine.fault)
         self.engine.post(CancelRequested(time.time(), request.run_id))
         return pipeline_pb2.CancelRunResponse(cancelled=True)
 
     async def WatchRun(self, request, context):
         run_id = request.run_id
         if request.HasField("submit"):
-            try:
-                run_id = await self.engine.submit(
-                    request.submit.pipeline, idempotency_key=request.submit.idempotency_key
-                )
-            except PipelineValidationError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        run = self.engine.state.runs.get(run_id)
+            run_id = await _submit(self.engine, request.submit, context)
+        engine = self.engine
+        run = engine.state.runs.get(run_id)
         if run is None:
             info = await self.engine.run_info(run_id, include_results=request.results_on_end)
             if info is None:
@@ -147,8 +163,9 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                 self.c.name_workers(event.changed)
                 yield event
                 event = await queue.get()
-                if event is None:  # the coordinator is stopping
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down")
+                if event is None:  # the engine stopped: the coordinator is stopping, or its store failed
+                    why = f"{engine.error}; watch again" if isinstance(engine.error, StoreFault) else "coordinator is shutting down"
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, why)
                 # Coalesce what piled up while the client was slow.
                 while not queue.empty():
                     more = queue.get_nowait()
@@ -194,7 +211,10 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         if problem:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         engine = self.engine
-        session = engine.connect_worker(reg.worker_id)
+        try:
+            session = engine.connect_worker(reg.worker_id)
+        except StoreFault as exc:  # the worker keeps its outcomes and comes back later
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"coordinator cannot take work: {exc}")
         engine.post(
             WorkerConnected(
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
@@ -435,7 +455,14 @@ class Coordinator:
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        self._health_names: list[str] = []
         self._stopped = asyncio.Event()
+        #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
+        self._supervisor: asyncio.Task | None = None
+        #: Fresh engines built after the store refused writes and then took them again.
+        self.store_recoveries = 0
+        self._recovered_at = -1e9
+        self._fault_attempts = 0
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -484,10 +511,11 @@ class Coordinator:
             await self.engine.start()
         await server.start()
         self._server = server
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        for name in names[:3]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.election is not None:
+        self._health_names = ["", *names[:3]]
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        if self.election is None:
+            self._supervisor = asyncio.create_task(self._supervise(), name="xpipe-supervisor")
+        else:
             self.election.address = self.election.address or self.address
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._step_down), name="xpipe-election")
         log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
@@ -503,6 +531,9 @@ class Coordinator:
             if self._election_task is not None:
                 self.election.stop()  # steps down (stopping the engine) and revokes the lease
                 await asyncio.gather(self._election_task, return_exceptions=True)
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                await asyncio.gather(self._supervisor, return_exceptions=True)
             await self.engine.stop()
             await self._server.stop(grace_s)
         await self.store.close()
@@ -522,6 +553,62 @@ class Coordinator:
         engine, self.engine = self.engine, Engine(self.store, self.config)
         await engine.stop()
 
+    # ------------------------------------------------------------------ store faults
+
+    async def _set_health(self, status: int) -> None:
+        for name in self._health_names:
+            await self._health.set(name, status)
+
+    async def _supervise(self) -> None:
+        """Single node: ride out store faults; end only for what no fresh engine can fix.
+
+        A commit that failed leaves the engine's memory ahead of the store, so that engine
+        is done. Until the store takes a write again, a placeholder engine answers reads
+        from the store and refuses writes and workers with the fault; then a fresh engine
+        is built from the store exactly as a restart would, and workers reconnect to it
+        and report what they hold.
+        """
+        while True:
+            try:
+                await self.engine.wait()
+                return
+            except StoreFault as fault:
+                await self._ride_out(fault)
+
+    async def _ride_out(self, fault: StoreFault) -> None:
+        failed = self.engine
+        placeholder = Engine(self.store, self.config)
+        placeholder.fault = fault
+        self.engine = placeholder
+        await failed.stop()  # worker streams and watches end; they come back to the fresh engine
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        log.error("the store refuses writes; taking no work until it accepts one again: %s", fault)
+        # A fresh engine that failed again soon after goes on with the same backoff: a probe
+        # may fit where the resumed runs' commits do not.
+        now = time.monotonic()
+        attempt = self._fault_attempts if now - self._recovered_at < 30.0 else 0
+        while True:
+            attempt += 1
+            self._fault_attempts = attempt
+            # 0.2 s doubling up to 5 s, jittered: a freed disk is noticed within seconds.
+            await asyncio.sleep(backoff_delay_s(pb.BACKOFF_EXPONENTIAL, 0.2, attempt, max_retry_delay_s=5.0, jitter=0.2))
+            try:
+                await self.store.probe()
+                engine = Engine(self.store, self.config)
+                await engine.start()
+            except StoreFault as again:
+                placeholder.fault = again  # the latest cause is what callers are told
+                log.debug("store still refuses writes: %s", again)
+                continue
+            break
+        self.engine = engine
+        self.store_recoveries += 1
+        self._recovered_at = time.monotonic()
+        await placeholder.stop()
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.warning("the store accepts writes again; resumed %d runs (recovery %d)", len(engine.state.runs),
+                    self.store_recoveries)  # fmt: skip
+
     async def cluster_view(self) -> tuple[str, list[str], int]:
         """(leader address, member addresses, term) as this coordinator knows them."""
         if self.election is None:
@@ -531,11 +618,14 @@ class Coordinator:
     async def wait_fatal(self) -> None:
         """Return (or raise) when this coordinator cannot go on.
 
-        Without HA that is its engine failing (a store error). An HA member never gives up
-        that way: it steps down and campaigns again; only its election loop failing counts.
+        Without HA that is its engine failing in a way that is neither one run's bug
+        (contained) nor a store fault (ridden out by :meth:`_supervise`). An HA member
+        never gives up that way: it steps down and campaigns again; only its election
+        loop failing counts.
         """
         if self._election_task is None:
-            await self.engine.wait()
+            assert self._supervisor is not None, "wait_fatal() before start()"
+            await self._supervisor
         else:
             await self._election_task
 

@@ -75,13 +75,15 @@ from ._events import (
 #: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
 PREFETCH_WORK_S = 0.02
 
-__all__ = ["SchedulerState", "InvalidTransition", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
+__all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
 log = logging.getLogger(__name__)
 
 TERMINAL_TASK_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.SKIPPED, pb.CANCELLED, pb.UPSTREAM_FAILED})
 TERMINAL_RUN_STATES = frozenset({pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED})
 _ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
+#: error_type of tasks failed by :meth:`SchedulerState.fail_run`: a coordinator bug, not the task's.
+INTERNAL_ERROR = "INTERNAL"
 #: A dependency in one of these states lets its dependents run (a skipped one passes None).
 _SATISFIED = frozenset({pb.SUCCEEDED, pb.SKIPPED})
 
@@ -149,10 +151,15 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ events
 
-    def handle(self, event: Event) -> list[Action]:
-        """Apply one event; return the actions the shell must carry out, in order."""
+    def handle(self, event: Event, out: list[Action] | None = None) -> list[Action]:
+        """Apply one event; return the actions the shell must carry out, in order.
+
+        Actions are appended to ``out`` when given, so a caller that catches an exception
+        still has the actions of the changes made before it (see :meth:`fail_run`).
+        """
         self.recent.append(event)
-        out: list[Action] = []
+        if out is None:
+            out = []
         match event:
             case TaskSucceeded():
                 self._on_result(event, out)
@@ -627,7 +634,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ scheduling
 
-    def schedule(self, now: float) -> list[Action]:
+    def schedule(self, now: float, out: list[Action] | None = None) -> list[Action]:
         """Place ready tasks on workers with credit and free resources; see ``_placement``.
 
         Ready tasks go in order of priority, then critical-path length, then FIFO. A task
@@ -635,7 +642,8 @@ class SchedulerState:
         worker could ever fit fails with RESOURCE_EXHAUSTION (after the run's
         ``wait_for_resources_s``).
         """
-        out: list[Action] = []
+        if out is None:
+            out = []
         if self._to_judge and now >= self._settle_until:
             self._judge_ready(now, out)
         if self._recoveries:
@@ -648,27 +656,31 @@ class SchedulerState:
             task = run.tasks.get(entry[4]) if run else None
             if task is None or task.state != pb.READY:
                 continue  # cancelled or already handled: lazy deletion
-            if task.circuit and self.breakers.state(task.circuit, now) == OPEN:
-                self._fail_circuit_open(run, task, now, out)
-                continue
-            worker_id = None
-            if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
-                spec = task.spec
-                kind = spec.WhichOneof("kind")
-                worker_id = index.pick(
-                    task.request, strategy=run.strategy, handler=spec.handler.name if kind == "handler" else "",
-                    needs_pickled=kind == "python" and bool(spec.python.code_hash),
-                )  # fmt: skip
-            if worker_id is None:
-                deferred.append(entry)
-                if len(deferred) >= 1024:
-                    break
-                continue
-            # Asked only once a worker is found: a half-open circuit's one probe must run.
-            if task.circuit and not self.breakers.allow(task.circuit, now):
-                self._fail_circuit_open(run, task, now, out)
-                continue
-            self._assign(run, task, self.workers[worker_id], now, out)
+            try:  # free unless raised (3.11): a bug placing one task fails its run, not the loop
+                if task.circuit and self.breakers.state(task.circuit, now) == OPEN:
+                    self._fail_circuit_open(run, task, now, out)
+                    continue
+                worker_id = None
+                if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
+                    spec = task.spec
+                    kind = spec.WhichOneof("kind")
+                    worker_id = index.pick(
+                        task.request, strategy=run.strategy, handler=spec.handler.name if kind == "handler" else "",
+                        needs_pickled=kind == "python" and bool(spec.python.code_hash),
+                    )  # fmt: skip
+                if worker_id is None:
+                    deferred.append(entry)
+                    if len(deferred) >= 1024:
+                        break
+                    continue
+                # Asked only once a worker is found: a half-open circuit's one probe must run.
+                if task.circuit and not self.breakers.allow(task.circuit, now):
+                    self._fail_circuit_open(run, task, now, out)
+                    continue
+                self._assign(run, task, self.workers[worker_id], now, out)
+            except Exception as exc:
+                log.exception("run %s: internal error while scheduling task %r", run.run_id, task.name)
+                out.extend(self.fail_run(run.run_id, f"internal error while scheduling task {task.name!r}: {exc!r}", now))
         for entry in deferred:
             heapq.heappush(self._ready, entry)
         return out
@@ -834,6 +846,46 @@ class SchedulerState:
     @staticmethod
     def _run_record(run: RunEntry, spec: pb.PipelineSpec | None = None) -> RunRecord:
         return RunRecord(run.run_id, run.name, run.state, run.created_at, run.finished_at, len(run.tasks), spec)
+
+    # ------------------------------------------------------------------ containment
+
+    def fail_run(self, run_id: str, reason: str, now: float) -> list[Action]:
+        """Force a run to RUN_FAILED after a bug while handling it; return what to record and cancel.
+
+        An exception may have left the run half-changed (a task moved, its counters or a
+        worker's hold not yet), so nothing here trusts the counters or the transition
+        table: every unfinished task is FAILED with an ``INTERNAL`` error naming
+        ``reason``, every attempt of the run that a worker holds is released and
+        cancelled, and the counters are recounted. The records cover every task of the
+        run and the run header with its spec, so the store ends up equal to memory
+        whatever records the failed step lost. A run that is unknown yields nothing.
+        """
+        run = self.runs.get(run_id)
+        if run is None:
+            return []
+        out: list[Action] = []
+        for worker in self.workers.values():
+            keys = [key for key in worker.assigned if key[0] == run_id]
+            for key in keys:
+                self._unhold(worker, key)
+            if keys and worker.connected:
+                out.append(CancelAttempts(worker.worker_id, tuple(keys)))
+        run.recovering.clear()
+        run.inflight = 0
+        run.used.clear()
+        run.terminal = run.succeeded = run.failed = 0
+        for task in run.tasks.values():
+            if task.state not in TERMINAL_TASK_STATES:
+                task.state = pb.FAILED
+                task.error = pb.TaskError(error_type=INTERNAL_ERROR, message=reason, non_retryable=True)
+                task.finished_at = now
+            self._count_terminal(run, task)
+        if run.state not in TERMINAL_RUN_STATES:
+            run.state = pb.RUN_FAILED
+            run.finished_at = now
+        out.extend(self.iter_records(run_id))
+        out.append(self._run_record(run, spec=run.spec))
+        return out
 
     # ------------------------------------------------------------------ queries
 

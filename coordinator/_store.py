@@ -6,13 +6,27 @@ until that call returns. The SQLite store runs in WAL mode with ``synchronous=NO
 committed transaction survives a crash or ``kill -9`` of the coordinator (it is in the
 WAL file); only a power loss can lose the last few. ``synchronous="FULL"`` makes every
 commit fsync as well, at a cost measured in ``bench/``.
+
+A store fails safe. Beside ``xpipe.db`` a manifest (``xpipe.db.manifest``) records that a
+store was made there, so a database that later goes missing or is truncated to zero
+bytes is refused (:class:`StoreRefused`) rather than silently started empty; a file that
+is not a readable database is refused the same way. A commit that fails (a full disk)
+raises :class:`StoreFault`, which says whether space ran out, and leaves the connection
+usable, so the coordinator can wait for space and go on. The files are private (0600,
+directories 0700): they hold every argument of every task.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
+import errno
+import json
+import logging
+import os
 import sqlite3
+import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,10 +38,92 @@ from xpipe._proto import common_pb2 as pb
 
 from ._events import RunRecord, TaskRecord
 
-__all__ = ["Store", "SQLiteStore", "StoredRun", "open_store"]
+__all__ = [
+    "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
+]  # fmt: skip
+
+log = logging.getLogger(__name__)
+
+#: Mode of every file the store creates (database, WAL, shared memory, manifest).
+PRIVATE_FILE_MODE = 0o600
+#: Mode of directories the coordinator creates for its data and artifacts.
+PRIVATE_DIR_MODE = 0o700
+#: Bytes :meth:`SQLiteStore.probe` writes to learn that the disk has room again.
+PROBE_BYTES = 256 * 1024
+#: Version of the SQLite schema, written to the manifest.
+SCHEMA_VERSION = 1
 
 _zc = zstandard.ZstdCompressor(level=3)
 _zd = zstandard.ZstdDecompressor()
+
+
+class StoreError(Exception):
+    """Root of the store's own errors."""
+
+
+class StoreRefused(StoreError):
+    """The store cannot be opened safely: its message names the file and the way out."""
+
+
+class StoreFault(StoreError):
+    """A write failed; nothing of it was committed.
+
+    Attributes:
+        disk_full: space ran out (the caller may say RESOURCE_EXHAUSTED and wait for it);
+            otherwise it was another I/O or database error (UNAVAILABLE).
+    """
+
+    def __init__(self, message: str, *, disk_full: bool):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+    @classmethod
+    def wrap(cls, exc: BaseException, where: str = "") -> StoreFault:
+        """The fault a failed write ``exc`` means, its real cause in the message."""
+        if isinstance(exc, StoreFault):
+            return exc
+        full = (
+            getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+        )
+        what = f"{type(exc).__name__}: {exc}" if not isinstance(exc, sqlite3.Error) else str(exc)
+        return cls(f"the store refused a write ({what}){f' at {where}' if where else ''}", disk_full=full)
+
+
+def make_private_dir(path: str | Path) -> Path:
+    """Create ``path`` and any missing parents with mode 0700 (umask or not); return it.
+
+    Only directories made here are chmod-ed: an existing one (``/tmp``, a shared mount)
+    is the operator's to choose.
+    """
+    path = Path(path)
+    missing = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: theirs
+        os.chmod(directory, PRIVATE_DIR_MODE)
+    return path
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, mode 0600 from the first byte."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +158,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def list_runs(self, limit: int) -> list[RunRecord]:
         """The newest ``limit`` runs, newest first."""
+
+    async def probe(self) -> None:
+        """Try a small write; raises :class:`StoreFault` while the store still refuses writes.
+
+        The coordinator calls it, with backoff, after a commit failed, to learn when it
+        may build a fresh engine from the store. The default trusts the next commit.
+        """
 
     async def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:
         """Duration history by task name: ``{name: (mean seconds, samples)}``.
@@ -103,6 +206,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     result BLOB,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
@@ -115,13 +219,24 @@ class SQLiteStore(Store):
     Reads and big commits run on one dedicated thread. Commits of a few small rows (the
     steady state) run on the event loop itself: they take tens of microseconds, less
     than the hop to the thread and back.
+
+    Args:
+        path: the database file; its manifest is ``<path>.manifest``.
+        synchronous: SQLite's ``synchronous`` pragma (``NORMAL`` or ``FULL``; ``OFF`` for tests).
+        accept_empty: start although the manifest says a store existed here and the
+            database is missing or empty (the operator accepts losing the history); the
+            manifest is rewritten. Without it, :meth:`open` raises :class:`StoreRefused`.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL"):
+    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", accept_empty: bool = False):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL"):
             raise ValueError(f"synchronous must be OFF, NORMAL or FULL, not {synchronous!r}")
         self.path = Path(path)
+        #: Where the store's identity is kept; its presence means "a store was made here".
+        self.manifest_path = self.path.with_name(self.path.name + ".manifest")
         self._synchronous = synchronous.upper()
+        #: Start on a missing or empty database even though the manifest says one existed.
+        self.accept_empty = accept_empty
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self.commits = 0
@@ -135,16 +250,72 @@ class SQLiteStore(Store):
     async def open(self) -> None:
         if self._pool is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.path.parent)
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="xpipe-sqlite")
-        await self._call(self._open_sync)
+        try:
+            await self._call(self._open_sync)
+        except BaseException:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+            raise
+
+    def _refuse_how(self) -> str:
+        return (
+            f"restore {self.path} from a backup, or, to start with an empty store and lose the history, "
+            f"move it aside and start the coordinator with --accept-empty-store"
+        )
 
     def _open_sync(self) -> None:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.executescript(_SCHEMA)
+        path = self.path
+        size = path.stat().st_size if path.exists() else -1
+        had_manifest = self.manifest_path.exists()
+        if size <= 0 and had_manifest:
+            what = "is missing" if size < 0 else "is empty (0 bytes)"
+            if not self.accept_empty:
+                raise StoreRefused(
+                    f"store database {path} {what}, but its manifest {self.manifest_path} says a store was made "
+                    f"there: refusing to start with no history; {self._refuse_how()}"
+                )
+            log.warning("store database %s %s; starting an empty store as --accept-empty-store asks", path, what)
+            self._set_aside_stale_wal()
+        new = size <= 0
+        if size < 0:  # create it private: SQLite gives its WAL and SHM files the database's mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+        for name in (path.name, path.name + "-wal", path.name + "-shm", self.manifest_path.name):
+            with_suffix = path.with_name(name)
+            if with_suffix.exists():
+                os.chmod(with_suffix, PRIVATE_FILE_MODE)
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            raise self._unreadable(exc) from exc
         self._db = db
+        if new or not had_manifest:
+            if not new:
+                log.info("store %s has no manifest (made by an older version); writing one", path)
+            manifest = {"store_id": uuid.uuid4().hex, "schema_version": SCHEMA_VERSION, "created_at": time.time()}
+            _write_private(self.manifest_path, json.dumps(manifest).encode())
+
+    def _set_aside_stale_wal(self) -> None:
+        """A WAL of the lost database must not be replayed into the new one: keep it aside."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        if wal.exists():
+            kept = wal.with_name(f"{wal.name}.orphaned-{int(time.time())}")
+            os.replace(wal, kept)
+            log.warning("the old write-ahead log was moved to %s", kept)
+        shm = self.path.with_name(self.path.name + "-shm")
+        if shm.exists():
+            shm.unlink()  # only an index of the WAL, rebuilt from it
+
+    def _unreadable(self, exc: sqlite3.DatabaseError) -> StoreError:
+        """A database error while opening or loading: corruption is refused with the way out."""
+        if getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            return StoreRefused(f"store database {self.path} is unreadable ({exc}); {self._refuse_how()}")
+        return StoreFault.wrap(exc, str(self.path))
 
     async def close(self) -> None:
         if self._pool is None:
@@ -189,8 +360,8 @@ class SQLiteStore(Store):
                 run_updates[rec.run_id] = rec
         db = self._db
         assert db is not None
-        db.execute("BEGIN")
         try:
+            db.execute("BEGIN")
             if new_runs:
                 db.executemany(
                     "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
@@ -216,14 +387,37 @@ class SQLiteStore(Store):
                     ],
                 )  # fmt: skip
             db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
+        except BaseException as exc:
+            # SQLite has already rolled back after some errors (SQLITE_FULL among them): a
+            # second ROLLBACK would fail and hide the real cause.
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback after a failed commit failed too")
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreFault.wrap(exc, str(self.path)) from exc
             raise
         self.commits += 1
         self.rows_written += len(new_runs) + len(run_updates) + len(tasks)
 
+    async def probe(self) -> None:
+        await self._call(self._probe_sync)
+
+    def _probe_sync(self) -> None:
+        db = self._db
+        assert db is not None
+        try:
+            # Room for a row is not room for a commit: ask for PROBE_BYTES, rewritten each time.
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('probe', zeroblob(?))", (PROBE_BYTES,))
+        except sqlite3.Error as exc:
+            raise StoreFault.wrap(exc, str(self.path)) from exc
+
     async def load_unfinished(self) -> list[StoredRun]:
-        return await self._call(self._load_unfinished_sync)
+        try:
+            return await self._call(self._load_unfinished_sync)
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from exc
 
     def _load_unfinished_sync(self) -> list[StoredRun]:
         db = self._db
@@ -290,13 +484,23 @@ class SQLiteStore(Store):
         return out
 
 
-def open_store(url: str, data_dir: Path, *, cluster: str = "default", artifact_dir: Path | None = None) -> Store:
+def open_store(
+    url: str,
+    data_dir: Path,
+    *,
+    cluster: str = "default",
+    artifact_dir: Path | None = None,
+    accept_empty_store: bool = False,
+) -> Store:
     """Make the store a ``--store`` URL names: ``sqlite`` (default), ``sqlite:///path`` or
-    ``etcd://host:port[,host:port...]`` (HA; keys under ``/xpipe/<cluster>/``)."""
+    ``etcd://host:port[,host:port...]`` (HA; keys under ``/xpipe/<cluster>/``).
+
+    ``accept_empty_store`` lets a SQLite store start although its database went missing
+    or empty (see :class:`SQLiteStore`)."""
     if url in ("", "sqlite"):
-        return SQLiteStore(data_dir / "xpipe.db")
+        return SQLiteStore(data_dir / "xpipe.db", accept_empty=accept_empty_store)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite://") :])
+        return SQLiteStore(url[len("sqlite://") :], accept_empty=accept_empty_store)
     if url.startswith("etcd://"):
         from ._etcd_store import EtcdStore  # only HA deployments pay for the etcd client
 
