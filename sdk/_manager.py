@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
-from ._client import Client
+from ._client import Client, check_seconds
 from ._codec import decode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
@@ -73,6 +73,10 @@ class PipelineManager:
         if ignored:
             warnings.warn(f"PipelineManager config keys {ignored} are accepted but not acted on yet", stacklevel=2)
         self.config = cfg
+        # Checked before the embedded processes start, so a bad value leaves none behind.
+        connect_timeout_s = check_seconds(
+            "connect_timeout_s", cfg.get("connect_timeout_s", connect_timeout_s), allow_none=True
+        )
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
         self.pipelines: dict[str, Pipeline] = {}
         self._local: LocalCluster | None = None
@@ -84,7 +88,7 @@ class PipelineManager:
                 imports=tuple(imports or cfg.get("imports") or ()),
             )
             coordinator = self._local.start()
-        self.client = Client(coordinator, connect_timeout_s=cfg.get("connect_timeout_s", connect_timeout_s))
+        self.client = Client(coordinator, connect_timeout_s=connect_timeout_s)
         if self._local is not None:
             try:
                 self._local.wait_for_workers(self.client)
