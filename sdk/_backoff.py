@@ -60,7 +60,8 @@ class Backoff:
         *,
         rng: random.Random | None = None,
     ):
-        for name, value in (("initial_s", initial_s), ("max_s", max_s), ("multiplier", multiplier), ("jitter", jitter)):
+        params = {"initial_s": initial_s, "max_s": max_s, "multiplier": multiplier, "jitter": jitter}
+        for name, value in params.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"Backoff {name} must be a finite number, got {value!r}")
         if initial_s <= 0:

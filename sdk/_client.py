@@ -234,12 +234,16 @@ class Client:
                 error = exc
             attempts.failed(error)
 
-    def _watch(self, request: pipeline_pb2.WatchRunRequest, *, timeout_s: Any, what: str) -> Iterator[pipeline_pb2.RunEvent]:
+    def _watch(
+        self, request: pipeline_pb2.WatchRunRequest, *, timeout_s: Any, what: str
+    ) -> Iterator[pipeline_pb2.RunEvent]:
         """Check ``timeout_s`` now, then follow the stream lazily (see :meth:`_follow_stream`)."""
         timeout_s = check_seconds("timeout_s", timeout_s, allow_none=True)
         return self._follow_stream(request, _Attempts(self, timeout_s=timeout_s, what=what))
 
-    def _follow_stream(self, request: pipeline_pb2.WatchRunRequest, attempts: _Attempts) -> Iterator[pipeline_pb2.RunEvent]:
+    def _follow_stream(
+        self, request: pipeline_pb2.WatchRunRequest, attempts: _Attempts
+    ) -> Iterator[pipeline_pb2.RunEvent]:
         """Follow a WatchRun stream, reconnecting (with the budget of ``attempts``) when it breaks.
 
         A request that submits is sent again with its idempotency key until the run's id

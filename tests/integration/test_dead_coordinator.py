@@ -152,12 +152,15 @@ def test_cli_against_a_dead_address_fails_with_one_clear_line():
         assert out.returncode == 2, out
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr
-        assert lines[0].startswith(f"xpipe {argv[0]}: CoordinatorUnavailableError: no coordinator answered at {address}")
+        expected = f"xpipe {argv[0]}: CoordinatorUnavailableError: no coordinator answered at {address}"
+        assert lines[0].startswith(expected), lines[0]
         assert 1.0 <= elapsed_s < 10.0  # the timeout plus interpreter start-up
     out = _cli("runs", "--coordinator", "no-port-here")
-    assert out.returncode == 1 and out.stderr.strip() == "xpipe runs: bad coordinator address 'no-port-here': expected HOST:PORT"
+    assert out.returncode == 1
+    assert out.stderr.strip() == "xpipe runs: bad coordinator address 'no-port-here': expected HOST:PORT"
     out = _cli("runs", "--coordinator", address, "--connect-timeout-s", "-3")
-    assert out.returncode == 2 and "--connect-timeout-s: expected a number of seconds >= 0 or 'none', got '-3'" in out.stderr
+    assert out.returncode == 2
+    assert "--connect-timeout-s: expected a number of seconds >= 0 or 'none', got '-3'" in out.stderr
 
 
 def test_wait_timeout_holds_with_no_events_and_with_the_coordinator_dead(tmp_path):
