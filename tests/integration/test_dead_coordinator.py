@@ -131,6 +131,11 @@ def test_a_call_to_a_dead_address_gives_up_after_connect_timeout_naming_it():
     assert caught.value.addresses == [address]
     assert address in str(caught.value) and "within 1s" in str(caught.value)
     assert "UNAVAILABLE" in caught.value.last_error
+    with Client(address, connect_timeout_s=1.0) as client:  # a stream that never got going, likewise
+        started = time.monotonic()
+        with pytest.raises(CoordinatorUnavailableError, match=f"no coordinator answered at {address} within 1s"):
+            next(client.watch("some-run"))
+        assert 1.0 <= time.monotonic() - started < 2.5
     with Client(address, connect_timeout_s=0) as client:  # 0: one attempt, no waiting
         started = time.monotonic()
         with pytest.raises(CoordinatorUnavailableError):
