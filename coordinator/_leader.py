@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 import grpc
 from aetcd import rpc
 
+from xpipe._backoff import Backoff
 from xpipe._proto import worker_pb2
 
 from ._etcd_store import EtcdStore, EtcdStoreError, Fence, deposed_fence
@@ -93,18 +94,17 @@ class LeaderElection:
         """Hold sessions and campaign until :meth:`stop`."""
         if not self.address:
             raise ValueError("LeaderElection.address is not set")
-        backoff = 0.1
+        backoff = Backoff(initial_s=0.1, max_s=1.0)
         while not self._stop.is_set():
             try:
                 await self._session(on_elected, on_deposed)
-                backoff = 0.1
+                backoff.reset()
             except (EtcdStoreError, grpc.aio.AioRpcError, _SessionLost) as exc:
                 log.warning("election session ended: %s", exc)
             finally:
                 await self._revoke()
             if not self._stop.is_set():
-                await self._wait_stop(backoff)
-                backoff = min(backoff * 2, 1.0)
+                await self._wait_stop(backoff.next_delay())
 
     async def _session(self, on_elected: OnElected, on_deposed: OnDeposed) -> None:
         store = self.store

@@ -1,7 +1,10 @@
 """The ``xpipe`` command: run pipelines and inspect a cluster.
 
-Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``) and ``--json``.
-``xpipe run`` without a coordinator uses the embedded default, like ``PipelineManager()``.
+Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``), ``--json`` and
+``--connect-timeout-s``. ``xpipe run`` without a coordinator uses the embedded default,
+like ``PipelineManager()``. Errors end the command with one line on stderr and a non-zero
+exit status (1: the run failed; 2: the cluster or the request; 130: interrupted), never a
+traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ from ._result import RUN_STATUS, TASK_STATUS
 from .errors import PipelineExecutionError, XpipeError
 
 __all__ = ["main"]
+
+#: Interactive commands give up on an unreachable coordinator sooner than the SDK's 30 s.
+CLI_CONNECT_TIMEOUT_S = 10.0
 
 
 def _fmt_time(ts: float) -> str:
@@ -71,7 +77,23 @@ def _client(opts):
 
     if not opts.coordinator:
         raise SystemExit(f"xpipe {opts.command}: no coordinator; pass --coordinator HOST:PORT or set XPIPE_COORDINATOR")
-    return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s)
+    try:
+        return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s)
+    except ValueError as exc:  # a malformed --coordinator
+        raise SystemExit(f"xpipe {opts.command}: {exc}") from None
+
+
+def _connect_timeout_s(text: str) -> float | None:
+    """``--connect-timeout-s``: seconds >= 0, or ``none`` to keep trying for ever."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0 or 'none', got {text!r}")
+    return value
 
 
 def _emit(opts, data: Any, text: str) -> None:
@@ -82,7 +104,11 @@ def cmd_run(opts) -> int:
     from ._manager import PipelineManager
 
     pipeline = load_pipeline(opts.target)
-    with PipelineManager(coordinator=opts.coordinator or None) as pm:
+    try:
+        pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s)
+    except ValueError as exc:  # a malformed --coordinator
+        raise SystemExit(f"xpipe run: {exc}") from None
+    with pm:
         result = pm.execute_pipeline(pipeline, monitor=not opts.json, raise_on_failure=False)
     data = {
         "run_id": result.run_id,
@@ -249,7 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--coordinator", default=os.environ.get("XPIPE_COORDINATOR", ""),
                         help="HOST:PORT[,HOST:PORT...] (default: $XPIPE_COORDINATOR)")  # fmt: skip
     common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--connect-timeout-s", type=float, default=10.0, help="how long to try unavailable coordinators")
+    common.add_argument("--connect-timeout-s", type=_connect_timeout_s, default=CLI_CONNECT_TIMEOUT_S,
+                        help=f"give up after this many seconds without reaching a coordinator "
+                             f"(default {CLI_CONNECT_TIMEOUT_S:g}; 'none': keep trying)")  # fmt: skip
     p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")
@@ -291,6 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     except XpipeError as exc:
         print(f"xpipe {opts.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"xpipe {opts.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

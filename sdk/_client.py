@@ -1,23 +1,27 @@
 """A synchronous gRPC client for the coordinator's public services.
 
 It takes a list of coordinator addresses and moves to the next one when a call finds a
-coordinator unavailable, retrying with backoff until ``connect_timeout_s`` passes, so a
-client blocked in :meth:`wait` rides through a coordinator restart. Submits carry an
+coordinator unavailable, waiting between attempts by :class:`~xpipe._backoff.Backoff`, so
+a client blocked in :meth:`Client.watch` rides through a coordinator restart or an HA
+failover without spinning. After ``connect_timeout_s`` with no coordinator answering it
+raises :class:`CoordinatorUnavailableError` naming the addresses (None: keep trying). A
+watch that was streaming and broke gets a fresh ``connect_timeout_s``. Submits carry an
 idempotency key, so a retried submit never starts a run twice.
 """
 
 from __future__ import annotations
 
 import logging
-import random
+import math
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
+from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import CoordinatorUnavailableError, from_grpc_error
 
@@ -32,8 +36,17 @@ _OPTIONS = [
     ("grpc.enable_retries", 0),
 ]
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+#: A watch stream also ends CANCELLED when its coordinator shuts down: reconnect then too.
+_STREAM_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 #: Trailing metadata in which an HA follower names the leader (see coordinator/_leader.py).
 _LEADER_KEY = "xpipe-leader"
+#: Jumps in a row to a leader named by a follower, with no wait: members may disagree for a
+#: moment during an election, and must not bounce a client between them for ever.
+_MAX_HINT_JUMPS = 3
+#: Waits between attempts: short at first (a failover is quick), a few attempts a second
+#: at most once a coordinator stays away.
+_RECONNECT_INITIAL_S = 0.05
+_RECONNECT_MAX_S = 2.0
 
 
 def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
@@ -65,19 +78,113 @@ def leader_hint(exc: grpc.RpcError) -> str:
     return ""
 
 
+def check_seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
+    """``value`` as finite seconds >= 0 (or None where that means "no limit").
+
+    Raises:
+        ValueError: anything else, naming ``name`` and the value.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        forever = " (None waits for ever)" if allow_none else ""
+        raise ValueError(f"{name} must be a finite number of seconds >= 0{forever}, got {value!r}")
+    return float(value)
+
+
+def _describe(exc: grpc.RpcError) -> str:
+    return f"{exc.code().name}: {exc.details()}"
+
+
+class _Attempts:
+    """One operation's attempts to reach a coordinator: its deadlines, backoff and hint jumps.
+
+    ``connect_timeout_s`` runs from the start, and again from each :meth:`answered`, so a
+    watch that streamed and then broke gets the whole budget to reconnect. ``until`` is the
+    caller's own deadline (``wait(timeout_s=...)``), which no reconnect extends.
+    """
+
+    __slots__ = ("client", "timeout_s", "until", "what", "backoff", "deadline", "jumps")
+
+    def __init__(self, client: Client, *, timeout_s: float | None = None, what: str = ""):
+        self.client = client
+        self.timeout_s = timeout_s
+        self.until = None if timeout_s is None else time.monotonic() + timeout_s
+        self.what = what
+        self.backoff = Backoff(initial_s=_RECONNECT_INITIAL_S, max_s=_RECONNECT_MAX_S)
+        self.answered()
+
+    def answered(self) -> None:
+        """A coordinator served us: the next failure starts a fresh budget."""
+        self.backoff.reset()
+        self.jumps = 0
+        timeout_s = self.client.connect_timeout_s
+        self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def failed(self, exc: grpc.RpcError) -> None:
+        """After a retryable failure: go to the leader a follower named, or wait and try the next address.
+
+        Raises:
+            CoordinatorUnavailableError: no coordinator answered within ``connect_timeout_s``.
+            TimeoutError: the caller's own deadline passed.
+        """
+        client = self.client
+        hint = leader_hint(exc)
+        if hint and hint != client.address and self.jumps < _MAX_HINT_JUMPS:
+            self.jumps += 1
+            client._use_address(hint)
+            return
+        self.jumps = 0
+        now = time.monotonic()
+        if self.until is not None and now >= self.until:
+            raise self.timed_out(exc) from exc
+        if self.deadline is not None and now >= self.deadline:
+            raise CoordinatorUnavailableError(
+                f"no coordinator answered at {','.join(client.addresses)} within "
+                f"{client.connect_timeout_s:g}s (last error: {_describe(exc)})",
+                addresses=list(client.addresses),
+                last_error=_describe(exc),
+            ) from exc
+        remaining = [t - now for t in (self.until, self.deadline) if t is not None]
+        delay_s = self.backoff.next_delay(remaining_s=min(remaining) if remaining else None)
+        log.debug("coordinator %s unavailable (%s); next attempt in %.2fs", client.address, _describe(exc), delay_s)
+        client._next_address()
+        time.sleep(delay_s)
+
+    def timed_out(self, exc: grpc.RpcError | None = None) -> TimeoutError:
+        message = f"{self.what} did not finish within {self.timeout_s:g}s"
+        if exc is not None and exc.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+            message += f" (coordinator {self.client.address} unreachable: {_describe(exc)})"
+        return TimeoutError(message)
+
+    def remaining_s(self) -> float | None:
+        return None if self.until is None else max(0.0, self.until - time.monotonic())
+
+
 class Client:
     """Talks to one cluster (a list of coordinators).
 
     Args:
         coordinator: ``"host:port[,host:port...]"`` or a list of them.
-        connect_timeout_s: how long a call keeps trying unavailable coordinators.
+        connect_timeout_s: how long an operation keeps trying to reach a coordinator
+            before it raises :class:`CoordinatorUnavailableError` (default 30 s); None
+            keeps trying for ever.
         call_timeout_s: deadline of each unary call.
+
+    Raises:
+        ValueError: a malformed address or timeout (the message names it).
     """
 
-    def __init__(self, coordinator: str | Sequence[str], *, connect_timeout_s: float = 30.0, call_timeout_s: float = 30.0):
+    def __init__(
+        self,
+        coordinator: str | Sequence[str],
+        *,
+        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        call_timeout_s: float = 30.0,
+    ):
         self.addresses = parse_addresses(coordinator)
-        self.connect_timeout_s = connect_timeout_s
-        self.call_timeout_s = call_timeout_s
+        self.connect_timeout_s = check_seconds("connect_timeout_s", connect_timeout_s, allow_none=True)
+        self.call_timeout_s = check_seconds("call_timeout_s", call_timeout_s, allow_none=False)
         self._index = 0
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -111,46 +218,65 @@ class Client:
                 self.addresses.append(address)
             self._index = self.addresses.index(address)
 
-    def _follow_hint(self, exc: grpc.RpcError) -> None:
-        """After a broken stream: go to the leader a follower named, else the next address."""
-        hint = leader_hint(exc)
-        if hint and hint != self.address:
-            self._use_address(hint)
-        else:
-            self._next_address()
-
     @property
     def address(self) -> str:
         """The coordinator currently in use."""
         return self.addresses[self._index]
 
     def _call(self, fn: Callable[[pipeline_pb2_grpc.PipelineServiceStub, admin_pb2_grpc.AdminServiceStub], T]) -> T:
-        deadline = time.monotonic() + self.connect_timeout_s
-        backoff = 0.05
-        jumps = 0
+        attempts = _Attempts(self)
         while True:
             try:
                 return fn(*self._stubs())
             except grpc.RpcError as exc:
-                if exc.code() not in _RETRYABLE or time.monotonic() >= deadline:
-                    if exc.code() in _RETRYABLE:
-                        raise CoordinatorUnavailableError(
-                            f"no coordinator answered at {','.join(self.addresses)} within "
-                            f"{self.connect_timeout_s:.0f}s: {exc.details()}"
-                        ) from exc
+                if exc.code() not in _RETRYABLE:
                     raise from_grpc_error(exc) from exc
-                log.debug("coordinator %s unavailable (%s); trying again", self.address, exc.details())
-                hint = leader_hint(exc)
-            # A follower named the leader: go straight there (a few times in a row at most, in
-            # case members disagree for a moment during an election).
-            if hint and hint != self.address and jumps < 3:
-                jumps += 1
-                self._use_address(hint)
-                continue
-            jumps = 0
-            self._next_address()
-            time.sleep(min(backoff * (0.5 + random.random()), max(0.0, deadline - time.monotonic())))
-            backoff = min(backoff * 2, 1.0)
+                error = exc
+            attempts.failed(error)
+
+    def _watch(
+        self, request: pipeline_pb2.WatchRunRequest, *, timeout_s: Any, what: str
+    ) -> Iterator[pipeline_pb2.RunEvent]:
+        """Check ``timeout_s`` now, then follow the stream lazily (see :meth:`_follow_stream`)."""
+        timeout_s = check_seconds("timeout_s", timeout_s, allow_none=True)
+        return self._follow_stream(request, _Attempts(self, timeout_s=timeout_s, what=what))
+
+    def _follow_stream(
+        self, request: pipeline_pb2.WatchRunRequest, attempts: _Attempts
+    ) -> Iterator[pipeline_pb2.RunEvent]:
+        """Follow a WatchRun stream, reconnecting (with the budget of ``attempts``) when it breaks.
+
+        A request that submits is sent again with its idempotency key until the run's id
+        is known; after that a reconnect watches that run.
+        """
+        while True:
+            stream = self._stubs()[0].WatchRun(request, timeout=attempts.remaining_s())
+            streamed = False
+            run_id = ""
+            try:
+                for event in stream:
+                    streamed = True
+                    run_id = event.summary.run_id
+                    yield event
+                return
+            except grpc.RpcError as exc:
+                # Only the caller's timeout_s puts a deadline on the stream.
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and attempts.until is not None:
+                    raise attempts.timed_out() from exc
+                if exc.code() not in _STREAM_RETRYABLE:
+                    raise from_grpc_error(exc) from exc
+                log.info("%s: watch interrupted (%s); reconnecting", attempts.what, _describe(exc))
+                error = exc
+            finally:
+                stream.cancel()
+            if streamed:
+                attempts.answered()
+                if request.HasField("submit") and run_id:  # submitted: follow it like any other run
+                    request = pipeline_pb2.WatchRunRequest(
+                        run_id=run_id, summary_only=request.summary_only, results_on_end=request.results_on_end
+                    )
+                    attempts.what = f"run {run_id}"
+            attempts.failed(error)
 
     # ------------------------------------------------------------------ API
 
@@ -183,63 +309,46 @@ class Client:
         return {name: (s.mean_duration_s, s.samples) for name, s in reply.stats.items()}
 
     def watch(
-        self, run_id: str, *, summary_only: bool = False, results_on_end: bool = False
+        self,
+        run_id: str,
+        *,
+        summary_only: bool = False,
+        results_on_end: bool = False,
+        timeout_s: float | None = None,
     ) -> Iterator[pipeline_pb2.RunEvent]:
         """Yield the run's state, then its changes, until it ends; reconnects on failover.
 
         After a reconnect the first event again carries every task, so a consumer that
         keeps a name -> state map stays right. ``summary_only`` leaves out task changes;
         ``results_on_end`` makes the final event carry every task with its result.
+
+        Raises:
+            TimeoutError: ``timeout_s`` passed before the run ended (it goes on).
+            CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
         request = pipeline_pb2.WatchRunRequest(run_id=run_id, summary_only=summary_only, results_on_end=results_on_end)
-        while True:
-            stream = self._call(lambda p, a: p.WatchRun(request))
-            try:
-                for event in stream:
-                    yield event
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    raise from_grpc_error(exc) from exc
-                log.info("watch of run %s interrupted (%s); reconnecting", run_id, exc.code().name)
-                self._follow_hint(exc)
-            finally:
-                stream.cancel()
+        return self._watch(request, timeout_s=timeout_s, what=f"run {run_id}")
 
     def submit_and_watch(
-        self, spec: common_pb2.PipelineSpec, *, summary_only: bool = False, results_on_end: bool = False
+        self,
+        spec: common_pb2.PipelineSpec,
+        *,
+        summary_only: bool = False,
+        results_on_end: bool = False,
+        timeout_s: float | None = None,
     ) -> Iterator[pipeline_pb2.RunEvent]:
         """Submit a pipeline and follow its run in one call (one round trip fewer).
 
         The first event's ``summary.run_id`` names the run. A retry after a lost answer
         carries the same idempotency key, so the run is never started twice; once the run
-        id is known, a broken stream continues as :meth:`watch`.
+        id is known, a broken stream continues as :meth:`watch`. Raises as :meth:`watch`.
         """
         request = pipeline_pb2.WatchRunRequest(
             submit=pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex),
             summary_only=summary_only,
             results_on_end=results_on_end,
         )
-        deadline = time.monotonic() + self.connect_timeout_s
-        while True:
-            stream = self._call(lambda p, a: p.WatchRun(request))
-            run_id = ""
-            try:
-                for event in stream:
-                    run_id = event.summary.run_id
-                    yield event
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-                    raise from_grpc_error(exc) from exc
-                if run_id:
-                    break  # submitted: follow it like any other run
-                if time.monotonic() > deadline:
-                    raise CoordinatorUnavailableError(f"could not submit to {','.join(self.addresses)}") from exc
-                self._follow_hint(exc)
-            finally:
-                stream.cancel()
-        yield from self.watch(run_id, summary_only=summary_only, results_on_end=results_on_end)
+        return self._watch(request, timeout_s=timeout_s, what=f"run of pipeline {spec.name!r}")
 
     def list_workers(self) -> list[admin_pb2.WorkerInfo]:
         return list(self._call(lambda p, a: a.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=self.call_timeout_s)).workers)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from ._client import Client
+from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
+from ._client import Client, check_seconds
 from ._codec import decode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
@@ -43,6 +43,10 @@ class PipelineManager:
             ``XPIPE_COORDINATOR``) starts the embedded default: a coordinator and local
             worker processes on this machine.
         workers, slots_per_worker, data_dir, imports: shape of the embedded default.
+        connect_timeout_s: how long a call, ``wait`` or ``execute_pipeline`` keeps trying to
+            reach a coordinator before it raises :class:`CoordinatorUnavailableError`
+            (default 30 s); a run that was being followed gets this again after each break.
+            None keeps trying for ever.
 
     Example:
         >>> with PipelineManager() as pm:                      # doctest: +SKIP
@@ -59,7 +63,7 @@ class PipelineManager:
         slots_per_worker: int | None = None,
         data_dir: str | os.PathLike | None = None,
         imports: tuple[str, ...] = (),
-        connect_timeout_s: float = 30.0,
+        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
     ):
         cfg = dict(config or {})
         unknown = set(cfg) - _CONFIG_KEYS - _SEED_KEYS_NOT_ACTED_ON
@@ -69,6 +73,10 @@ class PipelineManager:
         if ignored:
             warnings.warn(f"PipelineManager config keys {ignored} are accepted but not acted on yet", stacklevel=2)
         self.config = cfg
+        # Checked before the embedded processes start, so a bad value leaves none behind.
+        connect_timeout_s = check_seconds(
+            "connect_timeout_s", cfg.get("connect_timeout_s", connect_timeout_s), allow_none=True
+        )
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
         self.pipelines: dict[str, Pipeline] = {}
         self._local: LocalCluster | None = None
@@ -80,7 +88,7 @@ class PipelineManager:
                 imports=tuple(imports or cfg.get("imports") or ()),
             )
             coordinator = self._local.start()
-        self.client = Client(coordinator, connect_timeout_s=cfg.get("connect_timeout_s", connect_timeout_s))
+        self.client = Client(coordinator, connect_timeout_s=connect_timeout_s)
         if self._local is not None:
             try:
                 self._local.wait_for_workers(self.client)
@@ -158,6 +166,8 @@ class PipelineManager:
             PipelineValidationError: the pipeline is malformed (nothing was submitted).
             PipelineExecutionError: the run failed or was cancelled; a task no worker could
                 hold gives ``error_type == "RESOURCE_EXHAUSTION"`` and ``required_resources``.
+            TimeoutError: ``timeout_s`` passed first.
+            CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
         resolved = self._resolve(pipeline)
         spec = resolved.to_proto(retry_on_failure=retry_on_failure)
@@ -167,8 +177,8 @@ class PipelineManager:
             spec.placement_strategy = check_strategy(placement_strategy, where=f"pipeline {resolved.name!r}")
         if wait_for_resources_s is not None:
             spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
-        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True)
-        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     # ------------------------------------------------------------------ placement and plans
 
@@ -243,8 +253,8 @@ class PipelineManager:
         limits = plan.resource_limits()
         if limits is not None:
             spec.resource_limits.CopyFrom(limits)
-        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True)
-        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     def execute_distributed(
         self,
@@ -304,16 +314,16 @@ class PipelineManager:
         """Block until the run ends; returns its :class:`PipelineResult`.
 
         Raises:
-            TimeoutError: ``timeout_s`` passed first.
+            TimeoutError: ``timeout_s`` passed first (the run goes on).
             PipelineExecutionError: the run failed or was cancelled (unless ``raise_on_failure=False``).
+            CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
-        events = self.client.watch(run_id, summary_only=True, results_on_end=True)
-        return self._follow(events, timeout_s=timeout_s, monitor=monitor, raise_on_failure=raise_on_failure)
+        events = self.client.watch(run_id, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     def _follow(
-        self, events: Iterator[pipeline_pb2.RunEvent], *, timeout_s: float | None, monitor: bool, raise_on_failure: bool
+        self, events: Iterator[pipeline_pb2.RunEvent], *, monitor: bool, raise_on_failure: bool
     ) -> PipelineResult:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         progress = _Progress.maybe(monitor)
         final = None
         run_id = ""
@@ -325,8 +335,6 @@ class PipelineManager:
                 if event.summary.state in _TERMINAL:
                     final = event
                     break
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"run {run_id} did not finish within {timeout_s}s")
         finally:
             if progress is not None:
                 progress.close()

@@ -117,7 +117,17 @@ class DistributedExecutionError(XpipeError):
 
 
 class CoordinatorUnavailableError(DistributedExecutionError):
-    """No coordinator answered at the given addresses; retrying later may succeed."""
+    """No coordinator answered at the given addresses; retrying later may succeed.
+
+    Attributes:
+        addresses: the coordinators tried, when a client gave up on them (else empty).
+        last_error: the last failure seen, e.g. ``"UNAVAILABLE: ... Connection refused"``.
+    """
+
+    def __init__(self, message: str, *, addresses: list[str] | None = None, last_error: str = ""):
+        super().__init__(message)
+        self.addresses = list(addresses or [])
+        self.last_error = last_error
 
 
 class RunNotFoundError(XpipeError, KeyError):

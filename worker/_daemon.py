@@ -12,7 +12,6 @@ import asyncio
 import importlib
 import logging
 import os
-import random
 import shutil
 import socket
 import subprocess
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 import psutil
 
+from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._proto import worker_pb2, worker_pb2_grpc
@@ -46,6 +46,11 @@ EVENT_BATCH_MAX = 256
 ARTIFACT_MIN_BYTES = 256 * 1024
 #: A task running longer than this reports its start in its own event.
 STARTED_REPORT_DELAY_S = 0.05
+#: A session that lasted this long was healthy: after it breaks, reconnecting starts again
+#: from the shortest wait.
+_HEALTHY_SESSION_S = 5.0
+#: While a live member says a leader is being elected, ask again at least this often.
+_ELECTION_POLL_S = 0.2
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 256 * 1024 * 1024),
@@ -187,7 +192,13 @@ class WorkerDaemon:
     # ------------------------------------------------------------------ connection
 
     async def _connect_loop(self) -> None:
-        backoff = 0.05
+        """Keep a session with some coordinator until stopped; a worker never gives up.
+
+        A leader named by a follower is tried at once (a few times in a row at most);
+        otherwise the next address, after a wait from :class:`Backoff`, so a dead
+        coordinator costs a few connection attempts a second at most.
+        """
+        backoff = Backoff(initial_s=0.05, max_s=self.config.max_backoff_s)
         addresses = list(self.config.coordinators)
         i = 0
         hops = 0  # consecutive jumps to a leader named by a follower
@@ -213,18 +224,17 @@ class WorkerDaemon:
                 break
             if self._leader_hint and hops < 3:
                 continue  # a follower named the leader: connect there now
+            if time.monotonic() - started > _HEALTHY_SESSION_S:
+                backoff.reset()  # it served us for a while: this break is news, retry soon
+            delay_s = backoff.next_delay()
             if self._told_not_leader:
                 # A live member answered while a leader is being elected: look again soon.
-                backoff = min(backoff, 0.2)
+                delay_s = min(delay_s, _ELECTION_POLL_S)
             self._told_not_leader = False
-            if time.monotonic() - started > 5:
-                backoff = 0.05
-            delay = backoff * (0.5 + random.random())
             try:
-                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+                await asyncio.wait_for(self._stop.wait(), timeout=delay_s)
             except TimeoutError:
                 pass
-            backoff = min(backoff * 2, self.config.max_backoff_s)
 
     async def _session(self, address: str) -> None:
         send: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
