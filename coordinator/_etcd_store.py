@@ -43,6 +43,7 @@ import grpc
 import zstandard
 from aetcd import rpc
 
+from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 
@@ -223,7 +224,8 @@ class EtcdStore(Store):
             EtcdStoreError: etcd refused the request (a bug or a misconfiguration).
         """
         deadline = time.monotonic() + (self.retry_s if retry_s is None else retry_s)
-        delay = 0.05
+        backoff = Backoff(initial_s=0.05, max_s=0.5)
+        delay = backoff.next_delay()
         while True:
             stubs = self.stubs()
             try:
@@ -241,7 +243,7 @@ class EtcdStore(Store):
             if len(self.endpoints) > 1:
                 self._current = (self._current + 1) % len(self.endpoints)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            delay = backoff.next_delay()
 
     async def _txn(self, request: rpc.TxnRequest, what: str) -> rpc.TxnResponse:
         return await self.call(lambda s: s.kv.Txn(request, timeout=self.call_timeout_s), what=what)

@@ -18,7 +18,7 @@ from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_g
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
 
-from xpipe._policies import backoff_delay_s
+from xpipe._backoff import Backoff
 
 from ._engine import Engine, EngineConfig, InternalError
 from ._events import (
@@ -462,7 +462,8 @@ class Coordinator:
         #: Fresh engines built after the store refused writes and then took them again.
         self.store_recoveries = 0
         self._recovered_at = -1e9
-        self._fault_attempts = 0
+        #: Waits between store probes: 0.2 s doubling up to 5 s, so a freed disk is noticed within seconds.
+        self._fault_backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -585,13 +586,10 @@ class Coordinator:
         log.error("the store refuses writes; taking no work until it accepts one again: %s", fault)
         # A fresh engine that failed again soon after goes on with the same backoff: a probe
         # may fit where the resumed runs' commits do not.
-        now = time.monotonic()
-        attempt = self._fault_attempts if now - self._recovered_at < 30.0 else 0
+        if time.monotonic() - self._recovered_at >= 30.0:
+            self._fault_backoff.reset()
         while True:
-            attempt += 1
-            self._fault_attempts = attempt
-            # 0.2 s doubling up to 5 s, jittered: a freed disk is noticed within seconds.
-            await asyncio.sleep(backoff_delay_s(pb.BACKOFF_EXPONENTIAL, 0.2, attempt, max_retry_delay_s=5.0, jitter=0.2))
+            await asyncio.sleep(self._fault_backoff.next_delay())
             try:
                 await self.store.probe()
                 engine = Engine(self.store, self.config)

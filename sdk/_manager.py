@@ -419,7 +419,7 @@ def _execution_error(result: PipelineResult, info: pipeline_pb2.RunInfo | None =
             f"run {result.run_id} failed", error_type="DEPENDENCY_FAILURE", result=result, missing_dependencies=skipped
         )
     error_type = first.error_type or "TASK_FAILURE"
-    if error_type not in ("TIMEOUT", "RESOURCE_EXHAUSTION", "DATA_QUALITY_FAILURE", "CIRCUIT_OPEN", "CANCELLED"):
+    if error_type not in ("TIMEOUT", "RESOURCE_EXHAUSTION", "DATA_QUALITY_FAILURE", "CIRCUIT_OPEN", "CANCELLED", "INTERNAL"):
         error_type = "TASK_FAILURE"
     message = f"task {first.name!r} failed"
     if first.exception_type:

@@ -49,6 +49,7 @@ ERROR_TYPES = (
     "CANCELLED",
     "SERIALIZATION",
     "WORKER_LOST",
+    "INTERNAL",  # a coordinator bug failed the run; the coordinator stayed up for every other run
 )
 
 
