@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xpipe._limits import MAX_SLOTS
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
@@ -33,6 +34,7 @@ from ._events import (
 )
 from ._state import TERMINAL_RUN_STATES
 from ._store import Store
+from ._validate import check_event, check_heartbeat, check_register
 
 if TYPE_CHECKING:
     from ._leader import LeaderElection
@@ -43,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: Largest gRPC message accepted or sent (a whole pipeline spec travels in one).
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Most slots one worker may claim; more is a lie or a typo.
-MAX_SLOTS = 4096
 VERSION = "0.1.0"
 
 
@@ -203,6 +203,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             )  # fmt: skip
         )
         # Outcomes the previous stream may have lost; already-recorded ones are dropped as stale.
+        # (check_register has checked them.)
         self._post_events(reg.worker_id, reg.recent, time.time())
         log.info("worker %s (%s) connected with %d slots", reg.name, reg.worker_id, reg.slots)
         yield worker_pb2.CoordinatorMessage(
@@ -232,6 +233,11 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 if message is None:
                     break
                 yield message
+            # The reader stops on a message that must not reach the engine: say why.
+            problem = reader.result() if reader.done() and not reader.cancelled() and not reader.exception() else ""
+            if problem:
+                log.warning("worker %s (%s) sent a bad message: %s; closing its stream", reg.name, reg.worker_id, problem)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         finally:
             reader.cancel()
             try:
@@ -244,9 +250,13 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 engine.post(WorkerDisconnected(time.time(), reg.worker_id))
                 log.info("worker %s (%s) disconnected", reg.name, reg.worker_id)
 
-    def _post_events(self, worker_id: str, events, now: float) -> None:
+    def _post_events(self, worker_id: str, events, now: float) -> str:
+        """Post each event; stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
         for ev in events:
+            problem = check_event(ev)
+            if problem:
+                return problem
             key = _key(ev.attempt)
             kind = ev.WhichOneof("kind")
             if kind == "succeeded":
@@ -261,32 +271,39 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 post(TaskStarted(now, worker_id, key, ev.at))
             elif kind == "released":
                 post(TaskReleased(now, worker_id, key))
+        return ""
 
-    async def _read(self, worker_id: str, session, request_iterator) -> None:
+    async def _read(self, worker_id: str, session, request_iterator) -> str:
+        """Feed the worker's messages to the engine; return why it stopped early ("" at the end).
+
+        A message that fails validation ends the stream (the caller aborts it with
+        INVALID_ARGUMENT); what came before it has been taken.
+        """
         post = self.engine.post
         try:
             async for message in request_iterator:
                 body = message.WhichOneof("body")
                 now = time.time()
                 if body == "events":
-                    self._post_events(worker_id, message.events.events, now)
+                    problem = self._post_events(worker_id, message.events.events, now)
+                    if problem:
+                        return problem
                 elif body == "heartbeat":
                     hb = message.heartbeat
+                    problem = check_heartbeat(hb)
+                    if problem:
+                        return problem
                     post(HeartbeatReceived(now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining))
                 else:
                     log.warning("worker %s sent an unexpected %s message; ignored", worker_id, body)
+            return ""
         finally:
             session.outbox.put_nowait(None)
 
 
 def _check_register(reg: worker_pb2.Register) -> str:
-    if not reg.worker_id:
-        return "Register.worker_id is empty"
-    if not 0 < reg.slots <= MAX_SLOTS:
-        return f"Register.slots must be between 1 and {MAX_SLOTS}, got {reg.slots}"
-    if reg.resources.cpu_cores < 0:
-        return f"Register.resources.cpu_cores must not be negative, got {reg.resources.cpu_cores}"
-    return ""
+    """Why a Register is refused ("" if accepted); see :func:`check_register`."""
+    return check_register(reg)
 
 
 class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
