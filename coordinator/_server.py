@@ -15,6 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xpipe._limits import MAX_SLOTS
+from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
@@ -80,7 +81,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def GetRun(self, request, context):
         info = await self.engine.run_info(request.run_id, include_results=request.include_results)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         self.c.name_workers(info.tasks)
         return info
 
@@ -105,7 +106,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         run = self.engine.state.runs.get(request.run_id)
         if run is None:
             if await self.engine.store.get_run(request.run_id) is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
             return pipeline_pb2.CancelRunResponse(cancelled=False)
         if run.state in TERMINAL_RUN_STATES:
             return pipeline_pb2.CancelRunResponse(cancelled=False)
@@ -125,7 +126,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         if run is None:
             info = await self.engine.run_info(run_id, include_results=request.results_on_end)
             if info is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(run_id)}")
             self.c.name_workers(info.tasks)
             yield pipeline_pb2.RunEvent(summary=info.summary, changed=info.tasks)
             return
@@ -163,11 +164,11 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         # Only this task's result is inlined: the others' artifacts stay on disk.
         info = await self.engine.run_info(request.run_id, include_results=True, only_task=request.task)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         for task in info.tasks:
             if task.name == request.task:
                 return pipeline_pb2.TaskResult(state=task.state, result=task.result, error=task.error)
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} has no task {request.task!r}")
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"run {quoted(request.run_id)} has no task {quoted(request.task)}")
 
     async def GetTaskStats(self, request, context):
         if len(request.names) > 100_000:
@@ -254,11 +255,11 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         """Post each event; stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
         for ev in events:
-            problem = check_event(ev)
+            kind = ev.WhichOneof("kind")
+            problem = check_event(ev, kind)
             if problem:
                 return problem
             key = _key(ev.attempt)
-            kind = ev.WhichOneof("kind")
             if kind == "succeeded":
                 done = ev.succeeded
                 post(TaskSucceeded(

@@ -292,14 +292,28 @@ def check_heartbeat(hb: worker_pb2.Heartbeat) -> str:
     return ""
 
 
-def check_event(ev: worker_pb2.TaskEvent) -> str:
+def check_event(ev: worker_pb2.TaskEvent, kind: str | None = "") -> str:
     """Why a task event cannot be taken ("" if it can).
 
-    Its timestamps feed duration learning and the store; two comparisons, since every
-    result passes here.
+    Its timestamps feed duration learning and the store. Every result passes here, so the
+    common case is two comparisons and a oneof test (``kind``: ``ev.WhichOneof("kind")`` when
+    the caller has it already).
     """
     if not 0.0 <= ev.at <= MAX_UNIX_TIME_S:
         return f"TaskEvent.at {finite_problem(ev.at, high=MAX_UNIX_TIME_S)}"
     if not 0.0 <= ev.started_at <= MAX_UNIX_TIME_S:
         return f"TaskEvent.started_at {finite_problem(ev.started_at, high=MAX_UNIX_TIME_S)}"
+    if kind == "":
+        kind = ev.WhichOneof("kind")
+    if kind == "failed":
+        error, field = ev.failed.error, "TaskEvent.failed.error"
+    elif kind == "succeeded" and ev.succeeded.HasField("cause"):
+        error, field = ev.succeeded.cause, "TaskEvent.succeeded.cause"
+    else:
+        return ""
+    if error.HasField("required_resources"):
+        try:
+            _resources(f"{field}.required_resources", error.required_resources)
+        except _Bad as exc:
+            return str(exc)
     return ""
