@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.harness import child_env
-from xpipe import PipelineValidationError, Task
+from xpipe import Pipeline, PipelineValidationError, Task
 from xpipe._limits import (
     MAX_DEPENDS_ON,
     MAX_DURATION_S,
@@ -244,3 +244,10 @@ def test_leaf_helpers():
     assert normalize_resources({"gpu": 2}).gpu == 2 and normalize_resources({}).cpu_cores is None
     with pytest.raises(ValueError, match="must be a finite number >= 0, got True"):
         normalize_resources({"cpu": True})
+
+
+def test_fault_tolerance_durations_keep_to_the_same_limit():
+    p = Pipeline("p")
+    p.configure_fault_tolerance(circuit_window_s=MAX_DURATION_S)
+    with pytest.raises(PipelineValidationError, match=r"circuit_window_s: a duration may be at most 31622400 s"):
+        p.configure_fault_tolerance(circuit_window_s=MAX_DURATION_S + 1)
