@@ -308,8 +308,11 @@ def _first_event(method: Callable[..., Any], label: str, request: Message) -> Ou
 def _stream(stub: worker_pb2_grpc.WorkerServiceStub, label: str, messages: list[worker_pb2.WorkerMessage]) -> Outcome:
     """A raw worker stream: send ``messages``, half-close, read to the end."""
     call = stub.Connect(iter(messages), timeout=20)
-    for _ in call:
-        pass
+    try:
+        for _ in call:
+            pass
+    except grpc.RpcError:
+        pass  # the status is read below
     return Outcome(label, call.code(), call.details() or "")
 
 
@@ -393,3 +396,17 @@ def test_nan_resources_are_refused_naming_the_field(channel):
         stub.SubmitPipeline(pipeline_pb2.SubmitPipelineRequest(pipeline=spec), timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "task 'extract': resources.cpu_cores is nan; must be a finite number >= 0"
+
+
+def test_a_bad_heartbeat_ends_only_that_stream_naming_the_field(hostile, channel):
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    worker_id = f"hostile-{uuid.uuid4().hex[:8]}"
+    bad = worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(cpu_percent=math.nan))
+    outcome = _stream(stub, "nan heartbeat", [
+        worker_pb2.WorkerMessage(register=valid_register(worker_id)), worker_pb2.WorkerMessage(heartbeat=bad),
+    ])  # fmt: skip
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert outcome.details == "Heartbeat.metrics.cpu_percent is nan; must be a finite number >= 0"
+    listed = {w.name: w.state for w in hostile.list_workers()}
+    assert listed["w0"] in ("ready", "busy")  # the real worker is untouched
+    assert "bad message: Heartbeat.metrics.cpu_percent is nan" in hostile.coordinator.log_text()

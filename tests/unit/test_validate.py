@@ -159,13 +159,15 @@ def test_register_refuses_bad_slots_names_and_recent_events():
     assert check_register(register(recent=[bad])) == "Register.recent: TaskEvent.at is nan; must be a finite number >= 0"
 
 
-def test_heartbeat_metrics_must_be_finite_percentages():
+def test_heartbeat_metrics_must_be_finite_and_not_negative():
     ok = worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(cpu_percent=50, memory_percent=10, load_1m=2))
     assert check_heartbeat(ok) == ""
     nan = worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(cpu_percent=math.nan))
     assert check_heartbeat(nan) == "Heartbeat.metrics.cpu_percent is nan; must be a finite number >= 0"
-    over = worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(memory_percent=250))
-    assert check_heartbeat(over) == "Heartbeat.metrics.memory_percent is 250.0; the limit is 100"
+    negative = worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(load_1m=-3))
+    assert check_heartbeat(negative) == "Heartbeat.metrics.load_1m is -3.0; must be >= 0"
+    # A counter rounding a little over 100% is a measurement; a real worker must not be refused.
+    assert check_heartbeat(worker_pb2.Heartbeat(metrics=worker_pb2.WorkerMetrics(cpu_percent=100.4))) == ""
 
 
 def test_task_event_timestamps_and_error_resources_are_checked():
