@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xpipe._limits import MAX_SLOTS
+from xpipe._limits import MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe._proto import common_pb2 as pb
@@ -44,8 +44,6 @@ __all__ = ["Coordinator", "MAX_MESSAGE_BYTES", "MAX_SLOTS"]
 
 log = logging.getLogger(__name__)
 
-#: Largest gRPC message accepted or sent (a whole pipeline spec travels in one).
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 VERSION = "0.1.0"
 
 
@@ -86,7 +84,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         return info
 
     async def ListRuns(self, request, context):
-        limit = request.limit or 50
+        limit = min(request.limit or 50, MAX_LIST_RUNS)
         records = await self.engine.store.list_runs(limit)
         runs = []
         for rec in records:

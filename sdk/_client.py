@@ -18,6 +18,7 @@ from typing import TypeVar
 
 import grpc
 
+from ._limits import MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import CoordinatorUnavailableError, from_grpc_error
 
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
 ]
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}

@@ -20,14 +20,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
-    "MAX_NAME_CHARS", "MAX_LABEL_VALUE_CHARS", "MAX_TEXT_CHARS", "MAX_PATH_CHARS", "MAX_LABELS",
-    "MAX_CUSTOM_RESOURCES", "MAX_TASKS", "MAX_DEPENDS_ON", "MAX_COMMAND_CHARS", "MAX_SLOTS", "MAX_HANDLERS",
-    "MAX_RUNNING_REFS", "MAX_DURATION_S", "MAX_UNIX_TIME_S", "NAME_RE", "MAX_RESOURCE_AMOUNT",
-    "MAX_MEMORY_BYTES", "MAX_GPUS",
-    "MEMORY_UNITS", "RESOURCE_ALIASES", "ResourceAmounts", "normalize_resources", "parse_quantity",
-    "finite_problem", "shown", "name_problem", "labels_problem", "command_problem", "SHOWN_CHARS",
+    "MAX_MESSAGE_BYTES", "MAX_LIST_RUNS", "MAX_NAME_CHARS", "MAX_LABEL_VALUE_CHARS", "MAX_TEXT_CHARS",
+    "MAX_PATH_CHARS", "MAX_LABELS", "MAX_CUSTOM_RESOURCES", "MAX_TASKS", "MAX_DEPENDS_ON", "MAX_COMMAND_CHARS",
+    "MAX_SLOTS", "MAX_HANDLERS", "MAX_RUNNING_REFS", "MAX_DURATION_S", "MAX_UNIX_TIME_S", "MAX_RESOURCE_AMOUNT",
+    "MAX_MEMORY_BYTES", "MAX_GPUS", "NAME_RE", "SHOWN_CHARS", "MEMORY_UNITS", "RESOURCE_ALIASES",
+    "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
+    "labels_problem", "command_problem",
 ]  # fmt: skip
 
+#: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+#: Most runs one ListRuns answer carries; a larger ``limit`` is taken as this.
+MAX_LIST_RUNS = 10_000
 #: Names: pipeline, task, handler, circuit, worker id/name/host, label keys, custom resources.
 MAX_NAME_CHARS = 256
 #: Label values (pipeline, task and worker labels).

@@ -26,7 +26,13 @@ import psutil
 
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
-from xpipe._limits import MAX_LABEL_VALUE_CHARS, MAX_LABELS, MAX_NAME_CHARS, normalize_resources
+from xpipe._limits import (
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_CHARS,
+    normalize_resources,
+)
 from xpipe._proto import worker_pb2, worker_pb2_grpc
 
 from ._executor import TaskExecutor, make_executor
@@ -49,8 +55,8 @@ ARTIFACT_MIN_BYTES = 256 * 1024
 STARTED_REPORT_DELAY_S = 0.05
 
 _CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
