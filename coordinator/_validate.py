@@ -29,7 +29,6 @@ from xpipe._limits import (
     MAX_TASKS,
     MAX_TEXT_CHARS,
     MAX_UNIX_TIME_S,
-    NAME_RE,
     command_problem,
     finite_problem,
     labels_problem,
@@ -40,11 +39,10 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
 from xpipe.errors import PipelineValidationError
 
-from ._placement import normalize_strategy
+from ._placement import STRATEGIES, normalize_strategy
 
 __all__ = ["validate_spec", "check_register", "check_heartbeat", "check_event", "MAX_TASKS"]
 
-_name_ok = NAME_RE.fullmatch
 _CODECS = frozenset(pb.Codec.values())
 _BACKOFFS = frozenset(pb.RetryBackoff.values())
 
@@ -117,7 +115,9 @@ def validate_spec(spec: pb.PipelineSpec, *, restored: bool = False) -> list[str]
     try:
         normalize_strategy(spec.placement_strategy)
     except ValueError as exc:
-        raise _invalid(where, f"unknown placement strategy {shown(spec.placement_strategy)}") from exc
+        raise _invalid(
+            where, f"unknown placement strategy {shown(spec.placement_strategy)}; known: {', '.join(STRATEGIES)}"
+        ) from exc
     if not restored:
         try:
             _check_pipeline_fields(spec)
@@ -190,8 +190,11 @@ def _check_pipeline_fields(spec: pb.PipelineSpec) -> None:
 
 
 def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
-    """Sizes and numbers of one task; the common case is a handful of comparisons."""
-    if len(name) > MAX_NAME_CHARS or _name_ok(name) is None:
+    """Sizes and numbers of one task; the common case is a handful of comparisons.
+
+    The characters of the name are checked by :func:`validate_graph`, over all names at once.
+    """
+    if len(name) > MAX_NAME_CHARS:
         _name("name", name)
     depends_on = task.depends_on
     if depends_on:

@@ -50,7 +50,10 @@ PLACEMENT_STRATEGIES = ("resource_balanced", "pack", "spread")
 
 # Durations in messages: "must be a number of seconds >= 0 (at most 31622400)".
 _UPTO = f"(at most {MAX_DURATION_S:.0f})"
-_WHITESPACE_RE = re.compile(r"\s")
+# Whatever NAME_RE refuses besides '/': whitespace and control characters.
+_BAD_NAME_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
+# A cycle message names at most this many tasks (the exception's ``cycle`` has them all).
+_CYCLE_SHOWN = 20
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 _TASK_OPTIONS = frozenset(
@@ -899,7 +902,7 @@ def _validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> 
         seen: set[str] = set()
         for name in names:
             if name in seen:
-                raise PipelineValidationError(f"duplicate task name {name!r}")
+                raise PipelineValidationError(f"duplicate task name {name!r:.100}")
             seen.add(name)
     _check_names(names, index)
 
@@ -938,16 +941,17 @@ def _validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> 
                     f"task {names[i]!r} depends on itself", cycle=[names[i], names[i]]
                 )
         cycle = _find_cycle(names, dep_index, indegree)
+        shown = cycle if len(cycle) <= _CYCLE_SHOWN else [*cycle[: _CYCLE_SHOWN - 1], f"... ({len(cycle)} tasks)", cycle[-1]]
         raise PipelineValidationError(
-            f"dependency cycle: {' -> '.join(cycle)} (each task depends on the one before it)", cycle=cycle
+            f"dependency cycle: {' -> '.join(shown)} (each task depends on the one before it)", cycle=cycle
         )
     return [names[i] for i in order]
 
 
 def _check_names(names: Sequence[str], index: Mapping[str, int]) -> None:
     # One regex over all names joined by '/' instead of one match per name: any name with
-    # whitespace or '/', an empty name, or a non-string makes the quick check fail, and
-    # only then is each name checked to report the bad one.
+    # whitespace, a control character or '/', a long or empty name, or a non-string fails
+    # it, and only then is each name checked to report the bad one.
     try:
         joined = "/".join(names)
     except TypeError:
@@ -956,7 +960,8 @@ def _check_names(names: Sequence[str], index: Mapping[str, int]) -> None:
         joined is not None
         and "" not in index
         and joined.count("/") == len(names) - 1
-        and _WHITESPACE_RE.search(joined) is None
+        and _BAD_NAME_CHAR_RE.search(joined) is None
+        and max(map(len, names), default=0) <= MAX_NAME_CHARS
     ):
         return
     for name in names:

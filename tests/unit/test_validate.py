@@ -95,12 +95,26 @@ def test_a_million_character_task_name_is_refused_with_a_short_message():
     assert f"name has 1000000 chars; the limit is {MAX_NAME_CHARS}" in message and len(message) < 300
 
 
-@pytest.mark.parametrize("name", ["../../etc/passwd", "a b", "tab\there", "nul\0", "x/y"])
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a b", "tab\there", "nul\0", "bell\x07", "x/y"])
 def test_a_task_name_that_could_escape_a_directory_is_refused(name):
     # Workers write results to <artifact_dir>/<run>/<task>.<attempt>.
     spec = spec_of()
     spec.tasks[0].name = name
-    assert "must be non-empty, without whitespace, '/' or control characters" in refused(spec)
+    assert refused(spec) == (
+        f"invalid task name {name!r}: a task name is a non-empty string of at most 256 chars, "
+        "without whitespace, '/' or control characters"
+    )
+
+
+def test_a_long_cycle_or_duplicate_is_reported_in_a_short_message():
+    names = [f"t{i:03d}" + "x" * 200 for i in range(1000)]
+    tasks = [pb.TaskSpec(name=n, handler=pb.HandlerCall(name="h"), depends_on=[names[i - 1]]) for i, n in enumerate(names)]
+    with pytest.raises(PipelineValidationError) as info:
+        validate_spec(pb.PipelineSpec(name="p", tasks=tasks))
+    assert "(1001 tasks)" in str(info.value) and len(str(info.value)) < 6000
+    assert len(info.value.cycle) == 1001  # the exception still carries all of it
+    twice = [pb.TaskSpec(name="d" * 255, handler=pb.HandlerCall(name="h")) for _ in range(2)]
+    assert len(refused(pb.PipelineSpec(name="p", tasks=twice))) < 200
 
 
 def test_size_limits_on_labels_dependencies_and_commands():
