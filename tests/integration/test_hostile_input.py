@@ -161,11 +161,18 @@ def mutate(base: Message, path: Path, value: Any) -> Message:
     raise AssertionError(f"path {path} does not end at a scalar")
 
 
-def cases_for(base: Message) -> Iterator[tuple[str, Message]]:
-    """(label, request) for every scalar field of ``base``'s type and every hostile value."""
-    yield "base", base
+def cases_for(base: Message, only: str = "", skip: str = "\0") -> Iterator[tuple[str, Message]]:
+    """(label, request) for every scalar field of ``base``'s type and every hostile value.
+
+    ``only``/``skip``: keep the field paths that contain ``only`` and not ``skip`` (a
+    second base covers a oneof alternative the first one does not set).
+    """
+    if not only:
+        yield "base", base
     for path, field in leaf_paths(base.DESCRIPTOR):
         where = ".".join(name + ("[0]" if how == "first" else "{key}" if how == "key" else "") for name, how in path)
+        if only not in where or skip in where:
+            continue
         for label, value in hostile_values(field):
             yield f"{where}={label}", mutate(base, path, value)
 
@@ -173,21 +180,25 @@ def cases_for(base: Message) -> Iterator[tuple[str, Message]]:
 # --------------------------------------------------------------------------- valid bases
 
 
-def valid_spec() -> common_pb2.PipelineSpec:
-    """A small valid pipeline touching most fields, so each mutation meets a valid neighbour."""
-    a = common_pb2.TaskSpec(
-        name="a", python=common_pb2.PythonCall(import_path="tests.helpers_tasks:echo"),
-        args=encode(((3,), {}), "pickle", what="args"), timeout_s=30,
-        retry=common_pb2.RetryPolicy(max_retries=1, retry_delay_s=0.01, max_retry_delay_s=1, jitter=0.1),
-        resources=common_pb2.Resources(cpu_cores=0.1, memory_bytes=1 << 20, custom={}),
-        labels={"team": "x"}, circuit="dep",
-    )  # fmt: skip
-    b = common_pb2.TaskSpec(
+def valid_spec(*, command: bool = False) -> common_pb2.PipelineSpec:
+    """A small valid pipeline whose first task sets most fields, so each mutation of
+    ``tasks[0]`` meets valid neighbours; ``command``: that task runs a command instead."""
+    first = common_pb2.TaskSpec(
         name="b", depends_on=["a"], python=common_pb2.PythonCall(import_path="tests.helpers_tasks:add"),
-        flows=[common_pb2.DataFlowBinding(source_task="a", parameter="extra")],
+        args=encode(((4,), {}), "pickle", what="args"), timeout_s=30,
+        retry=common_pb2.RetryPolicy(max_retries=1, retry_delay_s=0.01, max_retry_delay_s=1, jitter=0.1),
+        resources=common_pb2.Resources(cpu_cores=0.1, memory_bytes=1 << 20, custom={"lic": 0}),
+        labels={"team": "x"}, circuit="dep", flows=[common_pb2.DataFlowBinding(source_task="a", parameter="extra")],
     )  # fmt: skip
+    if command:
+        first.ClearField("args")
+        first.ClearField("flows")
+        first.command.CopyFrom(common_pb2.CommandCall(argv=["true"], env={"A": "1"}, cwd="/"))
+    source = common_pb2.TaskSpec(name="a", python=common_pb2.PythonCall(import_path="tests.helpers_tasks:echo"),
+                                 args=encode(((3,), {}), "pickle", what="args"))  # fmt: skip
     return common_pb2.PipelineSpec(
-        name="hostile", tasks=[a, b], labels={"k": "v"}, wait_for_resources_s=1,
+        name="hostile", tasks=[first, source], labels={"k": "v"}, wait_for_resources_s=1,
+        code=[common_pb2.CodeBlob(code_hash="0" * 64, data=b"not referred to")],
         resource_limits=common_pb2.Resources(cpu_cores=8),
         fault_tolerance=common_pb2.FaultTolerance(circuit_window_s=60, circuit_open_s=30),
     )  # fmt: skip
@@ -287,6 +298,7 @@ class Checker:
         print(f"{what}: {self.count} hostile cases; answers: {self.codes}")
         assert not self.bad, f"{len(self.bad)} of {self.count} cases got an improper answer:\n" + "\n".join(self.bad)
         assert self.count >= minimum, f"only {self.count} cases generated for {what}; the walk lost fields"
+        assert all(proc.alive() for proc in self.cluster.workers.values()), "a real worker died"
         with PipelineManager(coordinator=self.cluster.address) as pm:
             _real_pipeline(pm)
 
@@ -320,6 +332,8 @@ def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_r
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     bases: list[tuple[str, Callable[..., Any], Message, Callable[..., Outcome]]] = [
         ("SubmitPipeline", stub.SubmitPipeline, pipeline_pb2.SubmitPipelineRequest(pipeline=valid_spec()), _unary),
+        ("SubmitPipeline(command)", stub.SubmitPipeline,
+         pipeline_pb2.SubmitPipelineRequest(pipeline=valid_spec(command=True)), _unary),
         ("GetRun", stub.GetRun, pipeline_pb2.GetRunRequest(run_id=finished_run, include_results=True), _unary),
         ("ListRuns", stub.ListRuns, pipeline_pb2.ListRunsRequest(limit=5), _unary),
         ("CancelRun", stub.CancelRun, pipeline_pb2.CancelRunRequest(run_id=finished_run), _unary),
@@ -332,10 +346,13 @@ def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_r
     ]  # fmt: skip
     # Every method of the service has a base, so a new RPC is noticed here.
     methods = {m.name for m in pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].methods}
-    assert methods == {name.split("+")[0] for name, *_ in bases}
+    assert methods == {name.split("+")[0].split("(")[0] for name, *_ in bases}
+    # The command fields are mutated on a command task (else each meets "empty argv" first).
+    command = "tasks[0].command."
     checker = Checker(hostile, channel)
     for name, method, base, how in bases:
-        for label, request in cases_for(base):
+        only, skip = (command, "\0") if name.endswith("(command)") else ("", command)
+        for label, request in cases_for(base, only, skip):
             checker.run(f"{name} {label}", lambda: how(method, f"{name} {label}", request))
     checker.finish("PipelineService", minimum=400)
 
@@ -389,8 +406,6 @@ def test_nan_resources_are_refused_naming_the_field(channel):
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     spec = valid_spec()
     spec.tasks[0].name = "extract"
-    spec.tasks[1].depends_on[:] = ["extract"]
-    spec.tasks[1].flows[0].source_task = "extract"
     spec.tasks[0].resources.cpu_cores = math.nan
     with pytest.raises(grpc.RpcError) as info:
         stub.SubmitPipeline(pipeline_pb2.SubmitPipelineRequest(pipeline=spec), timeout=10)
