@@ -136,7 +136,7 @@ class Engine:
             if stored.spec is None:
                 log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id)
                 continue
-            order = tuple(validate_spec(stored.spec))
+            order = tuple(validate_spec(stored.spec, restored=True))
             self.post(RunRestored(now, stored.header.run_id, stored.spec, order, stored.header.created_at, stored.tasks))
             log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name)
         self._tasks = [

@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xpipe._limits import MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS
+from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
@@ -35,6 +37,7 @@ from ._events import (
 )
 from ._state import TERMINAL_RUN_STATES
 from ._store import Store, StoreFault
+from ._validate import check_event, check_heartbeat, check_register
 
 if TYPE_CHECKING:
     from ._leader import LeaderElection
@@ -43,10 +46,6 @@ __all__ = ["Coordinator", "MAX_MESSAGE_BYTES", "MAX_SLOTS"]
 
 log = logging.getLogger(__name__)
 
-#: Largest gRPC message accepted or sent (a whole pipeline spec travels in one).
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-#: Most slots one worker may claim; more is a lie or a typo.
-MAX_SLOTS = 4096
 VERSION = "0.1.0"
 
 
@@ -98,12 +97,12 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def GetRun(self, request, context):
         info = await self.engine.run_info(request.run_id, include_results=request.include_results)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         self.c.name_workers(info.tasks)
         return info
 
     async def ListRuns(self, request, context):
-        limit = request.limit or 50
+        limit = min(request.limit or 50, MAX_LIST_RUNS)
         records = await self.engine.store.list_runs(limit)
         runs = []
         for rec in records:
@@ -123,7 +122,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         run = self.engine.state.runs.get(request.run_id)
         if run is None:
             if await self.engine.store.get_run(request.run_id) is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
             return pipeline_pb2.CancelRunResponse(cancelled=False)
         if run.state in TERMINAL_RUN_STATES:
             return pipeline_pb2.CancelRunResponse(cancelled=False)
@@ -141,7 +140,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         if run is None:
             info = await self.engine.run_info(run_id, include_results=request.results_on_end)
             if info is None:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id!r}")
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(run_id)}")
             self.c.name_workers(info.tasks)
             yield pipeline_pb2.RunEvent(summary=info.summary, changed=info.tasks)
             return
@@ -180,11 +179,11 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         # Only this task's result is inlined: the others' artifacts stay on disk.
         info = await self.engine.run_info(request.run_id, include_results=True, only_task=request.task)
         if info is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id!r}")
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         for task in info.tasks:
             if task.name == request.task:
                 return pipeline_pb2.TaskResult(state=task.state, result=task.result, error=task.error)
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} has no task {request.task!r}")
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"run {quoted(request.run_id)} has no task {quoted(request.task)}")
 
     async def GetTaskStats(self, request, context):
         if len(request.names) > 100_000:
@@ -223,6 +222,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             )  # fmt: skip
         )
         # Outcomes the previous stream may have lost; already-recorded ones are dropped as stale.
+        # (check_register has checked them.)
         self._post_events(reg.worker_id, reg.recent, time.time())
         log.info("worker %s (%s) connected with %d slots", reg.name, reg.worker_id, reg.slots)
         yield worker_pb2.CoordinatorMessage(
@@ -252,6 +252,11 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 if message is None:
                     break
                 yield message
+            # The reader stops on a message that must not reach the engine: say why.
+            problem = reader.result() if reader.done() and not reader.cancelled() and not reader.exception() else ""
+            if problem:
+                log.warning("worker %s (%s) sent a bad message: %s; closing its stream", reg.name, reg.worker_id, problem)
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             if session.reset_reason:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, session.reset_reason)
         finally:
@@ -266,11 +271,15 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 engine.post(WorkerDisconnected(time.time(), reg.worker_id))
                 log.info("worker %s (%s) disconnected", reg.name, reg.worker_id)
 
-    def _post_events(self, worker_id: str, events, now: float) -> None:
+    def _post_events(self, worker_id: str, events, now: float) -> str:
+        """Post each event; stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
         for ev in events:
-            key = _key(ev.attempt)
             kind = ev.WhichOneof("kind")
+            problem = check_event(ev, kind)
+            if problem:
+                return problem
+            key = _key(ev.attempt)
             if kind == "succeeded":
                 done = ev.succeeded
                 post(TaskSucceeded(
@@ -283,32 +292,39 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 post(TaskStarted(now, worker_id, key, ev.at))
             elif kind == "released":
                 post(TaskReleased(now, worker_id, key))
+        return ""
 
-    async def _read(self, worker_id: str, session, request_iterator) -> None:
+    async def _read(self, worker_id: str, session, request_iterator) -> str:
+        """Feed the worker's messages to the engine; return why it stopped early ("" at the end).
+
+        A message that fails validation ends the stream (the caller aborts it with
+        INVALID_ARGUMENT); what came before it has been taken.
+        """
         post = self.engine.post
         try:
             async for message in request_iterator:
                 body = message.WhichOneof("body")
                 now = time.time()
                 if body == "events":
-                    self._post_events(worker_id, message.events.events, now)
+                    problem = self._post_events(worker_id, message.events.events, now)
+                    if problem:
+                        return problem
                 elif body == "heartbeat":
                     hb = message.heartbeat
+                    problem = check_heartbeat(hb)
+                    if problem:
+                        return problem
                     post(HeartbeatReceived(now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining))
                 else:
                     log.warning("worker %s sent an unexpected %s message; ignored", worker_id, body)
+            return ""
         finally:
             session.outbox.put_nowait(None)
 
 
 def _check_register(reg: worker_pb2.Register) -> str:
-    if not reg.worker_id:
-        return "Register.worker_id is empty"
-    if not 0 < reg.slots <= MAX_SLOTS:
-        return f"Register.slots must be between 1 and {MAX_SLOTS}, got {reg.slots}"
-    if reg.resources.cpu_cores < 0:
-        return f"Register.resources.cpu_cores must not be negative, got {reg.resources.cpu_cores}"
-    return ""
+    """Why a Register is refused ("" if accepted); see :func:`check_register`."""
+    return check_register(reg)
 
 
 class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
+from ._limits import MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import CoordinatorUnavailableError, from_grpc_error
 
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
 ]
 _RETRYABLE = {grpc.StatusCode.UNAVAILABLE}

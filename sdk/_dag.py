@@ -18,7 +18,6 @@ import functools
 import gc
 import heapq
 import inspect
-import math
 import numbers
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,6 +27,16 @@ from typing import Any
 from . import _codec
 from ._callables import callable_ref, describe_callable
 from ._handlers import get_handler
+from ._limits import (
+    MAX_DEPENDS_ON,
+    MAX_DURATION_S,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+    NAME_RE,
+    command_problem,
+    labels_problem,
+    normalize_resources,
+)
 from ._policies import BACKOFF_STRATEGIES, FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
 from .errors import PipelineValidationError
@@ -39,12 +48,14 @@ __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph",
 #: ``spread`` spreads tasks out.
 PLACEMENT_STRATEGIES = ("resource_balanced", "pack", "spread")
 
-# A task name is used in file names, store keys and log lines: no whitespace, no slash.
-_NAME_RE = re.compile(r"[^\s/]+")
-_WHITESPACE_RE = re.compile(r"\s")
+# Durations in messages: "must be a number of seconds >= 0 (at most 31622400)".
+_UPTO = f"(at most {MAX_DURATION_S:.0f})"
+# Whatever NAME_RE refuses besides '/': whitespace and control characters.
+_BAD_NAME_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
+# A cycle message names at most this many tasks (the exception's ``cycle`` has them all).
+_CYCLE_SHOWN = 20
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
-_MEMORY_KEYS = {"memory_bytes": 1, "memory_mb": 2**20, "memory_gb": 2**30}
 _TASK_OPTIONS = frozenset(
     {
         "max_retries", "retry_delay_s", "retry_backoff", "max_retry_delay_s", "retry_jitter", "timeout_s",
@@ -62,11 +73,24 @@ def _is_number(value: Any) -> bool:
 
 
 def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or _NAME_RE.fullmatch(name) is None:
+    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or NAME_RE.fullmatch(name) is None:
         raise PipelineValidationError(
-            f"invalid task name {name!r}: a task name is a non-empty string without whitespace or '/'"
+            f"invalid task name {name!r:.80}: a task name is a non-empty string of at most {MAX_NAME_CHARS} "
+            "chars, without whitespace, '/' or control characters"
         )
     return name
+
+
+def _check_labels(where: str, labels: Any) -> dict[str, str]:
+    """Labels as the coordinator takes them: str to str, within the limits of :mod:`._limits`."""
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise PipelineValidationError(f"{where}: labels must map str to str, got {labels!r:.200}")
+    problem = labels_problem("labels", labels)
+    if problem:
+        raise PipelineValidationError(f"{where}: {problem}")
+    return dict(labels)
 
 
 def _check_options(where: str, opts: Mapping[str, Any]) -> None:
@@ -76,34 +100,17 @@ def _check_options(where: str, opts: Mapping[str, Any]) -> None:
 
 
 def _resources_proto(task_name: str, requirements: Mapping[str, Any]) -> common_pb2.Resources:
-    """Map user resource keys onto the Resources message, checking every value."""
-    resources = common_pb2.Resources()
-    memory_keys = [key for key in requirements if key in _MEMORY_KEYS]
-    if len(memory_keys) > 1:
-        raise _invalid(task_name, "resource_requirements", f"gives memory twice ({memory_keys}); give one")
-    for key, value in requirements.items():
-        if not isinstance(key, str) or not key:
-            raise _invalid(task_name, "resource_requirements", f"has a non-string key {key!r}")
-        if not _is_number(value) or not math.isfinite(value) or value < 0:
-            raise _invalid(
-                task_name, "resource_requirements", f"[{key!r}] must be a finite number >= 0, got {value!r}"
-            )
-        if key == "cpu_cores":
-            resources.cpu_cores = float(value)
-        elif key in _MEMORY_KEYS:
-            memory_bytes = int(value * _MEMORY_KEYS[key])
-            if memory_bytes >= 2**64:
-                raise _invalid(task_name, "resource_requirements", f"[{key!r}] is too large: {value!r}")
-            resources.memory_bytes = memory_bytes
-        elif key == "gpu":
-            if value != int(value) or value > _UINT32_MAX:
-                raise _invalid(
-                    task_name, "resource_requirements", f"['gpu'] must be a whole number, got {value!r}"
-                )
-            resources.gpu = int(value)
-        else:
-            resources.custom[key] = float(value)
-    return resources
+    """Map user resource keys (``cpu``/``cpu_cores``, ``memory`` (bytes or "16Gi")/``memory_mb``/
+    ``memory_gb``, ``gpu``, custom names; :data:`xpipe._limits.RESOURCE_ALIASES`) onto the
+    Resources message, checking every value."""
+    try:
+        amounts = normalize_resources(requirements)
+    except ValueError as exc:
+        raise _invalid(task_name, "resource_requirements", str(exc)) from None
+    return common_pb2.Resources(
+        cpu_cores=amounts.cpu_cores or 0.0, memory_bytes=amounts.memory_bytes or 0, gpu=amounts.gpu or 0,
+        custom=amounts.custom,
+    )  # fmt: skip
 
 
 class DataFlow:
@@ -122,10 +129,12 @@ class DataFlow:
     def __init__(self, source: Task | str, key: str | None = None):
         if isinstance(source, Task):
             source = source.name
-        if not isinstance(source, str) or _NAME_RE.fullmatch(source) is None:
+        if not isinstance(source, str) or len(source) > MAX_NAME_CHARS or NAME_RE.fullmatch(source) is None:
             raise PipelineValidationError(f"DataFlow source must be a Task or a task name, got {source!r}")
-        if key is not None and not isinstance(key, str):
-            raise PipelineValidationError(f"DataFlow key must be a string or None, got {key!r}")
+        if key is not None and (not isinstance(key, str) or len(key) > MAX_TEXT_CHARS):
+            raise PipelineValidationError(
+                f"DataFlow key must be a string of at most {MAX_TEXT_CHARS} chars or None, got {key!r:.80}"
+            )
         self.source: str = source
         self.key: str | None = key
 
@@ -263,12 +272,10 @@ class Task:
             or not 0 <= max_retries <= _UINT32_MAX
         ):
             raise _invalid(name, "max_retries", f"must be an int >= 0, got {max_retries!r}")
-        if not _is_number(retry_delay_s) or not math.isfinite(retry_delay_s) or retry_delay_s < 0:
-            raise _invalid(name, "retry_delay_s", f"must be a number >= 0, got {retry_delay_s!r}")
-        if timeout_s is not None and (
-            not _is_number(timeout_s) or not math.isfinite(timeout_s) or timeout_s <= 0
-        ):
-            raise _invalid(name, "timeout_s", f"must be a number > 0 or None, got {timeout_s!r}")
+        if not _is_number(retry_delay_s) or not 0 <= retry_delay_s <= MAX_DURATION_S:
+            raise _invalid(name, "retry_delay_s", f"must be a number >= 0 {_UPTO}, got {retry_delay_s!r}")
+        if timeout_s is not None and (not _is_number(timeout_s) or not 0 < timeout_s <= MAX_DURATION_S):
+            raise _invalid(name, "timeout_s", f"must be a number > 0 {_UPTO} or None, got {timeout_s!r}")
         if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > _INT32_MAX:
             raise _invalid(name, "priority", f"must be a 32-bit int, got {priority!r}")
         if retry_backoff is not None and retry_backoff not in BACKOFF_STRATEGIES:
@@ -276,9 +283,9 @@ class Task:
                 name, "retry_backoff", f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {retry_backoff!r}"
             )
         if max_retry_delay_s is not None and (
-            not _is_number(max_retry_delay_s) or not math.isfinite(max_retry_delay_s) or max_retry_delay_s <= 0
+            not _is_number(max_retry_delay_s) or not 0 < max_retry_delay_s <= MAX_DURATION_S
         ):
-            raise _invalid(name, "max_retry_delay_s", f"must be a number > 0 or None, got {max_retry_delay_s!r}")
+            raise _invalid(name, "max_retry_delay_s", f"must be a number > 0 {_UPTO} or None, got {max_retry_delay_s!r}")
         if not _is_number(retry_jitter) or not 0 <= retry_jitter <= 1:
             raise _invalid(name, "retry_jitter", f"must be a fraction between 0 and 1, got {retry_jitter!r}")
         self.max_retries: int = max_retries
@@ -299,16 +306,15 @@ class Task:
         _resources_proto(name, resource_requirements)  # validate now, build again in to_proto
         self.resource_requirements: dict[str, Any] = dict(resource_requirements)
 
-        if labels is None:
-            labels = {}
-        if not isinstance(labels, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise _invalid(name, "labels", f"must map str to str, got {labels!r}")
-        self.labels: dict[str, str] = dict(labels)
+        self.labels: dict[str, str] = _check_labels(f"task {name!r}", {} if labels is None else labels)
 
-        if circuit is not None and (not isinstance(circuit, str) or not circuit.strip()):
-            raise _invalid(name, "circuit", f"must be a non-empty string naming a dependency, got {circuit!r}")
+        if circuit is not None and (
+            not isinstance(circuit, str) or not circuit.strip() or len(circuit) > MAX_NAME_CHARS
+        ):
+            raise _invalid(
+                name, "circuit", f"must be a non-empty string of at most {MAX_NAME_CHARS} chars naming a dependency, "
+                f"got {circuit!r:.80}"
+            )  # fmt: skip
         #: The circuit breaker this task's attempts share (when the pipeline enables breakers);
         #: None: its own, "<pipeline>/<task>".
         self.circuit: str | None = circuit
@@ -322,11 +328,13 @@ class Task:
             raise _invalid(
                 self.name, "depends_on", f"must be a list of tasks or names, got {depends_on!r}"
             ) from None
+        if len(entries) > MAX_DEPENDS_ON:
+            raise _invalid(self.name, "depends_on", f"has {len(entries)} entries; the limit is {MAX_DEPENDS_ON}")
         names: list[str] = []
         seen: set[str] = set()
         for entry in entries:
             dep = entry.name if isinstance(entry, Task) else entry
-            if not isinstance(dep, str) or _NAME_RE.fullmatch(dep) is None:
+            if not isinstance(dep, str) or len(dep) > MAX_NAME_CHARS or NAME_RE.fullmatch(dep) is None:
                 raise _invalid(self.name, "depends_on", f"entry {entry!r} is neither a Task nor a task name")
             if dep == self.name:
                 raise PipelineValidationError(
@@ -389,6 +397,9 @@ class Task:
             raise _invalid(name, "env", f"must map str to str, got {env!r}")
         if cwd is not None and not isinstance(cwd, str):
             raise _invalid(name, "cwd", f"must be a string, got {cwd!r}")
+        problem = command_problem(argv, env or {}, cwd or "")
+        if problem:
+            raise PipelineValidationError(f"task {name!r}: {problem}")
         self.argv = list(argv)
         self.env = dict(env) if env else {}
         self.cwd = cwd
@@ -411,8 +422,10 @@ class Task:
         _check_options("Task.handler()", opts)
         self = Task.__new__(Task)
         self._setup(name, "handler", depends_on, args, kwargs, **opts)
-        if not isinstance(handler_name, str) or not handler_name.strip():
-            raise _invalid(name, "handler_name", f"must be a non-empty string, got {handler_name!r}")
+        if not isinstance(handler_name, str) or not 0 < len(handler_name.strip()) <= MAX_NAME_CHARS:
+            raise _invalid(
+                name, "handler_name", f"must be a non-empty string of up to {MAX_NAME_CHARS} chars, got {handler_name!r:.80}"
+            )
         self.handler_name = handler_name
         return self
 
@@ -561,8 +574,10 @@ class Pipeline:
     """
 
     def __init__(self, name: str, *, description: str = ""):
-        if not isinstance(name, str) or not name.strip() or "/" in name:
-            raise PipelineValidationError(f"invalid pipeline name {name!r}: a non-empty string without '/'")
+        if not isinstance(name, str) or not name.strip() or "/" in name or len(name) > MAX_NAME_CHARS:
+            raise PipelineValidationError(
+                f"invalid pipeline name {name!r:.80}: a non-empty string of at most {MAX_NAME_CHARS} chars, without '/'"
+            )
         if not isinstance(description, str):
             raise PipelineValidationError(f"pipeline {name!r}: description must be a string")
         self.name = name
@@ -796,8 +811,8 @@ def check_wait_s(value: Any, *, where: str) -> float:
     """``wait_for_resources_s`` as finite seconds >= 0 (a timedelta is accepted too)."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0, got {value!r}")
+    if not _is_number(value) or not 0 <= value <= MAX_DURATION_S:
+        raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0 {_UPTO}, got {value!r}")
     return float(value)
 
 
@@ -887,7 +902,7 @@ def _validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> 
         seen: set[str] = set()
         for name in names:
             if name in seen:
-                raise PipelineValidationError(f"duplicate task name {name!r}")
+                raise PipelineValidationError(f"duplicate task name {name!r:.100}")
             seen.add(name)
     _check_names(names, index)
 
@@ -926,16 +941,17 @@ def _validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> 
                     f"task {names[i]!r} depends on itself", cycle=[names[i], names[i]]
                 )
         cycle = _find_cycle(names, dep_index, indegree)
+        shown = cycle if len(cycle) <= _CYCLE_SHOWN else [*cycle[: _CYCLE_SHOWN - 1], f"... ({len(cycle)} tasks)", cycle[-1]]
         raise PipelineValidationError(
-            f"dependency cycle: {' -> '.join(cycle)} (each task depends on the one before it)", cycle=cycle
+            f"dependency cycle: {' -> '.join(shown)} (each task depends on the one before it)", cycle=cycle
         )
     return [names[i] for i in order]
 
 
 def _check_names(names: Sequence[str], index: Mapping[str, int]) -> None:
     # One regex over all names joined by '/' instead of one match per name: any name with
-    # whitespace or '/', an empty name, or a non-string makes the quick check fail, and
-    # only then is each name checked to report the bad one.
+    # whitespace, a control character or '/', a long or empty name, or a non-string fails
+    # it, and only then is each name checked to report the bad one.
     try:
         joined = "/".join(names)
     except TypeError:
@@ -944,7 +960,8 @@ def _check_names(names: Sequence[str], index: Mapping[str, int]) -> None:
         joined is not None
         and "" not in index
         and joined.count("/") == len(names) - 1
-        and _WHITESPACE_RE.search(joined) is None
+        and _BAD_NAME_CHAR_RE.search(joined) is None
+        and max(map(len, names), default=0) <= MAX_NAME_CHARS
     ):
         return
     for name in names:

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ._limits import normalize_resources
 from ._proto import common_pb2
 
 if TYPE_CHECKING:
@@ -51,7 +52,6 @@ OPTIMIZATION_STRATEGIES = ("time_optimal", "resource_optimal", "cost_optimal")
 DEFAULT_DURATION_S = 1.0
 #: The placement strategy a plan's run uses, by optimization strategy.
 _PLACEMENT_FOR = {"time_optimal": "spread", "resource_optimal": "resource_balanced", "cost_optimal": "pack"}
-_MEMORY_UNITS = {"memory_bytes": 1, "memory_mb": 2**20, "memory_gb": 2**30}
 _BASE = ("cpu_cores", "memory_bytes", "gpu")
 
 
@@ -86,16 +86,20 @@ def parse_constraints(constraints: Mapping[str, Any] | None) -> dict[str, float]
     if not isinstance(constraints, Mapping):
         raise _plan_error(f"resource_constraints must be a dict, got {type(constraints).__name__}")
     for key, value in constraints.items():
-        if not isinstance(key, str) or not key:
-            raise _plan_error(f"resource_constraints has a non-string key {key!r}")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not 0 < value < math.inf:
             raise _plan_error(f"resource_constraints[{key!r}] must be a finite number > 0, got {value!r}")
-        if key in _MEMORY_UNITS:
-            if "memory_bytes" in out:
-                raise _plan_error("resource_constraints gives memory twice; give one of memory_bytes/_mb/_gb")
-            out["memory_bytes"] = float(value) * _MEMORY_UNITS[key]
-        else:
-            out[key] = float(value)
+    try:
+        amounts = normalize_resources(constraints)  # the same names as resource_requirements
+    except ValueError as exc:
+        problem = str(exc)
+        raise _plan_error(f"resource_constraints{'' if problem.startswith('[') else ' '}{problem}") from None
+    for key, value in (("cpu_cores", amounts.cpu_cores), ("memory_bytes", amounts.memory_bytes),
+                       ("gpu", amounts.gpu), *amounts.custom.items()):  # fmt: skip
+        if value is None:
+            continue
+        if value <= 0:
+            raise _plan_error(f"resource_constraints[{key!r}] must be a finite number > 0, got {value!r}")
+        out[key] = float(value)
     return out
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from ._limits import MAX_DURATION_S
 from ._proto import common_pb2
 
 __all__ = [
@@ -230,6 +231,8 @@ def parse_duration_s(value: str | float | timedelta) -> float:
         raise ValueError(f"a duration must be seconds, a timedelta or a string like '1min', got {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError(f"a duration must be finite and >= 0, got {value!r}")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"a duration may be at most {MAX_DURATION_S:.0f} s (366 days), got {value!r}")
     return seconds
 
 

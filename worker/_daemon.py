@@ -26,6 +26,13 @@ import psutil
 from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
+from xpipe._limits import (
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_CHARS,
+    normalize_resources,
+)
 from xpipe._proto import worker_pb2, worker_pb2_grpc
 
 from ._executor import TaskExecutor, make_executor
@@ -53,8 +60,8 @@ _HEALTHY_SESSION_S = 5.0
 _ELECTION_POLL_S = 0.2
 
 _CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
-    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
@@ -504,39 +511,50 @@ def _released(key: tuple[str, str, int], reason: str) -> worker_pb2.TaskEvent:
 
 
 def parse_kv(text: str, what: str) -> dict[str, str]:
-    """Parse ``k=v,k2=v2`` (for ``--labels`` and ``--resources``); names the bad item."""
+    """Parse ``k=v,k2=v2`` (for ``--labels`` and ``--resources``); names the bad item.
+
+    The coordinator's limits apply here already: a worker it would refuse should not start.
+    """
     out: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
         if not sep or not key or not value:
             raise ValueError(f"bad {what} item {item!r}: expected key=value")
-        out[key.strip()] = value.strip()
+        if len(key) > MAX_NAME_CHARS or len(value) > MAX_LABEL_VALUE_CHARS:
+            raise ValueError(
+                f"bad {what} item {item[:80]!r}: keys may have {MAX_NAME_CHARS} chars, values {MAX_LABEL_VALUE_CHARS}"
+            )
+        out[key] = value
+    if len(out) > MAX_LABELS:
+        raise ValueError(f"{what} has {len(out)} items; the limit is {MAX_LABELS}")
     return out
 
 
-_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
-
-
 def parse_resources(text: str, base: pb.Resources) -> pb.Resources:
-    """Override detected resources with ``cpu=4,memory=16Gi,gpu=1,<custom>=N``."""
+    """Override detected resources with ``cpu=4,memory=16Gi,gpu=1,<custom>=N``.
+
+    The keys are those of ``Task(resource_requirements=...)`` (:data:`xpipe._limits.RESOURCE_ALIASES`:
+    ``cpu``/``cpu_cores``, ``memory``/``memory_mb``/``memory_gb``, ``gpu``), so one spelling
+    works on both sides.
+
+    Raises:
+        ValueError: naming ``--resources`` and the bad item (not a number, NaN, infinite,
+            negative, too large, or one resource given twice).
+    """
+    try:
+        amounts = normalize_resources(parse_kv(text, "--resources"), text=True)
+    except ValueError as exc:
+        raise ValueError(f"bad --resources {text!r}: {exc}") from None
     res = pb.Resources()
     res.CopyFrom(base)
-    for key, value in parse_kv(text, "--resources").items():
-        try:
-            if key == "cpu":
-                res.cpu_cores = float(value)
-            elif key == "memory":
-                number = value.rstrip("BbKkMmGgTtIi")
-                unit = value[len(number) :].lower().rstrip("b")
-                res.memory_bytes = int(float(number) * _UNITS[unit])
-            elif key == "gpu":
-                res.gpu = int(value)
-            else:
-                res.custom[key] = float(value)
-        except (ValueError, KeyError):
-            raise ValueError(f"bad --resources value {key}={value!r}") from None
-        if key != "memory" and float(value) < 0:
-            raise ValueError(f"--resources {key} must not be negative, got {value}")
+    if amounts.cpu_cores is not None:
+        res.cpu_cores = amounts.cpu_cores
+    if amounts.memory_bytes is not None:
+        res.memory_bytes = amounts.memory_bytes
+    if amounts.gpu is not None:
+        res.gpu = amounts.gpu
+    res.custom.update(amounts.custom)
     return res
 
 

@@ -10,6 +10,8 @@ import signal
 import socket
 import sys
 
+from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
+
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 
 log = logging.getLogger("xpipe.worker")
@@ -60,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
     logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if opts.slots < 1:
-        p.error(f"--slots must be at least 1, got {opts.slots}")
+    if not 1 <= opts.slots <= MAX_SLOTS:
+        p.error(f"--slots must be between 1 and {MAX_SLOTS}, got {opts.slots}")
+    if not 0 < len(opts.name) <= MAX_NAME_CHARS or len(opts.worker_id) > MAX_NAME_CHARS:
+        p.error(f"--name and --worker-id may have at most {MAX_NAME_CHARS} chars (and --name at least 1)")
     coordinators = tuple(a.strip() for a in opts.coordinator.split(",") if a.strip())
     if not coordinators:
         p.error("--coordinator needs at least one HOST:PORT")
