@@ -183,7 +183,7 @@ def test_worker_that_exits_early_fails_and_stops_the_coordinator(tmp_path: Path)
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     with pytest.raises(BenchError, match=r"xpipe w\d exited with status 2 before the cluster was up") as info:
         XpipeCluster(tmp_path, worker_args=["--slots", "0"]).start()
-    assert "--slots must be at least 1" in str(info.value)
+    assert "--slots must be between 1 and 4096, got 0" in str(info.value)
     after = {p.pid for p in psutil.Process().children(recursive=True)} - before
     assert not _alive(after)
 
