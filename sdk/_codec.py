@@ -143,7 +143,9 @@ def resolve_artifact_ref(ref: str, artifact_root: str | None, *, what: str = "va
     try:
         path = os.path.realpath(ref[len(ARTIFACT_SCHEME) :])
     except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
-        raise SerializationError(f"refusing artifact reference {ref!r} for {what}: {exc}") from None
+        raise SerializationError(
+            f"refusing artifact reference {ref!r} for {what}: {exc} (artifact directory {root})"
+        ) from None
     if not path.startswith(root + os.sep):
         raise SerializationError(
             f"refusing artifact reference {ref!r} for {what}: it resolves outside the artifact directory {root}"
