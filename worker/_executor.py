@@ -34,9 +34,7 @@ from typing import Any, Sequence
 
 import psutil
 
-from xpipe._proto import worker_pb2
-
-from xpipe._proto import common_pb2
+from xpipe._proto import common_pb2, worker_pb2
 
 from . import _runtask
 from ._limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
@@ -204,6 +202,7 @@ class _Child:
     __slots__ = (
         "proc", "sock", "fd", "exit_fd", "pid", "state", "buffer", "out", "key",
         "task_name", "future", "timer", "ready", "exited", "known_code", "output_fds", "tails", "root",
+        "memory_limit_bytes",
     )
 
     def __init__(
@@ -227,6 +226,7 @@ class _Child:
         self.output_fds = output_fds
         self.tails = (TailBuffer(), TailBuffer())
         self.root: str | None = None  # the artifact directory this child was last told
+        self.memory_limit_bytes = 0  # the limit of the task it runs (0: none)
         # A pidfd turns readable when the process exits, whoever else holds its pipes.
         try:
             self.exit_fd: int | None = os.pidfd_open(self.pid)
@@ -401,7 +401,7 @@ class ProcessExecutor(TaskExecutor):
         self._loop.add_reader(child.fd, self._on_readable, child)
         for stream, fd in enumerate(child.output_fds):
             os.set_blocking(fd, False)
-            self._loop.add_reader(fd, self._on_output, child, stream)
+            self._loop.add_reader(fd, self._drain, child, stream)
         if child.exit_fd is not None:
             self._loop.add_reader(child.exit_fd, self._on_exit, child)
         else:
@@ -499,9 +499,6 @@ class ProcessExecutor(TaskExecutor):
             child.future.set_result(event)
 
     # -- task output --
-
-    def _on_output(self, child: _Child, stream: int) -> None:
-        self._drain(child, stream)
 
     def _drain(self, child: _Child, stream: int) -> None:
         """Read what is waiting in one output pipe into the child's tail for that stream."""
@@ -647,9 +644,12 @@ class ProcessExecutor(TaskExecutor):
             logger.warning("executor process %d died (%s) while running %s",
                            child.pid, _exit_description(code), _describe(child.key))
             ref = worker_pb2.AttemptRef(run_id=child.key[0], task=child.key[1], attempt=child.key[2])
+            limit = child.memory_limit_bytes
             self._finish(child, failed_event(
                 ref, "TASK_FAILURE",
-                f"executor process died with {_exit_description(code)} while running task {child.task_name!r}",
+                f"executor process died with {_exit_description(code)} while running task {child.task_name!r}"
+                + (f" (under a memory limit of {format_bytes(limit)}: an allocation it could not handle may have "
+                   "been refused)" if limit else ""),
             ))
         elif was == "idle":
             logger.warning("idle executor process %d died (%s)", child.pid, _exit_description(code))
@@ -741,6 +741,7 @@ class ProcessExecutor(TaskExecutor):
         child.state = "busy"
         child.key = key
         child.task_name = task.name
+        child.memory_limit_bytes = task.resources.memory_bytes or self.memory_limit_bytes
         future = child.future = self._loop.create_future()
         self._running[key] = child
         try:

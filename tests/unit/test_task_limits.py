@@ -11,7 +11,7 @@ import pytest
 from tests.harness import assert_no_leaks, describe_pids
 from xpipe import _codec
 from xpipe._proto import common_pb2, worker_pb2
-from xpipe.worker._executor import ProcessExecutor, ThreadExecutor
+from xpipe.worker._executor import ExecutorStartError, ProcessExecutor, ThreadExecutor
 from xpipe.worker._limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, format_bytes
 
 MIB = 2**20
@@ -154,3 +154,29 @@ def test_tail_buffer_keeps_the_last_bytes() -> None:
         tail.append(chunk)
     assert tail.tail() == b"ZZZZZZZend" and tail.total_bytes == 43 and tail.dropped_bytes == 33
     assert format_bytes(100 * MIB) == "100 MiB" and format_bytes(1536) == "1.5 KiB"
+
+
+def test_a_child_dying_under_a_limit_says_the_limit_was_in_force() -> None:
+    async def main() -> None:
+        async with ProcessExecutor(1) as ex:
+            err = error(await ex.run(assignment("dies", call="tests.helpers_tasks:crash", memory_bytes=100 * MIB), None))
+            assert err.error_type == "TASK_FAILURE"
+            assert "died with exit code 3" in err.message and "under a memory limit of 100 MiB" in err.message
+            ok = await ex.run(assignment("next", call=f"{LIMITS}:allocate", args=(16 * MIB,)), None)
+            assert value(ok) == 16 * MIB  # a fresh child took its place
+
+    run(main())
+
+
+def test_a_child_that_dies_at_start_up_shows_its_stderr(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "dies_on_import.py").write_text(
+        "import os, sys\nsys.stderr.write('cannot find libfoo.so\\n'); sys.stderr.flush(); os._exit(7)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    async def main() -> None:
+        ex = ProcessExecutor(1, imports=["dies_on_import"])
+        with pytest.raises(ExecutorStartError, match=r"exit code 7\).*its stderr ends: cannot find libfoo.so"):
+            await ex.start()
+
+    run(main())
