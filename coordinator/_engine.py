@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 import uuid
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
+from xpipe._codec import read_artifact
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
+from xpipe.errors import SerializationError
 
 from ._events import (
     Action,
@@ -455,17 +456,11 @@ def inline_artifacts(payloads: list[pb.Payload], artifact_dir: str) -> None:
     Only files inside ``artifact_dir`` are read: a reference is data from a worker, and the
     coordinator must not serve arbitrary files on its behalf.
     """
-    root = os.path.realpath(artifact_dir)
     for payload in payloads:
         ref = payload.artifact_ref
-        path = os.path.realpath(ref[len("file://"):]) if ref.startswith("file://") else ""
-        if not path.startswith(root + os.sep):
-            log.warning("artifact %r is outside %s; left as a reference", ref, root)
-            continue
         try:
-            with open(path, "rb") as f:
-                payload.data = f.read()
-        except OSError as exc:
-            log.error("cannot read artifact %s: %s", path, exc)
+            payload.data = read_artifact(ref, artifact_root=artifact_dir, what="a task result")
+        except SerializationError as exc:
+            log.warning("artifact left as a reference: %s", exc)
             continue
         payload.artifact_ref = ""

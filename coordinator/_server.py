@@ -214,6 +214,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             session = engine.connect_worker(reg.worker_id)
         except StoreFault as exc:  # the worker keeps its outcomes and comes back later
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"coordinator cannot take work: {exc}")
+        self.c.memory_enforcement[reg.worker_id] = reg.memory_enforcement
         engine.post(
             WorkerConnected(
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
@@ -361,6 +362,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             info = admin_pb2.WorkerInfo(
                 worker_id=w.worker_id, name=w.name, host=w.host, state=shown, slots=w.slots, running=running,
                 labels=w.labels, handlers=sorted(w.handlers), last_heartbeat=w.last_seen,
+                memory_enforcement=self.c.memory_enforcement.get(w.worker_id, ""),
             )  # fmt: skip
             if w.resources is not None:
                 info.resources.CopyFrom(w.resources)
@@ -468,6 +470,8 @@ class Coordinator:
         self._election_task: asyncio.Task | None = None
         self.engine = Engine(store, config)
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        #: How each worker enforces task memory, as it registered (shown by ListWorkers only).
+        self.memory_enforcement: dict[str, str] = {}
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()

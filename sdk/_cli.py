@@ -240,12 +240,13 @@ def cmd_workers(opts) -> int:
         data.append({
             "name": w.name, "id": w.worker_id, "host": w.host, "state": w.state, "slots": w.slots,
             "running": w.running, "resources": res, "labels": dict(w.labels), "handlers": list(w.handlers),
-            "last_heartbeat": w.last_heartbeat,
+            "last_heartbeat": w.last_heartbeat, "memory_enforcement": w.memory_enforcement,
             "metrics": {"cpu_percent": w.metrics.cpu_percent, "memory_percent": w.metrics.memory_percent},
         })  # fmt: skip
-    lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5}  HOST"]
+    lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5} {'MEMLIMIT':8}  HOST"]
     lines += [f"{d['name'][:16]:16} {d['state']:12} {d['slots']:>5} {d['running']:>7} "
-              f"{d['metrics']['cpu_percent']:>5.0f}  {d['host']}" for d in data]  # fmt: skip
+              f"{d['metrics']['cpu_percent']:>5.0f} {d['memory_enforcement'] or '-':8}  {d['host']}"
+              for d in data]  # fmt: skip
     _emit(opts, data, "\n".join(lines))
     return 0
 

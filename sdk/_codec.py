@@ -8,7 +8,9 @@ zstd-compressed: below it, compression costs more time than the bytes it saves.
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import stat
 from typing import Any
 
 import zstandard
@@ -16,7 +18,7 @@ import zstandard
 from ._proto import common_pb2
 from .errors import SerializationError
 
-__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty", "read_artifact"]
+__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty", "read_artifact", "resolve_artifact_ref"]
 
 #: Encoded values at least this large are zstd-compressed.
 ZSTD_THRESHOLD_BYTES = 16 * 1024
@@ -38,12 +40,16 @@ def _describe(value: Any) -> str:
 def _pickle(value: Any, what: str) -> bytes:
     try:
         return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except MemoryError:  # not a serialization problem: a memory limit must see it as such
+        raise
     except Exception:
         pass
     try:
         import cloudpickle
 
         return cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except MemoryError:
+        raise
     except Exception as exc:
         raise SerializationError(
             f"cannot serialise {what} {_describe(value)} of type {type(value).__name__}: {exc}"
@@ -107,29 +113,90 @@ def is_empty(payload: common_pb2.Payload) -> bool:
     return payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data and not payload.artifact_ref
 
 
-def read_artifact(ref: str, *, what: str = "value") -> bytes:
-    """The bytes a ``file://`` artifact reference names (a directory shared with the workers).
+#: The only scheme an artifact reference may use: a file in the artifact directory.
+ARTIFACT_SCHEME = "file://"
+
+
+def resolve_artifact_ref(ref: str, artifact_root: str | None, *, what: str = "value") -> str:
+    """The real path an artifact reference names, if it lies inside ``artifact_root``.
+
+    A reference is data from the wire: without this check a task argument of
+    ``file:///etc/passwd`` would make a worker read (and echo) any file it can. Symlinks and
+    ``..`` are resolved before the check, so neither can lead outside the directory.
+    Nothing is read here.
 
     Raises:
-        SerializationError: another scheme, or the file cannot be read from here.
+        SerializationError: another scheme, a relative path, a path outside the directory,
+            or no directory configured; the message names the reference and the directory.
     """
-    if not ref.startswith("file://"):
-        raise SerializationError(f"{what} lives in the artifact store ({ref}); fetch it first")
+    if not artifact_root:
+        raise SerializationError(
+            f"refusing artifact reference {ref!r} for {what}: no artifact directory is configured here, "
+            "so no reference can be read"
+        )
+    root = os.path.realpath(artifact_root)
+    if not ref.startswith(ARTIFACT_SCHEME) or not ref[len(ARTIFACT_SCHEME) :].startswith("/"):
+        raise SerializationError(
+            f"refusing artifact reference {ref!r} for {what}: only {ARTIFACT_SCHEME}/absolute/path references "
+            f"inside the artifact directory {root} are read"
+        )
     try:
-        with open(ref[len("file://") :], "rb") as f:
+        path = os.path.realpath(ref[len(ARTIFACT_SCHEME) :])
+    except (ValueError, OSError) as exc:  # e.g. an embedded NUL byte
+        raise SerializationError(
+            f"refusing artifact reference {ref!r} for {what}: {exc} (artifact directory {root})"
+        ) from None
+    if not path.startswith(root + os.sep):
+        raise SerializationError(
+            f"refusing artifact reference {ref!r} for {what}: it resolves outside the artifact directory {root}"
+        )
+    return path
+
+
+def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -> bytes:
+    """The bytes of a ``file://`` artifact reference, read only from inside ``artifact_root``.
+
+    The file is opened without following a final symlink and checked again once open (by
+    the path the kernel reports for the open file), so a link swapped in after the check
+    cannot lead outside; only regular files are read.
+
+    Raises:
+        SerializationError: the reference is refused (see :func:`resolve_artifact_ref`), or
+            the file cannot be read; the message never carries the file's contents.
+    """
+    path = resolve_artifact_ref(ref, artifact_root, what=what)
+    root = os.path.realpath(artifact_root or "")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SerializationError(f"cannot read {what} from the artifact store ({ref}): {exc.strerror}") from None
+    try:
+        opened = os.readlink(f"/proc/self/fd/{fd}") if os.path.isdir("/proc/self/fd") else path
+        if not opened.startswith(root + os.sep) or not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise SerializationError(
+                f"refusing artifact reference {ref!r} for {what}: not a regular file inside the artifact "
+                f"directory {root}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as f:
             return f.read()
     except OSError as exc:
-        raise SerializationError(f"cannot read {what} from the artifact store: {exc}") from exc
+        raise SerializationError(f"cannot read {what} from the artifact store ({ref}): {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
-def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
+def decode(payload: common_pb2.Payload, *, what: str = "value", artifact_root: str | None = None) -> Any:
     """Decode a payload made by :func:`encode` (or by any client following the API).
+
+    Args:
+        artifact_root: the artifact directory; a payload that travels by reference is read
+            only from inside it, and with None every reference is refused.
 
     Raises:
         SerializationError: the payload is corrupt or uses an unknown codec.
     """
     if payload.artifact_ref:
-        data = read_artifact(payload.artifact_ref, what=what)
+        data = read_artifact(payload.artifact_ref, artifact_root=artifact_root, what=what)
     else:
         data = payload.data
     try:
@@ -153,7 +220,7 @@ def decode(payload: common_pb2.Payload, *, what: str = "value") -> Any:
             return json.loads(data)
         if payload.codec == common_pb2.CODEC_RAW:
             return bytes(data)
-    except SerializationError:
+    except (SerializationError, MemoryError):  # running out of memory is not a corrupt payload
         raise
     except Exception as exc:
         raise SerializationError(f"cannot decode {what}: {type(exc).__name__}: {exc}") from exc

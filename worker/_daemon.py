@@ -94,6 +94,8 @@ class WorkerConfig:
     max_backoff_s: float = 2.0
     #: Where big results go; empty: the directory the coordinator names on registration.
     artifact_dir: str = ""
+    #: Memory limit of tasks that declare none, in bytes; 0: only declared limits apply.
+    task_memory_limit_bytes: int = 0
 
 
 def detect_resources() -> pb.Resources:
@@ -154,9 +156,17 @@ class WorkerDaemon:
         self._handlers = handler_names()
         # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
         self._executor = make_executor(
-            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled
-        )
+            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled,
+            memory_limit_bytes=self.config.task_memory_limit_bytes,
+        )  # fmt: skip
+        self._executor.set_artifact_root(self._artifact_dir)
         await self._executor.start()
+        default = self.config.task_memory_limit_bytes
+        log.info(
+            "task memory limits: enforced by %s; tasks that declare no memory: %s",
+            self._executor.memory_enforcement,
+            f"limited to {default} bytes (--task-memory-limit)" if default else "no limit (--task-memory-limit unset)",
+        )
         runners = [asyncio.create_task(self._runner(), name=f"xpipe-slot-{i}") for i in range(self.config.slots)]
         try:
             await self._connect_loop()
@@ -286,6 +296,7 @@ class WorkerDaemon:
                         reg = message.registered
                         self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
                         self._artifact_dir = self.config.artifact_dir or reg.artifact_dir
+                        self._executor.set_artifact_root(self._artifact_dir)
                         self._send = send
                         self.connected.set()
                         log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
@@ -335,6 +346,7 @@ class WorkerDaemon:
             running=[_ref(k) for k in self._held],
             accepts_pickled_code=self.config.allow_pickled,
             recent=[event for _, event in self._recent.values()],
+            memory_enforcement=self._executor.memory_enforcement if self._executor is not None else "",
         )
 
     async def _heartbeats(self, send: asyncio.Queue) -> None:
@@ -624,10 +636,16 @@ class ResourceLedger:
                 self.used_custom.pop(k, None)
 
 
+#: Artifacts hold every argument and result: only the worker's own user may read them.
+ARTIFACT_FILE_MODE = 0o600
+ARTIFACT_DIR_MODE = 0o700
+
+
 def _write_file(path: str, data: bytes) -> None:
-    """Write atomically: a reader never sees a half-written artifact."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    """Write atomically (a reader never sees a half-written artifact), private to this user."""
+    os.makedirs(os.path.dirname(path), mode=ARTIFACT_DIR_MODE, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, ARTIFACT_FILE_MODE)
+    with open(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)

@@ -21,6 +21,7 @@ import abc
 import asyncio
 import collections
 import concurrent.futures
+import functools
 import logging
 import json
 import os
@@ -33,9 +34,10 @@ from typing import Any, Sequence
 
 import psutil
 
-from xpipe._proto import worker_pb2
+from xpipe._proto import common_pb2, worker_pb2
 
 from . import _runtask
+from ._limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
 from ._runtask import failed_event, pickled_code_refusal, run_assignment
 
 __all__ = ["TaskExecutor", "ProcessExecutor", "ThreadExecutor", "ExecutorStartError", "make_executor"]
@@ -89,6 +91,13 @@ class TaskExecutor(abc.ABC):
 
     allow_pickled: bool
     _code: dict[str, bytes]
+    #: How tasks' memory limits are enforced here: "rlimit" or "none" (see ``_limits``).
+    memory_enforcement: str
+    _artifact_root: str = ""
+
+    def set_artifact_root(self, path: str) -> None:
+        """Read artifact references in tasks' arguments from inside ``path`` only ("" refuses all)."""
+        self._artifact_root = path
 
     def _admit_code(self, assignment: worker_pb2.Assignment, code_hash: str, code: bytes | None) -> worker_pb2.TaskEvent | None:
         """Keep ``code`` under its hash; return a failure event if the task cannot run."""
@@ -192,10 +201,13 @@ class _Child:
 
     __slots__ = (
         "proc", "sock", "fd", "exit_fd", "pid", "state", "buffer", "out", "key",
-        "task_name", "future", "timer", "ready", "exited", "known_code",
+        "task_name", "future", "timer", "ready", "exited", "known_code", "output_fds", "tails", "root",
+        "memory_limit_bytes",
     )
 
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket, loop: asyncio.AbstractEventLoop):
+    def __init__(
+        self, proc: subprocess.Popen, sock: socket.socket, loop: asyncio.AbstractEventLoop, output_fds: tuple[int, int]
+    ):
         self.proc = proc
         self.pid: int = proc.pid
         self.sock = sock
@@ -210,6 +222,11 @@ class _Child:
         self.ready: asyncio.Future = loop.create_future()
         self.exited: asyncio.Future = loop.create_future()
         self.known_code: set[str] = set()
+        # The read ends of its stdout and stderr pipes, and what the current attempt wrote.
+        self.output_fds = output_fds
+        self.tails = (TailBuffer(), TailBuffer())
+        self.root: str | None = None  # the artifact directory this child was last told
+        self.memory_limit_bytes = 0  # the limit of the task it runs (0: none)
         # A pidfd turns readable when the process exits, whoever else holds its pipes.
         try:
             self.exit_fd: int | None = os.pidfd_open(self.pid)
@@ -235,6 +252,12 @@ class ProcessExecutor(TaskExecutor):
         imports: modules every child imports at start (``xpipe-worker --import``).
         allow_pickled: run cloudpickled callables; False fails them PICKLED_CODE_REFUSED.
         start_timeout_s: how long a child may take to start and import ``imports``.
+        memory_limit_bytes: memory limit of tasks that declare none (0: no limit); a
+            task's declared ``resources.memory_bytes`` is its limit. See ``_limits``.
+
+    A child's stdout and stderr are pipes this executor reads: the last
+    ``TASK_OUTPUT_TAIL_BYTES`` of each are kept per attempt and attached to a failed
+    attempt's error; none of it reaches the worker's own log.
     """
 
     def __init__(
@@ -244,6 +267,7 @@ class ProcessExecutor(TaskExecutor):
         imports: Sequence[str] = (),
         allow_pickled: bool = True,
         start_timeout_s: float = 120.0,
+        memory_limit_bytes: int = 0,
     ):
         if slots < 1:
             raise ValueError(f"an executor needs at least 1 slot, got {slots}")
@@ -251,6 +275,10 @@ class ProcessExecutor(TaskExecutor):
         self.imports = tuple(imports)
         self.allow_pickled = allow_pickled
         self.start_timeout_s = start_timeout_s
+        if memory_limit_bytes < 0:
+            raise ValueError(f"memory_limit_bytes must not be negative, got {memory_limit_bytes}")
+        self.memory_limit_bytes = memory_limit_bytes
+        self.memory_enforcement = memory_enforcement("process")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._children: set[_Child] = set()
         self._idle: list[_Child] = []
@@ -342,6 +370,8 @@ class ProcessExecutor(TaskExecutor):
     def _launch(self) -> _Child:
         assert self._loop is not None
         ours, theirs = socket.socketpair()
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
         try:
             argv = [
                 sys.executable,
@@ -352,18 +382,26 @@ class ProcessExecutor(TaskExecutor):
                 str(theirs.fileno()),
                 str(os.getpid()),
                 json.dumps(self.imports),
+                str(self.memory_limit_bytes),
             ]
             proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    stdout=out_write, stderr=err_write, start_new_session=True)
         except BaseException:
             ours.close()
+            os.close(out_read)
+            os.close(err_read)
             raise
         finally:
             theirs.close()
-        child = _Child(proc, ours, self._loop)
+            os.close(out_write)
+            os.close(err_write)
+        child = _Child(proc, ours, self._loop, (out_read, err_read))
         ours.setblocking(False)
         self._children.add(child)
         self._loop.add_reader(child.fd, self._on_readable, child)
+        for stream, fd in enumerate(child.output_fds):
+            os.set_blocking(fd, False)
+            self._loop.add_reader(fd, self._drain, child, stream)
         if child.exit_fd is not None:
             self._loop.add_reader(child.exit_fd, self._on_exit, child)
         else:
@@ -457,7 +495,60 @@ class ProcessExecutor(TaskExecutor):
             child.timer.cancel()
             child.timer = None
         if child.future is not None and not child.future.done():
+            self._attach_output(child, event)
             child.future.set_result(event)
+
+    # -- task output --
+
+    def _drain(self, child: _Child, stream: int) -> None:
+        """Read what is waiting in one output pipe into the child's tail for that stream."""
+        fd = child.output_fds[stream]
+        if fd < 0:
+            return
+        tail = child.tails[stream]
+        for _ in range(16):  # at most 1 MiB per call, so one chatty task cannot hog the loop
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                chunk = b""
+            if not chunk:  # EOF: the child and everything it started closed the pipe
+                assert self._loop is not None
+                self._loop.remove_reader(fd)
+                os.close(fd)
+                fds = list(child.output_fds)
+                fds[stream] = -1
+                child.output_fds = (fds[0], fds[1])
+                return
+            tail.append(chunk)
+
+    def _attach_output(self, child: _Child, event: worker_pb2.TaskEvent) -> None:
+        """Give a failed attempt what its child wrote; start the next attempt afresh.
+
+        The child flushes its streams before it answers, so what the task wrote is in
+        the pipes by the time the answer is read; draining them here catches all of it.
+        """
+        self._drain(child, 0)
+        self._drain(child, 1)
+        out, err = child.tails
+        if (out.total_bytes or err.total_bytes) and event.WhichOneof("kind") == "failed":
+            error = event.failed.error
+            if not error.HasField("output"):
+                error.output.CopyFrom(common_pb2.TaskOutput(
+                    stdout_tail=out.tail(), stderr_tail=err.tail(),
+                    stdout_bytes=out.total_bytes, stderr_bytes=err.total_bytes,
+                ))  # fmt: skip
+        out.clear()
+        err.clear()
+
+    def _close_output(self, child: _Child) -> None:
+        assert self._loop is not None
+        for fd in child.output_fds:
+            if fd >= 0:
+                self._loop.remove_reader(fd)
+                os.close(fd)
+        child.output_fds = (-1, -1)
 
     # -- I/O callbacks --
 
@@ -519,6 +610,8 @@ class ProcessExecutor(TaskExecutor):
         if child.state == "dead":
             return
         self._on_readable(child)  # what it said before dying (e.g. which import failed)
+        self._drain(child, 0)
+        self._drain(child, 1)
         loop.remove_reader(child.fd)
         loop.remove_writer(child.fd)
         if child.exit_fd is not None:
@@ -541,21 +634,27 @@ class ProcessExecutor(TaskExecutor):
         except ValueError:
             pass
         if not child.ready.done():
-            child.ready.set_exception(
-                ExecutorStartError(f"executor process {child.pid} exited during start-up ({_exit_description(code)})")
-            )
+            stderr = child.tails[1].tail()[-2000:].decode("utf-8", errors="replace").strip()
+            child.ready.set_exception(ExecutorStartError(
+                f"executor process {child.pid} exited during start-up ({_exit_description(code)})"
+                + (f"; its stderr ends: {stderr}" if stderr else "")
+            ))  # fmt: skip
             child.ready.exception()  # whoever still waits gets it; nobody waiting is fine too
         if was == "busy" and child.key is not None:
             logger.warning("executor process %d died (%s) while running %s",
                            child.pid, _exit_description(code), _describe(child.key))
             ref = worker_pb2.AttemptRef(run_id=child.key[0], task=child.key[1], attempt=child.key[2])
+            limit = child.memory_limit_bytes
             self._finish(child, failed_event(
                 ref, "TASK_FAILURE",
-                f"executor process died with {_exit_description(code)} while running task {child.task_name!r}",
+                f"executor process died with {_exit_description(code)} while running task {child.task_name!r}"
+                + (f" (under a memory limit of {format_bytes(limit)}: an allocation it could not handle may have "
+                   "been refused)" if limit else ""),
             ))
         elif was == "idle":
             logger.warning("idle executor process %d died (%s)", child.pid, _exit_description(code))
         try:
+            self._close_output(child)
             child.sock.close()
             if child.exit_fd is not None:
                 os.close(child.exit_fd)
@@ -642,15 +741,23 @@ class ProcessExecutor(TaskExecutor):
         child.state = "busy"
         child.key = key
         child.task_name = task.name
+        child.memory_limit_bytes = task.resources.memory_bytes or self.memory_limit_bytes
         future = child.future = self._loop.create_future()
         self._running[key] = child
         try:
             code = b""
+            flags = 0
             if code_hash and code_hash not in child.known_code:
                 code = self._code[code_hash]
                 child.known_code.add(code_hash)
+                flags |= _runtask.REQUEST_HAS_CODE
+            root = b""
+            if child.root != self._artifact_root:  # told once per change, not per task
+                child.root = self._artifact_root
+                root = child.root.encode()
+                flags |= _runtask.REQUEST_HAS_ROOT
             body = assignment.SerializeToString()
-            request = _runtask.REQUEST_HEADER.pack(1 if code else 0, len(body)) + body + code
+            request = _runtask.REQUEST_HEADER.pack(flags, len(body), len(root)) + body + root + code
             size = len(request)
             header = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _SIZE64.pack(size)
             child.out = memoryview(header + request)
@@ -713,15 +820,26 @@ class ThreadExecutor(TaskExecutor):
     started, and ``stop`` leaves still-running threads behind (it logs them). Commands
     are the exception: their timeout kills the command's process group.
 
+    Per-task limits cannot be enforced here: threads share one process, so neither a
+    task's declared memory nor ``memory_limit_bytes`` is applied (``memory_enforcement``
+    is "none", and start-up logs it), and task output is not captured (it goes to the
+    worker's own stdout and stderr).
+
     Args:
         slots: number of threads, i.e. tasks running at once; more runs queue.
         imports: modules imported at start (so their ``@handler``s register).
         allow_pickled: run cloudpickled callables; False fails them PICKLED_CODE_REFUSED.
+        memory_limit_bytes: accepted for the same signature as ProcessExecutor; not enforced.
     """
 
-    def __init__(self, slots: int, *, imports: Sequence[str] = (), allow_pickled: bool = True):
+    memory_enforcement = ENFORCEMENT_NONE
+
+    def __init__(
+        self, slots: int, *, imports: Sequence[str] = (), allow_pickled: bool = True, memory_limit_bytes: int = 0
+    ):
         if slots < 1:
             raise ValueError(f"an executor needs at least 1 slot, got {slots}")
+        self.memory_limit_bytes = memory_limit_bytes
         self.slots = slots
         self.imports = tuple(imports)
         self.allow_pickled = allow_pickled
@@ -746,6 +864,11 @@ class ThreadExecutor(TaskExecutor):
                 raise ExecutorStartError(f"cannot import module {module!r}: {type(exc).__name__}: {exc}") from exc
         self._pool = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="xpipe-task")
         self._accepting = True
+        logger.warning(
+            "thread executor: tasks' memory limits are NOT enforced%s and task output is not captured; "
+            "use the process executor for both",
+            f" (--task-memory-limit {format_bytes(self.memory_limit_bytes)} ignored)" if self.memory_limit_bytes else "",
+        )
 
     async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
         if not self._accepting or self._pool is None:
@@ -761,7 +884,9 @@ class ThreadExecutor(TaskExecutor):
             code = self._code[code_hash] if code_hash not in self._cache else None
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
-        work = self._pool.submit(run_assignment, assignment, code, self._cache)
+        work = self._pool.submit(
+            functools.partial(run_assignment, artifact_root=self._artifact_root or None), assignment, code, self._cache
+        )
         self._running[key] = (work, outcome)
 
         def deliver(done: concurrent.futures.Future) -> None:

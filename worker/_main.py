@@ -11,6 +11,7 @@ import socket
 import sys
 
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
+from xpipe._proto import common_pb2 as pb
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 
@@ -36,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-id", default="", help="stable id (default: NAME-random)")
     p.add_argument("--artifact-dir", default="",
                    help="where big results go (default: the coordinator's; it must be able to read them)")
+    p.add_argument("--task-memory-limit", default="", metavar="SIZE",
+                   help="memory limit of tasks that declare none, e.g. 2Gi (default: none); tasks' declared "
+                        "memory is always enforced by the process executor")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -58,6 +62,19 @@ async def _run(config: WorkerConfig) -> int:
     return 0
 
 
+def _parse_size(text: str, flag: str) -> int:
+    """``2Gi`` -> bytes, with the same units as ``--resources memory=``; "" -> 0 (none)."""
+    if not text.strip():
+        return 0
+    try:
+        size = parse_resources(f"memory={text.strip()}", pb.Resources()).memory_bytes
+    except (ValueError, OverflowError):
+        raise ValueError(f"bad {flag} value {text!r}: expected a size such as 512Mi or 2Gi") from None
+    if size <= 0:
+        raise ValueError(f"{flag} must be positive, got {text!r}")
+    return size
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
@@ -72,13 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         labels = parse_kv(opts.labels, "--labels")
         resources = parse_resources(opts.resources, detect_resources())
+        task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
     except ValueError as exc:
         p.error(str(exc))
     sys.path.insert(0, os.getcwd())
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
-        worker_id=opts.worker_id, artifact_dir=opts.artifact_dir,
+        worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
     )  # fmt: skip
     try:
         import uvloop

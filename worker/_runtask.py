@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import os
+import re
+import selectors
 import signal
 import struct
 import subprocess
@@ -39,6 +41,8 @@ from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 
+from ._limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
+
 __all__ = [
     "run_assignment",
     "failed_event",
@@ -51,18 +55,23 @@ __all__ = [
 #: How much of a failed command's stderr goes into the error message.
 COMMAND_STDERR_TAIL_CHARS = 2000
 
-#: Header of a request from the executor to a child: has-code flag, assignment length.
-REQUEST_HEADER = struct.Struct("!BI")
+#: Header of a request from the executor to a child: flags (REQUEST_HAS_*), assignment
+#: length, artifact-directory length; the assignment, the directory, then the code follow.
+REQUEST_HEADER = struct.Struct("!BII")
+REQUEST_HAS_CODE = 1
+#: The request names the artifact directory (sent when it changes, not with every task).
+REQUEST_HAS_ROOT = 2
 #: First byte of a child's start-up report: ready, or import failure (message follows).
 CHILD_READY = b"R"
 CHILD_IMPORT_FAILED = b"E"
 #: ``python -c`` program of an executor child; argv: sys.path (JSON), socket fd, parent
-#: pid, modules to import (JSON). The parent's sys.path comes first so every import,
-#: including this module's, resolves as in the parent.
+#: pid, modules to import (JSON), default task memory limit in bytes (0: none). The
+#: parent's sys.path comes first so every import, including this module's, resolves as in
+#: the parent.
 CHILD_BOOTSTRAP = (
     "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
     "from xpipe.worker._runtask import child_entry; "
-    "child_entry(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]))"
+    "child_entry(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))"
 )
 
 
@@ -71,7 +80,7 @@ class _TaskFailed(Exception):
 
     def __init__(
         self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False,
-        quality_report: common_pb2.Payload | None = None,
+        quality_report: common_pb2.Payload | None = None, output: common_pb2.TaskOutput | None = None,
     ):  # fmt: skip
         super().__init__(message)
         self.error_type = error_type
@@ -80,6 +89,7 @@ class _TaskFailed(Exception):
         self.tb = tb
         self.non_retryable = non_retryable
         self.quality_report = quality_report
+        self.output = output
 
     def to_proto(self) -> common_pb2.TaskError:
         error = common_pb2.TaskError(
@@ -88,6 +98,8 @@ class _TaskFailed(Exception):
         )  # fmt: skip
         if self.quality_report is not None:
             error.quality_report.CopyFrom(self.quality_report)
+        if self.output is not None:
+            error.output.CopyFrom(self.output)
         return error
 
 
@@ -139,18 +151,18 @@ def pickled_code_refusal(assignment: worker_pb2.Assignment) -> worker_pb2.TaskEv
 # ---- arguments -------------------------------------------------------------------
 
 
-def _decode(payload: common_pb2.Payload, what: str) -> Any:
+def _decode(payload: common_pb2.Payload, what: str, artifact_root: str | None) -> Any:
     try:
-        return _codec.decode(payload, what=what)
+        return _codec.decode(payload, what=what, artifact_root=artifact_root)
     except SerializationError as exc:
         raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
 
 
-def _extra_args(task: common_pb2.TaskSpec) -> tuple[list[Any], dict[str, Any]]:
+def _extra_args(task: common_pb2.TaskSpec, artifact_root: str | None) -> tuple[list[Any], dict[str, Any]]:
     """Decode ``task.args`` into (positional, keyword) extra arguments."""
     if _codec.is_empty(task.args):
         return [], {}
-    value = _decode(task.args, f"arguments of task {task.name!r}")
+    value = _decode(task.args, f"arguments of task {task.name!r}", artifact_root)
     if task.args.codec == common_pb2.CODEC_JSON:
         if not isinstance(value, dict) or set(value) - {"args", "kwargs"}:
             raise _TaskFailed(
@@ -183,7 +195,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _call_arguments(assignment: worker_pb2.Assignment) -> tuple[list[Any], dict[str, Any]]:
+def _call_arguments(assignment: worker_pb2.Assignment, artifact_root: str | None) -> tuple[list[Any], dict[str, Any]]:
     """Positional and keyword arguments for the task's callable."""
     task = assignment.task
     upstream = assignment.upstream
@@ -195,17 +207,17 @@ def _call_arguments(assignment: worker_pb2.Assignment) -> tuple[list[Any], dict[
             f"{n_deps + n_flows} ({n_deps} dependencies + {n_flows} data flows)",
         )
     args = [
-        _decode(upstream[i], f"result of upstream task {task.depends_on[i]!r} for task {task.name!r}")
+        _decode(upstream[i], f"result of upstream task {task.depends_on[i]!r} for task {task.name!r}", artifact_root)
         for i in range(n_deps)
     ]
-    extra_args, kwargs = _extra_args(task)
+    extra_args, kwargs = _extra_args(task, artifact_root)
     args.extend(extra_args)
     for i, flow in enumerate(task.flows):
         if flow.key and _codec.is_empty(upstream[n_deps + i]):  # a skipped upstream: None, not None[key]
             kwargs[flow.parameter] = None
             continue
         value = _decode(
-            upstream[n_deps + i], f"result of upstream task {flow.source_task!r} for task {task.name!r}"
+            upstream[n_deps + i], f"result of upstream task {flow.source_task!r} for task {task.name!r}", artifact_root
         )
         if flow.key:
             try:
@@ -314,14 +326,62 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _run_command(task: common_pb2.TaskSpec) -> common_pb2.Payload:
-    """Run ``task.command``; its own process group lets a timeout kill all it started."""
+def _collect_output(proc: subprocess.Popen, timeout_s: float | None) -> tuple[TailBuffer, TailBuffer]:
+    """Read a command's stdout and stderr to EOF, keeping only the last bytes of each.
+
+    Unlike ``communicate`` this holds at most two tails in memory, whatever the command
+    writes.
+
+    Raises:
+        subprocess.TimeoutExpired: the streams were still open after ``timeout_s``.
+    """
+    tails = {proc.stdout: TailBuffer(), proc.stderr: TailBuffer()}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        for stream in tails:
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            wait_s = None if deadline is None else deadline - time.monotonic()
+            if wait_s is not None and wait_s <= 0:
+                raise subprocess.TimeoutExpired(proc.args, timeout_s or 0)
+            for key, _ in selector.select(wait_s):
+                chunk = os.read(key.fd, 1 << 16)
+                if chunk:
+                    tails[key.fileobj].append(chunk)
+                else:
+                    selector.unregister(key.fileobj)
+    wait_s = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    proc.wait(wait_s)  # raises TimeoutExpired too: it closed its streams but runs on
+    return tails[proc.stdout], tails[proc.stderr]
+
+
+def _text(tail: TailBuffer) -> str:
+    return tail.tail().decode("utf-8", errors="replace")
+
+
+def _output_of(stdout: TailBuffer, stderr: TailBuffer) -> common_pb2.TaskOutput:
+    return common_pb2.TaskOutput(
+        stdout_tail=stdout.tail(), stderr_tail=stderr.tail(),
+        stdout_bytes=stdout.total_bytes, stderr_bytes=stderr.total_bytes,
+    )  # fmt: skip
+
+
+#: What a command's stderr says when it ran out of memory (Python, glibc, C++, Go, Java).
+_OUT_OF_MEMORY = re.compile(rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|OutOfMemoryError", re.I)
+
+
+def _run_command(task: common_pb2.TaskSpec, artifact_root: str | None, memory_limit_bytes: int) -> common_pb2.Payload:
+    """Run ``task.command``; its own process group lets a timeout kill all it started.
+
+    The command gets ``memory_limit_bytes`` of heap (``RLIMIT_DATA``) from its start on,
+    and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept.
+    """
     command = task.command
     name = task.name
     argv = list(command.argv)
     if not argv:
         raise _TaskFailed("TASK_FAILURE", f"command task {name!r} has an empty argv")
-    extra_args, extra_kwargs = _extra_args(task)
+    extra_args, extra_kwargs = _extra_args(task, artifact_root)
     if extra_args or extra_kwargs:
         raise _TaskFailed("TASK_FAILURE", f"command task {name!r} takes no arguments; put them in argv")
     cwd = command.cwd or None
@@ -334,6 +394,7 @@ def _run_command(task: common_pb2.TaskSpec) -> common_pb2.Payload:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
+            preexec_fn=command_limit_preexec(memory_limit_bytes) if memory_limit_bytes else None,
         )
     except FileNotFoundError as exc:
         if cwd is not None and exc.filename == cwd:
@@ -347,30 +408,52 @@ def _run_command(task: common_pb2.TaskSpec) -> common_pb2.Payload:
         ) from exc
     timeout_s = task.timeout_s if task.timeout_s > 0 else None
     try:
-        out, err = proc.communicate(timeout=timeout_s)
+        out, err = _collect_output(proc, timeout_s)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
-        proc.communicate()
+        proc.wait()
         raise _TaskFailed("TIMEOUT", f"task {name!r} timed out after {task.timeout_s:g} s") from None
     except BaseException:
         _kill_group(proc.pid)
         proc.wait()
         raise
-    stdout = out.decode("utf-8", errors="replace")
-    stderr = err.decode("utf-8", errors="replace")
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
     if proc.returncode != 0:
+        stderr_tail = err.tail()
+        output = _output_of(out, err)
+        if memory_limit_bytes and _OUT_OF_MEMORY.search(stderr_tail[-COMMAND_STDERR_TAIL_CHARS * 4 :]):
+            raise _TaskFailed(
+                "RESOURCE_EXHAUSTION",
+                f"command task {name!r} went over its memory limit of {format_bytes(memory_limit_bytes)} and exited "
+                f"with code {proc.returncode}: {_text(err)[-COMMAND_STDERR_TAIL_CHARS:]}",
+                "CommandError", non_retryable=True, output=output,
+            )  # fmt: skip
         raise _TaskFailed(
             "TASK_FAILURE",
-            f"command exited with code {proc.returncode}: {stderr[-COMMAND_STDERR_TAIL_CHARS:]}",
+            f"command exited with code {proc.returncode}: {_text(err)[-COMMAND_STDERR_TAIL_CHARS:]}",
             "CommandError",
+            output=output,
         )
-    return _encode_result(task, {"stdout": stdout, "stderr": stderr, "exit_code": proc.returncode}, "json")
+    result: dict[str, Any] = {"stdout": _text(out), "stderr": _text(err), "exit_code": proc.returncode}
+    if out.dropped_bytes or err.dropped_bytes:  # only the tails are kept: say how much is missing
+        result["dropped_bytes"] = {"stdout": out.dropped_bytes, "stderr": err.dropped_bytes}
+    return _encode_result(task, result, "json")
 
 
 # ---- entry points ----------------------------------------------------------------
 
 
-def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache: dict) -> worker_pb2.TaskEvent:
+def run_assignment(
+    assignment: worker_pb2.Assignment,
+    code: bytes | None,
+    cache: dict,
+    *,
+    artifact_root: str | None = None,
+    memory_limit_bytes: int = 0,
+    memory_limit_source: str = "",
+) -> worker_pb2.TaskEvent:
     """Run ``assignment`` here and now; return its succeeded or failed TaskEvent.
 
     Args:
@@ -378,12 +461,41 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
             process may not have it yet; None otherwise.
         cache: per-process memo of loaded callables, keyed by import path or code hash;
             pass the same dict on every call so code is unpickled only once.
+        artifact_root: the artifact directory; arguments that travel by reference are read
+            from inside it only (None: every reference is refused).
+        memory_limit_bytes: hold the task to this much memory (see
+            :mod:`xpipe.worker._limits`); 0: no limit. Only an executor child (its own
+            process) may pass one: the limit applies to the whole calling process.
+        memory_limit_source: where the limit comes from, for the error message.
     """
+    task = assignment.task
+    if task.WhichOneof("kind") == "command" or not memory_limit_bytes:
+        return _run(assignment, code, cache, artifact_root, memory_limit_bytes)
+    with memory_limit(memory_limit_bytes):
+        event = _run(assignment, code, cache, artifact_root, 0)
+    if event.WhichOneof("kind") == "failed" and event.failed.error.exception_type == "MemoryError":
+        error = event.failed.error
+        detail = f" ({error.message})" if error.message else ""
+        error.error_type = "RESOURCE_EXHAUSTION"
+        error.message = (
+            f"task {task.name!r} went over its memory limit of {format_bytes(memory_limit_bytes)}"
+            f"{' (' + memory_limit_source + ')' if memory_limit_source else ''}: an allocation was refused"
+            f"{detail}; peak resident memory of its executor process during the task: "
+            f"{format_bytes(peak_rss_bytes())}"
+        )
+        error.non_retryable = True  # the same limit would refuse the same allocation again
+        error.required_resources.memory_bytes = memory_limit_bytes
+    return event
+
+
+def _run(
+    assignment: worker_pb2.Assignment, code: bytes | None, cache: dict, artifact_root: str | None, command_limit: int
+) -> worker_pb2.TaskEvent:
     task = assignment.task
     try:
         kind = task.WhichOneof("kind")
         if kind == "command":
-            return _succeeded(assignment.attempt, _run_command(task))
+            return _succeeded(assignment.attempt, _run_command(task, artifact_root, command_limit))
         if kind == "python":
             func = _python_callable(task, code, cache)
             codec = "pickle"
@@ -392,7 +504,7 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
             codec = "json" if task.args.codec == common_pb2.CODEC_JSON else "pickle"
         else:
             raise _TaskFailed("TASK_FAILURE", f"task {task.name!r} says nothing to run (no python, handler or command)")
-        args, kwargs = _call_arguments(assignment)
+        args, kwargs = _call_arguments(assignment, artifact_root)
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - user code may raise SystemExit too
@@ -406,7 +518,7 @@ def run_assignment(assignment: worker_pb2.Assignment, code: bytes | None, cache:
         event.attempt.CopyFrom(assignment.attempt)
         event.failed.error.CopyFrom(failure.to_proto())
         return event
-    except Exception as exc:  # a bug here must still end the task, visibly
+    except Exception as exc:  # a bug here (or memory running out) must still end the task, visibly
         return failed_event(
             assignment.attempt,
             "TASK_FAILURE",
@@ -470,20 +582,24 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def child_entry(fd: int, parent_pid: int, imports: list[str]) -> None:
+def child_entry(fd: int, parent_pid: int, imports: list[str], default_memory_limit_bytes: int = 0) -> None:
     """Entry point of an executor child started with :data:`CHILD_BOOTSTRAP`."""
     from multiprocessing.connection import Connection
 
-    child_main(Connection(fd), tuple(imports), parent_pid)
+    child_main(Connection(fd), tuple(imports), parent_pid, default_memory_limit_bytes)
 
 
-def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int) -> None:
+def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_memory_limit_bytes: int = 0) -> None:
     """Serve assignments from the process executor over ``conn`` until it closes.
 
     The child is a session leader (the executor starts it so; ``setsid`` here covers any
     other launcher), so killing its process group takes along anything a task started.
     It reports readiness (or which import failed) once, then answers each request with
-    one serialized TaskEvent.
+    one serialized TaskEvent. Its file descriptors 1 and 2 are the executor's output pipes;
+    Python's own buffers are flushed after each task so the output lands before the answer.
+
+    Args:
+        default_memory_limit_bytes: the limit of tasks that declare no memory (0: none).
     """
     try:
         os.setsid()
@@ -502,14 +618,34 @@ def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int) -> None:
     conn.send_bytes(CHILD_READY)
     cache: dict = {}
     header_size = REQUEST_HEADER.size
+    artifact_root: str | None = None
     while True:
         try:
             request = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        has_code, length = REQUEST_HEADER.unpack_from(request)
+        flags, length, root_length = REQUEST_HEADER.unpack_from(request)
         view = memoryview(request)
         assignment = worker_pb2.Assignment.FromString(view[header_size : header_size + length])
-        code = bytes(view[header_size + length :]) if has_code else None
-        event = run_assignment(assignment, code, cache)
+        offset = header_size + length
+        if flags & REQUEST_HAS_ROOT:
+            artifact_root = bytes(view[offset : offset + root_length]).decode() or None
+            offset += root_length
+        code = bytes(view[offset:]) if flags & REQUEST_HAS_CODE else None
+        declared = assignment.task.resources.memory_bytes
+        limit = declared or default_memory_limit_bytes
+        source = "declared by the task" if declared else "the worker's --task-memory-limit" if limit else ""
+        event = run_assignment(
+            assignment, code, cache, artifact_root=artifact_root, memory_limit_bytes=limit, memory_limit_source=source
+        )
+        _flush_std_streams()
         conn.send_bytes(event.SerializeToString())
+
+
+def _flush_std_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:  # noqa: BLE001 - a task may have closed or replaced them
+            pass

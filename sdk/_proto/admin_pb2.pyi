@@ -49,7 +49,7 @@ class ListWorkersRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "name", "host", "state", "slots", "running", "resources", "labels", "handlers", "last_heartbeat", "metrics")
+    __slots__ = ("worker_id", "name", "host", "state", "slots", "running", "resources", "labels", "handlers", "last_heartbeat", "metrics", "memory_enforcement")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class WorkerInfo(_message.Message):
     HANDLERS_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     host: str
@@ -79,7 +80,8 @@ class WorkerInfo(_message.Message):
     handlers: _containers.RepeatedScalarFieldContainer[str]
     last_heartbeat: float
     metrics: _worker_pb2.WorkerMetrics
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[str] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., last_heartbeat: _Optional[float] = ..., metrics: _Optional[_Union[_worker_pb2.WorkerMetrics, _Mapping]] = ...) -> None: ...
+    memory_enforcement: str
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., state: _Optional[str] = ..., slots: _Optional[int] = ..., running: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., last_heartbeat: _Optional[float] = ..., metrics: _Optional[_Union[_worker_pb2.WorkerMetrics, _Mapping]] = ..., memory_enforcement: _Optional[str] = ...) -> None: ...
 
 class ListWorkersResponse(_message.Message):
     __slots__ = ("workers",)

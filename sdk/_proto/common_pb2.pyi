@@ -258,7 +258,7 @@ class FaultTolerance(_message.Message):
     def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ..., circuit_failure_threshold: _Optional[int] = ..., circuit_window_s: _Optional[float] = ..., circuit_open_s: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report")
+    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report", "output")
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +266,7 @@ class TaskError(_message.Message):
     NON_RETRYABLE_FIELD_NUMBER: _ClassVar[int]
     REQUIRED_RESOURCES_FIELD_NUMBER: _ClassVar[int]
     QUALITY_REPORT_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
     error_type: str
     exception_type: str
     message: str
@@ -273,4 +274,17 @@ class TaskError(_message.Message):
     non_retryable: bool
     required_resources: Resources
     quality_report: Payload
-    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...
+    output: TaskOutput
+    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[TaskOutput, _Mapping]] = ...) -> None: ...
+
+class TaskOutput(_message.Message):
+    __slots__ = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes")
+    STDOUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    STDERR_TAIL_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STDERR_BYTES_FIELD_NUMBER: _ClassVar[int]
+    stdout_tail: bytes
+    stderr_tail: bytes
+    stdout_bytes: int
+    stderr_bytes: int
+    def __init__(self, stdout_tail: _Optional[bytes] = ..., stderr_tail: _Optional[bytes] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ...) -> None: ...

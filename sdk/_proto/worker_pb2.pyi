@@ -18,7 +18,7 @@ class WorkerMessage(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent")
+    __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent", "memory_enforcement")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class Register(_message.Message):
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_PICKLED_CODE_FIELD_NUMBER: _ClassVar[int]
     RECENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     host: str
@@ -46,7 +47,8 @@ class Register(_message.Message):
     running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     accepts_pickled_code: bool
     recent: _containers.RepeatedCompositeFieldContainer[TaskEvent]
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., accepts_pickled_code: _Optional[bool] = ..., recent: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ...) -> None: ...
+    memory_enforcement: str
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., accepts_pickled_code: _Optional[bool] = ..., recent: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ..., memory_enforcement: _Optional[str] = ...) -> None: ...
 
 class AttemptRef(_message.Message):
     __slots__ = ("run_id", "task", "attempt")

@@ -196,7 +196,7 @@ def test_file_artifact_reference_is_read(tmp_path):
     path.write_bytes(inline.data)
     ref = common_pb2.Payload(codec=inline.codec, zstd=inline.zstd, size_bytes=inline.size_bytes,
                              artifact_ref=f"file://{path}")  # fmt: skip
-    assert _codec.decode(ref) == list(range(1000))
+    assert _codec.decode(ref, artifact_root=str(tmp_path)) == list(range(1000))
     missing = common_pb2.Payload(codec=inline.codec, artifact_ref=f"file://{tmp_path}/gone")
     with pytest.raises(SerializationError, match="cannot read result of task 'x' from the artifact store"):
-        _codec.decode(missing, what="result of task 'x'")
+        _codec.decode(missing, what="result of task 'x'", artifact_root=str(tmp_path))

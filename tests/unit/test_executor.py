@@ -241,7 +241,7 @@ def test_unserialisable_result_fails_as_serialization() -> None:
 
 
 def test_internal_error_still_ends_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(assignment: Any) -> Any:
+    def broken(assignment: Any, *rest: Any) -> Any:
         raise RuntimeError("injected fault")
 
     monkeypatch.setattr(_runtask, "_call_arguments", broken)
