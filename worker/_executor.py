@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import psutil
 
+from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2, worker_pb2
 
 from . import _runtask
@@ -433,22 +434,22 @@ class ProcessExecutor(TaskExecutor):
 
     async def _respawn(self) -> None:
         """Replace a lost child, retrying with backoff while the executor runs."""
-        delay = _RESPAWN_DELAY_S[0]
+        backoff = Backoff(initial_s=_RESPAWN_DELAY_S[0], max_s=_RESPAWN_DELAY_S[1])
         while self._accepting:
             try:
                 child = self._launch()
             except OSError as exc:  # e.g. EAGAIN from fork under memory pressure
-                logger.error("cannot start an executor process (retrying in %g s): %s", delay, exc)
+                delay = backoff.next_delay()
+                logger.error("cannot start an executor process (retrying in %.2g s): %s", delay, exc)
                 await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
-                delay = min(delay * 2, _RESPAWN_DELAY_S[1])
                 continue
             try:
                 await self._await_ready(child)
             except ExecutorStartError as exc:
                 self._kill(child)
-                logger.error("cannot replace an executor process (retrying in %g s): %s", delay, exc)
+                delay = backoff.next_delay()
+                logger.error("cannot replace an executor process (retrying in %.2g s): %s", delay, exc)
                 await asyncio.sleep(delay)  # backoff between attempts, not synchronisation
-                delay = min(delay * 2, _RESPAWN_DELAY_S[1])
                 continue
             except asyncio.CancelledError:
                 self._kill(child)
