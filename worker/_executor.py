@@ -38,7 +38,7 @@ from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2, worker_pb2
 
 from . import _runtask
-from ._limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
+from ._task_limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
 from ._runtask import failed_event, pickled_code_refusal, run_assignment
 
 __all__ = ["TaskExecutor", "ProcessExecutor", "ThreadExecutor", "ExecutorStartError", "make_executor"]

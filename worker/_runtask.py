@@ -41,7 +41,7 @@ from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 
-from ._limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
+from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
 
 __all__ = [
     "run_assignment",
@@ -464,7 +464,7 @@ def run_assignment(
         artifact_root: the artifact directory; arguments that travel by reference are read
             from inside it only (None: every reference is refused).
         memory_limit_bytes: hold the task to this much memory (see
-            :mod:`xpipe.worker._limits`); 0: no limit. Only an executor child (its own
+            :mod:`xpipe.worker._task_limits`); 0: no limit. Only an executor child (its own
             process) may pass one: the limit applies to the whole calling process.
         memory_limit_source: where the limit comes from, for the error message.
     """

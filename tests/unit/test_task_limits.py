@@ -12,7 +12,7 @@ from tests.harness import assert_no_leaks, describe_pids
 from xpipe import _codec
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.worker._executor import ExecutorStartError, ProcessExecutor, ThreadExecutor
-from xpipe.worker._limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, format_bytes
+from xpipe.worker._task_limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, format_bytes
 
 MIB = 2**20
 LIMITS = "tests.helpers_limits"
