@@ -31,6 +31,11 @@ __all__ = ["Backoff", "DEFAULT_CONNECT_TIMEOUT_S"]
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
 
 
+#: Jitter source of every Backoff not given its own: seeding a fresh ``random.Random`` reads
+#: the OS entropy pool, which costs more than a whole retry-free call.
+_SHARED_RNG = random.Random()
+
+
 class Backoff:
     """Delays that double (``multiplier``) from ``initial_s`` up to ``max_s``, with jitter.
 
@@ -76,7 +81,7 @@ class Backoff:
         self.max_s = float(max_s)
         self.multiplier = float(multiplier)
         self.jitter = float(jitter)
-        self._rng = rng if rng is not None else random.Random()
+        self._rng = rng if rng is not None else _SHARED_RNG
         self._attempts = 0
         self._base_s = self.initial_s
 

@@ -112,12 +112,13 @@ class _Attempts:
         self.timeout_s = timeout_s
         self.until = None if timeout_s is None else time.monotonic() + timeout_s
         self.what = what
-        self.backoff = Backoff(initial_s=_RECONNECT_INITIAL_S, max_s=_RECONNECT_MAX_S)
+        self.backoff: Backoff | None = None  # made on the first failure: most operations never need one
         self.answered()
 
     def answered(self) -> None:
         """A coordinator served us: the next failure starts a fresh budget."""
-        self.backoff.reset()
+        if self.backoff is not None:
+            self.backoff.reset()
         self.jumps = 0
         timeout_s = self.client.connect_timeout_s
         self.deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -147,6 +148,8 @@ class _Attempts:
                 last_error=_describe(exc),
             ) from exc
         remaining = [t - now for t in (self.until, self.deadline) if t is not None]
+        if self.backoff is None:
+            self.backoff = Backoff(initial_s=_RECONNECT_INITIAL_S, max_s=_RECONNECT_MAX_S)
         delay_s = self.backoff.next_delay(remaining_s=min(remaining) if remaining else None)
         log.debug("coordinator %s unavailable (%s); next attempt in %.2fs", client.address, _describe(exc), delay_s)
         client._next_address()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.harness import assert_no_leaks, describe_pids
+from tests.unit.test_executor import error, run, value
 from xpipe import _codec
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.worker._executor import ExecutorStartError, ProcessExecutor, ThreadExecutor
@@ -42,18 +43,6 @@ def assignment(name: str, *, call: str = "", argv: list[str] | None = None, args
     return a
 
 
-def value(event: worker_pb2.TaskEvent) -> Any:
-    assert event.WhichOneof("kind") == "succeeded", event
-    return _codec.decode(event.succeeded.result)
-
-
-def error(event: worker_pb2.TaskEvent) -> common_pb2.TaskError:
-    assert event.WhichOneof("kind") == "failed", event
-    return event.failed.error
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(asyncio.wait_for(coro, 60))
 
 
 def test_a_task_over_its_declared_memory_fails_and_the_next_task_runs() -> None:
