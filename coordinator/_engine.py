@@ -44,7 +44,10 @@ from ._events import (
     Tick,
     task_info,
 )
-from ._state import TERMINAL_RUN_STATES, SchedulerState
+from xpipe._domain import TERMINAL_RUN_STATES
+
+from ._recovery_codec import PICKLE_CODEC
+from ._state import SchedulerState
 from ._store import Store, StoreFault
 from ._validate import validate_spec
 
@@ -108,7 +111,9 @@ class Engine:
     def __init__(self, store: Store, config: EngineConfig = EngineConfig()):
         self.store = store
         self.config = config
-        self.state = SchedulerState(prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s)
+        self.state = SchedulerState(
+            prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s, recovery_codec=PICKLE_CODEC
+        )
         self.sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._wants_tasks: set[asyncio.Queue] = set()  # watchers that want each task change

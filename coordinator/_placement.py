@@ -40,12 +40,12 @@ import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from xpipe._domain import DEFAULT_PLACEMENT_STRATEGY as DEFAULT_STRATEGY
+from xpipe._domain import PLACEMENT_STRATEGIES as STRATEGIES
 from xpipe._proto import common_pb2 as pb
 
 __all__ = ["Request", "PlacementIndex", "STRATEGIES", "DEFAULT_STRATEGY", "normalize_strategy", "UNBOUNDED"]
 
-STRATEGIES = ("resource_balanced", "pack", "spread")
-DEFAULT_STRATEGY = "resource_balanced"
 #: Stands for "no limit" on a worker that advertises no Resources at all (a bare client).
 UNBOUNDED = 1 << 62
 #: At most this many workers in a constraint's inverted index: scan them instead of the heap.

@@ -7,19 +7,20 @@ attempt: an ordinary python call whose callable is the handler and whose argumen
 ``TaskSucceeded``/``TaskFailed`` for the attempt key ``(run_id, "<task>/recovery", n)``;
 a user task can never have that name, since task names hold no ``/``.
 
-This module holds the pure pieces: naming, building the synthetic spec, and reading the
-decision out of the outcome without unpickling anything but plain strings.
+This module holds the pure pieces: naming, the handler's arguments, building the synthetic
+spec, and reading the decision out of the outcome. It encodes and decodes nothing itself:
+the shell hands the state machine a :class:`RecoveryCodec` (the engine's is
+:data:`xpipe.coordinator._recovery_codec.PICKLE_CODEC`), so the core neither imports nor
+runs pickle.
 """
 
 from __future__ import annotations
 
-import io
-import json
-import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from xpipe import _codec
-from xpipe._policies import RECOVERY_DECISIONS
+from xpipe._domain import RECOVERY_DECISIONS
 from xpipe._proto import common_pb2 as pb
 
 __all__ = [
@@ -33,8 +34,10 @@ __all__ = [
     "recovery_name",
     "recovered_task",
     "recovery_spec",
+    "recovery_args",
     "error_dict",
     "read_decision",
+    "RecoveryCodec",
 ]
 
 #: What a recovery handler may return (one list, shared with the SDK).
@@ -45,8 +48,20 @@ HALT, RETRY_WITH_FALLBACK, SKIP, CONTINUE = DECISIONS
 RECOVERY_SUFFIX = "/recovery"
 #: A handler that runs longer than this is killed and counts as "continue".
 RECOVERY_TIMEOUT_S = 60.0
-#: A decision is a short string; a result larger than this is not one.
-_MAX_DECISION_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryCodec:
+    """How the shell encodes a handler's arguments and decodes its answer.
+
+    Given to :class:`~xpipe.coordinator._state.SchedulerState` by its shell, so the pure
+    core never imports a serializer; both functions are pure (no I/O).
+    """
+
+    encode_args: Callable[[tuple[Any, ...]], pb.Payload]
+    """``(positional args)`` -> the ``TaskSpec.args`` payload a worker decodes."""
+    decode_result: Callable[[pb.Payload], Any]
+    """A successful answer's result -> its plain value; raises ValueError if it is not one."""
 
 
 def recovery_name(task: str) -> str:
@@ -73,54 +88,28 @@ def error_dict(error: pb.TaskError | None) -> dict[str, str]:
     }
 
 
-def recovery_spec(
-    task: str,
-    handler: pb.PythonCall,
-    error: pb.TaskError | None,
-    *,
-    run_id: str,
-    pipeline: str,
-    attempt: int,
-) -> pb.TaskSpec:
-    """The synthetic TaskSpec that runs ``handler(task, error_dict, context_dict)`` on a worker."""
+def recovery_args(task: str, error: pb.TaskError | None, *, run_id: str, pipeline: str, attempt: int) -> tuple:
+    """The handler's positional arguments: ``(failed_task_name, error_dict, context_dict)``."""
+    return (task, error_dict(error), {"run_id": run_id, "pipeline": pipeline, "attempt": attempt})
+
+
+def recovery_spec(task: str, handler: pb.PythonCall, args: pb.Payload) -> pb.TaskSpec:
+    """The synthetic TaskSpec that calls ``handler`` with the encoded ``args`` on a worker."""
     spec = pb.TaskSpec(name=recovery_name(task), timeout_s=RECOVERY_TIMEOUT_S)
     spec.python.CopyFrom(handler)
-    context = {"run_id": run_id, "pipeline": pipeline, "attempt": attempt}
-    spec.args.CopyFrom(
-        _codec.encode(((task, error_dict(error), context), {}), "pickle", what=f"recovery arguments of {task!r}")
-    )
+    spec.args.CopyFrom(args)
     return spec
 
 
-class _StringsOnly(pickle.Unpickler):
-    """Unpickles builtin scalars only: loading any class or function is refused.
-
-    The result comes from a worker; the coordinator must not run code a hostile or broken
-    worker put in a pickle.
-    """
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _decode(payload: pb.Payload) -> Any:
-    if payload.artifact_ref or payload.zstd or len(payload.data) > _MAX_DECISION_BYTES:
-        raise ValueError(f"a result of {payload.size_bytes or len(payload.data)} bytes is not a decision")
-    if payload.codec == pb.CODEC_PICKLE:
-        return _StringsOnly(io.BytesIO(payload.data)).load()
-    if payload.codec == pb.CODEC_JSON:
-        return json.loads(payload.data)
-    if payload.codec == pb.CODEC_UNSPECIFIED and not payload.data:
-        return None
-    raise ValueError(f"a result with codec {payload.codec} is not a decision")
-
-
-def read_decision(result: pb.Payload | None, error: pb.TaskError | None) -> tuple[str, str]:
+def read_decision(
+    result: pb.Payload | None, error: pb.TaskError | None, decode: Callable[[pb.Payload], Any]
+) -> tuple[str, str]:
     """The handler's decision and, when it could not be followed, why.
 
     Args:
         result: the synthetic attempt's result when it succeeded, else None.
         error: its error when it failed (the handler raised, timed out, ...), else None.
+        decode: the shell's :attr:`RecoveryCodec.decode_result`.
 
     Returns:
         ``(decision, problem)``: a handler that raised, timed out or returned anything but
@@ -133,7 +122,7 @@ def read_decision(result: pb.Payload | None, error: pb.TaskError | None) -> tupl
         kind = "timed out" if error.error_type == "TIMEOUT" else "raised"
         return CONTINUE, f"recovery handler {kind} ({what or error.error_type or 'no outcome'})"
     try:
-        value = _decode(result)
+        value = decode(result)
     except Exception as exc:  # noqa: BLE001 - any undecodable result is "not a decision"
         return CONTINUE, f"recovery handler returned something that is not a decision ({exc})"
     if isinstance(value, str) and value in DECISIONS:

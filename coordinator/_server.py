@@ -17,7 +17,6 @@ from grpc_reflection.v1alpha import reflection
 from xpipe._limits import MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
-from xpipe._proto import common_pb2 as pb
 from xpipe.errors import PipelineValidationError
 
 from xpipe._backoff import Backoff
@@ -35,7 +34,7 @@ from ._events import (
     WorkerDisconnected,
     task_info,
 )
-from ._state import TERMINAL_RUN_STATES
+from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from ._store import Store, StoreFault
 from ._validate import check_event, check_heartbeat, check_register
 
@@ -46,7 +45,6 @@ __all__ = ["Coordinator", "MAX_MESSAGE_BYTES", "MAX_SLOTS"]
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 
 
 def _ref(key: tuple[str, str, int]) -> worker_pb2.AttemptRef:

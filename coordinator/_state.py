@@ -32,8 +32,9 @@ import random
 from collections import deque
 from collections.abc import Iterable
 
+from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
 from xpipe._proto import common_pb2 as pb
-from xpipe._policies import backoff_delay_s
+from xpipe._retry import backoff_delay_s
 
 from ._breaker import OPEN, CircuitBreakers
 from ._entries import RunEntry, TaskEntry, WorkerEntry
@@ -43,8 +44,10 @@ from ._recovery import (
     HALT,
     RETRY_WITH_FALLBACK,
     SKIP,
+    RecoveryCodec,
     read_decision,
     recovered_task,
+    recovery_args,
     recovery_name,
     recovery_spec,
 )
@@ -79,8 +82,6 @@ __all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TA
 
 log = logging.getLogger(__name__)
 
-TERMINAL_TASK_STATES = frozenset({pb.SUCCEEDED, pb.FAILED, pb.SKIPPED, pb.CANCELLED, pb.UPSTREAM_FAILED})
-TERMINAL_RUN_STATES = frozenset({pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED})
 _ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
 #: error_type of tasks failed by :meth:`SchedulerState.fail_run`: a coordinator bug, not the task's.
 INTERNAL_ERROR = "INTERNAL"
@@ -118,6 +119,9 @@ class SchedulerState:
             are requeued.
         validate: check invariants after every event (tests turn this on).
         rng: source of retry jitter; tests pass a seeded one for a reproducible schedule.
+        recovery_codec: how recovery handlers' arguments and answers are encoded; the
+            shell's choice (the engine passes a pickle codec), so the core imports none.
+            None: runs with a recovery handler fail INTERNAL when a handler is due.
     """
 
     def __init__(
@@ -127,8 +131,10 @@ class SchedulerState:
         heartbeat_timeout_s: float = 10.0,
         validate: bool = False,
         rng: random.Random | None = None,
+        recovery_codec: RecoveryCodec | None = None,
     ):
         self.rng = rng if rng is not None else random.Random()
+        self.recovery_codec = recovery_codec
         self.prefetch = prefetch
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.validate_each_step = validate
@@ -461,9 +467,8 @@ class SchedulerState:
             run.recovering[name] = (run.recovery_seq, worker_id)
             worker.assigned[key] = now
             self.placement.hold(worker_id, key, _RECOVERY_REQUEST)
-            spec = recovery_spec(
-                name, run.handler, task.error, run_id=run_id, pipeline=run.name, attempt=task.attempt
-            )  # fmt: skip
+            args = recovery_args(name, task.error, run_id=run_id, pipeline=run.name, attempt=task.attempt)
+            spec = recovery_spec(name, run.handler, self._recovery_codec().encode_args(args))
             code: tuple[pb.CodeBlob, ...] = ()
             code_hash = run.handler.code_hash
             if code_hash and code_hash not in worker.sent_code and code_hash in run.code:
@@ -471,6 +476,11 @@ class SchedulerState:
                 code = (run.code[code_hash],)
             out.append(Assign(worker_id, key, spec, (), code, True))
         self._recoveries = waiting
+
+    def _recovery_codec(self) -> RecoveryCodec:
+        if self.recovery_codec is None:
+            raise RuntimeError("a recovery handler is due but this SchedulerState was given no recovery_codec")
+        return self.recovery_codec
 
     def _on_recovery_result(self, ev: TaskSucceeded | TaskFailed, name: str, out: list[Action]) -> None:
         """Apply a recovery handler's answer for task ``name`` (stale answers are dropped)."""
@@ -482,9 +492,9 @@ class SchedulerState:
             return
         del run.recovering[name]
         if isinstance(ev, TaskSucceeded):
-            decision, problem = read_decision(ev.result, None)
+            decision, problem = read_decision(ev.result, None, self._recovery_codec().decode_result)
         else:
-            decision, problem = read_decision(None, ev.error)
+            decision, problem = read_decision(None, ev.error, self._recovery_codec().decode_result)
         log.info("run %s: recovery handler for task %r answered %s%s", run.run_id, name, decision,
                  f" ({problem})" if problem else "")  # fmt: skip
         error = pb.TaskError()

@@ -2,7 +2,7 @@
 
 Polyglot clients skip the Python SDK, and a worker stream may come from anything, so the
 coordinator checks every request again with the same graph rules
-(:func:`xpipe._dag.validate_graph`) and the same limits (:mod:`xpipe._limits`), plus what
+(:func:`xpipe._graph.validate_graph`) and the same limits (:mod:`xpipe._limits`), plus what
 only the wire form can get wrong: a task with no kind, a code hash with no code, a flow from
 nowhere, a NaN where the scheduler does arithmetic. A value that got past here and made the
 engine raise would stop the coordinator for everyone, so every float is checked (NaN and
@@ -14,7 +14,7 @@ at most ``SHOWN_CHARS`` of a hostile value, so the error itself stays small.
 
 from __future__ import annotations
 
-from xpipe._dag import validate_graph
+from xpipe._graph import validate_graph
 from xpipe._limits import (
     MAX_CUSTOM_RESOURCES,
     MAX_DEPENDS_ON,

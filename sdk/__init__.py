@@ -12,25 +12,68 @@ local workers for you; with ``coordinator="host:port"`` it uses a running cluste
     ...     print(pm.execute_pipeline(p).outputs["load"])
 """
 
-from ._client import Client
-from ._dag import DataFlow, Pipeline, Task, pipeline, task
-from ._handlers import handler
-from ._manager import PipelineManager
-from ._policies import handle_errors
-from ._result import PipelineResult, TaskRunInfo
-from .errors import (
-    CoordinatorUnavailableError,
-    DataStreamError,
-    DistributedExecutionError,
-    PipelineExecutionError,
-    PipelineValidationError,
-    RequestRejectedError,
-    RunNotFoundError,
-    SerializationError,
-    XpipeError,
-)
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from ._domain import VERSION as __version__  # noqa: F401 - served by __getattr__
+    from ._client import Client
+    from ._dag import DataFlow, Pipeline, Task, pipeline, task
+    from ._handlers import handler
+    from ._manager import PipelineManager
+    from ._policies import handle_errors
+    from ._result import PipelineResult, TaskRunInfo
+    from .errors import (
+        CoordinatorUnavailableError,
+        DataStreamError,
+        DistributedExecutionError,
+        PipelineExecutionError,
+        PipelineValidationError,
+        RequestRejectedError,
+        RunNotFoundError,
+        SerializationError,
+        XpipeError,
+    )
+
+# Each public name is imported on first use (PEP 562), so that building a Pipeline loads
+# neither grpc nor the client, and the coordinator's state machine and the worker's task
+# runner, which import leaf modules of this package, do not load the SDK's heavy parts.
+_LAZY = {
+    "__version__": "._domain",
+    "Client": "._client",
+    "DataFlow": "._dag",
+    "Pipeline": "._dag",
+    "Task": "._dag",
+    "pipeline": "._dag",
+    "task": "._dag",
+    "handler": "._handlers",
+    "PipelineManager": "._manager",
+    "handle_errors": "._policies",
+    "PipelineResult": "._result",
+    "TaskRunInfo": "._result",
+    **dict.fromkeys(
+        (
+            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError", "PipelineExecutionError",
+            "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
+        ),
+        ".errors",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), "VERSION" if name == "__version__" else name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __all__ = [
     "Client",

@@ -24,9 +24,16 @@ import grpc
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
 from ._limits import MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
-from .errors import CoordinatorUnavailableError, from_grpc_error
+from .errors import (
+    CoordinatorUnavailableError,
+    DistributedExecutionError,
+    PipelineValidationError,
+    RequestRejectedError,
+    RunNotFoundError,
+    XpipeError,
+)
 
-__all__ = ["Client", "leader_hint", "parse_addresses"]
+__all__ = ["Client", "from_grpc_error", "leader_hint", "parse_addresses", "translate_rpc_errors"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -36,9 +43,11 @@ _OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
 ]
-_RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: A watch stream also ends CANCELLED when its coordinator shuts down: reconnect then too.
-_STREAM_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
+_STREAM_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+#: What a watch with its own deadline handles itself: also that deadline passing.
+_STREAM_KEPT = _STREAM_RETRYABLE | {grpc.StatusCode.DEADLINE_EXCEEDED}
 #: Trailing metadata in which an HA follower names the leader (see coordinator/_leader.py).
 _LEADER_KEY = "xpipe-leader"
 #: Jumps in a row to a leader named by a follower, with no wait: members may disagree for a
@@ -48,6 +57,67 @@ _MAX_HINT_JUMPS = 3
 #: at most once a coordinator stays away.
 _RECONNECT_INITIAL_S = 0.05
 _RECONNECT_MAX_S = 2.0
+
+
+_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+_REJECTED = {
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.ABORTED,
+}
+
+
+def from_grpc_error(exc: grpc.RpcError) -> XpipeError:
+    """Translate a gRPC error into the xpipe error a caller can act on.
+
+    Every status code maps somewhere; ``tests/unit/test_errors.py`` checks that.
+    """
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return RunNotFoundError(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return PipelineValidationError(details)
+    if code in _UNAVAILABLE:
+        return CoordinatorUnavailableError(f"coordinator unavailable ({code.name}): {details}")
+    if code in _REJECTED:
+        return RequestRejectedError(f"{code.name}: {details}")
+    # OK should never arrive as an error; UNKNOWN, INTERNAL, DATA_LOSS are server faults.
+    return DistributedExecutionError(f"coordinator error ({code.name}): {details}")
+
+
+class translate_rpc_errors:  # noqa: N801 - used like a function: ``with translate_rpc_errors():``
+    """Context manager: a gRPC error escaping the block leaves it as the xpipe error it means.
+
+    The single place the client turns status codes into our exceptions (``raise ... from``
+    the gRPC error, so its details stay in the traceback). A class, not a generator, since
+    every call goes through it.
+
+    Args:
+        keep: status codes the caller handles itself (reconnect, its own deadline): errors
+            with these codes leave the block untranslated.
+    """
+
+    __slots__ = ("keep",)
+
+    def __init__(self, keep: frozenset[grpc.StatusCode] | set[grpc.StatusCode] = frozenset()):
+        self.keep = keep
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or not isinstance(exc, grpc.RpcError):
+            return False
+        code = exc.code() if hasattr(exc, "code") else None
+        if code in self.keep:
+            return False
+        raise from_grpc_error(exc) from exc
 
 
 def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
@@ -231,10 +301,9 @@ class Client:
         attempts = _Attempts(self)
         while True:
             try:
-                return fn(*self._stubs())
-            except grpc.RpcError as exc:
-                if exc.code() not in _RETRYABLE:
-                    raise from_grpc_error(exc) from exc
+                with translate_rpc_errors(keep=_RETRYABLE):
+                    return fn(*self._stubs())
+            except grpc.RpcError as exc:  # kept untranslated: retryable
                 error = exc
             attempts.failed(error)
 
@@ -258,17 +327,16 @@ class Client:
             streamed = False
             run_id = ""
             try:
-                for event in stream:
-                    streamed = True
-                    run_id = event.summary.run_id
-                    yield event
+                # Only the caller's timeout_s puts a deadline on the stream: that one is ours.
+                with translate_rpc_errors(keep=_STREAM_RETRYABLE if attempts.until is None else _STREAM_KEPT):
+                    for event in stream:
+                        streamed = True
+                        run_id = event.summary.run_id
+                        yield event
                 return
-            except grpc.RpcError as exc:
-                # Only the caller's timeout_s puts a deadline on the stream.
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED and attempts.until is not None:
+            except grpc.RpcError as exc:  # kept untranslated: retryable, or the caller's deadline
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise attempts.timed_out() from exc
-                if exc.code() not in _STREAM_RETRYABLE:
-                    raise from_grpc_error(exc) from exc
                 log.info("%s: watch interrupted (%s); reconnecting", attempts.what, _describe(exc))
                 error = exc
             finally:

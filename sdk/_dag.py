@@ -2,8 +2,9 @@
 
 This is what users build (``Pipeline``, ``Task``, ``@task``, ``@pipeline``, ``DataFlow``) and
 what turns into a :class:`PipelineSpec` for the coordinator. It is pure Python: nothing here
-touches the network. :func:`validate_graph` works on plain names so the coordinator can run
-the very same checks on specs that clients in other languages submit.
+touches the network. The graph checks (:func:`validate_graph`, in the leaf :mod:`xpipe._graph`)
+work on plain names so the coordinator runs the very same checks on specs that clients in
+other languages submit.
 
 Upstream results reach a task as positional arguments in ``depends_on`` order; a
 ``DataFlow`` in ``kwargs`` maps an upstream result (or one key of it) to a named parameter::
@@ -15,17 +16,17 @@ Upstream results reach a task as positional arguments in ``depends_on`` order; a
 from __future__ import annotations
 
 import functools
-import gc
-import heapq
 import inspect
 import numbers
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from . import _codec
 from ._callables import callable_ref, describe_callable
+from ._domain import PLACEMENT_STRATEGIES
+from ._graph import check_task_name as _check_name
+from ._graph import validate_graph
 from ._handlers import get_handler
 from ._limits import (
     MAX_DEPENDS_ON,
@@ -37,23 +38,16 @@ from ._limits import (
     labels_problem,
     normalize_resources,
 )
-from ._policies import BACKOFF_STRATEGIES, FaultTolerance, check_recovery_handler
+from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
+from ._retry import BACKOFF_STRATEGIES
 from .errors import PipelineValidationError
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
 
-#: How the coordinator chooses among the workers a task fits on (docs/placement.md):
-#: ``resource_balanced`` (the default) evens utilisation, ``pack`` fills workers first,
-#: ``spread`` spreads tasks out.
-PLACEMENT_STRATEGIES = ("resource_balanced", "pack", "spread")
 
 # Durations in messages: "must be a number of seconds >= 0 (at most 31622400)".
 _UPTO = f"(at most {MAX_DURATION_S:.0f})"
-# Whatever NAME_RE refuses besides '/': whitespace and control characters.
-_BAD_NAME_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
-# A cycle message names at most this many tasks (the exception's ``cycle`` has them all).
-_CYCLE_SHOWN = 20
 _INT32_MAX = 2**31 - 1
 _UINT32_MAX = 2**32 - 1
 _TASK_OPTIONS = frozenset(
@@ -70,15 +64,6 @@ def _invalid(task_name: Any, field: str, problem: str) -> PipelineValidationErro
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or len(name) > MAX_NAME_CHARS or NAME_RE.fullmatch(name) is None:
-        raise PipelineValidationError(
-            f"invalid task name {name!r:.80}: a task name is a non-empty string of at most {MAX_NAME_CHARS} "
-            "chars, without whitespace, '/' or control characters"
-        )
-    return name
 
 
 def _check_labels(where: str, labels: Any) -> dict[str, str]:
@@ -857,145 +842,3 @@ def pipeline(name: str) -> Callable[[Callable[[], Any]], Pipeline]:
         return made
 
     return decorate
-
-
-def validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
-    """Check that tasks form a DAG and return them in a topological order.
-
-    Kahn's algorithm with a heap: among tasks ready at the same time the one earlier in
-    ``names`` goes first, so names already in a valid order come back unchanged (and that
-    common case is detected in one pass, without building the graph). O((V + E) log V);
-    100k tasks take well under half a second.
-
-    Args:
-        names: every task name, in submission order.
-        deps: for each task name, the names it depends on (missing key: none).
-
-    Raises:
-        PipelineValidationError: no tasks, an invalid or duplicate name, an unknown
-            dependency (``.unknown``), a self-dependency or a cycle (``.cycle``, first name
-            repeated at the end; "a -> b" means b depends on a).
-    """
-    # The graph is built of ~2 lists per task; at 100k tasks the cyclic GC would rescan
-    # them many times while they are being made (about a third of the run time), and none
-    # of them can form a reference cycle, so collection is paused for the call.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _validate_graph(names, deps)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _validate_graph(names: Sequence[str], deps: Mapping[str, Sequence[str]]) -> list[str]:
-    count = len(names)
-    if count == 0:
-        raise PipelineValidationError("pipeline has no tasks; add at least one")
-    try:
-        index = {name: i for i, name in enumerate(names)}
-    except TypeError:  # an unhashable name: report it as invalid
-        for name in names:
-            _check_name(name)
-        raise
-    if len(index) != count:
-        seen: set[str] = set()
-        for name in names:
-            if name in seen:
-                raise PipelineValidationError(f"duplicate task name {name!r:.100}")
-            seen.add(name)
-    _check_names(names, index)
-
-    # Dependencies as indices; a KeyError means an unknown name, reported in full below.
-    deps_of = deps.get
-    no_deps: tuple[str, ...] = ()
-    try:
-        dep_index = [[index[dep] for dep in deps_of(name) or no_deps] for name in names]
-    except (KeyError, TypeError):
-        _raise_unknown(names, deps, index)
-        raise  # unreachable: _raise_unknown always raises
-
-    if all(not task_deps or max(task_deps) < i for i, task_deps in enumerate(dep_index)):
-        return list(names)  # already in order: exactly what the heap would produce
-
-    children: list[list[int]] = [[] for _ in range(count)]
-    indegree = [len(task_deps) for task_deps in dep_index]
-    for i, task_deps in enumerate(dep_index):
-        for j in task_deps:
-            children[j].append(i)
-    ready = [i for i in range(count) if not indegree[i]]  # ascending, so already a heap
-    order: list[int] = []
-    append, heappop, heappush = order.append, heapq.heappop, heapq.heappush
-    while ready:
-        i = heappop(ready)
-        append(i)
-        for child in children[i]:
-            indegree[child] -= 1
-            if not indegree[child]:
-                heappush(ready, child)
-    if len(order) < count:
-        # A task waiting on itself is never ordered; name it plainly rather than as a cycle.
-        for i in range(count):
-            if indegree[i] and i in dep_index[i]:
-                raise PipelineValidationError(
-                    f"task {names[i]!r} depends on itself", cycle=[names[i], names[i]]
-                )
-        cycle = _find_cycle(names, dep_index, indegree)
-        shown = cycle if len(cycle) <= _CYCLE_SHOWN else [*cycle[: _CYCLE_SHOWN - 1], f"... ({len(cycle)} tasks)", cycle[-1]]
-        raise PipelineValidationError(
-            f"dependency cycle: {' -> '.join(shown)} (each task depends on the one before it)", cycle=cycle
-        )
-    return [names[i] for i in order]
-
-
-def _check_names(names: Sequence[str], index: Mapping[str, int]) -> None:
-    # One regex over all names joined by '/' instead of one match per name: any name with
-    # whitespace, a control character or '/', a long or empty name, or a non-string fails
-    # it, and only then is each name checked to report the bad one.
-    try:
-        joined = "/".join(names)
-    except TypeError:
-        joined = None
-    if (
-        joined is not None
-        and "" not in index
-        and joined.count("/") == len(names) - 1
-        and _BAD_NAME_CHAR_RE.search(joined) is None
-        and max(map(len, names), default=0) <= MAX_NAME_CHARS
-    ):
-        return
-    for name in names:
-        _check_name(name)
-
-
-def _raise_unknown(names: Sequence[str], deps: Mapping[str, Sequence[str]], index: Mapping[str, int]) -> None:
-    unknown: list[tuple[str, Any]] = []
-    for name in names:
-        for dep in deps.get(name) or ():
-            if not isinstance(dep, str) or dep not in index:
-                unknown.append((name, dep))
-    name, dep = unknown[0]
-    more = f" (and {len(unknown) - 1} more unknown dependencies)" if len(unknown) > 1 else ""
-    missing = list(dict.fromkeys(str(d) for _, d in unknown))
-    raise PipelineValidationError(f"task {name!r} depends on unknown task {dep!r}{more}", unknown=missing)
-
-
-def _find_cycle(names: Sequence[str], dep_index: list[list[int]], indegree: list[int]) -> list[str]:
-    """One cycle among the tasks Kahn's algorithm could not order, in run order.
-
-    Every such task still waits on some other such task, so walking from one to a waiting
-    dependency must revisit a task; the stretch between the two visits is a cycle.
-    """
-    start = next(i for i in range(len(names)) if indegree[i])
-    position: dict[int, int] = {}
-    walk: list[int] = []
-    node = start
-    while node not in position:
-        position[node] = len(walk)
-        walk.append(node)
-        node = next(j for j in dep_index[node] if indegree[j])
-    loop = walk[position[node] :]  # each depends on the next; reverse for run order
-    loop.reverse()
-    first = loop.index(min(loop))  # start at the task given first, for a stable message
-    loop = loop[first:] + loop[:first]
-    return [names[i] for i in loop] + [names[loop[0]]]

@@ -14,9 +14,9 @@ from ._client import Client, check_seconds
 from ._codec import decode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
+from ._domain import TERMINAL_RUN_STATES
 from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
-from ._proto import common_pb2 as pb
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, PipelineResult
 from .errors import PipelineExecutionError, PipelineValidationError
@@ -25,7 +25,6 @@ __all__ = ["PipelineManager"]
 
 log = logging.getLogger(__name__)
 
-_TERMINAL = {pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED}
 # Keys of the seed's config dicts that we accept; the ones we do not act on yet are named
 # in a warning rather than silently dropped.
 _CONFIG_KEYS = {"coordinator", "workers", "worker_nodes", "slots_per_worker", "data_dir", "imports", "connect_timeout_s"}
@@ -332,7 +331,7 @@ class PipelineManager:
                 run_id = event.summary.run_id
                 if progress is not None:
                     progress.update(event.summary)
-                if event.summary.state in _TERMINAL:
+                if event.summary.state in TERMINAL_RUN_STATES:
                     final = event
                     break
         finally:

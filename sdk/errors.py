@@ -12,16 +12,20 @@
     ├── RequestRejectedError         the coordinator refused a request (bad argument, too large)
     └── DataStreamError              a stream pipeline failed
 
-gRPC status codes are translated into these in exactly one place, :func:`from_grpc_error`.
+gRPC status codes are translated into these in exactly one place, next to the client:
+:func:`xpipe._client.translate_rpc_errors` (with :func:`xpipe._client.from_grpc_error`, also
+importable from here). This module imports no grpc, so the SDK's pure parts and the
+coordinator's state machine can raise these without loading it.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import grpc
+from ._domain import ERROR_TYPES
 
 if TYPE_CHECKING:
+    from ._client import from_grpc_error  # noqa: F401 - served lazily by __getattr__ below
     from ._result import PipelineResult
 
 __all__ = [
@@ -37,21 +41,6 @@ __all__ = [
     "ERROR_TYPES",
     "from_grpc_error",
 ]
-
-#: The values of :attr:`PipelineExecutionError.error_type`.
-ERROR_TYPES = (
-    "TASK_FAILURE",
-    "DEPENDENCY_FAILURE",
-    "RESOURCE_EXHAUSTION",
-    "DATA_QUALITY_FAILURE",
-    "TIMEOUT",
-    "CIRCUIT_OPEN",
-    "CANCELLED",
-    "SERIALIZATION",
-    "WORKER_LOST",
-    "INTERNAL",  # a coordinator bug failed the run; the coordinator stayed up for every other run
-)
-
 
 class XpipeError(Exception):
     """Root of every error xpipe raises."""
@@ -146,33 +135,11 @@ class DataStreamError(XpipeError):
     """A stream pipeline failed."""
 
 
-_UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
-_REJECTED = {
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.OUT_OF_RANGE,
-    grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.ABORTED,
-}
+def __getattr__(name: str) -> Any:
+    # ``from xpipe.errors import from_grpc_error`` keeps working, but the map lives next to the
+    # client (it needs grpc, which importing this module must not load).
+    if name == "from_grpc_error":
+        from ._client import from_grpc_error
 
-
-def from_grpc_error(exc: grpc.RpcError) -> XpipeError:
-    """Translate a gRPC error into the xpipe error a caller can act on.
-
-    Every status code maps somewhere; ``tests/unit/test_errors.py`` checks that.
-    """
-    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
-    if code == grpc.StatusCode.NOT_FOUND:
-        return RunNotFoundError(details)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return PipelineValidationError(details)
-    if code in _UNAVAILABLE:
-        return CoordinatorUnavailableError(f"coordinator unavailable ({code.name}): {details}")
-    if code in _REJECTED:
-        return RequestRejectedError(f"{code.name}: {details}")
-    # OK should never arrive as an error; UNKNOWN, INTERNAL, DATA_LOSS are server faults.
-    return DistributedExecutionError(f"coordinator error ({code.name}): {details}")
+        return from_grpc_error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -153,6 +153,7 @@ from xpipe.coordinator._events import (  # noqa: E402
     Tick,
     WorkerConnected,
 )
+from xpipe.coordinator._recovery_codec import PICKLE_CODEC  # noqa: E402
 from xpipe.coordinator._state import SchedulerState  # noqa: E402
 from xpipe.coordinator._validate import validate_spec  # noqa: E402
 
@@ -171,7 +172,7 @@ def spec_of(name, tasks, *, enabled=True, threshold=2, window_s=10.0, open_s=5.0
 
 
 def machine(slots=8) -> SchedulerState:
-    s = SchedulerState(prefetch=0, validate=True, heartbeat_timeout_s=1e6)
+    s = SchedulerState(prefetch=0, validate=True, heartbeat_timeout_s=1e6, recovery_codec=PICKLE_CODEC)
     s.handle(WorkerConnected(0.0, "w1", "w1", "host", slots))
     return s
 

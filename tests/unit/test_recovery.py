@@ -15,11 +15,22 @@ from xpipe.coordinator._recovery import (
     HALT,
     RETRY_WITH_FALLBACK,
     SKIP,
-    read_decision,
     recovered_task,
+    recovery_args,
     recovery_name,
     recovery_spec,
 )
+from xpipe.coordinator._recovery import read_decision as _read_decision
+from xpipe.coordinator._recovery_codec import PICKLE_CODEC, encode_args
+
+
+def read_decision(result, error):
+    """The engine's way: the shell's codec decodes, the pure core decides."""
+    return _read_decision(result, error, PICKLE_CODEC.decode_result)
+
+
+def recovery_spec_of(task, handler, error, **context):
+    return recovery_spec(task, handler, encode_args(recovery_args(task, error, **context)))
 
 # ---------------------------------------------------------------- pure helpers
 
@@ -35,7 +46,7 @@ def test_synthetic_names_cannot_collide_with_task_names():
 def test_recovery_spec_calls_the_handler_with_task_error_and_context():
     handler = pb.PythonCall(code_hash="ab" * 32)
     error = pb.TaskError(error_type="TIMEOUT", exception_type="", message="slow", traceback="tb")
-    spec = recovery_spec("load", handler, error, run_id="r1", pipeline="etl", attempt=3)
+    spec = recovery_spec_of("load", handler, error, run_id="r1", pipeline="etl", attempt=3)
     assert spec.name == "load/recovery" and spec.python.code_hash == "ab" * 32 and spec.timeout_s > 0
     assert not spec.depends_on and not spec.flows
     args, kwargs = decode(spec.args)
@@ -48,7 +59,7 @@ def test_recovery_spec_calls_the_handler_with_task_error_and_context():
 
 
 def test_recovery_spec_without_an_error_still_names_a_failure():
-    spec = recovery_spec("t", pb.PythonCall(import_path="m:f"), None, run_id="r", pipeline="p", attempt=1)
+    spec = recovery_spec_of("t", pb.PythonCall(import_path="m:f"), None, run_id="r", pipeline="p", attempt=1)
     assert decode(spec.args)[0][1]["error_type"] == "TASK_FAILURE"
 
 
@@ -139,7 +150,7 @@ def spec_of(edges, *, retries=0, fail_fast=False, handler=True) -> pb.PipelineSp
 
 
 def start(edges, **kw) -> SchedulerState:
-    s = SchedulerState(prefetch=0, validate=True)
+    s = SchedulerState(prefetch=0, validate=True, recovery_codec=PICKLE_CODEC)
     s.handle(WorkerConnected(0.0, "w1", "w1", "host", 4))
     spec = spec_of(edges, **kw)
     s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
@@ -317,7 +328,7 @@ def test_a_stale_or_repeated_answer_is_dropped():
 
 
 def test_the_handler_call_is_resent_when_its_worker_is_lost():
-    s = SchedulerState(prefetch=0, validate=True, heartbeat_timeout_s=5.0)
+    s = SchedulerState(prefetch=0, validate=True, heartbeat_timeout_s=5.0, recovery_codec=PICKLE_CODEC)
     s.handle(WorkerConnected(0.0, "w1", "w1", "host", 1))
     spec = spec_of({"a": []})
     s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
@@ -388,7 +399,7 @@ def test_a_cancelled_attempt_is_not_passed_to_the_handler():
 def test_a_task_restored_in_recovering_asks_the_handler_again():
     spec = spec_of({"a": [], "b": ["a"]})
     rec = TaskRecord("r1", "a", pb.RECOVERING, 2, "", 0.0, 1.0, pb.TaskError(message="down"))
-    s = SchedulerState(prefetch=0, validate=True)
+    s = SchedulerState(prefetch=0, validate=True, recovery_codec=PICKLE_CODEC)
     s.handle(RunRestored(10.0, "r1", spec, tuple(validate_spec(spec)), 0.0, {"a": rec}))
     assert state_of(s, "a") == "RECOVERING" and assigns(s.schedule(10.0)) == {}  # no worker yet
     s.handle(WorkerConnected(10.5, "w1", "w1", "host", 2))
