@@ -466,3 +466,14 @@ def test_a_handler_with_defaults_or_star_args_is_accepted():
 
     Pipeline("p").recovery_handler(lambda *args: "skip")
     Pipeline("p").recovery_handler(lambda task, error, context, extra=None: "skip")
+
+
+def test_a_state_machine_without_a_recovery_codec_says_so_when_a_handler_is_due():
+    s = SchedulerState(prefetch=0, validate=True)  # no recovery_codec: the shell forgot it
+    s.handle(WorkerConnected(0.0, "w1", "w1", "host", 4))
+    spec = spec_of({"a": []})
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    a = assigns(s.schedule(0.0))["a"]
+    s.handle(fail(a.attempt, 1.0))
+    with pytest.raises(RuntimeError, match="no recovery_codec"):
+        s.schedule(1.0)
