@@ -98,3 +98,12 @@ def test_the_recovery_core_does_not_pickle(path):
             imported.add(node.module or "")
             imported |= {f"{node.module}.{alias.name}" for alias in node.names}
     assert not {name for name in imported if "pickle" in name or "_codec" in name}, path
+
+
+def test_the_version_is_written_once():
+    import importlib.metadata
+
+    import xpipe
+    from xpipe._domain import VERSION
+
+    assert xpipe.__version__ == VERSION == importlib.metadata.version("xpipe-cluster")
