@@ -26,6 +26,7 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 
 from xpipe._codec import read_artifact
+from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
@@ -44,8 +45,6 @@ from ._events import (
     Tick,
     task_info,
 )
-from xpipe._domain import TERMINAL_RUN_STATES
-
 from ._recovery_codec import PICKLE_CODEC
 from ._state import SchedulerState
 from ._store import Store, StoreFault

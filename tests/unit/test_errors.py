@@ -119,3 +119,21 @@ def test_execution_error_defaults_and_fields():
         "load",
         ["extract"],
     )
+
+
+def test_translate_rpc_errors_is_the_one_translation_and_keeps_what_the_caller_handles():
+    from xpipe._client import translate_rpc_errors
+
+    failure = FakeRpcError(grpc.StatusCode.NOT_FOUND, "no run 'r9'")
+    with pytest.raises(RunNotFoundError, match="r9") as info:
+        with translate_rpc_errors():
+            raise failure
+    assert info.value.__cause__ is failure
+    kept = FakeRpcError(grpc.StatusCode.UNAVAILABLE, "refused")
+    with pytest.raises(grpc.RpcError) as again:
+        with translate_rpc_errors(keep={grpc.StatusCode.UNAVAILABLE}):
+            raise kept
+    assert again.value is kept
+    with pytest.raises(KeyError):  # not a gRPC error: untouched
+        with translate_rpc_errors():
+            raise KeyError("x")
