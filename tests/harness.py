@@ -425,7 +425,8 @@ class Cluster:
             self._start_coordinator()
             for i in range(self.n_workers):
                 self._spawn_worker(f"w{i}", self.slots, ())
-            self.wait_for_workers(list(self.workers))
+            if self.workers:  # a coordinator alone (workers=0) has nothing to wait for
+                self.wait_for_workers(list(self.workers))
         except BaseException as exc:
             logs = self.format_logs()
             self.stop()
