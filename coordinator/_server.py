@@ -14,7 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xpipe._limits import MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS
+from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe.errors import PipelineValidationError
@@ -497,10 +497,12 @@ class Coordinator:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
             ("grpc.http2.max_pings_without_data", 0),
             ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+            # Clients (SDK, workers) ping every KEEPALIVE_TIME_MS, also on idle watches and
+            # idle channels: accept that, so they never get GOAWAY too_many_pings.
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ("grpc.so_reuseport", 0),
         ]
         interceptors: list[grpc.aio.ServerInterceptor] = [_RejectMalformed()]

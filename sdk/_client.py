@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
-from ._limits import MAX_MESSAGE_BYTES
+from ._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import (
     CoordinatorUnavailableError,
@@ -42,6 +42,9 @@ _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.enable_retries", 0),
+    # Pings bound every stream (WatchRun has no deadline unless the caller gives timeout_s),
+    # so a frozen or partitioned coordinator breaks a watch in seconds; it then reconnects.
+    *CLIENT_KEEPALIVE_OPTIONS,
 ]
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: A watch stream also ends CANCELLED when its coordinator shuts down: reconnect then too.

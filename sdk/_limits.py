@@ -25,7 +25,8 @@ __all__ = [
     "MAX_SLOTS", "MAX_HANDLERS", "MAX_RUNNING_REFS", "MAX_DURATION_S", "MAX_UNIX_TIME_S", "MAX_RESOURCE_AMOUNT",
     "MAX_MEMORY_BYTES", "MAX_GPUS", "NAME_RE", "SHOWN_CHARS", "MEMORY_UNITS", "RESOURCE_ALIASES",
     "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
-    "labels_problem", "command_problem",
+    "labels_problem", "command_problem", "KEEPALIVE_TIME_MS", "KEEPALIVE_TIMEOUT_MS", "MIN_PING_INTERVAL_MS",
+    "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS",
 ]  # fmt: skip
 
 #: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
@@ -65,6 +66,29 @@ MAX_RESOURCE_AMOUNT = 1e9
 MAX_MEMORY_BYTES = 1 << 60
 #: Largest GPU count in a request or an offer.
 MAX_GPUS = 1 << 20
+
+#: A client (the SDK, a worker) pings its coordinator connection this often when idle. A
+#: frozen (SIGSTOPped) or partitioned peer keeps TCP open, so without pings a watch or a
+#: worker stream would hang until the kernel gives up (minutes to hours).
+KEEPALIVE_TIME_MS = 10_000
+#: ... and drops the connection when any ping (keepalive or HTTP/2 BDP) is unanswered this long.
+KEEPALIVE_TIMEOUT_MS = 5_000
+#: The coordinator accepts client pings this far apart at the closest. It must not exceed
+#: KEEPALIVE_TIME_MS, or the coordinator answers our own pings with GOAWAY too_many_pings.
+MIN_PING_INTERVAL_MS = 5_000
+#: A new connection that has not received the coordinator's HTTP/2 SETTINGS in this time
+#: fails (gRPC's default is 20 s), so a frozen coordinator costs a reconnect this long at most.
+CONNECT_ATTEMPT_TIMEOUT_MS = 5_000
+#: gRPC channel options that put these on a client channel.
+CLIENT_KEEPALIVE_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+    ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.http2.ping_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Keep pinging a stream on which the client sends nothing (an idle watch); the default stops after 2.
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_ATTEMPT_TIMEOUT_MS),
+)
 
 #: Latest timestamp a worker may report (unix seconds, 2^33: the year 2242).
 MAX_UNIX_TIME_S = float(2**33)

@@ -71,26 +71,62 @@ def eventually(
         AssertionError: on timeout (or StopWaiting), naming ``message`` and the last
             value or exception seen.
     """
-    deadline = time.monotonic() + timeout_s
-    last: str = "condition never ran"
-    last_exc: BaseException | None = None
-    what = message or getattr(condition, "__name__", "condition")
-    while True:
+    poll = _Poll(condition, timeout_s, message)
+    while not poll.check():
+        time.sleep(interval_s)
+    return poll.value
+
+
+async def eventually_async(
+    condition: Callable[[], T],
+    timeout_s: float = 10.0,
+    interval_s: float = 0.02,
+    message: str = "",
+) -> T:
+    """:func:`eventually` for a test that runs an event loop: waits with ``asyncio.sleep``.
+
+    A blocking wait would freeze the loop that must make ``condition`` come true.
+    """
+    import asyncio
+
+    poll = _Poll(condition, timeout_s, message)
+    while not poll.check():
+        await asyncio.sleep(interval_s)
+    return poll.value
+
+
+class _Poll:
+    """One wait's deadline and last observation, shared by the sync and async helpers."""
+
+    __slots__ = ("condition", "timeout_s", "deadline", "what", "value", "last", "last_exc")
+
+    def __init__(self, condition: Callable[[], Any], timeout_s: float, message: str) -> None:
+        self.condition = condition
+        self.timeout_s = timeout_s
+        self.deadline = time.monotonic() + timeout_s
+        self.what = message or getattr(condition, "__name__", "condition")
+        self.value: Any = None
+        self.last = "condition never ran"
+        self.last_exc: BaseException | None = None
+
+    def check(self) -> bool:
+        """True once the condition held (its value in ``value``); raises at the deadline."""
         try:
-            value = condition()
+            value = self.condition()
         except StopWaiting as exc:
-            raise AssertionError(f"{what}: gave up: {exc}") from exc
+            raise AssertionError(f"{self.what}: gave up: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
-            last_exc = exc
-            last = f"last exception: {type(exc).__name__}: {exc}"
+            self.last_exc = exc
+            self.last = f"last exception: {type(exc).__name__}: {exc}"
         else:
             if value:
-                return value
-            last_exc = None
-            last = f"last value: {value!r}"
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not met within {timeout_s:g}s; {last}") from last_exc
-        time.sleep(interval_s)
+                self.value = value
+                return True
+            self.last_exc = None
+            self.last = f"last value: {value!r}"
+        if time.monotonic() >= self.deadline:
+            raise AssertionError(f"{self.what}: not met within {self.timeout_s:g}s; {self.last}") from self.last_exc
+        return False
 
 
 # --------------------------------------------------------------------------- ports
@@ -425,7 +461,8 @@ class Cluster:
             self._start_coordinator()
             for i in range(self.n_workers):
                 self._spawn_worker(f"w{i}", self.slots, ())
-            self.wait_for_workers(list(self.workers))
+            if self.workers:  # a coordinator alone (workers=0) has nothing to wait for
+                self.wait_for_workers(list(self.workers))
         except BaseException as exc:
             logs = self.format_logs()
             self.stop()

@@ -27,6 +27,7 @@ from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._limits import (
+    CLIENT_KEEPALIVE_OPTIONS,
     MAX_LABEL_VALUE_CHARS,
     MAX_LABELS,
     MAX_MESSAGE_BYTES,
@@ -62,9 +63,10 @@ _ELECTION_POLL_S = 0.2
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.enable_retries", 0),
+    # The same pings as the SDK: a frozen or partitioned coordinator ends the session in
+    # seconds (not the 20 s keepalive / 60 s ping defaults of gRPC), and the worker reconnects.
+    *CLIENT_KEEPALIVE_OPTIONS,
 ]
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
+
+import psutil
 
 from tests import helpers_tasks as ht
 from tests.harness import Cluster, eventually
@@ -42,7 +45,8 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
     (Register.recent), so the task is recorded once and not run a second time."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    args = ("--heartbeat-timeout-s", "3", "--heartbeat-interval-s", "0.5")
+    # Heartbeats far apart, so the only message the worker writes after the task ends is its outcome.
+    args = ("--heartbeat-timeout-s", "15", "--heartbeat-interval-s", "5")
     with Cluster(tmp_path, workers=1, slots=1, coordinator_args=args) as c, PipelineManager(coordinator=c.address) as pm:
         p = Pipeline("lost-result")
         first = Task("first", ht.sleep_then_mark, args=(str(marks), "first", 1.0))
@@ -51,7 +55,10 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
         eventually(lambda: pm.get_run(run_id).tasks["first"].status == "running", timeout_s=20)
         c.coordinator.stop_signal(signal.SIGSTOP)
         eventually(lambda: (marks / "first").exists(), timeout_s=20, message="task never finished on the worker")
-        time.sleep(0.2)  # let the worker write the outcome into the frozen coordinator's socket
+        unread = _unread_bytes(c.port, c.workers["w0"].pid)
+        # The outcome is in the frozen coordinator's socket: more unread bytes than a ping (17).
+        eventually(lambda: _unread_bytes(c.port, c.workers["w0"].pid) > unread + 17, timeout_s=10,
+                   message="the worker's outcome written into the frozen coordinator's socket")  # fmt: skip
         restarted_at = time.monotonic()
         c.coordinator.kill()
         c.restart_coordinator()
@@ -61,6 +68,29 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
         assert result.tasks["first"].attempts == 1 and result.outputs["second"] == "first"
         assert (marks / "first").read_text() == "ran\n"  # ran exactly once
         print(f"coordinator restart to run completion: {recovery_s:.2f}s")
+
+
+def _unread_bytes(coordinator_port: int, worker_pid: int) -> int:
+    """Bytes the worker sent that wait unread in the coordinator's socket (its TCP Recv-Q).
+
+    Read from /proc/net/tcp{,6}: the coordinator's end of the worker's connection is the entry
+    whose local port is the coordinator's and whose remote port is the worker's.
+    """
+    worker_ports = {
+        conn.laddr.port
+        for conn in psutil.Process(worker_pid).net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == coordinator_port
+    }
+    # gRPC may use IPv6 sockets for 127.0.0.1 (v4-mapped), which only tcp6 lists.
+    lines = [line for table in ("tcp", "tcp6") for line in Path(f"/proc/net/{table}").read_text().splitlines()[1:]]
+    total = 0
+    for line in lines:
+        fields = line.split()
+        local_port = int(fields[1].split(":")[1], 16)
+        remote_port = int(fields[2].split(":")[1], 16)
+        if local_port == coordinator_port and remote_port in worker_ports:
+            total += int(fields[4].split(":")[1], 16)
+    return total
 
 
 def test_sigterm_drains_worker_and_requeues_what_outlives_the_grace(tmp_path):

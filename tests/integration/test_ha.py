@@ -22,7 +22,16 @@ import pytest
 from aetcd import rpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.harness import EtcdServer, Proc, StopWaiting, child_env, eventually, format_logs, free_ports
+from tests.harness import (
+    EtcdServer,
+    Proc,
+    StopWaiting,
+    child_env,
+    eventually,
+    eventually_async,
+    format_logs,
+    free_ports,
+)
 from xpipe import Pipeline, PipelineManager, Task
 from xpipe._client import leader_hint
 from xpipe._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc, worker_pb2
@@ -424,12 +433,6 @@ def test_member_without_etcd_is_healthy_and_says_no_leader_is_elected(tmp_path):
 def test_election_fencing_and_step_down_in_process(tmp_path):
     """The election's own mechanics against a real etcd, driven step by step."""
 
-    async def until(condition, what: str, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
-            await asyncio.sleep(0.02)
-
     def record_for(run_id: str) -> RunRecord:
         spec = common_pb2.PipelineSpec(name="p")
         return RunRecord(run_id, "p", common_pb2.RUN_RUNNING, time.time(), 0.0, 0, spec)
@@ -454,20 +457,22 @@ def test_election_fencing_and_step_down_in_process(tmp_path):
             return on_elected, on_deposed
 
         runs = [asyncio.create_task(a.run(*callbacks("a")))]
-        await until(lambda: a.is_leader, "a elected")
+        await eventually_async(lambda: a.is_leader, message="a elected")
         runs.append(asyncio.create_task(b.run(*callbacks("b"))))
-        await until(lambda: b.leader_address == a.address and b.term == a.term, "b follows a")
+        await eventually_async(lambda: b.leader_address == a.address and b.term == a.term, message="b follows a")
         assert not b.is_leader
         await stores[0].commit([record_for("r1")])
 
         # An engine failing (a fenced or failed write) makes the leader step down and give up its lease.
         term_a = a.term
         engines["a"].set_exception(FencedError("simulated"))
-        await until(lambda: deposed["a"], "a stepped down")
+        await eventually_async(lambda: deposed["a"], message="a stepped down")
         assert "engine stopped" in deposed["a"][0]
-        await until(lambda: b.is_leader or (a.is_leader and a.term != term_a), "a new term")
+        await eventually_async(lambda: b.is_leader or (a.is_leader and a.term != term_a), message="a new term")
         leader, follower = (b, a) if b.is_leader else (a, b)
-        await until(lambda: follower.leader_address == leader.address, "the follower sees the new leader")
+        await eventually_async(
+            lambda: follower.leader_address == leader.address, message="the follower sees the new leader"
+        )
         assert leader.term > term_a
 
         # A leader deposed behind its back (its lease revoked, as an expiry during a pause would):
@@ -480,9 +485,11 @@ def test_election_fencing_and_step_down_in_process(tmp_path):
         with pytest.raises(FencedError, match=f"create_revision {fence.create_revision}"):
             await stores[2].commit([record_for("r2")])
         name = "a" if leader is a else "b"
-        await until(lambda: len(deposed[name]) >= (2 if name == "a" else 1), f"{name} noticed its lease is gone")
+        await eventually_async(
+            lambda: len(deposed[name]) >= (2 if name == "a" else 1), message=f"{name} noticed its lease is gone"
+        )
         assert "lease" in deposed[name][-1]
-        await until(lambda: a.is_leader or b.is_leader, "someone leads again")
+        await eventually_async(lambda: a.is_leader or b.is_leader, message="someone leads again")
         assert await stores[2].get_run("r2") is None
 
         a.stop()

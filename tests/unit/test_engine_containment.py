@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tests.harness import eventually_async
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
 from xpipe.coordinator._engine import Engine, EngineConfig, InternalError
@@ -95,11 +96,16 @@ class Harness:
                     self.engine.post(TaskSucceeded(now, "w1", key, now, pb.Payload(), now))
 
     async def until(self, condition, timeout_s: float = 5.0, *, answer: bool = True) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not condition():
-            assert time.monotonic() < deadline, "condition not met in time"
+        """Wait for ``condition``, answering the engine's assignments as a worker would meanwhile."""
+
+        def pumped() -> bool:
+            if condition():
+                return True
             self.pump(answer=answer)
-            await asyncio.sleep(0.005)
+            return False
+
+        what = getattr(condition, "__name__", "")
+        await eventually_async(pumped, timeout_s=timeout_s, interval_s=0.005, message=what)
 
 
 def _state_of(engine: Engine, run_id: str) -> int:

@@ -18,7 +18,7 @@ import cloudpickle
 import psutil
 import pytest
 
-from tests.harness import assert_no_leaks, describe_pids
+from tests.harness import assert_no_leaks, describe_pids, eventually, eventually_async
 from xpipe import _codec
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.worker import _executor, _runtask
@@ -105,17 +105,6 @@ def error(event: worker_pb2.TaskEvent) -> common_pb2.TaskError:
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
-
-
-async def eventually_async(condition: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what or condition} not met within {timeout_s} s")
-        await asyncio.sleep(0.01)
 
 
 def gone(pid: int) -> bool:
@@ -345,15 +334,7 @@ def test_command_timeout_kills_its_whole_process_group(tmp_path: Path) -> None:
     assert (err.error_type, err.message) == ("TIMEOUT", "task 'slow' timed out after 0.3 s")
     assert time.monotonic() - started < 10
     grandchild = int(pid_file.read_text())
-    assert gone(grandchild) or _wait_gone(grandchild)
-
-
-def _wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not gone(pid):
-        assert time.monotonic() < deadline, f"process {pid} still alive"
-        time.sleep(0.02)
-    return True
+    eventually(lambda: gone(grandchild), timeout_s=5, message=f"process {grandchild} gone")
 
 
 # ---- process executor -------------------------------------------------------------
@@ -466,8 +447,8 @@ def test_timeout_kills_the_child_and_its_processes_and_the_executor_recovers(tmp
             err = error(await ex.run(a, None))
             assert (err.error_type, err.message) == ("TIMEOUT", "task 'hang' timed out after 0.5 s")
             assert time.monotonic() - started < 5
-            await eventually_async(lambda: gone(old), what="timed-out child gone")
-            await eventually_async(lambda: gone(int(pid_file.read_text())), what="its background process gone")
+            await eventually_async(lambda: gone(old), message="timed-out child gone")
+            await eventually_async(lambda: gone(int(pid_file.read_text())), message="its background process gone")
             assert value(await ex.run(assignment(call=f"{HELPERS}:pid"), None)) != old
 
     run(main())
@@ -504,7 +485,7 @@ def test_idle_child_killed_from_outside_is_replaced() -> None:
         async with ProcessExecutor(1) as ex:
             (old,) = ex.pids
             os.kill(old, signal.SIGKILL)
-            await eventually_async(lambda: ex.pids and ex.pids != [old], what="replacement child")
+            await eventually_async(lambda: ex.pids and ex.pids != [old], message="replacement child")
             assert value(await ex.run(assignment(call=f"{HELPERS}:pid"), None)) == ex.pids[0]
 
     run(main())
@@ -558,7 +539,7 @@ def test_cancel_running_and_queued_attempts() -> None:
             second = assignment(name="queued", call=f"{HELPERS}:noop")
             first_run = asyncio.ensure_future(ex.run(first, None))
             second_run = asyncio.ensure_future(ex.run(second, None))
-            await eventually_async(lambda: key_of(second) in ex._queued, what="second queued")
+            await eventually_async(lambda: key_of(second) in ex._queued, message="second queued")
             assert await ex.cancel(key_of(second)) is True
             err = error(await second_run)
             assert (err.error_type, err.message) == ("CANCELLED", "task 'queued' was cancelled before it started")
@@ -567,7 +548,7 @@ def test_cancel_running_and_queued_attempts() -> None:
             assert (err.error_type, err.message) == ("CANCELLED", "task 'long' was cancelled")
             assert await ex.cancel(key_of(first)) is False
             assert await ex.cancel(("run-1", "nobody", 1)) is False
-            await eventually_async(lambda: gone(old), what="cancelled child gone")
+            await eventually_async(lambda: gone(old), message="cancelled child gone")
             assert value(await ex.run(assignment(call=f"{HELPERS}:pid"), None)) != old
 
     run(main())
@@ -579,11 +560,11 @@ def test_caller_giving_up_on_run_kills_the_child() -> None:
             (old,) = ex.pids
             a = assignment(call=f"{HELPERS}:sleep", args=_codec.encode(((60,), {})))
             pending = asyncio.ensure_future(ex.run(a, None))
-            await eventually_async(lambda: key_of(a) in ex._running, what="task running")
+            await eventually_async(lambda: key_of(a) in ex._running, message="task running")
             pending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await pending
-            await eventually_async(lambda: gone(old), what="abandoned child gone")
+            await eventually_async(lambda: gone(old), message="abandoned child gone")
             assert value(await ex.run(assignment(call=f"{HELPERS}:pid"), None)) != old
 
     run(main())
@@ -601,11 +582,11 @@ def test_stop_leaves_no_process_behind() -> None:
             for i in range(2)
         ]
         queued = asyncio.ensure_future(ex.run(assignment(name="queued", call=f"{HELPERS}:noop"), None))
-        await eventually_async(lambda: len(ex._queued) == 1 and len(ex._running) == 2, what="2 busy, 1 queued")
+        await eventually_async(lambda: len(ex._queued) == 1 and len(ex._running) == 2, message="2 busy, 1 queued")
         await ex.stop(grace_s=0.0)
         # SIGKILL is delivered asynchronously: give the kernel a moment, never more than 5 s.
         for pid in [*pids, background]:
-            await eventually_async(lambda pid=pid: gone(pid), what=f"process {pid} gone after stop()")
+            await eventually_async(lambda pid=pid: gone(pid), message=f"process {pid} gone after stop()")
         for i, run_ in enumerate(busy):
             err = error(await run_)
             assert (err.error_type, err.message) == (
@@ -626,7 +607,7 @@ def test_stop_grace_lets_running_tasks_finish() -> None:
         await ex.start()
         running = asyncio.ensure_future(ex.run(assignment(call=f"{HELPERS}:sleep",
                                                           args=_codec.encode(((0.3,), {}))), None))
-        await eventually_async(lambda: ex._running, what="task running")
+        await eventually_async(lambda: ex._running, message="task running")
         await asyncio.gather(ex.stop(grace_s=30), ex.stop(grace_s=30))
         assert value(await running) == 0.3
         assert not ex.pids
@@ -642,7 +623,7 @@ def test_run_misuse_raises() -> None:
         async with ex:
             a = assignment(call=f"{HELPERS}:sleep", args=_codec.encode(((60,), {})))
             first = asyncio.ensure_future(ex.run(a, None))
-            await eventually_async(lambda: ex._running, what="task running")
+            await eventually_async(lambda: ex._running, message="task running")
             with pytest.raises(ValueError, match="already running"):
                 await ex.run(a, None)
             assert await ex.cancel(key_of(a))
@@ -691,7 +672,7 @@ def test_failed_replacement_is_retried(
             marker.touch()
             assert error(await ex.run(assignment(call=f"{HELPERS}:crash"), None)).error_type == "TASK_FAILURE"
             waiting = asyncio.ensure_future(ex.run(assignment(call=f"{HELPERS}:pid"), None))
-            await eventually_async(lambda: "cannot replace an executor process" in caplog.text, what="failure log")
+            await eventually_async(lambda: "cannot replace an executor process" in caplog.text, message="failure log")
             assert not waiting.done()
             marker.unlink()
             assert value(await waiting) in ex.pids
@@ -812,7 +793,7 @@ def test_thread_executor_cancel_and_stop() -> None:
         queued = assignment(name="q", call=f"{HELPERS}:noop")
         queued2 = assignment(name="q2", call=f"{HELPERS}:noop")
         runs = [asyncio.ensure_future(ex.run(a, None)) for a in (running, queued, queued2)]
-        await eventually_async(lambda: len(ex._running) == 3, what="all submitted")
+        await eventually_async(lambda: len(ex._running) == 3, message="all submitted")
         with pytest.raises(ValueError, match="already running"):
             await ex.run(queued, None)
         assert await ex.cancel(key_of(queued)) is True

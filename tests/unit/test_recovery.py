@@ -461,11 +461,18 @@ def test_recovery_handler_must_take_task_error_and_context(bad):
         Pipeline("p").recovery_handler(bad)
 
 
-def test_a_handler_with_defaults_or_star_args_is_accepted():
-    from xpipe import Pipeline
+@pytest.mark.parametrize(
+    "handler", [lambda *args: "skip", lambda task, error, context, extra=None: "skip"], ids=["star-args", "default"]
+)
+def test_a_handler_with_defaults_or_star_args_is_accepted(handler):
+    from xpipe import Pipeline, Task
 
-    Pipeline("p").recovery_handler(lambda *args: "skip")
-    Pipeline("p").recovery_handler(lambda task, error, context, extra=None: "skip")
+    p = Pipeline("p")
+    p.add_task(Task("a", print))
+    p.recovery_handler(handler)
+    spec = p.to_proto()
+    blob = {b.code_hash: b.data for b in spec.code}[spec.recovery_handler.code_hash]
+    assert pickle.loads(blob)("a", {}, {}) == "skip"  # it travels with the spec and still answers
 
 
 def test_a_state_machine_without_a_recovery_codec_says_so_when_a_handler_is_due():
