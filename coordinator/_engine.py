@@ -38,6 +38,7 @@ from ._events import (
     DrainWorker,
     Event,
     ResetWorker,
+    RunEvicted,
     RunRecord,
     RunRestored,
     RunSubmitted,
@@ -408,7 +409,8 @@ class Engine:
         while self._finished_bytes > budget and len(self._finished) > 1:
             old, size = self._finished.popitem(last=False)
             self._finished_bytes -= size
-            self.state.forget_run(old)
+            # Through the inbox, like every other change: handled (and contained) next turn.
+            self.post(RunEvicted(time.time(), old))
 
     # ------------------------------------------------------------------ queries
 

@@ -27,6 +27,7 @@ __all__ = [
     "CancelRequested",
     "DrainRequested",
     "Tick",
+    "RunEvicted",
     "Action",
     "RunRecord",
     "TaskRecord",
@@ -139,6 +140,13 @@ class DrainRequested(Event):
 @dataclass(frozen=True, slots=True)
 class Tick(Event):
     """Time passed: retry timers and heartbeat deadlines are checked."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvicted(Event):
+    """The shell's memory budget is spent: drop this finished run from memory (the store keeps it)."""
+
+    run_id: str
 
 
 # ---- actions ----

@@ -122,7 +122,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             if await self.engine.store.get_run(request.run_id) is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
             return pipeline_pb2.CancelRunResponse(cancelled=False)
-        if run.state in TERMINAL_RUN_STATES:
+        if self.engine.state.run_is_terminal(request.run_id):
             return pipeline_pb2.CancelRunResponse(cancelled=False)
         if self.engine.fault is not None:
             await _abort_store_fault(context, self.engine.fault)
@@ -338,7 +338,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             leader_address=leader,
             members=members,
             term=term,
-            workers=sum(1 for w in state.workers.values() if w.state != "lost" and w.connected),
+            workers=state.connected_workers(),
             active_runs=state.active_runs(),
             version=VERSION,
             circuits=[
@@ -349,16 +349,11 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
 
     async def ListWorkers(self, request, context):
         out = []
-        for w in self.engine.state.workers.values():
-            running = len(w.assigned)
-            if w.state == "lost" or (not w.connected and w.state != "lost"):
-                shown = "lost" if w.state == "lost" else "disconnected"
-            elif w.state == "draining":
-                shown = "draining"
-            else:
-                shown = "busy" if running >= w.slots else "ready"
+        state = self.engine.state
+        for w in state.workers.values():
             info = admin_pb2.WorkerInfo(
-                worker_id=w.worker_id, name=w.name, host=w.host, state=shown, slots=w.slots, running=running,
+                worker_id=w.worker_id, name=w.name, host=w.host, state=state.worker_shown_state(w), slots=w.slots,
+                running=len(w.assigned),
                 labels=w.labels, handlers=sorted(w.handlers), last_heartbeat=w.last_seen,
                 memory_enforcement=self.c.memory_enforcement.get(w.worker_id, ""),
             )  # fmt: skip
@@ -485,11 +480,11 @@ class Coordinator:
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
-        workers = self.engine.state.workers
+        state = self.engine.state
         for t in tasks:
-            w = workers.get(t.worker)
-            if w is not None:
-                t.worker = w.name
+            name = state.worker_name(t.worker)
+            if name is not None:
+                t.worker = name
 
     async def start(self) -> str:
         """Open the store, resume runs, serve; returns the bound address."""

@@ -64,6 +64,7 @@ from ._events import (
     RunRecord,
     RunRestored,
     ResetWorker,
+    RunEvicted,
     RunSubmitted,
     TaskFailed,
     TaskRecord,
@@ -203,6 +204,8 @@ class SchedulerState:
                     out.append(DrainWorker(worker.worker_id))
             case Tick():
                 self._on_tick(event.now, out)
+            case RunEvicted():
+                self._forget_run(event.run_id)
             case _:
                 raise TypeError(f"unknown event {event!r}")
         if self.validate_each_step:
@@ -899,20 +902,48 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ queries
 
-    def forget_run(self, run_id: str) -> None:
-        """Drop a finished run from memory (the store still has it)."""
+    def _forget_run(self, run_id: str) -> None:
+        """Drop a finished run from memory (the store still has it); a live run stays."""
         run = self.runs.get(run_id)
         if run is not None and run.state in TERMINAL_RUN_STATES:
             del self.runs[run_id]
 
+    # ------------------------------------------------------------------ queries
+    # The servicers ask these instead of re-deriving the rules from the entries.
+
     def active_runs(self) -> int:
         return sum(1 for r in self.runs.values() if r.state not in TERMINAL_RUN_STATES)
+
+    def run_is_terminal(self, run_id: str) -> bool | None:
+        """Whether a run held in memory has ended; None when it is not in memory."""
+        run = self.runs.get(run_id)
+        return None if run is None else run.state in TERMINAL_RUN_STATES
 
     def worker_by_name(self, name: str) -> WorkerEntry | None:
         for worker in self.workers.values():
             if worker.name == name and worker.state != "lost":
                 return worker
         return None
+
+    def worker_name(self, worker_id: str) -> str | None:
+        """The name a worker registered with, or None for an id we do not know."""
+        worker = self.workers.get(worker_id)
+        return None if worker is None else worker.name
+
+    @staticmethod
+    def worker_shown_state(worker: WorkerEntry) -> str:
+        """What operators see: lost, disconnected, draining, busy (every slot taken) or ready."""
+        if worker.state == "lost":
+            return "lost"
+        if not worker.connected:
+            return "disconnected"
+        if worker.state == "draining":
+            return "draining"
+        return "busy" if len(worker.assigned) >= worker.slots else "ready"
+
+    def connected_workers(self) -> int:
+        """Workers that are registered, connected and not lost."""
+        return sum(1 for w in self.workers.values() if w.state != "lost" and w.connected)
 
     def validate(self) -> None:
         """Check invariants; raises AssertionError naming the first one broken."""

@@ -19,6 +19,7 @@ from xpipe.coordinator._events import (
     RunRecord,
     RunRestored,
     ResetWorker,
+    RunEvicted,
     RunSubmitted,
     TaskFailed,
     TaskRecord,
@@ -442,3 +443,37 @@ def test_unknown_placement_strategy_from_the_wire_is_refused():
     spec.placement_strategy = "random_walk"
     with pytest.raises(PipelineValidationError, match="unknown placement strategy 'random_walk'"):
         validate_spec(spec)
+
+
+def test_eviction_goes_through_handle_and_keeps_live_runs():
+    """The shell drops finished runs by an event, never by reaching into the state."""
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s)
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    assert s.handle(RunEvicted(0.5, "r1")) == [] and "r1" in s.runs  # still running: kept
+    assert s.run_is_terminal("r1") is False
+    s.handle(ok(a.attempt))
+    assert s.run_is_terminal("r1") is True
+    s.handle(RunEvicted(2.0, "r1"))
+    assert "r1" not in s.runs and s.run_is_terminal("r1") is None
+
+
+def test_worker_queries_say_what_operators_see():
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0, validate=True)
+    connect(s, "w1", slots=1)
+    connect(s, "w2", slots=1)
+    assert s.worker_name("w1") == "w1" and s.worker_name("nobody") is None
+    assert s.connected_workers() == 2
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    busy = s.workers[a.worker_id]
+    idle = next(w for w in s.workers.values() if w is not busy)
+    assert s.worker_shown_state(busy) == "busy" and s.worker_shown_state(idle) == "ready"
+    s.handle(DrainRequested(0.1, idle.worker_id))
+    assert s.worker_shown_state(idle) == "draining"
+    s.handle(WorkerDisconnected(0.2, idle.worker_id))
+    assert s.worker_shown_state(idle) == "disconnected" and s.connected_workers() == 1
+    s.handle(HeartbeatReceived(9.0, busy.worker_id, (a.attempt,)))
+    s.handle(Tick(10.5))  # the disconnected one has been silent since 0.2: lost
+    assert s.worker_shown_state(idle) == "lost"
