@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import assert_no_leaks, describe_pids
-from tests.unit.test_executor import error, run, value
+from tests.unit.test_executor import _no_leaked_children, error, run, value  # noqa: F401 - the fixture is autouse
 from xpipe import _codec
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.worker._executor import ExecutorStartError, ProcessExecutor, ThreadExecutor
@@ -18,14 +17,6 @@ from xpipe.worker._task_limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, format
 MIB = 2**20
 LIMITS = "tests.helpers_limits"
 _attempts = iter(range(1, 1 << 30))
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_children() -> Any:
-    baseline = assert_no_leaks()
-    yield
-    leaked = assert_no_leaks(5.0, ignore=baseline)
-    assert not leaked, f"test left child processes alive:\n{describe_pids(leaked)}"
 
 
 def assignment(name: str, *, call: str = "", argv: list[str] | None = None, args: tuple = (),
