@@ -3,10 +3,11 @@
 import xpipe
 import xpipe.coordinator
 import xpipe.errors
+import xpipe.worker
 
 
 def test_every_exported_name_exists():
-    for module in (xpipe, xpipe.coordinator, xpipe.errors):
+    for module in (xpipe, xpipe.coordinator, xpipe.errors, xpipe.worker):
         for name in module.__all__:
             assert hasattr(module, name), f"{module.__name__}.__all__ names missing {name!r}"
 
@@ -19,3 +20,16 @@ def test_sdk_exports_the_seed_names():
 
 def test_private_modules_are_not_exported():
     assert not [name for name in xpipe.__all__ if name.startswith("_")]
+
+
+def test_the_public_names_are_pinned_exactly():
+    """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
+    assert xpipe.__all__ == [
+        "Client", "CoordinatorUnavailableError", "DataFlow", "DataStreamError", "DistributedExecutionError",
+        "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
+        "RequestRejectedError", "RunNotFoundError", "SerializationError", "Task", "TaskRunInfo", "XpipeError",
+        "handle_errors", "handler", "pipeline", "task",
+    ]  # fmt: skip
+    assert xpipe.__all__ == sorted(xpipe.__all__)
+    assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
+    assert xpipe.worker.__all__ == ["WorkerConfig", "WorkerDaemon"]
