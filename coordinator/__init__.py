@@ -6,7 +6,9 @@ machine (``xpipe.coordinator._state``) loads neither grpc, asyncio nor sqlite3.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xpipe._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._engine import EngineConfig
@@ -18,16 +20,4 @@ __all__ = ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
 _LAZY = {"Coordinator": "._server", "EngineConfig": "._engine", "Store": "._store", "SQLiteStore": "._store"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -12,7 +12,9 @@ local workers for you; with ``coordinator="host:port"`` it uses a running cluste
     ...     print(pm.execute_pipeline(p).outputs["load"])
 """
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._domain import VERSION as __version__  # noqa: F401 - served by __getattr__
@@ -60,20 +62,7 @@ _LAZY = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), "VERSION" if name == "__version__" else name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
-
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, renamed={"__version__": "VERSION"})
 
 __all__ = [
     "Client",

@@ -6,7 +6,9 @@ through this package and must not pay for the daemon, gRPC or psutil.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from xpipe._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from ._daemon import WorkerConfig, WorkerDaemon
@@ -16,16 +18,4 @@ __all__ = ["WorkerConfig", "WorkerDaemon"]
 _LAZY = {"WorkerConfig": "._daemon", "WorkerDaemon": "._daemon"}
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
