@@ -34,6 +34,7 @@ from pathlib import Path
 
 import zstandard
 
+from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
 
 from ._events import RunRecord, TaskRecord
@@ -44,10 +45,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Mode of every file the store creates (database, WAL, shared memory, manifest).
-PRIVATE_FILE_MODE = 0o600
-#: Mode of directories the coordinator creates for its data and artifacts.
-PRIVATE_DIR_MODE = 0o700
 #: Bytes :meth:`SQLiteStore.probe` writes to learn that the disk has room again.
 PROBE_BYTES = 256 * 1024
 #: Version of the SQLite schema, written to the manifest.

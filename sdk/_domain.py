@@ -19,6 +19,8 @@ __all__ = [
     "PLACEMENT_STRATEGIES",
     "DEFAULT_PLACEMENT_STRATEGY",
     "RECOVERY_DECISIONS",
+    "PRIVATE_FILE_MODE",
+    "PRIVATE_DIR_MODE",
 ]
 
 #: The version of xpipe (``xpipe.__version__``, the coordinator's ``ClusterStatus.version``,
@@ -54,3 +56,9 @@ DEFAULT_PLACEMENT_STRATEGY = "resource_balanced"
 
 #: What a recovery handler may return (``@pipeline.recovery_handler``).
 RECOVERY_DECISIONS = ("halt_pipeline", "retry_with_fallback", "skip", "continue")
+
+#: Mode of every file that holds task arguments or results (the store, its manifest, the
+#: artifacts): only the user the coordinator or worker runs as may read it.
+PRIVATE_FILE_MODE = 0o600
+#: Mode of the directories made for them.
+PRIVATE_DIR_MODE = 0o700

@@ -24,6 +24,7 @@ import grpc
 import psutil
 
 from xpipe._backoff import Backoff
+from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._limits import (
@@ -638,16 +639,13 @@ class ResourceLedger:
                 self.used_custom.pop(k, None)
 
 
-#: Artifacts hold every argument and result: only the worker's own user may read them.
-ARTIFACT_FILE_MODE = 0o600
-ARTIFACT_DIR_MODE = 0o700
 
 
 def _write_file(path: str, data: bytes) -> None:
     """Write atomically (a reader never sees a half-written artifact), private to this user."""
-    os.makedirs(os.path.dirname(path), mode=ARTIFACT_DIR_MODE, exist_ok=True)
+    os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, ARTIFACT_FILE_MODE)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
     with open(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
