@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -257,7 +258,14 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 log.warning("worker %s (%s) sent a bad message: %s; closing its stream", reg.name, reg.worker_id, problem)
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             if session.reset_reason:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, session.reset_reason)
+                # Stop reading first: cancelling a read in flight while the call ends made
+                # gRPC finish it INTERNAL ("Internal error from Core") instead of this status.
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):  # logged by the finally
+                    await reader
+                context.set_code(grpc.StatusCode.UNAVAILABLE)
+                context.set_details(session.reset_reason)
+                return
         finally:
             reader.cancel()
             try:
