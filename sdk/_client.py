@@ -411,7 +411,8 @@ class Client:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         request = pipeline_pb2.ListRunsRequest(limit=limit)
-        return [RunSummary.from_proto(r) for r in self._call(lambda p, a: p.ListRuns(request, timeout=self.call_timeout_s)).runs]
+        reply = self._call(lambda p, a: p.ListRuns(request, timeout=self.call_timeout_s))
+        return [RunSummary.from_proto(r) for r in reply.runs]
 
     def cancel(self, run_id: str) -> bool:
         """Ask the coordinator to cancel a run; False if it had already ended."""
@@ -505,7 +506,8 @@ class Client:
     def cluster_status(self) -> ClusterStatus:
         """Leader, members, worker counts, unhealthy workers, active runs, open circuits."""
         request = admin_pb2.GetClusterStatusRequest()
-        return ClusterStatus.from_proto(self._call(lambda p, a: a.GetClusterStatus(request, timeout=self.call_timeout_s)))
+        reply = self._call(lambda p, a: a.GetClusterStatus(request, timeout=self.call_timeout_s))
+        return ClusterStatus.from_proto(reply)
 
     def drain(self, worker_name: str) -> bool:
         """Stop sending work to a worker (it finishes what it holds); False if no such live worker."""
@@ -524,7 +526,8 @@ class Client:
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise TypeError(f"names must be a list of worker names, got {names!r}")
         request = admin_pb2.ForgetWorkersRequest(names=list(names))
-        return NodeRecovery.from_proto(self._call(lambda p, a: a.ForgetWorkers(request, timeout=self.call_timeout_s)))
+        reply = self._call(lambda p, a: a.ForgetWorkers(request, timeout=self.call_timeout_s))
+        return NodeRecovery.from_proto(reply)
 
     def close(self) -> None:
         with self._lock:

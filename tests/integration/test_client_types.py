@@ -110,3 +110,9 @@ def test_a_killed_worker_is_unhealthy_then_forgotten(tmp_path, capsys):
         assert json.loads(capsys.readouterr().out) == {"forgotten": [], "healthy": [], "unknown": ["w1"]}
         assert cli_main(["cluster", *address]) == 0
         assert json.loads(capsys.readouterr().out)["unhealthy_nodes"] == []
+        assert cli_main(["workers", *address]) == 0
+        (w0,) = json.loads(capsys.readouterr().out)
+        assert (w0["name"], w0["slots"], w0["resources"]["cpu"] > 0) == ("w0", 1, True)
+        assert cli_main(["runs", *address]) == 0
+        (run,) = json.loads(capsys.readouterr().out)
+        assert (run["pipeline"], run["status"], run["tasks"]) == ("typed", "succeeded", 2)
