@@ -350,12 +350,10 @@ def _wait_terminal(pm: Any, run_id: str, timeout_s: float) -> None:
     Raises:
         BenchError: the run did not succeed, or did not end within ``timeout_s``.
     """
-    from xpipe._result import RUN_STATUS
-
     deadline = time.monotonic() + timeout_s
     status = "unknown"
     for event in pm.client.watch(run_id, summary_only=True):
-        status = RUN_STATUS.get(event.summary.state, "unknown")
+        status = event.summary.state.lower()
         if status in _TERMINAL_STATES:
             break
         if time.monotonic() > deadline:
@@ -364,10 +362,7 @@ def _wait_terminal(pm: Any, run_id: str, timeout_s: float) -> None:
 
 
 def _result_of(pm: Any, run_id: str, task: str) -> Any:
-    from xpipe._codec import decode
-
-    reply = pm.client.task_result(run_id, task)
-    return decode(reply.result, what=f"result of task {task!r}")
+    return pm.client.task_result(run_id, task).value
 
 
 def wide(cluster: XpipeCluster, sizes: Sizes) -> dict[str, Any]:

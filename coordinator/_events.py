@@ -230,3 +230,17 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
     if include_result and rec.result is not None:
         info.result.CopyFrom(rec.result)
     return info
+
+
+# ---- forgetting unhealthy workers (AdminService.ForgetWorkers) ----
+
+
+@dataclass(frozen=True, slots=True)
+class WorkersForgotten(Event):
+    """An operator gave up on these workers: drop them from the worker table.
+
+    Only workers still lost or disconnected when the event is handled are dropped (one
+    that came back in between is kept). Attempts a disconnected one held are requeued.
+    """
+
+    worker_ids: tuple[str, ...]

@@ -35,6 +35,7 @@ from ._events import (
     WorkerDisconnected,
     task_info,
 )
+from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from ._store import Store, StoreFault
 from ._validate import check_event, check_heartbeat, check_register
@@ -353,6 +354,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
                 admin_pb2.CircuitInfo(name=c.name, state=c.state, failures=c.failures, opened_at=c.opened_at)
                 for c in state.breakers.snapshot(time.time())
             ],
+            unhealthy_workers=state.unhealthy_workers(),
         )
 
     async def ListWorkers(self, request, context):
@@ -378,6 +380,29 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             return admin_pb2.DrainWorkerResponse(found=False)
         self.engine.post(DrainRequested(time.time(), worker.worker_id))
         return admin_pb2.DrainWorkerResponse(found=True)
+
+    async def ForgetWorkers(self, request, context):
+        """Sort the names now, and forget the unhealthy ones in the engine's next turn.
+
+        The state machine checks each worker again when it handles the event, so one that
+        reconnected in between is kept.
+        """
+        state = self.engine.state
+        by_name: dict[str, list] = {}
+        for w in state.workers.values():
+            by_name.setdefault(w.name, []).append(w)
+        forgotten, healthy, unknown, ids = [], [], [], []
+        for name in dict.fromkeys(request.names):  # each name once, in the order given
+            entries = by_name.get(name)
+            if not entries:
+                unknown.append(name)
+                continue
+            sick = [w.worker_id for w in entries if state.is_unhealthy(w)]
+            (forgotten if sick else healthy).append(name)
+            ids.extend(sick)
+        if ids:
+            self.engine.post(WorkersForgotten(time.time(), tuple(ids)))
+        return admin_pb2.ForgetWorkersResponse(forgotten=forgotten, healthy=healthy, unknown=unknown)
 
 
 class _Malformed:

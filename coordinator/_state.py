@@ -75,6 +75,7 @@ from ._events import (
     WorkerConnected,
     WorkerDisconnected,
 )
+from ._events import WorkersForgotten
 
 #: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
 PREFETCH_WORK_S = 0.02
@@ -206,6 +207,8 @@ class SchedulerState:
                 self._on_tick(event.now, out)
             case RunEvicted():
                 self._forget_run(event.run_id)
+            case WorkersForgotten():
+                self._on_workers_forgotten(event, out)
             case _:
                 raise TypeError(f"unknown event {event!r}")
         if self.validate_each_step:
@@ -990,3 +993,29 @@ class SchedulerState:
         run = self.runs[run_id]
         for t in run.tasks.values():
             yield TaskRecord(run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result)
+
+    # ------------------------------------------------------------------ unhealthy workers
+    # What AdminService.ForgetWorkers and ClusterStatus.unhealthy_workers need.
+
+    @staticmethod
+    def is_unhealthy(worker: WorkerEntry) -> bool:
+        """Lost (past its heartbeat deadline) or disconnected (its stream ended)."""
+        return worker.state == "lost" or not worker.connected
+
+    def unhealthy_workers(self) -> list[str]:
+        """Names of unhealthy workers, sorted; a name also held by a healthy worker (one
+        restarted under a new id) is healthy, whatever ghost entries it left."""
+        healthy = {w.name for w in self.workers.values() if not self.is_unhealthy(w)}
+        return sorted({w.name for w in self.workers.values() if self.is_unhealthy(w)} - healthy)
+
+    def _on_workers_forgotten(self, ev: WorkersForgotten, out: list[Action]) -> None:
+        for worker_id in ev.worker_ids:
+            worker = self.workers.get(worker_id)
+            if worker is None or not self.is_unhealthy(worker):
+                continue  # gone already, or it came back after the operator looked
+            if worker.state != "lost":
+                self._lose_worker(worker, ev.now, out)  # requeues what it held
+            log.warning("forgetting unhealthy worker %s (%s) at an operator's request", worker.name, worker_id)
+            del self.workers[worker_id]
+            # A paused worker may still hold its stream: end it, so it registers afresh if it wakes.
+            out.append(ResetWorker(worker_id, f"worker {worker.name} was forgotten by an operator; register again"))

@@ -24,6 +24,17 @@ if TYPE_CHECKING:
     from ._manager import PipelineManager
     from ._policies import handle_errors
     from ._result import PipelineResult, TaskRunInfo
+    from ._types import (
+        CircuitInfo,
+        ClusterStatus,
+        NodeRecovery,
+        RunEvent,
+        RunInfo,
+        RunSummary,
+        TaskInfo,
+        TaskResult,
+        WorkerInfo,
+    )
     from .errors import (
         CoordinatorUnavailableError,
         DataStreamError,
@@ -53,6 +64,11 @@ _LAZY = {
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
     **dict.fromkeys(
+        ("CircuitInfo", "ClusterStatus", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary", "TaskInfo", "TaskResult",
+         "WorkerInfo"),
+        "._types",
+    ),
+    **dict.fromkeys(
         (
             "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError", "PipelineExecutionError",
             "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
@@ -65,21 +81,30 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, renamed={"__version__": "VERSION"})
 
 __all__ = [
+    "CircuitInfo",
     "Client",
+    "ClusterStatus",
     "CoordinatorUnavailableError",
     "DataFlow",
     "DataStreamError",
     "DistributedExecutionError",
+    "NodeRecovery",
     "Pipeline",
     "PipelineExecutionError",
     "PipelineManager",
     "PipelineResult",
     "PipelineValidationError",
     "RequestRejectedError",
+    "RunEvent",
+    "RunInfo",
     "RunNotFoundError",
+    "RunSummary",
     "SerializationError",
     "Task",
+    "TaskInfo",
+    "TaskResult",
     "TaskRunInfo",
+    "WorkerInfo",
     "XpipeError",
     "handle_errors",
     "handler",

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._result import RUN_STATUS, TASK_STATUS
 from .errors import PipelineExecutionError, XpipeError
 
 __all__ = ["main"]
@@ -173,8 +172,8 @@ def cmd_runs(opts) -> int:
     with _client(opts) as client:
         runs = client.list_runs(opts.limit)
     data = [
-        {"run_id": r.run_id, "pipeline": r.pipeline, "status": RUN_STATUS.get(r.state, "unknown"),
-         "created_at": r.created_at, "finished_at": r.finished_at or None, "tasks": r.total_tasks}
+        {"run_id": r.run_id, "pipeline": r.pipeline, "status": r.state.lower(),
+         "created_at": r.created_at, "finished_at": r.finished_at, "tasks": r.total_tasks}
         for r in runs
     ]  # fmt: skip
     lines = [f"{'RUN':18} {'PIPELINE':24} {'STATUS':10} {'TASKS':>6}  CREATED"]
@@ -200,14 +199,13 @@ def cmd_status(opts) -> int:
         circuits = _circuits(client.cluster_status())
     s = info.summary
     tasks = {
-        t.name: {"status": TASK_STATUS.get(t.state, "unknown"), "attempts": t.attempts, "worker": t.worker,
-                 "started_at": t.started_at or None, "finished_at": t.finished_at or None,
-                 "error": t.error.message if t.HasField("error") else None}
+        t.name: {"status": t.state.lower(), "attempts": t.attempts, "worker": t.worker,
+                 "started_at": t.started_at, "finished_at": t.finished_at, "error": t.error}
         for t in info.tasks
     }  # fmt: skip
-    data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": RUN_STATUS.get(s.state, "unknown"),
+    data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": s.state.lower(),
             "total_tasks": s.total_tasks, "succeeded_tasks": s.succeeded_tasks, "failed_tasks": s.failed_tasks,
-            "created_at": s.created_at, "finished_at": s.finished_at or None, "tasks": tasks,
+            "created_at": s.created_at, "finished_at": s.finished_at, "tasks": tasks,
             "circuits": circuits}  # fmt: skip
     counts: dict[str, int] = {}
     for t in tasks.values():
@@ -235,13 +233,13 @@ def cmd_workers(opts) -> int:
         workers = client.list_workers()
     data = []
     for w in workers:
-        res = {"cpu": w.resources.cpu_cores, "memory_bytes": w.resources.memory_bytes, "gpu": w.resources.gpu,
-               **dict(w.resources.custom)}  # fmt: skip
+        res = {("cpu" if k == "cpu_cores" else k): v for k, v in w.resources.items()}
         data.append({
             "name": w.name, "id": w.worker_id, "host": w.host, "state": w.state, "slots": w.slots,
             "running": w.running, "resources": res, "labels": dict(w.labels), "handlers": list(w.handlers),
             "last_heartbeat": w.last_heartbeat, "memory_enforcement": w.memory_enforcement,
-            "metrics": {"cpu_percent": w.metrics.cpu_percent, "memory_percent": w.metrics.memory_percent},
+            "metrics": {"cpu_percent": w.metrics.get("cpu_percent", 0.0),
+                        "memory_percent": w.metrics.get("memory_percent", 0.0)},
         })  # fmt: skip
     lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5} {'MEMLIMIT':8}  HOST"]
     lines += [f"{d['name'][:16]:16} {d['state']:12} {d['slots']:>5} {d['running']:>7} "
@@ -262,13 +260,26 @@ def cmd_drain(opts) -> int:
 def cmd_cluster(opts) -> int:
     with _client(opts) as client:
         s = client.cluster_status()
-    data = {"leader": s.leader_address, "members": list(s.members), "term": s.term, "workers": s.workers,
-            "active_runs": s.active_runs, "coordinator_id": s.coordinator_id, "version": s.version,
-            "circuits": _circuits(s)}  # fmt: skip
-    text = (f"leader {s.leader_address} (term {s.term}); members {', '.join(s.members)}; "
+    data = {"leader": s.leader, "members": list(s.members), "term": s.term, "workers": s.workers,
+            "unhealthy_nodes": list(s.unhealthy_nodes), "active_runs": s.active_runs,
+            "coordinator_id": s.coordinator_id, "version": s.version, "circuits": _circuits(s)}  # fmt: skip
+    text = (f"leader {s.leader} (term {s.term}); members {', '.join(s.members)}; "
             f"{s.workers} workers; {s.active_runs} active runs")  # fmt: skip
+    if s.unhealthy_nodes:
+        text += f"\nunhealthy workers (lost or disconnected): {', '.join(s.unhealthy_nodes)}"
     _emit(opts, data, "\n".join([text, *_circuit_lines(data["circuits"])]))
     return 0
+
+
+def cmd_forget(opts) -> int:
+    with _client(opts) as client:
+        r = client.forget_workers(opts.workers)
+    data = {"forgotten": list(r.forgotten), "healthy": list(r.healthy), "unknown": list(r.unknown)}
+    lines = [f"forgotten: {', '.join(r.forgotten)}"] if r.forgotten else []
+    lines += [f"left alone (connected): {', '.join(r.healthy)}"] if r.healthy else []
+    lines += [f"unknown: {', '.join(r.unknown)}"] if r.unknown else []
+    _emit(opts, data, "\n".join(lines))
+    return 0 if not r.unknown else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     drain.add_argument("worker", help="the worker's name")
     drain.set_defaults(fn=cmd_drain)
     sub.add_parser("cluster", parents=[common], help="leader and members").set_defaults(fn=cmd_cluster)
+    forget = sub.add_parser("forget", parents=[common], help="forget lost or disconnected workers")
+    forget.add_argument("workers", nargs="+", help="worker names")
+    forget.set_defaults(fn=cmd_forget)
     return p
 
 

@@ -17,13 +17,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
+from ._types import ClusterStatus, NodeRecovery, RunEvent, RunInfo, RunSummary, TaskResult, WorkerInfo
 from .errors import (
     CoordinatorUnavailableError,
     DistributedExecutionError,
@@ -32,6 +33,9 @@ from .errors import (
     RunNotFoundError,
     XpipeError,
 )
+
+if TYPE_CHECKING:
+    from ._dag import Pipeline
 
 __all__ = ["Client", "from_grpc_error", "leader_hint", "parse_addresses", "translate_rpc_errors"]
 
@@ -164,6 +168,25 @@ def check_seconds(name: str, value: Any, *, allow_none: bool) -> float | None:
         forever = " (None waits for ever)" if allow_none else ""
         raise ValueError(f"{name} must be a finite number of seconds >= 0{forever}, got {value!r}")
     return float(value)
+
+
+def _spec_of(pipeline: Pipeline, retry_on_failure: bool) -> common_pb2.PipelineSpec:
+    """The wire spec of a Pipeline (validated); a spec already built by the SDK passes as is."""
+    if isinstance(pipeline, common_pb2.PipelineSpec):
+        return pipeline
+    to_proto = getattr(pipeline, "to_proto", None)
+    if to_proto is None:
+        raise TypeError(f"expected a Pipeline, got {type(pipeline).__name__}")
+    return to_proto(retry_on_failure=retry_on_failure)
+
+
+def _as_domain(events: Iterator[pipeline_pb2.RunEvent]) -> Iterator[RunEvent]:
+    """The events as :class:`RunEvent` dataclasses; closing this closes the stream."""
+    try:
+        for event in events:
+            yield RunEvent.from_proto(event)
+    finally:
+        events.close()
 
 
 def _describe(exc: grpc.RpcError) -> str:
@@ -355,27 +378,52 @@ class Client:
 
     # ------------------------------------------------------------------ API
 
-    def submit(self, spec: common_pb2.PipelineSpec) -> str:
-        """Submit a pipeline spec; returns the run id once the run is durable."""
+    # Public methods take a Pipeline and return the dataclasses of xpipe._types; the
+    # underscored ``*_pb`` ones speak protobuf, for the manager's hot path (and for callers
+    # of other languages' habits), so a submit-and-follow pays for no conversion.
+
+    def submit(self, pipeline: Pipeline, *, retry_on_failure: bool = True) -> str:
+        """Validate and submit a pipeline; returns the run id once the run is durable.
+
+        Raises:
+            PipelineValidationError: the pipeline is malformed (nothing was submitted).
+        """
+        return self._submit_spec(_spec_of(pipeline, retry_on_failure))
+
+    def _submit_spec(self, spec: common_pb2.PipelineSpec) -> str:
         request = pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex)
         return self._call(lambda p, a: p.SubmitPipeline(request, timeout=self.call_timeout_s)).run_id
 
-    def get_run(self, run_id: str, *, include_results: bool = False) -> pipeline_pb2.RunInfo:
+    def get_run(self, run_id: str, *, include_results: bool = False) -> RunInfo:
+        """The run and its tasks; with ``include_results`` each finished task's decoded value."""
+        return RunInfo.from_proto(self._get_run_pb(run_id, include_results=include_results))
+
+    def _get_run_pb(self, run_id: str, *, include_results: bool = False) -> pipeline_pb2.RunInfo:
         request = pipeline_pb2.GetRunRequest(run_id=run_id, include_results=include_results)
         return self._call(lambda p, a: p.GetRun(request, timeout=self.call_timeout_s))
 
-    def list_runs(self, limit: int = 50) -> list[pipeline_pb2.RunSummary]:
+    def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        """The newest ``limit`` runs, newest first.
+
+        Raises:
+            ValueError: ``limit`` is not an int >= 1.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an int >= 1, got {limit!r}")
         request = pipeline_pb2.ListRunsRequest(limit=limit)
-        return list(self._call(lambda p, a: p.ListRuns(request, timeout=self.call_timeout_s)).runs)
+        reply = self._call(lambda p, a: p.ListRuns(request, timeout=self.call_timeout_s))
+        return [RunSummary.from_proto(r) for r in reply.runs]
 
     def cancel(self, run_id: str) -> bool:
         """Ask the coordinator to cancel a run; False if it had already ended."""
         request = pipeline_pb2.CancelRunRequest(run_id=run_id)
         return self._call(lambda p, a: p.CancelRun(request, timeout=self.call_timeout_s)).cancelled
 
-    def task_result(self, run_id: str, task: str) -> pipeline_pb2.TaskResult:
+    def task_result(self, run_id: str, task: str) -> TaskResult:
+        """One task's state and, once it succeeded, its decoded value."""
         request = pipeline_pb2.GetTaskResultRequest(run_id=run_id, task=task)
-        return self._call(lambda p, a: p.GetTaskResult(request, timeout=self.call_timeout_s))
+        reply = self._call(lambda p, a: p.GetTaskResult(request, timeout=self.call_timeout_s))
+        return TaskResult.from_proto(reply, task=task)
 
     def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:
         """Duration history of task names: ``{name: (mean seconds, samples)}`` (known names only)."""
@@ -390,7 +438,7 @@ class Client:
         summary_only: bool = False,
         results_on_end: bool = False,
         timeout_s: float | None = None,
-    ) -> Iterator[pipeline_pb2.RunEvent]:
+    ) -> Iterator[RunEvent]:
         """Yield the run's state, then its changes, until it ends; reconnects on failover.
 
         After a reconnect the first event again carries every task, so a consumer that
@@ -401,10 +449,41 @@ class Client:
             TimeoutError: ``timeout_s`` passed before the run ended (it goes on).
             CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
+        events = self._watch_pb(run_id, summary_only=summary_only, results_on_end=results_on_end, timeout_s=timeout_s)
+        return _as_domain(events)
+
+    def _watch_pb(
+        self, run_id: str, *, summary_only: bool = False, results_on_end: bool = False, timeout_s: float | None = None
+    ) -> Iterator[pipeline_pb2.RunEvent]:
         request = pipeline_pb2.WatchRunRequest(run_id=run_id, summary_only=summary_only, results_on_end=results_on_end)
         return self._watch(request, timeout_s=timeout_s, what=f"run {run_id}")
 
     def submit_and_watch(
+        self,
+        pipeline: Pipeline,
+        *,
+        retry_on_failure: bool = True,
+        summary_only: bool = False,
+        results_on_end: bool = False,
+        timeout_s: float | None = None,
+    ) -> Iterator[RunEvent]:
+        """Submit a pipeline and follow its run in one call (one round trip fewer).
+
+        The first event's ``summary.run_id`` names the run. A retry after a lost answer
+        carries the same idempotency key, so the run is never started twice; once the run
+        id is known, a broken stream continues as :meth:`watch`.
+
+        Raises:
+            PipelineValidationError: the pipeline is malformed (nothing was submitted).
+            TimeoutError, CoordinatorUnavailableError: as :meth:`watch`.
+        """
+        spec = _spec_of(pipeline, retry_on_failure)
+        events = self._submit_and_watch_pb(
+            spec, summary_only=summary_only, results_on_end=results_on_end, timeout_s=timeout_s
+        )
+        return _as_domain(events)
+
+    def _submit_and_watch_pb(
         self,
         spec: common_pb2.PipelineSpec,
         *,
@@ -412,12 +491,6 @@ class Client:
         results_on_end: bool = False,
         timeout_s: float | None = None,
     ) -> Iterator[pipeline_pb2.RunEvent]:
-        """Submit a pipeline and follow its run in one call (one round trip fewer).
-
-        The first event's ``summary.run_id`` names the run. A retry after a lost answer
-        carries the same idempotency key, so the run is never started twice; once the run
-        id is known, a broken stream continues as :meth:`watch`. Raises as :meth:`watch`.
-        """
         request = pipeline_pb2.WatchRunRequest(
             submit=pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex),
             summary_only=summary_only,
@@ -425,15 +498,36 @@ class Client:
         )
         return self._watch(request, timeout_s=timeout_s, what=f"run of pipeline {spec.name!r}")
 
-    def list_workers(self) -> list[admin_pb2.WorkerInfo]:
-        return list(self._call(lambda p, a: a.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=self.call_timeout_s)).workers)
+    def list_workers(self) -> list[WorkerInfo]:
+        """Every worker the coordinator knows, lost and disconnected ones included."""
+        reply = self._call(lambda p, a: a.ListWorkers(admin_pb2.ListWorkersRequest(), timeout=self.call_timeout_s))
+        return [WorkerInfo.from_proto(w) for w in reply.workers]
 
-    def cluster_status(self) -> admin_pb2.ClusterStatus:
-        return self._call(lambda p, a: a.GetClusterStatus(admin_pb2.GetClusterStatusRequest(), timeout=self.call_timeout_s))
+    def cluster_status(self) -> ClusterStatus:
+        """Leader, members, worker counts, unhealthy workers, active runs, open circuits."""
+        request = admin_pb2.GetClusterStatusRequest()
+        reply = self._call(lambda p, a: a.GetClusterStatus(request, timeout=self.call_timeout_s))
+        return ClusterStatus.from_proto(reply)
 
     def drain(self, worker_name: str) -> bool:
+        """Stop sending work to a worker (it finishes what it holds); False if no such live worker."""
         request = admin_pb2.DrainWorkerRequest(name=worker_name)
         return self._call(lambda p, a: a.DrainWorker(request, timeout=self.call_timeout_s)).found
+
+    def forget_workers(self, names: Sequence[str]) -> NodeRecovery:
+        """Forget the named workers that are lost or disconnected (see ``NodeRecovery``).
+
+        The coordinator drops them in its next turn (milliseconds), so placement and
+        :meth:`cluster_status` stop counting them; one that comes back registers afresh.
+
+        Raises:
+            TypeError: ``names`` is a string (a list of names is wanted) or holds a non-string.
+        """
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"names must be a list of worker names, got {names!r}")
+        request = admin_pb2.ForgetWorkersRequest(names=list(names))
+        reply = self._call(lambda p, a: a.ForgetWorkers(request, timeout=self.call_timeout_s))
+        return NodeRecovery.from_proto(reply)
 
     def close(self) -> None:
         with self._lock:

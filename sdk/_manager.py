@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
@@ -19,6 +19,7 @@ from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, PipelineResult
+from ._types import ClusterStatus, NodeRecovery, RunSummary
 from .errors import PipelineExecutionError, PipelineValidationError
 
 __all__ = ["PipelineManager"]
@@ -134,7 +135,7 @@ class PipelineManager:
     def submit(self, pipeline: Pipeline | str, *, retry_on_failure: bool = True) -> str:
         """Validate and submit a pipeline; returns its run id as soon as the run is durable."""
         spec = self._resolve(pipeline).to_proto(retry_on_failure=retry_on_failure)
-        return self.client.submit(spec)
+        return self.client._submit_spec(spec)
 
     def execute_pipeline(
         self,
@@ -176,7 +177,7 @@ class PipelineManager:
             spec.placement_strategy = check_strategy(placement_strategy, where=f"pipeline {resolved.name!r}")
         if wait_for_resources_s is not None:
             spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
-        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     # ------------------------------------------------------------------ placement and plans
@@ -252,7 +253,7 @@ class PipelineManager:
         limits = plan.resource_limits()
         if limits is not None:
             spec.resource_limits.CopyFrom(limits)
-        events = self.client.submit_and_watch(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     def execute_distributed(
@@ -317,7 +318,7 @@ class PipelineManager:
             PipelineExecutionError: the run failed or was cancelled (unless ``raise_on_failure=False``).
             CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
-        events = self.client.watch(run_id, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        events = self.client._watch_pb(run_id, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
     def _follow(
@@ -344,7 +345,7 @@ class PipelineManager:
             # The final event carries every task with its result: no extra GetRun.
             info = pipeline_pb2.RunInfo(summary=final.summary, tasks=final.changed)
         else:
-            info = self.client.get_run(run_id, include_results=True)
+            info = self.client._get_run_pb(run_id, include_results=True)
         result = PipelineResult.from_proto(info)
         if result.status != "succeeded" and raise_on_failure:
             raise _execution_error(result, info)
@@ -352,25 +353,52 @@ class PipelineManager:
 
     def get_run(self, run_id: str) -> PipelineResult:
         """The run's current state (outputs of the tasks that finished so far)."""
-        return PipelineResult.from_proto(self.client.get_run(run_id, include_results=True))
+        return PipelineResult.from_proto(self.client._get_run_pb(run_id, include_results=True))
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: running attempts are killed, the rest end CANCELLED."""
         return self.client.cancel(run_id)
 
-    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
-        return [
-            {"run_id": r.run_id, "pipeline": r.pipeline, "status": RUN_STATUS.get(r.state, "unknown"),
-             "created_at": r.created_at, "finished_at": r.finished_at or None, "tasks": r.total_tasks}
-            for r in self.client.list_runs(limit)
-        ]  # fmt: skip
+    def list_runs(self, limit: int = 50) -> list[RunSummary]:
+        """The newest ``limit`` runs, newest first, as :class:`~xpipe._types.RunSummary`.
 
-    def get_cluster_status(self) -> dict[str, Any]:
-        status = self.client.cluster_status()
-        return {"leader": status.leader_address, "members": list(status.members), "term": status.term,
-                "workers": status.workers, "active_runs": status.active_runs,
-                "circuits": [{"name": c.name, "state": c.state, "failures": c.failures, "opened_at": c.opened_at}
-                             for c in status.circuits]}  # fmt: skip
+        Raises:
+            ValueError: ``limit`` is not an int >= 1.
+        """
+        return self.client.list_runs(limit)
+
+    def get_cluster_status(self) -> ClusterStatus:
+        """The cluster: ``.leader``, ``.term``, ``.members``, ``.workers`` (connected),
+        ``.unhealthy_nodes`` (lost or disconnected workers), ``.active_runs``, ``.circuits``.
+
+        ``status["workers"]`` (the dict of before) still works for the old keys, with a
+        DeprecationWarning.
+        """
+        return self.client.cluster_status()
+
+    def recover_unhealthy_nodes(self, names: Sequence[str] | None = None) -> NodeRecovery:
+        """Forget workers that are lost or disconnected, so status and placement stop counting them.
+
+        A lost worker that comes back re-registers by itself; this is for one gone for good
+        (its machine retired). A forgotten worker that is in fact still alive is told to
+        register again. Attempts a disconnected worker held are requeued.
+
+        Args:
+            names: worker names; None takes every name in ``get_cluster_status().unhealthy_nodes``.
+
+        Returns:
+            Which names were ``forgotten``, which were ``healthy`` (left alone) and which
+            ``unknown`` to the coordinator.
+
+        Raises:
+            TypeError: ``names`` is a string rather than a list of names.
+        """
+        if names is None:
+            names = self.client.cluster_status().unhealthy_nodes
+        result = self.client.forget_workers(names)
+        if result.unknown:
+            log.warning("recover_unhealthy_nodes: no worker named %s is known", ", ".join(result.unknown))
+        return result
 
     # ------------------------------------------------------------------ lifecycle
 

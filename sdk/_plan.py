@@ -127,14 +127,16 @@ class PlanWorker:
 
     @classmethod
     def from_info(cls, info: Any) -> PlanWorker:
-        """From an ``admin_pb2.WorkerInfo``; the price is its ``cost_per_hour`` label."""
+        """From a ``WorkerInfo`` (``Client.list_workers``); the price is its ``cost_per_hour`` label."""
         labels = dict(info.labels)
         try:
             price = float(labels.get("cost_per_hour", 0.0))
         except ValueError:
             price = 0.0
         price = price if math.isfinite(price) and price > 0 else 0.0
-        return cls(info.name, resources_dict(info.resources, default_cpu=False), labels, price)
+        res = info.resources  # a dict (xpipe.WorkerInfo) or a Resources message
+        resources = dict(res) if isinstance(res, Mapping) else resources_dict(res, default_cpu=False)
+        return cls(info.name, resources, labels, price)
 
     def fits(self, request: Mapping[str, float], labels: Mapping[str, str]) -> bool:
         if any(self.labels.get(k) != v for k, v in labels.items()):

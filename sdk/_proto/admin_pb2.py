@@ -26,7 +26,7 @@ from . import common_pb2 as xpipe_dot_v1_dot_common__pb2
 from . import worker_pb2 as xpipe_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/admin.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x19\n\x17GetClusterStatusRequest\"\xbe\x01\n\rClusterStatus\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\'\n\x08\x63ircuits\x18\x08 \x03(\x0b\x32\x15.xpipe.v1.CircuitInfo\"O\n\x0b\x43ircuitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x11\n\topened_at\x18\x04 \x01(\x01\"\x14\n\x12ListWorkersRequest\"\xe3\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .xpipe.v1.WorkerInfo.LabelsEntry\x12\x10\n\x08handlers\x18\t \x03(\t\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12\x1a\n\x12memory_enforcement\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.WorkerInfo\"\"\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x13\x44rainWorkerResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x32\xf6\x01\n\x0c\x41\x64minService\x12N\n\x10GetClusterStatus\x12!.xpipe.v1.GetClusterStatusRequest\x1a\x17.xpipe.v1.ClusterStatus\x12J\n\x0bListWorkers\x12\x1c.xpipe.v1.ListWorkersRequest\x1a\x1d.xpipe.v1.ListWorkersResponse\x12J\n\x0b\x44rainWorker\x12\x1c.xpipe.v1.DrainWorkerRequest\x1a\x1d.xpipe.v1.DrainWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/admin.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x19\n\x17GetClusterStatusRequest\"\xd9\x01\n\rClusterStatus\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\'\n\x08\x63ircuits\x18\x08 \x03(\x0b\x32\x15.xpipe.v1.CircuitInfo\x12\x19\n\x11unhealthy_workers\x18\t \x03(\t\"O\n\x0b\x43ircuitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x11\n\topened_at\x18\x04 \x01(\x01\"\x14\n\x12ListWorkersRequest\"\xe3\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .xpipe.v1.WorkerInfo.LabelsEntry\x12\x10\n\x08handlers\x18\t \x03(\t\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12\x1a\n\x12memory_enforcement\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.WorkerInfo\"\"\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x13\x44rainWorkerResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"%\n\x14\x46orgetWorkersRequest\x12\r\n\x05names\x18\x01 \x03(\t\"L\n\x15\x46orgetWorkersResponse\x12\x11\n\tforgotten\x18\x01 \x03(\t\x12\x0f\n\x07healthy\x18\x02 \x03(\t\x12\x0f\n\x07unknown\x18\x03 \x03(\t2\xc8\x02\n\x0c\x41\x64minService\x12N\n\x10GetClusterStatus\x12!.xpipe.v1.GetClusterStatusRequest\x1a\x17.xpipe.v1.ClusterStatus\x12J\n\x0bListWorkers\x12\x1c.xpipe.v1.ListWorkersRequest\x1a\x1d.xpipe.v1.ListWorkersResponse\x12J\n\x0b\x44rainWorker\x12\x1c.xpipe.v1.DrainWorkerRequest\x1a\x1d.xpipe.v1.DrainWorkerResponse\x12P\n\rForgetWorkers\x12\x1e.xpipe.v1.ForgetWorkersRequest\x1a\x1f.xpipe.v1.ForgetWorkersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,21 +38,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=80
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=105
   _globals['_CLUSTERSTATUS']._serialized_start=108
-  _globals['_CLUSTERSTATUS']._serialized_end=298
-  _globals['_CIRCUITINFO']._serialized_start=300
-  _globals['_CIRCUITINFO']._serialized_end=379
-  _globals['_LISTWORKERSREQUEST']._serialized_start=381
-  _globals['_LISTWORKERSREQUEST']._serialized_end=401
-  _globals['_WORKERINFO']._serialized_start=404
-  _globals['_WORKERINFO']._serialized_end=759
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=714
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=759
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=761
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=821
-  _globals['_DRAINWORKERREQUEST']._serialized_start=823
-  _globals['_DRAINWORKERREQUEST']._serialized_end=857
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=859
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=895
-  _globals['_ADMINSERVICE']._serialized_start=898
-  _globals['_ADMINSERVICE']._serialized_end=1144
+  _globals['_CLUSTERSTATUS']._serialized_end=325
+  _globals['_CIRCUITINFO']._serialized_start=327
+  _globals['_CIRCUITINFO']._serialized_end=406
+  _globals['_LISTWORKERSREQUEST']._serialized_start=408
+  _globals['_LISTWORKERSREQUEST']._serialized_end=428
+  _globals['_WORKERINFO']._serialized_start=431
+  _globals['_WORKERINFO']._serialized_end=786
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=741
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=786
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=788
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=848
+  _globals['_DRAINWORKERREQUEST']._serialized_start=850
+  _globals['_DRAINWORKERREQUEST']._serialized_end=884
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=886
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=922
+  _globals['_FORGETWORKERSREQUEST']._serialized_start=924
+  _globals['_FORGETWORKERSREQUEST']._serialized_end=961
+  _globals['_FORGETWORKERSRESPONSE']._serialized_start=963
+  _globals['_FORGETWORKERSRESPONSE']._serialized_end=1039
+  _globals['_ADMINSERVICE']._serialized_start=1042
+  _globals['_ADMINSERVICE']._serialized_end=1370
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits")
+    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits", "unhealthy_workers")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class ClusterStatus(_message.Message):
     ACTIVE_RUNS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CIRCUITS_FIELD_NUMBER: _ClassVar[int]
+    UNHEALTHY_WORKERS_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     leader_address: str
     members: _containers.RepeatedScalarFieldContainer[str]
@@ -30,7 +31,8 @@ class ClusterStatus(_message.Message):
     active_runs: int
     version: str
     circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
-    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ...) -> None: ...
+    unhealthy_workers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., unhealthy_workers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CircuitInfo(_message.Message):
     __slots__ = ("name", "state", "failures", "opened_at")
@@ -100,3 +102,19 @@ class DrainWorkerResponse(_message.Message):
     FOUND_FIELD_NUMBER: _ClassVar[int]
     found: bool
     def __init__(self, found: _Optional[bool] = ...) -> None: ...
+
+class ForgetWorkersRequest(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetWorkersResponse(_message.Message):
+    __slots__ = ("forgotten", "healthy", "unknown")
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELD_NUMBER: _ClassVar[int]
+    forgotten: _containers.RepeatedScalarFieldContainer[str]
+    healthy: _containers.RepeatedScalarFieldContainer[str]
+    unknown: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., healthy: _Optional[_Iterable[str]] = ..., unknown: _Optional[_Iterable[str]] = ...) -> None: ...

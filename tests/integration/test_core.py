@@ -369,8 +369,9 @@ def test_submit_and_watch_in_one_call(cluster):
         spec = common_pb2.PipelineSpec(name="one-call")
         spec.tasks.add(name="hello").command.argv.extend(["echo", "hi"])
         events = list(client.submit_and_watch(spec, summary_only=True, results_on_end=True))
-        assert events[0].summary.run_id and events[-1].summary.state == common_pb2.RUN_SUCCEEDED
-        assert [t.name for t in events[-1].changed] == ["hello"] and events[-1].changed[0].result.data
+        assert events[0].summary.run_id and events[-1].summary.state == "SUCCEEDED"
+        (hello,) = events[-1].changed
+        assert hello.name == "hello" and hello.has_result and hello.result["stdout"].strip() == "hi"
         bad = common_pb2.PipelineSpec(name="cyclic")
         for name, dep in (("a", "b"), ("b", "a")):
             bad.tasks.add(name=name, depends_on=[dep]).command.argv.append("true")

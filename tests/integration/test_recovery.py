@@ -140,9 +140,9 @@ def test_an_open_circuit_fails_fast_with_circuit_open_and_shows_in_status(pm, tm
     assert charge.attempts == 5 and "'payments-api' is open" in charge.error
     assert (tmp_path / "calls").read_text() == "2"  # only two attempts reached a worker
 
-    (circuit,) = pm.get_cluster_status()["circuits"]
-    assert (circuit["name"], circuit["state"], circuit["failures"]) == ("payments-api", "open", 2)
-    assert circuit["opened_at"] > 0
+    (circuit,) = pm.get_cluster_status().circuits
+    assert (circuit.name, circuit.state, circuit.failures) == ("payments-api", "open", 2)
+    assert circuit.opened_at > 0
     address = ["--coordinator", pm.client.address]
     capsys.readouterr()
     assert cli_main(["status", info.value.result.run_id, *address]) == 0

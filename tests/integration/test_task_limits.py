@@ -147,10 +147,10 @@ def test_hostile_result_reference_from_a_lying_worker_is_not_read_by_the_next_wo
             p.add_tasks([lie, Task("use", hl.allocate, depends_on=[lie], labels={"kind": "real"})])
             with PipelineManager(coordinator=c.address) as pm:
                 run_id = pm.submit(p)
-                *_, last = pm.client.watch(run_id, summary_only=True, timeout_s=60)
+                *_, last = pm.client._watch_pb(run_id, summary_only=True, timeout_s=60)  # the wire types: raw
                 assert last.summary.state == common_pb2.RUN_FAILED
                 # Results stay raw here: the SDK itself refuses to decode the lie, as it should.
-                info = pm.client.get_run(run_id, include_results=True)
+                info = pm.client._get_run_pb(run_id, include_results=True)
                 tasks = {t.name: t for t in info.tasks}
                 assert tasks["lie"].state == common_pb2.SUCCEEDED and tasks["lie"].result.artifact_ref == ref
                 use = tasks["use"]

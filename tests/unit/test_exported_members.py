@@ -25,10 +25,11 @@ def test_private_modules_are_not_exported():
 def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
-        "Client", "CoordinatorUnavailableError", "DataFlow", "DataStreamError", "DistributedExecutionError",
-        "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
-        "RequestRejectedError", "RunNotFoundError", "SerializationError", "Task", "TaskRunInfo", "XpipeError",
-        "handle_errors", "handler", "pipeline", "task",
+        "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataStreamError",
+        "DistributedExecutionError", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager",
+        "PipelineResult", "PipelineValidationError", "RequestRejectedError", "RunEvent", "RunInfo", "RunNotFoundError",
+        "RunSummary", "SerializationError", "Task", "TaskInfo", "TaskResult", "TaskRunInfo", "WorkerInfo",
+        "XpipeError", "handle_errors", "handler", "pipeline", "task",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
