@@ -41,7 +41,7 @@ from ._limits import (
 from ._options import DURATION_ALIASES, FLAT_OPTIONS, OptionError, RetryPolicy, TaskOptions, merge_task_options
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
-from ._retry import BACKOFF_STRATEGIES, duration_option
+from ._retry import BACKOFF_STRATEGIES, duration_option, duration_string_problem
 from .errors import PipelineValidationError
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -638,13 +638,16 @@ class Pipeline:
         self,
         *,
         checkpoint_interval: str | float | timedelta | None = None,
+        checkpoint_interval_s: float | timedelta | None = None,
         max_retries_per_task: int = 0,
         retry_backoff_strategy: str = "fixed",
         failure_isolation: bool = True,
         circuit_breaker_enabled: bool = False,
         circuit_failure_threshold: int = 5,
-        circuit_window_s: float | str | timedelta = 60.0,
-        circuit_open_s: float | str | timedelta = 30.0,
+        circuit_window: str | float | timedelta | None = None,
+        circuit_window_s: float | timedelta | None = None,
+        circuit_open: str | float | timedelta | None = None,
+        circuit_open_s: float | timedelta | None = None,
     ) -> FaultTolerance:
         """Set the run-wide fault-tolerance policy; returns it (see :class:`FaultTolerance`).
 
@@ -655,22 +658,30 @@ class Pipeline:
         ends failed.
 
         With ``circuit_breaker_enabled``, ``circuit_failure_threshold`` failed attempts of a
-        task (or of tasks sharing a ``circuit=``) within ``circuit_window_s`` open its circuit:
-        further attempts fail at once with ``CIRCUIT_OPEN`` until, after ``circuit_open_s``,
-        one probe attempt succeeds.
+        task (or of tasks sharing a ``circuit=``) within ``circuit_window_s`` (default 60)
+        open its circuit: further attempts fail at once with ``CIRCUIT_OPEN`` until, after
+        ``circuit_open_s`` (default 30), one probe attempt succeeds.
+
+        Each duration is given as ``<name>_s`` in seconds (a number or timedelta) or as
+        ``<name>``, which also reads strings: ``circuit_window="2min"``,
+        ``checkpoint_interval="5min"``. A string given to an ``_s`` name is refused.
 
         Raises:
-            PipelineValidationError: an argument is out of range or of the wrong type.
+            PipelineValidationError: an argument is out of range or of the wrong type, or a
+                duration is given both ways.
         """
         try:
             self.fault_tolerance = FaultTolerance.build(
                 checkpoint_interval=checkpoint_interval,
+                checkpoint_interval_s=checkpoint_interval_s,
                 max_retries_per_task=max_retries_per_task,
                 retry_backoff_strategy=retry_backoff_strategy,
                 failure_isolation=failure_isolation,
                 circuit_breaker_enabled=circuit_breaker_enabled,
                 circuit_failure_threshold=circuit_failure_threshold,
+                circuit_window=circuit_window,
                 circuit_window_s=circuit_window_s,
+                circuit_open=circuit_open,
                 circuit_open_s=circuit_open_s,
             )
         except ValueError as exc:
@@ -678,7 +689,11 @@ class Pipeline:
         return self.fault_tolerance
 
     def configure_placement(
-        self, *, strategy: str | None = None, wait_for_resources_s: float | timedelta | None = None
+        self,
+        *,
+        strategy: str | None = None,
+        wait_for_resources_s: float | timedelta | None = None,
+        wait_for_resources: str | float | timedelta | None = None,
     ) -> None:
         """Choose how this pipeline's tasks are placed (arguments left None are unchanged).
 
@@ -687,14 +702,28 @@ class Pipeline:
             wait_for_resources_s: a task that no registered worker could ever fit (too few
                 cores, no GPU, no worker with its labels) waits this long for a fitting worker
                 to join before it fails with ``RESOURCE_EXHAUSTION``; 0 fails it at once.
+            wait_for_resources: the same as a duration that may be a string ("5min").
 
         Raises:
-            PipelineValidationError: an unknown strategy or a negative wait.
+            PipelineValidationError: an unknown strategy, a negative wait, or the wait given
+                both ways.
         """
+        where = f"pipeline {self.name!r}"
         if strategy is not None:
-            self.placement_strategy = check_strategy(strategy, where=f"pipeline {self.name!r}")
+            check_strategy(strategy, where=where)
+        try:
+            wait_s = duration_option("wait_for_resources_s", None, wait_for_resources)
+        except ValueError as exc:
+            raise PipelineValidationError(f"{where}: {exc}") from None
+        if wait_s is not None and wait_for_resources_s is not None:
+            raise PipelineValidationError(f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one")
         if wait_for_resources_s is not None:
-            self.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {self.name!r}")
+            wait_s = check_wait_s(wait_for_resources_s, where=where)
+        # Everything checked: change nothing unless all of it is valid.
+        if strategy is not None:
+            self.placement_strategy = strategy
+        if wait_s is not None:
+            self.wait_for_resources_s = wait_s
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -791,6 +820,8 @@ def check_wait_s(value: Any, *, where: str) -> float:
     """``wait_for_resources_s`` as finite seconds >= 0 (a timedelta is accepted too)."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
+    elif isinstance(value, str):
+        raise PipelineValidationError(f"{where}: wait_for_resources_s {duration_string_problem('wait_for_resources_s', value)}")
     if not _is_number(value) or not 0 <= value <= MAX_DURATION_S:
         raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0 {_UPTO}, got {value!r}")
     return float(value)
