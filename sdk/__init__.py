@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._dag import DataFlow, Pipeline, Task, pipeline, task
     from ._handlers import handler
     from ._manager import PipelineManager
+    from ._options import RetryPolicy, TaskOptions
     from ._policies import handle_errors
     from ._result import PipelineResult, TaskRunInfo
     from .errors import (
@@ -49,6 +50,8 @@ _LAZY = {
     "task": "._dag",
     "handler": "._handlers",
     "PipelineManager": "._manager",
+    "RetryPolicy": "._options",
+    "TaskOptions": "._options",
     "handle_errors": "._policies",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
@@ -76,9 +79,11 @@ __all__ = [
     "PipelineResult",
     "PipelineValidationError",
     "RequestRejectedError",
+    "RetryPolicy",
     "RunNotFoundError",
     "SerializationError",
     "Task",
+    "TaskOptions",
     "TaskRunInfo",
     "XpipeError",
     "handle_errors",

@@ -27,8 +27,8 @@ def test_the_public_names_are_pinned_exactly():
     assert xpipe.__all__ == [
         "Client", "CoordinatorUnavailableError", "DataFlow", "DataStreamError", "DistributedExecutionError",
         "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
-        "RequestRejectedError", "RunNotFoundError", "SerializationError", "Task", "TaskRunInfo", "XpipeError",
-        "handle_errors", "handler", "pipeline", "task",
+        "RequestRejectedError", "RetryPolicy", "RunNotFoundError", "SerializationError", "Task", "TaskOptions",
+        "TaskRunInfo", "XpipeError", "handle_errors", "handler", "pipeline", "task",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
