@@ -187,6 +187,19 @@ class TaskOptions:
                 f"got {c!r:.80}"
             )  # fmt: skip
 
+    def __hash__(self) -> int:
+        return hash((
+            self.retry, self.timeout_s, frozenset(self.resource_requirements.items()), frozenset(self.labels.items()),
+            self.priority, self.circuit,
+        ))  # fmt: skip
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A mappingproxy does not pickle; rebuild from plain dicts (checked again on load).
+        return (
+            type(self),
+            (self.retry, self.timeout_s, dict(self.resource_requirements), dict(self.labels), self.priority, self.circuit),
+        )
+
 
 DEFAULT_TASK_OPTIONS = TaskOptions()
 
