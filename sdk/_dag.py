@@ -38,7 +38,14 @@ from ._limits import (
     command_problem,
     normalize_resources,
 )
-from ._options import DURATION_ALIASES, FLAT_OPTIONS, OptionError, RetryPolicy, TaskOptions, merge_task_options
+from ._options import (
+    DURATION_ALIASES,
+    FLAT_OPTIONS,
+    OptionError,
+    RetryPolicy,
+    TaskOptions,
+    merge_task_options,
+)
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_option, duration_string_problem
@@ -116,7 +123,8 @@ class _OptionAttr:
             if self.group is None:
                 task.options = dataclasses.replace(opts, **{self.field: value})
             else:
-                task.options = dataclasses.replace(opts, retry=dataclasses.replace(opts.retry, **{self.field: value}))
+                retry = dataclasses.replace(opts.retry, **{self.field: value})
+                task.options = dataclasses.replace(opts, retry=retry)
         except OptionError as exc:
             raise _invalid(task.name, self.keyword, exc.problem) from None
 
@@ -716,7 +724,9 @@ class Pipeline:
         except ValueError as exc:
             raise PipelineValidationError(f"{where}: {exc}") from None
         if wait_s is not None and wait_for_resources_s is not None:
-            raise PipelineValidationError(f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one")
+            raise PipelineValidationError(
+                f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one"
+            )
         if wait_for_resources_s is not None:
             wait_s = check_wait_s(wait_for_resources_s, where=where)
         # Everything checked: change nothing unless all of it is valid.
@@ -821,7 +831,8 @@ def check_wait_s(value: Any, *, where: str) -> float:
     if isinstance(value, timedelta):
         value = value.total_seconds()
     elif isinstance(value, str):
-        raise PipelineValidationError(f"{where}: wait_for_resources_s {duration_string_problem('wait_for_resources_s', value)}")
+        problem = duration_string_problem("wait_for_resources_s", value)
+        raise PipelineValidationError(f"{where}: wait_for_resources_s {problem}")
     if not _is_number(value) or not 0 <= value <= MAX_DURATION_S:
         raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0 {_UPTO}, got {value!r}")
     return float(value)

@@ -25,7 +25,14 @@ from ._limits import MAX_DURATION_S, MAX_NAME_CHARS, labels_problem, normalize_r
 from ._retry import BACKOFF_STRATEGIES, duration_option, duration_string_problem
 from .errors import PipelineValidationError
 
-__all__ = ["RetryPolicy", "TaskOptions", "OptionError", "FLAT_OPTIONS", "DURATION_ALIASES", "merge_task_options"]
+__all__ = [
+    "RetryPolicy",
+    "TaskOptions",
+    "OptionError",
+    "FLAT_OPTIONS",
+    "DURATION_ALIASES",
+    "merge_task_options",
+]
 
 # Durations in messages: "must be a number > 0 (at most 31622400)".
 _UPTO = f"(at most {MAX_DURATION_S:.0f})"
@@ -111,10 +118,16 @@ class RetryPolicy:
         set_(self, "retry_delay_s", _seconds(owner, "retry_delay_s", self.retry_delay_s, allow_zero=True))
         if self.backoff is not None and self.backoff not in BACKOFF_STRATEGIES:
             raise OptionError(
-                owner, "backoff", f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {self.backoff!r:.80}"
+                owner,
+                "backoff",
+                f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {self.backoff!r:.80}",
             )
         if self.max_retry_delay_s is not None:
-            set_(self, "max_retry_delay_s", _seconds(owner, "max_retry_delay_s", self.max_retry_delay_s, allow_zero=False))
+            set_(
+                self,
+                "max_retry_delay_s",
+                _seconds(owner, "max_retry_delay_s", self.max_retry_delay_s, allow_zero=False),
+            )
         if not _is_number(self.jitter) or not 0 <= self.jitter <= 1:
             raise OptionError(owner, "jitter", f"must be a fraction between 0 and 1, got {self.jitter!r:.80}")
         set_(self, "jitter", float(self.jitter))
@@ -159,7 +172,9 @@ class TaskOptions:
         if resources is None:
             resources = _EMPTY
         if not isinstance(resources, Mapping):
-            raise OptionError(owner, "resource_requirements", f"must be a dict, got {type(resources).__name__}")
+            raise OptionError(
+                owner, "resource_requirements", f"must be a dict, got {type(resources).__name__}"
+            )
         if resources is not _EMPTY:
             try:
                 normalize_resources(resources)
@@ -182,22 +197,25 @@ class TaskOptions:
             raise OptionError(owner, "priority", f"must be a 32-bit int, got {p!r:.80}")
         c = self.circuit
         if c is not None and (not isinstance(c, str) or not c.strip() or len(c) > MAX_NAME_CHARS):
-            raise OptionError(
-                owner, "circuit", f"must be a non-empty string of at most {MAX_NAME_CHARS} chars naming a dependency, "
-                f"got {c!r:.80}"
-            )  # fmt: skip
+            problem = f"must be a non-empty string of at most {MAX_NAME_CHARS} chars naming a dependency"
+            raise OptionError(owner, "circuit", f"{problem}, got {c!r:.80}")
 
     def __hash__(self) -> int:
-        return hash((
-            self.retry, self.timeout_s, frozenset(self.resource_requirements.items()), frozenset(self.labels.items()),
-            self.priority, self.circuit,
-        ))  # fmt: skip
+        resources, labels = frozenset(self.resource_requirements.items()), frozenset(self.labels.items())
+        return hash((self.retry, self.timeout_s, resources, labels, self.priority, self.circuit))
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A mappingproxy does not pickle; rebuild from plain dicts (checked again on load).
         return (
             type(self),
-            (self.retry, self.timeout_s, dict(self.resource_requirements), dict(self.labels), self.priority, self.circuit),
+            (
+                self.retry,
+                self.timeout_s,
+                dict(self.resource_requirements),
+                dict(self.labels),
+                self.priority,
+                self.circuit,
+            ),
         )
 
 
@@ -205,7 +223,10 @@ DEFAULT_TASK_OPTIONS = TaskOptions()
 
 
 _DEFAULTS: dict[type, dict[str, Any]] = {
-    cls: {f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default for f in dataclasses.fields(cls)}
+    cls: {
+        f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+        for f in dataclasses.fields(cls)
+    }
     for cls in (RetryPolicy, TaskOptions)
 }
 
@@ -239,7 +260,9 @@ def merge_task_options(
     base_retry = base.retry
     if retry is not None:
         if base_retry != _DEFAULT_RETRY:
-            raise PipelineValidationError("retry= and options=TaskOptions(retry=...) both set the retry policy; give one")
+            raise PipelineValidationError(
+                "retry= and options=TaskOptions(retry=...) both set the retry policy; give one"
+            )
         base_retry = retry
     changes: dict[str | None, dict[str, Any]] = {"retry": {}, None: {}}
     keyword_of: dict[str, str] = {}
@@ -247,9 +270,8 @@ def merge_task_options(
         group, field_name = FLAT_OPTIONS[key]
         holder, where = (base_retry, "retry") if group == "retry" else (base, "options")
         if getattr(holder, field_name) != _DEFAULTS[type(holder)][field_name]:
-            raise PipelineValidationError(
-                f"{key}= and {where}={type(holder).__name__}({field_name}=...) both set {field_name}; give one"
-            )
+            structured = f"{where}={type(holder).__name__}({field_name}=...)"
+            raise PipelineValidationError(f"{key}= and {structured} both set {field_name}; give one")
         changes[group][field_name] = value
         keyword_of[field_name] = key
     try:

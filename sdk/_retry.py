@@ -17,7 +17,7 @@ from datetime import timedelta
 from ._limits import MAX_DURATION_S
 from ._proto import common_pb2
 
-__all__ = ["BACKOFF_STRATEGIES", "backoff_delay_s", "parse_duration_s", "duration_option", "duration_string_problem"]
+__all__ = ["BACKOFF_STRATEGIES", "backoff_delay_s", "duration_option", "duration_string_problem", "parse_duration_s"]
 
 #: User-facing strategy names -> the proto enum.
 BACKOFF_STRATEGIES: dict[str, int] = {
@@ -107,7 +107,9 @@ def duration_string_problem(name_s: str, value: str) -> str:
     )
 
 
-def duration_option(name_s: str, seconds: float | timedelta | None, duration: str | float | timedelta | None) -> float | None:
+def duration_option(
+    name_s: str, seconds: float | timedelta | None, duration: str | float | timedelta | None
+) -> float | None:
     """Read the option pair ``<name>_s`` (seconds: a number or timedelta) and ``<name>``
     (also a string like "1min"); None when neither is given.
 
