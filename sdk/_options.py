@@ -13,7 +13,6 @@ string such as ``"1min"`` goes through the same name without ``_s`` (``timeout="
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -80,11 +79,11 @@ def _seconds(owner: str, name: str, value: Any, *, allow_zero: bool) -> float:
         value = value.total_seconds()
     elif isinstance(value, str):
         raise OptionError(owner, name, duration_string_problem(name, value))
-    low_ok = (lambda v: v >= 0) if allow_zero else (lambda v: v > 0)
-    if not _is_number(value) or not math.isfinite(value) or not low_ok(value) or value > MAX_DURATION_S:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise OptionError(owner, name, f"must be a number {bound} {_UPTO}, got {value!r:.80}")
-    return float(value)
+    # NaN fails both comparisons; infinity fails the upper bound.
+    if _is_number(value) and (0 <= value if allow_zero else 0 < value) and value <= MAX_DURATION_S:
+        return float(value)
+    bound = ">= 0" if allow_zero else "> 0"
+    raise OptionError(owner, name, f"must be a number {bound} {_UPTO}, got {value!r:.80}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,30 +109,56 @@ class RetryPolicy:
     """Each wait is shortened by up to this fraction (0 to 1), at random, so retries spread out."""
 
     def __post_init__(self) -> None:
+        # Each check starts with the common case (a plain int or float in range) so that
+        # building many tasks stays cheap; anything else takes the thorough path.
         owner = "RetryPolicy"
+        set_ = object.__setattr__  # frozen: normalise numbers in place, once
         n = self.max_retries
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _UINT32_MAX):
-            raise OptionError(owner, "max_retries", f"must be an int >= 0 or None, got {n!r:.80}")
-        set_ = object.__setattr__  # frozen: normalise numbers in place once
-        set_(self, "retry_delay_s", _seconds(owner, "retry_delay_s", self.retry_delay_s, allow_zero=True))
+        if n is not None and not (type(n) is int and 0 <= n <= _UINT32_MAX):
+            if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= _UINT32_MAX:
+                raise OptionError(owner, "max_retries", f"must be an int >= 0 or None, got {n!r:.80}")
+        d = self.retry_delay_s
+        if not (type(d) is float and 0.0 <= d <= MAX_DURATION_S):
+            set_(self, "retry_delay_s", _seconds(owner, "retry_delay_s", d, allow_zero=True))
         if self.backoff is not None and self.backoff not in BACKOFF_STRATEGIES:
-            raise OptionError(
-                owner,
-                "backoff",
-                f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {self.backoff!r:.80}",
-            )
-        if self.max_retry_delay_s is not None:
-            set_(
-                self,
-                "max_retry_delay_s",
-                _seconds(owner, "max_retry_delay_s", self.max_retry_delay_s, allow_zero=False),
-            )
-        if not _is_number(self.jitter) or not 0 <= self.jitter <= 1:
-            raise OptionError(owner, "jitter", f"must be a fraction between 0 and 1, got {self.jitter!r:.80}")
-        set_(self, "jitter", float(self.jitter))
+            problem = f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {self.backoff!r:.80}"
+            raise OptionError(owner, "backoff", problem)
+        cap = self.max_retry_delay_s
+        if cap is not None and not (type(cap) is float and 0.0 < cap <= MAX_DURATION_S):
+            set_(self, "max_retry_delay_s", _seconds(owner, "max_retry_delay_s", cap, allow_zero=False))
+        j = self.jitter
+        if not (type(j) is float and 0.0 <= j <= 1.0):
+            if not _is_number(j) or not 0 <= j <= 1:
+                raise OptionError(owner, "jitter", f"must be a fraction between 0 and 1, got {j!r:.80}")
+            set_(self, "jitter", float(j))
 
 
 _DEFAULT_RETRY = RetryPolicy()
+
+
+def _read_only_resources(owner: str, resources: Any) -> Mapping[str, Any]:
+    if resources is None:
+        return _EMPTY
+    if not isinstance(resources, Mapping):
+        raise OptionError(owner, "resource_requirements", f"must be a dict, got {type(resources).__name__}")
+    try:
+        normalize_resources(resources)
+    except ValueError as exc:
+        raise OptionError(owner, "resource_requirements", str(exc)) from None
+    return MappingProxyType(dict(resources))
+
+
+def _read_only_labels(owner: str, labels: Any) -> Mapping[str, str]:
+    if labels is None:
+        return _EMPTY
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise OptionError(owner, "labels", f"must map str to str, got {labels!r:.200}")
+    problem = labels_problem("labels", labels)
+    if problem:
+        raise OptionError(owner, "labels", problem.removeprefix("labels "))
+    return MappingProxyType(dict(labels))
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,37 +189,19 @@ class TaskOptions:
     def __post_init__(self) -> None:
         owner = "TaskOptions"
         set_ = object.__setattr__
-        if not isinstance(self.retry, RetryPolicy):
+        if type(self.retry) is not RetryPolicy and not isinstance(self.retry, RetryPolicy):
             raise OptionError(owner, "retry", f"must be a RetryPolicy, got {type(self.retry).__name__}")
-        if self.timeout_s is not None:
-            set_(self, "timeout_s", _seconds(owner, "timeout_s", self.timeout_s, allow_zero=False))
-        resources = self.resource_requirements
-        if resources is None:
-            resources = _EMPTY
-        if not isinstance(resources, Mapping):
-            raise OptionError(
-                owner, "resource_requirements", f"must be a dict, got {type(resources).__name__}"
-            )
-        if resources is not _EMPTY:
-            try:
-                normalize_resources(resources)
-            except ValueError as exc:
-                raise OptionError(owner, "resource_requirements", str(exc)) from None
-            set_(self, "resource_requirements", MappingProxyType(dict(resources)))
-        labels = _EMPTY if self.labels is None else self.labels
-        if labels is not _EMPTY:
-            if not isinstance(labels, Mapping) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-            ):
-                raise OptionError(owner, "labels", f"must map str to str, got {labels!r:.200}")
-            problem = labels_problem("labels", labels)
-            if problem:
-                raise OptionError(owner, "labels", problem.removeprefix("labels "))
-            labels = MappingProxyType(dict(labels))
-        set_(self, "labels", labels)
+        t = self.timeout_s
+        if t is not None and not (type(t) is float and 0.0 < t <= MAX_DURATION_S):
+            set_(self, "timeout_s", _seconds(owner, "timeout_s", t, allow_zero=False))
+        if self.resource_requirements is not _EMPTY:
+            set_(self, "resource_requirements", _read_only_resources(owner, self.resource_requirements))
+        if self.labels is not _EMPTY:
+            set_(self, "labels", _read_only_labels(owner, self.labels))
         p = self.priority
-        if isinstance(p, bool) or not isinstance(p, int) or abs(p) > _INT32_MAX:
-            raise OptionError(owner, "priority", f"must be a 32-bit int, got {p!r:.80}")
+        if not (type(p) is int and -_INT32_MAX <= p <= _INT32_MAX):
+            if isinstance(p, bool) or not isinstance(p, int) or abs(p) > _INT32_MAX:
+                raise OptionError(owner, "priority", f"must be a 32-bit int, got {p!r:.80}")
         c = self.circuit
         if c is not None and (not isinstance(c, str) or not c.strip() or len(c) > MAX_NAME_CHARS):
             problem = f"must be a non-empty string of at most {MAX_NAME_CHARS} chars naming a dependency"
@@ -229,6 +236,8 @@ _DEFAULTS: dict[type, dict[str, Any]] = {
     }
     for cls in (RetryPolicy, TaskOptions)
 }
+#: Field name -> the flat keyword that sets it (field names are unique across both classes).
+_KEYWORD_OF = {field_name: keyword for keyword, (_, field_name) in FLAT_OPTIONS.items()}
 
 
 def merge_task_options(
@@ -264,18 +273,22 @@ def merge_task_options(
                 "retry= and options=TaskOptions(retry=...) both set the retry policy; give one"
             )
         base_retry = retry
-    changes: dict[str | None, dict[str, Any]] = {"retry": {}, None: {}}
-    keyword_of: dict[str, str] = {}
+    retry_fields: dict[str, Any] = {}
+    task_fields: dict[str, Any] = {}
     for key, value in given.items():
         group, field_name = FLAT_OPTIONS[key]
-        holder, where = (base_retry, "retry") if group == "retry" else (base, "options")
-        if getattr(holder, field_name) != _DEFAULTS[type(holder)][field_name]:
-            structured = f"{where}={type(holder).__name__}({field_name}=...)"
-            raise PipelineValidationError(f"{key}= and {structured} both set {field_name}; give one")
-        changes[group][field_name] = value
-        keyword_of[field_name] = key
+        (retry_fields if group == "retry" else task_fields)[field_name] = value
     try:
-        new_retry = dataclasses.replace(base_retry, **changes["retry"]) if changes["retry"] else base_retry
-        return dataclasses.replace(base, retry=new_retry, **changes[None])
+        if retry is None and options is None:  # flat keywords alone, the common case: no replace() needed
+            return TaskOptions(RetryPolicy(**retry_fields) if retry_fields else _DEFAULT_RETRY, **task_fields)
+        for fields_, holder, where in ((retry_fields, base_retry, "retry"), (task_fields, base, "options")):
+            for field_name in fields_:
+                if getattr(holder, field_name) != _DEFAULTS[type(holder)][field_name]:
+                    structured = f"{where}={type(holder).__name__}({field_name}=...)"
+                    raise PipelineValidationError(
+                        f"{_KEYWORD_OF[field_name]}= and {structured} both set {field_name}; give one"
+                    )
+        new_retry = dataclasses.replace(base_retry, **retry_fields) if retry_fields else base_retry
+        return dataclasses.replace(base, retry=new_retry, **task_fields)
     except OptionError as exc:
-        raise OptionError("Task", keyword_of.get(exc.field, exc.field), exc.problem) from None
+        raise OptionError("Task", _KEYWORD_OF.get(exc.field, exc.field), exc.problem) from None
