@@ -190,6 +190,8 @@ class Task:
         args, kwargs: extra arguments; ``DataFlow`` values in ``kwargs`` are bindings.
         argv, env, cwd: the command (command tasks).
         handler_name: the handler to run (handler tasks).
+        options: the frozen :class:`TaskOptions` (retry policy, timeout, resources, labels,
+            priority, circuit); ``max_retries``, ``timeout_s``, ... read it.
     """
 
     def __init__(
