@@ -17,7 +17,13 @@ from datetime import timedelta
 from ._limits import MAX_DURATION_S
 from ._proto import common_pb2
 
-__all__ = ["BACKOFF_STRATEGIES", "backoff_delay_s", "duration_option", "duration_string_problem", "parse_duration_s"]
+__all__ = [
+    "BACKOFF_STRATEGIES",
+    "backoff_delay_s",
+    "duration_option",
+    "duration_string_problem",
+    "parse_duration_s",
+]
 
 #: User-facing strategy names -> the proto enum.
 BACKOFF_STRATEGIES: dict[str, int] = {
