@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._dag import DataFlow, Pipeline, Task, pipeline, task
     from ._handlers import handler
     from ._manager import PipelineManager
+    from ._options import RetryPolicy, TaskOptions
     from ._policies import handle_errors
     from ._result import PipelineResult, TaskRunInfo
     from ._types import (
@@ -60,6 +61,8 @@ _LAZY = {
     "task": "._dag",
     "handler": "._handlers",
     "PipelineManager": "._manager",
+    "RetryPolicy": "._options",
+    "TaskOptions": "._options",
     "handle_errors": "._policies",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
@@ -95,6 +98,7 @@ __all__ = [
     "PipelineResult",
     "PipelineValidationError",
     "RequestRejectedError",
+    "RetryPolicy",
     "RunEvent",
     "RunInfo",
     "RunNotFoundError",
@@ -102,6 +106,7 @@ __all__ = [
     "SerializationError",
     "Task",
     "TaskInfo",
+    "TaskOptions",
     "TaskResult",
     "TaskRunInfo",
     "WorkerInfo",

@@ -15,6 +15,7 @@ Upstream results reach a task as positional arguments in ``depends_on`` order; a
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 import numbers
@@ -35,12 +36,19 @@ from ._limits import (
     MAX_TEXT_CHARS,
     NAME_RE,
     command_problem,
-    labels_problem,
     normalize_resources,
+)
+from ._options import (
+    DURATION_ALIASES,
+    FLAT_OPTIONS,
+    OptionError,
+    RetryPolicy,
+    TaskOptions,
+    merge_task_options,
 )
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
-from ._retry import BACKOFF_STRATEGIES
+from ._retry import BACKOFF_STRATEGIES, duration_option, duration_string_problem
 from .errors import PipelineValidationError
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -48,14 +56,8 @@ __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph",
 
 # Durations in messages: "must be a number of seconds >= 0 (at most 31622400)".
 _UPTO = f"(at most {MAX_DURATION_S:.0f})"
-_INT32_MAX = 2**31 - 1
-_UINT32_MAX = 2**32 - 1
-_TASK_OPTIONS = frozenset(
-    {
-        "max_retries", "retry_delay_s", "retry_backoff", "max_retry_delay_s", "retry_jitter", "timeout_s",
-        "resource_requirements", "labels", "priority", "circuit",
-    }
-)  # fmt: skip
+#: Every option keyword of Task, @task, Task.command and Task.handler.
+_TASK_OPTIONS = frozenset({*FLAT_OPTIONS, *DURATION_ALIASES, "retry", "options"})
 
 
 def _invalid(task_name: Any, field: str, problem: str) -> PipelineValidationError:
@@ -64,18 +66,6 @@ def _invalid(task_name: Any, field: str, problem: str) -> PipelineValidationErro
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_labels(where: str, labels: Any) -> dict[str, str]:
-    """Labels as the coordinator takes them: str to str, within the limits of :mod:`._limits`."""
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise PipelineValidationError(f"{where}: labels must map str to str, got {labels!r:.200}")
-    problem = labels_problem("labels", labels)
-    if problem:
-        raise PipelineValidationError(f"{where}: {problem}")
-    return dict(labels)
 
 
 def _check_options(where: str, opts: Mapping[str, Any]) -> None:
@@ -96,6 +86,47 @@ def _resources_proto(task_name: str, requirements: Mapping[str, Any]) -> common_
         cpu_cores=amounts.cpu_cores or 0.0, memory_bytes=amounts.memory_bytes or 0, gpu=amounts.gpu or 0,
         custom=amounts.custom,
     )  # fmt: skip
+
+
+def _task_options(task_name: Any, flat: Mapping[str, Any], retry: Any, options: Any) -> TaskOptions:
+    """:func:`merge_task_options`, with the task's name in every error."""
+    try:
+        return merge_task_options(flat, retry, options)
+    except OptionError as exc:
+        raise _invalid(task_name, exc.field, exc.problem) from None
+    except PipelineValidationError as exc:
+        raise PipelineValidationError(f"task {task_name!r}: {exc}") from None
+
+
+class _OptionAttr:
+    """A seed attribute of Task (``task.max_retries``) that lives in the frozen ``task.options``.
+
+    Assigning one builds new options through the same checks as the constructor.
+    """
+
+    def __init__(self, group: str | None, field_name: str, *, none_as: Any = None):
+        self.group, self.field, self.none_as = group, field_name, none_as
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.keyword = name
+
+    def __get__(self, task: Task | None, owner: type | None = None) -> Any:
+        if task is None:
+            return self
+        holder = task.options if self.group is None else task.options.retry
+        value = getattr(holder, self.field)
+        return self.none_as if value is None and self.none_as is not None else value
+
+    def __set__(self, task: Task, value: Any) -> None:
+        opts = task.options
+        try:
+            if self.group is None:
+                task.options = dataclasses.replace(opts, **{self.field: value})
+            else:
+                retry = dataclasses.replace(opts.retry, **{self.field: value})
+                task.options = dataclasses.replace(opts, retry=retry)
+        except OptionError as exc:
+            raise _invalid(task.name, self.keyword, exc.problem) from None
 
 
 class DataFlow:
@@ -159,6 +190,8 @@ class Task:
         args, kwargs: extra arguments; ``DataFlow`` values in ``kwargs`` are bindings.
         argv, env, cwd: the command (command tasks).
         handler_name: the handler to run (handler tasks).
+        options: the frozen :class:`TaskOptions` (retry policy, timeout, resources, labels,
+            priority, circuit); ``max_retries``, ``timeout_s``, ... read it.
     """
 
     def __init__(
@@ -169,34 +202,44 @@ class Task:
         args: tuple = (),
         kwargs: dict | None = None,
         *,
+        retry: RetryPolicy | None = None,
+        options: TaskOptions | None = None,
         max_retries: int | None = None,
-        retry_delay_s: float = 0.0,
+        retry_delay_s: float | None = None,
+        retry_delay: str | float | timedelta | None = None,
         retry_backoff: str | None = None,
         max_retry_delay_s: float | None = None,
-        retry_jitter: float = 0.1,
+        max_retry_delay: str | float | timedelta | None = None,
+        retry_jitter: float | None = None,
         timeout_s: float | None = None,
+        timeout: str | float | timedelta | None = None,
         resource_requirements: dict | None = None,
         labels: dict[str, str] | None = None,
-        priority: int = 0,
+        priority: int | None = None,
         circuit: str | None = None,
     ):
-        self._setup(
-            name,
-            "python",
-            depends_on,
-            args,
-            kwargs,
-            max_retries=max_retries,
-            retry_delay_s=retry_delay_s,
-            retry_backoff=retry_backoff,
-            max_retry_delay_s=max_retry_delay_s,
-            retry_jitter=retry_jitter,
-            timeout_s=timeout_s,
-            resource_requirements=resource_requirements,
-            labels=labels,
-            priority=priority,
-            circuit=circuit,
-        )
+        """Options come as ``options=TaskOptions(...)`` and ``retry=RetryPolicy(...)``, or as flat
+        keywords named like their fields (see :data:`xpipe._options.FLAT_OPTIONS`); None means
+        not given. ``_s`` keywords take seconds; ``timeout``, ``retry_delay`` and
+        ``max_retry_delay`` also read strings such as ``"1h"``. A field given both flat and
+        structured is refused.
+        """
+        flat = None
+        if (
+            max_retries is not None or retry_delay_s is not None or retry_delay is not None
+            or retry_backoff is not None or max_retry_delay_s is not None or max_retry_delay is not None
+            or retry_jitter is not None or timeout_s is not None or timeout is not None
+            or resource_requirements is not None or labels is not None or priority is not None
+            or circuit is not None
+        ):  # fmt: skip
+            flat = {
+                "max_retries": max_retries, "retry_delay_s": retry_delay_s, "retry_delay": retry_delay,
+                "retry_backoff": retry_backoff, "max_retry_delay_s": max_retry_delay_s,
+                "max_retry_delay": max_retry_delay, "retry_jitter": retry_jitter, "timeout_s": timeout_s,
+                "timeout": timeout, "resource_requirements": resource_requirements, "labels": labels,
+                "priority": priority, "circuit": circuit,
+            }  # fmt: skip
+        self._setup(name, "python", depends_on, args, kwargs, retry=retry, options=options, flat=flat)
         if func is None:
             func = self._own_callable()
         elif not callable(func):
@@ -211,16 +254,9 @@ class Task:
         args: Any,
         kwargs: Any,
         *,
-        max_retries: Any = None,
-        retry_delay_s: Any = 0.0,
-        retry_backoff: Any = None,
-        max_retry_delay_s: Any = None,
-        retry_jitter: Any = 0.1,
-        timeout_s: Any = None,
-        resource_requirements: Any = None,
-        labels: Any = None,
-        priority: Any = 0,
-        circuit: Any = None,
+        retry: Any = None,
+        options: Any = None,
+        flat: Mapping[str, Any] | None = None,
     ) -> None:
         """Check and store everything but the callable, naming the task and field on error."""
         self.name: str = _check_name(name)
@@ -246,63 +282,28 @@ class Task:
             if not isinstance(key, str):
                 raise _invalid(name, "kwargs", f"has a non-string key {key!r}")
         self.kwargs: dict[str, Any] = dict(kwargs)
+        #: Everything else about the task, frozen; the option attributes below read it.
+        self.options: TaskOptions = _task_options(name, flat or {}, retry, options)
 
-        # None: not given; the pipeline's configure_fault_tolerance default applies (else 0).
-        self._max_retries_given = max_retries is not None
-        if max_retries is None:
-            max_retries = 0
-        if (
-            isinstance(max_retries, bool)
-            or not isinstance(max_retries, int)
-            or not 0 <= max_retries <= _UINT32_MAX
-        ):
-            raise _invalid(name, "max_retries", f"must be an int >= 0, got {max_retries!r}")
-        if not _is_number(retry_delay_s) or not 0 <= retry_delay_s <= MAX_DURATION_S:
-            raise _invalid(name, "retry_delay_s", f"must be a number >= 0 {_UPTO}, got {retry_delay_s!r}")
-        if timeout_s is not None and (not _is_number(timeout_s) or not 0 < timeout_s <= MAX_DURATION_S):
-            raise _invalid(name, "timeout_s", f"must be a number > 0 {_UPTO} or None, got {timeout_s!r}")
-        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > _INT32_MAX:
-            raise _invalid(name, "priority", f"must be a 32-bit int, got {priority!r}")
-        if retry_backoff is not None and retry_backoff not in BACKOFF_STRATEGIES:
-            raise _invalid(
-                name, "retry_backoff", f"must be one of {sorted(BACKOFF_STRATEGIES)} or None, got {retry_backoff!r}"
-            )
-        if max_retry_delay_s is not None and (
-            not _is_number(max_retry_delay_s) or not 0 < max_retry_delay_s <= MAX_DURATION_S
-        ):
-            raise _invalid(name, "max_retry_delay_s", f"must be a number > 0 {_UPTO} or None, got {max_retry_delay_s!r}")
-        if not _is_number(retry_jitter) or not 0 <= retry_jitter <= 1:
-            raise _invalid(name, "retry_jitter", f"must be a fraction between 0 and 1, got {retry_jitter!r}")
-        self.max_retries: int = max_retries
-        self.retry_delay_s: float = float(retry_delay_s)
-        #: "fixed", "linear" or "exponential"; None: the pipeline's default, else fixed.
-        self.retry_backoff: str | None = retry_backoff
-        self.max_retry_delay_s: float | None = None if max_retry_delay_s is None else float(max_retry_delay_s)
-        self.retry_jitter: float = float(retry_jitter)
-        self.timeout_s: float | None = None if timeout_s is None else float(timeout_s)
-        self.priority: int = priority
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        """The frozen retry policy (``self.options.retry``)."""
+        return self.options.retry
 
-        if resource_requirements is None:
-            resource_requirements = {}
-        if not isinstance(resource_requirements, Mapping):
-            raise _invalid(
-                name, "resource_requirements", f"must be a dict, got {type(resource_requirements).__name__}"
-            )
-        _resources_proto(name, resource_requirements)  # validate now, build again in to_proto
-        self.resource_requirements: dict[str, Any] = dict(resource_requirements)
-
-        self.labels: dict[str, str] = _check_labels(f"task {name!r}", {} if labels is None else labels)
-
-        if circuit is not None and (
-            not isinstance(circuit, str) or not circuit.strip() or len(circuit) > MAX_NAME_CHARS
-        ):
-            raise _invalid(
-                name, "circuit", f"must be a non-empty string of at most {MAX_NAME_CHARS} chars naming a dependency, "
-                f"got {circuit!r:.80}"
-            )  # fmt: skip
-        #: The circuit breaker this task's attempts share (when the pipeline enables breakers);
-        #: None: its own, "<pipeline>/<task>".
-        self.circuit: str | None = circuit
+    # The seed's flat attributes, read from (and, when assigned, re-checked into) self.options.
+    max_retries = _OptionAttr("retry", "max_retries", none_as=0)
+    retry_delay_s = _OptionAttr("retry", "retry_delay_s")
+    #: "fixed", "linear" or "exponential"; None: the pipeline's default, else fixed.
+    retry_backoff = _OptionAttr("retry", "backoff")
+    max_retry_delay_s = _OptionAttr("retry", "max_retry_delay_s")
+    retry_jitter = _OptionAttr("retry", "jitter")
+    timeout_s = _OptionAttr(None, "timeout_s")
+    resource_requirements = _OptionAttr(None, "resource_requirements")
+    labels = _OptionAttr(None, "labels")
+    priority = _OptionAttr(None, "priority")
+    #: The circuit breaker this task's attempts share (when the pipeline enables breakers);
+    #: None: its own, "<pipeline>/<task>".
+    circuit = _OptionAttr(None, "circuit")
 
     def _check_depends_on(self, depends_on: Any) -> list[str]:
         if isinstance(depends_on, (str, Task)):  # one dependency given bare
@@ -367,7 +368,8 @@ class Task:
         """
         _check_options("Task.command()", opts)
         self = Task.__new__(Task)
-        self._setup(name, "command", depends_on, (), None, **opts)
+        retry, options = opts.pop("retry", None), opts.pop("options", None)
+        self._setup(name, "command", depends_on, (), None, retry=retry, options=options, flat=opts)
         if (
             isinstance(argv, (str, bytes))
             or not isinstance(argv, Sequence)
@@ -406,7 +408,8 @@ class Task:
         """
         _check_options("Task.handler()", opts)
         self = Task.__new__(Task)
-        self._setup(name, "handler", depends_on, args, kwargs, **opts)
+        retry, options = opts.pop("retry", None), opts.pop("options", None)
+        self._setup(name, "handler", depends_on, args, kwargs, retry=retry, options=options, flat=opts)
         if not isinstance(handler_name, str) or not 0 < len(handler_name.strip()) <= MAX_NAME_CHARS:
             raise _invalid(
                 name, "handler_name", f"must be a non-empty string of up to {MAX_NAME_CHARS} chars, got {handler_name!r:.80}"
@@ -464,7 +467,6 @@ class Task:
 
         Raises:
             SerializationError: the callable or the arguments cannot be serialised.
-            PipelineValidationError: a field was set to a value the API cannot carry.
         """
         spec = common_pb2.TaskSpec(name=self.name, depends_on=self.depends_on)
         if self.kind == "python":
@@ -489,22 +491,24 @@ class Task:
             )
         for parameter, flow in flows.items():
             spec.flows.add(source_task=flow.source, key=flow.key or "", parameter=parameter)
-        try:
-            spec.retry.max_retries = self.max_retries
-            spec.retry.retry_delay_s = self.retry_delay_s
-            spec.retry.backoff = BACKOFF_STRATEGIES[self.retry_backoff or "fixed"]
-            spec.retry.max_retry_delay_s = self.max_retry_delay_s or 0.0
-            spec.retry.jitter = self.retry_jitter
-            spec.timeout_s = self.timeout_s or 0.0
-            spec.priority = self.priority
-            spec.labels.update(self.labels)
-            spec.circuit = getattr(self, "circuit", None) or ""
-        except (TypeError, ValueError, KeyError) as exc:
-            raise PipelineValidationError(
-                f"task {self.name!r} has an option the API cannot carry: {exc}"
-            ) from exc
-        if self.resource_requirements:
-            spec.resources.CopyFrom(_resources_proto(self.name, self.resource_requirements))
+        # The options checked themselves when made (they are frozen), so these fit the spec.
+        opts = self.options
+        retry = opts.retry
+        spec.retry.max_retries = retry.max_retries or 0
+        spec.retry.retry_delay_s = retry.retry_delay_s
+        spec.retry.backoff = BACKOFF_STRATEGIES[retry.backoff or "fixed"]
+        spec.retry.max_retry_delay_s = retry.max_retry_delay_s or 0.0
+        spec.retry.jitter = retry.jitter
+        if opts.timeout_s:
+            spec.timeout_s = opts.timeout_s
+        if opts.priority:
+            spec.priority = opts.priority
+        if opts.labels:
+            spec.labels.update(opts.labels)
+        if opts.circuit:
+            spec.circuit = opts.circuit
+        if opts.resource_requirements:
+            spec.resources.CopyFrom(_resources_proto(self.name, opts.resource_requirements))
         return spec
 
     def __repr__(self) -> str:
@@ -644,13 +648,16 @@ class Pipeline:
         self,
         *,
         checkpoint_interval: str | float | timedelta | None = None,
+        checkpoint_interval_s: float | timedelta | None = None,
         max_retries_per_task: int = 0,
         retry_backoff_strategy: str = "fixed",
         failure_isolation: bool = True,
         circuit_breaker_enabled: bool = False,
         circuit_failure_threshold: int = 5,
-        circuit_window_s: float | str | timedelta = 60.0,
-        circuit_open_s: float | str | timedelta = 30.0,
+        circuit_window: str | float | timedelta | None = None,
+        circuit_window_s: float | timedelta | None = None,
+        circuit_open: str | float | timedelta | None = None,
+        circuit_open_s: float | timedelta | None = None,
     ) -> FaultTolerance:
         """Set the run-wide fault-tolerance policy; returns it (see :class:`FaultTolerance`).
 
@@ -661,22 +668,30 @@ class Pipeline:
         ends failed.
 
         With ``circuit_breaker_enabled``, ``circuit_failure_threshold`` failed attempts of a
-        task (or of tasks sharing a ``circuit=``) within ``circuit_window_s`` open its circuit:
-        further attempts fail at once with ``CIRCUIT_OPEN`` until, after ``circuit_open_s``,
-        one probe attempt succeeds.
+        task (or of tasks sharing a ``circuit=``) within ``circuit_window_s`` (default 60)
+        open its circuit: further attempts fail at once with ``CIRCUIT_OPEN`` until, after
+        ``circuit_open_s`` (default 30), one probe attempt succeeds.
+
+        Each duration is given as ``<name>_s`` in seconds (a number or timedelta) or as
+        ``<name>``, which also reads strings: ``circuit_window="2min"``,
+        ``checkpoint_interval="5min"``. A string given to an ``_s`` name is refused.
 
         Raises:
-            PipelineValidationError: an argument is out of range or of the wrong type.
+            PipelineValidationError: an argument is out of range or of the wrong type, or a
+                duration is given both ways.
         """
         try:
             self.fault_tolerance = FaultTolerance.build(
                 checkpoint_interval=checkpoint_interval,
+                checkpoint_interval_s=checkpoint_interval_s,
                 max_retries_per_task=max_retries_per_task,
                 retry_backoff_strategy=retry_backoff_strategy,
                 failure_isolation=failure_isolation,
                 circuit_breaker_enabled=circuit_breaker_enabled,
                 circuit_failure_threshold=circuit_failure_threshold,
+                circuit_window=circuit_window,
                 circuit_window_s=circuit_window_s,
+                circuit_open=circuit_open,
                 circuit_open_s=circuit_open_s,
             )
         except ValueError as exc:
@@ -684,7 +699,11 @@ class Pipeline:
         return self.fault_tolerance
 
     def configure_placement(
-        self, *, strategy: str | None = None, wait_for_resources_s: float | timedelta | None = None
+        self,
+        *,
+        strategy: str | None = None,
+        wait_for_resources_s: float | timedelta | None = None,
+        wait_for_resources: str | float | timedelta | None = None,
     ) -> None:
         """Choose how this pipeline's tasks are placed (arguments left None are unchanged).
 
@@ -693,14 +712,30 @@ class Pipeline:
             wait_for_resources_s: a task that no registered worker could ever fit (too few
                 cores, no GPU, no worker with its labels) waits this long for a fitting worker
                 to join before it fails with ``RESOURCE_EXHAUSTION``; 0 fails it at once.
+            wait_for_resources: the same as a duration that may be a string ("5min").
 
         Raises:
-            PipelineValidationError: an unknown strategy or a negative wait.
+            PipelineValidationError: an unknown strategy, a negative wait, or the wait given
+                both ways.
         """
+        where = f"pipeline {self.name!r}"
         if strategy is not None:
-            self.placement_strategy = check_strategy(strategy, where=f"pipeline {self.name!r}")
+            check_strategy(strategy, where=where)
+        try:
+            wait_s = duration_option("wait_for_resources_s", None, wait_for_resources)
+        except ValueError as exc:
+            raise PipelineValidationError(f"{where}: {exc}") from None
+        if wait_s is not None and wait_for_resources_s is not None:
+            raise PipelineValidationError(
+                f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one"
+            )
         if wait_for_resources_s is not None:
-            self.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {self.name!r}")
+            wait_s = check_wait_s(wait_for_resources_s, where=where)
+        # Everything checked: change nothing unless all of it is valid.
+        if strategy is not None:
+            self.placement_strategy = strategy
+        if wait_s is not None:
+            self.wait_for_resources_s = wait_s
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -758,9 +793,10 @@ class Pipeline:
         ft = self.fault_tolerance
         if ft is not None:  # pipeline-wide retry defaults for tasks that set none
             for t, spec in zip(self._tasks.values(), specs):
-                if not getattr(t, "_max_retries_given", True):
+                retry = t.options.retry
+                if retry.max_retries is None:
                     spec.retry.max_retries = ft.max_retries_per_task
-                if t.retry_backoff is None:
+                if retry.backoff is None:
                     spec.retry.backoff = BACKOFF_STRATEGIES[ft.retry_backoff_strategy]
         made = common_pb2.PipelineSpec(
             name=self.name,
@@ -796,6 +832,9 @@ def check_wait_s(value: Any, *, where: str) -> float:
     """``wait_for_resources_s`` as finite seconds >= 0 (a timedelta is accepted too)."""
     if isinstance(value, timedelta):
         value = value.total_seconds()
+    elif isinstance(value, str):
+        problem = duration_string_problem("wait_for_resources_s", value)
+        raise PipelineValidationError(f"{where}: wait_for_resources_s {problem}")
     if not _is_number(value) or not 0 <= value <= MAX_DURATION_S:
         raise PipelineValidationError(f"{where}: wait_for_resources_s must be a number of seconds >= 0 {_UPTO}, got {value!r}")
     return float(value)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from ._domain import RECOVERY_DECISIONS
 from ._proto import common_pb2
-from ._retry import BACKOFF_STRATEGIES, backoff_delay_s, parse_duration_s
+from ._retry import BACKOFF_STRATEGIES, backoff_delay_s, duration_option, parse_duration_s
 
 __all__ = [
     "ErrorPolicy",
@@ -156,7 +156,10 @@ class FaultTolerance:
     """Run-wide fault-tolerance settings (``Pipeline.configure_fault_tolerance``)."""
 
     checkpoint_interval_s: float = 0.0
-    """How often a run's progress should be checkpointed; 0: not configured. Carried in the spec."""
+    """How often a run's progress should be checkpointed; 0: not configured. Carried in the spec.
+
+    Like every ``_s`` field here: seconds as a number or timedelta; a string is refused
+    (duration strings go through :meth:`build`'s names without ``_s``)."""
     max_retries_per_task: int = 0
     """``max_retries`` of every task that sets none of its own."""
     retry_backoff_strategy: str = "fixed"
@@ -172,55 +175,58 @@ class FaultTolerance:
     circuit_open_s: float = 30.0
     """How long an open circuit fails attempts fast before it lets one probe through."""
 
+    def __post_init__(self) -> None:
+        """Check every field (raises ValueError naming it), so a FaultTolerance is always valid."""
+        n = self.max_retries_per_task
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n < 2**32:
+            raise ValueError(f"max_retries_per_task must be an int >= 0, got {n!r}")
+        if self.retry_backoff_strategy not in BACKOFF_STRATEGIES:
+            raise ValueError(
+                f"retry_backoff_strategy must be one of {sorted(BACKOFF_STRATEGIES)}, "
+                f"got {self.retry_backoff_strategy!r}"
+            )
+        for name in ("failure_isolation", "circuit_breaker_enabled"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        k = self.circuit_failure_threshold
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < 2**32:
+            raise ValueError(f"circuit_failure_threshold must be an int >= 1, got {k!r}")
+        for name in ("checkpoint_interval_s", "circuit_window_s", "circuit_open_s"):
+            seconds = duration_option(name, getattr(self, name), None)
+            if seconds == 0 and name != "checkpoint_interval_s":
+                raise ValueError(f"{name} must be more than 0 seconds, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, seconds)
+
     @classmethod
     def build(
         cls,
         *,
-        checkpoint_interval: str | float | timedelta | None,
-        max_retries_per_task: Any,
-        retry_backoff_strategy: Any,
-        failure_isolation: Any,
-        circuit_breaker_enabled: Any,
-        circuit_failure_threshold: Any = 5,
-        circuit_window_s: Any = 60.0,
-        circuit_open_s: Any = 30.0,
+        checkpoint_interval: str | float | timedelta | None = None,
+        checkpoint_interval_s: float | timedelta | None = None,
+        circuit_window: str | float | timedelta | None = None,
+        circuit_window_s: float | timedelta | None = None,
+        circuit_open: str | float | timedelta | None = None,
+        circuit_open_s: float | timedelta | None = None,
+        **others: Any,
     ) -> FaultTolerance:
-        """Check user arguments and make the settings; raises ValueError naming the bad one."""
-        interval_s = 0.0 if checkpoint_interval is None else parse_duration_s(checkpoint_interval)
-        if (
-            isinstance(max_retries_per_task, bool)
-            or not isinstance(max_retries_per_task, int)
-            or not 0 <= max_retries_per_task < 2**32
-        ):
-            raise ValueError(f"max_retries_per_task must be an int >= 0, got {max_retries_per_task!r}")
-        if retry_backoff_strategy not in BACKOFF_STRATEGIES:
-            raise ValueError(
-                f"retry_backoff_strategy must be one of {sorted(BACKOFF_STRATEGIES)}, "
-                f"got {retry_backoff_strategy!r}"
-            )
-        flags = {"failure_isolation": failure_isolation, "circuit_breaker_enabled": circuit_breaker_enabled}
-        for name, flag in flags.items():
-            if not isinstance(flag, bool):
-                raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if (
-            isinstance(circuit_failure_threshold, bool)
-            or not isinstance(circuit_failure_threshold, int)
-            or not 1 <= circuit_failure_threshold < 2**32
-        ):
-            raise ValueError(f"circuit_failure_threshold must be an int >= 1, got {circuit_failure_threshold!r}")
-        durations = {"circuit_window_s": circuit_window_s, "circuit_open_s": circuit_open_s}
-        seconds = {}
-        for name, value in durations.items():
-            try:
-                seconds[name] = parse_duration_s(value)
-            except ValueError as exc:
-                raise ValueError(f"{name}: {exc}") from None
-            if seconds[name] <= 0:
-                raise ValueError(f"{name} must be more than 0 seconds, got {value!r}")
-        return cls(
-            interval_s, max_retries_per_task, retry_backoff_strategy, failure_isolation, circuit_breaker_enabled,
-            circuit_failure_threshold, seconds["circuit_window_s"], seconds["circuit_open_s"],
-        )  # fmt: skip
+        """The settings from user arguments: each duration as ``<name>_s`` (seconds) or
+        ``<name>`` (also strings like "1min"); None: the default.
+
+        Raises:
+            ValueError: an argument is invalid, or a duration is given both ways; the
+                message names it.
+        """
+        pairs = {
+            "checkpoint_interval_s": (checkpoint_interval_s, checkpoint_interval),
+            "circuit_window_s": (circuit_window_s, circuit_window),
+            "circuit_open_s": (circuit_open_s, circuit_open),
+        }
+        durations = {}
+        for name_s, (seconds, duration) in pairs.items():
+            value = duration_option(name_s, seconds, duration)
+            if value is not None:
+                durations[name_s] = value
+        return cls(**durations, **others)
 
     def to_proto(self) -> common_pb2.FaultTolerance:
         return common_pb2.FaultTolerance(

@@ -17,7 +17,13 @@ from datetime import timedelta
 from ._limits import MAX_DURATION_S
 from ._proto import common_pb2
 
-__all__ = ["BACKOFF_STRATEGIES", "backoff_delay_s", "parse_duration_s"]
+__all__ = [
+    "BACKOFF_STRATEGIES",
+    "backoff_delay_s",
+    "duration_option",
+    "duration_string_problem",
+    "parse_duration_s",
+]
 
 #: User-facing strategy names -> the proto enum.
 BACKOFF_STRATEGIES: dict[str, int] = {
@@ -99,3 +105,39 @@ def parse_duration_s(value: str | float | timedelta) -> float:
     return seconds
 
 
+def duration_string_problem(name_s: str, value: str) -> str:
+    """Why the ``_s`` option ``name_s`` refuses the string ``value``, and which name reads it."""
+    return (
+        f"takes a number of seconds, got the string {value!r:.80}; "
+        f"pass a duration string as {name_s.removesuffix('_s')}={value!r:.80}"
+    )
+
+
+def duration_option(
+    name_s: str, seconds: float | timedelta | None, duration: str | float | timedelta | None
+) -> float | None:
+    """Read the option pair ``<name>_s`` (seconds: a number or timedelta) and ``<name>``
+    (also a string like "1min"); None when neither is given.
+
+    ``_s`` names carry their unit, so a string there is refused rather than guessed at.
+
+    Raises:
+        ValueError: both are given, a string went to ``name_s``, or the value is not a
+            duration within range; the message starts with the option's name.
+    """
+    name = name_s.removesuffix("_s")
+    if seconds is not None and duration is not None:
+        raise ValueError(f"{name}= and {name_s}= are the same option; give one")
+    if duration is not None:
+        try:
+            return parse_duration_s(duration)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    if seconds is None:
+        return None
+    if isinstance(seconds, str):
+        raise ValueError(f"{name_s} {duration_string_problem(name_s, seconds)}")
+    try:
+        return parse_duration_s(seconds)
+    except ValueError as exc:
+        raise ValueError(f"{name_s}: {exc}") from None

@@ -321,7 +321,7 @@ def test_circuit_options_reach_the_spec():
     from xpipe import Pipeline, Task
 
     p = Pipeline("p")
-    p.configure_fault_tolerance(circuit_breaker_enabled=True, circuit_failure_threshold=3, circuit_window_s="2min",
+    p.configure_fault_tolerance(circuit_breaker_enabled=True, circuit_failure_threshold=3, circuit_window="2min",
                                 circuit_open_s=15)  # fmt: skip
     p.add_tasks([Task("a", print, circuit="payments-api"), Task("b", print)])
     spec = p.to_proto()

@@ -585,11 +585,13 @@ def test_to_proto_unserialisable_argument_names_the_task():
         t.to_proto({})
 
 
-def test_to_proto_option_changed_to_an_impossible_value_is_named():
+def test_option_assigned_after_construction_is_checked_like_the_constructor():
     t = Task("a", extract_data_func)
-    t.max_retries = -1  # set after construction, bypassing the constructor's check
-    with pytest.raises(PipelineValidationError, match="task 'a' has an option the API cannot carry"):
-        t.to_proto({})
+    with pytest.raises(PipelineValidationError, match="task 'a': max_retries must be an int >= 0"):
+        t.max_retries = -1
+    assert t.max_retries == 0 and t.retry_policy.max_retries is None  # unchanged
+    t.max_retries = 4
+    assert t.to_proto({}).retry.max_retries == 4
 
 
 def test_task_repr_names_task_and_function():

@@ -27,8 +27,8 @@ def test_the_public_names_are_pinned_exactly():
     assert xpipe.__all__ == [
         "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataStreamError",
         "DistributedExecutionError", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager",
-        "PipelineResult", "PipelineValidationError", "RequestRejectedError", "RunEvent", "RunInfo", "RunNotFoundError",
-        "RunSummary", "SerializationError", "Task", "TaskInfo", "TaskResult", "TaskRunInfo", "WorkerInfo",
+        "PipelineResult", "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
+        "RunSummary", "SerializationError", "Task", "TaskInfo", "TaskOptions", "TaskResult", "TaskRunInfo", "WorkerInfo",
         "XpipeError", "handle_errors", "handler", "pipeline", "task",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
