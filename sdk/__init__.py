@@ -23,11 +23,12 @@ if TYPE_CHECKING:
     from ._handlers import handler
     from ._manager import PipelineManager
     from ._policies import handle_errors
-    from ._result import PipelineResult, TaskRunInfo
+    from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .errors import (
         CoordinatorUnavailableError,
         DataStreamError,
         DistributedExecutionError,
+        HandlerNotFoundError,
         PipelineExecutionError,
         PipelineValidationError,
         RequestRejectedError,
@@ -52,9 +53,11 @@ _LAZY = {
     "handle_errors": "._policies",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
+    "DataQualityReport": "._result",
     **dict.fromkeys(
         (
-            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError", "PipelineExecutionError",
+            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
+            "HandlerNotFoundError", "PipelineExecutionError",
             "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
         ),
         ".errors",
@@ -68,8 +71,10 @@ __all__ = [
     "Client",
     "CoordinatorUnavailableError",
     "DataFlow",
+    "DataQualityReport",
     "DataStreamError",
     "DistributedExecutionError",
+    "HandlerNotFoundError",
     "Pipeline",
     "PipelineExecutionError",
     "PipelineManager",

@@ -25,8 +25,8 @@ def test_private_modules_are_not_exported():
 def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
-        "Client", "CoordinatorUnavailableError", "DataFlow", "DataStreamError", "DistributedExecutionError",
-        "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
+        "Client", "CoordinatorUnavailableError", "DataFlow", "DataQualityReport", "DataStreamError",
+        "DistributedExecutionError", "HandlerNotFoundError", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
         "RequestRejectedError", "RunNotFoundError", "SerializationError", "Task", "TaskRunInfo", "XpipeError",
         "handle_errors", "handler", "pipeline", "task",
     ]  # fmt: skip
