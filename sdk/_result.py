@@ -44,7 +44,7 @@ class TaskRunInfo:
     fallback_used: bool = False
     #: The task was skipped by its error policy (``skip_on``) or its recovery handler.
     skipped_by_policy: bool = False
-    #: For ``DEPENDENCY_FAILURE``: the top-level modules the task could not import.
+    #: For ``DEPENDENCY_FAILURE``: the modules the task could not import.
     missing_dependencies: tuple[str, ...] = ()
 
     @property

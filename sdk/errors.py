@@ -79,8 +79,8 @@ class PipelineExecutionError(XpipeError):
         task: name of the first failing task, if any.
         task_error: that task's error message.
         traceback: that task's remote traceback text.
-        missing_dependencies: for ``DEPENDENCY_FAILURE``, the top-level modules the task
-            could not import on its worker (``["numpy"]``).
+        missing_dependencies: for ``DEPENDENCY_FAILURE``, the modules the task could not
+            import on its worker (``ModuleNotFoundError.name``, e.g. ``["numpy"]``).
         upstream_failed: tasks that did not run because an upstream task did not succeed.
         required_resources: for ``RESOURCE_EXHAUSTION``, what the task asked for.
         quality_report: for ``DATA_QUALITY_FAILURE``, the task's :class:`DataQualityReport`.

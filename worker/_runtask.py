@@ -327,11 +327,14 @@ def _user_failure(exc: BaseException) -> _TaskFailed:
 
 
 def _missing_modules(exc: BaseException | None) -> list[str]:
-    """The top-level module a failed import names (``["numpy"]`` for ``numpy.linalg``), else []."""
-    if not isinstance(exc, ImportError):
+    """The module a failed import could not load, else [].
+
+    ``ModuleNotFoundError.name`` is the first module of the dotted path that is missing:
+    the top-level package when that is not installed (``"numpy"`` for ``import numpy.linalg``).
+    """
+    if not isinstance(exc, ImportError) or not exc.name:
         return []
-    name = exc.name or ""
-    return [name.split(".")[0]] if name else []
+    return [exc.name]
 
 
 # ---- commands --------------------------------------------------------------------
