@@ -377,7 +377,9 @@ class PipelineManager:
         _check_takes_fixes(task)
         spec = pipeline.to_proto(retry_on_failure=True)
         (task_spec,) = [t for t in spec.tasks if t.name == task.name]
-        args, kwargs = decode(task_spec.args, what=f"arguments of task {task.name!r}") if task_spec.HasField("args") else ((), {})
+        args, kwargs = ((), {})
+        if task_spec.HasField("args"):
+            args, kwargs = decode(task_spec.args, what=f"arguments of task {task.name!r}")
         kwargs = {**kwargs, FIXES_KEYWORD: list(fixes)}
         task_spec.args.CopyFrom(encode((tuple(args), kwargs), "pickle", what=f"arguments of task {task.name!r}"))
         log.info("rerunning pipeline %r (after run %s) with %d fix(es) for task %r",
