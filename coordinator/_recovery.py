@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from xpipe._domain import RECOVERY_DECISIONS
+from xpipe._domain import RECOVERY_DECISIONS, error_type_name
 from xpipe._proto import common_pb2 as pb
 
 __all__ = [
@@ -81,7 +81,7 @@ def error_dict(error: pb.TaskError | None) -> dict[str, str]:
     if error is None:
         error = pb.TaskError()
     return {
-        "error_type": error.error_type or "TASK_FAILURE",
+        "error_type": error_type_name(error),
         "exception_type": error.exception_type,
         "message": error.message,
         "traceback": error.traceback,
@@ -119,8 +119,8 @@ def read_decision(
     if error is not None or result is None:
         error = error or pb.TaskError()
         what = f"{error.exception_type}: {error.message}" if error.exception_type else error.message
-        kind = "timed out" if error.error_type == "TIMEOUT" else "raised"
-        return CONTINUE, f"recovery handler {kind} ({what or error.error_type or 'no outcome'})"
+        kind = "timed out" if error_type_name(error) == "TIMEOUT" else "raised"
+        return CONTINUE, f"recovery handler {kind} ({what or error_type_name(error)})"
     try:
         value = decode(result)
     except Exception as exc:  # noqa: BLE001 - any undecodable result is "not a decision"

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe._domain import REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
 
 from xpipe._backoff import Backoff
@@ -38,7 +39,7 @@ from ._events import (
 from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from ._store import Store, StoreFault
-from ._validate import check_event, check_heartbeat, check_register
+from ._validate import check_event, check_heartbeat, check_register, rejection_kind
 
 if TYPE_CHECKING:
     from ._leader import LeaderElection
@@ -68,7 +69,8 @@ async def _submit(engine: Engine, submit: pipeline_pb2.SubmitPipelineRequest, co
     try:
         return await engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
     except PipelineValidationError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        kind = ((REJECTION_KIND_KEY, rejection_kind(exc)),)
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=kind)
     except StoreFault as exc:
         await _abort_store_fault(context, exc)
     except InternalError as exc:

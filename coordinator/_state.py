@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
+from xpipe._domain import set_error_type, task_error  # error types: see error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe._retry import backoff_delay_s
 
@@ -399,14 +400,16 @@ class SchedulerState:
             elif isinstance(ev, TaskSucceeded) or ev.error.error_type != "CANCELLED":
                 self.breakers.record_failure(task.circuit, ev.now)
         if isinstance(ev, TaskSucceeded):
-            # A skip or a fallback keeps the exception behind it as the task's error, so
-            # the run shows why (error_type says which of the two happened).
+            # A skip or a fallback keeps the exception behind it as the task's error, with
+            # its own type, so the run shows why; a flag says which of the two happened.
             task.error = None
             if ev.skipped or ev.fallback_used:
                 task.error = pb.TaskError()
                 if ev.cause is not None:
                     task.error.CopyFrom(ev.cause)
-                task.error.error_type = "SKIPPED" if ev.skipped else "FALLBACK_USED"
+                if not task.error.type and not task.error.error_type:
+                    set_error_type(task.error, "TASK_FAILURE")
+                task.error.skipped, task.error.fallback_used = ev.skipped, not ev.skipped
             task.result = None if ev.skipped else ev.result
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
             self._release_dependents(run, task, out)
@@ -510,7 +513,7 @@ class SchedulerState:
         if decision == RETRY_WITH_FALLBACK:
             self._move(run, task, pb.READY, out)  # last_try is set: a fallback runs if it fails
         elif decision == SKIP:
-            error.error_type = "SKIPPED"
+            error.skipped = True
             error.message = f"skipped by the recovery handler after: {error.message}"
             task.error, task.result = error, None
             self._move(run, task, pb.SKIPPED, out)
@@ -799,9 +802,7 @@ class SchedulerState:
         while stack:
             child = run.tasks[stack.pop()]
             if child.state == pb.PENDING:
-                child.error = pb.TaskError(
-                    error_type="DEPENDENCY_FAILURE", message=f"upstream task {task.name!r} did not succeed"
-                )
+                child.error = task_error("UPSTREAM_FAILED", f"upstream task {task.name!r} did not succeed")
                 self._move(run, child, pb.UPSTREAM_FAILED, out)
                 stack.extend(child.dependents)
 

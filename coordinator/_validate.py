@@ -14,6 +14,7 @@ at most ``SHOWN_CHARS`` of a hostile value, so the error itself stays small.
 
 from __future__ import annotations
 
+from xpipe._domain import REJECTED_FIELD, REJECTED_GRAPH
 from xpipe._graph import validate_graph
 from xpipe._limits import (
     MAX_CUSTOM_RESOURCES,
@@ -41,14 +42,23 @@ from xpipe.errors import PipelineValidationError
 
 from ._placement import STRATEGIES, normalize_strategy
 
-__all__ = ["validate_spec", "check_register", "check_heartbeat", "check_event", "MAX_TASKS"]
+__all__ = ["validate_spec", "rejection_kind", "check_register", "check_heartbeat", "check_event", "MAX_TASKS"]
 
 _CODECS = frozenset(pb.Codec.values())
 _BACKOFFS = frozenset(pb.RetryBackoff.values())
 
 
+class _FieldError(PipelineValidationError):
+    """A bad field or a value over a limit, as opposed to a problem with the graph."""
+
+
 def _invalid(where: str, problem: str) -> PipelineValidationError:
-    return PipelineValidationError(f"{where}: {problem}")
+    return _FieldError(f"{where}: {problem}")
+
+
+def rejection_kind(exc: PipelineValidationError) -> str:
+    """What a refused spec got wrong, for clients: REJECTED_FIELD or REJECTED_GRAPH."""
+    return REJECTED_FIELD if isinstance(exc, _FieldError) else REJECTED_GRAPH
 
 
 class _Bad(ValueError):
@@ -108,7 +118,7 @@ def validate_spec(spec: pb.PipelineSpec, *, restored: bool = False) -> list[str]
         PipelineValidationError: naming the first problem found and its field path.
     """
     if not spec.name:
-        raise PipelineValidationError("pipeline has no name")
+        raise _FieldError("pipeline has no name")
     where = f"pipeline {shown(spec.name)}"
     if len(spec.tasks) > MAX_TASKS:
         raise _invalid(where, f"has {len(spec.tasks)} tasks; the limit is {MAX_TASKS}")

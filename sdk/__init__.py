@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ._manager import PipelineManager
     from ._options import RetryPolicy, TaskOptions
     from ._policies import handle_errors
-    from ._result import PipelineResult, TaskRunInfo
+    from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from ._types import (
         CircuitInfo,
         ClusterStatus,
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         CoordinatorUnavailableError,
         DataStreamError,
         DistributedExecutionError,
+        HandlerNotFoundError,
         PipelineExecutionError,
         PipelineValidationError,
         RequestRejectedError,
@@ -66,6 +67,7 @@ _LAZY = {
     "handle_errors": "._policies",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
+    "DataQualityReport": "._result",
     **dict.fromkeys(
         ("CircuitInfo", "ClusterStatus", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary", "TaskInfo", "TaskResult",
          "WorkerInfo"),
@@ -73,7 +75,8 @@ _LAZY = {
     ),
     **dict.fromkeys(
         (
-            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError", "PipelineExecutionError",
+            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
+            "HandlerNotFoundError", "PipelineExecutionError",
             "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
         ),
         ".errors",
@@ -89,8 +92,10 @@ __all__ = [
     "ClusterStatus",
     "CoordinatorUnavailableError",
     "DataFlow",
+    "DataQualityReport",
     "DataStreamError",
     "DistributedExecutionError",
+    "HandlerNotFoundError",
     "NodeRecovery",
     "Pipeline",
     "PipelineExecutionError",

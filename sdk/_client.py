@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
+from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from ._types import ClusterStatus, NodeRecovery, RunEvent, RunInfo, RunSummary, TaskResult, WorkerInfo
@@ -82,14 +83,19 @@ _REJECTED = {
 def from_grpc_error(exc: grpc.RpcError) -> XpipeError:
     """Translate a gRPC error into the xpipe error a caller can act on.
 
-    Every status code maps somewhere; ``tests/unit/test_errors.py`` checks that.
+    Every status code maps somewhere; ``tests/unit/test_errors.py`` checks that. An
+    ``INVALID_ARGUMENT`` is a :class:`PipelineValidationError` only when the coordinator marked
+    it a graph problem (trailing metadata ``REJECTION_KIND_KEY``); a bad field, a value over a
+    limit or an unmarked one is a :class:`RequestRejectedError`.
     """
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
     details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
     if code == grpc.StatusCode.NOT_FOUND:
         return RunNotFoundError(details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return PipelineValidationError(details)
+        if _metadata_value(exc, REJECTION_KIND_KEY) == REJECTED_GRAPH:
+            return PipelineValidationError(details)
+        return RequestRejectedError(f"{code.name}: {details}")
     if code in _UNAVAILABLE:
         return CoordinatorUnavailableError(f"coordinator unavailable ({code.name}): {details}")
     if code in _REJECTED:
@@ -138,6 +144,18 @@ def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
         if not sep or not host or not port.isdigit():
             raise ValueError(f"bad coordinator address {address!r}: expected HOST:PORT")
     return out
+
+
+def _metadata_value(exc: grpc.RpcError, key: str) -> str:
+    """The value of ``key`` in the error's trailing metadata, or "" (absent, or no call metadata)."""
+    try:
+        metadata = exc.trailing_metadata() or ()
+    except Exception:  # noqa: BLE001 - an error without call metadata carries none
+        return ""
+    for k, value in metadata:
+        if k == key:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
 
 
 def leader_hint(exc: grpc.RpcError) -> str:

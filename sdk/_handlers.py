@@ -14,20 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .errors import XpipeError
+from .errors import HandlerNotFoundError
 
 __all__ = ["handler", "get_handler", "handler_names", "HandlerNotFoundError"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _registry: dict[str, Callable[..., Any]] = {}
-
-
-class HandlerNotFoundError(XpipeError, KeyError):
-    """No handler with that name is registered in this process."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
 
 
 def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
 from ._client import Client, check_seconds
-from ._codec import decode
+from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
 from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
-from ._result import RUN_STATUS, PipelineResult
+from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, NodeRecovery, RunSummary
-from .errors import PipelineExecutionError, PipelineValidationError
+from .errors import HandlerNotFoundError, PipelineExecutionError, PipelineValidationError
 
 __all__ = ["PipelineManager"]
 
@@ -30,6 +32,10 @@ log = logging.getLogger(__name__)
 # in a warning rather than silently dropped.
 _CONFIG_KEYS = {"coordinator", "workers", "worker_nodes", "slots_per_worker", "data_dir", "imports", "connect_timeout_s"}
 _SEED_KEYS_NOT_ACTED_ON = {"cluster_mode", "resource_allocation", "fault_tolerance", "security", "compliance", "integration"}
+#: Runs whose Pipeline object the manager keeps, newest last, so apply_data_fixes can rerun one.
+_KEPT_RUNS = 256
+#: The keyword by which apply_data_fixes hands the fixes to the failed task's function.
+FIXES_KEYWORD = "fixes"
 
 
 class PipelineManager:
@@ -79,6 +85,9 @@ class PipelineManager:
         )
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
         self.pipelines: dict[str, Pipeline] = {}
+        self._ran: OrderedDict[str, Pipeline] = OrderedDict()  # run id -> the Pipeline it ran
+        #: The report of the last DATA_QUALITY_FAILURE this manager raised (apply_data_fixes' default).
+        self.last_quality_report: DataQualityReport | None = None
         self._local: LocalCluster | None = None
         if coordinator is None:
             self._local = LocalCluster(
@@ -134,8 +143,10 @@ class PipelineManager:
 
     def submit(self, pipeline: Pipeline | str, *, retry_on_failure: bool = True) -> str:
         """Validate and submit a pipeline; returns its run id as soon as the run is durable."""
-        spec = self._resolve(pipeline).to_proto(retry_on_failure=retry_on_failure)
-        return self.client._submit_spec(spec)
+        resolved = self._resolve(pipeline)
+        run_id = self.client._submit_spec(resolved.to_proto(retry_on_failure=retry_on_failure))
+        self._remember(run_id, resolved)
+        return run_id
 
     def execute_pipeline(
         self,
@@ -178,7 +189,7 @@ class PipelineManager:
         if wait_for_resources_s is not None:
             spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
         events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
-        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure, pipeline=resolved)
 
     # ------------------------------------------------------------------ placement and plans
 
@@ -254,7 +265,7 @@ class PipelineManager:
         if limits is not None:
             spec.resource_limits.CopyFrom(limits)
         events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
-        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure, pipeline=plan.pipeline)
 
     def execute_distributed(
         self,
@@ -321,14 +332,122 @@ class PipelineManager:
         events = self.client._watch_pb(run_id, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure)
 
+    # ------------------------------------------------------------------ the seed's error handling
+
+    def apply_data_fixes(
+        self,
+        fixes: Sequence[Any],
+        report: DataQualityReport | None = None,
+        *,
+        monitor: bool = False,
+        raise_on_failure: bool = True,
+        timeout_s: float | None = None,
+    ) -> PipelineResult:
+        """Rerun the pipeline of a ``DATA_QUALITY_FAILURE``, handing ``fixes`` to the failed task.
+
+        The whole pipeline runs again as a new run, and the task that reported the failure
+        gets ``fixes`` (a list) as its ``fixes`` keyword argument; its function must accept
+        it (``def clean(rows, fixes=None)``), which is checked before anything is submitted.
+
+        Args:
+            fixes: typically ``report.suggested_fixes``, or a subset of them.
+            report: which failure to fix; default :attr:`last_quality_report`, the last
+                ``DATA_QUALITY_FAILURE`` this manager raised. The manager must have run its
+                pipeline (it keeps the last 256 runs' Pipeline objects) or have it registered.
+            monitor, raise_on_failure, timeout_s: as in :meth:`execute_pipeline`.
+
+        Raises:
+            ValueError: no report, or the report's pipeline or task is unknown here.
+            TypeError: the task is not a Python function taking a ``fixes`` keyword.
+            PipelineExecutionError: the rerun failed.
+        """
+        report = report if report is not None else self.last_quality_report
+        if report is None:
+            raise ValueError("apply_data_fixes: no DATA_QUALITY_FAILURE to fix; pass report= (e.quality_report)")
+        if not isinstance(fixes, (list, tuple)):
+            raise TypeError(f"apply_data_fixes: fixes must be a list, got {type(fixes).__name__}")
+        pipeline = self._ran.get(report.run_id) or self.pipelines.get(report.pipeline)
+        if pipeline is None:
+            raise ValueError(
+                f"apply_data_fixes: run {report.run_id} (pipeline {report.pipeline!r}) was not run by this "
+                "manager (or is older than its last 256 runs) and no pipeline of that name is registered"
+            )
+        task = pipeline.tasks.get(report.task)
+        if task is None:
+            raise ValueError(f"apply_data_fixes: pipeline {pipeline.name!r} has no task {report.task!r}")
+        _check_takes_fixes(task)
+        spec = pipeline.to_proto(retry_on_failure=True)
+        (task_spec,) = [t for t in spec.tasks if t.name == task.name]
+        args, kwargs = ((), {})
+        if task_spec.HasField("args"):
+            args, kwargs = decode(task_spec.args, what=f"arguments of task {task.name!r}")
+        kwargs = {**kwargs, FIXES_KEYWORD: list(fixes)}
+        task_spec.args.CopyFrom(encode((tuple(args), kwargs), "pickle", what=f"arguments of task {task.name!r}"))
+        log.info("rerunning pipeline %r (after run %s) with %d fix(es) for task %r",
+                 pipeline.name, report.run_id, len(fixes), task.name)  # fmt: skip
+        events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
+        return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure, pipeline=pipeline)
+
+    def scale_up_resources(self, required_resources: Mapping[str, Any]) -> None:
+        """Add workers that fit ``required_resources`` (``e.required_resources``): not built yet.
+
+        Raises:
+            NotImplementedError: always; autoscaling is issue 17.
+        """
+        raise NotImplementedError(
+            f"scale_up_resources({dict(required_resources)!r}): autoscaling is not built yet (issue 17); "
+            "start a worker that offers these resources (xpipe-worker --cpus/--memory/--gpus)"
+        )
+
+    def optimize_pipeline_performance(self, pipeline: Pipeline | str) -> None:
+        """Plan a faster shape for ``pipeline`` from its history: not built yet.
+
+        Raises:
+            NotImplementedError: always; performance plans and insights are issue 15.
+        """
+        name = pipeline.name if isinstance(pipeline, Pipeline) else pipeline
+        raise NotImplementedError(
+            f"optimize_pipeline_performance({name!r}): performance plans and insights are not built yet "
+            "(issue 15); create_execution_plan shows the critical path and estimated durations"
+        )
+
+    def get_stream_health(self) -> Any:
+        """Health of the stream pipelines (``.failed_streams``): not built yet.
+
+        Raises:
+            NotImplementedError: always; stream pipelines are issue 14.
+        """
+        raise NotImplementedError("get_stream_health(): stream pipelines are not built yet (issue 14)")
+
+    def restart_unhealthy_streams(self, failed_streams: Sequence[Any] = ()) -> None:
+        """Restart the streams :meth:`get_stream_health` reported failed: not built yet.
+
+        Raises:
+            NotImplementedError: always; stream pipelines are issue 14.
+        """
+        raise NotImplementedError("restart_unhealthy_streams(): stream pipelines are not built yet (issue 14)")
+
+    def _remember(self, run_id: str, pipeline: Pipeline) -> None:
+        self._ran[run_id] = pipeline
+        self._ran.move_to_end(run_id)
+        while len(self._ran) > _KEPT_RUNS:
+            self._ran.popitem(last=False)
+
     def _follow(
-        self, events: Iterator[pipeline_pb2.RunEvent], *, monitor: bool, raise_on_failure: bool
+        self,
+        events: Iterator[pipeline_pb2.RunEvent],
+        *,
+        monitor: bool,
+        raise_on_failure: bool,
+        pipeline: Pipeline | None = None,
     ) -> PipelineResult:
         progress = _Progress.maybe(monitor)
         final = None
         run_id = ""
         try:
             for event in events:
+                if not run_id and pipeline is not None:
+                    self._remember(event.summary.run_id, pipeline)
                 run_id = event.summary.run_id
                 if progress is not None:
                     progress.update(event.summary)
@@ -348,7 +467,10 @@ class PipelineManager:
             info = self.client._get_run_pb(run_id, include_results=True)
         result = PipelineResult.from_proto(info)
         if result.status != "succeeded" and raise_on_failure:
-            raise _execution_error(result, info)
+            exc = _execution_error(result, info)
+            if exc.quality_report is not None:
+                self.last_quality_report = exc.quality_report
+            raise exc
         return result
 
     def get_run(self, run_id: str) -> PipelineResult:
@@ -440,39 +562,58 @@ def _execution_error(result: PipelineResult, info: pipeline_pb2.RunInfo | None =
         return PipelineExecutionError(f"run {result.run_id} was cancelled", error_type="CANCELLED", result=result)
     failed = [t for t in result.tasks.values() if t.status == "failed"]
     first = min(failed, key=lambda t: t.finished_at or 0.0) if failed else None
-    skipped = [n for n, t in result.tasks.items() if t.status == "upstream_failed"]
+    upstream = [n for n, t in result.tasks.items() if t.status == "upstream_failed"]
     if first is None:
         return PipelineExecutionError(
-            f"run {result.run_id} failed", error_type="DEPENDENCY_FAILURE", result=result, missing_dependencies=skipped
-        )
+            f"run {result.run_id} failed" + (f": {len(upstream)} task(s) did not run" if upstream else ""),
+            error_type="UPSTREAM_FAILED" if upstream else "TASK_FAILURE", result=result, upstream_failed=upstream,
+        )  # fmt: skip
+    # The task's own type, as the worker or coordinator recorded it (one of ERROR_TYPES).
     error_type = first.error_type or "TASK_FAILURE"
-    if error_type not in ("TIMEOUT", "RESOURCE_EXHAUSTION", "DATA_QUALITY_FAILURE", "CIRCUIT_OPEN", "CANCELLED", "INTERNAL"):
-        error_type = "TASK_FAILURE"
     message = f"task {first.name!r} failed"
     if first.exception_type:
         message += f" with {first.exception_type}"
     message += f": {first.error}"
-    if skipped:
-        message += f" ({len(skipped)} downstream task(s) did not run)"
-    return PipelineExecutionError(
+    if upstream:
+        message += f" ({len(upstream)} downstream task(s) did not run)"
+    cls = HandlerNotFoundError if error_type == "HANDLER_NOT_FOUND" else PipelineExecutionError
+    return cls(
         message,
         error_type=error_type,
         result=result,
         task=first.name,
         task_error=first.error or "",
         traceback=first.traceback or "",
-        missing_dependencies=[first.name] if skipped else [],
+        missing_dependencies=list(first.missing_dependencies),
+        upstream_failed=upstream,
         required_resources=_required_resources(info, first.name) if error_type == "RESOURCE_EXHAUSTION" else None,
-        quality_report=_quality_report(info, first.name),
+        quality_report=_quality_report(info, result, first.name),
     )
 
 
-def _quality_report(info: pipeline_pb2.RunInfo | None, task: str) -> Any:
+def _quality_report(info: pipeline_pb2.RunInfo | None, result: PipelineResult, task: str) -> DataQualityReport | None:
     """The failing task's ``quality_report`` (from its exception), decoded; None if it had none."""
     for t in info.tasks if info is not None else ():
         if t.name == task and t.error.HasField("quality_report"):
-            return decode(t.error.quality_report, what=f"quality report of task {task!r}")
+            raw = decode(t.error.quality_report, what=f"quality report of task {task!r}")
+            return DataQualityReport(raw, run_id=result.run_id, pipeline=result.pipeline, task=task)
     return None
+
+
+def _check_takes_fixes(task: Any) -> None:
+    """Refuse, before submitting, a task that could not receive ``fixes``."""
+    if task.kind != "python":
+        raise TypeError(f"apply_data_fixes: task {task.name!r} is a {task.kind} task; only Python functions take fixes")
+    func = task.func if task.func is not None else getattr(task, "run", None)
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return  # a builtin or C callable: let the worker report what happens
+    if not any(p.name == FIXES_KEYWORD or p.kind is p.VAR_KEYWORD for p in params):
+        raise TypeError(
+            f"apply_data_fixes: the function of task {task.name!r} takes no {FIXES_KEYWORD!r} keyword; "
+            f"add a parameter `{FIXES_KEYWORD}=None` to receive the fixes"
+        )
 
 
 class _Progress:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import decode
+from ._domain import error_fallback_used, error_skipped, error_type_name
 from ._proto import common_pb2 as pb
 from ._proto import pipeline_pb2
 
-__all__ = ["PipelineResult", "TaskRunInfo", "RUN_STATUS", "TASK_STATUS"]
+__all__ = ["DataQualityReport", "PipelineResult", "TaskRunInfo", "RUN_STATUS", "TASK_STATUS"]
 
 #: RunState -> the ``status`` strings users see.
 RUN_STATUS = {
@@ -34,11 +36,16 @@ class TaskRunInfo:
     started_at: float | None  # unix seconds
     finished_at: float | None
     error: str | None = None
+    #: One of ``ERROR_TYPES``; on a fallback or a skip, the type of what the task raised.
     error_type: str | None = None
     exception_type: str | None = None
     traceback: str | None = None
     #: The task's ``@handle_errors`` fallback produced its result; ``error`` is what the task raised.
     fallback_used: bool = False
+    #: The task was skipped by its error policy (``skip_on``) or its recovery handler.
+    skipped_by_policy: bool = False
+    #: For ``DEPENDENCY_FAILURE``: the modules the task could not import.
+    missing_dependencies: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float | None:
@@ -57,10 +64,12 @@ class TaskRunInfo:
             started_at=info.started_at or None,
             finished_at=info.finished_at or None,
             error=err.message if err else None,
-            error_type=err.error_type if err else None,
+            error_type=error_type_name(err) if err else None,
             exception_type=(err.exception_type or None) if err else None,
             traceback=(err.traceback or None) if err else None,
-            fallback_used=info.state == pb.SUCCEEDED and err is not None and err.error_type == "FALLBACK_USED",
+            fallback_used=info.state == pb.SUCCEEDED and err is not None and error_fallback_used(err),
+            skipped_by_policy=info.state == pb.SKIPPED and err is not None and error_skipped(err),
+            missing_dependencies=tuple(err.missing_dependencies) if err else (),
         )
 
 
@@ -123,3 +132,48 @@ class PipelineResult:
             created_at=s.created_at or None,
             finished_at=s.finished_at or None,
         )
+
+
+class DataQualityReport:
+    """What a task that failed ``DATA_QUALITY_FAILURE`` reported, and where to rerun it.
+
+    A task reports by raising an exception with a ``quality_report`` attribute (a dict,
+    JSON-encodable for polyglot readers). Its ``"suggested_fixes"`` key, if any, becomes
+    :attr:`suggested_fixes`; its ``"details"`` key (else every other key) :attr:`details`.
+    :meth:`xpipe.PipelineManager.apply_data_fixes` reruns the task with fixes.
+
+    Attributes:
+        details: what was wrong, as the task said.
+        suggested_fixes: fixes the task proposes (any values; passed back as they are).
+        run_id, pipeline, task: the run and task that failed.
+        raw: the report exactly as the task gave it.
+    """
+
+    __slots__ = ("details", "suggested_fixes", "run_id", "pipeline", "task", "raw")
+
+    def __init__(self, raw: Any, *, run_id: str = "", pipeline: str = "", task: str = ""):
+        self.raw = raw
+        self.run_id, self.pipeline, self.task = run_id, pipeline, task
+        fixes: Any = []
+        details: Any = raw
+        if isinstance(raw, Mapping):
+            fixes = raw.get("suggested_fixes", [])
+            details = raw["details"] if "details" in raw else {k: v for k, v in raw.items() if k != "suggested_fixes"}
+        self.suggested_fixes: list[Any] = list(fixes) if isinstance(fixes, (list, tuple)) else [fixes]
+        self.details: dict[str, Any] = dict(details) if isinstance(details, Mapping) else {"report": details}
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (JSON-friendly when the report was): details, fixes and where."""
+        return {"run_id": self.run_id, "pipeline": self.pipeline, "task": self.task,
+                "details": dict(self.details), "suggested_fixes": list(self.suggested_fixes)}  # fmt: skip
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DataQualityReport):
+            return self.to_dict() == other.to_dict()
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment] - mutable, compared by value
+
+    def __repr__(self) -> str:
+        return (f"DataQualityReport(task={self.task!r}, run_id={self.run_id!r}, details={self.details!r}, "
+                f"suggested_fixes={self.suggested_fixes!r})")  # fmt: skip

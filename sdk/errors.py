@@ -6,15 +6,19 @@
     ├── PipelineValidationError      the pipeline is malformed: fix it and submit again
     ├── SerializationError           a value cannot be encoded or decoded
     ├── PipelineExecutionError       the run ended badly: inspect ``error_type`` and ``result``
+    │   └── HandlerNotFoundError     a task names a handler that is not registered (also a KeyError)
     ├── DistributedExecutionError    the cluster cannot serve: no coordinator, no worker, lost nodes
     │   └── CoordinatorUnavailableError   could not reach any coordinator (retryable)
     ├── RunNotFoundError             no run with that id
-    ├── RequestRejectedError         the coordinator refused a request (bad argument, too large)
+    ├── RequestRejectedError         the coordinator refused a request (a bad field, over a limit)
     └── DataStreamError              a stream pipeline failed
 
 gRPC status codes are translated into these in exactly one place, next to the client:
 :func:`xpipe._client.translate_rpc_errors` (with :func:`xpipe._client.from_grpc_error`, also
-importable from here). This module imports no grpc, so the SDK's pure parts and the
+importable from here). An ``INVALID_ARGUMENT`` becomes :class:`PipelineValidationError` only
+when the coordinator marks it a graph problem (trailing metadata
+:data:`~xpipe._domain.REJECTION_KIND_KEY` = ``"graph"``), else :class:`RequestRejectedError`.
+This module imports no grpc, so the SDK's pure parts and the
 coordinator's state machine can raise these without loading it.
 """
 
@@ -26,7 +30,7 @@ from ._domain import ERROR_TYPES
 
 if TYPE_CHECKING:
     from ._client import from_grpc_error  # noqa: F401 - served lazily by __getattr__ below
-    from ._result import PipelineResult
+    from ._result import DataQualityReport, PipelineResult
 
 __all__ = [
     "XpipeError",
@@ -38,6 +42,7 @@ __all__ = [
     "RunNotFoundError",
     "RequestRejectedError",
     "DataStreamError",
+    "HandlerNotFoundError",
     "ERROR_TYPES",
     "from_grpc_error",
 ]
@@ -68,14 +73,17 @@ class PipelineExecutionError(XpipeError):
     """A run ended failed or cancelled.
 
     Attributes:
-        error_type: one of :data:`ERROR_TYPES`, e.g. ``"TASK_FAILURE"`` or ``"TIMEOUT"``.
+        error_type: one of :data:`ERROR_TYPES`, e.g. ``"TASK_FAILURE"`` or ``"TIMEOUT"``;
+            the first failing task's own type, never folded into another.
         result: the partial :class:`~xpipe.PipelineResult`, with the outputs that did finish.
         task: name of the first failing task, if any.
         task_error: that task's error message.
         traceback: that task's remote traceback text.
-        missing_dependencies: for ``DEPENDENCY_FAILURE``, upstream tasks that did not succeed.
+        missing_dependencies: for ``DEPENDENCY_FAILURE``, the modules the task could not
+            import on its worker (``ModuleNotFoundError.name``, e.g. ``["numpy"]``).
+        upstream_failed: tasks that did not run because an upstream task did not succeed.
         required_resources: for ``RESOURCE_EXHAUSTION``, what the task asked for.
-        quality_report: for ``DATA_QUALITY_FAILURE``, what the task reported.
+        quality_report: for ``DATA_QUALITY_FAILURE``, the task's :class:`DataQualityReport`.
     """
 
     def __init__(
@@ -89,7 +97,8 @@ class PipelineExecutionError(XpipeError):
         traceback: str = "",
         missing_dependencies: list[str] | None = None,
         required_resources: dict[str, Any] | None = None,
-        quality_report: Any = None,
+        quality_report: DataQualityReport | None = None,
+        upstream_failed: list[str] | None = None,
     ):
         super().__init__(message)
         self.error_type = error_type
@@ -100,6 +109,19 @@ class PipelineExecutionError(XpipeError):
         self.missing_dependencies = missing_dependencies or []
         self.required_resources = required_resources or {}
         self.quality_report = quality_report
+        self.upstream_failed = upstream_failed or []
+
+
+class HandlerNotFoundError(PipelineExecutionError, KeyError):
+    """A task names a handler that is not registered: in this process (``get_handler``), or
+    on the worker that ran it (the run's ``error_type`` is ``"HANDLER_NOT_FOUND"``)."""
+
+    def __init__(self, message: str, **kwargs: Any):
+        kwargs.setdefault("error_type", "HANDLER_NOT_FOUND")
+        super().__init__(message, **kwargs)
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
 
 
 class DistributedExecutionError(XpipeError):

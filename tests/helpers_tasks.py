@@ -179,3 +179,17 @@ class ReportedQualityError(Exception):
 
 def fail_with_quality_report(bad_rows: int) -> None:
     raise ReportedQualityError(f"{bad_rows} rows failed validation", {"bad_rows": bad_rows, "checks": ["id", "amount"]})
+
+
+def import_missing_module() -> None:
+    """Needs a module no worker has: the run fails DEPENDENCY_FAILURE naming it."""
+    import xpipe_test_module_nobody_has  # noqa: F401
+
+
+def clean_rows(rows: int, fixes: list | None = None) -> dict:
+    """Reports a data-quality failure with a suggested fix, until it is given fixes."""
+    if not fixes:
+        raise ReportedQualityError(
+            f"{rows} rows have no id", {"details": {"rows_without_id": rows}, "suggested_fixes": ["drop_rows_without_id"]}
+        )
+    return {"rows": rows, "applied": list(fixes)}

@@ -24,7 +24,7 @@ import grpc
 import psutil
 
 from xpipe._backoff import Backoff
-from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, task_error
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._limits import (
@@ -517,7 +517,7 @@ def _ref(key: tuple[str, str, int]) -> worker_pb2.AttemptRef:
 
 def _failed(key: tuple[str, str, int], error_type: str, message: str) -> worker_pb2.TaskEvent:
     return worker_pb2.TaskEvent(
-        attempt=_ref(key), at=time.time(), failed=worker_pb2.Failed(error=pb.TaskError(error_type=error_type, message=message))
+        attempt=_ref(key), at=time.time(), failed=worker_pb2.Failed(error=task_error(error_type, message))
     )
 
 

@@ -35,6 +35,7 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
+from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._handlers import HandlerNotFoundError, get_handler
 from xpipe._policies import ErrorPolicy, error_policy_of
@@ -81,8 +82,10 @@ class _TaskFailed(Exception):
     def __init__(
         self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False,
         quality_report: common_pb2.Payload | None = None, output: common_pb2.TaskOutput | None = None,
+        missing_dependencies: list[str] | None = None,
     ):  # fmt: skip
         super().__init__(message)
+        self.missing_dependencies = missing_dependencies or []
         self.error_type = error_type
         self.message = message
         self.exception_type = exception_type
@@ -93,9 +96,10 @@ class _TaskFailed(Exception):
 
     def to_proto(self) -> common_pb2.TaskError:
         error = common_pb2.TaskError(
-            error_type=self.error_type, exception_type=self.exception_type, message=self.message,
-            traceback=self.tb, non_retryable=self.non_retryable,
+            exception_type=self.exception_type, message=self.message, traceback=self.tb,
+            non_retryable=self.non_retryable, missing_dependencies=self.missing_dependencies,
         )  # fmt: skip
+        set_error_type(error, self.error_type)
         if self.quality_report is not None:
             error.quality_report.CopyFrom(self.quality_report)
         if self.output is not None:
@@ -116,7 +120,7 @@ def failed_event(
     event = worker_pb2.TaskEvent(at=time.time())
     event.attempt.CopyFrom(attempt)
     error = event.failed.error
-    error.error_type = error_type
+    set_error_type(error, error_type)
     error.message = message
     error.exception_type = exception_type
     error.traceback = traceback_text
@@ -251,8 +255,10 @@ def _python_callable(task: common_pb2.TaskSpec, code: bytes | None, cache: dict)
             try:
                 func = load_callable(call.import_path)
             except SerializationError as exc:
+                missing = _missing_modules(exc.__cause__)
                 raise _TaskFailed(
-                    "TASK_FAILURE", f"task {task.name!r}: {exc}", type(exc).__name__, traceback.format_exc()
+                    "DEPENDENCY_FAILURE" if missing else "TASK_FAILURE", f"task {task.name!r}: {exc}",
+                    type(exc).__name__, traceback.format_exc(), missing_dependencies=missing,
                 ) from exc
             cache[call.import_path] = func
         return func
@@ -287,7 +293,7 @@ def _handler_callable(task: common_pb2.TaskSpec) -> Callable[..., Any]:
     try:
         return get_handler(task.handler.name)
     except HandlerNotFoundError as exc:
-        raise _TaskFailed("TASK_FAILURE", f"task {task.name!r}: {exc}", type(exc).__name__) from exc
+        raise _TaskFailed("HANDLER_NOT_FOUND", f"task {task.name!r}: {exc}", type(exc).__name__) from exc
 
 
 def _encode_result(task: common_pb2.TaskSpec, value: Any, codec: str) -> common_pb2.Payload:
@@ -301,9 +307,11 @@ def _user_failure(exc: BaseException) -> _TaskFailed:
     # Drop this module's own frame so the traceback starts in user code.
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     text = "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+    missing = _missing_modules(exc)
     error_type = getattr(exc, "error_type", None)
-    if not isinstance(error_type, str) or not error_type:
-        error_type = "TASK_FAILURE"
+    if not isinstance(error_type, str) or error_type not in ERROR_TYPES:
+        # An import the worker cannot satisfy is the seed's DEPENDENCY_FAILURE.
+        error_type = "DEPENDENCY_FAILURE" if missing else "TASK_FAILURE"
     report = None
     if getattr(exc, "quality_report", None) is not None:
         try:  # JSON when it can be, so any client can read it
@@ -313,7 +321,20 @@ def _user_failure(exc: BaseException) -> _TaskFailed:
                 report = _codec.encode(exc.quality_report, what="quality_report")
             except SerializationError:
                 report = None  # the failure itself still reaches the client
-    return _TaskFailed(error_type, str(exc), type(exc).__name__, text, quality_report=report)
+    return _TaskFailed(
+        error_type, str(exc), type(exc).__name__, text, quality_report=report, missing_dependencies=missing
+    )
+
+
+def _missing_modules(exc: BaseException | None) -> list[str]:
+    """The module a failed import could not load, else [].
+
+    ``ModuleNotFoundError.name`` is the first module of the dotted path that is missing:
+    the top-level package when that is not installed (``"numpy"`` for ``import numpy.linalg``).
+    """
+    if not isinstance(exc, ImportError) or not exc.name:
+        return []
+    return [exc.name]
 
 
 # ---- commands --------------------------------------------------------------------
@@ -476,7 +497,7 @@ def run_assignment(
     if event.WhichOneof("kind") == "failed" and event.failed.error.exception_type == "MemoryError":
         error = event.failed.error
         detail = f" ({error.message})" if error.message else ""
-        error.error_type = "RESOURCE_EXHAUSTION"
+        set_error_type(error, "RESOURCE_EXHAUSTION")
         error.message = (
             f"task {task.name!r} went over its memory limit of {format_bytes(memory_limit_bytes)}"
             f"{' (' + memory_limit_source + ')' if memory_limit_source else ''}: an allocation was refused"

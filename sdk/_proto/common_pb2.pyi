@@ -44,6 +44,24 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[TaskState]
     UPSTREAM_FAILED: _ClassVar[TaskState]
     RECOVERING: _ClassVar[TaskState]
+
+class ErrorType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_TYPE_UNSPECIFIED: _ClassVar[ErrorType]
+    ERROR_TYPE_TASK_FAILURE: _ClassVar[ErrorType]
+    ERROR_TYPE_DEPENDENCY_FAILURE: _ClassVar[ErrorType]
+    ERROR_TYPE_RESOURCE_EXHAUSTION: _ClassVar[ErrorType]
+    ERROR_TYPE_DATA_QUALITY_FAILURE: _ClassVar[ErrorType]
+    ERROR_TYPE_TIMEOUT: _ClassVar[ErrorType]
+    ERROR_TYPE_CIRCUIT_OPEN: _ClassVar[ErrorType]
+    ERROR_TYPE_CANCELLED: _ClassVar[ErrorType]
+    ERROR_TYPE_SERIALIZATION: _ClassVar[ErrorType]
+    ERROR_TYPE_WORKER_LOST: _ClassVar[ErrorType]
+    ERROR_TYPE_INTERNAL: _ClassVar[ErrorType]
+    ERROR_TYPE_CODE_MISSING: _ClassVar[ErrorType]
+    ERROR_TYPE_PICKLED_CODE_REFUSED: _ClassVar[ErrorType]
+    ERROR_TYPE_UPSTREAM_FAILED: _ClassVar[ErrorType]
+    ERROR_TYPE_HANDLER_NOT_FOUND: _ClassVar[ErrorType]
 CODEC_UNSPECIFIED: Codec
 CODEC_PICKLE: Codec
 CODEC_JSON: Codec
@@ -70,6 +88,21 @@ SKIPPED: TaskState
 CANCELLED: TaskState
 UPSTREAM_FAILED: TaskState
 RECOVERING: TaskState
+ERROR_TYPE_UNSPECIFIED: ErrorType
+ERROR_TYPE_TASK_FAILURE: ErrorType
+ERROR_TYPE_DEPENDENCY_FAILURE: ErrorType
+ERROR_TYPE_RESOURCE_EXHAUSTION: ErrorType
+ERROR_TYPE_DATA_QUALITY_FAILURE: ErrorType
+ERROR_TYPE_TIMEOUT: ErrorType
+ERROR_TYPE_CIRCUIT_OPEN: ErrorType
+ERROR_TYPE_CANCELLED: ErrorType
+ERROR_TYPE_SERIALIZATION: ErrorType
+ERROR_TYPE_WORKER_LOST: ErrorType
+ERROR_TYPE_INTERNAL: ErrorType
+ERROR_TYPE_CODE_MISSING: ErrorType
+ERROR_TYPE_PICKLED_CODE_REFUSED: ErrorType
+ERROR_TYPE_UPSTREAM_FAILED: ErrorType
+ERROR_TYPE_HANDLER_NOT_FOUND: ErrorType
 
 class Payload(_message.Message):
     __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes")
@@ -258,8 +291,9 @@ class FaultTolerance(_message.Message):
     def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ..., circuit_failure_threshold: _Optional[int] = ..., circuit_window_s: _Optional[float] = ..., circuit_open_s: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("error_type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report", "output")
+    __slots__ = ("error_type", "type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report", "output", "missing_dependencies", "fallback_used", "skipped")
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     TRACEBACK_FIELD_NUMBER: _ClassVar[int]
@@ -267,7 +301,11 @@ class TaskError(_message.Message):
     REQUIRED_RESOURCES_FIELD_NUMBER: _ClassVar[int]
     QUALITY_REPORT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MISSING_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_USED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     error_type: str
+    type: ErrorType
     exception_type: str
     message: str
     traceback: str
@@ -275,7 +313,10 @@ class TaskError(_message.Message):
     required_resources: Resources
     quality_report: Payload
     output: TaskOutput
-    def __init__(self, error_type: _Optional[str] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[TaskOutput, _Mapping]] = ...) -> None: ...
+    missing_dependencies: _containers.RepeatedScalarFieldContainer[str]
+    fallback_used: bool
+    skipped: bool
+    def __init__(self, error_type: _Optional[str] = ..., type: _Optional[_Union[ErrorType, str]] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[TaskOutput, _Mapping]] = ..., missing_dependencies: _Optional[_Iterable[str]] = ..., fallback_used: _Optional[bool] = ..., skipped: _Optional[bool] = ...) -> None: ...
 
 class TaskOutput(_message.Message):
     __slots__ = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes")

@@ -346,7 +346,8 @@ def test_data_quality_failure_carries_its_report(pm):
     with pytest.raises(PipelineExecutionError) as info:
         pm.execute_pipeline(p, monitor=False)
     assert info.value.error_type == "DATA_QUALITY_FAILURE"
-    assert info.value.quality_report == {"bad_rows": 12, "checks": ["id", "amount"]}
+    assert info.value.quality_report.details == {"bad_rows": 12, "checks": ["id", "amount"]}
+    assert info.value.quality_report.suggested_fixes == []
     assert "12 rows failed validation" in str(info.value)
 
 

@@ -221,7 +221,8 @@ def test_sys_exit_in_a_task_is_a_task_failure() -> None:
 
 def test_unimportable_callable_fails_naming_the_path() -> None:
     err = error(local(assignment(name="x", call="tests.no_such_module:f")))
-    assert err.error_type == "TASK_FAILURE" and "tests.no_such_module" in err.message and "'x'" in err.message
+    assert err.error_type == "DEPENDENCY_FAILURE" and "tests.no_such_module" in err.message and "'x'" in err.message
+    assert list(err.missing_dependencies) == ["tests.no_such_module"]
 
 
 def test_unserialisable_result_fails_as_serialization() -> None:
@@ -281,7 +282,7 @@ def test_handler_codec_follows_the_arguments() -> None:
 
 def test_unknown_handler_fails_naming_it() -> None:
     err = error(local(assignment(name="x", handler="no-such-handler")))
-    assert err.error_type == "TASK_FAILURE" and "'no-such-handler'" in err.message and "'x'" in err.message
+    assert err.error_type == "HANDLER_NOT_FOUND" and "'no-such-handler'" in err.message and "'x'" in err.message
 
 
 # ---- commands ---------------------------------------------------------------------

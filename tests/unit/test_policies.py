@@ -11,6 +11,7 @@ import pytest
 from tests import helpers_tasks as ht
 from xpipe import Pipeline, PipelineValidationError, Task, handle_errors, task
 from xpipe._codec import decode, encode
+from xpipe._domain import error_type_name
 from xpipe._policies import ErrorPolicy, FaultTolerance, backoff_delay_s, error_policy_of, parse_duration_s
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
@@ -188,7 +189,8 @@ def test_skipped_task_ends_skipped_and_its_dependents_get_an_empty_payload():
     out = s.handle(TaskSucceeded(1.0, "w1", a.attempt, 1.0, pb.Payload(), skipped=True, cause=cause))
     assert name_of(s, "a") == "SKIPPED"
     (rec,) = records(out, "a")
-    assert rec.result is None and rec.error.error_type == "SKIPPED"
+    assert rec.result is None and rec.error.skipped and not rec.error.fallback_used
+    assert error_type_name(rec.error) == "TASK_FAILURE"
     assert rec.error.exception_type == "DataValidationError" and rec.error.message == "row 7"
     b = assigns(s.schedule(1.0))["b"]
     assert len(b.upstream) == 1 and decode(b.upstream[0]) is None
@@ -214,7 +216,8 @@ def test_fallback_result_is_the_task_result_and_the_fallback_is_recorded():
     s.handle(succeeded(a.attempt, 1.0, b"cached", fallback_used=True, cause=cause))
     task = s.runs["r1"].tasks["a"]
     assert name_of(s, "a") == "SUCCEEDED" and task.result.data == b"cached"
-    assert task.error.error_type == "FALLBACK_USED" and task.error.exception_type == "ConnectionError"
+    assert task.error.fallback_used and not task.error.skipped and task.error.exception_type == "ConnectionError"
+    assert error_type_name(task.error) == "TASK_FAILURE"
     assert assigns(s.schedule(1.0))["b"].upstream[0].data == b"cached"
     (rec,) = [r for r in s.iter_records("r1") if r.name == "a"]
     info = pipeline_pb2.TaskInfo(name="a", state=rec.state, error=rec.error)

@@ -221,7 +221,7 @@ def test_skip_ends_the_task_skipped_and_dependents_run_with_none():
     call = fail_into_recovery(s, "a")
     s.handle(answer(call.attempt, 2.0, "skip"))
     task = s.runs["r1"].tasks["a"]
-    assert state_of(s, "a") == "SKIPPED" and task.error.error_type == "SKIPPED"
+    assert state_of(s, "a") == "SKIPPED" and task.error.skipped
     assert "recovery handler" in task.error.message and "down" in task.error.message
     b = assigns(s.schedule(2.0))["b"]
     assert b.upstream[0] == pb.Payload()  # None for the skipped input
@@ -279,7 +279,7 @@ def test_retry_with_fallback_whose_last_try_uses_the_fallback_succeeds():
     cause = pb.TaskError(exception_type="ConnectionError", message="down")
     s.handle(TaskSucceeded(3.0, "w1", a2.attempt, 3.0, pb.Payload(codec=pb.CODEC_RAW, data=b"cached"),
                            fallback_used=True, cause=cause))  # fmt: skip
-    assert state_of(s, "a") == "SUCCEEDED" and s.runs["r1"].tasks["a"].error.error_type == "FALLBACK_USED"
+    assert state_of(s, "a") == "SUCCEEDED" and s.runs["r1"].tasks["a"].error.fallback_used
     assert assigns(s.schedule(3.0))["b"].upstream[0].data == b"cached"
 
 

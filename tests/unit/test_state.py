@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xpipe._domain import error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._events import (
     Assign,
@@ -161,7 +162,7 @@ def test_failure_marks_dependents_upstream_failed_and_independent_branch_goes_on
     got = {a.attempt[1]: a for a in assigns(s.schedule(0.0))}
     s.handle(fail(got["a"].attempt))
     assert states(s)["b"] == "UPSTREAM_FAILED" and states(s)["c"] == "UPSTREAM_FAILED"
-    assert s.runs["r1"].tasks["b"].error.error_type == "DEPENDENCY_FAILURE"
+    assert error_type_name(s.runs["r1"].tasks["b"].error) == "UPSTREAM_FAILED"
     out = s.handle(ok(got["x"].attempt))
     assert [r.state for r in out if isinstance(r, RunRecord)] == [pb.RUN_FAILED]
 
