@@ -34,7 +34,7 @@ from xpipe._limits import (
     MAX_NAME_CHARS,
     normalize_resources,
 )
-from xpipe._proto import worker_pb2, worker_pb2_grpc
+from xpipe._proto import worker_pb2
 
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
@@ -57,6 +57,11 @@ STARTED_REPORT_DELAY_S = 0.05
 _HEALTHY_SESSION_S = 5.0
 #: While a live member says a leader is being elected, ask again at least this often.
 _ELECTION_POLL_S = 0.2
+
+#: The stream is opened by path so that replies parse as CoordinatorMessageView (the same
+#: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
+_CONNECT_METHOD = "/xpipe.v1.WorkerService/Connect"
+_parse_head = worker_pb2.AssignmentHead.FromString
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -299,7 +304,11 @@ class WorkerDaemon:
                     await self._wake.wait()
 
         async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
-            call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(outgoing())
+            call = channel.stream_stream(
+                _CONNECT_METHOD,
+                request_serializer=worker_pb2.WorkerMessage.SerializeToString,
+                response_deserializer=worker_pb2.CoordinatorMessageView.FromString,
+            )(outgoing())
             background: list[asyncio.Task] = []
             try:
                 async for message in call:
@@ -406,20 +415,22 @@ class WorkerDaemon:
 
     # ------------------------------------------------------------------ tasks
 
-    def _accept(self, batch: worker_pb2.AssignmentBatch) -> None:
+    def _accept(self, batch: worker_pb2.AssignmentBatchView) -> None:
         for blob in batch.code:
             self._code[blob.code_hash] = blob.data
-        offers = tuple(
-            core.Offer(_key(a.attempt), task_request(a.task.resources), a) for a in batch.assignments
-        )
-        self._handle(core.AssignmentsReceived(time.monotonic(), offers))
+        offers = []
+        for encoded in batch.assignments:
+            # Only the head is read here; the executor child parses the rest from the bytes.
+            head = _parse_head(encoded)
+            offers.append(core.Offer(_key(head.attempt), task_request(head.task.resources), (head, encoded)))
+        self._handle(core.AssignmentsReceived(time.monotonic(), tuple(offers)))
 
     def _handle(self, event) -> None:
         """Feed the core one event and carry out its actions (the only place they are)."""
         for action in self._state.handle(event):
             kind = type(action)
             if kind is core.Start:
-                self._track(self._run_one(action.key, action.payload), "xpipe-attempt")
+                self._track(self._run_one(action.key, *action.payload), "xpipe-attempt")
             elif kind is core.Report:
                 self._emit(action.outcome)
             elif kind is core.GiveBack:
@@ -433,15 +444,15 @@ class WorkerDaemon:
         if self._state.idle:
             self._idle.set()
 
-    async def _run_one(self, key: tuple[str, str, int], assignment: worker_pb2.Assignment) -> None:
+    async def _run_one(self, key: tuple[str, str, int], head: worker_pb2.AssignmentHead, encoded: bytes) -> None:
         executor = self._executor
         started = time.time()
         # Short tasks report start and end in one event; a task still running after
         # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
         started_report = asyncio.get_running_loop().call_later(STARTED_REPORT_DELAY_S, self._emit_started, key, started)
-        code_hash = assignment.task.python.code_hash
+        code_hash = head.task.python.code_hash
         try:
-            event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
+            event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
             log.exception("executor failed on %s", key)
             event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
