@@ -134,6 +134,9 @@ class WorkerDaemon:
         # Every background task (attempts, cancels, shutdown) is tracked and awaited on exit.
         self._tasks: set[asyncio.Task] = set()
         self._shutting_down: asyncio.Task | None = None
+        # Attempts the core started, for the slot runners (one per slot: cheaper than a task
+        # per attempt); None ends a runner.
+        self._starts: asyncio.Queue[core.Start | None] = asyncio.Queue()
         self._pending_events: list[worker_pb2.TaskEvent] = []
         self._pending_since = 0.0  # when the oldest unsent event was made (monotonic)
         self._artifact_dir = config.artifact_dir  # the coordinator's, once registered
@@ -173,14 +176,17 @@ class WorkerDaemon:
             self._executor.memory_enforcement,
             f"limited to {default} bytes (--task-memory-limit)" if default else "no limit (--task-memory-limit unset)",
         )
+        for i in range(self.config.slots):
+            self._track(self._runner(), f"xpipe-slot-{i}")
         try:
             await self._connect_loop()
         finally:
             # Last step of the ordered shutdown: the stream is closed; end what is left.
-            for task in list(self._tasks):
-                if task is not asyncio.current_task() and task is not self._shutting_down:
+            # (The shutdown task, if any, set _stop as its last step: it ends by itself.)
+            for task in self._tasks:
+                if task is not self._shutting_down:
                     task.cancel()
-            results = await asyncio.gather(*self._tasks - {self._shutting_down}, return_exceptions=True)
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
             for result in results:
                 if isinstance(result, Exception):
                     log.error("worker task failed", exc_info=result)
@@ -430,7 +436,7 @@ class WorkerDaemon:
         for action in self._state.handle(event):
             kind = type(action)
             if kind is core.Start:
-                self._track(self._run_one(action.key, *action.payload), "xpipe-attempt")
+                self._starts.put_nowait(action)
             elif kind is core.Report:
                 self._emit(action.outcome)
             elif kind is core.GiveBack:
@@ -443,6 +449,10 @@ class WorkerDaemon:
                 raise AssertionError(f"unhandled worker action {action!r}")
         if self._state.idle:
             self._idle.set()
+
+    async def _runner(self) -> None:
+        while (start := await self._starts.get()) is not None:
+            await self._run_one(start.key, *start.payload)
 
     async def _run_one(self, key: tuple[str, str, int], head: worker_pb2.AssignmentHead, encoded: bytes) -> None:
         executor = self._executor
