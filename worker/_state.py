@@ -93,6 +93,8 @@ class ResourceLedger:
             return False
         if not self._unbounded_memory and self.used_memory + memory > t_memory:
             return False
+        if not custom:
+            return True  # the common case: no generator to build
         return all(self.used_custom.get(k, 0.0) + v <= t_custom.get(k, 0.0) + 1e-9 for k, v in custom.items())
 
     def acquire(self, need: Need) -> None:
@@ -106,6 +108,8 @@ class ResourceLedger:
         self.used_cpu += sign * cpu
         self.used_memory += sign * memory
         self.used_gpu += sign * gpu
+        if not custom:
+            return
         for k, v in custom.items():
             left = self.used_custom.get(k, 0.0) + sign * v
             if abs(left) > 1e-9:
