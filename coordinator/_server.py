@@ -64,10 +64,10 @@ async def _abort_store_fault(context, fault: StoreFault) -> None:
     await context.abort(code, f"{fault}; nothing was recorded, retry once the store accepts writes again")
 
 
-async def _submit(engine: Engine, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
+async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
     """Submit and map what can go wrong to one status code each."""
     try:
-        return await engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
+        return await c.engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
     except PipelineValidationError as exc:
         kind = ((REJECTION_KIND_KEY, rejection_kind(exc)),)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=kind)
@@ -75,6 +75,12 @@ async def _submit(engine: Engine, submit: pipeline_pb2.SubmitPipelineRequest, co
         await _abort_store_fault(context, exc)
     except InternalError as exc:
         await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+    except RuntimeError as exc:
+        if not c.stopping:
+            raise
+        # The engine stopped under this submit (past the grace, or a submit inside WatchRun):
+        # it may or may not be durable; submitting again with the same key finds out.
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; submit again with the same idempotency key")
     raise AssertionError("unreachable: context.abort raises")
 
 
@@ -93,7 +99,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         self.c = coordinator
 
     async def SubmitPipeline(self, request, context):
-        run_id = await _submit(self.engine, request, context)
+        run_id = await _submit(self.c, request, context)
         return pipeline_pb2.SubmitPipelineResponse(run_id=run_id)
 
     async def GetRun(self, request, context):
@@ -136,7 +142,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def WatchRun(self, request, context):
         run_id = request.run_id
         if request.HasField("submit"):
-            run_id = await _submit(self.engine, request.submit, context)
+            run_id = await _submit(self.c, request.submit, context)
         engine = self.engine
         run = engine.state.runs.get(run_id)
         if run is None:
@@ -430,6 +436,68 @@ async def _abort_malformed(context, method: str, bad: _Malformed):
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {bad.error}")
 
 
+#: A stopping coordinator refuses calls until none came for this long (within its grace)
+#: before the server itself stops: a call the server stops under is CANCELLED, not refused.
+_REFUSE_QUIET_S = 0.05
+
+
+class _StopGate(grpc.aio.ServerInterceptor):
+    """Turn new calls away with UNAVAILABLE once the coordinator stops; count unary calls.
+
+    Clients retry UNAVAILABLE (elsewhere or later), so a stopping coordinator refuses work
+    cleanly while its engine still runs; :meth:`Coordinator.stop` waits for the unary calls
+    in flight (a submit being committed, say) before it stops the engine. Streams are not
+    counted: the engine's stop ends them.
+    """
+
+    def __init__(self, coordinator: Coordinator):
+        self.c = coordinator
+        self.in_flight = 0
+        self.settled = asyncio.Event()
+        self.settled.set()
+        self.last_refused = 0.0  # loop time of the last call turned away
+        # Raw bytes in (no deserializer): one message is read whatever the method's kind.
+        self._refuse = grpc.unary_unary_rpc_method_handler(self._refuse_stopping)
+
+    async def intercept_service(self, continuation, details):
+        if self.c.stopping:
+            return self._refuse
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        inner = handler.unary_unary
+        gate = self
+
+        async def unary_unary(request, context):
+            if gate.c.stopping:  # admitted just before the stop began, started just after
+                await gate._refuse_stopping(request, context)
+            gate.in_flight += 1
+            gate.settled.clear()
+            try:
+                return await inner(request, context)
+            finally:
+                gate.in_flight -= 1
+                if not gate.in_flight:
+                    gate.settled.set()
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
+
+    async def _refuse_stopping(self, request, context):
+        self.last_refused = asyncio.get_running_loop().time()
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; try again")
+
+    async def settle(self) -> None:
+        """Return when no counted call is in flight."""
+        while self.in_flight:
+            await self.settled.wait()
+
+    async def quiet(self) -> None:
+        """Return once no call was turned away for :data:`_REFUSE_QUIET_S`."""
+        loop = asyncio.get_running_loop()
+        while (left_s := self.last_refused + _REFUSE_QUIET_S - loop.time()) > 0:
+            await asyncio.sleep(left_s)
+
+
 class _RejectMalformed(grpc.aio.ServerInterceptor):
     """Answer unparsable requests with INVALID_ARGUMENT instead of gRPC's bare UNKNOWN."""
 
@@ -505,6 +573,7 @@ class Coordinator:
         self._health = health.aio.HealthServicer()
         self._health_names: list[str] = []
         self._stopped = asyncio.Event()
+        self._gate = _StopGate(self)
         #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
@@ -540,6 +609,7 @@ class Coordinator:
             from ._leader import LeaderGate  # HA only: keeps the etcd client out of single-node imports
 
             interceptors.insert(0, LeaderGate(self.election))
+        interceptors.insert(0, self._gate)
         server = grpc.aio.server(options=options, interceptors=interceptors)
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), server)
@@ -572,13 +642,31 @@ class Coordinator:
         log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
         return self.address
 
+    @property
+    def stopping(self) -> bool:
+        """True from the first step of :meth:`stop` on: new calls are refused."""
+        return self._stopped.is_set()
+
     async def stop(self, grace_s: float = 2.0) -> None:
-        """Stop accepting, let calls finish for ``grace_s``, then close the store (idempotent)."""
+        """Stop accepting, let calls finish for ``grace_s``, then close the store (idempotent).
+
+        The order matters: new calls are refused (UNAVAILABLE, clients try again) while
+        the engine still runs, so a submit already in flight is committed and answered
+        rather than failed half-way; then the engine stops, which ends worker streams and
+        watches; then the server, with what is left of its grace; then the store.
+        """
         if self._stopped.is_set():
             return
         self._stopped.set()
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace_s
+            self._gate.last_refused = loop.time()
+            try:
+                await asyncio.wait_for(self._gate.settle(), timeout=grace_s)
+            except TimeoutError:
+                log.warning("%d calls still running after %.1fs; stopping anyway", self._gate.in_flight, grace_s)
             if self._election_task is not None:
                 self.election.stop()  # steps down (stopping the engine) and revokes the lease
                 await asyncio.gather(self._election_task, return_exceptions=True)
@@ -586,7 +674,11 @@ class Coordinator:
                 self._supervisor.cancel()
                 await asyncio.gather(self._supervisor, return_exceptions=True)
             await self.engine.stop()
-            await self._server.stop(grace_s)
+            try:
+                await asyncio.wait_for(self._gate.quiet(), timeout=max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                pass  # clients kept calling through the whole grace: the server stops under them
+            await self._server.stop(max(0.0, deadline - loop.time()))
         await self.store.close()
 
     # ------------------------------------------------------------------ HA

@@ -17,7 +17,6 @@ import socket
 import subprocess
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import grpc
@@ -35,18 +34,16 @@ from xpipe._limits import (
     MAX_NAME_CHARS,
     normalize_resources,
 )
-from xpipe._proto import worker_pb2, worker_pb2_grpc
+from xpipe._proto import worker_pb2
 
+from . import _state as core
 from ._executor import TaskExecutor, make_executor
+from ._state import ResourceLedger, WorkerState, task_request
 
-__all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources"]
+__all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources", "ResourceLedger", "task_request"]
 
 log = logging.getLogger(__name__)
 
-#: Outcomes sent within this window (and at most this many) are sent again on reconnect:
-#: a coordinator that died before committing them still records each exactly once.
-RECENT_OUTCOMES_WINDOW_S = 60.0
-RECENT_OUTCOMES_MAX = 10_000
 #: While more assignments wait in the local queue, outcomes wait up to this long (or until
 #: EVENT_BATCH_MAX of them) to leave together: one message per batch, not per task.
 EVENT_LINGER_S = 0.002
@@ -60,6 +57,11 @@ STARTED_REPORT_DELAY_S = 0.05
 _HEALTHY_SESSION_S = 5.0
 #: While a live member says a leader is being elected, ask again at least this often.
 _ELECTION_POLL_S = 0.2
+
+#: The stream is opened by path so that replies parse as CoordinatorMessageView (the same
+#: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
+_CONNECT_METHOD = "/xpipe.v1.WorkerService/Connect"
+_parse_head = worker_pb2.AssignmentHead.FromString
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -127,19 +129,19 @@ class WorkerDaemon:
         self._executor: TaskExecutor | None = None
         self._handlers: list[str] = []
         self._code: dict[str, bytes] = {}
-        # Attempts this worker holds: queued or running, in arrival order.
-        self._held: OrderedDict[tuple[str, str, int], worker_pb2.Assignment] = OrderedDict()
-        self._queue: asyncio.Queue[tuple[str, str, int] | None] = asyncio.Queue()
-        self._running: set[tuple[str, str, int]] = set()
-        self._ledger = ResourceLedger(self.resources)
+        # What it holds, what may start, what it owes: the pure core (see ``_state``).
+        self._state = WorkerState(config.slots, self.resources)
+        # Every background task (attempts, cancels, shutdown) is tracked and awaited on exit.
+        self._tasks: set[asyncio.Task] = set()
+        self._shutting_down: asyncio.Task | None = None
+        # Attempts the core started, for the slot runners (one per slot: cheaper than a task
+        # per attempt); None ends a runner.
+        self._starts: asyncio.Queue[core.Start | None] = asyncio.Queue()
         self._pending_events: list[worker_pb2.TaskEvent] = []
         self._pending_since = 0.0  # when the oldest unsent event was made (monotonic)
         self._artifact_dir = config.artifact_dir  # the coordinator's, once registered
-        # Outcomes already sent: (monotonic time, event) by attempt, oldest first.
-        self._recent: OrderedDict[tuple[str, str, int], tuple[float, worker_pb2.TaskEvent]] = OrderedDict()
         self._wake = asyncio.Event()  # something to send: a message or task events
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
-        self._draining = False
         self._stop = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -148,7 +150,11 @@ class WorkerDaemon:
         # HA: the leader a follower named (connect there next), and whether one answered so.
         self._leader_hint = ""
         self._told_not_leader = False
-        self.tasks_done = 0
+
+    @property
+    def tasks_done(self) -> int:
+        """Attempts run to an outcome that was reported (not given back)."""
+        return self._state.finished
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -170,44 +176,60 @@ class WorkerDaemon:
             self._executor.memory_enforcement,
             f"limited to {default} bytes (--task-memory-limit)" if default else "no limit (--task-memory-limit unset)",
         )
-        runners = [asyncio.create_task(self._runner(), name=f"xpipe-slot-{i}") for i in range(self.config.slots)]
+        for i in range(self.config.slots):
+            self._track(self._runner(), f"xpipe-slot-{i}")
         try:
             await self._connect_loop()
         finally:
-            for _ in runners:
-                self._queue.put_nowait(None)
-            await asyncio.gather(*runners, return_exceptions=True)
+            # Last step of the ordered shutdown: the stream is closed; end what is left.
+            # (The shutdown task, if any, set _stop as its last step: it ends by itself.)
+            for task in self._tasks:
+                if task is not self._shutting_down:
+                    task.cancel()
+            results = await asyncio.gather(*self._tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, Exception):
+                    log.error("worker task failed", exc_info=result)
             await self._executor.stop(grace_s=0)
+            log.info(self._state.counts().line(unsent=len(self._pending_events)))
 
     async def shutdown(self, grace_s: float | None = None) -> None:
         """Stop taking work, give back queued attempts, let running ones finish, then exit.
 
-        Running attempts still going after ``grace_s`` are cancelled and given back to the
-        coordinator, which requeues them elsewhere: nothing is lost.
+        One ordered shutdown, however it was asked for (SIGTERM, the coordinator's Drain,
+        or both): stop taking work and give back what is queued; wait up to ``grace_s`` for
+        running attempts; give back and stop those still going (the coordinator requeues
+        them elsewhere: nothing is lost); flush the outcomes; then close the stream. A
+        second call waits for the first.
         """
-        grace = self.config.grace_s if grace_s is None else grace_s
-        if not self._draining:
-            self._draining = True
-            log.info("draining: no new work; %d attempts running", len(self._running))
-            for key in [k for k in self._held if k not in self._running]:
-                self._held.pop(key)
-                self._emit(_released(key, "worker draining"))
-            self._heartbeat_now()
+        if self._shutting_down is None:
+            grace = self.config.grace_s if grace_s is None else grace_s
+            self._shutting_down = self._track(self._shutdown(grace), "xpipe-shutdown")
+        await asyncio.shield(self._shutting_down)
+
+    async def _shutdown(self, grace_s: float) -> None:
+        log.info("draining: no new work; %d attempts running", len(self._state.running))
+        self._handle(core.DrainRequested(time.monotonic()))
+        self._heartbeat_now()
         try:
-            await asyncio.wait_for(self._wait_idle(), timeout=grace)
+            await asyncio.wait_for(self._wait_idle(), timeout=grace_s)
         except TimeoutError:
-            log.warning("grace of %.1fs over; giving back %d running attempts", grace, len(self._running))
-            for key in list(self._running):
-                self._held.pop(key, None)
-                self._emit(_released(key, "worker stopped before the attempt finished"))
-                await self._executor.cancel(key)
+            log.warning("grace of %.1fs over; giving back %d running attempts", grace_s, len(self._state.running))
+            self._handle(core.GraceExpired(time.monotonic()))
+            await asyncio.gather(*[t for t in self._tasks if t.get_name() == "xpipe-cancel"], return_exceptions=True)
         await self._flush_events(timeout_s=5.0)
         self._stop.set()
 
     async def _wait_idle(self) -> None:
-        while self._held:
+        while not self._state.idle:
             self._idle.clear()
             await self._idle.wait()
+
+    def _track(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # ------------------------------------------------------------------ connection
 
@@ -273,7 +295,7 @@ class WorkerDaemon:
                     # With more of its work queued here, linger a moment so outcomes leave in
                     # batches; with none queued, send now (latency matters more then).
                     linger_s = self._pending_since + EVENT_LINGER_S - time.monotonic()
-                    if self._queue.qsize() and len(self._pending_events) < EVENT_BATCH_MAX and linger_s > 0:
+                    if self._state.queue and len(self._pending_events) < EVENT_BATCH_MAX and linger_s > 0:
                         self._wake.clear()
                         try:
                             await asyncio.wait_for(self._wake.wait(), linger_s)
@@ -288,7 +310,11 @@ class WorkerDaemon:
                     await self._wake.wait()
 
         async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
-            call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(outgoing())
+            call = channel.stream_stream(
+                _CONNECT_METHOD,
+                request_serializer=worker_pb2.WorkerMessage.SerializeToString,
+                response_deserializer=worker_pb2.CoordinatorMessageView.FromString,
+            )(outgoing())
             background: list[asyncio.Task] = []
             try:
                 async for message in call:
@@ -309,10 +335,12 @@ class WorkerDaemon:
                             asyncio.create_task(self._stop_watch(call)),
                         ]
                     elif body == "cancel":
+                        now = time.monotonic()
                         for ref in message.cancel.attempts:
-                            await self._cancel((ref.run_id, ref.task, ref.attempt))
+                            self._handle(core.CancelRequested(now, (ref.run_id, ref.task, ref.attempt)))
                     elif body == "drain":
-                        asyncio.get_running_loop().create_task(self.shutdown())
+                        if self._shutting_down is None:
+                            self._shutting_down = self._track(self._shutdown(self.config.grace_s), "xpipe-shutdown")
                     elif body == "not_leader":
                         leader = message.not_leader.leader_address
                         log.info("%s is not the leader (leader: %s)", address, leader or "not elected yet")
@@ -346,9 +374,9 @@ class WorkerDaemon:
             resources=self.resources,
             labels=self.config.labels,
             handlers=self._handlers,
-            running=[_ref(k) for k in self._held],
+            running=[_ref(k) for k in self._state.held],
             accepts_pickled_code=self.config.allow_pickled,
-            recent=[event for _, event in self._recent.values()],
+            recent=self._state.recent_outcomes(),
             memory_enforcement=self._executor.memory_enforcement if self._executor is not None else "",
         )
 
@@ -366,8 +394,8 @@ class WorkerDaemon:
                             memory_used_bytes=mem.total - mem.available,
                             load_1m=os.getloadavg()[0],
                         ),
-                        running=[_ref(k) for k in self._held],
-                        draining=self._draining,
+                        running=[_ref(k) for k in self._state.held],
+                        draining=self._state.draining,
                     )
                 )
             )
@@ -378,7 +406,7 @@ class WorkerDaemon:
             self._put(
                 self._send,
                 worker_pb2.WorkerMessage(
-                    heartbeat=worker_pb2.Heartbeat(running=[_ref(k) for k in self._held], draining=True)
+                    heartbeat=worker_pb2.Heartbeat(running=[_ref(k) for k in self._state.held], draining=True)
                 ),
             )
 
@@ -393,74 +421,59 @@ class WorkerDaemon:
 
     # ------------------------------------------------------------------ tasks
 
-    def _accept(self, batch: worker_pb2.AssignmentBatch) -> None:
+    def _accept(self, batch: worker_pb2.AssignmentBatchView) -> None:
         for blob in batch.code:
             self._code[blob.code_hash] = blob.data
-        for assignment in batch.assignments:
-            key = _key(assignment.attempt)
-            if self._draining:
-                self._emit(_released(key, "worker draining"))
-                continue
-            if key in self._held:
-                continue  # a duplicate after a reconnect
-            self._held[key] = assignment
-            self._queue.put_nowait(key)
+        offers = []
+        for encoded in batch.assignments:
+            # Only the head is read here; the executor child parses the rest from the bytes.
+            head = _parse_head(encoded)
+            offers.append(core.Offer(_key(head.attempt), task_request(head.task.resources), (head, encoded)))
+        self._handle(core.AssignmentsReceived(time.monotonic(), tuple(offers)))
+
+    def _handle(self, event) -> None:
+        """Feed the core one event and carry out its actions (the only place they are)."""
+        for action in self._state.handle(event):
+            kind = type(action)
+            if kind is core.Start:
+                self._starts.put_nowait(action)
+            elif kind is core.Report:
+                self._emit(action.outcome)
+            elif kind is core.GiveBack:
+                self._emit(_released(action.key, action.reason))
+            elif kind is core.CancelQueued:
+                self._emit(_failed(action.key, "CANCELLED", "cancelled before it started"))
+            elif kind is core.StopRunning:
+                self._track(self._executor.cancel(action.key), "xpipe-cancel")
+            else:
+                raise AssertionError(f"unhandled worker action {action!r}")
+        if self._state.idle:
+            self._idle.set()
 
     async def _runner(self) -> None:
-        executor = self._executor
-        assert executor is not None
-        while True:
-            key = await self._queue.get()
-            if key is None:
-                return
-            assignment = self._held.get(key)
-            if assignment is None:
-                continue  # cancelled or released while queued
-            need = task_request(assignment.task.resources)
-            await self._ledger.acquire(need)  # prefetched work waits here for free resources
-            if key not in self._held:
-                await self._ledger.release(need)
-                continue  # cancelled or released while it waited
-            try:
-                await self._run_one(executor, key, assignment)
-            finally:
-                await self._ledger.release(need)
+        while (start := await self._starts.get()) is not None:
+            await self._run_one(start.key, *start.payload)
 
-    async def _run_one(self, executor: TaskExecutor, key: tuple[str, str, int], assignment: worker_pb2.Assignment) -> None:
-        self._running.add(key)
+    async def _run_one(self, key: tuple[str, str, int], head: worker_pb2.AssignmentHead, encoded: bytes) -> None:
+        executor = self._executor
         started = time.time()
         # Short tasks report start and end in one event; a task still running after
         # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
         started_report = asyncio.get_running_loop().call_later(STARTED_REPORT_DELAY_S, self._emit_started, key, started)
-        code_hash = assignment.task.python.code_hash
+        code_hash = head.task.python.code_hash
         try:
-            event = await executor.run(assignment, self._code.get(code_hash) if code_hash else None)
+            event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
             log.exception("executor failed on %s", key)
             event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
         finally:
             started_report.cancel()
-            self._running.discard(key)
-        if self._held.pop(key, None) is None:
-            return  # released at shutdown: the coordinator requeues it, do not report twice
+        if key not in self._state.running:
+            return  # given back at shutdown: the coordinator requeues it, do not report twice
         if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:
             await self._spill(key, event.succeeded.result)
         event.started_at = started
-        self.tasks_done += 1
-        self._emit(event)
-        if not self._held:
-            self._idle.set()
-
-    async def _cancel(self, key: tuple[str, str, int]) -> None:
-        if key not in self._held:
-            return
-        if key in self._running:
-            await self._executor.cancel(key)  # the runner reports it as failed CANCELLED
-        else:
-            self._held.pop(key)
-            self._emit(_failed(key, "CANCELLED", "cancelled before it started"))
-            if not self._held:
-                self._idle.set()
+        self._handle(core.AttemptEnded(time.monotonic(), key, event))
 
     async def _spill(self, key: tuple[str, str, int], result: pb.Payload) -> None:
         """Move a big result into the artifact directory; it then travels as a reference.
@@ -482,22 +495,17 @@ class WorkerDaemon:
         result.data = b""
 
     def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:
-        """Keep recent outcomes, to send again on the next Register (see ``Register.recent``)."""
-        now = time.monotonic()
-        recent = self._recent
-        for event in events:
-            if event.WhichOneof("kind") != "started":
-                recent[_key(event.attempt)] = (now, event)
-        horizon = now - RECENT_OUTCOMES_WINDOW_S
-        while recent and (len(recent) > RECENT_OUTCOMES_MAX or next(iter(recent.values()))[0] < horizon):
-            recent.popitem(last=False)
+        """Keep sent outcomes, to send again on the next Register (see ``Register.recent``)."""
+        outcomes = tuple((_key(e.attempt), e) for e in events if e.WhichOneof("kind") != "started")
+        if outcomes:
+            self._state.handle(core.OutcomesSent(time.monotonic(), outcomes))
 
     def _put(self, send: asyncio.Queue, message: worker_pb2.WorkerMessage | None) -> None:
         send.put_nowait(message)
         self._wake.set()
 
     def _emit_started(self, key: tuple[str, str, int], at: float) -> None:
-        if key in self._running:
+        if key in self._state.running:
             self._emit(worker_pb2.TaskEvent(attempt=_ref(key), at=at, started=worker_pb2.Started()))
 
     def _emit(self, event: worker_pb2.TaskEvent) -> None:
@@ -571,74 +579,6 @@ def parse_resources(text: str, base: pb.Resources) -> pb.Resources:
         res.gpu = amounts.gpu
     res.custom.update(amounts.custom)
     return res
-
-
-def task_request(res: pb.Resources) -> tuple[float, int, int, dict[str, float]]:
-    """What a task asks of this worker: (cpu, memory bytes, gpus, custom); no cpu means 1 core."""
-    return (res.cpu_cores or 1.0, res.memory_bytes, res.gpu, dict(res.custom))
-
-
-class ResourceLedger:
-    """The worker's own account of what its running tasks use.
-
-    The coordinator may send more than fits at once (prefetch); a queued attempt starts
-    only when what it asks is free here, so running tasks never exceed what the worker
-    offers. A request larger than the whole worker (the coordinator never sends one) is
-    let through alone rather than blocking forever.
-    """
-
-    def __init__(self, offered: pb.Resources):
-        self.total = task_request(offered) if offered.cpu_cores else (float("inf"), 0, 0, {})
-        self._unbounded_memory = offered.memory_bytes == 0
-        self.used_cpu = 0.0
-        self.used_memory = 0
-        self.used_gpu = 0
-        self.used_custom: dict[str, float] = {}
-        self._changed = asyncio.Condition()
-        self._waiting = 0  # acquirers blocked on the condition (first come, first served)
-
-    def fits(self, need: tuple[float, int, int, dict[str, float]]) -> bool:
-        cpu, memory, gpu, custom = need
-        t_cpu, t_memory, t_gpu, t_custom = self.total
-        if not (self.used_cpu or self.used_memory or self.used_gpu or self.used_custom):
-            return True  # an idle worker runs anything it was sent
-        if self.used_cpu + cpu > t_cpu + 1e-9 or self.used_gpu + gpu > t_gpu:
-            return False
-        if not self._unbounded_memory and self.used_memory + memory > t_memory:
-            return False
-        return all(self.used_custom.get(k, 0.0) + v <= t_custom.get(k, 0.0) + 1e-9 for k, v in custom.items())
-
-    async def acquire(self, need: tuple[float, int, int, dict[str, float]]) -> None:
-        if not self._waiting and self.fits(need):
-            self._apply(need, 1)  # the common case: no await, no lock (one event loop)
-            return
-        self._waiting += 1
-        try:
-            async with self._changed:
-                await self._changed.wait_for(lambda: self.fits(need))
-                self._apply(need, 1)
-        finally:
-            self._waiting -= 1
-
-    async def release(self, need: tuple[float, int, int, dict[str, float]]) -> None:
-        self._apply(need, -1)
-        if self._waiting:
-            async with self._changed:
-                self._changed.notify_all()
-
-    def _apply(self, need: tuple[float, int, int, dict[str, float]], sign: int) -> None:
-        cpu, memory, gpu, custom = need
-        self.used_cpu += sign * cpu
-        self.used_memory += sign * memory
-        self.used_gpu += sign * gpu
-        for k, v in custom.items():
-            left = self.used_custom.get(k, 0.0) + sign * v
-            if abs(left) > 1e-9:
-                self.used_custom[k] = left
-            else:
-                self.used_custom.pop(k, None)
-
-
 
 
 def _write_file(path: str, data: bytes) -> None:

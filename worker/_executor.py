@@ -30,7 +30,7 @@ import socket
 import struct
 import subprocess
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, Union
 
 import psutil
 
@@ -56,6 +56,10 @@ _EXIT_WAIT_S = 10.0
 
 _SIZE = struct.Struct("!i")
 _SIZE64 = struct.Struct("!Q")
+
+
+#: An Assignment, or its AssignmentHead (same field names for what the parent reads).
+Assignmentish = Union[worker_pb2.Assignment, worker_pb2.AssignmentHead]
 
 
 class ExecutorStartError(RuntimeError):
@@ -119,12 +123,18 @@ class TaskExecutor(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+    async def run(
+        self, assignment: Assignmentish, code: bytes | None, *, encoded: bytes | None = None
+    ) -> worker_pb2.TaskEvent:
         """Run one assignment; return its ``succeeded`` or ``failed`` TaskEvent.
 
         Args:
+            assignment: the assignment, or only its head when ``encoded`` carries the rest.
             code: the cloudpickled callable when the task refers to one by hash. Give it
                 once; the executor keeps it for later tasks with the same hash.
+            encoded: the serialized Assignment as the coordinator sent it: the process
+                executor hands these bytes to its child as they are (the parent never
+                parses nor re-serializes arguments and upstream results).
 
         Raises:
             RuntimeError: the executor is not started, or is stopping.
@@ -691,7 +701,9 @@ class ProcessExecutor(TaskExecutor):
 
     # -- running --
 
-    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+    async def run(
+        self, assignment: Assignmentish, code: bytes | None, *, encoded: bytes | None = None
+    ) -> worker_pb2.TaskEvent:
         if not self._accepting:
             raise RuntimeError("executor is not running (not started, or stopping)")
         key = _attempt_key(assignment)
@@ -718,7 +730,7 @@ class ProcessExecutor(TaskExecutor):
                 self._cancel_before_start.discard(key)
                 self._release(child)
                 return self._ended(key, "CANCELLED", "task {name!r} was cancelled before it started")
-            return await self._run_on(child, key, assignment, code_hash)
+            return await self._run_on(child, key, assignment, code_hash, encoded)
 
     async def _wait_for_child(self, key: AttemptKey) -> _Child | worker_pb2.TaskEvent:
         assert self._loop is not None
@@ -735,7 +747,7 @@ class ProcessExecutor(TaskExecutor):
             del self._queued[key]
 
     async def _run_on(
-        self, child: _Child, key: AttemptKey, assignment: worker_pb2.Assignment, code_hash: str
+        self, child: _Child, key: AttemptKey, assignment: Assignmentish, code_hash: str, encoded: bytes | None
     ) -> worker_pb2.TaskEvent:
         assert self._loop is not None
         task = assignment.task
@@ -757,7 +769,7 @@ class ProcessExecutor(TaskExecutor):
                 child.root = self._artifact_root
                 root = child.root.encode()
                 flags |= _runtask.REQUEST_HAS_ROOT
-            body = assignment.SerializeToString()
+            body = encoded if encoded is not None else assignment.SerializeToString()
             request = _runtask.REQUEST_HEADER.pack(flags, len(body), len(root)) + body + root + code
             size = len(request)
             header = _SIZE.pack(size) if size <= 0x7FFFFFFF else _SIZE.pack(-1) + _SIZE64.pack(size)
@@ -871,9 +883,13 @@ class ThreadExecutor(TaskExecutor):
             f" (--task-memory-limit {format_bytes(self.memory_limit_bytes)} ignored)" if self.memory_limit_bytes else "",
         )
 
-    async def run(self, assignment: worker_pb2.Assignment, code: bytes | None) -> worker_pb2.TaskEvent:
+    async def run(
+        self, assignment: Assignmentish, code: bytes | None, *, encoded: bytes | None = None
+    ) -> worker_pb2.TaskEvent:
         if not self._accepting or self._pool is None:
             raise RuntimeError("executor is not running (not started, or stopping)")
+        if encoded is not None:  # tasks run in this process: they need the whole assignment
+            assignment = worker_pb2.Assignment.FromString(encoded)
         key = _attempt_key(assignment)
         if key in self._running:
             raise ValueError(f"{_describe(key)} is already running in this executor")

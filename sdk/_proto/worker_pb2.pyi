@@ -180,6 +180,62 @@ class AssignmentBatch(_message.Message):
     code: _containers.RepeatedCompositeFieldContainer[_common_pb2.CodeBlob]
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
+class CoordinatorMessageView(_message.Message):
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader")
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    registered: Registered
+    assignments: AssignmentBatchView
+    cancel: Cancel
+    drain: Drain
+    not_leader: NotLeader
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ...) -> None: ...
+
+class AssignmentBatchView(_message.Message):
+    __slots__ = ("assignments", "code")
+    ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    assignments: _containers.RepeatedScalarFieldContainer[bytes]
+    code: _containers.RepeatedCompositeFieldContainer[_common_pb2.CodeBlob]
+    def __init__(self, assignments: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
+
+class AssignmentHead(_message.Message):
+    __slots__ = ("attempt", "task", "upstream", "last_try")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    UPSTREAM_FIELD_NUMBER: _ClassVar[int]
+    LAST_TRY_FIELD_NUMBER: _ClassVar[int]
+    attempt: AttemptRef
+    task: TaskHead
+    upstream: _containers.RepeatedScalarFieldContainer[bytes]
+    last_try: bool
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ...) -> None: ...
+
+class TaskHead(_message.Message):
+    __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    python: _common_pb2.PythonCall
+    command: NotRead
+    handler: NotRead
+    args: bytes
+    timeout_s: float
+    resources: _common_pb2.Resources
+    def __init__(self, name: _Optional[str] = ..., python: _Optional[_Union[_common_pb2.PythonCall, _Mapping]] = ..., command: _Optional[_Union[NotRead, _Mapping]] = ..., handler: _Optional[_Union[NotRead, _Mapping]] = ..., args: _Optional[bytes] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+
+class NotRead(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class Cancel(_message.Message):
     __slots__ = ("attempts",)
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]

@@ -40,6 +40,11 @@ def test_the_state_machine_loads_no_io_and_no_sdk_client():
     assert not {"xpipe._codec", "xpipe.coordinator._recovery_codec", "zstandard"} & loaded
 
 
+def test_the_worker_core_loads_no_io():
+    loaded = loaded_after("import xpipe.worker._state")
+    assert not (SHELL_MODULES | {"psutil", "xpipe.worker._executor"}) & loaded, sorted(SHELL_MODULES & loaded)
+
+
 def test_building_a_pipeline_loads_no_grpc():
     loaded = loaded_after(
         "import xpipe\n"
