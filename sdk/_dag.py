@@ -48,7 +48,7 @@ from ._options import (
 )
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
-from ._retry import BACKOFF_STRATEGIES, duration_option, duration_string_problem
+from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
 from .errors import PipelineValidationError
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -721,16 +721,7 @@ class Pipeline:
         where = f"pipeline {self.name!r}"
         if strategy is not None:
             check_strategy(strategy, where=where)
-        try:
-            wait_s = duration_option("wait_for_resources_s", None, wait_for_resources)
-        except ValueError as exc:
-            raise PipelineValidationError(f"{where}: {exc}") from None
-        if wait_s is not None and wait_for_resources_s is not None:
-            raise PipelineValidationError(
-                f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one"
-            )
-        if wait_for_resources_s is not None:
-            wait_s = check_wait_s(wait_for_resources_s, where=where)
+        wait_s = wait_option(wait_for_resources_s, wait_for_resources, where=where)
         # Everything checked: change nothing unless all of it is valid.
         if strategy is not None:
             self.placement_strategy = strategy
@@ -826,6 +817,27 @@ def check_strategy(strategy: Any, *, where: str) -> str:
             f"{where}: unknown placement strategy {strategy!r}; known: {', '.join(PLACEMENT_STRATEGIES)}"
         )
     return strategy
+
+
+def wait_option(
+    seconds: float | timedelta | None, duration: str | float | timedelta | None, *, where: str
+) -> float | None:
+    """The ``wait_for_resources_s``/``wait_for_resources`` pair read as seconds; None if neither is given.
+
+    Raises:
+        PipelineValidationError: both are given, or the value is not a duration within range.
+    """
+    if seconds is not None and duration is not None:
+        raise PipelineValidationError(f"{where}: wait_for_resources= and wait_for_resources_s= are the same option; give one")
+    if seconds is not None:
+        return check_wait_s(seconds, where=where)
+    if duration is None:
+        return None
+    try:
+        wait_s = parse_duration_s(duration)
+    except ValueError as exc:
+        raise PipelineValidationError(f"{where}: wait_for_resources: {exc}") from None
+    return check_wait_s(wait_s, where=where)
 
 
 def check_wait_s(value: Any, *, where: str) -> float:

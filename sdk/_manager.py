@@ -14,7 +14,7 @@ from typing import Any
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
 from ._client import Client, check_seconds
 from ._codec import decode, encode
-from ._dag import Pipeline, check_strategy, check_wait_s
+from ._dag import Pipeline, check_strategy, wait_option
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
 from ._local import LocalCluster
@@ -159,6 +159,7 @@ class PipelineManager:
         timeout_s: float | None = None,
         placement_strategy: str | None = None,
         wait_for_resources_s: float | None = None,
+        wait_for_resources: str | float | None = None,
     ) -> PipelineResult:
         """Run a pipeline on the cluster and wait for it.
 
@@ -172,6 +173,7 @@ class PipelineManager:
                 :meth:`optimize_task_placement`): ``resource_balanced``, ``pack`` or ``spread``.
             wait_for_resources_s: for this run, instead of the pipeline's: how long a task
                 that no registered worker could fit waits for one to join.
+            wait_for_resources: the same as a duration that may be a string ("5min").
 
         Raises:
             PipelineValidationError: the pipeline is malformed (nothing was submitted).
@@ -186,8 +188,9 @@ class PipelineManager:
             spec.max_parallel = 1
         if placement_strategy is not None:
             spec.placement_strategy = check_strategy(placement_strategy, where=f"pipeline {resolved.name!r}")
-        if wait_for_resources_s is not None:
-            spec.wait_for_resources_s = check_wait_s(wait_for_resources_s, where=f"pipeline {resolved.name!r}")
+        wait_s = wait_option(wait_for_resources_s, wait_for_resources, where=f"pipeline {resolved.name!r}")
+        if wait_s is not None:
+            spec.wait_for_resources_s = wait_s
         events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure, pipeline=resolved)
 

@@ -314,3 +314,22 @@ def test_placement_wait_reads_a_string_only_without_s():
     with pytest.raises(PipelineValidationError, match=r"unknown placement strategy"):
         p.configure_placement(strategy="nearest", wait_for_resources="1h")
     assert (p.wait_for_resources_s, p.placement_strategy) == (5.0, None)  # nothing half-applied
+
+
+def test_execute_pipeline_reads_the_wait_pair_before_it_submits():
+    """``execute_pipeline`` takes ``wait_for_resources=`` too (the hint of the `_s` refusal names it),
+    and refuses a bad pair before any call: the manager points at a port nothing listens on."""
+    from xpipe import PipelineManager
+
+    p = Pipeline("p")
+    p.add_task(Task("t", ht.noop))
+    pm = PipelineManager(coordinator="127.0.0.1:9", connect_timeout_s=0.5)
+    try:
+        with pytest.raises(PipelineValidationError, match=r"takes a number.*as wait_for_resources='5min'"):
+            pm.execute_pipeline(p, wait_for_resources_s="5min")
+        with pytest.raises(PipelineValidationError, match=r"wait_for_resources: .*'soon'"):
+            pm.execute_pipeline(p, wait_for_resources="soon")
+        with pytest.raises(PipelineValidationError, match=r"are the same option"):
+            pm.execute_pipeline(p, wait_for_resources="5min", wait_for_resources_s=300)
+    finally:
+        pm.close()
