@@ -37,7 +37,7 @@ import zstandard
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
 
-from ._events import RunRecord, TaskRecord
+from ._events import RunRecord, StoryEntry, TaskRecord
 
 __all__ = [
     "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
@@ -201,11 +201,32 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL NOT NULL,
     error BLOB,
     result BLOB,
+    history BLOB,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
+_TASK_COLUMNS = "run_id, name, state, attempt, worker, started_at, finished_at, error, result, history"
+
+
+def encode_history(history: tuple[StoryEntry, ...]) -> bytes | None:
+    """A task's story of earlier attempts as the store keeps it (None when there is none).
+
+    JSON rows of (time, stimulus_id, attempt, from, to, reason): the run and task are the
+    row's own, so they are not repeated. Written only for tasks that failed or were
+    requeued, with the row the move writes anyway.
+    """
+    if not history:
+        return None
+    return json.dumps([[e[0], e[1], e[4], e[5], e[6], e[7]] for e in history], separators=(",", ":")).encode()
+
+
+def decode_history(run_id: str, name: str, data: bytes | None) -> tuple[StoryEntry, ...]:
+    """The inverse of :func:`encode_history`."""
+    if not data:
+        return ()
+    return tuple((t, sid, run_id, name, attempt, frm, to, reason) for t, sid, attempt, frm, to, reason in json.loads(data))
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
 
@@ -287,6 +308,9 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(_SCHEMA)
+            if "history" not in {row[1] for row in db.execute("PRAGMA table_info(tasks)")}:
+                # A store made before tasks kept their story: the column starts empty.
+                db.execute("ALTER TABLE tasks ADD COLUMN history BLOB")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise self._unreadable(exc) from exc
@@ -375,11 +399,12 @@ class SQLiteStore(Store):
                 )
             if tasks:
                 db.executemany(
-                    "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)",
+                    f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                     [
                         (t.run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at,
                          t.error.SerializeToString() if t.error is not None else None,
-                         t.result.SerializeToString() if t.result is not None else None)
+                         t.result.SerializeToString() if t.result is not None else None,
+                         encode_history(t.history) if t.history else None)
                         for t in tasks.values()
                     ],
                 )  # fmt: skip
@@ -439,8 +464,8 @@ class SQLiteStore(Store):
         header = RunRecord(*row[:6])
         result_col = "result" if with_results else "NULL"
         tasks = {}
-        for name, state, attempt, worker, started, finished, error, result in db.execute(
-            f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col} "
+        for name, state, attempt, worker, started, finished, error, result, history in db.execute(
+            f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col}, history "
             "FROM tasks WHERE run_id=?",
             (run_id,),
         ):
@@ -448,6 +473,7 @@ class SQLiteStore(Store):
                 run_id, name, state, attempt, worker, started, finished,
                 pb.TaskError.FromString(error) if error is not None else None,
                 pb.Payload.FromString(result) if result is not None else None,
+                history=decode_history(run_id, name, history),
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 
