@@ -172,6 +172,7 @@ class SchedulerState:
         recovery_codec: how recovery handlers' arguments and answers are encoded; the
             shell's choice (the engine passes a pickle codec), so the core imports none.
             None: runs with a recovery handler fail INTERNAL when a handler is due.
+        transition_log_entries: task moves the transition log keeps (oldest dropped first).
     """
 
     def __init__(
@@ -182,6 +183,7 @@ class SchedulerState:
         validate: bool = False,
         rng: random.Random | None = None,
         recovery_codec: RecoveryCodec | None = None,
+        transition_log_entries: int = TRANSITION_LOG_ENTRIES,
     ):
         self.rng = rng if rng is not None else random.Random()
         self.recovery_codec = recovery_codec
@@ -202,7 +204,7 @@ class SchedulerState:
         self.stale_results = 0
         self.recent: deque[Event] = deque(maxlen=200)  # for debugging
         #: The transition log: one StoryEntry per task move, oldest dropped first.
-        self.transitions: deque[StoryEntry] = deque(maxlen=TRANSITION_LOG_ENTRIES)
+        self.transitions: deque[StoryEntry] = deque(maxlen=transition_log_entries)
         # The time and stimulus of the event (or schedule pass) being handled, for _move.
         self._now = 0.0
         self._stimulus = ""
