@@ -449,6 +449,15 @@ class SchedulerState:
             log.log(level, "dropped stale result for attempt %s from worker %s", ev.attempt, ev.worker_id)
             return
         run = self.runs[ev.attempt[0]]
+        if task.state == pb.ASSIGNED and ev.started_at:
+            # A quick attempt ends before the worker reports its start (it waits a moment
+            # first): the start is in the result. Logged, not recorded: the result's
+            # record follows at once and supersedes a RUNNING one.
+            entry = (ev.started_at, self._stimulus, run.run_id, task.name, task.attempt, pb.ASSIGNED, pb.RUNNING,
+                     "worker " + ev.worker_id)  # fmt: skip
+            self.transitions.append(entry)
+            task.attempt_story = (*task.attempt_story, entry)
+            task.state = pb.RUNNING
         task.worker = ev.worker_id
         task.finished_at = ev.at
         task.started_at = ev.started_at or task.started_at or ev.at
