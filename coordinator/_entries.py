@@ -23,7 +23,7 @@ class TaskEntry:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered", "attempt_story", "history",
+        "recovered", "assigned_entry", "started_entry", "history",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -49,7 +49,8 @@ class TaskEntry:
         self.recovered = False  # the recovery handler was consulted: it is not asked twice
         # Story entries (see SchedulerState.story) of the attempt out now: its ASSIGNED and
         # RUNNING moves, kept to persist with the row should the attempt fail.
-        self.attempt_story: tuple = ()
+        self.assigned_entry: tuple | None = None
+        self.started_entry: tuple | None = None
         # Story entries of earlier attempts that failed or were requeued: persisted with the row.
         self.history: tuple = ()
 

@@ -205,6 +205,7 @@ class SchedulerState:
         self.recent: deque[Event] = deque(maxlen=200)  # for debugging
         #: The transition log: one StoryEntry per task move, oldest dropped first.
         self.transitions: deque[StoryEntry] = deque(maxlen=transition_log_entries)
+        self._log = self.transitions.append
         # The time and stimulus of the event (or schedule pass) being handled, for _move.
         self._now = 0.0
         self._stimulus = ""
@@ -455,8 +456,8 @@ class SchedulerState:
             # record follows at once and supersedes a RUNNING one.
             entry = (ev.started_at, self._stimulus, run.run_id, task.name, task.attempt, pb.ASSIGNED, pb.RUNNING,
                      "worker " + ev.worker_id)  # fmt: skip
-            self.transitions.append(entry)
-            task.attempt_story = (*task.attempt_story, entry)
+            self._log(entry)
+            task.started_entry = entry
             task.state = pb.RUNNING
         task.worker = ev.worker_id
         task.finished_at = ev.at
@@ -886,15 +887,19 @@ class SchedulerState:
         if not reason and to in _ERROR_MOVES and task.error is not None:
             reason = f"{task.error.error_type}: {task.error.message}"
         entry = (self._now, self._stimulus, run.run_id, task.name, task.attempt, frm, to, reason)
-        self.transitions.append(entry)
+        self._log(entry)
         was_active = frm in _ACTIVE
-        if to in _ACTIVE:
-            task.attempt_story = (*task.attempt_story, entry) if was_active else (entry,)
+        # Two references, no new tuple: the success path stays as cheap as it can.
+        if to == pb.ASSIGNED:
+            task.assigned_entry = entry
+        elif to == pb.RUNNING:
+            task.started_entry = entry
         elif was_active or (frm == pb.READY and to in _FAST_FAILS):
             # The attempt (or a fast fail on an open circuit) ended: keep its story with the row.
             if to != pb.SUCCEEDED:
-                task.history = (*task.history, *task.attempt_story, entry)[-STORY_HISTORY_ENTRIES:]
-            task.attempt_story = ()
+                opened = (e for e in (task.assigned_entry, task.started_entry) if e is not None)
+                task.history = (*task.history, *opened, entry)[-STORY_HISTORY_ENTRIES:]
+            task.assigned_entry = task.started_entry = None
         task.state = to
         if to in _ACTIVE:
             if not was_active:
