@@ -53,7 +53,8 @@ from ._events import (
     task_info,
 )
 from ._recovery_codec import PICKLE_CODEC
-from ._state import SchedulerState, story_from_records
+from ._state import SchedulerState
+from ._story import story_from_records
 from ._store import Store, StoreFault
 from ._validate import validate_spec
 

@@ -27,7 +27,7 @@ against ``_ALLOWED`` and appends a :data:`~._events.StoryEntry` (time, the event
 ``stimulus_id``, run, task, attempt, from, to, reason) to a bounded transition log;
 :meth:`SchedulerState.story` filters it for ``xpipe story``. An attempt that fails or is
 requeued also leaves its entries on the task (``history``), persisted with the task row,
-so a restarted coordinator can still tell them (:func:`story_from_records`).
+so a restarted coordinator can still tell them (see ``_story``).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from xpipe._retry import backoff_delay_s
 from ._breaker import OPEN, CircuitBreakers
 from ._entries import RunEntry, TaskEntry, WorkerEntry
 from ._placement import UNBOUNDED, PlacementIndex, Request
+from ._story import ERROR_MOVES, restored_entries
 from ._recovery import (
     CONTINUE,
     HALT,
@@ -89,10 +90,7 @@ from ._events import (
 #: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
 PREFETCH_WORK_S = 0.02
 
-__all__ = [
-    "SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES",
-    "RESTORED", "story_from_records",
-]  # fmt: skip
+__all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
 log = logging.getLogger(__name__)
 
@@ -117,42 +115,8 @@ _ALLOWED: dict[int, frozenset[int]] = {
 }
 #: An attempt that failed fast on an open circuit (from READY) ends in one of these.
 _FAST_FAILS = frozenset({pb.RETRY_WAIT, pb.FAILED, pb.RECOVERING})
-#: Moves whose reason, when none is given, is the task's error (set just before the move).
-_ERROR_MOVES = frozenset({pb.RETRY_WAIT, pb.FAILED, pb.RECOVERING, pb.SKIPPED, pb.CANCELLED, pb.UPSTREAM_FAILED})
-#: stimulus_id of story entries rebuilt from a stored task row rather than logged as they happened.
-RESTORED = "restored"
 #: What a recovery handler's synthetic attempt asks of a worker: a slot, next to no cpu.
 _RECOVERY_REQUEST = Request(cpu_milli=1)
-
-
-def _restored_entries(rec: TaskRecord) -> list[StoryEntry]:
-    """A stored task row's story: its persisted history, then its latest move rebuilt.
-
-    The latest attempt's moves were not persisted one by one (that would cost a write per
-    move); they are rebuilt from the row's times and state, marked :data:`RESTORED`. The
-    state a task left is not stored either: RUNNING when it had started, PENDING for an
-    upstream failure, else unknown (``TASK_STATE_UNSPECIFIED``).
-    """
-    entries = list(rec.history)
-    if rec.state == pb.PENDING or (entries and entries[-1][4] == rec.attempt and entries[-1][6] == rec.state):
-        return entries  # nothing happened yet, or the last move is already in the history
-    run_id, name, attempt = rec.run_id, rec.name, rec.attempt
-    reason = f"{rec.error.error_type}: {rec.error.message}" if rec.error is not None and rec.state in _ERROR_MOVES else ""
-    if rec.started_at and (rec.state == pb.RUNNING or rec.state not in _ACTIVE):
-        entries.append((rec.started_at, RESTORED, run_id, name, attempt, pb.ASSIGNED, pb.RUNNING, "worker " + rec.worker))
-        if rec.state != pb.RUNNING:
-            entries.append((rec.finished_at or rec.started_at, RESTORED, run_id, name, attempt, pb.RUNNING, rec.state, reason))
-    elif rec.finished_at:  # a row with no time (READY, ASSIGNED) adds nothing GetRun does not show
-        frm = pb.PENDING if rec.state == pb.UPSTREAM_FAILED else pb.TASK_STATE_UNSPECIFIED
-        entries.append((rec.finished_at, RESTORED, run_id, name, attempt, frm, rec.state, reason))
-    return entries
-
-
-def story_from_records(records: Iterable[TaskRecord], task: str = "") -> list[StoryEntry]:
-    """The story of a run held only in the store (``task``: just that task's), oldest first."""
-    entries = [e for rec in records if not task or rec.name == task for e in _restored_entries(rec)]
-    entries.sort(key=lambda e: e[0])  # stable: a task's moves at one time keep their order
-    return entries
 
 
 class InvalidTransition(RuntimeError):
@@ -299,7 +263,7 @@ class SchedulerState:
             task.started_at, task.finished_at = rec.started_at, rec.finished_at
             task.error, task.result = rec.error, rec.result
             task.history = rec.history
-            self.transitions.extend(_restored_entries(rec))
+            self.transitions.extend(restored_entries(rec))
             if rec.state in TERMINAL_TASK_STATES:
                 self._count_terminal(run, task)
             elif rec.state in _ACTIVE:
@@ -884,7 +848,7 @@ class SchedulerState:
             raise InvalidTransition(
                 f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(frm)} -> {pb.TaskState.Name(to)}"
             )
-        if not reason and to in _ERROR_MOVES and task.error is not None:
+        if not reason and to in ERROR_MOVES and task.error is not None:
             reason = f"{task.error.error_type}: {task.error.message}"
         entry = (self._now, self._stimulus, run.run_id, task.name, task.attempt, frm, to, reason)
         self._log(entry)
@@ -1014,7 +978,7 @@ class SchedulerState:
     def story(self, run_id: str, task: str = "") -> list[StoryEntry] | None:
         """The transition log's entries of one run (``task``: of that task), oldest first.
 
-        None when the run is not in memory (ask the store: :func:`story_from_records`).
+        None when the run is not in memory (ask the store: ``_story.story_from_records``).
         The log is bounded (``TRANSITION_LOG_ENTRIES``), so a run older than the last
         entries it holds tells only its recent part.
         """

@@ -37,7 +37,8 @@ import zstandard
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
 
-from ._events import RunRecord, StoryEntry, TaskRecord
+from ._events import RunRecord, TaskRecord
+from ._story import decode_history, encode_history
 
 __all__ = [
     "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
@@ -208,25 +209,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 _TASK_COLUMNS = "run_id, name, state, attempt, worker, started_at, finished_at, error, result, history"
-
-
-def encode_history(history: tuple[StoryEntry, ...]) -> bytes | None:
-    """A task's story of earlier attempts as the store keeps it (None when there is none).
-
-    JSON rows of (time, stimulus_id, attempt, from, to, reason): the run and task are the
-    row's own, so they are not repeated. Written only for tasks that failed or were
-    requeued, with the row the move writes anyway.
-    """
-    if not history:
-        return None
-    return json.dumps([[e[0], e[1], e[4], e[5], e[6], e[7]] for e in history], separators=(",", ":")).encode()
-
-
-def decode_history(run_id: str, name: str, data: bytes | None) -> tuple[StoryEntry, ...]:
-    """The inverse of :func:`encode_history`."""
-    if not data:
-        return ()
-    return tuple((t, sid, run_id, name, attempt, frm, to, reason) for t, sid, attempt, frm, to, reason in json.loads(data))
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
 

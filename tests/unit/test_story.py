@@ -28,7 +28,8 @@ from xpipe.coordinator._events import (
     Tick,
     WorkerConnected,
 )
-from xpipe.coordinator._state import RESTORED, SchedulerState, story_from_records
+from xpipe.coordinator._state import SchedulerState
+from xpipe.coordinator._story import RESTORED, story_from_records
 from xpipe.coordinator._store import SQLiteStore
 from xpipe.coordinator._validate import validate_spec
 
