@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from xpipe._codec import read_artifact
 from xpipe._domain import TERMINAL_RUN_STATES
+from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
@@ -455,13 +456,13 @@ class Engine:
         run = self.state.runs.get(run_id)
         if run is not None:
             if task and task not in run.tasks:
-                raise LookupError(f"run {run_id} has no task {task!r}")
+                raise LookupError(f"run {run_id} has no task {shown(task)}")
             return self.state.story(run_id, task)
         stored = await self.store.get_run(run_id)
         if stored is None:
             return None
         if task and task not in stored.tasks and (stored.spec is None or all(t.name != task for t in stored.spec.tasks)):
-            raise LookupError(f"run {run_id} has no task {task!r}")
+            raise LookupError(f"run {run_id} has no task {shown(task)}")
         return story_from_records(stored.tasks.values(), task)
 
     async def _run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:

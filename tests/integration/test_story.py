@@ -81,6 +81,9 @@ def test_story_tells_a_failure_and_the_retry_and_survives_a_restart(tmp_path):
         # time (the row's), where the live log had the coordinator's receipt a moment later.
         assert restored[3]["time"] == story[6]["time"]
         assert restored[3]["time"] <= restored[4]["time"] <= story[7]["time"] + 1.0
+        # Read from the store now (a finished run is not resumed): an unknown task is still named.
+        out = story_cli(c.address, run_id, "nope")
+        assert out.returncode == 2 and f"run {run_id} has no task 'nope'" in out.stderr, out.stderr
 
 
 def test_story_of_an_unknown_run_or_task_is_one_clear_line(cluster, tmp_path):
