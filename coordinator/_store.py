@@ -209,6 +209,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 _TASK_COLUMNS = "run_id, name, state, attempt, worker, started_at, finished_at, error, result, history"
+_INSERT_TASKS = f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
 
@@ -381,7 +382,7 @@ class SQLiteStore(Store):
                 )
             if tasks:
                 db.executemany(
-                    f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    _INSERT_TASKS,
                     [
                         (t.run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at,
                          t.error.SerializeToString() if t.error is not None else None,
