@@ -202,14 +202,17 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL NOT NULL,
     error BLOB,
     result BLOB,
-    history BLOB,
+    PRIMARY KEY (run_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_history (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    history BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
-_TASK_COLUMNS = "run_id, name, state, attempt, worker, started_at, finished_at, error, result, history"
-_INSERT_TASKS = f"INSERT OR REPLACE INTO tasks ({_TASK_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)"
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
 
@@ -291,9 +294,6 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(_SCHEMA)
-            if "history" not in {row[1] for row in db.execute("PRAGMA table_info(tasks)")}:
-                # A store made before tasks kept their story: the column starts empty.
-                db.execute("ALTER TABLE tasks ADD COLUMN history BLOB")
         except sqlite3.DatabaseError as exc:
             db.close()
             raise self._unreadable(exc) from exc
@@ -382,15 +382,19 @@ class SQLiteStore(Store):
                 )
             if tasks:
                 db.executemany(
-                    _INSERT_TASKS,
+                    "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)",
                     [
                         (t.run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at,
                          t.error.SerializeToString() if t.error is not None else None,
-                         t.result.SerializeToString() if t.result is not None else None,
-                         encode_history(t.history) if t.history else None)
+                         t.result.SerializeToString() if t.result is not None else None)
                         for t in tasks.values()
                     ],
                 )  # fmt: skip
+                # A table of its own, so the task row (written at every move) stays as small
+                # as before: only tasks with a failed or requeued attempt have a story row.
+                stories = [(t.run_id, t.name, encode_history(t.history)) for t in tasks.values() if t.history]
+                if stories:
+                    db.executemany("INSERT OR REPLACE INTO task_history VALUES (?,?,?)", stories)
             db.execute("COMMIT")
         except BaseException as exc:
             # SQLite has already rolled back after some errors (SQLITE_FULL among them): a
@@ -447,8 +451,9 @@ class SQLiteStore(Store):
         header = RunRecord(*row[:6])
         result_col = "result" if with_results else "NULL"
         tasks = {}
-        for name, state, attempt, worker, started, finished, error, result, history in db.execute(
-            f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col}, history "
+        stories = dict(db.execute("SELECT name, history FROM task_history WHERE run_id=?", (run_id,)))
+        for name, state, attempt, worker, started, finished, error, result in db.execute(
+            f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col} "
             "FROM tasks WHERE run_id=?",
             (run_id,),
         ):
@@ -456,7 +461,7 @@ class SQLiteStore(Store):
                 run_id, name, state, attempt, worker, started, finished,
                 pb.TaskError.FromString(error) if error is not None else None,
                 pb.Payload.FromString(result) if result is not None else None,
-                history=decode_history(run_id, name, history),
+                history=decode_history(run_id, name, stories.get(name)),
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 
