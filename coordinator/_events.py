@@ -197,10 +197,10 @@ class TaskRecord(Action):
     finished_at: float = 0.0
     error: common_pb2.TaskError | None = None
     result: common_pb2.Payload | None = None
-    stimulus_id: str = field(default="", kw_only=True)
+    stimulus_id: str = ""
     #: Story entries of the task's earlier, failed or requeued attempts (persisted with
     #: the row so a restarted coordinator can still tell them); empty for most tasks.
-    history: tuple[StoryEntry, ...] = field(default=(), kw_only=True)
+    history: tuple[StoryEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

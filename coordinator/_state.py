@@ -879,8 +879,7 @@ class SchedulerState:
         out.append(
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
-                task.error, task.result if to == pb.SUCCEEDED else None,
-                stimulus_id=self._stimulus, history=task.history,
+                task.error, task.result if to == pb.SUCCEEDED else None, self._stimulus, task.history,
             )  # fmt: skip
         )
 
