@@ -7,6 +7,11 @@ sends assignments to workers and updates to watchers. While a commit is in fligh
 events pile up and ride the next turn together: batching grows with load by itself and
 costs nothing when idle.
 
+Each event is posted with a ``stimulus_id`` naming its cause, cheap to make: the shell
+already knows it (``"rpc-submit-<run>"``, ``"tick-<n>"``, ``"recovery-<run>"``,
+``"evict-<run>"``; the servicers name worker messages and other RPCs). The state machine
+stamps it on what the event causes, and :meth:`Engine.story` reads the result back.
+
 Two kinds of failure are told apart. A bug while the state machine handles one event is
 a bug in one run: that run is failed with an ``INTERNAL`` error
 (:meth:`SchedulerState.fail_run`) and the loop goes on for every other run. A commit that
@@ -27,6 +32,7 @@ from dataclasses import dataclass, field
 
 from xpipe._codec import read_artifact
 from xpipe._domain import TERMINAL_RUN_STATES
+from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
@@ -42,12 +48,14 @@ from ._events import (
     RunRecord,
     RunRestored,
     RunSubmitted,
+    StoryEntry,
     TaskRecord,
     Tick,
     task_info,
 )
 from ._recovery_codec import PICKLE_CODEC
 from ._state import SchedulerState
+from ._story import story_from_records
 from ._store import Store, StoreFault
 from ._validate import validate_spec
 
@@ -105,6 +113,8 @@ class _Session:
     outbox: asyncio.Queue = field(default_factory=asyncio.Queue)
     #: Set when the engine ends this stream on purpose: the status the worker is told.
     reset_reason: str = ""
+    #: Start of the stimulus ids of this stream's messages (``"ws-<worker>-<stream>."``).
+    stimulus_prefix: str = ""
 
 
 class Engine:
@@ -143,7 +153,11 @@ class Engine:
                 log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id)
                 continue
             order = tuple(validate_spec(stored.spec, restored=True))
-            self.post(RunRestored(now, stored.header.run_id, stored.spec, order, stored.header.created_at, stored.tasks))
+            run_id = stored.header.run_id
+            self.post(
+                RunRestored(now, run_id, stored.spec, order, stored.header.created_at, stored.tasks,
+                            stimulus_id=f"recovery-{run_id}")
+            )  # fmt: skip
             log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name)
         self._tasks = [
             asyncio.create_task(self._loop(), name="xpipe-engine"),
@@ -196,7 +210,7 @@ class Engine:
             return run_id
         fut = asyncio.get_running_loop().create_future()
         self._submits[run_id] = fut
-        self.post(RunSubmitted(time.time(), run_id, spec, order))
+        self.post(RunSubmitted(time.time(), run_id, spec, order, stimulus_id=f"rpc-submit-{run_id}"))
         try:
             await fut
         finally:
@@ -239,9 +253,11 @@ class Engine:
     # ------------------------------------------------------------------ the loop
 
     async def _ticker(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(self.config.tick_interval_s)
-            self.post(Tick(time.time()))
+            ticks += 1
+            self.post(Tick(time.time(), stimulus_id=f"tick-{ticks}"))
 
     async def _loop(self) -> None:
         while not self._stopping:
@@ -284,7 +300,7 @@ class Engine:
                 submitted.append(event.run_id)
         now = time.time()
         try:
-            state.schedule(now, actions)
+            state.schedule(now, actions, stimulus_id=f"schedule-{self.turns}")
         except Exception:
             # Bugs placing one task fail that run inside schedule(); this one named no run.
             self.contained += 1
@@ -312,13 +328,14 @@ class Engine:
         """A bug handling ``event``: fail its run (if it names one) and go on; return why."""
         self.contained += 1
         run_id = getattr(event, "run_id", "") or (event.attempt[0] if hasattr(event, "attempt") else "")
+        stimulus_id = event.stimulus_id
         if not run_id:
-            log.error("internal error handling %r; the event is dropped", event, exc_info=exc)
+            log.error("[%s] internal error handling %r; the event is dropped", stimulus_id, event, exc_info=exc)
             return f"internal error: {exc!r}"
         reason = f"internal error in the coordinator handling {type(event).__name__}: {exc!r}"
-        log.error("run %s failed: internal error handling %r", run_id, event, exc_info=exc)
+        log.error("[%s] run %s failed: internal error handling %r", stimulus_id, run_id, event, exc_info=exc)
         try:
-            actions.extend(self.state.fail_run(run_id, reason, event.now))
+            actions.extend(self.state.fail_run(run_id, reason, event.now, stimulus_id=stimulus_id))
         except Exception as again:
             raise RuntimeError(f"could not fail run {run_id} after an internal error") from again
         return f"run {run_id} failed: {reason}"
@@ -410,7 +427,7 @@ class Engine:
             old, size = self._finished.popitem(last=False)
             self._finished_bytes -= size
             # Through the inbox, like every other change: handled (and contained) next turn.
-            self.post(RunEvicted(time.time(), old))
+            self.post(RunEvicted(time.time(), old, stimulus_id=f"evict-{old}"))
 
     # ------------------------------------------------------------------ queries
 
@@ -428,6 +445,25 @@ class Engine:
             if refs:
                 await asyncio.to_thread(inline_artifacts, refs, self.config.artifact_dir)
         return info
+
+    async def story(self, run_id: str, task: str = "") -> list[StoryEntry] | None:
+        """The story of a run (of one ``task`` if given): its task moves, oldest first.
+
+        From the transition log while the run is in memory, else rebuilt from the store
+        (:func:`story_from_records`). None for an unknown run; :class:`LookupError`
+        naming the task for a task the run does not have.
+        """
+        run = self.state.runs.get(run_id)
+        if run is not None:
+            if task and task not in run.tasks:
+                raise LookupError(f"run {run_id} has no task {shown(task)}")
+            return self.state.story(run_id, task)
+        stored = await self.store.get_run(run_id)
+        if stored is None:
+            return None
+        if task and task not in stored.tasks and (stored.spec is None or all(t.name != task for t in stored.spec.tasks)):
+            raise LookupError(f"run {run_id} has no task {shown(task)}")
+        return story_from_records(stored.tasks.values(), task)
 
     async def _run_info(self, run_id: str, *, include_results: bool) -> pipeline_pb2.RunInfo | None:
         run = self.state.runs.get(run_id)

@@ -23,7 +23,7 @@ class TaskEntry:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered",
+        "recovered", "assigned_entry", "started_entry", "history",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -47,6 +47,12 @@ class TaskEntry:
         self.wait_until = 0.0  # waiting for a worker that fits to join, until then
         self.circuit = ""  # the circuit its attempts go through; "" when breakers are off
         self.recovered = False  # the recovery handler was consulted: it is not asked twice
+        # Story entries (see SchedulerState.story) of the attempt out now: its ASSIGNED and
+        # RUNNING moves, kept to persist with the row should the attempt fail.
+        self.assigned_entry: tuple | None = None
+        self.started_entry: tuple | None = None
+        # Story entries of earlier attempts that failed or were requeued: persisted with the row.
+        self.history: tuple = ()
 
 
 class RunEntry:

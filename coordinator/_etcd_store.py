@@ -48,7 +48,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 
 from ._events import RunRecord, TaskRecord, task_info
-from ._store import Store, StoredRun
+from ._store import Store, StoredRun, decode_history, encode_history
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
 
@@ -301,6 +301,9 @@ class EtcdStore(Store):
     def _tasks_prefix(self, run_id: str) -> bytes:
         return self.prefix + b"tasks/" + run_id.encode() + b"/"
 
+    def _story_prefix(self, run_id: str) -> bytes:
+        return self.prefix + b"story/" + run_id.encode() + b"/"
+
     def _active_key(self, run_id: str) -> bytes:
         return self.prefix + b"active/" + run_id.encode()
 
@@ -318,6 +321,8 @@ class EtcdStore(Store):
             if isinstance(rec, TaskRecord):
                 info = task_info(rec, include_result=True)
                 ops[self._tasks_prefix(rec.run_id) + rec.name.encode()] = self._pack(info.SerializeToString())
+                if rec.history:  # only tasks with a failed or requeued attempt (see _store.encode_history)
+                    ops[self._story_prefix(rec.run_id) + rec.name.encode()] = self._pack(encode_history(rec.history))
                 continue
             header = pipeline_pb2.RunSummary(
                 run_id=rec.run_id, pipeline=rec.name, state=rec.state, created_at=rec.created_at,
@@ -389,15 +394,21 @@ class EtcdStore(Store):
 
     async def get_run(self, run_id: str, *, with_results: bool = False) -> StoredRun | None:
         prefix = self._tasks_prefix(run_id)
+        story_prefix = self._story_prefix(run_id)
         request = rpc.TxnRequest(
             success=[
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=self._run_key(run_id))),
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=self._spec_key(run_id))),
                 rpc.RequestOp(request_range=rpc.RangeRequest(key=prefix, range_end=_prefix_end(prefix))),
+                rpc.RequestOp(request_range=rpc.RangeRequest(key=story_prefix, range_end=_prefix_end(story_prefix))),
             ]
         )
         response = await self._txn(request, f"read of run {run_id}")
-        header_kvs, spec_kvs, task_kvs = (r.response_range.kvs for r in response.responses)
+        header_kvs, spec_kvs, task_kvs, story_kvs = (r.response_range.kvs for r in response.responses)
+        histories = {
+            kv.key[len(story_prefix) :].decode(): self._unpack(kv.value, f"story of {run_id}/{kv.key[len(story_prefix):]!r}")
+            for kv in story_kvs
+        }
         if not header_kvs:
             return None
         summary = pipeline_pb2.RunSummary.FromString(self._unpack(header_kvs[0].value, f"run {run_id} header"))
@@ -415,6 +426,7 @@ class EtcdStore(Store):
                 run_id, name, info.state, info.attempts, info.worker, info.started_at, info.finished_at,
                 info.error if info.HasField("error") else None,
                 info.result if with_results and info.HasField("result") else None,
+                history=decode_history(run_id, name, histories.get(name)),
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 

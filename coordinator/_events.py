@@ -3,6 +3,11 @@
 Events and actions are frozen, slotted dataclasses so they can be logged, compared in
 tests and never mutated by the shell after the fact. Every event carries ``now`` (unix
 seconds): the state machine reads no clock.
+
+Every event also carries a ``stimulus_id``: what caused it (a worker message, a client
+RPC, a timer, a recovery), as a cheap string such as ``"rpc-submit-<run>"`` or
+``"tick-<n>"``. The state machine stamps it on the records and the transition-log entries
+the event causes, so ``xpipe story`` can tell why each task moved.
 """
 
 from __future__ import annotations
@@ -36,15 +41,23 @@ __all__ = [
     "DrainWorker",
     "ResetWorker",
     "task_info",
+    "StoryEntry",
 ]
 
 #: (run_id, task name, attempt number) names one attempt of one task.
 AttemptKey = tuple[str, str, int]
 
 
+#: One transition-log entry: (time, stimulus_id, run_id, task, attempt, from_state, to_state, reason).
+#: A plain tuple, since one is made per task transition on the hot path.
+StoryEntry = tuple[float, str, str, str, int, int, int, str]
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     now: float
+    #: What caused this event; keyword-only with a default so every constructor stays valid.
+    stimulus_id: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,7 @@ class RunRecord(Action):
     finished_at: float
     total: int
     spec: common_pb2.PipelineSpec | None = None
+    stimulus_id: str = field(default="", kw_only=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +197,10 @@ class TaskRecord(Action):
     finished_at: float = 0.0
     error: common_pb2.TaskError | None = None
     result: common_pb2.Payload | None = None
+    stimulus_id: str = ""
+    #: Story entries of the task's earlier, failed or requeued attempts (persisted with
+    #: the row so a restarted coordinator can still tell them); empty for most tasks.
+    history: tuple[StoryEntry, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

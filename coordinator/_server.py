@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import time
@@ -136,7 +137,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             return pipeline_pb2.CancelRunResponse(cancelled=False)
         if self.engine.fault is not None:
             await _abort_store_fault(context, self.engine.fault)
-        self.engine.post(CancelRequested(time.time(), request.run_id))
+        self.engine.post(CancelRequested(time.time(), request.run_id, stimulus_id=f"rpc-cancel-{request.run_id}"))
         return pipeline_pb2.CancelRunResponse(cancelled=True)
 
     async def WatchRun(self, request, context):
@@ -205,6 +206,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
 class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
+        self._streams = itertools.count(1)  # numbers worker streams, for their stimulus ids
 
     async def Connect(self, request_iterator, context):
         try:
@@ -223,16 +225,19 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         except StoreFault as exc:  # the worker keeps its outcomes and comes back later
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"coordinator cannot take work: {exc}")
         self.c.memory_enforcement[reg.worker_id] = reg.memory_enforcement
+        # Stimulus ids of this stream's messages: "ws-<worker>-<stream>.<n>", the register being 0.
+        session.stimulus_prefix = f"ws-{reg.worker_id}-{next(self._streams)}."
+        register_id = session.stimulus_prefix + "0"
         engine.post(
             WorkerConnected(
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
                 frozenset(reg.handlers), dict(reg.labels), reg.resources,
-                tuple(_key(r) for r in reg.running), reg.accepts_pickled_code,
+                tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, stimulus_id=register_id,
             )  # fmt: skip
         )
         # Outcomes the previous stream may have lost; already-recorded ones are dropped as stale.
         # (check_register has checked them.)
-        self._post_events(reg.worker_id, reg.recent, time.time())
+        self._post_events(reg.worker_id, reg.recent, time.time(), register_id)
         log.info("worker %s (%s) connected with %d slots", reg.name, reg.worker_id, reg.slots)
         yield worker_pb2.CoordinatorMessage(
             registered=worker_pb2.Registered(
@@ -284,11 +289,11 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             except Exception:
                 log.exception("reading from worker %s failed", reg.name)
             if engine.disconnect_worker(session):
-                engine.post(WorkerDisconnected(time.time(), reg.worker_id))
+                engine.post(WorkerDisconnected(time.time(), reg.worker_id, stimulus_id=session.stimulus_prefix + "end"))
                 log.info("worker %s (%s) disconnected", reg.name, reg.worker_id)
 
-    def _post_events(self, worker_id: str, events, now: float) -> str:
-        """Post each event; stop at the first that is not valid and return why ("" if none)."""
+    def _post_events(self, worker_id: str, events, now: float, sid: str) -> str:
+        """Post each event (caused by message ``sid``); stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
         for ev in events:
             kind = ev.WhichOneof("kind")
@@ -300,14 +305,14 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 done = ev.succeeded
                 post(TaskSucceeded(
                     now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
-                    done.fallback_used, done.cause if done.HasField("cause") else None,
+                    done.fallback_used, done.cause if done.HasField("cause") else None, stimulus_id=sid,
                 ))  # fmt: skip
             elif kind == "failed":
-                post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at))
+                post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at, stimulus_id=sid))
             elif kind == "started":
-                post(TaskStarted(now, worker_id, key, ev.at))
+                post(TaskStarted(now, worker_id, key, ev.at, stimulus_id=sid))
             elif kind == "released":
-                post(TaskReleased(now, worker_id, key))
+                post(TaskReleased(now, worker_id, key, stimulus_id=sid))
         return ""
 
     async def _read(self, worker_id: str, session, request_iterator) -> str:
@@ -317,12 +322,15 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         INVALID_ARGUMENT); what came before it has been taken.
         """
         post = self.engine.post
+        prefix, seq = session.stimulus_prefix, 0
         try:
             async for message in request_iterator:
                 body = message.WhichOneof("body")
                 now = time.time()
+                seq += 1
+                sid = prefix + str(seq)
                 if body == "events":
-                    problem = self._post_events(worker_id, message.events.events, now)
+                    problem = self._post_events(worker_id, message.events.events, now, sid)
                     if problem:
                         return problem
                 elif body == "heartbeat":
@@ -330,7 +338,9 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     problem = check_heartbeat(hb)
                     if problem:
                         return problem
-                    post(HeartbeatReceived(now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining))
+                    post(HeartbeatReceived(
+                        now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, stimulus_id=sid,
+                    ))  # fmt: skip
                 else:
                     log.warning("worker %s sent an unexpected %s message; ignored", worker_id, body)
             return ""
@@ -386,7 +396,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
         worker = self.engine.state.worker_by_name(request.name)
         if worker is None:
             return admin_pb2.DrainWorkerResponse(found=False)
-        self.engine.post(DrainRequested(time.time(), worker.worker_id))
+        self.engine.post(DrainRequested(time.time(), worker.worker_id, stimulus_id=f"rpc-drain-{worker.worker_id}"))
         return admin_pb2.DrainWorkerResponse(found=True)
 
     async def ForgetWorkers(self, request, context):
@@ -409,8 +419,23 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             (forgotten if sick else healthy).append(name)
             ids.extend(sick)
         if ids:
-            self.engine.post(WorkersForgotten(time.time(), tuple(ids)))
+            self.engine.post(WorkersForgotten(time.time(), tuple(ids), stimulus_id=f"rpc-forget-{len(ids)}"))
         return admin_pb2.ForgetWorkersResponse(forgotten=forgotten, healthy=healthy, unknown=unknown)
+
+    async def GetStory(self, request, context):
+        try:
+            entries = await self.engine.story(request.run_id, request.task)
+        except LookupError as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if entries is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
+        return admin_pb2.GetStoryResponse(
+            entries=[
+                admin_pb2.StoryEntry(time=t, stimulus_id=sid, task=name, attempt=attempt, from_state=frm,
+                                     to_state=to, reason=reason)
+                for t, sid, _, name, attempt, frm, to, reason in entries
+            ]
+        )  # fmt: skip
 
 
 class _Malformed:

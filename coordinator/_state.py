@@ -20,6 +20,14 @@ a synthetic attempt ``(run_id, "<task>/recovery", n)`` that runs the handler; it
 Each attempt has a number. A result that names any attempt but the current one (a worker
 presumed lost, a cancelled attempt) is stale: it is counted in ``stale_results`` and
 dropped, so a task's completion is recorded exactly once.
+
+What each event does is read in one place, the ``{event type: handler}`` table built in
+:meth:`SchedulerState.__init__`. Every task move goes through ``_move``, which checks it
+against ``_ALLOWED`` and appends a :data:`~._events.StoryEntry` (time, the event's
+``stimulus_id``, run, task, attempt, from, to, reason) to a bounded transition log;
+:meth:`SchedulerState.story` filters it for ``xpipe story``. An attempt that fails or is
+requeued also leaves its entries on the task (``history``), persisted with the task row,
+so a restarted coordinator can still tell them (see ``_story``).
 """
 
 from __future__ import annotations
@@ -34,12 +42,14 @@ from collections.abc import Iterable
 
 from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
 from xpipe._domain import set_error_type, task_error  # error types: see error_type_name
+from xpipe._limits import STORY_HISTORY_ENTRIES, TRANSITION_LOG_ENTRIES
 from xpipe._proto import common_pb2 as pb
 from xpipe._retry import backoff_delay_s
 
 from ._breaker import OPEN, CircuitBreakers
 from ._entries import RunEntry, TaskEntry, WorkerEntry
 from ._placement import UNBOUNDED, PlacementIndex, Request
+from ._story import ERROR_MOVES, restored_entries
 from ._recovery import (
     CONTINUE,
     HALT,
@@ -67,6 +77,7 @@ from ._events import (
     ResetWorker,
     RunEvicted,
     RunSubmitted,
+    StoryEntry,
     TaskFailed,
     TaskRecord,
     TaskReleased,
@@ -104,6 +115,8 @@ _ALLOWED: dict[int, frozenset[int]] = {
     # The recovery handler's answer: retry_with_fallback, halt/continue, skip; or a cancel.
     pb.RECOVERING: frozenset({pb.READY, pb.FAILED, pb.SKIPPED, pb.CANCELLED}),
 }
+#: An attempt that failed fast on an open circuit (from READY) ends in one of these.
+_FAST_FAILS = frozenset({pb.RETRY_WAIT, pb.FAILED, pb.RECOVERING})
 #: What a recovery handler's synthetic attempt asks of a worker: a slot, next to no cpu.
 _RECOVERY_REQUEST = Request(cpu_milli=1)
 
@@ -125,6 +138,7 @@ class SchedulerState:
         recovery_codec: how recovery handlers' arguments and answers are encoded; the
             shell's choice (the engine passes a pickle codec), so the core imports none.
             None: runs with a recovery handler fail INTERNAL when a handler is due.
+        transition_log_entries: task moves the transition log keeps (oldest dropped first).
     """
 
     def __init__(
@@ -135,6 +149,7 @@ class SchedulerState:
         validate: bool = False,
         rng: random.Random | None = None,
         recovery_codec: RecoveryCodec | None = None,
+        transition_log_entries: int = TRANSITION_LOG_ENTRIES,
     ):
         self.rng = rng if rng is not None else random.Random()
         self.recovery_codec = recovery_codec
@@ -154,6 +169,29 @@ class SchedulerState:
         self._seq = itertools.count()
         self.stale_results = 0
         self.recent: deque[Event] = deque(maxlen=200)  # for debugging
+        #: The transition log: one StoryEntry per task move, oldest dropped first.
+        self.transitions: deque[StoryEntry] = deque(maxlen=transition_log_entries)
+        self._log = self.transitions.append
+        # The time and stimulus of the event (or schedule pass) being handled, for _move.
+        self._now = 0.0
+        self._stimulus = ""
+        #: What each event does: the one table to read.
+        self._handlers = {
+            TaskSucceeded: self._on_result,
+            TaskFailed: self._on_result,
+            TaskStarted: self._on_started,
+            TaskReleased: self._on_released,
+            HeartbeatReceived: self._on_heartbeat,
+            RunSubmitted: self._on_submitted,
+            RunRestored: self._on_restored,
+            WorkerConnected: self._on_worker_connected,
+            WorkerDisconnected: self._on_worker_disconnected,
+            CancelRequested: self._on_cancel,
+            DrainRequested: self._on_drain,
+            Tick: self._on_tick,
+            RunEvicted: self._on_evicted,
+            WorkersForgotten: self._on_workers_forgotten,
+        }
         #: Circuit breakers of every run with circuit_breaker_enabled, shared across runs.
         self.breakers = CircuitBreakers()
         self._recoveries: deque[tuple[str, str]] = deque()  # (run_id, task) handler calls to send
@@ -169,52 +207,38 @@ class SchedulerState:
         self.recent.append(event)
         if out is None:
             out = []
-        match event:
-            case TaskSucceeded():
-                self._on_result(event, out)
-            case TaskFailed():
-                self._on_result(event, out)
-            case TaskStarted():
-                self._on_started(event, out)
-            case TaskReleased():
-                worker = self.workers.get(event.worker_id)
-                if worker is not None:
-                    self._unhold(worker, event.attempt)
-                    self._heard_from(worker, out)
-                self._requeue(event.attempt, event.now, out, reason=f"released by worker {event.worker_id}")
-            case HeartbeatReceived():
-                self._on_heartbeat(event, out)
-            case RunSubmitted():
-                self._on_submitted(event, out)
-            case RunRestored():
-                self._on_restored(event, out)
-            case WorkerConnected():
-                self._on_worker_connected(event, out)
-            case WorkerDisconnected():
-                worker = self.workers.get(event.worker_id)
-                if worker is not None and worker.state != "lost":
-                    worker.connected = False
-                    worker.last_seen = event.now
-                    self.placement.set_eligible(worker.worker_id, False)
-            case CancelRequested():
-                self._on_cancel(event, out)
-            case DrainRequested():
-                worker = self.workers.get(event.worker_id)
-                if worker is not None and worker.state == "ready":
-                    worker.state = "draining"
-                    self.placement.set_eligible(worker.worker_id, False)
-                    out.append(DrainWorker(worker.worker_id))
-            case Tick():
-                self._on_tick(event.now, out)
-            case RunEvicted():
-                self._forget_run(event.run_id)
-            case WorkersForgotten():
-                self._on_workers_forgotten(event, out)
-            case _:
-                raise TypeError(f"unknown event {event!r}")
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise TypeError(f"unknown event {event!r}")
+        self._now, self._stimulus = event.now, event.stimulus_id
+        handler(event, out)
         if self.validate_each_step:
             self.validate()
         return out
+
+    def _on_released(self, ev: TaskReleased, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is not None:
+            self._unhold(worker, ev.attempt)
+            self._heard_from(worker, out)
+        self._requeue(ev.attempt, ev.now, out, reason=f"released by worker {ev.worker_id}")
+
+    def _on_worker_disconnected(self, ev: WorkerDisconnected, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is not None and worker.state != "lost":
+            worker.connected = False
+            worker.last_seen = ev.now
+            self.placement.set_eligible(worker.worker_id, False)
+
+    def _on_drain(self, ev: DrainRequested, out: list[Action]) -> None:
+        worker = self.workers.get(ev.worker_id)
+        if worker is not None and worker.state == "ready":
+            worker.state = "draining"
+            self.placement.set_eligible(worker.worker_id, False)
+            out.append(DrainWorker(worker.worker_id))
+
+    def _on_evicted(self, ev: RunEvicted, out: list[Action]) -> None:
+        self._forget_run(ev.run_id)
 
     def _on_submitted(self, ev: RunSubmitted, out: list[Action]) -> None:
         run = RunEntry(ev.run_id, ev.spec, ev.now)
@@ -241,6 +265,8 @@ class SchedulerState:
             task.state, task.attempt, task.worker = rec.state, rec.attempt, rec.worker
             task.started_at, task.finished_at = rec.started_at, rec.finished_at
             task.error, task.result = rec.error, rec.result
+            task.history = rec.history
+            self.transitions.extend(restored_entries(rec))
             if rec.state in TERMINAL_TASK_STATES:
                 self._count_terminal(run, task)
             elif rec.state in _ACTIVE:
@@ -339,7 +365,7 @@ class SchedulerState:
             return
         run = self.runs[ev.attempt[0]]
         task.started_at = ev.at
-        self._move(run, task, pb.RUNNING, out)
+        self._move(run, task, pb.RUNNING, out, "worker " + ev.worker_id)
 
     def _index_worker(self, worker: WorkerEntry) -> None:
         worker.credit = worker.slots + self._prefetch_for(worker)
@@ -391,6 +417,15 @@ class SchedulerState:
             log.log(level, "dropped stale result for attempt %s from worker %s", ev.attempt, ev.worker_id)
             return
         run = self.runs[ev.attempt[0]]
+        if task.state == pb.ASSIGNED and ev.started_at:
+            # A quick attempt ends before the worker reports its start (it waits a moment
+            # first): the start is in the result. Logged, not recorded: the result's
+            # record follows at once and supersedes a RUNNING one.
+            entry = (ev.started_at, self._stimulus, run.run_id, task.name, task.attempt, pb.ASSIGNED, pb.RUNNING,
+                     "worker " + ev.worker_id)  # fmt: skip
+            self._log(entry)
+            task.started_entry = entry
+            task.state = pb.RUNNING
         task.worker = ev.worker_id
         task.finished_at = ev.at
         task.started_at = ev.started_at or task.started_at or ev.at
@@ -592,33 +627,34 @@ class SchedulerState:
     ) -> None:
         """failure_isolation=False (or halt_pipeline): cancel every unfinished task; the run ends FAILED."""
         why = why or f"task {failed.name!r} failed and the run has failure_isolation off"
-        by_worker: dict[str, list[AttemptKey]] = {}
-        for task in run.tasks.values():
-            if task.state in TERMINAL_TASK_STATES:
-                continue
-            self._collect_attempt(run, task, by_worker)
-            task.error = pb.TaskError(error_type="CANCELLED", message=f"cancelled: {why}")
-            task.finished_at = now
-            self._move(run, task, pb.CANCELLED, out)
-        for worker_id, keys in by_worker.items():
-            if worker_id in self.workers and self.workers[worker_id].connected:
-                out.append(CancelAttempts(worker_id, tuple(keys)))
+        self._cancel_unfinished(run, now, out, f"cancelled: {why}", set_error=True)
 
     def _on_cancel(self, ev: CancelRequested, out: list[Action]) -> None:
         run = self.runs.get(ev.run_id)
         if run is None or run.state in TERMINAL_RUN_STATES:
             return
+        self._cancel_unfinished(run, ev.now, out, "cancelled by request", set_error=False)
+        self._maybe_finish(run, ev.now, out, cancelled=True)
+
+    def _cancel_unfinished(self, run: RunEntry, now: float, out: list[Action], why: str, *, set_error: bool) -> None:
+        """Cancel every unfinished task of ``run`` and the attempts workers hold for them.
+
+        The one path of a user's cancel and of a failure that stops the run; only the
+        latter gives each task a CANCELLED error naming ``why`` (a cancelled task keeps
+        the error it had, if any, on a user's cancel).
+        """
         by_worker: dict[str, list[AttemptKey]] = {}
         for task in run.tasks.values():
             if task.state in TERMINAL_TASK_STATES:
                 continue
             self._collect_attempt(run, task, by_worker)
-            task.finished_at = ev.now
-            self._move(run, task, pb.CANCELLED, out)
+            if set_error:
+                task.error = pb.TaskError(error_type="CANCELLED", message=why)
+            task.finished_at = now
+            self._move(run, task, pb.CANCELLED, out, why)
         for worker_id, keys in by_worker.items():
             if worker_id in self.workers and self.workers[worker_id].connected:
                 out.append(CancelAttempts(worker_id, tuple(keys)))
-        self._maybe_finish(run, ev.now, out, cancelled=True)
 
     @staticmethod
     def _collect_attempt(run: RunEntry, task: TaskEntry, by_worker: dict[str, list[AttemptKey]]) -> None:
@@ -630,13 +666,14 @@ class SchedulerState:
             if worker_id:
                 by_worker.setdefault(worker_id, []).append((run.run_id, recovery_name(task.name), number))
 
-    def _on_tick(self, now: float, out: list[Action]) -> None:
+    def _on_tick(self, ev: Tick, out: list[Action]) -> None:
+        now = ev.now
         while self._retries and self._retries[0][0] <= now:
             _, _, run_id, name, attempt = heapq.heappop(self._retries)
             run = self.runs.get(run_id)
             task = run.tasks.get(name) if run else None
             if task is not None and task.state == pb.RETRY_WAIT and task.attempt == attempt:
-                self._move(run, task, pb.READY, out)
+                self._move(run, task, pb.READY, out, "retry backoff over")
         while self._resource_waits and self._resource_waits[0][0] <= now:
             _, _, run_id, name = heapq.heappop(self._resource_waits)
             run = self.runs.get(run_id)
@@ -653,7 +690,7 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ scheduling
 
-    def schedule(self, now: float, out: list[Action] | None = None) -> list[Action]:
+    def schedule(self, now: float, out: list[Action] | None = None, *, stimulus_id: str = "schedule") -> list[Action]:
         """Place ready tasks on workers with credit and free resources; see ``_placement``.
 
         Ready tasks go in order of priority, then critical-path length, then FIFO. A task
@@ -663,6 +700,7 @@ class SchedulerState:
         """
         if out is None:
             out = []
+        self._now, self._stimulus = now, stimulus_id
         if self._to_judge and now >= self._settle_until:
             self._judge_ready(now, out)
         if self._recoveries:
@@ -748,7 +786,7 @@ class SchedulerState:
         worker.assigned[key] = now
         self.placement.hold(worker.worker_id, key, task.request)
         # The shell commits this ASSIGNED record before it sends the Assign that follows.
-        self._move(run, task, pb.ASSIGNED, out)
+        self._move(run, task, pb.ASSIGNED, out, "worker " + worker.worker_id)
         spec = task.spec
         upstream = tuple(run.tasks[d].result or pb.Payload() for d in spec.depends_on) + tuple(
             run.tasks[f.source_task].result or pb.Payload() for f in spec.flows
@@ -778,10 +816,10 @@ class SchedulerState:
         task = self._current(key)
         if task is None or task.state not in _ACTIVE:
             return
-        log.warning("requeueing attempt %s: %s", key, reason)
+        log.warning("requeueing attempt %s: %s [%s]", key, reason, self._stimulus)
         task.worker = ""
         task.started_at = 0.0
-        self._move(self.runs[key[0]], task, pb.READY, out)
+        self._move(self.runs[key[0]], task, pb.READY, out, f"requeued: {reason}")
 
     def _lose_worker(self, worker: WorkerEntry, now: float, out: list[Action]) -> None:
         log.warning("worker %s (%s) lost: no word for %.1fs", worker.name, worker.worker_id, now - worker.last_seen)
@@ -806,12 +844,29 @@ class SchedulerState:
                 self._move(run, child, pb.UPSTREAM_FAILED, out)
                 stack.extend(child.dependents)
 
-    def _move(self, run: RunEntry, task: TaskEntry, to: int, out: list[Action]) -> None:
-        if to not in _ALLOWED.get(task.state, ()):
+    def _move(self, run: RunEntry, task: TaskEntry, to: int, out: list[Action], reason: str = "") -> None:
+        """Move ``task`` to ``to`` (if ``_ALLOWED``), log it with ``reason``, record it."""
+        frm = task.state
+        if to not in _ALLOWED.get(frm, ()):
             raise InvalidTransition(
-                f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(task.state)} -> {pb.TaskState.Name(to)}"
+                f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(frm)} -> {pb.TaskState.Name(to)}"
             )
-        was_active = task.state in _ACTIVE
+        if not reason and to in ERROR_MOVES and task.error is not None:
+            reason = f"{task.error.error_type}: {task.error.message}"
+        entry = (self._now, self._stimulus, run.run_id, task.name, task.attempt, frm, to, reason)
+        self._log(entry)
+        was_active = frm in _ACTIVE
+        # Two references, no new tuple: the success path stays as cheap as it can.
+        if to == pb.ASSIGNED:
+            task.assigned_entry = entry
+        elif to == pb.RUNNING:
+            task.started_entry = entry
+        elif was_active or (frm == pb.READY and to in _FAST_FAILS):
+            # The attempt (or a fast fail on an open circuit) ended: keep its story with the row.
+            if to != pb.SUCCEEDED:
+                opened = (e for e in (task.assigned_entry, task.started_entry) if e is not None)
+                task.history = (*task.history, *opened, entry)[-STORY_HISTORY_ENTRIES:]
+            task.assigned_entry = task.started_entry = None
         task.state = to
         if to in _ACTIVE:
             if not was_active:
@@ -827,7 +882,7 @@ class SchedulerState:
         out.append(
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
-                task.error, task.result if to == pb.SUCCEEDED else None,
+                task.error, task.result if to == pb.SUCCEEDED else None, self._stimulus, task.history,
             )  # fmt: skip
         )
 
@@ -860,13 +915,15 @@ class SchedulerState:
         run.finished_at = now
         out.append(self._run_record(run))
 
-    @staticmethod
-    def _run_record(run: RunEntry, spec: pb.PipelineSpec | None = None) -> RunRecord:
-        return RunRecord(run.run_id, run.name, run.state, run.created_at, run.finished_at, len(run.tasks), spec)
+    def _run_record(self, run: RunEntry, spec: pb.PipelineSpec | None = None) -> RunRecord:
+        return RunRecord(
+            run.run_id, run.name, run.state, run.created_at, run.finished_at, len(run.tasks), spec,
+            stimulus_id=self._stimulus,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ containment
 
-    def fail_run(self, run_id: str, reason: str, now: float) -> list[Action]:
+    def fail_run(self, run_id: str, reason: str, now: float, *, stimulus_id: str = "") -> list[Action]:
         """Force a run to RUN_FAILED after a bug while handling it; return what to record and cancel.
 
         An exception may have left the run half-changed (a task moved, its counters or a
@@ -881,6 +938,7 @@ class SchedulerState:
         if run is None:
             return []
         out: list[Action] = []
+        self._now, self._stimulus = now, stimulus_id
         for worker in self.workers.values():
             keys = [key for key in worker.assigned if key[0] == run_id]
             for key in keys:
@@ -893,6 +951,10 @@ class SchedulerState:
         run.terminal = run.succeeded = run.failed = 0
         for task in run.tasks.values():
             if task.state not in TERMINAL_TASK_STATES:
+                # Past the transition table on purpose (see above), but still in the story.
+                self.transitions.append(
+                    (now, stimulus_id, run_id, task.name, task.attempt, task.state, pb.FAILED, f"{INTERNAL_ERROR}: {reason}")
+                )
                 task.state = pb.FAILED
                 task.error = pb.TaskError(error_type=INTERNAL_ERROR, message=reason, non_retryable=True)
                 task.finished_at = now
@@ -914,6 +976,19 @@ class SchedulerState:
 
     # ------------------------------------------------------------------ queries
     # The servicers ask these instead of re-deriving the rules from the entries.
+
+    def story(self, run_id: str, task: str = "") -> list[StoryEntry] | None:
+        """The transition log's entries of one run (``task``: of that task), oldest first.
+
+        None when the run is not in memory (ask the store: ``_story.story_from_records``).
+        The log is bounded (``TRANSITION_LOG_ENTRIES``), so a run older than the last
+        entries it holds tells only its recent part.
+        """
+        if run_id not in self.runs:
+            return None
+        if task:
+            return [e for e in self.transitions if e[2] == run_id and e[3] == task]
+        return [e for e in self.transitions if e[2] == run_id]
 
     def active_runs(self) -> int:
         return sum(1 for r in self.runs.values() if r.state not in TERMINAL_RUN_STATES)
@@ -993,7 +1068,10 @@ class SchedulerState:
     def iter_records(self, run_id: str) -> Iterable[TaskRecord]:
         run = self.runs[run_id]
         for t in run.tasks.values():
-            yield TaskRecord(run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result)
+            yield TaskRecord(
+                run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result,
+                stimulus_id=self._stimulus, history=t.history,
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ unhealthy workers
     # What AdminService.ForgetWorkers and ClusterStatus.unhealthy_workers need.

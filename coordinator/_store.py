@@ -38,6 +38,7 @@ from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
 
 from ._events import RunRecord, TaskRecord
+from ._story import decode_history, encode_history
 
 __all__ = [
     "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
@@ -201,6 +202,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     finished_at REAL NOT NULL,
     error BLOB,
     result BLOB,
+    PRIMARY KEY (run_id, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_history (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    history BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -383,6 +390,11 @@ class SQLiteStore(Store):
                         for t in tasks.values()
                     ],
                 )  # fmt: skip
+                # A table of its own, so the task row (written at every move) stays as small
+                # as before: only tasks with a failed or requeued attempt have a story row.
+                stories = [(t.run_id, t.name, encode_history(t.history)) for t in tasks.values() if t.history]
+                if stories:
+                    db.executemany("INSERT OR REPLACE INTO task_history VALUES (?,?,?)", stories)
             db.execute("COMMIT")
         except BaseException as exc:
             # SQLite has already rolled back after some errors (SQLITE_FULL among them): a
@@ -439,6 +451,7 @@ class SQLiteStore(Store):
         header = RunRecord(*row[:6])
         result_col = "result" if with_results else "NULL"
         tasks = {}
+        stories = dict(db.execute("SELECT name, history FROM task_history WHERE run_id=?", (run_id,)))
         for name, state, attempt, worker, started, finished, error, result in db.execute(
             f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col} "
             "FROM tasks WHERE run_id=?",
@@ -448,6 +461,7 @@ class SQLiteStore(Store):
                 run_id, name, state, attempt, worker, started, finished,
                 pb.TaskError.FromString(error) if error is not None else None,
                 pb.Payload.FromString(result) if result is not None else None,
+                history=decode_history(run_id, name, stories.get(name)),
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 

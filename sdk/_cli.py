@@ -228,6 +228,20 @@ def cmd_cancel(opts) -> int:
     return 0
 
 
+def cmd_story(opts) -> int:
+    with _client(opts) as client:
+        entries = client.story(opts.run_id, opts.task or "")
+    lines = [f"{'TIME':23} {'TASK':24} {'TRY':>3} {'FROM':15} {'TO':15} {'STIMULUS':24} REASON"]
+    for e in entries:
+        stamp = _fmt_time(e["time"]) + f".{int(e['time'] * 1000) % 1000:03d}" if e["time"] else "-"
+        lines.append(f"{stamp:23} {e['task'][:24]:24} {e['attempt']:>3} {e['from']:15} {e['to']:15} "
+                     f"{e['stimulus_id'][:24]:24} {e['reason']}")  # fmt: skip
+    if not entries:
+        lines.append("(no moves yet)")
+    _emit(opts, entries, "\n".join(lines))
+    return 0
+
+
 def cmd_workers(opts) -> int:
     with _client(opts) as client:
         workers = client.list_workers()
@@ -313,6 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("run_id")
     cancel.set_defaults(fn=cmd_cancel)
+    story = sub.add_parser("story", parents=[common], help="every move of a run's tasks, and what caused it")
+    story.add_argument("run_id")
+    story.add_argument("task", nargs="?", default="", help="only this task")
+    story.set_defaults(fn=cmd_story)
     sub.add_parser("workers", parents=[common], help="list workers").set_defaults(fn=cmd_workers)
     drain = sub.add_parser("drain", parents=[common], help="drain a worker: no new work, finish what runs")
     drain.add_argument("worker", help="the worker's name")

@@ -133,6 +133,11 @@ class translate_rpc_errors:  # noqa: N801 - used like a function: ``with transla
         raise from_grpc_error(exc) from exc
 
 
+def _state_name(state: int) -> str:
+    """A task state as ``xpipe story`` shows it: ``"RUNNING"``, or ``"UNKNOWN"`` for none."""
+    return common_pb2.TaskState.Name(state) if state else "UNKNOWN"
+
+
 def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
     """``"a:1,b:2"`` or ``["a:1", "b:2"]`` -> a list of ``host:port`` strings."""
     items = coordinator.split(",") if isinstance(coordinator, str) else list(coordinator)
@@ -546,6 +551,21 @@ class Client:
         request = admin_pb2.ForgetWorkersRequest(names=list(names))
         reply = self._call(lambda p, a: a.ForgetWorkers(request, timeout=self.call_timeout_s))
         return NodeRecovery.from_proto(reply)
+
+    def story(self, run_id: str, task: str = "") -> list[dict[str, Any]]:
+        """Every move of a run's tasks (or of one ``task``), oldest first, to tell why it went so.
+
+        Each entry is ``{"time", "stimulus_id", "task", "attempt", "from", "to", "reason"}``
+        with states by name (``"RUNNING"``; ``"UNKNOWN"`` where a story rebuilt from the
+        store does not know it). Raises the NOT_FOUND error for an unknown run or task.
+        """
+        request = admin_pb2.GetStoryRequest(run_id=run_id, task=task)
+        entries = self._call(lambda p, a: a.GetStory(request, timeout=self.call_timeout_s)).entries
+        return [
+            {"time": e.time, "stimulus_id": e.stimulus_id, "task": e.task, "attempt": e.attempt,
+             "from": _state_name(e.from_state), "to": _state_name(e.to_state), "reason": e.reason}
+            for e in entries
+        ]  # fmt: skip
 
     def close(self) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ __all__ = [
     "MAX_MEMORY_BYTES", "MAX_GPUS", "NAME_RE", "SHOWN_CHARS", "MEMORY_UNITS", "RESOURCE_ALIASES",
     "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
     "labels_problem", "command_problem", "KEEPALIVE_TIME_MS", "KEEPALIVE_TIMEOUT_MS", "MIN_PING_INTERVAL_MS",
-    "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS",
+    "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS", "TRANSITION_LOG_ENTRIES", "STORY_HISTORY_ENTRIES",
 ]  # fmt: skip
 
 #: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
@@ -57,6 +57,11 @@ MAX_SLOTS = 4096
 MAX_HANDLERS = 4096
 #: Attempt references in one Register or Heartbeat (``running``, ``recent``).
 MAX_RUNNING_REFS = 100_000
+#: Task transitions the coordinator keeps in memory for ``xpipe story`` (oldest dropped first).
+TRANSITION_LOG_ENTRIES = 100_000
+#: Story entries of earlier attempts kept with one task's row in the store (oldest dropped first),
+#: so a task retried without end cannot grow its row without end.
+STORY_HISTORY_ENTRIES = 64
 #: Longest duration anywhere (timeouts, retry delays, waits, circuit windows): one year.
 #: Longer is indistinguishable from "never" and only makes a run that cannot end.
 MAX_DURATION_S = 366 * 24 * 3600.0

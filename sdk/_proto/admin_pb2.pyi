@@ -118,3 +118,35 @@ class ForgetWorkersResponse(_message.Message):
     healthy: _containers.RepeatedScalarFieldContainer[str]
     unknown: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., healthy: _Optional[_Iterable[str]] = ..., unknown: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetStoryRequest(_message.Message):
+    __slots__ = ("run_id", "task")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
+
+class StoryEntry(_message.Message):
+    __slots__ = ("time", "stimulus_id", "task", "attempt", "from_state", "to_state", "reason")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    STIMULUS_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATE_FIELD_NUMBER: _ClassVar[int]
+    TO_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    stimulus_id: str
+    task: str
+    attempt: int
+    from_state: _common_pb2.TaskState
+    to_state: _common_pb2.TaskState
+    reason: str
+    def __init__(self, time: _Optional[float] = ..., stimulus_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., from_state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., to_state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class GetStoryResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[StoryEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[StoryEntry, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.FromString,
                 _registered_method=True)
+        self.GetStory = channel.unary_unary(
+                '/xpipe.v1.AdminService/GetStory',
+                request_serializer=xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -84,6 +89,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStory(self, request, context):
+        """The story of a run (or one task of it): every task move, oldest first. NOT_FOUND for
+        an unknown run or task.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +119,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ForgetWorkers,
                     request_deserializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.SerializeToString,
+            ),
+            'GetStory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStory,
+                    request_deserializer=xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +234,33 @@ class AdminService:
             '/xpipe.v1.AdminService/ForgetWorkers',
             xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.SerializeToString,
             xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpipe.v1.AdminService/GetStory',
+            xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.SerializeToString,
+            xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

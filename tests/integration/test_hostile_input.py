@@ -357,11 +357,14 @@ def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_r
     checker.finish("PipelineService", minimum=400)
 
 
-def test_admin_service_survives_hostile_requests(hostile, channel):
+def test_admin_service_survives_hostile_requests(hostile, channel, finished_run):
     stub = admin_pb2_grpc.AdminServiceStub(channel)
     service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
     # DrainWorker gets a name no worker has; hostile values are never a real worker's name.
-    bases = {"DrainWorker": admin_pb2.DrainWorkerRequest(name="no-such-worker")}
+    bases = {
+        "DrainWorker": admin_pb2.DrainWorkerRequest(name="no-such-worker"),
+        "GetStory": admin_pb2.GetStoryRequest(run_id=finished_run, task="first"),
+    }
     checker = Checker(hostile, channel)
     for m in service.methods:
         base = bases.get(m.name) or GetMessageClass(m.input_type)()

@@ -102,6 +102,28 @@ def test_commit_then_get_run_round_trips_every_field(make_store) -> None:
     run(main())
 
 
+def test_a_failed_attempts_story_round_trips_with_its_task(make_store) -> None:
+    history = (
+        (101.0, "schedule-3", "r1", "t0", 1, pb.READY, pb.ASSIGNED, "worker w0"),
+        (102.5, "ws-w0-1.4", "r1", "t0", 1, pb.RUNNING, pb.RETRY_WAIT, "TASK_FAILURE: boom \u2603"),
+    )
+
+    async def main() -> None:
+        async with make_store() as store:
+            await store.commit([
+                _new_run("r1", 100.0),
+                TaskRecord("r1", "t0", pb.RETRY_WAIT, 1, "w0", 101.5, 102.5, history=history),
+                TaskRecord("r1", "t1", pb.SUCCEEDED, 1, "w0", 101.0, 102.0),
+            ])  # fmt: skip
+            await store.commit([TaskRecord("r1", "t0", pb.READY, 1, history=history)])
+            stored = await store.get_run("r1")
+            assert stored is not None
+            assert stored.tasks["t0"].history == history and stored.tasks["t0"].state == pb.READY
+            assert stored.tasks["t1"].history == ()
+
+    run(main())
+
+
 def test_later_record_wins_within_and_across_commits(make_store) -> None:
     async def main() -> None:
         async with make_store() as store:
