@@ -460,6 +460,24 @@ class PlacementIndex:
         self._never_cache[request] = answer
         return answer
 
+    def why_never_served(self, handler: str = "", needs_pickled: bool = False) -> tuple[str, str]:
+        """(error type, why) when no registered worker could ever run such a task, else ("", "").
+
+        A handler no worker registered fails ``HANDLER_NOT_FOUND``; pickled code that every
+        worker refuses fails ``PICKLED_CODE_REFUSED``. Judged, like :meth:`why_never_fits`,
+        only once some worker has registered.
+        """
+        if not self.nodes:
+            return "", ""
+        if handler and not self._by_handler.get(handler):
+            return "HANDLER_NOT_FOUND", f"no registered worker has handler {handler!r}"
+        if needs_pickled and not any(n.accepts_pickled for n in self.nodes.values()):
+            return (
+                "PICKLED_CODE_REFUSED",
+                "every registered worker refuses pickled code (started with --no-pickled-code); make the function importable",
+            )
+        return "", ""
+
     def _why_never_fits(self, request: Request) -> str:
         nodes = list(self.nodes.values())
         if any(n.fits_ever(request) for n in nodes):

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
-from xpipe._domain import set_error_type, task_error  # error types: see error_type_name
+from xpipe._domain import error_type_name, set_error_type, task_error
 from xpipe._limits import STORY_HISTORY_ENTRIES, TRANSITION_LOG_ENTRIES
 from xpipe._proto import common_pb2 as pb
 from xpipe._retry import backoff_delay_s
@@ -432,7 +432,7 @@ class SchedulerState:
         if task.circuit:
             if isinstance(ev, TaskSucceeded) and not ev.fallback_used:
                 self.breakers.record_success(task.circuit, ev.now)
-            elif isinstance(ev, TaskSucceeded) or ev.error.error_type != "CANCELLED":
+            elif isinstance(ev, TaskSucceeded) or error_type_name(ev.error) != "CANCELLED":
                 self.breakers.record_failure(task.circuit, ev.now)
         if isinstance(ev, TaskSucceeded):
             # A skip or a fallback keeps the exception behind it as the task's error, with
@@ -464,12 +464,12 @@ class SchedulerState:
         """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task."""
         task.error = error
         task.failures += 1
-        retryable = error.error_type != "CANCELLED" and not error.non_retryable
+        retryable = error_type_name(error) != "CANCELLED" and not error.non_retryable
         if retryable and task.failures <= self._retries_of(run, task):
             task.retry_at = now + self._retry_delay_s(task)
             self._move(run, task, pb.RETRY_WAIT, out)
             heapq.heappush(self._retries, (task.retry_at, next(self._seq), run.run_id, task.name, task.attempt))
-        elif run.handler is not None and not task.recovered and error.error_type != "CANCELLED":
+        elif run.handler is not None and not task.recovered and error_type_name(error) != "CANCELLED":
             task.recovered = True
             task.worker = ""
             self._move(run, task, pb.RECOVERING, out)
@@ -603,8 +603,8 @@ class SchedulerState:
         task.started_at = 0.0
         task.finished_at = now
         self._fail_attempt(
-            run, task, pb.TaskError(
-                error_type="CIRCUIT_OPEN",
+            run, task, task_error(
+                "CIRCUIT_OPEN",
                 message=f"circuit {task.circuit!r} is open ({failures} recent failures); the attempt was not run",
             ), now, out,
         )  # fmt: skip
@@ -649,7 +649,7 @@ class SchedulerState:
                 continue
             self._collect_attempt(run, task, by_worker)
             if set_error:
-                task.error = pb.TaskError(error_type="CANCELLED", message=why)
+                task.error = task_error("CANCELLED", why)
             task.finished_at = now
             self._move(run, task, pb.CANCELLED, out, why)
         for worker_id, keys in by_worker.items():
@@ -680,9 +680,9 @@ class SchedulerState:
             task = run.tasks.get(name) if run else None
             if task is not None and task.state == pb.READY and task.wait_until:
                 task.wait_until = 0.0
-                why = run.beyond_limits(task) or self.placement.why_never_fits(task.request)
+                error_type, why = self._why_never_runs(run, task)
                 if why:
-                    self._fail_unplaceable(run, task, why, now, out, waited=True)
+                    self._fail_unplaceable(run, task, error_type, why, now, out, waited=True)
         deadline = now - self.heartbeat_timeout_s
         for worker in self.workers.values():
             if worker.state != "lost" and worker.last_seen < deadline:
@@ -752,7 +752,7 @@ class SchedulerState:
             task = run.tasks.get(name) if run else None
             if task is None or task.state != pb.READY or task.wait_until:
                 continue
-            why = run.beyond_limits(task) or self.placement.why_never_fits(task.request)
+            error_type, why = self._why_never_runs(run, task)
             if not why:
                 continue
             if run.wait_for_resources_s > 0:
@@ -761,16 +761,30 @@ class SchedulerState:
                 log.info("run %s: task %r waits up to %.1fs for a worker: %s", run_id, name,
                          run.wait_for_resources_s, why)  # fmt: skip
             else:
-                self._fail_unplaceable(run, task, why, now, out, waited=False)
+                self._fail_unplaceable(run, task, error_type, why, now, out, waited=False)
 
-    def _fail_unplaceable(self, run: RunEntry, task: TaskEntry, why: str, now: float, out: list[Action], *, waited: bool) -> None:
-        message = f"task {task.name!r} asks for {task.request.describe()}, but {why}"
+    def _why_never_runs(self, run: RunEntry, task: TaskEntry) -> tuple[str, str]:
+        """(error type, why) when no registered worker could ever run ``task``, else ("", "")."""
+        why = run.beyond_limits(task) or self.placement.why_never_fits(task.request)
+        if why:
+            return "RESOURCE_EXHAUSTION", why
+        spec = task.spec
+        kind = spec.WhichOneof("kind")
+        return self.placement.why_never_served(
+            spec.handler.name if kind == "handler" else "", kind == "python" and bool(spec.python.code_hash)
+        )
+
+    def _fail_unplaceable(
+        self, run: RunEntry, task: TaskEntry, error_type: str, why: str, now: float, out: list[Action], *, waited: bool
+    ) -> None:
+        if error_type == "RESOURCE_EXHAUSTION":
+            message = f"task {task.name!r} asks for {task.request.describe()}, but {why}"
+            fields = {"required_resources": task.request.to_proto()}
+        else:
+            message, fields = f"task {task.name!r} cannot run: {why}", {}
         if waited:
             message += f" (waited {run.wait_for_resources_s:g}s for one to join)"
-        task.error = pb.TaskError(
-            error_type="RESOURCE_EXHAUSTION", message=message, non_retryable=True,
-            required_resources=task.request.to_proto(),
-        )  # fmt: skip
+        task.error = task_error(error_type, message, non_retryable=True, **fields)
         task.finished_at = now
         self._move(run, task, pb.FAILED, out)
         self._fail_dependents(run, task, out)
@@ -852,7 +866,7 @@ class SchedulerState:
                 f"task {task.name!r} of run {run.run_id}: {pb.TaskState.Name(frm)} -> {pb.TaskState.Name(to)}"
             )
         if not reason and to in ERROR_MOVES and task.error is not None:
-            reason = f"{task.error.error_type}: {task.error.message}"
+            reason = f"{error_type_name(task.error)}: {task.error.message}"
         entry = (self._now, self._stimulus, run.run_id, task.name, task.attempt, frm, to, reason)
         self._log(entry)
         was_active = frm in _ACTIVE
@@ -956,7 +970,7 @@ class SchedulerState:
                     (now, stimulus_id, run_id, task.name, task.attempt, task.state, pb.FAILED, f"{INTERNAL_ERROR}: {reason}")
                 )
                 task.state = pb.FAILED
-                task.error = pb.TaskError(error_type=INTERNAL_ERROR, message=reason, non_retryable=True)
+                task.error = task_error(INTERNAL_ERROR, reason, non_retryable=True)
                 task.finished_at = now
             self._count_terminal(run, task)
         if run.state not in TERMINAL_RUN_STATES:

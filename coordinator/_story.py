@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
+from xpipe._domain import error_type_name
 from xpipe._proto import common_pb2 as pb
 
 from ._events import StoryEntry, TaskRecord
@@ -36,7 +37,7 @@ def restored_entries(rec: TaskRecord) -> list[StoryEntry]:
     if rec.state == pb.PENDING or (entries and entries[-1][4] == rec.attempt and entries[-1][6] == rec.state):
         return entries  # nothing happened yet, or the last move is already in the history
     run_id, name, attempt = rec.run_id, rec.name, rec.attempt
-    reason = f"{rec.error.error_type}: {rec.error.message}" if rec.error is not None and rec.state in ERROR_MOVES else ""
+    reason = f"{error_type_name(rec.error)}: {rec.error.message}" if rec.error is not None and rec.state in ERROR_MOVES else ""
     if rec.started_at and rec.state != pb.ASSIGNED:
         entries.append((rec.started_at, RESTORED, run_id, name, attempt, pb.ASSIGNED, pb.RUNNING, "worker " + rec.worker))
         if rec.state != pb.RUNNING:

@@ -138,3 +138,17 @@ def test_invalid_argument_maps_by_what_the_coordinator_says(pm):
     with pytest.raises(RequestRejectedError, match="timeout_s") as info:
         pm.client.submit(bad_field)
     assert not isinstance(info.value, PipelineValidationError)
+
+
+def test_a_handler_no_worker_serves_raises_handler_not_found_without_waiting(pm):
+    """The worker registered no handler of that name: the task fails at once, it does not wait."""
+    from xpipe import HandlerNotFoundError
+
+    p = Pipeline("no-handler")
+    p.add_tasks([Task.handler("resize", "no-such-handler"), Task("after", ht.noop, depends_on=["resize"])])
+    with pytest.raises(HandlerNotFoundError) as info:
+        pm.execute_pipeline(p, monitor=False, timeout_s=30)
+    e = info.value
+    assert e.error_type == "HANDLER_NOT_FOUND" and e.task == "resize"
+    assert "no registered worker has handler 'no-such-handler'" in e.task_error
+    assert e.result.tasks["after"].status == "upstream_failed"

@@ -132,9 +132,12 @@ def test_handler_tasks_go_only_to_workers_serving_the_handler():
 
 
 def test_handler_task_waits_for_a_worker_that_serves_it():
+    """With ``wait_for_resources_s`` (else it fails HANDLER_NOT_FOUND: the tests below)."""
     s = SchedulerState(prefetch=0)
     connect(s, "plain")
-    submit(s, {"h": []}, handler={"h": "resize"})
+    spec = spec_of({"h": []}, handler={"h": "resize"})
+    spec.wait_for_resources_s = 60.0
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
     assert assigns(s.schedule(0.0)) == []
     connect(s, "resizer", handlers=frozenset({"resize"}))
     assert [a.worker_id for a in assigns(s.schedule(0.0))] == ["resizer"]
@@ -478,3 +481,40 @@ def test_worker_queries_say_what_operators_see():
     s.handle(HeartbeatReceived(9.0, busy.worker_id, (a.attempt,)))
     s.handle(Tick(10.5))  # the disconnected one has been silent since 0.2: lost
     assert s.worker_shown_state(idle) == "lost"
+
+
+def test_a_handler_no_worker_registered_fails_handler_not_found_instead_of_waiting_for_ever():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s, handlers=frozenset({"known"}))
+    submit(s, {"h": [], "after": ["h"], "ok": []}, handler={"h": "nobody-has-it"})
+    out = s.schedule(0.0)
+    (failed,) = [r for r in out if isinstance(r, TaskRecord) and r.state == pb.FAILED]
+    assert failed.name == "h" and error_type_name(failed.error) == "HANDLER_NOT_FOUND"
+    assert "no registered worker has handler 'nobody-has-it'" in failed.error.message and failed.error.non_retryable
+    assert states(s)["after"] == "UPSTREAM_FAILED"
+    assert [a.attempt[1] for a in assigns(out)] == ["ok"]
+
+
+def test_a_missing_handler_waits_for_wait_for_resources_then_fails_saying_it_waited():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s)
+    spec = spec_of({"h": []}, handler={"h": "later"})
+    spec.wait_for_resources_s = 5.0
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    s.schedule(0.0)
+    assert states(s)["h"] == "READY"
+    s.handle(Tick(6.0))
+    (err,) = [t.error for t in s.runs["r1"].tasks.values()]
+    assert error_type_name(err) == "HANDLER_NOT_FOUND" and "(waited 5s for one to join)" in err.message
+
+
+def test_pickled_code_every_worker_refuses_fails_pickled_code_refused():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s, accepts_pickled=False)
+    spec = spec_of({"f": []})
+    spec.tasks[0].python.code_hash = "h" * 32
+    spec.code.add(code_hash="h" * 32, data=b"pickled")
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    s.schedule(0.0)
+    (err,) = [t.error for t in s.runs["r1"].tasks.values()]
+    assert error_type_name(err) == "PICKLED_CODE_REFUSED" and "--no-pickled-code" in err.message
