@@ -42,6 +42,9 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Ray's plasma store is sized, not grown; 512 MiB holds the payload scenario's 64 MiB live
 #: values many times over without claiming a third of the machine's memory (Ray's default).
 _OBJECT_STORE_BYTES = 512 * 2**20
+#: Where Ray's own processes send plain HTTP: a loopback port nothing serves (the discard
+#: port), so each request fails at once instead of leaving the machine. See _loopback_http.
+_REFUSING_PROXY = "http://127.0.0.1:9"
 #: Longest temp dir Ray's unix sockets fit under: AF_UNIX paths stop at 107 bytes and Ray
 #: adds ``/session_<date>_<time>_<micros>_<pid>/sockets/plasma_store`` (about 65).
 _MAX_TEMP_DIR_CHARS = 40
@@ -79,6 +82,28 @@ def _temp_dir(workdir: Path | None) -> str:
 
 
 @contextlib.contextmanager
+def _loopback_http() -> Iterator[None]:
+    """Point Python HTTP clients of the processes Ray starts now at a refusing loopback proxy.
+
+    Ray's always-started dashboard process probes the cloud metadata service
+    (169.254.169.254, metadata.google.internal) for its usage report even when usage stats
+    are disabled (Ray 2.60). requests honours ``HTTP_PROXY``; gRPC reads only the lower-case
+    ``http_proxy``, so Ray's and xpipe's gRPC are unaffected. Restored after, so nothing
+    else in this process sees it.
+    """
+    saved = {name: os.environ.get(name) for name in ("HTTP_PROXY", "HTTPS_PROXY")}
+    os.environ.update(HTTP_PROXY=_REFUSING_PROXY, HTTPS_PROXY=_REFUSING_PROXY)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def open_session(workdir: Path | None = None) -> Iterator[RaySession]:
     """A local Ray on loopback with two CPUs, warmed up, shut down and its files removed after."""
     # Worker processes are started by the raylet with this environment: they must import
@@ -87,6 +112,9 @@ def open_session(workdir: Path | None = None) -> Iterator[RaySession]:
     if str(_REPO_ROOT) not in path.split(os.pathsep):
         os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), path]))
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # On Linux Ray turns a node IP of 127.0.0.1 into the machine's routable address and then
+    # binds every server to all interfaces; with "cluster mode" off it stays on loopback.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # Keep Ray's default token auth on, but with a token in the environment: otherwise Ray
     # writes one to ~/.ray/auth_token. One token per bench process, as Ray caches it.
     if not {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & set(os.environ):
@@ -98,11 +126,12 @@ def open_session(workdir: Path | None = None) -> Iterator[RaySession]:
     # SIGTERM still stops every cluster and writes the partial JSON with exit status 143.
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        ray.init(
-            num_cpus=2, num_gpus=0, object_store_memory=_OBJECT_STORE_BYTES, include_dashboard=False,
-            _node_ip_address="127.0.0.1", _temp_dir=temp_dir, logging_level=logging.ERROR,
-            log_to_driver=False, configure_logging=False,
-        )  # fmt: skip
+        with _loopback_http():
+            ray.init(
+                "local", num_cpus=2, num_gpus=0, object_store_memory=_OBJECT_STORE_BYTES,
+                include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                logging_level=logging.ERROR, log_to_driver=False, configure_logging=False,
+            )  # fmt: skip
         signal.signal(signal.SIGTERM, sigterm)
         session = RaySession(*(ray.remote(f) for f in (tasks.noop, tasks.add, tasks.reduce_all,
                                                        tasks.make_payload, tasks.consume)))  # fmt: skip
