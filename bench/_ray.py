@@ -122,23 +122,29 @@ def open_session(workdir: Path | None = None) -> Iterator[RaySession]:
     import ray  # after the environment above: Ray reads its auth mode once, on import
 
     temp_dir = _temp_dir(workdir)
-    # ray.init installs its own SIGTERM handler (sys.exit); the bench's must stay, so that
-    # SIGTERM still stops every cluster and writes the partial JSON with exit status 143.
+    # ray.init installs its own SIGTERM handler (sys.exit(15)) first thing; the bench's must
+    # stay, so that SIGTERM still stops every cluster and writes the partial JSON with exit
+    # status 143: it is put back after init, and a SIGTERM during init is handed to it.
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        with _loopback_http():
-            ray.init(
-                "local", num_cpus=2, num_gpus=0, object_store_memory=_OBJECT_STORE_BYTES,
-                include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-                logging_level=logging.ERROR, log_to_driver=False, configure_logging=False,
-            )  # fmt: skip
-        signal.signal(signal.SIGTERM, sigterm)
+        try:
+            with _loopback_http():
+                ray.init(
+                    "local", num_cpus=2, num_gpus=0, object_store_memory=_OBJECT_STORE_BYTES,
+                    include_dashboard=False, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                    logging_level=logging.ERROR, log_to_driver=False, configure_logging=False,
+                )  # fmt: skip
+        except SystemExit as exc:
+            if exc.code == signal.SIGTERM and callable(sigterm):
+                sigterm(signal.SIGTERM, None)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
         session = RaySession(*(ray.remote(f) for f in (tasks.noop, tasks.add, tasks.reduce_all,
                                                        tasks.make_payload, tasks.consume)))  # fmt: skip
         _check(ray.get([session.noop.remote(i) for i in range(8)]), [None] * 8, "warm-up results")
         yield session
     finally:
-        signal.signal(signal.SIGTERM, sigterm)
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
