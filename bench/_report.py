@@ -281,7 +281,10 @@ def machine_info() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "versions": {
             dist: _version(dist)
-            for dist in ("xpipe-cluster", "dask", "distributed", "ray", "grpcio", "protobuf", "zstandard", "psutil", "uvloop")
+            for dist in (
+                "xpipe-cluster", "dask", "distributed", "ray",
+                "grpcio", "protobuf", "zstandard", "psutil", "uvloop",
+            )  # fmt: skip
         },
     }
 
