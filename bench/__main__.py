@@ -1,8 +1,8 @@
-"""``python -m bench``: xpipe and Dask distributed side by side, in one run.
+"""``python -m bench``: xpipe, Dask distributed and Ray side by side, in one run.
 
-For every scenario the repeats alternate the systems (xpipe then Dask, then Dask then
-xpipe, ...), so a machine that slows down or speeds up during the run weighs on both
-alike. Each sample runs on a fresh cluster. The table of medians, min-max and ratios is
+For every scenario the repeats rotate the order of the systems (xpipe, Dask, Ray; then
+Dask, Ray, xpipe; ...), so a machine that slows down or speeds up during the run weighs on
+all alike. Each sample runs on a fresh cluster. The table of medians, min-max and ratios is
 printed, and the same data, raw samples included, is written as JSON under ``--out``.
 
 Exit status: 0 when every measurement ran (goals missed or not), 1 when one failed (the
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench import _dask, _profile, _xpipe
+from bench import _dask, _profile, _ray, _xpipe
 from bench._report import (
     FULL, METRICS, QUICK, SCENARIO_NOTES, format_table, machine_info, source_info, summarise, write_json,
 )  # fmt: skip
@@ -67,11 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_positive_int, help="samples per system and scenario (default 3; 1 with --quick)")
     p.add_argument("--scenarios", type=_scenario_list, default=list(SCENARIO_NAMES),
                    help=f"comma-separated subset of: {','.join(SCENARIO_NAMES)}")  # fmt: skip
-    p.add_argument("--no-dask", action="store_true", help="measure xpipe only")
+    p.add_argument("--no-dask", action="store_true", help="leave Dask out")
+    p.add_argument("--no-ray", action="store_true", help="leave Ray out")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"directory for the JSON (default {DEFAULT_OUT})")
     p.add_argument("--timeout-s", type=_positive_float, help="longest one measured run may take (default 900)")
     p.add_argument("--dask-bigdag-full", action="store_true",
-                   help="also run Dask on the big layered DAG (minutes at 100k tasks); default: the small one only")  # fmt: skip
+                   help="also run Dask and Ray on the big layered DAG (Dask: minutes at 100k tasks); "
+                   "default: the small one only")  # fmt: skip
     p.add_argument("--profile", action="store_true",
                    help="after each scenario, one extra unmeasured xpipe run under py-spy (coordinator and w0)")  # fmt: skip
     p.add_argument("--workdir", type=Path, help="where clusters keep their temporary data (default: system temp)")
@@ -105,22 +107,17 @@ class _Runner:
             "xpipe": (_xpipe.open_session, _xpipe.SCENARIOS)
         }
         self.skipped: dict[str, str] = {}
-        if opts.no_dask:
-            self.skipped["dask"] = "--no-dask"
-        elif (why := _dask.available()) is not None:
-            self.skipped["dask"] = why
-        else:
-            self.systems["dask"] = (_dask.open_session, _dask.SCENARIOS)
-        try:
-            import ray  # noqa: F401
-
-            self.skipped["ray"] = "ray is installed, but this harness has no Ray runner yet"
-        except ImportError:
-            self.skipped["ray"] = "ray is not installed"
+        for name, module, left_out in (("dask", _dask, opts.no_dask), ("ray", _ray, opts.no_ray)):
+            if left_out:
+                self.skipped[name] = f"--no-{name}"
+            elif (why := module.available()) is not None:
+                self.skipped[name] = why
+            else:
+                self.systems[name] = (module.open_session, module.SCENARIOS)
         self.started = _dt.datetime.now(_dt.timezone.utc)
         self.stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
         self.document: dict[str, Any] = {
-            "schema": 1,
+            "schema": 2,  # 2: ratio_dask and ratio_ray replace ratio
             "timestamp": self.started.isoformat(timespec="seconds"),
             "mode": "quick" if opts.quick else "full",
             "argv": list(argv),
@@ -136,8 +133,10 @@ class _Runner:
         }
 
     def _order(self, repeat: int) -> list[str]:
+        """The systems rotated by one per repeat: over N repeats each takes each position alike."""
         names = list(self.systems)
-        return names if repeat % 2 == 0 else names[::-1]
+        shift = repeat % len(names)
+        return names[shift:] + names[:shift]
 
     def run(self) -> int:
         code = 0

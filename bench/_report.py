@@ -2,7 +2,7 @@
 
 Every sample is kept raw in the JSON (round-trip latencies included), so a reader can
 recompute any statistic; the table shows the median and min-max over repeats, and the
-xpipe/Dask ratio of the medians.
+xpipe/Dask and xpipe/Ray ratios of the medians. Goals are set against Dask.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ __all__ = [
     "write_json",
 ]
 
-SYSTEMS = ("xpipe", "dask")
+SYSTEMS = ("xpipe", "dask", "ray")
+"""Every system the bench knows, in table order; xpipe first, the others are compared with it."""
 
 
 class BenchError(RuntimeError):
@@ -55,9 +56,9 @@ class Sizes:
     roundtrip: int
     """Single-task pipelines submitted and awaited one after the other."""
     bigdag: int
-    """Tasks in the big layered DAG (xpipe; Dask too with ``dask_bigdag_full``)."""
+    """Tasks in the big layered DAG (xpipe; Dask and Ray too with ``dask_bigdag_full``)."""
     bigdag_small: int
-    """The smaller layered DAG the big one's per-task time is compared with; Dask runs it."""
+    """The smaller layered DAG the big one's per-task time is compared with; Dask and Ray run it."""
     bigdag_width: int
     """Tasks per layer in both layered DAGs."""
     payload_pairs: int
@@ -67,7 +68,7 @@ class Sizes:
     timeout_s: float = 900.0
     """Longest one measured run may take before the benchmark gives up on it."""
     dask_bigdag_full: bool = False
-    """Also run Dask on the big layered DAG (slow: minutes at 100k tasks)."""
+    """Also run Dask and Ray on the big layered DAG (Dask: minutes at 100k tasks)."""
 
 
 FULL = Sizes(
@@ -119,16 +120,21 @@ METRICS: dict[str, list[Metric]] = {
 }
 
 SCENARIO_NOTES = {
-    "wide": "N independent no-op tasks: one pipeline (xpipe) vs client.map + gather (Dask)",
+    "wide": "N independent no-op tasks: one pipeline (xpipe) vs client.map + gather (Dask) vs ray.get "
+    "on a list of refs (Ray)",
     "chain": "N tasks each taking the previous result",
     "fanin": "N tasks plus one reducer taking all N results",
-    "roundtrip": "a single-task pipeline (xpipe) / a single submit().result() (Dask), in sequence",
-    "bigdag": "layered DAG, each task waits for 2 of the layer above; Dask runs only the small size "
-    "unless --dask-bigdag-full; Dask's scheduler shares the benchmark's own process, so its RSS includes the client",
+    "roundtrip": "a single-task pipeline (xpipe) / a single submit().result() (Dask) / a single "
+    "ray.get(f.remote()) (Ray), in sequence",
+    "bigdag": "layered DAG, each task waits for 2 of the layer above; Dask and Ray run only the small size "
+    "unless --dask-bigdag-full; Dask's scheduler and Ray's owner (the driver) share the benchmark's own "
+    "process, so their RSS includes the client (Ray's raylet and GCS are not counted); Ray submits while "
+    "it builds, so its submit s is the whole submission",
     "payload": "producers return 1 MiB each to a consumer, and one task sums the lengths received; xpipe "
     "zstd-compresses values >= 16 KiB by default, so the without-zstd case uses incompressible random bytes "
     "(which xpipe keeps raw once zstd saves nothing) and the with-zstd case a repeating pattern; Dask's "
-    "comm compression is off by default",
+    "comm compression is off by default; Ray passes values of 100 KiB or more through its shared-memory "
+    "object store, uncompressed",
 }
 
 
@@ -156,15 +162,21 @@ def _stats(values: Sequence[float]) -> dict[str, float] | None:
 
 
 def summarise(scenario: str, samples: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-    """Rows for one scenario: per metric, each system's median/min/max, the ratio, the goal."""
+    """Rows for one scenario: per metric, each system's median/min/max, the ratios, the goal.
+
+    ``ratio_dask`` and ``ratio_ray`` are xpipe's median over the other's (None when either
+    has no sample); goals are judged on ``ratio_dask``.
+    """
     rows = []
     for metric in METRICS[scenario]:
         row: dict[str, Any] = {"metric": metric.key, "label": metric.label, "higher_is_better": metric.higher_is_better}
         for system in SYSTEMS:
             row[system] = _stats([s[metric.key] for s in samples.get(system, ()) if metric.key in s])
-        x, d = row["xpipe"], row["dask"]
-        row["ratio"] = x["median"] / d["median"] if x and d and d["median"] else None
-        row["goal"], row["met"] = _goal(metric, x, row["ratio"])
+        x = row["xpipe"]
+        for other in SYSTEMS[1:]:
+            o = row[other]
+            row[f"ratio_{other}"] = x["median"] / o["median"] if x and o and o["median"] else None
+        row["goal"], row["met"] = _goal(metric, x, row["ratio_dask"])
         rows.append(row)
     return rows
 
@@ -204,14 +216,15 @@ def _cell(stats: dict[str, float] | None) -> str:
 
 
 def format_table(scenarios: Mapping[str, Mapping[str, Any]], *, markdown: bool = False) -> str:
-    """The results table: median [min-max] per system, xpipe/Dask, goal and whether met."""
-    header = ["scenario", "metric", "xpipe", "Dask", "xpipe/Dask", "goal", "met"]
+    """The results table: median [min-max] per system, xpipe/Dask and xpipe/Ray, goal and whether met."""
+    header = ["scenario", "metric", "xpipe", "Dask", "Ray", "vs Dask", "vs Ray", "goal", "met"]
     lines = []
     for name, data in scenarios.items():
         for row in data.get("summary", ()):
-            ratio = f"{row['ratio']:.2f}x" if row["ratio"] is not None else "-"
+            ratios = [f"{r:.2f}x" if (r := row.get(f"ratio_{o}")) is not None else "-" for o in SYSTEMS[1:]]
             met = {True: "yes", False: "NO", None: "-"}[row["met"]] if row["goal"] else ""
-            lines.append([name, row["label"], _cell(row["xpipe"]), _cell(row["dask"]), ratio, row["goal"] or "", met])
+            cells = [_cell(row.get(system)) for system in SYSTEMS]
+            lines.append([name, row["label"], *cells, *ratios, row["goal"] or "", met])
     if markdown:
         out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         out += ["| " + " | ".join(cells) + " |" for cells in lines]
@@ -268,7 +281,10 @@ def machine_info() -> dict[str, Any]:
         "python_implementation": platform.python_implementation(),
         "versions": {
             dist: _version(dist)
-            for dist in ("xpipe-cluster", "dask", "distributed", "grpcio", "protobuf", "zstandard", "psutil", "uvloop")
+            for dist in (
+                "xpipe-cluster", "dask", "distributed", "ray",
+                "grpcio", "protobuf", "zstandard", "psutil", "uvloop",
+            )  # fmt: skip
         },
     }
 

@@ -7,19 +7,25 @@ no process behind. Everything runs real processes on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import ipaddress
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from bench import _profile
-from bench.__main__ import build_parser, main
+from bench import _profile, _ray
+from bench.__main__ import _Runner, build_parser, main
 from bench._report import FULL, METRICS, BenchError, format_table, percentile, summarise
 from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster, _check
 from tests.harness import eventually
@@ -41,7 +47,11 @@ def _only_json(out: Path) -> dict:
     return json.loads(files[0].read_text())
 
 
-def test_quick_run_writes_both_systems_numbers(tmp_path: Path) -> None:
+_HAS_DASK = importlib.util.find_spec("distributed") is not None
+_HAS_RAY = importlib.util.find_spec("ray") is not None
+
+
+def test_quick_run_writes_every_systems_numbers(tmp_path: Path) -> None:
     started = time.monotonic()
     proc = _run_bench("--quick", "--scenarios", "wide,roundtrip", "--repeats", "1", "--out", str(tmp_path))
     assert proc.returncode == 0, f"bench failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}"
@@ -59,25 +69,38 @@ def test_quick_run_writes_both_systems_numbers(tmp_path: Path) -> None:
     assert len(rt["latencies_ms"]) == 30 and 0 < rt["median_ms"] <= rt["p99_ms"]
     assert "wide" in proc.stdout and "results:" in proc.stdout, proc.stdout
 
-    if importlib.util.find_spec("distributed") is None:
-        assert doc["systems"]["dask"].startswith("skipped")
-        pytest.skip("dask distributed is not installed: only xpipe's numbers were checked")
-    assert doc["systems"]["dask"] == "measured"
-    assert doc["scenarios"]["wide"]["samples"]["dask"][0]["tasks_per_s"] > 0
-    assert len(doc["scenarios"]["roundtrip"]["samples"]["dask"][0]["latencies_ms"]) == 30
-    row = doc["scenarios"]["wide"]["summary"][0]
-    assert row["ratio"] == pytest.approx(row["xpipe"]["median"] / row["dask"]["median"])
-    assert row["met"] in (True, False)
+    missing = []
+    for system, installed in (("dask", _HAS_DASK), ("ray", _HAS_RAY)):
+        row = doc["scenarios"]["wide"]["summary"][0]
+        if not installed:
+            assert doc["systems"][system].startswith("skipped: ") and row[f"ratio_{system}"] is None
+            missing.append(system)
+            continue
+        assert doc["systems"][system] == "measured"
+        assert doc["scenarios"]["wide"]["samples"][system][0]["tasks_per_s"] > 0
+        assert len(doc["scenarios"]["roundtrip"]["samples"][system][0]["latencies_ms"]) == 30
+        assert row[f"ratio_{system}"] == pytest.approx(row["xpipe"]["median"] / row[system]["median"])
+    header = proc.stdout.splitlines()[0].split()
+    assert header[2:7] == ["xpipe", "Dask", "Ray", "vs", "Dask"], proc.stdout
+    if missing:
+        pytest.skip(f"not installed: {', '.join(missing)}; only the others' numbers were checked")
+    assert doc["scenarios"]["wide"]["summary"][0]["met"] in (True, False)
+    positions = {s: doc["scenarios"]["wide"]["samples"][s][0]["position"] for s in ("xpipe", "dask", "ray")}
+    assert positions == {"xpipe": 0, "dask": 1, "ray": 2}
     assert time.monotonic() - started < 120
 
 
 def test_a_failed_run_is_recorded_and_exits_1(tmp_path: Path) -> None:
     # A real run that cannot finish within its timeout: the JSON keeps the error.
-    proc = _run_bench("--quick", "--no-dask", "--scenarios", "wide", "--timeout-s", "0.001", "--out", str(tmp_path))
+    proc = _run_bench(
+        "--quick", "--no-dask", "--no-ray", "--scenarios", "wide", "--timeout-s", "0.001",
+        "--out", str(tmp_path),
+    )
     assert proc.returncode == 1, f"{proc.stdout}\n{proc.stderr[-4000:]}"
     doc = _only_json(tmp_path)
     assert "wide / xpipe / repeat 1" in doc["error"] and "TimeoutError" in doc["error"], doc["error"]
     assert doc["systems"]["dask"] == "skipped: --no-dask"
+    assert doc["systems"]["ray"] == "skipped: --no-ray"
     assert "ERROR: wide / xpipe" in proc.stdout
 
 
@@ -86,7 +109,8 @@ def test_sigterm_stops_the_clusters_and_writes_what_was_measured(tmp_path: Path)
     err = tmp_path / "stderr.txt"
     with open(err, "wb") as err_file:
         bench = subprocess.Popen(
-            [sys.executable, "-m", "bench", "--quick", "--no-dask", "--scenarios", "roundtrip,bigdag",
+            [sys.executable, "-m", "bench", "--quick", "--no-dask", "--no-ray", "--scenarios",
+             "roundtrip,bigdag",
              "--out", str(tmp_path / "out")],
             cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
         )  # fmt: skip
@@ -226,15 +250,24 @@ def test_percentile_and_summary() -> None:
     with pytest.raises(ValueError, match="within 0..100"):
         percentile([1], 101)
     rows = summarise("roundtrip", {"xpipe": [{"median_ms": 2.0, "p99_ms": 3.0}, {"median_ms": 4.0, "p99_ms": 5.0}],
-                                   "dask": [{"median_ms": 30.0, "p99_ms": 40.0}]})  # fmt: skip
+                                   "dask": [{"median_ms": 30.0, "p99_ms": 40.0}],
+                                   "ray": [{"median_ms": 2.0, "p99_ms": 4.0}]})  # fmt: skip
     median = rows[0]
     assert median["xpipe"] == {"median": 3.0, "min": 2.0, "max": 4.0, "n": 2}
-    assert median["ratio"] == pytest.approx(0.1) and median["met"] is True
+    assert median["ratio_dask"] == pytest.approx(0.1)
+    assert median["met"] is True, "goals are judged against Dask"
+    assert median["ratio_ray"] == pytest.approx(1.5)
+    table = format_table({"roundtrip": {"summary": rows}}).splitlines()
+    assert table[0].split() == [
+        "scenario", "metric", "xpipe", "Dask", "Ray", "vs", "Dask", "vs", "Ray", "goal", "met",
+    ]  # fmt: skip
+    assert table[2].split()[3:] == ["3", "[2-4]", "30.0", "2", "0.10x", "1.50x", "xpipe/Dask", "<=", "0.2",
+                                    "yes"]  # fmt: skip
     rows = summarise("bigdag", {"xpipe": [{"peak_rss_mib": 900.0}, {"peak_rss_mib": 1100.0}], "dask": []})
     rss = next(r for r in rows if r["metric"] == "peak_rss_mib")
     assert rss["met"] is False, "the worst repeat must meet an absolute goal"
     table = format_table({"roundtrip": {"summary": summarise("roundtrip", {"xpipe": [{"median_ms": 2.0}]})}})
-    assert "roundtrip" in table and "2" in table
+    assert table.splitlines()[2].split()[3:9] == ["2", "-", "-", "-", "-", "xpipe/Dask"], table
     assert FULL.wide == 10_000 and FULL.bigdag == 100_000
 
 
@@ -288,3 +321,116 @@ def test_cpu_meter_counts_this_process_and_skips_a_vanished_one() -> None:
     usage = meter.stop()
     assert "gone" not in usage["cpu_s"] and usage["wall_s"] > 0
     assert "me " in _profile.format_cpu("test", usage)
+
+
+def test_no_ray_leaves_ray_out_and_repeats_rotate_the_order() -> None:
+    argv = ["--no-dask", "--no-ray"]
+    runner = _Runner(build_parser().parse_args(argv), argv)
+    assert list(runner.systems) == ["xpipe"]
+    assert runner.skipped == {"dask": "--no-dask", "ray": "--no-ray"}
+    assert runner.document["systems"] == {
+        "xpipe": "measured", "dask": "skipped: --no-dask", "ray": "skipped: --no-ray",
+    }  # fmt: skip
+    # Every system takes every position once over as many repeats as there are systems.
+    runner.systems = dict.fromkeys(["xpipe", "dask", "ray"], runner.systems["xpipe"])
+    orders = [runner._order(repeat) for repeat in range(4)]
+    assert orders == [["xpipe", "dask", "ray"], ["dask", "ray", "xpipe"], ["ray", "xpipe", "dask"],
+                      ["xpipe", "dask", "ray"]]  # fmt: skip
+    runner.systems = dict.fromkeys(["xpipe", "dask"], runner.systems["xpipe"])
+    assert [runner._order(repeat) for repeat in range(2)] == [["xpipe", "dask"], ["dask", "xpipe"]]
+
+
+def test_ray_temp_dir_falls_back_when_its_sockets_would_not_fit(tmp_path: Path, caplog) -> None:
+    short = Path(tempfile.mkdtemp(prefix="r", dir="/tmp"))
+    long = tmp_path / ("x" * 60)
+    long.mkdir()
+    try:
+        assert Path(_ray._temp_dir(short)).parent == short
+        with caplog.at_level("WARNING", logger="bench._ray"):
+            fallback = Path(_ray._temp_dir(long))
+        assert fallback.parent == Path(tempfile.gettempdir()) and fallback.name.startswith("xpipe-bench-ray-")
+        assert "too long for Ray's unix sockets (over 40 chars)" in caplog.text
+        assert not any(long.iterdir()), "the too-long attempt is removed"
+        fallback.rmdir()
+    finally:
+        shutil.rmtree(short)
+
+
+def test_ray_http_goes_to_a_refusing_loopback_proxy_only_meanwhile(monkeypatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    monkeypatch.delenv("HTTP_PROXY", raising=False)
+    with _ray._loopback_http():
+        assert os.environ["HTTP_PROXY"] == os.environ["HTTPS_PROXY"] == "http://127.0.0.1:9"
+        assert "http_proxy" not in os.environ, "gRPC reads the lower-case one: it must stay untouched"
+    assert "HTTP_PROXY" not in os.environ and os.environ["HTTPS_PROXY"] == "http://127.0.0.1:3128"
+
+
+def _inet_connections(pids: set[int]) -> list[tuple[str, Any, Any]]:
+    found = []
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc = psutil.Process(pid)
+            found += [(proc.name(), c.laddr, c.raddr) for c in proc.net_connections(kind="inet")]
+    return found
+
+
+def _is_loopback(addr: Any) -> bool:
+    return not addr or ipaddress.ip_address(addr.ip.removeprefix("::ffff:")).is_loopback
+
+
+@pytest.mark.skipif(not _HAS_RAY, reason="ray is not installed (the bench extra)")
+def test_ray_session_stays_on_loopback_and_leaves_nothing_behind() -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    handler = signal.getsignal(signal.SIGTERM)
+    token_file = Path.home() / ".ray" / "auth_token"
+    had_token_file = token_file.exists()
+    workdir = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
+    try:
+        with _ray.open_session(workdir) as session:
+            import ray
+
+            assert ray.get(session.add.remote(2, 3)) == 5
+            pids = {p.pid for p in psutil.Process().children(recursive=True)} - before
+            names = {psutil.Process(pid).name() for pid in pids}
+            assert {"gcs_server", "raylet"} <= names, names
+            connections = _inet_connections(pids | {os.getpid()})
+            assert any(name == "gcs_server" for name, _, _ in connections), connections
+            outside = [c for c in connections if not (_is_loopback(c[1]) and _is_loopback(c[2]))]
+            assert not outside, f"Ray sockets off loopback: {outside}"
+            assert [p.name for p in workdir.iterdir()][0].startswith("ray-")
+            assert signal.getsignal(signal.SIGTERM) is handler, "Ray's own SIGTERM handler is undone"
+        assert not list(workdir.iterdir()), "Ray's session files are removed"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    eventually(lambda: not _alive(pids), timeout_s=30, message=f"Ray processes gone: {_alive(pids)}")
+    assert had_token_file or not token_file.exists(), "Ray's token stays in the environment, not in ~/.ray"
+
+
+@pytest.mark.skipif(not _HAS_RAY, reason="ray is not installed (the bench extra)")
+def test_sigterm_while_ray_starts_stops_it_and_writes_what_was_measured(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    err = tmp_path / "stderr.txt"
+    with open(err, "wb") as err_file:
+        bench = subprocess.Popen(
+            [sys.executable, "-m", "bench", "--quick", "--no-dask", "--scenarios", "roundtrip",
+             "--out", str(tmp_path / "out")],
+            cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err_file,
+        )  # fmt: skip
+    try:
+        # Terminate as soon as Ray's raylet runs: ray.init has then replaced SIGTERM's handler.
+        def ray_up() -> set[int]:
+            assert bench.poll() is None, err.read_text()
+            procs = psutil.Process(bench.pid).children(recursive=True)
+            names = {p.pid: p.name() for p in procs}
+            return set(names) if "raylet" in names.values() else set()
+
+        pids = eventually(ray_up, timeout_s=90, interval_s=0.01, message="Ray started")
+        bench.terminate()
+        assert bench.wait(timeout=60) == 143, err.read_text()[-3000:]
+    finally:
+        bench.kill()
+        bench.wait()
+    eventually(lambda: not _alive(pids), timeout_s=30, message=f"Ray processes gone: {_alive(pids)}")
+    doc = _only_json(tmp_path / "out")
+    assert doc["error"] == "terminated by SIGTERM during roundtrip / ray / repeat 1", doc["error"]
+    assert doc["scenarios"]["roundtrip"]["samples"]["xpipe"][0]["count"] == 30
