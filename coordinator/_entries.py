@@ -156,6 +156,7 @@ class WorkerEntry:
     __slots__ = (
         "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
         "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit", "reset_sent",
+        "memory_enforcement",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, now: float):
@@ -176,3 +177,4 @@ class WorkerEntry:
         self.avg_task_s: float | None = None  # moving average of its tasks' run time
         self.credit = 0  # slots plus the prefetch it gets now
         self.reset_sent = False  # lost, then heard from: told to register again (once)
+        self.memory_enforcement = ""

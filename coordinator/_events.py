@@ -89,6 +89,7 @@ class WorkerConnected(Event):
     resources: common_pb2.Resources | None = None
     running: tuple[AttemptKey, ...] = ()
     accepts_pickled: bool = True
+    memory_enforcement: str = ""  # how the worker holds tasks to their memory (shown by ListWorkers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,7 +224,6 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             session = engine.connect_worker(reg.worker_id)
         except StoreFault as exc:  # the worker keeps its outcomes and comes back later
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"coordinator cannot take work: {exc}")
-        self.c.memory_enforcement[reg.worker_id] = reg.memory_enforcement
         # Stimulus ids of this stream's messages: "ws-<worker>-<stream>.<n>", the register being 0.
         session.stimulus_prefix = f"ws-{reg.worker_id}-{next(self._streams)}."
         register_id = session.stimulus_prefix + "0"
@@ -232,7 +231,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             WorkerConnected(
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
                 frozenset(reg.handlers), dict(reg.labels), reg.resources,
-                tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, stimulus_id=register_id,
+                tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, reg.memory_enforcement,
+                stimulus_id=register_id,
             )  # fmt: skip
         )
         # Outcomes the previous stream may have lost; already-recorded ones are dropped as stale.
@@ -383,7 +383,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
                 worker_id=w.worker_id, name=w.name, host=w.host, state=state.worker_shown_state(w), slots=w.slots,
                 running=len(w.assigned),
                 labels=w.labels, handlers=sorted(w.handlers), last_heartbeat=w.last_seen,
-                memory_enforcement=self.c.memory_enforcement.get(w.worker_id, ""),
+                memory_enforcement=w.memory_enforcement,
             )  # fmt: skip
             if w.resources is not None:
                 info.resources.CopyFrom(w.resources)
@@ -591,8 +591,6 @@ class Coordinator:
         self._election_task: asyncio.Task | None = None
         self.engine = Engine(store, config)
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        #: How each worker enforces task memory, as it registered (shown by ListWorkers only).
-        self.memory_enforcement: dict[str, str] = {}
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()

@@ -299,6 +299,7 @@ class SchedulerState:
         worker.name, worker.host, worker.slots = ev.name, ev.host, max(0, ev.slots)
         worker.handlers, worker.labels, worker.resources = ev.handlers, dict(ev.labels), ev.resources
         worker.accepts_pickled = ev.accepts_pickled
+        worker.memory_enforcement = ev.memory_enforcement
         worker.connected, worker.last_seen, worker.state = True, ev.now, "ready"
         worker.sent_code = set()  # a reconnecting worker may be a new process with an empty cache
         self._index_worker(worker)
