@@ -48,20 +48,13 @@ from xpipe._retry import backoff_delay_s
 
 from ._breaker import OPEN, CircuitBreakers
 from ._entries import RunEntry, TaskEntry, WorkerEntry
-from ._placement import UNBOUNDED, PlacementIndex, Request
+from ._invariants import ACTIVE as _ACTIVE
+from ._invariants import SATISFIED as _SATISFIED
+from ._invariants import check_invariants
+from ._placement import PlacementIndex
 from ._story import ERROR_MOVES, restored_entries
-from ._recovery import (
-    CONTINUE,
-    HALT,
-    RETRY_WITH_FALLBACK,
-    SKIP,
-    RecoveryCodec,
-    read_decision,
-    recovered_task,
-    recovery_args,
-    recovery_name,
-    recovery_spec,
-)
+from ._recovery import RecoveryCodec, recovered_task, recovery_name
+from ._recovery_flow import _RECOVERY_REQUEST, RecoveryFlow
 from ._events import (
     Action,
     Assign,
@@ -96,11 +89,8 @@ __all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TA
 
 log = logging.getLogger(__name__)
 
-_ACTIVE = frozenset({pb.ASSIGNED, pb.RUNNING})
 #: error_type of tasks failed by :meth:`SchedulerState.fail_run`: a coordinator bug, not the task's.
 INTERNAL_ERROR = "INTERNAL"
-#: A dependency in one of these states lets its dependents run (a skipped one passes None).
-_SATISFIED = frozenset({pb.SUCCEEDED, pb.SKIPPED})
 
 #: Every allowed task transition. ``_move`` refuses anything else.
 _ALLOWED: dict[int, frozenset[int]] = {
@@ -117,15 +107,13 @@ _ALLOWED: dict[int, frozenset[int]] = {
 }
 #: An attempt that failed fast on an open circuit (from READY) ends in one of these.
 _FAST_FAILS = frozenset({pb.RETRY_WAIT, pb.FAILED, pb.RECOVERING})
-#: What a recovery handler's synthetic attempt asks of a worker: a slot, next to no cpu.
-_RECOVERY_REQUEST = Request(cpu_milli=1)
 
 
 class InvalidTransition(RuntimeError):
     """A transition not in the table was attempted: a bug in the state machine."""
 
 
-class SchedulerState:
+class SchedulerState(RecoveryFlow):
     """All runs, tasks and workers a coordinator knows, and the rules that move them.
 
     Args:
@@ -483,101 +471,6 @@ class SchedulerState:
         self._fail_dependents(run, task, out)
         if run.fail_fast:
             self._stop_run_after_failure(run, task, now, out)
-
-    # ------------------------------------------------------------------ recovery handlers
-
-    def _queue_recovery(self, run: RunEntry, task: TaskEntry) -> None:
-        run.recovering[task.name] = (0, "")
-        self._recoveries.append((run.run_id, task.name))
-
-    def _send_recoveries(self, now: float, out: list[Action]) -> None:
-        """Send queued recovery-handler calls to workers with room; the rest wait for one."""
-        waiting: deque[tuple[str, str]] = deque()
-        while self._recoveries:
-            run_id, name = self._recoveries.popleft()
-            run = self.runs.get(run_id)
-            task = run.tasks.get(name) if run else None
-            if task is None or task.state != pb.RECOVERING or run.recovering.get(name) != (0, ""):
-                continue  # cancelled meanwhile, or already sent
-            assert run.handler is not None
-            worker_id = self.placement.pick(
-                _RECOVERY_REQUEST, strategy=run.strategy, needs_pickled=bool(run.handler.code_hash)
-            )
-            if worker_id is None:
-                waiting.append((run_id, name))
-                continue
-            worker = self.workers[worker_id]
-            run.recovery_seq += 1
-            key = (run_id, recovery_name(name), run.recovery_seq)
-            run.recovering[name] = (run.recovery_seq, worker_id)
-            worker.assigned[key] = now
-            self.placement.hold(worker_id, key, _RECOVERY_REQUEST)
-            args = recovery_args(name, task.error, run_id=run_id, pipeline=run.name, attempt=task.attempt)
-            spec = recovery_spec(name, run.handler, self._recovery_codec().encode_args(args))
-            code: tuple[pb.CodeBlob, ...] = ()
-            code_hash = run.handler.code_hash
-            if code_hash and code_hash not in worker.sent_code and code_hash in run.code:
-                worker.sent_code.add(code_hash)
-                code = (run.code[code_hash],)
-            out.append(Assign(worker_id, key, spec, (), code, True))
-        self._recoveries = waiting
-
-    def _recovery_codec(self) -> RecoveryCodec:
-        if self.recovery_codec is None:
-            raise RuntimeError("a recovery handler is due but this SchedulerState was given no recovery_codec")
-        return self.recovery_codec
-
-    def _on_recovery_result(self, ev: TaskSucceeded | TaskFailed, name: str, out: list[Action]) -> None:
-        """Apply a recovery handler's answer for task ``name`` (stale answers are dropped)."""
-        run = self.runs.get(ev.attempt[0])
-        task = run.tasks.get(name) if run else None
-        if task is None or task.state != pb.RECOVERING or run.recovering.get(name, (0,))[0] != ev.attempt[2]:
-            self.stale_results += 1
-            log.info("dropped stale recovery answer for attempt %s from worker %s", ev.attempt, ev.worker_id)
-            return
-        del run.recovering[name]
-        if isinstance(ev, TaskSucceeded):
-            decision, problem = read_decision(ev.result, None, self._recovery_codec().decode_result)
-        else:
-            decision, problem = read_decision(None, ev.error, self._recovery_codec().decode_result)
-        log.info("run %s: recovery handler for task %r answered %s%s", run.run_id, name, decision,
-                 f" ({problem})" if problem else "")  # fmt: skip
-        error = pb.TaskError()
-        if task.error is not None:
-            error.CopyFrom(task.error)
-        task.finished_at = ev.now
-        if decision == RETRY_WITH_FALLBACK:
-            self._move(run, task, pb.READY, out)  # last_try is set: a fallback runs if it fails
-        elif decision == SKIP:
-            error.skipped = True
-            error.message = f"skipped by the recovery handler after: {error.message}"
-            task.error, task.result = error, None
-            self._move(run, task, pb.SKIPPED, out)
-            self._release_dependents(run, task, out)
-        elif decision == HALT:
-            error.message += " (the recovery handler halted the pipeline)"
-            task.error = error
-            run.halted = True
-            self._move(run, task, pb.FAILED, out)
-            self._fail_dependents(run, task, out)
-            self._stop_run_after_failure(
-                run, task, ev.now, out, why=f"the recovery handler halted the pipeline after task {name!r} failed"
-            )
-        else:
-            assert decision == CONTINUE
-            if problem:
-                error.message += f" ({problem})"
-            task.error = error
-            self._fail_for_good(run, task, ev.now, out)
-        self._maybe_finish(run, ev.now, out)
-
-    def _requeue_recovery(self, key: AttemptKey, name: str, reason: str) -> None:
-        run = self.runs.get(key[0])
-        task = run.tasks.get(name) if run else None
-        if task is None or task.state != pb.RECOVERING or run.recovering.get(name, (0,))[0] != key[2]:
-            return
-        log.warning("resending recovery handler call %s: %s", key, reason)
-        self._queue_recovery(run, task)
 
     # ------------------------------------------------------------------ circuit breakers
 
@@ -1040,45 +933,8 @@ class SchedulerState:
         return sum(1 for w in self.workers.values() if w.state != "lost" and w.connected)
 
     def validate(self) -> None:
-        """Check invariants; raises AssertionError naming the first one broken."""
-        for run in self.runs.values():
-            terminal = 0
-            for task in run.tasks.values():
-                if task.state in TERMINAL_TASK_STATES:
-                    terminal += 1
-                if task.state in (pb.READY, pb.ASSIGNED, pb.RUNNING):
-                    for dep in task.deps:
-                        assert run.tasks[dep].state in _SATISFIED, f"{task.name} active before {dep} succeeded"
-                if task.state == pb.RECOVERING:
-                    assert task.name in run.recovering, f"{task.name} RECOVERING with no handler call"
-                if task.state == pb.PENDING:
-                    unmet = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
-                    assert unmet == task.waiting, f"{task.name}: waiting={task.waiting}, unmet deps={unmet}"
-            assert terminal == run.terminal, f"run {run.run_id}: terminal count {run.terminal} != {terminal}"
-        for worker in self.workers.values():
-            if worker.state == "lost":
-                assert not worker.assigned, f"lost worker {worker.name} still holds attempts"
-            node = self.placement.nodes.get(worker.worker_id)
-            if node is not None:
-                assert set(node.held) <= set(worker.assigned), f"{worker.name}: ledger holds attempts it was not sent"
-                # Adaptive prefetch may shrink credit below what a worker already holds; the
-                # bound that must never break is the largest credit it could have had.
-                most = max(1, node.slots) + self.prefetch
-                scale = max(1.0, most / max(1, node.slots))
-
-                def cap(total: int) -> int:
-                    return total if total == UNBOUNDED else int(total * scale)
-
-                cap_cpu, cap_mem, cap_gpu = cap(node.cpu), cap(node.memory), cap(node.gpu)
-                assert node.used_cpu <= cap_cpu and node.used_memory <= cap_mem and node.used_gpu <= cap_gpu, (
-                    f"{worker.name} over-committed: cpu {node.used_cpu}/{cap_cpu}, memory {node.used_memory}/"
-                    f"{cap_mem}, gpu {node.used_gpu}/{cap_gpu}"
-                )
-                assert len(node.held) <= most, f"{worker.name} holds {len(node.held)} > most credit {most}"
-            for key in worker.assigned:
-                task = self._current(key)
-                if task is not None and task.state in _ACTIVE:
-                    assert task.worker == worker.worker_id, f"{key} held by {worker.name} but assigned to {task.worker}"
+        """Check invariants; raises AssertionError naming the first one broken (see ``_invariants``)."""
+        check_invariants(self)
 
     def iter_records(self, run_id: str) -> Iterable[TaskRecord]:
         run = self.runs[run_id]
