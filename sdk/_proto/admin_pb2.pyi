@@ -118,3 +118,29 @@ class ForgetWorkersResponse(_message.Message):
     healthy: _containers.RepeatedScalarFieldContainer[str]
     unknown: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, forgotten: _Optional[_Iterable[str]] = ..., healthy: _Optional[_Iterable[str]] = ..., unknown: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class InstallDependenciesRequest(_message.Message):
+    __slots__ = ("packages", "timeout_s")
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    def __init__(self, packages: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class WorkerInstallResult(_message.Message):
+    __slots__ = ("worker", "status", "message", "output_tail")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    status: str
+    message: str
+    output_tail: str
+    def __init__(self, worker: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., output_tail: _Optional[str] = ...) -> None: ...
+
+class InstallDependenciesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[WorkerInstallResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[WorkerInstallResult, _Mapping]]] = ...) -> None: ...

@@ -54,6 +54,11 @@ class AdminServiceStub:
                 request_serializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.FromString,
                 _registered_method=True)
+        self.InstallDependencies = channel.unary_unary(
+                '/xpipe.v1.AdminService/InstallDependencies',
+                request_serializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -84,6 +89,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallDependencies(self, request, context):
+        """Install Python packages with pip on every connected worker that allows it (--allow-install).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +118,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ForgetWorkers,
                     request_deserializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.SerializeToString,
+            ),
+            'InstallDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallDependencies,
+                    request_deserializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +233,33 @@ class AdminService:
             '/xpipe.v1.AdminService/ForgetWorkers',
             xpipe_dot_v1_dot_admin__pb2.ForgetWorkersRequest.SerializeToString,
             xpipe_dot_v1_dot_admin__pb2.ForgetWorkersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpipe.v1.AdminService/InstallDependencies',
+            xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.SerializeToString,
+            xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.FromString,
             options,
             channel_credentials,
             insecure,
