@@ -447,6 +447,8 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
             install=worker_pb2.InstallPackages(request_id=request_id, packages=request.packages, timeout_s=timeout_s)
         )
         answers = self.c.installs.expect(request_id, sessions)
+        log.info("InstallDependencies %s: asking %d workers (request %s)", list(request.packages)[:8], len(sessions),
+                 request_id)  # fmt: skip
         for session in sessions:
             session.outbox.put_nowait(message)
         wait_s = timeout_s + _INSTALL_ANSWER_GRACE_S

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import signal
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -101,35 +102,44 @@ class PipInstaller:
     async def _run_pip(self, packages: list[str], timeout_s: float) -> InstallOutcome:
         argv = pip_argv(self.target_dir, packages)
         log.info("installing %s into %s", " ".join(packages), self.target_dir)
+        # The stdlib's spawn (vfork + exec), not the event loop's: uvloop's fork-based spawn
+        # crashes the child (SIGSEGV) in a process that holds gRPC channels. Own process group,
+        # so a timeout ends pip and whatever build backend it started.
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    start_new_session=True)  # fmt: skip
         except OSError as exc:
             return InstallOutcome(FAILED, f"cannot start pip: {exc}")
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout=timeout_s)
-        except TimeoutError:
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
             await _kill(proc)
             return InstallOutcome(FAILED, f"pip did not finish within {timeout_s:g} s; stopped")
         except asyncio.CancelledError:  # the worker is stopping: pip must not outlive it
-            await _kill(proc)
+            _killpg(proc.pid)
             raise
         tail = out.decode(errors="replace")[-INSTALL_OUTPUT_TAIL_CHARS:]
         if proc.returncode != 0:
-            log.warning("pip install %s failed with exit code %s", " ".join(packages), proc.returncode)
-            return InstallOutcome(FAILED, f"pip exited with code {proc.returncode}", tail)
+            log.warning("pip install %s failed with %s", " ".join(packages), _exit(proc.returncode))
+            return InstallOutcome(FAILED, f"pip exited with {_exit(proc.returncode)}", tail)
         return InstallOutcome(INSTALLED, f"installed {', '.join(packages)} into {self.target_dir}", tail)
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """Kill pip with its process group (it may run build backends), then reap it."""
+def _exit(code: int) -> str:
+    return f"code {code}" if code >= 0 else f"signal {signal.Signals(-code).name}"
+
+
+def _killpg(pid: int) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+async def _kill(proc: subprocess.Popen) -> None:
+    """Kill pip with its process group (it may run build backends), then reap it."""
+    _killpg(proc.pid)
     try:
-        await asyncio.wait_for(proc.wait(), timeout=_KILL_WAIT_S)
-    except TimeoutError:
+        await asyncio.to_thread(proc.communicate, timeout=_KILL_WAIT_S)
+    except subprocess.TimeoutExpired:
         log.error("pip (pid %d) did not exit within %g s of SIGKILL", proc.pid, _KILL_WAIT_S)
