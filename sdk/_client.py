@@ -26,7 +26,16 @@ from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY
 from ._install import requirements_problem, timeout_problem
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
-from ._types import ClusterStatus, InstallReport, NodeRecovery, RunEvent, RunInfo, RunSummary, TaskResult, WorkerInfo
+from ._types import (
+    ClusterStatus,
+    InstallReport,
+    NodeRecovery,
+    RunEvent,
+    RunInfo,
+    RunSummary,
+    TaskResult,
+    WorkerInfo,
+)
 from .errors import (
     CoordinatorUnavailableError,
     DistributedExecutionError,

@@ -16,12 +16,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from packaging.requirements import InvalidRequirement, Requirement
-
 from xpipe._limits import MAX_INSTALL_PACKAGES, MAX_INSTALL_TIMEOUT_S, MAX_REQUIREMENT_CHARS, shown
 
 __all__ = [
-    "INSTALLED", "REFUSED", "FAILED", "INSTALL_STATUSES", "MODULE_DISTRIBUTIONS", "requirement_problem",
-    "requirements_problem", "timeout_problem", "distributions_for",
+    "FAILED",
+    "INSTALLED",
+    "INSTALL_STATUSES",
+    "MODULE_DISTRIBUTIONS",
+    "REFUSED",
+    "distributions_for",
+    "requirement_problem",
+    "requirements_problem",
+    "timeout_problem",
 ]  # fmt: skip
 
 #: pip installed every requirement on that worker.

@@ -17,12 +17,12 @@ from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, check_wait_s
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
+from ._install import distributions_for
+from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
-from ._install import distributions_for
-from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
 from .errors import (
     DistributedExecutionError,
@@ -590,11 +590,9 @@ class PipelineManager:
                 + "). Workers install packages only when started with xpipe-worker --allow-install."
             )
         else:
-            error = DistributedExecutionError(
-                f"no worker installed {', '.join(packages)}:\n"
-                + "\n".join(f"{w.worker} {w.status}: {w.message}" + (f"\n  pip: ...{w.output_tail[-600:]}"
-                             if w.output_tail else "") for w in report.workers)  # fmt: skip
-            )
+            lines = [f"{w.worker} {w.status}: {w.message}" for w in report.workers]
+            lines += [f"pip on {w.worker} ended with: ...{w.output_tail[-600:]}" for w in report.workers if w.output_tail]
+            error = DistributedExecutionError(f"no worker installed {', '.join(packages)}:\n" + "\n".join(lines))
         error.report = report  # type: ignore[attr-defined]
         raise error
 

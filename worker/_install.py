@@ -106,7 +106,7 @@ class PipInstaller:
         # crashes the child (SIGSEGV) in a process that holds gRPC channels. Own process group,
         # so a timeout ends pip and whatever build backend it started.
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # noqa: ASYNC220
                                     start_new_session=True)  # fmt: skip
         except OSError as exc:
             return InstallOutcome(FAILED, f"cannot start pip: {exc}")

@@ -19,9 +19,6 @@ from pathlib import Path
 import grpc
 import psutil
 import pytest
-
-from tests import helpers_tasks as ht
-from tests.harness import Cluster, assert_no_leaks, describe_pids, eventually
 from xpipe import (
     DistributedExecutionError,
     InstallReport,
@@ -32,6 +29,9 @@ from xpipe import (
     Task,
 )
 from xpipe._proto import admin_pb2, admin_pb2_grpc
+
+from tests import helpers_tasks as ht
+from tests.harness import Cluster, assert_no_leaks, describe_pids, eventually
 
 MODULE = "xpipe_test_probe"  # the wheel's one module; its distribution is "xpipe-test-probe"
 
@@ -56,14 +56,18 @@ def build_wheel(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_wheel(Path(tmp_path_factory.mktemp("wheel")))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, wheels: Path) -> Iterator[Cluster]:
     """A coordinator, worker "open" (``--allow-install``, label pip=yes) and worker "closed" (no flag).
 
     Checked for leaks after it stops (the per-test check is narrowed below).
     """
     baseline = assert_no_leaks()
     root = Path(tmp_path_factory.mktemp("install"))
-    wheels = build_wheel(root)
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "XDG_DATA_HOME": str(root / "xdg")}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -93,9 +97,20 @@ def _no_leaked_processes(cluster: Cluster) -> Iterator[None]:
     """
     baseline = assert_no_leaks()
     yield
-    owned = {p.pid for w in cluster.workers.values() if w.alive() for p in psutil.Process(w.pid).children(recursive=True)}
-    leaked = assert_no_leaks(10.0, ignore=baseline | owned)
-    assert not leaked, f"left processes alive:\n{describe_pids(leaked)}"
+
+    def strays() -> set[int]:
+        workers = {w.pid for w in cluster.workers.values() if w.alive()}
+        out = set()
+        for pid in assert_no_leaks(ignore=baseline):
+            try:
+                if workers.isdisjoint(p.pid for p in psutil.Process(pid).parents()):
+                    out.add(pid)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    # A stray is any process left by the test outside the live workers' trees.
+    eventually(lambda: not strays(), timeout_s=10.0, message="no process left outside the live workers")
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +164,10 @@ def test_a_bad_name_is_refused_before_anything_runs(cluster, pm, bad):
         pm.install_missing_dependencies(["fine", bad])
     assert repr(bad) in str(info.value)
     # The coordinator checks again (a client in another language skips the SDK), naming the entry.
-    with grpc.insecure_channel(cluster.address) as channel:
-        with pytest.raises(grpc.RpcError) as raw:
-            admin_pb2_grpc.AdminServiceStub(channel).InstallDependencies(
-                admin_pb2.InstallDependenciesRequest(packages=["fine", bad]), timeout=10
-            )
+    with grpc.insecure_channel(cluster.address) as channel, pytest.raises(grpc.RpcError) as raw:
+        admin_pb2_grpc.AdminServiceStub(channel).InstallDependencies(
+            admin_pb2.InstallDependenciesRequest(packages=["fine", bad]), timeout=10
+        )
     assert raw.value.code() == grpc.StatusCode.INVALID_ARGUMENT and repr(bad) in raw.value.details()
     # Nothing went out to a worker.
     assert cluster.coordinator.log_text().count(": asking ") == asked
@@ -210,3 +224,15 @@ def test_when_every_worker_refuses_the_error_names_them_and_the_flag(cluster, pm
     text = str(info.value)
     assert "closed" in text and "--allow-install" in text and "PyYAML>=6" in text
     assert info.value.report.refused == ("closed",)
+
+
+def test_the_embedded_defaults_workers_install_into_its_data_dir(tmp_path, monkeypatch, wheels):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    with PipelineManager(workers=1, slots_per_worker=1, data_dir=tmp_path / "local") as local:
+        report = local.install_missing_dependencies([MODULE])
+        assert report.ok and report.installed == ("local-0",)
+        assert (tmp_path / "local" / "packages" / "local-0" / f"{MODULE}.py").is_file()
+        p = Pipeline("probe-local")
+        p.add_tasks([Task("use", ht.probe_module, args=(MODULE,))])
+        assert local.execute_pipeline(p, monitor=False).outputs["use"] == 42
