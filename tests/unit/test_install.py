@@ -23,6 +23,8 @@ from xpipe._proto import admin_pb2, worker_pb2
 from xpipe.coordinator._validate import check_install_request, check_install_result
 from xpipe.worker._install import PipInstaller, default_install_dir, pip_argv
 
+from tests.harness import eventually, eventually_async
+
 
 @pytest.mark.parametrize("good", ["pandas", "PyYAML>=6", "requests[socks]>=2,<3", "a.b-c_d==1.0.post1", "x~=1.4"])
 def test_plain_requirements_are_accepted(good):
@@ -128,3 +130,24 @@ def test_prepare_puts_the_directory_on_the_path_after_the_environment(tmp_path):
         assert oct(Path(installer.target_dir).stat().st_mode & 0o777) == "0o700"
     finally:
         sys.path.remove(installer.target_dir)
+
+
+def test_a_worker_stopping_mid_install_takes_pip_down_with_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    installer = PipInstaller(str(tmp_path / "pk"), allowed=True)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(installer.install(["xpipe-no-such-package"], 60))
+        await eventually_async(pip_children, timeout_s=10, message="pip running")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    eventually(lambda: not pip_children(), timeout_s=5, message="pip gone")
+
+
+def test_pip_that_cannot_start_is_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    outcome = asyncio.run(PipInstaller(str(tmp_path / "pk"), allowed=True).install(["x"], 30))
+    assert outcome.status == FAILED and outcome.message.startswith("cannot start pip:")
