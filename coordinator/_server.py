@@ -16,7 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
+from xpipe._install import FAILED
+from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe._domain import REJECTION_KIND_KEY
@@ -40,7 +41,14 @@ from ._events import (
 from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from ._store import Store, StoreFault
-from ._validate import check_event, check_heartbeat, check_register, rejection_kind
+from ._validate import (
+    check_event,
+    check_heartbeat,
+    check_install_request,
+    check_install_result,
+    check_register,
+    rejection_kind,
+)
 
 if TYPE_CHECKING:
     from ._leader import LeaderElection
@@ -288,6 +296,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 pass
             except Exception:
                 log.exception("reading from worker %s failed", reg.name)
+            self.c.installs.lost(session)
             if engine.disconnect_worker(session):
                 engine.post(WorkerDisconnected(time.time(), reg.worker_id, stimulus_id=session.stimulus_prefix + "end"))
                 log.info("worker %s (%s) disconnected", reg.name, reg.worker_id)
@@ -341,6 +350,11 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     post(HeartbeatReceived(
                         now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, stimulus_id=sid,
                     ))  # fmt: skip
+                elif body == "install_result":
+                    problem = check_install_result(message.install_result)
+                    if problem:
+                        return problem
+                    self.c.installs.answer(session, message.install_result)
                 else:
                     log.warning("worker %s sent an unexpected %s message; ignored", worker_id, body)
             return ""
@@ -436,6 +450,96 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
                 for t, sid, _, name, attempt, frm, to, reason in entries
             ]
         )  # fmt: skip
+
+
+    async def InstallDependencies(self, request, context):
+        """Ask every connected worker to pip-install; answer when all did or the time is up.
+
+        Workers answer INSTALLED, REFUSED (no ``--allow-install``, or a name they refuse) or
+        FAILED (pip failed, overran, or the worker left); one that has not answered within
+        ``timeout_s`` plus :data:`_INSTALL_ANSWER_GRACE_S` is reported FAILED "no answer".
+        """
+        problem = check_install_request(request)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"InstallDependencies: {problem}")
+        engine = self.engine
+        sessions = list(engine.sessions.values())
+        if not sessions:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "InstallDependencies: no worker is connected")
+        timeout_s = request.timeout_s or DEFAULT_INSTALL_TIMEOUT_S
+        request_id = uuid.uuid4().hex
+        message = worker_pb2.CoordinatorMessage(
+            install=worker_pb2.InstallPackages(request_id=request_id, packages=request.packages, timeout_s=timeout_s)
+        )
+        answers = self.c.installs.expect(request_id, sessions)
+        log.info("InstallDependencies %s: asking %d workers (request %s)", list(request.packages)[:8], len(sessions),
+                 request_id)  # fmt: skip
+        for session in sessions:
+            session.outbox.put_nowait(message)
+        wait_s = timeout_s + _INSTALL_ANSWER_GRACE_S
+        try:
+            await asyncio.wait(answers.values(), timeout=wait_s)
+        finally:
+            self.c.installs.forget(request_id)
+        results = []
+        for session in sessions:
+            answer = answers[id(session)]
+            name = engine.state.worker_name(session.worker_id) or session.worker_id
+            if answer.done():
+                got = answer.result()
+                results.append(admin_pb2.WorkerInstallResult(
+                    worker=name, status=got.status, message=got.message, output_tail=got.output_tail
+                ))  # fmt: skip
+            else:
+                results.append(admin_pb2.WorkerInstallResult(
+                    worker=name, status=FAILED, message=f"no answer within {wait_s:g} s"
+                ))  # fmt: skip
+        results.sort(key=lambda r: r.worker)
+        log.info("InstallDependencies %s: %s", list(request.packages)[:8],
+                 ", ".join(f"{r.worker} {r.status}" for r in results))  # fmt: skip
+        return admin_pb2.InstallDependenciesResponse(results=results)
+
+
+#: Beyond the workers' own pip limit, how long InstallDependencies waits for their answers.
+_INSTALL_ANSWER_GRACE_S = 5.0
+
+
+class _InstallRequests:
+    """Install requests waiting for workers' answers, by request id and worker stream.
+
+    Shell state, not scheduling state: nothing here is stored or replayed; a coordinator that
+    restarts mid-install fails its caller's call, which asks again. Streams are keyed by
+    identity (``id``): a worker that reconnected owes nothing on its new stream.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, dict[int, asyncio.Future]] = {}  # request id -> {id(session): answer}
+
+    def expect(self, request_id: str, sessions: list) -> dict[int, asyncio.Future]:
+        loop = asyncio.get_running_loop()
+        answers = {id(session): loop.create_future() for session in sessions}
+        self._pending[request_id] = answers
+        return answers
+
+    def answer(self, session, result: worker_pb2.InstallResult) -> None:
+        future = self._pending.get(result.request_id, {}).get(id(session))
+        if future is None:
+            log.info("install answer %s from worker %s matches no request (late); ignored",
+                     result.request_id[:16], session.worker_id)  # fmt: skip
+        elif not future.done():
+            future.set_result(result)
+
+    def lost(self, session) -> None:
+        """A worker stream ended: what it owed is FAILED now, not after the whole timeout."""
+        for answers in self._pending.values():
+            future = answers.get(id(session))
+            if future is not None and not future.done():
+                future.set_result(worker_pb2.InstallResult(
+                    status=FAILED, message="the worker disconnected before answering"
+                ))  # fmt: skip
+
+    def forget(self, request_id: str) -> None:
+        self._pending.pop(request_id, None)
 
 
 class _Malformed:
@@ -591,6 +695,8 @@ class Coordinator:
         self._election_task: asyncio.Task | None = None
         self.engine = Engine(store, config)
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        #: InstallDependencies calls waiting for workers (see :class:`_InstallRequests`).
+        self.installs = _InstallRequests()
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from xpipe._domain import REJECTED_FIELD, REJECTED_GRAPH
 from xpipe._graph import validate_graph
+from xpipe._install import INSTALL_STATUSES, requirements_problem, timeout_problem
 from xpipe._limits import (
+    INSTALL_OUTPUT_TAIL_CHARS,
     MAX_CUSTOM_RESOURCES,
     MAX_DEPENDS_ON,
     MAX_DURATION_S,
@@ -331,4 +333,27 @@ def check_event(ev: worker_pb2.TaskEvent, kind: str | None = "") -> str:
             _resources(f"{field}.required_resources", error.required_resources)
         except _Bad as exc:
             return str(exc)
+    return ""
+
+
+def check_install_request(request) -> str:
+    """Why an ``InstallDependenciesRequest`` is refused ("" if taken): the same rules as the SDK's.
+
+    ``timeout_s`` 0 means the default; anything else must be a sane number of seconds.
+    """
+    problem = requirements_problem(list(request.packages))
+    if not problem and request.timeout_s != 0.0:
+        problem = timeout_problem(request.timeout_s)
+    return problem
+
+
+def check_install_result(result: worker_pb2.InstallResult) -> str:
+    """Why a worker's ``InstallResult`` cannot be taken ("" if it can)."""
+    if result.status not in INSTALL_STATUSES:
+        return f"InstallResult.status {shown(result.status)} is not one of {sorted(INSTALL_STATUSES)}"
+    for field, value in (("request_id", result.request_id), ("message", result.message)):
+        if len(value) > MAX_TEXT_CHARS:
+            return f"InstallResult.{field} has {len(value)} chars; the limit is {MAX_TEXT_CHARS}"
+    if len(result.output_tail) > INSTALL_OUTPUT_TAIL_CHARS:
+        return f"InstallResult.output_tail has {len(result.output_tail)} chars; the limit is {INSTALL_OUTPUT_TAIL_CHARS}"
     return ""

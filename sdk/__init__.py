@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ._types import (
         CircuitInfo,
         ClusterStatus,
+        InstallReport,
         NodeRecovery,
         RunEvent,
         RunInfo,
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
         TaskInfo,
         TaskResult,
         WorkerInfo,
+        WorkerInstall,
     )
     from .errors import (
         CoordinatorUnavailableError,
@@ -69,8 +71,8 @@ _LAZY = {
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
     **dict.fromkeys(
-        ("CircuitInfo", "ClusterStatus", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary", "TaskInfo", "TaskResult",
-         "WorkerInfo"),
+        ("CircuitInfo", "ClusterStatus", "InstallReport", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary",
+         "TaskInfo", "TaskResult", "WorkerInfo", "WorkerInstall"),
         "._types",
     ),
     **dict.fromkeys(
@@ -96,6 +98,7 @@ __all__ = [
     "DataStreamError",
     "DistributedExecutionError",
     "HandlerNotFoundError",
+    "InstallReport",
     "NodeRecovery",
     "Pipeline",
     "PipelineExecutionError",
@@ -115,6 +118,7 @@ __all__ = [
     "TaskResult",
     "TaskRunInfo",
     "WorkerInfo",
+    "WorkerInstall",
     "XpipeError",
     "handle_errors",
     "handler",

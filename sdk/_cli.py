@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from .errors import PipelineExecutionError, XpipeError
 
 __all__ = ["main"]
@@ -296,6 +297,19 @@ def cmd_forget(opts) -> int:
     return 0 if not r.unknown else 1
 
 
+def cmd_install(opts) -> int:
+    with _client(opts) as client:
+        report = client.install_dependencies(opts.packages, timeout_s=opts.timeout_s)
+    data = {"packages": list(report.packages),
+            "workers": [{"worker": w.worker, "status": w.status, "message": w.message, "output_tail": w.output_tail}
+                        for w in report.workers]}  # fmt: skip
+    lines = [f"{w.worker}: {w.status} {w.message}" for w in report.workers]
+    lines += [f"--- pip on {w.worker}:\n{w.output_tail.rstrip()}" for w in report.workers
+              if w.status == "FAILED" and w.output_tail]  # fmt: skip
+    _emit(opts, data, "\n".join(lines))
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--coordinator", default=os.environ.get("XPIPE_COORDINATOR", ""),
@@ -339,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     forget = sub.add_parser("forget", parents=[common], help="forget lost or disconnected workers")
     forget.add_argument("workers", nargs="+", help="worker names")
     forget.set_defaults(fn=cmd_forget)
+    install = sub.add_parser("install", parents=[common],
+                             help="pip-install packages on every worker started with --allow-install")  # fmt: skip
+    install.add_argument("packages", nargs="+", metavar="PACKAGE", help="requirement, e.g. pandas or 'pyyaml>=6'")
+    install.add_argument("--timeout-s", type=float, default=DEFAULT_INSTALL_TIMEOUT_S, help="pip's limit on each worker")
+    install.set_defaults(fn=cmd_install)
     return p
 
 

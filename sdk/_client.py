@@ -23,9 +23,19 @@ import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
 from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY
-from ._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
+from ._install import requirements_problem, timeout_problem
+from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
-from ._types import ClusterStatus, NodeRecovery, RunEvent, RunInfo, RunSummary, TaskResult, WorkerInfo
+from ._types import (
+    ClusterStatus,
+    InstallReport,
+    NodeRecovery,
+    RunEvent,
+    RunInfo,
+    RunSummary,
+    TaskResult,
+    WorkerInfo,
+)
 from .errors import (
     CoordinatorUnavailableError,
     DistributedExecutionError,
@@ -566,6 +576,27 @@ class Client:
              "from": _state_name(e.from_state), "to": _state_name(e.to_state), "reason": e.reason}
             for e in entries
         ]  # fmt: skip
+
+    def install_dependencies(self, packages: Sequence[str], *, timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S) -> InstallReport:
+        """pip-install ``packages`` on every connected worker that allows it (``--allow-install``).
+
+        Each entry is a requirement (``"pandas"``, ``"pyyaml>=6"``); no URLs, paths or pip
+        options. Returns each worker's answer; nothing is raised for refusals here (see
+        :meth:`PipelineManager.install_missing_dependencies` for that).
+
+        Raises:
+            RequestRejectedError: a bad entry (named), too many, a bad ``timeout_s``, or no
+                worker connected.
+        """
+        packages = list(packages) if not isinstance(packages, str) else packages
+        problem = requirements_problem(packages) or timeout_problem(timeout_s)
+        if problem:
+            raise RequestRejectedError(f"install_dependencies: {problem}")
+        request = admin_pb2.InstallDependenciesRequest(packages=packages, timeout_s=timeout_s)
+        # The coordinator answers within timeout_s plus its grace; leave room for the trip.
+        deadline_s = timeout_s + 30.0
+        reply = self._call(lambda p, a: a.InstallDependencies(request, timeout=deadline_s))
+        return InstallReport.from_proto(tuple(packages), reply)
 
     def close(self) -> None:
         with self._lock:

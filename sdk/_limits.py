@@ -27,6 +27,8 @@ __all__ = [
     "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
     "labels_problem", "command_problem", "KEEPALIVE_TIME_MS", "KEEPALIVE_TIMEOUT_MS", "MIN_PING_INTERVAL_MS",
     "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS", "TRANSITION_LOG_ENTRIES", "STORY_HISTORY_ENTRIES",
+    "MAX_INSTALL_PACKAGES", "MAX_REQUIREMENT_CHARS",
+    "DEFAULT_INSTALL_TIMEOUT_S", "MAX_INSTALL_TIMEOUT_S", "INSTALL_OUTPUT_TAIL_CHARS",
 ]  # fmt: skip
 
 #: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
@@ -71,6 +73,16 @@ MAX_RESOURCE_AMOUNT = 1e9
 MAX_MEMORY_BYTES = 1 << 60
 #: Largest GPU count in a request or an offer.
 MAX_GPUS = 1 << 20
+
+#: Requirements in one ``install_missing_dependencies`` call (one pip command line).
+MAX_INSTALL_PACKAGES = 64
+#: Characters of one requirement (``name[extras]>=1.0,<2``).
+MAX_REQUIREMENT_CHARS = 200
+#: How long pip may run on a worker when the caller names no limit, and the most it may ask for.
+DEFAULT_INSTALL_TIMEOUT_S = 300.0
+MAX_INSTALL_TIMEOUT_S = 3600.0
+#: Characters of pip's output a worker sends back with its answer (the end, where the error is).
+INSTALL_OUTPUT_TAIL_CHARS = 4000
 
 #: A client (the SDK, a worker) pings its coordinator connection this often when idle. A
 #: frozen (SIGSTOPped) or partitioned peer keeps TCP open, so without pings a watch or a

@@ -112,7 +112,10 @@ class LocalCluster:
         self.address = ready.read_text().strip()
         for i in range(self.workers):
             argv = ["-m", "xpipe.worker", "--coordinator", self.address, "--name", f"local-{i}",
-                    "--slots", str(self.slots_per_worker), "--log-level", "WARNING", "--grace-s", "5"]  # fmt: skip
+                    "--slots", str(self.slots_per_worker), "--log-level", "WARNING", "--grace-s", "5",
+                    # Local workers run as this user on loopback: installing for them is what the user
+                    # asked for, into the data directory (removed with a temporary one), not the venv.
+                    "--allow-install", "--install-dir", str(self.data_dir / "packages" / f"local-{i}")]  # fmt: skip
             for module in self.imports:
                 argv += ["--import", module]
             self._spawn(f"worker-{i}", argv)

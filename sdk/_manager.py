@@ -17,12 +17,20 @@ from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, wait_option
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
+from ._install import distributions_for
+from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
-from ._types import ClusterStatus, NodeRecovery, RunSummary
-from .errors import HandlerNotFoundError, PipelineExecutionError, PipelineValidationError
+from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
+from .errors import (
+    DistributedExecutionError,
+    HandlerNotFoundError,
+    PipelineExecutionError,
+    PipelineValidationError,
+    RequestRejectedError,
+)
 
 __all__ = ["PipelineManager"]
 
@@ -524,6 +532,72 @@ class PipelineManager:
         if result.unknown:
             log.warning("recover_unhealthy_nodes: no worker named %s is known", ", ".join(result.unknown))
         return result
+
+    def install_missing_dependencies(
+        self,
+        names: Sequence[str],
+        *,
+        timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S,
+        aliases: Mapping[str, str] | None = None,
+    ) -> InstallReport:
+        """pip-install what a DEPENDENCY_FAILURE named, on every connected worker that allows it.
+
+        Workers install only with ``xpipe-worker --allow-install`` (the embedded default's
+        workers allow it), into their own ``--install-dir``, never into their Python
+        environment; tasks that start afterwards can import the packages. Where packages
+        come from is the workers' pip configuration (``PIP_INDEX_URL``, ...), not the caller's.
+
+        Example:
+            >>> try:                                                  # doctest: +SKIP
+            ...     pm.execute_pipeline(p)
+            ... except PipelineExecutionError as e:
+            ...     if e.error_type == "DEPENDENCY_FAILURE":
+            ...         pm.install_missing_dependencies(e.missing_dependencies)
+            ...         pm.execute_pipeline(p)
+
+        Args:
+            names: module names (``e.missing_dependencies``) or requirements (``"pandas>=2"``).
+                A module whose distribution is named otherwise is mapped through ``aliases``,
+                then a small built-in table (``yaml`` -> ``PyYAML``, ``PIL`` -> ``Pillow``, ...:
+                :data:`xpipe._install.MODULE_DISTRIBUTIONS`).
+            timeout_s: how long pip may run on each worker.
+            aliases: module name -> distribution requirement, e.g. ``{"yaml": "PyYAML>=6"}``.
+
+        Returns:
+            Each connected worker's answer (``.installed``, ``.refused``, ``.failed``, ``.ok``).
+            Some workers refusing or failing while others installed is returned, and logged.
+
+        Raises:
+            RequestRejectedError: a name that is not a plain requirement (a URL, a path, a pip
+                option; the message names it), no worker connected, or every worker refused
+                (the message names them and says they need ``--allow-install``).
+            DistributedExecutionError: no worker installed them and pip failed on some (the
+                message carries each worker's reason and pip's last lines).
+            Both carry the :class:`InstallReport` as ``.report`` when workers answered.
+        """
+        if isinstance(names, str):
+            raise TypeError(f"names must be a list of module or package names, got the string {names!r}")
+        packages = distributions_for(list(names), aliases)
+        report = self.client.install_dependencies(packages, timeout_s=timeout_s)
+        if report.installed:
+            if not report.ok:
+                log.warning("install_missing_dependencies: %s not installed on %s", ", ".join(packages),
+                            "; ".join(f"{w.worker} ({w.status}: {w.message})" for w in report.workers
+                                      if w.worker not in report.installed))  # fmt: skip
+            return report
+        error: Exception
+        if not report.failed:
+            error = RequestRejectedError(
+                f"no worker installed {', '.join(packages)}: every worker refused ("
+                + "; ".join(f"{w.worker}: {w.message}" for w in report.workers)
+                + "). Workers install packages only when started with xpipe-worker --allow-install."
+            )
+        else:
+            lines = [f"{w.worker} {w.status}: {w.message}" for w in report.workers]
+            lines += [f"pip on {w.worker} ended with: ...{w.output_tail[-600:]}" for w in report.workers if w.output_tail]
+            error = DistributedExecutionError(f"no worker installed {', '.join(packages)}:\n" + "\n".join(lines))
+        error.report = report  # type: ignore[attr-defined]
+        raise error
 
     # ------------------------------------------------------------------ lifecycle
 

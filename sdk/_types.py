@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._codec import decode
+from ._install import FAILED, INSTALLED, REFUSED
 from ._plan import resources_dict
 from ._proto import admin_pb2, pipeline_pb2
 from ._proto import common_pb2 as pb
 
 __all__ = [
     "CircuitInfo",
+    "InstallReport",
+    "WorkerInstall",
     "ClusterStatus",
     "NodeRecovery",
     "RunEvent",
@@ -328,3 +331,51 @@ class NodeRecovery:
     @classmethod
     def from_proto(cls, reply: admin_pb2.ForgetWorkersResponse) -> NodeRecovery:
         return cls(tuple(reply.forgotten), tuple(reply.healthy), tuple(reply.unknown))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInstall:
+    """One worker's answer to :meth:`PipelineManager.install_missing_dependencies`.
+
+    Attributes:
+        worker: the worker's name.
+        status: ``"INSTALLED"``, ``"REFUSED"`` (no ``--allow-install``, or a name it refused)
+            or ``"FAILED"`` (pip failed or overran, or the worker did not answer).
+        message: why, for REFUSED and FAILED; what was installed where, for INSTALLED.
+        output_tail: the end of pip's output, when pip ran.
+    """
+
+    worker: str
+    status: str
+    message: str
+    output_tail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class InstallReport:
+    """What each connected worker did with an install request, sorted by worker name."""
+
+    packages: tuple[str, ...]
+    workers: tuple[WorkerInstall, ...]
+
+    @property
+    def installed(self) -> tuple[str, ...]:
+        """Names of the workers that installed every package."""
+        return tuple(w.worker for w in self.workers if w.status == INSTALLED)
+
+    @property
+    def refused(self) -> tuple[str, ...]:
+        return tuple(w.worker for w in self.workers if w.status == REFUSED)
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(w.worker for w in self.workers if w.status == FAILED)
+
+    @property
+    def ok(self) -> bool:
+        """Every connected worker installed them."""
+        return bool(self.workers) and len(self.installed) == len(self.workers)
+
+    @classmethod
+    def from_proto(cls, packages: tuple[str, ...], reply: admin_pb2.InstallDependenciesResponse) -> InstallReport:
+        return cls(packages, tuple(WorkerInstall(r.worker, r.status, r.message, r.output_tail) for r in reply.results))

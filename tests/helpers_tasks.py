@@ -193,3 +193,10 @@ def clean_rows(rows: int, fixes: list | None = None) -> dict:
             f"{rows} rows have no id", {"details": {"rows_without_id": rows}, "suggested_fixes": ["drop_rows_without_id"]}
         )
     return {"rows": rows, "applied": list(fixes)}
+
+
+def probe_module(module: str) -> Any:
+    """Imports ``module`` (a package a test installs on the worker at run time) and returns its ``VALUE``."""
+    import importlib
+
+    return importlib.import_module(module).VALUE

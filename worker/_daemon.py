@@ -26,18 +26,21 @@ from xpipe._backoff import Backoff
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, task_error
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
+from xpipe._install import INSTALLED
 from xpipe._limits import (
     CLIENT_KEEPALIVE_OPTIONS,
     MAX_LABEL_VALUE_CHARS,
     MAX_LABELS,
     MAX_MESSAGE_BYTES,
     MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
     normalize_resources,
 )
 from xpipe._proto import worker_pb2
 
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
+from ._install import PipInstaller, default_install_dir
 from ._state import ResourceLedger, WorkerState, task_request
 
 __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources", "ResourceLedger", "task_request"]
@@ -101,6 +104,10 @@ class WorkerConfig:
     artifact_dir: str = ""
     #: Memory limit of tasks that declare none, in bytes; 0: only declared limits apply.
     task_memory_limit_bytes: int = 0
+    #: Install packages with pip when asked (``install_missing_dependencies``); off: refuse.
+    allow_install: bool = False
+    #: Where installed packages go (on tasks' ``sys.path``); empty: :func:`default_install_dir`.
+    install_dir: str = ""
 
 
 def detect_resources() -> pb.Resources:
@@ -150,6 +157,7 @@ class WorkerDaemon:
         # HA: the leader a follower named (connect there next), and whether one answered so.
         self._leader_hint = ""
         self._told_not_leader = False
+        self._installer = PipInstaller(config.install_dir or default_install_dir(config.name), allowed=config.allow_install)
 
     @property
     def tasks_done(self) -> int:
@@ -163,6 +171,7 @@ class WorkerDaemon:
         for module in self.config.imports:
             importlib.import_module(module)  # fail fast, in the parent, on a bad --import
         self._handlers = handler_names()
+        self._installer.prepare()  # before the children start: they inherit sys.path
         # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
         self._executor = make_executor(
             self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled,
@@ -341,6 +350,8 @@ class WorkerDaemon:
                     elif body == "drain":
                         if self._shutting_down is None:
                             self._shutting_down = self._track(self._shutdown(self.config.grace_s), "xpipe-shutdown")
+                    elif body == "install":
+                        self._track(self._install(message.install, send), "xpipe-install")
                     elif body == "not_leader":
                         leader = message.not_leader.leader_address
                         log.info("%s is not the leader (leader: %s)", address, leader or "not elected yet")
@@ -360,6 +371,18 @@ class WorkerDaemon:
                 for result in results:
                     if isinstance(result, Exception):
                         log.error("worker background task failed", exc_info=result)
+
+    async def _install(self, request: worker_pb2.InstallPackages, send: asyncio.Queue) -> None:
+        """Run pip (or refuse), answer on the stream that asked, then let new tasks see the packages."""
+        outcome = await self._installer.install(list(request.packages), request.timeout_s)
+        log.info("install %s: %s %s", list(request.packages)[:8], outcome.status, outcome.message)
+        if outcome.status == INSTALLED and self._executor is not None:
+            self._executor.refresh_imports()
+        if self._send is send:  # the stream that asked is still open (else the coordinator answered "no answer")
+            self._put(send, worker_pb2.WorkerMessage(install_result=worker_pb2.InstallResult(
+                request_id=request.request_id, status=outcome.status, message=outcome.message[:MAX_TEXT_CHARS],
+                output_tail=outcome.output_tail,
+            )))  # fmt: skip
 
     async def _stop_watch(self, call) -> None:
         await self._stop.wait()

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import functools
+import importlib
 import logging
 import json
 import os
@@ -157,6 +158,14 @@ class TaskExecutor(abc.ABC):
         the coordinator runs them elsewhere. Idempotent.
         """
 
+    def refresh_imports(self) -> None:
+        """Make tasks that start from now on see packages installed meanwhile (``--allow-install``).
+
+        In-process tasks only need the import system's directory caches dropped; the process
+        executor overrides this and replaces its children instead.
+        """
+        importlib.invalidate_caches()
+
     async def __aenter__(self) -> "TaskExecutor":
         await self.start()
         return self
@@ -213,7 +222,7 @@ class _Child:
     __slots__ = (
         "proc", "sock", "fd", "exit_fd", "pid", "state", "buffer", "out", "key",
         "task_name", "future", "timer", "ready", "exited", "known_code", "output_fds", "tails", "root",
-        "memory_limit_bytes",
+        "memory_limit_bytes", "generation",
     )
 
     def __init__(
@@ -238,6 +247,7 @@ class _Child:
         self.tails = (TailBuffer(), TailBuffer())
         self.root: str | None = None  # the artifact directory this child was last told
         self.memory_limit_bytes = 0  # the limit of the task it runs (0: none)
+        self.generation = 0  # the executor's generation when it was launched (see refresh_imports)
         # A pidfd turns readable when the process exits, whoever else holds its pipes.
         try:
             self.exit_fd: int | None = os.pidfd_open(self.pid)
@@ -299,6 +309,8 @@ class ProcessExecutor(TaskExecutor):
         self._cancel_before_start: set[AttemptKey] = set()
         self._code: dict[str, bytes] = {}
         self._respawns: set[asyncio.Task] = set()
+        # Bumped by refresh_imports: a child launched before is replaced once it is idle.
+        self._generation = 0
         self._started = False
         self._accepting = False
         self._stopping: asyncio.Future | None = None
@@ -407,6 +419,7 @@ class ProcessExecutor(TaskExecutor):
             os.close(out_write)
             os.close(err_write)
         child = _Child(proc, ours, self._loop, (out_read, err_read))
+        child.generation = self._generation
         ours.setblocking(False)
         self._children.add(child)
         self._loop.add_reader(child.fd, self._on_readable, child)
@@ -478,8 +491,24 @@ class ProcessExecutor(TaskExecutor):
         if not task.cancelled() and task.exception() is not None:
             logger.error("replacing an executor process failed", exc_info=task.exception())
 
+    def refresh_imports(self) -> None:
+        """Replace every child: idle ones now, busy ones when their task ends.
+
+        A fresh interpreter sees a newly installed package for sure; asking each child to
+        drop its import caches before every task would cost the hot path instead. The
+        replacements start in the background (a few hundred ms); tasks wait for them.
+        """
+        importlib.invalidate_caches()
+        self._generation += 1
+        for child in list(self._idle):
+            self._kill(child)  # its exit schedules a fresh child
+
     def _release(self, child: _Child) -> None:
-        """Hand an idle child to the oldest waiting run, or park it."""
+        """Hand an idle child to the oldest waiting run, or park it (or replace a stale one)."""
+        if child.generation != self._generation:  # launched before refresh_imports
+            child.state = "idle"  # so that its exit counts as a lost child and a fresh one starts
+            self._kill(child)
+            return
         child.state = "idle"
         child.key = None
         child.future = None
@@ -868,8 +897,6 @@ class ThreadExecutor(TaskExecutor):
             raise RuntimeError("executor was stopped; make a new one")
         if self._pool is not None:
             return
-        import importlib
-
         for module in self.imports:
             try:
                 importlib.import_module(module)

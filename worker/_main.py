@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-memory-limit", default="", metavar="SIZE",
                    help="memory limit of tasks that declare none, e.g. 2Gi (default: none); tasks' declared "
                         "memory is always enforced by the process executor")  # fmt: skip
+    p.add_argument("--allow-install", action="store_true",
+                   help="install Python packages with pip when a client asks (install_missing_dependencies); "
+                        "pip uses this process's environment (PIP_INDEX_URL, PIP_FIND_LINKS, ...)")  # fmt: skip
+    p.add_argument("--install-dir", default="", metavar="DIR",
+                   help="where --allow-install puts packages, on tasks' sys.path "
+                        "(default: $XDG_DATA_HOME/xpipe/packages/NAME); the environment itself is never changed")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -97,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
+        allow_install=opts.allow_install, install_dir=opts.install_dir,
     )  # fmt: skip
     try:
         import uvloop

@@ -150,3 +150,29 @@ class GetStoryResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[StoryEntry]
     def __init__(self, entries: _Optional[_Iterable[_Union[StoryEntry, _Mapping]]] = ...) -> None: ...
+
+class InstallDependenciesRequest(_message.Message):
+    __slots__ = ("packages", "timeout_s")
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    def __init__(self, packages: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class WorkerInstallResult(_message.Message):
+    __slots__ = ("worker", "status", "message", "output_tail")
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    worker: str
+    status: str
+    message: str
+    output_tail: str
+    def __init__(self, worker: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., output_tail: _Optional[str] = ...) -> None: ...
+
+class InstallDependenciesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[WorkerInstallResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[WorkerInstallResult, _Mapping]]] = ...) -> None: ...

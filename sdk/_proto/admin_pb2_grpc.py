@@ -59,6 +59,11 @@ class AdminServiceStub:
                 request_serializer=xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.FromString,
                 _registered_method=True)
+        self.InstallDependencies = channel.unary_unary(
+                '/xpipe.v1.AdminService/InstallDependencies',
+                request_serializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -97,6 +102,13 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InstallDependencies(self, request, context):
+        """Install Python packages with pip on every connected worker that allows it (--allow-install).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +136,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetStory,
                     request_deserializer=xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.SerializeToString,
+            ),
+            'InstallDependencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.InstallDependencies,
+                    request_deserializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class AdminService:
             '/xpipe.v1.AdminService/GetStory',
             xpipe_dot_v1_dot_admin__pb2.GetStoryRequest.SerializeToString,
             xpipe_dot_v1_dot_admin__pb2.GetStoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InstallDependencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/xpipe.v1.AdminService/InstallDependencies',
+            xpipe_dot_v1_dot_admin__pb2.InstallDependenciesRequest.SerializeToString,
+            xpipe_dot_v1_dot_admin__pb2.InstallDependenciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

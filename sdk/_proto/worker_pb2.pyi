@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "events")
+    __slots__ = ("register", "heartbeat", "events", "install_result")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_RESULT_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     events: TaskEventBatch
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ...) -> None: ...
+    install_result: InstallResult
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ..., install_result: _Optional[_Union[InstallResult, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent", "memory_enforcement")
@@ -134,19 +136,33 @@ class TaskEventBatch(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[TaskEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ...) -> None: ...
 
+class InstallResult(_message.Message):
+    __slots__ = ("request_id", "status", "message", "output_tail")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_TAIL_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    status: str
+    message: str
+    output_tail: str
+    def __init__(self, request_id: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., output_tail: _Optional[str] = ...) -> None: ...
+
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatch
     cancel: Cancel
     drain: Drain
     not_leader: NotLeader
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ...) -> None: ...
+    install: InstallPackages
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir")
@@ -181,18 +197,20 @@ class AssignmentBatch(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorMessageView(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatchView
     cancel: Cancel
     drain: Drain
     not_leader: NotLeader
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ...) -> None: ...
+    install: InstallPackages
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ...) -> None: ...
 
 class AssignmentBatchView(_message.Message):
     __slots__ = ("assignments", "code")
@@ -251,3 +269,13 @@ class NotLeader(_message.Message):
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     leader_address: str
     def __init__(self, leader_address: _Optional[str] = ...) -> None: ...
+
+class InstallPackages(_message.Message):
+    __slots__ = ("request_id", "packages", "timeout_s")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PACKAGES_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    packages: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    def __init__(self, request_id: _Optional[str] = ..., packages: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...

@@ -361,9 +361,11 @@ def test_admin_service_survives_hostile_requests(hostile, channel, finished_run)
     stub = admin_pb2_grpc.AdminServiceStub(channel)
     service = admin_pb2.DESCRIPTOR.services_by_name["AdminService"]
     # DrainWorker gets a name no worker has; hostile values are never a real worker's name.
+    # InstallDependencies names a package the workers refuse anyway (none has --allow-install).
     bases = {
         "DrainWorker": admin_pb2.DrainWorkerRequest(name="no-such-worker"),
         "GetStory": admin_pb2.GetStoryRequest(run_id=finished_run, task="first"),
+        "InstallDependencies": admin_pb2.InstallDependenciesRequest(packages=["xpipe-hostile-probe"], timeout_s=5),
     }
     checker = Checker(hostile, channel)
     for m in service.methods:
@@ -383,7 +385,7 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
 
     # Which bodies a WorkerMessage may carry comes from the descriptor; each needs a base here.
     bodies = {f.name for f in worker_pb2.WorkerMessage.DESCRIPTOR.oneofs_by_name["body"].fields}
-    assert bodies == {"register", "heartbeat", "events"}, f"a new WorkerMessage body needs a base: {bodies}"
+    assert bodies == {"register", "heartbeat", "events", "install_result"}, f"a new WorkerMessage body needs a base: {bodies}"
     for label, reg in cases_for(valid_register("template")):
         if reg.worker_id == "template":
             reg.worker_id = fresh()
@@ -394,7 +396,9 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
         running=[worker_pb2.AttemptRef(run_id="no-such-run", task="t", attempt=1)],
     )  # fmt: skip
     events = worker_pb2.TaskEventBatch(events=[valid_event()])
-    for body, base in (("heartbeat", heartbeat), ("events", events)):
+    # An answer to no install request: dropped (logged) when valid, the stream aborted when not.
+    install_result = worker_pb2.InstallResult(request_id="no-such-request", status="FAILED", message="m", output_tail="t")
+    for body, base in (("heartbeat", heartbeat), ("events", events), ("install_result", install_result)):
         for label, msg in cases_for(base):
             messages = [
                 worker_pb2.WorkerMessage(register=valid_register(fresh())),

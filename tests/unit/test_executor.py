@@ -824,3 +824,25 @@ def test_make_executor() -> None:
         make_executor("fiber", 1)
     with pytest.raises(ValueError, match="at least 1 slot"):
         make_executor("thread", 0)
+
+
+def test_refresh_imports_replaces_idle_children_now_and_busy_ones_after_their_task() -> None:
+    """After a package install, every task that starts runs in an interpreter started after it."""
+
+    async def main() -> None:
+        async with ProcessExecutor(2) as ex:
+            long = assignment(name="long", call=f"{HELPERS}:sleep", args=_codec.encode(((0.5,), {})))
+            running = asyncio.ensure_future(ex.run(long, None))
+            await eventually_async(lambda: key_of(long) in ex._running, message="task running")
+            busy_pid = ex._running[key_of(long)].pid
+            (idle_pid,) = set(ex.pids) - {busy_pid}
+            ex.refresh_imports()
+            await eventually_async(lambda: gone(idle_pid), message="the idle child replaced")
+            assert busy_pid in ex.pids  # a running task is never cut short
+            assert value(await running) == 0.5
+            await eventually_async(lambda: gone(busy_pid) and len(ex.pids) == 2, message="the busy child replaced")
+            for i in range(4):
+                assert value(await ex.run(assignment(name=f"after{i}", call=f"{HELPERS}:pid"), None)) not in {
+                    idle_pid, busy_pid}
+
+    run(main())

@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 #: What the coordinator's state machine must not load: the I/O and the SDK's client side.
 SHELL_MODULES = {"grpc", "asyncio", "sqlite3", "xpipe._client", "xpipe._manager"}
 #: Leaf modules: each imports nothing of ours but other leaves and the generated enums.
-LEAVES = ["xpipe._domain", "xpipe._limits", "xpipe._backoff", "xpipe._retry", "xpipe._graph", "xpipe._lazy", "xpipe.errors"]
+LEAVES = ["xpipe._domain", "xpipe._limits", "xpipe._backoff", "xpipe._retry", "xpipe._graph", "xpipe._lazy", "xpipe.errors",
+          "xpipe._install"]
 LEAF_ALLOWED = {"xpipe", "xpipe._proto", "xpipe._proto.common_pb2", *LEAVES}
 
 
