@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._codec import decode
+from ._domain import error_type_name
 from ._install import FAILED, INSTALLED, REFUSED
 from ._plan import resources_dict
 from ._proto import admin_pb2, pipeline_pb2
@@ -82,7 +83,7 @@ class TaskInfo:
             started_at=_seconds(info.started_at),
             finished_at=_seconds(info.finished_at),
             error=err.message if err else None,
-            error_type=(err.error_type or None) if err else None,
+            error_type=error_type_name(err) if err else None,
             exception_type=(err.exception_type or None) if err else None,
             traceback=(err.traceback or None) if err else None,
             has_result=has_result,
@@ -183,7 +184,7 @@ class TaskResult:
             has_value=has_value,
             value=decode(reply.result, what=f"result of task {task!r}") if has_value else None,
             error=err.message if err else None,
-            error_type=(err.error_type or None) if err else None,
+            error_type=error_type_name(err) if err else None,
         )
 
 

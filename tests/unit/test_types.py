@@ -104,3 +104,15 @@ def test_cluster_status_old_dict_keys_still_work_with_a_warning():
 def test_node_recovery():
     reply = admin_pb2.ForgetWorkersResponse(forgotten=["w1"], healthy=["w0"], unknown=["nobody"])
     assert NodeRecovery.from_proto(reply) == NodeRecovery(("w1",), ("w0",), ("nobody",))
+
+
+def test_error_type_is_read_through_the_enum_and_from_old_records_alike():
+    """A record with only the enum (a polyglot client's) or only the old string reads the same."""
+    from xpipe import TaskInfo
+    from xpipe._proto import common_pb2, pipeline_pb2
+
+    new = pipeline_pb2.TaskInfo(name="t", state=common_pb2.FAILED)
+    new.error.type = common_pb2.ERROR_TYPE_TIMEOUT
+    old = pipeline_pb2.TaskInfo(name="t", state=common_pb2.FAILED)
+    old.error.error_type = "TIMEOUT"
+    assert TaskInfo.from_proto(new).error_type == TaskInfo.from_proto(old).error_type == "TIMEOUT"
