@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench._report import BenchError, Sizes, percentile
+from bench._report import BenchError, Sizes, dag_timings, peer_bigdag, percentile
 
 __all__ = ["SCENARIOS", "open_session", "available"]
 
@@ -137,33 +137,12 @@ def _bigdag_once(client: Any, sampler: Any, n: int, sizes: Sizes) -> dict[str, A
     if done_set.not_done or any(f.status != "finished" for f in futures):
         raise BenchError(f"layered DAG of {n} tasks did not finish: {len(done_set.not_done)} outputs pending")
     del futures
-    return {
-        "tasks": n,
-        "build_s": built - start,
-        "submit_s": submitted - built,
-        "run_s": done - submitted,
-        "total_s": done - start,
-        "tasks_per_s": n / (done - submitted),
-        "per_task_us": (done - start) / n * 1e6,
-        "peak_rss_bytes": sampler.peak_bytes,
-        "peak_rss_mib": sampler.peak_bytes / 2**20,
-    }
+    return dag_timings(n, start, built, submitted, done, sampler.peak_bytes)
 
 
 def bigdag(client: Any, sizes: Sizes) -> dict[str, Any]:
     """The small layered DAG (and the big one with ``dask_bigdag_full``)."""
-    from bench._xpipe import RssSampler
-
-    sampler = RssSampler(os.getpid()).start()
-    try:
-        small = _bigdag_once(client, sampler, sizes.bigdag_small, sizes)
-        big = _bigdag_once(client, sampler, sizes.bigdag, sizes) if sizes.dask_bigdag_full else None
-    finally:
-        sampler.stop()
-    sample = {f"small_{k}": v for k, v in small.items()}
-    if big is not None:
-        sample.update(big, scaling_ratio=big["per_task_us"] / small["per_task_us"])
-    return sample
+    return peer_bigdag(lambda sampler, n: _bigdag_once(client, sampler, n, sizes), sizes)
 
 
 def _payload_once(client: Any, sizes: Sizes, compressible: bool) -> float:

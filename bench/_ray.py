@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench._report import BenchError, Sizes, percentile
+from bench._report import BenchError, Sizes, dag_timings, peer_bigdag, percentile
 
 __all__ = ["SCENARIOS", "RaySession", "open_session", "available"]
 
@@ -232,33 +232,12 @@ def _bigdag_once(ray_: RaySession, sampler: Any, n: int, sizes: Sizes) -> dict[s
         raise BenchError(f"layered DAG of {n} tasks did not finish: {len(pending)} outputs pending")
     _check(_get(ready[:1], sizes), [None], "a last-layer result")
     del ready, prev
-    return {
-        "tasks": n,
-        "build_s": 0.0,
-        "submit_s": submitted - start,
-        "run_s": done - submitted,
-        "total_s": done - start,
-        "tasks_per_s": n / (done - submitted),
-        "per_task_us": (done - start) / n * 1e6,
-        "peak_rss_bytes": sampler.peak_bytes,
-        "peak_rss_mib": sampler.peak_bytes / 2**20,
-    }
+    return dag_timings(n, start, start, submitted, done, sampler.peak_bytes)
 
 
 def bigdag(ray_: RaySession, sizes: Sizes) -> dict[str, Any]:
-    """The small layered DAG (and the big one with ``dask_bigdag_full``), as Dask runs it."""
-    from bench._xpipe import RssSampler
-
-    sampler = RssSampler(os.getpid()).start()
-    try:
-        small = _bigdag_once(ray_, sampler, sizes.bigdag_small, sizes)
-        big = _bigdag_once(ray_, sampler, sizes.bigdag, sizes) if sizes.dask_bigdag_full else None
-    finally:
-        sampler.stop()
-    sample = {f"small_{k}": v for k, v in small.items()}
-    if big is not None:
-        sample.update(big, scaling_ratio=big["per_task_us"] / small["per_task_us"])
-    return sample
+    """The small layered DAG (and the big one with ``dask_bigdag_full``)."""
+    return peer_bigdag(lambda sampler, n: _bigdag_once(ray_, sampler, n, sizes), sizes)
 
 
 def _payload_once(ray_: RaySession, sizes: Sizes, compressible: bool) -> float:

@@ -315,3 +315,38 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot put {type(value).__name__} into the results JSON")
+
+
+def dag_timings(n: int, start: float, built: float, submitted: float, done: float, peak_bytes: int) -> dict[str, Any]:
+    """One layered-DAG sample, the same keys for every system (times from ``perf_counter``)."""
+    return {
+        "tasks": n,
+        "build_s": built - start,
+        "submit_s": submitted - built,
+        "run_s": done - submitted,
+        "total_s": done - start,
+        "tasks_per_s": n / (done - submitted),
+        "per_task_us": (done - start) / n * 1e6,
+        "peak_rss_bytes": peak_bytes,
+        "peak_rss_mib": peak_bytes / 2**20,
+    }
+
+
+def peer_bigdag(once: Any, sizes: Sizes) -> dict[str, Any]:
+    """A peer's layered DAG: the small size, and the big one with ``dask_bigdag_full``.
+
+    ``once(sampler, n)`` runs one DAG of ``n`` tasks and returns :func:`dag_timings`; the RSS
+    sampled is this process's, where Dask's scheduler and Ray's driver live.
+    """
+    from bench._xpipe import RssSampler
+
+    sampler = RssSampler(os.getpid()).start()
+    try:
+        small = once(sampler, sizes.bigdag_small)
+        big = once(sampler, sizes.bigdag) if sizes.dask_bigdag_full else None
+    finally:
+        sampler.stop()
+    sample = {f"small_{k}": v for k, v in small.items()}
+    if big is not None:
+        sample.update(big, scaling_ratio=big["per_task_us"] / small["per_task_us"])
+    return sample

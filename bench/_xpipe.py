@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from bench import tasks
-from bench._report import BenchError, Sizes, percentile
+from bench._report import BenchError, Sizes, dag_timings, percentile
 
 __all__ = ["XpipeCluster", "RssSampler", "SCENARIOS", "open_session", "REPO_ROOT"]
 
@@ -466,17 +466,7 @@ def _bigdag_once(cluster: XpipeCluster, sampler: RssSampler, n: int, sizes: Size
     submitted = time.perf_counter()
     _wait_terminal(pm, run_id, sizes.timeout_s)
     done = time.perf_counter()
-    return {
-        "tasks": n,
-        "build_s": built - start,
-        "submit_s": submitted - built,
-        "run_s": done - submitted,
-        "total_s": done - start,
-        "tasks_per_s": n / (done - submitted),
-        "per_task_us": (done - start) / n * 1e6,
-        "peak_rss_bytes": sampler.peak_bytes,
-        "peak_rss_mib": sampler.peak_bytes / 2**20,
-    }
+    return dag_timings(n, start, built, submitted, done, sampler.peak_bytes)
 
 
 def bigdag(cluster: XpipeCluster, sizes: Sizes) -> dict[str, Any]:
