@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._handlers import handler
     from ._manager import PipelineManager
     from ._options import RetryPolicy, TaskOptions
+    from ._unbuilt import DataStream, StreamPipeline, StreamTask
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from ._types import (
@@ -65,6 +66,8 @@ _LAZY = {
     "handler": "._handlers",
     "PipelineManager": "._manager",
     "RetryPolicy": "._options",
+    # Placeholders of the seed's stream API (issue 14): importable, making one raises.
+    **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), "._unbuilt"),
     "TaskOptions": "._options",
     "handle_errors": "._policies",
     "PipelineResult": "._result",
@@ -95,6 +98,7 @@ __all__ = [
     "CoordinatorUnavailableError",
     "DataFlow",
     "DataQualityReport",
+    "DataStream",
     "DataStreamError",
     "DistributedExecutionError",
     "HandlerNotFoundError",
@@ -112,6 +116,8 @@ __all__ = [
     "RunNotFoundError",
     "RunSummary",
     "SerializationError",
+    "StreamPipeline",
+    "StreamTask",
     "Task",
     "TaskInfo",
     "TaskOptions",

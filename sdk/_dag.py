@@ -49,6 +49,7 @@ from ._options import (
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
+from ._unbuilt import not_built
 from .errors import PipelineValidationError
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -643,6 +644,12 @@ class Pipeline:
             return self.add_task(task(name, **opts)(func))
 
         return decorate
+
+    # The seed's calls on a pipeline that are not built yet: each raises NotImplementedError naming its issue.
+    enable_monitoring = not_built("pipeline.enable_monitoring()", 12)
+    track_metric = not_built("pipeline.track_metric()", 12)
+    track_business_metric = not_built("pipeline.track_business_metric()", 12)
+    configure_auto_scaling = not_built("pipeline.configure_auto_scaling()", 17)
 
     def configure_fault_tolerance(
         self,

@@ -24,6 +24,7 @@ from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
+from ._unbuilt import not_built
 from .errors import (
     DistributedExecutionError,
     HandlerNotFoundError,
@@ -407,7 +408,7 @@ class PipelineManager:
         """
         raise NotImplementedError(
             f"scale_up_resources({dict(required_resources)!r}): autoscaling is not built yet (issue 17); "
-            "start a worker that offers these resources (xpipe-worker --cpus/--memory/--gpus)"
+            "start a worker that offers these resources (xpipe-worker --resources cpu=N,memory=SIZE,gpu=N)"
         )
 
     def optimize_pipeline_performance(self, pipeline: Pipeline | str) -> None:
@@ -437,6 +438,14 @@ class PipelineManager:
             NotImplementedError: always; stream pipelines are issue 14.
         """
         raise NotImplementedError("restart_unhealthy_streams(): stream pipelines are not built yet (issue 14)")
+
+    # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
+    get_monitoring_dashboard = not_built("pm.get_monitoring_dashboard()", 15)
+    get_resource_manager = not_built("pm.get_resource_manager()", 17)
+    cache_strategy = not_built("pm.cache_strategy()", 16)
+    warm_cache = not_built("pm.warm_cache()", 16)
+    create_debug_session = not_built("pm.create_debug_session()", 16)
+    enable_hot_reload = not_built("pm.enable_hot_reload()", 16)
 
     def _remember(self, run_id: str, pipeline: Pipeline) -> None:
         self._ran[run_id] = pipeline

@@ -26,11 +26,12 @@ def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
         "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataQualityReport",
-        "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError", "InstallReport", "NodeRecovery", "Pipeline",
-        "PipelineExecutionError", "PipelineManager", "PipelineResult", "PipelineValidationError",
-        "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError", "RunSummary",
-        "SerializationError", "Task", "TaskInfo", "TaskOptions", "TaskResult", "TaskRunInfo", "WorkerInfo",
-        "WorkerInstall", "XpipeError", "handle_errors", "handler", "pipeline", "task",
+        "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError", "InstallReport",
+        "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
+        "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
+        "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
+        "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",
+        "pipeline", "task",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
