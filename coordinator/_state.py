@@ -51,7 +51,7 @@ from ._entries import RunEntry, TaskEntry, WorkerEntry
 from ._invariants import ACTIVE as _ACTIVE
 from ._invariants import SATISFIED as _SATISFIED
 from ._invariants import check_invariants
-from ._placement import PlacementIndex
+from ._placement import PlacementIndex, big_input_holder
 from ._story import ERROR_MOVES, restored_entries
 from ._recovery import RecoveryCodec, recovered_task, recovery_name
 from ._recovery_flow import _RECOVERY_REQUEST, RecoveryFlow
@@ -253,6 +253,8 @@ class SchedulerState(RecoveryFlow):
             task.state, task.attempt, task.worker = rec.state, rec.attempt, rec.worker
             task.started_at, task.finished_at = rec.started_at, rec.finished_at
             task.error, task.result = rec.error, rec.result
+            if rec.result is not None and rec.result.artifact_ref:
+                run.big_results = True
             task.history = rec.history
             self.transitions.extend(restored_entries(rec))
             if rec.state in TERMINAL_TASK_STATES:
@@ -435,6 +437,8 @@ class SchedulerState(RecoveryFlow):
                     set_error_type(task.error, "TASK_FAILURE")
                 task.error.skipped, task.error.fallback_used = ev.skipped, not ev.skipped
             task.result = None if ev.skipped else ev.result
+            if task.result is not None and task.result.artifact_ref:
+                run.big_results = True
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
             self._release_dependents(run, task, out)
         else:
@@ -615,10 +619,16 @@ class SchedulerState(RecoveryFlow):
                 if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
                     spec = task.spec
                     kind = spec.WhichOneof("kind")
-                    worker_id = index.pick(
-                        task.request, strategy=run.strategy, handler=spec.handler.name if kind == "handler" else "",
-                        needs_pickled=kind == "python" and bool(spec.python.code_hash),
-                    )  # fmt: skip
+                    handler = spec.handler.name if kind == "handler" else ""
+                    needs_pickled = kind == "python" and bool(spec.python.code_hash)
+                    worker_id = index.pick(task.request, strategy=run.strategy, handler=handler, needs_pickled=needs_pickled)
+                    if worker_id is not None and run.big_results:
+                        tasks = run.tasks
+                        holder = big_input_holder((tasks[d].worker, tasks[d].result) for d in task.deps)
+                        if holder:
+                            worker_id = index.prefer_holder(
+                                holder, worker_id, task.request, handler=handler, needs_pickled=needs_pickled
+                            )  # fmt: skip
                 if worker_id is None:
                     deferred.append(entry)
                     if len(deferred) >= 1024:
