@@ -84,6 +84,9 @@ from ._events import WorkersForgotten
 
 #: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
 PREFETCH_WORK_S = 0.02
+#: Added to the critical-path rank of a ready task whose inputs are big results (artifact
+#: references): more than any run's critical path, so they go first within a priority.
+_BIG_INPUTS_RANK = 1 << 40
 
 __all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
@@ -146,7 +149,8 @@ class SchedulerState(RecoveryFlow):
         self.validate_each_step = validate
         self.runs: dict[str, RunEntry] = {}
         self.workers: dict[str, WorkerEntry] = {}
-        # (-priority, -critical path, seq, run_id, task): priority, then critical path, then FIFO.
+        # (-priority, -rank, seq, run_id, task): priority, then big inputs first, then critical
+        # path (rank: see _push_ready), then FIFO.
         self._ready: list[tuple[int, int, int, str, str]] = []
         self.placement = PlacementIndex()
         self._to_judge: list[tuple[str, str]] = []  # READY tasks not yet checked for "can never fit"
@@ -591,7 +595,8 @@ class SchedulerState(RecoveryFlow):
     def schedule(self, now: float, out: list[Action] | None = None, *, stimulus_id: str = "schedule") -> list[Action]:
         """Place ready tasks on workers with credit and free resources; see ``_placement``.
 
-        Ready tasks go in order of priority, then critical-path length, then FIFO. A task
+        Ready tasks go in order of priority, then tasks whose inputs are big results, then
+        critical-path length, then FIFO. A task
         that fits nowhere right now is set aside for the next pass; one that no registered
         worker could ever fit fails with RESOURCE_EXHAUSTION (after the run's
         ``wait_for_resources_s``).
@@ -805,7 +810,12 @@ class SchedulerState(RecoveryFlow):
         )
 
     def _push_ready(self, run: RunEntry, task: TaskEntry) -> None:
-        heapq.heappush(self._ready, (-task.spec.priority, -task.cp, next(self._seq), run.run_id, task.name))
+        rank = task.cp
+        if run.big_results and any(run.tasks[d].result is not None and run.tasks[d].result.artifact_ref for d in task.deps):
+            # Consume before producing more: the freed slot of the worker that just made the
+            # big input goes to its consumer (locality), and the bytes are done with sooner.
+            rank += _BIG_INPUTS_RANK
+        heapq.heappush(self._ready, (-task.spec.priority, -rank, next(self._seq), run.run_id, task.name))
         if not task.wait_until:
             self._to_judge.append((run.run_id, task.name))
 

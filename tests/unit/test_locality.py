@@ -78,3 +78,22 @@ def test_holder_is_the_worker_with_most_bytes_by_reference():
     big = pb.Payload(artifact_ref="file:///d/r/x.1", size_bytes=3 << 20)
     assert big_input_holder([("w1", BIG), ("w2", big), ("w1", SMALL)]) == "w2"
     assert big_input_holder([("w1", SMALL), ("w2", None), ("", BIG)]) == ""
+
+
+def test_a_ready_consumer_of_a_big_result_goes_before_more_producers():
+    # One worker, one slot: when a's slot frees, b (a's consumer) takes it ahead of d,
+    # although d heads a longer chain (d -> e); with a small result, d goes first.
+    for result, expected in ((BIG, "b"), (SMALL, "d")):
+        s = SchedulerState(prefetch=0, validate=True)
+        s.handle(WorkerConnected(0.0, "w1", "w1", "host", 1))
+        spec = pb.PipelineSpec(name="p")
+        for name, deps in {"a": [], "b": ["a"], "c": [], "d": ["c"], "e": ["d"]}.items():
+            spec.tasks.add(name=name, depends_on=deps).python.import_path = "m:f"
+        s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+        (c,) = [x for x in s.schedule(0.0) if isinstance(x, Assign)]  # c heads the longest chain
+        s.handle(TaskSucceeded(1.0, "w1", c.attempt, 1.0, SMALL))
+        (a,) = [x for x in s.schedule(1.0) if isinstance(x, Assign)]
+        assert a.attempt[1] == "a"
+        s.handle(TaskSucceeded(2.0, "w1", a.attempt, 2.0, result))
+        (nxt,) = [x for x in s.schedule(2.0) if isinstance(x, Assign)]
+        assert nxt.attempt[1] == expected
