@@ -811,7 +811,8 @@ class SchedulerState(RecoveryFlow):
 
     def _push_ready(self, run: RunEntry, task: TaskEntry) -> None:
         rank = task.cp
-        if run.big_results and any(run.tasks[d].result is not None and run.tasks[d].result.artifact_ref for d in task.deps):
+        tasks = run.tasks
+        if run.big_results and any(tasks[d].result is not None and tasks[d].result.artifact_ref for d in task.deps):
             # Consume before producing more: the freed slot of the worker that just made the
             # big input goes to its consumer (locality), and the bytes are done with sooner.
             rank += _BIG_INPUTS_RANK

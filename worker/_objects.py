@@ -23,7 +23,14 @@ from collections import OrderedDict
 from xpipe._codec import ARTIFACT_SCHEME
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 
-__all__ = ["ARTIFACT_MIN_BYTES", "LOCAL_OBJECTS_MAX_BYTES", "LocalObjects", "artifact_path", "store_result", "write_file"]
+__all__ = [
+    "ARTIFACT_MIN_BYTES",
+    "LOCAL_OBJECTS_MAX_BYTES",
+    "LocalObjects",
+    "artifact_path",
+    "store_result",
+    "write_file",
+]
 
 #: Results at least this big (encoded) go to the artifact directory and travel as a reference.
 ARTIFACT_MIN_BYTES = 256 * 1024
@@ -98,7 +105,9 @@ class LocalObjects:
         return self._bytes
 
 
-def store_result(objects: LocalObjects, artifact_root: str | None, key: tuple[str, str, int], data: bytes) -> str:
+def store_result(
+    objects: LocalObjects, artifact_root: str | None, key: tuple[str, str, int], data: bytes
+) -> str:
     """Write ``data`` as the artifact of attempt ``key``; its reference, or "" if not written.
 
     "" (the result then travels inline, slower but correct) when no artifact directory is

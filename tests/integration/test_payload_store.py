@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from xpipe import Pipeline, PipelineManager, Task
 
 from tests import helpers_payload as hp
 from tests.harness import Cluster, eventually
-from xpipe import Pipeline, PipelineManager, Task
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +55,9 @@ def test_a_consumer_on_the_producers_worker_takes_the_local_copy(two):
         p = Pipeline("local")
         make = Task("make", hp.big, args=(1,), labels={"node": "a"})
         # On the other worker: delete make's file once written, so only wa's copy is left.
-        gone = Task("gone", hp.remove_artifact, args=(str(_artifacts(two) / "*" / "make.1"),), labels={"node": "b"})
+        gone = Task(
+            "gone", hp.remove_artifact, args=(str(_artifacts(two) / "*" / "make.1"),), labels={"node": "b"}
+        )
         use = Task("use", hp.digest, depends_on=[make, gone])  # not pinned: placement chooses
         p.add_tasks([make, gone, use])
         run_id = _finish(pm, p)
@@ -82,7 +84,9 @@ def test_a_consumer_on_another_worker_reads_the_artifact_directory(two):
         # Without the file, the other worker has no copy: the error names the artifact.
         p = Pipeline("shared-gone")
         make = Task("make3", hp.big, args=(3,), labels={"node": "a"})
-        gone = Task("gone", hp.remove_artifact, args=(str(_artifacts(two) / "*" / "make3.1"),), labels={"node": "b"})
+        gone = Task(
+            "gone", hp.remove_artifact, args=(str(_artifacts(two) / "*" / "make3.1"),), labels={"node": "b"}
+        )
         use = Task("use", hp.digest, depends_on=[make, gone], labels={"node": "b"}, max_retries=0)
         p.add_tasks([make, gone, use])
         run_id = _finish(pm, p)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
 import pytest
-
+from xpipe import _codec
+from xpipe._proto import worker_pb2
 from xpipe.worker._objects import LocalObjects, store_result
+from xpipe.worker._runtask import LOCAL_OBJECTS, run_assignment
+
+from tests import helpers_payload as hp
 
 
 def test_least_recently_used_results_are_dropped_past_the_byte_bound():
@@ -50,9 +55,6 @@ def test_an_unwritable_directory_raises_and_keeps_nothing(tmp_path):
 
 
 def _assignment(run_id: str, name: str, call: str, *, args: tuple = (), upstream: tuple = ()):
-    from xpipe import _codec
-    from xpipe._proto import worker_pb2
-
     a = worker_pb2.Assignment()
     a.attempt.run_id, a.attempt.task, a.attempt.attempt = run_id, name, 1
     a.task.name = name
@@ -65,29 +67,21 @@ def _assignment(run_id: str, name: str, call: str, *, args: tuple = (), upstream
 
 
 def test_the_executor_writes_a_big_result_itself_and_serves_it_to_the_next_task_from_memory(tmp_path):
-    import hashlib
-
-    from tests import helpers_payload as hp
-    from xpipe.worker._runtask import LOCAL_OBJECTS, run_assignment
-
     root = str(tmp_path)
-    made = run_assignment(_assignment("r1", "make", "tests.helpers_payload:big", args=(7,)), None, {}, artifact_root=root)
+    made = run_assignment(
+        _assignment("r1", "make", "tests.helpers_payload:big", args=(7,)), None, {}, artifact_root=root
+    )
     result = made.succeeded.result
     assert result.data == b"" and result.artifact_ref == f"file://{tmp_path}/r1/make.1"
     assert hp.big(7) in (tmp_path / "r1" / "make.1").read_bytes()  # the pickled value, uncompressed
     hits = LOCAL_OBJECTS.hits
     use = _assignment("r1", "use", "tests.helpers_payload:digest", upstream=(("make", result),))
     used = run_assignment(use, None, {}, artifact_root=root)
-    from xpipe import _codec
-
     assert _codec.decode(used.succeeded.result) == hashlib.sha256(hp.big(7)).hexdigest()
     assert LOCAL_OBJECTS.hits == hits + 1  # from memory, not from the file
 
 
 def test_a_result_the_executor_cannot_write_stays_inline(tmp_path):
-    from tests import helpers_payload as hp
-    from xpipe.worker._runtask import run_assignment
-
     (tmp_path / "r2").write_text("a file where the run's directory should be")
     made = run_assignment(_assignment("r2", "make", "tests.helpers_payload:big", args=(8,)), None, {},
                           artifact_root=str(tmp_path))  # fmt: skip
