@@ -59,7 +59,7 @@ class RunEntry:
     __slots__ = (
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
-        "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted",
+        "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted", "big_results",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -94,6 +94,8 @@ class RunEntry:
         self.recovering: dict[str, tuple[int, str]] = {}
         self.recovery_seq = 0
         self.halted = False  # a recovery handler answered halt_pipeline
+        # Some task's result travels by reference: placement then looks for locality.
+        self.big_results = False
         if spec.fault_tolerance.circuit_breaker_enabled:
             for task in self.tasks.values():
                 task.circuit = task.spec.circuit or f"{spec.name}/{task.name}"

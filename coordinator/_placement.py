@@ -29,6 +29,12 @@ those, through inverted indexes. Requests that failed within one scheduling pass
 remembered until something is released, so a queue of identical big tasks costs O(1)
 each. ``bench/placement.py`` measures the cost per decision at 1,000 workers.
 
+Locality: a task whose inputs are big results (``artifact_ref`` payloads, 256 KiB or more)
+goes to the worker that produced most of those bytes when that worker can take it now and is
+not much busier than the strategy's choice (:meth:`PlacementIndex.prefer_holder`): there the
+executor may still hold the bytes in memory and the file is in the local page cache. Only
+runs that produced such a result pay for the check.
+
 All quantities are integers: cpu and custom resources in thousandths, memory in bytes,
 so the ledger never drifts.
 """
@@ -44,7 +50,9 @@ from xpipe._domain import DEFAULT_PLACEMENT_STRATEGY as DEFAULT_STRATEGY
 from xpipe._domain import PLACEMENT_STRATEGIES as STRATEGIES
 from xpipe._proto import common_pb2 as pb
 
-__all__ = ["Request", "PlacementIndex", "STRATEGIES", "DEFAULT_STRATEGY", "normalize_strategy", "UNBOUNDED"]
+__all__ = [
+    "Request", "PlacementIndex", "STRATEGIES", "DEFAULT_STRATEGY", "normalize_strategy", "UNBOUNDED", "big_input_holder",
+]  # fmt: skip
 
 #: Stands for "no limit" on a worker that advertises no Resources at all (a bare client).
 UNBOUNDED = 1 << 62
@@ -251,6 +259,8 @@ class PlacementIndex:
         self._failed_now: set[tuple] = set()  # requests that found no room since the last release
         #: Entries looked at by pick(), for the benchmark and tests.
         self.examined = 0
+        #: Tasks sent to the worker holding their big inputs instead of the strategy's choice.
+        self.locality_hits = 0
 
     # ------------------------------------------------------------------ workers
 
@@ -367,6 +377,25 @@ class PlacementIndex:
         if chosen is None:
             self._failed_now.add(sig)
         return chosen
+
+    def prefer_holder(
+        self, holder: str, chosen: str, request: Request, *, handler: str = "", needs_pickled: bool = False
+    ) -> str:
+        """``holder`` (it has a task's big inputs) instead of ``chosen`` if the load allows it.
+
+        It must be able to take the request now (the same test as :meth:`pick`) and hold at
+        most one slot's worth more attempts than ``chosen``: queueing behind a busy holder
+        costs more than reading a file another worker wrote.
+        """
+        if holder == chosen:
+            return chosen
+        node, other = self.nodes.get(holder), self.nodes.get(chosen)
+        if node is None or other is None or not node.has_room() or not self._ok(node, request, handler, needs_pickled):
+            return chosen
+        if len(node.held) > len(other.held) + node.slots:
+            return chosen
+        self.locality_hits += 1
+        return holder
 
     def _pick(self, request: Request, strategy: str, handler: str, needs_pickled: bool) -> str | None:
         # Quick reject: nobody has that much free cpu (or memory) right now.
@@ -563,3 +592,16 @@ class PlacementIndex:
                 ids.discard(wid)
                 if not ids:
                     del index[key]
+
+
+def big_input_holder(inputs: Iterable[tuple[str, pb.Payload | None]]) -> str:
+    """The worker that produced the most bytes of ``inputs`` held by reference; "" if none.
+
+    Args:
+        inputs: (worker that produced it, result) of each upstream task.
+    """
+    held: dict[str, int] = {}
+    for worker_id, payload in inputs:
+        if worker_id and payload is not None and payload.artifact_ref:
+            held[worker_id] = held.get(worker_id, 0) + max(payload.size_bytes, 1)
+    return max(held, key=held.__getitem__) if held else ""

@@ -51,7 +51,7 @@ from ._entries import RunEntry, TaskEntry, WorkerEntry
 from ._invariants import ACTIVE as _ACTIVE
 from ._invariants import SATISFIED as _SATISFIED
 from ._invariants import check_invariants
-from ._placement import PlacementIndex
+from ._placement import PlacementIndex, big_input_holder
 from ._story import ERROR_MOVES, restored_entries
 from ._recovery import RecoveryCodec, recovered_task, recovery_name
 from ._recovery_flow import _RECOVERY_REQUEST, RecoveryFlow
@@ -84,6 +84,9 @@ from ._events import WorkersForgotten
 
 #: Queued work, in seconds per slot, that adaptive prefetch aims to keep on each worker.
 PREFETCH_WORK_S = 0.02
+#: Added to the critical-path rank of a ready task whose inputs are big results (artifact
+#: references): more than any run's critical path, so they go first within a priority.
+_BIG_INPUTS_RANK = 1 << 40
 
 __all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
@@ -146,7 +149,8 @@ class SchedulerState(RecoveryFlow):
         self.validate_each_step = validate
         self.runs: dict[str, RunEntry] = {}
         self.workers: dict[str, WorkerEntry] = {}
-        # (-priority, -critical path, seq, run_id, task): priority, then critical path, then FIFO.
+        # (-priority, -rank, seq, run_id, task): priority, then big inputs first, then critical
+        # path (rank: see _push_ready), then FIFO.
         self._ready: list[tuple[int, int, int, str, str]] = []
         self.placement = PlacementIndex()
         self._to_judge: list[tuple[str, str]] = []  # READY tasks not yet checked for "can never fit"
@@ -253,6 +257,8 @@ class SchedulerState(RecoveryFlow):
             task.state, task.attempt, task.worker = rec.state, rec.attempt, rec.worker
             task.started_at, task.finished_at = rec.started_at, rec.finished_at
             task.error, task.result = rec.error, rec.result
+            if rec.result is not None and rec.result.artifact_ref:
+                run.big_results = True
             task.history = rec.history
             self.transitions.extend(restored_entries(rec))
             if rec.state in TERMINAL_TASK_STATES:
@@ -435,6 +441,8 @@ class SchedulerState(RecoveryFlow):
                     set_error_type(task.error, "TASK_FAILURE")
                 task.error.skipped, task.error.fallback_used = ev.skipped, not ev.skipped
             task.result = None if ev.skipped else ev.result
+            if task.result is not None and task.result.artifact_ref:
+                run.big_results = True
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
             self._release_dependents(run, task, out)
         else:
@@ -587,7 +595,8 @@ class SchedulerState(RecoveryFlow):
     def schedule(self, now: float, out: list[Action] | None = None, *, stimulus_id: str = "schedule") -> list[Action]:
         """Place ready tasks on workers with credit and free resources; see ``_placement``.
 
-        Ready tasks go in order of priority, then critical-path length, then FIFO. A task
+        Ready tasks go in order of priority, then tasks whose inputs are big results, then
+        critical-path length, then FIFO. A task
         that fits nowhere right now is set aside for the next pass; one that no registered
         worker could ever fit fails with RESOURCE_EXHAUSTION (after the run's
         ``wait_for_resources_s``).
@@ -615,10 +624,16 @@ class SchedulerState(RecoveryFlow):
                 if not (run.max_parallel and run.inflight >= run.max_parallel) and run.within_limits(task):
                     spec = task.spec
                     kind = spec.WhichOneof("kind")
-                    worker_id = index.pick(
-                        task.request, strategy=run.strategy, handler=spec.handler.name if kind == "handler" else "",
-                        needs_pickled=kind == "python" and bool(spec.python.code_hash),
-                    )  # fmt: skip
+                    handler = spec.handler.name if kind == "handler" else ""
+                    needs_pickled = kind == "python" and bool(spec.python.code_hash)
+                    worker_id = index.pick(task.request, strategy=run.strategy, handler=handler, needs_pickled=needs_pickled)
+                    if worker_id is not None and run.big_results:
+                        tasks = run.tasks
+                        holder = big_input_holder((tasks[d].worker, tasks[d].result) for d in task.deps)
+                        if holder:
+                            worker_id = index.prefer_holder(
+                                holder, worker_id, task.request, handler=handler, needs_pickled=needs_pickled
+                            )  # fmt: skip
                 if worker_id is None:
                     deferred.append(entry)
                     if len(deferred) >= 1024:
@@ -795,7 +810,13 @@ class SchedulerState(RecoveryFlow):
         )
 
     def _push_ready(self, run: RunEntry, task: TaskEntry) -> None:
-        heapq.heappush(self._ready, (-task.spec.priority, -task.cp, next(self._seq), run.run_id, task.name))
+        rank = task.cp
+        tasks = run.tasks
+        if run.big_results and any(tasks[d].result is not None and tasks[d].result.artifact_ref for d in task.deps):
+            # Consume before producing more: the freed slot of the worker that just made the
+            # big input goes to its consumer (locality), and the bytes are done with sooner.
+            rank += _BIG_INPUTS_RANK
+        heapq.heappush(self._ready, (-task.spec.priority, -rank, next(self._seq), run.run_id, task.name))
         if not task.wait_until:
             self._to_judge.append((run.run_id, task.name))
 

@@ -23,7 +23,7 @@ import grpc
 import psutil
 
 from xpipe._backoff import Backoff
-from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE, task_error
+from xpipe._domain import task_error
 from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._install import INSTALLED
@@ -41,6 +41,7 @@ from xpipe._proto import worker_pb2
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
+from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_file
 from ._state import ResourceLedger, WorkerState, task_request
 
 __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources", "ResourceLedger", "task_request"]
@@ -51,8 +52,6 @@ log = logging.getLogger(__name__)
 #: EVENT_BATCH_MAX of them) to leave together: one message per batch, not per task.
 EVENT_LINGER_S = 0.002
 EVENT_BATCH_MAX = 256
-#: Results at least this big go to the artifact directory and travel as a reference.
-ARTIFACT_MIN_BYTES = 256 * 1024
 #: A task running longer than this reports its start in its own event.
 STARTED_REPORT_DELAY_S = 0.05
 #: A session that lasted this long was healthy: after it breaks, reconnecting starts again
@@ -501,16 +500,17 @@ class WorkerDaemon:
     async def _spill(self, key: tuple[str, str, int], result: pb.Payload) -> None:
         """Move a big result into the artifact directory; it then travels as a reference.
 
-        If the directory cannot be written the result stays inline (slower, still correct).
+        The executor child normally wrote it already (``_objects``); this is the fallback
+        for a result it could not write. If the directory cannot be written here either,
+        the result stays inline (slower, still correct).
         """
         # The directory must already exist here: on a machine that does not share the
         # coordinator's directory it is absent, and the result then travels inline.
         if not self._artifact_dir or not os.path.isdir(self._artifact_dir):
             return
-        run_id, task, attempt = key
-        path = os.path.join(self._artifact_dir, run_id, f"{task}.{attempt}")
+        path = artifact_path(self._artifact_dir, *key)
         try:
-            await asyncio.to_thread(_write_file, path, result.data)
+            await asyncio.to_thread(write_file, path, result.data)
         except OSError as exc:
             log.warning("cannot write artifact %s (%s); sending the result inline", path, exc)
             return
@@ -602,13 +602,3 @@ def parse_resources(text: str, base: pb.Resources) -> pb.Resources:
         res.gpu = amounts.gpu
     res.custom.update(amounts.custom)
     return res
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write atomically (a reader never sees a half-written artifact), private to this user."""
-    os.makedirs(os.path.dirname(path), mode=PRIVATE_DIR_MODE, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, PRIVATE_FILE_MODE)
-    with open(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

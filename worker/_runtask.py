@@ -42,6 +42,7 @@ from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 
+from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result
 from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
     "child_entry",
     "COMMAND_STDERR_TAIL_CHARS",
 ]
+
+#: This process's own big results, for a consumer that runs here next (see ``_objects``).
+LOCAL_OBJECTS = LocalObjects()
 
 #: How much of a failed command's stderr goes into the error message.
 COMMAND_STDERR_TAIL_CHARS = 2000
@@ -156,8 +160,10 @@ def pickled_code_refusal(assignment: worker_pb2.Assignment) -> worker_pb2.TaskEv
 
 
 def _decode(payload: common_pb2.Payload, what: str, artifact_root: str | None) -> Any:
+    # An upstream result this process wrote is still in memory: no need to read its file.
+    held = LOCAL_OBJECTS.get(payload.artifact_ref) if payload.artifact_ref else None
     try:
-        return _codec.decode(payload, what=what, artifact_root=artifact_root)
+        return _codec.decode(payload, what=what, artifact_root=artifact_root, artifact_data=held)
     except SerializationError as exc:
         raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
 
@@ -491,9 +497,11 @@ def run_assignment(
     """
     task = assignment.task
     if task.WhichOneof("kind") == "command" or not memory_limit_bytes:
-        return _run(assignment, code, cache, artifact_root, memory_limit_bytes)
+        return _store_big_result(_run(assignment, code, cache, artifact_root, memory_limit_bytes), artifact_root)
+    LOCAL_OBJECTS.clear()  # the limit is the task's: kept results must not count against it
     with memory_limit(memory_limit_bytes):
         event = _run(assignment, code, cache, artifact_root, 0)
+    _store_big_result(event, artifact_root)
     if event.WhichOneof("kind") == "failed" and event.failed.error.exception_type == "MemoryError":
         error = event.failed.error
         detail = f" ({error.message})" if error.message else ""
@@ -506,6 +514,31 @@ def run_assignment(
         )
         error.non_retryable = True  # the same limit would refuse the same allocation again
         error.required_resources.memory_bytes = memory_limit_bytes
+    return event
+
+
+def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) -> worker_pb2.TaskEvent:
+    """Write a big result to the artifact directory here, so it travels as a reference.
+
+    Writing it in the process that made it spares piping it to the daemon (see
+    :mod:`xpipe.worker._objects`). If the file cannot be written the result stays inline and
+    the daemon tries once more.
+    """
+    if event.WhichOneof("kind") != "succeeded":
+        return event
+    result = event.succeeded.result
+    if len(result.data) < ARTIFACT_MIN_BYTES:
+        return event
+    ref = event.attempt
+    try:
+        written = store_result(LOCAL_OBJECTS, artifact_root, (ref.run_id, ref.task, ref.attempt), result.data)
+    except OSError:
+        # Not logged here (this process's stderr is the task's output): the daemon tries the
+        # same write again and logs why it failed.
+        return event
+    if written:
+        result.artifact_ref = written
+        result.data = b""
     return event
 
 

@@ -12,7 +12,7 @@ from xpipe import _codec
 from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._engine import inline_artifacts
 from xpipe.errors import SerializationError
-from xpipe.worker._daemon import _write_file
+from xpipe.worker._objects import write_file as _write_file
 
 SECRET = b"TOP-SECRET-do-not-echo"
 

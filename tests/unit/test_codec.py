@@ -200,3 +200,33 @@ def test_file_artifact_reference_is_read(tmp_path):
     missing = common_pb2.Payload(codec=inline.codec, artifact_ref=f"file://{tmp_path}/gone")
     with pytest.raises(SerializationError, match="cannot read result of task 'x' from the artifact store"):
         _codec.decode(missing, what="result of task 'x'", artifact_root=str(tmp_path))
+
+
+def test_big_incompressible_value_is_probed_not_compressed_whole(monkeypatch):
+    import os
+
+    calls = []
+    real = _codec._compressor
+
+    class Counting:
+        def compress(self, data):
+            calls.append(len(data))
+            return real.compress(data)
+
+    monkeypatch.setattr(_codec, "_compressor", Counting())
+    data = os.urandom(1 << 20)
+    payload = _codec.encode(data, "raw")
+    assert payload.zstd is False and payload.data == data
+    assert calls == [3 * _codec._PROBE_SLICE_BYTES]  # the sample only, never the whole MiB
+    calls.clear()
+    # A random head before a compressible body: the middle and end slices say "worth it".
+    mixed = os.urandom(16 * 1024) + b"abc" * (1 << 18)
+    payload = _codec.encode(mixed, "raw")
+    assert payload.zstd is True and calls[-1] == len(mixed)
+    assert _codec.decode(payload) == mixed
+
+
+def test_artifact_bytes_at_hand_are_used_instead_of_the_file(tmp_path):
+    inline = _codec.encode(b"x" * 100, "raw")
+    ref = common_pb2.Payload(codec=inline.codec, size_bytes=inline.size_bytes, artifact_ref=f"file://{tmp_path}/gone")
+    assert _codec.decode(ref, artifact_root=str(tmp_path), artifact_data=inline.data) == b"x" * 100
