@@ -313,10 +313,6 @@ class Engine:
                 raise
             except Exception as exc:
                 raise StoreFault.wrap(exc) from exc
-        # Assignments first: their stream writes then start before the submitters' answers
-        # (each wakes its own task in this order), so a new run's first task is on its way
-        # while the watcher's first event is written.
-        self._dispatch(actions)
         for run_id in submitted:
             fut = self._submits.get(run_id)
             if fut is not None and not fut.done():
@@ -324,6 +320,7 @@ class Engine:
                     fut.set_exception(InternalError(failed_submits[run_id]))
                 else:
                     fut.set_result(run_id)
+        self._dispatch(actions)
         if records:
             self._notify(records)
 
