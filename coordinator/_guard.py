@@ -160,16 +160,17 @@ class _GuardedGeneric(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, guard: CallGuard):
         self._inner = inner
         self._guard = guard
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details):
         method = handler_call_details.method
-        try:
-            return self._wrapped[method]
-        except KeyError:
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
             handler = self._inner.service(handler_call_details)
-            wrapped = self._wrapped[method] = None if handler is None else self._guard.wrap(method, handler)
-            return wrapped
+            if handler is None:
+                return None  # not cached: method names come from clients, unknown ones too
+            wrapped = self._wrapped[method] = self._guard.wrap(method, handler)
+        return wrapped
 
 
 class GuardedRegistrar:

@@ -91,6 +91,11 @@ def test_unparsable_requests_get_invalid_argument_naming_the_method(served):
         assert later.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"malformed {_CONNECT} request" in later.details()
 
+        # A method nobody serves stays UNIMPLEMENTED (the guard wraps only real handlers).
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/xpipe.v1.PipelineService/NoSuchMethod")(b"", timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
         # The coordinator still serves.
         stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
         run_id = stub.SubmitPipeline(pipeline_pb2.SubmitPipelineRequest(pipeline=_spec()), timeout=10).run_id
