@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from xpipe._install import FAILED
 from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
@@ -26,6 +26,7 @@ from xpipe.errors import PipelineValidationError
 from xpipe._backoff import Backoff
 
 from ._engine import Engine, EngineConfig, InternalError
+from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
     DrainRequested,
@@ -103,6 +104,32 @@ class _UsesEngine:
         return self.c.engine
 
 
+#: A summary-only watch gets at most one event per this long while its run goes on (the
+#: end event leaves at once). Each engine turn changes a busy run's counts: a 10,000-task
+#: run sent ~2,300 summaries, one per turn, costing coordinator and client CPU per task.
+SUMMARY_EVENT_INTERVAL_S = 0.1
+
+
+async def _hold_summary(queue: asyncio.Queue, event, until: float, loop):
+    """Fold the summaries that come before ``until`` into ``event``; return early at the end.
+
+    Returns None if the engine stopped meanwhile (``event`` is then dropped: the caller
+    aborts the watch, and the client watches again).
+    """
+    while event.summary.state not in TERMINAL_RUN_STATES:
+        left_s = until - loop.time()
+        if left_s <= 0:
+            break
+        try:
+            more = await asyncio.wait_for(queue.get(), left_s)
+        except TimeoutError:
+            break
+        if more is None:
+            return None
+        event.summary.CopyFrom(more.summary)
+    return event
+
+
 class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
@@ -163,6 +190,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             return
         # Subscribe and snapshot with no await in between, so no change falls in the gap.
         queue = self.engine.watch(run_id, tasks=not request.summary_only)
+        loop = asyncio.get_running_loop()
         try:
             event = pipeline_pb2.RunEvent(summary=run.summary())
             if not request.summary_only:
@@ -178,7 +206,11 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                     return
                 self.c.name_workers(event.changed)
                 yield event
+                sent_at = loop.time()
                 event = await queue.get()
+                if event is not None and request.summary_only:
+                    # Summaries are progress: at most one per SUMMARY_EVENT_INTERVAL_S, the end at once.
+                    event = await _hold_summary(queue, event, sent_at + SUMMARY_EVENT_INTERVAL_S, loop)
                 if event is None:  # the engine stopped: the coordinator is stopping, or its store failed
                     why = f"{engine.error}; watch again" if isinstance(engine.error, StoreFault) else "coordinator is shutting down"
                     await context.abort(grpc.StatusCode.UNAVAILABLE, why)
@@ -211,16 +243,25 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         )
 
 
+_CONNECT = "/xpipe.v1.WorkerService/Connect"
+
+
 class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.c = coordinator
         self._streams = itertools.count(1)  # numbers worker streams, for their stimulus ids
 
+    @checks_itself
     async def Connect(self, request_iterator, context):
+        # Guarded here, not by a wrapper (see _guard): every worker message is on the hot path.
+        if self.c.stopping:
+            await self.c.guard.refuse(context)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
             return
+        if isinstance(first, Malformed):
+            await abort_malformed(context, _CONNECT, first)
         if first.WhichOneof("body") != "register":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message on a worker stream must be Register")
         reg = first.register
@@ -334,6 +375,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         prefix, seq = session.stimulus_prefix, 0
         try:
             async for message in request_iterator:
+                if isinstance(message, Malformed):
+                    return f"malformed {_CONNECT} request: {message.error}"
                 body = message.WhichOneof("body")
                 now = time.time()
                 seq += 1
@@ -542,137 +585,6 @@ class _InstallRequests:
         self._pending.pop(request_id, None)
 
 
-class _Malformed:
-    """Stands in for a request that did not parse, so the handler can answer INVALID_ARGUMENT."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-def _safe(deserializer):
-    def parse(data: bytes):
-        try:
-            return deserializer(data)
-        except Exception as exc:  # DecodeError and friends: hostile or corrupt bytes
-            return _Malformed(exc)
-
-    return parse
-
-
-async def _abort_malformed(context, method: str, bad: _Malformed):
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed {method} request: {bad.error}")
-
-
-#: A stopping coordinator refuses calls until none came for this long (within its grace)
-#: before the server itself stops: a call the server stops under is CANCELLED, not refused.
-_REFUSE_QUIET_S = 0.05
-
-
-class _StopGate(grpc.aio.ServerInterceptor):
-    """Turn new calls away with UNAVAILABLE once the coordinator stops; count unary calls.
-
-    Clients retry UNAVAILABLE (elsewhere or later), so a stopping coordinator refuses work
-    cleanly while its engine still runs; :meth:`Coordinator.stop` waits for the unary calls
-    in flight (a submit being committed, say) before it stops the engine. Streams are not
-    counted: the engine's stop ends them.
-    """
-
-    def __init__(self, coordinator: Coordinator):
-        self.c = coordinator
-        self.in_flight = 0
-        self.settled = asyncio.Event()
-        self.settled.set()
-        self.last_refused = 0.0  # loop time of the last call turned away
-        # Raw bytes in (no deserializer): one message is read whatever the method's kind.
-        self._refuse = grpc.unary_unary_rpc_method_handler(self._refuse_stopping)
-
-    async def intercept_service(self, continuation, details):
-        if self.c.stopping:
-            return self._refuse
-        handler = await continuation(details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        inner = handler.unary_unary
-        gate = self
-
-        async def unary_unary(request, context):
-            if gate.c.stopping:  # admitted just before the stop began, started just after
-                await gate._refuse_stopping(request, context)
-            gate.in_flight += 1
-            gate.settled.clear()
-            try:
-                return await inner(request, context)
-            finally:
-                gate.in_flight -= 1
-                if not gate.in_flight:
-                    gate.settled.set()
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, handler.request_deserializer, handler.response_serializer)
-
-    async def _refuse_stopping(self, request, context):
-        self.last_refused = asyncio.get_running_loop().time()
-        await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; try again")
-
-    async def settle(self) -> None:
-        """Return when no counted call is in flight."""
-        while self.in_flight:
-            await self.settled.wait()
-
-    async def quiet(self) -> None:
-        """Return once no call was turned away for :data:`_REFUSE_QUIET_S`."""
-        loop = asyncio.get_running_loop()
-        while (left_s := self.last_refused + _REFUSE_QUIET_S - loop.time()) > 0:
-            await asyncio.sleep(left_s)
-
-
-class _RejectMalformed(grpc.aio.ServerInterceptor):
-    """Answer unparsable requests with INVALID_ARGUMENT instead of gRPC's bare UNKNOWN."""
-
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        method = details.method
-        parse = _safe(handler.request_deserializer)
-        out = handler.response_serializer
-        if handler.unary_unary is not None:
-            inner = handler.unary_unary
-
-            async def unary_unary(request, context):
-                if isinstance(request, _Malformed):
-                    await _abort_malformed(context, method, request)
-                return await inner(request, context)
-
-            return grpc.unary_unary_rpc_method_handler(unary_unary, parse, out)
-        if handler.unary_stream is not None:
-            inner_stream = handler.unary_stream
-
-            async def unary_stream(request, context):
-                if isinstance(request, _Malformed):
-                    await _abort_malformed(context, method, request)
-                async for item in inner_stream(request, context):
-                    yield item
-
-            return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
-        if handler.stream_stream is not None:
-            inner_bidi = handler.stream_stream
-
-            async def checked(requests, context):
-                async for request in requests:
-                    if isinstance(request, _Malformed):
-                        await _abort_malformed(context, method, request)
-                    yield request
-
-            async def stream_stream(requests, context):
-                async for item in inner_bidi(checked(requests, context), context):
-                    yield item
-
-            return grpc.stream_stream_rpc_method_handler(stream_stream, parse, out)
-        return handler
-
-
 class Coordinator:
     """One coordinator process: store, engine and gRPC server.
 
@@ -702,7 +614,8 @@ class Coordinator:
         self._health = health.aio.HealthServicer()
         self._health_names: list[str] = []
         self._stopped = asyncio.Event()
-        self._gate = _StopGate(self)
+        #: Refuses calls once stopping and answers unparsable requests (see _guard).
+        self.guard = CallGuard(lambda: self._stopped.is_set())
         #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
@@ -733,17 +646,19 @@ class Coordinator:
             ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
             ("grpc.so_reuseport", 0),
         ]
-        interceptors: list[grpc.aio.ServerInterceptor] = [_RejectMalformed()]
+        # The stop gate and the malformed-request check are bound to each handler once, at
+        # registration (see _guard), not run per call as interceptors.
+        interceptors: list[grpc.aio.ServerInterceptor] = []
         if self.election is not None:
             from ._leader import LeaderGate  # HA only: keeps the etcd client out of single-node imports
 
-            interceptors.insert(0, LeaderGate(self.election))
-        interceptors.insert(0, self._gate)
-        server = grpc.aio.server(options=options, interceptors=interceptors)
-        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), server)
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+            interceptors.append(LeaderGate(self.election))
+        server = grpc.aio.server(options=options, interceptors=interceptors or None)
+        guarded = GuardedRegistrar(server, self.guard)
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), guarded)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), guarded)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
             worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
@@ -751,7 +666,8 @@ class Coordinator:
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, server)
+        # What reflection.enable_server_reflection does for an aio server, through the guard.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
         host, _, port = self.listen.rpartition(":")
         bound = server.add_insecure_port(self.listen)
         if bound == 0:
@@ -791,11 +707,11 @@ class Coordinator:
             await self._health.enter_graceful_shutdown()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace_s
-            self._gate.last_refused = loop.time()
+            self.guard.last_refused = loop.time()
             try:
-                await asyncio.wait_for(self._gate.settle(), timeout=grace_s)
+                await asyncio.wait_for(self.guard.settle(), timeout=grace_s)
             except TimeoutError:
-                log.warning("%d calls still running after %.1fs; stopping anyway", self._gate.in_flight, grace_s)
+                log.warning("%d calls still running after %.1fs; stopping anyway", self.guard.in_flight, grace_s)
             if self._election_task is not None:
                 self.election.stop()  # steps down (stopping the engine) and revokes the lease
                 await asyncio.gather(self._election_task, return_exceptions=True)
@@ -804,7 +720,7 @@ class Coordinator:
                 await asyncio.gather(self._supervisor, return_exceptions=True)
             await self.engine.stop()
             try:
-                await asyncio.wait_for(self._gate.quiet(), timeout=max(0.0, deadline - loop.time()))
+                await asyncio.wait_for(self.guard.quiet(), timeout=max(0.0, deadline - loop.time()))
             except TimeoutError:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))

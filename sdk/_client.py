@@ -60,6 +60,11 @@ _OPTIONS = [
     # Pings bound every stream (WatchRun has no deadline unless the caller gives timeout_s),
     # so a frozen or partitioned coordinator breaks a watch in seconds; it then reconnects.
     *CLIENT_KEEPALIVE_OPTIONS,
+    # WatchRun's events are read on the caller's thread instead of being handed over from
+    # gRPC's channel-spin thread: about 0.35 ms less per call (see docs/performance.md).
+    # Its one restriction, code()/details() only once the call ended, fits our use: they
+    # are read from the RpcError an iteration raised.
+    ("SingleThreadedUnaryStream", 1),
 ]
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 #: A watch stream also ends CANCELLED when its coordinator shuts down: reconnect then too.
