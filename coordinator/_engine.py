@@ -404,7 +404,9 @@ class Engine:
             # Same wire format as CoordinatorMessage (the worker reads it as the view too).
             self._send(worker_id, worker_pb2.CoordinatorMessageView(assignments=batch))
 
-    def _send(self, worker_id: str, message: worker_pb2.CoordinatorMessage | worker_pb2.CoordinatorMessageView) -> None:
+    def _send(
+        self, worker_id: str, message: worker_pb2.CoordinatorMessage | worker_pb2.CoordinatorMessageView
+    ) -> None:
         session = self.sessions.get(worker_id)
         if session is None:
             # The worker's stream is gone; the heartbeat deadline will requeue its attempts.

@@ -31,7 +31,8 @@ def test_assignment_bytes_parse_to_the_assignment_built_field_by_field(args_byte
 
     assert worker_pb2.Assignment.FromString(raw) == _built(action)
     head = worker_pb2.AssignmentHead.FromString(raw)  # what the worker's parent reads
-    assert (head.attempt.task, head.attempt.attempt, head.task.name, head.last_try) == (spec.name, 3, spec.name, last_try)
+    seen = (head.attempt.task, head.attempt.attempt, head.task.name, head.last_try)
+    assert seen == (spec.name, 3, spec.name, last_try)
 
 
 def test_an_assignment_batch_of_bytes_is_read_as_the_coordinator_message():
