@@ -98,6 +98,8 @@ class Request:
     @classmethod
     def of(cls, resources: pb.Resources | None, labels: Mapping[str, str] | None = None) -> Request:
         """From a TaskSpec's ``resources`` and ``labels``; cpu 0 (unset) means 1 core."""
+        if resources is None and not labels and cls is Request:
+            return _ONE_CORE  # most tasks: one shared (frozen) instance, built once
         res = resources if resources is not None else pb.Resources()
         return cls(
             cpu_milli=_milli(res.cpu_cores) or _MILLI,
@@ -132,6 +134,10 @@ class Request:
             cpu_cores=self.cpu_milli / _MILLI, memory_bytes=self.memory_bytes, gpu=self.gpu,
             custom={k: v / _MILLI for k, v in self.custom},
         )  # fmt: skip
+
+
+#: What a task that asks for nothing asks for (1 cpu core): shared by all such tasks.
+_ONE_CORE = Request()
 
 
 class _Node:

@@ -304,6 +304,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 if message is None:
                     break
                 # Batches that queued while the previous write was in flight go out as one.
+                # Assignment batches are CoordinatorMessageView (assignments as bytes, the
+                # same wire format): the generated serializer writes either.
                 while message.WhichOneof("body") == "assignments" and not outbox.empty():
                     following = outbox.get_nowait()
                     if following is None or following.WhichOneof("body") != "assignments":

@@ -90,7 +90,8 @@ class Harness:
             if body == "cancel":
                 self.cancelled += [(r.run_id, r.task, r.attempt) for r in message.cancel.attempts]
             elif body == "assignments" and answer:
-                for a in message.assignments.assignments:
+                for raw in message.assignments.assignments:
+                    a = worker_pb2.Assignment.FromString(raw)
                     key = (a.attempt.run_id, a.attempt.task, a.attempt.attempt)
                     now = time.time()
                     self.engine.post(TaskSucceeded(now, "w1", key, now, pb.Payload(), now))
