@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench._report import BenchError, Sizes, dag_timings, peer_bigdag, percentile
+from bench._report import BenchError, Sizes, dag_timings, latency_sample, payload_sample, peer_bigdag
+from bench._report import check_answer as _check
 
 __all__ = ["SCENARIOS", "open_session", "available"]
 
@@ -54,10 +55,6 @@ def open_session(workdir: Path | None = None) -> Iterator[Any]:
         _check(client.gather(client.map(tasks.noop, range(8), pure=False)), [None] * 8, "warm-up results")
         yield client
 
-
-def _check(got: Any, expected: Any, what: str) -> None:
-    if got != expected:
-        raise BenchError(f"{what}: expected {expected!r}, got {got!r}")
 
 
 def wide(client: Any, sizes: Sizes) -> dict[str, Any]:
@@ -99,12 +96,7 @@ def roundtrip(client: Any, sizes: Sizes) -> dict[str, Any]:
         value = client.submit(tasks.add, i, pure=False).result(timeout=sizes.timeout_s)
         latencies_ms.append((time.perf_counter() - start) * 1000)
         _check(value, i, "round-trip result")
-    return {
-        "count": len(latencies_ms),
-        "median_ms": percentile(latencies_ms, 50),
-        "p99_ms": percentile(latencies_ms, 99),
-        "latencies_ms": latencies_ms,
-    }
+    return latency_sample(latencies_ms)
 
 
 def layered_graph(n: int, width: int) -> tuple[dict[str, tuple], list[str]]:
@@ -157,12 +149,7 @@ def _payload_once(client: Any, sizes: Sizes, compressible: bool) -> float:
 
 
 def payload(client: Any, sizes: Sizes) -> dict[str, Any]:
-    return {
-        "pairs": sizes.payload_pairs,
-        "payload_bytes": sizes.payload_bytes,
-        "mb_per_s_compressible": _payload_once(client, sizes, True),
-        "mb_per_s_random": _payload_once(client, sizes, False),
-    }
+    return payload_sample(lambda compressible: _payload_once(client, sizes, compressible), sizes)
 
 
 SCENARIOS: dict[str, Callable[[Any, Sizes], dict[str, Any]]] = {

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import tasks
-from bench._report import BenchError, Sizes, dag_timings, peer_bigdag, percentile
+from bench._report import BenchError, Sizes, dag_timings, latency_sample, payload_sample, peer_bigdag
+from bench._report import check_answer as _check
 
 __all__ = ["SCENARIOS", "RaySession", "open_session", "available"]
 
@@ -153,10 +154,6 @@ def open_session(workdir: Path | None = None) -> Iterator[RaySession]:
             _log.warning("could not remove Ray's session files in %s: %s", temp_dir, exc)
 
 
-def _check(got: Any, expected: Any, what: str) -> None:
-    if got != expected:
-        raise BenchError(f"{what}: expected {expected!r}, got {got!r}")
-
 
 def _get(refs: Any, sizes: Sizes) -> Any:
     import ray
@@ -202,12 +199,7 @@ def roundtrip(ray_: RaySession, sizes: Sizes) -> dict[str, Any]:
         value = _get(ray_.add.remote(i), sizes)
         latencies_ms.append((time.perf_counter() - start) * 1000)
         _check(value, i, "round-trip result")
-    return {
-        "count": len(latencies_ms),
-        "median_ms": percentile(latencies_ms, 50),
-        "p99_ms": percentile(latencies_ms, 99),
-        "latencies_ms": latencies_ms,
-    }
+    return latency_sample(latencies_ms)
 
 
 def _bigdag_once(ray_: RaySession, sampler: Any, n: int, sizes: Sizes) -> dict[str, Any]:
@@ -252,12 +244,7 @@ def _payload_once(ray_: RaySession, sizes: Sizes, compressible: bool) -> float:
 
 
 def payload(ray_: RaySession, sizes: Sizes) -> dict[str, Any]:
-    return {
-        "pairs": sizes.payload_pairs,
-        "payload_bytes": sizes.payload_bytes,
-        "mb_per_s_compressible": _payload_once(ray_, sizes, True),
-        "mb_per_s_random": _payload_once(ray_, sizes, False),
-    }
+    return payload_sample(lambda compressible: _payload_once(ray_, sizes, compressible), sizes)
 
 
 SCENARIOS: dict[str, Callable[[Any, Sizes], dict[str, Any]]] = {

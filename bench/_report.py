@@ -350,3 +350,29 @@ def peer_bigdag(once: Any, sizes: Sizes) -> dict[str, Any]:
     if big is not None:
         sample.update(big, scaling_ratio=big["per_task_us"] / small["per_task_us"])
     return sample
+
+
+def check_answer(got: Any, expected: Any, what: str) -> None:
+    """Fail loudly when a run returned the wrong answer: a wrong run is not a fast run."""
+    if got != expected:
+        raise BenchError(f"{what}: expected {expected!r}, got {got!r}")
+
+
+def latency_sample(latencies_ms: list[float]) -> dict[str, Any]:
+    """One round-trip sample, the same keys for every system."""
+    return {
+        "count": len(latencies_ms),
+        "median_ms": percentile(latencies_ms, 50),
+        "p99_ms": percentile(latencies_ms, 99),
+        "latencies_ms": latencies_ms,
+    }
+
+
+def payload_sample(once: Any, sizes: Sizes) -> dict[str, Any]:
+    """MB/s with compressible payloads and random ones; ``once(compressible)`` gives one figure."""
+    return {
+        "pairs": sizes.payload_pairs,
+        "payload_bytes": sizes.payload_bytes,
+        "mb_per_s_compressible": once(True),
+        "mb_per_s_random": once(False),
+    }

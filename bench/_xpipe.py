@@ -28,7 +28,8 @@ from typing import Any
 import psutil
 
 from bench import tasks
-from bench._report import BenchError, Sizes, dag_timings, percentile
+from bench._report import BenchError, Sizes, dag_timings, latency_sample, payload_sample
+from bench._report import check_answer as _check
 
 __all__ = ["XpipeCluster", "RssSampler", "SCENARIOS", "open_session", "REPO_ROOT"]
 
@@ -337,11 +338,6 @@ def _warm_up(pm: Any) -> None:
     _check(len(pm.execute_pipeline(p, monitor=False).outputs), 8, "warm-up outputs")
 
 
-def _check(got: Any, expected: Any, what: str) -> None:
-    """Fail loudly when a run returned the wrong answer: a wrong run is not a fast run."""
-    if got != expected:
-        raise BenchError(f"{what}: expected {expected!r}, got {got!r}")
-
 
 def _wait_terminal(pm: Any, run_id: str, timeout_s: float) -> None:
     """Follow a run's summary until it ends, without downloading every task's result
@@ -426,12 +422,7 @@ def roundtrip(cluster: XpipeCluster, sizes: Sizes) -> dict[str, Any]:
         result = pm.execute_pipeline(p, monitor=False, timeout_s=sizes.timeout_s)
         latencies_ms.append((time.perf_counter() - start) * 1000)
         _check(result.outputs["one"], i, "round-trip result")
-    return {
-        "count": len(latencies_ms),
-        "median_ms": percentile(latencies_ms, 50),
-        "p99_ms": percentile(latencies_ms, 99),
-        "latencies_ms": latencies_ms,
-    }
+    return latency_sample(latencies_ms)
 
 
 def layered_pipeline(n: int, width: int) -> Any:
@@ -513,12 +504,7 @@ def _payload_once(cluster: XpipeCluster, sizes: Sizes, compressible: bool) -> fl
 
 def payload(cluster: XpipeCluster, sizes: Sizes) -> dict[str, Any]:
     """MB/s with compressible payloads (zstd shrinks them) and random ones (zstd cannot)."""
-    return {
-        "pairs": sizes.payload_pairs,
-        "payload_bytes": sizes.payload_bytes,
-        "mb_per_s_compressible": _payload_once(cluster, sizes, True),
-        "mb_per_s_random": _payload_once(cluster, sizes, False),
-    }
+    return payload_sample(lambda compressible: _payload_once(cluster, sizes, compressible), sizes)
 
 
 SCENARIOS: dict[str, Callable[[XpipeCluster, Sizes], dict[str, Any]]] = {

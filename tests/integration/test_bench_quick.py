@@ -26,8 +26,8 @@ import pytest
 
 from bench import _profile, _ray
 from bench.__main__ import _Runner, build_parser, main
-from bench._report import FULL, METRICS, BenchError, format_table, percentile, summarise
-from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster, _check
+from bench._report import FULL, METRICS, BenchError, check_answer, format_table, percentile, summarise
+from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster
 from tests.harness import eventually
 
 _BENCH_TIMEOUT_S = 240
@@ -219,9 +219,9 @@ def test_cluster_that_is_not_up_in_time_fails(tmp_path: Path) -> None:
 
 
 def test_wrong_answers_fail_the_benchmark() -> None:
-    _check(3, 3, "ok")
+    check_answer(3, 3, "ok")
     with pytest.raises(BenchError, match=r"end of the chain: expected 99, got 98"):
-        _check(98, 99, "end of the chain")
+        check_answer(98, 99, "end of the chain")
 
 
 def test_rss_sampler_keeps_the_peak_and_reports_a_vanished_process() -> None:
