@@ -27,6 +27,7 @@ from ._install import requirements_problem, timeout_problem
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from ._types import (
+    TASK_STATES,
     ClusterStatus,
     InstallReport,
     NodeRecovery,
@@ -146,11 +147,6 @@ class translate_rpc_errors:  # noqa: N801 - used like a function: ``with transla
         if code in self.keep:
             return False
         raise from_grpc_error(exc) from exc
-
-
-def _state_name(state: int) -> str:
-    """A task state as ``xpipe story`` shows it: ``"RUNNING"``, or ``"UNKNOWN"`` for none."""
-    return common_pb2.TaskState.Name(state) if state else "UNKNOWN"
 
 
 def parse_addresses(coordinator: str | Sequence[str]) -> list[str]:
@@ -578,7 +574,8 @@ class Client:
         entries = self._call(lambda p, a: a.GetStory(request, timeout=self.call_timeout_s)).entries
         return [
             {"time": e.time, "stimulus_id": e.stimulus_id, "task": e.task, "attempt": e.attempt,
-             "from": _state_name(e.from_state), "to": _state_name(e.to_state), "reason": e.reason}
+             "from": TASK_STATES.get(e.from_state, "UNKNOWN"), "to": TASK_STATES.get(e.to_state, "UNKNOWN"),
+             "reason": e.reason}
             for e in entries
         ]  # fmt: skip
 
