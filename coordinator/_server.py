@@ -464,19 +464,7 @@ class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
         The state machine checks each worker again when it handles the event, so one that
         reconnected in between is kept.
         """
-        state = self.engine.state
-        by_name: dict[str, list] = {}
-        for w in state.workers.values():
-            by_name.setdefault(w.name, []).append(w)
-        forgotten, healthy, unknown, ids = [], [], [], []
-        for name in dict.fromkeys(request.names):  # each name once, in the order given
-            entries = by_name.get(name)
-            if not entries:
-                unknown.append(name)
-                continue
-            sick = [w.worker_id for w in entries if state.is_unhealthy(w)]
-            (forgotten if sick else healthy).append(name)
-            ids.extend(sick)
+        forgotten, healthy, unknown, ids = self.engine.state.sort_for_forgetting(request.names)
         if ids:
             self.engine.post(WorkersForgotten(time.time(), tuple(ids), stimulus_id=f"rpc-forget-{len(ids)}"))
         return admin_pb2.ForgetWorkersResponse(forgotten=forgotten, healthy=healthy, unknown=unknown)

@@ -979,6 +979,26 @@ class SchedulerState(RecoveryFlow):
         healthy = {w.name for w in self.workers.values() if not self.is_unhealthy(w)}
         return sorted({w.name for w in self.workers.values() if self.is_unhealthy(w)} - healthy)
 
+    def sort_for_forgetting(self, names: Iterable[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+        """(forgotten, healthy, unknown) names, each once in the order given, and the ids of
+        the unhealthy workers behind the forgotten ones (what AdminService.ForgetWorkers posts)."""
+        by_name: dict[str, list[WorkerEntry]] = {}
+        for w in self.workers.values():
+            by_name.setdefault(w.name, []).append(w)
+        forgotten: list[str] = []
+        healthy: list[str] = []
+        unknown: list[str] = []
+        ids: list[str] = []
+        for name in dict.fromkeys(names):
+            entries = by_name.get(name)
+            if not entries:
+                unknown.append(name)
+                continue
+            sick = [w.worker_id for w in entries if self.is_unhealthy(w)]
+            (forgotten if sick else healthy).append(name)
+            ids.extend(sick)
+        return forgotten, healthy, unknown, ids
+
     def _on_workers_forgotten(self, ev: WorkersForgotten, out: list[Action]) -> None:
         for worker_id in ev.worker_ids:
             worker = self.workers.get(worker_id)
