@@ -62,6 +62,13 @@ class ErrorType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_TYPE_PICKLED_CODE_REFUSED: _ClassVar[ErrorType]
     ERROR_TYPE_UPSTREAM_FAILED: _ClassVar[ErrorType]
     ERROR_TYPE_HANDLER_NOT_FOUND: _ClassVar[ErrorType]
+
+class MetricKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    METRIC_KIND_UNSPECIFIED: _ClassVar[MetricKind]
+    METRIC_KIND_CUSTOM: _ClassVar[MetricKind]
+    METRIC_KIND_TRACKED: _ClassVar[MetricKind]
+    METRIC_KIND_BUSINESS: _ClassVar[MetricKind]
 CODEC_UNSPECIFIED: Codec
 CODEC_PICKLE: Codec
 CODEC_JSON: Codec
@@ -103,6 +110,10 @@ ERROR_TYPE_CODE_MISSING: ErrorType
 ERROR_TYPE_PICKLED_CODE_REFUSED: ErrorType
 ERROR_TYPE_UPSTREAM_FAILED: ErrorType
 ERROR_TYPE_HANDLER_NOT_FOUND: ErrorType
+METRIC_KIND_UNSPECIFIED: MetricKind
+METRIC_KIND_CUSTOM: MetricKind
+METRIC_KIND_TRACKED: MetricKind
+METRIC_KIND_BUSINESS: MetricKind
 
 class Payload(_message.Message):
     __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes")
@@ -329,3 +340,42 @@ class TaskOutput(_message.Message):
     stdout_bytes: int
     stderr_bytes: int
     def __init__(self, stdout_tail: _Optional[bytes] = ..., stderr_tail: _Optional[bytes] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ...) -> None: ...
+
+class MetricPoint(_message.Message):
+    __slots__ = ("name", "value", "labels", "kind")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    labels: _containers.ScalarMap[str, str]
+    kind: MetricKind
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., kind: _Optional[_Union[MetricKind, str]] = ...) -> None: ...
+
+class TaskPerformance(_message.Message):
+    __slots__ = ("wall_s", "cpu_s", "peak_rss_bytes")
+    WALL_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_S_FIELD_NUMBER: _ClassVar[int]
+    PEAK_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    wall_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+    def __init__(self, wall_s: _Optional[float] = ..., cpu_s: _Optional[float] = ..., peak_rss_bytes: _Optional[int] = ...) -> None: ...
+
+class TaskTelemetry(_message.Message):
+    __slots__ = ("metrics", "performance", "warnings")
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[MetricPoint]
+    performance: TaskPerformance
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., performance: _Optional[_Union[TaskPerformance, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...

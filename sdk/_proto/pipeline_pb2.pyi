@@ -74,7 +74,7 @@ class GetTaskResultRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result")
+    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class TaskInfo(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: _common_pb2.TaskState
     attempts: int
@@ -91,7 +92,8 @@ class TaskInfo(_message.Message):
     finished_at: float
     error: _common_pb2.TaskError
     result: _common_pb2.Payload
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
+    telemetry: _common_pb2.TaskTelemetry
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "total_tasks", "succeeded_tasks", "failed_tasks")

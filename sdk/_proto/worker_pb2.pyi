@@ -85,7 +85,7 @@ class Heartbeat(_message.Message):
     def __init__(self, metrics: _Optional[_Union[WorkerMetrics, _Mapping]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at")
+    __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at", "telemetry")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class TaskEvent(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     started: Started
     succeeded: Succeeded
@@ -100,7 +101,8 @@ class TaskEvent(_message.Message):
     released: Released
     at: float
     started_at: float
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., succeeded: _Optional[_Union[Succeeded, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., at: _Optional[float] = ..., started_at: _Optional[float] = ...) -> None: ...
+    telemetry: _common_pb2.TaskTelemetry
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., succeeded: _Optional[_Union[Succeeded, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., at: _Optional[float] = ..., started_at: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ()
