@@ -395,6 +395,8 @@ class Engine:
                 session = self.sessions.get(action.worker_id)
                 if session is not None:
                     session.reset_reason = action.reason
+                    # The reason goes as data first: a stream's final status can lose it.
+                    session.outbox.put_nowait(worker_pb2.CoordinatorMessage(reset=worker_pb2.Reset(reason=action.reason)))
                     session.outbox.put_nowait(None)  # its stream ends; the worker registers again
         if batches and not self._dispatched_any:
             # Failover time is measured from a kill to this line of the new leader.

@@ -355,6 +355,9 @@ class WorkerDaemon:
                             self._shutting_down = self._track(self._shutdown(self.config.grace_s), "xpipe-shutdown")
                     elif body == "install":
                         self._track(self._install(message.install, send), "xpipe-install")
+                    elif body == "reset":
+                        log.info("coordinator %s reset this worker: %s", address, message.reset.reason)
+                        return
                     elif body == "not_leader":
                         leader = message.not_leader.leader_address
                         log.info("%s is not the leader (leader: %s)", address, leader or "not elected yet")

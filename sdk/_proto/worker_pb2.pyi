@@ -151,20 +151,22 @@ class InstallResult(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., output_tail: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     INSTALL_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatch
     cancel: Cancel
     drain: Drain
     not_leader: NotLeader
     install: InstallPackages
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ...) -> None: ...
+    reset: Reset
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir")
@@ -199,20 +201,22 @@ class AssignmentBatch(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorMessageView(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     DRAIN_FIELD_NUMBER: _ClassVar[int]
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     INSTALL_FIELD_NUMBER: _ClassVar[int]
+    RESET_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatchView
     cancel: Cancel
     drain: Drain
     not_leader: NotLeader
     install: InstallPackages
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ...) -> None: ...
+    reset: Reset
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
 
 class AssignmentBatchView(_message.Message):
     __slots__ = ("assignments", "code")
@@ -271,6 +275,12 @@ class NotLeader(_message.Message):
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     leader_address: str
     def __init__(self, leader_address: _Optional[str] = ...) -> None: ...
+
+class Reset(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class InstallPackages(_message.Message):
     __slots__ = ("request_id", "packages", "timeout_s")
