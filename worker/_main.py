@@ -14,6 +14,7 @@ from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+from ._install import PipInstaller, default_install_dir
 
 log = logging.getLogger("xpipe.worker")
 
@@ -98,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
     except ValueError as exc:
         p.error(str(exc))
+    if opts.allow_install:
+        install_dir = opts.install_dir or default_install_dir(opts.name)
+        try:
+            PipInstaller(install_dir, allowed=True).prepare()  # the daemon prepares it again: idempotent
+        except OSError as exc:
+            p.error(f"--install-dir {install_dir!r} cannot be created: {exc.strerror or exc}")
     sys.path.insert(0, os.getcwd())
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,

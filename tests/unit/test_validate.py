@@ -240,6 +240,19 @@ def test_xpipe_worker_exits_at_once_on_infinite_cpu_with_a_message_not_a_traceba
     assert "Traceback" not in done.stderr
 
 
+def test_xpipe_worker_exits_at_once_when_its_install_dir_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = subprocess.run(
+        [sys.executable, "-m", "xpipe.worker", "--coordinator", "127.0.0.1:9", "--allow-install",
+         "--install-dir", str(blocker / "packages")],
+        capture_output=True, text=True, timeout=60, env=child_env(),
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert f"error: --install-dir '{blocker / 'packages'}' cannot be created: Not a directory" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_sdk_checks_the_same_limits_early():
     with pytest.raises(PipelineValidationError, match="at most 256 chars"):
         Task("x" * 300, print)
