@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
+import functools
 import signal
 import sys
 import time
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="after each scenario, one extra unmeasured xpipe run under py-spy (coordinator and w0)")  # fmt: skip
     p.add_argument("--workdir", type=Path, help="where clusters keep their temporary data (default: system temp)")
+    p.add_argument("--telemetry", action="store_true",
+                   help="xpipe with metrics on and traces at default sampling, sent to a local OTLP sink")  # fmt: skip
     return p
 
 
@@ -103,8 +106,9 @@ class _Runner:
             overrides["timeout_s"] = opts.timeout_s
         self.sizes = dataclasses.replace(sizes, **overrides)
         self.repeats = opts.repeats or (1 if opts.quick else 3)
+        xpipe_session = functools.partial(_xpipe.open_session, telemetry=opts.telemetry)
         self.systems: dict[str, tuple[Callable[..., Any], dict[str, Callable[..., dict]]]] = {
-            "xpipe": (_xpipe.open_session, _xpipe.SCENARIOS)
+            "xpipe": (xpipe_session, _xpipe.SCENARIOS)
         }
         self.skipped: dict[str, str] = {}
         for name, module, left_out in (("dask", _dask, opts.no_dask), ("ray", _ray, opts.no_ray)):
@@ -124,6 +128,7 @@ class _Runner:
             "machine": machine_info(),
             "xpipe_source": source_info(Path(__file__).resolve().parent.parent),
             "repeats": self.repeats,
+            "telemetry": opts.telemetry,
             "sizes": dataclasses.asdict(self.sizes),
             "systems": {name: "measured" for name in self.systems}
             | {name: f"skipped: {why}" for name, why in self.skipped.items()},
@@ -185,7 +190,7 @@ class _Runner:
             _log(f"[bench] profile skipped: {why}")
             return
         stem = f"{self.stamp}-profile-{scenario}"
-        with _xpipe.open_session(self.opts.workdir) as cluster:
+        with _xpipe.open_session(self.opts.workdir, telemetry=self.opts.telemetry) as cluster:
             targets = {"coordinator": (cluster.coordinator_pid, False), "worker": (cluster.worker_pids()[0], True)}
             with _profile.profiling(targets, self.opts.out, stem) as paths:
                 meter = _profile.CpuMeter(cluster.process_roles())

@@ -194,6 +194,9 @@ class XpipeCluster:
     coordinator_args: Sequence[str] = ()
     worker_args: Sequence[str] = ()
     startup_timeout_s: float = _STARTUP_TIMEOUT_S
+    #: Metrics on (``--metrics-listen``) and traces exported at default sampling to a local
+    #: OTLP sink, in every process: the cost of telemetry is the difference to a run without.
+    telemetry: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -201,6 +204,7 @@ class XpipeCluster:
         self.worker_procs: list[_Proc] = []
         self.address = ""
         self.manager: Any = None
+        self.otlp_sink: Any = None
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -224,9 +228,15 @@ class XpipeCluster:
         logs, data, ready = self.workdir / "logs", self.workdir / "data", self.workdir / "coordinator.ready"
         logs.mkdir(parents=True, exist_ok=True)
         env = self._env()
+        telemetry_args: list[str] = []
+        if self.telemetry:
+            from bench._otlp import OtlpSink
+
+            self.otlp_sink = OtlpSink()
+            telemetry_args = ["--metrics-listen", "127.0.0.1:0", "--otlp-endpoint", self.otlp_sink.address]
         argv = [
             sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(data),
-            "--ready-file", str(ready), "--log-level", "WARNING", *self.coordinator_args,
+            "--ready-file", str(ready), "--log-level", "WARNING", *telemetry_args, *self.coordinator_args,
         ]  # fmt: skip
         try:
             self.coordinator = _Proc("coordinator", argv, log_dir=logs, env=env, cwd=self.workdir)
@@ -244,10 +254,13 @@ class XpipeCluster:
             for i in range(self.workers):
                 argv = [
                     sys.executable, "-m", "xpipe.worker", "--coordinator", self.address, "--name", f"w{i}",
-                    "--slots", "1", "--log-level", "WARNING", *self.worker_args,
+                    "--slots", "1", "--log-level", "WARNING", *telemetry_args, *self.worker_args,
                 ]  # fmt: skip
                 self.worker_procs.append(_Proc(f"w{i}", argv, log_dir=logs, env=env, cwd=self.workdir))
-            self.manager = PipelineManager(coordinator=self.address)
+            if self.otlp_sink is not None:
+                self.manager = PipelineManager(coordinator=self.address, otlp_endpoint=self.otlp_sink.address)
+            else:
+                self.manager = PipelineManager(coordinator=self.address)
             wanted = {p.name for p in self.worker_procs}
 
             def workers_ready() -> bool:
@@ -309,6 +322,9 @@ class XpipeCluster:
                 proc.kill_group_and_reap()
         self.worker_procs = []
         self.coordinator = None
+        if self.otlp_sink is not None:
+            self.otlp_sink.stop()
+            self.otlp_sink = None
 
     def __enter__(self) -> XpipeCluster:
         return self.start()
@@ -318,12 +334,18 @@ class XpipeCluster:
 
 
 @contextlib.contextmanager
-def open_session(workdir: Path | None = None) -> Iterator[XpipeCluster]:
-    """A started, warmed-up cluster in a fresh temporary directory, stopped and removed after."""
+def open_session(workdir: Path | None = None, telemetry: bool = False) -> Iterator[XpipeCluster]:
+    """A started, warmed-up cluster in a fresh temporary directory, stopped and removed after.
+
+    With ``telemetry``, the session checks at its end that spans reached the sink, so a
+    "with telemetry" figure cannot silently be one without.
+    """
     with tempfile.TemporaryDirectory(prefix="xpipe-bench-", dir=workdir) as tmp:
-        with XpipeCluster(Path(tmp)) as cluster:
+        with XpipeCluster(Path(tmp), telemetry=telemetry) as cluster:
             _warm_up(cluster.manager)
             yield cluster
+            if telemetry:
+                _poll(lambda: cluster.otlp_sink.spans > 0, 10.0, "spans at the bench's OTLP sink")
 
 
 # --------------------------------------------------------------------------- scenarios
