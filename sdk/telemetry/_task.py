@@ -36,6 +36,7 @@ from .._limits import (
     METRIC_LABEL_RE,
     METRIC_NAME_RE,
     RESERVED_METRIC_LABELS,
+    SHOWN_CHARS,
     shown,
 )
 from .._proto import common_pb2 as pb
@@ -64,15 +65,21 @@ _RSS_UNIT_BYTES = 1 if os.uname().sysname == "Darwin" else 1024
 def metric_name_problem(name: Any) -> str:
     """Why ``name`` cannot be a metric name ("" if it can): Prometheus' rule and a length bound."""
     if not isinstance(name, str):
-        return f"metric name must be a str, got {type(name).__name__} {shown(repr(name))}"
+        return f"metric name must be a str, got {type(name).__name__} {_quote(name)}"
     if len(name) > MAX_METRIC_NAME_CHARS:
-        return f"metric name {shown(name)!r} has {len(name)} characters; the limit is {MAX_METRIC_NAME_CHARS}"
+        return f"metric name {shown(name)} has {len(name)} characters; the limit is {MAX_METRIC_NAME_CHARS}"
     if METRIC_NAME_RE.fullmatch(name) is None:
         return (
             f"metric name {name!r} is not a valid Prometheus metric name: it must match "
             f"{METRIC_NAME_RE.pattern} (letters, digits, '_' and ':', not starting with a digit)"
         )
     return ""
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, cut short so an error quoting a hostile value stays small."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
 
 
 def _is_real(value: Any) -> bool:
@@ -94,7 +101,7 @@ def check_metric(name: Any, value: Any, labels: Mapping[str, Any]) -> float:
     if not _is_real(value):
         raise TypeError(
             f"record_metric: value of metric {name!r} must be a real number (int or float, not bool), "
-            f"got {type(value).__name__} {shown(repr(value))}"
+            f"got {type(value).__name__} {_quote(value)}"
         )
     number = float(value)
     if not math.isfinite(number):
@@ -106,7 +113,7 @@ def check_metric(name: Any, value: Any, labels: Mapping[str, Any]) -> float:
     for key, label in labels.items():
         if METRIC_LABEL_RE.fullmatch(key) is None or key.startswith("__"):
             raise ValueError(
-                f"record_metric: label {shown(key)!r} of metric {name!r} is not a valid Prometheus label "
+                f"record_metric: label {shown(key)} of metric {name!r} is not a valid Prometheus label "
                 f"name: it must match {METRIC_LABEL_RE.pattern} and not start with '__'"
             )
         if key in RESERVED_METRIC_LABELS:
@@ -117,7 +124,7 @@ def check_metric(name: Any, value: Any, labels: Mapping[str, Any]) -> float:
         if not isinstance(label, str):
             raise TypeError(
                 f"record_metric: label {key!r} of metric {name!r} must be a str, got {type(label).__name__} "
-                f"{shown(repr(label))}"
+                f"{_quote(label)}"
             )
         if len(label) > MAX_METRIC_LABEL_VALUE_CHARS:
             raise ValueError(
@@ -198,7 +205,7 @@ def tracked_value(metric: str, returned: Any, key: str | None = None) -> tuple[f
 
 def _as_value(where: str, source: str, value: Any) -> tuple[float | None, str]:
     if not _is_real(value):
-        return None, f"{where}: {source} holds {type(value).__name__} {shown(repr(value))}, not a number"
+        return None, f"{where}: {source} holds {type(value).__name__} {_quote(value)}, not a number"
     number = float(value)
     if not math.isfinite(number):
         return None, f"{where}: {source} holds {number!r}, not a finite number"
