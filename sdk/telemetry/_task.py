@@ -229,31 +229,32 @@ class AttemptRecorder:
     send (None when the attempt recorded nothing).
     """
 
-    __slots__ = ("spec", "points", "warnings", "dropped", "performance", "_token", "_main", "_t0", "_cpu0")
+    __slots__ = ("spec", "points", "warnings", "dropped", "performance", "_perf", "_token", "_main", "_t0", "_cpu0")
 
     def __init__(self, spec: pb.TaskSpec):
+        # Lists are made on first use: most attempts record nothing and should pay nothing.
         self.spec = spec
-        self.points: list[pb.MetricPoint] = []
-        self.warnings: list[str] = []
+        self.points: list[pb.MetricPoint] | None = None
+        self.warnings: list[str] | None = None
         self.dropped = 0
         self.performance: pb.TaskPerformance | None = None
+        self._perf = spec.track_performance
         self._token: contextvars.Token | None = None
         self._main = False
-        self._t0 = self._cpu0 = 0.0
 
     def start(self) -> None:
         global _MAIN_THREAD_ATTEMPT
         self._token = _CURRENT.set(self)
-        self._main = threading.get_ident() == _MAIN_THREAD_ID
-        if self._main:
+        if threading.get_ident() == _MAIN_THREAD_ID:
+            self._main = True
             _MAIN_THREAD_ATTEMPT = self
-        if self.spec.track_performance:
+        if self._perf:
             self._cpu0 = self._cpu_s()
             self._t0 = time.perf_counter()
 
     def stop(self) -> None:
         """The call returned or raised: measure it (tracked tasks only; a second call is a no-op)."""
-        if self.spec.track_performance and self.performance is None:
+        if self._perf and self.performance is None:
             wall_s = time.perf_counter() - self._t0
             self.performance = pb.TaskPerformance(
                 wall_s=wall_s,
@@ -281,12 +282,16 @@ class AttemptRecorder:
     def add(self, name: str, value: float, labels: Mapping[str, str], kind: int) -> None:
         if kind == pb.METRIC_KIND_CUSTOM and self.spec.custom_metrics_off:
             return  # enable_monitoring(custom_metrics=False): checked, not kept
+        if self.points is None:
+            self.points = []
         if len(self.points) >= MAX_METRIC_POINTS:
             self.dropped += 1
             return
         self.points.append(pb.MetricPoint(name=name, value=value, labels=labels, kind=kind))
 
     def warn(self, message: str) -> None:
+        if self.warnings is None:
+            self.warnings = []
         if len(self.warnings) < MAX_METRIC_WARNINGS:
             self.warnings.append(message)
 
@@ -304,14 +309,14 @@ class AttemptRecorder:
 
     def telemetry(self) -> pb.TaskTelemetry | None:
         """What to send with the outcome; None when nothing was recorded."""
-        if not self.points and self.performance is None and not self.warnings and not self.dropped:
+        if self.points is None and self.performance is None and self.warnings is None:
             return None
-        warnings = list(self.warnings)
+        warnings = list(self.warnings or ())
         if self.dropped:
             warnings.append(
                 f"record_metric: {self.dropped} point(s) dropped; an attempt keeps at most {MAX_METRIC_POINTS}"
             )
-        made = pb.TaskTelemetry(metrics=self.points, warnings=warnings)
+        made = pb.TaskTelemetry(metrics=self.points or (), warnings=warnings)
         if self.performance is not None:
             made.performance.CopyFrom(self.performance)
         return made
