@@ -134,7 +134,7 @@ def check_metric(name: Any, value: Any, labels: Mapping[str, Any]) -> float:
     return number
 
 
-def record_metric(name: str, value: float, **labels: str) -> None:
+def record_metric(name: str, value: float, /, **labels: str) -> None:
     """Record a value the running task measured, e.g. ``record_metric("rows_dropped", 12, table="users")``.
 
     Call it from a Python task's code on a worker (process or thread executor, and threads
@@ -302,7 +302,10 @@ class AttemptRecorder:
             problem = metric_name_problem(tracked.name)
             number = None
             if not problem:
-                number, problem = tracked_value(tracked.name, value, tracked.key or None)
+                try:
+                    number, problem = tracked_value(tracked.name, value, tracked.key or None)
+                except Exception as exc:  # noqa: BLE001 - a strange return must not fail the task
+                    problem = f"tracked metric {tracked.name!r}: reading the task's return raised {type(exc).__name__}: {exc}"
             if problem:
                 self.warn(problem)
             else:

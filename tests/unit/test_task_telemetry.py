@@ -100,6 +100,28 @@ def test_check_metric_refuses_bad_input_naming_it(name, value, labels, error, sa
     assert says in str(caught.value)
 
 
+class _HostileMapping(dict):
+    def __contains__(self, key):
+        raise RuntimeError("no peeking")
+
+
+def test_a_return_that_raises_when_read_gives_a_warning_not_a_failure():
+    recorder = AttemptRecorder(_spec(track=[pb.TrackedMetric(name="score", kind=pb.METRIC_KIND_TRACKED)]))
+    recorder.returned(_HostileMapping(score=1))
+    (warning,) = recorder.telemetry().warnings
+    assert warning == "tracked metric 'score': reading the task's return raised RuntimeError: no peeking"
+
+
+def test_a_label_may_be_called_value():
+    recorder = AttemptRecorder(_spec())
+    recorder.start()
+    try:
+        record_metric("rows", 1, value="x")
+    finally:
+        recorder.close()
+    assert TaskMetrics.from_proto(recorder.telemetry()).metrics == {'rows{value="x"}': 1.0}
+
+
 def test_check_metric_accepts_prometheus_names_and_numbers():
     assert check_metric("ns:rows_total", 3, {"table": "users"}) == 3.0
     assert check_metric("_x", 2.5, {}) == 2.5
