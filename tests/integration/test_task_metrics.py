@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster
-from xpipe import Pipeline, PipelineManager, PipelineValidationError, record_metric
+from xpipe import Pipeline, PipelineManager, PipelineValidationError, RunNotFoundError, record_metric
 
 #: The seed's sample, from ``monitoring_config = {`` to its last tracked task (seed lines
 #: 193-242, ``xlibrary.pipeline`` read as ``xpipe``), unchanged.
@@ -202,6 +202,8 @@ def test_bad_metrics_fail_the_task_with_a_clear_error_and_switched_off_ones_are_
     assert done.outputs["records_while_switched_off"] == 1
     assert done.tasks["records_while_switched_off"].metrics == {}
     assert pm.get_metrics(done.run_id)["records_while_switched_off"].metrics == {}
+    with pytest.raises(RunNotFoundError):
+        pm.get_metrics("no-such-run")
 
 
 def burn_and_record() -> str:
