@@ -23,7 +23,7 @@ class TaskEntry:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered", "assigned_entry", "started_entry", "history",
+        "recovered", "assigned_entry", "started_entry", "history", "telemetry",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -53,6 +53,8 @@ class TaskEntry:
         self.started_entry: tuple | None = None
         # Story entries of earlier attempts that failed or were requeued: persisted with the row.
         self.history: tuple = ()
+        # What the last finished attempt recorded (TaskTelemetry); None for most tasks.
+        self.telemetry: pb.TaskTelemetry | None = None
 
 
 class RunEntry:

@@ -427,6 +427,7 @@ class EtcdStore(Store):
                 info.error if info.HasField("error") else None,
                 info.result if with_results and info.HasField("result") else None,
                 history=decode_history(run_id, name, histories.get(name)),
+                telemetry=info.telemetry if info.HasField("telemetry") else None,
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 

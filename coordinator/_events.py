@@ -129,6 +129,7 @@ class TaskSucceeded(Event):
     skipped: bool = False  # the task's error policy skipped it: SKIPPED, dependents get None
     fallback_used: bool = False  # result came from the task's fallback
     cause: common_pb2.TaskError | None = None  # the exception behind a skip or a fallback
+    telemetry: common_pb2.TaskTelemetry | None = None  # what the attempt recorded; None: nothing
 
 
 @_message
@@ -138,6 +139,7 @@ class TaskFailed(Event):
     at: float
     error: common_pb2.TaskError
     started_at: float = 0.0
+    telemetry: common_pb2.TaskTelemetry | None = None  # what the attempt recorded; None: nothing
 
 
 @_message
@@ -209,6 +211,9 @@ class TaskRecord(Action):
     #: Story entries of the task's earlier, failed or requeued attempts (persisted with
     #: the row so a restarted coordinator can still tell them); empty for most tasks.
     history: tuple[StoryEntry, ...] = ()
+    #: What the task's last finished attempt recorded (metrics, performance); None for most
+    #: tasks. An empty message replaces one a retried attempt recorded before.
+    telemetry: common_pb2.TaskTelemetry | None = None
 
 
 @_message
@@ -255,6 +260,8 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
         info.error.CopyFrom(rec.error)
     if include_result and rec.result is not None:
         info.result.CopyFrom(rec.result)
+    if rec.telemetry is not None:
+        info.telemetry.CopyFrom(rec.telemetry)
     return info
 
 

@@ -357,10 +357,14 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 done = ev.succeeded
                 post(TaskSucceeded(
                     now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
-                    done.fallback_used, done.cause if done.HasField("cause") else None, stimulus_id=sid,
+                    done.fallback_used, done.cause if done.HasField("cause") else None,
+                    ev.telemetry if ev.HasField("telemetry") else None, stimulus_id=sid,
                 ))  # fmt: skip
             elif kind == "failed":
-                post(TaskFailed(now, worker_id, key, ev.at, ev.failed.error, ev.started_at, stimulus_id=sid))
+                post(TaskFailed(
+                    now, worker_id, key, ev.at, ev.failed.error, ev.started_at,
+                    ev.telemetry if ev.HasField("telemetry") else None, stimulus_id=sid,
+                ))  # fmt: skip
             elif kind == "started":
                 post(TaskStarted(now, worker_id, key, ev.at, stimulus_id=sid))
             elif kind == "released":

@@ -87,6 +87,9 @@ PREFETCH_WORK_S = 0.02
 #: Added to the critical-path rank of a ready task whose inputs are big results (artifact
 #: references): more than any run's critical path, so they go first within a priority.
 _BIG_INPUTS_RANK = 1 << 40
+#: A task's telemetry once an attempt that recorded nothing follows one that did (shared;
+#: never mutated: readers copy from it).
+_NO_TELEMETRY = pb.TaskTelemetry()
 
 __all__ = ["SchedulerState", "InvalidTransition", "INTERNAL_ERROR", "TERMINAL_TASK_STATES", "TERMINAL_RUN_STATES"]
 
@@ -256,7 +259,7 @@ class SchedulerState(RecoveryFlow):
                 continue
             task.state, task.attempt, task.worker = rec.state, rec.attempt, rec.worker
             task.started_at, task.finished_at = rec.started_at, rec.finished_at
-            task.error, task.result = rec.error, rec.result
+            task.error, task.result, task.telemetry = rec.error, rec.result, rec.telemetry
             if rec.result is not None and rec.result.artifact_ref:
                 run.big_results = True
             task.history = rec.history
@@ -424,6 +427,10 @@ class SchedulerState(RecoveryFlow):
         task.worker = ev.worker_id
         task.finished_at = ev.at
         task.started_at = ev.started_at or task.started_at or ev.at
+        if ev.telemetry is not None or task.telemetry is not None:
+            # The last finished attempt's, even if it recorded nothing (an empty message
+            # then replaces an earlier attempt's in the store).
+            task.telemetry = ev.telemetry if ev.telemetry is not None else _NO_TELEMETRY
         if task.circuit:
             if isinstance(ev, TaskSucceeded) and not ev.fallback_used:
                 self.breakers.record_success(task.circuit, ev.now)
@@ -806,6 +813,7 @@ class SchedulerState(RecoveryFlow):
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
                 task.error, task.result if to == pb.SUCCEEDED else None, self._stimulus, task.history,
+                task.telemetry,
             )  # fmt: skip
         )
 
@@ -962,7 +970,7 @@ class SchedulerState(RecoveryFlow):
         for t in run.tasks.values():
             yield TaskRecord(
                 run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result,
-                stimulus_id=self._stimulus, history=t.history,
+                stimulus_id=self._stimulus, history=t.history, telemetry=t.telemetry,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ unhealthy workers

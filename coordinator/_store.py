@@ -210,6 +210,12 @@ CREATE TABLE IF NOT EXISTS task_history (
     history BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_telemetry (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    telemetry BLOB NOT NULL,
+    PRIMARY KEY (run_id, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
@@ -395,6 +401,12 @@ class SQLiteStore(Store):
                 stories = [(t.run_id, t.name, encode_history(t.history)) for t in tasks.values() if t.history]
                 if stories:
                     db.executemany("INSERT OR REPLACE INTO task_history VALUES (?,?,?)", stories)
+                # Likewise what attempts recorded (metrics, performance): most tasks record nothing.
+                measured = [
+                    (t.run_id, t.name, t.telemetry.SerializeToString()) for t in tasks.values() if t.telemetry is not None
+                ]
+                if measured:
+                    db.executemany("INSERT OR REPLACE INTO task_telemetry VALUES (?,?,?)", measured)
             db.execute("COMMIT")
         except BaseException as exc:
             # SQLite has already rolled back after some errors (SQLITE_FULL among them): a
@@ -452,6 +464,7 @@ class SQLiteStore(Store):
         result_col = "result" if with_results else "NULL"
         tasks = {}
         stories = dict(db.execute("SELECT name, history FROM task_history WHERE run_id=?", (run_id,)))
+        measured = dict(db.execute("SELECT name, telemetry FROM task_telemetry WHERE run_id=?", (run_id,)))
         for name, state, attempt, worker, started, finished, error, result in db.execute(
             f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col} "
             "FROM tasks WHERE run_id=?",
@@ -462,6 +475,7 @@ class SQLiteStore(Store):
                 pb.TaskError.FromString(error) if error is not None else None,
                 pb.Payload.FromString(result) if result is not None else None,
                 history=decode_history(run_id, name, stories.get(name)),
+                telemetry=pb.TaskTelemetry.FromString(measured[name]) if name in measured else None,
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 

@@ -25,6 +25,10 @@ from xpipe._limits import (
     MAX_GPUS,
     MAX_HANDLERS,
     MAX_MEMORY_BYTES,
+    MAX_METRIC_LABELS,
+    MAX_METRIC_POINTS,
+    MAX_METRIC_WARNINGS,
+    MAX_MONITORING_CONFIG_CHARS,
     MAX_NAME_CHARS,
     MAX_RESOURCE_AMOUNT,
     MAX_RUNNING_REFS,
@@ -41,6 +45,7 @@ from xpipe._limits import (
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
 from xpipe.errors import PipelineValidationError
+from xpipe.telemetry._task import metric_name_problem
 
 from ._placement import STRATEGIES, normalize_strategy
 
@@ -199,6 +204,8 @@ def _check_pipeline_fields(spec: pb.PipelineSpec) -> None:
     if spec.HasField("recovery_handler"):
         _text("recovery_handler.import_path", spec.recovery_handler.import_path, MAX_TEXT_CHARS)
         _text("recovery_handler.code_hash", spec.recovery_handler.code_hash, MAX_TEXT_CHARS)
+    if spec.monitoring_json:
+        _text("monitoring_json", spec.monitoring_json, MAX_MONITORING_CONFIG_CHARS)
 
 
 def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
@@ -258,6 +265,49 @@ def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
         _name("flows.source_task", flow.source_task)
         _text("flows.key", flow.key, MAX_TEXT_CHARS)
         _text("flows.parameter", flow.parameter, MAX_NAME_CHARS)
+    if task.track:
+        _tracked(task.track)
+
+
+_TRACKED_KINDS = frozenset({pb.METRIC_KIND_TRACKED, pb.METRIC_KIND_BUSINESS})
+
+
+def _tracked(track) -> None:
+    """``@pipeline.track_metric`` requests: Prometheus names, a tracked kind, a short key."""
+    if len(track) > MAX_METRIC_POINTS:
+        raise _Bad(f"track has {len(track)} entries; the limit is {MAX_METRIC_POINTS}")
+    for i, tracked in enumerate(track):
+        problem = metric_name_problem(tracked.name)
+        if problem:
+            raise _Bad(f"track[{i}]: {problem}")
+        if tracked.kind not in _TRACKED_KINDS:
+            raise _Bad(f"track[{i}].kind {tracked.kind} is not METRIC_KIND_TRACKED or METRIC_KIND_BUSINESS")
+        _text(f"track[{i}].key", tracked.key, MAX_TEXT_CHARS)
+
+
+def check_telemetry(telemetry: pb.TaskTelemetry) -> str:
+    """Why a worker's ``TaskEvent.telemetry`` cannot be taken ("" if it can).
+
+    The worker's task runner already holds tasks to these bounds; this keeps a worker that
+    does not from handing the export and the store unbounded or unexportable points.
+    """
+    points = telemetry.metrics
+    if len(points) > MAX_METRIC_POINTS:
+        return f"TaskEvent.telemetry.metrics has {len(points)} points; the limit is {MAX_METRIC_POINTS}"
+    if len(telemetry.warnings) > MAX_METRIC_WARNINGS + 1:  # + the one saying points were dropped
+        return f"TaskEvent.telemetry.warnings has {len(telemetry.warnings)} entries; the limit is {MAX_METRIC_WARNINGS + 1}"
+    for i, point in enumerate(points):
+        problem = metric_name_problem(point.name)
+        if not problem and point.value - point.value != 0.0:  # NaN or infinite
+            problem = f"value of metric {point.name!r} is {point.value!r}, not finite"
+        if not problem and len(point.labels) > MAX_METRIC_LABELS:
+            problem = f"metric {point.name!r} has {len(point.labels)} labels; the limit is {MAX_METRIC_LABELS}"
+        if problem:
+            return f"TaskEvent.telemetry.metrics[{i}]: {problem}"
+    perf = telemetry.performance
+    if not (0.0 <= perf.wall_s <= MAX_DURATION_S and 0.0 <= perf.cpu_s <= MAX_DURATION_S):
+        return f"TaskEvent.telemetry.performance: wall_s {perf.wall_s!r} and cpu_s {perf.cpu_s!r} must be finite seconds >= 0"
+    return ""
 
 
 # ---------------------------------------------------------------------- worker messages
@@ -322,6 +372,10 @@ def check_event(ev: worker_pb2.TaskEvent, kind: str | None = "") -> str:
         return f"TaskEvent.started_at {finite_problem(ev.started_at, high=MAX_UNIX_TIME_S)}"
     if kind == "":
         kind = ev.WhichOneof("kind")
+    if ev.HasField("telemetry"):
+        problem = check_telemetry(ev.telemetry)
+        if problem:
+            return problem
     if kind == "failed":
         error, field = ev.failed.error, "TaskEvent.failed.error"
     elif kind == "succeeded" and ev.succeeded.HasField("cause"):

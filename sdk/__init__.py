@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from ._unbuilt import DataStream, StreamPipeline, StreamTask
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
+    from .telemetry._task import record_metric
     from ._types import (
         CircuitInfo,
         ClusterStatus,
@@ -70,6 +71,7 @@ _LAZY = {
     **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), "._unbuilt"),
     "TaskOptions": "._options",
     "handle_errors": "._policies",
+    "record_metric": ".telemetry._task",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
@@ -129,5 +131,6 @@ __all__ = [
     "handle_errors",
     "handler",
     "pipeline",
+    "record_metric",
     "task",
 ]

@@ -51,6 +51,7 @@ from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
 from ._unbuilt import not_built
 from .errors import PipelineValidationError
+from .telemetry._tracking import Monitored, Tracking
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
 
@@ -305,6 +306,9 @@ class Task:
     #: The circuit breaker this task's attempts share (when the pipeline enables breakers);
     #: None: its own, "<pipeline>/<task>".
     circuit = _OptionAttr(None, "circuit")
+    #: What its attempts record (``@pipeline.track_metric`` and friends); None: nothing but
+    #: ``record_metric`` calls.
+    tracking: Tracking | None = None
 
     def _check_depends_on(self, depends_on: Any) -> list[str]:
         if isinstance(depends_on, (str, Task)):  # one dependency given bare
@@ -510,6 +514,8 @@ class Task:
             spec.circuit = opts.circuit
         if opts.resource_requirements:
             spec.resources.CopyFrom(_resources_proto(self.name, opts.resource_requirements))
+        if self.tracking is not None:
+            self.tracking.apply(spec)
         return spec
 
     def __repr__(self) -> str:
@@ -555,12 +561,14 @@ def task(
     return decorate
 
 
-class Pipeline:
+class Pipeline(Monitored):
     """A named set of tasks forming a DAG, ready to submit.
 
     Tasks keep their insertion order; :meth:`validate` returns a topological order. A task
     may name a dependency before that dependency is added; :meth:`validate` (called by
-    :meth:`to_proto`) checks that every name resolves and that there is no cycle.
+    :meth:`to_proto`) checks that every name resolves and that there is no cycle. What its
+    tasks record (``enable_monitoring``, ``track_metric``, ...) comes from
+    :class:`~xpipe.telemetry._tracking.Monitored`.
     """
 
     def __init__(self, name: str, *, description: str = ""):
@@ -646,9 +654,6 @@ class Pipeline:
         return decorate
 
     # The seed's calls on a pipeline that are not built yet: each raises NotImplementedError naming its issue.
-    enable_monitoring = not_built("pipeline.enable_monitoring()", 12)
-    track_metric = not_built("pipeline.track_metric()", 12)
-    track_business_metric = not_built("pipeline.track_business_metric()", 12)
     configure_auto_scaling = not_built("pipeline.configure_auto_scaling()", 17)
 
     def configure_fault_tolerance(
@@ -809,6 +814,7 @@ class Pipeline:
         if self.placement_strategy:
             made.placement_strategy = self.placement_strategy
         made.wait_for_resources_s = self.wait_for_resources_s
+        self._monitor_spec(made)
         return made
 
     def __repr__(self) -> str:

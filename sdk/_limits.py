@@ -29,6 +29,8 @@ __all__ = [
     "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS", "TRANSITION_LOG_ENTRIES", "STORY_HISTORY_ENTRIES",
     "MAX_INSTALL_PACKAGES", "MAX_REQUIREMENT_CHARS",
     "DEFAULT_INSTALL_TIMEOUT_S", "MAX_INSTALL_TIMEOUT_S", "INSTALL_OUTPUT_TAIL_CHARS",
+    "METRIC_NAME_RE", "METRIC_LABEL_RE", "RESERVED_METRIC_LABELS", "MAX_METRIC_NAME_CHARS", "MAX_METRIC_LABELS",
+    "MAX_METRIC_LABEL_VALUE_CHARS", "MAX_METRIC_POINTS", "MAX_METRIC_WARNINGS", "MAX_MONITORING_CONFIG_CHARS",
 ]  # fmt: skip
 
 #: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
@@ -116,6 +118,27 @@ NAME_RE = re.compile(r"[^\s/\x00-\x1f\x7f]+")
 
 #: Characters of a refused value quoted in an error message.
 SHOWN_CHARS = 80
+
+#: What a task's metric may be called (``xpipe.record_metric``, ``@pipeline.track_metric``):
+#: Prometheus' rule for metric names, so every name exports as it is.
+METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+#: What a metric's label may be called: Prometheus' rule for label names.
+METRIC_LABEL_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: Label names a task's metric may not use: the export adds them itself (``xpipe_custom_metric
+#: {name=..., pipeline=..., task=...}``), and Prometheus reserves names starting with "__".
+RESERVED_METRIC_LABELS = frozenset({"name", "pipeline", "task"})
+#: Characters of one metric name.
+MAX_METRIC_NAME_CHARS = 200
+#: Labels on one metric point (each label multiplies the series an export keeps).
+MAX_METRIC_LABELS = 16
+#: Characters of one metric label value.
+MAX_METRIC_LABEL_VALUE_CHARS = 256
+#: Metric points one attempt keeps; later ones are dropped and a warning says how many.
+MAX_METRIC_POINTS = 1000
+#: Warnings one attempt keeps (tracked values not found, points dropped).
+MAX_METRIC_WARNINGS = 32
+#: Characters of ``Pipeline.enable_monitoring``'s config as stored with the run (JSON).
+MAX_MONITORING_CONFIG_CHARS = 64 * 1024
 
 #: Memory units, for ``memory=16Gi`` (binary) or ``memory=16G`` (decimal); a trailing
 #: ``B`` is allowed (``16GiB``); case does not matter.

@@ -25,6 +25,7 @@ from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
 from ._unbuilt import not_built
+from .telemetry._task import TaskMetrics
 from .errors import (
     DistributedExecutionError,
     HandlerNotFoundError,
@@ -496,6 +497,22 @@ class PipelineManager:
     def get_run(self, run_id: str) -> PipelineResult:
         """The run's current state (outputs of the tasks that finished so far)."""
         return PipelineResult.from_proto(self.client._get_run_pb(run_id, include_results=True))
+
+    def get_metrics(self, run_id: str) -> dict[str, TaskMetrics]:
+        """What each task of a run recorded, read back from the coordinator (a past run too).
+
+        Returns:
+            task name -> :class:`~xpipe.telemetry._task.TaskMetrics` (``metrics``,
+            ``performance``, ``warnings``) of its last finished attempt; empty for a task
+            that recorded nothing. See docs/task-metrics.md.
+
+        Raises:
+            RunNotFoundError: no run has this id.
+        """
+        info = self.client._get_run_pb(run_id, include_results=False)
+        return {
+            t.name: TaskMetrics.from_proto(t.telemetry if t.HasField("telemetry") else None) for t in info.tasks
+        }
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: running attempts are killed, the rest end CANCELLED."""

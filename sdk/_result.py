@@ -10,6 +10,7 @@ from ._codec import decode
 from ._domain import error_fallback_used, error_skipped, error_type_name
 from ._proto import common_pb2 as pb
 from ._proto import pipeline_pb2
+from .telemetry._task import TaskMetrics, TaskPerformance
 
 __all__ = ["DataQualityReport", "PipelineResult", "TaskRunInfo", "RUN_STATUS", "TASK_STATUS"]
 
@@ -46,6 +47,13 @@ class TaskRunInfo:
     skipped_by_policy: bool = False
     #: For ``DEPENDENCY_FAILURE``: the modules the task could not import.
     missing_dependencies: tuple[str, ...] = ()
+    #: What its last finished attempt recorded: metric key -> last value (``record_metric``,
+    #: ``track_metric``, ``track_business_metric``; labelled points as ``name{k="v"}``).
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: ``track_performance`` tasks: wall_s, cpu_s, peak_rss_bytes of that attempt; else None.
+    performance: TaskPerformance | None = None
+    #: What could not be recorded (a tracked value not found in the return, points dropped).
+    metric_warnings: tuple[str, ...] = ()
 
     @property
     def duration_s(self) -> float | None:
@@ -56,6 +64,7 @@ class TaskRunInfo:
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskRunInfo:
         err = info.error if info.HasField("error") else None
+        measured = TaskMetrics.from_proto(info.telemetry if info.HasField("telemetry") else None)
         return cls(
             name=info.name,
             status=TASK_STATUS.get(info.state, "unknown"),
@@ -70,6 +79,9 @@ class TaskRunInfo:
             fallback_used=info.state == pb.SUCCEEDED and err is not None and error_fallback_used(err),
             skipped_by_policy=info.state == pb.SKIPPED and err is not None and error_skipped(err),
             missing_dependencies=tuple(err.missing_dependencies) if err else (),
+            metrics=measured.metrics,
+            performance=measured.performance,
+            metric_warnings=measured.warnings,
         )
 
 

@@ -10,7 +10,7 @@ watch a run) stays on the messages, so it pays for none of these conversions.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._codec import decode
@@ -19,6 +19,7 @@ from ._install import FAILED, INSTALLED, REFUSED
 from ._plan import resources_dict
 from ._proto import admin_pb2, pipeline_pb2
 from ._proto import common_pb2 as pb
+from .telemetry._task import TaskMetrics, TaskPerformance
 
 __all__ = [
     "CircuitInfo",
@@ -56,6 +57,8 @@ class TaskInfo:
         result: the decoded value it returned, when the call asked for results and it has one
             (``has_result`` tells a returned None from no result).
         error, error_type, exception_type, traceback: what its last failed attempt reported.
+        metrics, performance, metric_warnings: what its last finished attempt recorded
+            (see docs/task-metrics.md).
     """
 
     name: str
@@ -70,11 +73,15 @@ class TaskInfo:
     traceback: str | None = None
     has_result: bool = False
     result: Any = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    performance: TaskPerformance | None = None
+    metric_warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskInfo:
         err = info.error if info.HasField("error") else None
         has_result = info.HasField("result")
+        measured = TaskMetrics.from_proto(info.telemetry if info.HasField("telemetry") else None)
         return cls(
             name=info.name,
             state=TASK_STATES.get(info.state, _UNSPECIFIED),
@@ -88,6 +95,9 @@ class TaskInfo:
             traceback=(err.traceback or None) if err else None,
             has_result=has_result,
             result=decode(info.result, what=f"result of task {info.name!r}") if has_result else None,
+            metrics=measured.metrics,
+            performance=measured.performance,
+            metric_warnings=measured.warnings,
         )
 
 

@@ -41,6 +41,7 @@ from xpipe._handlers import HandlerNotFoundError, get_handler
 from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
+from xpipe.telemetry._task import AttemptRecorder
 
 from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result
 from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
@@ -546,6 +547,24 @@ def _run(
     assignment: worker_pb2.Assignment, code: bytes | None, cache: dict, artifact_root: str | None, command_limit: int
 ) -> worker_pb2.TaskEvent:
     task = assignment.task
+    if task.WhichOneof("kind") == "command":  # its own process: it cannot record metrics
+        return _outcome(assignment, code, cache, artifact_root, command_limit, None)
+    recorder = AttemptRecorder(task)
+    try:
+        event = _outcome(assignment, code, cache, artifact_root, command_limit, recorder)
+    finally:
+        recorder.close()
+    telemetry = recorder.telemetry()
+    if telemetry is not None:  # most attempts record nothing and send nothing extra
+        event.telemetry.CopyFrom(telemetry)
+    return event
+
+
+def _outcome(
+    assignment: worker_pb2.Assignment, code: bytes | None, cache: dict, artifact_root: str | None, command_limit: int,
+    recorder: AttemptRecorder | None,
+) -> worker_pb2.TaskEvent:  # fmt: skip
+    task = assignment.task
     try:
         kind = task.WhichOneof("kind")
         if kind == "command":
@@ -559,13 +578,18 @@ def _run(
         else:
             raise _TaskFailed("TASK_FAILURE", f"task {task.name!r} says nothing to run (no python, handler or command)")
         args, kwargs = _call_arguments(assignment, artifact_root)
+        recorder.start()
         try:
             value = func(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - user code may raise SystemExit too
+            recorder.stop()
             policy = error_policy_of(func)
             if policy is None:
                 raise _user_failure(exc) from None
             return _apply_policy(assignment, policy, exc, args, kwargs, codec)
+        recorder.stop()
+        if task.track:
+            recorder.returned(value)
         return _succeeded(assignment.attempt, _encode_result(task, value, codec))
     except _TaskFailed as failure:
         event = worker_pb2.TaskEvent(at=time.time())

@@ -204,7 +204,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +225,9 @@ class TaskSpec(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CIRCUIT_FIELD_NUMBER: _ClassVar[int]
+    TRACK_FIELD_NUMBER: _ClassVar[int]
+    TRACK_PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
+    CUSTOM_METRICS_OFF_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     python: PythonCall
@@ -238,7 +241,20 @@ class TaskSpec(_message.Message):
     labels: _containers.ScalarMap[str, str]
     priority: int
     circuit: str
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ...) -> None: ...
+    track: _containers.RepeatedCompositeFieldContainer[TrackedMetric]
+    track_performance: bool
+    custom_metrics_off: bool
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ...) -> None: ...
+
+class TrackedMetric(_message.Message):
+    __slots__ = ("name", "kind", "key")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: MetricKind
+    key: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[_Union[MetricKind, str]] = ..., key: _Optional[str] = ...) -> None: ...
 
 class CodeBlob(_message.Message):
     __slots__ = ("code_hash", "data")
@@ -249,7 +265,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -268,6 +284,7 @@ class PipelineSpec(_message.Message):
     RESOURCE_LIMITS_FIELD_NUMBER: _ClassVar[int]
     FAULT_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     RECOVERY_HANDLER_FIELD_NUMBER: _ClassVar[int]
+    MONITORING_JSON_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -279,7 +296,8 @@ class PipelineSpec(_message.Message):
     resource_limits: Resources
     fault_tolerance: FaultTolerance
     recovery_handler: PythonCall
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ...) -> None: ...
+    monitoring_json: str
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ...) -> None: ...
 
 class FaultTolerance(_message.Message):
     __slots__ = ("checkpoint_interval_s", "max_retries_per_task", "retry_backoff", "fail_fast", "circuit_breaker_enabled", "circuit_failure_threshold", "circuit_window_s", "circuit_open_s")

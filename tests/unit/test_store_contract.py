@@ -124,6 +124,32 @@ def test_a_failed_attempts_story_round_trips_with_its_task(make_store) -> None:
     run(main())
 
 
+def test_what_an_attempt_recorded_round_trips_with_its_task_and_an_empty_one_replaces_it(make_store) -> None:
+    measured = pb.TaskTelemetry(
+        metrics=[pb.MetricPoint(name="rows", value=12.0, labels={"table": "users"}, kind=pb.METRIC_KIND_CUSTOM)],
+        performance=pb.TaskPerformance(wall_s=1.5, cpu_s=0.25, peak_rss_bytes=1 << 20),
+        warnings=["tracked metric 'x': no key"],
+    )
+
+    async def main() -> None:
+        async with make_store() as store:
+            await store.commit([
+                _new_run("r1", 100.0),
+                TaskRecord("r1", "t0", pb.RETRY_WAIT, 1, "w0", 101.0, 102.0, telemetry=measured),
+                TaskRecord("r1", "t1", pb.SUCCEEDED, 1, "w0", 101.0, 102.0),
+            ])  # fmt: skip
+            stored = await store.get_run("r1")
+            assert stored is not None
+            assert stored.tasks["t0"].telemetry == measured
+            assert stored.tasks["t1"].telemetry is None, "a task that recorded nothing reads back as None"
+            # The retry recorded nothing: the state machine sends an empty message in its place.
+            await store.commit([TaskRecord("r1", "t0", pb.SUCCEEDED, 2, "w0", 103.0, 104.0, telemetry=pb.TaskTelemetry())])
+            again = await store.get_run("r1", with_results=True)
+            assert again is not None and again.tasks["t0"].telemetry == pb.TaskTelemetry()
+
+    run(main())
+
+
 def test_later_record_wins_within_and_across_commits(make_store) -> None:
     async def main() -> None:
         async with make_store() as store:

@@ -27,9 +27,6 @@ NOT_BUILT_ON_MANAGER = {
     "restart_unhealthy_streams": 14,
 }
 NOT_BUILT_ON_PIPELINE = {
-    "enable_monitoring": 12,
-    "track_metric": 12,
-    "track_business_metric": 12,
     "configure_auto_scaling": 17,
 }
 
