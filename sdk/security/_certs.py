@@ -27,21 +27,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import SecurityConfigError
+from ._files import write_private
 from ._principal import Principal
 
 __all__ = [
-    "CERT_ROLES",
-    "KEY_TYPES",
     "CA_DAYS",
+    "CERT_ROLES",
     "DEFAULT_CERT_DAYS",
-    "MAX_CERT_DAYS",
     "DEFAULT_SANS",
+    "KEY_TYPES",
+    "MAX_CERT_DAYS",
     "CertIdentity",
     "IssuedFiles",
+    "identity_from_certificate",
     "init_ca",
     "issue_cert",
-    "identity_from_certificate",
-    "write_private",
 ]
 
 #: Roles a certificate can carry (``worker`` is also the RBAC role of the same name).
@@ -84,25 +84,6 @@ class IssuedFiles:
     key: Path
 
 
-def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    """Create ``path`` with ``mode`` and write ``data``; refuse to overwrite.
-
-    ``O_EXCL`` makes "refuse" atomic, and the mode is set at creation, so the key is never
-    readable by others, not even for a moment.
-
-    Raises:
-        SecurityConfigError: the file exists or cannot be created (the message says which).
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise SecurityConfigError(f"{path} already exists; refusing to overwrite it") from None
-    except OSError as exc:
-        raise SecurityConfigError(f"cannot create {path}: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
 def _new_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
     if key_type == "ec":
         return ec.generate_private_key(ec.SECP256R1())
@@ -112,7 +93,9 @@ def _new_key(key_type: str) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
 
 
 def _key_pem(key) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def _check_dir(directory: Path) -> None:
@@ -146,7 +129,7 @@ def init_ca(directory: str | Path, *, key_type: str = "ec", common_name: str = "
     cert_path, key_path = directory / _CA_CERT, directory / _CA_KEY
     _refuse_existing(cert_path, key_path)
     key = _new_key(key_type)
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
                          x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "ca")])  # fmt: skip
     cert = (
@@ -158,9 +141,20 @@ def init_ca(directory: str | Path, *, key_type: str = "ec", common_name: str = "
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False, data_encipherment=False,
-                                     key_agreement=False, encipher_only=False, decipher_only=False), critical=True)  # fmt: skip
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
@@ -206,13 +200,19 @@ def issue_cert(
         raise SecurityConfigError(f"--name {name!r}: expected 1-64 of A-Z a-z 0-9 . _ - starting with a letter or "
                                   "digit, and not 'ca'")  # fmt: skip
     if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_CERT_DAYS:
-        raise SecurityConfigError(f"--days {days!r}: expected a whole number of days from 1 to {MAX_CERT_DAYS}")
+        raise SecurityConfigError(
+            f"--days {days!r}: expected a whole number of days from 1 to {MAX_CERT_DAYS}"
+        )
     if sans and role != "coordinator":
-        raise SecurityConfigError(f"--san is for coordinator certificates (servers); a {role} certificate has none")
+        raise SecurityConfigError(
+            f"--san is for coordinator certificates (servers); a {role} certificate has none"
+        )
     _check_dir(directory)
     ca_cert_path, ca_key_path = directory / _CA_CERT, directory / _CA_KEY
     if not ca_cert_path.is_file() or not ca_key_path.is_file():
-        raise SecurityConfigError(f"--dir {directory}: no CA there ({_CA_CERT}, {_CA_KEY}); run `xpipe certs init` first")
+        raise SecurityConfigError(
+            f"--dir {directory}: no CA there ({_CA_CERT}, {_CA_KEY}); run `xpipe certs init` first"
+        )
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
     _refuse_existing(cert_path, key_path)
     host_sans = [_san(h) for h in (sans or (DEFAULT_SANS if role == "coordinator" else ()))]
@@ -221,7 +221,7 @@ def issue_cert(
         ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
         raise SecurityConfigError(f"--dir {directory}: cannot load the CA: {exc}") from None
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     not_after = now + dt.timedelta(days=days)
     if not_after > ca_cert.not_valid_after_utc:
         raise SecurityConfigError(f"--days {days}: the certificate would outlive the CA, which expires "
@@ -240,9 +240,15 @@ def issue_cert(
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectAlternativeName([*host_sans, x509.UniformResourceIdentifier(f"{URI_SCHEME}://{role}/{name}")]),
-                       critical=False)  # fmt: skip
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [*host_sans, x509.UniformResourceIdentifier(f"{URI_SCHEME}://{role}/{name}")]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     write_private(key_path, _key_pem(key))
@@ -274,7 +280,7 @@ def identity_from_certificate(data: bytes) -> CertIdentity | None:
     prefix = f"{URI_SCHEME}://"
     for uri in uris:
         if uri.startswith(prefix):
-            role, _, name = uri[len(prefix):].partition("/")
+            role, _, name = uri[len(prefix) :].partition("/")
             if role in CERT_ROLES and _NAME.fullmatch(name):
                 return CertIdentity(role=role, name=name)
     cns = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

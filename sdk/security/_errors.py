@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ..errors import XpipeError
 
-__all__ = ["SecurityConfigError", "AuthUnavailableError", "DecryptionError"]
+__all__ = ["AuthUnavailableError", "DecryptionError", "SecurityConfigError"]
 
 
 class SecurityConfigError(XpipeError, ValueError):

@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Principal", "ALL_NAMESPACES", "DEFAULT_NAMESPACE", "check_name", "NAME_PATTERN"]
+__all__ = ["ALL_NAMESPACES", "DEFAULT_NAMESPACE", "NAME_PATTERN", "Principal", "check_name"]
 
 #: Runs belong to a namespace; a run submitted without one is in this one.
 DEFAULT_NAMESPACE = "default"

@@ -26,14 +26,14 @@ from ._errors import SecurityConfigError
 from ._principal import ALL_NAMESPACES, Principal, check_name
 
 __all__ = [
-    "PERMISSIONS",
-    "ROLES",
     "BUILTIN_ROLES",
-    "RPC_PERMISSIONS",
-    "PUBLIC",
-    "Refusal",
-    "Policy",
     "DEFAULT_POLICY",
+    "PERMISSIONS",
+    "PUBLIC",
+    "ROLES",
+    "RPC_PERMISSIONS",
+    "Policy",
+    "Refusal",
     "authorize",
     "permission_for_rpc",
 ]
@@ -145,7 +145,9 @@ def _unknown_keys(where: str, table: object, allowed: set[str]) -> Mapping[str, 
         raise SecurityConfigError(f"{where} must be a table, got {type(table).__name__}")
     unknown = sorted(set(table) - allowed)
     if unknown:
-        raise SecurityConfigError(f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise SecurityConfigError(
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
     return table
 
 
@@ -214,7 +216,9 @@ class Policy:
             except ValueError as exc:
                 raise SecurityConfigError(f"{where}: {exc}") from None
             if name == "admin":
-                raise SecurityConfigError(f"{where}: the admin role always holds every permission and cannot be redefined")
+                raise SecurityConfigError(
+                    f"{where}: the admin role always holds every permission and cannot be redefined"
+                )
             _unknown_keys(where, table, _ROLE_KEYS)
             if "permissions" not in table:
                 raise SecurityConfigError(f"{where}: missing key permissions")
@@ -243,7 +247,9 @@ class Policy:
                     ns = None
             principals[name] = _PrincipalRule(
                 roles=frozenset(p_roles),
-                permissions=frozenset(_strings(where, "permissions", table.get("permissions", []), "permission")),
+                permissions=frozenset(
+                    _strings(where, "permissions", table.get("permissions", []), "permission")
+                ),
                 namespaces=ns,
             )
         return cls(roles, principals, source=source)
@@ -281,7 +287,9 @@ def authorize(
     if permission == PUBLIC:
         return None
     if principal is None:
-        return Refusal("UNAUTHENTICATED", f"no valid credential; {permission} requires an authenticated principal")
+        return Refusal(
+            "UNAUTHENTICATED", f"no valid credential; {permission} requires an authenticated principal"
+        )
     perms, namespaces, is_admin = (policy or DEFAULT_POLICY).effective(principal)
     if not is_admin and permission not in perms:
         return Refusal("PERMISSION_DENIED", f"principal {principal.name!r} lacks permission {permission}")
