@@ -28,6 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._errors import SecurityConfigError
 from ._files import write_private
+from ._limits import CA_DAYS, CERT_ROLES, DEFAULT_CERT_DAYS, DEFAULT_SANS, KEY_TYPES, MAX_CERT_DAYS
 from ._principal import Principal
 
 __all__ = [
@@ -44,14 +45,6 @@ __all__ = [
     "issue_cert",
 ]
 
-#: Roles a certificate can carry (``worker`` is also the RBAC role of the same name).
-CERT_ROLES = ("coordinator", "worker", "client")
-KEY_TYPES = ("ec", "rsa")
-CA_DAYS = 3650
-DEFAULT_CERT_DAYS = 365
-MAX_CERT_DAYS = CA_DAYS
-#: A coordinator certificate without ``--san`` is valid for loopback, the embedded default.
-DEFAULT_SANS = ("localhost", "127.0.0.1")
 #: The SAN URI scheme that carries ``xpipe://<role>/<name>``.
 URI_SCHEME = "xpipe"
 _RSA_BITS = 3072
