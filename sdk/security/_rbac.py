@@ -99,6 +99,7 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.AdminService/InstallDependencies": "worker:install",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
+    "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "api:describe",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": "api:describe",
 })  # fmt: skip
