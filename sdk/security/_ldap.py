@@ -19,6 +19,7 @@ down or stalls yields :class:`AuthUnavailableError` within ``timeout_s``, never 
 from __future__ import annotations
 
 import logging
+import math
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ class LdapAuthenticator:
         self.url = url
         self.config = config
         host, port, use_ssl = _parse_url(url)
+        # ldap3 packs the receive timeout into SO_RCVTIMEO as whole seconds.
+        self._receive_timeout_s = max(1, math.ceil(config.timeout_s))
         self._server = ldap3.Server(host, port=port, use_ssl=use_ssl, get_info=ldap3.NONE,
                                     connect_timeout=config.timeout_s)  # fmt: skip
 
@@ -155,7 +158,7 @@ class LdapAuthenticator:
             return None  # a name xpipe cannot represent cannot be a principal
         user_dn = self.config.user_dn_template.format(user=escape_rdn(user))
         conn = ldap3.Connection(self._server, user=user_dn, password=password, auto_bind=ldap3.AUTO_BIND_NONE,
-                                receive_timeout=self.config.timeout_s, raise_exceptions=False,
+                                receive_timeout=self._receive_timeout_s, raise_exceptions=False,
                                 read_only=True)  # fmt: skip
         try:
             if not conn.bind():

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from xpipe.security._certs import identity_from_certificate, init_ca, issue_cert
 
 METHOD = "/xpipe.test.Echo/WhoAmI"
@@ -52,12 +51,16 @@ def _call(channel: grpc.Channel) -> str:
         return channel.unary_unary(METHOD)(b"", timeout=CALL_TIMEOUT_S).decode()
 
 
-def _tls_channel(port: int, ca: Path, client: tuple[Path, str] | None = None, host: str = "localhost") -> grpc.Channel:
+def _tls_channel(
+    port: int, ca: Path, client: tuple[Path, str] | None = None, host: str = "localhost"
+) -> grpc.Channel:
     key = cert = None
     if client:
         pki, name = client
         key, cert = (pki / f"{name}.key").read_bytes(), (pki / f"{name}.pem").read_bytes()
-    creds = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes(), private_key=key, certificate_chain=cert)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(), private_key=key, certificate_chain=cert
+    )
     # Connect to 127.0.0.1 but verify the name the certificate was issued for.
     return grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.ssl_target_name_override", host)])
 
@@ -115,7 +118,9 @@ def test_server_name_outside_the_sans_fails(pki):
 def test_mtls_server_sees_the_clients_identity(pki):
     with _server(pki, require_client_auth=True) as port:
         assert _call(_tls_channel(port, pki / "ca.pem", (pki, "w1"))) == "worker/w1"
-        assert _call(_tls_channel(port, pki / "ca.pem", (pki, "dana"))) == "client/dana"  # an RSA key works too
+        assert (
+            _call(_tls_channel(port, pki / "ca.pem", (pki, "dana"))) == "client/dana"
+        )  # an RSA key works too
 
 
 def test_mtls_refuses_a_cert_from_another_ca_and_no_cert(pki, other_pki):

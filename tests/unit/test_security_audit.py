@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 
 import pytest
-
 from xpipe.security._audit import GENESIS_HASH, AuditEntry, append, chain, entry_hash, verify
 
 
@@ -22,14 +22,16 @@ def test_chain_links_each_entry_to_the_previous_hash():
     entries = _entries()
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[0].prev_hash == GENESIS_HASH
-    assert all(b.prev_hash == a.hash for a, b in zip(entries, entries[1:], strict=False))
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
     assert all(e.hash == entry_hash(e.prev_hash, e) for e in entries)
     assert verify(entries) is None
 
 
 def test_append_continues_a_stored_chain_and_json_round_trips():
     entries = _entries(3)
-    more = append(entries[-1], AuditEntry(seq=0, at=2.5, principal="ops", action="drain", target="w1", outcome="ok"))
+    more = append(
+        entries[-1], AuditEntry(seq=0, at=2.5, principal="ops", action="drain", target="w1", outcome="ok")
+    )
     assert more.seq == 4 and more.prev_hash == entries[-1].hash
     reloaded = [AuditEntry.from_json(json.loads(json.dumps(e.to_json()))) for e in [*entries, more]]
     assert verify(reloaded) is None

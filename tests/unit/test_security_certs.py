@@ -11,7 +11,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from xpipe.security._certs import CertIdentity, identity_from_certificate, init_ca, issue_cert
 from xpipe.security._errors import SecurityConfigError
 
@@ -30,7 +29,9 @@ def _load(path) -> x509.Certificate:
 def test_ca_is_self_signed_p256_ten_years_with_a_private_key(ca_dir):
     ca = _load(ca_dir / "ca.pem")
     assert ca.issuer == ca.subject
-    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey) and ca.public_key().curve.name == "secp256r1"
+    assert (
+        isinstance(ca.public_key(), ec.EllipticCurvePublicKey) and ca.public_key().curve.name == "secp256r1"
+    )
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert 3649 <= (ca.not_valid_after_utc - ca.not_valid_before_utc).days <= 3651
     assert stat.S_IMODE(os.stat(ca_dir / "ca.key").st_mode) == 0o600
@@ -53,7 +54,9 @@ def test_coordinator_cert_has_server_auth_and_default_sans(ca_dir):
     assert san.get_values_for_type(x509.DNSName) == ["localhost"]
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["xpipe://coordinator/coord-a"]
-    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH
+    ]
     assert stat.S_IMODE(os.stat(files.key).st_mode) == 0o600
     assert 364 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 366
 
@@ -69,7 +72,9 @@ def test_explicit_sans_and_days(ca_dir):
 
 def test_worker_cert_is_client_auth_and_its_identity_reads_back_from_pem_and_der(ca_dir):
     cert = _load(issue_cert(ca_dir, name="w-7", role="worker").cert)
-    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
     identity = identity_from_certificate(cert.public_bytes(serialization.Encoding.PEM))
     assert identity == CertIdentity(role="worker", name="w-7")
     assert identity_from_certificate(cert.public_bytes(serialization.Encoding.DER)) == identity
@@ -92,7 +97,10 @@ def test_identity_falls_back_to_subject_and_is_none_for_foreign_certs():
     assert identity_from_certificate(_self_signed([
         x509.NameAttribute(NameOID.COMMON_NAME, "w9"), x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "worker"),
     ])) == CertIdentity("worker", "w9")  # fmt: skip
-    assert identity_from_certificate(_self_signed([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.test")])) is None
+    assert (
+        identity_from_certificate(_self_signed([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.test")]))
+        is None
+    )
     with pytest.raises(SecurityConfigError, match="not an X.509 certificate"):
         identity_from_certificate(b"-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
 
@@ -110,10 +118,16 @@ def test_nothing_is_overwritten(ca_dir):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"name": "x", "role": "boss"}, r"--role 'boss': unknown role \(expected one of: coordinator, worker, client\)"),
+        (
+            {"name": "x", "role": "boss"},
+            r"--role 'boss': unknown role \(expected one of: coordinator, worker, client\)",
+        ),
         ({"name": "../etc/x", "role": "worker"}, r"--name '../etc/x'"),
         ({"name": "ca", "role": "worker"}, r"--name 'ca'"),
-        ({"name": "x", "role": "worker", "days": 0}, r"--days 0: expected a whole number of days from 1 to 3650"),
+        (
+            {"name": "x", "role": "worker", "days": 0},
+            r"--days 0: expected a whole number of days from 1 to 3650",
+        ),
         ({"name": "x", "role": "worker", "days": 4000}, r"--days 4000"),
         ({"name": "x", "role": "worker", "sans": ["h"]}, r"--san is for coordinator certificates"),
         ({"name": "x", "role": "coordinator", "sans": ["bad host!"]}, r"--san 'bad host!': not a host name"),

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from xpipe._cli import main
 from xpipe.security._certs import identity_from_certificate
 from xpipe.security._keys import Keyring
@@ -41,7 +40,11 @@ def test_tokens_create_prints_the_token_once_and_it_authenticates(tmp_path, caps
     printed = json.loads(out)
     assert set(printed) == {"principal", "token"} and printed["principal"] == "dana"
     p = TokenAuthenticator(path).authenticate(printed["token"])
-    assert p.roles == {"submitter", "viewer"} and p.permissions == {"customer_data_read"} and p.namespaces == {"default"}
+    assert (
+        p.roles == {"submitter", "viewer"}
+        and p.permissions == {"customer_data_read"}
+        and p.namespaces == {"default"}
+    )
     assert printed["token"] not in path.read_text()
 
 
@@ -70,13 +73,25 @@ def test_keys_create_then_rotate(tmp_path, capsys):
     ("argv", "message"),
     [
         (["certs", "issue", "--dir", "{d}", "--name", "x", "--role", "boss"], "--role 'boss': unknown role"),
-        (["certs", "issue", "--dir", "{d}", "--name", "x", "--role", "worker", "--days", "soon"], "--days 'soon'"),
+        (
+            ["certs", "issue", "--dir", "{d}", "--name", "x", "--role", "worker", "--days", "soon"],
+            "--days 'soon'",
+        ),
         (["certs", "issue", "--dir", "{d}", "--name", "x", "--role", "worker", "--days", "-3"], "--days -3"),
         (["certs", "init", "--dir", "{d}"], "ca.pem already exists; refusing to overwrite"),
         (["certs", "init", "--dir", "{d}/ca.pem/sub"], "cannot create"),
-        (["tokens", "create", "--file", "{d}/t.json", "--principal", "x", "--roles", "root"], "unknown role(s) root"),
-        (["tokens", "create", "--file", "{d}/none/t.json", "--principal", "x", "--roles", "viewer"], "does not exist"),
-        (["tokens", "create", "--file", "{d}/t.json", "--principal", "a b", "--roles", "viewer"], "invalid principal"),
+        (
+            ["tokens", "create", "--file", "{d}/t.json", "--principal", "x", "--roles", "root"],
+            "unknown role(s) root",
+        ),
+        (
+            ["tokens", "create", "--file", "{d}/none/t.json", "--principal", "x", "--roles", "viewer"],
+            "does not exist",
+        ),
+        (
+            ["tokens", "create", "--file", "{d}/t.json", "--principal", "a b", "--roles", "viewer"],
+            "invalid principal",
+        ),
         (["keys", "rotate", "--file", "{d}/missing.json"], "cannot read"),
     ],
 )
@@ -92,9 +107,12 @@ def test_the_installed_command_exits_2_on_an_existing_keyring(tmp_path):
     """Through the real console entry point: status, one line, and the file is untouched."""
     path = tmp_path / "keys.json"
     run = [sys.executable, "-m", "xpipe._cli", "keys", "create", "--file", str(path)]
-    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 0
+    assert subprocess.run(run, check=False, capture_output=True, timeout=60).returncode == 0
     before = path.read_bytes()
-    again = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    again = subprocess.run(run, check=False, capture_output=True, text=True, timeout=60)
     assert again.returncode == 2
-    assert again.stderr.strip() == f"xpipe keys: SecurityConfigError: {path} already exists; refusing to overwrite it"
+    assert (
+        again.stderr.strip()
+        == f"xpipe keys: SecurityConfigError: {path} already exists; refusing to overwrite it"
+    )
     assert path.read_bytes() == before

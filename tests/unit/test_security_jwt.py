@@ -12,7 +12,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
 from xpipe.security._errors import SecurityConfigError
 from xpipe.security._jwt import JwtAuthenticator, JwtSpec
 
@@ -25,7 +24,9 @@ def rsa_key():
 
 
 def _public_pem(key) -> bytes:
-    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def _claims(**over):
@@ -58,8 +59,15 @@ def test_good_hs256_token(hs):
 def test_good_rs256_token_with_issuer(rs, rsa_key):
     token = jwt.encode(_claims(aud="xpipe-prod", iss="https://idp.test"), rsa_key, algorithm="RS256")
     assert rs.authenticate(token).name == "dana"
-    assert rs.authenticate(jwt.encode(_claims(aud="xpipe-prod", iss="https://evil.test"), rsa_key, algorithm="RS256")) is None
-    assert rs.authenticate(jwt.encode(_claims(aud="xpipe-prod"), rsa_key, algorithm="RS256")) is None  # iss required
+    assert (
+        rs.authenticate(
+            jwt.encode(_claims(aud="xpipe-prod", iss="https://evil.test"), rsa_key, algorithm="RS256")
+        )
+        is None
+    )
+    assert (
+        rs.authenticate(jwt.encode(_claims(aud="xpipe-prod"), rsa_key, algorithm="RS256")) is None
+    )  # iss required
 
 
 def test_expired_token_is_refused(hs):
@@ -78,7 +86,12 @@ def test_wrong_audience_is_refused(hs):
 def test_wrong_key_is_refused(hs, rs):
     assert hs.authenticate(jwt.encode(_claims(), b"t" * 48, algorithm="HS256")) is None
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    assert rs.authenticate(jwt.encode(_claims(aud="xpipe-prod", iss="https://idp.test"), other, algorithm="RS256")) is None
+    assert (
+        rs.authenticate(
+            jwt.encode(_claims(aud="xpipe-prod", iss="https://idp.test"), other, algorithm="RS256")
+        )
+        is None
+    )
 
 
 def _b64(data: bytes) -> str:

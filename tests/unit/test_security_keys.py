@@ -7,7 +7,6 @@ import os
 import stat
 
 import pytest
-
 from xpipe.security._errors import DecryptionError, SecurityConfigError
 from xpipe.security._keys import MAGIC, NONCE_BYTES, Keyring, create_keyring, rotate_keyring
 
@@ -76,7 +75,7 @@ def test_bad_headers_are_named(keyfile):
         ring.decrypt(blob[:3] + b"\x09" + blob[4:])
     with pytest.raises(DecryptionError, match="truncated"):
         ring.decrypt(blob[:10])
-    renamed = blob[:5] + b"kzzzzzzzz" + blob[5 + blob[4]:]
+    renamed = blob[:5] + b"kzzzzzzzz" + blob[5 + blob[4] :]
     with pytest.raises(DecryptionError, match="key id 'kzzzzzzzz' is not in keyring .*it has: "):
         ring.decrypt(renamed)
 

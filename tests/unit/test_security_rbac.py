@@ -7,10 +7,9 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+import xpipe._proto
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
-
-import xpipe._proto
 from xpipe.security._errors import SecurityConfigError
 from xpipe.security._principal import Principal
 from xpipe.security._rbac import (
@@ -97,7 +96,9 @@ def test_namespaces_restrict_namespaced_checks_only():
     p = Principal.build("dana", roles=["submitter"], namespaces=["team-a"])
     assert authorize(p, "run:submit", "team-a") is None
     refusal = authorize(p, "run:submit", "team-b")
-    assert refusal.code == "PERMISSION_DENIED" and "'team-b'" in refusal.message and "team-a" in refusal.message
+    assert (
+        refusal.code == "PERMISSION_DENIED" and "'team-b'" in refusal.message and "team-a" in refusal.message
+    )
     assert authorize(p, "cluster:read", None) is None
     assert authorize(Principal.build("x", roles=["viewer"], namespaces=[]), "run:read", "default") is not None
 
@@ -109,14 +110,17 @@ def _policy(tmp_path: Path, text: str) -> Policy:
 
 
 def test_policy_file_from_the_issue(tmp_path):
-    policy = _policy(tmp_path, """
+    policy = _policy(
+        tmp_path,
+        """
 [roles.analyst]
 permissions = ["run:read", "customer_data_read"]
 [principals.dana]
 roles = ["submitter"]
 permissions = ["customer_data_read"]
 namespaces = ["default"]
-""")
+""",
+    )
     dana = Principal.build("dana")  # the credential itself grants nothing
     assert authorize(dana, "run:submit", "default", policy) is None
     assert authorize(dana, "customer_data_read", "default", policy) is None
@@ -133,7 +137,7 @@ def test_policy_overrides_a_builtin_role_but_not_admin(tmp_path):
     assert authorize(Principal.build("v", roles=["viewer"]), "worker:read", None, policy) is not None
     assert authorize(Principal.build("v", roles=["viewer"]), "worker:read", None, DEFAULT_POLICY) is None
     with pytest.raises(SecurityConfigError, match=r"\[roles.admin\].*cannot be redefined"):
-        _policy(tmp_path, '[roles.admin]\npermissions = []\n')
+        _policy(tmp_path, "[roles.admin]\npermissions = []\n")
 
 
 @pytest.mark.parametrize(
@@ -142,11 +146,11 @@ def test_policy_overrides_a_builtin_role_but_not_admin(tmp_path):
         ('[roles.a]\npermissions = ["run:read"]\ncolour = "red"\n', r"\[roles.a\]: unknown key\(s\) colour"),
         ('[principals.d]\nrole = ["viewer"]\n', r"\[principals.d\]: unknown key\(s\) role"),
         ('[principals.d]\nroles = ["superuser"]\n', r"undefined role\(s\) superuser"),
-        ('[groups.x]\n', r"unknown key\(s\) groups"),
-        ('[roles.a]\n', r"\[roles.a\]: missing key permissions"),
+        ("[groups.x]\n", r"unknown key\(s\) groups"),
+        ("[roles.a]\n", r"\[roles.a\]: missing key permissions"),
         ('[roles.a]\npermissions = "run:read"\n', r"permissions must be a list"),
         ('[roles.a]\npermissions = ["has space"]\n', r"invalid permission 'has space'"),
-        ('[roles\n', r"not valid TOML"),
+        ("[roles\n", r"not valid TOML"),
     ],
 )
 def test_bad_policy_files_are_refused_naming_the_problem(tmp_path, text, match):

@@ -8,17 +8,24 @@ import stat
 import threading
 
 import pytest
-
 from xpipe.security._errors import SecurityConfigError
-from xpipe.security._tokens import TOKEN_PREFIX, TokenAuthenticator, create_token, hash_token, read_tokens_file
+from xpipe.security._tokens import (
+    TOKEN_PREFIX,
+    TokenAuthenticator,
+    create_token,
+    hash_token,
+    read_tokens_file,
+)
 
 
 def test_create_stores_only_the_hash_with_private_mode(tmp_path):
     path = tmp_path / "tokens.json"
-    token = create_token(path, "dana", roles=["submitter"], permissions=["customer_data_read"], namespaces=["default"])
+    token = create_token(
+        path, "dana", roles=["submitter"], permissions=["customer_data_read"], namespaces=["default"]
+    )
     assert token.startswith(TOKEN_PREFIX) and len(token) >= len(TOKEN_PREFIX) + 43  # 32 random bytes, base64
     text = path.read_text()
-    assert token not in text and token[len(TOKEN_PREFIX):] not in text
+    assert token not in text and token[len(TOKEN_PREFIX) :] not in text
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     (entry,) = json.loads(text)["tokens"]
     assert entry["sha256"] == hash_token(token)
@@ -33,7 +40,12 @@ def test_authenticate_returns_the_principal_of_a_good_token_only(tmp_path):
     ops = create_token(path, "ops", roles=["operator"])
     auth = TokenAuthenticator(path)
     p = auth.authenticate(dana)
-    assert (p.name, p.roles, p.namespaces, p.source) == ("dana", frozenset({"submitter"}), frozenset({"default"}), "token")
+    assert (p.name, p.roles, p.namespaces, p.source) == (
+        "dana",
+        frozenset({"submitter"}),
+        frozenset({"default"}),
+        "token",
+    )
     assert auth.authenticate(ops).namespaces is None
     assert auth.authenticate(dana[:-1] + ("A" if dana[-1] != "A" else "B")) is None
     assert auth.authenticate("") is None
@@ -98,7 +110,9 @@ def test_a_malformed_file_is_refused_at_start_naming_the_entry(tmp_path):
     path.write_text(json.dumps({"version": 1, "tokens": [{"sha256": "ab", "principal": "x", "roles": []}]}))
     with pytest.raises(SecurityConfigError, match=r"tokens\[0\]: sha256 must be 64"):
         TokenAuthenticator(path)
-    path.write_text(json.dumps({"version": 1, "tokens": [{"sha256": "0" * 64, "principal": "x", "token": "t"}]}))
+    path.write_text(
+        json.dumps({"version": 1, "tokens": [{"sha256": "0" * 64, "principal": "x", "token": "t"}]})
+    )
     with pytest.raises(SecurityConfigError, match=r"tokens\[0\]: unknown key\(s\) token"):
         TokenAuthenticator(path)
     with pytest.raises(SecurityConfigError, match="directory .* does not exist"):
