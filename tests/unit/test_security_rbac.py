@@ -170,3 +170,13 @@ def test_effective_permissions_are_cached_per_principal():
     authorize(p, "worker:drain", None)
     info = DEFAULT_POLICY.effective.cache_info()
     assert (info.misses, info.hits) == (1, 1)
+
+
+def test_docs_security_md_lists_every_rpc_with_its_permission():
+    """The RPC table in docs/security.md is the code's table; a new RPC changes both."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "security.md").read_text()
+    for method, permission in RPC_PERMISSIONS.items():
+        cell = f"`{permission}`" if permission else "none (public)"
+        assert f"| `{method}` | {cell} |" in docs, f"docs/security.md lacks the row for {method}"
+    for permission in PERMISSIONS:
+        assert f"| `{permission}` |" in docs, f"docs/security.md lacks permission {permission}"
