@@ -10,21 +10,42 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["ALL_NAMESPACES", "DEFAULT_NAMESPACE", "NAME_PATTERN", "Principal", "check_name"]
+__all__ = [
+    "ALL_NAMESPACES",
+    "DEFAULT_NAMESPACE",
+    "NAME_PATTERN",
+    "PRINCIPAL_PATTERN",
+    "Principal",
+    "check_name",
+]
 
 #: Runs belong to a namespace; a run submitted without one is in this one.
 DEFAULT_NAMESPACE = "default"
 #: Written in a namespaces list, grants every namespace.
 ALL_NAMESPACES = "*"
-#: Principal, role, permission and namespace names: printable, no spaces, at most 128 chars.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@*-]{0,127}")
+#: Role, permission and namespace names: letters, digits and ``_ . : @ -``, at most 128.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,127}")
+#: Principal names come from outside (a JWT ``sub`` such as ``auth0|5f1c``, an e-mail, an LDAP
+#: uid): any printable characters but whitespace, at most 256.
+PRINCIPAL_PATTERN = re.compile(r"[^\s\x00-\x1f\x7f]{1,256}")
+_HINTS = {
+    "principal": "1-256 printable characters, no whitespace",
+    "default": "1-128 of A-Z a-z 0-9 _ . : @ - (no spaces)",
+}
 
 
 def check_name(kind: str, value: object) -> str:
-    """Return ``value`` if it is a valid name, else raise ValueError naming ``kind`` and it."""
-    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
-        raise ValueError(f"invalid {kind} {value!r}: expected 1-128 of A-Z a-z 0-9 _ . : @ * - (no spaces)")
-    return value
+    """Return ``value`` if it is a valid ``kind`` name, else raise ValueError naming both.
+
+    ``kind`` is ``principal``, ``role``, ``permission`` or ``namespace``; a namespace may also
+    be :data:`ALL_NAMESPACES`.
+    """
+    pattern = PRINCIPAL_PATTERN if kind == "principal" else NAME_PATTERN
+    if isinstance(value, str) and (
+        pattern.fullmatch(value) or (kind == "namespace" and value == ALL_NAMESPACES)
+    ):
+        return value
+    raise ValueError(f"invalid {kind} {value!r}: expected {_HINTS.get(kind, _HINTS['default'])}")
 
 
 @dataclass(frozen=True, slots=True)

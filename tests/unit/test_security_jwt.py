@@ -141,3 +141,12 @@ def test_bad_keys_are_refused_at_construction(tmp_path):
         JwtAuthenticator(f"jwt:rs256:{ec_pem}")
     with pytest.raises(SecurityConfigError, match="not a PEM public key"):
         JwtAuthenticator(f"jwt:rs256:{short}")
+
+
+def test_identity_provider_subjects_are_principals_as_they_are(hs):
+    """IdPs use subjects like ``auth0|5f1c`` or e-mail addresses; only whitespace is refused."""
+    assert (
+        hs.authenticate(jwt.encode(_claims(sub="auth0|5f1c"), SECRET, algorithm="HS256")).name == "auth0|5f1c"
+    )
+    assert hs.authenticate(jwt.encode(_claims(sub="dana@example.org"), SECRET, algorithm="HS256")) is not None
+    assert hs.authenticate(jwt.encode(_claims(sub="dana smith"), SECRET, algorithm="HS256")) is None

@@ -92,3 +92,10 @@ def test_malformed_keyrings_are_refused_naming_the_field(tmp_path):
         Keyring.load(tmp_path / "none.json")
     with pytest.raises(SecurityConfigError, match="cannot rotate|cannot read"):
         rotate_keyring(tmp_path / "none.json")
+
+
+def test_a_keyring_readable_by_others_loads_with_a_warning(keyfile, caplog):
+    os.chmod(keyfile, 0o644)
+    ring = Keyring.load(keyfile)
+    assert ring.decrypt(ring.encrypt(MARKER)) == MARKER
+    assert "readable by group or others (mode 644); chmod 600 it" in caplog.text
