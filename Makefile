@@ -2,7 +2,7 @@
 #
 # `make install` is idempotent: the venv is created once, `pip install -e '.[dev]'`
 # reruns only when pyproject.toml is newer than the stamp file, and the system
-# dependencies script is a no-op once etcd is present.
+# dependencies script is a no-op once etcd and slapd are present.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -20,7 +20,7 @@ export PIP_NO_INPUT := 1
 .PHONY: help install system-deps test proto demo bench clean
 
 help:
-	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd"
+	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd and slapd"
 	@echo "make test      check generated stubs are fresh, then run the test suite"
 	@echo "make proto     regenerate sdk/_proto from proto/xpipe/v1"
 	@echo "make demo      run examples/demo.py"

@@ -4,6 +4,9 @@
 # - etcd (Debian package etcd-server): integration tests start their own etcd on
 #   free loopback ports, so the package's own service is kept from starting
 #   (policy-rc.d) and never relied on.
+# - slapd and ldap-utils (OpenLDAP): the LDAP tests start their own slapd with a throwaway
+#   config on a free loopback port; the package's own service is kept from starting
+#   (policy-rc.d) and never relied on.
 # - python3-venv, only when the python3 in use is Debian's and lacks ensurepip
 #   (a bare Debian 12), since `python3 -m venv` fails without it.
 #
@@ -34,6 +37,23 @@ else
     packages+=(etcd-server)
 fi
 
+find_sbin() {
+    command -v "$1" 2>/dev/null || { [ -x "/usr/sbin/$1" ] && echo "/usr/sbin/$1"; }
+}
+
+if path="$(find_sbin slapd)" && find_sbin slapadd >/dev/null; then
+    log "slapd already installed at ${path}"
+else
+    log "slapd not found on PATH nor in /usr/sbin; will install slapd"
+    packages+=(slapd)
+fi
+
+if command -v ldapwhoami >/dev/null 2>&1; then
+    log "ldap-utils already installed"
+else
+    packages+=(ldap-utils)
+fi
+
 if "${PYTHON}" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     log "${PYTHON} can create virtual environments"
 else
@@ -58,8 +78,8 @@ fi
 [ "$(id -u)" -eq 0 ] || die "installing ${packages[*]} needs root (apt-get); run as root or install them by hand"
 command -v apt-get >/dev/null 2>&1 || die "apt-get is not available; install ${packages[*]} by hand"
 
-# Keep a package's init script from starting a system-wide etcd on :2379 during the
-# install (exit 101 = "action forbidden"). Only add our own policy file when none
+# Keep a package's init script from starting a system-wide etcd on :2379 (or slapd on
+# :389) during the install (exit 101 = "action forbidden"). Only add our own policy file when none
 # exists, and remove it afterwards.
 policy=/usr/sbin/policy-rc.d
 added_policy=0
@@ -80,6 +100,10 @@ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${pac
 if [[ " ${packages[*]} " == *" etcd-server "* ]]; then
     path="$(find_etcd)" || die "etcd-server installed but no etcd binary on PATH or at /usr/bin/etcd"
     log "installed $("${path}" --version 2>/dev/null | head -n 1 || echo etcd) at ${path}"
+fi
+if [[ " ${packages[*]} " == *" slapd "* ]]; then
+    path="$(find_sbin slapd)" || die "slapd installed but no slapd binary on PATH or in /usr/sbin"
+    log "installed $("${path}" -VV 2>&1 | head -n 1 || echo slapd) at ${path}"
 fi
 if [[ " ${packages[*]} " == *" python3-venv "* ]]; then
     "${PYTHON}" -c 'import ensurepip, venv' || die "python3-venv installed but ${PYTHON} still lacks ensurepip"

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from .errors import PipelineExecutionError, XpipeError
+from .security._cli import register as register_security_commands
 
 __all__ = ["main"]
 
@@ -358,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("packages", nargs="+", metavar="PACKAGE", help="requirement, e.g. pandas or 'pyyaml>=6'")
     install.add_argument("--timeout-s", type=float, default=DEFAULT_INSTALL_TIMEOUT_S, help="pip's limit on each worker")
     install.set_defaults(fn=cmd_install)
+    register_security_commands(sub)
     return p
 
 
