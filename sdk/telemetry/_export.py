@@ -27,7 +27,6 @@ from __future__ import annotations
 import bisect
 import errno
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,24 +51,12 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import ThreadingWSGIServer
 
-__all__ = [
-    "METRICS_LISTEN_ENV",
-    "METRICS_PATH",
-    "MetricsEndpoint",
-    "MetricsListenError",
-    "BucketHistogram",
-    "LastValueGauge",
-    "metrics_listen_default",
-    "parse_listen",
-    "start_metrics",
-]
+from ._listen import METRICS_PATH, MetricsListenError, parse_listen
+
+__all__ = ["BucketHistogram", "LastValueGauge", "MetricsEndpoint", "start_metrics"]
 
 log = logging.getLogger(__name__)
 
-#: The one path served; every other path is 404.
-METRICS_PATH = "/metrics"
-#: Environment variable read when ``--metrics-listen`` is not given.
-METRICS_LISTEN_ENV = "XPIPE_METRICS_LISTEN"
 #: Distinct label sets one bridged metric keeps by default; past it new sets are dropped
 #: (and counted by the caller), so a scrape stays bounded whatever the labels hold.
 DEFAULT_MAX_SERIES = 10_000
@@ -77,34 +64,16 @@ DEFAULT_MAX_SERIES = 10_000
 _SCOPE = InstrumentationScope("xpipe")
 
 
-class MetricsListenError(OSError):
-    """``--metrics-listen`` names an address that cannot be served (bad, or in use)."""
-
-
-def metrics_listen_default() -> str:
-    """``$XPIPE_METRICS_LISTEN`` or "" (metrics off): the default of ``--metrics-listen``."""
-    return os.environ.get(METRICS_LISTEN_ENV, "").strip()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` -> (host, port); raises :class:`MetricsListenError` naming the value."""
-    host, sep, port_text = listen.strip().rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise MetricsListenError(f"--metrics-listen {listen!r}: expected HOST:PORT with a port 0-65535")
-    return host, int(port_text)
-
-
 class BucketHistogram:
     """A cumulative histogram per label set, kept as plain ints (cheap on the hot path).
 
     Args:
-        bounds_s: upper bounds of the buckets (ascending); a last +Inf bucket is implied.
+        bounds: upper bounds of the buckets (ascending); a last +Inf bucket is implied.
         max_series: distinct label sets kept; values of a new set past it are dropped
             and counted in :attr:`dropped`.
     """
 
-    __slots__ = ("bounds", "series", "max_series", "dropped", "_lock")
+    __slots__ = ("_lock", "bounds", "dropped", "max_series", "series")
 
     def __init__(self, bounds: Sequence[float], *, max_series: int = DEFAULT_MAX_SERIES):
         if list(bounds) != sorted(bounds):
@@ -154,7 +123,7 @@ class BucketHistogram:
 class LastValueGauge:
     """The last value per label set, with the same cap as :class:`BucketHistogram`."""
 
-    __slots__ = ("series", "max_series", "dropped")
+    __slots__ = ("dropped", "max_series", "series")
 
     def __init__(self, *, max_series: int = DEFAULT_MAX_SERIES):
         self.series: dict[tuple, float] = {}
@@ -203,7 +172,7 @@ def _to_otel(metric: BridgedMetric, start_ns: int, now_ns: int) -> Metric | None
                 attributes=_attributes(metric.label_names, labels), start_time_unix_nano=start_ns,
                 time_unix_nano=now_ns, count=sum(cells[:n]), sum=cells[-3], bucket_counts=cells[:n],
                 explicit_bounds=source.bounds, min=cells[-2], max=cells[-1], exemplars=[],
-            )  # fmt: skip
+            )
             for labels, cells in source.snapshot()
         ]
         data = Histogram(data_points=points, aggregation_temporality=AggregationTemporality.CUMULATIVE)
@@ -212,7 +181,7 @@ def _to_otel(metric: BridgedMetric, start_ns: int, now_ns: int) -> Metric | None
             NumberDataPoint(
                 attributes=_attributes(metric.label_names, labels), start_time_unix_nano=start_ns,
                 time_unix_nano=now_ns, value=value, exemplars=[],
-            )  # fmt: skip
+            )
             for labels, value in source.snapshot()
         ]
         data = Gauge(data_points=points)
@@ -248,7 +217,7 @@ class _BridgingReader(PrometheusMetricReader):
 class _QuietHandler(WSGIRequestHandler):
     """Scrapes come every few seconds: log them at DEBUG, not on stderr."""
 
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args) -> None:
         log.debug("metrics %s - %s", self.address_string(), format % args)
 
 
