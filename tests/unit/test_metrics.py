@@ -223,3 +223,15 @@ def test_with_metrics_off_the_daemons_load_no_opentelemetry():
             "print(json.dumps([m for m in sys.modules if m.startswith(('opentelemetry', 'prometheus_client'))]))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, check=True)
     assert json.loads(done.stdout) == []
+
+
+@pytest.mark.parametrize("module", ["xpipe.coordinator._main", "xpipe.worker._main"])
+def test_the_flag_defaults_to_the_environment_variable(module, monkeypatch):
+    import importlib
+
+    build_parser = importlib.import_module(module).build_parser
+    monkeypatch.delenv("XPIPE_METRICS_LISTEN", raising=False)
+    assert build_parser().parse_args([]).metrics_listen == ""  # off
+    monkeypatch.setenv("XPIPE_METRICS_LISTEN", "127.0.0.1:9464")
+    assert build_parser().parse_args([]).metrics_listen == "127.0.0.1:9464"
+    assert build_parser().parse_args(["--metrics-listen", "0.0.0.0:9100"]).metrics_listen == "0.0.0.0:9100"
