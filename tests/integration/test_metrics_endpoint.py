@@ -19,12 +19,12 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
+from xpipe import Pipeline, PipelineExecutionError, PipelineManager, Task
+from xpipe._proto import common_pb2, worker_pb2, worker_pb2_grpc
 
 from tests import helpers_tasks as ht
 from tests.harness import Cluster, eventually
 from tests.helpers_metrics import scrape, value
-from xpipe import Pipeline, PipelineExecutionError, PipelineManager, Task
-from xpipe._proto import common_pb2, worker_pb2, worker_pb2_grpc
 
 OUTCOMES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
 
@@ -154,12 +154,12 @@ def _raw_worker(cluster: Cluster, handler: str, telemetry: common_pb2.TaskTeleme
 
 @pytest.mark.parametrize("cluster", [0], indirect=True)  # the raw worker is the only one
 def test_task_recorded_metrics_reach_the_scrape(cluster, pm):
-    kind = common_pb2
+    point = common_pb2.MetricPoint
     telemetry = common_pb2.TaskTelemetry(metrics=[
-        common_pb2.MetricPoint(name="rows_processed", value=42, labels={"table": "users"}, kind=kind.METRIC_KIND_CUSTOM),
-        common_pb2.MetricPoint(name="data_quality_score", value=0.93, kind=kind.METRIC_KIND_TRACKED),
-        common_pb2.MetricPoint(name="revenue_impact", value=1200.5, kind=kind.METRIC_KIND_BUSINESS),
-        common_pb2.MetricPoint(name="not a name", value=1, kind=kind.METRIC_KIND_CUSTOM),
+        point(name="rows_processed", value=42, labels={"table": "users"}, kind=common_pb2.METRIC_KIND_CUSTOM),
+        point(name="data_quality_score", value=0.93, kind=common_pb2.METRIC_KIND_TRACKED),
+        point(name="revenue_impact", value=1200.5, kind=common_pb2.METRIC_KIND_BUSINESS),
+        point(name="not a name", value=1, kind=common_pb2.METRIC_KIND_CUSTOM),
     ])  # fmt: skip
     p = Pipeline("metrics_probe")
     p.add_task(Task.handler("measure", "metrics_probe"))
