@@ -419,6 +419,8 @@ class Engine:
             # Failover time is measured from a kill to this line of the new leader.
             self._dispatched_any = True
             log.info("first assignment dispatched at %.3f", time.time())
+        if batches and self.metrics is not None:
+            self.metrics.dispatched(len(b.assignments) for b in batches.values())
         for worker_id, batch in batches.items():
             # Same wire format as CoordinatorMessage (the worker reads it as the view too).
             self._send(worker_id, worker_pb2.CoordinatorMessageView(assignments=batch))

@@ -29,7 +29,7 @@ from xpipe._domain import TERMINAL_RUN_STATES, error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._export import BucketHistogram, LastValueGauge, MetricsEndpoint
 
-from ._events import Action, Assign, TaskRecord
+from ._events import Action, TaskRecord
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
@@ -101,7 +101,7 @@ class _TaskValues:
     """One family of task-recorded metrics: a last-value gauge and a histogram per series."""
 
     def __init__(self) -> None:
-        self.last = LastValueGauge(max_series=MAX_SERIES_PER_FAMILY)
+        self.last = LastValueGauge()
         self.values = BucketHistogram(TASK_VALUE_BOUNDS, max_series=MAX_SERIES_PER_FAMILY)
         self.per_name: dict[str, int] = {}  # series per metric name, for MAX_SERIES_PER_NAME
 
@@ -128,8 +128,8 @@ class CoordinatorMetrics:
 
     def __init__(self, endpoint: MetricsEndpoint, state_of: Callable[[], object]):
         self._state_of = state_of
-        #: (pipeline, outcome) -> attempts ended so.
-        self.attempts: dict[tuple[str, str], int] = {}
+        #: pipeline -> {outcome: attempts ended so}.
+        self.attempts: dict[str, dict[str, int]] = {}
         self.duration = BucketHistogram(TASK_SECONDS_BOUNDS)
         self.queue_wait = BucketHistogram(TASK_SECONDS_BOUNDS)
         self.commit = BucketHistogram(COMMIT_SECONDS_BOUNDS)
@@ -141,8 +141,9 @@ class CoordinatorMetrics:
         # (run_id, task) -> when it became READY (this engine's clock); its size is the
         # ready-task gauge.
         self._ready_at: dict[tuple[str, str], float] = {}
-        # (run_id, task) -> [attempt, READY time or 0 once its queue wait is counted].
-        self._inflight: dict[tuple[str, str], list] = {}
+        # (run_id, task) -> READY time of the attempt out now (0 once its wait is counted).
+        # No attempt number: the state machine's records always name the current attempt.
+        self._inflight: dict[tuple[str, str], float] = {}
         self._register(endpoint)
 
     def _register(self, endpoint: MetricsEndpoint) -> None:
@@ -194,58 +195,62 @@ class CoordinatorMetrics:
             if rec.state == _READY:
                 self._ready_at[(run_id, name)] = now
             elif rec.state in (_ASSIGNED, _RUNNING):
-                self._inflight[(run_id, name)] = [rec.attempt, 0.0]
+                self._inflight[(run_id, name)] = 0.0
 
     def turn(self, actions: Iterable[Action], runs: dict, now: float, commit_s: float) -> None:
-        """Account for one engine turn: its task records, its assignments and its commit.
+        """Account for one engine turn: its task records and its commit.
 
-        Called once per turn, after the commit and the dispatch. ``commit_s`` < 0: the
-        turn committed nothing.
+        Called once per turn, after the commit and the dispatch; ``commit_s`` < 0: the
+        turn committed nothing. The hot path of the metrics, kept flat on purpose: one
+        tuple and one or two dict operations per record, the histograms touched once per
+        attempt. Quick attempts (under the worker's STARTED_REPORT_DELAY_S) have no
+        RUNNING record: their queue wait is taken when they end, from their start.
         """
         ready_at, inflight = self._ready_at, self._inflight
-        per_worker: dict[str, int] = {}
         for a in actions:
-            cls = type(a)
-            if cls is TaskRecord:
-                state = a.state
+            if a.__class__ is not TaskRecord:
+                continue
+            state = a.state
+            if state == _READY:
                 key = (a.run_id, a.name)
-                if state == _READY:
-                    ready_at[key] = now
-                    inflight.pop(key, None)  # requeued: its attempt ended without an outcome
-                elif state == _ASSIGNED:
-                    inflight[key] = [a.attempt, ready_at.pop(key, 0.0)]
-                elif state == _RUNNING:
-                    entry = inflight.get(key)
-                    if entry is not None and entry[1] and entry[0] == a.attempt:
-                        self._waited(runs, a, entry)
-                elif state in _OUTCOME_OF_STATE:
-                    ready_at.pop(key, None)
-                    entry = inflight.pop(key, None)
-                    if entry is not None and entry[0] == a.attempt:
-                        self._ended(runs, a, entry)
-            elif cls is Assign:
-                per_worker[a.worker_id] = per_worker.get(a.worker_id, 0) + 1
-        for size in per_worker.values():
-            self.batch_size.observe((), size)
+                ready_at[key] = now
+                inflight.pop(key, None)  # requeued: that attempt ended without an outcome
+            elif state == _ASSIGNED:
+                key = (a.run_id, a.name)
+                inflight[key] = ready_at.pop(key, 0.0)
+            elif state == _RUNNING:
+                key = (a.run_id, a.name)
+                since = inflight.get(key)
+                if since and a.started_at:
+                    run = runs.get(a.run_id)
+                    self.queue_wait.observe((run.name if run is not None else "",), max(0.0, a.started_at - since))
+                    inflight[key] = 0.0  # counted
+            elif state in _OUTCOME_OF_STATE:
+                key = (a.run_id, a.name)
+                since = inflight.pop(key, None)
+                if since is None:  # not an attempt this engine had out, or counted already
+                    ready_at.pop(key, None)  # a READY task failed or cancelled without a worker
+                    continue
+                run = runs.get(a.run_id)
+                pipeline = run.name if run is not None else ""
+                started_at = a.started_at
+                if since and started_at:
+                    self.queue_wait.observe((pipeline,), max(0.0, started_at - since))
+                outcome = _OUTCOME_OF_STATE[state] if a.error is None else _outcome(a)
+                counts = self.attempts.get(pipeline)
+                if counts is None:
+                    counts = self.attempts[pipeline] = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
+                counts[outcome] += 1
+                if started_at and outcome in _TIMED_OUTCOMES and a.finished_at >= started_at:
+                    self.duration.observe((pipeline, a.name), a.finished_at - started_at)
         if commit_s >= 0:
             self.commit.observe((), commit_s)
 
-    def _waited(self, runs: dict, rec: TaskRecord, entry: list) -> None:
-        run = runs.get(rec.run_id)
-        if rec.started_at:
-            self.queue_wait.observe((run.name if run is not None else "",), max(0.0, rec.started_at - entry[1]))
-        entry[1] = 0.0
-
-    def _ended(self, runs: dict, rec: TaskRecord, entry: list) -> None:
-        run = runs.get(rec.run_id)
-        pipeline = run.name if run is not None else ""
-        if entry[1] and rec.started_at:  # a quick attempt: no RUNNING record, its start is in the result
-            self.queue_wait.observe((pipeline,), max(0.0, rec.started_at - entry[1]))
-        outcome = _outcome(rec)
-        key = (pipeline, outcome)
-        self.attempts[key] = self.attempts.get(key, 0) + 1
-        if outcome in _TIMED_OUTCOMES and rec.started_at and rec.finished_at >= rec.started_at:
-            self.duration.observe((pipeline, rec.name), rec.finished_at - rec.started_at)
+    def dispatched(self, batch_sizes: Iterable[int]) -> None:
+        """The engine sent these batches of assignments this turn (one size per worker)."""
+        observe = self.batch_size.observe
+        for size in batch_sizes:
+            observe((), size)
 
     # ------------------------------------------------------------------ task-recorded metrics
 
@@ -290,7 +295,11 @@ class CoordinatorMetrics:
     # ------------------------------------------------------------------ read at scrape time
 
     def _observe_attempts(self, _: CallbackOptions) -> list[Observation]:
-        return [Observation(n, {"pipeline": p, "outcome": o}) for (p, o), n in list(self.attempts.items())]
+        return [
+            Observation(n, {"pipeline": p, "outcome": o})
+            for p, counts in list(self.attempts.items())
+            for o, n in list(counts.items())
+        ]
 
     def _observe_dropped(self, _: CallbackOptions) -> list[Observation]:
         return [Observation(n, {"reason": r}) for r, n in list(self.dropped.items())]

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -52,8 +53,12 @@ class Driver:
         for ev in events:
             self.state.handle(ev, actions)
         self.state.schedule(self.now, actions)
+        sent = [a for a in actions if isinstance(a, Assign)]
+        per_worker = Counter(a.worker_id for a in sent)
+        if per_worker:  # as Engine._dispatch: one batch per worker
+            self.metrics.dispatched(per_worker.values())
         self.metrics.turn(actions, self.state.runs, self.now, 0.002)
-        return [a for a in actions if isinstance(a, Assign)]
+        return sent
 
 
 @pytest.fixture
@@ -216,6 +221,18 @@ def test_histogram_buckets_are_cumulative_with_inclusive_bounds():
     assert cells[:3] == [2, 1, 1] and cells[3:] == [6.0, 0.5, 3]
     with pytest.raises(ValueError, match="ascending"):
         BucketHistogram((2, 1))
+
+
+def test_histogram_series_past_the_cap_go_to_the_overflow_series(endpoint):
+    h = BucketHistogram((1,), max_series=2)
+    for task in ("a", "b", "c", "d", "a"):
+        h.observe(("p", task), 0.5)
+    endpoint.bridge("xpipe_test", h, description="test", unit="s", labels=("pipeline", "task"))
+    samples = scrape(endpoint.url)
+    assert value(samples, "xpipe_test_seconds_count", pipeline="p", task="a") == 2
+    assert value(samples, "xpipe_test_seconds_count", otel_metric_overflow="true") == 2  # c and d
+    assert value(samples, "xpipe_test_seconds_count", pipeline="p", task="c") == 0
+    assert h.overflowed == 2
 
 
 def test_with_metrics_off_the_daemons_load_no_opentelemetry():
