@@ -9,7 +9,7 @@ result as the worker sends it for quick tasks, then ``schedule``). With metrics,
 :meth:`CoordinatorMetrics.turn`, exactly the engine's one call. Best of ``--repeats``
 each; the two variants alternate so both see the same machine.
 
-Also timed: one scrape of the endpoint after the run, and
+The garbage collector is paused while a run is timed (see ``main``). Also timed: one scrape of the endpoint after the run, and
 :meth:`CoordinatorMetrics.task_telemetry` per point (paid only by tasks that record
 metrics, on the servicer's side).
 """
@@ -17,6 +17,7 @@ metrics, on the servicer's side).
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 import urllib.request
 
@@ -84,9 +85,11 @@ def main() -> None:
     endpoint = start_metrics("127.0.0.1:0", service="bench")
     box: list = []
     metrics = CoordinatorMetrics(endpoint, lambda: box[0])
+    # The garbage collector is paused during each timed run: on the shared 2 cores its
+    # pauses varied runs by 3x and swamped a difference of a few µs per task.
     for _ in range(opts.repeats + 1):  # the first run with metrics is cold: every series is new
-        off.append(drive(opts.tasks, None, []))
-        on.append(drive(opts.tasks, metrics, box))
+        off.append(_paused_gc(drive, opts.tasks, None, []))
+        on.append(_paused_gc(drive, opts.tasks, metrics, box))
         t0 = time.perf_counter()
         urllib.request.urlopen(endpoint.url, timeout=10).read()
         scrape_s.append(time.perf_counter() - t0)
@@ -110,6 +113,15 @@ def main() -> None:
           f"{cold[1] / n * 1e6:.2f} cold")  # fmt: skip
     print(f"one scrape with {series} duration series: {min(scrape_s) * 1e3:.0f} ms")
     print(f"task_telemetry: {best_points * 1e6:.2f} µs per point")
+
+
+def _paused_gc(fn, *args):
+    gc.collect()
+    gc.disable()
+    try:
+        return fn(*args)
+    finally:
+        gc.enable()
 
 
 def _time_points(metrics: CoordinatorMetrics, telemetry: pb.TaskTelemetry, rounds: int = 10_000) -> float:

@@ -214,7 +214,8 @@ class CoordinatorMetrics:
             if state == _READY:
                 key = (a.run_id, a.name)
                 ready_at[key] = now
-                inflight.pop(key, None)  # requeued: that attempt ended without an outcome
+                if a.attempt:  # a requeue (or a retry): an attempt out ended without an outcome
+                    inflight.pop(key, None)
             elif state == _ASSIGNED:
                 key = (a.run_id, a.name)
                 inflight[key] = ready_at.pop(key, 0.0)
