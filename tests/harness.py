@@ -165,6 +165,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     output makes the log files current when a test reads them.
     """
     env = dict(os.environ)
+    env.pop("XPIPE_METRICS_LISTEN", None)  # one port per process: ask with Cluster(metrics=True)
     parts = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"

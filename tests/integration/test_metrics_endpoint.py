@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -206,3 +207,16 @@ def test_port_zero_binds_a_free_port_and_logs_it(cluster):
         assert value(scrape(url), "xpipe_worker_slots") == 1
     finally:
         proc.terminate()
+
+
+def test_the_embedded_default_ignores_an_inherited_metrics_address(monkeypatch, tmp_path):
+    """XPIPE_METRICS_LISTEN set for a daemon must not reach the embedded cluster's processes:
+    all of them would ask for the one port, and every worker would fail to start."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        monkeypatch.setenv("XPIPE_METRICS_LISTEN", f"127.0.0.1:{held.getsockname()[1]}")
+        with PipelineManager(workers=1, slots_per_worker=1, data_dir=tmp_path / "embedded") as pm:
+            p = Pipeline("embedded_metrics")
+            p.add_task(Task("one", ht.echo, args=(1,)))
+            assert pm.execute_pipeline(p, monitor=False, timeout_s=60).outputs["one"] == 1
