@@ -8,12 +8,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
 
 from ._engine import EngineConfig
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
+
+if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
 
 log = logging.getLogger("xpipe.coordinator")
 
@@ -63,7 +67,7 @@ async def _serve(opts: argparse.Namespace) -> int:
             metrics.stop()
 
 
-async def _serve_with(opts: argparse.Namespace, metrics) -> int:
+async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None) -> int:
     if opts.heartbeat_timeout_s <= 0 or opts.heartbeat_interval_s <= 0:
         raise SystemExit("xpipe-coordinator: heartbeat times must be positive")
     if opts.heartbeat_interval_s >= opts.heartbeat_timeout_s:

@@ -9,12 +9,16 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+
+if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
 
 log = logging.getLogger("xpipe.worker")
 
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run(config: WorkerConfig, metrics=None) -> int:
+async def _run(config: WorkerConfig, metrics: MetricsEndpoint | None = None) -> int:
     daemon = WorkerDaemon(config)
     if metrics is not None:
         from ._metrics import register_worker_metrics
