@@ -19,6 +19,7 @@ See docs/metrics.md for every name and label.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -86,6 +87,21 @@ _OUTCOME_OF_STATE = {
 _TIMED_OUTCOMES = frozenset({"succeeded", "failed", "timeout", "skipped"})
 
 
+def _contained(method: Callable) -> Callable:
+    """A bug in the metrics must not stop the engine or a worker's stream: log it, count it, go on."""
+
+    @functools.wraps(method)
+    def call(self: CoordinatorMetrics, *args, **kwargs) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except Exception:
+            self.internal_errors += 1
+            log.exception("metrics: internal error in %s (%d so far); scheduling goes on", method.__name__,
+                          self.internal_errors)  # fmt: skip
+
+    return call
+
+
 def _outcome(rec: TaskRecord) -> str:
     outcome = _OUTCOME_OF_STATE[rec.state]
     if outcome == "failed" and rec.error is not None:
@@ -136,6 +152,8 @@ class CoordinatorMetrics:
         self.batch_size = BucketHistogram(BATCH_SIZE_BOUNDS)
         self.custom = _TaskValues()
         self.business = _TaskValues()
+        #: Bugs of the metrics caught by _contained (logged; the engine went on).
+        self.internal_errors = 0
         #: reason -> task-recorded points dropped.
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         # (run_id, task) -> when it became READY (this engine's clock); its size is the
@@ -184,11 +202,13 @@ class CoordinatorMetrics:
 
     # ------------------------------------------------------------------ fed by the engine
 
+    @_contained
     def reset(self) -> None:
         """A new engine starts: attempts the old one had out are its story, not this one's."""
         self._ready_at.clear()
         self._inflight.clear()
 
+    @_contained
     def restored(self, run_id: str, tasks: dict, now: float) -> None:
         """A run read back from the store: count its READY tasks and its attempts out."""
         for name, rec in tasks.items():
@@ -197,6 +217,7 @@ class CoordinatorMetrics:
             elif rec.state in (_ASSIGNED, _RUNNING):
                 self._inflight[(run_id, name)] = 0.0
 
+    @_contained
     def turn(self, actions: Iterable[Action], runs: dict, now: float, commit_s: float) -> None:
         """Account for one engine turn: its task records and its commit.
 
@@ -247,6 +268,7 @@ class CoordinatorMetrics:
         if commit_s >= 0:
             self.commit.observe((), commit_s)
 
+    @_contained
     def dispatched(self, batch_sizes: Iterable[int]) -> None:
         """The engine sent these batches of assignments this turn (one size per worker)."""
         observe = self.batch_size.observe
@@ -255,6 +277,7 @@ class CoordinatorMetrics:
 
     # ------------------------------------------------------------------ task-recorded metrics
 
+    @_contained
     def task_telemetry(self, pipeline: str, task: str, telemetry: pb.TaskTelemetry) -> None:
         """Export the points an attempt recorded (CUSTOM and TRACKED, or BUSINESS).
 

@@ -252,3 +252,16 @@ def test_the_flag_defaults_to_the_environment_variable(module, monkeypatch):
     monkeypatch.setenv("XPIPE_METRICS_LISTEN", "127.0.0.1:9464")
     assert build_parser().parse_args([]).metrics_listen == "127.0.0.1:9464"
     assert build_parser().parse_args(["--metrics-listen", "0.0.0.0:9100"]).metrics_listen == "0.0.0.0:9100"
+
+
+def test_a_bug_in_the_metrics_is_logged_and_the_caller_goes_on(endpoint, caplog):
+    d = Driver(endpoint)
+    d.metrics.turn(None, d.state.runs, d.now, 0.001)  # not iterable: a bug, not the engine's problem
+    d.metrics.task_telemetry("p", "t", "not telemetry")
+    assert d.metrics.internal_errors == 2
+    assert "metrics: internal error in turn (1 so far); scheduling goes on" in caplog.text
+    spec = _spec("after", {"a": {}})
+    d.turn(WorkerConnected(d.now, "w1", "w1", "h", 1))
+    (sent,) = d.turn(RunSubmitted(d.now, "r1", spec, tuple(validate_spec(spec))))
+    d.turn(TaskSucceeded(d.now, "w1", sent.attempt, d.now, pb.Payload(), started_at=d.now))
+    assert value(scrape(endpoint.url), "xpipe_task_attempts_total", pipeline="after", outcome="succeeded") == 1
