@@ -29,6 +29,7 @@ import time
 import uuid
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from xpipe._codec import read_artifact
 from xpipe._domain import TERMINAL_RUN_STATES
@@ -58,6 +59,9 @@ from ._state import SchedulerState
 from ._story import story_from_records
 from ._store import Store, StoreFault
 from ._validate import validate_spec
+
+if TYPE_CHECKING:  # OpenTelemetry is imported only when metrics are on
+    from ._metrics import CoordinatorMetrics
 
 __all__ = ["Engine", "EngineConfig", "InternalError", "assignment_bytes", "estimate_run_bytes"]
 
@@ -149,9 +153,15 @@ class _Session:
 
 
 class Engine:
-    def __init__(self, store: Store, config: EngineConfig = EngineConfig()):
+    """Args:
+        metrics: fed once per turn when ``--metrics-listen`` is set; None costs one
+            attribute check per turn.
+    """
+
+    def __init__(self, store: Store, config: EngineConfig = EngineConfig(), *, metrics: CoordinatorMetrics | None = None):
         self.store = store
         self.config = config
+        self.metrics = metrics
         self.state = SchedulerState(
             prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s, recovery_codec=PICKLE_CODEC
         )
@@ -179,12 +189,16 @@ class Engine:
     async def start(self) -> None:
         """Resume every unfinished run from the store, then start the loops."""
         now = time.time()
+        if self.metrics is not None:
+            self.metrics.reset()
         for stored in await self.store.load_unfinished():
             if stored.spec is None:
                 log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id)
                 continue
             order = tuple(validate_spec(stored.spec, restored=True))
             run_id = stored.header.run_id
+            if self.metrics is not None:
+                self.metrics.restored(run_id, stored.tasks, now)
             self.post(
                 RunRestored(now, run_id, stored.spec, order, stored.header.created_at, stored.tasks,
                             stimulus_id=f"recovery-{run_id}")
@@ -337,13 +351,16 @@ class Engine:
             self.contained += 1
             log.exception("internal error while scheduling (no run to blame); the next turn schedules again")
         records = [a for a in actions if isinstance(a, (RunRecord, TaskRecord))]
+        commit_s = -1.0
         if records:
+            began = time.perf_counter()
             try:
                 await self.store.commit(records)
             except StoreFault:
                 raise
             except Exception as exc:
                 raise StoreFault.wrap(exc) from exc
+            commit_s = time.perf_counter() - began
         for run_id in submitted:
             fut = self._submits.get(run_id)
             if fut is not None and not fut.done():
@@ -354,6 +371,8 @@ class Engine:
         self._dispatch(actions)
         if records:
             self._notify(records)
+        if self.metrics is not None:
+            self.metrics.turn(actions, state.runs, now, commit_s)
 
     def _contain(self, event: Event, exc: Exception, actions: list[Action]) -> str:
         """A bug handling ``event``: fail its run (if it names one) and go on; return why."""
@@ -402,6 +421,8 @@ class Engine:
             # Failover time is measured from a kill to this line of the new leader.
             self._dispatched_any = True
             log.info("first assignment dispatched at %.3f", time.time())
+        if batches and self.metrics is not None:
+            self.metrics.dispatched(len(b.assignments) for b in batches.values())
         for worker_id, batch in batches.items():
             # Same wire format as CoordinatorMessage (the worker reads it as the view too).
             self._send(worker_id, worker_pb2.CoordinatorMessageView(assignments=batch))

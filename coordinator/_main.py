@@ -8,10 +8,16 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
 
 from ._engine import EngineConfig
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
+
+if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
 
 log = logging.getLogger("xpipe.coordinator")
 
@@ -37,11 +43,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=int, default=64,
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
+    p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
+                        "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
 async def _serve(opts: argparse.Namespace) -> int:
+    metrics = None
+    if opts.metrics_listen:
+        from xpipe.telemetry._export import start_metrics  # OpenTelemetry loads only when asked
+
+        try:
+            metrics = start_metrics(opts.metrics_listen, service="xpipe-coordinator")
+        except MetricsListenError as exc:
+            print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
+            return 2
+    try:
+        return await _serve_with(opts, metrics)
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None) -> int:
     if opts.heartbeat_timeout_s <= 0 or opts.heartbeat_interval_s <= 0:
         raise SystemExit("xpipe-coordinator: heartbeat times must be positive")
     if opts.heartbeat_interval_s >= opts.heartbeat_timeout_s:
@@ -68,7 +94,7 @@ async def _serve(opts: argparse.Namespace) -> int:
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
     )
-    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election)
+    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election, metrics=metrics)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

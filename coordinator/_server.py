@@ -52,7 +52,10 @@ from ._validate import (
 )
 
 if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
+
     from ._leader import LeaderElection
+    from ._metrics import CoordinatorMetrics
 
 __all__ = ["Coordinator", "MAX_MESSAGE_BYTES", "MAX_SLOTS"]
 
@@ -347,12 +350,16 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
     def _post_events(self, worker_id: str, events, now: float, sid: str) -> str:
         """Post each event (caused by message ``sid``); stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
+        metrics = self.c.metrics
         for ev in events:
             kind = ev.WhichOneof("kind")
             problem = check_event(ev, kind)
             if problem:
                 return problem
             key = _key(ev.attempt)
+            if metrics is not None and ev.HasField("telemetry"):
+                run = self.engine.state.runs.get(key[0])
+                metrics.task_telemetry(run.name if run is not None else "", key[1], ev.telemetry)
             if kind == "succeeded":
                 done = ev.succeeded
                 post(TaskSucceeded(
@@ -592,6 +599,7 @@ class Coordinator:
         listen: str = "127.0.0.1:0",
         config: EngineConfig = EngineConfig(),
         election: LeaderElection | None = None,
+        metrics: MetricsEndpoint | None = None,
     ):
         self.store = store
         self.listen = listen
@@ -599,7 +607,13 @@ class Coordinator:
         #: HA: only the elected leader runs an engine; without an election this one always leads.
         self.election = election
         self._election_task: asyncio.Task | None = None
-        self.engine = Engine(store, config)
+        #: What the engines feed when ``--metrics-listen`` is set (outlives engines); else None.
+        self.metrics: CoordinatorMetrics | None = None
+        if metrics is not None:
+            from ._metrics import CoordinatorMetrics  # OpenTelemetry loads only when metrics are on
+
+            self.metrics = CoordinatorMetrics(metrics, lambda: self.engine.state)
+        self.engine = self._new_engine()
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         #: InstallDependencies calls waiting for workers (see :class:`_InstallRequests`).
         self.installs = _InstallRequests()
@@ -617,6 +631,9 @@ class Coordinator:
         self._recovered_at = -1e9
         #: Waits between store probes: 0.2 s doubling up to 5 s, so a freed disk is noticed within seconds.
         self._fault_backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
+
+    def _new_engine(self) -> Engine:
+        return Engine(self.store, self.config, metrics=self.metrics)
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -724,7 +741,7 @@ class Coordinator:
 
     async def _lead(self, term: int) -> asyncio.Future:
         """Elected: build a fresh engine from the store (resuming every unfinished run)."""
-        engine = Engine(self.store, self.config)
+        engine = self._new_engine()
         await engine.start()
         self.engine = engine
         log.info("leading term %d with %d runs resumed", term, len(engine.state.runs))
@@ -732,7 +749,7 @@ class Coordinator:
 
     async def _step_down(self, reason: str) -> None:
         """Deposed: stop scheduling at once; worker streams and watches end and go to the leader."""
-        engine, self.engine = self.engine, Engine(self.store, self.config)
+        engine, self.engine = self.engine, self._new_engine()
         await engine.stop()
 
     # ------------------------------------------------------------------ store faults
@@ -759,7 +776,7 @@ class Coordinator:
 
     async def _ride_out(self, fault: StoreFault) -> None:
         failed = self.engine
-        placeholder = Engine(self.store, self.config)
+        placeholder = self._new_engine()
         placeholder.fault = fault
         self.engine = placeholder
         await failed.stop()  # worker streams and watches end; they come back to the fresh engine
@@ -773,7 +790,7 @@ class Coordinator:
             await asyncio.sleep(self._fault_backoff.next_delay())
             try:
                 await self.store.probe()
-                engine = Engine(self.store, self.config)
+                engine = self._new_engine()
                 await engine.start()
             except StoreFault as again:
                 placeholder.fault = again  # the latest cause is what callers are told

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .errors import DistributedExecutionError
+from .telemetry._listen import METRICS_LISTEN_ENV
 
 __all__ = ["LocalCluster"]
 
@@ -68,6 +69,9 @@ class LocalCluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # One address per process: inherited, it would make every local worker fail on the
+        # port the coordinator took (the embedded cluster serves no metrics).
+        env.pop(METRICS_LISTEN_ENV, None)
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:

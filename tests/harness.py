@@ -165,6 +165,7 @@ def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     output makes the log files current when a test reads them.
     """
     env = dict(os.environ)
+    env.pop("XPIPE_METRICS_LISTEN", None)  # one port per process: ask with Cluster(metrics=True)
     parts = [str(REPO_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(parts)
     env["PYTHONUNBUFFERED"] = "1"
@@ -418,8 +419,12 @@ class Cluster:
         coordinator_args: Sequence[str] = (),
         worker_args: Sequence[str] = (),
         startup_timeout_s: float = 30.0,
+        metrics: bool = False,
     ) -> None:
         self.tmp_path = Path(tmp_path)
+        #: With ``metrics``: each process serves /metrics on its own free port (see :meth:`metrics_url`).
+        self.metrics = metrics
+        self.metrics_ports: dict[str, int] = {}
         self.n_workers = workers
         self.slots = slots
         self.imports = tuple(imports)
@@ -488,6 +493,18 @@ class Cluster:
         """Log tails of every process, for failure messages."""
         return format_logs(self.all_procs(), lines)
 
+    # -- metrics
+
+    def _metrics_args(self, name: str) -> list[str]:
+        if not self.metrics:
+            return []
+        port = self.metrics_ports.setdefault(name, free_port())  # kept across restarts
+        return ["--metrics-listen", f"127.0.0.1:{port}"]
+
+    def metrics_url(self, name: str = "coordinator") -> str:
+        """``http://.../metrics`` of the coordinator or of the worker ``name`` (needs ``metrics=True``)."""
+        return f"http://127.0.0.1:{self.metrics_ports[name]}/metrics"
+
     # -- coordinator
 
     def _start_coordinator(self) -> None:
@@ -496,6 +513,7 @@ class Cluster:
             sys.executable, "-m", "xpipe.coordinator",
             "--listen", self.address,
             "--data-dir", str(self.data_dir),
+            *self._metrics_args("coordinator"),
             *self.coordinator_args,
         ]  # fmt: skip
         if self.coordinator is not None:
@@ -555,6 +573,7 @@ class Cluster:
             "--coordinator", self.address,
             "--name", name,
             "--slots", str(slots),
+            *self._metrics_args(name),
         ]  # fmt: skip
         for module in self.imports:
             argv += ["--import", module]

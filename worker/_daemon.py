@@ -156,6 +156,8 @@ class WorkerDaemon:
         self._idle = asyncio.Event()
         self._idle.set()
         self.heartbeat_interval_s = 1.0
+        #: The heartbeat's last psutil sample (None before the first): the metrics read it.
+        self.last_sample: worker_pb2.WorkerMetrics | None = None
         self.connected = asyncio.Event()
         # HA: the leader a follower named (connect there next), and whether one answered so.
         self._leader_hint = ""
@@ -409,20 +411,26 @@ class WorkerDaemon:
             memory_enforcement=self._executor.memory_enforcement if self._executor is not None else "",
         )
 
+    @property
+    def slots_busy(self) -> int:
+        """Slots running an attempt now."""
+        return len(self._state.running)
+
     async def _heartbeats(self, send: asyncio.Queue) -> None:
         proc = psutil.Process()
         proc.cpu_percent()
         while True:
             mem = psutil.virtual_memory()
+            self.last_sample = sample = worker_pb2.WorkerMetrics(
+                cpu_percent=psutil.cpu_percent(),
+                memory_percent=mem.percent,
+                memory_used_bytes=mem.total - mem.available,
+                load_1m=os.getloadavg()[0],
+            )
             self._put(send, 
                 worker_pb2.WorkerMessage(
                     heartbeat=worker_pb2.Heartbeat(
-                        metrics=worker_pb2.WorkerMetrics(
-                            cpu_percent=psutil.cpu_percent(),
-                            memory_percent=mem.percent,
-                            memory_used_bytes=mem.total - mem.available,
-                            load_1m=os.getloadavg()[0],
-                        ),
+                        metrics=sample,
                         running=[_ref(k) for k in self._state.held],
                         draining=self._state.draining,
                     )

@@ -9,12 +9,17 @@ import os
 import signal
 import socket
 import sys
+from typing import TYPE_CHECKING
 
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
+from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 from ._install import PipInstaller, default_install_dir
+
+if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
 
 log = logging.getLogger("xpipe.worker")
 
@@ -47,12 +52,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install-dir", default="", metavar="DIR",
                    help="where --allow-install puts packages, on tasks' sys.path "
                         "(default: $XDG_DATA_HOME/xpipe/packages/NAME); the environment itself is never changed")  # fmt: skip
+    p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
+                        "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
 
-async def _run(config: WorkerConfig) -> int:
+async def _run(config: WorkerConfig, metrics: MetricsEndpoint | None = None) -> int:
     daemon = WorkerDaemon(config)
+    if metrics is not None:
+        from ._metrics import register_worker_metrics
+
+        register_worker_metrics(metrics, daemon)
     loop = asyncio.get_running_loop()
     stopping: list[asyncio.Task] = []
 
@@ -112,13 +124,26 @@ def main(argv: list[str] | None = None) -> int:
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir,
     )  # fmt: skip
+    metrics = None
+    if opts.metrics_listen:
+        from xpipe.telemetry._export import start_metrics  # OpenTelemetry loads only when asked
+
+        try:
+            metrics = start_metrics(opts.metrics_listen, service="xpipe-worker")
+        except MetricsListenError as exc:
+            print(f"xpipe-worker: {exc}", file=sys.stderr, flush=True)
+            return 2
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_run(config))
+    try:
+        return runner(_run(config, metrics))
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""The worker's metrics: slots, busy slots, CPU and memory, read at scrape time.
+
+Nothing is counted on the task path: the gauges read what the daemon already keeps
+(its slots, the attempts running) and the psutil sample its heartbeat took last.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opentelemetry.metrics import Observation
+
+if TYPE_CHECKING:
+    from xpipe.telemetry._export import MetricsEndpoint
+
+    from ._daemon import WorkerDaemon
+
+__all__ = ["register_worker_metrics"]
+
+
+def register_worker_metrics(endpoint: MetricsEndpoint, daemon: WorkerDaemon) -> None:
+    """Export ``daemon``'s gauges on ``endpoint`` (see docs/metrics.md)."""
+    m = endpoint.meter
+
+    def sampled(field: str) -> list[Observation]:
+        sample = daemon.last_sample
+        return [] if sample is None else [Observation(getattr(sample, field))]
+
+    m.create_observable_gauge(
+        "xpipe_worker_slots", [lambda _: [Observation(daemon.config.slots)]], description="Task slots of this worker"
+    )
+    m.create_observable_gauge(
+        "xpipe_worker_slots_busy", [lambda _: [Observation(daemon.slots_busy)]],
+        description="Slots running a task attempt now",
+    )  # fmt: skip
+    m.create_observable_gauge(
+        "xpipe_worker_cpu_percent", [lambda _: sampled("cpu_percent")],
+        description="CPU use of the machine, percent of all cores (the heartbeat's last psutil sample)",
+    )  # fmt: skip
+    m.create_observable_gauge(
+        "xpipe_worker_memory", [lambda _: sampled("memory_used_bytes")], unit="By",
+        description="Memory in use on the machine, total minus available (the heartbeat's last psutil sample)",
+    )  # fmt: skip
