@@ -7,6 +7,7 @@ They hold state and small derived helpers only; every rule that moves them lives
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2

@@ -12,8 +12,8 @@ Attempts are counted when they end with an outcome, once: only an attempt this e
 saw go out (or found out, on a restart) is counted, so records repeated by a forced
 failure of a run, or an attempt requeued when its worker was lost, count nothing.
 
-Task-recorded metrics (``TaskEvent.telemetry``) arrive through
-:meth:`CoordinatorMetrics.task_telemetry`, from the servicer that decodes the event.
+Task-recorded metrics (``TaskEvent.telemetry``) are exported from the finished attempt's
+task record in :meth:`CoordinatorMetrics.turn`, through :meth:`CoordinatorMetrics.task_telemetry`.
 See docs/metrics.md for every name and label.
 """
 
@@ -265,6 +265,11 @@ class CoordinatorMetrics:
                 counts[outcome] += 1
                 if started_at and outcome in _TIMED_OUTCOMES and a.finished_at >= started_at:
                     self.duration.observe((pipeline, a.name), a.finished_at - started_at)
+                telemetry = a.telemetry
+                if telemetry is not None and telemetry.metrics:
+                    # Here, not where the worker's message is decoded: an outcome re-sent
+                    # after a reconnect is stale and makes no record, so it is exported once.
+                    self.task_telemetry(pipeline, a.name, telemetry)
         if commit_s >= 0:
             self.commit.observe((), commit_s)
 

@@ -350,16 +350,12 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
     def _post_events(self, worker_id: str, events, now: float, sid: str) -> str:
         """Post each event (caused by message ``sid``); stop at the first that is not valid and return why ("" if none)."""
         post = self.engine.post
-        metrics = self.c.metrics
         for ev in events:
             kind = ev.WhichOneof("kind")
             problem = check_event(ev, kind)
             if problem:
                 return problem
             key = _key(ev.attempt)
-            if metrics is not None and ev.HasField("telemetry"):
-                run = self.engine.state.runs.get(key[0])
-                metrics.task_telemetry(run.name if run is not None else "", key[1], ev.telemetry)
             if kind == "succeeded":
                 done = ev.succeeded
                 post(TaskSucceeded(
