@@ -9,7 +9,6 @@ start and end times; overlaps are checked from those records.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import random
-import time
 
 import cloudpickle
 import pytest
