@@ -9,6 +9,8 @@ import signal
 import sys
 from pathlib import Path
 
+from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
+
 from ._engine import EngineConfig
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tracing_arguments(p)
     return p
 
 
@@ -58,8 +61,17 @@ async def _serve(opts: argparse.Namespace) -> int:
             from ._leader import LeaderElection
 
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
+        tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
+    try:
+        return await _serve_with(opts, store, election, tracing)
+    finally:
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
+
+
+async def _serve_with(opts: argparse.Namespace, store, election, tracing) -> int:
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
     make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
@@ -67,6 +79,7 @@ async def _serve(opts: argparse.Namespace) -> int:
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
+        tracing=tracing,
     )
     coordinator = Coordinator(store, listen=opts.listen, config=config, election=election)
     stop = asyncio.Event()

@@ -13,6 +13,8 @@ import sys
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 
+from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
+
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 
 log = logging.getLogger("xpipe.worker")
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where --allow-install puts packages, on tasks' sys.path "
                         "(default: $XDG_DATA_HOME/xpipe/packages/NAME); the environment itself is never changed")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tracing_arguments(p)
     return p
 
 
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = parse_kv(opts.labels, "--labels")
         resources = parse_resources(opts.resources, detect_resources())
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
+        tracing = config_from_arguments(opts, service_name="xpipe-worker")
     except ValueError as exc:
         p.error(str(exc))
     sys.path.insert(0, os.getcwd())
@@ -103,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
-        allow_install=opts.allow_install, install_dir=opts.install_dir,
+        allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
     )  # fmt: skip
     try:
         import uvloop
