@@ -55,8 +55,10 @@ TRACESTATE_ENV = "TRACESTATE"
 MAX_TRACESTATE_CHARS = 512
 #: version-traceid-parentid-flags, lowercase hex (W3C Trace Context, level 1).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-#: How long a process waits for its last spans to reach the collector when it ends.
-SHUTDOWN_FLUSH_S = 5.0
+#: How long a process waits for its last spans to reach the collector when it ends. A
+#: healthy collector takes milliseconds; an unreachable one would hold every exit for the
+#: exporter's whole retry timeout (10 s), so the wait is cut short and the loss logged.
+SHUTDOWN_FLUSH_S = 2.0
 
 
 def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] = os.environ, *, name: str = "otlp_endpoint") -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.harness import Cluster, eventually, free_port
 from xpipe import Pipeline, PipelineManager, Task
+from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc
+from xpipe.telemetry._tracing import SHUTDOWN_FLUSH_S
 
 #: Coordinator spans leave on the batch processor's schedule: 100 ms instead of 5 s shows
 #: that OTEL_BSP_SCHEDULE_DELAY reaches the SDK and keeps the test quick.
@@ -141,11 +144,13 @@ def test_one_trace_covers_sdk_coordinator_and_worker_with_right_parents(traced_c
     assert result.status == "failed"
     trace_id = f"{app.trace_id:032x}"
 
+    def assigned() -> list[str]:
+        return sorted(a["xpipe.task"] for s in got.of_trace(trace_id) if s.name == "coordinator.assign" for _, a in s.events)
+
     def whole_trace() -> dict[str, Span] | None:
         spans = {s.name: s for s in got.of_trace(trace_id)}
-        wanted = {"run traced", "coordinator.submit", "coordinator.assign", "task own_span", "user work",
-                  "task fails", "task command"}  # fmt: skip
-        return spans if wanted <= spans.keys() else None
+        wanted = {"run traced", "coordinator.submit", "task own_span", "user work", "task fails", "task command"}
+        return spans if wanted <= spans.keys() and len(assigned()) >= 3 else None
 
     spans = eventually(whole_trace, timeout_s=15, message="every span of the run reaches the receiver")
     by_id = {s.span_id: s for s in got.of_trace(trace_id)}
@@ -154,8 +159,8 @@ def test_one_trace_covers_sdk_coordinator_and_worker_with_right_parents(traced_c
     assert root.attributes["xpipe.run_id"] == result.run_id and root.status == trace_pb2.Status.STATUS_CODE_ERROR
     assert submit.service == "xpipe-coordinator" and submit.parent_id == root.span_id
     assert submit.attributes["xpipe.run_id"] == result.run_id
-    assigned = [e for s in got.of_trace(trace_id) if s.name == "coordinator.assign" for e in s.events]
-    assert sorted(a["xpipe.task"] for _, a in assigned) == ["command", "fails", "own_span"]
+    assert assigned() == ["command", "fails", "own_span"]  # one event per task, none twice
+    assert all(s.parent_id == submit.span_id for s in got.of_trace(trace_id) if s.name == "coordinator.assign")
 
     for name in ("own_span", "fails", "command"):
         span = spans[f"task {name}"]
@@ -200,3 +205,50 @@ def test_sample_ratio_zero_from_the_environment_sends_no_span(traced_cluster, re
     assert got.named("run sampled") and not got.named("run unsampled")
     assert not [s for s in got.spans if s.attributes.get("xpipe.run_id") == dropped.run_id]
     assert not [s for s in got.spans if s.attributes.get("xpipe.pipeline") == "unsampled"]
+
+
+def test_an_untraced_coordinator_passes_the_context_on_and_refuses_a_malformed_one(tmp_path, receiver, monkeypatch):
+    got, endpoint = receiver
+    for key, value in BSP_ENV.items():
+        monkeypatch.setenv(key, value)
+    with Cluster(tmp_path, workers=1, worker_args=("--otlp-endpoint", endpoint)) as cluster:
+        with PipelineManager(coordinator=cluster.address, otlp_endpoint=endpoint) as pm:
+            result = pm.execute_pipeline(three_tasks("relayed"), raise_on_failure=False, monitor=False)
+            (root,) = eventually(lambda: got.named("run relayed"), timeout_s=15)
+            task = eventually(lambda: got.named("task own_span"), timeout_s=15)[0]
+            # No coordinator span in between: the worker's task span hangs from the SDK's root.
+            assert task.trace_id == root.trace_id and task.parent_id == root.span_id
+            assert not [s for s in got.of_trace(root.trace_id) if s.service == "xpipe-coordinator"]
+            assert task.attributes["xpipe.run_id"] == result.run_id
+
+            channel = grpc.insecure_channel(cluster.address)
+            try:
+                stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+                request = pipeline_pb2.SubmitPipelineRequest(
+                    pipeline=three_tasks("bad_context").to_proto(), traceparent="00-not-a-trace-01"
+                )
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub.SubmitPipeline(request, timeout=10)
+            finally:
+                channel.close()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "traceparent '00-not-a-trace-01' is not a W3C traceparent" in refused.value.details()
+            assert [r.pipeline for r in pm.list_runs()] == ["relayed"]  # nothing was submitted
+
+
+def test_an_unreachable_collector_delays_no_run_and_no_shutdown_for_long(tmp_path):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with Cluster(tmp_path, workers=1, otlp_endpoint=dead) as cluster:
+        pm = PipelineManager(coordinator=cluster.address, otlp_endpoint=dead)
+        try:
+            started = time.monotonic()
+            result = pm.execute_pipeline(three_tasks("lost_spans"), raise_on_failure=False, monitor=False)
+            run_s = time.monotonic() - started
+        finally:
+            started = time.monotonic()
+            pm.close()
+            close_s = time.monotonic() - started
+    assert result.tasks["own_span"].status == "succeeded" and result.tasks["fails"].status == "failed"
+    print(f"run {run_s:.2f} s, close {close_s:.2f} s")
+    assert run_s < 5.0, f"the run took {run_s:.1f} s: exporting must never hold a task up"
+    assert close_s < SHUTDOWN_FLUSH_S + 1.0, f"close took {close_s:.1f} s"
