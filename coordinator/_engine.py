@@ -141,6 +141,10 @@ def estimate_run_bytes(run) -> int:
     return run.spec.ByteSize() + results + TASK_OVERHEAD_BYTES * len(run.tasks)
 
 
+#: Most assignments one ``coordinator.assign`` span names (it counts them all).
+MAX_TRACED_ASSIGNS = 1000
+
+
 class InternalError(RuntimeError):
     """The coordinator failed handling a request's run (a bug): answered as gRPC INTERNAL."""
 
@@ -419,26 +423,28 @@ class Engine:
             self._trace_assignments(traced)
 
     def _trace_assignments(self, traced: dict[str, list[Assign]]) -> None:
-        """One ``coordinator.assign`` span per traced run and turn, an ``assign`` event per task.
+        """One ``coordinator.assign`` span per traced run and turn, naming the attempts it assigned.
 
-        Batched this way a task costs one span event, not a span of its own; the
-        assignments are already on their way (tracing never delays dispatch).
+        Batched this way a task costs a few words in one string attribute, not a span or an
+        event of its own: per task, an event cost ~4 µs and list attributes ~8 µs, mostly in
+        the OTLP encoder. The assignments are already on their way, so tracing never delays
+        dispatch. Past :data:`MAX_TRACED_ASSIGNS` the names are cut (the count stays);
+        each task's own span on the worker says where it ran.
         """
         tracing = self.config.tracing
         now_ns = time.time_ns()
         for traceparent, assigns in traced.items():
             if not is_sampled(traceparent):
                 continue  # the run's trace is not sampled: no span downstream either
-            run = self.state.runs.get(assigns[0].attempt[0])
+            run_id = assigns[0].attempt[0]
+            run = self.state.runs.get(run_id)
+            # "task#attempt task#attempt ...": task names hold no whitespace (validated at submit).
+            named = " ".join([f"{a.attempt[1]}#{a.attempt[2]}" for a in assigns[:MAX_TRACED_ASSIGNS]])
             span = tracing.start_span(
                 "coordinator.assign", traceparent=traceparent, start_time=now_ns,
-                attributes={"xpipe.run_id": assigns[0].attempt[0], "xpipe.pipeline": run.name if run else "",
-                            "xpipe.assigned": len(assigns)},
+                attributes={"xpipe.run_id": run_id, "xpipe.pipeline": run.name if run else "",
+                            "xpipe.assigned": len(assigns), "xpipe.attempts": named},
             )  # fmt: skip
-            for action in assigns:
-                _, task, attempt = action.attempt
-                span.add_event("assign", {"xpipe.task": task, "xpipe.attempt": attempt,
-                                          "xpipe.worker_id": action.worker_id}, now_ns)  # fmt: skip
             span.end(now_ns)
 
     def _send(

@@ -20,7 +20,7 @@ from xpipe._install import FAILED
 from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
-from xpipe._domain import REJECTION_KIND_KEY
+from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
 from xpipe.telemetry._tracing import check_trace_context
 
@@ -107,7 +107,8 @@ async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, co
     try:
         span = _trace_submit(c, submit)
     except ValueError as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"SubmitPipelineRequest: {exc}")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"SubmitPipelineRequest: {exc}",
+                            trailing_metadata=((REJECTION_KIND_KEY, REJECTED_FIELD),))  # fmt: skip
     if span is None:
         return await _submit_to_engine(c, submit, context)
     tracing = c.config.tracing

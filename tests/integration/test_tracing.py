@@ -62,6 +62,8 @@ class Span:
 
 def _value(v) -> object:
     kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_value(item) for item in v.array_value.values]
     return getattr(v, kind) if kind else None
 
 
@@ -145,7 +147,9 @@ def test_one_trace_covers_sdk_coordinator_and_worker_with_right_parents(traced_c
     trace_id = f"{app.trace_id:032x}"
 
     def assigned() -> list[str]:
-        return sorted(a["xpipe.task"] for s in got.of_trace(trace_id) if s.name == "coordinator.assign" for _, a in s.events)
+        spans = [s.attributes for s in got.of_trace(trace_id) if s.name == "coordinator.assign"]
+        assert all(a["xpipe.assigned"] == len(a["xpipe.attempts"].split()) for a in spans)
+        return sorted(attempt for a in spans for attempt in a["xpipe.attempts"].split())
 
     def whole_trace() -> dict[str, Span] | None:
         spans = {s.name: s for s in got.of_trace(trace_id)}
@@ -159,7 +163,7 @@ def test_one_trace_covers_sdk_coordinator_and_worker_with_right_parents(traced_c
     assert root.attributes["xpipe.run_id"] == result.run_id and root.status == trace_pb2.Status.STATUS_CODE_ERROR
     assert submit.service == "xpipe-coordinator" and submit.parent_id == root.span_id
     assert submit.attributes["xpipe.run_id"] == result.run_id
-    assert assigned() == ["command", "fails", "own_span"]  # one event per task, none twice
+    assert assigned() == ["command#1", "fails#1", "own_span#1"]  # each attempt once
     assert all(s.parent_id == submit.span_id for s in got.of_trace(trace_id) if s.name == "coordinator.assign")
 
     for name in ("own_span", "fails", "command"):
@@ -232,6 +236,7 @@ def test_an_untraced_coordinator_passes_the_context_on_and_refuses_a_malformed_o
             finally:
                 channel.close()
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert ("xpipe-rejected", "field") in refused.value.trailing_metadata()
             assert "traceparent '00-not-a-trace-01' is not a W3C traceparent" in refused.value.details()
             assert [r.pipeline for r in pm.list_runs()] == ["relayed"]  # nothing was submitted
 
