@@ -638,7 +638,7 @@ class Client:
                 self._channel.close()
                 self._channel = None
         if self._tracing is not None:
-            self._tracing.shutdown()  # the last run spans go out (bounded)
+            self._tracing.flush()  # this client's run spans go out (bounded); the tracing is shared
 
     def __enter__(self) -> Client:
         return self

@@ -18,6 +18,7 @@ The OpenTelemetry SDK reads its own environment: ``OTEL_TRACES_SAMPLER`` and
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -259,6 +260,22 @@ class Tracing:
                 return
             self.provider.force_flush()
 
+    def flush(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> bool:
+        """Export what is queued, waiting at most ``timeout_s``; False if that was not enough.
+
+        Bounded on a helper thread: the SDK's ``force_flush`` ignores its timeout.
+        """
+        if self._closed:
+            return True
+        flusher = threading.Thread(target=self.provider.force_flush, name="xpipe-span-flush-now", daemon=True)
+        flusher.start()
+        flusher.join(timeout_s)
+        if flusher.is_alive():
+            log.warning("spans not all exported within %g s; is the collector at %s reachable?",
+                        timeout_s, self.config.endpoint)  # fmt: skip
+            return False
+        return True
+
     def shutdown(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> None:
         """Export what is left and stop, waiting at most ``timeout_s`` (idempotent).
 
@@ -277,15 +294,24 @@ class Tracing:
                         timeout_s, self.config.endpoint)  # fmt: skip
 
 
+#: The SDK's tracings, one per configuration and process (see :func:`setup_tracing`).
+_SHARED: dict[TracingConfig, Tracing] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 def setup_tracing(
     endpoint: str | None,
     *,
     service_name: str,
     sample_ratio: float | None = None,
-    install_global: bool = False,
     environ: Mapping[str, str] = os.environ,
 ) -> Tracing | None:
-    """Tracing for this process, or None (off) when no endpoint is given nor in the environment.
+    """The process's tracing for this configuration, or None (off) when no endpoint is given nor set.
+
+    Shared: every ``Client`` of a process with the same settings uses one tracer provider
+    and its one export thread, however many clients a program makes; it is shut down
+    (bounded) when the interpreter exits, so a program that never closes its client still
+    sends its last spans.
 
     Raises:
         ValueError: a malformed endpoint or ratio (the message names it).
@@ -294,8 +320,14 @@ def setup_tracing(
     ratio = check_sample_ratio(sample_ratio)
     if not resolved:
         return None
-    log.info("exporting traces over OTLP/gRPC to %s (plaintext)", resolved)
-    return Tracing(TracingConfig(resolved, service_name, ratio), install_global=install_global)
+    config = TracingConfig(resolved, service_name, ratio)
+    with _SHARED_LOCK:
+        tracing = _SHARED.get(config)
+        if tracing is None:
+            log.info("exporting traces over OTLP/gRPC to %s (plaintext)", resolved)
+            tracing = _SHARED[config] = Tracing(config)
+            atexit.register(tracing.shutdown)
+    return tracing
 
 
 def add_tracing_arguments(parser: Any) -> None:

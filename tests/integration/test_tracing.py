@@ -197,11 +197,9 @@ def test_sample_ratio_zero_from_the_environment_sends_no_span(traced_cluster, re
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
     with PipelineManager(coordinator=traced_cluster.address, otlp_endpoint=endpoint) as pm:
         dropped = pm.execute_pipeline(three_tasks("unsampled"), raise_on_failure=False, monitor=False)
-    monkeypatch.delenv("OTEL_TRACES_SAMPLER")
-    monkeypatch.delenv("OTEL_TRACES_SAMPLER_ARG")
-    # A sampled run after it: once its worker and coordinator spans are in, so would the
-    # first run's be (each process exports its spans in order).
-    with PipelineManager(coordinator=traced_cluster.address, otlp_endpoint=endpoint) as pm:
+    # A sampled run after it (the argument wins over the environment): once its worker and
+    # coordinator spans are in, so would the first run's be (each process exports in order).
+    with PipelineManager(coordinator=traced_cluster.address, otlp_endpoint=endpoint, trace_sample_ratio=1.0) as pm:
         kept = pm.execute_pipeline(three_tasks("sampled"), raise_on_failure=False, monitor=False)
     eventually(lambda: len([s for s in got.spans if s.attributes.get("xpipe.run_id") == kept.run_id
                             and s.name in ("task fails", "task own_span", "task command", "coordinator.submit")]) == 4,
@@ -212,10 +210,12 @@ def test_sample_ratio_zero_from_the_environment_sends_no_span(traced_cluster, re
 
 
 def test_an_untraced_coordinator_passes_the_context_on_and_refuses_a_malformed_one(tmp_path, receiver, monkeypatch):
+    """Also the thread executor: tasks run in the worker process, whose provider is the global one."""
     got, endpoint = receiver
     for key, value in BSP_ENV.items():
         monkeypatch.setenv(key, value)
-    with Cluster(tmp_path, workers=1, worker_args=("--otlp-endpoint", endpoint)) as cluster:
+    worker_args = ("--otlp-endpoint", endpoint, "--executor", "thread")
+    with Cluster(tmp_path, workers=1, worker_args=worker_args) as cluster:
         with PipelineManager(coordinator=cluster.address, otlp_endpoint=endpoint) as pm:
             result = pm.execute_pipeline(three_tasks("relayed"), raise_on_failure=False, monitor=False)
             (root,) = eventually(lambda: got.named("run relayed"), timeout_s=15)
@@ -224,6 +224,10 @@ def test_an_untraced_coordinator_passes_the_context_on_and_refuses_a_malformed_o
             assert task.trace_id == root.trace_id and task.parent_id == root.span_id
             assert not [s for s in got.of_trace(root.trace_id) if s.service == "xpipe-coordinator"]
             assert task.attributes["xpipe.run_id"] == result.run_id
+            (user,) = eventually(lambda: got.named("user work"), timeout_s=15)
+            assert user.parent_id == task.span_id and user.trace_id == root.trace_id
+            failed = eventually(lambda: got.named("task fails"), timeout_s=15)[0]
+            assert failed.status == trace_pb2.Status.STATUS_CODE_ERROR
 
             channel = grpc.insecure_channel(cluster.address)
             try:
