@@ -37,7 +37,6 @@ from ._types import (
     TaskResult,
     WorkerInfo,
 )
-from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 from .errors import (
     CoordinatorUnavailableError,
     DistributedExecutionError,
@@ -46,6 +45,7 @@ from .errors import (
     RunNotFoundError,
     XpipeError,
 )
+from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 
 if TYPE_CHECKING:
     from ._dag import Pipeline

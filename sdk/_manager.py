@@ -25,7 +25,6 @@ from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
 from ._unbuilt import not_built
-from .telemetry._tracing import tracing_arguments
 from .errors import (
     DistributedExecutionError,
     HandlerNotFoundError,
@@ -33,6 +32,7 @@ from .errors import (
     PipelineValidationError,
     RequestRejectedError,
 )
+from .telemetry._tracing import tracing_arguments
 
 __all__ = ["PipelineManager"]
 

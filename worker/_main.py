@@ -12,7 +12,6 @@ import sys
 
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
-
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources

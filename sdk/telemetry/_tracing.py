@@ -33,11 +33,11 @@ from xpipe._proto import common_pb2
 
 __all__ = [
     "ENDPOINT_ENV",
+    "MAX_TRACESTATE_CHARS",
     "TRACEPARENT_ENV",
     "TRACESTATE_ENV",
-    "MAX_TRACESTATE_CHARS",
-    "TracingConfig",
     "Tracing",
+    "TracingConfig",
     "check_trace_context",
     "is_sampled",
     "resolve_endpoint",

@@ -19,11 +19,11 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
-
-from tests.harness import Cluster, eventually, free_port
 from xpipe import Pipeline, PipelineManager, Task
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc
 from xpipe.telemetry._tracing import SHUTDOWN_FLUSH_S
+
+from tests.harness import Cluster, eventually, free_port
 
 #: Coordinator spans leave on the batch processor's schedule: 100 ms instead of 5 s shows
 #: that OTEL_BSP_SCHEDULE_DELAY reaches the SDK and keeps the test quick.
@@ -74,7 +74,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans: list[Span] = []
         self._lock = threading.Lock()
 
-    def Export(self, request, context):  # noqa: N802 - the gRPC method name
+    def Export(self, request, context):
         got = []
         for rs in request.resource_spans:
             resource = {a.key: _value(a.value) for a in rs.resource.attributes}
@@ -140,9 +140,11 @@ def test_one_trace_covers_sdk_coordinator_and_worker_with_right_parents(traced_c
     # The application's own current span: the run's root span must become its child.
     app = trace.SpanContext(trace_id=0x1234567890ABCDEF1234567890ABCDEF, span_id=0x1122334455667788, is_remote=False,
                             trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED))  # fmt: skip
-    with PipelineManager(coordinator=traced_cluster.address, otlp_endpoint=endpoint) as pm:
-        with trace.use_span(trace.NonRecordingSpan(app)):
-            result = pm.execute_pipeline(three_tasks("traced"), raise_on_failure=False, monitor=False)
+    with (
+        PipelineManager(coordinator=traced_cluster.address, otlp_endpoint=endpoint) as pm,
+        trace.use_span(trace.NonRecordingSpan(app)),
+    ):
+        result = pm.execute_pipeline(three_tasks("traced"), raise_on_failure=False, monitor=False)
     assert result.status == "failed"
     trace_id = f"{app.trace_id:032x}"
 
@@ -215,34 +217,34 @@ def test_an_untraced_coordinator_passes_the_context_on_and_refuses_a_malformed_o
     for key, value in BSP_ENV.items():
         monkeypatch.setenv(key, value)
     worker_args = ("--otlp-endpoint", endpoint, "--executor", "thread")
-    with Cluster(tmp_path, workers=1, worker_args=worker_args) as cluster:
-        with PipelineManager(coordinator=cluster.address, otlp_endpoint=endpoint) as pm:
-            result = pm.execute_pipeline(three_tasks("relayed"), raise_on_failure=False, monitor=False)
-            (root,) = eventually(lambda: got.named("run relayed"), timeout_s=15)
-            task = eventually(lambda: got.named("task own_span"), timeout_s=15)[0]
-            # No coordinator span in between: the worker's task span hangs from the SDK's root.
-            assert task.trace_id == root.trace_id and task.parent_id == root.span_id
-            assert not [s for s in got.of_trace(root.trace_id) if s.service == "xpipe-coordinator"]
-            assert task.attributes["xpipe.run_id"] == result.run_id
-            (user,) = eventually(lambda: got.named("user work"), timeout_s=15)
-            assert user.parent_id == task.span_id and user.trace_id == root.trace_id
-            failed = eventually(lambda: got.named("task fails"), timeout_s=15)[0]
-            assert failed.status == trace_pb2.Status.STATUS_CODE_ERROR
+    cluster = Cluster(tmp_path, workers=1, worker_args=worker_args)
+    with cluster, PipelineManager(coordinator=cluster.address, otlp_endpoint=endpoint) as pm:
+        result = pm.execute_pipeline(three_tasks("relayed"), raise_on_failure=False, monitor=False)
+        (root,) = eventually(lambda: got.named("run relayed"), timeout_s=15)
+        task = eventually(lambda: got.named("task own_span"), timeout_s=15)[0]
+        # No coordinator span in between: the worker's task span hangs from the SDK's root.
+        assert task.trace_id == root.trace_id and task.parent_id == root.span_id
+        assert not [s for s in got.of_trace(root.trace_id) if s.service == "xpipe-coordinator"]
+        assert task.attributes["xpipe.run_id"] == result.run_id
+        (user,) = eventually(lambda: got.named("user work"), timeout_s=15)
+        assert user.parent_id == task.span_id and user.trace_id == root.trace_id
+        failed = eventually(lambda: got.named("task fails"), timeout_s=15)[0]
+        assert failed.status == trace_pb2.Status.STATUS_CODE_ERROR
 
-            channel = grpc.insecure_channel(cluster.address)
-            try:
-                stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
-                request = pipeline_pb2.SubmitPipelineRequest(
-                    pipeline=three_tasks("bad_context").to_proto(), traceparent="00-not-a-trace-01"
-                )
-                with pytest.raises(grpc.RpcError) as refused:
-                    stub.SubmitPipeline(request, timeout=10)
-            finally:
-                channel.close()
-            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert ("xpipe-rejected", "field") in refused.value.trailing_metadata()
-            assert "traceparent '00-not-a-trace-01' is not a W3C traceparent" in refused.value.details()
-            assert [r.pipeline for r in pm.list_runs()] == ["relayed"]  # nothing was submitted
+        channel = grpc.insecure_channel(cluster.address)
+        try:
+            stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+            request = pipeline_pb2.SubmitPipelineRequest(
+                pipeline=three_tasks("bad_context").to_proto(), traceparent="00-not-a-trace-01"
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.SubmitPipeline(request, timeout=10)
+        finally:
+            channel.close()
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert ("xpipe-rejected", "field") in refused.value.trailing_metadata()
+        assert "traceparent '00-not-a-trace-01' is not a W3C traceparent" in refused.value.details()
+        assert [r.pipeline for r in pm.list_runs()] == ["relayed"]  # nothing was submitted
 
 
 def test_an_unreachable_collector_delays_no_run_and_no_shutdown_for_long(tmp_path):

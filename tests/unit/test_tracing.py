@@ -14,8 +14,6 @@ import sys
 import types
 
 import pytest
-
-from tests.harness import REPO_ROOT, child_env
 from xpipe import Client, PipelineManager
 from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._events import Assign, RunRecord, RunRestored, RunSubmitted, WorkerConnected
@@ -33,6 +31,8 @@ from xpipe.telemetry._tracing import (
     setup_tracing,
     tracing_arguments,
 )
+
+from tests.harness import REPO_ROOT, child_env
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
