@@ -263,3 +263,19 @@ def test_an_unreachable_collector_delays_no_run_and_no_shutdown_for_long(tmp_pat
     print(f"run {run_s:.2f} s, close {close_s:.2f} s")
     assert run_s < 5.0, f"the run took {run_s:.1f} s: exporting must never hold a task up"
     assert close_s < SHUTDOWN_FLUSH_S + 1.0, f"close took {close_s:.1f} s"
+
+
+def test_the_embedded_default_exports_from_all_its_processes(tmp_path, receiver, monkeypatch):
+    got, endpoint = receiver
+    for key, value in BSP_ENV.items():
+        monkeypatch.setenv(key, value)
+    pipeline = Pipeline("embedded")
+    pipeline.add_task(Task("own_span", opens_its_own_span))
+    with PipelineManager(workers=1, slots_per_worker=1, data_dir=tmp_path / "local", otlp_endpoint=endpoint) as pm:
+        result = pm.execute_pipeline(pipeline, monitor=False)
+        (root,) = eventually(lambda: got.named("run embedded"), timeout_s=15)
+        wanted = {"coordinator.submit", "coordinator.assign", "task own_span", "user work"}
+        eventually(lambda: wanted <= {s.name for s in got.of_trace(root.trace_id)}, timeout_s=15,
+                   message="the embedded coordinator's and worker's spans arrive")  # fmt: skip
+    (task,) = [s for s in got.of_trace(root.trace_id) if s.name == "task own_span"]
+    assert task.attributes["xpipe.run_id"] == result.run_id and task.attributes["xpipe.worker"] == "local-0"
