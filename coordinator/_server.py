@@ -113,8 +113,7 @@ async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, co
         return await _submit_to_engine(c, submit, context)
     tracing = c.config.tracing
     try:
-        with tracing.use_span(span):
-            run_id = await _submit_to_engine(c, submit, context)
+        run_id = await _submit_to_engine(c, submit, context)
         span.set_attribute("xpipe.run_id", run_id)
         return run_id
     except BaseException as exc:

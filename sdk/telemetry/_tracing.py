@@ -25,7 +25,6 @@ import os
 import re
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -215,17 +214,12 @@ class Tracing:
             context = Context()  # a root: no ambient span of this process
         return self.tracer.start_span(name, context=context, **kw)
 
-    @contextmanager
-    def use_span(self, span: Any) -> Iterator[Any]:
-        """Make ``span`` current (user code's spans become its children) without ending it."""
-        token = self.activate(span)
-        try:
-            yield span
-        finally:
-            self.deactivate(token)
-
     def activate(self, span: Any) -> object:
-        """:meth:`use_span` for a hot path: returns the token :meth:`deactivate` takes."""
+        """Make ``span`` current (code's own spans become its children); :meth:`deactivate` undoes it.
+
+        Not a context manager: this runs once per traced task, and a generator-based one
+        costs a few µs more.
+        """
         return self._context.attach(self._trace.set_span_in_context(span))
 
     def deactivate(self, token: object) -> None:
