@@ -63,6 +63,7 @@ class RunEntry:
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
         "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted", "big_results",
+        "traceparent",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -99,6 +100,8 @@ class RunEntry:
         self.halted = False  # a recovery handler answered halt_pipeline
         # Some task's result travels by reference: placement then looks for locality.
         self.big_results = False
+        # The run's W3C traceparent (PipelineSpec.trace_context, set at submit); "": not traced.
+        self.traceparent = spec.trace_context.partition("\n")[0]
         if spec.fault_tolerance.circuit_breaker_enabled:
             for task in self.tasks.values():
                 task.circuit = task.spec.circuit or f"{spec.name}/{task.name}"

@@ -224,6 +224,7 @@ class Assign(Action):
     upstream: tuple[common_pb2.Payload, ...]
     code: tuple[common_pb2.CodeBlob, ...] = ()
     last_try: bool = False  # no retry follows a failure of this attempt
+    traceparent: str = ""  # the run's W3C trace context; "" when the run is not traced
 
 
 @_message

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
 
+from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
+
 from ._engine import EngineConfig
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tracing_arguments(p)
     return p
 
 
@@ -84,8 +87,17 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
             from ._leader import LeaderElection
 
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
+        tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
+    try:
+        return await _serve_with(opts, store, election, tracing)
+    finally:
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
+
+
+async def _serve_with(opts: argparse.Namespace, store, election, tracing) -> int:
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
     make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
@@ -93,6 +105,7 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
+        tracing=tracing,
     )
     coordinator = Coordinator(store, listen=opts.listen, config=config, election=election, metrics=metrics)
     stop = asyncio.Event()

@@ -20,8 +20,9 @@ from xpipe._install import FAILED
 from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
-from xpipe._domain import REJECTION_KIND_KEY
+from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
+from xpipe.telemetry._tracing import check_trace_context
 
 from xpipe._backoff import Backoff
 
@@ -77,8 +78,55 @@ async def _abort_store_fault(context, fault: StoreFault) -> None:
     await context.abort(code, f"{fault}; nothing was recorded, retry once the store accepts writes again")
 
 
+def _trace_submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest):
+    """Give the run its trace context; return the ``coordinator.submit`` span, or None.
+
+    The client's context (the SDK's ``run <pipeline>`` span) is the parent. A coordinator
+    that traces starts a trace itself for a client that sent none, and the run then carries
+    this span's context; one that does not trace passes the client's context on unchanged,
+    so workers still join the client's trace. ``trace_context`` is always overwritten: it
+    is ours, not the client's.
+
+    Raises:
+        ValueError: a malformed traceparent or tracestate (names the field).
+    """
+    check_trace_context(submit.traceparent, submit.tracestate)
+    spec = submit.pipeline
+    tracing = c.config.tracing
+    if tracing is None:
+        spec.trace_context = f"{submit.traceparent}\n{submit.tracestate}" if submit.tracestate else submit.traceparent
+        return None
+    span = tracing.start_span(
+        "coordinator.submit", traceparent=submit.traceparent, tracestate=submit.tracestate,
+        attributes={"xpipe.pipeline": spec.name, "xpipe.tasks": len(spec.tasks)},
+    )  # fmt: skip
+    traceparent, tracestate = tracing.headers_of(span)
+    spec.trace_context = f"{traceparent}\n{tracestate}" if tracestate else traceparent
+    return span
+
+
 async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
     """Submit and map what can go wrong to one status code each."""
+    try:
+        span = _trace_submit(c, submit)
+    except ValueError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"SubmitPipelineRequest: {exc}",
+                            trailing_metadata=((REJECTION_KIND_KEY, REJECTED_FIELD),))  # fmt: skip
+    if span is None:
+        return await _submit_to_engine(c, submit, context)
+    tracing = c.config.tracing
+    try:
+        run_id = await _submit_to_engine(c, submit, context)
+        span.set_attribute("xpipe.run_id", run_id)
+        return run_id
+    except BaseException as exc:
+        tracing.set_error(span, f"submit refused: {type(exc).__name__}: {exc}")
+        raise
+    finally:
+        span.end()
+
+
+async def _submit_to_engine(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
     try:
         return await c.engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
     except PipelineValidationError as exc:

@@ -727,7 +727,7 @@ class SchedulerState(RecoveryFlow):
             worker.sent_code.add(code_hash)
             code = (run.code[code_hash],)
         last_try = task.failures >= self._retries_of(run, task)
-        out.append(Assign(worker.worker_id, key, spec, upstream, code, last_try))
+        out.append(Assign(worker.worker_id, key, spec, upstream, code, last_try, run.traceparent))
 
     # ------------------------------------------------------------------ helpers
 

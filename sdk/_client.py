@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
-from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY
+from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY, TERMINAL_RUN_STATES
 from ._install import requirements_problem, timeout_problem
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
 from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
@@ -45,6 +45,7 @@ from .errors import (
     RunNotFoundError,
     XpipeError,
 )
+from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 
 if TYPE_CHECKING:
     from ._dag import Pipeline
@@ -304,9 +305,14 @@ class Client:
             before it raises :class:`CoordinatorUnavailableError` (default 30 s); None
             keeps trying for ever.
         call_timeout_s: deadline of each unary call.
+        otlp_endpoint: ``HOST:PORT`` of an OTLP/gRPC collector (plaintext): each submit
+            starts a trace, ``run <pipeline>``, that the coordinator and the workers join
+            (docs/tracing.md). None: ``OTEL_EXPORTER_OTLP_ENDPOINT``, else tracing is off.
+        trace_sample_ratio: share of runs traced, 0 to 1; None: ``OTEL_TRACES_SAMPLER``
+            (default: parent-based, 1.0).
 
     Raises:
-        ValueError: a malformed address or timeout (the message names it).
+        ValueError: a malformed address, timeout, endpoint or ratio (the message names it).
     """
 
     def __init__(
@@ -315,10 +321,14 @@ class Client:
         *,
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
         call_timeout_s: float = 30.0,
+        otlp_endpoint: str | None = None,
+        trace_sample_ratio: float | None = None,
     ):
         self.addresses = parse_addresses(coordinator)
         self.connect_timeout_s = check_seconds("connect_timeout_s", connect_timeout_s, allow_none=True)
         self.call_timeout_s = check_seconds("call_timeout_s", call_timeout_s, allow_none=False)
+        #: Where run spans go; None: tracing off (nothing of the OTel SDK is loaded).
+        self._tracing = setup_tracing(otlp_endpoint, service_name="xpipe-sdk", sample_ratio=trace_sample_ratio)
         self._index = 0
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
@@ -426,7 +436,18 @@ class Client:
 
     def _submit_spec(self, spec: common_pb2.PipelineSpec) -> str:
         request = pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex)
-        return self._call(lambda p, a: p.SubmitPipeline(request, timeout=self.call_timeout_s)).run_id
+        tracing = self._tracing
+        if tracing is None:
+            return self._call(lambda p, a: p.SubmitPipeline(request, timeout=self.call_timeout_s)).run_id
+        # Not waiting for the run: the root span covers the submit only (docs/tracing.md).
+        span = start_run_span(tracing, spec.name, len(spec.tasks), request)
+        try:
+            run_id = self._call(lambda p, a: p.SubmitPipeline(request, timeout=self.call_timeout_s)).run_id
+        except BaseException as exc:
+            end_run_span(tracing, span, error=exc)
+            raise
+        end_run_span(tracing, span, run_id=run_id)
+        return run_id
 
     def get_run(self, run_id: str, *, include_results: bool = False) -> RunInfo:
         """The run and its tasks; with ``include_results`` each finished task's decoded value."""
@@ -530,7 +551,17 @@ class Client:
             summary_only=summary_only,
             results_on_end=results_on_end,
         )
-        return self._watch(request, timeout_s=timeout_s, what=f"run of pipeline {spec.name!r}")
+        tracing = self._tracing
+        if tracing is None:
+            return self._watch(request, timeout_s=timeout_s, what=f"run of pipeline {spec.name!r}")
+        # Waiting for the run: the root span lasts until the SDK sees the run end.
+        span = start_run_span(tracing, spec.name, len(spec.tasks), request.submit)
+        try:
+            events = self._watch(request, timeout_s=timeout_s, what=f"run of pipeline {spec.name!r}")
+        except BaseException as exc:
+            end_run_span(tracing, span, error=exc)
+            raise
+        return follow_run_span(tracing, span, events, TERMINAL_RUN_STATES)
 
     def list_workers(self) -> list[WorkerInfo]:
         """Every worker the coordinator knows, lost and disconnected ones included."""
@@ -606,6 +637,8 @@ class Client:
             if self._channel is not None:
                 self._channel.close()
                 self._channel = None
+        if self._tracing is not None:
+            self._tracing.flush()  # this client's run spans go out (bounded); the tracing is shared
 
     def __enter__(self) -> Client:
         return self

@@ -37,6 +37,7 @@ class LocalCluster:
             (removed on close) when None.
         imports: modules every worker imports at start (for ``@xpipe.handler``s).
         start_timeout_s: how long to wait for the processes to come up.
+        extra_args: flags every process gets (the tracing flags, say).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class LocalCluster:
         data_dir: str | os.PathLike | None = None,
         imports: tuple[str, ...] = (),
         start_timeout_s: float = 60.0,
+        extra_args: tuple[str, ...] = (),
     ):
         if workers < 1 or slots_per_worker < 1:
             raise ValueError("a local cluster needs at least one worker with at least one slot")
@@ -54,6 +56,7 @@ class LocalCluster:
         self.slots_per_worker = slots_per_worker
         self.imports = imports
         self.start_timeout_s = start_timeout_s
+        self.extra_args = extra_args
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="xpipe-"))
         self.address = ""
@@ -100,7 +103,7 @@ class LocalCluster:
         coordinator = self._spawn(
             "coordinator",
             ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-             "--ready-file", str(ready), "--log-level", "WARNING"],
+             "--ready-file", str(ready), "--log-level", "WARNING", *self.extra_args],
         )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s
         while not ready.exists():
@@ -122,6 +125,7 @@ class LocalCluster:
                     "--allow-install", "--install-dir", str(self.data_dir / "packages" / f"local-{i}")]  # fmt: skip
             for module in self.imports:
                 argv += ["--import", module]
+            argv += self.extra_args
             self._spawn(f"worker-{i}", argv)
         return self.address
 

@@ -33,6 +33,7 @@ from .errors import (
     PipelineValidationError,
     RequestRejectedError,
 )
+from .telemetry._tracing import tracing_arguments
 
 __all__ = ["PipelineManager"]
 
@@ -63,6 +64,12 @@ class PipelineManager:
             reach a coordinator before it raises :class:`CoordinatorUnavailableError`
             (default 30 s); a run that was being followed gets this again after each break.
             None keeps trying for ever.
+        otlp_endpoint: ``HOST:PORT`` of an OTLP/gRPC collector: each run is one trace, from
+            this process through the coordinator to the workers (docs/tracing.md). The
+            embedded default's processes export there too. None:
+            ``OTEL_EXPORTER_OTLP_ENDPOINT``, else tracing is off.
+        trace_sample_ratio: share of runs traced, 0 to 1 (None: ``OTEL_TRACES_SAMPLER``,
+            default 1.0).
 
     Example:
         >>> with PipelineManager() as pm:                      # doctest: +SKIP
@@ -80,6 +87,8 @@ class PipelineManager:
         data_dir: str | os.PathLike | None = None,
         imports: tuple[str, ...] = (),
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        otlp_endpoint: str | None = None,
+        trace_sample_ratio: float | None = None,
     ):
         cfg = dict(config or {})
         unknown = set(cfg) - _CONFIG_KEYS - _SEED_KEYS_NOT_ACTED_ON
@@ -93,6 +102,7 @@ class PipelineManager:
         connect_timeout_s = check_seconds(
             "connect_timeout_s", cfg.get("connect_timeout_s", connect_timeout_s), allow_none=True
         )
+        tracing_args = tracing_arguments(otlp_endpoint, trace_sample_ratio)
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
         self.pipelines: dict[str, Pipeline] = {}
         self._ran: OrderedDict[str, Pipeline] = OrderedDict()  # run id -> the Pipeline it ran
@@ -105,9 +115,13 @@ class PipelineManager:
                 slots_per_worker=slots_per_worker or cfg.get("slots_per_worker") or max(1, (os.cpu_count() or 2) // 2),
                 data_dir=data_dir or cfg.get("data_dir"),
                 imports=tuple(imports or cfg.get("imports") or ()),
+                extra_args=tracing_args,
             )
             coordinator = self._local.start()
-        self.client = Client(coordinator, connect_timeout_s=connect_timeout_s)
+        self.client = Client(
+            coordinator, connect_timeout_s=connect_timeout_s, otlp_endpoint=otlp_endpoint,
+            trace_sample_ratio=trace_sample_ratio,
+        )  # fmt: skip
         if self._local is not None:
             try:
                 self._local.wait_for_workers(self.client)

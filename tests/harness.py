@@ -420,6 +420,7 @@ class Cluster:
         worker_args: Sequence[str] = (),
         startup_timeout_s: float = 30.0,
         metrics: bool = False,
+        otlp_endpoint: str = "",
     ) -> None:
         self.tmp_path = Path(tmp_path)
         #: With ``metrics``: each process serves /metrics on its own free port (see :meth:`metrics_url`).
@@ -428,8 +429,10 @@ class Cluster:
         self.n_workers = workers
         self.slots = slots
         self.imports = tuple(imports)
-        self.coordinator_args = tuple(coordinator_args)
-        self.worker_args = tuple(worker_args)
+        # Every process exports its spans there (tests/integration/test_tracing.py).
+        tracing = ("--otlp-endpoint", otlp_endpoint) if otlp_endpoint else ()
+        self.coordinator_args = (*coordinator_args, *tracing)
+        self.worker_args = (*worker_args, *tracing)
         self.startup_timeout_s = startup_timeout_s
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"

@@ -37,6 +37,7 @@ from xpipe._limits import (
     normalize_resources,
 )
 from xpipe._proto import worker_pb2
+from xpipe.telemetry._tracing import TracingConfig
 
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
@@ -111,6 +112,8 @@ class WorkerConfig:
     allow_install: bool = False
     #: Where installed packages go (on tasks' ``sys.path``); empty: :func:`default_install_dir`.
     install_dir: str = ""
+    #: Where the spans of traced attempts go (``--otlp-endpoint``); None: tracing off.
+    tracing: TracingConfig | None = None
 
 
 def detect_resources() -> pb.Resources:
@@ -180,7 +183,8 @@ class WorkerDaemon:
         # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
         self._executor = make_executor(
             self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled,
-            memory_limit_bytes=self.config.task_memory_limit_bytes,
+            memory_limit_bytes=self.config.task_memory_limit_bytes, tracing=self.config.tracing,
+            worker_name=self.config.name,
         )  # fmt: skip
         self._executor.set_artifact_root(self._artifact_dir)
         await self._executor.start()

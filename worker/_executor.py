@@ -37,6 +37,7 @@ import psutil
 
 from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2, worker_pb2
+from xpipe.telemetry._tracing import Tracing, TracingConfig
 
 from . import _runtask
 from ._task_limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
@@ -275,6 +276,9 @@ class ProcessExecutor(TaskExecutor):
         start_timeout_s: how long a child may take to start and import ``imports``.
         memory_limit_bytes: memory limit of tasks that declare none (0: no limit); a
             task's declared ``resources.memory_bytes`` is its limit. See ``_limits``.
+        tracing: where traced attempts' spans go (None: tracing off). Each child exports
+            its own spans, since a task's code runs there and opens its spans there.
+        worker_name: the ``xpipe.worker`` attribute of task spans.
 
     A child's stdout and stderr are pipes this executor reads: the last
     ``TASK_OUTPUT_TAIL_BYTES`` of each are kept per attempt and attached to a failed
@@ -289,10 +293,13 @@ class ProcessExecutor(TaskExecutor):
         allow_pickled: bool = True,
         start_timeout_s: float = 120.0,
         memory_limit_bytes: int = 0,
+        tracing: TracingConfig | None = None,
+        worker_name: str = "",
     ):
         if slots < 1:
             raise ValueError(f"an executor needs at least 1 slot, got {slots}")
         self.slots = slots
+        self._tracing_argument = _runtask.child_tracing_argument(tracing, worker_name)
         self.imports = tuple(imports)
         self.allow_pickled = allow_pickled
         self.start_timeout_s = start_timeout_s
@@ -406,6 +413,7 @@ class ProcessExecutor(TaskExecutor):
                 str(os.getpid()),
                 json.dumps(self.imports),
                 str(self.memory_limit_bytes),
+                self._tracing_argument,
             ]
             proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                     stdout=out_write, stderr=err_write, start_new_session=True)
@@ -872,15 +880,22 @@ class ThreadExecutor(TaskExecutor):
         imports: modules imported at start (so their ``@handler``s register).
         allow_pickled: run cloudpickled callables; False fails them PICKLED_CODE_REFUSED.
         memory_limit_bytes: accepted for the same signature as ProcessExecutor; not enforced.
+        tracing: where traced attempts' spans go (None: off). Tasks run in this process, so
+            its tracer provider becomes the process's global one from :meth:`start` on.
+        worker_name: the ``xpipe.worker`` attribute of task spans.
     """
 
     memory_enforcement = ENFORCEMENT_NONE
 
     def __init__(
-        self, slots: int, *, imports: Sequence[str] = (), allow_pickled: bool = True, memory_limit_bytes: int = 0
-    ):
+        self, slots: int, *, imports: Sequence[str] = (), allow_pickled: bool = True, memory_limit_bytes: int = 0,
+        tracing: TracingConfig | None = None, worker_name: str = "",
+    ):  # fmt: skip
         if slots < 1:
             raise ValueError(f"an executor needs at least 1 slot, got {slots}")
+        self._tracing_config = tracing
+        self._tracing: Tracing | None = None
+        self._worker_name = worker_name
         self.memory_limit_bytes = memory_limit_bytes
         self.slots = slots
         self.imports = tuple(imports)
@@ -903,6 +918,8 @@ class ThreadExecutor(TaskExecutor):
             except Exception as exc:
                 raise ExecutorStartError(f"cannot import module {module!r}: {type(exc).__name__}: {exc}") from exc
         self._pool = concurrent.futures.ThreadPoolExecutor(self.slots, thread_name_prefix="xpipe-task")
+        if self._tracing_config is not None:
+            self._tracing = Tracing(self._tracing_config, install_global=True)
         self._accepting = True
         logger.warning(
             "thread executor: tasks' memory limits are NOT enforced%s and task output is not captured; "
@@ -929,8 +946,10 @@ class ThreadExecutor(TaskExecutor):
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
         work = self._pool.submit(
-            functools.partial(run_assignment, artifact_root=self._artifact_root or None), assignment, code, self._cache
-        )
+            functools.partial(run_assignment, artifact_root=self._artifact_root or None, tracing=self._tracing,
+                              worker_name=self._worker_name),
+            assignment, code, self._cache,
+        )  # fmt: skip
         self._running[key] = (work, outcome)
 
         def deliver(done: concurrent.futures.Future) -> None:
@@ -1003,6 +1022,8 @@ class ThreadExecutor(TaskExecutor):
             logger.warning("thread executor stopped with %d task thread(s) still running; they cannot be killed", left)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._tracing is not None:
+            await asyncio.to_thread(self._tracing.shutdown)  # the last spans go out (bounded)
 
 
 def make_executor(kind: str, slots: int, **kw: Any) -> TaskExecutor:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
+from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 from ._install import PipInstaller, default_install_dir
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_tracing_arguments(p)
     return p
 
 
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         labels = parse_kv(opts.labels, "--labels")
         resources = parse_resources(opts.resources, detect_resources())
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
+        tracing = config_from_arguments(opts, service_name="xpipe-worker")
     except ValueError as exc:
         p.error(str(exc))
     if opts.allow_install:
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
-        allow_install=opts.allow_install, install_dir=opts.install_dir,
+        allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
     )  # fmt: skip
     metrics = None
     if opts.metrics_listen:

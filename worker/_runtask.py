@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import selectors
@@ -42,6 +43,7 @@ from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 from xpipe.telemetry._task import AttemptRecorder
+from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
 
 from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result
 from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
@@ -71,14 +73,19 @@ REQUEST_HAS_ROOT = 2
 CHILD_READY = b"R"
 CHILD_IMPORT_FAILED = b"E"
 #: ``python -c`` program of an executor child; argv: sys.path (JSON), socket fd, parent
-#: pid, modules to import (JSON), default task memory limit in bytes (0: none). The
-#: parent's sys.path comes first so every import, including this module's, resolves as in
-#: the parent.
+#: pid, modules to import (JSON), default task memory limit in bytes (0: none), tracing
+#: (:func:`child_tracing_argument`; "" when off). The parent's sys.path comes first so
+#: every import, including this module's, resolves as in the parent.
 CHILD_BOOTSTRAP = (
     "import sys, json; sys.path[:] = json.loads(sys.argv[1]); "
     "from xpipe.worker._runtask import child_entry; "
-    "child_entry(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]))"
+    "child_entry(int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4]), int(sys.argv[5]), sys.argv[6])"
 )
+
+
+def child_tracing_argument(config: TracingConfig | None, worker_name: str) -> str:
+    """What tells an executor child where its spans go and which worker it serves ("" when off)."""
+    return "" if config is None else json.dumps({"config": config.to_json(), "worker": worker_name})
 
 
 class _TaskFailed(Exception):
@@ -398,11 +405,15 @@ def _output_of(stdout: TailBuffer, stderr: TailBuffer) -> common_pb2.TaskOutput:
 _OUT_OF_MEMORY = re.compile(rb"MemoryError|Cannot allocate memory|out of memory|bad_alloc|OutOfMemoryError", re.I)
 
 
-def _run_command(task: common_pb2.TaskSpec, artifact_root: str | None, memory_limit_bytes: int) -> common_pb2.Payload:
+def _run_command(
+    task: common_pb2.TaskSpec, artifact_root: str | None, memory_limit_bytes: int, span: Any = None
+) -> common_pb2.Payload:
     """Run ``task.command``; its own process group lets a timeout kill all it started.
 
     The command gets ``memory_limit_bytes`` of heap (``RLIMIT_DATA``) from its start on,
-    and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept.
+    and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept. A
+    traced attempt passes its span as ``TRACEPARENT`` in the command's environment, the
+    convention OTel uses for processes, so a traced command joins the run's trace.
     """
     command = task.command
     name = task.name
@@ -416,7 +427,7 @@ def _run_command(task: common_pb2.TaskSpec, artifact_root: str | None, memory_li
     try:
         proc = subprocess.Popen(
             argv,
-            env={**os.environ, **command.env},
+            env={**os.environ, **command.env, **_trace_env(span)},
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -470,6 +481,14 @@ def _run_command(task: common_pb2.TaskSpec, artifact_root: str | None, memory_li
     return _encode_result(task, result, "json")
 
 
+def _trace_env(span: Any) -> dict[str, str]:
+    """``TRACEPARENT`` naming ``span`` (W3C format), or nothing for an untraced attempt."""
+    if span is None:
+        return {}
+    ctx = span.get_span_context()
+    return {TRACEPARENT_ENV: f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+
+
 # ---- entry points ----------------------------------------------------------------
 
 
@@ -481,6 +500,8 @@ def run_assignment(
     artifact_root: str | None = None,
     memory_limit_bytes: int = 0,
     memory_limit_source: str = "",
+    tracing: Tracing | None = None,
+    worker_name: str = "",
 ) -> worker_pb2.TaskEvent:
     """Run ``assignment`` here and now; return its succeeded or failed TaskEvent.
 
@@ -495,13 +516,49 @@ def run_assignment(
             :mod:`xpipe.worker._task_limits`); 0: no limit. Only an executor child (its own
             process) may pass one: the limit applies to the whole calling process.
         memory_limit_source: where the limit comes from, for the error message.
+        tracing: this process's tracing (None: off); an assignment that carries a
+            ``traceparent`` then runs inside a ``task <name>`` span that is current while
+            the task runs, so the task's own spans are its children.
+        worker_name: the ``xpipe.worker`` attribute of that span.
     """
+    if tracing is None or not assignment.traceparent:
+        return _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, None)
+    ref = assignment.attempt
+    span = tracing.start_span(
+        f"task {ref.task}", traceparent=assignment.traceparent,
+        attributes={"xpipe.run_id": ref.run_id, "xpipe.task": ref.task, "xpipe.attempt": ref.attempt,
+                    "xpipe.worker": worker_name},
+    )  # fmt: skip
+    try:
+        token = tracing.activate(span)
+        try:
+            event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)
+        finally:
+            tracing.deactivate(token)
+        if event.WhichOneof("kind") == "failed":
+            error = event.failed.error
+            span.set_attribute("xpipe.error_type", error.error_type)
+            tracing.set_error(span, f"{error.error_type}: {error.message}")
+        return event
+    finally:
+        span.end()
+
+
+def _run_limited(
+    assignment: worker_pb2.Assignment,
+    code: bytes | None,
+    cache: dict,
+    artifact_root: str | None,
+    memory_limit_bytes: int,
+    memory_limit_source: str,
+    span: Any,
+) -> worker_pb2.TaskEvent:
     task = assignment.task
     if task.WhichOneof("kind") == "command" or not memory_limit_bytes:
-        return _store_big_result(_run(assignment, code, cache, artifact_root, memory_limit_bytes), artifact_root)
+        return _store_big_result(_run(assignment, code, cache, artifact_root, memory_limit_bytes, span), artifact_root)
     LOCAL_OBJECTS.clear()  # the limit is the task's: kept results must not count against it
     with memory_limit(memory_limit_bytes):
-        event = _run(assignment, code, cache, artifact_root, 0)
+        event = _run(assignment, code, cache, artifact_root, 0, span)
     _store_big_result(event, artifact_root)
     if event.WhichOneof("kind") == "failed" and event.failed.error.exception_type == "MemoryError":
         error = event.failed.error
@@ -544,14 +601,20 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
 
 
 def _run(
-    assignment: worker_pb2.Assignment, code: bytes | None, cache: dict, artifact_root: str | None, command_limit: int
+    assignment: worker_pb2.Assignment,
+    code: bytes | None,
+    cache: dict,
+    artifact_root: str | None,
+    command_limit: int,
+    span: Any = None,
 ) -> worker_pb2.TaskEvent:
+    """Run the task; a traced attempt's ``span`` gets the exception that failed it."""
     task = assignment.task
     if task.WhichOneof("kind") == "command":  # its own process: it cannot record metrics
-        return _outcome(assignment, code, cache, artifact_root, command_limit, None)
+        return _outcome(assignment, code, cache, artifact_root, command_limit, None, span)
     recorder = AttemptRecorder(task)
     try:
-        event = _outcome(assignment, code, cache, artifact_root, command_limit, recorder)
+        event = _outcome(assignment, code, cache, artifact_root, command_limit, recorder, span)
     finally:
         recorder.close()
     telemetry = recorder.telemetry()
@@ -562,13 +625,14 @@ def _run(
 
 def _outcome(
     assignment: worker_pb2.Assignment, code: bytes | None, cache: dict, artifact_root: str | None, command_limit: int,
-    recorder: AttemptRecorder | None,
+    recorder: AttemptRecorder | None, span: Any,
 ) -> worker_pb2.TaskEvent:  # fmt: skip
     task = assignment.task
+    recorded = False
     try:
         kind = task.WhichOneof("kind")
         if kind == "command":
-            return _succeeded(assignment.attempt, _run_command(task, artifact_root, command_limit))
+            return _succeeded(assignment.attempt, _run_command(task, artifact_root, command_limit, span))
         if kind == "python":
             func = _python_callable(task, code, cache)
             codec = "pickle"
@@ -583,6 +647,9 @@ def _outcome(
             value = func(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001 - user code may raise SystemExit too
             recorder.stop()
+            if span is not None:
+                span.record_exception(exc)  # the task's own exception, with its traceback
+                recorded = True
             policy = error_policy_of(func)
             if policy is None:
                 raise _user_failure(exc) from None
@@ -592,11 +659,17 @@ def _outcome(
             recorder.returned(value)
         return _succeeded(assignment.attempt, _encode_result(task, value, codec))
     except _TaskFailed as failure:
+        if span is not None and not recorded:  # a failure of ours (a command's exit code, bad input)
+            span.record_exception(failure, attributes={
+                "exception.type": failure.exception_type or failure.error_type, "exception.message": failure.message,
+            })  # fmt: skip
         event = worker_pb2.TaskEvent(at=time.time())
         event.attempt.CopyFrom(assignment.attempt)
         event.failed.error.CopyFrom(failure.to_proto())
         return event
     except Exception as exc:  # a bug here (or memory running out) must still end the task, visibly
+        if span is not None:
+            span.record_exception(exc)
         return failed_event(
             assignment.attempt,
             "TASK_FAILURE",
@@ -660,14 +733,18 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
-def child_entry(fd: int, parent_pid: int, imports: list[str], default_memory_limit_bytes: int = 0) -> None:
+def child_entry(
+    fd: int, parent_pid: int, imports: list[str], default_memory_limit_bytes: int = 0, tracing: str = ""
+) -> None:
     """Entry point of an executor child started with :data:`CHILD_BOOTSTRAP`."""
     from multiprocessing.connection import Connection
 
-    child_main(Connection(fd), tuple(imports), parent_pid, default_memory_limit_bytes)
+    child_main(Connection(fd), tuple(imports), parent_pid, default_memory_limit_bytes, tracing)
 
 
-def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_memory_limit_bytes: int = 0) -> None:
+def child_main(
+    conn: Any, imports: tuple[str, ...], parent_pid: int, default_memory_limit_bytes: int = 0, tracing_argument: str = ""
+) -> None:
     """Serve assignments from the process executor over ``conn`` until it closes.
 
     The child is a session leader (the executor starts it so; ``setsid`` here covers any
@@ -678,6 +755,12 @@ def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_mem
 
     Args:
         default_memory_limit_bytes: the limit of tasks that declare no memory (0: none).
+        tracing_argument: from :func:`child_tracing_argument`; when set, this child exports
+            its spans itself (its own tracer provider, made the global one so that a task's
+            ``trace.get_tracer(...)`` spans join the run's trace). Traced attempts' spans
+            are sent off as soon as the child has no next request waiting
+            (:meth:`Tracing.flush_soon`): at once when work is sparse, in the batch
+            processor's batches under load (a flush per task cost ~30 µs more per task).
     """
     try:
         os.setsid()
@@ -693,6 +776,13 @@ def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_mem
             )
             conn.close()
             return
+    tracing: Tracing | None = None
+    unflushed = False  # traced attempts ran since the last flush
+    worker_name = ""
+    if tracing_argument:
+        settings = json.loads(tracing_argument)
+        tracing = Tracing(TracingConfig.from_json(settings["config"]), install_global=True)
+        worker_name = settings["worker"]
     conn.send_bytes(CHILD_READY)
     cache: dict = {}
     header_size = REQUEST_HEADER.size
@@ -701,6 +791,8 @@ def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_mem
         try:
             request = conn.recv_bytes()
         except (EOFError, OSError):
+            if tracing is not None:
+                tracing.shutdown()
             return
         flags, length, root_length = REQUEST_HEADER.unpack_from(request)
         view = memoryview(request)
@@ -714,10 +806,16 @@ def child_main(conn: Any, imports: tuple[str, ...], parent_pid: int, default_mem
         limit = declared or default_memory_limit_bytes
         source = "declared by the task" if declared else "the worker's --task-memory-limit" if limit else ""
         event = run_assignment(
-            assignment, code, cache, artifact_root=artifact_root, memory_limit_bytes=limit, memory_limit_source=source
-        )
+            assignment, code, cache, artifact_root=artifact_root, memory_limit_bytes=limit, memory_limit_source=source,
+            tracing=tracing, worker_name=worker_name,
+        )  # fmt: skip
         _flush_std_streams()
         conn.send_bytes(event.SerializeToString())
+        if tracing is not None:
+            unflushed = unflushed or bool(assignment.traceparent)
+            if unflushed and not conn.poll(0):  # idle now: the spans leave, the result never waited
+                tracing.flush_soon()
+                unflushed = False
 
 
 def _flush_std_streams() -> None:

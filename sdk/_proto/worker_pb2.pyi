@@ -181,16 +181,18 @@ class Registered(_message.Message):
     def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: _common_pb2.TaskSpec
     upstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]
     last_try: bool
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ...) -> None: ...
+    traceparent: str
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
 
 class AssignmentBatch(_message.Message):
     __slots__ = ("assignments", "code")

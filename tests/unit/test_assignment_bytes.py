@@ -45,3 +45,15 @@ def test_an_assignment_batch_of_bytes_is_read_as_the_coordinator_message():
     wire = worker_pb2.CoordinatorMessage.SerializeToString(view)
     parsed = worker_pb2.CoordinatorMessage.FromString(wire)
     assert list(parsed.assignments.assignments) == [_built(a) for a in actions]
+
+
+@pytest.mark.parametrize("traceparent", ["", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"])
+def test_a_traced_run_adds_its_traceparent_and_an_untraced_one_adds_no_byte(traceparent):
+    spec = pb.TaskSpec(name="t", python=pb.PythonCall(import_path="m:f"))
+    plain = assignment_bytes(Assign("w1", ("r", "t", 1), spec, ()))
+    raw = assignment_bytes(Assign("w1", ("r", "t", 1), spec, (), traceparent=traceparent))
+
+    parsed = worker_pb2.Assignment.FromString(raw)
+    assert parsed.traceparent == traceparent and parsed.task == spec
+    assert len(raw) == len(plain) + (2 + len(traceparent) if traceparent else 0)
+    assert worker_pb2.AssignmentHead.FromString(raw).task.name == "t"  # the worker's parent reads past it

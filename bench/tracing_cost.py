@@ -1,0 +1,183 @@
+"""Per-task CPU cost of tracing, measured without the network (issue 12, traces).
+
+Not the full bench (``python -m bench``): a micro-benchmark of the code paths tracing
+touches, best of N repeats on one machine, so that tracing off can be compared with the
+code before it and with tracing on.
+
+- ``coordinator``: a wide run of 10,000 no-op tasks through the state machine and the
+  engine's dispatch (``SchedulerState.handle``/``schedule`` + ``Engine._dispatch``: the
+  coordinator's per-task work minus gRPC and the store), for an untraced run, a traced
+  run relayed by a coordinator that does not trace, and a traced run on a tracing
+  coordinator (spans exported to an in-process OTLP receiver on loopback).
+- ``worker``: ``run_assignment`` of a no-op Python task in this process, untraced and
+  traced (the ``task <name>`` span, under load: exported in the batch processor's batches).
+
+CPU is ``time.process_time()``: every thread of this process, so the batch span
+processor's export thread (serializing and sending spans) is counted, and a final flush
+is inside the measurement. The receiver runs in its own process, not counted. Cases are
+interleaved, best of ``--repeat`` each, to keep drift of a shared machine out.
+
+Run: ``python -m bench.tracing_cost [--repeat 5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+
+from xpipe._proto import common_pb2 as pb
+from xpipe._proto import worker_pb2
+from xpipe.coordinator._engine import Engine, EngineConfig, _Session
+from xpipe.coordinator._events import Assign, RunSubmitted, TaskSucceeded, WorkerConnected
+from xpipe.coordinator._validate import validate_spec
+from xpipe.telemetry._tracing import Tracing, TracingConfig
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+TASKS = 10_000
+WORKERS, SLOTS = 4, 8
+
+
+_RECEIVER = """if True:
+    import sys
+    from concurrent import futures
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    class Sink(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(), server)
+    print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+    server.start()
+    sys.stdin.read()  # until the benchmark closes our stdin
+"""
+
+
+def _receiver() -> tuple[subprocess.Popen, str]:
+    """A real OTLP/gRPC endpoint in its own process that accepts and drops spans."""
+    proc = subprocess.Popen([sys.executable, "-c", _RECEIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return proc, f"127.0.0.1:{proc.stdout.readline().strip()}"
+
+
+def wide_run_s(trace_context: str, tracing: Tracing | None) -> float:
+    """Seconds of CPU the coordinator's core spends on a wide run of TASKS no-op tasks."""
+    engine = Engine(store=None, config=EngineConfig(tracing=tracing))  # type: ignore[arg-type]
+    state = engine.state
+    for w in range(WORKERS):
+        state.handle(WorkerConnected(0.0, f"w{w}", f"w{w}", "host", SLOTS))
+        engine.sessions[f"w{w}"] = _Session(f"w{w}")
+    spec = pb.PipelineSpec(name="wide", trace_context=trace_context)
+    for i in range(TASKS):
+        spec.tasks.add(name=f"t{i}").python.import_path = "bench.tasks:noop"
+    result = pb.Payload(codec=pb.CODEC_RAW, data=b"")
+    started = time.process_time()
+    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    done = 0
+    now = 0.0
+    while done < TASKS:
+        actions: list = []
+        state.schedule(now, actions)
+        engine._dispatch(actions)
+        for action in actions:
+            if isinstance(action, Assign):
+                now += 1e-6
+                state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, result))
+                done += 1
+        for session in engine.sessions.values():
+            while not session.outbox.empty():
+                session.outbox.get_nowait()
+    if tracing is not None:
+        tracing.provider.force_flush()
+    return time.process_time() - started
+
+
+def worker_task_s(tracing: Tracing | None, traceparent: str, n: int = 2000) -> float:
+    """Seconds per no-op task through ``run_assignment`` (plus ``flush_soon`` when traced)."""
+    from xpipe.worker._runtask import run_assignment
+
+    assignment = worker_pb2.Assignment(attempt=worker_pb2.AttemptRef(run_id="r", task="t", attempt=1),
+                                       traceparent=traceparent)  # fmt: skip
+    assignment.task.name = "t"
+    assignment.task.python.import_path = "bench.tasks:noop"
+    cache: dict = {}
+    started = time.process_time()
+    for i in range(n):
+        run_assignment(assignment, None, cache, tracing=tracing, worker_name="w0")
+        if tracing is not None and i % 500 == 499:
+            tracing.provider.force_flush()  # as the batch processor would, without dropping any
+    if tracing is not None:
+        tracing.provider.force_flush()
+    return (time.process_time() - started) / n
+
+
+def pieces_us(tracing: Tracing, repeat: int) -> dict[str, float]:
+    """The pieces tracing adds to the coordinator, each timed alone (µs per task)."""
+    import timeit
+
+    from xpipe.coordinator._engine import assignment_bytes
+
+    spec = pb.TaskSpec(name="t1", python=pb.PythonCall(import_path="bench.tasks:noop"))
+    plain = Assign("w1", ("r1", "t1", 1), spec, ())
+    traced = Assign("w1", ("r1", "t1", 1), spec, (), traceparent=TRACEPARENT)
+    engine = Engine(store=None, config=EngineConfig(tracing=tracing))  # type: ignore[arg-type]
+    batch = {TRACEPARENT: [Assign(f"w{i % 4}", ("r1", f"t{i}", 1), spec, (), traceparent=TRACEPARENT)
+                           for i in range(64)]}  # fmt: skip
+
+    def best(fn, number: int) -> float:
+        return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+    def one_turn() -> None:
+        engine._trace_assignments(batch)
+
+    out = {
+        "assignment_bytes, untraced run": best(lambda: assignment_bytes(plain), 20000),
+        "assignment_bytes, traced run": best(lambda: assignment_bytes(traced), 20000),
+    }
+    started = time.process_time()
+    for _ in range(200):
+        one_turn()
+    tracing.provider.force_flush()
+    out["coordinator.assign span of a 64-task turn, with its export, per task"] = (
+        (time.process_time() - started) / 200 / 64 * 1e6
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    opts = parser.parse_args()
+    receiver, endpoint = _receiver()
+    tracing = Tracing(TracingConfig(endpoint, "bench"))
+    try:
+        coordinator = {
+            "untraced run, tracing off": ("", None),
+            "traced run, coordinator relays (tracing off)": (TRACEPARENT, None),
+            "traced run, coordinator tracing on": (TRACEPARENT, tracing),
+        }
+        worker = {"untraced": (None, ""), "tracing on, untraced assignment": (tracing, ""),
+                  "traced": (tracing, TRACEPARENT)}  # fmt: skip
+        best: dict[str, float] = {}
+        for _ in range(opts.repeat):
+            for label, (context, trace_to) in coordinator.items():
+                key = f"coordinator, {label}"
+                best[key] = min(best.get(key, 1e9), wide_run_s(context, trace_to) / TASKS)
+            for label, (trace_to, parent) in worker.items():
+                key = f"worker run_assignment, {label}"
+                best[key] = min(best.get(key, 1e9), worker_task_s(trace_to, parent))
+        for key, seconds in best.items():
+            print(f"{key}: {seconds * 1e6:.2f} µs CPU/task (best of {opts.repeat})")
+        for key, us in pieces_us(tracing, opts.repeat).items():
+            print(f"{key}: {us:.2f} µs")
+    finally:
+        tracing.shutdown()
+        receiver.stdin.close()
+        receiver.wait(10)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,419 @@
+"""One OpenTelemetry trace per run, across the SDK, the coordinator and the workers.
+
+Every process sets tracing up here, the same way: a ``TracerProvider`` with a parent-based
+sampler, a ``BatchSpanProcessor`` and an OTLP/gRPC exporter on a plaintext channel (meant
+for a collector on loopback or a trusted network; see docs/tracing.md). The context
+travels as a W3C ``traceparent`` (and ``tracestate``) in the submit request, with the run,
+and in each assignment.
+
+Tracing is off unless an endpoint is given (``--otlp-endpoint``, ``otlp_endpoint=``, or
+``OTEL_EXPORTER_OTLP_ENDPOINT``). Off means :func:`setup_tracing` returns None: nothing
+of the OpenTelemetry SDK is imported or installed, callers keep None, and their hot
+paths pay one ``is None`` (or empty-string) check per task.
+
+The OpenTelemetry SDK reads its own environment: ``OTEL_TRACES_SAMPLER`` and
+``OTEL_TRACES_SAMPLER_ARG`` choose the sampler when no ratio is given here, and
+``OTEL_BSP_*`` tune the batch span processor.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from xpipe._proto import common_pb2
+
+__all__ = [
+    "ENDPOINT_ENV",
+    "MAX_TRACESTATE_CHARS",
+    "TRACEPARENT_ENV",
+    "TRACESTATE_ENV",
+    "Tracing",
+    "TracingConfig",
+    "check_trace_context",
+    "is_sampled",
+    "resolve_endpoint",
+    "setup_tracing",
+]
+
+log = logging.getLogger(__name__)
+
+#: The standard variable every OTLP exporter reads; honoured by all xpipe processes.
+ENDPOINT_ENV = "OTEL_EXPORTER_OTLP_ENDPOINT"
+#: Where a command task finds its parent span (the convention OTel uses for processes).
+TRACEPARENT_ENV = "TRACEPARENT"
+TRACESTATE_ENV = "TRACESTATE"
+#: W3C Trace Context: "vendors MUST propagate at least 512 characters" of tracestate; we
+#: carry no more (it is stored with every traced run).
+MAX_TRACESTATE_CHARS = 512
+#: version-traceid-parentid-flags, lowercase hex (W3C Trace Context, level 1).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+#: Parsed parent contexts kept (:meth:`Tracing.context_from`); a few runs' worth.
+_PARENTS_KEPT = 256
+#: How long a process waits for its last spans to reach the collector when it ends. A
+#: healthy collector takes milliseconds; an unreachable one would hold every exit for the
+#: exporter's whole retry timeout (10 s), so the wait is cut short and the loss logged.
+SHUTDOWN_FLUSH_S = 2.0
+
+
+def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] = os.environ, *, name: str = "otlp_endpoint") -> str:
+    """The OTLP endpoint as ``HOST:PORT``: ``endpoint`` if given, else the environment; "" when off.
+
+    A scheme (``http://``, as the OTel env var is often written) is dropped: the channel
+    is plaintext gRPC either way.
+
+    Raises:
+        ValueError: the value is not ``HOST:PORT`` (the message names where it came from).
+    """
+    source = name
+    if not endpoint:
+        endpoint = environ.get(ENDPOINT_ENV, "")
+        source = ENDPOINT_ENV
+    endpoint = endpoint.strip()
+    if not endpoint:
+        return ""
+    address = re.sub(r"^[a-z]+://", "", endpoint).rstrip("/")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{source} {endpoint!r} is not HOST:PORT (e.g. 127.0.0.1:4317)")
+    return address
+
+
+def check_sample_ratio(ratio: float | None) -> float | None:
+    """``ratio`` if it is a number in [0, 1] (or None: the OTel environment decides).
+
+    Raises:
+        ValueError: out of range or not a number.
+    """
+    if ratio is None:
+        return None
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"trace sample ratio must be a number from 0 to 1, got {ratio!r}")
+    return float(ratio)
+
+
+def check_trace_context(traceparent: str, tracestate: str = "") -> None:
+    """Refuse a malformed W3C context, naming the field, so a client bug is not silently untraced.
+
+    Raises:
+        ValueError: ``traceparent`` is not ``00-<32 hex>-<16 hex>-<2 hex>`` (ids not all
+            zero), or ``tracestate`` comes without it or is too long.
+    """
+    if traceparent:
+        match = _TRACEPARENT.fullmatch(traceparent)
+        if match is None or traceparent.startswith("ff") or set(match[1]) == {"0"} or set(match[2]) == {"0"}:
+            raise ValueError(
+                f"traceparent {traceparent[:80]!r} is not a W3C traceparent "
+                "(version-traceid-spanid-flags in lowercase hex, e.g. 00-<32 hex>-<16 hex>-01)"
+            )
+    if tracestate:
+        if not traceparent:
+            raise ValueError("tracestate is set but traceparent is empty; send both or neither")
+        if len(tracestate) > MAX_TRACESTATE_CHARS:
+            raise ValueError(f"tracestate has {len(tracestate)} chars, more than the {MAX_TRACESTATE_CHARS} allowed")
+
+
+def is_sampled(traceparent: str) -> bool:
+    """Whether a (valid) traceparent's sampled flag is set: only those get spans downstream."""
+    return bool(traceparent) and int(traceparent[-2:], 16) & 1 == 1
+
+
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """How one process exports spans; JSON-able so the worker hands it to its executor children."""
+
+    #: ``HOST:PORT`` of an OTLP/gRPC receiver (a collector); plaintext.
+    endpoint: str
+    #: ``service.name`` of this process's spans.
+    service_name: str
+    #: Parent-based ratio sampler; None leaves it to ``OTEL_TRACES_SAMPLER`` (default: parent-based, 1.0).
+    sample_ratio: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> TracingConfig | None:
+        return cls(**json.loads(text)) if text else None
+
+
+class Tracing:
+    """A tracer provider exporting over OTLP/gRPC through a batch span processor.
+
+    Args:
+        config: where and how to export.
+        install_global: also make it the process's global provider, so that code using the
+            plain OTel API (``trace.get_tracer(...)``, as tasks do) exports through it. The
+            SDK leaves the global alone: it belongs to the user's application.
+    """
+
+    def __init__(self, config: TracingConfig, *, install_global: bool = False):
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+        self.config = config
+        sampler = None if config.sample_ratio is None else ParentBased(TraceIdRatioBased(config.sample_ratio))
+        attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
+        self.provider = TracerProvider(sampler=sampler, resource=Resource.create(attributes), shutdown_on_exit=False)
+        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, insecure=True)))
+        if install_global:
+            trace.set_tracer_provider(self.provider)
+        self.tracer = self.provider.get_tracer("xpipe")
+        self._propagator = TraceContextTextMapPropagator()
+        self._trace = trace
+        self._context = otel_context
+        self._parents: dict[tuple[str, str], Any] = {}
+        self._closed = False
+        self._flusher: threading.Thread | None = None
+        self._flush_wanted = threading.Event()
+
+    def context_from(self, traceparent: str, tracestate: str = "") -> Any:
+        """An OTel Context whose current span is the remote one ``traceparent`` names (or none).
+
+        Memoized: every task of a run has the same parent, and parsing it costs ~20 µs.
+        """
+        if not traceparent:
+            return None
+        key = (traceparent, tracestate)
+        context = self._parents.get(key)
+        if context is None:
+            carrier = {"traceparent": traceparent, "tracestate": tracestate} if tracestate else {"traceparent": traceparent}
+            context = self._propagator.extract(carrier)
+            if len(self._parents) >= _PARENTS_KEPT:
+                self._parents.clear()
+            self._parents[key] = context
+        return context
+
+    def headers_of(self, span: Any) -> tuple[str, str]:
+        """``(traceparent, tracestate)`` of ``span``, to send downstream."""
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
+        return carrier.get("traceparent", ""), carrier.get("tracestate", "")
+
+    def start_span(
+        self, name: str, *, traceparent: str = "", tracestate: str = "", use_current: bool = False, **kw: Any
+    ) -> Any:
+        """Start a span under ``traceparent`` (or the current span if ``use_current``, else a new trace)."""
+        context = self.context_from(traceparent, tracestate) if traceparent else None
+        if context is None and not use_current:
+            from opentelemetry.context import Context
+
+            context = Context()  # a root: no ambient span of this process
+        return self.tracer.start_span(name, context=context, **kw)
+
+    def activate(self, span: Any) -> object:
+        """Make ``span`` current (code's own spans become its children); :meth:`deactivate` undoes it.
+
+        Not a context manager: this runs once per traced task, and a generator-based one
+        costs a few µs more.
+        """
+        return self._context.attach(self._trace.set_span_in_context(span))
+
+    def deactivate(self, token: object) -> None:
+        self._context.detach(token)
+
+    def set_error(self, span: Any, description: str) -> None:
+        """Status ERROR with ``description`` (the OTel way to mark a failed operation)."""
+        from opentelemetry.trace import Status, StatusCode
+
+        span.set_status(Status(StatusCode.ERROR, description))
+
+    def flush_soon(self) -> None:
+        """Export what is queued now, on a background thread; returns at once.
+
+        An executor child calls it after each traced attempt, so the attempt's spans leave
+        within milliseconds rather than at the next scheduled export (``OTEL_BSP_SCHEDULE_DELAY``,
+        5 s), and a child killed later (a timeout, a cancel, the worker stopping) loses none.
+        The SDK's ``force_flush`` exports in the calling thread, ignores its timeout and can
+        block for the exporter's whole timeout when the collector is down: the task path
+        must never wait for it.
+        """
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="xpipe-span-flush", daemon=True)
+            self._flusher.start()
+        self._flush_wanted.set()
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            if self._closed:
+                return
+            self.provider.force_flush()
+
+    def flush(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> bool:
+        """Export what is queued, waiting at most ``timeout_s``; False if that was not enough.
+
+        Bounded on a helper thread: the SDK's ``force_flush`` ignores its timeout.
+        """
+        if self._closed:
+            return True
+        flusher = threading.Thread(target=self.provider.force_flush, name="xpipe-span-flush-now", daemon=True)
+        flusher.start()
+        flusher.join(timeout_s)
+        if flusher.is_alive():
+            log.warning("spans not all exported within %g s; is the collector at %s reachable?",
+                        timeout_s, self.config.endpoint)  # fmt: skip
+            return False
+        return True
+
+    def shutdown(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> None:
+        """Export what is left and stop, waiting at most ``timeout_s`` (idempotent).
+
+        Bounded on a helper thread because the SDK's own shutdown waits for the exporter,
+        which retries for its whole timeout when the collector is unreachable.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._flush_wanted.set()  # ends the flusher
+        closer = threading.Thread(target=self.provider.shutdown, name="xpipe-span-shutdown", daemon=True)
+        closer.start()
+        closer.join(timeout_s)
+        if closer.is_alive():
+            log.warning("spans not all exported within %g s of shutdown; is the collector at %s reachable?",
+                        timeout_s, self.config.endpoint)  # fmt: skip
+
+
+#: The SDK's tracings, one per configuration and process (see :func:`setup_tracing`).
+_SHARED: dict[TracingConfig, Tracing] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def setup_tracing(
+    endpoint: str | None,
+    *,
+    service_name: str,
+    sample_ratio: float | None = None,
+    environ: Mapping[str, str] = os.environ,
+) -> Tracing | None:
+    """The process's tracing for this configuration, or None (off) when no endpoint is given nor set.
+
+    Shared: every ``Client`` of a process with the same settings uses one tracer provider
+    and its one export thread, however many clients a program makes; it is shut down
+    (bounded) when the interpreter exits, so a program that never closes its client still
+    sends its last spans.
+
+    Raises:
+        ValueError: a malformed endpoint or ratio (the message names it).
+    """
+    resolved = resolve_endpoint(endpoint, environ)
+    ratio = check_sample_ratio(sample_ratio)
+    if not resolved:
+        return None
+    config = TracingConfig(resolved, service_name, ratio)
+    with _SHARED_LOCK:
+        tracing = _SHARED.get(config)
+        if tracing is None:
+            log.info("exporting traces over OTLP/gRPC to %s (plaintext)", resolved)
+            tracing = _SHARED[config] = Tracing(config)
+            atexit.register(tracing.shutdown)
+    return tracing
+
+
+def add_tracing_arguments(parser: Any) -> None:
+    """``--otlp-endpoint`` and ``--trace-sample-ratio``, the same on every xpipe binary."""
+    parser.add_argument("--otlp-endpoint", default="", metavar="HOST:PORT",
+                        help=f"export traces over OTLP/gRPC (plaintext) to this collector (default: ${ENDPOINT_ENV}; "
+                             "none: tracing off)")  # fmt: skip
+    parser.add_argument("--trace-sample-ratio", type=float, default=None, metavar="RATIO",
+                        help="sample this share of new traces, 0 to 1 (parent-based: a run's trace is kept or "
+                             "dropped as a whole); default: $OTEL_TRACES_SAMPLER, else 1.0")  # fmt: skip
+
+
+def config_from_arguments(opts: Any, *, service_name: str) -> TracingConfig | None:
+    """The parsed ``--otlp-endpoint`` and ``--trace-sample-ratio`` (or the environment); None: off.
+
+    Raises:
+        ValueError: a malformed value (the message names the flag or variable).
+    """
+    try:
+        ratio = check_sample_ratio(opts.trace_sample_ratio)
+    except ValueError as exc:
+        raise ValueError(f"--trace-sample-ratio: {exc}") from None
+    endpoint = resolve_endpoint(opts.otlp_endpoint, name="--otlp-endpoint")
+    return TracingConfig(endpoint, service_name, ratio) if endpoint else None
+
+
+def tracing_from_arguments(opts: Any, *, service_name: str) -> Tracing | None:
+    """:class:`Tracing` from the parsed flags (see :func:`config_from_arguments`); None: off."""
+    config = config_from_arguments(opts, service_name=service_name)
+    if config is None:
+        return None
+    log.info("exporting traces over OTLP/gRPC to %s (plaintext)", config.endpoint)
+    return Tracing(config)
+
+
+# ---- the SDK's root span ---------------------------------------------------------------
+
+
+def start_run_span(tracing: Tracing, pipeline: str, tasks: int, request: Any) -> Any:
+    """Start the root span ``run <pipeline>`` and put its context in the submit ``request``.
+
+    The caller's current span, if any (from the application's own tracer provider), is
+    its parent, so a run submitted inside a traced request joins that trace.
+    """
+    span = tracing.start_span(
+        f"run {pipeline}", use_current=True, attributes={"xpipe.pipeline": pipeline, "xpipe.tasks": tasks}
+    )
+    request.traceparent, request.tracestate = tracing.headers_of(span)
+    return span
+
+
+def end_run_span(tracing: Tracing, span: Any, *, run_id: str = "", state: str = "", error: BaseException | None = None) -> None:
+    """End the root span with what is known of the run: its id, its end state, or the error that broke the call."""
+    if run_id:
+        span.set_attribute("xpipe.run_id", run_id)
+    if state:
+        span.set_attribute("xpipe.run_state", state)
+        if state != "RUN_SUCCEEDED":
+            tracing.set_error(span, f"the run ended {state}")
+    if error is not None:
+        span.record_exception(error)
+        tracing.set_error(span, f"{type(error).__name__}: {error}")
+    span.end()
+
+
+def follow_run_span(tracing: Tracing, span: Any, events: Iterator[Any], terminal: frozenset[int]) -> Iterator[Any]:
+    """Pass ``events`` (``RunEvent``\\ s) through; end ``span`` when the run ends or the caller stops.
+
+    A waiting caller's root span thus lasts as long as the run, as seen by the SDK.
+    """
+    run_id = state = ""
+    error: BaseException | None = None
+    try:
+        for event in events:
+            run_id = event.summary.run_id or run_id
+            if event.summary.state in terminal:
+                state = common_pb2.RunState.Name(event.summary.state)
+            yield event
+    except Exception as exc:
+        error = exc
+        raise
+    finally:
+        end_run_span(tracing, span, run_id=run_id, state=state, error=error)
+
+
+def tracing_arguments(endpoint: str | None, sample_ratio: float | None) -> tuple[str, ...]:
+    """The flags that give a child process (the embedded default's) the same tracing; checks both.
+
+    Raises:
+        ValueError: a malformed endpoint or ratio (the message names it).
+    """
+    resolved = resolve_endpoint(endpoint, {})  # the environment reaches children by itself
+    ratio = check_sample_ratio(sample_ratio)
+    args = ("--otlp-endpoint", resolved) if resolved else ()
+    return args + (("--trace-sample-ratio", repr(ratio)) if ratio is not None else ())
