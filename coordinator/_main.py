@@ -91,13 +91,13 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
-        return await _serve_with(opts, store, election, tracing)
+        return await _run(opts, store, election, tracing, metrics)
     finally:
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
 
 
-async def _serve_with(opts: argparse.Namespace, store, election, tracing) -> int:
+async def _run(opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None) -> int:
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
     make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
