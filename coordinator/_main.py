@@ -9,7 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
+from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
+
 from ._engine import EngineConfig
+from ._logs import TASK_LOG_DB, TaskLogStore
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
 
@@ -38,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                   help="this coordinator's own log: text lines, or JSON lines with run_id/task/attempt/stimulus_id")
     return p
 
 
@@ -68,7 +73,9 @@ async def _serve(opts: argparse.Namespace) -> int:
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
     )
-    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election)
+    # Task logs live in the data directory whatever the store: see _logs.
+    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
+    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election, task_logs=task_logs)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -99,7 +106,7 @@ async def _serve(opts: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
-    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(opts.log_level, opts.log_format)
     try:
         import uvloop
 

@@ -26,6 +26,7 @@ from xpipe.errors import PipelineValidationError
 from xpipe._backoff import Backoff
 
 from ._engine import Engine, EngineConfig, InternalError
+from ._logs import READ_ROWS, TaskLogStore, check_log_batch
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
@@ -40,7 +41,8 @@ from ._events import (
     task_info,
 )
 from ._events import WorkersForgotten
-from xpipe._domain import TERMINAL_RUN_STATES, VERSION
+from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, VERSION
+from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._validate import (
     check_event,
@@ -243,6 +245,92 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         )
 
 
+    async def GetTaskLogs(self, request, context):
+        """Stream stored log rows; with ``follow``, new ones until the task (or run) is done.
+
+        Done means: every task asked about is finished and the worker's final log entry
+        for its last attempt has arrived, or :data:`TASK_LOG_SETTLE_S` passed since it
+        finished (it printed nothing, or its worker died before sending the rest).
+        """
+        run_id, task = request.run_id, request.task
+        problem = await self._log_target_problem(run_id, task)
+        if problem:
+            await context.abort(grpc.StatusCode.NOT_FOUND, problem)
+        logs = self.c.task_logs
+        changed = logs.watch(run_id) if request.follow else None
+        loop = asyncio.get_running_loop()
+        seq = 0
+        finals: set[tuple[str, int]] = set()
+        settle_until: float | None = None
+        try:
+            while True:
+                if changed is not None:
+                    changed.clear()
+                rows = await logs.read(run_id, task, request.attempt, after_seq=seq)
+                for row in rows:
+                    seq = row.seq
+                    if row.final:
+                        finals.add((row.task, row.attempt))
+                    else:
+                        yield pipeline_pb2.TaskLogChunk(
+                            task=row.task, attempt=row.attempt, stream=row.stream, data=row.data,
+                            truncated_bytes=row.dropped_bytes, received_at=row.at,
+                        )  # fmt: skip
+                if len(rows) >= READ_ROWS:
+                    continue  # more is stored: read on before waiting
+                if changed is None:
+                    return
+                waiting = self._logs_awaited(run_id, task, request.attempt, finals)
+                if waiting is None:
+                    return
+                if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
+                    now = loop.time()
+                    settle_until = settle_until or now + TASK_LOG_SETTLE_S
+                    if now >= settle_until:
+                        return
+                try:
+                    await asyncio.wait_for(changed.wait(), 0.25 if not waiting else 1.0)
+                except TimeoutError:
+                    pass
+                if self.c.stopping:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; follow again")
+        finally:
+            if changed is not None:
+                logs.unwatch(run_id, changed)
+
+    async def _log_target_problem(self, run_id: str, task: str) -> str:
+        """Why GetTaskLogs has nothing to serve ("" when the run, and the task if named, exist)."""
+        run = self.engine.state.runs.get(run_id)
+        if run is not None:
+            names = run.tasks
+        else:
+            stored = await self.engine.store.get_run(run_id)
+            if stored is None:
+                return f"no run {quoted(run_id)}"
+            names = set(stored.tasks) | ({t.name for t in stored.spec.tasks} if stored.spec is not None else set())
+        if task and task not in names:
+            return f"run {quoted(run_id)} has no task {quoted(task)}"
+        return ""
+
+    def _logs_awaited(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> bool | None:
+        """For a follower: True while tasks still run, False when finished but logs may lag, None when done."""
+        run = self.engine.state.runs.get(run_id)
+        if run is None:  # not in memory: long finished (or this coordinator is no longer the leader)
+            return False
+        entries = [run.tasks[task]] if task else list(run.tasks.values())
+        missing = False
+        for entry in entries:
+            if attempt and entry.attempt > attempt:
+                if (entry.name, attempt) not in finals:
+                    missing = True
+                continue
+            if entry.state not in TERMINAL_TASK_STATES:
+                return True
+            if entry.attempt and (entry.name, attempt or entry.attempt) not in finals:
+                missing = True
+        return False if missing else None
+
+
 _CONNECT = "/xpipe.v1.WorkerService/Connect"
 
 
@@ -395,6 +483,12 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     post(HeartbeatReceived(
                         now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, stimulus_id=sid,
                     ))  # fmt: skip
+                elif body == "task_logs":
+                    # Not the engine's: logs go to their own store, off the scheduling path.
+                    problem = check_log_batch(message.task_logs)
+                    if problem:
+                        return problem
+                    self.c.task_logs.append(message.task_logs, now)
                 elif body == "install_result":
                     problem = check_install_result(message.install_result)
                     if problem:
@@ -588,8 +682,11 @@ class Coordinator:
         listen: str = "127.0.0.1:0",
         config: EngineConfig = EngineConfig(),
         election: LeaderElection | None = None,
+        task_logs: TaskLogStore | None = None,
     ):
         self.store = store
+        #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
+        self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
         self.config = config
         #: HA: only the elected leader runs an engine; without an election this one always leads.
@@ -625,6 +722,7 @@ class Coordinator:
     async def start(self) -> str:
         """Open the store, resume runs, serve; returns the bound address."""
         await self.store.open()
+        await self.task_logs.open()
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -714,6 +812,7 @@ class Coordinator:
             except TimeoutError:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))
+        await self.task_logs.close()
         await self.store.close()
 
     # ------------------------------------------------------------------ HA

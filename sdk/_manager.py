@@ -23,7 +23,7 @@ from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
-from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
+from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary, format_logs
 from ._unbuilt import not_built
 from .errors import (
     DistributedExecutionError,
@@ -496,6 +496,19 @@ class PipelineManager:
     def get_run(self, run_id: str) -> PipelineResult:
         """The run's current state (outputs of the tasks that finished so far)."""
         return PipelineResult.from_proto(self.client._get_run_pb(run_id, include_results=True))
+
+    def get_logs(self, run_id: str, task: str | None = None, *, attempt: int = 0) -> str:
+        """What the run's tasks (or ``task``) printed and logged, as text, oldest first.
+
+        Each attempt's output starts with a ``==> task 'name' attempt N <==`` line; output
+        dropped over the per-attempt cap shows as an ``[xpipe: N bytes ... dropped ...]``
+        line. For the pieces themselves, or to follow a running task, use
+        ``pm.client.get_logs`` / ``pm.client.follow_logs``.
+
+        Raises:
+            RunNotFoundError: no such run, or the run has no such task.
+        """
+        return "".join(format_logs(self.client.get_logs(run_id, task or "", attempt=attempt)))
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: running attempts are killed, the rest end CANCELLED."""
