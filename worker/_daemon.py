@@ -38,6 +38,7 @@ from xpipe._limits import (
 )
 from xpipe._proto import worker_pb2
 from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
+from xpipe.telemetry._logformat import log_ids
 
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
@@ -506,7 +507,7 @@ class WorkerDaemon:
         try:
             event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
-            log.exception("executor failed on %s", key)
+            log.exception("executor failed on %s", key, extra=log_ids(key))
             event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
         finally:
             started_report.cancel()

@@ -37,6 +37,7 @@ import psutil
 
 from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2, worker_pb2
+from xpipe.telemetry._logformat import log_ids
 
 from . import _runtask
 from ._tasklogs import LogSink, current_attempt, route_thread_output
@@ -656,7 +657,8 @@ class ProcessExecutor(TaskExecutor):
         try:
             event = worker_pb2.TaskEvent.FromString(message)
         except Exception as exc:  # a task scribbled on the pipe (e.g. os.write to its fd)
-            logger.error("executor process %d sent a malformed answer for %s: %s", child.pid, _describe(child.key), exc)
+            logger.error("executor process %d sent a malformed answer for %s: %s", child.pid, _describe(child.key), exc,
+                         extra=log_ids(child.key))
             self._finish(child, self._ended(
                 child.key, "TASK_FAILURE", "executor process sent a malformed answer for task {name!r}"))
             self._kill(child)
@@ -702,7 +704,7 @@ class ProcessExecutor(TaskExecutor):
             child.ready.exception()  # whoever still waits gets it; nobody waiting is fine too
         if was == "busy" and child.key is not None:
             logger.warning("executor process %d died (%s) while running %s",
-                           child.pid, _exit_description(code), _describe(child.key))
+                           child.pid, _exit_description(code), _describe(child.key), extra=log_ids(child.key))
             ref = worker_pb2.AttemptRef(run_id=child.key[0], task=child.key[1], attempt=child.key[2])
             limit = child.memory_limit_bytes
             self._finish(child, failed_event(
@@ -832,7 +834,8 @@ class ProcessExecutor(TaskExecutor):
             return await future
         except asyncio.CancelledError:
             if child.key == key and child.state == "busy":
-                logger.info("run of %s was cancelled by its caller; killing its executor process", _describe(key))
+                logger.info("run of %s was cancelled by its caller; killing its executor process", _describe(key),
+                            extra=log_ids(key))
                 self._finish(child, self._ended(key, "CANCELLED", "task {name!r} was cancelled"))
                 self._kill(child)
             raise
@@ -847,7 +850,8 @@ class ProcessExecutor(TaskExecutor):
         child.timer = None
         if child.key != key or child.state != "busy":
             return
-        logger.warning("%s timed out after %g s; killing executor process %d", _describe(key), timeout_s, child.pid)
+        logger.warning("%s timed out after %g s; killing executor process %d", _describe(key), timeout_s, child.pid,
+                       extra=log_ids(key))
         self._finish(child, self._ended(key, "TIMEOUT", f"task {{name!r}} timed out after {timeout_s:g} s"))
         self._kill(child)
 

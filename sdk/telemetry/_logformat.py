@@ -13,13 +13,25 @@ import json
 import logging
 import time
 
-__all__ = ["LOG_FORMATS", "CONTEXT_FIELDS", "JsonFormatter", "configure_logging"]
+__all__ = ["LOG_FORMATS", "CONTEXT_FIELDS", "JsonFormatter", "configure_logging", "log_ids"]
 
 #: Values of ``--log-format``.
 LOG_FORMATS = ("text", "json")
 #: Record attributes copied into JSON lines when a call passed them with ``extra=``.
 CONTEXT_FIELDS = ("run_id", "task", "attempt", "stimulus_id", "worker_id")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_ids(key: tuple[str, str, int] | None = None, *, run_id: str = "", stimulus_id: str = "") -> dict[str, object]:
+    """The ``extra=`` of a record about an attempt ``(run_id, task, attempt)``, a run, or a stimulus."""
+    ids: dict[str, object] = {}
+    if key is not None:
+        ids["run_id"], ids["task"], ids["attempt"] = key
+    elif run_id:
+        ids["run_id"] = run_id
+    if stimulus_id:
+        ids["stimulus_id"] = stimulus_id
+    return ids
 
 
 class JsonFormatter(logging.Formatter):
