@@ -30,7 +30,7 @@ def printer(lines: int, interval_s: float) -> int:
 
 
 def flood(total_bytes: int) -> int:
-    """Writes ``total_bytes`` to stdout as fast as the pipe takes them."""
+    """Writes whole 64 KiB blocks to stdout, at least ``total_bytes``, as fast as the pipe takes them."""
     block = (b"x" * 1023 + b"\n") * 64
     out = sys.stdout.buffer
     written = 0

@@ -31,12 +31,14 @@ def _by_stream(chunks, task: str, attempt: int | None = None) -> dict[str, str]:
 
 def test_stdout_stderr_logging_commands_and_subprocesses_are_captured_per_task(tmp_path):
     args = ("--log-format", "json")
-    with Cluster(tmp_path, workers=1, slots=2, worker_args=args, coordinator_args=args) as c, \
+    worker_args = (*args, "--task-log-max-bytes", "100000")
+    with Cluster(tmp_path, workers=1, slots=2, worker_args=worker_args, coordinator_args=args) as c, \
             PipelineManager(coordinator=c.address) as pm:  # fmt: skip
         p = Pipeline("captured")
         p.add_tasks([
             Task("chatty", hl.chatty, args=("a",)),
             Task.command("cmd", ["sh", "-c", f"echo cmd-out; echo cmd-err >&2; {sys.executable} -c \"print('grandchild')\""]),
+            Task("flood", hl.flood, args=(5 * 65536,)),  # five whole blocks
         ])  # fmt: skip
         result = pm.execute_pipeline(p, monitor=False, timeout_s=60)
         assert result.succeeded
@@ -53,6 +55,21 @@ def test_stdout_stderr_logging_commands_and_subprocesses_are_captured_per_task(t
         assert chatty["stderr"].endswith(" INFO tests.helpers_logs: logged a\n")  # a logging record, formatted
         cmd = _by_stream(pm.client.get_logs(result.run_id, "cmd"), "cmd")
         assert cmd == {"stdout": "cmd-out\ngrandchild\n", "stderr": "cmd-err\n"}
+
+        # The worker's --task-log-max-bytes keeps the first 100000 bytes and counts the rest.
+        flood = eventually(lambda: (ch := pm.client.get_logs(result.run_id, "flood")) and ch[-1].truncated_bytes and ch,
+                           timeout_s=10)  # fmt: skip
+        assert sum(len(ch.data) for ch in flood) == 100_000
+        assert [ch.truncated_bytes for ch in flood if ch.truncated_bytes] == [5 * 65536 - 100_000]
+        assert flood[-1].text == f"[xpipe: {5 * 65536 - 100_000} bytes of stdout dropped " \
+                                 "(over the per-attempt log cap, or shed under load)]\n"  # fmt: skip
+
+        # Following a finished run gives what is stored, then ends by itself.
+        started = time.monotonic()
+        followed = list(pm.client.follow_logs(result.run_id, timeout_s=30))
+        assert time.monotonic() - started < 5
+        assert sorted((ch.task, ch.text) for ch in followed) == sorted(
+            (ch.task, ch.text) for ch in pm.client.get_logs(result.run_id))
 
         text = pm.get_logs(result.run_id)
         assert "==> task 'chatty' attempt 1 <==\nout a\n" in text and "==> task 'cmd' attempt 1 <==\n" in text
