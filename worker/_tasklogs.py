@@ -164,7 +164,10 @@ class TaskLogBuffer:
         self.pending_bytes -= size
         for key in list(self._dropping):
             att = self._attempts.get(key) or self._ended.get(key)
-            if att is None or att.queued:
+            if att is None:  # forgotten meanwhile: nothing left to report
+                self._dropping.discard(key)
+                continue
+            if att.queued:
                 continue  # its marker goes after the output still queued
             self._dropping.discard(key)
             self._report_drops(key, att, out)
