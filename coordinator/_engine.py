@@ -191,7 +191,8 @@ class Engine:
                 RunRestored(now, run_id, stored.spec, order, stored.header.created_at, stored.tasks,
                             stimulus_id=f"recovery-{run_id}")
             )  # fmt: skip
-            log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name, extra=log_ids(run_id=run_id))
+            log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name,
+                     extra=log_ids(run_id=run_id))  # fmt: skip
         self._tasks = [
             asyncio.create_task(self._loop(), name="xpipe-engine"),
             asyncio.create_task(self._ticker(), name="xpipe-ticker"),

@@ -23,13 +23,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Self
 
 from xpipe._limits import MAX_NAME_CHARS
 from xpipe._proto import worker_pb2
 from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_MAX_BYTES
 
-__all__ = ["TaskLogStore", "LogRow", "check_log_batch", "TASK_LOG_DB", "READ_ROWS"]
+__all__ = ["READ_ROWS", "TASK_LOG_DB", "LogRow", "TaskLogStore", "check_log_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,8 @@ def check_log_batch(batch: worker_pb2.TaskLogBatch) -> str:
         if not ref.task or len(ref.task) > MAX_NAME_CHARS:
             return f"TaskLogBatch.entries[{i}].attempt.task must have 1 to {MAX_NAME_CHARS} chars"
         if entry.stream not in (STDOUT, STDERR) and (entry.data or entry.dropped_bytes):
-            return f"TaskLogBatch.entries[{i}].stream is {entry.stream}; output must be stdout (1) or stderr (2)"
+            return (f"TaskLogBatch.entries[{i}].stream is {entry.stream}; "
+                    "output must be stdout (1) or stderr (2)")  # fmt: skip
     return ""
 
 
@@ -160,7 +161,7 @@ class TaskLogStore:
             self._db.close()
             self._db = None
 
-    async def __aenter__(self) -> TaskLogStore:
+    async def __aenter__(self) -> Self:
         await self.open()
         return self
 
@@ -198,7 +199,8 @@ class TaskLogStore:
                         self._kept.popitem(last=False)
             if not data and not dropped and not entry.final:
                 continue
-            self._pending.append((ref.run_id, ref.task, ref.attempt, entry.stream, data, dropped, int(entry.final), now))
+            row = (ref.run_id, ref.task, ref.attempt, entry.stream, data, dropped, int(entry.final), now)
+            self._pending.append(row)
             self._pending_bytes += len(data)
         if self._pending:
             self._wake.set()
@@ -207,7 +209,8 @@ class TaskLogStore:
         rows, self._pending, self._pending_bytes = self._pending, [], 0
         if self._shed:  # markers for what was shed, so readers see a gap was there
             now = time.time()
-            rows.extend((run, task, attempt, stream, b"", n, 0, now) for (run, task, attempt, stream), n in self._shed.items())
+            rows.extend((run, task, attempt, stream, b"", n, 0, now)
+                        for (run, task, attempt, stream), n in self._shed.items())  # fmt: skip
             self._shed.clear()
         return rows
 
@@ -243,7 +246,9 @@ class TaskLogStore:
 
     # ------------------------------------------------------------------ reading
 
-    async def read(self, run_id: str, task: str = "", attempt: int = 0, *, after_seq: int = 0) -> list[LogRow]:
+    async def read(
+        self, run_id: str, task: str = "", attempt: int = 0, *, after_seq: int = 0
+    ) -> list[LogRow]:
         """Rows of the run (of ``task``, of ``attempt`` when not 0) after ``after_seq``, oldest first."""
         if self._closed:
             return []
@@ -253,7 +258,8 @@ class TaskLogStore:
     def _read_sync(self, run_id: str, task: str, attempt: int, after_seq: int) -> list[LogRow]:
         if self._db is None:
             return []
-        sql = "SELECT seq, task, attempt, stream, data, dropped, final, at FROM task_logs WHERE run_id = ? AND seq > ?"
+        sql = ("SELECT seq, task, attempt, stream, data, dropped, final, at FROM task_logs "
+               "WHERE run_id = ? AND seq > ?")  # fmt: skip
         args: list = [run_id, after_seq]
         if task:
             sql += " AND task = ?"
@@ -282,8 +288,3 @@ class TaskLogStore:
             watched[1] -= 1
             if watched[1] <= 0:
                 del self._changed[run_id]
-
-    @staticmethod
-    def finals(rows: Iterable[LogRow]) -> set[tuple[str, int]]:
-        """(task, attempt) of the attempts these rows end."""
-        return {(row.task, row.attempt) for row in rows if row.final}

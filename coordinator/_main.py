@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
-                   help="this coordinator's own log: text lines, or JSON lines with run_id/task/attempt/stimulus_id")
+                   help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
+                        "and stimulus_id fields")  # fmt: skip
     return p
 
 
@@ -75,7 +76,9 @@ async def _serve(opts: argparse.Namespace) -> int:
     )
     # Task logs live in the data directory whatever the store: see _logs.
     task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
-    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election, task_logs=task_logs)
+    coordinator = Coordinator(
+        store, listen=opts.listen, config=config, election=election, task_logs=task_logs
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

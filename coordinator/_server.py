@@ -293,7 +293,8 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                 except TimeoutError:
                     pass
                 if self.c.stopping:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; follow again")
+                    why = "coordinator is shutting down; follow again"
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, why)
         finally:
             if changed is not None:
                 logs.unwatch(run_id, changed)
@@ -307,13 +308,15 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             stored = await self.engine.store.get_run(run_id)
             if stored is None:
                 return f"no run {quoted(run_id)}"
-            names = set(stored.tasks) | ({t.name for t in stored.spec.tasks} if stored.spec is not None else set())
+            names = set(stored.tasks)
+            if stored.spec is not None:
+                names |= {t.name for t in stored.spec.tasks}
         if task and task not in names:
             return f"run {quoted(run_id)} has no task {quoted(task)}"
         return ""
 
     def _logs_awaited(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> bool | None:
-        """For a follower: True while tasks still run, False when finished but logs may lag, None when done."""
+        """For a follower: True while tasks run, False when they finished but logs may lag, None when done."""
         run = self.engine.state.runs.get(run_id)
         if run is None:  # not in memory: long finished (or this coordinator is no longer the leader)
             return False

@@ -75,8 +75,8 @@ _LAZY = {
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
     **dict.fromkeys(
-        ("CircuitInfo", "ClusterStatus", "InstallReport", "LogChunk", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary",
-         "TaskInfo", "TaskResult", "WorkerInfo", "WorkerInstall"),
+        ("CircuitInfo", "ClusterStatus", "InstallReport", "LogChunk", "NodeRecovery", "RunEvent", "RunInfo",
+         "RunSummary", "TaskInfo", "TaskResult", "WorkerInfo", "WorkerInstall"),
         "._types",
     ),
     **dict.fromkeys(

@@ -256,8 +256,9 @@ def cmd_logs(opts) -> int:
             chunks = iter(client.get_logs(opts.run_id, opts.task or "", attempt=opts.attempt))
         if opts.json:  # one JSON object per line, so a followed stream can be piped
             for c in chunks:
-                print(json.dumps({"task": c.task, "attempt": c.attempt, "stream": c.stream, "text": c.text,
-                                  "truncated_bytes": c.truncated_bytes, "received_at": c.received_at}), flush=True)
+                line = {"task": c.task, "attempt": c.attempt, "stream": c.stream, "text": c.text,
+                        "truncated_bytes": c.truncated_bytes, "received_at": c.received_at}  # fmt: skip
+                print(json.dumps(line), flush=True)
             return 0
         out = sys.stdout
         for text in format_logs(chunks):

@@ -481,7 +481,8 @@ class Client:
         first: dict[tuple[str, int], int] = {}
         for c in chunks:
             first.setdefault((c.task, c.attempt), len(first))
-        ordered = sorted(chunks, key=lambda c: first[(c.task, c.attempt)])  # stable: arrival order within each
+        # sorted() is stable: within each attempt the chunks stay in arrival order.
+        ordered = sorted(chunks, key=lambda c: first[(c.task, c.attempt)])
         return [LogChunk.from_proto(c) for c in ordered]
 
     def follow_logs(
@@ -509,7 +510,9 @@ class Client:
             stream.cancel()
 
     @staticmethod
-    def _logs_request(run_id: str, task: str, attempt: int, *, follow: bool) -> pipeline_pb2.GetTaskLogsRequest:
+    def _logs_request(
+        run_id: str, task: str, attempt: int, *, follow: bool
+    ) -> pipeline_pb2.GetTaskLogsRequest:
         if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
             raise ValueError(f"attempt must be an int >= 0 (0: every attempt), got {attempt!r}")
         return pipeline_pb2.GetTaskLogsRequest(run_id=run_id, task=task or "", attempt=attempt, follow=follow)

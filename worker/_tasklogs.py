@@ -19,21 +19,22 @@ import contextvars
 import io
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from xpipe._proto import worker_pb2
 from xpipe.telemetry._tasklogs import (
     STDERR,
     STDOUT,
     TASK_LOG_BATCH_MAX_BYTES,
-    TASK_LOG_FORMAT,
     TASK_LOG_FLUSH_INTERVAL_S,
+    TASK_LOG_FORMAT,
     TASK_LOG_MAX_BYTES,
     TASK_LOG_PENDING_MAX_BYTES,
 )
 
-__all__ = ["TaskLogBuffer", "LogSink", "route_thread_output", "current_attempt"]
+__all__ = ["LogSink", "TaskLogBuffer", "current_attempt", "route_thread_output"]
 
 AttemptKey = tuple[str, str, int]
 #: Where executors send what a task wrote: ``sink(attempt, stream, data)``.
@@ -227,7 +228,7 @@ current_attempt: contextvars.ContextVar[AttemptKey | None] = contextvars.Context
 class _RoutedBuffer(io.RawIOBase):
     """``sys.stdout.buffer`` of a routed stream: bytes go where the text goes."""
 
-    def __init__(self, owner: "_RoutedStream"):
+    def __init__(self, owner: _RoutedStream):
         self._owner = owner
 
     def writable(self) -> bool:

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 
-__all__ = ["LOG_FORMATS", "CONTEXT_FIELDS", "JsonFormatter", "configure_logging", "log_ids"]
+__all__ = ["CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "configure_logging", "log_ids"]
 
 #: Values of ``--log-format``.
 LOG_FORMATS = ("text", "json")

@@ -7,15 +7,15 @@ keeps them and the SDK and CLI that show them share one spelling of each fact.
 from __future__ import annotations
 
 __all__ = [
-    "TASK_LOG_MAX_BYTES",
-    "TASK_LOG_FLUSH_INTERVAL_S",
-    "TASK_LOG_PENDING_MAX_BYTES",
-    "TASK_LOG_BATCH_MAX_BYTES",
-    "TASK_LOG_SETTLE_S",
-    "TASK_LOG_FORMAT",
-    "STDOUT",
     "STDERR",
+    "STDOUT",
     "STREAM_NAMES",
+    "TASK_LOG_BATCH_MAX_BYTES",
+    "TASK_LOG_FLUSH_INTERVAL_S",
+    "TASK_LOG_FORMAT",
+    "TASK_LOG_MAX_BYTES",
+    "TASK_LOG_PENDING_MAX_BYTES",
+    "TASK_LOG_SETTLE_S",
     "truncation_marker",
 ]
 

@@ -14,11 +14,11 @@ import time
 
 import psutil
 import pytest
+from xpipe import Pipeline, PipelineManager, RunNotFoundError, Task
+from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 
 from tests import helpers_logs as hl
 from tests.harness import Cluster, child_env, eventually
-from xpipe import Pipeline, PipelineManager, RunNotFoundError, Task
-from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 
 
 def _by_stream(chunks, task: str, attempt: int | None = None) -> dict[str, str]:
@@ -83,7 +83,7 @@ def test_stdout_stderr_logging_commands_and_subprocesses_are_captured_per_task(t
 
         # The CLI prints the same text, and JSON lines with --json.
         cli = subprocess.run([sys.executable, "-m", "xpipe._cli", "logs", result.run_id, "cmd", "--coordinator", c.address],
-                             env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+                             env=child_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.startswith("==> task 'cmd' attempt 1 <==\n") and "cmd-err\n" in cli.stdout
 
@@ -92,7 +92,7 @@ def test_stdout_stderr_logging_commands_and_subprocesses_are_captured_per_task(t
         with pytest.raises(RunNotFoundError, match="has no task 'ghost'"):
             pm.client.get_logs(result.run_id, "ghost")
         cli = subprocess.run([sys.executable, "-m", "xpipe._cli", "logs", "no-such-run", "--coordinator", c.address],
-                             env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+                             env=child_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert cli.returncode == 2 and "no run" in cli.stderr
 
 
@@ -199,7 +199,7 @@ def test_a_flood_is_capped_and_does_not_hurt_the_coordinator_or_other_tasks(tmp_
 def test_worker_refuses_a_bad_task_log_cap_with_a_clear_error():
     for value, message in (("-1", "must not be negative"), ("lots", "expected a size")):
         out = subprocess.run([sys.executable, "-m", "xpipe.worker", "--task-log-max-bytes", value],
-                             env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+                             env=child_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert out.returncode == 2 and "--task-log-max-bytes" in out.stderr and message in out.stderr, out.stderr
 
 

@@ -8,8 +8,6 @@ import logging
 import sys
 
 import pytest
-
-from tests.unit.test_executor import assignment, key_of, run, value
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe._types import LogChunk, format_logs
 from xpipe.coordinator._logs import TaskLogStore, check_log_batch
@@ -17,6 +15,8 @@ from xpipe.telemetry._logformat import JsonFormatter, configure_logging
 from xpipe.telemetry._tasklogs import STDERR, STDOUT
 from xpipe.worker._executor import ProcessExecutor, ThreadExecutor
 from xpipe.worker._tasklogs import TaskLogBuffer
+
+from tests.unit.test_executor import assignment, key_of, run, value
 
 A = ("run-1", "t", 1)
 B = ("run-1", "u", 1)
