@@ -19,6 +19,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ class TaskLogStore:
         target = ":memory:" if self.path is None else str(self.path)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Task output may hold secrets: readable by the coordinator's user only, like the store.
+            os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         # Logs are diagnostics: a power cut may lose the last moments of them, never the runs.

@@ -318,8 +318,8 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     def _logs_awaited(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> bool | None:
         """For a follower: True while tasks run, False when they finished but logs may lag, None when done."""
         run = self.engine.state.runs.get(run_id)
-        if run is None:  # not in memory: long finished (or this coordinator is no longer the leader)
-            return False
+        if run is None:  # not in memory: finished long enough ago that its logs are complete
+            return None
         entries = [run.tasks[task]] if task else list(run.tasks.values())
         missing = False
         for entry in entries:
