@@ -216,3 +216,21 @@ def test_embedded_default_serves_logs(tmp_path):
 
         text = eventually(complete, timeout_s=10)
         assert text.startswith("==> task 'chatty' attempt 1 <==\nout e\n")
+
+
+def test_output_of_a_task_running_through_a_coordinator_restart_is_all_kept(tmp_path):
+    with Cluster(tmp_path, workers=1, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+        p = Pipeline("through-restart")
+        p.add_task(Task("printer", hl.printer, args=(30, 0.1)))
+        run_id = pm.submit(p)
+        eventually(lambda: "tick 2" in pm.get_logs(run_id), timeout_s=20)
+        c.restart_coordinator()  # the worker holds what the task prints meanwhile, then sends it
+        eventually(lambda: pm.client.get_run(run_id).summary.state == "SUCCEEDED", timeout_s=60)
+        expected = "".join(f"tick {i}\n" for i in range(30))
+
+        def complete():
+            text = pm.get_logs(run_id, "printer")
+            return text if text.endswith("tick 29\n") else None
+
+        text = eventually(complete, timeout_s=10)
+        assert text == "==> task 'printer' attempt 1 <==\n" + expected
