@@ -127,6 +127,13 @@ class TaskLogStore:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._io, self._open_sync)
         self._writer = asyncio.create_task(self._write_loop(), name="xpipe-task-logs")
+        self._writer.add_done_callback(self._writer_done)
+
+    def _writer_done(self, task: asyncio.Task) -> None:
+        # Said at once, not at close: logs waiting from now on are held up to the bound, then shed.
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the task log writer stopped; new task logs are no longer written to %s", self.path,
+                      exc_info=task.exception())  # fmt: skip
 
     def _open_sync(self) -> None:
         target = ":memory:" if self.path is None else str(self.path)
