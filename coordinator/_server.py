@@ -259,7 +259,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         logs = self.c.task_logs
         changed = logs.watch(run_id) if request.follow else None
         loop = asyncio.get_running_loop()
-        seq = 0
+        seq = request.after_seq
         finals: set[tuple[str, int]] = set()
         settle_until: float | None = None
         try:
@@ -274,7 +274,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                     else:
                         yield pipeline_pb2.TaskLogChunk(
                             task=row.task, attempt=row.attempt, stream=row.stream, data=row.data,
-                            truncated_bytes=row.dropped_bytes, received_at=row.at,
+                            truncated_bytes=row.dropped_bytes, received_at=row.at, seq=row.seq,
                         )  # fmt: skip
                 if len(rows) >= READ_ROWS:
                     continue  # more is stored: read on before waiting

@@ -491,23 +491,38 @@ class Client:
         """Yield what the tasks write as they write it, until the task (or run) has finished.
 
         Output reaches the coordinator within about 0.2 s of being written. The stream ends
-        once every task asked about is finished and its output has arrived.
+        once every task asked about is finished and its output has arrived. A broken stream
+        (a coordinator restart, a failover) is resumed after the last chunk yielded, within
+        ``connect_timeout_s`` like a watch.
 
         Raises:
             RunNotFoundError: no such run, or the run has no such task.
             TimeoutError: still going after ``timeout_s``.
+            CoordinatorUnavailableError: no coordinator answered within ``connect_timeout_s``.
         """
         request = self._logs_request(run_id, task, attempt, follow=True)
         timeout_s = check_seconds("timeout_s", timeout_s, allow_none=True)
-        stream = self._stubs()[0].GetTaskLogs(request, timeout=timeout_s)
-        try:
-            with translate_rpc_errors(keep=frozenset({grpc.StatusCode.DEADLINE_EXCEEDED})):
-                for chunk in stream:
-                    yield LogChunk.from_proto(chunk)
-        except grpc.RpcError as exc:  # kept: the caller's own deadline
-            raise TimeoutError(f"logs of run {run_id} still going after {timeout_s:g} s") from exc
-        finally:
-            stream.cancel()
+        attempts = _Attempts(self, timeout_s=timeout_s, what=f"following the logs of run {run_id}")
+        while True:
+            stream = self._stubs()[0].GetTaskLogs(request, timeout=attempts.remaining_s())
+            streamed = False
+            try:
+                with translate_rpc_errors(keep=_STREAM_RETRYABLE if attempts.until is None else _STREAM_KEPT):
+                    for chunk in stream:
+                        streamed = True
+                        request.after_seq = chunk.seq
+                        yield LogChunk.from_proto(chunk)
+                return
+            except grpc.RpcError as exc:  # kept untranslated: retryable, or the caller's deadline
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise attempts.timed_out() from exc
+                log.info("%s: interrupted (%s); resuming", attempts.what, _describe(exc))
+                error = exc
+            finally:
+                stream.cancel()
+            if streamed:
+                attempts.answered()
+            attempts.failed(error)
 
     @staticmethod
     def _logs_request(

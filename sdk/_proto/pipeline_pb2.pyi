@@ -170,29 +170,33 @@ class GetTaskStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Mapping[str, TaskStats]] = ...) -> None: ...
 
 class GetTaskLogsRequest(_message.Message):
-    __slots__ = ("run_id", "task", "attempt", "follow")
+    __slots__ = ("run_id", "task", "attempt", "follow", "after_seq")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
     attempt: int
     follow: bool
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class TaskLogChunk(_message.Message):
-    __slots__ = ("task", "attempt", "stream", "data", "truncated_bytes", "received_at")
+    __slots__ = ("task", "attempt", "stream", "data", "truncated_bytes", "received_at", "seq")
     TASK_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     task: str
     attempt: int
     stream: _worker_pb2.LogStream
     data: bytes
     truncated_bytes: int
     received_at: float
-    def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[_Union[_worker_pb2.LogStream, str]] = ..., data: _Optional[bytes] = ..., truncated_bytes: _Optional[int] = ..., received_at: _Optional[float] = ...) -> None: ...
+    seq: int
+    def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[_Union[_worker_pb2.LogStream, str]] = ..., data: _Optional[bytes] = ..., truncated_bytes: _Optional[int] = ..., received_at: _Optional[float] = ..., seq: _Optional[int] = ...) -> None: ...

@@ -223,6 +223,9 @@ def test_output_of_a_task_running_through_a_coordinator_restart_is_all_kept(tmp_
         p = Pipeline("through-restart")
         p.add_task(Task("printer", hl.printer, args=(30, 0.1)))
         run_id = pm.submit(p)
+        followed: list = []
+        follower = threading.Thread(target=lambda: followed.extend(pm.client.follow_logs(run_id, timeout_s=60)))
+        follower.start()
         eventually(lambda: "tick 2" in pm.get_logs(run_id), timeout_s=20)
         c.restart_coordinator()  # the worker holds what the task prints meanwhile, then sends it
         eventually(lambda: pm.client.get_run(run_id).summary.state == "SUCCEEDED", timeout_s=60)
@@ -234,3 +237,7 @@ def test_output_of_a_task_running_through_a_coordinator_restart_is_all_kept(tmp_
 
         text = eventually(complete, timeout_s=10)
         assert text == "==> task 'printer' attempt 1 <==\n" + expected
+        # The follower's stream broke with the restart and resumed after its last chunk: nothing twice.
+        follower.join(timeout=30)
+        assert not follower.is_alive()
+        assert "".join(ch.text for ch in followed) == expected
