@@ -238,3 +238,37 @@ def test_json_log_lines_carry_the_run_task_attempt_and_stimulus_ids():
     assert "run_id" not in plain and plain["ts"].endswith("Z")
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         configure_logging("INFO", "xml")
+
+
+def test_a_write_sqlite_refuses_is_logged_and_later_writes_go_on(tmp_path, caplog):
+    async def main():
+        async with TaskLogStore(tmp_path / "logs.db") as store:
+            loop = asyncio.get_running_loop()
+            # SQLite itself refuses the writes (as for a read-only or full disk), on the store's thread.
+            await loop.run_in_executor(store._io, store._db.execute, "PRAGMA query_only=ON")
+            store.append(_batch((A, STDOUT, b"lost\n", 0, False)), now=1.0)
+            for _ in range(200):
+                if "task log rows" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)  # the writer's turn; bounded by the loop count
+            await loop.run_in_executor(store._io, store._db.execute, "PRAGMA query_only=OFF")
+            changed = store.watch("run-1")
+            store.append(_batch((A, STDOUT, b"kept\n", 0, False)), now=2.0)
+            await asyncio.wait_for(changed.wait(), 5)
+            return await store.read("run-1")
+
+    with caplog.at_level(logging.ERROR, logger="xpipe.coordinator._logs"):
+        rows = asyncio.run(main())
+    assert "cannot write 1 task log rows" in caplog.text and "they are lost" in caplog.text
+    assert [r.data for r in rows] == [b"kept\n"]
+
+
+def test_a_bad_attempt_is_refused_before_anything_is_sent():
+    from xpipe import Client
+    from xpipe._cli import main
+
+    for bad in (-1, True, 1.5):
+        with pytest.raises(ValueError, match="attempt must be an int >= 0"):
+            Client._logs_request("run-1", "", bad, follow=False)
+    with pytest.raises(SystemExit, match="--attempt must be >= 0"):
+        main(["logs", "run-1", "--attempt", "-1", "--coordinator", "127.0.0.1:1"])
