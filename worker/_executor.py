@@ -40,7 +40,7 @@ from xpipe._proto import common_pb2, worker_pb2
 from xpipe.telemetry._logformat import log_ids
 
 from . import _runtask
-from ._tasklogs import LogSink, current_attempt, route_thread_output
+from ._tasklogs import LogSink, route_thread_output, run_in_attempt
 from ._task_limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
 from ._runtask import failed_event, pickled_code_refusal, run_assignment
 
@@ -927,16 +927,7 @@ class ThreadExecutor(TaskExecutor):
         if self._pool is not None:
             return
         if self._log_sink is not None:
-            loop = asyncio.get_running_loop()
-            sink = self._log_sink
-
-            def from_thread(key: AttemptKey, stream: int, data: bytes) -> None:
-                try:
-                    loop.call_soon_threadsafe(sink, key, stream, data)
-                except RuntimeError:  # the loop is closed: the worker is gone
-                    pass
-
-            self._unroute = route_thread_output(from_thread)
+            self._unroute = route_thread_output(self._log_sink, asyncio.get_running_loop())
         for module in self.imports:
             try:
                 importlib.import_module(module)
@@ -969,7 +960,7 @@ class ThreadExecutor(TaskExecutor):
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
         work = self._pool.submit(
-            _in_attempt, key, functools.partial(run_assignment, artifact_root=self._artifact_root or None),
+            run_in_attempt, key, functools.partial(run_assignment, artifact_root=self._artifact_root or None),
             assignment, code, self._cache,
         )  # fmt: skip
         self._running[key] = (work, outcome)
@@ -1048,14 +1039,6 @@ class ThreadExecutor(TaskExecutor):
             self._unroute()
             self._unroute = None
 
-
-def _in_attempt(key: AttemptKey, fn: Any, *args: Any) -> Any:
-    """Run ``fn`` in a task thread with its output routed to attempt ``key``."""
-    token = current_attempt.set(key)
-    try:
-        return fn(*args)
-    finally:
-        current_attempt.reset(token)
 
 
 def make_executor(kind: str, slots: int, **kw: Any) -> TaskExecutor:

@@ -14,6 +14,7 @@ costs dropped output, never unbounded memory).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextvars
 import io
@@ -34,7 +35,7 @@ from xpipe.telemetry._tasklogs import (
     TASK_LOG_PENDING_MAX_BYTES,
 )
 
-__all__ = ["LogSink", "TaskLogBuffer", "current_attempt", "route_thread_output"]
+__all__ = ["LogSink", "TaskLogBuffer", "current_attempt", "route_thread_output", "run_in_attempt"]
 
 AttemptKey = tuple[str, str, int]
 #: Where executors send what a task wrote: ``sink(attempt, stream, data)``.
@@ -304,18 +305,34 @@ def _outside_tasks(record: logging.LogRecord) -> bool:
     return current_attempt.get() is None
 
 
-def route_thread_output(sink: LogSink) -> Callable[[], None]:
-    """Send what task threads print and log to ``sink``; return the undo.
+def run_in_attempt(key: AttemptKey, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in a task thread with its output routed to attempt ``key``."""
+    token = current_attempt.set(key)
+    try:
+        return fn(*args)
+    finally:
+        current_attempt.reset(token)
+
+
+def route_thread_output(sink: LogSink, loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """Send what task threads print and log to ``sink`` on ``loop``; return the undo.
 
     Only what goes through ``sys.stdout``/``sys.stderr`` and ``logging`` in the thread that
     runs the task (and threads started with its context copied) is caught: output of C
     code and of subprocesses writing to the file descriptors directly reaches the worker's
-    own stdout. ``sink`` is called in the task's thread.
+    own stdout. ``sink`` is called on the loop's thread, like the process executor's.
     """
+
+    def from_thread(key: AttemptKey, stream: int, data: bytes) -> None:
+        try:
+            loop.call_soon_threadsafe(sink, key, stream, data)
+        except RuntimeError:  # the loop is closed: the worker is gone
+            pass
+
     old_out, old_err = sys.stdout, sys.stderr
-    sys.stdout = _RoutedStream(old_out, STDOUT, sink)
-    sys.stderr = _RoutedStream(old_err, STDERR, sink)
-    handler = _RoutedLogHandler(sink)
+    sys.stdout = _RoutedStream(old_out, STDOUT, from_thread)
+    sys.stderr = _RoutedStream(old_err, STDERR, from_thread)
+    handler = _RoutedLogHandler(from_thread)
     root = logging.getLogger()
     others = list(root.handlers)
     for other in others:
