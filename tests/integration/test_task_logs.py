@@ -219,7 +219,9 @@ def test_embedded_default_serves_logs(tmp_path):
 
 
 def test_output_of_a_task_running_through_a_coordinator_restart_is_all_kept(tmp_path):
-    with Cluster(tmp_path, workers=1, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+    json_logs = ("--log-format", "json")
+    with Cluster(tmp_path, workers=1, slots=1, coordinator_args=json_logs) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
         p = Pipeline("through-restart")
         p.add_task(Task("printer", hl.printer, args=(30, 0.1)))
         run_id = pm.submit(p)
@@ -241,3 +243,7 @@ def test_output_of_a_task_running_through_a_coordinator_restart_is_all_kept(tmp_
         follower.join(timeout=30)
         assert not follower.is_alive()
         assert "".join(ch.text for ch in followed) == expected
+        # The restarted coordinator's JSON line about resuming the run names it in a field.
+        records = [json.loads(line) for line in c.coordinator.log_text().splitlines() if line.startswith("{")]
+        resumed = [r for r in records if r["message"].startswith("resuming run")]
+        assert [r.get("run_id") for r in resumed] == [run_id], resumed
