@@ -225,23 +225,26 @@ class TaskLogStore:
         return rows
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            rows = self._take_pending()
-            if not rows:
-                continue
-            try:
-                await loop.run_in_executor(self._io, self._flush_sync, rows)
-            except sqlite3.Error:
-                # Logs are diagnostics: a full disk loses these rows, never a run; say so and go on.
-                log.exception("cannot write %d task log rows to %s; they are lost", len(rows), self.path)
-                continue
-            for run_id in {row[0] for row in rows}:
-                watched = self._changed.get(run_id)
-                if watched is not None:
-                    watched[0].set()
+            await self._write(self._take_pending())
+
+    async def _write(self, rows: list[tuple]) -> None:
+        """Write ``rows`` on the store's thread, then wake the followers of their runs."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._io, self._flush_sync, rows)
+        except sqlite3.Error:
+            # Logs are diagnostics: a full disk loses these rows, never a run; say so and go on.
+            log.exception("cannot write %d task log rows to %s; they are lost", len(rows), self.path)
+            return
+        for run_id in {row[0] for row in rows}:
+            watched = self._changed.get(run_id)
+            if watched is not None:
+                watched[0].set()
 
     def _flush_sync(self, rows: list[tuple]) -> None:
         if not rows or self._db is None:
@@ -262,6 +265,9 @@ class TaskLogStore:
         """Rows of the run (of ``task``, of ``attempt`` when not 0) after ``after_seq``, oldest first."""
         if self._closed:
             return []
+        # What was appended before this read is written first (the same thread runs both, in
+        # order), so a reader right after a task ended sees the batch that came after its outcome.
+        await self._write(self._take_pending())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._io, self._read_sync, run_id, task, attempt, after_seq)
 
