@@ -42,7 +42,7 @@ from ._events import (
 )
 from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, VERSION
-from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
+from xpipe.telemetry._tasklogs import TASK_LOG_LAG_S, TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._validate import (
     check_event,
@@ -250,22 +250,23 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
 
         Done means: every task asked about is finished and the worker's final log entry
         for its last attempt has arrived, or :data:`TASK_LOG_SETTLE_S` passed since it
-        finished (it printed nothing, or its worker died before sending the rest).
+        finished (it printed nothing, or its worker died before sending the rest). Without
+        ``follow``, a task that finished in the last :data:`TASK_LOG_LAG_S` is given that
+        long for its final entry, which travels right behind its outcome.
         """
         run_id, task = request.run_id, request.task
         problem = await self._log_target_problem(run_id, task)
         if problem:
             await context.abort(grpc.StatusCode.NOT_FOUND, problem)
         logs = self.c.task_logs
-        changed = logs.watch(run_id) if request.follow else None
+        changed = logs.watch(run_id)
         loop = asyncio.get_running_loop()
         seq = request.after_seq
         finals: set[tuple[str, int]] = set()
         settle_until: float | None = None
         try:
             while True:
-                if changed is not None:
-                    changed.clear()
+                changed.clear()
                 rows = await logs.read(run_id, task, request.attempt, after_seq=seq)
                 for row in rows:
                     seq = row.seq
@@ -278,26 +279,30 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                         )  # fmt: skip
                 if len(rows) >= READ_ROWS:
                     continue  # more is stored: read on before waiting
-                if changed is None:
-                    return
-                waiting = self._logs_awaited(run_id, task, request.attempt, finals)
-                if waiting is None:
-                    return
-                if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
-                    now = loop.time()
-                    settle_until = settle_until or now + TASK_LOG_SETTLE_S
-                    if now >= settle_until:
+                if not request.follow:
+                    wait_s = self._log_lag_s(run_id, task, request.attempt, finals)
+                    if wait_s <= 0:
                         return
+                else:
+                    waiting = self._logs_awaited(run_id, task, request.attempt, finals)
+                    if waiting is None:
+                        return
+                    wait_s = 1.0
+                    if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
+                        now = loop.time()
+                        settle_until = settle_until or now + TASK_LOG_SETTLE_S
+                        if now >= settle_until:
+                            return
+                        wait_s = min(0.25, settle_until - now)
                 try:
-                    await asyncio.wait_for(changed.wait(), 0.25 if not waiting else 1.0)
+                    await asyncio.wait_for(changed.wait(), wait_s)
                 except TimeoutError:
                     pass
                 if self.c.stopping:
                     why = "coordinator is shutting down; follow again"
                     await context.abort(grpc.StatusCode.UNAVAILABLE, why)
         finally:
-            if changed is not None:
-                logs.unwatch(run_id, changed)
+            logs.unwatch(run_id, changed)
 
     async def _log_target_problem(self, run_id: str, task: str) -> str:
         """Why GetTaskLogs has nothing to serve ("" when the run, and the task if named, exist)."""
@@ -314,6 +319,20 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         if task and task not in names:
             return f"run {quoted(run_id)} has no task {quoted(task)}"
         return ""
+
+    def _log_lag_s(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> float:
+        """How long a plain read should wait for final entries of tasks that just finished (0: none)."""
+        run = self.engine.state.runs.get(run_id)
+        if run is None:
+            return 0.0
+        now = time.time()
+        wait_s = 0.0
+        for entry in [run.tasks[task]] if task else run.tasks.values():
+            last = attempt or entry.attempt
+            if (entry.state in TERMINAL_TASK_STATES and entry.attempt and entry.finished_at > now - TASK_LOG_LAG_S
+                    and (entry.name, last) not in finals):  # fmt: skip
+                wait_s = max(wait_s, entry.finished_at + TASK_LOG_LAG_S - now)
+        return min(wait_s, TASK_LOG_LAG_S)
 
     def _logs_awaited(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> bool | None:
         """For a follower: True while tasks run, False when they finished but logs may lag, None when done."""

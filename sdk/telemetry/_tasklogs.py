@@ -13,6 +13,7 @@ __all__ = [
     "TASK_LOG_BATCH_MAX_BYTES",
     "TASK_LOG_FLUSH_INTERVAL_S",
     "TASK_LOG_FORMAT",
+    "TASK_LOG_LAG_S",
     "TASK_LOG_MAX_BYTES",
     "TASK_LOG_PENDING_MAX_BYTES",
     "TASK_LOG_SETTLE_S",
@@ -34,6 +35,11 @@ TASK_LOG_SETTLE_S = 1.0
 
 #: How a task's ``logging`` records look in its captured stderr.
 TASK_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: A task's last log batch leaves its worker right after its outcome, a few ms behind it
+#: (one more message on the stream). A read of a task that finished less than this long ago
+#: and whose final log entry has not arrived waits for it, this long after the finish at most.
+TASK_LOG_LAG_S = 0.1
 
 #: ``LogStream`` numbers (worker.proto); the same as the file descriptors they come from.
 STDOUT = 1

@@ -106,13 +106,16 @@ def test_follow_shows_a_plain_print_within_a_second_and_ends_with_the_task(tmp_p
         submitted = time.monotonic()
         run_id = pm.submit(p)
         seen: list[str] = []
-        first_after_s = None
+        first_seen_at = first_after_s = None
         for chunk in pm.client.follow_logs(run_id, "printer", timeout_s=30):
-            if first_after_s is None:
-                first_after_s = time.monotonic() - submitted
+            if first_seen_at is None:
+                first_seen_at, first_after_s = time.time(), time.monotonic() - submitted
             seen.append(chunk.text)
-        # The first line printed (no flush) reached the follower within 1 s of the submit.
-        assert first_after_s is not None and first_after_s < 1.0, first_after_s
+        # The first line, printed (no flush) as the task started, reached the follower within
+        # 1 s of that start (the worker's clock is this machine's), and the submit too.
+        started_at = pm.client.get_run(run_id).tasks[0].started_at
+        assert first_seen_at is not None and first_seen_at - started_at < 1.0, (first_seen_at, started_at)
+        assert first_after_s < 5.0, first_after_s  # scheduling included: loose, the machine is shared
         # The follow ended by itself once the task finished, with every line in order.
         assert "".join(seen) == "".join(f"tick {i}\n" for i in range(15))
         assert pm.client.get_run(run_id).state == "SUCCEEDED"
