@@ -261,7 +261,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         logs = self.c.task_logs
         changed = logs.watch(run_id)
         loop = asyncio.get_running_loop()
-        seq = request.after_seq
+        seq = min(request.after_seq, _MAX_SEQ)  # SQLite's integers are signed 64-bit
         finals: set[tuple[str, int]] = set()
         settle_until: float | None = None
         try:
@@ -354,6 +354,8 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
 
 
 _CONNECT = "/xpipe.v1.WorkerService/Connect"
+#: The largest log sequence number there can be; a larger ``after_seq`` asks for nothing.
+_MAX_SEQ = (1 << 63) - 1
 
 
 class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
