@@ -24,13 +24,14 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+from xpipe._domain import TERMINAL_TASK_STATES
 from xpipe._limits import MAX_NAME_CHARS
 from xpipe._proto import worker_pb2
-from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_MAX_BYTES
+from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_LAG_S, TASK_LOG_MAX_BYTES
 
-__all__ = ["READ_ROWS", "TASK_LOG_DB", "LogRow", "TaskLogStore", "check_log_batch"]
+__all__ = ["READ_ROWS", "TASK_LOG_DB", "LogRow", "TaskLogStore", "check_log_batch", "logs_awaited", "logs_lag_s"]
 
 log = logging.getLogger(__name__)
 
@@ -304,3 +305,48 @@ class TaskLogStore:
             watched[1] -= 1
             if watched[1] <= 0:
                 del self._changed[run_id]
+
+
+# ---- when a reader has it all (pure: the run's entries and the clock are passed in) ----
+
+Finals = set[tuple[str, int]]
+
+
+def logs_awaited(run: Any, task: str, attempt: int, finals: Finals) -> bool | None:
+    """For a follower: True while tasks run, False when they finished but logs may lag, None when done.
+
+    Args:
+        run: the run's entry in the state machine (None: not in memory, long finished).
+        task: the task followed ("": every task of the run); attempt: the one followed (0: all).
+        finals: (task, attempt) of the final log entries seen so far.
+    """
+    if run is None:
+        return None
+    missing = False
+    for entry in [run.tasks[task]] if task else run.tasks.values():
+        if attempt and entry.attempt > attempt:  # the attempt followed is over
+            missing = missing or (entry.name, attempt) not in finals
+            continue
+        if entry.state not in TERMINAL_TASK_STATES:
+            return True
+        if entry.attempt and (entry.name, attempt or entry.attempt) not in finals:
+            missing = True
+    return False if missing else None
+
+
+def logs_lag_s(run: Any, task: str, attempt: int, finals: Finals, now: float) -> float:
+    """How long a plain read should wait for the final entries of tasks that just finished (0: none).
+
+    A task's last log batch travels right behind its outcome; one that finished less than
+    :data:`TASK_LOG_LAG_S` ago (``now`` and ``finished_at`` are unix seconds) without its
+    final entry is waited for until then. One that wrote nothing costs that whole wait.
+    """
+    if run is None:
+        return 0.0
+    wait_s = 0.0
+    for entry in [run.tasks[task]] if task else run.tasks.values():
+        recent = entry.finished_at > now - TASK_LOG_LAG_S
+        if recent and entry.state in TERMINAL_TASK_STATES and entry.attempt and (
+            entry.name, attempt or entry.attempt) not in finals:  # fmt: skip
+            wait_s = max(wait_s, entry.finished_at + TASK_LOG_LAG_S - now)
+    return min(wait_s, TASK_LOG_LAG_S)

@@ -26,7 +26,7 @@ from xpipe.errors import PipelineValidationError
 from xpipe._backoff import Backoff
 
 from ._engine import Engine, EngineConfig, InternalError
-from ._logs import READ_ROWS, TaskLogStore, check_log_batch
+from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
@@ -41,8 +41,8 @@ from ._events import (
     task_info,
 )
 from ._events import WorkersForgotten
-from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES, VERSION
-from xpipe.telemetry._tasklogs import TASK_LOG_LAG_S, TASK_LOG_SETTLE_S
+from xpipe._domain import TERMINAL_RUN_STATES, VERSION
+from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._validate import (
     check_event,
@@ -244,15 +244,14 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             stats={name: pipeline_pb2.TaskStats(mean_duration_s=mean, samples=n) for name, (mean, n) in stats.items()}
         )
 
-
     async def GetTaskLogs(self, request, context):
         """Stream stored log rows; with ``follow``, new ones until the task (or run) is done.
 
         Done means: every task asked about is finished and the worker's final log entry
         for its last attempt has arrived, or :data:`TASK_LOG_SETTLE_S` passed since it
         finished (it printed nothing, or its worker died before sending the rest). Without
-        ``follow``, a task that finished in the last :data:`TASK_LOG_LAG_S` is given that
-        long for its final entry, which travels right behind its outcome.
+        ``follow``, a task that just finished is given a moment for its final entry, which
+        travels right behind its outcome (:func:`~._logs.logs_lag_s`).
         """
         run_id, task = request.run_id, request.task
         problem = await self._log_target_problem(run_id, task)
@@ -279,12 +278,13 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                         )  # fmt: skip
                 if len(rows) >= READ_ROWS:
                     continue  # more is stored: read on before waiting
+                run = self.engine.state.runs.get(run_id)  # None: finished long ago, its logs are complete
                 if not request.follow:
-                    wait_s = self._log_lag_s(run_id, task, request.attempt, finals)
+                    wait_s = logs_lag_s(run, task, request.attempt, finals, time.time())
                     if wait_s <= 0:
                         return
                 else:
-                    waiting = self._logs_awaited(run_id, task, request.attempt, finals)
+                    waiting = logs_awaited(run, task, request.attempt, finals)
                     if waiting is None:
                         return
                     wait_s = 1.0
@@ -319,38 +319,6 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         if task and task not in names:
             return f"run {quoted(run_id)} has no task {quoted(task)}"
         return ""
-
-    def _log_lag_s(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> float:
-        """How long a plain read should wait for final entries of tasks that just finished (0: none)."""
-        run = self.engine.state.runs.get(run_id)
-        if run is None:
-            return 0.0
-        now = time.time()
-        wait_s = 0.0
-        for entry in [run.tasks[task]] if task else run.tasks.values():
-            last = attempt or entry.attempt
-            if (entry.state in TERMINAL_TASK_STATES and entry.attempt and entry.finished_at > now - TASK_LOG_LAG_S
-                    and (entry.name, last) not in finals):  # fmt: skip
-                wait_s = max(wait_s, entry.finished_at + TASK_LOG_LAG_S - now)
-        return min(wait_s, TASK_LOG_LAG_S)
-
-    def _logs_awaited(self, run_id: str, task: str, attempt: int, finals: set[tuple[str, int]]) -> bool | None:
-        """For a follower: True while tasks run, False when they finished but logs may lag, None when done."""
-        run = self.engine.state.runs.get(run_id)
-        if run is None:  # not in memory: finished long enough ago that its logs are complete
-            return None
-        entries = [run.tasks[task]] if task else list(run.tasks.values())
-        missing = False
-        for entry in entries:
-            if attempt and entry.attempt > attempt:
-                if (entry.name, attempt) not in finals:
-                    missing = True
-                continue
-            if entry.state not in TERMINAL_TASK_STATES:
-                return True
-            if entry.attempt and (entry.name, attempt or entry.attempt) not in finals:
-                missing = True
-        return False if missing else None
 
 
 _CONNECT = "/xpipe.v1.WorkerService/Connect"

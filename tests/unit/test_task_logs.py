@@ -272,3 +272,45 @@ def test_a_bad_attempt_is_refused_before_anything_is_sent():
             Client._logs_request("run-1", "", bad, follow=False)
     with pytest.raises(SystemExit, match="--attempt must be >= 0"):
         main(["logs", "run-1", "--attempt", "-1", "--coordinator", "127.0.0.1:1"])
+
+
+# ---- when a reader has it all -----------------------------------------------------
+
+
+class _Entry:
+    def __init__(self, name: str, state: int, attempt: int, finished_at: float = 0.0):
+        self.name, self.state, self.attempt, self.finished_at = name, state, attempt, finished_at
+
+
+class _Run:
+    def __init__(self, *entries: _Entry):
+        self.tasks = {e.name: e for e in entries}
+
+
+def test_a_follower_is_done_when_every_task_finished_and_its_final_entry_came():
+    from xpipe._proto import common_pb2 as pb
+    from xpipe.coordinator._logs import logs_awaited
+
+    run = _Run(_Entry("a", pb.SUCCEEDED, 1), _Entry("b", pb.RUNNING, 2))
+    assert logs_awaited(run, "", 0, set()) is True  # b still runs
+    assert logs_awaited(run, "a", 0, set()) is False  # a finished, its final entry not here yet
+    assert logs_awaited(run, "a", 0, {("a", 1)}) is None
+    assert logs_awaited(run, "b", 1, {("b", 1)}) is None  # attempt 1 of b is over and complete
+    assert logs_awaited(run, "b", 1, set()) is False
+    assert logs_awaited(_Run(_Entry("s", pb.SKIPPED, 0)), "", 0, set()) is None  # never ran: nothing to wait for
+    assert logs_awaited(None, "", 0, set()) is None  # not in memory: long finished
+
+
+def test_a_plain_read_waits_only_for_tasks_that_just_finished_without_their_final_entry():
+    from xpipe._proto import common_pb2 as pb
+    from xpipe.coordinator._logs import logs_lag_s
+    from xpipe.telemetry._tasklogs import TASK_LOG_LAG_S
+
+    now = 1000.0
+    run = _Run(_Entry("old", pb.SUCCEEDED, 1, now - 5), _Entry("new", pb.FAILED, 2, now - 0.03),
+               _Entry("running", pb.RUNNING, 1))  # fmt: skip
+    assert logs_lag_s(run, "old", 0, set(), now) == 0.0
+    assert logs_lag_s(run, "", 0, set(), now) == pytest.approx(TASK_LOG_LAG_S - 0.03)
+    assert logs_lag_s(run, "", 0, {("new", 2)}, now) == 0.0
+    assert logs_lag_s(run, "new", 0, set(), now + 10) == 0.0
+    assert logs_lag_s(None, "", 0, set(), now) == 0.0
