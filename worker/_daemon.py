@@ -214,6 +214,8 @@ class WorkerDaemon:
                 if isinstance(result, Exception):
                     log.error("worker task failed", exc_info=result)
             await self._executor.stop(grace_s=0)
+            if self._log_timer is not None:
+                self._log_timer.cancel()
             log.info(self._state.counts().line(unsent=len(self._pending_events)))
 
     async def shutdown(self, grace_s: float | None = None) -> None:

@@ -86,6 +86,10 @@ def test_stdout_stderr_logging_commands_and_subprocesses_are_captured_per_task(t
                              env=child_env(), capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.startswith("==> task 'cmd' attempt 1 <==\n") and "cmd-err\n" in cli.stdout
+        cli = subprocess.run([sys.executable, "-m", "xpipe._cli", "logs", result.run_id, "chatty", "--follow",
+                              "--coordinator", c.address], env=child_env(), capture_output=True, text=True,
+                             timeout=60, check=False)  # fmt: skip
+        assert cli.returncode == 0 and cli.stdout.startswith("==> task 'chatty' attempt 1 <==\nout a\n"), cli
 
         with pytest.raises(RunNotFoundError, match="no run"):
             pm.client.get_logs("no-such-run")
