@@ -39,6 +39,7 @@ from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
 from xpipe.telemetry._tracing import is_sampled
 
+from xpipe.telemetry._logformat import log_ids
 from ._events import (
     Action,
     Assign,
@@ -205,7 +206,8 @@ class Engine:
             self.metrics.reset()
         for stored in await self.store.load_unfinished():
             if stored.spec is None:
-                log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id)
+                log.error("run %s has no stored spec; it cannot be resumed", stored.header.run_id,
+                          extra=log_ids(run_id=stored.header.run_id))
                 continue
             order = tuple(validate_spec(stored.spec, restored=True))
             run_id = stored.header.run_id
@@ -215,7 +217,8 @@ class Engine:
                 RunRestored(now, run_id, stored.spec, order, stored.header.created_at, stored.tasks,
                             stimulus_id=f"recovery-{run_id}")
             )  # fmt: skip
-            log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name)
+            log.info("resuming run %s (%s)", stored.header.run_id, stored.header.name,
+                     extra=log_ids(run_id=run_id))  # fmt: skip
         self._tasks = [
             asyncio.create_task(self._loop(), name="xpipe-engine"),
             asyncio.create_task(self._ticker(), name="xpipe-ticker"),
@@ -395,7 +398,8 @@ class Engine:
             log.error("[%s] internal error handling %r; the event is dropped", stimulus_id, event, exc_info=exc)
             return f"internal error: {exc!r}"
         reason = f"internal error in the coordinator handling {type(event).__name__}: {exc!r}"
-        log.error("[%s] run %s failed: internal error handling %r", stimulus_id, run_id, event, exc_info=exc)
+        log.error("[%s] run %s failed: internal error handling %r", stimulus_id, run_id, event, exc_info=exc,
+                  extra=log_ids(run_id=run_id, stimulus_id=stimulus_id))
         try:
             actions.extend(self.state.fail_run(run_id, reason, event.now, stimulus_id=stimulus_id))
         except Exception as again:

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
-
+from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
 from ._engine import EngineConfig
+from ._logs import TASK_LOG_DB, TaskLogStore
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tracing_arguments(p)
+    p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                   help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
+                        "and stimulus_id fields")  # fmt: skip
     return p
 
 
@@ -107,7 +111,11 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
         artifact_dir=str(artifact_dir),
         tracing=tracing,
     )
-    coordinator = Coordinator(store, listen=opts.listen, config=config, election=election, metrics=metrics)
+    # Task logs live in the data directory whatever the store: see _logs.
+    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
+    coordinator = Coordinator(
+        store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -138,7 +146,7 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
 
 def main(argv: list[str] | None = None) -> int:
     opts = build_parser().parse_args(argv)
-    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(opts.log_level, opts.log_format)
     try:
         import uvloop
 

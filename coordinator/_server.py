@@ -27,6 +27,7 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._engine import Engine, EngineConfig, InternalError
+from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
@@ -42,6 +43,7 @@ from ._events import (
 )
 from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
+from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._validate import (
     check_event,
@@ -293,8 +295,86 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             stats={name: pipeline_pb2.TaskStats(mean_duration_s=mean, samples=n) for name, (mean, n) in stats.items()}
         )
 
+    async def GetTaskLogs(self, request, context):
+        """Stream stored log rows; with ``follow``, new ones until the task (or run) is done.
+
+        Done means: every task asked about is finished and the worker's final log entry
+        for its last attempt has arrived, or :data:`TASK_LOG_SETTLE_S` passed since it
+        finished (it printed nothing, or its worker died before sending the rest). Without
+        ``follow``, a task that just finished is given a moment for its final entry, which
+        travels right behind its outcome (:func:`~._logs.logs_lag_s`).
+        """
+        run_id, task = request.run_id, request.task
+        problem = await self._log_target_problem(run_id, task)
+        if problem:
+            await context.abort(grpc.StatusCode.NOT_FOUND, problem)
+        logs = self.c.task_logs
+        changed = logs.watch(run_id)
+        loop = asyncio.get_running_loop()
+        seq = min(request.after_seq, _MAX_SEQ)  # SQLite's integers are signed 64-bit
+        finals: set[tuple[str, int]] = set()
+        settle_until: float | None = None
+        try:
+            while True:
+                changed.clear()
+                rows = await logs.read(run_id, task, request.attempt, after_seq=seq)
+                for row in rows:
+                    seq = row.seq
+                    if row.final:
+                        finals.add((row.task, row.attempt))
+                    else:
+                        yield pipeline_pb2.TaskLogChunk(
+                            task=row.task, attempt=row.attempt, stream=row.stream, data=row.data,
+                            truncated_bytes=row.dropped_bytes, received_at=row.at, seq=row.seq,
+                        )  # fmt: skip
+                if len(rows) >= READ_ROWS:
+                    continue  # more is stored: read on before waiting
+                run = self.engine.state.runs.get(run_id)  # None: finished long ago, its logs are complete
+                if not request.follow:
+                    wait_s = logs_lag_s(run, task, request.attempt, finals, time.time())
+                    if wait_s <= 0:
+                        return
+                else:
+                    waiting = logs_awaited(run, task, request.attempt, finals)
+                    if waiting is None:
+                        return
+                    wait_s = 1.0
+                    if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
+                        now = loop.time()
+                        settle_until = settle_until or now + TASK_LOG_SETTLE_S
+                        if now >= settle_until:
+                            return
+                        wait_s = min(0.25, settle_until - now)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait_s)
+                except TimeoutError:
+                    pass
+                if self.c.stopping:
+                    why = "coordinator is shutting down; follow again"
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, why)
+        finally:
+            logs.unwatch(run_id, changed)
+
+    async def _log_target_problem(self, run_id: str, task: str) -> str:
+        """Why GetTaskLogs has nothing to serve ("" when the run, and the task if named, exist)."""
+        run = self.engine.state.runs.get(run_id)
+        if run is not None:
+            names = run.tasks
+        else:
+            stored = await self.engine.store.get_run(run_id)
+            if stored is None:
+                return f"no run {quoted(run_id)}"
+            names = set(stored.tasks)
+            if stored.spec is not None:
+                names |= {t.name for t in stored.spec.tasks}
+        if task and task not in names:
+            return f"run {quoted(run_id)} has no task {quoted(task)}"
+        return ""
+
 
 _CONNECT = "/xpipe.v1.WorkerService/Connect"
+#: The largest log sequence number there can be; a larger ``after_seq`` asks for nothing.
+_MAX_SEQ = (1 << 63) - 1
 
 
 class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
@@ -450,6 +530,12 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     post(HeartbeatReceived(
                         now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, stimulus_id=sid,
                     ))  # fmt: skip
+                elif body == "task_logs":
+                    # Not the engine's: logs go to their own store, off the scheduling path.
+                    problem = check_log_batch(message.task_logs)
+                    if problem:
+                        return problem
+                    self.c.task_logs.append(message.task_logs, now)
                 elif body == "install_result":
                     problem = check_install_result(message.install_result)
                     if problem:
@@ -644,8 +730,11 @@ class Coordinator:
         config: EngineConfig = EngineConfig(),
         election: LeaderElection | None = None,
         metrics: MetricsEndpoint | None = None,
+        task_logs: TaskLogStore | None = None,
     ):
         self.store = store
+        #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
+        self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
         self.config = config
         #: HA: only the elected leader runs an engine; without an election this one always leads.
@@ -690,6 +779,7 @@ class Coordinator:
     async def start(self) -> str:
         """Open the store, resume runs, serve; returns the bound address."""
         await self.store.open()
+        await self.task_logs.open()
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -779,6 +869,7 @@ class Coordinator:
             except TimeoutError:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))
+        await self.task_logs.close()
         await self.store.close()
 
     # ------------------------------------------------------------------ HA

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         CircuitInfo,
         ClusterStatus,
         InstallReport,
+        LogChunk,
         NodeRecovery,
         RunEvent,
         RunInfo,
@@ -76,8 +77,8 @@ _LAZY = {
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
     **dict.fromkeys(
-        ("CircuitInfo", "ClusterStatus", "InstallReport", "NodeRecovery", "RunEvent", "RunInfo", "RunSummary",
-         "TaskInfo", "TaskResult", "WorkerInfo", "WorkerInstall"),
+        ("CircuitInfo", "ClusterStatus", "InstallReport", "LogChunk", "NodeRecovery", "RunEvent", "RunInfo",
+         "RunSummary", "TaskInfo", "TaskResult", "WorkerInfo", "WorkerInstall"),
         "._types",
     ),
     **dict.fromkeys(
@@ -105,6 +106,7 @@ __all__ = [
     "DistributedExecutionError",
     "HandlerNotFoundError",
     "InstallReport",
+    "LogChunk",
     "NodeRecovery",
     "Pipeline",
     "PipelineExecutionError",

@@ -244,6 +244,30 @@ def cmd_story(opts) -> int:
     return 0
 
 
+def cmd_logs(opts) -> int:
+    """Print what tasks wrote; with --follow, as they write it, until they finish."""
+    from ._types import format_logs
+
+    if opts.attempt < 0:
+        raise SystemExit(f"xpipe logs: --attempt must be >= 0 (0: every attempt), got {opts.attempt}")
+    with _client(opts) as client:
+        if opts.follow:
+            chunks = client.follow_logs(opts.run_id, opts.task or "", attempt=opts.attempt)
+        else:
+            chunks = iter(client.get_logs(opts.run_id, opts.task or "", attempt=opts.attempt))
+        if opts.json:  # one JSON object per line, so a followed stream can be piped
+            for c in chunks:
+                line = {"task": c.task, "attempt": c.attempt, "stream": c.stream, "text": c.text,
+                        "truncated_bytes": c.truncated_bytes, "received_at": c.received_at}  # fmt: skip
+                print(json.dumps(line), flush=True)
+            return 0
+        out = sys.stdout
+        for text in format_logs(chunks):
+            out.write(text)
+            out.flush()
+    return 0
+
+
 def cmd_workers(opts) -> int:
     with _client(opts) as client:
         workers = client.list_workers()
@@ -346,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
     story.add_argument("run_id")
     story.add_argument("task", nargs="?", default="", help="only this task")
     story.set_defaults(fn=cmd_story)
+    logs = sub.add_parser("logs", parents=[common], help="what a run's tasks printed and logged")
+    logs.add_argument("run_id")
+    logs.add_argument("task", nargs="?", default="", help="only this task")
+    logs.add_argument("--attempt", type=int, default=0, help="only this attempt (default: every attempt)")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing as the tasks write, until they (or the run) finish")  # fmt: skip
+    logs.set_defaults(fn=cmd_logs)
     sub.add_parser("workers", parents=[common], help="list workers").set_defaults(fn=cmd_workers)
     drain = sub.add_parser("drain", parents=[common], help="drain a worker: no new work, finish what runs")
     drain.add_argument("worker", help="the worker's name")

@@ -23,7 +23,7 @@ from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
-from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary
+from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary, format_logs
 from ._unbuilt import not_built
 from .telemetry._task import TaskMetrics
 from .errors import (
@@ -527,6 +527,19 @@ class PipelineManager:
         return {
             t.name: TaskMetrics.from_proto(t.telemetry if t.HasField("telemetry") else None) for t in info.tasks
         }
+
+    def get_logs(self, run_id: str, task: str | None = None, *, attempt: int = 0) -> str:
+        """What the run's tasks (or ``task``) printed and logged, as text, oldest first.
+
+        Each attempt's output starts with a ``==> task 'name' attempt N <==`` line; output
+        dropped over the per-attempt cap shows as an ``[xpipe: N bytes ... dropped ...]``
+        line. For the pieces themselves, or to follow a running task, use
+        ``pm.client.get_logs`` / ``pm.client.follow_logs``.
+
+        Raises:
+            RunNotFoundError: no such run, or the run has no such task.
+        """
+        return "".join(format_logs(self.client.get_logs(run_id, task or "", attempt=attempt)))
 
     def cancel(self, run_id: str) -> bool:
         """Cancel a run: running attempts are killed, the rest end CANCELLED."""

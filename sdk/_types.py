@@ -20,10 +20,13 @@ from ._plan import resources_dict
 from ._proto import admin_pb2, pipeline_pb2
 from ._proto import common_pb2 as pb
 from .telemetry._task import TaskMetrics, TaskPerformance
+from .telemetry._tasklogs import STREAM_NAMES, truncation_marker
 
 __all__ = [
     "CircuitInfo",
     "InstallReport",
+    "LogChunk",
+    "format_logs",
     "WorkerInstall",
     "ClusterStatus",
     "NodeRecovery",
@@ -196,6 +199,60 @@ class TaskResult:
             error=err.message if err else None,
             error_type=error_type_name(err) if err else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    """A piece of what a task attempt wrote (``Client.get_logs``, ``Client.follow_logs``).
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"`` (a task's ``logging`` records are in stderr).
+        data: the bytes as written (a line may span chunks).
+        truncated_bytes: when not 0, this chunk is a marker: that many bytes of the stream
+            were dropped here (over the per-attempt cap, or shed under load).
+        received_at: when the coordinator got it (unix seconds).
+    """
+
+    task: str
+    attempt: int
+    stream: str
+    data: bytes
+    truncated_bytes: int = 0
+    received_at: float | None = None
+
+    @property
+    def text(self) -> str:
+        """The data as text (undecodable bytes replaced), or the marker line."""
+        if self.truncated_bytes and not self.data:
+            return truncation_marker(_STREAM_NUMBERS.get(self.stream, 0), self.truncated_bytes)
+        return self.data.decode("utf-8", errors="replace")
+
+    @classmethod
+    def from_proto(cls, chunk: pipeline_pb2.TaskLogChunk) -> LogChunk:
+        return cls(
+            task=chunk.task, attempt=chunk.attempt, stream=STREAM_NAMES.get(chunk.stream, "output"), data=chunk.data,
+            truncated_bytes=chunk.truncated_bytes, received_at=_seconds(chunk.received_at),
+        )  # fmt: skip
+
+
+_STREAM_NUMBERS = {name: number for number, name in STREAM_NAMES.items()}
+
+
+def format_logs(chunks: Any, *, headers: bool = True) -> Any:
+    """Yield the text of ``chunks``, with a ``==> task 'x' attempt N <==`` line where the attempt changes.
+
+    Used by ``pm.get_logs`` and ``xpipe logs`` alike; lazy, so it can render a followed stream.
+    """
+    current: tuple[str, int] | None = None
+    ends_with_newline = True
+    for chunk in chunks:
+        if headers and (chunk.task, chunk.attempt) != current:
+            current = (chunk.task, chunk.attempt)
+            yield ("" if ends_with_newline else "\n") + f"==> task {chunk.task!r} attempt {chunk.attempt} <==\n"
+        text = chunk.text
+        if text:
+            ends_with_newline = text.endswith("\n")
+            yield text
 
 
 @dataclass(frozen=True, slots=True)

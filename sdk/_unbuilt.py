@@ -16,7 +16,6 @@ __all__ = ["not_built", "StreamPipeline", "StreamTask", "DataStream", "UNBUILT_F
 
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
-    12: "telemetry (metrics export, traces, task logs)",
     14: "stream pipelines",
     15: "the monitoring dashboard, insights and alerts",
     16: "developer experience (result cache, debug sessions, hot reload, dynamic fan-out)",

@@ -21,10 +21,8 @@ from dataclasses import dataclass, field
 
 import grpc
 import psutil
-
 from xpipe._backoff import Backoff
 from xpipe._domain import task_error
-from xpipe._proto import common_pb2 as pb
 from xpipe._handlers import handler_names
 from xpipe._install import INSTALLED
 from xpipe._limits import (
@@ -36,7 +34,10 @@ from xpipe._limits import (
     MAX_TEXT_CHARS,
     normalize_resources,
 )
+from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe.telemetry._logformat import log_ids
+from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 from xpipe.telemetry._tracing import TracingConfig
 
 from . import _state as core
@@ -44,6 +45,7 @@ from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
 from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_file
 from ._state import ResourceLedger, WorkerState, task_request
+from ._tasklogs import TaskLogBuffer
 
 __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources", "ResourceLedger", "task_request"]
 
@@ -114,6 +116,9 @@ class WorkerConfig:
     install_dir: str = ""
     #: Where the spans of traced attempts go (``--otlp-endpoint``); None: tracing off.
     tracing: TracingConfig | None = None
+    #: Output kept per attempt (stdout and stderr together), in bytes; past it a marker
+    #: counts what was dropped (``--task-log-max-bytes``).
+    task_log_max_bytes: int = TASK_LOG_MAX_BYTES
 
 
 def detect_resources() -> pb.Resources:
@@ -165,6 +170,10 @@ class WorkerDaemon:
         # HA: the leader a follower named (connect there next), and whether one answered so.
         self._leader_hint = ""
         self._told_not_leader = False
+        # Captured task output waiting for the stream (see ``_tasklogs``), and the timer
+        # that wakes the stream when some has waited long enough.
+        self._logs = TaskLogBuffer(config.task_log_max_bytes)
+        self._log_timer: asyncio.TimerHandle | None = None
         self._installer = PipInstaller(config.install_dir or default_install_dir(config.name), allowed=config.allow_install)
 
     @property
@@ -187,6 +196,7 @@ class WorkerDaemon:
             worker_name=self.config.name,
         )  # fmt: skip
         self._executor.set_artifact_root(self._artifact_dir)
+        self._executor.set_log_sink(self._log_output)
         await self._executor.start()
         default = self.config.task_memory_limit_bytes
         log.info(
@@ -209,6 +219,8 @@ class WorkerDaemon:
                 if isinstance(result, Exception):
                     log.error("worker task failed", exc_info=result)
             await self._executor.stop(grace_s=0)
+            if self._log_timer is not None:
+                self._log_timer.cancel()
             log.info(self._state.counts().line(unsent=len(self._pending_events)))
 
     async def shutdown(self, grace_s: float | None = None) -> None:
@@ -323,6 +335,12 @@ class WorkerDaemon:
                     events, self._pending_events = self._pending_events, []
                     self._remember(events)
                     yield worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events))
+                elif self._send is send and self._logs.due(time.monotonic()):
+                    # Logs go after outcomes and control messages, in pieces the stream
+                    # writes one at a time: a flood never holds up an outcome.
+                    batch = self._logs.take()
+                    if batch is not None:
+                        yield worker_pb2.WorkerMessage(task_logs=batch)
                 else:
                     self._wake.clear()
                     await self._wake.wait()
@@ -453,7 +471,7 @@ class WorkerDaemon:
 
     async def _flush_events(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
-        while self._pending_events and time.monotonic() < deadline:
+        while (self._pending_events or self._logs.due(time.monotonic())) and time.monotonic() < deadline:
             if self._send is None:
                 await asyncio.sleep(0.05)
                 continue
@@ -505,10 +523,11 @@ class WorkerDaemon:
         try:
             event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
-            log.exception("executor failed on %s", key)
+            log.exception("executor failed on %s", key, extra=log_ids(key))
             event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")
         finally:
             started_report.cancel()
+            self._logs.end(key)  # its output is complete: the stream sends it after the outcome
         if key not in self._state.running:
             return  # given back at shutdown: the coordinator requeues it, do not report twice
         if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:
@@ -544,6 +563,19 @@ class WorkerDaemon:
 
     def _put(self, send: asyncio.Queue, message: worker_pb2.WorkerMessage | None) -> None:
         send.put_nowait(message)
+        self._wake.set()
+
+    def _log_output(self, key: tuple[str, str, int], stream: int, data: bytes) -> None:
+        """The executors' log sink: keep the bytes; wake the stream when they have waited enough."""
+        now = time.monotonic()
+        self._logs.add(key, stream, data, now)
+        if self._log_timer is None:
+            wait_s = self._logs.wait_s(now)
+            if wait_s is not None:
+                self._log_timer = asyncio.get_running_loop().call_later(wait_s, self._logs_due)
+
+    def _logs_due(self) -> None:
+        self._log_timer = None
         self._wake.set()
 
     def _emit_started(self, key: tuple[str, str, int], at: float) -> None:

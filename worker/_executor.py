@@ -23,8 +23,8 @@ import collections
 import concurrent.futures
 import functools
 import importlib
-import logging
 import json
+import logging
 import os
 import signal
 import socket
@@ -34,14 +34,15 @@ import sys
 from typing import Any, Sequence, Union
 
 import psutil
-
 from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2, worker_pb2
+from xpipe.telemetry._logformat import log_ids
 from xpipe.telemetry._tracing import Tracing, TracingConfig
 
 from . import _runtask
-from ._task_limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
 from ._runtask import failed_event, pickled_code_refusal, run_assignment
+from ._task_limits import ENFORCEMENT_NONE, TailBuffer, format_bytes, memory_enforcement
+from ._tasklogs import LogSink, route_thread_output, run_in_attempt
 
 __all__ = ["TaskExecutor", "ProcessExecutor", "ThreadExecutor", "ExecutorStartError", "make_executor"]
 
@@ -101,6 +102,15 @@ class TaskExecutor(abc.ABC):
     #: How tasks' memory limits are enforced here: "rlimit" or "none" (see ``_limits``).
     memory_enforcement: str
     _artifact_root: str = ""
+    _log_sink: LogSink | None = None
+
+    def set_log_sink(self, sink: LogSink | None) -> None:
+        """Send what tasks write to ``sink(attempt, stream, data)`` (call before :meth:`start`).
+
+        Called on the event loop's thread, with the bytes as they are read: the sink must
+        be cheap and must not block (the daemon's is a :class:`~._tasklogs.TaskLogBuffer`).
+        """
+        self._log_sink = sink
 
     def set_artifact_root(self, path: str) -> None:
         """Read artifact references in tasks' arguments from inside ``path`` only ("" refuses all)."""
@@ -223,7 +233,7 @@ class _Child:
     __slots__ = (
         "proc", "sock", "fd", "exit_fd", "pid", "state", "buffer", "out", "key",
         "task_name", "future", "timer", "ready", "exited", "known_code", "output_fds", "tails", "root",
-        "memory_limit_bytes", "generation",
+        "memory_limit_bytes", "generation", "log_key",
     )
 
     def __init__(
@@ -249,6 +259,9 @@ class _Child:
         self.root: str | None = None  # the artifact directory this child was last told
         self.memory_limit_bytes = 0  # the limit of the task it runs (0: none)
         self.generation = 0  # the executor's generation when it was launched (see refresh_imports)
+        # The attempt its output belongs to: the one running, else the one that ran last
+        # (bytes read after an answer are what that attempt's leftovers wrote).
+        self.log_key: AttemptKey | None = None
         # A pidfd turns readable when the process exits, whoever else holds its pipes.
         try:
             self.exit_fd: int | None = os.pidfd_open(self.pid)
@@ -549,11 +562,16 @@ class ProcessExecutor(TaskExecutor):
     # -- task output --
 
     def _drain(self, child: _Child, stream: int) -> None:
-        """Read what is waiting in one output pipe into the child's tail for that stream."""
+        """Read what is waiting in one output pipe into the child's tail for that stream.
+
+        The bytes also go to the log sink, as the output of the attempt the child runs (or
+        ran last); none reach the worker's own stdout.
+        """
         fd = child.output_fds[stream]
         if fd < 0:
             return
         tail = child.tails[stream]
+        sink = self._log_sink
         for _ in range(16):  # at most 1 MiB per call, so one chatty task cannot hog the loop
             try:
                 chunk = os.read(fd, 1 << 16)
@@ -570,6 +588,8 @@ class ProcessExecutor(TaskExecutor):
                 child.output_fds = (fds[0], fds[1])
                 return
             tail.append(chunk)
+            if sink is not None and child.log_key is not None:
+                sink(child.log_key, stream + 1, chunk)
 
     def _attach_output(self, child: _Child, event: worker_pb2.TaskEvent) -> None:
         """Give a failed attempt what its child wrote; start the next attempt afresh.
@@ -644,7 +664,8 @@ class ProcessExecutor(TaskExecutor):
         try:
             event = worker_pb2.TaskEvent.FromString(message)
         except Exception as exc:  # a task scribbled on the pipe (e.g. os.write to its fd)
-            logger.error("executor process %d sent a malformed answer for %s: %s", child.pid, _describe(child.key), exc)
+            logger.error("executor process %d sent a malformed answer for %s: %s", child.pid, _describe(child.key), exc,
+                         extra=log_ids(child.key))
             self._finish(child, self._ended(
                 child.key, "TASK_FAILURE", "executor process sent a malformed answer for task {name!r}"))
             self._kill(child)
@@ -690,7 +711,7 @@ class ProcessExecutor(TaskExecutor):
             child.ready.exception()  # whoever still waits gets it; nobody waiting is fine too
         if was == "busy" and child.key is not None:
             logger.warning("executor process %d died (%s) while running %s",
-                           child.pid, _exit_description(code), _describe(child.key))
+                           child.pid, _exit_description(code), _describe(child.key), extra=log_ids(child.key))
             ref = worker_pb2.AttemptRef(run_id=child.key[0], task=child.key[1], attempt=child.key[2])
             limit = child.memory_limit_bytes
             self._finish(child, failed_event(
@@ -790,6 +811,7 @@ class ProcessExecutor(TaskExecutor):
         task = assignment.task
         child.state = "busy"
         child.key = key
+        child.log_key = key
         child.task_name = task.name
         child.memory_limit_bytes = task.resources.memory_bytes or self.memory_limit_bytes
         future = child.future = self._loop.create_future()
@@ -819,7 +841,8 @@ class ProcessExecutor(TaskExecutor):
             return await future
         except asyncio.CancelledError:
             if child.key == key and child.state == "busy":
-                logger.info("run of %s was cancelled by its caller; killing its executor process", _describe(key))
+                logger.info("run of %s was cancelled by its caller; killing its executor process", _describe(key),
+                            extra=log_ids(key))
                 self._finish(child, self._ended(key, "CANCELLED", "task {name!r} was cancelled"))
                 self._kill(child)
             raise
@@ -834,7 +857,8 @@ class ProcessExecutor(TaskExecutor):
         child.timer = None
         if child.key != key or child.state != "busy":
             return
-        logger.warning("%s timed out after %g s; killing executor process %d", _describe(key), timeout_s, child.pid)
+        logger.warning("%s timed out after %g s; killing executor process %d", _describe(key), timeout_s, child.pid,
+                       extra=log_ids(key))
         self._finish(child, self._ended(key, "TIMEOUT", f"task {{name!r}} timed out after {timeout_s:g} s"))
         self._kill(child)
 
@@ -872,8 +896,11 @@ class ThreadExecutor(TaskExecutor):
 
     Per-task limits cannot be enforced here: threads share one process, so neither a
     task's declared memory nor ``memory_limit_bytes`` is applied (``memory_enforcement``
-    is "none", and start-up logs it), and task output is not captured (it goes to the
-    worker's own stdout and stderr).
+    is "none", and start-up logs it). Task output is captured only in part: what the
+    task's thread writes through ``sys.stdout``/``sys.stderr`` and ``logging`` (routed
+    by a context variable, see :func:`~._tasklogs.route_thread_output`) and a command's
+    output; C code, threads the task starts and subprocesses that inherit the file
+    descriptors write to the worker's own stdout and stderr.
 
     Args:
         slots: number of threads, i.e. tasks running at once; more runs queue.
@@ -906,12 +933,15 @@ class ThreadExecutor(TaskExecutor):
         self._running: dict[AttemptKey, tuple[concurrent.futures.Future, asyncio.Future]] = {}
         self._accepting = False
         self._stopped = False
+        self._unroute: Any = None
 
     async def start(self) -> None:
         if self._stopped:
             raise RuntimeError("executor was stopped; make a new one")
         if self._pool is not None:
             return
+        if self._log_sink is not None:
+            self._unroute = route_thread_output(self._log_sink, asyncio.get_running_loop())
         for module in self.imports:
             try:
                 importlib.import_module(module)
@@ -922,8 +952,8 @@ class ThreadExecutor(TaskExecutor):
             self._tracing = Tracing(self._tracing_config, install_global=True)
         self._accepting = True
         logger.warning(
-            "thread executor: tasks' memory limits are NOT enforced%s and task output is not captured; "
-            "use the process executor for both",
+            "thread executor: tasks' memory limits are NOT enforced%s and only output written through "
+            "sys.stdout/sys.stderr/logging in a task's own thread is captured; use the process executor for both",
             f" (--task-memory-limit {format_bytes(self.memory_limit_bytes)} ignored)" if self.memory_limit_bytes else "",
         )
 
@@ -946,6 +976,7 @@ class ThreadExecutor(TaskExecutor):
         loop = asyncio.get_running_loop()
         outcome: asyncio.Future = loop.create_future()
         work = self._pool.submit(
+            run_in_attempt, key,
             functools.partial(run_assignment, artifact_root=self._artifact_root or None, tracing=self._tracing,
                               worker_name=self._worker_name),
             assignment, code, self._cache,
@@ -1022,6 +1053,9 @@ class ThreadExecutor(TaskExecutor):
             logger.warning("thread executor stopped with %d task thread(s) still running; they cannot be killed", left)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._unroute is not None:
+            self._unroute()
+            self._unroute = None
         if self._tracing is not None:
             await asyncio.to_thread(self._tracing.shutdown)  # the last spans go out (bounded)
 

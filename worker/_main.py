@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
+from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
 from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
@@ -53,10 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install-dir", default="", metavar="DIR",
                    help="where --allow-install puts packages, on tasks' sys.path "
                         "(default: $XDG_DATA_HOME/xpipe/packages/NAME); the environment itself is never changed")  # fmt: skip
+    p.add_argument("--task-log-max-bytes", default="1Mi", metavar="SIZE",
+                   help="output kept per task attempt (stdout and stderr together), e.g. 512Ki or 4Mi; past it "
+                        "a marker counts the bytes dropped; 0 keeps none (default: 1Mi)")  # fmt: skip
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
+                   help="this worker's own log: text lines, or JSON lines with run_id/task/attempt fields")
     add_tracing_arguments(p)
     return p
 
@@ -96,10 +102,25 @@ def _parse_size(text: str, flag: str) -> int:
     return size
 
 
+def parse_log_cap(text: str) -> int:
+    """``--task-log-max-bytes``: a size such as ``1Mi`` or ``65536``; ``0`` keeps no output.
+
+    Raises:
+        ValueError: naming the flag and the value (negative, or not a size).
+    """
+    if text.strip() == "0":
+        return 0
+    if text.strip().startswith("-"):
+        raise ValueError(f"--task-log-max-bytes must not be negative, got {text!r}")
+    if not text.strip():
+        raise ValueError("--task-log-max-bytes needs a size such as 1Mi (0 keeps no output)")
+    return _parse_size(text, "--task-log-max-bytes")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
-    logging.basicConfig(level=opts.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(opts.log_level, opts.log_format)
     if not 1 <= opts.slots <= MAX_SLOTS:
         p.error(f"--slots must be between 1 and {MAX_SLOTS}, got {opts.slots}")
     if not 0 < len(opts.name) <= MAX_NAME_CHARS or len(opts.worker_id) > MAX_NAME_CHARS:
@@ -112,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         resources = parse_resources(opts.resources, detect_resources())
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
         tracing = config_from_arguments(opts, service_name="xpipe-worker")
+        task_log_max_bytes = parse_log_cap(opts.task_log_max_bytes)
     except ValueError as exc:
         p.error(str(exc))
     if opts.allow_install:
@@ -126,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
+        task_log_max_bytes=task_log_max_bytes,
     )  # fmt: skip
     metrics = None
     if opts.metrics_listen:

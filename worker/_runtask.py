@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import re
 import selectors
@@ -36,13 +37,14 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
-from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._callables import describe_callable, load_callable, load_pickled
+from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._handlers import HandlerNotFoundError, get_handler
 from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
 from xpipe.telemetry._task import AttemptRecorder
+from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
 
 from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result
@@ -371,6 +373,7 @@ def _collect_output(proc: subprocess.Popen, timeout_s: float | None) -> tuple[Ta
         subprocess.TimeoutExpired: the streams were still open after ``timeout_s``.
     """
     tails = {proc.stdout: TailBuffer(), proc.stderr: TailBuffer()}
+    echo_to = {proc.stdout.fileno(): sys.stdout, proc.stderr.fileno(): sys.stderr}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
         for stream in tails:
@@ -383,11 +386,22 @@ def _collect_output(proc: subprocess.Popen, timeout_s: float | None) -> tuple[Ta
                 chunk = os.read(key.fd, 1 << 16)
                 if chunk:
                     tails[key.fileobj].append(chunk)
+                    _echo(echo_to[key.fd], chunk)
                 else:
                     selector.unregister(key.fileobj)
     wait_s = None if deadline is None else max(deadline - time.monotonic(), 0.0)
     proc.wait(wait_s)  # raises TimeoutExpired too: it closed its streams but runs on
     return tails[proc.stdout], tails[proc.stderr]
+
+
+def _echo(stream: Any, chunk: bytes) -> None:
+    """Copy a command's output to ours, as it comes: it is the attempt's log too (see ``_tasklogs``)."""
+    try:
+        stream.flush()
+        stream.buffer.write(chunk)
+        stream.buffer.flush()
+    except Exception:  # noqa: BLE001 - a task may have closed or replaced our streams; the result still holds it
+        pass
 
 
 def _text(tail: TailBuffer) -> str:
@@ -767,6 +781,7 @@ def child_main(
     except OSError:  # already a session leader
         pass
     _die_with_parent(parent_pid)
+    _capture_output()
     for module in imports:
         try:
             importlib.import_module(module)
@@ -816,6 +831,29 @@ def child_main(
             if unflushed and not conn.poll(0):  # idle now: the spans leave, the result never waited
                 tracing.flush_soon()
                 unflushed = False
+
+
+def _capture_output() -> None:
+    """Make what tasks print and log reach the executor's pipes promptly.
+
+    Our stdout is a pipe, so Python would block-buffer it: a task printing a line now and
+    then would show nothing for minutes. Line buffering costs a write per line, and
+    ``PYTHONUNBUFFERED`` does the same for Python processes a task starts (commands
+    included). ``logging`` records at INFO and above go to stderr, formatted, so that a
+    task's log is part of its captured output.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True)
+        except (AttributeError, ValueError):  # replaced by a sitecustomize: leave it
+            pass
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(TASK_LOG_FORMAT))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
 
 
 def _flush_std_streams() -> None:

@@ -1,4 +1,5 @@
 from . import common_pb2 as _common_pb2
+from . import worker_pb2 as _worker_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -171,3 +172,35 @@ class GetTaskStatsResponse(_message.Message):
     STATS_FIELD_NUMBER: _ClassVar[int]
     stats: _containers.MessageMap[str, TaskStats]
     def __init__(self, stats: _Optional[_Mapping[str, TaskStats]] = ...) -> None: ...
+
+class GetTaskLogsRequest(_message.Message):
+    __slots__ = ("run_id", "task", "attempt", "follow", "after_seq")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    attempt: int
+    follow: bool
+    after_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class TaskLogChunk(_message.Message):
+    __slots__ = ("task", "attempt", "stream", "data", "truncated_bytes", "received_at", "seq")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    attempt: int
+    stream: _worker_pb2.LogStream
+    data: bytes
+    truncated_bytes: int
+    received_at: float
+    seq: int
+    def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[_Union[_worker_pb2.LogStream, str]] = ..., data: _Optional[bytes] = ..., truncated_bytes: _Optional[int] = ..., received_at: _Optional[float] = ..., seq: _Optional[int] = ...) -> None: ...

@@ -69,6 +69,11 @@ class PipelineServiceStub:
                 request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.FromString,
                 _registered_method=True)
+        self.GetTaskLogs = channel.unary_stream(
+                '/xpipe.v1.PipelineService/GetTaskLogs',
+                request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -118,6 +123,14 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTaskLogs(self, request, context):
+        """The captured stdout/stderr/logging of a run's task attempts, oldest first; with
+        follow, keeps streaming until the task (or run) has finished and its logs arrived.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.GetTaskStats,
                     request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.SerializeToString,
+            ),
+            'GetTaskLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetTaskLogs,
+                    request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class PipelineService:
             '/xpipe.v1.PipelineService/GetTaskStats',
             xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsRequest.SerializeToString,
             xpipe_dot_v1_dot_pipeline__pb2.GetTaskStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTaskLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xpipe.v1.PipelineService/GetTaskLogs',
+            xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.SerializeToString,
+            xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.FromString,
             options,
             channel_credentials,
             insecure,

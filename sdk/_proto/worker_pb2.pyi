@@ -1,5 +1,6 @@
 from . import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -7,17 +8,48 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_STREAM_UNSPECIFIED: _ClassVar[LogStream]
+    LOG_STREAM_STDOUT: _ClassVar[LogStream]
+    LOG_STREAM_STDERR: _ClassVar[LogStream]
+LOG_STREAM_UNSPECIFIED: LogStream
+LOG_STREAM_STDOUT: LogStream
+LOG_STREAM_STDERR: LogStream
+
 class WorkerMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "events", "install_result")
+    __slots__ = ("register", "heartbeat", "events", "install_result", "task_logs")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     INSTALL_RESULT_FIELD_NUMBER: _ClassVar[int]
+    TASK_LOGS_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     events: TaskEventBatch
     install_result: InstallResult
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ..., install_result: _Optional[_Union[InstallResult, _Mapping]] = ...) -> None: ...
+    task_logs: TaskLogBatch
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ..., install_result: _Optional[_Union[InstallResult, _Mapping]] = ..., task_logs: _Optional[_Union[TaskLogBatch, _Mapping]] = ...) -> None: ...
+
+class TaskLogBatch(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[TaskLogEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[TaskLogEntry, _Mapping]]] = ...) -> None: ...
+
+class TaskLogEntry(_message.Message):
+    __slots__ = ("attempt", "stream", "data", "dropped_bytes", "final")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    attempt: AttemptRef
+    stream: LogStream
+    data: bytes
+    dropped_bytes: int
+    final: bool
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., stream: _Optional[_Union[LogStream, str]] = ..., data: _Optional[bytes] = ..., dropped_bytes: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent", "memory_enforcement")

@@ -340,6 +340,8 @@ def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_r
         ("GetTaskResult", stub.GetTaskResult, pipeline_pb2.GetTaskResultRequest(run_id=finished_run, task="first"),
          _unary),
         ("GetTaskStats", stub.GetTaskStats, pipeline_pb2.GetTaskStatsRequest(names=["first"]), _unary),
+        ("GetTaskLogs", stub.GetTaskLogs, pipeline_pb2.GetTaskLogsRequest(run_id=finished_run, task="first"),
+         _first_event),
         ("WatchRun", stub.WatchRun, pipeline_pb2.WatchRunRequest(run_id=finished_run, summary_only=True), _first_event),
         ("WatchRun+submit", stub.WatchRun, pipeline_pb2.WatchRunRequest(
             submit=pipeline_pb2.SubmitPipelineRequest(pipeline=valid_spec()), summary_only=True), _first_event),
@@ -385,7 +387,8 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
 
     # Which bodies a WorkerMessage may carry comes from the descriptor; each needs a base here.
     bodies = {f.name for f in worker_pb2.WorkerMessage.DESCRIPTOR.oneofs_by_name["body"].fields}
-    assert bodies == {"register", "heartbeat", "events", "install_result"}, f"a new WorkerMessage body needs a base: {bodies}"
+    assert bodies == {"register", "heartbeat", "events", "install_result", "task_logs"}, (
+        f"a new WorkerMessage body needs a base: {bodies}")
     for label, reg in cases_for(valid_register("template")):
         if reg.worker_id == "template":
             reg.worker_id = fresh()
@@ -398,7 +401,12 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
     events = worker_pb2.TaskEventBatch(events=[valid_event()])
     # An answer to no install request: dropped (logged) when valid, the stream aborted when not.
     install_result = worker_pb2.InstallResult(request_id="no-such-request", status="FAILED", message="m", output_tail="t")
-    for body, base in (("heartbeat", heartbeat), ("events", events), ("install_result", install_result)):
+    # Output of an attempt no run has: stored (logs are not checked against runs), or refused naming the field.
+    task_logs = worker_pb2.TaskLogBatch(entries=[worker_pb2.TaskLogEntry(
+        attempt=worker_pb2.AttemptRef(run_id="no-such-run", task="t", attempt=1), stream=worker_pb2.LOG_STREAM_STDOUT,
+        data=b"hello\n", dropped_bytes=3, final=True)])  # fmt: skip
+    for body, base in (("heartbeat", heartbeat), ("events", events), ("install_result", install_result),
+                       ("task_logs", task_logs)):  # fmt: skip
         for label, msg in cases_for(base):
             messages = [
                 worker_pb2.WorkerMessage(register=valid_register(fresh())),

@@ -27,7 +27,7 @@ def test_the_public_names_are_pinned_exactly():
     assert xpipe.__all__ == [
         "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataQualityReport",
         "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError", "InstallReport",
-        "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
+        "LogChunk", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
         "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
         "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",

@@ -1,0 +1,68 @@
+"""How the coordinator and the worker write their own logs: text lines or JSON lines.
+
+JSON lines are for log shippers (Loki, Elasticsearch, CloudWatch): one object per record
+with ``ts``, ``level``, ``logger`` and ``message``, plus ``run_id``, ``task``, ``attempt``
+and ``stimulus_id`` when the call passed them with ``extra=`` (as the engine and the
+daemon do where they log about a run or a task). No per-task logging is added for this:
+the hot path logs nothing per task.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+__all__ = ["CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "configure_logging", "log_ids"]
+
+#: Values of ``--log-format``.
+LOG_FORMATS = ("text", "json")
+#: Record attributes copied into JSON lines when a call passed them with ``extra=``.
+CONTEXT_FIELDS = ("run_id", "task", "attempt", "stimulus_id", "worker_id")
+_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def log_ids(key: tuple[str, str, int] | None = None, *, run_id: str = "", stimulus_id: str = "") -> dict[str, object]:
+    """The ``extra=`` of a record about an attempt ``(run_id, task, attempt)``, a run, or a stimulus."""
+    ids: dict[str, object] = {}
+    if key is not None:
+        ids["run_id"], ids["task"], ids["attempt"] = key
+    elif run_id:
+        ids["run_id"] = run_id
+    if stimulus_id:
+        ids["stimulus_id"] = stimulus_id
+    return ids
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in CONTEXT_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            entry["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Set up the root logger of a daemon (replaces ``logging.basicConfig``).
+
+    Raises:
+        ValueError: ``log_format`` is not one of :data:`LOG_FORMATS`.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {log_format!r}; expected one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
