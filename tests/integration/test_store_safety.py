@@ -46,11 +46,10 @@ def _health(channel) -> int:
 def _fill(path: Path) -> None:
     """Write ``path`` until the file system says it is full."""
     chunk = b"\0" * 65536
-    with open(path, "wb") as f:
+    with open(path, "wb", buffering=0) as f:  # unbuffered: nothing left over for close() to write
         try:
             while True:
                 f.write(chunk)
-                f.flush()
         except OSError as exc:
             assert exc.errno == errno.ENOSPC, exc
 
@@ -164,5 +163,6 @@ def test_the_store_and_artifacts_are_private(tmp_path):
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in data.iterdir()}
         assert modes == {
             "xpipe.db": 0o600, "xpipe.db-wal": 0o600, "xpipe.db-shm": 0o600, "xpipe.db.manifest": 0o600,
+            "task-logs.db": 0o600, "task-logs.db-wal": 0o600, "task-logs.db-shm": 0o600,
             "artifacts": 0o700,
         }, modes  # fmt: skip
