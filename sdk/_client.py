@@ -393,32 +393,47 @@ class Client:
         A request that submits is sent again with its idempotency key until the run's id
         is known; after that a reconnect watches that run.
         """
+        current = request
+
+        def resumed(last: pipeline_pb2.RunEvent) -> None:
+            nonlocal current
+            run_id = last.summary.run_id
+            if current.HasField("submit") and run_id:  # submitted: follow it like any other run
+                current = pipeline_pb2.WatchRunRequest(
+                    run_id=run_id, summary_only=current.summary_only, results_on_end=current.results_on_end
+                )
+                attempts.what = f"run {run_id}"
+
+        return self._resumable(lambda timeout: self._stubs()[0].WatchRun(current, timeout=timeout), attempts, resumed)
+
+    def _resumable(
+        self, open_stream: Callable[[float | None], Any], attempts: _Attempts, resumed: Callable[[Any], None]
+    ) -> Iterator[Any]:
+        """Yield a server stream's items, reopening it (with the budget of ``attempts``) when it breaks.
+
+        ``open_stream(timeout_s)`` opens the stream; after a break that came once items had
+        arrived, ``resumed(last_item)`` runs before the reopen, so the caller can ask for
+        what follows that item.
+        """
         while True:
-            stream = self._stubs()[0].WatchRun(request, timeout=attempts.remaining_s())
-            streamed = False
-            run_id = ""
+            stream = open_stream(attempts.remaining_s())
+            item = None
             try:
                 # Only the caller's timeout_s puts a deadline on the stream: that one is ours.
                 with translate_rpc_errors(keep=_STREAM_RETRYABLE if attempts.until is None else _STREAM_KEPT):
-                    for event in stream:
-                        streamed = True
-                        run_id = event.summary.run_id
-                        yield event
+                    for item in stream:
+                        yield item
                 return
             except grpc.RpcError as exc:  # kept untranslated: retryable, or the caller's deadline
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise attempts.timed_out() from exc
-                log.info("%s: watch interrupted (%s); reconnecting", attempts.what, _describe(exc))
+                log.info("%s: stream interrupted (%s); resuming", attempts.what, _describe(exc))
                 error = exc
             finally:
                 stream.cancel()
-            if streamed:
+            if item is not None:
                 attempts.answered()
-                if request.HasField("submit") and run_id:  # submitted: follow it like any other run
-                    request = pipeline_pb2.WatchRunRequest(
-                        run_id=run_id, summary_only=request.summary_only, results_on_end=request.results_on_end
-                    )
-                    attempts.what = f"run {run_id}"
+                resumed(item)
             attempts.failed(error)
 
     # ------------------------------------------------------------------ API
@@ -524,26 +539,13 @@ class Client:
         request = self._logs_request(run_id, task, attempt, follow=True)
         timeout_s = check_seconds("timeout_s", timeout_s, allow_none=True)
         attempts = _Attempts(self, timeout_s=timeout_s, what=f"following the logs of run {run_id}")
-        while True:
-            stream = self._stubs()[0].GetTaskLogs(request, timeout=attempts.remaining_s())
-            streamed = False
-            try:
-                with translate_rpc_errors(keep=_STREAM_RETRYABLE if attempts.until is None else _STREAM_KEPT):
-                    for chunk in stream:
-                        streamed = True
-                        request.after_seq = chunk.seq
-                        yield LogChunk.from_proto(chunk)
-                return
-            except grpc.RpcError as exc:  # kept untranslated: retryable, or the caller's deadline
-                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise attempts.timed_out() from exc
-                log.info("%s: interrupted (%s); resuming", attempts.what, _describe(exc))
-                error = exc
-            finally:
-                stream.cancel()
-            if streamed:
-                attempts.answered()
-            attempts.failed(error)
+
+        def resumed(last: pipeline_pb2.TaskLogChunk) -> None:
+            request.after_seq = last.seq  # the reopened stream starts after what was yielded
+
+        stream = self._resumable(lambda timeout: self._stubs()[0].GetTaskLogs(request, timeout=timeout), attempts, resumed)
+        for chunk in stream:
+            yield LogChunk.from_proto(chunk)
 
     @staticmethod
     def _logs_request(
