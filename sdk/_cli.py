@@ -79,7 +79,7 @@ def _client(opts):
     if not opts.coordinator:
         raise SystemExit(f"xpipe {opts.command}: no coordinator; pass --coordinator HOST:PORT or set XPIPE_COORDINATOR")
     try:
-        return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s)
+        return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s, otlp_endpoint=opts.otlp_endpoint or None)
     except ValueError as exc:  # a malformed --coordinator
         raise SystemExit(f"xpipe {opts.command}: {exc}") from None
 
@@ -106,7 +106,8 @@ def cmd_run(opts) -> int:
 
     pipeline = load_pipeline(opts.target)
     try:
-        pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s)
+        pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
+                             otlp_endpoint=opts.otlp_endpoint or None)  # fmt: skip
     except ValueError as exc:  # a malformed --coordinator
         raise SystemExit(f"xpipe run: {exc}") from None
     with pm:
@@ -343,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--connect-timeout-s", type=_connect_timeout_s, default=CLI_CONNECT_TIMEOUT_S,
                         help=f"give up after this many seconds without reaching a coordinator "
                              f"(default {CLI_CONNECT_TIMEOUT_S:g}; 'none': keep trying)")  # fmt: skip
+    common.add_argument("--otlp-endpoint", default="", metavar="HOST:PORT",
+                        help="export a trace of what this command submits over OTLP/gRPC "
+                             "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off)")  # fmt: skip
     p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")
