@@ -5,11 +5,12 @@ Run it with ``make demo`` or ``.venv/bin/python examples/demo.py``.
 
 from __future__ import annotations
 
+import logging
 import statistics
 import sys
 import time
 
-from xpipe import DataFlow, Pipeline, PipelineExecutionError, PipelineManager, Task, task
+from xpipe import DataFlow, Pipeline, PipelineExecutionError, PipelineManager, Task, record_metric, task
 
 
 def extract_orders(day: int) -> list[dict]:
@@ -23,6 +24,7 @@ def clean(orders: list[dict]) -> list[dict]:
 
 def daily_stats(orders: list[dict]) -> dict:
     amounts = [o["amount"] for o in orders]
+    record_metric("orders_kept", len(amounts))  # kept with the run, and on /metrics when served
     return {"day": orders[0]["day"], "orders": len(amounts), "revenue": round(sum(amounts), 2),
             "median": statistics.median(amounts)}  # fmt: skip
 
@@ -60,6 +62,7 @@ def main() -> int:
               f"across workers {sorted({t.worker for t in result.tasks.values()})}")  # fmt: skip
         print(result.outputs["report"])
         print("ran on host:", result.outputs["hostname"]["stdout"].strip())
+        print("day 0 metrics:", result.tasks["stats_0"].metrics)
 
         # 2. The seed's nested-decorator form, with a DataFlow mapping one key to a parameter.
         @pm.pipeline("user_analytics")
@@ -82,8 +85,10 @@ def main() -> int:
         insights = pm.execute_pipeline("user_analytics", monitor=True)
         print("\ninsights:", insights.outputs["generate_insights"])
 
-        # 3. Failures come back with the task's error and traceback.
+        # 3. Failures come back with the task's error and traceback, and what it printed and logged.
         def flaky():
+            print("calling the upstream API")
+            logging.getLogger("demo").warning("no answer; giving up")
             raise ConnectionError("upstream API refused the connection")
 
         broken = Pipeline("broken")
@@ -92,6 +97,8 @@ def main() -> int:
             pm.execute_pipeline(broken, monitor=False)
         except PipelineExecutionError as exc:
             print(f"\nas expected, {exc.error_type}: {exc}")
+            print("its log:")
+            print(pm.get_logs(exc.result.run_id, "fetch"), end="")
     print(f"\ndemo finished in {time.perf_counter() - started:.2f}s")
     return 0
 
