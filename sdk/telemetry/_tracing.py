@@ -24,11 +24,15 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpipe._proto import common_pb2
+
+if TYPE_CHECKING:  # imported when tracing starts: off, nothing of OpenTelemetry is loaded
+    from xpipe.telemetry._spans import SpanBatcher, TaskSpan
 
 __all__ = [
     "ENDPOINT_ENV",
@@ -61,6 +65,17 @@ _PARENTS_KEPT = 256
 #: healthy collector takes milliseconds; an unreachable one would hold every exit for the
 #: exporter's whole retry timeout (10 s), so the wait is cut short and the loss logged.
 SHUTDOWN_FLUSH_S = 2.0
+
+
+def _follows_parent(sampler: Any) -> bool:
+    """Whether ``sampler`` samples a span with a remote parent exactly when the parent is sampled."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    return (
+        isinstance(sampler, ParentBased)
+        and sampler._remote_parent_sampled is ALWAYS_ON
+        and sampler._remote_parent_not_sampled is ALWAYS_OFF
+    )
 
 
 def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] = os.environ, *, name: str = "otlp_endpoint") -> str:
@@ -164,11 +179,16 @@ class Tracing:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        from xpipe.telemetry import _spans
+
         self.config = config
         sampler = None if config.sample_ratio is None else ParentBased(TraceIdRatioBased(config.sample_ratio))
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
         self.provider = TracerProvider(sampler=sampler, resource=Resource.create(attributes), shutdown_on_exit=False)
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, insecure=True)))
+        # The SDK's default delay (5 s) would hold a short run's spans back; ours is 200 ms.
+        delay = {} if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else {"schedule_delay_millis": _spans.DEFAULT_SCHEDULE_DELAY_MS}
+        exporter = OTLPSpanExporter(endpoint=config.endpoint, insecure=True)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, **delay))
         if install_global:
             trace.set_tracer_provider(self.provider)
         self.tracer = self.provider.get_tracer("xpipe")
@@ -177,8 +197,11 @@ class Tracing:
         self._context = otel_context
         self._parents: dict[tuple[str, str], Any] = {}
         self._closed = False
-        self._flusher: threading.Thread | None = None
-        self._flush_wanted = threading.Event()
+        # Task and assign spans skip the SDK (see _spans); they follow its sampler and switch.
+        self._disabled = self.provider._disabled  # OTEL_SDK_DISABLED=true
+        self._follow_parent = _follows_parent(self.provider.sampler)
+        self._batcher: SpanBatcher | None = None
+        self._spans = _spans
 
     def context_from(self, traceparent: str, tracestate: str = "") -> Any:
         """An OTel Context whose current span is the remote one ``traceparent`` names (or none).
@@ -231,28 +254,51 @@ class Tracing:
 
         span.set_status(Status(StatusCode.ERROR, description))
 
-    def flush_soon(self) -> None:
-        """Export what is queued now, on a background thread; returns at once.
+    @property
+    def batcher(self) -> SpanBatcher:
+        """The exporter of xpipe's own spans (:mod:`xpipe.telemetry._spans`), started on first use."""
+        if self._batcher is None:
+            self._batcher = self._spans.SpanBatcher(self.config.endpoint, dict(self.provider.resource.attributes))
+        return self._batcher
 
-        An executor child calls it after each traced attempt, so the attempt's spans leave
-        within milliseconds rather than at the next scheduled export (``OTEL_BSP_SCHEDULE_DELAY``,
-        5 s), and a child killed later (a timeout, a cancel, the worker stopping) loses none.
-        The SDK's ``force_flush`` exports in the calling thread, ignores its timeout and can
-        block for the exporter's whole timeout when the collector is down: the task path
-        must never wait for it.
+    def _sampled(self, traceparent: str, trace_id: int, name: str) -> bool:
+        """Whether a span under the remote ``traceparent`` is sampled, as the SDK's sampler decides.
+
+        The default (parent-based) sampler follows the parent's flag; any other asks the sampler.
         """
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_loop, name="xpipe-span-flush", daemon=True)
-            self._flusher.start()
-        self._flush_wanted.set()
+        if self._disabled:
+            return False
+        if self._follow_parent:
+            return is_sampled(traceparent)
+        decision = self.provider.sampler.should_sample(self.context_from(traceparent), trace_id, name)
+        return decision.decision.is_sampled()
 
-    def _flush_loop(self) -> None:
-        while True:
-            self._flush_wanted.wait()
-            self._flush_wanted.clear()
-            if self._closed:
-                return
-            self.provider.force_flush()
+    def start_task_span(self, name: str, traceparent: str, attributes: dict[str, Any]) -> tuple[TaskSpan | None, object]:
+        """Start a task's span under ``traceparent`` and make it current; return it (None: not sampled) and a token.
+
+        A :class:`TaskSpan`, not an SDK span (docs/tracing.md, "Cost"): what is current while
+        the task runs is a ``NonRecordingSpan`` with its ids, so spans the task opens with
+        the OTel API are its children. An unsampled attempt makes its remote parent current,
+        so the task's own spans are not sampled either. Undo with :meth:`deactivate`, then
+        :meth:`end_task_span`.
+        """
+        trace_id = int(traceparent[3:35], 16)
+        if not self._sampled(traceparent, trace_id, name):
+            return None, self._context.attach(self.context_from(traceparent))
+        span = self._spans.TaskSpan(trace_id, self._spans.new_span_id(), int(traceparent[36:52], 16), name, attributes)
+        context = self._trace.SpanContext(trace_id, span.span_id, False, self._trace.TraceFlags(1))
+        return span, self._context.attach(self._trace.set_span_in_context(self._trace.NonRecordingSpan(context)))
+
+    def end_task_span(self, span: TaskSpan) -> None:
+        """End ``span`` now and queue it for export."""
+        self.batcher.add(span.to_proto(time.time_ns()))
+
+    def note_assigned(self, traceparent: str, run_id: str, pipeline: str, names: list[str], count: int) -> None:
+        """Note a run's assignments of this turn for its ``coordinator.assign`` span (one per run and export)."""
+        trace_id = int(traceparent[3:35], 16)
+        if self._sampled(traceparent, trace_id, "coordinator.assign"):
+            self.batcher.note_assigned(trace_id, int(traceparent[36:52], 16), run_id, pipeline, names, count,
+                                       time.time_ns())  # fmt: skip
 
     def flush(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> bool:
         """Export what is queued, waiting at most ``timeout_s``; False if that was not enough.
@@ -261,10 +307,14 @@ class Tracing:
         """
         if self._closed:
             return True
+        started = time.monotonic()
         flusher = threading.Thread(target=self.provider.force_flush, name="xpipe-span-flush-now", daemon=True)
         flusher.start()
         flusher.join(timeout_s)
-        if flusher.is_alive():
+        done = not flusher.is_alive()
+        if self._batcher is not None:
+            done = self._batcher.flush(max(0.0, timeout_s - (time.monotonic() - started))) and done
+        if not done:
             log.warning("spans not all exported within %g s; is the collector at %s reachable?",
                         timeout_s, self.config.endpoint)  # fmt: skip
             return False
@@ -279,11 +329,14 @@ class Tracing:
         if self._closed:
             return
         self._closed = True
-        self._flush_wanted.set()  # ends the flusher
+        started = time.monotonic()
         closer = threading.Thread(target=self.provider.shutdown, name="xpipe-span-shutdown", daemon=True)
         closer.start()
-        closer.join(timeout_s)
-        if closer.is_alive():
+        done = True
+        if self._batcher is not None:  # both export at once: the wait is one timeout, not two
+            done = self._batcher.shutdown(timeout_s)
+        closer.join(max(0.0, timeout_s - (time.monotonic() - started)))
+        if closer.is_alive() or not done:
             log.warning("spans not all exported within %g s of shutdown; is the collector at %s reachable?",
                         timeout_s, self.config.endpoint)  # fmt: skip
 
