@@ -536,8 +536,8 @@ def run_assignment(
         return _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, None)
     ref = assignment.attempt
     span, token = tracing.start_task_span(
-        f"task {ref.task}", assignment.traceparent,
-        {"xpipe.run_id": ref.run_id, "xpipe.task": ref.task, "xpipe.attempt": ref.attempt, "xpipe.worker": worker_name},
+        f"task {ref.task}", assignment.traceparent, {"xpipe.task": ref.task, "xpipe.attempt": ref.attempt},
+        (("xpipe.run_id", ref.run_id), ("xpipe.worker", worker_name)),
     )  # fmt: skip
     try:
         event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)

@@ -201,6 +201,8 @@ class Tracing:
         self._disabled = self.provider._disabled  # OTEL_SDK_DISABLED=true
         self._follow_parent = _follows_parent(self.provider.sampler)
         self._batcher: SpanBatcher | None = None
+        self._task_parents: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, int, bool, bytes]] = {}
+        self._sampled_flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
         self._spans = _spans
 
     def context_from(self, traceparent: str, tracestate: str = "") -> Any:
@@ -273,7 +275,9 @@ class Tracing:
         decision = self.provider.sampler.should_sample(self.context_from(traceparent), trace_id, name)
         return decision.decision.is_sampled()
 
-    def start_task_span(self, name: str, traceparent: str, attributes: dict[str, Any]) -> tuple[TaskSpan | None, object]:
+    def start_task_span(
+        self, name: str, traceparent: str, attributes: dict[str, Any], shared: tuple[tuple[str, Any], ...] = ()
+    ) -> tuple[TaskSpan | None, object]:
         """Start a task's span under ``traceparent`` and make it current; return it (None: not sampled) and a token.
 
         A :class:`TaskSpan`, not an SDK span (docs/tracing.md, "Cost"): what is current while
@@ -281,17 +285,31 @@ class Tracing:
         the OTel API are its children. An unsampled attempt makes its remote parent current,
         so the task's own spans are not sampled either. Undo with :meth:`deactivate`, then
         :meth:`end_task_span`.
+
+        Args:
+            attributes: the span's own attributes.
+            shared: more attributes, the same for many spans (the run's, the worker's):
+                encoded once and memoized with the parsed ``traceparent``.
         """
-        trace_id = int(traceparent[3:35], 16)
-        if not self._sampled(traceparent, trace_id, name):
+        parent = self._task_parents.get((traceparent, shared))
+        if parent is None:
+            trace_id = int(traceparent[3:35], 16)
+            sampled = self._sampled(traceparent, trace_id, name)
+            parent = (trace_id, int(traceparent[36:52], 16), sampled, self._spans.encode_attributes(dict(shared)))
+            if len(self._task_parents) >= _PARENTS_KEPT:
+                self._task_parents.clear()
+            if self._follow_parent or self._disabled:  # else the sampler may decide per span
+                self._task_parents[(traceparent, shared)] = parent
+        trace_id, parent_id, sampled, encoded = parent
+        if not sampled:
             return None, self._context.attach(self.context_from(traceparent))
-        span = self._spans.TaskSpan(trace_id, self._spans.new_span_id(), int(traceparent[36:52], 16), name, attributes)
-        context = self._trace.SpanContext(trace_id, span.span_id, False, self._trace.TraceFlags(1))
+        span = self._spans.TaskSpan(trace_id, self._spans.new_span_id(), parent_id, name, attributes, encoded)
+        context = self._trace.SpanContext(trace_id, span.span_id, False, self._sampled_flags)
         return span, self._context.attach(self._trace.set_span_in_context(self._trace.NonRecordingSpan(context)))
 
     def end_task_span(self, span: TaskSpan) -> None:
         """End ``span`` now and queue it for export."""
-        self.batcher.add(span.to_proto(time.time_ns()))
+        self.batcher.add(span.to_bytes(time.time_ns()))
 
     def note_assigned(self, traceparent: str, run_id: str, pipeline: str, names: list[str], count: int) -> None:
         """Note a run's assignments of this turn for its ``coordinator.assign`` span (one per run and export)."""
