@@ -496,7 +496,7 @@ def _run_command(
 
 
 def _trace_env(span: Any) -> dict[str, str]:
-    """``TRACEPARENT`` naming ``span`` (a :class:`TaskSpan`), or nothing for an untraced attempt."""
+    """``TRACEPARENT`` naming ``span`` (an ``OwnSpan``), or nothing for an untraced attempt."""
     return {} if span is None else {TRACEPARENT_ENV: span.traceparent}
 
 
@@ -543,16 +543,16 @@ def run_assignment(
         event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)
     except BaseException:
         if span is not None:  # a bug of ours broke the attempt: its span still ends
-            tracing.end_task_span(span)
+            span.end()
         raise
     finally:
         tracing.deactivate(token)
     if span is not None:
         if event.WhichOneof("kind") == "failed":
             error = event.failed.error
-            span.attributes["xpipe.error_type"] = error.error_type
-            span.error = f"{error.error_type}: {error.message}"
-        tracing.end_task_span(span)
+            span.set_attribute("xpipe.error_type", error.error_type)
+            span.set_error(f"{error.error_type}: {error.message}")
+        span.end()
     return event
 
 

@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-__all__ = ["DEFAULT_SCHEDULE_DELAY_MS", "MAX_ASSIGN_NAMES", "SpanBatcher", "TaskSpan", "new_span_id", "schedule_delay_ms"]
+__all__ = ["DEFAULT_SCHEDULE_DELAY_MS", "MAX_ASSIGN_NAMES", "OwnSpan", "SpanBatcher", "new_span_id", "new_trace_id", "schedule_delay_ms"]
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +71,23 @@ def _framed(tag: bytes, message: Any) -> bytes:
 
 def schedule_delay_ms(environ: Any = os.environ) -> int:
     """``OTEL_BSP_SCHEDULE_DELAY`` if set (ms), else :data:`DEFAULT_SCHEDULE_DELAY_MS`."""
+    text = environ.get("OTEL_BSP_SCHEDULE_DELAY", "")
+    if not text:
+        return DEFAULT_SCHEDULE_DELAY_MS
     try:
-        return max(1, int(environ.get("OTEL_BSP_SCHEDULE_DELAY", "")))
+        return max(1, int(text))
     except ValueError:
+        log.warning("OTEL_BSP_SCHEDULE_DELAY %r is not a whole number of milliseconds; using %d",
+                    text, DEFAULT_SCHEDULE_DELAY_MS)  # fmt: skip
         return DEFAULT_SCHEDULE_DELAY_MS
 
 
 def _export_timeout_s(environ: Any = os.environ) -> float:
+    text = environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "")
     try:
-        return float(environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", ""))
+        return float(text) if text else DEFAULT_EXPORT_TIMEOUT_S
     except ValueError:
+        log.warning("OTEL_EXPORTER_OTLP_TIMEOUT %r is not a number of seconds; using %g", text, DEFAULT_EXPORT_TIMEOUT_S)
         return DEFAULT_EXPORT_TIMEOUT_S
 
 
@@ -121,6 +128,14 @@ def encode_attributes(attributes: dict[str, Any]) -> bytes:
     return span.SerializeToString()
 
 
+def new_trace_id() -> int:
+    """A random non-zero 128-bit trace id (what the SDK's ``RandomIdGenerator`` does)."""
+    while True:
+        trace_id = random.getrandbits(128)
+        if trace_id:
+            return trace_id
+
+
 def new_span_id() -> int:
     """A random non-zero 64-bit span id (what the SDK's ``RandomIdGenerator`` does)."""
     while True:
@@ -129,32 +144,60 @@ def new_span_id() -> int:
             return span_id
 
 
-class TaskSpan:
-    """A ``task <name>`` span being recorded: the little the worker knows of it, kept plainly.
+class OwnSpan:
+    """One of xpipe's own spans being recorded, kept plainly; serialized once when it ends.
 
-    It answers the two calls the task path makes on a span (``record_exception`` and the
-    ids for ``TRACEPARENT``), and becomes a ``trace_pb2.Span`` only when it ends.
+    It answers the calls xpipe makes on a span (``set_attribute``, ``record_exception``,
+    ``end``, its W3C ids to pass on). An unsampled one (``sampled=False``) records nothing
+    and only carries the ids, with the sampled flag off, as the SDK's non-recording spans do.
+
+    Args:
+        parent_id: 0 for a root span.
+        encoded: more attributes, already serialized (see :func:`encode_attributes`).
+        tracestate: the W3C ``tracestate`` passed on with this span (the parent's).
+        sink: takes the serialized span when it ends (:meth:`SpanBatcher.add`).
     """
 
-    __slots__ = ("trace_id", "span_id", "parent_id", "name", "start_ns", "attributes", "encoded", "events", "error")
+    __slots__ = ("trace_id", "span_id", "parent_id", "name", "start_ns", "attributes", "encoded", "events", "error",
+                 "sampled", "tracestate", "_sink")  # fmt: skip
 
     def __init__(
-        self, trace_id: int, span_id: int, parent_id: int, name: str, attributes: dict[str, Any], encoded: bytes = b""
-    ):
+        self, trace_id: int, span_id: int, parent_id: int, name: str, attributes: dict[str, Any], encoded: bytes = b"",
+        *, sampled: bool = True, tracestate: str = "", sink: Any = None, start_ns: int | None = None,
+    ):  # fmt: skip
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_id = parent_id
         self.name = name
         self.attributes = attributes
-        self.encoded = encoded  # more attributes, serialized (see encode_attributes)
+        self.encoded = encoded
         self.events: list[trace_pb2.Span.Event] = []
         self.error = ""  # the ERROR status's description; "" leaves the status unset
-        self.start_ns = time.time_ns()
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self._sink = sink
+        self.start_ns = time.time_ns() if start_ns is None else start_ns
 
     @property
     def traceparent(self) -> str:
-        """This span as a W3C ``traceparent`` (sampled: only sampled attempts get a TaskSpan)."""
-        return f"00-{self.trace_id:032x}-{self.span_id:016x}-01"
+        """This span as a W3C ``traceparent``."""
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+
+    def is_recording(self) -> bool:
+        return self.sampled
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attributes[key] = value
+
+    def set_error(self, description: str) -> None:
+        """Status ERROR with ``description`` (the OTel way to mark a failed operation)."""
+        self.error = description
+
+    def end(self, end_ns: int | None = None) -> None:
+        """End the span and hand it, serialized, to its sink (once; nothing when unsampled)."""
+        sink, self._sink = self._sink, None
+        if sink is not None and self.sampled:
+            sink(self.to_bytes(time.time_ns() if end_ns is None else end_ns))
 
     def record_exception(self, exc: BaseException, attributes: dict[str, Any] | None = None) -> None:
         """An ``exception`` event, with the attributes the OTel SDK's ``record_exception`` gives."""
@@ -180,9 +223,11 @@ class TaskSpan:
         """The span without its encoded attributes."""
         span = trace_pb2.Span(
             trace_id=self.trace_id.to_bytes(16, "big"), span_id=self.span_id.to_bytes(8, "big"),
-            parent_span_id=self.parent_id.to_bytes(8, "big"), name=self.name,
+            parent_span_id=self.parent_id.to_bytes(8, "big") if self.parent_id else b"", name=self.name,
             kind=trace_pb2.Span.SPAN_KIND_INTERNAL, start_time_unix_nano=self.start_ns, end_time_unix_nano=end_ns,
         )  # fmt: skip
+        if self.tracestate:
+            span.trace_state = self.tracestate
         add = span.attributes.add
         for key, value in self.attributes.items():  # add_attributes inlined: this runs per task
             target = add(key=key).value
