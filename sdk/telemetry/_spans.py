@@ -289,7 +289,7 @@ class SpanBatcher:
         )  # fmt: skip
         self._lock = threading.Lock()
         self._spans: deque[bytes] = deque()  # serialized Spans; append and popleft are thread-safe
-        self._assigned: dict[tuple[int, int], _Assigned] = {}
+        self._assigned: dict[str, _Assigned] = {}  # by the run's traceparent
         self._dropped = 0
         self._wake = threading.Event()
         self._done = threading.Condition(self._lock)
@@ -308,14 +308,16 @@ class SpanBatcher:
             self._start()
 
     def note_assigned(
-        self, trace_id: int, parent_id: int, run_id: str, pipeline: str, names: list[str], count: int, now_ns: int
+        self, traceparent: str, run_id: str, pipeline: str, names: list[str], count: int, now_ns: int
     ) -> None:
-        """Note ``count`` assignments of a run (``names``: ``task#attempt``), for its next ``coordinator.assign`` span."""
-        key = (trace_id, parent_id)
+        """Note ``count`` assignments of a run (``names``: ``task#attempt``), for its next ``coordinator.assign`` span.
+
+        ``traceparent`` (the run's, sampled) is the span's parent; it is parsed at export.
+        """
         with self._lock:
-            assigned = self._assigned.get(key)
+            assigned = self._assigned.get(traceparent)
             if assigned is None:
-                assigned = self._assigned[key] = _Assigned(run_id, pipeline, now_ns)
+                assigned = self._assigned[traceparent] = _Assigned(run_id, pipeline, now_ns)
             assigned.last_ns = now_ns
             assigned.count += count
             room = self._max_names - len(assigned.names)
@@ -348,10 +350,10 @@ class SpanBatcher:
         spans = [queue.popleft() for _ in range(len(queue))]
         with self._lock:
             assigned, self._assigned = self._assigned, {}
-        for (trace_id, parent_id), a in assigned.items():
+        for traceparent, a in assigned.items():
             span = trace_pb2.Span(
-                trace_id=trace_id.to_bytes(16, "big"), span_id=new_span_id().to_bytes(8, "big"),
-                parent_span_id=parent_id.to_bytes(8, "big"), name="coordinator.assign",
+                trace_id=bytes.fromhex(traceparent[3:35]), span_id=new_span_id().to_bytes(8, "big"),
+                parent_span_id=bytes.fromhex(traceparent[36:52]), name="coordinator.assign",
                 kind=trace_pb2.Span.SPAN_KIND_INTERNAL, start_time_unix_nano=a.first_ns, end_time_unix_nano=a.last_ns,
             )  # fmt: skip
             add_attributes(span.attributes, {"xpipe.run_id": a.run_id, "xpipe.pipeline": a.pipeline,

@@ -337,10 +337,12 @@ class Tracing:
 
     def note_assigned(self, traceparent: str, run_id: str, pipeline: str, names: list[str], count: int) -> None:
         """Note a run's assignments of this turn for its ``coordinator.assign`` span (one per run and export)."""
-        trace_id = int(traceparent[3:35], 16)
-        if self._sampled(traceparent, trace_id, "coordinator.assign"):
-            self.batcher.note_assigned(trace_id, int(traceparent[36:52], 16), run_id, pipeline, names, count,
-                                       time.time_ns())  # fmt: skip
+        if self._follow_parent and not self._disabled:
+            sampled = is_sampled(traceparent)  # the default sampler: no parsing on each turn
+        else:
+            sampled = self._sampled(traceparent, int(traceparent[3:35], 16), "coordinator.assign")
+        if sampled:
+            self.batcher.note_assigned(traceparent, run_id, pipeline, names, count, time.time_ns())
 
     def flush(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> bool:
         """Export what is queued, waiting at most ``timeout_s``; False if that was not enough.

@@ -163,8 +163,8 @@ def test_a_run_s_assignments_become_one_assign_span_per_export(tracing, receiver
     got, _ = receiver
     batcher = _spans.SpanBatcher(tracing.config.endpoint, {"service.name": "xpipe-coordinator"}, max_names=3)
     try:
-        batcher.note_assigned(TRACE_ID, PARENT_ID, "r1", "wide", ["t1#1", "t2#1"], 2, 1_000)
-        batcher.note_assigned(TRACE_ID, PARENT_ID, "r1", "wide", ["t3#1", "t4#1"], 2, 2_000)
+        batcher.note_assigned(TRACEPARENT, "r1", "wide", ["t1#1", "t2#1"], 2, 1_000)
+        batcher.note_assigned(TRACEPARENT, "r1", "wide", ["t3#1", "t4#1"], 2, 2_000)
         assert batcher.flush(5)
     finally:
         assert batcher.shutdown(5)
