@@ -216,3 +216,26 @@ def test_the_schedule_delay_is_short_unless_the_environment_sets_it(caplog):
     with caplog.at_level(logging.WARNING, logger=_spans.__name__):
         assert _spans.schedule_delay_ms({"OTEL_BSP_SCHEDULE_DELAY": "soon"}) == 200
     assert "OTEL_BSP_SCHEDULE_DELAY 'soon' is not a whole number of milliseconds" in caplog.text
+
+
+@pytest.mark.parametrize("root", [False, True])
+def test_a_span_with_shared_attributes_appended_reads_back_whole(root):
+    """Shared attributes are appended as bytes: the receiver must read one span with all of them."""
+    span = _spans.OwnSpan(
+        TRACE_ID, 7, 0 if root else PARENT_ID, "task ünïcode",
+        {"s": "x" * 300, "n": 2**40, "neg": -3, "flag": True, "ratio": 0.5, "list": ["a", "b"]},
+        _spans.encode_attributes({"xpipe.run_id": "r1"}), tracestate="" if root else "vendor=1", start_ns=10,
+    )  # fmt: skip
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError as exc:
+        span.record_exception(exc)
+    span.set_error("TASK_FAILURE: boom")
+    got = trace_pb2.Span.FromString(span.to_bytes(20))
+    assert attributes(got) | {"list": None} == {"s": "x" * 300, "n": 2**40, "neg": -3, "flag": True, "ratio": 0.5,
+                                                 "xpipe.run_id": "r1", "list": None}  # fmt: skip
+    assert [v.string_value for v in got.attributes[5].value.array_value.values] == ["a", "b"]
+    assert got.parent_span_id == (b"" if root else PARENT_ID.to_bytes(8, "big"))
+    assert got.trace_state == ("" if root else "vendor=1") and got.name == "task ünïcode"
+    assert (got.start_time_unix_nano, got.end_time_unix_nano) == (10, 20)
+    assert got.status.code == trace_pb2.Status.STATUS_CODE_ERROR and got.events[0].name == "exception"
