@@ -2,7 +2,9 @@
 
 Every process sets tracing up here, the same way: a ``TracerProvider`` with a parent-based
 sampler, a ``BatchSpanProcessor`` and an OTLP/gRPC exporter on a plaintext channel (meant
-for a collector on loopback or a trusted network; see docs/tracing.md). The context
+for a collector on loopback or a trusted network; see docs/tracing.md), for the spans
+tasks open themselves; xpipe's own spans follow that provider's sampler but are written
+and exported by :mod:`xpipe.telemetry._spans`, at a fraction of the SDK's cost. The context
 travels as a W3C ``traceparent`` (and ``tracestate``) in the submit request, with the run,
 and in each assignment.
 
@@ -13,7 +15,8 @@ paths pay one ``is None`` (or empty-string) check per task.
 
 The OpenTelemetry SDK reads its own environment: ``OTEL_TRACES_SAMPLER`` and
 ``OTEL_TRACES_SAMPLER_ARG`` choose the sampler when no ratio is given here, and
-``OTEL_BSP_*`` tune the batch span processor.
+``OTEL_BSP_*`` tune the batch span processor (``OTEL_BSP_SCHEDULE_DELAY`` xpipe's own
+exports too; its default here is 200 ms, not the SDK's 5 s).
 """
 
 from __future__ import annotations
