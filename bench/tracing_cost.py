@@ -91,12 +91,12 @@ def wide_run_s(trace_context: str, tracing: Tracing | None) -> float:
             while not session.outbox.empty():
                 session.outbox.get_nowait()
     if tracing is not None:
-        tracing.provider.force_flush()
+        tracing.flush(30)
     return time.process_time() - started
 
 
 def worker_task_s(tracing: Tracing | None, traceparent: str, n: int = 2000) -> float:
-    """Seconds per no-op task through ``run_assignment`` (plus ``flush_soon`` when traced)."""
+    """Seconds per no-op task through ``run_assignment`` (its span's export included when traced)."""
     from xpipe.worker._runtask import run_assignment
 
     assignment = worker_pb2.Assignment(attempt=worker_pb2.AttemptRef(run_id="r", task="t", attempt=1),
@@ -108,9 +108,9 @@ def worker_task_s(tracing: Tracing | None, traceparent: str, n: int = 2000) -> f
     for i in range(n):
         run_assignment(assignment, None, cache, tracing=tracing, worker_name="w0")
         if tracing is not None and i % 500 == 499:
-            tracing.provider.force_flush()  # as the batch processor would, without dropping any
+            tracing.flush(30)  # as the batch processor would, without dropping any
     if tracing is not None:
-        tracing.provider.force_flush()
+        tracing.flush(30)
     return (time.process_time() - started) / n
 
 
@@ -140,11 +140,40 @@ def pieces_us(tracing: Tracing, repeat: int) -> dict[str, float]:
     started = time.process_time()
     for _ in range(200):
         one_turn()
-    tracing.provider.force_flush()
+    tracing.flush(30)
     out["coordinator.assign span of a 64-task turn, with its export, per task"] = (
         (time.process_time() - started) / 200 / 64 * 1e6
     )
+    # With a slot per worker most turns assign one task: the span's cost per turn is per task.
+    single = {TRACEPARENT: batch[TRACEPARENT][:1]}
+    started = time.process_time()
+    for _ in range(2000):
+        engine._trace_assignments(single)
+    tracing.flush(30)
+    out["coordinator.assign of a 1-task turn, with its export, per task"] = (time.process_time() - started) / 2000 * 1e6
+    out["per run: SDK root span + coordinator.submit span, with their export"] = _run_spans_us(tracing)
     return out
+
+
+def _run_spans_us(tracing: Tracing, runs: int = 2000) -> float:
+    """CPU of the two spans each run adds on its submit path (the SDK's and the coordinator's), per run."""
+    from xpipe._proto import pipeline_pb2
+    from xpipe.telemetry._tracing import end_run_span, start_run_span
+
+    started = time.process_time()
+    for i in range(runs):
+        if i % 500 == 499:
+            tracing.flush(30)  # as the export thread would, without dropping any
+        request = pipeline_pb2.SubmitPipelineRequest()
+        root = start_run_span(tracing, "roundtrip", 1, request)
+        span = tracing.start_span("coordinator.submit", traceparent=request.traceparent, tracestate=request.tracestate,
+                                  attributes={"xpipe.pipeline": "roundtrip", "xpipe.tasks": 1})  # fmt: skip
+        tracing.headers_of(span)
+        span.set_attribute("xpipe.run_id", "r" * 32)
+        span.end()
+        end_run_span(tracing, root, run_id="r" * 32, state="RUN_SUCCEEDED")
+    tracing.flush(30)
+    return (time.process_time() - started) / runs * 1e6
 
 
 def main() -> None:

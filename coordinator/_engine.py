@@ -37,7 +37,6 @@ from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
-from xpipe.telemetry._tracing import is_sampled
 
 from xpipe.telemetry._logformat import log_ids
 from ._events import (
@@ -143,10 +142,6 @@ def estimate_run_bytes(run) -> int:
         if task.result is not None:
             results += len(task.result.data)
     return run.spec.ByteSize() + results + TASK_OVERHEAD_BYTES * len(run.tasks)
-
-
-#: Most assignments one ``coordinator.assign`` span names (it counts them all).
-MAX_TRACED_ASSIGNS = 1000
 
 
 class InternalError(RuntimeError):
@@ -449,29 +444,21 @@ class Engine:
             self._trace_assignments(traced)
 
     def _trace_assignments(self, traced: dict[str, list[Assign]]) -> None:
-        """One ``coordinator.assign`` span per traced run and turn, naming the attempts it assigned.
+        """Note this turn's assignments of each traced run for its ``coordinator.assign`` span.
 
-        Batched this way a task costs a few words in one string attribute, not a span or an
-        event of its own: per task, an event cost ~4 µs and list attributes ~8 µs, mostly in
-        the OTLP encoder. The assignments are already on their way, so tracing never delays
-        dispatch. Past :data:`MAX_TRACED_ASSIGNS` the names are cut (the count stays);
-        each task's own span on the worker says where it ran.
+        The span is made later, on the export thread: one per run and export interval
+        (200 ms by default), naming the attempts assigned in it. With a slot per worker a
+        turn assigns one or two tasks, and an OTel SDK span per turn cost ~70 µs; a task
+        now costs a few words in a list. The assignments are already on their way, so
+        tracing never delays dispatch.
         """
         tracing = self.config.tracing
-        now_ns = time.time_ns()
         for traceparent, assigns in traced.items():
-            if not is_sampled(traceparent):
-                continue  # the run's trace is not sampled: no span downstream either
             run_id = assigns[0].attempt[0]
             run = self.state.runs.get(run_id)
-            # "task#attempt task#attempt ...": task names hold no whitespace (validated at submit).
-            named = " ".join([f"{a.attempt[1]}#{a.attempt[2]}" for a in assigns[:MAX_TRACED_ASSIGNS]])
-            span = tracing.start_span(
-                "coordinator.assign", traceparent=traceparent, start_time=now_ns,
-                attributes={"xpipe.run_id": run_id, "xpipe.pipeline": run.name if run else "",
-                            "xpipe.assigned": len(assigns), "xpipe.attempts": named},
-            )  # fmt: skip
-            span.end(now_ns)
+            # "task#attempt": task names hold no whitespace (validated at submit).
+            names = [f"{a.attempt[1]}#{a.attempt[2]}" for a in assigns]
+            tracing.note_assigned(traceparent, run_id, run.name if run else "", names, len(assigns))
 
     def _send(
         self, worker_id: str, message: worker_pb2.CoordinatorMessage | worker_pb2.CoordinatorMessageView

@@ -496,11 +496,8 @@ def _run_command(
 
 
 def _trace_env(span: Any) -> dict[str, str]:
-    """``TRACEPARENT`` naming ``span`` (W3C format), or nothing for an untraced attempt."""
-    if span is None:
-        return {}
-    ctx = span.get_span_context()
-    return {TRACEPARENT_ENV: f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"}
+    """``TRACEPARENT`` naming ``span`` (an ``OwnSpan``), or nothing for an untraced attempt."""
+    return {} if span is None else {TRACEPARENT_ENV: span.traceparent}
 
 
 # ---- entry points ----------------------------------------------------------------
@@ -538,24 +535,25 @@ def run_assignment(
     if tracing is None or not assignment.traceparent:
         return _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, None)
     ref = assignment.attempt
-    span = tracing.start_span(
-        f"task {ref.task}", traceparent=assignment.traceparent,
-        attributes={"xpipe.run_id": ref.run_id, "xpipe.task": ref.task, "xpipe.attempt": ref.attempt,
-                    "xpipe.worker": worker_name},
+    span, token = tracing.start_task_span(
+        f"task {ref.task}", assignment.traceparent, {"xpipe.task": ref.task, "xpipe.attempt": ref.attempt},
+        (("xpipe.run_id", ref.run_id), ("xpipe.worker", worker_name)),
     )  # fmt: skip
     try:
-        token = tracing.activate(span)
-        try:
-            event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)
-        finally:
-            tracing.deactivate(token)
+        event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)
+    except BaseException:
+        if span is not None:  # a bug of ours broke the attempt: its span still ends
+            span.end()
+        raise
+    finally:
+        tracing.deactivate(token)
+    if span is not None:
         if event.WhichOneof("kind") == "failed":
             error = event.failed.error
             span.set_attribute("xpipe.error_type", error.error_type)
-            tracing.set_error(span, f"{error.error_type}: {error.message}")
-        return event
-    finally:
+            span.set_error(f"{error.error_type}: {error.message}")
         span.end()
+    return event
 
 
 def _run_limited(
@@ -771,10 +769,9 @@ def child_main(
         default_memory_limit_bytes: the limit of tasks that declare no memory (0: none).
         tracing_argument: from :func:`child_tracing_argument`; when set, this child exports
             its spans itself (its own tracer provider, made the global one so that a task's
-            ``trace.get_tracer(...)`` spans join the run's trace). Traced attempts' spans
-            are sent off as soon as the child has no next request waiting
-            (:meth:`Tracing.flush_soon`): at once when work is sparse, in the batch
-            processor's batches under load (a flush per task cost ~30 µs more per task).
+            ``trace.get_tracer(...)`` spans join the run's trace). Spans leave in batches,
+            every 200 ms (``OTEL_BSP_SCHEDULE_DELAY``), and at exit (bounded): a flush
+            after each task made each span its own export, hundreds of µs each.
     """
     try:
         os.setsid()
@@ -792,7 +789,6 @@ def child_main(
             conn.close()
             return
     tracing: Tracing | None = None
-    unflushed = False  # traced attempts ran since the last flush
     worker_name = ""
     if tracing_argument:
         settings = json.loads(tracing_argument)
@@ -826,11 +822,6 @@ def child_main(
         )  # fmt: skip
         _flush_std_streams()
         conn.send_bytes(event.SerializeToString())
-        if tracing is not None:
-            unflushed = unflushed or bool(assignment.traceparent)
-            if unflushed and not conn.poll(0):  # idle now: the spans leave, the result never waited
-                tracing.flush_soon()
-                unflushed = False
 
 
 def _capture_output() -> None:

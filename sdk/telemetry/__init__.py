@@ -7,6 +7,7 @@ One concept per module:
 - ``_task``: what a task records about itself (``record_metric``, tracked values, performance);
 - ``_monitoring`` and ``_tracking``: ``pipeline.enable_monitoring`` and the ``track_*`` decorators;
 - ``_tracing``: one OpenTelemetry trace per run across processes;
+- ``_spans``: xpipe's own spans, written as OTLP protobuf and exported in batches (cheap per task);
 - ``_tasklogs``: the worker's buffer of task output and its caps;
 - ``_logformat``: the daemons' own logs as text or JSON lines.
 

@@ -2,7 +2,9 @@
 
 Every process sets tracing up here, the same way: a ``TracerProvider`` with a parent-based
 sampler, a ``BatchSpanProcessor`` and an OTLP/gRPC exporter on a plaintext channel (meant
-for a collector on loopback or a trusted network; see docs/tracing.md). The context
+for a collector on loopback or a trusted network; see docs/tracing.md), for the spans
+tasks open themselves; xpipe's own spans follow that provider's sampler but are written
+and exported by :mod:`xpipe.telemetry._spans`, at a fraction of the SDK's cost. The context
 travels as a W3C ``traceparent`` (and ``tracestate``) in the submit request, with the run,
 and in each assignment.
 
@@ -13,7 +15,8 @@ paths pay one ``is None`` (or empty-string) check per task.
 
 The OpenTelemetry SDK reads its own environment: ``OTEL_TRACES_SAMPLER`` and
 ``OTEL_TRACES_SAMPLER_ARG`` choose the sampler when no ratio is given here, and
-``OTEL_BSP_*`` tune the batch span processor.
+``OTEL_BSP_*`` tune the batch span processor (``OTEL_BSP_SCHEDULE_DELAY`` xpipe's own
+exports too; its default here is 200 ms, not the SDK's 5 s).
 """
 
 from __future__ import annotations
@@ -24,11 +27,15 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from xpipe._proto import common_pb2
+
+if TYPE_CHECKING:  # imported when tracing starts: off, nothing of OpenTelemetry is loaded
+    from xpipe.telemetry._spans import OwnSpan, SpanBatcher
 
 __all__ = [
     "ENDPOINT_ENV",
@@ -61,6 +68,17 @@ _PARENTS_KEPT = 256
 #: healthy collector takes milliseconds; an unreachable one would hold every exit for the
 #: exporter's whole retry timeout (10 s), so the wait is cut short and the loss logged.
 SHUTDOWN_FLUSH_S = 2.0
+
+
+def _follows_parent(sampler: Any) -> bool:
+    """Whether ``sampler`` samples a span with a remote parent exactly when the parent is sampled."""
+    from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+
+    return (
+        isinstance(sampler, ParentBased)
+        and sampler._remote_parent_sampled is ALWAYS_ON
+        and sampler._remote_parent_not_sampled is ALWAYS_OFF
+    )
 
 
 def resolve_endpoint(endpoint: str | None, environ: Mapping[str, str] = os.environ, *, name: str = "otlp_endpoint") -> str:
@@ -164,11 +182,16 @@ class Tracing:
         from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+        from xpipe.telemetry import _spans
+
         self.config = config
         sampler = None if config.sample_ratio is None else ParentBased(TraceIdRatioBased(config.sample_ratio))
         attributes = {} if os.environ.get("OTEL_SERVICE_NAME") else {"service.name": config.service_name}
         self.provider = TracerProvider(sampler=sampler, resource=Resource.create(attributes), shutdown_on_exit=False)
-        self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=config.endpoint, insecure=True)))
+        # The SDK's default delay (5 s) would hold a short run's spans back; ours is 200 ms.
+        delay = {} if "OTEL_BSP_SCHEDULE_DELAY" in os.environ else {"schedule_delay_millis": _spans.DEFAULT_SCHEDULE_DELAY_MS}
+        exporter = OTLPSpanExporter(endpoint=config.endpoint, insecure=True)
+        self.provider.add_span_processor(BatchSpanProcessor(exporter, **delay))
         if install_global:
             trace.set_tracer_provider(self.provider)
         self.tracer = self.provider.get_tracer("xpipe")
@@ -177,8 +200,13 @@ class Tracing:
         self._context = otel_context
         self._parents: dict[tuple[str, str], Any] = {}
         self._closed = False
-        self._flusher: threading.Thread | None = None
-        self._flush_wanted = threading.Event()
+        # Task and assign spans skip the SDK (see _spans); they follow its sampler and switch.
+        self._disabled = self.provider._disabled  # OTEL_SDK_DISABLED=true
+        self._follow_parent = _follows_parent(self.provider.sampler)
+        self._batcher: SpanBatcher | None = None
+        self._task_parents: dict[tuple[str, tuple[tuple[str, Any], ...]], tuple[int, int, bool, bytes]] = {}
+        self._sampled_flags = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        self._spans = _spans
 
     def context_from(self, traceparent: str, tracestate: str = "") -> Any:
         """An OTel Context whose current span is the remote one ``traceparent`` names (or none).
@@ -197,62 +225,127 @@ class Tracing:
             self._parents[key] = context
         return context
 
-    def headers_of(self, span: Any) -> tuple[str, str]:
+    def headers_of(self, span: OwnSpan) -> tuple[str, str]:
         """``(traceparent, tracestate)`` of ``span``, to send downstream."""
-        carrier: dict[str, str] = {}
-        self._propagator.inject(carrier, context=self._trace.set_span_in_context(span))
-        return carrier.get("traceparent", ""), carrier.get("tracestate", "")
+        return span.traceparent, span.tracestate
 
     def start_span(
-        self, name: str, *, traceparent: str = "", tracestate: str = "", use_current: bool = False, **kw: Any
-    ) -> Any:
-        """Start a span under ``traceparent`` (or the current span if ``use_current``, else a new trace)."""
-        context = self.context_from(traceparent, tracestate) if traceparent else None
-        if context is None and not use_current:
-            from opentelemetry.context import Context
+        self, name: str, *, traceparent: str = "", tracestate: str = "", use_current: bool = False,
+        attributes: dict[str, Any] | None = None, start_time: int | None = None,
+    ) -> OwnSpan:  # fmt: skip
+        """Start one of xpipe's spans under ``traceparent`` (or the current span if ``use_current``, else a new trace).
 
-            context = Context()  # a root: no ambient span of this process
-        return self.tracer.start_span(name, context=context, **kw)
+        An :class:`OwnSpan`, not an SDK span: the SDK's cost ~130 µs a span, made, encoded
+        and exported, on the path of every submit (docs/tracing.md, "Cost"). It is sampled
+        as the SDK's sampler decides, and not recorded when not sampled.
+        """
+        attributes = dict(attributes or {})
+        parent_id, sampled_flag, remote = 0, False, True
+        if traceparent:
+            trace_id, parent_id, sampled_flag = int(traceparent[3:35], 16), int(traceparent[36:52], 16), is_sampled(traceparent)
+        elif use_current:
+            current = self._trace.get_current_span().get_span_context()
+            if current.is_valid:
+                trace_id, parent_id, sampled_flag = current.trace_id, current.span_id, current.trace_flags.sampled
+                tracestate, remote = current.trace_state.to_header(), current.is_remote
+        if not parent_id:
+            trace_id = self._spans.new_trace_id()
+        if self._disabled:
+            sampled = False
+        elif parent_id and self._follow_parent and remote:
+            sampled = sampled_flag
+        else:  # a root, or a sampler that is not the default: it decides
+            if traceparent:
+                context = self.context_from(traceparent, tracestate)
+            elif parent_id:
+                context = None  # the current one
+            else:
+                context = self._context.Context()  # a root: no ambient span of this process
+            decision = self.provider.sampler.should_sample(context, trace_id, name, attributes=attributes)
+            sampled = decision.decision.is_sampled()
+        return self._spans.OwnSpan(
+            trace_id, self._spans.new_span_id(), parent_id, name, attributes, sampled=sampled, tracestate=tracestate,
+            sink=self.batcher.add, start_ns=start_time,
+        )  # fmt: skip
 
-    def activate(self, span: Any) -> object:
+    def activate(self, span: OwnSpan) -> object:
         """Make ``span`` current (code's own spans become its children); :meth:`deactivate` undoes it.
 
         Not a context manager: this runs once per traced task, and a generator-based one
         costs a few µs more.
         """
-        return self._context.attach(self._trace.set_span_in_context(span))
+        flags = self._sampled_flags if span.sampled else self._trace.TraceFlags(0)
+        context = self._trace.SpanContext(span.trace_id, span.span_id, False, flags)
+        return self._context.attach(self._trace.set_span_in_context(self._trace.NonRecordingSpan(context)))
 
     def deactivate(self, token: object) -> None:
         self._context.detach(token)
 
-    def set_error(self, span: Any, description: str) -> None:
+    def set_error(self, span: OwnSpan, description: str) -> None:
         """Status ERROR with ``description`` (the OTel way to mark a failed operation)."""
-        from opentelemetry.trace import Status, StatusCode
+        span.set_error(description)
 
-        span.set_status(Status(StatusCode.ERROR, description))
+    @property
+    def batcher(self) -> SpanBatcher:
+        """The exporter of xpipe's own spans (:mod:`xpipe.telemetry._spans`), started on first use."""
+        if self._batcher is None:
+            self._batcher = self._spans.SpanBatcher(self.config.endpoint, dict(self.provider.resource.attributes))
+        return self._batcher
 
-    def flush_soon(self) -> None:
-        """Export what is queued now, on a background thread; returns at once.
+    def _sampled(self, traceparent: str, trace_id: int, name: str) -> bool:
+        """Whether a span under the remote ``traceparent`` is sampled, as the SDK's sampler decides.
 
-        An executor child calls it after each traced attempt, so the attempt's spans leave
-        within milliseconds rather than at the next scheduled export (``OTEL_BSP_SCHEDULE_DELAY``,
-        5 s), and a child killed later (a timeout, a cancel, the worker stopping) loses none.
-        The SDK's ``force_flush`` exports in the calling thread, ignores its timeout and can
-        block for the exporter's whole timeout when the collector is down: the task path
-        must never wait for it.
+        The default (parent-based) sampler follows the parent's flag; any other asks the sampler.
         """
-        if self._flusher is None:
-            self._flusher = threading.Thread(target=self._flush_loop, name="xpipe-span-flush", daemon=True)
-            self._flusher.start()
-        self._flush_wanted.set()
+        if self._disabled:
+            return False
+        if self._follow_parent:
+            return is_sampled(traceparent)
+        decision = self.provider.sampler.should_sample(self.context_from(traceparent), trace_id, name)
+        return decision.decision.is_sampled()
 
-    def _flush_loop(self) -> None:
-        while True:
-            self._flush_wanted.wait()
-            self._flush_wanted.clear()
-            if self._closed:
-                return
-            self.provider.force_flush()
+    def start_task_span(
+        self, name: str, traceparent: str, attributes: dict[str, Any], shared: tuple[tuple[str, Any], ...] = ()
+    ) -> tuple[OwnSpan | None, object]:
+        """Start a task's span under ``traceparent`` and make it current; return it (None: not sampled) and a token.
+
+        An :class:`OwnSpan`, not an SDK span (docs/tracing.md, "Cost"): what is current while
+        the task runs is a ``NonRecordingSpan`` with its ids, so spans the task opens with
+        the OTel API are its children. An unsampled attempt makes its remote parent current,
+        so the task's own spans are not sampled either. Undo with :meth:`deactivate`, then
+        end the span.
+
+        Args:
+            attributes: the span's own attributes.
+            shared: more attributes, the same for many spans (the run's, the worker's):
+                encoded once and memoized with the parsed ``traceparent``.
+        """
+        parent = self._task_parents.get((traceparent, shared))
+        if parent is None:
+            trace_id = int(traceparent[3:35], 16)
+            sampled = self._sampled(traceparent, trace_id, name)
+            parent = (trace_id, int(traceparent[36:52], 16), sampled, self._spans.encode_attributes(dict(shared)))
+            if len(self._task_parents) >= _PARENTS_KEPT:
+                self._task_parents.clear()
+            if self._follow_parent or self._disabled:  # else the sampler may decide per span
+                self._task_parents[(traceparent, shared)] = parent
+        trace_id, parent_id, sampled, encoded = parent
+        if not sampled:
+            return None, self._context.attach(self.context_from(traceparent))
+        span = self._spans.OwnSpan(
+            trace_id, self._spans.new_span_id(), parent_id, name, attributes, encoded, sink=self.batcher.add
+        )
+        context = self._trace.SpanContext(trace_id, span.span_id, False, self._sampled_flags)
+        return span, self._context.attach(self._trace.set_span_in_context(self._trace.NonRecordingSpan(context)))
+
+    def note_assigned(self, traceparent: str, run_id: str, pipeline: str, names: list[str], count: int) -> None:
+        """Note a run's assignments of this turn for its ``coordinator.assign`` span (one per run and export)."""
+        if self._follow_parent and not self._disabled:
+            sampled = is_sampled(traceparent)  # the default sampler: no parsing on each turn
+        else:
+            sampled = self._sampled(traceparent, int(traceparent[3:35], 16), "coordinator.assign")
+        if sampled:
+            self.batcher.note_assigned(traceparent, run_id, pipeline, names, count, time.time_ns())
 
     def flush(self, timeout_s: float = SHUTDOWN_FLUSH_S) -> bool:
         """Export what is queued, waiting at most ``timeout_s``; False if that was not enough.
@@ -261,10 +354,14 @@ class Tracing:
         """
         if self._closed:
             return True
+        started = time.monotonic()
         flusher = threading.Thread(target=self.provider.force_flush, name="xpipe-span-flush-now", daemon=True)
         flusher.start()
         flusher.join(timeout_s)
-        if flusher.is_alive():
+        done = not flusher.is_alive()
+        if self._batcher is not None:
+            done = self._batcher.flush(max(0.0, timeout_s - (time.monotonic() - started))) and done
+        if not done:
             log.warning("spans not all exported within %g s; is the collector at %s reachable?",
                         timeout_s, self.config.endpoint)  # fmt: skip
             return False
@@ -279,11 +376,14 @@ class Tracing:
         if self._closed:
             return
         self._closed = True
-        self._flush_wanted.set()  # ends the flusher
+        started = time.monotonic()
         closer = threading.Thread(target=self.provider.shutdown, name="xpipe-span-shutdown", daemon=True)
         closer.start()
-        closer.join(timeout_s)
-        if closer.is_alive():
+        done = True
+        if self._batcher is not None:  # both export at once: the wait is one timeout, not two
+            done = self._batcher.shutdown(timeout_s)
+        closer.join(max(0.0, timeout_s - (time.monotonic() - started)))
+        if closer.is_alive() or not done:
             log.warning("spans not all exported within %g s of shutdown; is the collector at %s reachable?",
                         timeout_s, self.config.endpoint)  # fmt: skip
 
