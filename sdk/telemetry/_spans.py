@@ -194,10 +194,14 @@ class OwnSpan:
         self.error = description
 
     def end(self, end_ns: int | None = None) -> None:
-        """End the span and hand it, serialized, to its sink (once; nothing when unsampled)."""
+        """End the span and hand it to its sink (once; nothing when unsampled).
+
+        The sink serializes it later, on its export thread: the caller (a submit, a task's
+        answer) does not wait for the protobuf work. Changes after ``end`` are not kept.
+        """
         sink, self._sink = self._sink, None
         if sink is not None and self.sampled:
-            sink(self.to_bytes(time.time_ns() if end_ns is None else end_ns))
+            sink(self, time.time_ns() if end_ns is None else end_ns)
 
     def record_exception(self, exc: BaseException, attributes: dict[str, Any] | None = None) -> None:
         """An ``exception`` event, with the attributes the OTel SDK's ``record_exception`` gives."""
@@ -288,7 +292,8 @@ class SpanBatcher:
             response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
         )  # fmt: skip
         self._lock = threading.Lock()
-        self._spans: deque[bytes] = deque()  # serialized Spans; append and popleft are thread-safe
+        # Serialized Spans, or (OwnSpan, end_ns) to serialize at export; append and popleft are thread-safe.
+        self._spans: deque[bytes | tuple[OwnSpan, int]] = deque()
         self._assigned: dict[str, _Assigned] = {}  # by the run's traceparent
         self._dropped = 0
         self._wake = threading.Event()
@@ -298,12 +303,13 @@ class SpanBatcher:
         self._closed = False
         self._thread: threading.Thread | None = None
 
-    def add(self, span: bytes) -> None:
-        """Queue one finished span, serialized (dropped, and counted, when the queue is full)."""
+    def add(self, span: bytes | OwnSpan, end_ns: int = 0) -> None:
+        """Queue one finished span: serialized, or an :class:`OwnSpan` ended at ``end_ns``,
+        serialized at export (dropped, and counted, when the queue is full)."""
         if len(self._spans) >= MAX_QUEUE_SPANS:
             self._dropped += 1
             return
-        self._spans.append(span)  # no lock on the task path
+        self._spans.append(span if end_ns == 0 else (span, end_ns))  # no lock on the task path
         if self._thread is None:
             self._start()
 
@@ -348,6 +354,7 @@ class SpanBatcher:
     def _take(self) -> list[bytes]:
         queue = self._spans
         spans = [queue.popleft() for _ in range(len(queue))]
+        spans = [s if type(s) is bytes else s[0].to_bytes(s[1]) for s in spans]
         with self._lock:
             assigned, self._assigned = self._assigned, {}
         for traceparent, a in assigned.items():
