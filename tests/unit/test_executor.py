@@ -25,9 +25,9 @@ from xpipe.worker import _executor, _runtask
 from xpipe.worker._executor import (
     ExecutorStartError,
     ProcessExecutor,
-    ThreadExecutor,
     make_executor,
 )
+from xpipe.worker._thread_executor import ThreadExecutor
 from xpipe.worker._runtask import run_assignment
 
 HELPERS = "tests.helpers_tasks"

@@ -10,7 +10,8 @@ import pytest
 from tests.unit.test_executor import _no_leaked_children, error, run, value  # noqa: F401 - the fixture is autouse
 from xpipe import _codec
 from xpipe._proto import worker_pb2
-from xpipe.worker._executor import ExecutorStartError, ProcessExecutor, ThreadExecutor
+from xpipe.worker._executor import ExecutorStartError, ProcessExecutor
+from xpipe.worker._thread_executor import ThreadExecutor
 from xpipe.worker._task_limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, format_bytes
 
 MIB = 2**20

@@ -13,7 +13,8 @@ from xpipe._types import LogChunk, format_logs
 from xpipe.coordinator._logs import TaskLogStore, check_log_batch
 from xpipe.telemetry._logformat import JsonFormatter, configure_logging
 from xpipe.telemetry._tasklogs import STDERR, STDOUT
-from xpipe.worker._executor import ProcessExecutor, ThreadExecutor
+from xpipe.worker._executor import ProcessExecutor
+from xpipe.worker._thread_executor import ThreadExecutor
 from xpipe.worker._tasklogs import TaskLogBuffer
 
 from tests.unit.test_executor import assignment, key_of, run, value
