@@ -37,8 +37,8 @@ from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
-
 from xpipe.telemetry._logformat import log_ids
+
 from ._events import (
     Action,
     Assign,
