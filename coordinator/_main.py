@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
+from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
@@ -55,23 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
                         "and stimulus_id fields")  # fmt: skip
     return p
-
-
-async def _serve(opts: argparse.Namespace) -> int:
-    metrics = None
-    if opts.metrics_listen:
-        from xpipe.telemetry._export import start_metrics  # OpenTelemetry loads only when asked
-
-        try:
-            metrics = start_metrics(opts.metrics_listen, service="xpipe-coordinator")
-        except MetricsListenError as exc:
-            print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
-            return 2
-    try:
-        return await _serve_with(opts, metrics)
-    finally:
-        if metrics is not None:
-            metrics.stop()
 
 
 async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None) -> int:
@@ -153,7 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    return runner(_serve(opts))
+    metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-coordinator")
+    try:
+        return runner(_serve_with(opts, metrics))
+    finally:
+        if metrics is not None:
+            metrics.stop()
 
 
 if __name__ == "__main__":

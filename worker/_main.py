@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
-from xpipe.telemetry._listen import MetricsListenError, metrics_listen_default
+from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
@@ -150,15 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
         task_log_max_bytes=task_log_max_bytes,
     )  # fmt: skip
-    metrics = None
-    if opts.metrics_listen:
-        from xpipe.telemetry._export import start_metrics  # OpenTelemetry loads only when asked
-
-        try:
-            metrics = start_metrics(opts.metrics_listen, service="xpipe-worker")
-        except MetricsListenError as exc:
-            print(f"xpipe-worker: {exc}", file=sys.stderr, flush=True)
-            return 2
+    metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-worker")
     try:
         import uvloop
 
