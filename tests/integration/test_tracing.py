@@ -11,7 +11,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,6 +23,7 @@ from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc
 from xpipe.telemetry._tracing import SHUTDOWN_FLUSH_S
 
 from tests.harness import Cluster, eventually, free_port
+from tests.helpers_otlp import serve_traces
 
 #: Coordinator spans leave on the batch processor's schedule: 100 ms instead of 5 s shows
 #: that OTEL_BSP_SCHEDULE_DELAY reaches the SDK and keeps the test quick.
@@ -102,16 +102,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     got = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(got, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield got, f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serve_traces(got) as address:
+        yield got, address
 
 
 @pytest.fixture

@@ -11,9 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 
-import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -23,6 +21,7 @@ from xpipe.telemetry import _spans
 from xpipe.telemetry._tracing import Tracing, TracingConfig
 
 from tests.harness import free_port
+from tests.helpers_otlp import serve_traces
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 UNSAMPLED = TRACEPARENT[:-2] + "00"
@@ -51,16 +50,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     got = Receiver()
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(got, server)
-    port = free_port()
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
-        yield got, f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=None)
+    with serve_traces(got) as address:
+        yield got, address
 
 
 @pytest.fixture
