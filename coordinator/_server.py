@@ -19,14 +19,19 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from xpipe._install import FAILED
 from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
-from xpipe._proto import admin_pb2, admin_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
+from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe.security._rbac import DEFAULT_POLICY, Policy
 from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
 from xpipe.telemetry._tracing import check_trace_context
 
 from xpipe._backoff import Backoff
 
+from ._audit_service import AuditServicer
+from ._auditsink import AuditSink, NullAudit
 from ._engine import Engine, EngineConfig, InternalError
+from ._governance import GovernanceServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
@@ -757,6 +762,10 @@ class Coordinator:
         self._stopped = asyncio.Event()
         #: Refuses calls once stopping and answers unparsable requests (see _guard).
         self.guard = CallGuard(lambda: self._stopped.is_set())
+        #: Roles and grants calls are authorized against (``--policy``; built-in roles by default).
+        self.policy: Policy = DEFAULT_POLICY
+        #: Where audited calls and data accesses are reported (see ``_auditsink``).
+        self.audit: AuditSink = NullAudit()
         #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
@@ -803,11 +812,15 @@ class Coordinator:
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), guarded)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), guarded)
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
+        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(GovernanceServicer(self), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
             worker_pb2.DESCRIPTOR.services_by_name["WorkerService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+            governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]

@@ -204,7 +204,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +228,10 @@ class TaskSpec(_message.Message):
     TRACK_FIELD_NUMBER: _ClassVar[int]
     TRACK_PERFORMANCE_FIELD_NUMBER: _ClassVar[int]
     CUSTOM_METRICS_OFF_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_DATA_ACCESS_FIELD_NUMBER: _ClassVar[int]
+    TRACK_LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    PII_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     python: PythonCall
@@ -244,7 +248,11 @@ class TaskSpec(_message.Message):
     track: _containers.RepeatedCompositeFieldContainer[TrackedMetric]
     track_performance: bool
     custom_metrics_off: bool
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ...) -> None: ...
+    required_permissions: _containers.RepeatedScalarFieldContainer[str]
+    audit_data_access: bool
+    track_lineage: bool
+    pii_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TrackedMetric(_message.Message):
     __slots__ = ("name", "kind", "key")
@@ -265,7 +273,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +294,9 @@ class PipelineSpec(_message.Message):
     RECOVERY_HANDLER_FIELD_NUMBER: _ClassVar[int]
     MONITORING_JSON_FIELD_NUMBER: _ClassVar[int]
     TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -299,7 +310,24 @@ class PipelineSpec(_message.Message):
     recovery_handler: PythonCall
     monitoring_json: str
     trace_context: str
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ...) -> None: ...
+    principal: RunPrincipal
+    namespace: str
+    lineage: bool
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ...) -> None: ...
+
+class RunPrincipal(_message.Message):
+    __slots__ = ("name", "grants", "run_id", "signature", "key_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRANTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grants: _containers.RepeatedScalarFieldContainer[str]
+    run_id: str
+    signature: bytes
+    key_id: str
+    def __init__(self, name: _Optional[str] = ..., grants: _Optional[_Iterable[str]] = ..., run_id: _Optional[str] = ..., signature: _Optional[bytes] = ..., key_id: _Optional[str] = ...) -> None: ...
 
 class FaultTolerance(_message.Message):
     __slots__ = ("checkpoint_interval_s", "max_retries_per_task", "retry_backoff", "fail_fast", "circuit_breaker_enabled", "circuit_failure_threshold", "circuit_window_s", "circuit_open_s")

@@ -52,7 +52,7 @@ class TaskLogEntry(_message.Message):
     def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., stream: _Optional[_Union[LogStream, str]] = ..., data: _Optional[bytes] = ..., dropped_bytes: _Optional[int] = ..., final: _Optional[bool] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent", "memory_enforcement")
+    __slots__ = ("worker_id", "name", "host", "slots", "resources", "labels", "handlers", "running", "accepts_pickled_code", "recent", "memory_enforcement", "allowed_code")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class Register(_message.Message):
     ACCEPTS_PICKLED_CODE_FIELD_NUMBER: _ClassVar[int]
     RECENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_ENFORCEMENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_CODE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     name: str
     host: str
@@ -82,7 +83,8 @@ class Register(_message.Message):
     accepts_pickled_code: bool
     recent: _containers.RepeatedCompositeFieldContainer[TaskEvent]
     memory_enforcement: str
-    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., accepts_pickled_code: _Optional[bool] = ..., recent: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ..., memory_enforcement: _Optional[str] = ...) -> None: ...
+    allowed_code: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, worker_id: _Optional[str] = ..., name: _Optional[str] = ..., host: _Optional[str] = ..., slots: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., handlers: _Optional[_Iterable[str]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., accepts_pickled_code: _Optional[bool] = ..., recent: _Optional[_Iterable[_Union[TaskEvent, _Mapping]]] = ..., memory_enforcement: _Optional[str] = ..., allowed_code: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttemptRef(_message.Message):
     __slots__ = ("run_id", "task", "attempt")
@@ -201,30 +203,36 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir")
+    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir", "signing_key", "signing_key_id")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_DIR_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     heartbeat_interval_s: float
     prefetch: int
     artifact_dir: str
-    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ...) -> None: ...
+    signing_key: bytes
+    signing_key_id: str
+    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., signing_key_id: _Optional[str] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent", "principal")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: _common_pb2.TaskSpec
     upstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]
     last_try: bool
     traceparent: str
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    principal: _common_pb2.RunPrincipal
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ..., traceparent: _Optional[str] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
 
 class AssignmentBatch(_message.Message):
     __slots__ = ("assignments", "code")

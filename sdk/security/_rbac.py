@@ -30,7 +30,9 @@ __all__ = [
     "DEFAULT_POLICY",
     "PERMISSIONS",
     "PUBLIC",
+    "NAMESPACED_RPCS",
     "ROLES",
+    "RPC_AUDIT",
     "RPC_PERMISSIONS",
     "Policy",
     "Refusal",
@@ -56,12 +58,15 @@ PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "code:pickle": "submit cloudpickled code, which workers run as given",
     "code:command": "submit command tasks (argv run on workers)",
     "audit:read": "read the audit log",
+    "lineage:read": "read a run's lineage (content hashes and refs, not data)",
+    "data:gc": "delete data past retention (xpipe gc)",
+    "data:forget": "erase what is stored about a data subject (pm.forget_subject)",
     "api:describe": "use gRPC server reflection",
 })  # fmt: skip
 
-_VIEW = ("run:read", "story:read", "cluster:read", "worker:read", "api:describe")
+_VIEW = ("run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe")
 _SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command")
-_OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read")
+_OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
 
 #: Built-in roles. ``admin`` holds every permission, custom ones included. Workers hold only
 #: ``worker:connect``. Nobody but ``admin`` holds ``code:pickle`` unless a policy grants it.
@@ -97,11 +102,45 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.AdminService/ForgetWorkers": "worker:forget",
     "/xpipe.v1.AdminService/GetStory": "story:read",
     "/xpipe.v1.AdminService/InstallDependencies": "worker:install",
+    "/xpipe.v1.AuditService/GetAudit": "audit:read",
+    "/xpipe.v1.AuditService/GetLineage": "lineage:read",
+    "/xpipe.v1.GovernanceService/CollectGarbage": "data:gc",
+    "/xpipe.v1.GovernanceService/ForgetSubject": "data:forget",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": "api:describe",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": "api:describe",
+})  # fmt: skip
+
+
+#: RPCs whose request names a run (``request.run_id``; WatchRun may instead carry a
+#: ``submit``, whose pipeline's namespace counts): their permission is checked in the
+#: run's namespace.
+NAMESPACED_RPCS: frozenset[str] = frozenset({
+    "/xpipe.v1.PipelineService/SubmitPipeline",
+    "/xpipe.v1.PipelineService/GetRun",
+    "/xpipe.v1.PipelineService/CancelRun",
+    "/xpipe.v1.PipelineService/WatchRun",
+    "/xpipe.v1.PipelineService/GetTaskResult",
+    "/xpipe.v1.PipelineService/GetTaskLogs",
+    "/xpipe.v1.AuditService/GetLineage",
+})  # fmt: skip
+
+#: What the audit log records of each call besides refusals (which it records for every
+#: RPC but the public ones): ``mutation`` (changes state) or ``data-read`` (reads task
+#: data). RPCs not listed are reads of metadata and are not audited when allowed.
+RPC_AUDIT: Mapping[str, str] = MappingProxyType({
+    "/xpipe.v1.PipelineService/SubmitPipeline": "mutation",
+    "/xpipe.v1.PipelineService/CancelRun": "mutation",
+    "/xpipe.v1.PipelineService/GetTaskResult": "data-read",
+    "/xpipe.v1.PipelineService/GetTaskLogs": "data-read",
+    "/xpipe.v1.WorkerService/Connect": "mutation",
+    "/xpipe.v1.AdminService/DrainWorker": "mutation",
+    "/xpipe.v1.AdminService/ForgetWorkers": "mutation",
+    "/xpipe.v1.AdminService/InstallDependencies": "mutation",
+    "/xpipe.v1.GovernanceService/CollectGarbage": "mutation",
+    "/xpipe.v1.GovernanceService/ForgetSubject": "mutation",
 })  # fmt: skip
 
 
