@@ -51,6 +51,7 @@ from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
 from ._unbuilt import not_built
 from .errors import PipelineValidationError
+from .security._marks import GOVERNANCE_ATTR, governance_of
 from .telemetry._tracking import Monitored, Tracking
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -516,6 +517,9 @@ class Task:
             spec.resources.CopyFrom(_resources_proto(self.name, opts.resource_requirements))
         if self.tracking is not None:
             self.tracking.apply(spec)
+        marks = governance_of(self, self.func)
+        if marks is not None:
+            marks.apply(spec)
         return spec
 
     def __repr__(self) -> str:
@@ -815,6 +819,11 @@ class Pipeline(Monitored):
             made.placement_strategy = self.placement_strategy
         made.wait_for_resources_s = self.wait_for_resources_s
         self._monitor_spec(made)
+        marks = governance_of(self)
+        if marks is not None:  # a pipeline's marks apply to every task
+            for spec in made.tasks:  # (the message holds copies of ``specs``)
+                marks.apply(spec)
+            made.lineage = marks.track_lineage
         return made
 
     def __repr__(self) -> str:
@@ -903,6 +912,9 @@ def pipeline(name: str) -> Callable[[Callable[[], Any]], Pipeline]:
         made = Pipeline(name, description=description)
         made.add_tasks(items)
         made.validate()
+        marks = governance_of(build)  # @comply_with_gdpr and friends under @pipeline
+        if marks is not None:
+            setattr(made, GOVERNANCE_ATTR, marks)
         return made
 
     return decorate
