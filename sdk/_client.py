@@ -55,6 +55,7 @@ __all__ = ["Client", "from_grpc_error", "leader_hint", "parse_addresses", "trans
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 
 _OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -334,6 +335,8 @@ class Client:
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub_pair: tuple[pipeline_pb2_grpc.PipelineServiceStub, admin_pb2_grpc.AdminServiceStub] | None = None
+        #: Stubs of the other services (audit, governance), made once per channel like the pair.
+        self._other_stubs: dict[type, Any] = {}
         self._closed = False
 
     # ------------------------------------------------------------------ plumbing
@@ -349,7 +352,28 @@ class Client:
                 self._stub_pair = (
                     pipeline_pb2_grpc.PipelineServiceStub(self._channel), admin_pb2_grpc.AdminServiceStub(self._channel)
                 )
+                self._other_stubs = {}
             return self._stub_pair
+
+    def _stub(self, stub_class: type[S]) -> S:
+        """A stub of another service (``audit_pb2_grpc.AuditServiceStub``, ...) on the current channel."""
+        self._stubs()
+        with self._lock:
+            stub = self._other_stubs.get(stub_class)
+            if stub is None:
+                stub = self._other_stubs[stub_class] = stub_class(self._channel)
+            return stub
+
+    def _call_on(self, stub_class: type[S], fn: Callable[[S], T]) -> T:
+        """Like :meth:`_call`, for an RPC of another service: retried, errors translated."""
+        attempts = _Attempts(self)
+        while True:
+            try:
+                with translate_rpc_errors(keep=_RETRYABLE):
+                    return fn(self._stub(stub_class))
+            except grpc.RpcError as exc:  # kept untranslated: retryable
+                error = exc
+            attempts.failed(error)
 
     def _next_address(self) -> None:
         with self._lock:
