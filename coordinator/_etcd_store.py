@@ -44,6 +44,7 @@ import zstandard
 from aetcd import rpc
 
 from xpipe._backoff import Backoff
+from xpipe.security._tls import TLSConfig
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 
@@ -148,6 +149,7 @@ class EtcdStore(Store):
         inline_limit_bytes: int = 64 * 1024,
         max_txn_ops: int = 128,
         max_txn_bytes: int = 1_000_000,
+        tls: TLSConfig | None = None,
     ):
         if not endpoints:
             raise ValueError("EtcdStore needs at least one etcd endpoint")
@@ -165,6 +167,8 @@ class EtcdStore(Store):
         self.inline_limit_bytes = inline_limit_bytes
         self.max_txn_ops = max_txn_ops
         self.max_txn_bytes = max_txn_bytes
+        #: ``--etcd-ca/--etcd-cert/--etcd-key``: TLS (and a client certificate) to etcd; None: plaintext.
+        self.tls = tls
         self.prefix = f"/xpipe/{cluster}/".encode()
         self.leader_key = self.prefix + b"leader"
         self.members_prefix = self.prefix + b"members/"
@@ -192,7 +196,11 @@ class EtcdStore(Store):
             return
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         for endpoint in self.endpoints:
-            channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            else:
+                options = [*_CHANNEL_OPTIONS, *self.tls.channel_options()]
+                channel = grpc.aio.secure_channel(endpoint, self.tls.channel_credentials(), options=options)
             self._channels.append(channel)
             self._stubs_list.append(_Stubs(rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.WatchStub(channel)))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -14,6 +15,12 @@ from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
+from xpipe.security._auth import authenticator_from_spec
+from xpipe.security._errors import SecurityConfigError
+from xpipe.security._rbac import Policy
+from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
+
+from ._authn import Security
 from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._server import Coordinator, write_ready_file
@@ -50,11 +57,80 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_security_arguments(p)
     add_tracing_arguments(p)
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
                         "and stimulus_id fields")  # fmt: skip
     return p
+
+
+def add_security_arguments(p: argparse.ArgumentParser) -> None:
+    """TLS, authentication and authorization flags (docs/security.md)."""
+    g = p.add_argument_group("security")
+    g.add_argument("--tls-cert", default="", metavar="FILE", help="this coordinator's certificate (PEM); serves TLS")
+    g.add_argument("--tls-key", default="", metavar="FILE", help="its private key (PEM)")
+    g.add_argument("--tls-ca", default="", metavar="FILE", help="CA that client certificates must chain to (mTLS)")
+    g.add_argument("--tls-client-auth", default="none", choices=list(CLIENT_AUTH_MODES),
+                   help="'require': mTLS, a client certificate from --tls-ca is needed (and is an identity)")
+    g.add_argument("--auth", default="", metavar="SPEC",
+                   help="identity source: tokens:FILE, jwt:hs256:SECRET_FILE[,...], jwt:rs256:PUBKEY[,...], "
+                        "ldap://HOST:PORT (with --ldap-config)")  # fmt: skip
+    g.add_argument("--ldap-config", default=None, metavar="FILE", help="LDAP settings (TOML) for --auth ldap://")
+    g.add_argument("--policy", default="", metavar="FILE", help="roles and grants (TOML) on top of the built-in roles")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address without TLS and authentication")
+    g.add_argument("--etcd-ca", default="", metavar="FILE", help="etcd store: CA of etcd's certificate (TLS to etcd)")
+    g.add_argument("--etcd-cert", default="", metavar="FILE", help="etcd store: client certificate for etcd")
+    g.add_argument("--etcd-key", default="", metavar="FILE", help="etcd store: its private key")
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every address)
+        return False
+
+
+def security_from_arguments(opts: argparse.Namespace) -> tuple[Security | None, Policy | None]:
+    """The coordinator's :class:`Security` and ``--policy`` from its flags (None: none given).
+
+    Raises:
+        SecurityConfigError: an unusable file or spec, or an unsafe listen address without
+            ``--insecure`` (the message says what to add).
+    """
+    if bool(opts.tls_cert) != bool(opts.tls_key):
+        raise SecurityConfigError("--tls-cert and --tls-key go together")
+    credentials = None
+    if opts.tls_cert:
+        credentials = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca or None, opts.tls_client_auth)
+    elif opts.tls_client_auth != "none" or opts.tls_ca:
+        raise SecurityConfigError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key (TLS)")
+    authenticator = None
+    if opts.auth:
+        authenticator = authenticator_from_spec(opts.auth, ldap_config=opts.ldap_config)
+    policy = Policy.load(opts.policy) if opts.policy else None
+    security = Security(
+        credentials=credentials, authenticator=authenticator, client_certs=opts.tls_client_auth == "require",
+        blocking=opts.auth.startswith("ldap"),
+    )  # fmt: skip
+    if not _is_loopback(opts.listen) and not opts.insecure:
+        missing = [(what, add) for what, add, ok in (
+            ("TLS", "--tls-cert/--tls-key", credentials is not None),
+            ("authentication", "--auth or --tls-client-auth require", security.auth_on),
+        ) if not ok]  # fmt: skip
+        if missing:
+            raise SecurityConfigError(
+                f"refusing to listen on non-loopback {opts.listen} without {' and '.join(w for w, _ in missing)} "
+                f"(anyone reaching the port could run code on every worker): add "
+                f"{' and '.join(a for _, a in missing)}, or --insecure"
+            )
+    if credentials is None and not security.auth_on:
+        return None, policy
+    return security, policy
 
 
 async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None) -> int:
@@ -65,9 +141,13 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     try:
+        security, policy = security_from_arguments(opts)
+        etcd_tls = None
+        if opts.etcd_ca or opts.etcd_cert or opts.etcd_key:
+            etcd_tls = TLSConfig(ca=opts.etcd_ca or None, cert=opts.etcd_cert or None, key=opts.etcd_key or None)
         store = open_store(
             opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir,
-            accept_empty_store=opts.accept_empty_store,
+            accept_empty_store=opts.accept_empty_store, etcd_tls=etcd_tls,
         )  # fmt: skip
         election = None
         if opts.store.startswith("etcd://"):
@@ -78,13 +158,16 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
-        return await _run(opts, store, election, tracing, metrics)
+        return await _run(opts, store, election, tracing, metrics, security, policy)
     finally:
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
 
 
-async def _run(opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None) -> int:
+async def _run(
+    opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None,
+    security: Security | None = None, policy: Policy | None = None,
+) -> int:  # fmt: skip
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
     make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
@@ -97,8 +180,11 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
     # Task logs live in the data directory whatever the store: see _logs.
     task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
     coordinator = Coordinator(
-        store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs
-    )
+        store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs,
+        security=security,
+    )  # fmt: skip
+    if policy is not None:
+        coordinator.policy = policy
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

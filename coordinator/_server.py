@@ -21,6 +21,7 @@ from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe.security._principal import DEFAULT_NAMESPACE
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
 from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
@@ -29,6 +30,7 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
+from ._authn import CallAuth, NamespaceCache, Security
 from ._auditsink import AuditSink, NullAudit
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
@@ -206,8 +208,12 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def ListRuns(self, request, context):
         limit = min(request.limit or 50, MAX_LIST_RUNS)
         records = await self.engine.store.list_runs(limit)
+        auth = self.c.guard.auth
+        visible = None if auth is None else await auth.readable([rec.run_id for rec in records])
         runs = []
         for rec in records:
+            if visible is not None and rec.run_id not in visible:
+                continue
             live = self.engine.state.runs.get(rec.run_id)
             if live is not None:
                 runs.append(live.summary())
@@ -392,6 +398,9 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         # Guarded here, not by a wrapper (see _guard): every worker message is on the hot path.
         if self.c.stopping:
             await self.c.guard.refuse(context)
+        auth = self.c.guard.auth
+        if auth is not None:  # once per stream, never per message
+            await auth.admit(_CONNECT, "worker:connect", None, context)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
@@ -736,8 +745,11 @@ class Coordinator:
         election: LeaderElection | None = None,
         metrics: MetricsEndpoint | None = None,
         task_logs: TaskLogStore | None = None,
+        security: Security | None = None,
     ):
         self.store = store
+        #: TLS credentials and how callers are known (``--tls-*``, ``--auth``); None: plaintext, auth off.
+        self.security = security
         #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
         self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
@@ -761,7 +773,11 @@ class Coordinator:
         self._health_names: list[str] = []
         self._stopped = asyncio.Event()
         #: Refuses calls once stopping and answers unparsable requests (see _guard).
-        self.guard = CallGuard(lambda: self._stopped.is_set())
+        auth = None
+        if security is not None and security.auth_on:
+            auth = CallAuth(security, policy=lambda: self.policy, audit=lambda: self.audit,
+                            run_namespace=NamespaceCache(self._live_namespace, self._stored_namespace))  # fmt: skip
+        self.guard = CallGuard(lambda: self._stopped.is_set(), auth)
         #: Roles and grants calls are authorized against (``--policy``; built-in roles by default).
         self.policy: Policy = DEFAULT_POLICY
         #: Where audited calls and data accesses are reported (see ``_auditsink``).
@@ -776,6 +792,16 @@ class Coordinator:
 
     def _new_engine(self) -> Engine:
         return Engine(self.store, self.config, metrics=self.metrics)
+
+    def _live_namespace(self, run_id: str) -> str | None:
+        run = self.engine.state.runs.get(run_id)
+        return None if run is None else run.spec.namespace or DEFAULT_NAMESPACE
+
+    async def _stored_namespace(self, run_id: str) -> str | None:
+        stored = await self.engine.store.get_run(run_id)
+        if stored is None:
+            return None
+        return (stored.spec.namespace if stored.spec is not None else "") or DEFAULT_NAMESPACE
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -827,7 +853,8 @@ class Coordinator:
         # What reflection.enable_server_reflection does for an aio server, through the guard.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
         host, _, port = self.listen.rpartition(":")
-        bound = server.add_insecure_port(self.listen)
+        credentials = self.security.credentials if self.security is not None else None
+        bound = server.add_secure_port(self.listen, credentials) if credentials else server.add_insecure_port(self.listen)
         if bound == 0:
             raise OSError(f"cannot listen on {self.listen}")
         self.address = f"{host or '127.0.0.1'}:{bound}"

@@ -36,6 +36,7 @@ import zstandard
 
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
+from xpipe.security._tls import TLSConfig
 
 from ._events import RunRecord, TaskRecord
 from ._story import decode_history, encode_history
@@ -516,12 +517,13 @@ def open_store(
     cluster: str = "default",
     artifact_dir: Path | None = None,
     accept_empty_store: bool = False,
+    etcd_tls: TLSConfig | None = None,
 ) -> Store:
     """Make the store a ``--store`` URL names: ``sqlite`` (default), ``sqlite:///path`` or
     ``etcd://host:port[,host:port...]`` (HA; keys under ``/xpipe/<cluster>/``).
 
     ``accept_empty_store`` lets a SQLite store start although its database went missing
-    or empty (see :class:`SQLiteStore`)."""
+    or empty (see :class:`SQLiteStore`); ``etcd_tls`` is how to reach etcd over TLS."""
     if url in ("", "sqlite"):
         return SQLiteStore(data_dir / "xpipe.db", accept_empty=accept_empty_store)
     if url.startswith("sqlite:///"):
@@ -529,7 +531,7 @@ def open_store(
     if url.startswith("etcd://"):
         from ._etcd_store import EtcdStore  # only HA deployments pay for the etcd client
 
-        return EtcdStore.from_url(url, cluster=cluster, artifact_dir=artifact_dir or data_dir / "artifacts")
+        return EtcdStore.from_url(url, cluster=cluster, artifact_dir=artifact_dir or data_dir / "artifacts", tls=etcd_tls)
     raise ValueError(
         f"unknown --store {url!r}: expected 'sqlite', 'sqlite:///PATH' or 'etcd://HOST:PORT[,HOST:PORT...]'"
     )
