@@ -42,10 +42,12 @@ if TYPE_CHECKING:
         WorkerInstall,
     )
     from .errors import (
+        AuthenticationError,
         CoordinatorUnavailableError,
         DataStreamError,
         DistributedExecutionError,
         HandlerNotFoundError,
+        PermissionDeniedError,
         PipelineExecutionError,
         PipelineValidationError,
         RequestRejectedError,
@@ -83,8 +85,8 @@ _LAZY = {
     ),
     **dict.fromkeys(
         (
-            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
-            "HandlerNotFoundError", "PipelineExecutionError",
+            "AuthenticationError", "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
+            "HandlerNotFoundError", "PermissionDeniedError", "PipelineExecutionError",
             "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
         ),
         ".errors",
@@ -95,6 +97,7 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, renamed={"__version__": "VERSION"})
 
 __all__ = [
+    "AuthenticationError",
     "CircuitInfo",
     "Client",
     "ClusterStatus",
@@ -108,6 +111,7 @@ __all__ = [
     "InstallReport",
     "LogChunk",
     "NodeRecovery",
+    "PermissionDeniedError",
     "Pipeline",
     "PipelineExecutionError",
     "PipelineManager",

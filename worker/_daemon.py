@@ -36,6 +36,8 @@ from xpipe._limits import (
 )
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe.security._auth import AUTHORIZATION_KEY, authorization_value
+from xpipe.security._tls import TLSConfig
 from xpipe.telemetry._logformat import log_ids
 from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 from xpipe.telemetry._tracing import TracingConfig
@@ -71,6 +73,10 @@ _ELECTION_POLL_S = 0.2
 #: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
 _CONNECT_METHOD = "/xpipe.v1.WorkerService/Connect"
 _parse_head = worker_pb2.AssignmentHead.FromString
+
+#: A coordinator that refuses this worker's credential will refuse it again: the worker
+#: exits (status 2, one log line naming the reason) rather than retry for ever.
+REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -119,6 +125,10 @@ class WorkerConfig:
     #: Output kept per attempt (stdout and stderr together), in bytes; past it a marker
     #: counts what was dropped (``--task-log-max-bytes``).
     task_log_max_bytes: int = TASK_LOG_MAX_BYTES
+    #: TLS to the coordinators (``--tls-ca/--tls-cert/--tls-key`` or ``XPIPE_TLS_*``); None: plaintext.
+    tls: TLSConfig | None = None
+    #: Sent as ``authorization`` when the stream opens (``--token`` or ``XPIPE_TOKEN``); None: none.
+    token: str | None = None
 
 
 def detect_resources() -> pb.Resources:
@@ -288,6 +298,11 @@ class WorkerDaemon:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("coordinator %s refused this worker: %s", address, exc.details())
                     raise
+                if exc.code() in REFUSED_CODES:
+                    log.error("coordinator %s refused this worker's credential (%s: %s); exiting: give it a "
+                              "worker certificate or a token with role worker (--token, --tls-cert)",
+                              address, exc.code().name, exc.details())  # fmt: skip
+                    raise
                 log.info("stream to %s ended: %s %s", address, exc.code().name, exc.details())
             except Exception:
                 log.exception("stream to %s failed", address)
@@ -345,12 +360,20 @@ class WorkerDaemon:
                     self._wake.clear()
                     await self._wake.wait()
 
-        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        tls = self.config.tls
+        if tls is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            options = [*_CHANNEL_OPTIONS, *tls.channel_options()]
+            channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+        token = self.config.token
+        metadata = ((AUTHORIZATION_KEY, authorization_value(token)),) if token else None
+        async with channel:
             call = channel.stream_stream(
                 _CONNECT_METHOD,
                 request_serializer=worker_pb2.WorkerMessage.SerializeToString,
                 response_deserializer=worker_pb2.CoordinatorMessageView.FromString,
-            )(outgoing())
+            )(outgoing(), metadata=metadata)
             background: list[asyncio.Task] = []
             try:
                 async for message in call:

@@ -11,13 +11,15 @@ import socket
 import sys
 from typing import TYPE_CHECKING
 
+import grpc
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
+from xpipe.security._tls import TLSConfig, client_token
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
-from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+from ._daemon import REFUSED_CODES, WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
 from ._install import PipInstaller, default_install_dir
 
 if TYPE_CHECKING:
@@ -63,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this worker's own log: text lines, or JSON lines with run_id/task/attempt fields")
+    p.add_argument("--tls-ca", default="", metavar="FILE",
+                   help="CA of the coordinator's certificate: connect over TLS (default: $XPIPE_TLS_CA)")
+    p.add_argument("--tls-cert", default="", metavar="FILE",
+                   help="this worker's certificate (xpipe certs issue --role worker), for mTLS (default: $XPIPE_TLS_CERT)")
+    p.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
+    p.add_argument("--token", default=None,
+                   help="credential with role worker, sent when connecting (default: $XPIPE_TOKEN)")
     add_tracing_arguments(p)
     return p
 
@@ -83,7 +92,12 @@ async def _run(config: WorkerConfig, metrics: MetricsEndpoint | None = None) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await daemon.run()
+    try:
+        await daemon.run()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSED_CODES or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return 2  # logged where it happened, with the coordinator's reason
+        raise
     for task in stopping:
         await task
     return 0
@@ -134,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
         tracing = config_from_arguments(opts, service_name="xpipe-worker")
         task_log_max_bytes = parse_log_cap(opts.task_log_max_bytes)
+        tls = TLSConfig.resolve(opts.tls_ca, opts.tls_cert, opts.tls_key)
     except ValueError as exc:
         p.error(str(exc))
     if opts.allow_install:
@@ -148,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
-        task_log_max_bytes=task_log_max_bytes,
+        task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token),
     )  # fmt: skip
     metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-worker")
     try:

@@ -28,6 +28,7 @@ __all__ = [
     "Authenticator",
     "Credential",
     "authenticator_from_spec",
+    "authorization_value",
     "parse_authorization",
 ]
 
@@ -124,6 +125,17 @@ def authenticator_from_spec(spec: str, *, ldap_config: str | Path | None = None)
         raise SecurityConfigError(f"--auth {spec!r}: unknown scheme {scheme!r} (expected one of: "
                                   f"{', '.join(f'{s}:' for s in AUTH_SCHEMES)})")  # fmt: skip
     return factory(spec, Path(ldap_config) if ldap_config is not None else None)
+
+
+def authorization_value(token: str) -> str:
+    """The ``authorization`` value a client sends for ``token`` (the inverse of :func:`parse_authorization`).
+
+    Tokens (``xpt_...``) and JWTs never hold ``:``, so ``user:password`` means an LDAP
+    user and is sent as ``Basic``; anything else as ``Bearer``.
+    """
+    if ":" in token:
+        return "Basic " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+    return f"Bearer {token}"
 
 
 def parse_authorization(value: str | None) -> Credential | None:

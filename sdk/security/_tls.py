@@ -23,6 +23,7 @@ from ._errors import SecurityConfigError
 
 __all__ = [
     "CLIENT_AUTH_MODES",
+    "CLIENT_SECURITY_ENV",
     "ENV_TLS_CA",
     "ENV_TLS_CERT",
     "ENV_TLS_KEY",
@@ -38,6 +39,8 @@ ENV_TLS_CA = "XPIPE_TLS_CA"
 ENV_TLS_CERT = "XPIPE_TLS_CERT"
 ENV_TLS_KEY = "XPIPE_TLS_KEY"
 ENV_TOKEN = "XPIPE_TOKEN"
+#: Every env var a client (SDK, CLI, worker) reads its transport security from.
+CLIENT_SECURITY_ENV = (ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN)
 
 #: ``--tls-client-auth``: ``none`` asks no client certificate; ``require`` refuses a handshake
 #: without one that chains to ``--tls-ca`` (mTLS). There is no ``request`` (verify one if

@@ -25,9 +25,10 @@ def test_private_modules_are_not_exported():
 def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
-        "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataQualityReport",
-        "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError", "InstallReport",
-        "LogChunk", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
+        "AuthenticationError", "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow",
+        "DataQualityReport", "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError",
+        "InstallReport", "LogChunk", "NodeRecovery", "PermissionDeniedError", "Pipeline", "PipelineExecutionError",
+        "PipelineManager", "PipelineResult",
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
         "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
         "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",
