@@ -50,7 +50,7 @@ from .errors import (
 )
 from .security._auth import AUTHORIZATION_KEY, authorization_value
 from .security._principal import check_name
-from .security._tls import TLSConfig, client_token, speaks_tls
+from .security._tls import TLSConfig, client_token, speaks_tls, tls_refusal
 from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 
 if TYPE_CHECKING:
@@ -256,10 +256,13 @@ def transport_problem(address: str, exc: grpc.RpcError, tls: TLSConfig | None) -
             return (f"coordinator {address} speaks TLS and this client connected in plaintext: pass "
                     f"tls=TLSConfig(ca=...) or set XPIPE_TLS_CA (CLI: --tls-ca)")  # fmt: skip
         return ""
-    if any(s.lower() in details.lower() for s in _HANDSHAKE):
-        return (f"TLS handshake with coordinator {address} failed ({details}): check that the CA (tls.ca, "
+    why = details if any(s.lower() in details.lower() for s in _HANDSHAKE) else ""
+    if not why and any(s in details for s in _DROPPED):
+        why = tls_refusal(address, tls)
+    if why:
+        return (f"TLS handshake with coordinator {address} failed ({why}): check that the CA (tls.ca, "
                 f"XPIPE_TLS_CA) signed its certificate, that the certificate names {address.rpartition(':')[0]}, "
-                f"and, under mTLS, that this client has a certificate from the coordinator's CA")  # fmt: skip
+                f"and, under mTLS, that this client's certificate comes from the coordinator's CA")  # fmt: skip
     return ""
 
 

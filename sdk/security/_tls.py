@@ -33,6 +33,7 @@ __all__ = [
     "read_pem",
     "server_credentials",
     "speaks_tls",
+    "tls_refusal",
 ]
 
 ENV_TLS_CA = "XPIPE_TLS_CA"
@@ -146,6 +147,38 @@ def server_credentials(cert: str, key: str, ca: str | None, client_auth: str):
     pair = (read_pem("key", key), read_pem("certificate", cert))
     root = read_pem("CA", ca) if ca else None
     return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=client_auth == "require")
+
+
+def tls_refusal(address: str, tls: TLSConfig, timeout_s: float = 1.0) -> str:
+    """Why the TLS server at ``host:port`` refuses this client's settings, or "" (it accepts them).
+
+    Used once, after a TLS connection was dropped, so that a certificate from another CA
+    (or an untrusted server) is reported at once: under TLS 1.3 the server checks the
+    client's certificate after the handshake and only closes the socket, which gRPC
+    reports as a bare UNAVAILABLE "Socket closed". The server's name is not checked here.
+    """
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=tls.ca) if tls.ca else ssl.create_default_context()
+    context.check_hostname = False
+    if tls.cert and tls.key:
+        context.load_cert_chain(tls.cert, tls.key)
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
+            with context.wrap_socket(raw) as conn:
+                conn.do_handshake()
+                conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the server's verdict comes on first read
+                if conn.recv(1):
+                    return ""  # it answered HTTP/2: these settings are accepted
+    except ssl.SSLCertVerificationError as exc:
+        return f"this client does not trust the server's certificate: {exc.verify_message}"
+    except ssl.SSLError as exc:
+        return f"the server refused this client's certificate ({exc.reason or exc})"
+    except (OSError, ValueError):
+        return ""
+    # Closed right after the handshake: the server checked our certificate and refused it.
+    if tls.cert:
+        return "the server closed the connection after the handshake: it refused this client's certificate (another CA?)"
+    return "the server closed the connection after the handshake: it requires a client certificate (mTLS: give cert and key)"
 
 
 def speaks_tls(address: str, timeout_s: float = 1.0) -> bool:
