@@ -1,9 +1,9 @@
 """Auth sources by ``--auth`` spec, and reading the ``authorization`` metadata value.
 
 A small registry keyed by scheme (``tokens``, ``jwt``, ``ldap``, ``ldaps``), so adding a
-source touches this file and its own module. The coordinator's interceptor (next round)
-reads ``authorization`` once per call, parses it with :func:`parse_authorization`, and asks
-the configured source; the TLS peer certificate is the other identity, read with
+source touches this file and its own module. The coordinator's per-call check
+(``coordinator/_authn.py``) reads ``authorization`` once per call, parses it with
+:func:`parse_authorization`, and asks the configured source; the TLS peer certificate is the other identity, read with
 :func:`xpipe.security._certs.identity_from_certificate`.
 
 Clients send ``authorization: Bearer <token>`` (tokens file or JWT) or ``authorization:
