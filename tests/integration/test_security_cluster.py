@@ -8,6 +8,8 @@ namespace) its message names.
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
 
 import grpc
@@ -19,7 +21,7 @@ from xpipe.security._certs import init_ca, issue_cert
 from xpipe.security._tls import TLSConfig
 
 from tests import helpers_tasks as ht
-from tests.harness import Cluster, Proc, SecureSetup, eventually
+from tests.harness import Cluster, Proc, SecureSetup, child_env, eventually
 
 CONNECT_TIMEOUT_S = 5.0
 PRINCIPALS = {**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"], "teamb": ["submitter"]}
@@ -138,3 +140,20 @@ def test_a_principal_outside_the_runs_namespace_cannot_read_it(secure):
         assert run_id not in [r.run_id for r in b.list_runs()]  # filtered out, not refused
     with _client(cluster, "teamb", namespace="team-b") as b:
         assert b.submit(_pipeline("team-b-run"))  # the client's namespace applies
+
+
+def test_the_cli_prints_one_line_and_exits_non_zero_when_refused(secure):
+    cluster, setup = secure
+    cert, key = setup.cert("client")
+    base = [sys.executable, "-m", "xpipe._cli", "--coordinator", cluster.address, "--tls-ca", setup.ca,
+            "--tls-cert", cert, "--tls-key", key]  # fmt: skip
+    refused = subprocess.run([*base[:3], "drain", "w0", *base[3:], "--token", setup.tokens["submitter"]],
+                             capture_output=True, text=True, timeout=60, env=child_env())  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "xpipe drain: PermissionDeniedError: PERMISSION_DENIED: principal 'submitter' lacks permission worker:drain"
+    ]
+    allowed = subprocess.run([*base[:3], "workers", *base[3:], "--json"], capture_output=True, text=True,
+                             timeout=60, env=child_env({"XPIPE_TOKEN": setup.tokens["viewer"]}))  # fmt: skip
+    assert allowed.returncode == 0, allowed.stderr
+    assert [w["name"] for w in json.loads(allowed.stdout)] == ["w0"]
