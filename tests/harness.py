@@ -787,20 +787,33 @@ class EtcdServer:
         proc: The current etcd process, or None before start.
     """
 
-    def __init__(self, tmp_path: Path, *, name: str = "xpipe-test", startup_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, tmp_path: Path, *, name: str = "xpipe-test", startup_timeout_s: float = 20.0,
+        tls: SecureSetup | None = None,
+    ) -> None:  # fmt: skip
         self.tmp_path = Path(tmp_path)
         self.name = name
+        #: With ``tls``: the client API serves TLS with the coordinator certificate and
+        #: requires client certificates from the same CA (``--client-cert-auth``).
+        self.tls = tls
         self.startup_timeout_s = startup_timeout_s
         self.binary = find_etcd()
         self.client_port, self.peer_port = free_ports(2)
         self.endpoint = f"127.0.0.1:{self.client_port}"
-        self.client_url = f"http://{self.endpoint}"
+        self.client_url = f"{'https' if tls else 'http'}://{self.endpoint}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.data_dir = self.tmp_path / f"etcd-{name}"
         self.log_dir = self.tmp_path / "logs"
         self.proc: Proc | None = None
         # Loopback only: never let an http_proxy setting route our health checks.
-        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if tls is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=tls.ca)
+            context.load_cert_chain(*tls.cert("client"))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._http = urllib.request.build_opener(*handlers)
 
     def __enter__(self) -> EtcdServer:
         self.start()
@@ -848,6 +861,9 @@ class EtcdServer:
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls is not None:
+            cert, key = self.tls.cert("coordinator")
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         self.proc = Proc(f"etcd-{self.name}", argv, log_dir=self.log_dir, cwd=self.tmp_path, env=self._env())
         try:
             self.wait_healthy()
