@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import grpc
-
 from xpipe._proto import pipeline_pb2
-from xpipe.coordinator._authn import CallAuth, NamespaceCache, Security
 from xpipe.coordinator._auditsink import NullAudit
+from xpipe.coordinator._authn import CallAuth, NamespaceCache, Security
 from xpipe.coordinator._guard import CallGuard
 from xpipe.security._auth import authenticator_from_spec
 from xpipe.security._rbac import DEFAULT_POLICY

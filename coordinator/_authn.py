@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-
 from xpipe.security._auth import AUTHORIZATION_KEY, Authenticator, parse_authorization
 from xpipe.security._certs import identity_from_certificate
 from xpipe.security._errors import AuthUnavailableError, SecurityConfigError

@@ -22,7 +22,6 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
-
 from xpipe.security._rbac import PUBLIC, permission_for_rpc
 
 if TYPE_CHECKING:

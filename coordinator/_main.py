@@ -11,14 +11,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
-from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
-from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
-
 from xpipe.security._auth import authenticator_from_spec
 from xpipe.security._errors import SecurityConfigError
 from xpipe.security._rbac import Policy
 from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
+from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
+from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
+from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
 from ._authn import Security
 from ._engine import EngineConfig

@@ -267,7 +267,7 @@ def transport_problem(address: str, exc: grpc.RpcError, tls: TLSConfig | None) -
 
 
 class _CallDetails(grpc.ClientCallDetails):
-    __slots__ = ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    __slots__ = ("compression", "credentials", "metadata", "method", "timeout", "wait_for_ready")
 
     def __init__(self, base: grpc.ClientCallDetails, metadata: tuple[tuple[str, str], ...]):
         self.method = base.method
@@ -314,7 +314,7 @@ class _Attempts:
     caller's own deadline (``wait(timeout_s=...)``), which no reconnect extends.
     """
 
-    __slots__ = ("client", "timeout_s", "until", "what", "backoff", "deadline", "jumps")
+    __slots__ = ("backoff", "client", "deadline", "jumps", "timeout_s", "until", "what")
 
     def __init__(self, client: Client, *, timeout_s: float | None = None, what: str = ""):
         self.client = client

@@ -486,7 +486,6 @@ class SecureSetup:
     def channel(self, address: str, *, cert: str | None = "client", token: str | None = None):
         """A grpc channel to ``address`` over TLS, with ``token`` sent on every call when given."""
         import grpc
-
         from xpipe._client import _Authorization
 
         channel = grpc.secure_channel(address, self.tls(cert).channel_credentials())
@@ -627,7 +626,6 @@ class Cluster:
 
     def wait_healthy(self, timeout_s: float | None = None) -> None:
         """Wait until the coordinator's standard gRPC health check answers SERVING."""
-        import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         coordinator = self.coordinator
@@ -716,8 +714,6 @@ class Cluster:
 
     def list_workers(self) -> list[Any]:
         """``AdminService.ListWorkers`` as a list of ``WorkerInfo`` messages."""
-        import grpc
-
         from xpipe._proto import admin_pb2, admin_pb2_grpc
 
         with self.channel() as channel:

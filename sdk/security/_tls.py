@@ -163,12 +163,12 @@ def tls_refusal(address: str, tls: TLSConfig, timeout_s: float = 1.0) -> str:
     if tls.cert and tls.key:
         context.load_cert_chain(tls.cert, tls.key)
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
-            with context.wrap_socket(raw) as conn:
-                conn.do_handshake()
-                conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the server's verdict comes on first read
-                if conn.recv(1):
-                    return ""  # it answered HTTP/2: these settings are accepted
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw) as conn:  # fmt: skip
+            conn.do_handshake()
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the server's verdict comes on first read
+            if conn.recv(1):
+                return ""  # it answered HTTP/2: these settings are accepted
     except ssl.SSLCertVerificationError as exc:
         return f"this client does not trust the server's certificate: {exc.verify_message}"
     except ssl.SSLError as exc:
@@ -194,9 +194,9 @@ def speaks_tls(address: str, timeout_s: float = 1.0) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw:
-            with context.wrap_socket(raw, server_hostname=None) as tls:
-                tls.do_handshake()
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=None) as tls:  # fmt: skip
+            tls.do_handshake()
         return True
     except ssl.SSLError as exc:
         return "ALERT" in (exc.reason or "").upper()

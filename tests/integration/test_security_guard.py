@@ -10,7 +10,6 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-
 from xpipe.coordinator._authn import CallAuth, NamespaceCache, Security
 from xpipe.coordinator._caller import LOCAL, caller
 from xpipe.coordinator._guard import CallGuard, GuardedRegistrar

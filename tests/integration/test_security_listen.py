@@ -24,7 +24,8 @@ START_TIMEOUT_S = 30.0
 def _coordinator_fails(tmp_path, *args: str) -> str:
     """Run a coordinator that must refuse to start; its stderr."""
     argv = [sys.executable, "-m", "xpipe.coordinator", "--data-dir", str(tmp_path / "data"), *args]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S, env=child_env(), cwd=tmp_path)
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=START_TIMEOUT_S, env=child_env(), cwd=tmp_path,
+                         check=False)
     assert out.returncode != 0, out.stdout
     return out.stderr.strip().splitlines()[-1]
 
@@ -108,14 +109,18 @@ def test_an_expired_jwt_is_refused_and_a_valid_one_admitted(tmp_path):
             claims = {"sub": "dana", "aud": "xpipe", "exp": int(time.time() + exp_s), "roles": ["viewer"]}
             return jwt.encode(claims, secret.read_bytes(), algorithm="HS256")
 
-        with Client(address, connect_timeout_s=5, token=token(-60)) as client:
-            with pytest.raises(AuthenticationError, match="UNAUTHENTICATED"):
-                client.list_runs()
+        with (
+            Client(address, connect_timeout_s=5, token=token(-60)) as client,
+            pytest.raises(AuthenticationError, match="UNAUTHENTICATED"),
+        ):
+            client.list_runs()
         with Client(address, connect_timeout_s=5, token=token(600)) as client:
             assert client.list_runs() == []
-        with Client(address, connect_timeout_s=5) as client:  # no credential at all
-            with pytest.raises(AuthenticationError, match="no valid credential; run:read"):
-                client.list_runs()
+        with (
+            Client(address, connect_timeout_s=5) as client,
+            pytest.raises(AuthenticationError, match="no valid credential; run:read"),
+        ):  # no credential at all
+            client.list_runs()
     finally:
         assert proc.terminate() == 0
 
