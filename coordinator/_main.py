@@ -128,6 +128,9 @@ def security_from_arguments(opts: argparse.Namespace) -> tuple[Security | None, 
                 f"{' and '.join(a for _, a in missing)}, or --insecure"
             )
     if credentials is None and not security.auth_on:
+        if policy is not None:
+            log.warning("--policy %s has no effect without --auth or --tls-client-auth require: "
+                        "every caller is the admin 'local'", opts.policy)  # fmt: skip
         return None, policy
     return security, policy
 
