@@ -8,6 +8,11 @@ stands in for the server in the generated ``add_*_to_server`` functions), so a c
 costs one plain wrapper at most. A handler that does the checks itself (the worker
 stream, whose every message is on the hot path) is marked with :func:`checks_itself` and
 gets only the safe deserializer.
+
+The guard also answers, for every call, stored data this coordinator cannot decrypt
+(:class:`~xpipe.security.DecryptionError`: a key id missing from its keyring, altered
+data) with FAILED_PRECONDITION and the error's message naming the key id: the call
+fails, the coordinator goes on.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 from typing import Any, Callable
 
 import grpc
+from xpipe.security._errors import DecryptionError
 
 __all__ = ["CallGuard", "GuardedRegistrar", "Malformed", "abort_malformed", "checks_itself"]
 
@@ -108,6 +114,8 @@ class CallGuard:
                 gate.settled.clear()
                 try:
                     return await inner(request, context)
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 finally:
                     gate.in_flight -= 1
                     if not gate.in_flight:
@@ -122,8 +130,11 @@ class CallGuard:
                     await gate.refuse(context)
                 if isinstance(request, Malformed):
                     await abort_malformed(context, method, request)
-                async for item in inner_stream(request, context):
-                    yield item
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
         if handler.stream_stream is not None:

@@ -26,9 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ._errors import DecryptionError, SecurityConfigError
 from ._files import atomic_write, locked, write_private
 
@@ -52,7 +49,7 @@ class _Key:
 
 
 def _new_key(now: float) -> _Key:
-    return _Key(id="k" + secrets.token_hex(4), key=AESGCM.generate_key(bit_length=256), created_at=now)
+    return _Key(id="k" + secrets.token_hex(4), key=secrets.token_bytes(KEY_BYTES), created_at=now)
 
 
 def _dump(active: str, keys: list[_Key]) -> bytes:
@@ -72,6 +69,10 @@ class Keyring:
             raise SecurityConfigError(
                 f"{source}: active key {active!r} is not among the keys ({', '.join(keys)})"
             )
+        # Imported here: a worker child or client that only checks for sealed data (a prefix,
+        # a file suffix) never pays for loading cryptography.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.source = source
         self.active = active
         self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
@@ -131,7 +132,8 @@ class Keyring:
         nonce = os.urandom(NONCE_BYTES)
         return self._header + nonce + self._ciphers[self.active].encrypt(nonce, data, self._header + aad)
 
-    def key_id_of(self, blob: bytes) -> str:
+    @staticmethod
+    def key_id_of(blob: bytes) -> str:
         """The key id a blob was encrypted with (for re-encryption after a rotation).
 
         Raises:
@@ -161,6 +163,8 @@ class Keyring:
             raise DecryptionError(
                 f"key id {key_id!r} is not in keyring {self.source} (it has: {', '.join(self._ciphers)})"
             )
+        from cryptography.exceptions import InvalidTag
+
         header_len = 5 + blob[4]
         nonce = blob[header_len : header_len + NONCE_BYTES]
         try:
