@@ -193,7 +193,9 @@ def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -
     path = resolve_artifact_ref(ref, artifact_root, what=what)
     root = os.path.realpath(artifact_root or "")
     if path.endswith(ARTIFACT_SEALED_SUFFIX):
-        return _open_sealed(_read_inside(path, root, ref, what), path[len(root) + 1 :], what)
+        from .security._atrest import open_artifact  # only sealed reads load the security package
+
+        return open_artifact(_read_inside(path, root, ref, what), path[len(root) + 1 :], what)
     return _read_inside(path, root, ref, what)
 
 
@@ -201,11 +203,6 @@ def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -
 #: here, where every reader is, so a plain read never imports the security package.
 ARTIFACT_SEALED_SUFFIX = ".xpe"
 
-
-def _open_sealed(data: bytes, relative: str, what: str) -> bytes:
-    from .security._atrest import open_artifact
-
-    return open_artifact(data, relative, what)
 
 
 def _read_inside(path: str, root: str, ref: str, what: str) -> bytes:

@@ -187,6 +187,7 @@ def open_artifact(data: bytes, relative_path: str, what: str) -> bytes:
         DecryptionError: the file is not sealed (its name lies), this process has no keyring,
             or the keyring refused it; the message names the key id.
     """
+    what = f"{what} (artifact {relative_path})"
     if not is_sealed(data):
         raise DecryptionError(f"cannot decrypt {what}: the file is named {ARTIFACT_SUFFIX} but is not sealed")
     return open_value(at_rest(), data, artifact_aad(relative_path), what)
