@@ -142,7 +142,7 @@ class AtRest:
         """``data`` encrypted with the active key, bound to ``aad`` (where it is stored)."""
         if time.monotonic() - self._checked_at >= RELOAD_CHECK_S:
             self.refresh()
-        return SEALED_PREFIX[:1] + self._ring.encrypt(bytes(data), aad)
+        return self._ring.encrypt(data, aad, prefix=SEALED_PREFIX[:1])
 
     def open(self, value: bytes | memoryview, aad: bytes, what: str) -> bytes:
         """The plaintext of a value :meth:`seal` made with the same ``aad``.
@@ -151,13 +151,15 @@ class AtRest:
             DecryptionError: its key id is not in the keyring (named, even after re-reading
                 the file), or it was altered or moved; the message names ``what``.
         """
-        blob = bytes(value[1:])
+        blob = memoryview(value)[1:]  # no copy of a big value
         ring = self._ring
         try:
-            key_id = ring.key_id_of(blob)
-            if key_id not in ring.key_ids and self.refresh(force=True):
-                ring = self._ring  # rotated elsewhere a moment ago: the new key may be it
-            return ring.decrypt(blob, aad)
+            try:
+                return ring.decrypt(blob, aad)
+            except DecryptionError:
+                if ring.key_id_of(blob) in ring.key_ids or not self.refresh(force=True):
+                    raise
+            return self._ring.decrypt(blob, aad)  # rotated elsewhere a moment ago: the new key may be it
         except DecryptionError as exc:
             raise DecryptionError(f"cannot decrypt {what}: {exc}") from None
 
