@@ -23,6 +23,7 @@ from xpipe.security._atrest import sealed_key_id
 from xpipe.security._keys import create_keyring, rotate_keyring
 
 from tests import helpers_atrest as ha
+from tests import helpers_tasks
 from tests.harness import Cluster, EtcdServer, Proc, eventually
 
 pytestmark = pytest.mark.integration
@@ -230,3 +231,27 @@ def test_a_missing_or_malformed_key_file_is_a_one_line_startup_error(tmp_path, d
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert str(key) in lines[0] and "--encryption-key-file" in lines[0]
+
+
+def test_an_unfinished_run_under_a_key_the_keyring_lacks_stops_the_start_naming_the_key_id(tmp_path):
+    key = tmp_path / "keys.json"
+    key_id = create_keyring(key)
+    other = tmp_path / "other.json"
+    create_keyring(other)
+    with _cluster(tmp_path, key) as c, PipelineManager(coordinator=c.address) as pm:
+        p = Pipeline("long")
+        p.add_tasks([Task("wait", helpers_tasks.sleep, args=(60,))])
+        run_id = pm.submit(p)
+        eventually(lambda: pm.client.get_run(run_id).task("wait").state == "RUNNING", timeout_s=20)
+        c.coordinator.terminate()
+        c.workers["w0"].kill()  # its sleeping task would hold the teardown for the drain grace
+        proc = Proc("coordinator-other-key", [sys.executable, "-m", "xpipe.coordinator", "--listen", c.address,
+                                              "--data-dir", str(c.data_dir), "--encryption-key-file", str(other)],
+                    log_dir=c.log_dir)  # fmt: skip
+        try:
+            assert proc.wait(30) == 2
+        finally:
+            proc.kill()
+        text = proc.log_path.read_text()
+        assert f"xpipe-coordinator: cannot decrypt spec of {run_id}: key id '{key_id}' is not in keyring" in text
+        assert "Traceback" not in text
