@@ -49,16 +49,24 @@ def _finish(pm: PipelineManager, p: Pipeline) -> str:
     return run_id
 
 
-def _marked_pipeline(name: str, marker: str) -> Pipeline:
+def _marked_pipeline(name: str, marker: str, *, pinned: bool = False) -> Pipeline:
     """Every kind of data at rest, each holding ``marker``."""
     code_marker = marker + "-code"
     p = Pipeline(name)
     small = Task("small", ha.shout, args=(marker,))  # inline result, a log line, an argument (spec)
-    big = Task("big", ha.big_with, args=(marker,))  # an artifact file
-    check = Task("check", ha.holds, args=(marker,), depends_on=[big])  # a worker opens the artifact
+    # An artifact file, opened by a worker: by another one when there are two (wa, wb), so it
+    # reads (and decrypts) the file rather than its producer's copy in memory.
+    big = Task("big", ha.big_with, args=(marker,), labels={"node": "a"} if pinned else None)
+    check = Task("check", ha.holds, args=(marker,), depends_on=[big], labels={"node": "b"} if pinned else None)
     code = Task("code", lambda: code_marker)  # cloudpickled: the code itself holds the marker
     p.add_tasks([small, big, check, code])
     return p
+
+
+def _two_workers(c: Cluster, key: Path | None) -> None:
+    flag = ("--encryption-key-file", str(key)) if key is not None else ()
+    c.add_worker("wa", extra_args=("--labels", "node=a", *flag))
+    c.add_worker("wb", extra_args=("--labels", "node=b", *flag))
 
 
 def _files_holding(root: Path, needle: bytes) -> list[str]:
@@ -80,8 +88,9 @@ def _logs(pm: PipelineManager, run_id: str) -> str:
 def test_without_a_key_the_marker_is_on_disk(tmp_path):
     """The control: the grep below finds plain data, so its "not found" means something."""
     marker = _marker()
-    with _cluster(tmp_path, None) as c, PipelineManager(coordinator=c.address) as pm:
-        run_id = _finish(pm, _marked_pipeline("plain", marker))
+    with _cluster(tmp_path, None, workers=0) as c, PipelineManager(coordinator=c.address) as pm:
+        _two_workers(c, None)
+        run_id = _finish(pm, _marked_pipeline("plain", marker, pinned=True))
         _check_readable(pm, run_id, marker)
         eventually(lambda: marker in _logs(pm, run_id), timeout_s=10)
         found = _files_holding(c.data_dir, marker.encode())
@@ -94,8 +103,10 @@ def test_with_a_key_nothing_on_disk_holds_the_marker_and_the_sdk_reads_it_all(tm
     key = tmp_path / "keys.json"
     key_id = create_keyring(key)
     marker = _marker()
-    with _cluster(tmp_path, key) as c, PipelineManager(coordinator=c.address) as pm:
-        run_id = _finish(pm, _marked_pipeline("sealed", marker))
+    with _cluster(tmp_path, key, workers=0) as c, PipelineManager(coordinator=c.address) as pm:
+        _two_workers(c, key)
+        run_id = _finish(pm, _marked_pipeline("sealed", marker, pinned=True))
+        assert pm.client.get_run(run_id).task("check").worker == "wb"  # read big's sealed file from disk
         _check_readable(pm, run_id, marker)
         eventually(lambda: marker in _logs(pm, run_id), timeout_s=10)
         # While running: the WAL holds the newest rows.
