@@ -14,6 +14,10 @@ from ``RPC_PERMISSIONS`` once, and the call is admitted (authenticated, authoriz
 caller set) after the stop gate and the malformed check; a method missing from the table
 is refused (fail closed); public methods (health) get no auth wrapper. With auth off the
 handlers are exactly what they were: no wrapper, no metadata read.
+The guard also answers, for every call, stored data this coordinator cannot decrypt
+(:class:`~xpipe.security.DecryptionError`: a key id missing from its keyring, altered
+data) with FAILED_PRECONDITION and the error's message naming the key id: the call
+fails, the coordinator goes on.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
+from xpipe.security._errors import DecryptionError
 from xpipe.security._rbac import PUBLIC, permission_for_rpc
 
 if TYPE_CHECKING:
@@ -122,6 +127,8 @@ class CallGuard:
                 gate.settled.clear()
                 try:
                     return await inner(request, context)
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 finally:
                     gate.in_flight -= 1
                     if not gate.in_flight:
@@ -136,8 +143,11 @@ class CallGuard:
                     await gate.refuse(context)
                 if isinstance(request, Malformed):
                     await abort_malformed(context, method, request)
-                async for item in inner_stream(request, context):
-                    yield item
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
         if handler.stream_stream is not None:

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xpipe.security._auth import authenticator_from_spec
-from xpipe.security._errors import SecurityConfigError
 from xpipe.security._rbac import Policy
 from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
+from xpipe.security._atrest import AtRest, at_rest, configure
+from xpipe.security._errors import DecryptionError, SecurityConfigError
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
     p.add_argument("--prefetch", type=int, default=64,
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
+    p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
+                   help="keyring (xpipe keys create) sealing specs, code, results, errors, task logs and artifacts "
+                        "at rest; re-read when the file changes (xpipe keys rotate)")  # fmt: skip
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
@@ -143,13 +147,18 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     try:
+        crypt = AtRest.from_file(opts.encryption_key_file.resolve()) if opts.encryption_key_file else None
+    except SecurityConfigError as exc:
+        raise SystemExit(f"xpipe-coordinator: --encryption-key-file: {exc}") from None
+    configure(crypt)  # artifact files: read (and inlined for clients) through xpipe._codec
+    try:
         security, policy = security_from_arguments(opts)
         etcd_tls = None
         if opts.etcd_ca or opts.etcd_cert or opts.etcd_key:
             etcd_tls = TLSConfig(ca=opts.etcd_ca or None, cert=opts.etcd_cert or None, key=opts.etcd_key or None)
         store = open_store(
             opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir,
-            accept_empty_store=opts.accept_empty_store, etcd_tls=etcd_tls,
+            accept_empty_store=opts.accept_empty_store, etcd_tls=etcd_tls, crypt=crypt,
         )  # fmt: skip
         election = None
         if opts.store.startswith("etcd://"):
@@ -180,7 +189,7 @@ async def _run(
         tracing=tracing,
     )
     # Task logs live in the data directory whatever the store: see _logs.
-    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
+    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB, crypt=at_rest())
     coordinator = Coordinator(
         store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs,
         security=security,
@@ -193,7 +202,7 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     try:
         await coordinator.start()
-    except StoreError as exc:
+    except (StoreError, DecryptionError) as exc:  # a sealed run it cannot open: say which key id
         # One line naming the file and the way out, not a traceback: an operator reads it.
         await coordinator.stop()
         print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)

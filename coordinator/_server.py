@@ -22,6 +22,7 @@ from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe.security._principal import DEFAULT_NAMESPACE
+from xpipe.security._atrest import at_rest
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
 from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
@@ -439,6 +440,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 heartbeat_interval_s=engine.config.heartbeat_interval_s,
                 prefetch=engine.config.prefetch,
                 artifact_dir=engine.config.artifact_dir,
+                encryption_at_rest=at_rest() is not None,
             )
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))

@@ -181,12 +181,31 @@ def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -
     the path the kernel reports for the open file), so a link swapped in after the check
     cannot lead outside; only regular files are read.
 
+    A file sealed at rest (named ``*.xpe``, see ``xpipe.security._atrest``) is decrypted with
+    this process's keyring; the cryptography package is imported only then.
+
     Raises:
         SerializationError: the reference is refused (see :func:`resolve_artifact_ref`), or
             the file cannot be read; the message never carries the file's contents.
+        DecryptionError: the file is sealed and this process has no keyring, or its key id
+            is not in it, or it was altered or moved (the message names the key id).
     """
     path = resolve_artifact_ref(ref, artifact_root, what=what)
     root = os.path.realpath(artifact_root or "")
+    if path.endswith(ARTIFACT_SEALED_SUFFIX):
+        from .security._atrest import open_artifact  # only sealed reads load the security package
+
+        return open_artifact(_read_inside(path, root, ref, what), path[len(root) + 1 :], what)
+    return _read_inside(path, root, ref, what)
+
+
+#: The name suffix of an artifact sealed at rest (see ``xpipe.security._atrest``). Defined
+#: here, where every reader is, so a plain read never imports the security package.
+ARTIFACT_SEALED_SUFFIX = ".xpe"
+
+
+
+def _read_inside(path: str, root: str, ref: str, what: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:

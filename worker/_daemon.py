@@ -38,6 +38,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
 from xpipe.security._auth import AUTHORIZATION_KEY, authorization_value
 from xpipe.security._tls import TLSConfig
+from xpipe.security._atrest import AtRest, at_rest
 from xpipe.telemetry._logformat import log_ids
 from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 from xpipe.telemetry._tracing import TracingConfig
@@ -45,7 +46,7 @@ from xpipe.telemetry._tracing import TracingConfig
 from . import _state as core
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
-from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_file
+from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_artifact
 from ._state import ResourceLedger, WorkerState, task_request
 from ._tasklogs import TaskLogBuffer
 
@@ -141,6 +142,33 @@ def detect_resources() -> pb.Resources:
         except (OSError, subprocess.SubprocessError):
             log.warning("nvidia-smi failed; assuming no GPU", exc_info=True)
     return pb.Resources(cpu_cores=psutil.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total, gpu=gpus)
+
+
+class EncryptionMismatch(Exception):
+    """This worker and its coordinator disagree on encryption at rest; the worker must stop."""
+
+
+def check_encryption(address: str, coordinator_seals: bool, crypt: AtRest | None) -> None:
+    """Refuse a coordinator that encrypts at rest when this worker has no keyring, or the reverse.
+
+    Either way artifacts would be written that the other side cannot read (or written in
+    the clear where they must not be): better to stop at once, saying why.
+
+    Raises:
+        EncryptionMismatch: naming which side has the keyring and what to do.
+    """
+    if coordinator_seals and crypt is None:
+        raise EncryptionMismatch(
+            f"coordinator {address} encrypts data at rest but this worker has no --encryption-key-file: "
+            "it could neither open the sealed artifacts it reads nor seal those it writes; "
+            "start it with the coordinator's keyring"
+        )
+    if not coordinator_seals and crypt is not None:
+        raise EncryptionMismatch(
+            f"this worker has --encryption-key-file {crypt.path} but coordinator {address} does not encrypt "
+            "at rest: it could not read the sealed artifacts this worker writes; give the coordinator the "
+            "keyring too, or start the worker without the flag"
+        )
 
 
 class WorkerDaemon:
@@ -294,6 +322,9 @@ class WorkerDaemon:
             started = time.monotonic()
             try:
                 await self._session(address)
+            except EncryptionMismatch as exc:
+                log.error("%s", exc)
+                raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("coordinator %s refused this worker: %s", address, exc.details())
@@ -382,6 +413,7 @@ class WorkerDaemon:
                         self._accept(message.assignments)
                     elif body == "registered":
                         reg = message.registered
+                        check_encryption(address, reg.encryption_at_rest, at_rest())
                         self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
                         self._artifact_dir = self.config.artifact_dir or reg.artifact_dir
                         self._executor.set_artifact_root(self._artifact_dir)
@@ -569,13 +601,13 @@ class WorkerDaemon:
         # coordinator's directory it is absent, and the result then travels inline.
         if not self._artifact_dir or not os.path.isdir(self._artifact_dir):
             return
-        path = artifact_path(self._artifact_dir, *key)
         try:
-            await asyncio.to_thread(write_file, path, result.data)
+            ref = await asyncio.to_thread(write_artifact, self._artifact_dir, key, result.data)
         except OSError as exc:
-            log.warning("cannot write artifact %s (%s); sending the result inline", path, exc)
+            log.warning("cannot write artifact %s (%s); sending the result inline",
+                        artifact_path(self._artifact_dir, *key), exc)  # fmt: skip
             return
-        result.artifact_ref = "file://" + path
+        result.artifact_ref = ref
         result.data = b""
 
     def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:

@@ -9,17 +9,28 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 from xpipe.security._tls import TLSConfig, client_token
+from xpipe.security._atrest import ENV_KEY_FILE, AtRest, configure
+from xpipe.security._errors import SecurityConfigError
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
-from ._daemon import REFUSED_CODES, WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+from ._daemon import (
+    REFUSED_CODES,
+    EncryptionMismatch,
+    WorkerConfig,
+    WorkerDaemon,
+    detect_resources,
+    parse_kv,
+    parse_resources,
+)
 from ._install import PipInstaller, default_install_dir
 
 if TYPE_CHECKING:
@@ -62,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
+    p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
+                   help="keyring (xpipe keys create) sealing the artifacts this worker writes and opening those it "
+                        "reads; required when the coordinator encrypts at rest, refused when it does not")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this worker's own log: text lines, or JSON lines with run_id/task/attempt fields")
@@ -131,6 +145,22 @@ def parse_log_cap(text: str) -> int:
     return _parse_size(text, "--task-log-max-bytes")
 
 
+def configure_encryption(path: Path | None) -> None:
+    """Load ``--encryption-key-file`` for this process and hand its path to the executor
+    children (they inherit the environment); without the flag, make sure they have none.
+
+    Raises:
+        SecurityConfigError: the keyring is missing or malformed (the message names the file).
+    """
+    if path is None:
+        os.environ.pop(ENV_KEY_FILE, None)
+        configure(None)
+        return
+    path = path.resolve()
+    configure(AtRest.from_file(path))
+    os.environ[ENV_KEY_FILE] = str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
@@ -157,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             PipInstaller(install_dir, allowed=True).prepare()  # the daemon prepares it again: idempotent
         except OSError as exc:
             p.error(f"--install-dir {install_dir!r} cannot be created: {exc.strerror or exc}")
+    try:
+        configure_encryption(opts.encryption_key_file)
+    except SecurityConfigError as exc:
+        raise SystemExit(f"xpipe-worker: --encryption-key-file: {exc}") from None
     sys.path.insert(0, os.getcwd())
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
@@ -174,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     try:
         return runner(_run(config, metrics))
+    except EncryptionMismatch as exc:  # logged by the daemon; one line for whoever started it
+        print(f"xpipe-worker: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if metrics is not None:
             metrics.stop()

@@ -43,6 +43,7 @@ from xpipe._handlers import HandlerNotFoundError, get_handler
 from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
+from xpipe.security._errors import DecryptionError
 from xpipe.telemetry._task import AttemptRecorder
 from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
@@ -174,7 +175,7 @@ def _decode(payload: common_pb2.Payload, what: str, artifact_root: str | None) -
     held = LOCAL_OBJECTS.get(payload.artifact_ref) if payload.artifact_ref else None
     try:
         return _codec.decode(payload, what=what, artifact_root=artifact_root, artifact_data=held)
-    except SerializationError as exc:
+    except (SerializationError, DecryptionError) as exc:  # a sealed upstream this worker cannot open
         raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
 
 
