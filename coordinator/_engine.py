@@ -73,8 +73,6 @@ log = logging.getLogger(__name__)
 _TASK_KEY = bytes([worker_pb2.Assignment.DESCRIPTOR.fields_by_name["task"].number << 3 | 2])
 #: The key of ``Assignment.traceparent`` (length-delimited too).
 _TRACEPARENT_KEY = bytes([worker_pb2.Assignment.DESCRIPTOR.fields_by_name["traceparent"].number << 3 | 2])
-
-
 def _varint(n: int) -> bytes:
     """``n`` as a protobuf base-128 varint."""
     out = bytearray()
@@ -101,8 +99,10 @@ def assignment_bytes(action: Assign) -> bytes:
     spec = action.task.SerializeToString()
     if action.traceparent:  # only traced runs pay for it
         parent = action.traceparent.encode()
-        return b"".join((head, _TASK_KEY, _varint(len(spec)), spec, _TRACEPARENT_KEY, _varint(len(parent)), parent))
-    return b"".join((head, _TASK_KEY, _varint(len(spec)), spec))
+        return b"".join(
+            (head, _TASK_KEY, _varint(len(spec)), spec, _TRACEPARENT_KEY, _varint(len(parent)), parent, action.principal)
+        )
+    return b"".join((head, _TASK_KEY, _varint(len(spec)), spec, action.principal))
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +127,9 @@ class EngineConfig:
     finished_runs_memory_bytes: int = 64 * 1024 * 1024
     #: Where this coordinator's spans go (:class:`xpipe.telemetry._tracing.Tracing`); None: tracing off.
     tracing: Any = None
+    #: Signs each run's principal (:class:`._trust.RunSigner`); None: assignments go unsigned
+    #: (workers refuse them). :class:`~._server.Coordinator` always sets one.
+    signer: Any = None
 
 
 #: Memory a task of a finished run costs beyond its spec's and result's bytes: its
@@ -206,6 +209,8 @@ class Engine:
                 continue
             order = tuple(validate_spec(stored.spec, restored=True))
             run_id = stored.header.run_id
+            if self.config.signer is not None:  # signed by another coordinator's key, maybe
+                self.config.signer.resign(stored.spec, run_id)
             if self.metrics is not None:
                 self.metrics.restored(run_id, stored.tasks, now)
             self.post(
@@ -251,8 +256,15 @@ class Engine:
         self._inbox.append(event)
         self._wake.set()
 
-    async def submit(self, spec: pb.PipelineSpec, *, idempotency_key: str = "") -> str:
-        """Validate, persist and start a run; returns once the run is durable."""
+    async def submit(
+        self, spec: pb.PipelineSpec, *, idempotency_key: str = "", principal: tuple[str, tuple[str, ...]] | None = None
+    ) -> str:
+        """Validate, persist and start a run; returns once the run is durable.
+
+        Args:
+            principal: (name, code grants) of the submitter; the run's ``PipelineSpec.principal``
+                is overwritten with it, signed once its id is known (never what the client sent).
+        """
         if self.fault is not None:
             raise self.fault
         order = tuple(validate_spec(spec))
@@ -263,6 +275,9 @@ class Engine:
         if pending is not None:  # the same submit retried while the first is being committed
             await asyncio.shield(pending)
             return run_id
+        spec.ClearField("principal")  # the coordinator's to set, not the client's
+        if principal is not None and self.config.signer is not None:
+            spec.principal.CopyFrom(self.config.signer.sign(principal[0], principal[1], run_id))
         fut = asyncio.get_running_loop().create_future()
         self._submits[run_id] = fut
         self.post(RunSubmitted(time.time(), run_id, spec, order, stimulus_id=f"rpc-submit-{run_id}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -21,6 +22,7 @@ from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe.security._principal import DEFAULT_NAMESPACE
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
 from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
@@ -30,6 +32,7 @@ from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
 from ._auditsink import AuditSink, NullAudit
+from ._caller import caller
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
@@ -50,6 +53,7 @@ from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
+from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
     check_event,
     check_heartbeat,
@@ -134,8 +138,14 @@ async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, co
 
 
 async def _submit_to_engine(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
+    spec = submit.pipeline
+    principal = caller()
+    refusal = check_submission(spec, principal, c.policy)
+    if refusal is not None:
+        await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+    grants = code_grants(principal, spec.namespace or DEFAULT_NAMESPACE, c.policy)
     try:
-        return await c.engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
+        return await c.engine.submit(spec, idempotency_key=submit.idempotency_key, principal=(principal.name, grants))
     except PipelineValidationError as exc:
         kind = ((REJECTION_KIND_KEY, rejection_kind(exc)),)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=kind)
@@ -417,6 +427,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
                 frozenset(reg.handlers), dict(reg.labels), reg.resources,
                 tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, reg.memory_enforcement,
+                frozenset(reg.allowed_code),
                 stimulus_id=register_id,
             )  # fmt: skip
         )
@@ -430,6 +441,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 heartbeat_interval_s=engine.config.heartbeat_interval_s,
                 prefetch=engine.config.prefetch,
                 artifact_dir=engine.config.artifact_dir,
+                signing_key=engine.config.signer.public_key,
+                signing_key_id=engine.config.signer.key_id,
             )
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
@@ -738,6 +751,8 @@ class Coordinator:
         task_logs: TaskLogStore | None = None,
     ):
         self.store = store
+        if config.signer is None:  # never unsigned: workers refuse assignments without a principal
+            config = dataclasses.replace(config, signer=RunSigner.generate())
         #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
         self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
