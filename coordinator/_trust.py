@@ -26,23 +26,22 @@ log = logging.getLogger(__name__)
 def check_submission(spec: pb.PipelineSpec, principal: Principal | None, policy: Policy) -> Refusal | None:
     """The first reason ``principal`` may not submit ``spec``, or None.
 
-    Checked, per task in order: the permission its kind of code needs (``code:pickle`` for
-    cloudpickled code, ``code:command`` for commands), then each of its
-    ``required_permissions`` (``@require_permission``), all in the run's namespace; then the
-    recovery handler, which needs ``code:pickle`` when pickled. The refusal names the
-    permission and the task.
+    Checked, per task in order: each of its ``required_permissions`` (``@require_permission``),
+    then the permission its kind of code needs (``code:pickle`` for cloudpickled code,
+    ``code:command`` for commands), all in the run's namespace; then the recovery handler,
+    which needs ``code:pickle`` when pickled. The refusal names the permission and the task.
     """
     namespace = spec.namespace or DEFAULT_NAMESPACE
     for task in spec.tasks:
+        for permission in task.required_permissions:
+            refusal = authorize(principal, permission, namespace, policy)
+            if refusal is not None:
+                return _for(refusal, f"task {task.name!r} requires {permission} (@require_permission)")
         needed = KIND_PERMISSION.get(code_kind(task))
         if needed is not None:
             refusal = authorize(principal, needed, namespace, policy)
             if refusal is not None:
                 return _for(refusal, f"task {task.name!r} runs {_what(code_kind(task))}")
-        for permission in task.required_permissions:
-            refusal = authorize(principal, permission, namespace, policy)
-            if refusal is not None:
-                return _for(refusal, f"task {task.name!r} requires {permission} (@require_permission)")
     if spec.HasField("recovery_handler") and spec.recovery_handler.code_hash:
         refusal = authorize(principal, KIND_PERMISSION["pickle"], namespace, policy)
         if refusal is not None:

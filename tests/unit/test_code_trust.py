@@ -321,3 +321,75 @@ def test_with_code_pickle_arguments_unpickle_as_before(tmp_path: Path) -> None:
     event = run_assignment(_assignment_with_args(((_Touch(str(marker)),), {}), ("code:pickle",), tmp_path), None, {})
     assert marker.exists()  # a holder of code:pickle may run any code, by design
     assert event.WhichOneof("kind") == "succeeded", event
+
+
+# ---- @require_permission ----------------------------------------------------------------
+
+
+def _task_spec(pipe, name: str) -> pb.TaskSpec:
+    return next(t for t in pipe.to_proto().tasks if t.name == name)
+
+
+def test_require_permission_on_a_function_under_task_as_the_seed_stacks_it() -> None:
+    from xpipe import pipeline, require_permission, task
+    from xpipe.security._marks import mark
+
+    def log_data_access(func):  # stands for the audit helper's decorator: any other mark
+        return mark(func, audit_data_access=True)
+
+    @pipeline("customers")
+    def customers():
+        @task("extract_customer_data")
+        @require_permission("customer_data_read")
+        @log_data_access
+        def extract_customers():
+            return [1]
+
+        @task("anonymize_pii", depends_on=["extract_customer_data"])
+        def anonymize(rows):
+            return rows
+
+        return [extract_customers, anonymize]
+
+    spec = _task_spec(customers, "extract_customer_data")
+    assert list(spec.required_permissions) == ["customer_data_read"] and spec.audit_data_access
+    assert list(_task_spec(customers, "anonymize_pii").required_permissions) == []
+    refusal = check_submission(customers.to_proto(), SUBMITTER, DEFAULT_POLICY)
+    assert refusal is not None and "customer_data_read" in refusal.message
+    # Functions defined inside the pipeline are cloudpickled: dana also needs code:pickle.
+    refusal = check_submission(customers.to_proto(), DANA, DEFAULT_POLICY)
+    assert refusal is not None and "code:pickle" in refusal.message
+    dana_pickles = Principal.build("dana", roles=["submitter"], permissions=["customer_data_read", "code:pickle"])
+    assert check_submission(customers.to_proto(), dana_pickles, DEFAULT_POLICY) is None
+
+
+def test_require_permission_on_a_task_and_stacked_twice() -> None:
+    from xpipe import Pipeline, Task, require_permission, task
+
+    @require_permission("audit_read")
+    @task("t")
+    @require_permission("customer_data_read", "pii_read")
+    def t():
+        return 1
+
+    from tests.helpers_tasks import noop
+
+    plain = require_permission("billing")(Task("u", noop))
+    pipe = Pipeline("p")
+    pipe.add_tasks([t, plain])
+    assert list(_task_spec(pipe, "t").required_permissions) == ["audit_read", "customer_data_read", "pii_read"]
+    assert list(_task_spec(pipe, "u").required_permissions) == ["billing"]
+
+
+def test_require_permission_refuses_bad_names_and_bare_use() -> None:
+    from xpipe import require_permission
+
+    with pytest.raises(ValueError, match="invalid permission 'customer data'"):
+        require_permission("customer data")
+    with pytest.raises(ValueError, match="at least one permission"):
+        require_permission()
+    with pytest.raises(TypeError, match="needs a permission name.*'f' bare"):
+
+        @require_permission
+        def f():
+            return None
