@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from xpipe._proto import worker_pb2
-from xpipe.security._codetrust import CODE_KINDS, KIND_PERMISSION, PrincipalVerifier, code_kind
+from xpipe.security._codetrust import CODE_KINDS, KIND_PERMISSION, PrincipalVerifier
 
 __all__ = ["CodeGate", "Refused"]
 
@@ -51,7 +51,9 @@ class CodeGate:
     def check(self, head: worker_pb2.AssignmentHead) -> None:
         """Return if ``head`` may run here; else raise :class:`Refused` (never retried elsewhere)."""
         task = head.task
-        kind = code_kind(task)
+        kind = task.WhichOneof("kind")
+        if kind == "python":  # code_kind, inlined: this runs for every assignment
+            kind = "pickle" if task.python.code_hash else "import"
         run_id = head.attempt.run_id
         if kind not in self.allowed:
             error_type = "PICKLED_CODE_REFUSED" if kind == "pickle" else "TASK_FAILURE"
