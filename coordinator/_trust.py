@@ -32,16 +32,21 @@ def check_submission(spec: pb.PipelineSpec, principal: Principal | None, policy:
     which needs ``code:pickle`` when pickled. The refusal names the permission and the task.
     """
     namespace = spec.namespace or DEFAULT_NAMESPACE
+    # Asked once per run, not per task: which code permissions are missing (usually none).
+    missing = {p for p in CODE_PERMISSIONS if authorize(principal, p, namespace, policy) is not None}
     for task in spec.tasks:
-        for permission in task.required_permissions:
-            refusal = authorize(principal, permission, namespace, policy)
-            if refusal is not None:
-                return _for(refusal, f"task {task.name!r} requires {permission} (@require_permission)")
-        needed = KIND_PERMISSION.get(code_kind(task))
-        if needed is not None:
-            refusal = authorize(principal, needed, namespace, policy)
-            if refusal is not None:
-                return _for(refusal, f"task {task.name!r} runs {_what(code_kind(task))}")
+        required = task.required_permissions
+        if required:
+            for permission in required:
+                refusal = authorize(principal, permission, namespace, policy)
+                if refusal is not None:
+                    return _for(refusal, f"task {task.name!r} requires {permission} (@require_permission)")
+        if missing:
+            kind = code_kind(task)
+            needed = KIND_PERMISSION.get(kind)
+            if needed in missing:
+                refusal = authorize(principal, needed, namespace, policy)
+                return _for(refusal, f"task {task.name!r} runs {_what(kind)}")
     if spec.HasField("recovery_handler") and spec.recovery_handler.code_hash:
         refusal = authorize(principal, KIND_PERMISSION["pickle"], namespace, policy)
         if refusal is not None:
