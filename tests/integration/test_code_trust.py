@@ -242,3 +242,43 @@ def test_bad_allow_code_stops_the_worker_naming_the_kind(tmp_path: Path) -> None
                              "import,pickles"], log_dir=tmp_path, cwd=tmp_path)  # fmt: skip
     assert worker.wait(30) == 2
     assert "--allow-code: unknown kind 'pickles'" in worker.log_text()
+
+
+# ---- the signing key across coordinator restarts ----------------------------------------
+
+
+def _write_key(path: Path) -> Path:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    path.write_bytes(Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    path.chmod(0o600)
+    return path
+
+
+def test_a_run_resumed_by_a_coordinator_with_another_key_is_signed_again(tmp_path: Path) -> None:
+    """The first coordinator signs with the key file; the restarted one makes a key of its own."""
+    key = _write_key(tmp_path / "signing.pem")
+    with Cluster(tmp_path, workers=0, coordinator_args=["--signing-key-file", str(key)]) as cluster:
+        with PipelineManager(coordinator=cluster.address) as pm:
+            p = Pipeline("resumed")
+            p.add_task(Task("pickled", times_ten, args=(7,)))
+            p.configure_placement(wait_for_resources_s=120)
+            run_id = pm.submit(p)  # no worker yet: it waits, stored with key 1's signature
+        cluster.coordinator_args = ()
+        cluster.restart_coordinator(wait_for_workers=False)
+        cluster.add_worker("w0", 1)  # registers with the new coordinator: trusts key 2 only
+        with PipelineManager(coordinator=cluster.address) as pm:
+            result = pm.wait(run_id, timeout_s=30)
+        assert result.outputs["pickled"] == 70
+        assert "refused attempt" not in cluster.workers["w0"].log_text()
+
+
+def test_a_bad_signing_key_file_stops_the_coordinator_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-key.pem"
+    bad.write_text("-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+    coordinator = Proc("coordinator", [sys.executable, "-m", "xpipe.coordinator", "--listen", f"127.0.0.1:{free_port()}",
+                                       "--data-dir", str(tmp_path / "data"), "--signing-key-file", str(bad)],
+                       log_dir=tmp_path, cwd=tmp_path)  # fmt: skip
+    assert coordinator.wait(30) != 0
+    assert f"--signing-key-file {bad}: not an unencrypted PEM private key" in coordinator.log_text()
