@@ -857,7 +857,8 @@ class Coordinator:
         else:
             self.election.address = self.election.address or self.address
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._step_down), name="xpipe-election")
-        log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
+        log.info("coordinator %s serving on %s (runs signed with key %s)", self.coordinator_id, self.address,
+                 self.config.signer.key_id)
         return self.address
 
     @property

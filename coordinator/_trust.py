@@ -136,4 +136,6 @@ class RunSigner:
         old = spec.principal
         if old.key_id == self.key_id and old.run_id == run_id and old.signature:
             return
+        log.info("run %s: its principal %r (signed with key %r) is signed again with key %s",
+                 run_id, old.name, old.key_id, self.key_id)  # fmt: skip
         spec.principal.CopyFrom(self.sign(old.name, tuple(old.grants), run_id))

@@ -46,6 +46,7 @@ class CodeGate:
             log.warning("the coordinator sent no signing key: every assignment will be refused")
             self._verifier = None
         elif self._verifier is None or self._verifier.key_id != key_id:
+            log.info("runs' principals are checked with the coordinator's key %s", key_id)
             self._verifier = PrincipalVerifier(signing_key, key_id)
 
     def check(self, head: worker_pb2.AssignmentHead) -> None:
