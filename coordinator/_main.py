@@ -25,6 +25,7 @@ from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
+from ._trust import RunSigner
 
 if TYPE_CHECKING:
     from xpipe.telemetry._export import MetricsEndpoint
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
                    help="keyring (xpipe keys create) sealing specs, code, results, errors, task logs and artifacts "
                         "at rest; re-read when the file changes (xpipe keys rotate)")  # fmt: skip
+    p.add_argument("--signing-key-file", type=Path, metavar="PEM",
+                   help="Ed25519 private key that signs runs' principals (openssl genpkey -algorithm ed25519); "
+                        "HA coordinators share one. Default: a new key per process")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
@@ -166,17 +170,18 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
 
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
         tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
+        signer = RunSigner.load(opts.signing_key_file) if opts.signing_key_file else None
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
-        return await _run(opts, store, election, tracing, metrics, security, policy)
+        return await _run(opts, store, election, tracing, metrics, signer, security, policy)
     finally:
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
 
 
 async def _run(
-    opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None,
+    opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None, signer: RunSigner | None,
     security: Security | None = None, policy: Policy | None = None,
 ) -> int:  # fmt: skip
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
@@ -187,6 +192,7 @@ async def _run(
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
         tracing=tracing,
+        signer=signer,
     )
     # Task logs live in the data directory whatever the store: see _logs.
     task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB, crypt=at_rest())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -33,6 +34,7 @@ from xpipe._backoff import Backoff
 from ._audit_service import AuditServicer
 from ._authn import CallAuth, NamespaceCache, Security
 from ._auditsink import AuditSink, NullAudit
+from ._caller import caller
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
@@ -53,6 +55,7 @@ from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
+from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
     check_event,
     check_heartbeat,
@@ -137,8 +140,14 @@ async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, co
 
 
 async def _submit_to_engine(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
+    spec = submit.pipeline
+    principal = caller()
+    refusal = check_submission(spec, principal, c.policy)
+    if refusal is not None:
+        await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+    grants = code_grants(principal, spec.namespace or DEFAULT_NAMESPACE, c.policy)
     try:
-        return await c.engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
+        return await c.engine.submit(spec, idempotency_key=submit.idempotency_key, principal=(principal.name, grants))
     except PipelineValidationError as exc:
         kind = ((REJECTION_KIND_KEY, rejection_kind(exc)),)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=kind)
@@ -427,6 +436,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
                 frozenset(reg.handlers), dict(reg.labels), reg.resources,
                 tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, reg.memory_enforcement,
+                frozenset(reg.allowed_code),
                 stimulus_id=register_id,
             )  # fmt: skip
         )
@@ -441,6 +451,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 prefetch=engine.config.prefetch,
                 artifact_dir=engine.config.artifact_dir,
                 encryption_at_rest=at_rest() is not None,
+                signing_key=engine.config.signer.public_key,
+                signing_key_id=engine.config.signer.key_id,
             )
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
@@ -752,6 +764,8 @@ class Coordinator:
         self.store = store
         #: TLS credentials and how callers are known (``--tls-*``, ``--auth``); None: plaintext, auth off.
         self.security = security
+        if config.signer is None:  # never unsigned: workers refuse assignments without a principal
+            config = dataclasses.replace(config, signer=RunSigner.generate())
         #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
         self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
@@ -871,7 +885,8 @@ class Coordinator:
         else:
             self.election.address = self.election.address or self.address
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._step_down), name="xpipe-election")
-        log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
+        log.info("coordinator %s serving on %s (runs signed with key %s)", self.coordinator_id, self.address,
+                 self.config.signer.key_id)
         return self.address
 
     @property

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .telemetry._task import record_metric
+    from .security._require import require_permission
     from ._types import (
         CircuitInfo,
         ClusterStatus,
@@ -75,6 +76,7 @@ _LAZY = {
     "TaskOptions": "._options",
     "handle_errors": "._policies",
     "record_metric": ".telemetry._task",
+    "require_permission": ".security._require",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
@@ -138,5 +140,6 @@ __all__ = [
     "handler",
     "pipeline",
     "record_metric",
+    "require_permission",
     "task",
 ]

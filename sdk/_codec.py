@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
@@ -226,7 +227,12 @@ def _read_inside(path: str, root: str, ref: str, what: str) -> bytes:
 
 
 def decode(
-    payload: common_pb2.Payload, *, what: str = "value", artifact_root: str | None = None, artifact_data: bytes | None = None
+    payload: common_pb2.Payload,
+    *,
+    what: str = "value",
+    artifact_root: str | None = None,
+    artifact_data: bytes | None = None,
+    unpickle: Callable[[bytes], Any] = pickle.loads,
 ) -> Any:
     """Decode a payload made by :func:`encode` (or by any client following the API).
 
@@ -235,6 +241,8 @@ def decode(
             only from inside it, and with None every reference is refused.
         artifact_data: the bytes the payload's reference names, when the caller already
             holds them (the worker-local object store); the file is then not read.
+        unpickle: loads ``CODEC_PICKLE`` data; workers pass a restricted unpickler for the
+            arguments of runs whose submitter may not send code (docs/security.md).
 
     Raises:
         SerializationError: the payload is corrupt or uses an unknown codec.
@@ -261,7 +269,7 @@ def decode(
                     f"cannot decode {what}: decompressed to {len(data)} bytes, payload declares {payload.size_bytes}"
                 )
         if payload.codec == common_pb2.CODEC_PICKLE:
-            return pickle.loads(data)
+            return unpickle(data)
         if payload.codec == common_pb2.CODEC_JSON:
             return json.loads(data)
         if payload.codec == common_pb2.CODEC_RAW:

@@ -43,10 +43,14 @@ from xpipe.telemetry._logformat import log_ids
 from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 from xpipe.telemetry._tracing import TracingConfig
 
+from xpipe.security._codetrust import CODE_KINDS
+
 from . import _state as core
+from ._codegate import CodeGate, Refused
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
 from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_artifact
+from ._runtask import failed_event
 from ._state import ResourceLedger, WorkerState, task_request
 from ._tasklogs import TaskLogBuffer
 
@@ -107,6 +111,14 @@ class WorkerConfig:
     executor: str = "process"
     #: Run cloudpickled code sent by clients; turn off to run only importable code.
     allow_pickled: bool = True
+    #: Kinds of code this worker runs (``--allow-code``; see ``xpipe.security._codetrust``);
+    #: ``allow_pickled=False`` takes "pickle" out of them.
+    allowed_code: frozenset[str] = frozenset(CODE_KINDS)
+
+    @property
+    def code_kinds(self) -> frozenset[str]:
+        """The kinds this worker runs, ``allow_pickled`` applied."""
+        return self.allowed_code if self.allow_pickled else self.allowed_code - {"pickle"}
     #: On SIGTERM or drain, how long running tasks may take to finish before they are requeued.
     grace_s: float = 30.0
     #: Stable id across reconnects; generated when empty.
@@ -185,6 +197,8 @@ class WorkerDaemon:
         self._executor: TaskExecutor | None = None
         self._handlers: list[str] = []
         self._code: dict[str, bytes] = {}
+        # Which assignments may run at all (kinds, signed principals); see ``_codegate``.
+        self._gate = CodeGate(config.code_kinds)
         # What it holds, what may start, what it owes: the pure core (see ``_state``).
         self._state = WorkerState(config.slots, self.resources)
         # Every background task (attempts, cancels, shutdown) is tracked and awaited on exit.
@@ -229,7 +243,7 @@ class WorkerDaemon:
         self._installer.prepare()  # before the children start: they inherit sys.path
         # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
         self._executor = make_executor(
-            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled,
+            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled="pickle" in self.config.code_kinds,
             memory_limit_bytes=self.config.task_memory_limit_bytes, tracing=self.config.tracing,
             worker_name=self.config.name,
         )  # fmt: skip
@@ -416,6 +430,7 @@ class WorkerDaemon:
                         check_encryption(address, reg.encryption_at_rest, at_rest())
                         self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
                         self._artifact_dir = self.config.artifact_dir or reg.artifact_dir
+                        self._gate.trust(reg.signing_key, reg.signing_key_id)
                         self._executor.set_artifact_root(self._artifact_dir)
                         self._send = send
                         self.connected.set()
@@ -483,7 +498,8 @@ class WorkerDaemon:
             labels=self.config.labels,
             handlers=self._handlers,
             running=[_ref(k) for k in self._state.held],
-            accepts_pickled_code=self.config.allow_pickled,
+            accepts_pickled_code="pickle" in self.config.code_kinds,
+            allowed_code=[k for k in CODE_KINDS if k in self.config.code_kinds],
             recent=self._state.recent_outcomes(),
             memory_enforcement=self._executor.memory_enforcement if self._executor is not None else "",
         )
@@ -539,9 +555,17 @@ class WorkerDaemon:
         for blob in batch.code:
             self._code[blob.code_hash] = blob.data
         offers = []
+        check = self._gate.check
         for encoded in batch.assignments:
             # Only the head is read here; the executor child parses the rest from the bytes.
             head = _parse_head(encoded)
+            try:
+                check(head)
+            except Refused as exc:  # never reaches an executor: the code is not loaded
+                key = _key(head.attempt)
+                log.warning("refused attempt %s: %s", key, exc, extra=log_ids(key))
+                self._emit(failed_event(head.attempt, exc.error_type, str(exc), non_retryable=True))
+                continue
             offers.append(core.Offer(_key(head.attempt), task_request(head.task.resources), (head, encoded)))
         self._handle(core.AssignmentsReceived(time.monotonic(), tuple(offers)))
 

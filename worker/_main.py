@@ -18,6 +18,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe.security._tls import TLSConfig, client_token
 from xpipe.security._atrest import ENV_KEY_FILE, AtRest, configure
 from xpipe.security._errors import SecurityConfigError
+from xpipe.security._codetrust import CODE_KINDS, parse_allowed_code
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", default="", help="override detected resources: cpu=4,memory=16Gi,gpu=1,<custom>=N")
     p.add_argument("--executor", default="process", choices=["process", "thread"], help="how tasks are isolated")
     p.add_argument("--no-pickled-code", action="store_true", help="refuse cloudpickled code; run importable code only")
+    p.add_argument("--allow-code", default=",".join(CODE_KINDS), metavar="KINDS",
+                   help="kinds of code this worker runs, of import,handler,command,pickle (default: all; "
+                        "--no-pickled-code removes pickle)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long running tasks may finish")
     p.add_argument("--worker-id", default="", help="stable id (default: NAME-random)")
     p.add_argument("--artifact-dir", default="",
@@ -179,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         tracing = config_from_arguments(opts, service_name="xpipe-worker")
         task_log_max_bytes = parse_log_cap(opts.task_log_max_bytes)
         tls = TLSConfig.resolve(opts.tls_ca, opts.tls_cert, opts.tls_key)
+        allowed_code = parse_allowed_code(opts.allow_code)
     except ValueError as exc:
         p.error(str(exc))
     if opts.allow_install:
@@ -195,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
+        allowed_code=allowed_code,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
         task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token),

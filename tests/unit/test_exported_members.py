@@ -32,7 +32,7 @@ def test_the_public_names_are_pinned_exactly():
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
         "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
         "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",
-        "pipeline", "record_metric", "task",
+        "pipeline", "record_metric", "require_permission", "task",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
