@@ -7,6 +7,7 @@ One concept per module, each a pure core the coordinator, the worker and the CLI
 - ``_rbac``: roles, permissions, the policy file and the RPC -> permission table;
 - ``_keys``: a keyring and AES-256-GCM for data at rest;
 - ``_audit``: the audit log's hash chain;
+- ``_privacy``: the PII decorators, redaction, a pickle reader that runs no code;
 - ``_cli``: ``xpipe certs``, ``xpipe tokens``, ``xpipe keys``.
 
 Names are served lazily, so ``import xpipe.security`` does not load ``cryptography``,
@@ -28,11 +29,15 @@ _EXPORTS = {
     "Keyring": "_keys",
     "LdapAuthenticator": "_ldap", "LdapConfig": "_ldap",
     "Principal": "_principal",
+    "DEFAULT_PII_FIELDS": "_privacy", "REDACTED": "_privacy", "comply_with_gdpr": "_privacy",
+    "ensure_privacy_compliance": "_privacy", "redact": "_privacy",
     "Policy": "_rbac", "Refusal": "_rbac", "RPC_PERMISSIONS": "_rbac", "authorize": "_rbac",
     "TokenAuthenticator": "_tokens",
 }  # fmt: skip
 
 __all__ = [
+    "DEFAULT_PII_FIELDS",
+    "REDACTED",
     "RPC_PERMISSIONS",
     "AuditEntry",
     "AuditProblem",
@@ -53,10 +58,13 @@ __all__ = [
     "authenticator_from_spec",
     "authorize",
     "chain",
+    "comply_with_gdpr",
+    "ensure_privacy_compliance",
     "identity_from_certificate",
     "init_ca",
     "issue_cert",
     "parse_authorization",
+    "redact",
     "verify",
 ]
 
