@@ -306,6 +306,61 @@ class TaskLogStore:
             if watched[1] <= 0:
                 del self._changed[run_id]
 
+    # ------------------------------------------------------------------ governance (retention, forgetting)
+
+    async def usage(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{run_id: (rows, bytes)}`` of the logs kept for these runs (runs with none left out)."""
+        return await self._governed(self._usage_sync, run_ids)
+
+    def _usage_sync(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            out.update({run: (rows, size or 0) for run, rows, size in self._db.execute(
+                f"SELECT run_id, COUNT(*), SUM(LENGTH(data)) FROM task_logs WHERE run_id IN ({','.join('?' * len(chunk))}) "
+                "GROUP BY run_id", chunk)})  # fmt: skip
+        return out
+
+    async def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete every log row of these runs; returns the rows deleted."""
+        return await self._governed(self._delete_runs_sync, run_ids)
+
+    def _delete_runs_sync(self, run_ids: list[str]) -> int:
+        deleted = 0
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            with self._db:
+                deleted += self._db.execute(
+                    f"DELETE FROM task_logs WHERE run_id IN ({','.join('?' * len(chunk))})", chunk
+                ).rowcount
+        return deleted
+
+    async def forget(self, value: str) -> tuple[int, set[tuple[str, str]]]:
+        """Delete every log line holding ``value``; returns (lines removed, (run, task) touched)."""
+        return await self._governed(self._forget_sync, value.encode())
+
+    def _forget_sync(self, needle: bytes) -> tuple[int, set[tuple[str, str]]]:
+        removed = 0
+        touched: set[tuple[str, str]] = set()
+        rows = self._db.execute(
+            "SELECT seq, run_id, task, data FROM task_logs WHERE instr(data, ?) > 0", (needle,)
+        ).fetchall()
+        with self._db:
+            self._db.execute("BEGIN")
+            for seq, run_id, task, data in rows:
+                lines = bytes(data).splitlines(keepends=True)
+                kept = [line for line in lines if needle not in line]
+                removed += len(lines) - len(kept)
+                touched.add((run_id, task))
+                self._db.execute("UPDATE task_logs SET data = ? WHERE seq = ?", (b"".join(kept), seq))
+        return removed, touched
+
+    async def _governed(self, fn, *args):
+        if self._closed or self._db is None:
+            raise RuntimeError("the task log store is closed")
+        await self._write(self._take_pending())  # what was sent before is judged too
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
 
 # ---- when a reader has it all (pure: the run's entries and the clock are passed in) ----
 

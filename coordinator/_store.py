@@ -180,6 +180,29 @@ class Store(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # Governance (retention, forgetting; see _retention and _forget). A store without them
+    # refuses CollectGarbage and ForgetSubject with this error.
+
+    async def finished_runs_before(self, before: float) -> list[tuple[RunRecord, str]]:
+        """Finished runs that finished before ``before`` (unix s), with their namespace."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete runs")
+
+    async def run_ids(self) -> set[str]:
+        """The id of every stored run."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its run ids")
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete these finished runs (unfinished ones are left alone); how many went."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete runs")
+
+    async def finished_results(self, after: tuple[str, str] = ("", ""), limit: int = 500) -> list[tuple[str, str, pb.Payload]]:
+        """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot page through results")
+
+    async def replace_results(self, changes: Sequence[tuple[str, str, pb.Payload | None]]) -> None:
+        """Rewrite stored results (None deletes one)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite results")
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -221,6 +244,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
+#: Runs one retention transaction deletes at most (the engine's commits wait for one at most).
+GOVERNANCE_CHUNK = 64
 
 
 class SQLiteStore(Store):
@@ -337,6 +362,7 @@ class SQLiteStore(Store):
             self._pool = None
 
     def _close_sync(self) -> None:
+        self._close_governance()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -507,6 +533,121 @@ class SQLiteStore(Store):
             ).fetchall()
             out.update({name: (float(mean), int(count)) for name, mean, count in rows})
         return out
+
+    # ------------------------------------------------------------------ governance (retention, forgetting)
+    # Rare and off the hot path. Their own connection, so a long scan never holds the engine's:
+    # SQLite's locking orders their short write transactions with the engine's commits (the
+    # engine waits at most the length of one chunk, GOVERNANCE_CHUNK runs).
+
+    _gov_db: sqlite3.Connection | None = None
+    _gov_lock: asyncio.Lock | None = None
+
+    def _governance_db(self) -> sqlite3.Connection:
+        db = self._gov_db
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._gov_db = db
+        return db
+
+    async def _governance(self, fn, *args):
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        lock = self._gov_lock
+        if lock is None:
+            lock = self._gov_lock = asyncio.Lock()
+        async with lock:  # one connection, one governance operation at a time
+            return await asyncio.to_thread(fn, *args)
+
+    async def finished_runs_before(self, before: float) -> list[tuple[RunRecord, str]]:
+        """Finished runs that finished before ``before`` (unix s), with their namespace, oldest first."""
+        return await self._governance(self._finished_runs_before_sync, before)
+
+    def _finished_runs_before_sync(self, before: float) -> list[tuple[RunRecord, str]]:
+        rows = self._governance_db().execute(
+            "SELECT run_id, name, state, created_at, finished_at, total, spec FROM runs "
+            "WHERE state IN (?,?,?) AND finished_at < ? ORDER BY finished_at",
+            (*_FINISHED, before),
+        ).fetchall()
+        out = []
+        for *header, spec in rows:
+            namespace = pb.PipelineSpec.FromString(_zd.decompress(spec)).namespace if spec else ""
+            out.append((RunRecord(*header), namespace))
+        return out
+
+    async def run_ids(self) -> set[str]:
+        """The id of every stored run (to tell orphaned artifact directories)."""
+        return await self._governance(lambda: {r for (r,) in self._governance_db().execute("SELECT run_id FROM runs")})
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete finished runs with their tasks, results and stories; returns how many went.
+
+        An unfinished run named here is left alone (the engine owns it).
+        """
+        return await self._governance(self._delete_runs_sync, list(run_ids))
+
+    def _delete_runs_sync(self, run_ids: list[str]) -> int:
+        db = self._governance_db()
+        deleted = 0
+        for i in range(0, len(run_ids), GOVERNANCE_CHUNK):
+            chunk = run_ids[i : i + GOVERNANCE_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                gone = [r for (r,) in db.execute(
+                    f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND state IN (?,?,?)", (*chunk, *_FINISHED)
+                )]  # fmt: skip
+                if gone:
+                    gmarks = ",".join("?" * len(gone))
+                    for table in ("tasks", "task_history", "task_telemetry", "runs"):
+                        db.execute(f"DELETE FROM {table} WHERE run_id IN ({gmarks})", gone)
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreFault.wrap(exc, str(self.path)) from exc
+                raise
+            deleted += len(gone)
+        return deleted
+
+    async def finished_results(self, after: tuple[str, str] = ("", ""), limit: int = 500) -> list[tuple[str, str, pb.Payload]]:
+        """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
+        return await self._governance(self._finished_results_sync, after, limit)
+
+    def _finished_results_sync(self, after: tuple[str, str], limit: int) -> list[tuple[str, str, pb.Payload]]:
+        rows = self._governance_db().execute(
+            "SELECT t.run_id, t.name, t.result FROM tasks t JOIN runs r ON r.run_id = t.run_id "
+            "WHERE r.state IN (?,?,?) AND t.result IS NOT NULL AND (t.run_id, t.name) > (?, ?) "
+            "ORDER BY t.run_id, t.name LIMIT ?",
+            (*_FINISHED, *after, limit),
+        ).fetchall()
+        return [(run_id, name, pb.Payload.FromString(result)) for run_id, name, result in rows]
+
+    async def replace_results(self, changes: Sequence[tuple[str, str, pb.Payload | None]]) -> None:
+        """Rewrite stored results (None: delete the result, keep the task) in one transaction."""
+        await self._governance(self._replace_results_sync, list(changes))
+
+    def _replace_results_sync(self, changes: list[tuple[str, str, pb.Payload | None]]) -> None:
+        db = self._governance_db()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "UPDATE tasks SET result=? WHERE run_id=? AND name=?",
+                [(p.SerializeToString() if p is not None else None, run_id, name) for run_id, name, p in changes],
+            )
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreFault.wrap(exc, str(self.path)) from exc
+            raise
+
+    def _close_governance(self) -> None:
+        db = self._gov_db
+        if db is not None:
+            db.close()
+            self._gov_db = None
 
 
 def open_store(
