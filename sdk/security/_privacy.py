@@ -29,6 +29,7 @@ __all__ = [
     "comply_with_gdpr",
     "ensure_privacy_compliance",
     "pii_values",
+    "plain_payload_value",
     "redact",
     "redact_text",
     "safe_loads",
@@ -274,3 +275,42 @@ def safe_loads(data: bytes) -> Any:
         raise
     except Exception as exc:
         raise NotInspectable(f"it is not a readable pickle ({type(exc).__name__}: {exc})") from None
+
+
+#: Largest payload :func:`plain_payload_value` decodes (scrubbing logs is best effort, not a cost).
+PLAIN_PAYLOAD_MAX_BYTES = 4 << 20
+
+
+def plain_payload_value(payload: Any, *, max_bytes: int = PLAIN_PAYLOAD_MAX_BYTES) -> Any:
+    """The value of an inline JSON or pickled ``Payload``, read without running any code.
+
+    Raises:
+        NotInspectable: it travels by reference, is bigger than ``max_bytes``, is raw bytes,
+            or holds more than plain builtin values.
+    """
+    import json
+
+    import zstandard
+
+    from xpipe._proto import common_pb2
+
+    if payload.artifact_ref:
+        raise NotInspectable("it travels by reference (an artifact file)")
+    if payload.size_bytes > max_bytes or len(payload.data) > max_bytes:
+        raise NotInspectable(f"it is {max(payload.size_bytes, len(payload.data))} bytes, over {max_bytes}")
+    data = payload.data
+    if payload.zstd:
+        try:
+            data = zstandard.ZstdDecompressor().decompress(data, max_output_size=max(payload.size_bytes, 1))
+        except zstandard.ZstdError as exc:
+            raise NotInspectable(f"it does not decompress ({exc})") from None
+    if payload.codec == common_pb2.CODEC_JSON:
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise NotInspectable(f"it is not valid JSON ({exc})") from None
+    if payload.codec == common_pb2.CODEC_PICKLE:
+        return safe_loads(data)
+    if not data:
+        return None
+    raise NotInspectable("it is raw bytes, not records")
