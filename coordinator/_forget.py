@@ -24,7 +24,6 @@ import pickle
 from typing import TYPE_CHECKING, Any
 
 import zstandard
-
 from xpipe._codec import MAX_DECODED_BYTES, read_artifact, resolve_artifact_ref
 from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe._limits import MAX_NAME_CHARS

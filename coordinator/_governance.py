@@ -10,7 +10,6 @@ import logging
 from typing import TYPE_CHECKING
 
 import grpc
-
 from xpipe._proto import governance_pb2_grpc
 
 from ._caller import caller
@@ -55,7 +54,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             )
         try:
             out = await retention.collect(dry_run=request.dry_run)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each is mapped to a status code and logged there
             await _abort_failure(context, exc, "CollectGarbage")
         self.c.audit.record(
             principal=caller().name, action="governance.collect_garbage", outcome="ok",
@@ -70,7 +69,7 @@ class GovernanceServicer(governance_pb2_grpc.GovernanceServiceServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             out = await forget_subject(self.c, request.field, request.value)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - each is mapped to a status code and logged there
             await _abort_failure(context, exc, "ForgetSubject")
         self.c.audit.record(
             principal=caller().name, action="governance.forget_subject", target=request.field, outcome="ok",

@@ -53,8 +53,8 @@ class ForgetReport:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        lines = [f"erased {self.records_removed} records from {len(self.results)} results and "
-                 f"{self.log_lines_removed} log lines ({self.runs_touched} runs, {self.tasks_touched} tasks)"]  # fmt: skip
+        lines = [(f"erased {self.records_removed} records from {len(self.results)} results and "
+                  f"{self.log_lines_removed} log lines ({self.runs_touched} runs, {self.tasks_touched} tasks)")]
         lines += [f"  {run}/{task}: {n} records{' (the whole result)' if whole else ''}"
                   for run, task, n, whole in self.results]  # fmt: skip
         if self.not_inspected:
@@ -97,8 +97,8 @@ class GarbageReport:
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        lines = [f"{verb} {len(self.runs)} runs and {len(self.orphaned_artifacts)} orphaned artifact dirs "
-                 f"({self.files} files, {self.bytes} bytes)"]  # fmt: skip
+        lines = [(f"{verb} {len(self.runs)} runs and {len(self.orphaned_artifacts)} orphaned artifact dirs "
+                  f"({self.files} files, {self.bytes} bytes)")]
         lines += [f"  {r['run_id']}  {r['pipeline']}  namespace={r['namespace']}  "
                   f"logs={r['log_rows']} rows  artifacts={r['artifact_files']} files" for r in self.runs]  # fmt: skip
         lines += [f"  orphan {path}" for path in self.orphaned_artifacts]

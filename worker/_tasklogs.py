@@ -242,7 +242,6 @@ def pii_values_of(fields: tuple[str, ...], *encoded_payloads: bytes) -> frozense
     nothing, and the ``field=value`` patterns still apply.
     """
     from google.protobuf.message import DecodeError
-
     from xpipe._proto import common_pb2
     from xpipe.security._privacy import NotInspectable, pii_values, plain_payload_value
 

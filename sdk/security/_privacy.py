@@ -273,7 +273,7 @@ def safe_loads(data: bytes) -> Any:
         return _PlainUnpickler(io.BytesIO(data)).load()
     except NotInspectable:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a malformed pickle raises anything; it is reported, not run
         raise NotInspectable(f"it is not a readable pickle ({type(exc).__name__}: {exc})") from None
 
 
@@ -291,7 +291,6 @@ def plain_payload_value(payload: Any, *, max_bytes: int = PLAIN_PAYLOAD_MAX_BYTE
     import json
 
     import zstandard
-
     from xpipe._proto import common_pb2
 
     if payload.artifact_ref:

@@ -8,12 +8,12 @@ import pickle
 
 import pytest
 from xpipe._proto import common_pb2 as pb
+from xpipe._proto import worker_pb2
 from xpipe.coordinator._events import RunRecord, TaskRecord
 from xpipe.coordinator._forget import check_subject, without_subject
 from xpipe.coordinator._logs import TaskLogStore
 from xpipe.coordinator._retention import SECONDS_PER_DAY, RetentionPolicy, select_expired
 from xpipe.coordinator._store import SQLiteStore
-from xpipe._proto import worker_pb2
 
 NOW = 1_800_000_000.0
 DAY = SECONDS_PER_DAY
