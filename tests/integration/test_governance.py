@@ -218,3 +218,16 @@ def test_etcd_store_deletes_old_runs(tmp_path):
             assert not (c.data_dir / "artifacts" / old).exists()
             report = pm.forget_subject("email", "fox@example.org")
             assert report.records_removed == 0 and report.not_inspected == ()
+
+
+def test_the_embedded_default_acts_on_lineage_privacy_and_retention(tmp_path):
+    cfg = {"compliance": {"audit_logging": True, "data_lineage": True, "privacy_controls": ["email"],
+                          "retention_policies": True, "retention_days": 30},
+           "workers": 1, "slots_per_worker": 1, "data_dir": str(tmp_path / "data")}  # fmt: skip
+    with PipelineManager(cfg) as pm:
+        p = _pipeline("marked", Task("a", ht.noop))
+        spec = pm._resolve(p).to_proto()
+        assert spec.lineage and spec.tasks[0].track_lineage and list(spec.tasks[0].pii_fields) == ["email"]
+        assert pm.execute_pipeline(p, monitor=False, timeout_s=60).succeeded
+        # The embedded coordinator was started with --retention-days 30: gc answers with that limit.
+        assert pm.collect_garbage(dry_run=True).retention_days == {"": 30.0}

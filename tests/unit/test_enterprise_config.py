@@ -7,12 +7,10 @@ import os
 import stat
 
 import pytest
-from xpipe import Pipeline, PipelineManager, Task
+from xpipe import PipelineManager
 from xpipe._enterprise import KEYRING_FILE, EnterpriseSettings, enterprise_settings, prepare_keyring
 from xpipe.security import DEFAULT_PII_FIELDS
 from xpipe.security._keys import Keyring
-
-from tests import helpers_tasks as ht
 
 #: The seed's dict, as written there.
 SEED = {
@@ -91,17 +89,3 @@ def test_prepare_keyring_creates_a_private_keyring_once(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     ring = Keyring.load(path)
     assert prepare_keyring(tmp_path / "data") == path and Keyring.load(path).key_ids == ring.key_ids  # kept
-
-
-def test_the_embedded_default_acts_on_lineage_privacy_and_retention(tmp_path):
-    cfg = {"compliance": {"audit_logging": True, "data_lineage": True, "privacy_controls": ["email"],
-                          "retention_policies": True, "retention_days": 30},
-           "workers": 1, "slots_per_worker": 1, "data_dir": str(tmp_path / "data")}  # fmt: skip
-    with PipelineManager(cfg) as pm:
-        p = Pipeline("marked")
-        p.add_tasks([Task("a", ht.noop)])
-        spec = pm._resolve(p).to_proto()
-        assert spec.lineage and spec.tasks[0].track_lineage and list(spec.tasks[0].pii_fields) == ["email"]
-        assert pm.execute_pipeline(p, monitor=False, timeout_s=60).succeeded
-        # The embedded coordinator was started with --retention-days 30: gc answers with that limit.
-        assert pm.collect_garbage(dry_run=True).retention_days == {"": 30.0}
