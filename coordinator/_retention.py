@@ -5,8 +5,8 @@ that of one namespace (runs carry ``PipelineSpec.namespace``; empty means ``defa
 may be fractions. A namespace with no limit keeps its runs forever; so does every namespace
 when neither flag is given.
 
-The sweeper runs at start and then every ``interval_s`` (an hour), on the leader only, never
-on the hot path; ``GovernanceService.CollectGarbage`` (``xpipe gc``) runs one sweep at once,
+The sweeper runs at start and then every ``interval_s`` (an hour), on the leader only (a
+coordinator elected later sweeps within ``LEADER_CHECK_S``), never on the hot path; ``GovernanceService.CollectGarbage`` (``xpipe gc``) runs one sweep at once,
 or lists what one would delete. A sweep deletes, for each finished run whose ``finished_at``
 is older than its limit:
 
@@ -52,6 +52,8 @@ DEFAULT_NAMESPACE = "default"
 SECONDS_PER_DAY = 86_400.0
 #: How often the sweeper runs after the first sweep at start.
 SWEEP_INTERVAL_S = 3_600.0
+#: How often a sweeper that is due looks again whether its coordinator leads (HA).
+LEADER_CHECK_S = 30.0
 
 
 def _days(value: str | float, what: str) -> float:
@@ -210,9 +212,13 @@ class Retention:
             self._task = None
 
     async def _run(self) -> None:
+        last_sweep = -math.inf
         while True:
             election = self.c.election
-            if election is None or election.is_leader:
+            # A coordinator that becomes leader later sweeps within LEADER_CHECK_S of it.
+            due = time.monotonic() - last_sweep >= self.interval_s
+            if due and (election is None or election.is_leader):
+                last_sweep = time.monotonic()
                 try:
                     done = await self.collect(dry_run=False)
                     if done.runs or done.orphaned_artifacts:
@@ -223,7 +229,7 @@ class Retention:
                 except Exception:
                     # A failed sweep is retried at the next interval; say why now.
                     log.exception("retention sweep failed; retrying in %.0f s", self.interval_s)
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(min(self.interval_s, LEADER_CHECK_S))
 
     async def collect(self, *, dry_run: bool, now: float | None = None) -> governance_pb2.CollectGarbageResponse:
         """One sweep (or, with ``dry_run``, the list of what it would delete)."""

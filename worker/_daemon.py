@@ -519,10 +519,12 @@ class WorkerDaemon:
         # Short tasks report start and end in one event; a task still running after
         # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
         started_report = asyncio.get_running_loop().call_later(STARTED_REPORT_DELAY_S, self._emit_started, key, started)
-        code_hash = head.task.python.code_hash
-        pii = tuple(head.task.pii_fields)
-        if pii:  # a privacy-marked task: its log lines are scrubbed (see _tasklogs.protect)
-            self._logs.protect(key, pii, pii_values_of(pii, head.task.args, *head.upstream))
+        spec = head.task
+        code_hash = spec.python.code_hash
+        pii: tuple[str, ...] = ()
+        if spec.pii_fields:  # a privacy-marked task: its log lines are scrubbed (see _tasklogs.protect)
+            pii = tuple(spec.pii_fields)
+            self._logs.protect(key, pii, pii_values_of(pii, spec.args, *head.upstream))
         try:
             event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
