@@ -551,7 +551,9 @@ class EtcdStore(Store):
                 self._artifact_path(digest).unlink(missing_ok=True)
         return deleted
 
-    async def finished_results(self, after: tuple[str, str] = ("", ""), limit: int = 500) -> list[tuple[str, str, pb.Payload]]:
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
         """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
         prefix = self.prefix + b"tasks/"
         start = prefix + f"{after[0]}/{after[1]}".encode() + b"\0" if after[0] else b""
@@ -588,8 +590,10 @@ class EtcdStore(Store):
                 info.result.CopyFrom(payload)
             ops[key] = self._pack(info.SerializeToString())
         for chunk in self._chunks(ops):
-            response = await self._txn(rpc.TxnRequest(compare=self._fence_compares(), success=chunk), "result rewrite")
-            if not response.succeeded:
-                raise FencedError(f"result rewrite refused: this coordinator is no longer the leader of {self.cluster!r}")
+            request = rpc.TxnRequest(compare=self._fence_compares(), success=chunk)
+            if not (await self._txn(request, "result rewrite")).succeeded:
+                raise FencedError(
+                    f"result rewrite refused: this coordinator is no longer the leader of cluster {self.cluster!r}"
+                )
         for digest in stale:  # a task's record holds its own times: its file is its alone
             self._artifact_path(digest).unlink(missing_ok=True)

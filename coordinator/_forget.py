@@ -166,7 +166,9 @@ class _Forgetting:
         new, removed = without_subject(value, self.field, self.value)
         if not removed:
             if self.needles is not None:
-                log.debug("result %s/%s holds the value outside a %r field; left as it is", run_id, task, self.field)
+                log.debug(
+                    "result %s/%s holds the value outside a %r field; left as it is", run_id, task, self.field
+                )
             return
         result = governance_pb2.ForgottenResult(run_id=run_id, task=task, records_removed=removed)
         if new is _GONE:
@@ -218,7 +220,11 @@ async def forget_subject(c: Coordinator, field: str, value: str) -> governance_p
     work = _Forgetting(c, field.casefold(), value)
     for run_id, run in list(c.engine.state.runs.items()):
         if run.state not in TERMINAL_RUN_STATES:
-            work.skip(run_id, "", "the run is unfinished: its results are not inspected; forget again once it finished")
+            work.skip(
+                run_id,
+                "",
+                "the run is unfinished: its results are not inspected; forget again once it finished",
+            )
     after = ("", "")
     while True:
         page = await c.store.finished_results(after, _PAGE)

@@ -316,9 +316,12 @@ class TaskLogStore:
         out: dict[str, tuple[int, int]] = {}
         for i in range(0, len(run_ids), 500):
             chunk = run_ids[i : i + 500]
-            out.update({run: (rows, size or 0) for run, rows, size in self._db.execute(
-                f"SELECT run_id, COUNT(*), SUM(LENGTH(data)) FROM task_logs WHERE run_id IN ({','.join('?' * len(chunk))}) "
-                "GROUP BY run_id", chunk)})  # fmt: skip
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT run_id, COUNT(*), SUM(LENGTH(data)) FROM task_logs WHERE run_id IN ({marks}) GROUP BY run_id",
+                chunk,
+            )
+            out.update({run: (count, size or 0) for run, count, size in rows})
         return out
 
     async def delete_runs(self, run_ids: list[str]) -> int:

@@ -6,8 +6,9 @@ may be fractions. A namespace with no limit keeps its runs forever; so does ever
 when neither flag is given.
 
 The sweeper runs at start and then every ``interval_s`` (an hour), on the leader only (a
-coordinator elected later sweeps within ``LEADER_CHECK_S``), never on the hot path; ``GovernanceService.CollectGarbage`` (``xpipe gc``) runs one sweep at once,
-or lists what one would delete. A sweep deletes, for each finished run whose ``finished_at``
+coordinator elected later sweeps within ``LEADER_CHECK_S``), never on the hot path;
+``GovernanceService.CollectGarbage`` (``xpipe gc``) runs one sweep at once, or lists what
+one would delete. A sweep deletes, for each finished run whose ``finished_at``
 is older than its limit:
 
 - its run and task records, results and story entries (store transactions: a reader sees the
@@ -43,7 +44,14 @@ from ._events import RunRecord
 if TYPE_CHECKING:
     from ._server import Coordinator
 
-__all__ = ["DEFAULT_NAMESPACE", "SECONDS_PER_DAY", "SWEEP_INTERVAL_S", "Retention", "RetentionPolicy", "select_expired"]
+__all__ = [
+    "DEFAULT_NAMESPACE",
+    "SECONDS_PER_DAY",
+    "SWEEP_INTERVAL_S",
+    "Retention",
+    "RetentionPolicy",
+    "select_expired",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +95,9 @@ class RetentionPolicy:
             ns, sep, days = item.partition("=")
             ns = ns.strip()
             if not sep or not ns:
-                raise ValueError(f"--retention {item!r}: expected NAMESPACE=DAYS, e.g. --retention analytics=30")
+                raise ValueError(
+                    f"--retention {item!r}: expected NAMESPACE=DAYS, e.g. --retention analytics=30"
+                )
             if ns in per_ns:
                 raise ValueError(f"--retention {item!r}: namespace {ns!r} is given twice")
             per_ns[ns] = _days(days, f"--retention {ns}=")
@@ -187,7 +197,9 @@ class Retention:
         interval_s: time between sweeps after the one at start.
     """
 
-    def __init__(self, coordinator: Coordinator, policy: RetentionPolicy, *, interval_s: float = SWEEP_INTERVAL_S):
+    def __init__(
+        self, coordinator: Coordinator, policy: RetentionPolicy, *, interval_s: float = SWEEP_INTERVAL_S
+    ):
         self.c = coordinator
         self.policy = policy
         self.interval_s = interval_s
@@ -231,7 +243,9 @@ class Retention:
                     log.exception("retention sweep failed; retrying in %.0f s", self.interval_s)
             await asyncio.sleep(min(self.interval_s, LEADER_CHECK_S))
 
-    async def collect(self, *, dry_run: bool, now: float | None = None) -> governance_pb2.CollectGarbageResponse:
+    async def collect(
+        self, *, dry_run: bool, now: float | None = None
+    ) -> governance_pb2.CollectGarbageResponse:
         """One sweep (or, with ``dry_run``, the list of what it would delete)."""
         async with self._lock:  # a sweep and a gc call never interleave
             return await self._collect(dry_run, time.time() if now is None else now)
@@ -293,7 +307,13 @@ class Retention:
             found = []
             for entry in artifact_dir.iterdir():
                 name = entry.name
-                if name in known or name in live or name in expiring or name.startswith(".") or _is_store_value_dir(name):
+                if (
+                    name in known
+                    or name in live
+                    or name in expiring
+                    or name.startswith(".")
+                    or _is_store_value_dir(name)
+                ):
                     continue
                 try:
                     if _newest_mtime(entry) < before:

@@ -195,7 +195,9 @@ class Store(abc.ABC):
         """Delete these finished runs (unfinished ones are left alone); how many went."""
         raise NotImplementedError(f"{type(self).__name__} cannot delete runs")
 
-    async def finished_results(self, after: tuple[str, str] = ("", ""), limit: int = 500) -> list[tuple[str, str, pb.Payload]]:
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
         """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
         raise NotImplementedError(f"{type(self).__name__} cannot page through results")
 
@@ -576,7 +578,10 @@ class SQLiteStore(Store):
 
     async def run_ids(self) -> set[str]:
         """The id of every stored run (to tell orphaned artifact directories)."""
-        return await self._governance(lambda: {r for (r,) in self._governance_db().execute("SELECT run_id FROM runs")})
+        return await self._governance(self._run_ids_sync)
+
+    def _run_ids_sync(self) -> set[str]:
+        return {run_id for (run_id,) in self._governance_db().execute("SELECT run_id FROM runs")}
 
     async def delete_runs(self, run_ids: Sequence[str]) -> int:
         """Delete finished runs with their tasks, results and stories; returns how many went.
@@ -610,7 +615,9 @@ class SQLiteStore(Store):
             deleted += len(gone)
         return deleted
 
-    async def finished_results(self, after: tuple[str, str] = ("", ""), limit: int = 500) -> list[tuple[str, str, pb.Payload]]:
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
         """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
         return await self._governance(self._finished_results_sync, after, limit)
 

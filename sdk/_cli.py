@@ -192,7 +192,9 @@ def cmd_result(opts) -> int:
     if result.has_value:
         text = f"{opts.task} ({data['status']}) = {value!r}"
     else:
-        text = f"{opts.task} ({data['status']}): no result" + (f"; {result.error_type}: {result.error}" if result.error else "")
+        text = f"{opts.task} ({data['status']}): no result"
+        if result.error:
+            text += f"; {result.error_type}: {result.error}"
     _emit(opts, data, text)
     return 0
 

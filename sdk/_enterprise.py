@@ -18,7 +18,13 @@ from typing import Any
 
 from .security._privacy import DEFAULT_PII_FIELDS
 
-__all__ = ["ENTERPRISE_SECTIONS", "KEYRING_FILE", "EnterpriseSettings", "enterprise_settings", "prepare_keyring"]
+__all__ = [
+    "ENTERPRISE_SECTIONS",
+    "KEYRING_FILE",
+    "EnterpriseSettings",
+    "enterprise_settings",
+    "prepare_keyring",
+]
 
 #: The sections of the seed's enterprise_config.
 ENTERPRISE_SECTIONS = ("security", "compliance", "integration")
@@ -47,7 +53,13 @@ _INTEGRATION_HOW = {
 }
 _KNOWN = {
     "security": ("authentication", "authorization", "encryption_at_rest", "encryption_in_transit"),
-    "compliance": ("audit_logging", "data_lineage", "privacy_controls", "retention_policies", "retention_days"),
+    "compliance": (
+        "audit_logging",
+        "data_lineage",
+        "privacy_controls",
+        "retention_policies",
+        "retention_days",
+    ),
     "integration": tuple(_INTEGRATION_HOW),
 }
 
@@ -119,7 +131,9 @@ def enterprise_settings(cfg: Mapping[str, Any], *, embedded: bool) -> Enterprise
                       f"{_AUTH_HOW}")  # fmt: skip
     authz = security.get("authorization")
     if authz not in (None, False, "rbac"):
-        raise _refuse("security.authorization", f"{authz!r} is not available; xpipe authorizes with 'rbac' only")
+        raise _refuse(
+            "security.authorization", f"{authz!r} is not available; xpipe authorizes with 'rbac' only"
+        )
     # 'rbac' is acted on by being what every coordinator does: each RPC is checked against
     # its permission (xpipe.security RPC_PERMISSIONS) for the caller the coordinator authenticated.
 
@@ -128,10 +142,14 @@ def enterprise_settings(cfg: Mapping[str, Any], *, embedded: bool) -> Enterprise
         raise _refuse("security.encryption_at_rest", "is set where the data is stored: start the coordinator and "
                       "workers with --encryption-key-file K (K from `xpipe keys create --file K`)")  # fmt: skip
     if _flag("security", "encryption_in_transit", security.get("encryption_in_transit", False)):
-        raise _refuse("security.encryption_in_transit", f"cannot be turned on from here for {where}: {_TLS_HOW}")
+        raise _refuse(
+            "security.encryption_in_transit", f"cannot be turned on from here for {where}: {_TLS_HOW}"
+        )
 
     if compliance.get("audit_logging") is False:
-        raise _refuse("compliance.audit_logging", "cannot be turned off: every coordinator keeps the audit log")
+        raise _refuse(
+            "compliance.audit_logging", "cannot be turned off: every coordinator keeps the audit log"
+        )
     _flag("compliance", "audit_logging", compliance.get("audit_logging", True))  # True: always on already
     lineage = _flag("compliance", "data_lineage", compliance.get("data_lineage", False))
     privacy = compliance.get("privacy_controls", False)
@@ -142,7 +160,10 @@ def enterprise_settings(cfg: Mapping[str, Any], *, embedded: bool) -> Enterprise
     elif isinstance(privacy, (list, tuple)) and privacy and all(isinstance(f, str) and f for f in privacy):
         pii = tuple(privacy)
     else:
-        raise _refuse("compliance.privacy_controls", f"must be True, False or a list of PII field names, got {privacy!r}")
+        raise _refuse(
+            "compliance.privacy_controls",
+            f"must be True, False or a list of PII field names, got {privacy!r}",
+        )
 
     retention = _flag("compliance", "retention_policies", compliance.get("retention_policies", False))
     days = compliance.get("retention_days")

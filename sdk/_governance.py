@@ -53,8 +53,12 @@ class ForgetReport:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
-        lines = [(f"erased {self.records_removed} records from {len(self.results)} results and "
-                  f"{self.log_lines_removed} log lines ({self.runs_touched} runs, {self.tasks_touched} tasks)")]
+        lines = [
+            (
+                f"erased {self.records_removed} records from {len(self.results)} results and "
+                f"{self.log_lines_removed} log lines ({self.runs_touched} runs, {self.tasks_touched} tasks)"
+            )
+        ]
         lines += [f"  {run}/{task}: {n} records{' (the whole result)' if whole else ''}"
                   for run, task, n, whole in self.results]  # fmt: skip
         if self.not_inspected:
@@ -90,15 +94,21 @@ class GarbageReport:
              "artifact_bytes": r.artifact_bytes}
             for r in msg.runs
         )  # fmt: skip
-        return cls(msg.dry_run, runs, tuple(msg.orphaned_artifacts), msg.files, msg.bytes, dict(msg.retention_days))
+        return cls(
+            msg.dry_run, runs, tuple(msg.orphaned_artifacts), msg.files, msg.bytes, dict(msg.retention_days)
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def __str__(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        lines = [(f"{verb} {len(self.runs)} runs and {len(self.orphaned_artifacts)} orphaned artifact dirs "
-                  f"({self.files} files, {self.bytes} bytes)")]
+        lines = [
+            (
+                f"{verb} {len(self.runs)} runs and {len(self.orphaned_artifacts)} orphaned artifact dirs "
+                f"({self.files} files, {self.bytes} bytes)"
+            )
+        ]
         lines += [f"  {r['run_id']}  {r['pipeline']}  namespace={r['namespace']}  "
                   f"logs={r['log_rows']} rows  artifacts={r['artifact_files']} files" for r in self.runs]  # fmt: skip
         lines += [f"  orphan {path}" for path in self.orphaned_artifacts]
@@ -110,14 +120,22 @@ def forget_subject(client: Any, field: str, value: str) -> ForgetReport:
     if not isinstance(field, str) or not field.strip():
         raise ValueError(f"forget_subject: field must be a non-empty string, got {field!r}")
     if not isinstance(value, str) or not value:
-        raise ValueError(f"forget_subject: value must be a non-empty string, got {value!r} (pass numbers as text)")
+        raise ValueError(
+            f"forget_subject: value must be a non-empty string, got {value!r} (pass numbers as text)"
+        )
     request = governance_pb2.ForgetSubjectRequest(field=field, value=value)
-    reply = client._call_on(governance_pb2_grpc.GovernanceServiceStub, lambda stub: stub.ForgetSubject(request, timeout=GOVERNANCE_CALL_TIMEOUT_S))
+    reply = client._call_on(
+        governance_pb2_grpc.GovernanceServiceStub,
+        lambda stub: stub.ForgetSubject(request, timeout=GOVERNANCE_CALL_TIMEOUT_S),
+    )
     return ForgetReport.from_proto(reply)
 
 
 def collect_garbage(client: Any, *, dry_run: bool = False) -> GarbageReport:
     """``GovernanceService.CollectGarbage`` through ``client``."""
     request = governance_pb2.CollectGarbageRequest(dry_run=dry_run)
-    reply = client._call_on(governance_pb2_grpc.GovernanceServiceStub, lambda stub: stub.CollectGarbage(request, timeout=GOVERNANCE_CALL_TIMEOUT_S))
+    reply = client._call_on(
+        governance_pb2_grpc.GovernanceServiceStub,
+        lambda stub: stub.CollectGarbage(request, timeout=GOVERNANCE_CALL_TIMEOUT_S),
+    )
     return GarbageReport.from_proto(reply)

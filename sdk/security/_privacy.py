@@ -79,7 +79,7 @@ def _privacy_decorator(where: str) -> Callable:
     decorator.__name__ = decorator.__qualname__ = where
     decorator.__doc__ = (
         f"Mark a task or pipeline builder as handling personal data: redact its PII fields.\n\n"
-        f"Use bare (``@{where}``: :data:`DEFAULT_PII_FIELDS`) or as ``@{where}(pii=[\"email\", ...])``.\n"
+        f'Use bare (``@{where}``: :data:`DEFAULT_PII_FIELDS`) or as ``@{where}(pii=["email", ...])``.\n'
         "Its task logs, and its results as the CLI and dashboard show them, have those fields'\n"
         "values replaced by ``[REDACTED]``; the SDK still returns the real values to the program."
     )
@@ -128,7 +128,9 @@ def _redact(value: Any, fields: frozenset[str], depth: int) -> Any:
         return value  # members of a set have no field names
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {
-            f.name: REDACTED if f.name.casefold() in fields else _redact(getattr(value, f.name), fields, depth + 1)
+            f.name: REDACTED
+            if f.name.casefold() in fields
+            else _redact(getattr(value, f.name), fields, depth + 1)
             for f in dataclasses.fields(value)
             if f.init
         }
@@ -138,7 +140,9 @@ def _redact(value: Any, fields: frozenset[str], depth: int) -> Any:
             return changes
     attrs = getattr(value, "__dict__", None)
     if isinstance(attrs, dict) and not callable(value):
-        return {k: REDACTED if k.casefold() in fields else _redact(v, fields, depth + 1) for k, v in attrs.items()}
+        return {
+            k: REDACTED if k.casefold() in fields else _redact(v, fields, depth + 1) for k, v in attrs.items()
+        }
     return value
 
 

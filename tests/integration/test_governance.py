@@ -15,7 +15,9 @@ import time
 
 import pytest
 from xpipe import Pipeline, PipelineManager, RunNotFoundError, Task, task
-from xpipe._proto import common_pb2
+from xpipe._proto import common_pb2, governance_pb2
+from xpipe._proto.governance_pb2_grpc import GovernanceServiceStub
+from xpipe.errors import RequestRejectedError
 from xpipe.security import REDACTED, comply_with_gdpr, ensure_privacy_compliance
 
 from tests import helpers_privacy as hp
@@ -85,7 +87,9 @@ def test_gc_dry_run_lists_old_runs_then_gc_deletes_them_with_logs_and_artifacts(
         os.utime(orphan, (ancient, ancient))
 
         # Dry run: lists the old run (once it is older than the limit) and the orphan, deletes nothing.
-        listed = eventually(lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10)
+        listed = eventually(
+            lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10
+        )
         assert listed["dry_run"] is True
         assert [r["run_id"] for r in listed["runs"]] == [old]
         entry = listed["runs"][0]
@@ -119,7 +123,9 @@ def test_retention_per_namespace_and_gc_refused_when_retention_is_off(tmp_path):
         proto.namespace = "short"
         short = pm.client._submit_spec(proto)
         eventually(lambda: pm.client.get_run(short).summary.state == "SUCCEEDED", timeout_s=20)
-        listed = eventually(lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10)
+        listed = eventually(
+            lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10
+        )
         assert [(r["run_id"], r["namespace"]) for r in listed["runs"]] == [(short, "short")]
         assert listed["retention_days"] == {"short": pytest.approx(RETENTION_S / 86400)}
         assert pm.collect_garbage().runs[0]["run_id"] == short
@@ -130,7 +136,10 @@ def test_retention_per_namespace_and_gc_refused_when_retention_is_off(tmp_path):
 
 
 def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lines(tmp_path):
-    with Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS) as c, PipelineManager(coordinator=c.address) as pm:
+    with (
+        Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS) as c,
+        PipelineManager(coordinator=c.address) as pm,
+    ):
 
         @pm.pipeline("gdpr")
         @comply_with_gdpr
@@ -161,11 +170,22 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         # An unmarked run: its logs and results hold the subject in the clear.
         plain = _pipeline("plain", Task("load", hp.customers), Task("talk", hp.talk_about, depends_on=["load"]),
                           Task("one", ht.echo, args=(dict(hp.CUSTOMERS[0]),)),
-                          Task("opaque", hp.opaque, args=("dana@example.org",)))  # fmt: skip
+                          Task("opaque", hp.opaque, args=("dana@example.org",)),
+                          Task("big", hp.big_customers, args=(300_000,)),  # an artifact file
+                          Task("lost", hp.big_customers, args=(300_000,)))  # fmt: skip
         unmarked = _run_and_wait_logs(pm, plain, "talk", "sent a letter")
         assert "dana@example.org" in pm.get_logs(unmarked, "talk")
+        artifacts = c.data_dir / "artifacts" / unmarked
+        assert sorted(f.name for f in artifacts.iterdir()) == ["big.1", "lost.1"]
+        big_before = (artifacts / "big.1").read_bytes()
+        (artifacts / "lost.1").unlink()  # a lost file: reported, not a failure
         as_json = _submit_json_echo(pm)
+        running = pm.submit(_pipeline("running", Task("nap", ht.sleep, args=(120,))))
 
+        # The server checks what it is given too (the SDK checks first).
+        with pytest.raises(RequestRejectedError, match="ForgetSubjectRequest.value must have 1 to 4096"):
+            pm.client._call_on(GovernanceServiceStub, lambda stub: stub.ForgetSubject(
+                governance_pb2.ForgetSubjectRequest(field="email", value="")))  # fmt: skip
         report = pm.forget_subject("Email", "dana@example.org")  # field names match in any case
 
         removed = {(r[0], r[1]): r for r in report.results}
@@ -173,17 +193,25 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         assert removed[(unmarked, "one")][2:] == (1, True)  # the result was the record: deleted
         assert removed[(marked, "load")][2:] == (1, False)
         assert removed[(as_json, "echo")][2:] == (1, False)
-        assert report.records_removed == 4
+        assert removed[(unmarked, "big")][2:] == (1, False)
+        assert report.records_removed == 5
         assert report.log_lines_removed == 3  # unmarked talk: two lines; the JSON echo: one
         reasons = {(run, name): why for run, name, why in report.not_inspected}
         assert "tests.helpers_privacy.Opaque, not only plain builtin values" in reasons[(unmarked, "opaque")]
-        assert report.runs_touched == 3 and report.tasks_touched == 5
+        assert "its stored bytes cannot be read" in reasons[(unmarked, "lost")]
+        assert "the run is unfinished" in reasons[(running, "")]
+        assert len(reasons) == 3
+        assert report.runs_touched == 3 and report.tasks_touched == 6
 
         fox = [dict(hp.CUSTOMERS[1])]
         assert pm.client.task_result(unmarked, "load").value == fox
         assert pm.client.task_result(marked, "load").value == fox
         assert pm.client.task_result(as_json, "echo").value == fox
         assert pm.client.task_result(unmarked, "one").value is None  # a deleted result reads as None
+        big = pm.client.task_result(unmarked, "big").value  # rewritten in its artifact file
+        assert big["rows"] == fox and len(big["padding"]) == 300_000
+        big_after = (artifacts / "big.1").read_bytes()
+        assert big_after != big_before and b"dana@example.org" not in big_after
         logs = pm.get_logs(unmarked)
         assert "dana@example.org" not in logs and "fox@example.org" in logs
         assert "dana@example.org" not in pm.get_logs(as_json)
@@ -191,13 +219,16 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         again = pm.forget_subject("email", "dana@example.org")
         assert again.records_removed == 0 and again.log_lines_removed == 0
         assert "erased 0 records" in str(again)
+        pm.cancel(running)
 
 
 def _submit_json_echo(pm: PipelineManager) -> str:
     """A handler task with JSON arguments: its stored result is JSON (the polyglot path)."""
     spec = _pipeline("json", Task.handler("echo", "privacy_echo")).to_proto()
     args = json.dumps({"args": [[dict(r) for r in hp.CUSTOMERS]]}).encode()
-    spec.tasks[0].args.CopyFrom(common_pb2.Payload(codec=common_pb2.CODEC_JSON, data=args, size_bytes=len(args)))
+    spec.tasks[0].args.CopyFrom(
+        common_pb2.Payload(codec=common_pb2.CODEC_JSON, data=args, size_bytes=len(args))
+    )
     run_id = pm.client._submit_spec(spec)
     eventually(lambda: pm.client.get_run(run_id).summary.state == "SUCCEEDED", timeout_s=20)
     eventually(lambda: "first email=dana@example.org" in pm.get_logs(run_id), timeout_s=10)
@@ -210,7 +241,9 @@ def test_etcd_store_deletes_old_runs(tmp_path):
         with Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS, coordinator_args=args) as c, \
                 PipelineManager(coordinator=c.address) as pm:  # fmt: skip
             old = _run_and_wait_logs(pm, _artifact_pipeline("old"), "talk", "sent a letter")
-            listed = eventually(lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10)
+            listed = eventually(
+                lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10
+            )
             assert [r["run_id"] for r in listed["runs"]] == [old]
             assert [r["run_id"] for r in _gc(c.address)["runs"]] == [old]
             with pytest.raises(RunNotFoundError):
@@ -231,3 +264,33 @@ def test_the_embedded_default_acts_on_lineage_privacy_and_retention(tmp_path):
         assert pm.execute_pipeline(p, monitor=False, timeout_s=60).succeeded
         # The embedded coordinator was started with --retention-days 30: gc answers with that limit.
         assert pm.collect_garbage(dry_run=True).retention_days == {"": 30.0}
+
+
+def test_the_sweeper_deletes_old_runs_by_itself(tmp_path):
+    args = ("--retention-days", repr(1 / 86400), "--retention-interval-s", "0.5")
+    with Cluster(tmp_path, workers=1, slots=1, imports=IMPORTS, coordinator_args=args) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        run_id = pm.execute_pipeline(
+            _pipeline("soon-old", Task("a", ht.noop)), monitor=False, timeout_s=60
+        ).run_id
+
+        def gone() -> bool:
+            try:
+                pm.client.get_run(run_id)
+            except RunNotFoundError:
+                return True
+            return False
+
+        eventually(gone, timeout_s=15)
+        assert "retention: deleted 1 runs" in c.coordinator.log_text()
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--retention-days", "0"], "--retention-days must be a positive number of days, got 0.0"),
+    (["--retention", "audit"], "--retention 'audit': expected NAMESPACE=DAYS"),
+    (["--retention-interval-s", "0"], "--retention-interval-s must be positive"),
+])  # fmt: skip
+def test_bad_retention_flags_stop_the_coordinator_with_the_reason(tmp_path, flags, message):
+    out = subprocess.run([sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0",
+                          "--data-dir", str(tmp_path), *flags], capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert out.returncode != 0 and f"xpipe-coordinator: {message}" in out.stderr

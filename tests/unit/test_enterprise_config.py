@@ -73,7 +73,9 @@ def test_each_key_that_cannot_be_acted_on_is_refused_by_name(section, key, value
 
 
 def test_a_section_must_be_a_dict():
-    with pytest.raises(ValueError, match="enterprise_config compliance: must be a dict of settings, got list"):
+    with pytest.raises(
+        ValueError, match="enterprise_config compliance: must be a dict of settings, got list"
+    ):
         enterprise_settings({"compliance": ["audit_logging"]}, embedded=True)
 
 

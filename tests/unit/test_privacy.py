@@ -81,7 +81,12 @@ def test_redact_text_scrubs_pairs_quoted_pairs_and_seen_values():
 
 def test_pii_values_collects_strings_of_the_fields_anywhere():
     value = ({"rows": [{"Email": "a@x.org", "name": ["Ann", "Al"]}, Row("b@x.org", 1)]}, {"phone": 5551234})
-    assert pii_values(value, ["email", "name", "phone"]) == {"a@x.org", "Ann", "b@x.org", "5551234"}  # "Al": too short
+    assert pii_values(value, ["email", "name", "phone"]) == {
+        "a@x.org",
+        "Ann",
+        "b@x.org",
+        "5551234",
+    }  # "Al": too short
 
 
 def test_decorators_work_bare_and_with_pii_on_functions_tasks_and_pipeline_builders():
@@ -104,7 +109,10 @@ def test_decorators_work_bare_and_with_pii_on_functions_tasks_and_pipeline_build
         return [a]
 
     spec = built.to_proto()
-    assert set(spec.tasks[0].pii_fields) == {*DEFAULT_PII_FIELDS, "customer_ref"}  # the task's and the pipeline's
+    assert set(spec.tasks[0].pii_fields) == {
+        *DEFAULT_PII_FIELDS,
+        "customer_ref",
+    }  # the task's and the pipeline's
     assert isinstance(built, Pipeline)
 
 
@@ -116,7 +124,16 @@ def test_decorators_refuse_bad_pii_lists(bad):
 
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_safe_loads_reads_plain_values_in_every_protocol(protocol):
-    value = [{"a": (1, 2.5, None, True), "b": {1, 2}, "c": frozenset({3}), "d": b"x", "e": bytearray(b"y"), "f": 1j}]
+    value = [
+        {
+            "a": (1, 2.5, None, True),
+            "b": {1, 2},
+            "c": frozenset({3}),
+            "d": b"x",
+            "e": bytearray(b"y"),
+            "f": 1j,
+        }
+    ]
     assert safe_loads(pickle.dumps(value, protocol=protocol)) == value
 
 

@@ -111,7 +111,9 @@ def test_sqlite_store_governance_methods(tmp_path):
             assert await store.run_ids() == {"a", "b", "live"}
             page = await store.finished_results(("", ""), 1)
             assert [(r, t) for r, t, _ in page] == [("a", "t")]
-            assert [(r, t) for r, t, _ in await store.finished_results(("a", "t"), 10)] == [("b", "t")]  # not "live"
+            assert [(r, t) for r, t, _ in await store.finished_results(("a", "t"), 10)] == [
+                ("b", "t")
+            ]  # not "live"
             fox = json.dumps([{"email": "fox@x.org"}]).encode()
             await store.replace_results([("a", "t", pb.Payload(codec=pb.CODEC_JSON, data=fox, size_bytes=len(fox))),
                                          ("b", "t", None)])  # fmt: skip
