@@ -597,3 +597,17 @@ class EtcdStore(Store):
                 )
         for digest in stale:  # a task's record holds its own times: its file is its alone
             self._artifact_path(digest).unlink(missing_ok=True)
+
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        prefix = self.prefix + b"specs/"
+        active_prefix = self.prefix + b"active/"
+        active = {kv.key[len(active_prefix) :].decode() async for kv in self._scan(active_prefix, keys_only=True)}
+        out: list[tuple[str, pb.PipelineSpec]] = []
+        async for kv in self._scan(prefix, start=prefix + after.encode() + b"\0" if after else b""):
+            run_id = kv.key[len(prefix) :].decode()
+            if run_id not in active:
+                out.append((run_id, pb.PipelineSpec.FromString(self._unpack(kv.value, f"run {run_id} spec"))))
+                if len(out) >= limit:
+                    break
+        return out

@@ -10,8 +10,10 @@ The coordinator never runs code of the data's choosing: JSON results are parsed,
 ones are read by :func:`~xpipe.security._privacy.safe_loads`, which refuses anything but
 plain builtin values. A result that holds ``value``'s bytes but cannot be read so (a pickled
 class instance, raw bytes, a missing artifact) is reported as not inspected, with why; so is
-every unfinished run (forget again once it finished). A value's bytes are looked for before
-it is decoded, so results that cannot hold the subject cost no decoding.
+every unfinished run (forget again once it finished), and every task whose submitted
+arguments hold the subject (a run's spec is kept as submitted: it is history; retention
+deletes it with the run). A value's bytes are looked for before it is decoded, so results
+that cannot hold the subject cost no decoding.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from xpipe._limits import MAX_NAME_CHARS
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import governance_pb2
 from xpipe.errors import SerializationError
-from xpipe.security._privacy import NotInspectable, safe_loads
+from xpipe.security._privacy import NotInspectable, plain_payload_value, safe_loads
 
 if TYPE_CHECKING:
     from ._server import Coordinator
@@ -46,6 +48,11 @@ _PAGE = 200
 
 _zc = zstandard.ZstdCompressor(level=3)
 _zd = zstandard.ZstdDecompressor()
+#: Why a task's submitted arguments that hold the subject are listed, not erased.
+_KEPT_ARGUMENTS = (
+    "its submitted arguments hold the subject; they are kept as submitted (a run's spec is "
+    "history, never rewritten): delete the run (retention) to erase them"
+)
 #: Marks "this whole value is the subject's record" in :func:`without_subject`.
 _GONE = object()
 
@@ -181,6 +188,25 @@ class _Forgetting:
         self.out.results.append(result)
         self.out.records_removed += removed
 
+    def inspect_spec(self, run_id: str, spec: pb.PipelineSpec) -> None:
+        """Report tasks whose submitted arguments hold the subject: a run's spec is not rewritten."""
+        for task in spec.tasks:
+            args = task.args
+            if not args.data:
+                continue
+            try:
+                data = self.raw_bytes(args)
+            except (SerializationError, zstandard.ZstdError, OSError):
+                continue
+            if self.needles is not None and not any(n in data for n in self.needles):
+                continue
+            try:
+                held = without_subject(plain_payload_value(args), self.field, self.value)[1] > 0
+            except NotInspectable:
+                held = self.needles is not None  # its bytes hold the value, its records cannot be read
+            if held:
+                self.skip(run_id, task.name, _KEPT_ARGUMENTS)
+
     def rewritten(self, payload: pb.Payload, value: Any) -> pb.Payload:
         if payload.codec == pb.CODEC_JSON:
             data = json.dumps(value, separators=(",", ":")).encode()
@@ -232,6 +258,13 @@ async def forget_subject(c: Coordinator, field: str, value: str) -> governance_p
             break
         await asyncio.to_thread(lambda p=page: [work.inspect(r, t, payload) for r, t, payload in p])
         after = page[-1][:2]
+    after_run = ""
+    while True:
+        specs = await c.store.finished_specs(after_run, _PAGE // 4)
+        if not specs:
+            break
+        await asyncio.to_thread(lambda p=specs: [work.inspect_spec(r, spec) for r, spec in p])
+        after_run = specs[-1][0]
     touched_runs = {r for r, _, _ in work.changes}
     tasks = {(r, t) for r, t, _ in work.changes}
     if work.changes:

@@ -205,6 +205,10 @@ class Store(abc.ABC):
         """Rewrite stored results (None deletes one)."""
         raise NotImplementedError(f"{type(self).__name__} cannot rewrite results")
 
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot page through specs")
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -649,6 +653,18 @@ class SQLiteStore(Store):
             if isinstance(exc, sqlite3.Error):
                 raise StoreFault.wrap(exc, str(self.path)) from exc
             raise
+
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        return await self._governance(self._finished_specs_sync, after, limit)
+
+    def _finished_specs_sync(self, after: str, limit: int) -> list[tuple[str, pb.PipelineSpec]]:
+        rows = self._governance_db().execute(
+            "SELECT run_id, spec FROM runs WHERE state IN (?,?,?) AND run_id > ? AND spec IS NOT NULL "
+            "ORDER BY run_id LIMIT ?",
+            (*_FINISHED, after, limit),
+        ).fetchall()
+        return [(run_id, pb.PipelineSpec.FromString(_zd.decompress(spec))) for run_id, spec in rows]
 
     def _close_governance(self) -> None:
         db = self._gov_db

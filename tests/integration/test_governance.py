@@ -200,7 +200,12 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         assert "tests.helpers_privacy.Opaque, not only plain builtin values" in reasons[(unmarked, "opaque")]
         assert "its stored bytes cannot be read" in reasons[(unmarked, "lost")]
         assert "the run is unfinished" in reasons[(running, "")]
-        assert len(reasons) == 3
+        # Submitted arguments are listed, not rewritten: "one" and the JSON echo got the record
+        # as an argument ("opaque" got the bare string, which is no record).
+        kept = "its submitted arguments hold the subject; they are kept as submitted"
+        assert kept in reasons[(unmarked, "one")] and kept in reasons[(as_json, "echo")]
+        assert set(reasons) == {(unmarked, "opaque"), (unmarked, "lost"), (running, ""), (unmarked, "one"),
+                                (as_json, "echo")}  # fmt: skip
         assert report.runs_touched == 3 and report.tasks_touched == 6
 
         fox = [dict(hp.CUSTOMERS[1])]

@@ -120,6 +120,9 @@ def test_sqlite_store_governance_methods(tmp_path):
             a = await store.get_run("a", with_results=True)
             assert a.tasks["t"].result.data == fox
             assert (await store.get_run("b", with_results=True)).tasks["t"].result is None
+            specs_page = await store.finished_specs("", 10)
+            assert [(r, spec.namespace) for r, spec in specs_page] == [("a", ""), ("b", "audit")]  # not "live"
+            assert await store.finished_specs("a", 10) == specs_page[1:]
             assert await store.delete_runs(["a", "live", "nope"]) == 1  # the unfinished run stays
             assert await store.get_run("a") is None and await store.get_run("live") is not None
             assert {r.run_id for r in await store.list_runs(10)} == {"b", "live"}
