@@ -7,6 +7,7 @@ runs. An orphaned artifact directory is aged with ``os.utime`` (its age is its m
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -240,6 +241,18 @@ def _submit_json_echo(pm: PipelineManager) -> str:
     return run_id
 
 
+async def _etcd_keys_naming(endpoint: str, run_id: str, tmp_path) -> list[bytes]:
+    """Every key of the default cluster that names ``run_id`` (read straight from etcd)."""
+    from xpipe.coordinator._etcd_store import EtcdStore
+
+    store = EtcdStore([endpoint], cluster="default", artifact_dir=tmp_path / "unused")
+    await store.open()
+    try:
+        return [kv.key async for kv in store._scan(store.prefix, keys_only=True) if run_id.encode() in kv.key]
+    finally:
+        await store.close()
+
+
 def test_etcd_store_deletes_old_runs(tmp_path):
     with EtcdServer(tmp_path / "etcd") as etcd:
         args = ("--store", f"etcd://{etcd.endpoint}", *_retention_args())
@@ -250,10 +263,13 @@ def test_etcd_store_deletes_old_runs(tmp_path):
                 lambda: (d := _gc(c.address, "--dry-run")) and d["runs"] and d, timeout_s=RETENTION_S + 10
             )
             assert [r["run_id"] for r in listed["runs"]] == [old]
+            before = {key.split(b"/")[3] for key in asyncio.run(_etcd_keys_naming(etcd.endpoint, old, tmp_path))}
+            assert before >= {b"runs", b"specs", b"tasks", b"bytime"}  # what the sweep must remove
             assert [r["run_id"] for r in _gc(c.address)["runs"]] == [old]
             with pytest.raises(RunNotFoundError):
                 pm.client.get_run(old)
             assert not (c.data_dir / "artifacts" / old).exists()
+            assert asyncio.run(_etcd_keys_naming(etcd.endpoint, old, tmp_path)) == []
             report = pm.forget_subject("email", "fox@example.org")
             assert report.records_removed == 0 and report.not_inspected == ()
 
