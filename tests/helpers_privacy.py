@@ -55,3 +55,9 @@ class Opaque:
 
 def opaque(email: str) -> Opaque:
     return Opaque(email)
+
+
+def fail_about(rows: list[dict]) -> None:
+    """Print a subject's email, then fail naming it (error message and output tail hold it)."""
+    print(f"checking email={rows[0]['email']}")
+    raise ValueError(f"bad customer {rows[0]['email']}")

@@ -535,6 +535,8 @@ class WorkerDaemon:
             self._logs.end(key)  # its output is complete: the stream sends it after the outcome
         if pii and event.WhichOneof("kind") == "succeeded":  # before the stream takes the last output
             self._logs.protect(key, pii, pii_values_of(pii, event.succeeded.result.SerializeToString()))
+        elif pii and event.WhichOneof("kind") == "failed":  # its message and output tail are shown too
+            self._logs.scrub_error(key, event.failed.error)
         if key not in self._state.running:
             return  # given back at shutdown: the coordinator requeues it, do not report twice
         if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:

@@ -141,6 +141,20 @@ class TaskLogBuffer:
         known = att.pii[1] if att.pii is not None else frozenset()
         att.pii = (fields, known | values)
 
+    def scrub_error(self, key: AttemptKey, error: Any) -> None:
+        """Scrub a marked attempt's ``TaskError`` (message, traceback, output tails) like its logs."""
+        att = self._attempts.get(key) or self._ended.get(key)
+        if att is None or att.pii is None:
+            return
+        from xpipe.security._privacy import redact_text
+
+        fields, values = att.pii
+        error.message = redact_text(error.message, fields, values)
+        error.traceback = redact_text(error.traceback, fields, values)
+        if error.HasField("output"):
+            error.output.stdout_tail = _scrub(error.output.stdout_tail, fields, values)
+            error.output.stderr_tail = _scrub(error.output.stderr_tail, fields, values)
+
     def end(self, key: AttemptKey) -> None:
         """Attempt ``key`` ended: ship what it wrote now, with a final entry.
 

@@ -168,6 +168,17 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         shown = json.loads(_cli(c.address, "result", marked, "load", "--json").stdout)
         assert shown["value"][0] == {"id": 1, "email": REDACTED, "name": REDACTED}
 
+        # A marked task that fails: its error message and output tail are scrubbed as well.
+        failing = ensure_privacy_compliance(pii=["email"])(Task("check", hp.fail_about, args=(hp.CUSTOMERS,)))
+        failed = pm.execute_pipeline(_pipeline("failing", failing), monitor=False, raise_on_failure=False, timeout_s=60)
+        assert not failed.succeeded
+        error = failed.tasks["check"].error
+        assert error == f"bad customer {REDACTED}"
+        status = _cli(c.address, "status", failed.run_id)
+        assert "bad customer [REDACTED]" in status.stdout and "dana@example.org" not in status.stdout
+        eventually(lambda: "checking" in pm.get_logs(failed.run_id), timeout_s=10)
+        assert "dana@example.org" not in pm.get_logs(failed.run_id)
+
         # An unmarked run: its logs and results hold the subject in the clear.
         plain = _pipeline("plain", Task("load", hp.customers), Task("talk", hp.talk_about, depends_on=["load"]),
                           Task("one", ht.echo, args=(dict(hp.CUSTOMERS[0]),)),
@@ -206,7 +217,7 @@ def test_marked_task_logs_are_redacted_and_forget_subject_erases_records_and_lin
         kept = "its submitted arguments hold the subject; they are kept as submitted"
         assert kept in reasons[(unmarked, "one")] and kept in reasons[(as_json, "echo")]
         assert set(reasons) == {(unmarked, "opaque"), (unmarked, "lost"), (running, ""), (unmarked, "one"),
-                                (as_json, "echo")}  # fmt: skip
+                                (as_json, "echo"), (failed.run_id, "check")}  # fmt: skip
         assert report.runs_touched == 3 and report.tasks_touched == 6
 
         fox = [dict(hp.CUSTOMERS[1])]

@@ -190,3 +190,19 @@ def test_default_pii_fields_are_lower_case_and_unique():
     assert len(set(DEFAULT_PII_FIELDS)) == len(DEFAULT_PII_FIELDS)
     assert all(f == f.lower() for f in DEFAULT_PII_FIELDS)
     assert json.dumps(DEFAULT_PII_FIELDS)  # documented in docs/security.md
+
+
+def test_worker_scrubs_a_marked_attempts_error_message_traceback_and_output_tail():
+    from xpipe._proto import common_pb2
+
+    buf = TaskLogBuffer()
+    key = ("r", "t", 1)
+    buf.protect(key, ("email",), frozenset({"dana@x.org"}))
+    error = common_pb2.TaskError(message="bad customer dana@x.org", traceback="ValueError: email=dana@x.org")
+    error.output.stdout_tail = b"checking email=dana@x.org\n"
+    buf.scrub_error(key, error)
+    assert error.message == f"bad customer {REDACTED}" and error.traceback == f"ValueError: email={REDACTED}"
+    assert error.output.stdout_tail == f"checking email={REDACTED}\n".encode()
+    other = common_pb2.TaskError(message="bad customer dana@x.org")
+    buf.scrub_error(("r", "unmarked", 1), other)
+    assert other.message == "bad customer dana@x.org"
