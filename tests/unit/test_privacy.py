@@ -206,3 +206,13 @@ def test_worker_scrubs_a_marked_attempts_error_message_traceback_and_output_tail
     other = common_pb2.TaskError(message="bad customer dana@x.org")
     buf.scrub_error(("r", "unmarked", 1), other)
     assert other.message == "bad customer dana@x.org"
+
+
+def test_xpipe_run_shows_outputs_redacted_by_each_tasks_marks():
+    from xpipe._cli import _shown_outputs
+
+    p = Pipeline("shown")
+    p.add_tasks([ensure_privacy_compliance(pii=["email"])(Task("marked", ht.noop)), Task("plain", ht.noop)])
+    outputs = {"marked": {"email": "a@x.org", "n": 1}, "plain": {"email": "a@x.org"}}
+    assert _shown_outputs(p, outputs) == {"marked": {"email": REDACTED, "n": 1}, "plain": {"email": "a@x.org"}}
+    assert outputs["marked"]["email"] == "a@x.org"  # the program's value is untouched
