@@ -324,6 +324,10 @@ class TaskLogStore:
             out.update({run: (count, size or 0) for run, count, size in rows})
         return out
 
+    async def run_ids(self) -> set[str]:
+        """Every run with log rows here."""
+        return await self._governed(lambda: {r for (r,) in self._db.execute("SELECT DISTINCT run_id FROM task_logs")})
+
     async def delete_runs(self, run_ids: list[str]) -> int:
         """Delete every log row of these runs; returns the rows deleted."""
         return await self._governed(self._delete_runs_sync, run_ids)

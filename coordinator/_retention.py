@@ -17,7 +17,9 @@ is older than its limit:
 - its artifact directory (``ARTIFACT_DIR/RUN_ID``: results, and superseded attempts' files).
 
 It also deletes artifact directories no stored run refers to that are older than the longest
-limit (left by runs deleted while files were being written, or by a store that was reset).
+limit (left by runs deleted while files were being written, or by a store that was reset),
+and task log rows of runs the store no longer has (with etcd, followers sweep those only:
+each coordinator keeps the logs its workers sent it while it led).
 Unfinished runs are never deleted: the store checks the run's state in the deleting
 transaction.
 
@@ -224,13 +226,26 @@ class Retention:
             self._task = None
 
     async def _run(self) -> None:
-        last_sweep = -math.inf
+        last_sweep = last_follower_sweep = -math.inf
         while True:
             election = self.c.election
+            now = time.monotonic()
             # A coordinator that becomes leader later sweeps within LEADER_CHECK_S of it.
-            due = time.monotonic() - last_sweep >= self.interval_s
-            if due and (election is None or election.is_leader):
-                last_sweep = time.monotonic()
+            if election is not None and not election.is_leader:
+                if now - last_follower_sweep < self.interval_s:
+                    await asyncio.sleep(min(self.interval_s, LEADER_CHECK_S))
+                    continue
+                last_follower_sweep = now
+                try:
+                    gone = await self.sweep_orphaned_logs()
+                    if gone:
+                        log.info("retention: deleted %d task log rows of runs deleted by the leader", gone)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("retention: the follower's log sweep failed; retrying in %.0f s", self.interval_s)
+            elif now - last_sweep >= self.interval_s:
+                last_sweep = now
                 try:
                     done = await self.collect(dry_run=False)
                     if done.runs or done.orphaned_artifacts:
@@ -273,6 +288,9 @@ class Retention:
             out.files += files
             out.bytes += size + log_bytes
         orphans = await self._orphans(now, set(run_ids))
+        orphaned_logs = await self._orphaned_logs(set(run_ids))
+        if orphaned_logs:
+            out.orphaned_log_rows = sum(rows for rows, _ in (await self.c.task_logs.usage(orphaned_logs)).values())
         for path, files, size in orphans:
             out.orphaned_artifacts.append(str(path))
             out.orphaned_files += files
@@ -285,13 +303,33 @@ class Retention:
         # whole or not at all; then the store (the decision), then the files it named.
         self.c.engine.drop_finished(run_ids)
         deleted = await store.delete_runs(run_ids) if run_ids else 0
-        if run_ids:
-            await self.c.task_logs.delete_runs(run_ids)
+        if run_ids or orphaned_logs:
+            await self.c.task_logs.delete_runs(run_ids + orphaned_logs)
         if artifact_dir is not None:
             paths = [artifact_dir / r for r in run_ids] + [path for path, _, _ in orphans]
             await asyncio.to_thread(self._remove_all, paths)
         self.runs_deleted += deleted
         return out
+
+    async def _orphaned_logs(self, expiring: set[str]) -> list[str]:
+        """Runs with task log rows here that the store no longer has.
+
+        With etcd every coordinator keeps the logs its workers sent it, and only the leader
+        sweeps: a former leader's logs of runs deleted since go on its next sweep as a
+        follower (:meth:`sweep_orphaned_logs`) or as leader.
+        """
+        logged = await self.c.task_logs.run_ids()
+        if not logged:
+            return []
+        known = await self.c.store.run_ids()
+        live = set(self.c.engine.state.runs)
+        return sorted(logged - known - live - expiring)
+
+    async def sweep_orphaned_logs(self) -> int:
+        """A follower's sweep: delete log rows of runs the store no longer has; rows deleted."""
+        async with self._lock:
+            orphaned = await self._orphaned_logs(set())
+            return await self.c.task_logs.delete_runs(orphaned) if orphaned else 0
 
     async def _orphans(self, now: float, expiring: set[str]) -> list[tuple[Path, int, int]]:
         """Artifact directories of runs the store does not have, untouched for the longest limit."""

@@ -75,6 +75,7 @@ class GarbageReport:
         runs: ``{run_id, pipeline, namespace, finished_at, log_rows, log_bytes,
             artifact_files, artifact_bytes}`` per expired run.
         orphaned_artifacts: artifact directories no stored run refers to.
+        orphaned_log_rows: task log rows of runs the store no longer has.
         files, bytes: totals (artifact files; bytes include task logs).
         retention_days: the coordinator's limits by namespace ("" is every other one).
     """
@@ -85,6 +86,7 @@ class GarbageReport:
     files: int
     bytes: int
     retention_days: dict[str, float]
+    orphaned_log_rows: int = 0
 
     @classmethod
     def from_proto(cls, msg: governance_pb2.CollectGarbageResponse) -> GarbageReport:
@@ -95,8 +97,9 @@ class GarbageReport:
             for r in msg.runs
         )  # fmt: skip
         return cls(
-            msg.dry_run, runs, tuple(msg.orphaned_artifacts), msg.files, msg.bytes, dict(msg.retention_days)
-        )
+            msg.dry_run, runs, tuple(msg.orphaned_artifacts), msg.files, msg.bytes, dict(msg.retention_days),
+            msg.orphaned_log_rows,
+        )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +115,8 @@ class GarbageReport:
         lines += [f"  {r['run_id']}  {r['pipeline']}  namespace={r['namespace']}  "
                   f"logs={r['log_rows']} rows  artifacts={r['artifact_files']} files" for r in self.runs]  # fmt: skip
         lines += [f"  orphan {path}" for path in self.orphaned_artifacts]
+        if self.orphaned_log_rows:
+            lines.append(f"  {self.orphaned_log_rows} task log rows of runs no longer stored")
         return "\n".join(lines)
 
 

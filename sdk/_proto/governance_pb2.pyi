@@ -33,7 +33,7 @@ class ExpiredRun(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., namespace: _Optional[str] = ..., finished_at: _Optional[float] = ..., log_rows: _Optional[int] = ..., log_bytes: _Optional[int] = ..., artifact_files: _Optional[int] = ..., artifact_bytes: _Optional[int] = ...) -> None: ...
 
 class CollectGarbageResponse(_message.Message):
-    __slots__ = ("dry_run", "runs", "orphaned_artifacts", "orphaned_files", "orphaned_bytes", "files", "bytes", "retention_days")
+    __slots__ = ("dry_run", "runs", "orphaned_artifacts", "orphaned_files", "orphaned_bytes", "files", "bytes", "retention_days", "orphaned_log_rows")
     class RetentionDaysEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class CollectGarbageResponse(_message.Message):
     FILES_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     RETENTION_DAYS_FIELD_NUMBER: _ClassVar[int]
+    ORPHANED_LOG_ROWS_FIELD_NUMBER: _ClassVar[int]
     dry_run: bool
     runs: _containers.RepeatedCompositeFieldContainer[ExpiredRun]
     orphaned_artifacts: _containers.RepeatedScalarFieldContainer[str]
@@ -57,7 +58,8 @@ class CollectGarbageResponse(_message.Message):
     files: int
     bytes: int
     retention_days: _containers.ScalarMap[str, float]
-    def __init__(self, dry_run: _Optional[bool] = ..., runs: _Optional[_Iterable[_Union[ExpiredRun, _Mapping]]] = ..., orphaned_artifacts: _Optional[_Iterable[str]] = ..., orphaned_files: _Optional[int] = ..., orphaned_bytes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., retention_days: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    orphaned_log_rows: int
+    def __init__(self, dry_run: _Optional[bool] = ..., runs: _Optional[_Iterable[_Union[ExpiredRun, _Mapping]]] = ..., orphaned_artifacts: _Optional[_Iterable[str]] = ..., orphaned_files: _Optional[int] = ..., orphaned_bytes: _Optional[int] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ..., retention_days: _Optional[_Mapping[str, float]] = ..., orphaned_log_rows: _Optional[int] = ...) -> None: ...
 
 class ForgetSubjectRequest(_message.Message):
     __slots__ = ("field", "value")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -59,8 +60,6 @@ def _artifact_pipeline(name: str) -> Pipeline:
 
 def _log_rows(data_dir, run_id: str) -> int:
     """Rows the coordinator's task log database holds for ``run_id`` (read directly)."""
-    import sqlite3
-
     with sqlite3.connect(data_dir / "task-logs.db") as db:
         return db.execute("SELECT COUNT(*) FROM task_logs WHERE run_id = ?", (run_id,)).fetchone()[0]
 
@@ -86,6 +85,9 @@ def test_gc_dry_run_lists_old_runs_then_gc_deletes_them_with_logs_and_artifacts(
         ancient = time.time() - 86400
         os.utime(orphan / "t.1", (ancient, ancient))
         os.utime(orphan, (ancient, ancient))
+        with sqlite3.connect(c.data_dir / "task-logs.db") as db:  # logs of a run the store does not have
+            db.execute("INSERT INTO task_logs (run_id, task, attempt, stream, data, dropped, final, at) "
+                       "VALUES ('gone', 't', 1, 1, x'00', 0, 0, 0)")  # fmt: skip
 
         # Dry run: lists the old run (once it is older than the limit) and the orphan, deletes nothing.
         listed = eventually(
@@ -96,6 +98,7 @@ def test_gc_dry_run_lists_old_runs_then_gc_deletes_them_with_logs_and_artifacts(
         entry = listed["runs"][0]
         assert entry["namespace"] == "default" and entry["artifact_files"] >= 1 and entry["log_rows"] >= 1
         assert listed["orphaned_artifacts"] == [str(orphan.resolve())]
+        assert listed["orphaned_log_rows"] == 1
         assert listed["files"] >= 2 and listed["bytes"] > 300_000
         assert pm.get_run(old).succeeded and (artifacts / old).exists() and orphan.exists()
         assert "sent a letter" in pm.get_logs(old, "talk") and _log_rows(c.data_dir, old) >= 1
@@ -107,7 +110,7 @@ def test_gc_dry_run_lists_old_runs_then_gc_deletes_them_with_logs_and_artifacts(
             pm.client.get_run(old)
         assert old not in [r.run_id for r in pm.list_runs()]
         assert not (artifacts / old).exists() and not orphan.exists()
-        assert _log_rows(c.data_dir, old) == 0
+        assert _log_rows(c.data_dir, old) == 0 and _log_rows(c.data_dir, "gone") == 0
         assert pm.client.get_run(running).summary.state == "RUNNING"
         again = _gc(c.address, "--dry-run")
         assert again["runs"] == [] and again["orphaned_artifacts"] == []
