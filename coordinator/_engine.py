@@ -529,6 +529,15 @@ class Engine:
             # Through the inbox, like every other change: handled (and contained) next turn.
             self.post(RunEvicted(time.time(), old, stimulus_id=f"evict-{old}"))
 
+    def drop_finished(self, run_ids: list[str]) -> None:
+        """Forget finished runs kept in memory, so reads go to the store (after gc or forgetting)."""
+        for run_id in run_ids:
+            size = self._finished.pop(run_id, None)
+            if size is not None:
+                self._finished_bytes -= size
+            if run_id in self.state.runs:  # the state machine drops only a finished run
+                self.post(RunEvicted(time.time(), run_id, stimulus_id=f"governance-{run_id}"))
+
     # ------------------------------------------------------------------ queries
 
     async def run_info(

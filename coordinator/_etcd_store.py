@@ -493,3 +493,148 @@ class EtcdStore(Store):
                 s = pipeline_pb2.RunSummary.FromString(self._unpack(kvs[0].value, f"run {run_id} header", kvs[0].key))
                 out.append(RunRecord(s.run_id, s.pipeline, s.state, s.created_at, s.finished_at, s.total_tasks))
         return out
+
+    # ------------------------------------------------------------------ governance (retention, forgetting)
+    # Rare and off the hot path: whole-prefix scans in pages, writes fenced like every other.
+
+    async def _scan(self, prefix: bytes, *, keys_only: bool = False, start: bytes = b"", page: int = 256):
+        """Every key-value under ``prefix`` (from ``start``), in key order, a page at a time."""
+        key = start or prefix
+        end = _prefix_end(prefix)
+        while True:
+            response = await self._range(
+                rpc.RangeRequest(key=key, range_end=end, limit=page, keys_only=keys_only), "governance scan"
+            )
+            for kv in response.kvs:
+                yield kv
+            if not response.more or not response.kvs:
+                return
+            key = response.kvs[-1].key + b"\0"
+
+    async def finished_runs_before(self, before: float) -> list[tuple[RunRecord, str]]:
+        """Finished runs that finished before ``before`` (unix s), with their namespace, oldest first."""
+        out: list[tuple[RunRecord, str]] = []
+        async for kv in self._scan(self.prefix + b"runs/"):
+            s = pipeline_pb2.RunSummary.FromString(self._unpack(kv.value, "run header", kv.key))
+            if s.state in _FINISHED and s.finished_at < before:
+                rec = RunRecord(s.run_id, s.pipeline, s.state, s.created_at, s.finished_at, s.total_tasks)
+                spec = await self._range(rpc.RangeRequest(key=self._spec_key(s.run_id)), f"spec of {s.run_id}")
+                namespace = (
+                    pb.PipelineSpec.FromString(self._unpack(spec.kvs[0].value, f"run {s.run_id} spec", spec.kvs[0].key)).namespace
+                    if spec.kvs else ""
+                )  # fmt: skip
+                out.append((rec, namespace))
+        out.sort(key=lambda item: item[0].finished_at)
+        return out
+
+    async def run_ids(self) -> set[str]:
+        """The id of every stored run."""
+        prefix = self.prefix + b"runs/"
+        return {kv.key[len(prefix) :].decode() async for kv in self._scan(prefix, keys_only=True)}
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete finished runs (one fenced transaction each) and the value files only they named.
+
+        A run whose ``active/`` key exists (unfinished) is left alone: the transaction
+        compares that key's absence.
+        """
+        deleted = 0
+        for run_id in run_ids:
+            header = await self._range(rpc.RangeRequest(key=self._run_key(run_id)), f"run {run_id} header")
+            if not header.kvs:
+                continue
+            s = pipeline_pb2.RunSummary.FromString(
+                self._unpack(header.kvs[0].value, f"run {run_id} header", header.kvs[0].key)
+            )
+            if s.state not in _FINISHED:
+                continue
+            digests = {kv.value[1:].decode() for kv in header.kvs if kv.value[:1] == b"a"}
+            spec_digests: set[str] = set()
+            for prefix in (self._tasks_prefix(run_id), self._story_prefix(run_id)):
+                digests |= {kv.value[1:].decode() async for kv in self._scan(prefix) if kv.value[:1] == b"a"}
+            spec = await self._range(rpc.RangeRequest(key=self._spec_key(run_id)), f"run {run_id} spec")
+            spec_digests = {kv.value[1:].decode() for kv in spec.kvs if kv.value[:1] == b"a"}
+            rec = RunRecord(s.run_id, s.pipeline, s.state, s.created_at, s.finished_at, s.total_tasks)
+            ops = [
+                rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=key))
+                for key in (self._run_key(run_id), self._spec_key(run_id), self._bytime_key(rec))
+            ] + [
+                rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix)))
+                for prefix in (self._tasks_prefix(run_id), self._story_prefix(run_id))
+            ]
+            unfinished = rpc.Compare(
+                key=self._active_key(run_id), target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0
+            )
+            response = await self._txn(
+                rpc.TxnRequest(compare=[*self._fence_compares(), unfinished], success=ops), f"delete of run {run_id}"
+            )
+            if not response.succeeded:
+                continue  # deposed, or the run is unfinished after all: nothing was deleted
+            deleted += 1
+            if spec_digests:  # the same spec submitted twice is one file: keep it while another names it
+                async for kv in self._scan(self.prefix + b"specs/"):
+                    spec_digests.discard(kv.value[1:].decode())
+            for digest in digests | spec_digests:
+                self._artifact_path(digest).unlink(missing_ok=True)
+        return deleted
+
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
+        """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
+        prefix = self.prefix + b"tasks/"
+        start = prefix + f"{after[0]}/{after[1]}".encode() + b"\0" if after[0] else b""
+        active_prefix = self.prefix + b"active/"
+        active = {kv.key[len(active_prefix) :].decode() async for kv in self._scan(active_prefix, keys_only=True)}
+        out: list[tuple[str, str, pb.Payload]] = []
+        async for kv in self._scan(prefix, start=start):
+            run_id, _, name = kv.key[len(prefix) :].decode().partition("/")
+            if run_id in active:
+                continue
+            info = pipeline_pb2.TaskInfo.FromString(self._unpack(kv.value, f"task {run_id}/{name}", kv.key))
+            if info.HasField("result"):
+                out.append((run_id, name, info.result))
+                if len(out) >= limit:
+                    break
+        return out
+
+    async def replace_results(self, changes: Sequence[tuple[str, str, pb.Payload | None]]) -> None:
+        """Rewrite stored results (None deletes one), fenced, one transaction per chunk."""
+        ops: dict[bytes, bytes | None] = {}
+        stale: list[str] = []
+        for run_id, name, payload in changes:
+            key = self._tasks_prefix(run_id) + name.encode()
+            current = await self._range(rpc.RangeRequest(key=key), f"task {run_id}/{name}")
+            if not current.kvs:
+                continue
+            value = current.kvs[0].value
+            if value[:1] == b"a":  # the old value's file holds what is being erased: it goes too
+                stale.append(value[1:].decode())
+            info = pipeline_pb2.TaskInfo.FromString(self._unpack(value, f"task {run_id}/{name}", key))
+            if payload is None:
+                info.ClearField("result")
+            else:
+                info.result.CopyFrom(payload)
+            ops[key] = self._pack(info.SerializeToString(), key)
+        for chunk in self._chunks(ops):
+            request = rpc.TxnRequest(compare=self._fence_compares(), success=chunk)
+            if not (await self._txn(request, "result rewrite")).succeeded:
+                raise FencedError(
+                    f"result rewrite refused: this coordinator is no longer the leader of cluster {self.cluster!r}"
+                )
+        for digest in stale:  # a task's record holds its own times: its file is its alone
+            self._artifact_path(digest).unlink(missing_ok=True)
+
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        prefix = self.prefix + b"specs/"
+        active_prefix = self.prefix + b"active/"
+        active = {kv.key[len(active_prefix) :].decode() async for kv in self._scan(active_prefix, keys_only=True)}
+        out: list[tuple[str, pb.PipelineSpec]] = []
+        async for kv in self._scan(prefix, start=prefix + after.encode() + b"\0" if after else b""):
+            run_id = kv.key[len(prefix) :].decode()
+            if run_id not in active:
+                out.append((run_id, pb.PipelineSpec.FromString(self._unpack(kv.value, f"run {run_id} spec", kv.key))))
+                if len(out) >= limit:
+                    break
+        return out

@@ -324,6 +324,81 @@ class TaskLogStore:
             if watched[1] <= 0:
                 del self._changed[run_id]
 
+    # ------------------------------------------------------------------ governance (retention, forgetting)
+
+    async def usage(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        """``{run_id: (rows, bytes)}`` of the logs kept for these runs (runs with none left out)."""
+        return await self._governed(self._usage_sync, run_ids)
+
+    def _usage_sync(self, run_ids: list[str]) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT run_id, COUNT(*), SUM(LENGTH(data)) FROM task_logs WHERE run_id IN ({marks}) GROUP BY run_id",
+                chunk,
+            )
+            out.update({run: (count, size or 0) for run, count, size in rows})
+        return out
+
+    async def run_ids(self) -> set[str]:
+        """Every run with log rows here."""
+        return await self._governed(lambda: {r for (r,) in self._db.execute("SELECT DISTINCT run_id FROM task_logs")})
+
+    async def delete_runs(self, run_ids: list[str]) -> int:
+        """Delete every log row of these runs; returns the rows deleted."""
+        return await self._governed(self._delete_runs_sync, run_ids)
+
+    def _delete_runs_sync(self, run_ids: list[str]) -> int:
+        deleted = 0
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            with self._db:
+                deleted += self._db.execute(
+                    f"DELETE FROM task_logs WHERE run_id IN ({','.join('?' * len(chunk))})", chunk
+                ).rowcount
+        return deleted
+
+    async def forget(self, value: str) -> tuple[int, set[tuple[str, str]]]:
+        """Delete every log line holding ``value``; returns (lines removed, (run, task) touched)."""
+        return await self._governed(self._forget_sync, value.encode())
+
+    def _forget_sync(self, needle: bytes) -> tuple[int, set[tuple[str, str]]]:
+        removed = 0
+        touched: set[tuple[str, str]] = set()
+        crypt = self.crypt
+        if crypt is None:  # plain rows: SQLite finds the ones holding the value
+            rows = self._db.execute(
+                "SELECT seq, run_id, task, attempt, data FROM task_logs WHERE instr(data, ?) > 0", (needle,)
+            ).fetchall()
+        else:  # sealed rows: every one is opened (and the changed ones sealed again)
+            rows = []
+            for seq, run_id, task, attempt, data in self._db.execute(
+                "SELECT seq, run_id, task, attempt, data FROM task_logs WHERE data IS NOT NULL AND length(data) > 0"
+            ):
+                clear = open_value(crypt, data, _log_aad(run_id, task, attempt), f"task log of {run_id}/{task}")
+                if needle in clear:
+                    rows.append((seq, run_id, task, attempt, clear))
+        with self._db:
+            self._db.execute("BEGIN")
+            for seq, run_id, task, attempt, data in rows:
+                lines = bytes(data).splitlines(keepends=True)
+                kept_lines = [line for line in lines if needle not in line]
+                removed += len(lines) - len(kept_lines)
+                kept = b"".join(kept_lines)
+                touched.add((run_id, task))
+                if crypt is not None and kept:
+                    kept = crypt.seal(kept, _log_aad(run_id, task, attempt))
+                self._db.execute("UPDATE task_logs SET data = ? WHERE seq = ?", (kept, seq))
+        return removed, touched
+
+    async def _governed(self, fn, *args):
+        if self._closed or self._db is None:
+            raise RuntimeError("the task log store is closed")
+        await self._write(self._take_pending())  # what was sent before is judged too
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
 
 # ---- when a reader has it all (pure: the run's entries and the clock are passed in) ----
 

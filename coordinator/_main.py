@@ -23,6 +23,7 @@ from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_argumen
 from ._authn import Security
 from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
+from ._retention import SWEEP_INTERVAL_S, Retention, RetentionPolicy
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
 from ._trust import RunSigner
@@ -63,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
+    p.add_argument("--retention-days", type=float, metavar="DAYS",
+                   help="delete finished runs (records, results, logs, artifacts) older than DAYS "
+                        "(fractions allowed; default: keep forever)")
+    p.add_argument("--retention", action="append", default=[], metavar="NAMESPACE=DAYS",
+                   help="retention of one namespace, overriding --retention-days (repeatable)")
+    p.add_argument("--retention-interval-s", type=float, default=SWEEP_INTERVAL_S,
+                   help="time between retention sweeps (one also runs at start)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_security_arguments(p)
     add_tracing_arguments(p)
@@ -150,6 +158,12 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
         raise SystemExit("xpipe-coordinator: --heartbeat-interval-s must be below --heartbeat-timeout-s")
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
+    if not opts.retention_interval_s > 0:
+        raise SystemExit("xpipe-coordinator: --retention-interval-s must be positive")
+    try:
+        opts.retention_policy = RetentionPolicy.from_flags(opts.retention_days, opts.retention)
+    except ValueError as exc:
+        raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
         crypt = AtRest.from_file(opts.encryption_key_file.resolve()) if opts.encryption_key_file else None
     except SecurityConfigError as exc:
@@ -202,6 +216,7 @@ async def _run(
     )  # fmt: skip
     if policy is not None:
         coordinator.policy = policy
+    coordinator.retention = Retention(coordinator, opts.retention_policy, interval_s=opts.retention_interval_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -213,6 +228,7 @@ async def _run(
         await coordinator.stop()
         print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
         return 2
+    coordinator.retention.start()
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
@@ -225,6 +241,7 @@ async def _run(
         log.critical("engine stopped: %r", exc or coordinator.engine.error)
         code = 1
     stopper.cancel()
+    await coordinator.retention.stop()
     await coordinator.stop()
     engine_failed.cancel()
     return code

@@ -182,6 +182,35 @@ class Store(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
+    # Governance (retention, forgetting; see _retention and _forget). A store without them
+    # refuses CollectGarbage and ForgetSubject with this error.
+
+    async def finished_runs_before(self, before: float) -> list[tuple[RunRecord, str]]:
+        """Finished runs that finished before ``before`` (unix s), with their namespace."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete runs")
+
+    async def run_ids(self) -> set[str]:
+        """The id of every stored run."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list its run ids")
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete these finished runs (unfinished ones are left alone); how many went."""
+        raise NotImplementedError(f"{type(self).__name__} cannot delete runs")
+
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
+        """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot page through results")
+
+    async def replace_results(self, changes: Sequence[tuple[str, str, pb.Payload | None]]) -> None:
+        """Rewrite stored results (None deletes one)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot rewrite results")
+
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot page through specs")
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -223,6 +252,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
+#: Task rows one governance transaction deletes or rewrites at most (whole runs: a bigger run
+#: goes alone); the engine's commits wait for one such transaction at most (a few ms).
+GOVERNANCE_CHUNK_TASKS = 2000
+#: What deleting a run's own rows costs, counted in task rows (measured: ~10 µs vs ~2 µs).
+_RUN_ROW_WEIGHT = 5
 
 
 class SQLiteStore(Store):
@@ -364,6 +398,7 @@ class SQLiteStore(Store):
             self._pool = None
 
     def _close_sync(self) -> None:
+        self._close_governance()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -545,6 +580,176 @@ class SQLiteStore(Store):
             ).fetchall()
             out.update({name: (float(mean), int(count)) for name, mean, count in rows})
         return out
+
+    # ------------------------------------------------------------------ governance (retention, forgetting)
+    # Rare and off the hot path. Their own connection, so a long scan never holds the engine's:
+    # SQLite's locking orders their short write transactions with the engine's commits (the
+    # engine waits at most the length of one chunk, GOVERNANCE_CHUNK_TASKS task rows).
+
+    _gov_db: sqlite3.Connection | None = None
+    _gov_lock: asyncio.Lock | None = None
+
+    def _governance_db(self) -> sqlite3.Connection:
+        db = self._gov_db
+        if db is None:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+            self._gov_db = db
+        return db
+
+    async def _governance(self, fn, *args):
+        if self._pool is None:
+            raise RuntimeError("store is not open")
+        lock = self._gov_lock
+        if lock is None:
+            lock = self._gov_lock = asyncio.Lock()
+        async with lock:  # one connection, one governance operation at a time
+            return await asyncio.to_thread(fn, *args)
+
+    async def finished_runs_before(self, before: float) -> list[tuple[RunRecord, str]]:
+        """Finished runs that finished before ``before`` (unix s), with their namespace, oldest first."""
+        return await self._governance(self._finished_runs_before_sync, before)
+
+    def _finished_runs_before_sync(self, before: float) -> list[tuple[RunRecord, str]]:
+        rows = self._governance_db().execute(
+            "SELECT run_id, name, state, created_at, finished_at, total, spec FROM runs "
+            "WHERE state IN (?,?,?) AND finished_at < ? ORDER BY finished_at",
+            (*_FINISHED, before),
+        ).fetchall()
+        out = []
+        for *header, spec in rows:
+            namespace = self._stored_spec(header[0], spec).namespace if spec else ""
+            out.append((RunRecord(*header), namespace))
+        return out
+
+    def _stored_spec(self, run_id: str, value: bytes) -> pb.PipelineSpec:
+        """A ``runs.spec`` column value, opened (encryption at rest) and parsed."""
+        clear = open_value(self.crypt, value, _aad("spec", run_id), f"spec of {run_id}")
+        return pb.PipelineSpec.FromString(_zd.decompress(clear))
+
+    async def run_ids(self) -> set[str]:
+        """The id of every stored run (to tell orphaned artifact directories)."""
+        return await self._governance(self._run_ids_sync)
+
+    def _run_ids_sync(self) -> set[str]:
+        return {run_id for (run_id,) in self._governance_db().execute("SELECT run_id FROM runs")}
+
+    async def delete_runs(self, run_ids: Sequence[str]) -> int:
+        """Delete finished runs with their tasks, results and stories; returns how many went.
+
+        An unfinished run named here is left alone (the engine owns it).
+        """
+        return await self._governance(self._delete_runs_sync, list(run_ids))
+
+    def _delete_runs_sync(self, run_ids: list[str]) -> int:
+        db = self._governance_db()
+        finished: list[tuple[str, int]] = []  # (run id, tasks), finished runs only
+        for i in range(0, len(run_ids), 500):
+            chunk = run_ids[i : i + 500]
+            finished += db.execute(
+                f"SELECT run_id, total FROM runs WHERE run_id IN ({','.join('?' * len(chunk))}) AND state IN (?,?,?)",
+                (*chunk, *_FINISHED),
+            ).fetchall()
+        deleted = 0
+        # Transactions of whole runs, at most GOVERNANCE_CHUNK_TASKS tasks each (one bigger run
+        # alone): the engine's commits wait for the write lock that long at most.
+        chunk: list[str] = []
+        tasks = 0
+        for run_id, total in finished:
+            weight = total + _RUN_ROW_WEIGHT
+            if chunk and tasks + weight > GOVERNANCE_CHUNK_TASKS:
+                deleted += self._delete_chunk_sync(db, chunk)
+                chunk, tasks = [], 0
+            chunk.append(run_id)
+            tasks += weight
+        if chunk:
+            deleted += self._delete_chunk_sync(db, chunk)
+        return deleted
+
+    def _delete_chunk_sync(self, db: sqlite3.Connection, run_ids: list[str]) -> int:
+        marks = ",".join("?" * len(run_ids))
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            # Checked again inside the transaction: only a finished run is ever deleted.
+            gone = [r for (r,) in db.execute(
+                f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND state IN (?,?,?)", (*run_ids, *_FINISHED)
+            )]  # fmt: skip
+            if gone:
+                gmarks = ",".join("?" * len(gone))
+                for table in ("tasks", "task_history", "task_telemetry", "runs"):
+                    db.execute(f"DELETE FROM {table} WHERE run_id IN ({gmarks})", gone)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise StoreFault.wrap(exc, str(self.path)) from exc
+            raise
+        return len(gone)
+
+    async def finished_results(
+        self, after: tuple[str, str] = ("", ""), limit: int = 500
+    ) -> list[tuple[str, str, pb.Payload]]:
+        """A page of ``(run_id, task, result)`` of finished runs, in key order after ``after``."""
+        return await self._governance(self._finished_results_sync, after, limit)
+
+    def _finished_results_sync(self, after: tuple[str, str], limit: int) -> list[tuple[str, str, pb.Payload]]:
+        rows = self._governance_db().execute(
+            "SELECT t.run_id, t.name, t.result FROM tasks t JOIN runs r ON r.run_id = t.run_id "
+            "WHERE r.state IN (?,?,?) AND t.result IS NOT NULL AND (t.run_id, t.name) > (?, ?) "
+            "ORDER BY t.run_id, t.name LIMIT ?",
+            (*_FINISHED, *after, limit),
+        ).fetchall()
+        crypt = self.crypt
+        return [
+            (run_id, name, pb.Payload.FromString(
+                open_value(crypt, result, _aad("result", run_id, name), f"result of {run_id}/{name}")))
+            for run_id, name, result in rows
+        ]  # fmt: skip
+
+    async def replace_results(self, changes: Sequence[tuple[str, str, pb.Payload | None]]) -> None:
+        """Rewrite stored results (None: delete the result, keep the task) in one transaction."""
+        await self._governance(self._replace_results_sync, list(changes))
+
+    def _replace_results_sync(self, changes: list[tuple[str, str, pb.Payload | None]]) -> None:
+        db = self._governance_db()
+        for i in range(0, len(changes), GOVERNANCE_CHUNK_TASKS):  # short transactions, as for deletes
+            rows = [(self._sealed_result(run_id, name, p), run_id, name)
+                    for run_id, name, p in changes[i : i + GOVERNANCE_CHUNK_TASKS]]  # fmt: skip
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.executemany("UPDATE tasks SET result=? WHERE run_id=? AND name=?", rows)
+                db.execute("COMMIT")
+            except BaseException as exc:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreFault.wrap(exc, str(self.path)) from exc
+                raise
+
+    async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
+        """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
+        return await self._governance(self._finished_specs_sync, after, limit)
+
+    def _finished_specs_sync(self, after: str, limit: int) -> list[tuple[str, pb.PipelineSpec]]:
+        rows = self._governance_db().execute(
+            "SELECT run_id, spec FROM runs WHERE state IN (?,?,?) AND run_id > ? AND spec IS NOT NULL "
+            "ORDER BY run_id LIMIT ?",
+            (*_FINISHED, after, limit),
+        ).fetchall()
+        return [(run_id, self._stored_spec(run_id, spec)) for run_id, spec in rows]
+
+    def _sealed_result(self, run_id: str, name: str, payload: pb.Payload | None) -> bytes | None:
+        """A result as the ``tasks.result`` column holds it (sealed with encryption at rest)."""
+        if payload is None:
+            return None
+        data = payload.SerializeToString()
+        return self.crypt.seal(data, _aad("result", run_id, name)) if self.crypt is not None else data
+
+    def _close_governance(self) -> None:
+        db = self._gov_db
+        if db is not None:
+            db.close()
+            self._gov_db = None
 
 
 def _aad(kind: str, run_id: str, name: str = "") -> bytes:

@@ -121,11 +121,12 @@ def cmd_run(opts) -> int:
         raise SystemExit(f"xpipe run: {exc}") from None
     with pm:
         result = pm.execute_pipeline(pipeline, monitor=not opts.json, raise_on_failure=False)
+    shown = _shown_outputs(pipeline, result.outputs)
     data = {
         "run_id": result.run_id,
         "pipeline": result.pipeline,
         "status": result.status,
-        "outputs": {k: _jsonable(v) for k, v in result.outputs.items()},
+        "outputs": {k: _jsonable(v) for k, v in shown.items()},
         "tasks": {n: {"status": t.status, "attempts": t.attempts, "worker": t.worker, "duration_s": t.duration_s,
                       "error": t.error} for n, t in result.tasks.items()},  # fmt: skip
     }
@@ -137,7 +138,7 @@ def cmd_run(opts) -> int:
         if info.error:
             line += f"  {info.error_type}: {info.error}"
         lines.append(line)
-    for name, value in result.outputs.items():
+    for name, value in shown.items():
         text = repr(value)
         lines.append(f"  -> {name} = {text if len(text) < 200 else text[:197] + '...'}")
     _emit(opts, data, "\n".join(lines))
@@ -169,6 +170,51 @@ def cmd_plan(opts) -> int:
     if not opts.coordinator and not opts.json:
         print("(no coordinator: durations are defaults and costs unknown; pass --coordinator for history)")
     print(plan.to_json(sort_keys=True) if opts.json else str(plan))
+    return 0
+
+
+def _shown_outputs(pipeline, outputs: dict[str, Any]) -> dict[str, Any]:
+    """Outputs as they may be shown: the PII fields of privacy-marked tasks redacted."""
+    from .security._marks import governance_of
+    from .security._privacy import redact
+
+    tasks = pipeline.tasks
+    shown = {}
+    for name, value in outputs.items():
+        task = tasks.get(name)
+        marks = governance_of(pipeline, task, getattr(task, "func", None)) if task is not None else None
+        shown[name] = redact(value, marks.pii_fields) if marks is not None and marks.pii_fields else value
+    return shown
+
+
+def cmd_result(opts) -> int:
+    """Print one task's result, with PII fields redacted (the stored run's marks are not served:
+    the default PII list, or --pii, is used; --no-redact shows the value as stored)."""
+    from .security._privacy import DEFAULT_PII_FIELDS, redact
+
+    fields = DEFAULT_PII_FIELDS if opts.pii is None else tuple(f.strip() for f in opts.pii.split(",") if f.strip())
+    with _client(opts) as client:
+        result = client.task_result(opts.run_id, opts.task)
+    value = result.value if opts.no_redact else redact(result.value, fields)
+    data = {"run_id": opts.run_id, "task": opts.task, "status": result.state.lower(), "has_value": result.has_value,
+            "value": _jsonable(value), "error": result.error, "error_type": result.error_type}  # fmt: skip
+    if result.has_value:
+        text = f"{opts.task} ({data['status']}) = {value!r}"
+    else:
+        text = f"{opts.task} ({data['status']}): no result"
+        if result.error:
+            text += f"; {result.error_type}: {result.error}"
+    _emit(opts, data, text)
+    return 0
+
+
+def cmd_gc(opts) -> int:
+    """Run the coordinator's retention sweep now, or (--dry-run) list what it would delete."""
+    from ._governance import collect_garbage
+
+    with _client(opts) as client:
+        report = collect_garbage(client, dry_run=opts.dry_run)
+    _emit(opts, report.as_dict(), str(report))
     return 0
 
 
@@ -410,6 +456,16 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("packages", nargs="+", metavar="PACKAGE", help="requirement, e.g. pandas or 'pyyaml>=6'")
     install.add_argument("--timeout-s", type=float, default=DEFAULT_INSTALL_TIMEOUT_S, help="pip's limit on each worker")
     install.set_defaults(fn=cmd_install)
+    result = sub.add_parser("result", parents=[common], help="one task's result, PII fields redacted")
+    result.add_argument("run_id")
+    result.add_argument("task")
+    result.add_argument("--pii", default=None, metavar="F1,F2",
+                        help="field names to redact (default: the common PII names, see docs/security.md)")
+    result.add_argument("--no-redact", action="store_true", help="show the value as stored")
+    result.set_defaults(fn=cmd_result)
+    gc = sub.add_parser("gc", parents=[common], help="delete runs past retention now (--dry-run: only list them)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
+    gc.set_defaults(fn=cmd_gc)
     register_security_commands(sub)
     return p
 

@@ -39,6 +39,7 @@ class LocalCluster:
         imports: modules every worker imports at start (for ``@xpipe.handler``s).
         start_timeout_s: how long to wait for the processes to come up.
         extra_args: flags every process gets (the tracing flags, say).
+        coordinator_args: flags only the coordinator gets (``--retention-days``, say).
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class LocalCluster:
         imports: tuple[str, ...] = (),
         start_timeout_s: float = 60.0,
         extra_args: tuple[str, ...] = (),
+        coordinator_args: tuple[str, ...] = (),
     ):
         if workers < 1 or slots_per_worker < 1:
             raise ValueError("a local cluster needs at least one worker with at least one slot")
@@ -58,6 +60,7 @@ class LocalCluster:
         self.imports = imports
         self.start_timeout_s = start_timeout_s
         self.extra_args = extra_args
+        self.coordinator_args = coordinator_args
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="xpipe-"))
         self.address = ""
@@ -108,7 +111,7 @@ class LocalCluster:
         coordinator = self._spawn(
             "coordinator",
             ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-             "--ready-file", str(ready), "--log-level", "WARNING", *self.extra_args],
+             "--ready-file", str(ready), "--log-level", "WARNING", *self.extra_args, *self.coordinator_args],
         )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s
         while not ready.exists():

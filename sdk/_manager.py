@@ -17,6 +17,8 @@ from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, wait_option
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
+from ._enterprise import ENTERPRISE_SECTIONS, enterprise_settings, prepare_keyring
+from ._governance import ForgetReport, GarbageReport, collect_garbage, forget_subject
 from ._install import distributions_for
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from ._local import LocalCluster
@@ -33,6 +35,7 @@ from .errors import (
     PipelineValidationError,
     RequestRejectedError,
 )
+from .security._marks import mark
 from .telemetry._tracing import tracing_arguments
 
 if TYPE_CHECKING:
@@ -43,9 +46,11 @@ __all__ = ["PipelineManager"]
 log = logging.getLogger(__name__)
 
 # Keys of the seed's config dicts that we accept; the ones we do not act on yet are named
-# in a warning rather than silently dropped.
-_CONFIG_KEYS = {"coordinator", "workers", "worker_nodes", "slots_per_worker", "data_dir", "imports", "connect_timeout_s"}
-_SEED_KEYS_NOT_ACTED_ON = {"cluster_mode", "resource_allocation", "fault_tolerance", "security", "compliance", "integration"}
+# in a warning rather than silently dropped. The enterprise sections are acted on or
+# refused key by key (_enterprise).
+_CONFIG_KEYS = {"coordinator", "workers", "worker_nodes", "slots_per_worker", "data_dir", "imports", "connect_timeout_s",
+                *ENTERPRISE_SECTIONS}  # fmt: skip
+_SEED_KEYS_NOT_ACTED_ON = {"cluster_mode", "resource_allocation", "fault_tolerance"}
 #: Runs whose Pipeline object the manager keeps, newest last, so apply_data_fixes can rerun one.
 _KEPT_RUNS = 256
 #: The keyword by which apply_data_fixes hands the fixes to the failed task's function.
@@ -58,7 +63,10 @@ class PipelineManager:
     Args:
         config: an optional dict, as in the seed (``PipelineManager(distributed_config)``).
             Keys: ``coordinator``, ``workers`` (or ``worker_nodes``), ``slots_per_worker``,
-            ``data_dir``, ``imports``, ``connect_timeout_s``.
+            ``data_dir``, ``imports``, ``connect_timeout_s``; and the seed's
+            ``enterprise_config`` sections ``security``, ``compliance``, ``integration``, each
+            key acted on or refused with a ValueError saying what to run instead
+            (docs/security.md, "enterprise_config").
         coordinator: ``"host:port[,host:port...]"`` of a running cluster. None (and no
             ``XPIPE_COORDINATOR``) starts the embedded default: a coordinator and local
             worker processes on this machine.
@@ -115,6 +123,8 @@ class PipelineManager:
         )
         tracing_args = tracing_arguments(otlp_endpoint, trace_sample_ratio)
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
+        #: What the enterprise sections ask for (checked before any process starts).
+        self.enterprise = enterprise_settings(cfg, embedded=coordinator is None)
         self.pipelines: dict[str, Pipeline] = {}
         self._ran: OrderedDict[str, Pipeline] = OrderedDict()  # run id -> the Pipeline it ran
         #: The report of the last DATA_QUALITY_FAILURE this manager raised (apply_data_fixes' default).
@@ -127,7 +137,11 @@ class PipelineManager:
                 data_dir=data_dir or cfg.get("data_dir"),
                 imports=tuple(imports or cfg.get("imports") or ()),
                 extra_args=tracing_args,
+                coordinator_args=self.enterprise.coordinator_args(),
             )
+            if self.enterprise.encryption_at_rest:
+                key_file = prepare_keyring(self._local.data_dir)
+                self._local.extra_args += ("--encryption-key-file", str(key_file))
             coordinator = self._local.start()
         self.client = Client(
             coordinator, connect_timeout_s=connect_timeout_s, otlp_endpoint=otlp_endpoint,
@@ -157,15 +171,24 @@ class PipelineManager:
         build = _pipeline_decorator(name)
 
         def decorate(fn: Callable[[], Any]) -> Pipeline:
-            built = build(fn)
+            built = self._governed(build(fn))
             self.pipelines[name] = built
             return built
 
         return decorate
 
+    def _governed(self, pipeline: Pipeline) -> Pipeline:
+        """Mark ``pipeline`` as the enterprise config asks (lineage, PII fields): every run of this manager."""
+        fields: dict[str, Any] = {}
+        if self.enterprise.lineage:
+            fields["track_lineage"] = True
+        if self.enterprise.pii_fields:
+            fields["pii_fields"] = self.enterprise.pii_fields
+        return mark(pipeline, **fields) if fields else pipeline
+
     def _resolve(self, pipeline: Pipeline | str) -> Pipeline:
         if isinstance(pipeline, Pipeline):
-            return pipeline
+            return self._governed(pipeline)
         if isinstance(pipeline, str):
             try:
                 return self.pipelines[pipeline]
@@ -665,6 +688,31 @@ class PipelineManager:
         raise error
 
     # ------------------------------------------------------------------ lifecycle
+
+    # ------------------------------------------------------------------ governance
+
+    def forget_subject(self, field: str, value: str) -> ForgetReport:
+        """Erase what the cluster stored about one data subject, and say what was erased.
+
+        Results of finished runs holding a record whose ``field`` (any case) equals
+        ``value`` are rewritten without it (deleted when the result is that record), in the
+        store and in artifact files; task log lines containing ``value`` are deleted. Results
+        the coordinator cannot read without running code (pickled class instances) and
+        unfinished runs are listed in ``not_inspected``. Needs permission ``data:forget``.
+
+        Example:
+            >>> print(pm.forget_subject("email", "dana@example.org"))   # doctest: +SKIP
+            erased 2 records from 2 results and 3 log lines (2 runs, 3 tasks)
+        """
+        return forget_subject(self.client, field, value)
+
+    def collect_garbage(self, *, dry_run: bool = False) -> GarbageReport:
+        """Run the coordinator's retention sweep now (``dry_run``: only list what it would delete).
+
+        Needs a coordinator started with ``--retention-days`` or ``--retention`` (or
+        ``compliance.retention_days`` for the embedded default) and permission ``data:gc``.
+        """
+        return collect_garbage(self.client, dry_run=dry_run)
 
     def close(self) -> None:
         """Close the connection and stop the embedded processes, if any (idempotent)."""

@@ -52,7 +52,7 @@ from ._install import PipInstaller, default_install_dir
 from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_artifact
 from ._runtask import failed_event
 from ._state import ResourceLedger, WorkerState, task_request
-from ._tasklogs import TaskLogBuffer
+from ._tasklogs import TaskLogBuffer, pii_values_of
 
 __all__ = ["WorkerConfig", "WorkerDaemon", "detect_resources", "ResourceLedger", "task_request"]
 
@@ -598,7 +598,12 @@ class WorkerDaemon:
         # Short tasks report start and end in one event; a task still running after
         # STARTED_REPORT_DELAY_S reports its start on its own, so RUNNING shows up.
         started_report = asyncio.get_running_loop().call_later(STARTED_REPORT_DELAY_S, self._emit_started, key, started)
-        code_hash = head.task.python.code_hash
+        spec = head.task
+        code_hash = spec.python.code_hash
+        pii: tuple[str, ...] = ()
+        if spec.pii_fields:  # a privacy-marked task: its log lines are scrubbed (see _tasklogs.protect)
+            pii = tuple(spec.pii_fields)
+            self._logs.protect(key, pii, pii_values_of(pii, spec.args, *head.upstream))
         try:
             event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
         except Exception as exc:
@@ -607,6 +612,10 @@ class WorkerDaemon:
         finally:
             started_report.cancel()
             self._logs.end(key)  # its output is complete: the stream sends it after the outcome
+        if pii and event.WhichOneof("kind") == "succeeded":  # before the stream takes the last output
+            self._logs.protect(key, pii, pii_values_of(pii, event.succeeded.result.SerializeToString()))
+        elif pii and event.WhichOneof("kind") == "failed":  # its message and output tail are shown too
+            self._logs.scrub_error(key, event.failed.error)
         if key not in self._state.running:
             return  # given back at shutdown: the coordinator requeues it, do not report twice
         if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:

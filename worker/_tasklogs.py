@@ -35,7 +35,7 @@ from xpipe.telemetry._tasklogs import (
     TASK_LOG_PENDING_MAX_BYTES,
 )
 
-__all__ = ["LogSink", "TaskLogBuffer", "current_attempt", "route_thread_output", "run_in_attempt"]
+__all__ = ["LogSink", "TaskLogBuffer", "current_attempt", "pii_values_of", "route_thread_output", "run_in_attempt"]
 
 AttemptKey = tuple[str, str, int]
 #: Where executors send what a task wrote: ``sink(attempt, stream, data)``.
@@ -54,6 +54,8 @@ class _Attempt:
     dropped: list[int] = field(default_factory=lambda: [0, 0, 0])  # by stream number, not yet reported
     queued: int = 0  # entries of it still in the buffer
     ended: bool = False
+    #: A privacy-marked task's PII field names and the values of them it was seen with.
+    pii: tuple[tuple[str, ...], frozenset[str]] | None = None
 
 
 @dataclass(slots=True)
@@ -126,6 +128,33 @@ class TaskLogBuffer:
             return
         self._keep(key, att, stream, data, now)
 
+    def protect(self, key: AttemptKey, fields: tuple[str, ...], values: frozenset[str] = frozenset()) -> None:
+        """Scrub attempt ``key``'s output of ``fields``' pairs and of ``values`` before it leaves.
+
+        For tasks marked with ``@comply_with_gdpr`` / ``@ensure_privacy_compliance``; called
+        again with more values (those of its result) they are added. Scrubbing happens in
+        :meth:`take`, on whole entries (adjacent writes merged), so only marked tasks pay.
+        """
+        att = self._attempts.get(key) or self._ended.get(key)
+        if att is None:
+            att = self._attempts[key] = _Attempt()
+        known = att.pii[1] if att.pii is not None else frozenset()
+        att.pii = (fields, known | values)
+
+    def scrub_error(self, key: AttemptKey, error: Any) -> None:
+        """Scrub a marked attempt's ``TaskError`` (message, traceback, output tails) like its logs."""
+        att = self._attempts.get(key) or self._ended.get(key)
+        if att is None or att.pii is None:
+            return
+        from xpipe.security._privacy import redact_text
+
+        fields, values = att.pii
+        error.message = redact_text(error.message, fields, values)
+        error.traceback = redact_text(error.traceback, fields, values)
+        if error.HasField("output"):
+            error.output.stdout_tail = _scrub(error.output.stdout_tail, fields, values)
+            error.output.stderr_tail = _scrub(error.output.stderr_tail, fields, values)
+
     def end(self, key: AttemptKey) -> None:
         """Attempt ``key`` ended: ship what it wrote now, with a final entry.
 
@@ -159,10 +188,13 @@ class TaskLogBuffer:
             entry = entries.popleft()
             size += len(entry.data)
             att = self._attempts.get(entry.key) or self._ended.get(entry.key)
+            data = bytes(entry.data)
             if att is not None:
                 att.queued -= 1
+                if att.pii is not None and data:
+                    data = _scrub(data, *att.pii)
             out.append(worker_pb2.TaskLogEntry(
-                attempt=_ref(entry.key), stream=entry.stream, data=bytes(entry.data), dropped_bytes=entry.dropped))
+                attempt=_ref(entry.key), stream=entry.stream, data=data, dropped_bytes=entry.dropped))
         self.pending_bytes -= size
         for key in list(self._dropping):
             att = self._attempts.get(key) or self._ended.get(key)
@@ -214,6 +246,34 @@ class TaskLogBuffer:
             if att.dropped[stream]:
                 out.append(worker_pb2.TaskLogEntry(attempt=_ref(key), stream=stream, dropped_bytes=att.dropped[stream]))
                 att.dropped[stream] = 0
+
+
+def pii_values_of(fields: tuple[str, ...], *encoded_payloads: bytes) -> frozenset[str]:
+    """The values ``fields`` hold in a task's inputs or output (serialized ``Payload``s).
+
+    Read without running code (plain JSON and pickled builtin values only; see
+    ``xpipe.security._privacy.plain_payload_value``); a payload that cannot be read so adds
+    nothing, and the ``field=value`` patterns still apply.
+    """
+    from google.protobuf.message import DecodeError
+    from xpipe._proto import common_pb2
+    from xpipe.security._privacy import NotInspectable, pii_values, plain_payload_value
+
+    found: set[str] = set()
+    for encoded in encoded_payloads:
+        if not encoded:
+            continue
+        try:
+            found |= pii_values(plain_payload_value(common_pb2.Payload.FromString(encoded)), fields)
+        except (NotInspectable, DecodeError):
+            continue
+    return frozenset(found)
+
+
+def _scrub(data: bytes, fields: tuple[str, ...], values: frozenset[str]) -> bytes:
+    from xpipe.security._privacy import redact_text  # only marked tasks load it
+
+    return redact_text(data.decode("utf-8", "replace"), fields, values).encode()
 
 
 def _ref(key: AttemptKey) -> worker_pb2.AttemptRef:

@@ -24,21 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xpipe/v1/governance.proto\x12\x08xpipe.v1\"(\n\x15\x43ollectGarbageRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\x18\n\x16\x43ollectGarbageResponse\"4\n\x14\x46orgetSubjectRequest\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x17\n\x15\x46orgetSubjectResponse2\xba\x01\n\x11GovernanceService\x12S\n\x0e\x43ollectGarbage\x12\x1f.xpipe.v1.CollectGarbageRequest\x1a .xpipe.v1.CollectGarbageResponse\x12P\n\rForgetSubject\x12\x1e.xpipe.v1.ForgetSubjectRequest\x1a\x1f.xpipe.v1.ForgetSubjectResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19xpipe/v1/governance.proto\x12\x08xpipe.v1\"(\n\x15\x43ollectGarbageRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\"\xab\x01\n\nExpiredRun\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12\x10\n\x08log_rows\x18\x05 \x01(\x03\x12\x11\n\tlog_bytes\x18\x06 \x01(\x03\x12\x16\n\x0e\x61rtifact_files\x18\x07 \x01(\x03\x12\x16\n\x0e\x61rtifact_bytes\x18\x08 \x01(\x03\"\xd5\x02\n\x16\x43ollectGarbageResponse\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\"\n\x04runs\x18\x02 \x03(\x0b\x32\x14.xpipe.v1.ExpiredRun\x12\x1a\n\x12orphaned_artifacts\x18\x03 \x03(\t\x12\x16\n\x0eorphaned_files\x18\x04 \x01(\x03\x12\x16\n\x0eorphaned_bytes\x18\x05 \x01(\x03\x12\r\n\x05\x66iles\x18\x06 \x01(\x03\x12\r\n\x05\x62ytes\x18\x07 \x01(\x03\x12K\n\x0eretention_days\x18\x08 \x03(\x0b\x32\x33.xpipe.v1.CollectGarbageResponse.RetentionDaysEntry\x12\x19\n\x11orphaned_log_rows\x18\t \x01(\x03\x1a\x34\n\x12RetentionDaysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"4\n\x14\x46orgetSubjectRequest\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"`\n\x0f\x46orgottenResult\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x17\n\x0frecords_removed\x18\x03 \x01(\x03\x12\x16\n\x0eresult_deleted\x18\x04 \x01(\x08\"<\n\x0cNotInspected\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xd3\x01\n\x15\x46orgetSubjectResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.xpipe.v1.ForgottenResult\x12\x14\n\x0cruns_touched\x18\x02 \x01(\x03\x12\x15\n\rtasks_touched\x18\x03 \x01(\x03\x12\x17\n\x0frecords_removed\x18\x04 \x01(\x03\x12\x19\n\x11log_lines_removed\x18\x05 \x01(\x03\x12-\n\rnot_inspected\x18\x06 \x03(\x0b\x32\x16.xpipe.v1.NotInspected2\xba\x01\n\x11GovernanceService\x12S\n\x0e\x43ollectGarbage\x12\x1f.xpipe.v1.CollectGarbageRequest\x1a .xpipe.v1.CollectGarbageResponse\x12P\n\rForgetSubject\x12\x1e.xpipe.v1.ForgetSubjectRequest\x1a\x1f.xpipe.v1.ForgetSubjectResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xpipe.v1.governance_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_COLLECTGARBAGERESPONSE_RETENTIONDAYSENTRY']._loaded_options = None
+  _globals['_COLLECTGARBAGERESPONSE_RETENTIONDAYSENTRY']._serialized_options = b'8\001'
   _globals['_COLLECTGARBAGEREQUEST']._serialized_start=39
   _globals['_COLLECTGARBAGEREQUEST']._serialized_end=79
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=81
-  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=105
-  _globals['_FORGETSUBJECTREQUEST']._serialized_start=107
-  _globals['_FORGETSUBJECTREQUEST']._serialized_end=159
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=161
-  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=184
-  _globals['_GOVERNANCESERVICE']._serialized_start=187
-  _globals['_GOVERNANCESERVICE']._serialized_end=373
+  _globals['_EXPIREDRUN']._serialized_start=82
+  _globals['_EXPIREDRUN']._serialized_end=253
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_start=256
+  _globals['_COLLECTGARBAGERESPONSE']._serialized_end=597
+  _globals['_COLLECTGARBAGERESPONSE_RETENTIONDAYSENTRY']._serialized_start=545
+  _globals['_COLLECTGARBAGERESPONSE_RETENTIONDAYSENTRY']._serialized_end=597
+  _globals['_FORGETSUBJECTREQUEST']._serialized_start=599
+  _globals['_FORGETSUBJECTREQUEST']._serialized_end=651
+  _globals['_FORGOTTENRESULT']._serialized_start=653
+  _globals['_FORGOTTENRESULT']._serialized_end=749
+  _globals['_NOTINSPECTED']._serialized_start=751
+  _globals['_NOTINSPECTED']._serialized_end=811
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_start=814
+  _globals['_FORGETSUBJECTRESPONSE']._serialized_end=1025
+  _globals['_GOVERNANCESERVICE']._serialized_start=1028
+  _globals['_GOVERNANCESERVICE']._serialized_end=1214
 # @@protoc_insertion_point(module_scope)

@@ -285,7 +285,7 @@ class AssignmentHead(_message.Message):
     def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
 
 class TaskHead(_message.Message):
-    __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources")
+    __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources", "pii_fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PYTHON_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
@@ -293,6 +293,7 @@ class TaskHead(_message.Message):
     ARGS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    PII_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     python: _common_pb2.PythonCall
     command: NotRead
@@ -300,7 +301,8 @@ class TaskHead(_message.Message):
     args: bytes
     timeout_s: float
     resources: _common_pb2.Resources
-    def __init__(self, name: _Optional[str] = ..., python: _Optional[_Union[_common_pb2.PythonCall, _Mapping]] = ..., command: _Optional[_Union[NotRead, _Mapping]] = ..., handler: _Optional[_Union[NotRead, _Mapping]] = ..., args: _Optional[bytes] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ...) -> None: ...
+    pii_fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., python: _Optional[_Union[_common_pb2.PythonCall, _Mapping]] = ..., command: _Optional[_Union[NotRead, _Mapping]] = ..., handler: _Optional[_Union[NotRead, _Mapping]] = ..., args: _Optional[bytes] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., pii_fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NotRead(_message.Message):
     __slots__ = ()

@@ -8,6 +8,7 @@ One concept per module, each a pure core the coordinator, the worker and the CLI
 - ``_tls``: :class:`TLSConfig` (clients) and server credentials, from PEM files;
 - ``_keys``: a keyring and AES-256-GCM for data at rest;
 - ``_audit``: the audit log's hash chain;
+- ``_privacy``: the PII decorators, redaction, a pickle reader that runs no code;
 - ``_cli``: ``xpipe certs``, ``xpipe tokens``, ``xpipe keys``.
 
 Names are served lazily, so ``import xpipe.security`` does not load ``cryptography``,
@@ -29,12 +30,16 @@ _EXPORTS = {
     "Keyring": "_keys",
     "LdapAuthenticator": "_ldap", "LdapConfig": "_ldap",
     "Principal": "_principal",
+    "DEFAULT_PII_FIELDS": "_privacy", "REDACTED": "_privacy", "comply_with_gdpr": "_privacy",
+    "ensure_privacy_compliance": "_privacy", "redact": "_privacy",
     "Policy": "_rbac", "Refusal": "_rbac", "RPC_PERMISSIONS": "_rbac", "authorize": "_rbac",
     "TokenAuthenticator": "_tokens",
     "TLSConfig": "_tls",
 }  # fmt: skip
 
 __all__ = [
+    "DEFAULT_PII_FIELDS",
+    "REDACTED",
     "RPC_PERMISSIONS",
     "AuditEntry",
     "AuditProblem",
@@ -56,10 +61,13 @@ __all__ = [
     "authenticator_from_spec",
     "authorize",
     "chain",
+    "comply_with_gdpr",
+    "ensure_privacy_compliance",
     "identity_from_certificate",
     "init_ca",
     "issue_cert",
     "parse_authorization",
+    "redact",
     "verify",
 ]
 
