@@ -329,3 +329,36 @@ def test_bad_retention_flags_stop_the_coordinator_with_the_reason(tmp_path, flag
     out = subprocess.run([sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0",
                           "--data-dir", str(tmp_path), *flags], capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert out.returncode != 0 and f"xpipe-coordinator: {message}" in out.stderr
+
+
+def test_forget_subject_erases_sealed_results_artifacts_and_logs(tmp_path):
+    """With encryption at rest, forgetting opens sealed values, erases the subject, seals again."""
+    from xpipe.security._keys import create_keyring
+
+    keys = tmp_path / "keys.json"
+    create_keyring(keys)
+    sealed = ("--encryption-key-file", str(keys))
+    with (
+        Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS, coordinator_args=sealed, worker_args=sealed) as c,
+        PipelineManager(coordinator=c.address) as pm,
+    ):
+        plain = _pipeline("sealed", Task("load", hp.customers), Task("talk", hp.talk_about, depends_on=["load"]),
+                          Task("big", hp.big_customers, args=(300_000,)))  # fmt: skip
+        run_id = _run_and_wait_logs(pm, plain, "talk", "sent a letter")
+        artifact = c.data_dir / "artifacts" / run_id / "big.1.xpe"
+        before = artifact.read_bytes()
+        assert b"dana@example.org" not in before  # sealed on disk
+
+        report = pm.forget_subject("email", "dana@example.org")
+
+        removed = {(r[0], r[1]): r for r in report.results}
+        assert set(removed) == {(run_id, "load"), (run_id, "big")}, report
+        assert report.log_lines_removed == 2  # talk's field=value line and its bare-value line for Dana
+        fox = [dict(hp.CUSTOMERS[1])]
+        assert pm.client.task_result(run_id, "load").value == fox
+        big = pm.client.task_result(run_id, "big").value  # the artifact was rewritten sealed
+        assert big["rows"] == fox and len(big["padding"]) == 300_000
+        after = artifact.read_bytes()
+        assert after != before and b"fox@example.org" not in after
+        logs = pm.get_logs(run_id)
+        assert "dana@example.org" not in logs and "fox@example.org" in logs
