@@ -149,11 +149,9 @@ def test_a_principal_outside_the_runs_namespace_cannot_read_it(secure):
         assert run_id in [r.run_id for r in a.list_runs()]
         with pytest.raises(PermissionDeniedError, match="namespace 'default'"):
             a.submit(_pipeline("elsewhere"))  # its token allows team-a only
-    with (
-        _client(cluster, "teamb") as b,
-        pytest.raises(PermissionDeniedError, match="'teamb' may not act in namespace 'team-a'"),
-    ):
-        b.task_result(run_id, "second")
+    with _client(cluster, "teamb") as b:
+        with pytest.raises(PermissionDeniedError, match="'teamb' may not act in namespace 'team-a'"):
+            b.task_result(run_id, "second")
         with pytest.raises(PermissionDeniedError, match="namespace 'team-a'"):
             b.cancel(run_id)
         assert run_id not in [r.run_id for r in b.list_runs()]  # filtered out, not refused
