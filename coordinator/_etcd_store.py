@@ -14,6 +14,9 @@ Keys, under ``/xpipe/<cluster>/``::
     tasks/<run_id>/<task name>    the task's latest record (a TaskInfo)
     active/<run_id>               present while the run is unfinished
     bytime/<created_at>/<run_id>  an index for newest-first listing
+    audit/<seq, 20 digits>        one audit log entry (JSON), written by the leader only
+    audit_head                    the newest entry's seq and hash (JSON), in the same transaction
+    lineage/<run_id>/<task>       a tracked task's lineage node (a LineageNode)
 
 Every value is ``b"z" + zstd(protobuf)``; when the compressed bytes exceed
 ``inline_limit_bytes`` (64 KiB) they go to the artifact directory as a file named by their
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import time
@@ -47,8 +51,10 @@ from xpipe._backoff import Backoff
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 
+from xpipe.security._audit import GENESIS_HASH, AuditEntry
+
 from ._events import RunRecord, TaskRecord, task_info
-from ._store import Store, StoredRun, decode_history, encode_history
+from ._store import AuditPage, Store, StoredRun, _page, decode_history, encode_history
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
 
@@ -468,3 +474,69 @@ class EtcdStore(Store):
                 s = pipeline_pb2.RunSummary.FromString(self._unpack(kvs[0].value, f"run {run_id} header"))
                 out.append(RunRecord(s.run_id, s.pipeline, s.state, s.created_at, s.finished_at, s.total_tasks))
         return out
+
+    # ------------------------------------------------------------------ audit log and lineage
+
+    def _audit_key(self, seq: int) -> bytes:
+        return self.prefix + f"audit/{seq:020d}".encode()
+
+    async def audit_head(self) -> tuple[int, str]:
+        response = await self._range(rpc.RangeRequest(key=self.prefix + b"audit_head"), "read of the audit head")
+        if not response.kvs:
+            return 0, GENESIS_HASH
+        head = json.loads(response.kvs[0].value)
+        return int(head["seq"]), str(head["hash"])
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Entries and the new head in one fenced transaction: only the leader appends.
+
+        Raises:
+            FencedError: this coordinator no longer leads; nothing was written.
+        """
+        if not entries:
+            return
+        if len(entries) + 1 > self.max_txn_ops:
+            raise EtcdStoreError(f"{len(entries)} audit entries do not fit one transaction (max_txn_ops {self.max_txn_ops})")
+        ops = [
+            rpc.RequestOp(request_put=rpc.PutRequest(
+                key=self._audit_key(e.seq), value=json.dumps(e.to_json(), sort_keys=True).encode()
+            ))
+            for e in entries
+        ]  # fmt: skip
+        head = json.dumps({"seq": entries[-1].seq, "hash": entries[-1].hash}).encode()
+        ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.prefix + b"audit_head", value=head)))
+        response = await self._txn(rpc.TxnRequest(compare=self._fence_compares(), success=ops), "audit append")
+        if not response.succeeded:
+            raise FencedError(f"audit append refused: this coordinator no longer leads cluster {self.cluster!r}")
+
+    async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
+        prefix = self.prefix + b"audit/"
+        # The head and the page from one revision, so they agree.
+        request = rpc.TxnRequest(success=[
+            rpc.RequestOp(request_range=rpc.RangeRequest(key=self.prefix + b"audit_head")),
+            rpc.RequestOp(request_range=rpc.RangeRequest(
+                key=self._audit_key(after_seq + 1), range_end=_prefix_end(prefix), limit=limit + 1 if not (since or principal) else 0,
+            )),
+        ])  # fmt: skip
+        response = await self._txn(request, "audit read")
+        head_kvs, entry_kvs = (r.response_range.kvs for r in response.responses)
+        head_seq, head_hash = 0, GENESIS_HASH
+        if head_kvs:
+            head = json.loads(head_kvs[0].value)
+            head_seq, head_hash = int(head["seq"]), str(head["hash"])
+        entries = [AuditEntry.from_json(json.loads(kv.value)) for kv in entry_kvs]
+        return _page(entries, since, principal, limit, head_seq, head_hash)
+
+    async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
+        if not nodes:
+            return
+        ops = {self.prefix + f"lineage/{run_id}/{task}".encode(): self._pack(node) for run_id, task, node in nodes}
+        for chunk in self._chunks(ops):
+            response = await self._txn(rpc.TxnRequest(compare=self._fence_compares(), success=chunk), "lineage write")
+            if not response.succeeded:
+                raise FencedError(f"lineage write refused: this coordinator no longer leads cluster {self.cluster!r}")
+
+    async def get_lineage(self, run_id: str) -> list[bytes]:
+        prefix = self.prefix + f"lineage/{run_id}/".encode()
+        response = await self._range(rpc.RangeRequest(key=prefix, range_end=_prefix_end(prefix)), f"lineage of {run_id}")
+        return [self._unpack(kv.value, f"lineage of {run_id}") for kv in response.kvs]

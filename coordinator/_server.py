@@ -29,7 +29,8 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
-from ._auditsink import AuditSink, NullAudit
+from ._auditlog import AuditLog
+from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
@@ -764,8 +765,11 @@ class Coordinator:
         self.guard = CallGuard(lambda: self._stopped.is_set())
         #: Roles and grants calls are authorized against (``--policy``; built-in roles by default).
         self.policy: Policy = DEFAULT_POLICY
-        #: Where audited calls and data accesses are reported (see ``_auditsink``).
-        self.audit: AuditSink = NullAudit()
+        #: Where audited calls and data accesses are reported (see ``_auditsink``): stored, chained.
+        self.audit: AuditLog = AuditLog(store, leading=lambda: self.election is None or self.election.is_leader)
+        #: Audit and lineage of marked tasks; every engine reports to it (see ``_lineage``).
+        self.data_tap = DataTap(self.audit, store, artifact_root=config.artifact_dir or None)
+        self.engine.tap = self.data_tap
         #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
@@ -775,7 +779,9 @@ class Coordinator:
         self._fault_backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
 
     def _new_engine(self) -> Engine:
-        return Engine(self.store, self.config, metrics=self.metrics)
+        engine = Engine(self.store, self.config, metrics=self.metrics)
+        engine.tap = getattr(self, "data_tap", None)
+        return engine
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -883,6 +889,8 @@ class Coordinator:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))
         await self.task_logs.close()
+        await self.data_tap.stop()
+        await self.audit.stop()
         await self.store.close()
 
     # ------------------------------------------------------------------ HA

@@ -1,0 +1,209 @@
+"""The stored audit log: an :class:`~._auditsink.AuditSink` that chains entries and writes them in batches.
+
+A call handler's :meth:`AuditLog.record` only appends to an in-memory queue: it never
+waits for storage. One writer task takes up to ``batch_entries`` queued entries at a time,
+links them to the chain (``xpipe.security._audit``: each entry holds the previous one's
+hash) and writes them with the new head hash in one store transaction, then waits
+``interval_s`` for more. Entries are chained when they are written, not when recorded, so
+an HA coordinator that becomes leader continues the chain from the head stored by the
+one before it; a coordinator that does not lead keeps its entries queued and writes none.
+
+When the store refuses a write (a full disk, etcd unreachable, a lost leadership) the
+batch stays queued and the writer retries with backoff, logging the fault once and the
+recovery once. The queue holds at most ``max_queued`` entries: past it, new entries are
+dropped, counted (:attr:`AuditLog.dropped`, shown by ``xpipe audit``), logged, and the
+next write puts an ``audit.dropped`` entry with the count into the chain itself, so the
+gap is on record. On stop the queue is flushed; what cannot be written then is logged
+with its count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from itertools import islice
+
+from xpipe._backoff import Backoff
+from xpipe.security._audit import OUTCOMES, AuditEntry, chain
+
+from ._store import Store
+
+__all__ = ["AuditLog", "outcome_fields"]
+
+log = logging.getLogger(__name__)
+
+#: Refusal status codes: an outcome naming one of these is ``refused``; another code is ``failed``.
+_REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
+
+
+def outcome_fields(outcome: str) -> tuple[str, dict[str, str]]:
+    """The chain's outcome (``ok``, ``refused``, ``failed``) for what a caller reported.
+
+    Callers may report a status (``PERMISSION_DENIED: principal 'v' lacks run:submit``);
+    the entry keeps it whole in ``detail["status"]``.
+    """
+    if outcome in OUTCOMES:
+        return outcome, {}
+    code = outcome.split(":", 1)[0].strip()
+    return ("refused" if code in _REFUSALS else "failed"), {"status": outcome}
+
+
+class AuditLog:
+    """Queue, chain and store audit entries; see the module docs.
+
+    Args:
+        store: Where entries and the head go (``append_audit``, ``audit_head``).
+        leading: True while this coordinator may write (HA: it leads). Entries recorded
+            while it does not stay queued.
+        batch_entries: Most entries in one transaction.
+        interval_s: How long the writer gathers entries before a write.
+        max_queued: Most entries kept while the store refuses writes.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        leading: Callable[[], bool] = lambda: True,
+        batch_entries: int = 100,
+        interval_s: float = 0.1,
+        max_queued: int = 100_000,
+    ):
+        if batch_entries < 1 or max_queued < batch_entries:
+            raise ValueError(f"batch_entries ({batch_entries}) must be >= 1 and <= max_queued ({max_queued})")
+        self.store = store
+        self._leading = leading
+        self.batch_entries = batch_entries
+        self.interval_s = interval_s
+        self.max_queued = max_queued
+        self._queue: deque[AuditEntry] = deque()
+        #: (seq, hash) of the last stored entry; None until read from the store (and after a fault).
+        self._head: tuple[int, str] | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._writer: asyncio.Task | None = None
+        self._stopping = False
+        self._failing = False
+        self._backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
+        #: Entries dropped because the queue was full, since this coordinator started.
+        self.dropped = 0
+        self._dropped_unreported = 0
+        #: Entries stored by this coordinator.
+        self.written = 0
+
+    @property
+    def queued(self) -> int:
+        """Entries recorded but not stored yet."""
+        return len(self._queue)
+
+    def record(
+        self,
+        *,
+        principal: str,
+        action: str,
+        target: str = "",
+        outcome: str = "ok",
+        stimulus_id: str = "",
+        detail: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue one entry (see :class:`~._auditsink.AuditSink`); never blocks, never raises for storage."""
+        if self._stopping:
+            log.error("audit entry after stop not stored: %s %s %s by %s", action, target, outcome, principal)
+            return
+        if len(self._queue) >= self.max_queued:
+            self.dropped += 1
+            self._dropped_unreported += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("audit queue full (%d entries; the store refuses writes): %d entries dropped so far",
+                          self.max_queued, self.dropped)  # fmt: skip
+            return
+        kind, extra = outcome_fields(outcome)
+        fields = {**detail, **extra} if detail else extra
+        self._queue.append(AuditEntry(0, time.time(), principal, action, target, kind, stimulus_id, fields))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._run(), name="xpipe-audit-writer")
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Store everything queued now (when leading); raises what the store raised."""
+        async with self._lock:  # one writer at a time: each batch continues the last one's head
+            if not self._leading():
+                self._head = None  # another coordinator writes; on leading, continue from its head
+                return
+            while self._queue:
+                await self._write_batch()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the writer and flush what is queued (idempotent); logs what could not be stored."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.flush(), timeout=timeout_s)
+        except Exception as exc:
+            log.error("%d audit entries could not be stored at stop: %s", len(self._queue), exc)
+            return
+        if self._queue:
+            log.error("%d audit entries not stored at stop: this coordinator does not lead", len(self._queue))
+        if self.dropped:
+            log.error("%d audit entries were dropped while the store refused writes", self.dropped)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._queue) < self.batch_entries:
+                await asyncio.sleep(self.interval_s)  # gather a batch
+            try:
+                await self.flush()
+            except Exception as exc:
+                self._head = None  # read it again: a write may have half-happened, or another leader wrote
+                if not self._failing:
+                    log.error("audit log: the store refused a write; %d entries stay queued (up to %d): %s",
+                              len(self._queue), self.max_queued, exc)  # fmt: skip
+                self._failing = True
+                await asyncio.sleep(self._backoff.next_delay())
+                self._wake.set()
+                continue
+            if self._failing:
+                log.warning("audit log: the store takes writes again; %d entries were dropped meanwhile", self.dropped)
+                self._failing = False
+                self._backoff.reset()
+            if self._queue:  # not leading: look again later
+                await asyncio.sleep(self.interval_s)
+                self._wake.set()
+
+    async def _write_batch(self) -> None:
+        if self._head is None:
+            self._head = await self._load_head()
+        batch = list(islice(self._queue, self.batch_entries - (1 if self._dropped_unreported else 0)))
+        reported = self._dropped_unreported
+        if reported:
+            batch.insert(0, AuditEntry(0, time.time(), "coordinator", "audit.dropped", "", "failed", "",
+                                       {"count": str(reported)}))  # fmt: skip
+        seq, digest = self._head
+        prev = AuditEntry(seq, 0.0, "", "", "", "ok", hash=digest) if seq else None
+        linked = chain(batch, prev)
+        await self.store.append_audit(linked)
+        for _ in range(len(batch) - (1 if reported else 0)):
+            self._queue.popleft()
+        self._dropped_unreported -= reported
+        self._head = (linked[-1].seq, linked[-1].hash)
+        self.written += len(linked)
+
+    async def _load_head(self) -> tuple[int, str]:
+        """The stored head; says so in the log when the newest stored entry does not match it."""
+        seq, digest = await self.store.audit_head()
+        if seq:
+            page = await self.store.read_audit(after_seq=seq - 1, limit=1)
+            newest = page.entries[0] if page.entries else None
+            if newest is None or newest.seq != seq or newest.hash != digest:
+                log.error("audit log: the newest stored entry does not match the stored head (seq %d): entries were "
+                          "removed or changed; `xpipe audit --verify` names the first", seq)  # fmt: skip
+        return seq, digest
