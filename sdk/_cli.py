@@ -20,6 +20,7 @@ from typing import Any
 
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from .errors import PipelineExecutionError, XpipeError
+from ._audit_cli import register as register_audit_command
 from .security._cli import register as register_security_commands
 
 __all__ = ["main"]
@@ -395,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.add_argument("--timeout-s", type=float, default=DEFAULT_INSTALL_TIMEOUT_S, help="pip's limit on each worker")
     install.set_defaults(fn=cmd_install)
     register_security_commands(sub)
+    register_audit_command(sub, common, _client)
     return p
 
 

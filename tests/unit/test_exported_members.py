@@ -27,11 +27,11 @@ def test_the_public_names_are_pinned_exactly():
     assert xpipe.__all__ == [
         "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow", "DataQualityReport",
         "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError", "InstallReport",
-        "LogChunk", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
+        "LineageGraph", "LogChunk", "NodeRecovery", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
         "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
-        "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",
-        "pipeline", "record_metric", "task",
+        "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "audit_data_access", "handle_errors", "handler",
+        "log_data_access", "pipeline", "record_metric", "task", "track_data_lineage",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
