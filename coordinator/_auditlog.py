@@ -20,6 +20,8 @@ with its count.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import time
 from collections import deque
@@ -28,13 +30,19 @@ from itertools import islice
 
 from xpipe._backoff import Backoff
 from xpipe.security._audit import OUTCOMES, AuditEntry, chain
+from xpipe.security._rbac import RPC_AUDIT
 
+from ._auditsink import AuditSink
+from ._caller import LOCAL, caller
+from ._guard import _SELF_CHECKED
 from ._store import Store
 
-__all__ = ["AuditLog", "outcome_fields"]
+__all__ = ["AuditLog", "audit_local_calls", "outcome_fields"]
 
 log = logging.getLogger(__name__)
 
+#: WatchRun, which submits when its request carries ``submit`` (see :func:`_recording_watch`).
+SUBMITTING_WATCH = "/xpipe.v1.PipelineService/WatchRun"
 #: Refusal status codes: an outcome naming one of these is ``refused``; another code is ``failed``.
 _REFUSALS = ("UNAUTHENTICATED", "PERMISSION_DENIED")
 
@@ -207,3 +215,107 @@ class AuditLog:
                 log.error("audit log: the newest stored entry does not match the stored head (seq %d): entries were "
                           "removed or changed; `xpipe audit --verify` names the first", seq)  # fmt: skip
         return seq, digest
+
+
+def audit_local_calls(servicer, audit: AuditSink):
+    """Record the audited calls (``RPC_AUDIT``) of ``servicer`` when auth is off; returns it.
+
+    With auth on, the call guard records each admitted call and each refusal under the
+    caller's name. With auth off nothing identifies callers, yet mutations and data reads
+    still belong in the log: these wrappers record them as ``local``. They are the
+    innermost layer (the servicer's own methods), so they see the principal the guard
+    set, and record only when it is :data:`~._caller.LOCAL` (auth off): never twice.
+    Unary calls are recorded when they end (a failure with its status), server streams
+    (logs) when they open; the worker stream is left alone (see :func:`_recording`), as
+    are methods not in ``RPC_AUDIT``: no cost.
+    """
+    names = {cls.__name__.removesuffix("Servicer") for cls in type(servicer).__mro__ if cls.__name__.endswith("Servicer")}
+    for method in (*RPC_AUDIT, SUBMITTING_WATCH):
+        service, _, name = method.rpartition("/")
+        if service.rpartition(".")[2] not in names or not hasattr(servicer, name):
+            continue
+        wrap = _recording_watch if method == SUBMITTING_WATCH else _recording
+        setattr(servicer, name, wrap(getattr(servicer, name), method, audit))
+    return servicer
+
+
+def _recording_watch(inner, method: str, audit: AuditSink):
+    """WatchRun carrying a ``submit`` is a submission (the SDK's usual one): record it, for every caller.
+
+    ``RPC_AUDIT`` cannot list WatchRun (a plain watch is a read of metadata), so the call
+    guard does not record it with auth on either; this does, once the run exists (its
+    first event names it), or with the status of the failure that came first.
+    """
+
+    @functools.wraps(inner)
+    async def watch(request, context):
+        if not request.HasField("submit"):
+            async for event in inner(request, context):
+                yield event
+            return
+        recorded = False
+        try:
+            async for event in inner(request, context):
+                if not recorded:
+                    recorded = True
+                    run_id = event.summary.run_id
+                    audit.record(principal=caller().name, action=method, target=run_id,
+                                 stimulus_id=f"rpc-submit-{run_id}", detail={"submit": request.submit.pipeline.name})  # fmt: skip
+                yield event
+        except BaseException:
+            if not recorded:
+                code = context.code()
+                status = f"{code.name if code is not None else 'CANCELLED'}: {context.details() or ''}"
+                audit.record(principal=caller().name, action=method, target=request.submit.pipeline.name,
+                             outcome=status, detail={"submit": request.submit.pipeline.name})  # fmt: skip
+            raise
+
+    return watch
+
+
+def _target(request, reply=None) -> tuple[str, str]:
+    """(target, stimulus id) of an audited call: its run (a submit's new run), else what it names."""
+    run_id = getattr(request, "run_id", "") or getattr(reply, "run_id", "")
+    if run_id:
+        task = getattr(request, "task", "")
+        kind = "submit" if hasattr(request, "pipeline") else "cancel" if hasattr(reply, "cancelled") else ""
+        return (f"{run_id}/{task}" if task else run_id), (f"rpc-{kind}-{run_id}" if kind else "")
+    for field in ("name", "names", "packages"):  # DrainWorker, ForgetWorkers, InstallDependencies
+        value = getattr(request, field, "")
+        if value:
+            return (value if isinstance(value, str) else ",".join(value)), ""
+    return "", ""
+
+
+def _recording(inner, method: str, audit: AuditSink):
+    if getattr(inner, _SELF_CHECKED, False):
+        # The worker stream (the hot path): a wrapper would add a layer to every message. With
+        # auth off a connecting worker has no identity to record; its registration is logged.
+        return inner
+    if inspect.isasyncgenfunction(inner):  # a server stream (logs): recorded as it opens
+
+        @functools.wraps(inner)
+        async def stream(request, context):
+            if caller() is LOCAL:
+                audit.record(principal=LOCAL.name, action=method, target=_target(request)[0])
+            async for item in inner(request, context):
+                yield item
+
+        return stream
+
+    @functools.wraps(inner)
+    async def unary(request, context):
+        if caller() is not LOCAL:
+            return await inner(request, context)
+        try:
+            reply = await inner(request, context)
+        except BaseException:
+            code = context.code()
+            status = f"{code.name if code is not None else 'CANCELLED'}: {context.details() or ''}"
+            audit.record(principal=LOCAL.name, action=method, target=_target(request)[0], outcome=status)
+            raise
+        target, stimulus_id = _target(request, reply)
+        audit.record(principal=LOCAL.name, action=method, target=target, stimulus_id=stimulus_id)
+        return reply
+
+    return unary

@@ -29,7 +29,7 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
-from ._auditlog import AuditLog
+from ._auditlog import AuditLog, audit_local_calls
 from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
@@ -815,11 +815,12 @@ class Coordinator:
             interceptors.append(LeaderGate(self.election))
         server = grpc.aio.server(options=options, interceptors=interceptors or None)
         guarded = GuardedRegistrar(server, self.guard)
-        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), guarded)
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), guarded)
+        # Audited calls are recorded as "local" when auth is off (see _auditlog.audit_local_calls).
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(audit_local_calls(_PipelineService(self), self.audit), guarded)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(audit_local_calls(_WorkerService(self), self.audit), guarded)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(_AdminService(self), self.audit), guarded)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
-        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(GovernanceServicer(self), guarded)
+        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
