@@ -23,7 +23,8 @@ import pytest
 from tests import helpers_tasks as ht
 from tests.harness import Cluster, child_env, eventually
 from xpipe import Pipeline, PipelineManager, Task, audit_data_access, track_data_lineage
-from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc
+from xpipe._proto import audit_pb2, audit_pb2_grpc, pipeline_pb2, pipeline_pb2_grpc
+from xpipe._proto import common_pb2 as pb
 
 #: Fields the OpenLineage RunEvent schema (2-0-2) requires, and those of its parts.
 _REQUIRED_EVENT = {"eventTime", "producer", "schemaURL", "run", "job"}
@@ -68,6 +69,24 @@ def test_calls_and_marked_data_access_are_audited_and_tampering_is_caught(tmp_pa
         assert pm.wait(other, timeout_s=60).succeeded
         assert pm.client.task_result(run_id, "b").value == "alpha" * 100  # a data read: audited
         assert pm.cancel(run_id) is False  # a mutation (of a finished run): audited all the same
+        with grpc.insecure_channel(c.address) as channel:
+            stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.GetTaskResult(pipeline_pb2.GetTaskResultRequest(run_id="nope", task="b"), timeout=30)
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+            bad = pipeline_pb2.WatchRunRequest(submit=pipeline_pb2.SubmitPipelineRequest(
+                pipeline=pb.PipelineSpec(name="broken", tasks=[pb.TaskSpec(name="x", depends_on=["x"])])))
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.WatchRun(bad, timeout=30))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            audit_stub = audit_pb2_grpc.AuditServiceStub(channel)
+            for request, words in ((audit_pb2.GetAuditRequest(limit=10_001), "over the most entries of one page (10000)"),
+                                   (audit_pb2.GetAuditRequest(since=-1), "since must be unix seconds >= 0"),
+                                   (audit_pb2.GetLineageRequest(), "run_id is required")):  # fmt: skip
+                call = audit_stub.GetAudit if isinstance(request, audit_pb2.GetAuditRequest) else audit_stub.GetLineage
+                with pytest.raises(grpc.RpcError) as invalid:
+                    call(request, timeout=30)
+                assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and words in invalid.value.details()
 
         def entries() -> list[dict]:
             return audit_json(c.address)["entries"]
@@ -86,6 +105,11 @@ def test_calls_and_marked_data_access_are_audited_and_tampering_is_caught(tmp_pa
         submit = next(e for e in log if e["action"].endswith("/SubmitPipeline"))
         assert submit["stimulus_id"] == f"rpc-submit-{other}"
         assert not any(e["action"].endswith(("/GetRun", "/ListRuns")) for e in log), "metadata reads are not audited"
+        failed = {e["action"].rpartition("/")[2]: e for e in log if e["outcome"] == "failed"}
+        assert failed["GetTaskResult"]["target"] == "nope/b"
+        assert failed["GetTaskResult"]["detail"]["status"].startswith("NOT_FOUND: ")
+        assert failed["WatchRun"]["target"] == "broken" and failed["WatchRun"]["detail"]["status"].startswith(
+            "INVALID_ARGUMENT: ")
         # Only b is marked: one entry, its hashes are those of the bytes the coordinator holds.
         assert len(found) == 1 and found[0]["target"] == f"{run_id}/b" and found[0]["principal"] == "local"
         detail = found[0]["detail"]
