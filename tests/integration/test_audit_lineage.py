@@ -287,3 +287,27 @@ def test_a_task_marked_with_track_data_lineage_alone_is_tracked_and_failures_are
         with pytest.raises(Exception, match="no run"):
             pm.get_lineage("does-not-exist")
 
+
+
+def test_ha_a_new_leader_continues_the_chain_in_etcd(tmp_path: Path) -> None:
+    from tests.integration.test_ha import HACluster
+
+    with HACluster(tmp_path, n=2, ttl_s=2) as ha:
+        leader = ha.wait_leader()
+        ha.start_worker("w0")
+        ha.wait_workers(leader, ["w0"])
+        with PipelineManager(coordinator=ha.coordinator_list) as pm:
+            p = Pipeline("ha-audited")
+            p.add_tasks([audit_data_access(Task("a", ht.echo, args=(7,)))])
+            run_id = pm.execute_pipeline(p, monitor=False, timeout_s=60).run_id
+            first = eventually(lambda: [e for e in audit_json(leader)["entries"] if e["action"] == "task.data_access"],
+                               message="the data access stored by the first leader")  # fmt: skip
+            ha.coordinators[leader].terminate()  # a clean stop flushes its queue
+            new_leader = ha.wait_leader(among=[a for a in ha.addresses if a != leader])
+            assert pm.cancel(run_id) is False
+            log = eventually(lambda: (e := audit_json(new_leader)["entries"]) and e[-1]["action"].endswith("/CancelRun")
+                             and e, message="the new leader's entry")  # fmt: skip
+        assert [e["seq"] for e in log] == list(range(1, len(log) + 1))
+        assert log[-1]["prev_hash"] == log[-2]["hash"] and first[0] in log
+        verified = audit_cli(new_leader, "--verify")
+        assert verified.returncode == 0 and f"{len(log)} entries" in verified.stdout, verified.stdout + verified.stderr
