@@ -510,22 +510,34 @@ class EtcdStore(Store):
             raise FencedError(f"audit append refused: this coordinator no longer leads cluster {self.cluster!r}")
 
     async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
+        """A page of entries; with filters, the log is scanned in chunks of at most ``limit + 1`` keys."""
         prefix = self.prefix + b"audit/"
-        # The head and the page from one revision, so they agree.
-        request = rpc.TxnRequest(success=[
-            rpc.RequestOp(request_range=rpc.RangeRequest(key=self.prefix + b"audit_head")),
-            rpc.RequestOp(request_range=rpc.RangeRequest(
-                key=self._audit_key(after_seq + 1), range_end=_prefix_end(prefix), limit=limit + 1 if not (since or principal) else 0,
-            )),
-        ])  # fmt: skip
-        response = await self._txn(request, "audit read")
-        head_kvs, entry_kvs = (r.response_range.kvs for r in response.responses)
-        head_seq, head_hash = 0, GENESIS_HASH
-        if head_kvs:
-            head = json.loads(head_kvs[0].value)
-            head_seq, head_hash = int(head["seq"]), str(head["hash"])
-        entries = [AuditEntry.from_json(json.loads(kv.value)) for kv in entry_kvs]
-        return _page(entries, since, principal, limit, head_seq, head_hash)
+        head_seq, head_hash, revision = 0, GENESIS_HASH, 0
+        matched: list[AuditEntry] = []
+        cursor = after_seq
+        while True:
+            # Every chunk at the first chunk's revision, so the page and the head agree.
+            head_range = rpc.RangeRequest(key=self.prefix + b"audit_head", revision=revision)
+            entry_range = rpc.RangeRequest(key=self._audit_key(cursor + 1), range_end=_prefix_end(prefix),
+                                           limit=limit + 1, revision=revision)  # fmt: skip
+            response = await self._txn(
+                rpc.TxnRequest(success=[rpc.RequestOp(request_range=head_range), rpc.RequestOp(request_range=entry_range)]),
+                "audit read",
+            )
+            revision = revision or response.header.revision
+            head_kvs, entry_kvs = (r.response_range.kvs for r in response.responses)
+            if head_kvs:
+                head = json.loads(head_kvs[0].value)
+                head_seq, head_hash = int(head["seq"]), str(head["hash"])
+            chunk = [AuditEntry.from_json(json.loads(kv.value)) for kv in entry_kvs]
+            page = _page(chunk, since, principal, limit - len(matched), head_seq, head_hash, cursor)
+            matched.extend(page.entries)
+            if page.more or len(chunk) <= limit:  # the page is full, or the log ends in this chunk
+                more = page.more or (len(matched) >= limit and len(chunk) > limit)
+                return AuditPage(matched, head_seq, head_hash, more, page.next_after_seq if chunk else cursor)
+            cursor = chunk[-1].seq
+            if len(matched) >= limit:  # full exactly at a chunk's end: the next page may be empty
+                return AuditPage(matched, head_seq, head_hash, True, cursor)
 
     async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
         if not nodes:

@@ -201,7 +201,7 @@ class Store(abc.ABC):
         """Entries with seq > ``after_seq`` (and ``at >= since``, of ``principal``), oldest first."""
         stored = self.__dict__.get("_mem_audit", [])
         head_seq, head_hash = await self.audit_head()
-        return _page([e for e in stored if e.seq > after_seq], since, principal, limit, head_seq, head_hash)
+        return _page([e for e in stored if e.seq > after_seq], since, principal, limit, head_seq, head_hash, after_seq)
 
     async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
         """Store lineage nodes ``(run_id, task, serialized LineageNode)``; a task's newest wins."""
@@ -234,10 +234,12 @@ class AuditPage:
     next_after_seq: int
 
 
-def _page(entries, since: float, principal: str, limit: int, head_seq: int, head_hash: str) -> AuditPage:
-    """Filter ``entries`` (seq order, all past the cursor) into one page of at most ``limit``."""
+def _page(
+    entries, since: float, principal: str, limit: int, head_seq: int, head_hash: str, after_seq: int = 0
+) -> AuditPage:
+    """Filter ``entries`` (seq order, all past the cursor ``after_seq``) into one page of at most ``limit``."""
     out: list[AuditEntry] = []
-    last = 0
+    last = after_seq
     for entry in entries:
         if len(out) >= limit:
             return AuditPage(out, head_seq, head_hash, True, last)

@@ -194,6 +194,18 @@ def test_paging_and_filters(make_store) -> None:
             assert [e.seq for e in rest.entries] == list(range(5, 11)) and not rest.more
             bob = await store.read_audit(principal="bob", limit=100)
             assert {e.principal for e in bob.entries} == {"bob"} and len(bob.entries) == 5
+            for i in range(10):  # interleaved: a filtered page spans several scanned chunks
+                _record(log2 := AuditLog(store), 1, who="carol" if i % 3 == 0 else "dave", start=100 + i)
+                await log2.stop()
+            pages, after = [], 0
+            while True:
+                page = await store.read_audit(principal="carol", limit=2, after_seq=after)
+                pages.append([e.target for e in page.entries])
+                if not page.more:
+                    break
+                after = page.next_after_seq
+            assert [t for p in pages for t in p] == ["run100", "run103", "run106", "run109"], pages
+            assert all(len(p) <= 2 for p in pages)
             late = await store.read_audit(since=bob.entries[2].at, limit=100)
             assert all(e.at >= bob.entries[2].at for e in late.entries) and late.entries
             assert (await store.audit_head())[1] != GENESIS_HASH
