@@ -69,6 +69,7 @@ def test_calls_and_marked_data_access_are_audited_and_tampering_is_caught(tmp_pa
         assert pm.wait(other, timeout_s=60).succeeded
         assert pm.client.task_result(run_id, "b").value == "alpha" * 100  # a data read: audited
         assert pm.cancel(run_id) is False  # a mutation (of a finished run): audited all the same
+        pm.get_logs(run_id, "a")  # a data read through a server stream
         with grpc.insecure_channel(c.address) as channel:
             stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
             with pytest.raises(grpc.RpcError) as missing:
@@ -100,6 +101,7 @@ def test_calls_and_marked_data_access_are_audited_and_tampering_is_caught(tmp_pa
         assert ("/xpipe.v1.PipelineService/SubmitPipeline", other, "local", "ok") in actions, log
         assert ("/xpipe.v1.PipelineService/GetTaskResult", f"{run_id}/b", "local", "ok") in actions, log
         assert ("/xpipe.v1.PipelineService/CancelRun", run_id, "local", "ok") in actions, log
+        assert ("/xpipe.v1.PipelineService/GetTaskLogs", f"{run_id}/a", "local", "ok") in actions, log
         watch = next(e for e in log if e["action"].endswith("/WatchRun"))
         assert watch["stimulus_id"] == f"rpc-submit-{run_id}" and watch["detail"] == {"submit": "audited"}
         submit = next(e for e in log if e["action"].endswith("/SubmitPipeline"))
@@ -311,3 +313,34 @@ def test_ha_a_new_leader_continues_the_chain_in_etcd(tmp_path: Path) -> None:
         assert log[-1]["prev_hash"] == log[-2]["hash"] and first[0] in log
         verified = audit_cli(new_leader, "--verify")
         assert verified.returncode == 0 and f"{len(log)} entries" in verified.stdout, verified.stdout + verified.stderr
+
+
+def test_a_full_disk_keeps_audit_entries_queued_until_there_is_room(tmp_path: Path) -> None:
+    from tests.integration.test_store_safety import _fill, _mount_tmpfs
+
+    data = tmp_path / "coordinator-data"  # Cluster's --data-dir
+    data.mkdir()
+    _mount_tmpfs(data, "8m")
+    try:
+        with Cluster(tmp_path, workers=1) as c, PipelineManager(coordinator=c.address) as pm:
+            one = Pipeline("before-full")
+            one.add_tasks([Task("n", ht.echo, args=(1,))])
+            run_id = pm.execute_pipeline(one, monitor=False, timeout_s=60).run_id
+            stored = eventually(lambda: audit_json(c.address)["head_seq"], message="the submit stored")
+            filler = data / "filler"
+            _fill(filler)
+            for _ in range(3):  # reads and a no-op cancel: the engine writes nothing, the audit log does
+                assert pm.client.task_result(run_id, "n").value == 1
+            assert pm.cancel(run_id) is False
+            eventually(lambda: "audit log: the store refused a write" in c.coordinator.log_text(), timeout_s=10,
+                       message="the audit write fault logged")  # fmt: skip
+            page = audit_json(c.address)
+            assert page["head_seq"] == stored and page["queued"] == 4 and page["dropped"] == 0, page
+            filler.unlink()
+            log = eventually(lambda: (e := audit_json(c.address))["queued"] == 0 and e["entries"], timeout_s=20,
+                             message="the queued entries stored once there is room")  # fmt: skip
+            assert [e["action"].rpartition("/")[2] for e in log[-4:]] == ["GetTaskResult"] * 3 + ["CancelRun"]
+            assert "the store takes writes again" in c.coordinator.log_text()
+            assert audit_cli(c.address, "--verify").returncode == 0
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
