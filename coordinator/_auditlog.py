@@ -143,8 +143,20 @@ class AuditLog:
             if not self._leading():
                 self._head = None  # another coordinator writes; on leading, continue from its head
                 return
-            while self._queue:
-                await self._write_batch()
+            try:
+                while self._queue:
+                    await self._write_batch()
+            except Exception as exc:
+                self._head = None  # read it again: a write may have half-happened, or another leader wrote
+                if not self._failing:
+                    log.error("audit log: the store refused a write; %d entries stay queued (up to %d): %s",
+                              len(self._queue), self.max_queued, exc)  # fmt: skip
+                self._failing = True
+                raise
+            if self._failing:  # whichever flush gets through first (the writer's, or a GetAudit's) says so
+                log.warning("audit log: the store takes writes again; %d entries were dropped meanwhile", self.dropped)
+                self._failing = False
+                self._backoff.reset()
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the writer and flush what is queued (idempotent); logs what could not be stored."""
@@ -172,19 +184,10 @@ class AuditLog:
                 await asyncio.sleep(self.interval_s)  # gather a batch
             try:
                 await self.flush()
-            except Exception as exc:
-                self._head = None  # read it again: a write may have half-happened, or another leader wrote
-                if not self._failing:
-                    log.error("audit log: the store refused a write; %d entries stay queued (up to %d): %s",
-                              len(self._queue), self.max_queued, exc)  # fmt: skip
-                self._failing = True
+            except Exception:  # logged by flush(); the entries stay queued
                 await asyncio.sleep(self._backoff.next_delay())
                 self._wake.set()
                 continue
-            if self._failing:
-                log.warning("audit log: the store takes writes again; %d entries were dropped meanwhile", self.dropped)
-                self._failing = False
-                self._backoff.reset()
             if self._queue:  # not leading: look again later
                 await asyncio.sleep(self.interval_s)
                 self._wake.set()
