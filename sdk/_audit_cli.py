@@ -82,6 +82,7 @@ def cmd_audit(opts, client_factory: Callable[[Any], Any]) -> int:
         print(json.dumps({"entries": [e.to_json() for e in entries], "head_seq": last.head_seq,
                           "head_hash": last.head_hash, "dropped": last.dropped, "queued": last.queued}))  # fmt: skip
     else:
+        print(f"{'SEQ':>6}  {'TIME (UTC)':<24}  {'PRINCIPAL':<12}  ACTION  TARGET  OUTCOME")
         for e in entries:
             print(_row(e))
         if last.dropped:

@@ -125,6 +125,8 @@ def test_calls_and_marked_data_access_are_audited_and_tampering_is_caught(tmp_pa
         assert audit_json(c.address, "--principal", "nobody")["entries"] == []
         table = audit_cli(c.address)
         assert table.returncode == 0 and "task.data_access" in table.stdout and "SubmitPipeline" in table.stdout
+        assert table.stdout.splitlines()[0].split() == ["SEQ", "TIME", "(UTC)", "PRINCIPAL", "ACTION", "TARGET", "OUTCOME"]
+        assert len(table.stdout.splitlines()) >= 1 + len(log)  # (the reads since added entries)
 
         ok = audit_cli(c.address, "--verify")
         assert ok.returncode == 0 and "audit log intact" in ok.stdout, ok.stdout + ok.stderr
