@@ -88,6 +88,12 @@ class DataTap:
         self.audit = audit
         self.store = store
         self.artifact_root = artifact_root
+        #: ``--lineage-export``: (path, url) that each recorded node's OpenLineage events go to; None: off.
+        self.export: tuple[str | None, str] | None = None
+        #: The OpenLineage namespace of exported events.
+        self.export_namespace = "xpipe"
+        #: Events the export target refused or could not be reached for (they stay in the store).
+        self.export_failures = 0
         #: Unfinished runs with a marked task, by run id (the engine checks it is non-empty).
         self.runs: dict[str, _Watched] = {}
         self._jobs: list[_Job] = []
@@ -155,13 +161,34 @@ class DataTap:
             jobs, self._jobs = self._jobs, []
             try:
                 done = await asyncio.to_thread(self._digest_all, jobs)
-                nodes = [self._handle(job, output, inputs) for job, output, inputs in done]
-                await self.store.put_lineage([n for n in nodes if n is not None])
+                handled = [(job, self._handle(job, output, inputs)) for job, output, inputs in done]
+                nodes = [(job, node) for job, node in handled if node is not None]
+                await self.store.put_lineage([node for _job, node in nodes])
+                if self.export is not None and nodes:
+                    await self._export(nodes)
             except Exception:
                 self.failed += len(jobs)
                 log.exception("lineage of %d finished tasks could not be recorded", len(jobs))
             if not self._jobs:
                 self._idle.set()
+
+    async def _export(self, nodes) -> None:
+        """Send the nodes' OpenLineage events where ``--lineage-export`` points (on a thread)."""
+        from xpipe._lineage import LineageNode, node_events, write_openlineage
+
+        events = [
+            event
+            for job, (_run, _task, blob) in nodes
+            for event in node_events(job.watched.pipeline, LineageNode.from_proto(audit_pb2.LineageNode.FromString(blob)),
+                                     namespace=self.export_namespace)
+        ]  # fmt: skip
+        path, url = self.export
+        try:
+            await asyncio.to_thread(write_openlineage, events, path=path, url=url)
+        except OSError as exc:
+            self.export_failures += len(events)
+            log.error("lineage export of %d events failed (they stay in the store; pm.export_lineage can send "
+                      "them again): %s", len(events), exc)  # fmt: skip
 
     def _digest_all(self, jobs: list[_Job]):
         """Hash outputs and inputs (on a thread); a value hashed once is not hashed again."""

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xpipe._lineage import parse_lineage_target
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
+    p.add_argument("--lineage-export", default="", metavar="file:PATH|http://HOST:PORT/PATH",
+                   help="send OpenLineage events of tracked tasks as they finish: JSON lines appended "
+                        "to PATH, or POSTed to the URL (default: off; see docs/security.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_tracing_arguments(p)
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
@@ -75,6 +79,7 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
 
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
         tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
+        opts.lineage_target = parse_lineage_target(opts.lineage_export) if opts.lineage_export else None
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
@@ -99,6 +104,7 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
     coordinator = Coordinator(
         store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs
     )
+    coordinator.data_tap.export = opts.lineage_target
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,6 +33,8 @@ __all__ = [
     "LineageEdge",
     "LineageGraph",
     "LineageNode",
+    "node_events",
+    "parse_lineage_target",
     "write_openlineage",
 ]
 
@@ -159,30 +161,44 @@ class LineageGraph:
         Args:
             namespace: The OpenLineage namespace of jobs and datasets.
         """
-        if not namespace:
-            raise ValueError("namespace must not be empty (OpenLineage requires job.namespace)")
-        parent_id = str(uuid.uuid5(_RUN_UUID_NAMESPACE, self.run_id))
-        events: list[dict[str, Any]] = []
-        for node in self.nodes:
-            run_uuid = str(uuid.uuid5(_RUN_UUID_NAMESPACE, f"{node.run_id}/{node.task}/{node.attempt}"))
-            run = {
-                "runId": run_uuid,
-                "facets": {"parent": {
-                    "_producer": PRODUCER, "_schemaURL": _PARENT_FACET_URL,
-                    "run": {"runId": parent_id}, "job": {"namespace": namespace, "name": self.pipeline},
-                }},
-            }  # fmt: skip
-            job = {"namespace": namespace, "name": f"{self.pipeline}.{node.task}"}
-            inputs = [_dataset(namespace, d) for d in node.inputs if d.sha256]
-            outputs = [_dataset(namespace, node.output)] if node.output is not None and node.output.sha256 else []
-            ended = "COMPLETE" if node.state == "SUCCEEDED" else "FAIL"
-            for kind, at in (("START", node.started_at or node.finished_at), (ended, node.finished_at)):
-                events.append({
-                    "eventType": kind, "eventTime": _iso(at), "run": run, "job": job,
-                    "inputs": inputs, "outputs": outputs if kind != "START" else [],
-                    "producer": PRODUCER, "schemaURL": OPENLINEAGE_SCHEMA_URL,
-                })  # fmt: skip
-        return events
+        return [event for node in self.nodes for event in node_events(self.pipeline, node, namespace=namespace)]
+
+
+def node_events(pipeline: str, node: LineageNode, *, namespace: str = "xpipe") -> list[dict[str, Any]]:
+    """One tracked task's OpenLineage run events (see :meth:`LineageGraph.openlineage_events`)."""
+    if not namespace:
+        raise ValueError("namespace must not be empty (OpenLineage requires job.namespace)")
+    run = {
+        "runId": str(uuid.uuid5(_RUN_UUID_NAMESPACE, f"{node.run_id}/{node.task}/{node.attempt}")),
+        "facets": {"parent": {
+            "_producer": PRODUCER, "_schemaURL": _PARENT_FACET_URL,
+            "run": {"runId": str(uuid.uuid5(_RUN_UUID_NAMESPACE, node.run_id))},
+            "job": {"namespace": namespace, "name": pipeline},
+        }},
+    }  # fmt: skip
+    job = {"namespace": namespace, "name": f"{pipeline}.{node.task}"}
+    inputs = [_dataset(namespace, d) for d in node.inputs if d.sha256]
+    outputs = [_dataset(namespace, node.output)] if node.output is not None and node.output.sha256 else []
+    ended = "COMPLETE" if node.state == "SUCCEEDED" else "FAIL"
+    return [
+        {"eventType": kind, "eventTime": _iso(at), "run": run, "job": job, "inputs": inputs,
+         "outputs": outputs if kind != "START" else [], "producer": PRODUCER, "schemaURL": OPENLINEAGE_SCHEMA_URL}
+        for kind, at in (("START", node.started_at or node.finished_at), (ended, node.finished_at))
+    ]  # fmt: skip
+
+
+def parse_lineage_target(text: str) -> tuple[str | None, str]:
+    """``--lineage-export``: ``file:PATH`` (JSON lines) or ``http(s)://HOST[:PORT]/PATH``; ``(path, url)``.
+
+    Raises:
+        ValueError: neither form; the message shows both.
+    """
+    if text.startswith("file:") and len(text) > len("file:"):
+        return text[len("file:") :], ""
+    parts = urlsplit(text)
+    if parts.scheme in ("http", "https") and parts.hostname:
+        return None, text
+    raise ValueError(f"--lineage-export {text!r}: expected file:PATH or http(s)://HOST[:PORT]/PATH")
 
 
 def _dataset(namespace: str, data: LineageData) -> dict[str, Any]:

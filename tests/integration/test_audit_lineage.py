@@ -346,3 +346,55 @@ def test_a_full_disk_keeps_audit_entries_queued_until_there_is_room(tmp_path: Pa
             assert audit_cli(c.address, "--verify").returncode == 0
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_the_coordinator_exports_lineage_as_tasks_finish(tmp_path: Path) -> None:
+    path = tmp_path / "exported.jsonl"
+    with _Collector() as collector:
+        targets = (f"file:{path}", f"http://127.0.0.1:{collector.port}/api/v1/lineage")
+        for target in targets:
+            with Cluster(tmp_path / target[:4], workers=1, coordinator_args=["--lineage-export", target]) as c, \
+                    PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+                p = Pipeline("exported")
+                a = Task("a", ht.echo, args=(1,))
+                p.add_tasks([a, Task("b", ht.double, depends_on=[a])])
+                p.enable_lineage()
+                run_id = pm.execute_pipeline(p, monitor=False, timeout_s=60).run_id
+                if target.startswith("file:"):
+                    events = eventually(lambda: len(lines := path.read_text().splitlines()) == 4 and lines,
+                                        message="4 events in the file")  # fmt: skip
+                    events = [json.loads(line) for line in events]
+                else:
+                    events = eventually(lambda: len(collector.events) == 4 and collector.events,
+                                        message="4 events POSTed")  # fmt: skip
+                for event in events:
+                    _check_event(event)
+                assert sorted((e["job"]["name"], e["eventType"]) for e in events) == [
+                    ("exported.a", "COMPLETE"), ("exported.a", "START"), ("exported.b", "COMPLETE"), ("exported.b", "START")]
+                # The same events as an export from the stored lineage.
+                again = pm.get_lineage(run_id).openlineage_events()
+                assert sorted(json.dumps(e, sort_keys=True) for e in again) == sorted(
+                    json.dumps(e, sort_keys=True) for e in events)  # fmt: skip
+
+
+def test_a_bad_lineage_export_target_is_refused_at_start(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir",
+                          str(tmp_path / "d"), "--lineage-export", "s3://bucket/x"],
+                         env=child_env(), capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode != 0
+    assert "--lineage-export 's3://bucket/x': expected file:PATH or http(s)://HOST[:PORT]/PATH" in out.stderr
+
+
+def test_an_unreachable_export_target_is_logged_and_the_lineage_kept(tmp_path: Path) -> None:
+    from tests.harness import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api/v1/lineage"  # nothing listens there
+    with Cluster(tmp_path, workers=1, coordinator_args=["--lineage-export", url]) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("unsent")
+        p.add_tasks([track_data_lineage(Task("a", ht.echo, args=(1,)))])
+        run_id = pm.execute_pipeline(p, monitor=False, timeout_s=60).run_id
+        eventually(lambda: "lineage export of 2 events failed" in c.coordinator.log_text(), timeout_s=20,
+                   message="the failed export logged")  # fmt: skip
+        assert f"{url} unreachable" in c.coordinator.log_text()
+        assert [n.task for n in pm.get_lineage(run_id).nodes] == ["a"]
