@@ -111,8 +111,9 @@ class DataTap:
         audited = frozenset(t.name for t in spec.tasks if t.audit_data_access)
         tracked = frozenset(t.name for t in spec.tasks if every or t.track_lineage)
         if audited or tracked:
-            # At submit the call's principal, when the submit path did not name one in the spec.
-            principal = spec.principal.name or caller().name
+            # The principal the coordinator signed into the spec (never one a client wrote there
+            # unsigned); else, at submit, the call's principal ("local" when auth is off).
+            principal = spec.principal.name if spec.principal.signature else caller().name
             self.runs[run_id] = _Watched(principal, spec.name, audited, tracked)
 
     def observe(self, records: Sequence[object], state) -> None:

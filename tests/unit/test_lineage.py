@@ -53,6 +53,14 @@ def test_an_unmarked_run_is_not_watched_and_a_marked_one_is_until_it_ends(tmp_pa
     tap.watch("r2", lineage_all)
     assert tap.runs["r1"].audited == {"b"} and tap.runs["r1"].tracked == frozenset()
     assert tap.runs["r2"].tracked == {"a", "b"} and tap.runs["r2"].principal == "local"
+    spoofed = _spec(audit_data_access=True)
+    spoofed.principal.name = "ceo"  # unsigned: written by a client, not by the coordinator
+    tap.watch("r3", spoofed)
+    assert tap.runs["r3"].principal == "local"
+    signed = _spec(audit_data_access=True)
+    signed.principal.name, signed.principal.signature = "dana", b"sig"
+    tap.watch("r4", signed)
+    assert tap.runs["r4"].principal == "dana"
     tap.observe([RunRecord("r1", "p", pb.RUN_SUCCEEDED, 1.0, 2.0, 2)], _state("r1", _spec(), {}))
     assert set(tap.runs) == {"r2"}
 
