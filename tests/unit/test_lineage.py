@@ -62,7 +62,7 @@ def test_an_unmarked_run_is_not_watched_and_a_marked_one_is_until_it_ends(tmp_pa
     tap.watch("r4", signed)
     assert tap.runs["r4"].principal == "dana"
     tap.observe([RunRecord("r1", "p", pb.RUN_SUCCEEDED, 1.0, 2.0, 2)], _state("r1", _spec(), {}))
-    assert set(tap.runs) == {"r2"}
+    assert set(tap.runs) == {"r2", "r3", "r4"}
 
 
 def test_a_value_that_cannot_be_read_is_recorded_without_its_hash_and_logged(tmp_path: Path, caplog) -> None:
