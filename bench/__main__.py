@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, help="where clusters keep their temporary data (default: system temp)")
     p.add_argument("--telemetry", action="store_true",
                    help="xpipe with metrics on and traces at default sampling, sent to a local OTLP sink")  # fmt: skip
+    p.add_argument("--security", action="store_true",
+                   help="xpipe with mTLS (certificates from xpipe certs) and --auth tokens: on every process")
     return p
 
 
@@ -106,7 +108,7 @@ class _Runner:
             overrides["timeout_s"] = opts.timeout_s
         self.sizes = dataclasses.replace(sizes, **overrides)
         self.repeats = opts.repeats or (1 if opts.quick else 3)
-        xpipe_session = functools.partial(_xpipe.open_session, telemetry=opts.telemetry)
+        xpipe_session = functools.partial(_xpipe.open_session, telemetry=opts.telemetry, security=opts.security)
         self.systems: dict[str, tuple[Callable[..., Any], dict[str, Callable[..., dict]]]] = {
             "xpipe": (xpipe_session, _xpipe.SCENARIOS)
         }
@@ -129,6 +131,7 @@ class _Runner:
             "xpipe_source": source_info(Path(__file__).resolve().parent.parent),
             "repeats": self.repeats,
             "telemetry": opts.telemetry,
+            "security": opts.security,
             "sizes": dataclasses.asdict(self.sizes),
             "systems": {name: "measured" for name in self.systems}
             | {name: f"skipped: {why}" for name, why in self.skipped.items()},
@@ -190,7 +193,8 @@ class _Runner:
             _log(f"[bench] profile skipped: {why}")
             return
         stem = f"{self.stamp}-profile-{scenario}"
-        with _xpipe.open_session(self.opts.workdir, telemetry=self.opts.telemetry) as cluster:
+        with _xpipe.open_session(self.opts.workdir, telemetry=self.opts.telemetry,
+                                 security=self.opts.security) as cluster:  # fmt: skip
             targets = {"coordinator": (cluster.coordinator_pid, False), "worker": (cluster.worker_pids()[0], True)}
             with _profile.profiling(targets, self.opts.out, stem) as paths:
                 meter = _profile.CpuMeter(cluster.process_roles())

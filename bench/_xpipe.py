@@ -197,6 +197,9 @@ class XpipeCluster:
     #: Metrics on (``--metrics-listen``) and traces exported at default sampling to a local
     #: OTLP sink, in every process: the cost of telemetry is the difference to a run without.
     telemetry: bool = False
+    #: mTLS (a CA, coordinator/worker/client certificates) and ``--auth tokens:`` with an
+    #: admin token on every process: the cost of security is the difference to a run without.
+    security: bool = False
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -234,9 +237,13 @@ class XpipeCluster:
 
             self.otlp_sink = OtlpSink()
             telemetry_args = ["--metrics-listen", "127.0.0.1:0", "--otlp-endpoint", self.otlp_sink.address]
+        coordinator_security, worker_security, manager_security = (
+            _security(self.workdir / "security") if self.security else ([], [], {})
+        )
         argv = [
             sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(data),
-            "--ready-file", str(ready), "--log-level", "WARNING", *telemetry_args, *self.coordinator_args,
+            "--ready-file", str(ready), "--log-level", "WARNING", *telemetry_args, *coordinator_security,
+            *self.coordinator_args,
         ]  # fmt: skip
         try:
             self.coordinator = _Proc("coordinator", argv, log_dir=logs, env=env, cwd=self.workdir)
@@ -254,13 +261,15 @@ class XpipeCluster:
             for i in range(self.workers):
                 argv = [
                     sys.executable, "-m", "xpipe.worker", "--coordinator", self.address, "--name", f"w{i}",
-                    "--slots", "1", "--log-level", "WARNING", *telemetry_args, *self.worker_args,
+                    "--slots", "1", "--log-level", "WARNING", *telemetry_args, *worker_security, *self.worker_args,
                 ]  # fmt: skip
                 self.worker_procs.append(_Proc(f"w{i}", argv, log_dir=logs, env=env, cwd=self.workdir))
             if self.otlp_sink is not None:
-                self.manager = PipelineManager(coordinator=self.address, otlp_endpoint=self.otlp_sink.address)
+                self.manager = PipelineManager(
+                    coordinator=self.address, otlp_endpoint=self.otlp_sink.address, **manager_security
+                )
             else:
-                self.manager = PipelineManager(coordinator=self.address)
+                self.manager = PipelineManager(coordinator=self.address, **manager_security)
             wanted = {p.name for p in self.worker_procs}
 
             def workers_ready() -> bool:
@@ -333,15 +342,41 @@ class XpipeCluster:
         self.stop()
 
 
+def _security(directory: Path) -> tuple[list[str], list[str], dict[str, Any]]:
+    """Certificates and a tokens file for a secure cluster: (coordinator flags, worker flags, manager kwargs)."""
+    from xpipe.security._certs import init_ca, issue_cert
+    from xpipe.security._tls import TLSConfig
+    from xpipe.security._tokens import create_token
+
+    directory.mkdir(parents=True, exist_ok=True)
+    init_ca(directory)
+    for name, role in (("coordinator", "coordinator"), ("worker", "worker"), ("client", "client")):
+        issue_cert(directory, name=name, role=role)
+    tokens = directory / "tokens.json"
+    token = create_token(tokens, principal="bench", roles=["admin"])
+
+    def pem(name: str) -> tuple[str, str]:
+        return str(directory / f"{name}.pem"), str(directory / f"{name}.key")
+
+    ca = str(directory / "ca.pem")
+    coordinator = ["--tls-cert", pem("coordinator")[0], "--tls-key", pem("coordinator")[1], "--tls-ca", ca,
+                   "--tls-client-auth", "require", "--auth", f"tokens:{tokens}"]  # fmt: skip
+    worker = ["--tls-ca", ca, "--tls-cert", pem("worker")[0], "--tls-key", pem("worker")[1]]
+    manager = {"tls": TLSConfig(ca=ca, cert=pem("client")[0], key=pem("client")[1]), "token": token}
+    return coordinator, worker, manager
+
+
 @contextlib.contextmanager
-def open_session(workdir: Path | None = None, telemetry: bool = False) -> Iterator[XpipeCluster]:
+def open_session(
+    workdir: Path | None = None, telemetry: bool = False, security: bool = False
+) -> Iterator[XpipeCluster]:
     """A started, warmed-up cluster in a fresh temporary directory, stopped and removed after.
 
     With ``telemetry``, the session checks at its end that spans reached the sink, so a
     "with telemetry" figure cannot silently be one without.
     """
     with tempfile.TemporaryDirectory(prefix="xpipe-bench-", dir=workdir) as tmp:
-        with XpipeCluster(Path(tmp), telemetry=telemetry) as cluster:
+        with XpipeCluster(Path(tmp), telemetry=telemetry, security=security) as cluster:
             _warm_up(cluster.manager)
             yield cluster
             if telemetry:

@@ -91,7 +91,8 @@ def assignment_bytes(action: Assign) -> bytes:
 
     Building an ``Assignment`` message copied the TaskSpec into it only to serialize it
     again; here the spec is serialized once and appended as field ``task`` (fields of a
-    message may come in any order on the wire). ~6.3 -> ~4.6 µs per task in a batch.
+    message may come in any order on the wire). ~6.3 -> ~4.6 µs per task in a batch. The
+    run's signed principal comes already encoded (``RunEntry.principal``, once per run).
     """
     run_id, task, attempt = action.attempt
     head = worker_pb2.Assignment(
@@ -102,8 +103,10 @@ def assignment_bytes(action: Assign) -> bytes:
     spec = action.task.SerializeToString()
     if action.traceparent:  # only traced runs pay for it
         parent = action.traceparent.encode()
-        return b"".join((head, _TASK_KEY, _varint(len(spec)), spec, _TRACEPARENT_KEY, _varint(len(parent)), parent))
-    return b"".join((head, _TASK_KEY, _varint(len(spec)), spec))
+        return b"".join(
+            (head, _TASK_KEY, _varint(len(spec)), spec, _TRACEPARENT_KEY, _varint(len(parent)), parent, action.principal)
+        )
+    return b"".join((head, _TASK_KEY, _varint(len(spec)), spec, action.principal))
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +131,9 @@ class EngineConfig:
     finished_runs_memory_bytes: int = 64 * 1024 * 1024
     #: Where this coordinator's spans go (:class:`xpipe.telemetry._tracing.Tracing`); None: tracing off.
     tracing: Any = None
+    #: Signs each run's principal (:class:`._trust.RunSigner`); None: assignments go unsigned
+    #: (workers refuse them). :class:`~._server.Coordinator` always sets one.
+    signer: Any = None
 
 
 #: Memory a task of a finished run costs beyond its spec's and result's bytes: its
@@ -210,6 +216,8 @@ class Engine:
                 continue
             order = tuple(validate_spec(stored.spec, restored=True))
             run_id = stored.header.run_id
+            if self.config.signer is not None:  # signed by another coordinator's key, maybe
+                self.config.signer.resign(stored.spec, run_id)
             if self.tap is not None:
                 self.tap.watch(run_id, stored.spec)
             if self.metrics is not None:
@@ -257,8 +265,15 @@ class Engine:
         self._inbox.append(event)
         self._wake.set()
 
-    async def submit(self, spec: pb.PipelineSpec, *, idempotency_key: str = "") -> str:
-        """Validate, persist and start a run; returns once the run is durable."""
+    async def submit(
+        self, spec: pb.PipelineSpec, *, idempotency_key: str = "", principal: tuple[str, tuple[str, ...]] | None = None
+    ) -> str:
+        """Validate, persist and start a run; returns once the run is durable.
+
+        Args:
+            principal: (name, code grants) of the submitter; the run's ``PipelineSpec.principal``
+                is overwritten with it, signed once its id is known (never what the client sent).
+        """
         if self.fault is not None:
             raise self.fault
         order = tuple(validate_spec(spec))
@@ -269,6 +284,9 @@ class Engine:
         if pending is not None:  # the same submit retried while the first is being committed
             await asyncio.shield(pending)
             return run_id
+        spec.ClearField("principal")  # the coordinator's to set, not the client's
+        if principal is not None and self.config.signer is not None:
+            spec.principal.CopyFrom(self.config.signer.sign(principal[0], principal[1], run_id))
         fut = asyncio.get_running_loop().create_future()
         self._submits[run_id] = fut
         if self.tap is not None:

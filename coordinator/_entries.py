@@ -10,7 +10,9 @@ import logging
 from collections.abc import Iterable
 
 from xpipe._proto import common_pb2 as pb
-from xpipe._proto import pipeline_pb2
+from xpipe._proto import pipeline_pb2, worker_pb2
+
+from xpipe.security._codetrust import CODE_KINDS, code_kind
 
 from ._events import AttemptKey
 from ._placement import Request, normalize_strategy
@@ -24,7 +26,7 @@ class TaskEntry:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered", "assigned_entry", "started_entry", "history", "telemetry",
+        "recovered", "assigned_entry", "started_entry", "history", "telemetry", "code",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -44,6 +46,7 @@ class TaskEntry:
         self.failures = 0
         self.retry_at = 0.0
         self.request = Request.of(spec.resources if spec.HasField("resources") else None, spec.labels)
+        self.code = code_kind(spec)  # its kind of code: placement sends it only to workers that run it
         self.cp = 1  # tasks on the longest path from here to a sink, this one included
         self.wait_until = 0.0  # waiting for a worker that fits to join, until then
         self.circuit = ""  # the circuit its attempts go through; "" when breakers are off
@@ -63,7 +66,7 @@ class RunEntry:
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
         "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted", "big_results",
-        "traceparent",
+        "traceparent", "principal",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -102,6 +105,11 @@ class RunEntry:
         self.big_results = False
         # The run's W3C traceparent (PipelineSpec.trace_context, set at submit); "": not traced.
         self.traceparent = spec.trace_context.partition("\n")[0]
+        # The signed RunPrincipal as field ``Assignment.principal``, encoded once per run:
+        # every assignment of the run appends these bytes as they are. b"": unsigned.
+        self.principal = (
+            worker_pb2.Assignment(principal=spec.principal).SerializeToString() if spec.principal.signature else b""
+        )
         if spec.fault_tolerance.circuit_breaker_enabled:
             for task in self.tasks.values():
                 task.circuit = task.spec.circuit or f"{spec.name}/{task.name}"
@@ -162,7 +170,7 @@ class RunEntry:
 
 class WorkerEntry:
     __slots__ = (
-        "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "accepts_pickled", "assigned",
+        "worker_id", "name", "host", "slots", "handlers", "labels", "resources", "code_kinds", "assigned",
         "state", "connected", "last_seen", "sent_code", "metrics", "avg_task_s", "credit", "reset_sent",
         "memory_enforcement",
     )  # fmt: skip
@@ -175,7 +183,7 @@ class WorkerEntry:
         self.handlers: frozenset[str] = frozenset()
         self.labels: dict[str, str] = {}
         self.resources: pb.Resources | None = None
-        self.accepts_pickled = True
+        self.code_kinds: frozenset[str] = frozenset(CODE_KINDS)  # --allow-code, --no-pickled-code applied
         self.assigned: dict[AttemptKey, float] = {}  # attempt -> when it was sent
         self.state = "ready"  # ready | draining | lost
         self.connected = False

@@ -18,7 +18,9 @@ Keys, under ``/xpipe/<cluster>/``::
     audit_head                    the newest entry's seq and hash (JSON), in the same transaction
     lineage/<run_id>/<task>       a tracked task's lineage node (a LineageNode)
 
-Every value is ``b"z" + zstd(protobuf)``; when the compressed bytes exceed
+Every value is ``b"z" + zstd(protobuf)``, or ``b"z" + seal(zstd(protobuf))`` with encryption
+at rest (``--encryption-key-file``; sealed under the value's etcd key as associated data, see
+``xpipe.security._atrest``); when the compressed bytes exceed
 ``inline_limit_bytes`` (64 KiB) they go to the artifact directory as a file named by their
 sha256, and etcd holds ``b"a" + hexdigest`` only. In HA every coordinator must see the same
 artifact directory (a shared volume).
@@ -48,8 +50,10 @@ import zstandard
 from aetcd import rpc
 
 from xpipe._backoff import Backoff
+from xpipe.security._tls import TLSConfig
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
+from xpipe.security._atrest import AtRest, open_value
 
 from xpipe.security._audit import GENESIS_HASH, AuditEntry
 
@@ -141,6 +145,7 @@ class EtcdStore(Store):
         inline_limit_bytes: compressed values above this go to the artifact directory.
         max_txn_ops: most operations in one transaction (etcd's ``--max-txn-ops``).
         max_txn_bytes: most bytes in one transaction (below etcd's 1.5 MiB request limit).
+        crypt: seal every value (and the artifact files values spill to) with this keyring.
     """
 
     def __init__(
@@ -154,6 +159,8 @@ class EtcdStore(Store):
         inline_limit_bytes: int = 64 * 1024,
         max_txn_ops: int = 128,
         max_txn_bytes: int = 1_000_000,
+        tls: TLSConfig | None = None,
+        crypt: AtRest | None = None,
     ):
         if not endpoints:
             raise ValueError("EtcdStore needs at least one etcd endpoint")
@@ -171,6 +178,9 @@ class EtcdStore(Store):
         self.inline_limit_bytes = inline_limit_bytes
         self.max_txn_ops = max_txn_ops
         self.max_txn_bytes = max_txn_bytes
+        #: ``--etcd-ca/--etcd-cert/--etcd-key``: TLS (and a client certificate) to etcd; None: plaintext.
+        self.tls = tls
+        self.crypt = crypt
         self.prefix = f"/xpipe/{cluster}/".encode()
         self.leader_key = self.prefix + b"leader"
         self.members_prefix = self.prefix + b"members/"
@@ -198,7 +208,11 @@ class EtcdStore(Store):
             return
         self.artifact_dir.mkdir(parents=True, exist_ok=True)
         for endpoint in self.endpoints:
-            channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            if self.tls is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=_CHANNEL_OPTIONS)
+            else:
+                options = [*_CHANNEL_OPTIONS, *self.tls.channel_options()]
+                channel = grpc.aio.secure_channel(endpoint, self.tls.channel_credentials(), options=options)
             self._channels.append(channel)
             self._stubs_list.append(_Stubs(rpc.KVStub(channel), rpc.LeaseStub(channel), rpc.WatchStub(channel)))
 
@@ -259,8 +273,11 @@ class EtcdStore(Store):
 
     # ------------------------------------------------------------------ values
 
-    def _pack(self, data: bytes) -> bytes:
+    def _pack(self, data: bytes, aad: bytes = b"") -> bytes:
+        """A value as etcd keeps it; ``aad`` (its key) binds a sealed value to its place."""
         compressed = self._zc.compress(data)
+        if self.crypt is not None:
+            compressed = self.crypt.seal(compressed, aad)
         if len(compressed) <= self.inline_limit_bytes:
             return b"z" + compressed
         digest = hashlib.sha256(compressed).hexdigest()
@@ -276,14 +293,14 @@ class EtcdStore(Store):
             self.artifacts_written += 1
         return b"a" + digest.encode()
 
-    def _unpack(self, value: bytes, what: str) -> bytes:
+    def _unpack(self, value: bytes, what: str, aad: bytes = b"") -> bytes:
         kind, body = value[:1], value[1:]
         if kind == b"z":
-            return self._zd.decompress(body)
+            return self._zd.decompress(open_value(self.crypt, body, aad, what))
         if kind == b"a":
             path = self._artifact_path(body.decode())
             try:
-                return self._zd.decompress(path.read_bytes())
+                return self._zd.decompress(open_value(self.crypt, path.read_bytes(), aad, what))
             except FileNotFoundError:
                 raise EtcdStoreError(
                     f"{what} lives in artifact {path}, which is missing: do all coordinators share "
@@ -326,18 +343,22 @@ class EtcdStore(Store):
                 raise EtcdStoreError(f"run id {rec.run_id!r} contains '/'")
             if isinstance(rec, TaskRecord):
                 info = task_info(rec, include_result=True)
-                ops[self._tasks_prefix(rec.run_id) + rec.name.encode()] = self._pack(info.SerializeToString())
+                key = self._tasks_prefix(rec.run_id) + rec.name.encode()
+                ops[key] = self._pack(info.SerializeToString(), key)
                 if rec.history:  # only tasks with a failed or requeued attempt (see _store.encode_history)
-                    ops[self._story_prefix(rec.run_id) + rec.name.encode()] = self._pack(encode_history(rec.history))
+                    key = self._story_prefix(rec.run_id) + rec.name.encode()
+                    ops[key] = self._pack(encode_history(rec.history), key)
                 continue
             header = pipeline_pb2.RunSummary(
                 run_id=rec.run_id, pipeline=rec.name, state=rec.state, created_at=rec.created_at,
                 finished_at=rec.finished_at, total_tasks=rec.total,
             )  # fmt: skip
             if rec.spec is not None:
-                ops[self._spec_key(rec.run_id)] = self._pack(rec.spec.SerializeToString())
+                key = self._spec_key(rec.run_id)
+                ops[key] = self._pack(rec.spec.SerializeToString(), key)
                 ops[self._bytime_key(rec)] = b""
-            ops[self._run_key(rec.run_id)] = self._pack(header.SerializeToString())
+            key = self._run_key(rec.run_id)
+            ops[key] = self._pack(header.SerializeToString(), key)
             ops[self._active_key(rec.run_id)] = None if rec.state in _FINISHED else b""
         return ops
 
@@ -412,22 +433,26 @@ class EtcdStore(Store):
         response = await self._txn(request, f"read of run {run_id}")
         header_kvs, spec_kvs, task_kvs, story_kvs = (r.response_range.kvs for r in response.responses)
         histories = {
-            kv.key[len(story_prefix) :].decode(): self._unpack(kv.value, f"story of {run_id}/{kv.key[len(story_prefix):]!r}")
+            kv.key[len(story_prefix) :].decode(): self._unpack(
+                kv.value, f"story of {run_id}/{kv.key[len(story_prefix):]!r}", kv.key
+            )
             for kv in story_kvs
         }
         if not header_kvs:
             return None
-        summary = pipeline_pb2.RunSummary.FromString(self._unpack(header_kvs[0].value, f"run {run_id} header"))
+        summary = pipeline_pb2.RunSummary.FromString(
+            self._unpack(header_kvs[0].value, f"run {run_id} header", header_kvs[0].key)
+        )
         header = RunRecord(
             summary.run_id, summary.pipeline, summary.state, summary.created_at, summary.finished_at, summary.total_tasks
         )
         spec = None
         if spec_kvs:
-            spec = pb.PipelineSpec.FromString(self._unpack(spec_kvs[0].value, f"run {run_id} spec"))
+            spec = pb.PipelineSpec.FromString(self._unpack(spec_kvs[0].value, f"run {run_id} spec", spec_kvs[0].key))
         tasks: dict[str, TaskRecord] = {}
         for kv in task_kvs:
             name = kv.key[len(prefix) :].decode()
-            info = pipeline_pb2.TaskInfo.FromString(self._unpack(kv.value, f"task {run_id}/{name}"))
+            info = pipeline_pb2.TaskInfo.FromString(self._unpack(kv.value, f"task {run_id}/{name}", kv.key))
             tasks[name] = TaskRecord(
                 run_id, name, info.state, info.attempts, info.worker, info.started_at, info.finished_at,
                 info.error if info.HasField("error") else None,
@@ -471,7 +496,7 @@ class EtcdStore(Store):
                 kvs = reply.response_range.kvs
                 if not kvs:
                     continue
-                s = pipeline_pb2.RunSummary.FromString(self._unpack(kvs[0].value, f"run {run_id} header"))
+                s = pipeline_pb2.RunSummary.FromString(self._unpack(kvs[0].value, f"run {run_id} header", kvs[0].key))
                 out.append(RunRecord(s.run_id, s.pipeline, s.state, s.created_at, s.finished_at, s.total_tasks))
         return out
 

@@ -97,6 +97,7 @@ class WorkerConnected(Event):
     running: tuple[AttemptKey, ...] = ()
     accepts_pickled: bool = True
     memory_enforcement: str = ""  # how the worker holds tasks to their memory (shown by ListWorkers)
+    allowed_code: frozenset[str] = frozenset()  # --allow-code; empty: every kind (pickle if accepts_pickled)
 
 
 @_message
@@ -225,6 +226,7 @@ class Assign(Action):
     code: tuple[common_pb2.CodeBlob, ...] = ()
     last_try: bool = False  # no retry follows a failure of this attempt
     traceparent: str = ""  # the run's W3C trace context; "" when the run is not traced
+    principal: bytes = b""  # the run's signed principal, as encoded field Assignment.principal
 
 
 @_message

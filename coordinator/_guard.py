@@ -8,14 +8,29 @@ stands in for the server in the generated ``add_*_to_server`` functions), so a c
 costs one plain wrapper at most. A handler that does the checks itself (the worker
 stream, whose every message is on the hot path) is marked with :func:`checks_itself` and
 gets only the safe deserializer.
+
+With auth on (see ``_authn``), :meth:`CallGuard.wrap` also binds each handler's permission
+from ``RPC_PERMISSIONS`` once, and the call is admitted (authenticated, authorized, its
+caller set) after the stop gate and the malformed check; a method missing from the table
+is refused (fail closed); public methods (health) get no auth wrapper. With auth off the
+handlers are exactly what they were: no wrapper, no metadata read.
+The guard also answers, for every call, stored data this coordinator cannot decrypt
+(:class:`~xpipe.security.DecryptionError`: a key id missing from its keyring, altered
+data) with FAILED_PRECONDITION and the error's message naming the key id: the call
+fails, the coordinator goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
+from xpipe.security._errors import DecryptionError
+from xpipe.security._rbac import PUBLIC, permission_for_rpc
+
+if TYPE_CHECKING:
+    from ._authn import CallAuth
 
 __all__ = ["CallGuard", "GuardedRegistrar", "Malformed", "abort_malformed", "checks_itself"]
 
@@ -66,8 +81,10 @@ class CallGuard:
     INVALID_ARGUMENT naming the method, instead of gRPC's bare UNKNOWN.
     """
 
-    def __init__(self, stopping: Callable[[], bool]):
+    def __init__(self, stopping: Callable[[], bool], auth: CallAuth | None = None):
         self.stopping = stopping
+        #: Authenticates and authorizes calls; None: auth is off (every caller is LOCAL).
+        self.auth = auth
         self.in_flight = 0
         self.settled = asyncio.Event()
         self.settled.set()
@@ -93,6 +110,8 @@ class CallGuard:
         """The same handler behind the stop gate and the malformed check (built once)."""
         if handler.request_deserializer is None:
             return handler
+        if self.auth is not None:
+            handler = _admitting(self.auth, method, handler)
         parse = _safe(handler.request_deserializer)
         out = handler.response_serializer
         gate = self
@@ -108,6 +127,8 @@ class CallGuard:
                 gate.settled.clear()
                 try:
                     return await inner(request, context)
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
                 finally:
                     gate.in_flight -= 1
                     if not gate.in_flight:
@@ -122,8 +143,11 @@ class CallGuard:
                     await gate.refuse(context)
                 if isinstance(request, Malformed):
                     await abort_malformed(context, method, request)
-                async for item in inner_stream(request, context):
-                    yield item
+                try:
+                    async for item in inner_stream(request, context):
+                        yield item
+                except DecryptionError as exc:
+                    await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
             return grpc.unary_stream_rpc_method_handler(unary_stream, parse, out)
         if handler.stream_stream is not None:
@@ -152,6 +176,72 @@ class CallGuard:
             return await inner_client(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, parse, out)
+
+
+def _admitting(auth: CallAuth, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` behind :meth:`CallAuth.admit` with its permission bound now, once.
+
+    A method missing from ``RPC_PERMISSIONS`` answers PERMISSION_DENIED (fail closed); a
+    public one (health) is returned as is; a stream that checks itself (the worker stream,
+    see :func:`checks_itself`) admits its caller when it opens.
+    """
+    permission = permission_for_rpc(method)
+    des, ser = handler.request_deserializer, handler.response_serializer
+    if permission is None:
+        message = f"{method} is not in the RPC permission table; refused (fail closed)"
+
+        async def closed(request, context):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+
+        async def closed_stream(request, context):  # the guard iterates streams: a generator
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, message)
+            yield  # unreachable: abort raises
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(closed, des, ser)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(closed_stream, des, ser)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(closed, des, ser)
+        return grpc.stream_stream_rpc_method_handler(closed_stream, des, ser)
+    if permission == PUBLIC:
+        return handler
+    admit = auth.admit
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request, context):
+            await admit(method, permission, request, context)
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, des, ser)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def unary_stream(request, context):
+            await admit(method, permission, request, context)
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, des, ser)
+    if handler.stream_stream is not None:
+        inner_bidi = handler.stream_stream
+        if getattr(inner_bidi, _SELF_CHECKED, False):
+            return handler
+
+        async def stream_stream(requests, context):
+            await admit(method, permission, None, context)
+            async for item in inner_bidi(requests, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, des, ser)
+    inner_client = handler.stream_unary
+
+    async def stream_unary(requests, context):
+        await admit(method, permission, None, context)
+        return await inner_client(requests, context)
+
+    return grpc.stream_unary_rpc_method_handler(stream_unary, des, ser)
 
 
 class _GuardedGeneric(grpc.GenericRpcHandler):

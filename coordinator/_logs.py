@@ -29,6 +29,7 @@ from typing import Any, Self
 from xpipe._domain import TERMINAL_TASK_STATES
 from xpipe._limits import MAX_NAME_CHARS
 from xpipe._proto import worker_pb2
+from xpipe.security._atrest import AtRest, open_value
 from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_LAG_S, TASK_LOG_MAX_BYTES
 
 __all__ = ["READ_ROWS", "TASK_LOG_DB", "LogRow", "TaskLogStore", "check_log_batch", "logs_awaited", "logs_lag_s"]
@@ -78,6 +79,11 @@ class LogRow:
     at: float
 
 
+def _log_aad(run_id: str, task: str, attempt: int) -> bytes:
+    """A sealed log chunk's place (AES-GCM associated data)."""
+    return f"log:{run_id}/{task}.{attempt}".encode()
+
+
 def check_log_batch(batch: worker_pb2.TaskLogBatch) -> str:
     """Why a worker's log batch cannot be taken ("" if it can)."""
     for i, entry in enumerate(batch.entries):
@@ -95,6 +101,9 @@ def check_log_batch(batch: worker_pb2.TaskLogBatch) -> str:
 class TaskLogStore:
     """See the module docs. ``path`` None keeps the logs in memory (tests, throwaway runs).
 
+    With ``crypt`` (``--encryption-key-file``) each row's output is sealed on the writer
+    thread, bound to its run, task and attempt; rows written before stay readable.
+
     Use ``async with``, or :meth:`open` and :meth:`close`.
     """
 
@@ -104,10 +113,12 @@ class TaskLogStore:
         *,
         max_bytes_per_attempt: int = TASK_LOG_MAX_BYTES,
         max_pending_bytes: int = _PENDING_MAX_BYTES,
+        crypt: AtRest | None = None,
     ):
         self.path = Path(path) if path is not None else None
         self.max_bytes_per_attempt = max_bytes_per_attempt
         self.max_pending_bytes = max_pending_bytes
+        self.crypt = crypt
         self._db: sqlite3.Connection | None = None
         # One thread owns the connection: writes and reads queue behind each other there,
         # never on the event loop.
@@ -250,6 +261,10 @@ class TaskLogStore:
     def _flush_sync(self, rows: list[tuple]) -> None:
         if not rows or self._db is None:
             return
+        crypt = self.crypt
+        if crypt is not None:  # here, off the event loop
+            rows = [(r[0], r[1], r[2], r[3], crypt.seal(r[4], _log_aad(r[0], r[1], r[2])) if r[4] else r[4], *r[5:])
+                    for r in rows]  # fmt: skip
         with self._db:  # one transaction per turn, however many rows
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -285,10 +300,13 @@ class TaskLogStore:
             sql += " AND attempt = ?"
             args.append(attempt)
         sql += f" ORDER BY seq LIMIT {READ_ROWS}"
+        crypt = self.crypt
         return [
-            LogRow(seq, t, a, stream, bytes(data), dropped, bool(final), at)
+            LogRow(seq, t, a, stream,
+                   open_value(crypt, data, _log_aad(run_id, t, a), f"task log of {run_id}/{t} attempt {a}"),
+                   dropped, bool(final), at)
             for seq, t, a, stream, data, dropped, final, at in self._db.execute(sql, args)
-        ]
+        ]  # fmt: skip
 
     def watch(self, run_id: str) -> asyncio.Event:
         """An event set whenever rows of ``run_id`` were written (clear it before reading)."""

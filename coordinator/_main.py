@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import signal
 import sys
@@ -11,14 +12,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xpipe._lineage import parse_lineage_target
+from xpipe.security._auth import authenticator_from_spec
+from xpipe.security._rbac import Policy
+from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
+from xpipe.security._atrest import AtRest, at_rest, configure
+from xpipe.security._errors import DecryptionError, SecurityConfigError
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
+from ._authn import Security
 from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._server import Coordinator, write_ready_file
 from ._store import StoreError, make_private_dir, open_store
+from ._trust import RunSigner
 
 if TYPE_CHECKING:
     from xpipe.telemetry._export import MetricsEndpoint
@@ -46,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
     p.add_argument("--prefetch", type=int, default=64,
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
+    p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
+                   help="keyring (xpipe keys create) sealing specs, code, results, errors, task logs and artifacts "
+                        "at rest; re-read when the file changes (xpipe keys rotate)")  # fmt: skip
+    p.add_argument("--signing-key-file", type=Path, metavar="PEM",
+                   help="Ed25519 private key that signs runs' principals (openssl genpkey -algorithm ed25519); "
+                        "HA coordinators share one. Default: a new key per process")
     p.add_argument("--ready-file", type=Path, help="write the bound address here once serving")
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
@@ -54,11 +68,83 @@ def build_parser() -> argparse.ArgumentParser:
                    help="send OpenLineage events of tracked tasks as they finish: JSON lines appended "
                         "to PATH, or POSTed to the URL (default: off; see docs/security.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_security_arguments(p)
     add_tracing_arguments(p)
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
                         "and stimulus_id fields")  # fmt: skip
     return p
+
+
+def add_security_arguments(p: argparse.ArgumentParser) -> None:
+    """TLS, authentication and authorization flags (docs/security.md)."""
+    g = p.add_argument_group("security")
+    g.add_argument("--tls-cert", default="", metavar="FILE", help="this coordinator's certificate (PEM); serves TLS")
+    g.add_argument("--tls-key", default="", metavar="FILE", help="its private key (PEM)")
+    g.add_argument("--tls-ca", default="", metavar="FILE", help="CA that client certificates must chain to (mTLS)")
+    g.add_argument("--tls-client-auth", default="none", choices=list(CLIENT_AUTH_MODES),
+                   help="'require': mTLS, a client certificate from --tls-ca is needed (and is an identity)")
+    g.add_argument("--auth", default="", metavar="SPEC",
+                   help="identity source: tokens:FILE, jwt:hs256:SECRET_FILE[,...], jwt:rs256:PUBKEY[,...], "
+                        "ldap://HOST:PORT (with --ldap-config)")  # fmt: skip
+    g.add_argument("--ldap-config", default=None, metavar="FILE", help="LDAP settings (TOML) for --auth ldap://")
+    g.add_argument("--policy", default="", metavar="FILE", help="roles and grants (TOML) on top of the built-in roles")
+    g.add_argument("--insecure", action="store_true",
+                   help="allow listening on a non-loopback address without TLS and authentication")
+    g.add_argument("--etcd-ca", default="", metavar="FILE", help="etcd store: CA of etcd's certificate (TLS to etcd)")
+    g.add_argument("--etcd-cert", default="", metavar="FILE", help="etcd store: client certificate for etcd")
+    g.add_argument("--etcd-key", default="", metavar="FILE", help="etcd store: its private key")
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, or "" (every address)
+        return False
+
+
+def security_from_arguments(opts: argparse.Namespace) -> tuple[Security | None, Policy | None]:
+    """The coordinator's :class:`Security` and ``--policy`` from its flags (None: none given).
+
+    Raises:
+        SecurityConfigError: an unusable file or spec, or an unsafe listen address without
+            ``--insecure`` (the message says what to add).
+    """
+    if bool(opts.tls_cert) != bool(opts.tls_key):
+        raise SecurityConfigError("--tls-cert and --tls-key go together")
+    credentials = None
+    if opts.tls_cert:
+        credentials = server_credentials(opts.tls_cert, opts.tls_key, opts.tls_ca or None, opts.tls_client_auth)
+    elif opts.tls_client_auth != "none" or opts.tls_ca:
+        raise SecurityConfigError("--tls-ca and --tls-client-auth need --tls-cert and --tls-key (TLS)")
+    authenticator = None
+    if opts.auth:
+        authenticator = authenticator_from_spec(opts.auth, ldap_config=opts.ldap_config)
+    policy = Policy.load(opts.policy) if opts.policy else None
+    security = Security(
+        credentials=credentials, authenticator=authenticator, client_certs=opts.tls_client_auth == "require",
+        blocking=opts.auth.startswith("ldap"),
+    )  # fmt: skip
+    if not _is_loopback(opts.listen) and not opts.insecure:
+        missing = [(what, add) for what, add, ok in (
+            ("TLS", "--tls-cert/--tls-key", credentials is not None),
+            ("authentication", "--auth or --tls-client-auth require", security.auth_on),
+        ) if not ok]  # fmt: skip
+        if missing:
+            raise SecurityConfigError(
+                f"refusing to listen on non-loopback {opts.listen} without {' and '.join(w for w, _ in missing)} "
+                f"(anyone reaching the port could run code on every worker): add "
+                f"{' and '.join(a for _, a in missing)}, or --insecure"
+            )
+    if credentials is None and not security.auth_on:
+        if policy is not None:
+            log.warning("--policy %s has no effect without --auth or --tls-client-auth require: "
+                        "every caller is the admin 'local'", opts.policy)  # fmt: skip
+        return None, policy
+    return security, policy
 
 
 async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None) -> int:
@@ -69,9 +155,18 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     try:
+        crypt = AtRest.from_file(opts.encryption_key_file.resolve()) if opts.encryption_key_file else None
+    except SecurityConfigError as exc:
+        raise SystemExit(f"xpipe-coordinator: --encryption-key-file: {exc}") from None
+    configure(crypt)  # artifact files: read (and inlined for clients) through xpipe._codec
+    try:
+        security, policy = security_from_arguments(opts)
+        etcd_tls = None
+        if opts.etcd_ca or opts.etcd_cert or opts.etcd_key:
+            etcd_tls = TLSConfig(ca=opts.etcd_ca or None, cert=opts.etcd_cert or None, key=opts.etcd_key or None)
         store = open_store(
             opts.store, opts.data_dir, cluster=opts.cluster, artifact_dir=opts.artifact_dir,
-            accept_empty_store=opts.accept_empty_store,
+            accept_empty_store=opts.accept_empty_store, etcd_tls=etcd_tls, crypt=crypt,
         )  # fmt: skip
         election = None
         if opts.store.startswith("etcd://"):
@@ -79,17 +174,21 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
 
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
         tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
+        signer = RunSigner.load(opts.signing_key_file) if opts.signing_key_file else None
         opts.lineage_target = parse_lineage_target(opts.lineage_export) if opts.lineage_export else None
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
-        return await _run(opts, store, election, tracing, metrics)
+        return await _run(opts, store, election, tracing, metrics, signer, security, policy)
     finally:
         if tracing is not None:
             await asyncio.to_thread(tracing.shutdown)  # after the engine stopped: the last spans go out
 
 
-async def _run(opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None) -> int:
+async def _run(
+    opts: argparse.Namespace, store, election, tracing, metrics: MetricsEndpoint | None, signer: RunSigner | None,
+    security: Security | None = None, policy: Policy | None = None,
+) -> int:  # fmt: skip
     artifact_dir = (opts.artifact_dir or opts.data_dir / "artifacts").resolve()
     make_private_dir(artifact_dir)  # 0700 when made here: results hold task data
     config = EngineConfig(
@@ -98,12 +197,16 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
         heartbeat_interval_s=opts.heartbeat_interval_s,
         artifact_dir=str(artifact_dir),
         tracing=tracing,
+        signer=signer,
     )
     # Task logs live in the data directory whatever the store: see _logs.
-    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB)
+    task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB, crypt=at_rest())
     coordinator = Coordinator(
-        store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs
-    )
+        store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs,
+        security=security,
+    )  # fmt: skip
+    if policy is not None:
+        coordinator.policy = policy
     coordinator.data_tap.export = opts.lineage_target
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -111,7 +214,7 @@ async def _run(opts: argparse.Namespace, store, election, tracing, metrics: Metr
         loop.add_signal_handler(sig, stop.set)
     try:
         await coordinator.start()
-    except StoreError as exc:
+    except (StoreError, DecryptionError) as exc:  # a sealed run it cannot open: say which key id
         # One line naming the file and the way out, not a traceback: an operator reads it.
         await coordinator.stop()
         print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)

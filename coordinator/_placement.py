@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from xpipe._domain import DEFAULT_PLACEMENT_STRATEGY as DEFAULT_STRATEGY
 from xpipe._domain import PLACEMENT_STRATEGIES as STRATEGIES
 from xpipe._proto import common_pb2 as pb
+from xpipe.security._codetrust import CODE_KINDS
 
 __all__ = [
     "Request", "PlacementIndex", "STRATEGIES", "DEFAULT_STRATEGY", "normalize_strategy", "UNBOUNDED", "big_input_holder",
@@ -138,6 +139,10 @@ class Request:
 
 #: What a task that asks for nothing asks for (1 cpu core): shared by all such tasks.
 _ONE_CORE = Request()
+_ALL_KINDS = frozenset(CODE_KINDS)
+#: The error type of a task whose (non-pickle) kind of code every worker refuses: something
+#: the task needs, a worker that runs it, is missing.
+_KIND_REFUSED = "DEPENDENCY_FAILURE"
 
 
 class _Node:
@@ -145,7 +150,7 @@ class _Node:
 
     __slots__ = (
         "worker_id", "seq", "slots", "credit", "cpu", "memory", "gpu", "custom", "labels", "handlers",
-        "accepts_pickled", "eligible", "used_cpu", "used_memory", "used_gpu", "used_custom", "held", "load",
+        "code_kinds", "eligible", "used_cpu", "used_memory", "used_gpu", "used_custom", "held", "load",
         "version", "headroom",
     )  # fmt: skip
 
@@ -159,7 +164,7 @@ class _Node:
         self.custom: dict[str, int] = {}
         self.labels: dict[str, str] = {}
         self.handlers: frozenset[str] = frozenset()
-        self.accepts_pickled = True
+        self.code_kinds: frozenset[str] = _ALL_KINDS  # what --allow-code lets it run
         self.eligible = False
         self.used_cpu = self.used_memory = self.used_gpu = 0
         self.used_custom: dict[str, int] = {}
@@ -279,10 +284,13 @@ class PlacementIndex:
         resources: pb.Resources | None,
         labels: Mapping[str, str],
         handlers: Iterable[str] = (),
-        accepts_pickled: bool = True,
+        code_kinds: Iterable[str] = CODE_KINDS,
         eligible: bool = True,
     ) -> None:
-        """Add a worker or update what it offers (keeps what it holds)."""
+        """Add a worker or update what it offers (keeps what it holds).
+
+        ``code_kinds``: the kinds of code it runs (``--allow-code``), of ``CODE_KINDS``.
+        """
         node = self.nodes.get(worker_id)
         if node is None:
             node = self.nodes[worker_id] = _Node(worker_id, next(self._seq))
@@ -300,7 +308,7 @@ class PlacementIndex:
             node.custom = {k: _milli(v) for k, v in resources.custom.items() if v > 0}
         node.labels = dict(labels)
         node.handlers = frozenset(handlers)
-        node.accepts_pickled = accepts_pickled
+        node.code_kinds = frozenset(code_kinds)
         node.eligible = eligible
         self._reindex(node)
         self._capacity_changed()
@@ -373,19 +381,23 @@ class PlacementIndex:
     # ------------------------------------------------------------------ decisions
 
     def pick(
-        self, request: Request, *, strategy: str = DEFAULT_STRATEGY, handler: str = "", needs_pickled: bool = False
+        self, request: Request, *, strategy: str = DEFAULT_STRATEGY, handler: str = "", code: str = "import"
     ) -> str | None:
-        """The worker that should take ``request`` now, or None if none has room for it."""
-        sig = (request, handler, needs_pickled)
+        """The worker that should take ``request`` now, or None if none has room for it.
+
+        ``code`` is the task's kind of code (``xpipe.security._codetrust.code_kind``): only a
+        worker that runs that kind is chosen.
+        """
+        sig = (request, handler, code)
         if sig in self._failed_now:
             return None
-        chosen = self._pick(request, strategy, handler, needs_pickled)
+        chosen = self._pick(request, strategy, handler, code)
         if chosen is None:
             self._failed_now.add(sig)
         return chosen
 
     def prefer_holder(
-        self, holder: str, chosen: str, request: Request, *, handler: str = "", needs_pickled: bool = False
+        self, holder: str, chosen: str, request: Request, *, handler: str = "", code: str = "import"
     ) -> str:
         """``holder`` (it has a task's big inputs) instead of ``chosen`` if the load allows it.
 
@@ -396,14 +408,14 @@ class PlacementIndex:
         if holder == chosen:
             return chosen
         node, other = self.nodes.get(holder), self.nodes.get(chosen)
-        if node is None or other is None or not node.has_room() or not self._ok(node, request, handler, needs_pickled):
+        if node is None or other is None or not node.has_room() or not self._ok(node, request, handler, code):
             return chosen
         if len(node.held) > len(other.held) + node.slots:
             return chosen
         self.locality_hits += 1
         return holder
 
-    def _pick(self, request: Request, strategy: str, handler: str, needs_pickled: bool) -> str | None:
+    def _pick(self, request: Request, strategy: str, handler: str, code: str) -> str | None:
         # Quick reject: nobody has that much free cpu (or memory) right now.
         top = self._top(self._free_cpu)
         if top is None or -top[0] < request.cpu_milli:
@@ -414,7 +426,7 @@ class PlacementIndex:
                 return None
         narrow = self._narrowest(request, handler)
         if narrow is not None and len(narrow) <= _SMALL_SET:
-            return self._scan(narrow, request, strategy, handler, needs_pickled)
+            return self._scan(narrow, request, strategy, handler, code)
         heap = self._heaps[strategy]
         skipped: list[tuple] = []
         chosen = None
@@ -426,30 +438,30 @@ class PlacementIndex:
             if node is None or node.version != entry[-2]:
                 continue  # stale
             skipped.append(entry)
-            if self._ok(node, request, handler, needs_pickled):
+            if self._ok(node, request, handler, code):
                 chosen = node.worker_id
                 break
         for entry in skipped:
             heapq.heappush(heap, entry)
         return chosen
 
-    def _scan(self, ids: Iterable[str], request: Request, strategy: str, handler: str, needs_pickled: bool) -> str | None:
+    def _scan(self, ids: Iterable[str], request: Request, strategy: str, handler: str, code: str) -> str | None:
         pos = STRATEGIES.index(strategy)
         best_key, best = None, None
         for worker_id in ids:
             node = self.nodes[worker_id]
             self.examined += 1
-            if node.has_room() and self._ok(node, request, handler, needs_pickled):
+            if node.has_room() and self._ok(node, request, handler, code):
                 key = node.keys()[pos]
                 if best_key is None or key < best_key:
                     best_key, best = key, worker_id
         return best
 
     @staticmethod
-    def _ok(node: _Node, request: Request, handler: str, needs_pickled: bool) -> bool:
+    def _ok(node: _Node, request: Request, handler: str, code: str) -> bool:
         if handler and handler not in node.handlers:
             return False
-        if needs_pickled and not node.accepts_pickled:
+        if code not in node.code_kinds:
             return False
         return node.fits_now(request)
 
@@ -495,22 +507,28 @@ class PlacementIndex:
         self._never_cache[request] = answer
         return answer
 
-    def why_never_served(self, handler: str = "", needs_pickled: bool = False) -> tuple[str, str]:
+    def why_never_served(self, handler: str = "", code: str = "import") -> tuple[str, str]:
         """(error type, why) when no registered worker could ever run such a task, else ("", "").
 
-        A handler no worker registered fails ``HANDLER_NOT_FOUND``; pickled code that every
-        worker refuses fails ``PICKLED_CODE_REFUSED``. Judged, like :meth:`why_never_fits`,
-        only once some worker has registered.
+        A handler no worker registered fails ``HANDLER_NOT_FOUND``; a kind of code every
+        worker refuses (``--allow-code``, ``--no-pickled-code``) fails ``PICKLED_CODE_REFUSED``
+        for pickled code, else ``_KIND_REFUSED``. Judged, like :meth:`why_never_fits`, only
+        once some worker has registered.
         """
         if not self.nodes:
             return "", ""
         if handler and not self._by_handler.get(handler):
             return "HANDLER_NOT_FOUND", f"no registered worker has handler {handler!r}"
-        if needs_pickled and not any(n.accepts_pickled for n in self.nodes.values()):
-            return (
-                "PICKLED_CODE_REFUSED",
-                "every registered worker refuses pickled code (started with --no-pickled-code); make the function importable",
-            )
+        if not any(code in n.code_kinds for n in self.nodes.values()):
+            if code == "pickle":
+                return (
+                    "PICKLED_CODE_REFUSED",
+                    "every registered worker refuses pickled code (started with --no-pickled-code or "
+                    "--allow-code without pickle); make the function importable",
+                )
+            return _KIND_REFUSED, f"every registered worker refuses {code} code (started with --allow-code without {code})"
+        if handler and not any(code in self.nodes[w].code_kinds for w in self._by_handler[handler]):
+            return _KIND_REFUSED, f"every worker with handler {handler!r} refuses handler code (--allow-code)"
         return "", ""
 
     def _why_never_fits(self, request: Request) -> str:

@@ -60,7 +60,7 @@ class RecoveryFlow:
                 continue  # cancelled meanwhile, or already sent
             assert run.handler is not None
             worker_id = self.placement.pick(
-                _RECOVERY_REQUEST, strategy=run.strategy, needs_pickled=bool(run.handler.code_hash)
+                _RECOVERY_REQUEST, strategy=run.strategy, code="pickle" if run.handler.code_hash else "import"
             )
             if worker_id is None:
                 waiting.append((run_id, name))
@@ -78,7 +78,7 @@ class RecoveryFlow:
             if code_hash and code_hash not in worker.sent_code and code_hash in run.code:
                 worker.sent_code.add(code_hash)
                 code = (run.code[code_hash],)
-            out.append(Assign(worker_id, key, spec, (), code, True))
+            out.append(Assign(worker_id, key, spec, (), code, True, principal=run.principal))
         self._recoveries = waiting
 
     def _recovery_codec(self) -> RecoveryCodec:

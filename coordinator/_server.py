@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import socket
@@ -21,6 +22,8 @@ from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe.security._principal import DEFAULT_NAMESPACE
+from xpipe.security._atrest import at_rest
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
 from xpipe._domain import REJECTED_FIELD, REJECTION_KIND_KEY
 from xpipe.errors import PipelineValidationError
@@ -30,6 +33,8 @@ from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
 from ._auditlog import AuditLog, audit_local_calls
+from ._authn import CallAuth, NamespaceCache, Security
+from ._caller import caller
 from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
@@ -51,6 +56,7 @@ from ._events import WorkersForgotten
 from xpipe._domain import TERMINAL_RUN_STATES, VERSION
 from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
+from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
     check_event,
     check_heartbeat,
@@ -135,8 +141,14 @@ async def _submit(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, co
 
 
 async def _submit_to_engine(c: Coordinator, submit: pipeline_pb2.SubmitPipelineRequest, context) -> str:
+    spec = submit.pipeline
+    principal = caller()
+    refusal = check_submission(spec, principal, c.policy)
+    if refusal is not None:
+        await context.abort(grpc.StatusCode[refusal.code], refusal.message)
+    grants = code_grants(principal, spec.namespace or DEFAULT_NAMESPACE, c.policy)
     try:
-        return await c.engine.submit(submit.pipeline, idempotency_key=submit.idempotency_key)
+        return await c.engine.submit(spec, idempotency_key=submit.idempotency_key, principal=(principal.name, grants))
     except PipelineValidationError as exc:
         kind = ((REJECTION_KIND_KEY, rejection_kind(exc)),)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc), trailing_metadata=kind)
@@ -207,8 +219,12 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def ListRuns(self, request, context):
         limit = min(request.limit or 50, MAX_LIST_RUNS)
         records = await self.engine.store.list_runs(limit)
+        auth = self.c.guard.auth
+        visible = None if auth is None else await auth.readable([rec.run_id for rec in records])
         runs = []
         for rec in records:
+            if visible is not None and rec.run_id not in visible:
+                continue
             live = self.engine.state.runs.get(rec.run_id)
             if live is not None:
                 runs.append(live.summary())
@@ -393,6 +409,9 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         # Guarded here, not by a wrapper (see _guard): every worker message is on the hot path.
         if self.c.stopping:
             await self.c.guard.refuse(context)
+        auth = self.c.guard.auth
+        if auth is not None:  # once per stream, never per message
+            await auth.admit(_CONNECT, "worker:connect", None, context)
         try:
             first = await request_iterator.__anext__()
         except StopAsyncIteration:
@@ -418,6 +437,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 time.time(), reg.worker_id, reg.name or reg.worker_id, reg.host, reg.slots,
                 frozenset(reg.handlers), dict(reg.labels), reg.resources,
                 tuple(_key(r) for r in reg.running), reg.accepts_pickled_code, reg.memory_enforcement,
+                frozenset(reg.allowed_code),
                 stimulus_id=register_id,
             )  # fmt: skip
         )
@@ -431,6 +451,9 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 heartbeat_interval_s=engine.config.heartbeat_interval_s,
                 prefetch=engine.config.prefetch,
                 artifact_dir=engine.config.artifact_dir,
+                encryption_at_rest=at_rest() is not None,
+                signing_key=engine.config.signer.public_key,
+                signing_key_id=engine.config.signer.key_id,
             )
         )
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
@@ -737,8 +760,13 @@ class Coordinator:
         election: LeaderElection | None = None,
         metrics: MetricsEndpoint | None = None,
         task_logs: TaskLogStore | None = None,
+        security: Security | None = None,
     ):
         self.store = store
+        #: TLS credentials and how callers are known (``--tls-*``, ``--auth``); None: plaintext, auth off.
+        self.security = security
+        if config.signer is None:  # never unsigned: workers refuse assignments without a principal
+            config = dataclasses.replace(config, signer=RunSigner.generate())
         #: Task output workers ship (see ``_logs``); in memory unless given one with a file.
         self.task_logs = task_logs if task_logs is not None else TaskLogStore(None)
         self.listen = listen
@@ -762,7 +790,11 @@ class Coordinator:
         self._health_names: list[str] = []
         self._stopped = asyncio.Event()
         #: Refuses calls once stopping and answers unparsable requests (see _guard).
-        self.guard = CallGuard(lambda: self._stopped.is_set())
+        auth = None
+        if security is not None and security.auth_on:
+            auth = CallAuth(security, policy=lambda: self.policy, audit=lambda: self.audit,
+                            run_namespace=NamespaceCache(self._live_namespace, self._stored_namespace))  # fmt: skip
+        self.guard = CallGuard(lambda: self._stopped.is_set(), auth)
         #: Roles and grants calls are authorized against (``--policy``; built-in roles by default).
         self.policy: Policy = DEFAULT_POLICY
         #: Where audited calls and data accesses are reported (see ``_auditsink``): stored, chained.
@@ -782,6 +814,16 @@ class Coordinator:
         engine = Engine(self.store, self.config, metrics=self.metrics)
         engine.tap = getattr(self, "data_tap", None)
         return engine
+
+    def _live_namespace(self, run_id: str) -> str | None:
+        run = self.engine.state.runs.get(run_id)
+        return None if run is None else run.spec.namespace or DEFAULT_NAMESPACE
+
+    async def _stored_namespace(self, run_id: str) -> str | None:
+        stored = await self.engine.store.get_run(run_id)
+        if stored is None:
+            return None
+        return (stored.spec.namespace if stored.spec is not None else "") or DEFAULT_NAMESPACE
 
     def name_workers(self, tasks) -> None:
         """Show worker names rather than ids in task infos."""
@@ -834,7 +876,8 @@ class Coordinator:
         # What reflection.enable_server_reflection does for an aio server, through the guard.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), guarded)
         host, _, port = self.listen.rpartition(":")
-        bound = server.add_insecure_port(self.listen)
+        credentials = self.security.credentials if self.security is not None else None
+        bound = server.add_secure_port(self.listen, credentials) if credentials else server.add_insecure_port(self.listen)
         if bound == 0:
             raise OSError(f"cannot listen on {self.listen}")
         self.address = f"{host or '127.0.0.1'}:{bound}"
@@ -849,7 +892,8 @@ class Coordinator:
         else:
             self.election.address = self.election.address or self.address
             self._election_task = asyncio.create_task(self.election.run(self._lead, self._step_down), name="xpipe-election")
-        log.info("coordinator %s serving on %s", self.coordinator_id, self.address)
+        log.info("coordinator %s serving on %s (runs signed with key %s)", self.coordinator_id, self.address,
+                 self.config.signer.key_id)
         return self.address
 
     @property

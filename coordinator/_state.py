@@ -44,6 +44,7 @@ from xpipe._domain import error_type_name, set_error_type, task_error
 from xpipe._limits import STORY_HISTORY_ENTRIES, TRANSITION_LOG_ENTRIES
 from xpipe._proto import common_pb2 as pb
 from xpipe._retry import backoff_delay_s
+from xpipe.security._codetrust import CODE_KINDS
 
 from ._breaker import OPEN, CircuitBreakers
 from ._entries import RunEntry, TaskEntry, WorkerEntry
@@ -294,7 +295,8 @@ class SchedulerState(RecoveryFlow, StateQueries):
             worker = self.workers[ev.worker_id] = WorkerEntry(ev.worker_id, ev.now)
         worker.name, worker.host, worker.slots = ev.name, ev.host, max(0, ev.slots)
         worker.handlers, worker.labels, worker.resources = ev.handlers, dict(ev.labels), ev.resources
-        worker.accepts_pickled = ev.accepts_pickled
+        kinds = ev.allowed_code or frozenset(CODE_KINDS)
+        worker.code_kinds = kinds if ev.accepts_pickled else kinds - {"pickle"}
         worker.memory_enforcement = ev.memory_enforcement
         worker.connected, worker.last_seen, worker.state = True, ev.now, "ready"
         worker.sent_code = set()  # a reconnecting worker may be a new process with an empty cache
@@ -368,7 +370,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
         worker.credit = worker.slots + self._prefetch_for(worker)
         self.placement.upsert(
             worker.worker_id, slots=worker.slots, credit=worker.credit, resources=worker.resources,
-            labels=worker.labels, handlers=worker.handlers, accepts_pickled=worker.accepts_pickled,
+            labels=worker.labels, handlers=worker.handlers, code_kinds=worker.code_kinds,
         )  # fmt: skip
 
     def _prefetch_for(self, worker: WorkerEntry) -> int:
@@ -631,14 +633,13 @@ class SchedulerState(RecoveryFlow, StateQueries):
                     spec = task.spec
                     kind = spec.WhichOneof("kind")
                     handler = spec.handler.name if kind == "handler" else ""
-                    needs_pickled = kind == "python" and bool(spec.python.code_hash)
-                    worker_id = index.pick(task.request, strategy=run.strategy, handler=handler, needs_pickled=needs_pickled)
+                    worker_id = index.pick(task.request, strategy=run.strategy, handler=handler, code=task.code)
                     if worker_id is not None and run.big_results:
                         tasks = run.tasks
                         holder = big_input_holder((tasks[d].worker, tasks[d].result) for d in task.deps)
                         if holder:
                             worker_id = index.prefer_holder(
-                                holder, worker_id, task.request, handler=handler, needs_pickled=needs_pickled
+                                holder, worker_id, task.request, handler=handler, code=task.code
                             )  # fmt: skip
                 if worker_id is None:
                     deferred.append(entry)
@@ -685,9 +686,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             return "RESOURCE_EXHAUSTION", why
         spec = task.spec
         kind = spec.WhichOneof("kind")
-        return self.placement.why_never_served(
-            spec.handler.name if kind == "handler" else "", kind == "python" and bool(spec.python.code_hash)
-        )
+        return self.placement.why_never_served(spec.handler.name if kind == "handler" else "", task.code)
 
     def _fail_unplaceable(
         self, run: RunEntry, task: TaskEntry, error_type: str, why: str, now: float, out: list[Action], *, waited: bool
@@ -726,7 +725,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             worker.sent_code.add(code_hash)
             code = (run.code[code_hash],)
         last_try = task.failures >= self._retries_of(run, task)
-        out.append(Assign(worker.worker_id, key, spec, upstream, code, last_try, run.traceparent))
+        out.append(Assign(worker.worker_id, key, spec, upstream, code, last_try, run.traceparent, run.principal))
 
     # ------------------------------------------------------------------ helpers
 

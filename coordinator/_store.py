@@ -36,6 +36,8 @@ import zstandard
 
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe._proto import common_pb2 as pb
+from xpipe.security._tls import TLSConfig
+from xpipe.security._atrest import AtRest, open_value
 
 from xpipe.security._audit import GENESIS_HASH, AuditEntry
 
@@ -326,9 +328,13 @@ class SQLiteStore(Store):
         accept_empty: start although the manifest says a store existed here and the
             database is missing or empty (the operator accepts losing the history); the
             manifest is rewritten. Without it, :meth:`open` raises :class:`StoreRefused`.
+        crypt: seal specs, results, errors, stories and telemetry with this keyring
+            (``--encryption-key-file``); a store once opened with one is refused without.
     """
 
-    def __init__(self, path: str | Path, *, synchronous: str = "NORMAL", accept_empty: bool = False):
+    def __init__(
+        self, path: str | Path, *, synchronous: str = "NORMAL", accept_empty: bool = False, crypt: AtRest | None = None
+    ):
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL"):
             raise ValueError(f"synchronous must be OFF, NORMAL or FULL, not {synchronous!r}")
         self.path = Path(path)
@@ -337,6 +343,7 @@ class SQLiteStore(Store):
         self._synchronous = synchronous.upper()
         #: Start on a missing or empty database even though the manifest says one existed.
         self.accept_empty = accept_empty
+        self.crypt = crypt
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self.commits = 0
@@ -390,15 +397,35 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self._synchronous}")
             db.executescript(_SCHEMA)
+            self._check_encryption(db)
         except sqlite3.DatabaseError as exc:
             db.close()
             raise self._unreadable(exc) from exc
+        except StoreRefused:
+            db.close()
+            raise
         self._db = db
         if new or not had_manifest:
             if not new:
                 log.info("store %s has no manifest (made by an older version); writing one", path)
             manifest = {"store_id": uuid.uuid4().hex, "schema_version": SCHEMA_VERSION, "created_at": time.time()}
             _write_private(self.manifest_path, json.dumps(manifest).encode())
+
+    def _check_encryption(self, db: sqlite3.Connection) -> None:
+        """Mark a store opened with a keyring; refuse to open a marked one without.
+
+        Without the mark, a coordinator started without ``--encryption-key-file`` would
+        write new data in the clear into a store meant to be encrypted, and fail on each
+        old row it reads.
+        """
+        row = db.execute("SELECT value FROM meta WHERE key='encryption_at_rest'").fetchone()
+        if self.crypt is not None and row is None:
+            db.execute("INSERT INTO meta VALUES ('encryption_at_rest', ?)", (self.crypt.active_key_id,))
+        elif self.crypt is None and row is not None:
+            raise StoreRefused(
+                f"store database {self.path} is encrypted at rest (first key id {row[0]}): start the coordinator "
+                "with --encryption-key-file naming the keyring that holds its keys"
+            )
 
     def _set_aside_stale_wal(self) -> None:
         """A WAL of the lost database must not be replayed into the new one: keep it aside."""
@@ -461,42 +488,47 @@ class SQLiteStore(Store):
                 run_updates[rec.run_id] = rec
         db = self._db
         assert db is not None
+        crypt = self.crypt
         try:
             db.execute("BEGIN")
             if new_runs:
-                db.executemany(
-                    "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
-                    [
-                        (r.run_id, r.name, r.state, r.created_at, r.finished_at, r.total,
-                         _zc.compress(r.spec.SerializeToString()))
-                        for r in new_runs
-                    ],
-                )  # fmt: skip
+                rows = [
+                    (r.run_id, r.name, r.state, r.created_at, r.finished_at, r.total,
+                     _zc.compress(r.spec.SerializeToString()))
+                    for r in new_runs
+                ]  # fmt: skip
+                if crypt is not None:
+                    rows = [(*row[:6], crypt.seal(row[6], _aad("spec", row[0]))) for row in rows]
+                db.executemany("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)", rows)
             if run_updates:
                 db.executemany(
                     "UPDATE runs SET state=?, finished_at=? WHERE run_id=?",
                     [(r.state, r.finished_at, r.run_id) for r in run_updates.values()],
                 )
             if tasks:
-                db.executemany(
-                    "INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (t.run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at,
-                         t.error.SerializeToString() if t.error is not None else None,
-                         t.result.SerializeToString() if t.result is not None else None)
-                        for t in tasks.values()
-                    ],
-                )  # fmt: skip
+                rows = [
+                    (t.run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at,
+                     t.error.SerializeToString() if t.error is not None else None,
+                     t.result.SerializeToString() if t.result is not None else None)
+                    for t in tasks.values()
+                ]  # fmt: skip
+                if crypt is not None:  # one test per commit: the plain path does no more than before
+                    rows = [_seal_task_row(crypt, row) for row in rows]
+                db.executemany("INSERT OR REPLACE INTO tasks VALUES (?,?,?,?,?,?,?,?,?)", rows)
                 # A table of its own, so the task row (written at every move) stays as small
                 # as before: only tasks with a failed or requeued attempt have a story row.
                 stories = [(t.run_id, t.name, encode_history(t.history)) for t in tasks.values() if t.history]
                 if stories:
+                    if crypt is not None:
+                        stories = [(r, n, crypt.seal(h, _aad("history", r, n))) for r, n, h in stories]
                     db.executemany("INSERT OR REPLACE INTO task_history VALUES (?,?,?)", stories)
                 # Likewise what attempts recorded (metrics, performance): most tasks record nothing.
                 measured = [
                     (t.run_id, t.name, t.telemetry.SerializeToString()) for t in tasks.values() if t.telemetry is not None
                 ]
                 if measured:
+                    if crypt is not None:
+                        measured = [(r, n, crypt.seal(m, _aad("telemetry", r, n))) for r, n, m in measured]
                     db.executemany("INSERT OR REPLACE INTO task_telemetry VALUES (?,?,?)", measured)
             db.execute("COMMIT")
         except BaseException as exc:
@@ -550,7 +582,12 @@ class SQLiteStore(Store):
         ).fetchone()
         if row is None:
             return None
-        spec = pb.PipelineSpec.FromString(_zd.decompress(row[6])) if row[6] else None
+        crypt = self.crypt
+
+        def clear(kind: str, value: bytes, name: str = "") -> bytes:  # a stored value as it was written
+            return open_value(crypt, value, _aad(kind, run_id, name), f"{kind} of {run_id}{'/' + name if name else ''}")
+
+        spec = pb.PipelineSpec.FromString(_zd.decompress(clear("spec", row[6]))) if row[6] else None
         header = RunRecord(*row[:6])
         result_col = "result" if with_results else "NULL"
         tasks = {}
@@ -561,12 +598,13 @@ class SQLiteStore(Store):
             "FROM tasks WHERE run_id=?",
             (run_id,),
         ):
+            story = stories.get(name)
             tasks[name] = TaskRecord(
                 run_id, name, state, attempt, worker, started, finished,
-                pb.TaskError.FromString(error) if error is not None else None,
-                pb.Payload.FromString(result) if result is not None else None,
-                history=decode_history(run_id, name, stories.get(name)),
-                telemetry=pb.TaskTelemetry.FromString(measured[name]) if name in measured else None,
+                pb.TaskError.FromString(clear("error", error, name)) if error is not None else None,
+                pb.Payload.FromString(clear("result", result, name)) if result is not None else None,
+                history=decode_history(run_id, name, clear("history", story, name) if story else None),
+                telemetry=pb.TaskTelemetry.FromString(clear("telemetry", measured[name], name)) if name in measured else None,
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 
@@ -708,6 +746,21 @@ class SQLiteStore(Store):
         return [bytes(node) for (node,) in rows]
 
 
+def _aad(kind: str, run_id: str, name: str = "") -> bytes:
+    """Where a sealed value belongs (its AES-GCM associated data): a value moved elsewhere fails."""
+    return f"{kind}:{run_id}/{name}".encode()
+
+
+def _seal_task_row(crypt: AtRest, row: tuple) -> tuple:
+    """A ``tasks`` row with its error and result sealed (they hold task data)."""
+    run_id, name, error, result = row[0], row[1], row[7], row[8]
+    return (
+        *row[:7],
+        crypt.seal(error, _aad("error", run_id, name)) if error is not None else None,
+        crypt.seal(result, _aad("result", run_id, name)) if result is not None else None,
+    )
+
+
 def open_store(
     url: str,
     data_dir: Path,
@@ -715,20 +768,25 @@ def open_store(
     cluster: str = "default",
     artifact_dir: Path | None = None,
     accept_empty_store: bool = False,
+    etcd_tls: TLSConfig | None = None,
+    crypt: AtRest | None = None,
 ) -> Store:
     """Make the store a ``--store`` URL names: ``sqlite`` (default), ``sqlite:///path`` or
     ``etcd://host:port[,host:port...]`` (HA; keys under ``/xpipe/<cluster>/``).
 
     ``accept_empty_store`` lets a SQLite store start although its database went missing
-    or empty (see :class:`SQLiteStore`)."""
+    or empty (see :class:`SQLiteStore`); ``etcd_tls`` is how to reach etcd over TLS;
+    ``crypt`` seals what it stores (encryption at rest)."""
     if url in ("", "sqlite"):
-        return SQLiteStore(data_dir / "xpipe.db", accept_empty=accept_empty_store)
+        return SQLiteStore(data_dir / "xpipe.db", accept_empty=accept_empty_store, crypt=crypt)
     if url.startswith("sqlite:///"):
-        return SQLiteStore(url[len("sqlite://") :], accept_empty=accept_empty_store)
+        return SQLiteStore(url[len("sqlite://") :], accept_empty=accept_empty_store, crypt=crypt)
     if url.startswith("etcd://"):
         from ._etcd_store import EtcdStore  # only HA deployments pay for the etcd client
 
-        return EtcdStore.from_url(url, cluster=cluster, artifact_dir=artifact_dir or data_dir / "artifacts")
+        return EtcdStore.from_url(
+            url, cluster=cluster, artifact_dir=artifact_dir or data_dir / "artifacts", crypt=crypt, tls=etcd_tls,
+        )
     raise ValueError(
         f"unknown --store {url!r}: expected 'sqlite', 'sqlite:///PATH' or 'etcd://HOST:PORT[,HOST:PORT...]'"
     )

@@ -45,6 +45,7 @@ from xpipe._limits import (
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
 from xpipe.errors import PipelineValidationError
+from xpipe.security._codetrust import CODE_KINDS
 from xpipe.telemetry._task import metric_name_problem
 
 from ._placement import STRATEGIES, normalize_strategy
@@ -327,6 +328,9 @@ def check_register(reg: worker_pb2.Register) -> str:
     for handler in reg.handlers:
         if not handler or len(handler) > MAX_NAME_CHARS:
             return f"Register.handlers entry {shown(handler)} must have 1 to {MAX_NAME_CHARS} chars"
+    for kind in reg.allowed_code:
+        if kind not in CODE_KINDS:
+            return f"Register.allowed_code entry {shown(kind)} is not one of {', '.join(CODE_KINDS)}"
     if len(reg.running) > MAX_RUNNING_REFS or len(reg.recent) > MAX_RUNNING_REFS:
         return f"Register.running and Register.recent may hold at most {MAX_RUNNING_REFS} entries each"
     try:

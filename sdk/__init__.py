@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .telemetry._task import record_metric
+    from .security._require import require_permission
     from ._types import (
         CircuitInfo,
         ClusterStatus,
@@ -44,10 +45,12 @@ if TYPE_CHECKING:
         WorkerInstall,
     )
     from .errors import (
+        AuthenticationError,
         CoordinatorUnavailableError,
         DataStreamError,
         DistributedExecutionError,
         HandlerNotFoundError,
+        PermissionDeniedError,
         PipelineExecutionError,
         PipelineValidationError,
         RequestRejectedError,
@@ -77,6 +80,7 @@ _LAZY = {
     "TaskOptions": "._options",
     "handle_errors": "._policies",
     "record_metric": ".telemetry._task",
+    "require_permission": ".security._require",
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
@@ -87,8 +91,8 @@ _LAZY = {
     ),
     **dict.fromkeys(
         (
-            "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
-            "HandlerNotFoundError", "PipelineExecutionError",
+            "AuthenticationError", "CoordinatorUnavailableError", "DataStreamError", "DistributedExecutionError",
+            "HandlerNotFoundError", "PermissionDeniedError", "PipelineExecutionError",
             "PipelineValidationError", "RequestRejectedError", "RunNotFoundError", "SerializationError", "XpipeError",
         ),
         ".errors",
@@ -99,6 +103,7 @@ _LAZY = {
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY, renamed={"__version__": "VERSION"})
 
 __all__ = [
+    "AuthenticationError",
     "CircuitInfo",
     "Client",
     "ClusterStatus",
@@ -113,6 +118,7 @@ __all__ = [
     "LineageGraph",
     "LogChunk",
     "NodeRecovery",
+    "PermissionDeniedError",
     "Pipeline",
     "PipelineExecutionError",
     "PipelineManager",
@@ -141,6 +147,7 @@ __all__ = [
     "log_data_access",
     "pipeline",
     "record_metric",
+    "require_permission",
     "task",
     "track_data_lineage",
 ]

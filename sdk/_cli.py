@@ -80,9 +80,17 @@ def _client(opts):
     if not opts.coordinator:
         raise SystemExit(f"xpipe {opts.command}: no coordinator; pass --coordinator HOST:PORT or set XPIPE_COORDINATOR")
     try:
-        return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s, otlp_endpoint=opts.otlp_endpoint or None)
-    except ValueError as exc:  # a malformed --coordinator
+        return Client(opts.coordinator, connect_timeout_s=opts.connect_timeout_s, otlp_endpoint=opts.otlp_endpoint or None,
+                      tls=_tls(opts), token=opts.token or None, namespace=opts.namespace or None)  # fmt: skip
+    except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
         raise SystemExit(f"xpipe {opts.command}: {exc}") from None
+
+
+def _tls(opts):
+    """``--tls-ca/--tls-cert/--tls-key``, else ``XPIPE_TLS_*``, else None (plaintext)."""
+    from .security._tls import TLSConfig
+
+    return TLSConfig.resolve(opts.tls_ca, opts.tls_cert, opts.tls_key)
 
 
 def _connect_timeout_s(text: str) -> float | None:
@@ -108,8 +116,9 @@ def cmd_run(opts) -> int:
     pipeline = load_pipeline(opts.target)
     try:
         pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
-                             otlp_endpoint=opts.otlp_endpoint or None)  # fmt: skip
-    except ValueError as exc:  # a malformed --coordinator
+                             otlp_endpoint=opts.otlp_endpoint or None, tls=_tls(opts) if opts.coordinator else None,
+                             token=opts.token or None, namespace=opts.namespace or None)  # fmt: skip
+    except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
         raise SystemExit(f"xpipe run: {exc}") from None
     with pm:
         result = pm.execute_pipeline(pipeline, monitor=not opts.json, raise_on_failure=False)
@@ -348,6 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--otlp-endpoint", default="", metavar="HOST:PORT",
                         help="export a trace of what this command submits over OTLP/gRPC "
                              "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off)")  # fmt: skip
+    common.add_argument("--tls-ca", default="", metavar="FILE",
+                        help="CA of the coordinator's certificate: connect over TLS (default: $XPIPE_TLS_CA)")
+    common.add_argument("--tls-cert", default="", metavar="FILE",
+                        help="this client's certificate, for mTLS (default: $XPIPE_TLS_CERT)")
+    common.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
+    common.add_argument("--token", default="", help="credential sent to the coordinator (default: $XPIPE_TOKEN)")
+    common.add_argument("--namespace", default="", help="namespace of the runs `xpipe run` submits (default: default)")
     p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")

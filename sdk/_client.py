@@ -39,13 +39,18 @@ from ._types import (
     WorkerInfo,
 )
 from .errors import (
+    AuthenticationError,
     CoordinatorUnavailableError,
     DistributedExecutionError,
+    PermissionDeniedError,
     PipelineValidationError,
     RequestRejectedError,
     RunNotFoundError,
     XpipeError,
 )
+from .security._auth import AUTHORIZATION_KEY, authorization_value
+from .security._principal import check_name
+from .security._tls import TLSConfig, client_token, speaks_tls, tls_refusal
 from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 
 if TYPE_CHECKING:
@@ -91,8 +96,6 @@ _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, 
 _REJECTED = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.ALREADY_EXISTS,
     grpc.StatusCode.OUT_OF_RANGE,
     grpc.StatusCode.UNIMPLEMENTED,
@@ -116,6 +119,10 @@ def from_grpc_error(exc: grpc.RpcError) -> XpipeError:
         if _metadata_value(exc, REJECTION_KIND_KEY) == REJECTED_GRAPH:
             return PipelineValidationError(details)
         return RequestRejectedError(f"{code.name}: {details}")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(f"{code.name}: {details}")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PermissionDeniedError(f"{code.name}: {details}")
     if code in _UNAVAILABLE:
         return CoordinatorUnavailableError(f"coordinator unavailable ({code.name}): {details}")
     if code in _REJECTED:
@@ -231,6 +238,75 @@ def _describe(exc: grpc.RpcError) -> str:
     return f"{exc.code().name}: {exc.details()}"
 
 
+#: What gRPC says when the peer dropped the connection before HTTP/2 began (a TLS server
+#: does that to a plaintext client), and when a TLS handshake failed.
+_DROPPED = ("Socket closed", "Connection reset")
+_HANDSHAKE = ("handshake", "CERTIFICATE_VERIFY_FAILED", "ssl")
+
+
+def transport_problem(address: str, exc: grpc.RpcError, tls: TLSConfig | None) -> str:
+    """Why a connection failure will not heal by retrying (TLS settings), or "".
+
+    Checked on a client's first failure at an address, never on the hot path. A plaintext
+    client whose coordinator answers a TLS handshake needs TLS; a TLS client whose
+    handshake failed has the wrong CA or a certificate that does not name the address.
+    """
+    details = exc.details() or ""
+    if tls is None:
+        if any(s in details for s in _DROPPED) and speaks_tls(address):
+            return (f"coordinator {address} speaks TLS and this client connected in plaintext: pass "
+                    f"tls=TLSConfig(ca=...) or set XPIPE_TLS_CA (CLI: --tls-ca)")  # fmt: skip
+        return ""
+    why = details if any(s.lower() in details.lower() for s in _HANDSHAKE) else ""
+    if not why and any(s in details for s in _DROPPED):
+        why = tls_refusal(address, tls)
+    if why:
+        return (f"TLS handshake with coordinator {address} failed ({why}): check that the CA (tls.ca, "
+                f"XPIPE_TLS_CA) signed its certificate, that the certificate names {address.rpartition(':')[0]}, "
+                f"and, under mTLS, that this client's certificate comes from the coordinator's CA")  # fmt: skip
+    return ""
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    __slots__ = ("compression", "credentials", "metadata", "method", "timeout", "wait_for_ready")
+
+    def __init__(self, base: grpc.ClientCallDetails, metadata: tuple[tuple[str, str], ...]):
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = (*(base.metadata or ()), *metadata)
+        self.credentials = base.credentials
+        self.wait_for_ready = base.wait_for_ready
+        self.compression = base.compression
+
+
+class _Authorization(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization`` to every call of a channel (only on clients that have a token).
+
+    Metadata rather than gRPC call credentials: those are allowed on TLS channels only and
+    run on a separate thread; a loopback coordinator with ``--auth`` and no TLS is valid.
+    """
+
+    def __init__(self, token: str):
+        self._metadata = ((AUTHORIZATION_KEY, authorization_value(token)),)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(_CallDetails(details, self._metadata), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(_CallDetails(details, self._metadata), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(_CallDetails(details, self._metadata), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(_CallDetails(details, self._metadata), requests)
+
+
 class _Attempts:
     """One operation's attempts to reach a coordinator: its deadlines, backoff and hint jumps.
 
@@ -239,7 +315,7 @@ class _Attempts:
     caller's own deadline (``wait(timeout_s=...)``), which no reconnect extends.
     """
 
-    __slots__ = ("client", "timeout_s", "until", "what", "backoff", "deadline", "jumps")
+    __slots__ = ("backoff", "client", "deadline", "jumps", "timeout_s", "until", "what")
 
     def __init__(self, client: Client, *, timeout_s: float | None = None, what: str = ""):
         self.client = client
@@ -265,6 +341,11 @@ class _Attempts:
             TimeoutError: the caller's own deadline passed.
         """
         client = self.client
+        if client.address not in client._transport_checked:
+            client._transport_checked.add(client.address)
+            problem = transport_problem(client.address, exc, client.tls)
+            if problem:
+                raise AuthenticationError(problem) from exc
         hint = leader_hint(exc)
         if hint and hint != client.address and self.jumps < _MAX_HINT_JUMPS:
             self.jumps += 1
@@ -313,9 +394,17 @@ class Client:
             (docs/tracing.md). None: ``OTEL_EXPORTER_OTLP_ENDPOINT``, else tracing is off.
         trace_sample_ratio: share of runs traced, 0 to 1; None: ``OTEL_TRACES_SAMPLER``
             (default: parent-based, 1.0).
+        tls: how to reach the coordinators over TLS (see :class:`~xpipe.security.TLSConfig`);
+            None: ``XPIPE_TLS_CA``/``XPIPE_TLS_CERT``/``XPIPE_TLS_KEY`` if set, else plaintext;
+            False: plaintext whatever the environment says.
+        token: sent as ``authorization: Bearer <token>`` on every call (``user:password``
+            is sent as ``Basic``, for LDAP); None: ``XPIPE_TOKEN`` if set, else none.
+        namespace: the namespace of runs submitted through this client whose Pipeline
+            names none (None: the coordinator's ``default``).
 
     Raises:
         ValueError: a malformed address, timeout, endpoint or ratio (the message names it).
+        SecurityConfigError: a TLS file is missing or not PEM (a ValueError too).
     """
 
     def __init__(
@@ -326,8 +415,21 @@ class Client:
         call_timeout_s: float = 30.0,
         otlp_endpoint: str | None = None,
         trace_sample_ratio: float | None = None,
+        tls: TLSConfig | None | bool = None,
+        token: str | None = None,
+        namespace: str | None = None,
     ):
         self.addresses = parse_addresses(coordinator)
+        #: Runs this client submits go here unless their Pipeline names a namespace (None: "default").
+        self.namespace = check_name("namespace", namespace) if namespace is not None else None
+        #: TLS settings in use (None: plaintext) and the credentials made from them once.
+        if tls is True:
+            raise TypeError("tls=True: pass tls=TLSConfig(ca=...) (or set XPIPE_TLS_CA)")
+        self.tls = None if tls is False else tls if tls is not None else TLSConfig.from_env()
+        self._credentials = self.tls.channel_credentials() if self.tls is not None else None
+        self._token = client_token(token)
+        #: Addresses whose first failure was checked for a TLS mismatch (see transport_problem).
+        self._transport_checked: set[str] = set()
         self.connect_timeout_s = check_seconds("connect_timeout_s", connect_timeout_s, allow_none=True)
         self.call_timeout_s = check_seconds("call_timeout_s", call_timeout_s, allow_none=False)
         #: Where run spans go; None: tracing off (nothing of the OTel SDK is loaded).
@@ -347,7 +449,7 @@ class Client:
             if self._closed:
                 raise RuntimeError("client is closed")
             if self._channel is None:
-                self._channel = grpc.insecure_channel(self.addresses[self._index], options=_OPTIONS)
+                self._channel = self._open_channel(self.addresses[self._index])
                 # Made once per channel: a stub builds a callable per RPC (~15 of them), which
                 # cost ~100 µs of every call when it was made per call.
                 self._stub_pair = (
@@ -355,6 +457,15 @@ class Client:
                 )
                 self._other_stubs = {}
             return self._stub_pair
+
+    def _open_channel(self, address: str) -> grpc.Channel:
+        if self._credentials is None:
+            channel = grpc.insecure_channel(address, options=_OPTIONS)
+        else:
+            channel = grpc.secure_channel(address, self._credentials, options=[*_OPTIONS, *self.tls.channel_options()])
+        if self._token is not None:  # no interceptor at all without a token: auth-off calls pay nothing
+            channel = grpc.intercept_channel(channel, _Authorization(self._token))
+        return channel
 
     def _stub(self, stub_class: type[S]) -> S:
         """A stub of another service (``audit_pb2_grpc.AuditServiceStub``, ...) on the current channel."""
@@ -481,6 +592,8 @@ class Client:
         return self._submit_spec(_spec_of(pipeline, retry_on_failure))
 
     def _submit_spec(self, spec: common_pb2.PipelineSpec) -> str:
+        if self.namespace and not spec.namespace:
+            spec.namespace = self.namespace
         request = pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex)
         tracing = self._tracing
         if tracing is None:
@@ -645,6 +758,8 @@ class Client:
         results_on_end: bool = False,
         timeout_s: float | None = None,
     ) -> Iterator[pipeline_pb2.RunEvent]:
+        if self.namespace and not spec.namespace:
+            spec.namespace = self.namespace
         request = pipeline_pb2.WatchRunRequest(
             submit=pipeline_pb2.SubmitPipelineRequest(pipeline=spec, idempotency_key=uuid.uuid4().hex),
             summary_only=summary_only,

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import stat
+from collections.abc import Callable
 from typing import Any
 
 import zstandard
@@ -181,12 +182,31 @@ def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -
     the path the kernel reports for the open file), so a link swapped in after the check
     cannot lead outside; only regular files are read.
 
+    A file sealed at rest (named ``*.xpe``, see ``xpipe.security._atrest``) is decrypted with
+    this process's keyring; the cryptography package is imported only then.
+
     Raises:
         SerializationError: the reference is refused (see :func:`resolve_artifact_ref`), or
             the file cannot be read; the message never carries the file's contents.
+        DecryptionError: the file is sealed and this process has no keyring, or its key id
+            is not in it, or it was altered or moved (the message names the key id).
     """
     path = resolve_artifact_ref(ref, artifact_root, what=what)
     root = os.path.realpath(artifact_root or "")
+    if path.endswith(ARTIFACT_SEALED_SUFFIX):
+        from .security._atrest import open_artifact  # only sealed reads load the security package
+
+        return open_artifact(_read_inside(path, root, ref, what), path[len(root) + 1 :], what)
+    return _read_inside(path, root, ref, what)
+
+
+#: The name suffix of an artifact sealed at rest (see ``xpipe.security._atrest``). Defined
+#: here, where every reader is, so a plain read never imports the security package.
+ARTIFACT_SEALED_SUFFIX = ".xpe"
+
+
+
+def _read_inside(path: str, root: str, ref: str, what: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -207,7 +227,12 @@ def read_artifact(ref: str, *, artifact_root: str | None, what: str = "value") -
 
 
 def decode(
-    payload: common_pb2.Payload, *, what: str = "value", artifact_root: str | None = None, artifact_data: bytes | None = None
+    payload: common_pb2.Payload,
+    *,
+    what: str = "value",
+    artifact_root: str | None = None,
+    artifact_data: bytes | None = None,
+    unpickle: Callable[[bytes], Any] = pickle.loads,
 ) -> Any:
     """Decode a payload made by :func:`encode` (or by any client following the API).
 
@@ -216,6 +241,8 @@ def decode(
             only from inside it, and with None every reference is refused.
         artifact_data: the bytes the payload's reference names, when the caller already
             holds them (the worker-local object store); the file is then not read.
+        unpickle: loads ``CODEC_PICKLE`` data; workers pass a restricted unpickler for the
+            arguments of runs whose submitter may not send code (docs/security.md).
 
     Raises:
         SerializationError: the payload is corrupt or uses an unknown codec.
@@ -242,7 +269,7 @@ def decode(
                     f"cannot decode {what}: decompressed to {len(data)} bytes, payload declares {payload.size_bytes}"
                 )
         if payload.codec == common_pb2.CODEC_PICKLE:
-            return pickle.loads(data)
+            return unpickle(data)
         if payload.codec == common_pb2.CODEC_JSON:
             return json.loads(data)
         if payload.codec == common_pb2.CODEC_RAW:

@@ -52,6 +52,7 @@ from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_
 from ._unbuilt import not_built
 from .errors import PipelineValidationError
 from .security._marks import GOVERNANCE_ATTR, governance_of, mark
+from .security._principal import check_name
 from .telemetry._tracking import Monitored, Tracking
 
 __all__ = ["Task", "DataFlow", "Pipeline", "task", "pipeline", "validate_graph", "PLACEMENT_STRATEGIES"]
@@ -575,13 +576,20 @@ class Pipeline(Monitored):
     :class:`~xpipe.telemetry._tracking.Monitored`.
     """
 
-    def __init__(self, name: str, *, description: str = ""):
+    def __init__(self, name: str, *, description: str = "", namespace: str | None = None):
         if not isinstance(name, str) or not name.strip() or "/" in name or len(name) > MAX_NAME_CHARS:
             raise PipelineValidationError(
                 f"invalid pipeline name {name!r:.80}: a non-empty string of at most {MAX_NAME_CHARS} chars, without '/'"
             )
         if not isinstance(description, str):
             raise PipelineValidationError(f"pipeline {name!r}: description must be a string")
+        if namespace is not None:
+            try:
+                check_name("namespace", namespace)
+            except ValueError as exc:
+                raise PipelineValidationError(f"pipeline {name!r}: {exc}") from None
+        #: The namespace its runs belong to (RBAC scopes runs by it); None: the client's, else "default".
+        self.namespace = namespace
         self.name = name
         self.description = description
         self._tasks: dict[str, Task] = {}
@@ -825,6 +833,8 @@ class Pipeline(Monitored):
         if self.placement_strategy:
             made.placement_strategy = self.placement_strategy
         made.wait_for_resources_s = self.wait_for_resources_s
+        if self.namespace:
+            made.namespace = self.namespace
         self._monitor_spec(made)
         marks = governance_of(self)
         if marks is not None:  # a pipeline's marks apply to every task

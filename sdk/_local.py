@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from .errors import DistributedExecutionError
+from .security._tls import CLIENT_SECURITY_ENV
 from .telemetry._listen import METRICS_LISTEN_ENV
 
 __all__ = ["LocalCluster"]
@@ -75,6 +76,10 @@ class LocalCluster:
         # One address per process: inherited, it would make every local worker fail on the
         # port the coordinator took (the embedded cluster serves no metrics).
         env.pop(METRICS_LISTEN_ENV, None)
+        # The embedded cluster is plaintext on loopback without auth: a client's TLS and
+        # token settings are not its workers' (they would fail the handshake).
+        for key in CLIENT_SECURITY_ENV:
+            env.pop(key, None)
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:

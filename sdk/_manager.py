@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from ._lineage import LineageGraph
     from .security._audit import AuditEntry
+    from .security._tls import TLSConfig
 
 __all__ = ["PipelineManager"]
 
@@ -76,6 +77,11 @@ class PipelineManager:
             ``OTEL_EXPORTER_OTLP_ENDPOINT``, else tracing is off.
         trace_sample_ratio: share of runs traced, 0 to 1 (None: ``OTEL_TRACES_SAMPLER``,
             default 1.0).
+        tls: :class:`~xpipe.security.TLSConfig` to reach ``coordinator`` over TLS (None:
+            ``XPIPE_TLS_*`` if set, else plaintext). The embedded default is plaintext on loopback.
+        token: the credential sent on every call (None: ``XPIPE_TOKEN``); see docs/security.md.
+        namespace: the namespace of the runs it submits whose Pipeline names none (default
+            ``default``).
 
     Example:
         >>> with PipelineManager() as pm:                      # doctest: +SKIP
@@ -95,6 +101,9 @@ class PipelineManager:
         connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
         otlp_endpoint: str | None = None,
         trace_sample_ratio: float | None = None,
+        tls: TLSConfig | None = None,
+        token: str | None = None,
+        namespace: str | None = None,
     ):
         cfg = dict(config or {})
         unknown = set(cfg) - _CONFIG_KEYS - _SEED_KEYS_NOT_ACTED_ON
@@ -126,7 +135,8 @@ class PipelineManager:
             coordinator = self._local.start()
         self.client = Client(
             coordinator, connect_timeout_s=connect_timeout_s, otlp_endpoint=otlp_endpoint,
-            trace_sample_ratio=trace_sample_ratio,
+            trace_sample_ratio=trace_sample_ratio, tls=False if self._local is not None else tls, token=token,
+            namespace=namespace,
         )  # fmt: skip
         if self._local is not None:
             try:

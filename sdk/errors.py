@@ -11,6 +11,8 @@
     │   └── CoordinatorUnavailableError   could not reach any coordinator (retryable)
     ├── RunNotFoundError             no run with that id
     ├── RequestRejectedError         the coordinator refused a request (a bad field, over a limit)
+    │   ├── AuthenticationError      no valid credential (UNAUTHENTICATED), or TLS is needed
+    │   └── PermissionDeniedError    the caller lacks a permission or namespace (PERMISSION_DENIED)
     └── DataStreamError              a stream pipeline failed
 
 gRPC status codes are translated into these in exactly one place, next to the client:
@@ -41,6 +43,8 @@ __all__ = [
     "CoordinatorUnavailableError",
     "RunNotFoundError",
     "RequestRejectedError",
+    "AuthenticationError",
+    "PermissionDeniedError",
     "DataStreamError",
     "HandlerNotFoundError",
     "ERROR_TYPES",
@@ -151,6 +155,15 @@ class RunNotFoundError(XpipeError, KeyError):
 
 class RequestRejectedError(XpipeError):
     """The coordinator refused a request as invalid (bad argument, too large, not allowed)."""
+
+
+class AuthenticationError(RequestRejectedError):
+    """The coordinator does not know the caller: no credential, a bad or expired one, or a
+    plaintext client against a TLS coordinator. Not retried: fix the token or TLS settings."""
+
+
+class PermissionDeniedError(RequestRejectedError):
+    """The caller is known but lacks the permission (or namespace) the message names. Not retried."""
 
 
 class DataStreamError(XpipeError):

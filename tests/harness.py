@@ -399,6 +399,99 @@ def describe_pids(pids: Iterable[int]) -> str:
 # --------------------------------------------------------------------------- cluster
 
 
+# --------------------------------------------------------------------------- security
+
+
+class SecureSetup:
+    """Real certificates and tokens for a secure cluster, made with ``xpipe.security``.
+
+    A CA; a coordinator certificate (SANs ``localhost`` and ``127.0.0.1``); worker
+    certificates ``worker-cert`` and client certificate ``client``; a tokens file with one
+    token per entry of ``principals`` (name -> roles); an optional policy file.
+
+    Attributes:
+        pki: The directory of certificates and keys.
+        tokens: Principal name -> its token (the file holds only hashes).
+        tokens_file: The ``--auth tokens:`` file.
+        policy_file: The ``--policy`` file, or None.
+    """
+
+    DEFAULT_PRINCIPALS: Mapping[str, Sequence[str]] = {
+        "admin": ["admin"], "viewer": ["viewer"], "submitter": ["submitter"], "operator": ["operator"],
+        "worker": ["worker"],
+    }  # fmt: skip
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        principals: Mapping[str, Sequence[str]] | None = None,
+        namespaces: Mapping[str, Sequence[str]] | None = None,
+        policy: str = "",
+        mtls: bool = True,
+    ) -> None:
+        from xpipe.security._certs import init_ca, issue_cert
+        from xpipe.security._tokens import create_token
+
+        self.pki = Path(tmp_path) / "pki"
+        self.pki.mkdir(parents=True, exist_ok=True)
+        init_ca(self.pki)
+        issue_cert(self.pki, name="coordinator", role="coordinator")
+        issue_cert(self.pki, name="worker-cert", role="worker")
+        issue_cert(self.pki, name="client", role="client")
+        self.mtls = mtls
+        self.tokens_file = Path(tmp_path) / "tokens.json"
+        self.tokens: dict[str, str] = {}
+        namespaces = namespaces or {}
+        for name, roles in (principals or self.DEFAULT_PRINCIPALS).items():
+            self.tokens[name] = create_token(
+                self.tokens_file, principal=name, roles=list(roles), namespaces=namespaces.get(name)
+            )
+        self.policy_file: Path | None = None
+        if policy:
+            self.policy_file = Path(tmp_path) / "policy.toml"
+            self.policy_file.write_text(policy)
+
+    def cert(self, name: str) -> tuple[str, str]:
+        """(certificate, key) paths of ``name``."""
+        return str(self.pki / f"{name}.pem"), str(self.pki / f"{name}.key")
+
+    @property
+    def ca(self) -> str:
+        return str(self.pki / "ca.pem")
+
+    def coordinator_args(self) -> list[str]:
+        cert, key = self.cert("coordinator")
+        args = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", self.ca, "--auth", f"tokens:{self.tokens_file}"]
+        if self.mtls:
+            args += ["--tls-client-auth", "require"]
+        if self.policy_file is not None:
+            args += ["--policy", str(self.policy_file)]
+        return args
+
+    def worker_args(self, cert: str = "worker-cert") -> list[str]:
+        """A worker that connects with the ``worker`` certificate (its identity under mTLS)."""
+        pem, key = self.cert(cert)
+        return ["--tls-ca", self.ca, "--tls-cert", pem, "--tls-key", key]
+
+    def tls(self, cert: str | None = "client"):
+        """A client :class:`TLSConfig` (with ``cert`` for mTLS; None: server-only TLS)."""
+        from xpipe.security._tls import TLSConfig
+
+        if cert is None:
+            return TLSConfig(ca=self.ca)
+        pem, key = self.cert(cert)
+        return TLSConfig(ca=self.ca, cert=pem, key=key)
+
+    def channel(self, address: str, *, cert: str | None = "client", token: str | None = None):
+        """A grpc channel to ``address`` over TLS, with ``token`` sent on every call when given."""
+        import grpc
+        from xpipe._client import _Authorization
+
+        channel = grpc.secure_channel(address, self.tls(cert).channel_credentials())
+        return grpc.intercept_channel(channel, _Authorization(token)) if token else channel
+
+
 class Cluster:
     """A real coordinator and ``workers`` real ``xpipe-worker`` daemons on loopback.
 
@@ -421,8 +514,15 @@ class Cluster:
         startup_timeout_s: float = 30.0,
         metrics: bool = False,
         otlp_endpoint: str = "",
+        security: SecureSetup | None = None,
     ) -> None:
         self.tmp_path = Path(tmp_path)
+        #: With ``security``: TLS (mTLS unless told otherwise) and tokens; workers use the
+        #: ``worker`` certificate, and the harness's own calls the ``admin`` token.
+        self.security = security
+        if security is not None:
+            coordinator_args = (*security.coordinator_args(), *coordinator_args)
+            worker_args = (*security.worker_args(), *worker_args)
         #: With ``metrics``: each process serves /metrics on its own free port (see :meth:`metrics_url`).
         self.metrics = metrics
         self.metrics_ports: dict[str, int] = {}
@@ -526,7 +626,6 @@ class Cluster:
 
     def wait_healthy(self, timeout_s: float | None = None) -> None:
         """Wait until the coordinator's standard gRPC health check answers SERVING."""
-        import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         coordinator = self.coordinator
@@ -535,7 +634,7 @@ class Cluster:
         def serving() -> bool:
             if not coordinator.alive():
                 raise StopWaiting(f"coordinator exited with {coordinator.returncode}")
-            with grpc.insecure_channel(self.address) as channel:
+            with self.channel() as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(service=""), timeout=1.0
                 )
@@ -547,6 +646,20 @@ class Cluster:
             interval_s=0.05,
             message=f"coordinator at {self.address} healthy (SERVING)",
         )
+
+    def channel(self):
+        """A channel to the coordinator as the harness calls it: plaintext, or TLS with the admin token."""
+        import grpc
+
+        if self.security is None:
+            return grpc.insecure_channel(self.address)
+        return self.security.channel(self.address, token=self.security.tokens.get("admin"))
+
+    def client_options(self, principal: str = "admin") -> dict[str, Any]:
+        """``Client``/``PipelineManager`` keyword arguments to call as ``principal`` (empty when insecure)."""
+        if self.security is None:
+            return {}
+        return {"tls": self.security.tls(), "token": self.security.tokens[principal]}
 
     def restart_coordinator(self, *, wait_for_workers: bool = True) -> Proc:
         """Stop the coordinator (if still running) and start it again, same port and data.
@@ -601,11 +714,9 @@ class Cluster:
 
     def list_workers(self) -> list[Any]:
         """``AdminService.ListWorkers`` as a list of ``WorkerInfo`` messages."""
-        import grpc
-
         from xpipe._proto import admin_pb2, admin_pb2_grpc
 
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             reply = admin_pb2_grpc.AdminServiceStub(channel).ListWorkers(admin_pb2.ListWorkersRequest(), timeout=5.0)
         return list(reply.workers)
 
@@ -672,20 +783,33 @@ class EtcdServer:
         proc: The current etcd process, or None before start.
     """
 
-    def __init__(self, tmp_path: Path, *, name: str = "xpipe-test", startup_timeout_s: float = 20.0) -> None:
+    def __init__(
+        self, tmp_path: Path, *, name: str = "xpipe-test", startup_timeout_s: float = 20.0,
+        tls: SecureSetup | None = None,
+    ) -> None:  # fmt: skip
         self.tmp_path = Path(tmp_path)
         self.name = name
+        #: With ``tls``: the client API serves TLS with the coordinator certificate and
+        #: requires client certificates from the same CA (``--client-cert-auth``).
+        self.tls = tls
         self.startup_timeout_s = startup_timeout_s
         self.binary = find_etcd()
         self.client_port, self.peer_port = free_ports(2)
         self.endpoint = f"127.0.0.1:{self.client_port}"
-        self.client_url = f"http://{self.endpoint}"
+        self.client_url = f"{'https' if tls else 'http'}://{self.endpoint}"
         self.peer_url = f"http://127.0.0.1:{self.peer_port}"
         self.data_dir = self.tmp_path / f"etcd-{name}"
         self.log_dir = self.tmp_path / "logs"
         self.proc: Proc | None = None
         # Loopback only: never let an http_proxy setting route our health checks.
-        self._http = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        handlers: list[Any] = [urllib.request.ProxyHandler({})]
+        if tls is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=tls.ca)
+            context.load_cert_chain(*tls.cert("client"))
+            handlers.append(urllib.request.HTTPSHandler(context=context))
+        self._http = urllib.request.build_opener(*handlers)
 
     def __enter__(self) -> EtcdServer:
         self.start()
@@ -733,6 +857,9 @@ class EtcdServer:
             "--logger", "zap",
             "--log-outputs", "stderr",
         ]  # fmt: skip
+        if self.tls is not None:
+            cert, key = self.tls.cert("coordinator")
+            argv += ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", self.tls.ca, "--client-cert-auth"]
         self.proc = Proc(f"etcd-{self.name}", argv, log_dir=self.log_dir, cwd=self.tmp_path, env=self._env())
         try:
             self.wait_healthy()

@@ -36,14 +36,21 @@ from xpipe._limits import (
 )
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe.security._auth import AUTHORIZATION_KEY, authorization_value
+from xpipe.security._tls import TLSConfig
+from xpipe.security._atrest import AtRest, at_rest
 from xpipe.telemetry._logformat import log_ids
 from xpipe.telemetry._tasklogs import TASK_LOG_MAX_BYTES
 from xpipe.telemetry._tracing import TracingConfig
 
+from xpipe.security._codetrust import CODE_KINDS
+
 from . import _state as core
+from ._codegate import CodeGate, Refused
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
-from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_file
+from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_artifact
+from ._runtask import failed_event
 from ._state import ResourceLedger, WorkerState, task_request
 from ._tasklogs import TaskLogBuffer
 
@@ -71,6 +78,10 @@ _ELECTION_POLL_S = 0.2
 #: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
 _CONNECT_METHOD = "/xpipe.v1.WorkerService/Connect"
 _parse_head = worker_pb2.AssignmentHead.FromString
+
+#: A coordinator that refuses this worker's credential will refuse it again: the worker
+#: exits (status 2, one log line naming the reason) rather than retry for ever.
+REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -100,6 +111,14 @@ class WorkerConfig:
     executor: str = "process"
     #: Run cloudpickled code sent by clients; turn off to run only importable code.
     allow_pickled: bool = True
+    #: Kinds of code this worker runs (``--allow-code``; see ``xpipe.security._codetrust``);
+    #: ``allow_pickled=False`` takes "pickle" out of them.
+    allowed_code: frozenset[str] = frozenset(CODE_KINDS)
+
+    @property
+    def code_kinds(self) -> frozenset[str]:
+        """The kinds this worker runs, ``allow_pickled`` applied."""
+        return self.allowed_code if self.allow_pickled else self.allowed_code - {"pickle"}
     #: On SIGTERM or drain, how long running tasks may take to finish before they are requeued.
     grace_s: float = 30.0
     #: Stable id across reconnects; generated when empty.
@@ -119,6 +138,10 @@ class WorkerConfig:
     #: Output kept per attempt (stdout and stderr together), in bytes; past it a marker
     #: counts what was dropped (``--task-log-max-bytes``).
     task_log_max_bytes: int = TASK_LOG_MAX_BYTES
+    #: TLS to the coordinators (``--tls-ca/--tls-cert/--tls-key`` or ``XPIPE_TLS_*``); None: plaintext.
+    tls: TLSConfig | None = None
+    #: Sent as ``authorization`` when the stream opens (``--token`` or ``XPIPE_TOKEN``); None: none.
+    token: str | None = None
 
 
 def detect_resources() -> pb.Resources:
@@ -131,6 +154,33 @@ def detect_resources() -> pb.Resources:
         except (OSError, subprocess.SubprocessError):
             log.warning("nvidia-smi failed; assuming no GPU", exc_info=True)
     return pb.Resources(cpu_cores=psutil.cpu_count() or 1, memory_bytes=psutil.virtual_memory().total, gpu=gpus)
+
+
+class EncryptionMismatch(Exception):
+    """This worker and its coordinator disagree on encryption at rest; the worker must stop."""
+
+
+def check_encryption(address: str, coordinator_seals: bool, crypt: AtRest | None) -> None:
+    """Refuse a coordinator that encrypts at rest when this worker has no keyring, or the reverse.
+
+    Either way artifacts would be written that the other side cannot read (or written in
+    the clear where they must not be): better to stop at once, saying why.
+
+    Raises:
+        EncryptionMismatch: naming which side has the keyring and what to do.
+    """
+    if coordinator_seals and crypt is None:
+        raise EncryptionMismatch(
+            f"coordinator {address} encrypts data at rest but this worker has no --encryption-key-file: "
+            "it could neither open the sealed artifacts it reads nor seal those it writes; "
+            "start it with the coordinator's keyring"
+        )
+    if not coordinator_seals and crypt is not None:
+        raise EncryptionMismatch(
+            f"this worker has --encryption-key-file {crypt.path} but coordinator {address} does not encrypt "
+            "at rest: it could not read the sealed artifacts this worker writes; give the coordinator the "
+            "keyring too, or start the worker without the flag"
+        )
 
 
 class WorkerDaemon:
@@ -147,6 +197,8 @@ class WorkerDaemon:
         self._executor: TaskExecutor | None = None
         self._handlers: list[str] = []
         self._code: dict[str, bytes] = {}
+        # Which assignments may run at all (kinds, signed principals); see ``_codegate``.
+        self._gate = CodeGate(config.code_kinds)
         # What it holds, what may start, what it owes: the pure core (see ``_state``).
         self._state = WorkerState(config.slots, self.resources)
         # Every background task (attempts, cancels, shutdown) is tracked and awaited on exit.
@@ -191,7 +243,7 @@ class WorkerDaemon:
         self._installer.prepare()  # before the children start: they inherit sys.path
         # Executor children are spawned before any gRPC channel exists (gRPC and fork do not mix).
         self._executor = make_executor(
-            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled=self.config.allow_pickled,
+            self.config.executor, self.config.slots, imports=self.config.imports, allow_pickled="pickle" in self.config.code_kinds,
             memory_limit_bytes=self.config.task_memory_limit_bytes, tracing=self.config.tracing,
             worker_name=self.config.name,
         )  # fmt: skip
@@ -284,9 +336,17 @@ class WorkerDaemon:
             started = time.monotonic()
             try:
                 await self._session(address)
+            except EncryptionMismatch as exc:
+                log.error("%s", exc)
+                raise
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                     log.error("coordinator %s refused this worker: %s", address, exc.details())
+                    raise
+                if exc.code() in REFUSED_CODES:
+                    log.error("coordinator %s refused this worker's credential (%s: %s); exiting: give it a "
+                              "worker certificate or a token with role worker (--token, --tls-cert)",
+                              address, exc.code().name, exc.details())  # fmt: skip
                     raise
                 log.info("stream to %s ended: %s %s", address, exc.code().name, exc.details())
             except Exception:
@@ -345,12 +405,20 @@ class WorkerDaemon:
                     self._wake.clear()
                     await self._wake.wait()
 
-        async with grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS) as channel:
+        tls = self.config.tls
+        if tls is None:
+            channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        else:
+            options = [*_CHANNEL_OPTIONS, *tls.channel_options()]
+            channel = grpc.aio.secure_channel(address, tls.channel_credentials(), options=options)
+        token = self.config.token
+        metadata = ((AUTHORIZATION_KEY, authorization_value(token)),) if token else None
+        async with channel:
             call = channel.stream_stream(
                 _CONNECT_METHOD,
                 request_serializer=worker_pb2.WorkerMessage.SerializeToString,
                 response_deserializer=worker_pb2.CoordinatorMessageView.FromString,
-            )(outgoing())
+            )(outgoing(), metadata=metadata)
             background: list[asyncio.Task] = []
             try:
                 async for message in call:
@@ -359,8 +427,10 @@ class WorkerDaemon:
                         self._accept(message.assignments)
                     elif body == "registered":
                         reg = message.registered
+                        check_encryption(address, reg.encryption_at_rest, at_rest())
                         self.heartbeat_interval_s = reg.heartbeat_interval_s or 1.0
                         self._artifact_dir = self.config.artifact_dir or reg.artifact_dir
+                        self._gate.trust(reg.signing_key, reg.signing_key_id)
                         self._executor.set_artifact_root(self._artifact_dir)
                         self._send = send
                         self.connected.set()
@@ -428,7 +498,8 @@ class WorkerDaemon:
             labels=self.config.labels,
             handlers=self._handlers,
             running=[_ref(k) for k in self._state.held],
-            accepts_pickled_code=self.config.allow_pickled,
+            accepts_pickled_code="pickle" in self.config.code_kinds,
+            allowed_code=[k for k in CODE_KINDS if k in self.config.code_kinds],
             recent=self._state.recent_outcomes(),
             memory_enforcement=self._executor.memory_enforcement if self._executor is not None else "",
         )
@@ -484,9 +555,17 @@ class WorkerDaemon:
         for blob in batch.code:
             self._code[blob.code_hash] = blob.data
         offers = []
+        check = self._gate.check
         for encoded in batch.assignments:
             # Only the head is read here; the executor child parses the rest from the bytes.
             head = _parse_head(encoded)
+            try:
+                check(head)
+            except Refused as exc:  # never reaches an executor: the code is not loaded
+                key = _key(head.attempt)
+                log.warning("refused attempt %s: %s", key, exc, extra=log_ids(key))
+                self._emit(failed_event(head.attempt, exc.error_type, str(exc), non_retryable=True))
+                continue
             offers.append(core.Offer(_key(head.attempt), task_request(head.task.resources), (head, encoded)))
         self._handle(core.AssignmentsReceived(time.monotonic(), tuple(offers)))
 
@@ -546,13 +625,13 @@ class WorkerDaemon:
         # coordinator's directory it is absent, and the result then travels inline.
         if not self._artifact_dir or not os.path.isdir(self._artifact_dir):
             return
-        path = artifact_path(self._artifact_dir, *key)
         try:
-            await asyncio.to_thread(write_file, path, result.data)
+            ref = await asyncio.to_thread(write_artifact, self._artifact_dir, key, result.data)
         except OSError as exc:
-            log.warning("cannot write artifact %s (%s); sending the result inline", path, exc)
+            log.warning("cannot write artifact %s (%s); sending the result inline",
+                        artifact_path(self._artifact_dir, *key), exc)  # fmt: skip
             return
-        result.artifact_ref = "file://" + path
+        result.artifact_ref = ref
         result.data = b""
 
     def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:

@@ -9,15 +9,29 @@ import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
+from xpipe.security._tls import TLSConfig, client_token
+from xpipe.security._atrest import ENV_KEY_FILE, AtRest, configure
+from xpipe.security._errors import SecurityConfigError
+from xpipe.security._codetrust import CODE_KINDS, parse_allowed_code
 from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, config_from_arguments
 
-from ._daemon import WorkerConfig, WorkerDaemon, detect_resources, parse_kv, parse_resources
+from ._daemon import (
+    REFUSED_CODES,
+    EncryptionMismatch,
+    WorkerConfig,
+    WorkerDaemon,
+    detect_resources,
+    parse_kv,
+    parse_resources,
+)
 from ._install import PipInstaller, default_install_dir
 
 if TYPE_CHECKING:
@@ -41,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resources", default="", help="override detected resources: cpu=4,memory=16Gi,gpu=1,<custom>=N")
     p.add_argument("--executor", default="process", choices=["process", "thread"], help="how tasks are isolated")
     p.add_argument("--no-pickled-code", action="store_true", help="refuse cloudpickled code; run importable code only")
+    p.add_argument("--allow-code", default=",".join(CODE_KINDS), metavar="KINDS",
+                   help="kinds of code this worker runs, of import,handler,command,pickle (default: all; "
+                        "--no-pickled-code removes pickle)")
     p.add_argument("--grace-s", type=float, default=30.0, help="on SIGTERM, how long running tasks may finish")
     p.add_argument("--worker-id", default="", help="stable id (default: NAME-random)")
     p.add_argument("--artifact-dir", default="",
@@ -60,9 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
+    p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
+                   help="keyring (xpipe keys create) sealing the artifacts this worker writes and opening those it "
+                        "reads; required when the coordinator encrypts at rest, refused when it does not")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this worker's own log: text lines, or JSON lines with run_id/task/attempt fields")
+    p.add_argument("--tls-ca", default="", metavar="FILE",
+                   help="CA of the coordinator's certificate: connect over TLS (default: $XPIPE_TLS_CA)")
+    p.add_argument("--tls-cert", default="", metavar="FILE",
+                   help="this worker's certificate (xpipe certs issue --role worker), for mTLS (default: $XPIPE_TLS_CERT)")
+    p.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
+    p.add_argument("--token", default=None,
+                   help="credential with role worker, sent when connecting (default: $XPIPE_TOKEN)")
     add_tracing_arguments(p)
     return p
 
@@ -83,7 +110,12 @@ async def _run(config: WorkerConfig, metrics: MetricsEndpoint | None = None) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    await daemon.run()
+    try:
+        await daemon.run()
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in REFUSED_CODES or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return 2  # logged where it happened, with the coordinator's reason
+        raise
     for task in stopping:
         await task
     return 0
@@ -117,6 +149,22 @@ def parse_log_cap(text: str) -> int:
     return _parse_size(text, "--task-log-max-bytes")
 
 
+def configure_encryption(path: Path | None) -> None:
+    """Load ``--encryption-key-file`` for this process and hand its path to the executor
+    children (they inherit the environment); without the flag, make sure they have none.
+
+    Raises:
+        SecurityConfigError: the keyring is missing or malformed (the message names the file).
+    """
+    if path is None:
+        os.environ.pop(ENV_KEY_FILE, None)
+        configure(None)
+        return
+    path = path.resolve()
+    configure(AtRest.from_file(path))
+    os.environ[ENV_KEY_FILE] = str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
@@ -134,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         task_memory_limit_bytes = _parse_size(opts.task_memory_limit, "--task-memory-limit")
         tracing = config_from_arguments(opts, service_name="xpipe-worker")
         task_log_max_bytes = parse_log_cap(opts.task_log_max_bytes)
+        tls = TLSConfig.resolve(opts.tls_ca, opts.tls_cert, opts.tls_key)
+        allowed_code = parse_allowed_code(opts.allow_code)
     except ValueError as exc:
         p.error(str(exc))
     if opts.allow_install:
@@ -142,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             PipInstaller(install_dir, allowed=True).prepare()  # the daemon prepares it again: idempotent
         except OSError as exc:
             p.error(f"--install-dir {install_dir!r} cannot be created: {exc.strerror or exc}")
+    try:
+        configure_encryption(opts.encryption_key_file)
+    except SecurityConfigError as exc:
+        raise SystemExit(f"xpipe-worker: --encryption-key-file: {exc}") from None
     sys.path.insert(0, os.getcwd())
     config = WorkerConfig(
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
+        allowed_code=allowed_code,
         worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
-        task_log_max_bytes=task_log_max_bytes,
+        task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token),
     )  # fmt: skip
     metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-worker")
     try:
@@ -159,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     try:
         return runner(_run(config, metrics))
+    except EncryptionMismatch as exc:  # logged by the daemon; one line for whoever started it
+        print(f"xpipe-worker: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if metrics is not None:
             metrics.stop()

@@ -12,6 +12,10 @@ The same child also keeps the encoded bytes of its last few big results in memor
 coordinator places consumers on the worker that holds their inputs, see
 ``coordinator/_placement.py``) takes them from there: no open, no read, no page-cache copy.
 Any other reader (another child, another worker, the coordinator) reads the file.
+
+With encryption at rest (``--encryption-key-file``) the file is sealed and named
+``RUN_ID/TASK.ATTEMPT.xpe`` (:func:`xpipe.security._atrest.seal_artifact`); the bytes kept
+in memory stay plain, so a local consumer still skips the read and the decryption.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from collections import OrderedDict
 
 from xpipe._codec import ARTIFACT_SCHEME
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
+from xpipe.security._atrest import seal_artifact
 
 __all__ = [
     "ARTIFACT_MIN_BYTES",
@@ -29,6 +34,7 @@ __all__ = [
     "LocalObjects",
     "artifact_path",
     "store_result",
+    "write_artifact",
     "write_file",
 ]
 
@@ -53,6 +59,22 @@ def write_file(path: str, data: bytes | memoryview) -> None:
     with open(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def write_artifact(artifact_root: str, key: tuple[str, str, int], data: bytes | memoryview) -> str:
+    """Write ``data`` as the artifact of attempt ``key``, sealed when this process encrypts
+    at rest; its ``file://`` reference.
+
+    Raises:
+        OSError: the file cannot be written.
+    """
+    path = artifact_path(artifact_root, *key)
+    sealed = seal_artifact(data, os.path.relpath(path, artifact_root))
+    if sealed is not None:
+        data, relative = sealed
+        path = os.path.join(artifact_root, relative)
+    write_file(path, data)
+    return ARTIFACT_SCHEME + path
 
 
 class LocalObjects:
@@ -119,8 +141,6 @@ def store_result(
     """
     if not artifact_root or not os.path.isdir(artifact_root):
         return ""
-    path = artifact_path(artifact_root, *key)
-    write_file(path, data)
-    ref = ARTIFACT_SCHEME + path
+    ref = write_artifact(artifact_root, key, data)
     objects.put(ref, data)
     return ref

@@ -43,6 +43,8 @@ from xpipe._handlers import HandlerNotFoundError, get_handler
 from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
+from xpipe.security._errors import DecryptionError
+from xpipe.security._codetrust import PICKLE_PERMISSION, restricted_loads
 from xpipe.telemetry._task import AttemptRecorder
 from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
@@ -174,15 +176,28 @@ def _decode(payload: common_pb2.Payload, what: str, artifact_root: str | None) -
     held = LOCAL_OBJECTS.get(payload.artifact_ref) if payload.artifact_ref else None
     try:
         return _codec.decode(payload, what=what, artifact_root=artifact_root, artifact_data=held)
-    except SerializationError as exc:
+    except (SerializationError, DecryptionError) as exc:  # a sealed upstream this worker cannot open
         raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
 
 
-def _extra_args(task: common_pb2.TaskSpec, artifact_root: str | None) -> tuple[list[Any], dict[str, Any]]:
-    """Decode ``task.args`` into (positional, keyword) extra arguments."""
+def _extra_args(
+    task: common_pb2.TaskSpec, artifact_root: str | None, *, plain_only: bool = False
+) -> tuple[list[Any], dict[str, Any]]:
+    """Decode ``task.args`` into (positional, keyword) extra arguments.
+
+    ``plain_only``: the submitter lacks ``code:pickle``, and unpickling runs code, so pickled
+    arguments may hold plain builtin values only; anything else fails the task, unbuilt.
+    """
     if _codec.is_empty(task.args):
         return [], {}
-    value = _decode(task.args, f"arguments of task {task.name!r}", artifact_root)
+    what = f"arguments of task {task.name!r}"
+    if plain_only and task.args.codec == common_pb2.CODEC_PICKLE:
+        try:
+            value = _codec.decode(task.args, what=what, artifact_root=artifact_root, unpickle=restricted_loads)
+        except SerializationError as exc:
+            raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__, non_retryable=True) from exc
+    else:
+        value = _decode(task.args, what, artifact_root)
     if task.args.codec == common_pb2.CODEC_JSON:
         if not isinstance(value, dict) or set(value) - {"args", "kwargs"}:
             raise _TaskFailed(
@@ -230,7 +245,9 @@ def _call_arguments(assignment: worker_pb2.Assignment, artifact_root: str | None
         _decode(upstream[i], f"result of upstream task {task.depends_on[i]!r} for task {task.name!r}", artifact_root)
         for i in range(n_deps)
     ]
-    extra_args, kwargs = _extra_args(task, artifact_root)
+    # The parent checked the principal's signature (worker/_codegate) before sending these bytes.
+    plain_only = assignment.HasField("principal") and PICKLE_PERMISSION not in assignment.principal.grants
+    extra_args, kwargs = _extra_args(task, artifact_root, plain_only=plain_only)
     args.extend(extra_args)
     for i, flow in enumerate(task.flows):
         if flow.key and _codec.is_empty(upstream[n_deps + i]):  # a skipped upstream: None, not None[key]

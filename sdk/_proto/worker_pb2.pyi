@@ -203,20 +203,22 @@ class CoordinatorMessage(_message.Message):
     def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir", "signing_key", "signing_key_id")
+    __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir", "signing_key", "signing_key_id", "encryption_at_rest")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     PREFETCH_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_DIR_FIELD_NUMBER: _ClassVar[int]
     SIGNING_KEY_FIELD_NUMBER: _ClassVar[int]
     SIGNING_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_AT_REST_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     heartbeat_interval_s: float
     prefetch: int
     artifact_dir: str
     signing_key: bytes
     signing_key_id: str
-    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., signing_key_id: _Optional[str] = ...) -> None: ...
+    encryption_at_rest: bool
+    def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., signing_key_id: _Optional[str] = ..., encryption_at_rest: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent", "principal")
@@ -269,16 +271,18 @@ class AssignmentBatchView(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class AssignmentHead(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "principal")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: TaskHead
     upstream: _containers.RepeatedScalarFieldContainer[bytes]
     last_try: bool
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ...) -> None: ...
+    principal: _common_pb2.RunPrincipal
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
 
 class TaskHead(_message.Message):
     __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources")

@@ -5,6 +5,7 @@ One concept per module, each a pure core the coordinator, the worker and the CLI
 - ``_certs``: a private CA, certificates with a role and name, the identity of a TLS peer;
 - ``_tokens``, ``_jwt``, ``_ldap``: identity sources; ``_auth`` picks one by ``--auth`` spec;
 - ``_rbac``: roles, permissions, the policy file and the RPC -> permission table;
+- ``_tls``: :class:`TLSConfig` (clients) and server credentials, from PEM files;
 - ``_keys``: a keyring and AES-256-GCM for data at rest;
 - ``_audit``: the audit log's hash chain;
 - ``_cli``: ``xpipe certs``, ``xpipe tokens``, ``xpipe keys``.
@@ -30,6 +31,7 @@ _EXPORTS = {
     "Principal": "_principal",
     "Policy": "_rbac", "Refusal": "_rbac", "RPC_PERMISSIONS": "_rbac", "authorize": "_rbac",
     "TokenAuthenticator": "_tokens",
+    "TLSConfig": "_tls",
 }  # fmt: skip
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "Principal",
     "Refusal",
     "SecurityConfigError",
+    "TLSConfig",
     "TokenAuthenticator",
     "authenticator_from_spec",
     "authorize",

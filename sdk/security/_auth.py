@@ -1,9 +1,9 @@
 """Auth sources by ``--auth`` spec, and reading the ``authorization`` metadata value.
 
 A small registry keyed by scheme (``tokens``, ``jwt``, ``ldap``, ``ldaps``), so adding a
-source touches this file and its own module. The coordinator's interceptor (next round)
-reads ``authorization`` once per call, parses it with :func:`parse_authorization`, and asks
-the configured source; the TLS peer certificate is the other identity, read with
+source touches this file and its own module. The coordinator's per-call check
+(``coordinator/_authn.py``) reads ``authorization`` once per call, parses it with
+:func:`parse_authorization`, and asks the configured source; the TLS peer certificate is the other identity, read with
 :func:`xpipe.security._certs.identity_from_certificate`.
 
 Clients send ``authorization: Bearer <token>`` (tokens file or JWT) or ``authorization:
@@ -28,6 +28,7 @@ __all__ = [
     "Authenticator",
     "Credential",
     "authenticator_from_spec",
+    "authorization_value",
     "parse_authorization",
 ]
 
@@ -124,6 +125,17 @@ def authenticator_from_spec(spec: str, *, ldap_config: str | Path | None = None)
         raise SecurityConfigError(f"--auth {spec!r}: unknown scheme {scheme!r} (expected one of: "
                                   f"{', '.join(f'{s}:' for s in AUTH_SCHEMES)})")  # fmt: skip
     return factory(spec, Path(ldap_config) if ldap_config is not None else None)
+
+
+def authorization_value(token: str) -> str:
+    """The ``authorization`` value a client sends for ``token`` (the inverse of :func:`parse_authorization`).
+
+    Tokens (``xpt_...``) and JWTs never hold ``:``, so ``user:password`` means an LDAP
+    user and is sent as ``Basic``; anything else as ``Bearer``.
+    """
+    if ":" in token:
+        return "Basic " + base64.b64encode(token.encode("utf-8")).decode("ascii")
+    return f"Bearer {token}"
 
 
 def parse_authorization(value: str | None) -> Credential | None:

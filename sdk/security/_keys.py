@@ -26,9 +26,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from ._errors import DecryptionError, SecurityConfigError
 from ._files import atomic_write, locked, write_private
 
@@ -52,7 +49,7 @@ class _Key:
 
 
 def _new_key(now: float) -> _Key:
-    return _Key(id="k" + secrets.token_hex(4), key=AESGCM.generate_key(bit_length=256), created_at=now)
+    return _Key(id="k" + secrets.token_hex(4), key=secrets.token_bytes(KEY_BYTES), created_at=now)
 
 
 def _dump(active: str, keys: list[_Key]) -> bytes:
@@ -72,6 +69,10 @@ class Keyring:
             raise SecurityConfigError(
                 f"{source}: active key {active!r} is not among the keys ({', '.join(keys)})"
             )
+        # Imported here: a worker child or client that only checks for sealed data (a prefix,
+        # a file suffix) never pays for loading cryptography.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self.source = source
         self.active = active
         self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
@@ -122,22 +123,25 @@ class Keyring:
             raise SecurityConfigError(f"keyring {path}: malformed: {what}") from None
         return cls(keys, active, source=str(path))
 
-    def encrypt(self, data: bytes, aad: bytes = b"") -> bytes:
+    def encrypt(self, data: bytes, aad: bytes = b"", *, prefix: bytes = b"") -> bytes:
         """Encrypt ``data`` with the active key; ``aad`` binds the blob to its context.
 
         Pass where the blob belongs as ``aad`` (for example ``b"result:<run>/<task>"``), so a
-        blob copied to another row fails to decrypt there.
+        blob copied to another row fails to decrypt there. ``prefix`` goes before the blob
+        (not authenticated), in the same copy: a caller's marker costs no second copy of a
+        big value.
         """
         nonce = os.urandom(NONCE_BYTES)
-        return self._header + nonce + self._ciphers[self.active].encrypt(nonce, data, self._header + aad)
+        return b"".join((prefix, self._header, nonce, self._ciphers[self.active].encrypt(nonce, data, self._header + aad)))
 
-    def key_id_of(self, blob: bytes) -> str:
+    @staticmethod
+    def key_id_of(blob: bytes | memoryview) -> str:
         """The key id a blob was encrypted with (for re-encryption after a rotation).
 
         Raises:
             DecryptionError: not an xpipe blob, or an unknown version.
         """
-        if len(blob) < 5 or blob[:3] != MAGIC:
+        if len(blob) < 5 or bytes(blob[:3]) != MAGIC:
             raise DecryptionError("not xpipe encrypted data (bad magic)")
         if blob[3] != BLOB_VERSION:
             raise DecryptionError(
@@ -146,10 +150,12 @@ class Keyring:
         end = 5 + blob[4]
         if len(blob) < end + NONCE_BYTES + 16:
             raise DecryptionError("encrypted data is truncated")
-        return blob[5:end].decode("ascii", errors="replace")
+        return bytes(blob[5:end]).decode("ascii", errors="replace")
 
-    def decrypt(self, blob: bytes, aad: bytes = b"") -> bytes:
+    def decrypt(self, blob: bytes | memoryview, aad: bytes = b"") -> bytes:
         """Decrypt a blob from :meth:`encrypt` with whichever key of the ring it names.
+
+        A memoryview is read in place (no copy of a big blob's ciphertext).
 
         Raises:
             DecryptionError: bad header; its key id is not in this keyring (named, with the
@@ -161,10 +167,13 @@ class Keyring:
             raise DecryptionError(
                 f"key id {key_id!r} is not in keyring {self.source} (it has: {', '.join(self._ciphers)})"
             )
+        from cryptography.exceptions import InvalidTag
+
         header_len = 5 + blob[4]
-        nonce = blob[header_len : header_len + NONCE_BYTES]
+        view = memoryview(blob)
+        nonce = bytes(view[header_len : header_len + NONCE_BYTES])
         try:
-            return cipher.decrypt(nonce, blob[header_len + NONCE_BYTES :], blob[:header_len] + aad)
+            return cipher.decrypt(nonce, view[header_len + NONCE_BYTES :], bytes(view[:header_len]) + aad)
         except InvalidTag:
             raise DecryptionError(f"encrypted data under key {key_id!r} failed authentication: "
                                   "it was altered, or read with the wrong context (aad)") from None  # fmt: skip

@@ -192,3 +192,35 @@ def test_settings_file_is_validated(tmp_path):
         _config(user_dn_template=PEOPLE)
     with pytest.raises(SecurityConfigError, match="expected ldap://HOST"):
         LdapAuthenticator("http://127.0.0.1:389", _config())
+
+
+def test_a_coordinator_with_ldap_auth_admits_by_password_and_roles_from_groups(slapd_url, tmp_path):
+    """Over the wire: the SDK sends ``user:password`` as ``Basic``; groups give the roles."""
+    import sys
+
+    from xpipe._client import Client
+    from xpipe.errors import AuthenticationError, PermissionDeniedError
+
+    settings = tmp_path / "ldap.toml"
+    settings.write_text(f'user_dn_template = "uid={{user}},{PEOPLE}"\ngroup_base = "{GROUPS}"\ntimeout_s = 2.0\n'
+                        f'[group_roles]\n"{OPS}" = ["operator"]\n"{ANALYSTS}" = ["submitter"]\n')  # fmt: skip
+    ready = tmp_path / "ready"
+    argv = [sys.executable, "-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d"),
+            "--ready-file", str(ready), "--auth", slapd_url, "--ldap-config", str(settings)]  # fmt: skip
+    proc = Proc("coordinator", argv, log_dir=tmp_path / "logs", cwd=tmp_path)
+    try:
+        address = eventually(lambda: ready.exists() and ready.read_text().strip(), timeout_s=30,
+                             message="coordinator serving")  # fmt: skip
+        with Client(address, connect_timeout_s=5, token="alice:alice-secret") as alice:
+            assert alice.list_workers() == []
+            assert alice.drain("nobody") is False  # operator: allowed (no such worker)
+        with Client(address, connect_timeout_s=5, token="bob:bob-secret") as bob, pytest.raises(
+            PermissionDeniedError, match="'bob' lacks permission worker:drain"
+        ):
+            bob.drain("nobody")
+        with Client(address, connect_timeout_s=5, token="alice:wrong") as wrong, pytest.raises(
+            AuthenticationError, match="UNAUTHENTICATED"
+        ):
+            wrong.list_workers()
+    finally:
+        proc.terminate()

@@ -7,8 +7,10 @@ import pytest
 
 from xpipe import errors
 from xpipe.errors import (
+    AuthenticationError,
     CoordinatorUnavailableError,
     DistributedExecutionError,
+    PermissionDeniedError,
     PipelineExecutionError,
     PipelineValidationError,
     RequestRejectedError,
@@ -53,8 +55,8 @@ def test_every_status_code_maps_to_an_xpipe_error(code):
         (grpc.StatusCode.UNAVAILABLE, CoordinatorUnavailableError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, CoordinatorUnavailableError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, RequestRejectedError),
-        (grpc.StatusCode.PERMISSION_DENIED, RequestRejectedError),
-        (grpc.StatusCode.UNAUTHENTICATED, RequestRejectedError),
+        (grpc.StatusCode.PERMISSION_DENIED, PermissionDeniedError),
+        (grpc.StatusCode.UNAUTHENTICATED, AuthenticationError),
         (grpc.StatusCode.INTERNAL, DistributedExecutionError),
         (grpc.StatusCode.UNKNOWN, DistributedExecutionError),
     ],

@@ -71,7 +71,7 @@ def test_the_package_exports_resolve_lazily():
 
     import xpipe.security
 
-    assert set(xpipe.security.__all__) == set(xpipe.security._EXPORTS) and len(xpipe.security.__all__) == 25
+    assert set(xpipe.security.__all__) == set(xpipe.security._EXPORTS) and len(xpipe.security.__all__) == 26
     for name in xpipe.security.__all__:
         assert getattr(xpipe.security, name) is not None
     probe = "import sys, xpipe.security; print('cryptography' in sys.modules, 'ldap3' in sys.modules)"
