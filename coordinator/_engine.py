@@ -62,6 +62,7 @@ from ._store import Store, StoreFault
 from ._validate import validate_spec
 
 if TYPE_CHECKING:  # OpenTelemetry is imported only when metrics are on
+    from ._lineage import DataTap
     from ._metrics import CoordinatorMetrics
 
 __all__ = ["Engine", "EngineConfig", "InternalError", "assignment_bytes", "estimate_run_bytes"]
@@ -197,6 +198,9 @@ class Engine:
         #: Events whose handling raised, contained (for tests and operators).
         self.contained = 0
         self._dispatched_any = False
+        #: Audit and lineage of marked tasks (``_lineage.DataTap``, set by the Coordinator);
+        #: runs without marks cost one dict check per turn.
+        self.tap: DataTap | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -214,6 +218,8 @@ class Engine:
             run_id = stored.header.run_id
             if self.config.signer is not None:  # signed by another coordinator's key, maybe
                 self.config.signer.resign(stored.spec, run_id)
+            if self.tap is not None:
+                self.tap.watch(run_id, stored.spec)
             if self.metrics is not None:
                 self.metrics.restored(run_id, stored.tasks, now)
             self.post(
@@ -283,6 +289,8 @@ class Engine:
             spec.principal.CopyFrom(self.config.signer.sign(principal[0], principal[1], run_id))
         fut = asyncio.get_running_loop().create_future()
         self._submits[run_id] = fut
+        if self.tap is not None:
+            self.tap.watch(run_id, spec)
         self.post(RunSubmitted(time.time(), run_id, spec, order, stimulus_id=f"rpc-submit-{run_id}"))
         try:
             await fut
@@ -399,6 +407,8 @@ class Engine:
         self._dispatch(actions)
         if records:
             self._notify(records)
+            if self.tap is not None and self.tap.runs:
+                self.tap.observe(records, state)
         if self.metrics is not None:
             self.metrics.turn(actions, state.runs, now, commit_s)
 

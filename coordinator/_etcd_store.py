@@ -14,6 +14,9 @@ Keys, under ``/xpipe/<cluster>/``::
     tasks/<run_id>/<task name>    the task's latest record (a TaskInfo)
     active/<run_id>               present while the run is unfinished
     bytime/<created_at>/<run_id>  an index for newest-first listing
+    audit/<seq, 20 digits>        one audit log entry (JSON), written by the leader only
+    audit_head                    the newest entry's seq and hash (JSON), in the same transaction
+    lineage/<run_id>/<task>       a tracked task's lineage node (a LineageNode)
 
 Every value is ``b"z" + zstd(protobuf)``, or ``b"z" + seal(zstd(protobuf))`` with encryption
 at rest (``--encryption-key-file``; sealed under the value's etcd key as associated data, see
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 import time
@@ -51,8 +55,10 @@ from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 from xpipe.security._atrest import AtRest, open_value
 
+from xpipe.security._audit import GENESIS_HASH, AuditEntry
+
 from ._events import RunRecord, TaskRecord, task_info
-from ._store import Store, StoredRun, decode_history, encode_history
+from ._store import AuditPage, Store, StoredRun, _page, decode_history, encode_history
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
 
@@ -638,3 +644,80 @@ class EtcdStore(Store):
                 if len(out) >= limit:
                     break
         return out
+    # ------------------------------------------------------------------ audit log and lineage
+
+    def _audit_key(self, seq: int) -> bytes:
+        return self.prefix + f"audit/{seq:020d}".encode()
+
+    async def audit_head(self) -> tuple[int, str]:
+        response = await self._range(rpc.RangeRequest(key=self.prefix + b"audit_head"), "read of the audit head")
+        if not response.kvs:
+            return 0, GENESIS_HASH
+        head = json.loads(response.kvs[0].value)
+        return int(head["seq"]), str(head["hash"])
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Entries and the new head in one fenced transaction: only the leader appends.
+
+        Raises:
+            FencedError: this coordinator no longer leads; nothing was written.
+        """
+        if not entries:
+            return
+        if len(entries) + 1 > self.max_txn_ops:
+            raise EtcdStoreError(f"{len(entries)} audit entries do not fit one transaction (max_txn_ops {self.max_txn_ops})")
+        ops = [
+            rpc.RequestOp(request_put=rpc.PutRequest(
+                key=self._audit_key(e.seq), value=json.dumps(e.to_json(), sort_keys=True).encode()
+            ))
+            for e in entries
+        ]  # fmt: skip
+        head = json.dumps({"seq": entries[-1].seq, "hash": entries[-1].hash}).encode()
+        ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=self.prefix + b"audit_head", value=head)))
+        response = await self._txn(rpc.TxnRequest(compare=self._fence_compares(), success=ops), "audit append")
+        if not response.succeeded:
+            raise FencedError(f"audit append refused: this coordinator no longer leads cluster {self.cluster!r}")
+
+    async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
+        """A page of entries; with filters, the log is scanned in chunks of at most ``limit + 1`` keys."""
+        prefix = self.prefix + b"audit/"
+        head_seq, head_hash, revision = 0, GENESIS_HASH, 0
+        matched: list[AuditEntry] = []
+        cursor = after_seq
+        while True:
+            # Every chunk at the first chunk's revision, so the page and the head agree.
+            head_range = rpc.RangeRequest(key=self.prefix + b"audit_head", revision=revision)
+            entry_range = rpc.RangeRequest(key=self._audit_key(cursor + 1), range_end=_prefix_end(prefix),
+                                           limit=limit + 1, revision=revision)  # fmt: skip
+            response = await self._txn(
+                rpc.TxnRequest(success=[rpc.RequestOp(request_range=head_range), rpc.RequestOp(request_range=entry_range)]),
+                "audit read",
+            )
+            revision = revision or response.header.revision
+            head_kvs, entry_kvs = (r.response_range.kvs for r in response.responses)
+            if head_kvs:
+                head = json.loads(head_kvs[0].value)
+                head_seq, head_hash = int(head["seq"]), str(head["hash"])
+            chunk = [AuditEntry.from_json(json.loads(kv.value)) for kv in entry_kvs]
+            page = _page(chunk, since, principal, limit - len(matched), head_seq, head_hash, cursor)
+            matched.extend(page.entries)
+            if page.more or len(chunk) <= limit:  # the page is full, or the log ends in this chunk
+                more = page.more or (len(matched) >= limit and len(chunk) > limit)
+                return AuditPage(matched, head_seq, head_hash, more, page.next_after_seq if chunk else cursor)
+            cursor = chunk[-1].seq
+            if len(matched) >= limit:  # full exactly at a chunk's end: the next page may be empty
+                return AuditPage(matched, head_seq, head_hash, True, cursor)
+
+    async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
+        if not nodes:
+            return
+        ops = {self.prefix + f"lineage/{run_id}/{task}".encode(): self._pack(node) for run_id, task, node in nodes}
+        for chunk in self._chunks(ops):
+            response = await self._txn(rpc.TxnRequest(compare=self._fence_compares(), success=chunk), "lineage write")
+            if not response.succeeded:
+                raise FencedError(f"lineage write refused: this coordinator no longer leads cluster {self.cluster!r}")
+
+    async def get_lineage(self, run_id: str) -> list[bytes]:
+        prefix = self.prefix + f"lineage/{run_id}/".encode()
+        response = await self._range(rpc.RangeRequest(key=prefix, range_end=_prefix_end(prefix)), f"lineage of {run_id}")
+        return [self._unpack(kv.value, f"lineage of {run_id}") for kv in response.kvs]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xpipe._lineage import parse_lineage_target
 from xpipe.security._auth import authenticator_from_spec
 from xpipe.security._rbac import Policy
 from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="retention of one namespace, overriding --retention-days (repeatable)")
     p.add_argument("--retention-interval-s", type=float, default=SWEEP_INTERVAL_S,
                    help="time between retention sweeps (one also runs at start)")
+    p.add_argument("--lineage-export", default="", metavar="file:PATH|http://HOST:PORT/PATH",
+                   help="send OpenLineage events of tracked tasks as they finish: JSON lines appended "
+                        "to PATH, or POSTed to the URL (default: off; see docs/security.md)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_security_arguments(p)
     add_tracing_arguments(p)
@@ -185,6 +189,7 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
             election = LeaderElection(store, ttl_s=opts.lease_ttl_s, address=opts.advertise)
         tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
         signer = RunSigner.load(opts.signing_key_file) if opts.signing_key_file else None
+        opts.lineage_target = parse_lineage_target(opts.lineage_export) if opts.lineage_export else None
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
@@ -217,6 +222,7 @@ async def _run(
     if policy is not None:
         coordinator.policy = policy
     coordinator.retention = Retention(coordinator, opts.retention_policy, interval_s=opts.retention_interval_s)
+    coordinator.data_tap.export = opts.lineage_target
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

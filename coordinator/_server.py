@@ -32,9 +32,10 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._audit_service import AuditServicer
+from ._auditlog import AuditLog, audit_local_calls
 from ._authn import CallAuth, NamespaceCache, Security
-from ._auditsink import AuditSink, NullAudit
 from ._caller import caller
+from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
@@ -796,8 +797,11 @@ class Coordinator:
         self.guard = CallGuard(lambda: self._stopped.is_set(), auth)
         #: Roles and grants calls are authorized against (``--policy``; built-in roles by default).
         self.policy: Policy = DEFAULT_POLICY
-        #: Where audited calls and data accesses are reported (see ``_auditsink``).
-        self.audit: AuditSink = NullAudit()
+        #: Where audited calls and data accesses are reported (see ``_auditsink``): stored, chained.
+        self.audit: AuditLog = AuditLog(store, leading=lambda: self.election is None or self.election.is_leader)
+        #: Audit and lineage of marked tasks; every engine reports to it (see ``_lineage``).
+        self.data_tap = DataTap(self.audit, store, artifact_root=config.artifact_dir or None)
+        self.engine.tap = self.data_tap
         #: Single node: outlives store faults (see :meth:`_supervise`); HA leaves that to the election.
         self._supervisor: asyncio.Task | None = None
         #: Fresh engines built after the store refused writes and then took them again.
@@ -807,7 +811,9 @@ class Coordinator:
         self._fault_backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
 
     def _new_engine(self) -> Engine:
-        return Engine(self.store, self.config, metrics=self.metrics)
+        engine = Engine(self.store, self.config, metrics=self.metrics)
+        engine.tap = getattr(self, "data_tap", None)
+        return engine
 
     def _live_namespace(self, run_id: str) -> str | None:
         run = self.engine.state.runs.get(run_id)
@@ -851,11 +857,12 @@ class Coordinator:
             interceptors.append(LeaderGate(self.election))
         server = grpc.aio.server(options=options, interceptors=interceptors or None)
         guarded = GuardedRegistrar(server, self.guard)
-        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(_PipelineService(self), guarded)
+        # Audited calls are recorded as "local" when auth is off (see _auditlog.audit_local_calls).
+        pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(audit_local_calls(_PipelineService(self), self.audit), guarded)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(_AdminService(self), guarded)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(_AdminService(self), self.audit), guarded)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
-        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(GovernanceServicer(self), guarded)
+        governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
@@ -927,6 +934,8 @@ class Coordinator:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))
         await self.task_logs.close()
+        await self.data_tap.stop()
+        await self.audit.stop()
         await self.store.close()
 
     # ------------------------------------------------------------------ HA

@@ -39,11 +39,14 @@ from xpipe._proto import common_pb2 as pb
 from xpipe.security._tls import TLSConfig
 from xpipe.security._atrest import AtRest, open_value
 
+from xpipe.security._audit import GENESIS_HASH, AuditEntry
+
 from ._events import RunRecord, TaskRecord
 from ._story import decode_history, encode_history
 
 __all__ = [
     "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
+    "AuditPage",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -210,6 +213,92 @@ class Store(abc.ABC):
     async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
         """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
         raise NotImplementedError(f"{type(self).__name__} cannot page through specs")
+    # ------------------------------------------------------------------ audit log and lineage
+    # Written by ``_auditlog.AuditLog`` and ``_lineage.DataTap``, off the engine's turn. This
+    # default keeps them in memory (a store that cannot persist them loses them on restart).
+
+    async def audit_head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest stored audit entry; ``(0, GENESIS_HASH)`` when none."""
+        return getattr(self, "_mem_audit_head", (0, GENESIS_HASH))
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Store chained ``entries`` and make the last one the head, in one transaction."""
+        if entries:
+            self.__dict__.setdefault("_mem_audit", []).extend(entries)
+            self._mem_audit_head = (entries[-1].seq, entries[-1].hash)
+
+    async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
+        """Entries with seq > ``after_seq`` (and ``at >= since``, of ``principal``), oldest first."""
+        stored = self.__dict__.get("_mem_audit", [])
+        head_seq, head_hash = await self.audit_head()
+        return _page([e for e in stored if e.seq > after_seq], since, principal, limit, head_seq, head_hash, after_seq)
+
+    async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
+        """Store lineage nodes ``(run_id, task, serialized LineageNode)``; a task's newest wins."""
+        mem = self.__dict__.setdefault("_mem_lineage", {})
+        for run_id, task, node in nodes:
+            mem[(run_id, task)] = node
+
+    async def get_lineage(self, run_id: str) -> list[bytes]:
+        """The run's serialized lineage nodes, by task name."""
+        mem = self.__dict__.get("_mem_lineage", {})
+        return [node for (r, _task), node in sorted(mem.items()) if r == run_id]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    """One answer of :meth:`Store.read_audit`.
+
+    Attributes:
+        entries: Oldest first.
+        head_seq: The stored head's seq (the newest entry, filters aside).
+        head_hash: The stored head's hash.
+        more: Entries past this page exist.
+        next_after_seq: Where the next page starts (``after_seq``).
+    """
+
+    entries: list[AuditEntry]
+    head_seq: int
+    head_hash: str
+    more: bool
+    next_after_seq: int
+
+
+def _page(
+    entries, since: float, principal: str, limit: int, head_seq: int, head_hash: str, after_seq: int = 0
+) -> AuditPage:
+    """Filter ``entries`` (seq order, all past the cursor ``after_seq``) into one page of at most ``limit``."""
+    out: list[AuditEntry] = []
+    last = after_seq
+    for entry in entries:
+        if len(out) >= limit:
+            return AuditPage(out, head_seq, head_hash, True, last)
+        last = entry.seq
+        if entry.at >= since and (not principal or entry.principal == principal):
+            out.append(entry)
+    return AuditPage(out, head_seq, head_hash, False, last)
+
+
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    principal TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    stimulus_id TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    run_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    node BLOB NOT NULL,
+    PRIMARY KEY (run_id, task)
+) WITHOUT ROWID;
+"""
 
 
 _SCHEMA = """
@@ -399,6 +488,7 @@ class SQLiteStore(Store):
 
     def _close_sync(self) -> None:
         self._close_governance()
+        self._close_audit_sync()
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -750,6 +840,114 @@ class SQLiteStore(Store):
         if db is not None:
             db.close()
             self._gov_db = None
+
+    # ------------------------------------------------------------------ audit log and lineage
+    # Their own connection: the engine commits small turns on the event loop with the main
+    # one, and a transaction on the database thread must not interleave with those. SQLite
+    # serializes the two writers (WAL: one at a time); each holds the lock for a few ms.
+
+    def _audit_conn(self) -> sqlite3.Connection:
+        db = getattr(self, "_audit_db", None)
+        if db is None:
+            if self._db is None:
+                raise RuntimeError("store is not open")
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=10.0)
+            db.execute(f"PRAGMA synchronous={self._synchronous}")
+            db.executescript(_AUDIT_SCHEMA)
+            self._audit_db = db
+        return db
+
+    def _close_audit_sync(self) -> None:
+        db = getattr(self, "_audit_db", None)
+        if db is not None:
+            db.close()
+            self._audit_db = None
+
+    async def audit_head(self) -> tuple[int, str]:
+        return await self._call(self._audit_head_sync)
+
+    def _audit_head_sync(self) -> tuple[int, str]:
+        row = self._audit_conn().execute("SELECT value FROM meta WHERE key='audit_head'").fetchone()
+        if row is None:
+            return 0, GENESIS_HASH
+        head = json.loads(row[0])
+        return int(head["seq"]), str(head["hash"])
+
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        if entries:
+            await self._call(self._append_audit_sync, list(entries))
+
+    def _append_audit_sync(self, entries: list[AuditEntry]) -> None:
+        db = self._audit_conn()
+        head = json.dumps({"seq": entries[-1].seq, "hash": entries[-1].hash})
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany(
+                "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (e.seq, e.at, e.principal, e.action, e.target, e.outcome, e.stimulus_id,
+                     json.dumps(dict(e.detail), sort_keys=True), e.prev_hash, e.hash)
+                    for e in entries
+                ],
+            )  # fmt: skip
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (head,))
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.exception("rollback after a failed audit write failed too")
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreFault.wrap(exc, f"{self.path} (audit log)") from exc
+            raise
+
+    async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
+        return await self._call(self._read_audit_sync, after_seq, since, principal, limit)
+
+    def _read_audit_sync(self, after_seq: int, since: float, principal: str, limit: int) -> AuditPage:
+        db = self._audit_conn()
+        db.execute("BEGIN")  # one snapshot: the page and the head agree
+        try:
+            head_seq, head_hash = self._audit_head_sync()
+            rows = db.execute(
+                "SELECT seq, at, principal, action, target, outcome, stimulus_id, detail, prev_hash, hash "
+                "FROM audit WHERE seq > ? AND at >= ? AND (? = '' OR principal = ?) ORDER BY seq LIMIT ?",
+                (after_seq, since, principal, principal, limit + 1),
+            ).fetchall()
+        finally:
+            db.execute("COMMIT")
+        entries = [
+            AuditEntry(seq, at, who, action, target, outcome, stimulus_id, json.loads(detail), prev_hash, digest)
+            for seq, at, who, action, target, outcome, stimulus_id, detail, prev_hash, digest in rows
+        ]
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return AuditPage(entries, head_seq, head_hash, more, entries[-1].seq if entries else after_seq)
+
+    async def put_lineage(self, nodes: Sequence[tuple[str, str, bytes]]) -> None:
+        if nodes:
+            await self._call(self._put_lineage_sync, list(nodes))
+
+    def _put_lineage_sync(self, nodes: list[tuple[str, str, bytes]]) -> None:
+        db = self._audit_conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR REPLACE INTO lineage VALUES (?,?,?)", nodes)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            if isinstance(exc, (sqlite3.Error, OSError)):
+                raise StoreFault.wrap(exc, f"{self.path} (lineage)") from exc
+            raise
+
+    async def get_lineage(self, run_id: str) -> list[bytes]:
+        return await self._call(self._get_lineage_sync, run_id)
+
+    def _get_lineage_sync(self, run_id: str) -> list[bytes]:
+        rows = self._audit_conn().execute("SELECT node FROM lineage WHERE run_id=? ORDER BY task", (run_id,))
+        return [bytes(node) for (node,) in rows]
 
 
 def _aad(kind: str, run_id: str, name: str = "") -> bytes:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from ._client import Client
     from ._dag import DataFlow, Pipeline, Task, pipeline, task
     from ._handlers import handler
+    from ._lineage import LineageGraph
+    from .security._data_decorators import audit_data_access, log_data_access, track_data_lineage
     from ._manager import PipelineManager
     from ._options import RetryPolicy, TaskOptions
     from ._unbuilt import DataStream, StreamPipeline, StreamTask
@@ -69,6 +71,8 @@ _LAZY = {
     "pipeline": "._dag",
     "task": "._dag",
     "handler": "._handlers",
+    "LineageGraph": "._lineage",
+    **dict.fromkeys(("audit_data_access", "log_data_access", "track_data_lineage"), ".security._data_decorators"),
     "PipelineManager": "._manager",
     "RetryPolicy": "._options",
     # Placeholders of the seed's stream API (issue 14): importable, making one raises.
@@ -111,6 +115,7 @@ __all__ = [
     "DistributedExecutionError",
     "HandlerNotFoundError",
     "InstallReport",
+    "LineageGraph",
     "LogChunk",
     "NodeRecovery",
     "PermissionDeniedError",
@@ -136,10 +141,13 @@ __all__ = [
     "WorkerInfo",
     "WorkerInstall",
     "XpipeError",
+    "audit_data_access",
     "handle_errors",
     "handler",
+    "log_data_access",
     "pipeline",
     "record_metric",
     "require_permission",
     "task",
+    "track_data_lineage",
 ]

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from .errors import PipelineExecutionError, XpipeError
+from ._audit_cli import register as register_audit_command
 from .security._cli import register as register_security_commands
 
 __all__ = ["main"]
@@ -467,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="list what would be deleted; delete nothing")
     gc.set_defaults(fn=cmd_gc)
     register_security_commands(sub)
+    register_audit_command(sub, common, _client)
     return p
 
 

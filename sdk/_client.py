@@ -25,7 +25,7 @@ from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
 from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY, TERMINAL_RUN_STATES
 from ._install import requirements_problem, timeout_problem
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
-from ._proto import admin_pb2, admin_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
+from ._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from ._types import (
     TASK_STATES,
     ClusterStatus,
@@ -54,6 +54,7 @@ from .security._tls import TLSConfig, client_token, speaks_tls, tls_refusal
 from .telemetry._tracing import end_run_span, follow_run_span, setup_tracing, start_run_span
 
 if TYPE_CHECKING:
+    from ._lineage import AuditPage, LineageGraph
     from ._dag import Pipeline
 
 __all__ = ["Client", "from_grpc_error", "leader_hint", "parse_addresses", "translate_rpc_errors"]
@@ -822,6 +823,33 @@ class Client:
              "reason": e.reason}
             for e in entries
         ]  # fmt: skip
+
+    def get_audit(self, *, since: float = 0.0, principal: str = "", limit: int = 0, after_seq: int = 0) -> AuditPage:
+        """One page of the audit log, oldest first (permission ``audit:read``).
+
+        Args:
+            since: Unix seconds: only entries at or after it.
+            principal: Only this principal's entries.
+            limit: Most entries (0: the coordinator's default, 1,000; at most 10,000).
+            after_seq: Paging: the previous page's ``next_after_seq``.
+        """
+        from ._lineage import AuditPage
+
+        request = audit_pb2.GetAuditRequest(since=since, principal=principal, limit=limit, after_seq=after_seq)
+        reply = self._call_on(audit_pb2_grpc.AuditServiceStub, lambda s: s.GetAudit(request, timeout=self.call_timeout_s))
+        return AuditPage.from_proto(reply)
+
+    def get_lineage(self, run_id: str) -> LineageGraph:
+        """The lineage graph of a run's tracked tasks (permission ``lineage:read``).
+
+        Raises:
+            RunNotFoundError: no such run.
+        """
+        from ._lineage import LineageGraph
+
+        request = audit_pb2.GetLineageRequest(run_id=run_id)
+        reply = self._call_on(audit_pb2_grpc.AuditServiceStub, lambda s: s.GetLineage(request, timeout=self.call_timeout_s))
+        return LineageGraph.from_proto(reply)
 
     def install_dependencies(self, packages: Sequence[str], *, timeout_s: float = DEFAULT_INSTALL_TIMEOUT_S) -> InstallReport:
         """pip-install ``packages`` on every connected worker that allows it (``--allow-install``).

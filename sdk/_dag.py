@@ -51,7 +51,7 @@ from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
 from ._unbuilt import not_built
 from .errors import PipelineValidationError
-from .security._marks import GOVERNANCE_ATTR, governance_of
+from .security._marks import GOVERNANCE_ATTR, governance_of, mark
 from .security._principal import check_name
 from .telemetry._tracking import Monitored, Tracking
 
@@ -773,6 +773,13 @@ class Pipeline(Monitored):
             return self._tasks[name]
         except KeyError:
             raise KeyError(f"pipeline {self.name!r} has no task {name!r}") from None
+
+    def enable_lineage(self) -> Pipeline:
+        """Record the lineage of every task of this pipeline (as ``@track_data_lineage`` on each).
+
+        Sets ``PipelineSpec.lineage``; see ``PipelineManager.get_lineage``. Returns the pipeline.
+        """
+        return mark(self, track_lineage=True)
 
     def validate(self) -> list[str]:
         """Check the graph and return the task names in a topological order.

@@ -39,6 +39,10 @@ from .security._marks import mark
 from .telemetry._tracing import tracing_arguments
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from ._lineage import LineageGraph
+    from .security._audit import AuditEntry
     from .security._tls import TLSConfig
 
 __all__ = ["PipelineManager"]
@@ -730,6 +734,42 @@ class PipelineManager:
     def __del__(self) -> None:
         if getattr(self, "_local", None) is not None:
             self._local.stop()
+
+    # ------------------------------------------------------------------ audit and lineage
+
+    def get_lineage(self, run_id: str) -> LineageGraph:
+        """The lineage of a run's tracked tasks (``@track_data_lineage``, ``enable_lineage()``).
+
+        Nodes hold content hashes, sizes and artifact references of each task's inputs and
+        output, never the values. Raises :class:`RunNotFoundError` for an unknown run.
+        """
+        return self.client.get_lineage(run_id)
+
+    def export_lineage(self, run_id: str, *, path: str | Path | None = None, url: str = "",
+                       namespace: str = "xpipe") -> int:  # fmt: skip
+        """Write a run's lineage as OpenLineage run events; returns how many events.
+
+        Args:
+            run_id: The run.
+            path: Append the events as JSON lines to this file, or
+            url: POST each event (JSON) to this HTTP endpoint, such as Marquez's
+                ``http://HOST:5000/api/v1/lineage``. Nothing is sent elsewhere.
+            namespace: The OpenLineage namespace of the jobs and datasets.
+        """
+        from ._lineage import write_openlineage
+
+        events = self.get_lineage(run_id).openlineage_events(namespace=namespace)
+        return write_openlineage(events, path=path, url=url)
+
+    def get_audit(self, *, since: float = 0.0, principal: str = "") -> list[AuditEntry]:
+        """Audit log entries (every page), oldest first; ``since`` in unix seconds.
+
+        Check them with ``xpipe.security._audit.verify`` or ``xpipe audit --verify``.
+        """
+        from ._lineage import iter_pages
+
+        pages = iter_pages(self.client.get_audit, since=since, principal=principal)
+        return [entry for page in pages for entry in page.entries]
 
 
 def _required_resources(info: pipeline_pb2.RunInfo | None, task: str) -> dict[str, Any]:

@@ -24,21 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/audit.proto\x12\x08xpipe.v1\"\x11\n\x0fGetAuditRequest\"\x12\n\x10GetAuditResponse\"#\n\x11GetLineageRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x14\n\x12GetLineageResponse2\x9a\x01\n\x0c\x41uditService\x12\x41\n\x08GetAudit\x12\x19.xpipe.v1.GetAuditRequest\x1a\x1a.xpipe.v1.GetAuditResponse\x12G\n\nGetLineage\x12\x1b.xpipe.v1.GetLineageRequest\x1a\x1c.xpipe.v1.GetLineageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/audit.proto\x12\x08xpipe.v1\"U\n\x0fGetAuditRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\x11\n\tprincipal\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\r\x12\x11\n\tafter_seq\x18\x04 \x01(\x04\"\x82\x02\n\x0b\x41uditRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\x11\n\tprincipal\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x13\n\x0bstimulus_id\x18\x07 \x01(\t\x12\x31\n\x06\x64\x65tail\x18\x08 \x03(\x0b\x32!.xpipe.v1.AuditRecord.DetailEntry\x12\x11\n\tprev_hash\x18\t \x01(\t\x12\x0c\n\x04hash\x18\n \x01(\t\x1a-\n\x0b\x44\x65tailEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa6\x01\n\x10GetAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.xpipe.v1.AuditRecord\x12\x11\n\thead_hash\x18\x02 \x01(\t\x12\x10\n\x08head_seq\x18\x03 \x01(\x04\x12\x16\n\x0enext_after_seq\x18\x04 \x01(\x04\x12\x0c\n\x04more\x18\x05 \x01(\x08\x12\x0f\n\x07\x64ropped\x18\x06 \x01(\x04\x12\x0e\n\x06queued\x18\x07 \x01(\x04\"#\n\x11GetLineageRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"e\n\x0bLineageData\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x14\n\x0c\x61rtifact_ref\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x0e\n\x06run_id\x18\x05 \x01(\t\"\xd5\x01\n\x0bLineageNode\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12%\n\x06inputs\x18\x06 \x03(\x0b\x32\x15.xpipe.v1.LineageData\x12%\n\x06output\x18\x07 \x01(\x0b\x32\x15.xpipe.v1.LineageData\x12\x11\n\tprincipal\x18\x08 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\t \x01(\r\"i\n\x0bLineageEdge\x12\x13\n\x0b\x66rom_run_id\x18\x01 \x01(\t\x12\x11\n\tfrom_task\x18\x02 \x01(\t\x12\x11\n\tto_run_id\x18\x03 \x01(\t\x12\x0f\n\x07to_task\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"\x82\x01\n\x12GetLineageResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12$\n\x05nodes\x18\x03 \x03(\x0b\x32\x15.xpipe.v1.LineageNode\x12$\n\x05\x65\x64ges\x18\x04 \x03(\x0b\x32\x15.xpipe.v1.LineageEdge2\x9a\x01\n\x0c\x41uditService\x12\x41\n\x08GetAudit\x12\x19.xpipe.v1.GetAuditRequest\x1a\x1a.xpipe.v1.GetAuditResponse\x12G\n\nGetLineage\x12\x1b.xpipe.v1.GetLineageRequest\x1a\x1c.xpipe.v1.GetLineageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xpipe.v1.audit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_AUDITRECORD_DETAILENTRY']._loaded_options = None
+  _globals['_AUDITRECORD_DETAILENTRY']._serialized_options = b'8\001'
   _globals['_GETAUDITREQUEST']._serialized_start=34
-  _globals['_GETAUDITREQUEST']._serialized_end=51
-  _globals['_GETAUDITRESPONSE']._serialized_start=53
-  _globals['_GETAUDITRESPONSE']._serialized_end=71
-  _globals['_GETLINEAGEREQUEST']._serialized_start=73
-  _globals['_GETLINEAGEREQUEST']._serialized_end=108
-  _globals['_GETLINEAGERESPONSE']._serialized_start=110
-  _globals['_GETLINEAGERESPONSE']._serialized_end=130
-  _globals['_AUDITSERVICE']._serialized_start=133
-  _globals['_AUDITSERVICE']._serialized_end=287
+  _globals['_GETAUDITREQUEST']._serialized_end=119
+  _globals['_AUDITRECORD']._serialized_start=122
+  _globals['_AUDITRECORD']._serialized_end=380
+  _globals['_AUDITRECORD_DETAILENTRY']._serialized_start=335
+  _globals['_AUDITRECORD_DETAILENTRY']._serialized_end=380
+  _globals['_GETAUDITRESPONSE']._serialized_start=383
+  _globals['_GETAUDITRESPONSE']._serialized_end=549
+  _globals['_GETLINEAGEREQUEST']._serialized_start=551
+  _globals['_GETLINEAGEREQUEST']._serialized_end=586
+  _globals['_LINEAGEDATA']._serialized_start=588
+  _globals['_LINEAGEDATA']._serialized_end=689
+  _globals['_LINEAGENODE']._serialized_start=692
+  _globals['_LINEAGENODE']._serialized_end=905
+  _globals['_LINEAGEEDGE']._serialized_start=907
+  _globals['_LINEAGEEDGE']._serialized_end=1012
+  _globals['_GETLINEAGERESPONSE']._serialized_start=1015
+  _globals['_GETLINEAGERESPONSE']._serialized_end=1145
+  _globals['_AUDITSERVICE']._serialized_start=1148
+  _globals['_AUDITSERVICE']._serialized_end=1302
 # @@protoc_insertion_point(module_scope)

@@ -25,14 +25,15 @@ def test_private_modules_are_not_exported():
 def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
-        "AuthenticationError", "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError", "DataFlow",
-        "DataQualityReport", "DataStream", "DataStreamError", "DistributedExecutionError", "HandlerNotFoundError",
-        "InstallReport", "LogChunk", "NodeRecovery", "PermissionDeniedError", "Pipeline", "PipelineExecutionError",
-        "PipelineManager", "PipelineResult",
-        "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo", "RunNotFoundError",
-        "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task", "TaskInfo", "TaskOptions",
-        "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError", "handle_errors", "handler",
-        "pipeline", "record_metric", "require_permission", "task",
+        "AuthenticationError", "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError",
+        "DataFlow", "DataQualityReport", "DataStream", "DataStreamError", "DistributedExecutionError",
+        "HandlerNotFoundError", "InstallReport", "LineageGraph", "LogChunk", "NodeRecovery",
+        "PermissionDeniedError", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
+        "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo",
+        "RunNotFoundError", "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task",
+        "TaskInfo", "TaskOptions", "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError",
+        "audit_data_access", "handle_errors", "handler", "log_data_access", "pipeline", "record_metric",
+        "require_permission", "task", "track_data_lineage",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)
     assert xpipe.coordinator.__all__ == ["Coordinator", "EngineConfig", "Store", "SQLiteStore"]
