@@ -17,8 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from xpipe._install import FAILED
-from xpipe._limits import DEFAULT_INSTALL_TIMEOUT_S, KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
+from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
@@ -31,6 +30,7 @@ from xpipe.telemetry._tracing import check_trace_context
 
 from xpipe._backoff import Backoff
 
+from ._admin import AdminServicer, InstallRequests
 from ._audit_service import AuditServicer
 from ._auditlog import AuditLog, audit_local_calls
 from ._authn import CallAuth, NamespaceCache, Security
@@ -42,7 +42,6 @@ from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
-    DrainRequested,
     HeartbeatReceived,
     TaskFailed,
     TaskReleased,
@@ -52,15 +51,13 @@ from ._events import (
     WorkerDisconnected,
     task_info,
 )
-from ._events import WorkersForgotten
-from xpipe._domain import TERMINAL_RUN_STATES, VERSION
+from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
     check_event,
     check_heartbeat,
-    check_install_request,
     check_install_result,
     check_register,
     rejection_kind,
@@ -582,169 +579,6 @@ def _check_register(reg: worker_pb2.Register) -> str:
     return check_register(reg)
 
 
-class _AdminService(_UsesEngine, admin_pb2_grpc.AdminServiceServicer):
-    def __init__(self, coordinator: Coordinator):
-        self.c = coordinator
-
-    async def GetClusterStatus(self, request, context):
-        state = self.engine.state
-        leader, members, term = await self.c.cluster_view()
-        return admin_pb2.ClusterStatus(
-            coordinator_id=self.c.coordinator_id,
-            leader_address=leader,
-            members=members,
-            term=term,
-            workers=state.connected_workers(),
-            active_runs=state.active_runs(),
-            version=VERSION,
-            circuits=[
-                admin_pb2.CircuitInfo(name=c.name, state=c.state, failures=c.failures, opened_at=c.opened_at)
-                for c in state.breakers.snapshot(time.time())
-            ],
-            unhealthy_workers=state.unhealthy_workers(),
-        )
-
-    async def ListWorkers(self, request, context):
-        out = []
-        state = self.engine.state
-        for w in state.workers.values():
-            info = admin_pb2.WorkerInfo(
-                worker_id=w.worker_id, name=w.name, host=w.host, state=state.worker_shown_state(w), slots=w.slots,
-                running=len(w.assigned),
-                labels=w.labels, handlers=sorted(w.handlers), last_heartbeat=w.last_seen,
-                memory_enforcement=w.memory_enforcement,
-            )  # fmt: skip
-            if w.resources is not None:
-                info.resources.CopyFrom(w.resources)
-            if w.metrics is not None:
-                info.metrics.CopyFrom(w.metrics)
-            out.append(info)
-        return admin_pb2.ListWorkersResponse(workers=out)
-
-    async def DrainWorker(self, request, context):
-        worker = self.engine.state.worker_by_name(request.name)
-        if worker is None:
-            return admin_pb2.DrainWorkerResponse(found=False)
-        self.engine.post(DrainRequested(time.time(), worker.worker_id, stimulus_id=f"rpc-drain-{worker.worker_id}"))
-        return admin_pb2.DrainWorkerResponse(found=True)
-
-    async def ForgetWorkers(self, request, context):
-        """Sort the names now, and forget the unhealthy ones in the engine's next turn.
-
-        The state machine checks each worker again when it handles the event, so one that
-        reconnected in between is kept.
-        """
-        forgotten, healthy, unknown, ids = self.engine.state.sort_for_forgetting(request.names)
-        if ids:
-            self.engine.post(WorkersForgotten(time.time(), tuple(ids), stimulus_id=f"rpc-forget-{len(ids)}"))
-        return admin_pb2.ForgetWorkersResponse(forgotten=forgotten, healthy=healthy, unknown=unknown)
-
-    async def GetStory(self, request, context):
-        try:
-            entries = await self.engine.story(request.run_id, request.task)
-        except LookupError as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        if entries is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
-        return admin_pb2.GetStoryResponse(
-            entries=[
-                admin_pb2.StoryEntry(time=t, stimulus_id=sid, task=name, attempt=attempt, from_state=frm,
-                                     to_state=to, reason=reason)
-                for t, sid, _, name, attempt, frm, to, reason in entries
-            ]
-        )  # fmt: skip
-
-
-    async def InstallDependencies(self, request, context):
-        """Ask every connected worker to pip-install; answer when all did or the time is up.
-
-        Workers answer INSTALLED, REFUSED (no ``--allow-install``, or a name they refuse) or
-        FAILED (pip failed, overran, or the worker left); one that has not answered within
-        ``timeout_s`` plus :data:`_INSTALL_ANSWER_GRACE_S` is reported FAILED "no answer".
-        """
-        problem = check_install_request(request)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"InstallDependencies: {problem}")
-        engine = self.engine
-        sessions = list(engine.sessions.values())
-        if not sessions:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "InstallDependencies: no worker is connected")
-        timeout_s = request.timeout_s or DEFAULT_INSTALL_TIMEOUT_S
-        request_id = uuid.uuid4().hex
-        message = worker_pb2.CoordinatorMessage(
-            install=worker_pb2.InstallPackages(request_id=request_id, packages=request.packages, timeout_s=timeout_s)
-        )
-        answers = self.c.installs.expect(request_id, sessions)
-        log.info("InstallDependencies %s: asking %d workers (request %s)", list(request.packages)[:8], len(sessions),
-                 request_id)  # fmt: skip
-        for session in sessions:
-            session.outbox.put_nowait(message)
-        wait_s = timeout_s + _INSTALL_ANSWER_GRACE_S
-        try:
-            await asyncio.wait(answers.values(), timeout=wait_s)
-        finally:
-            self.c.installs.forget(request_id)
-        results = []
-        for session in sessions:
-            answer = answers[id(session)]
-            name = engine.state.worker_name(session.worker_id) or session.worker_id
-            if answer.done():
-                got = answer.result()
-                results.append(admin_pb2.WorkerInstallResult(
-                    worker=name, status=got.status, message=got.message, output_tail=got.output_tail
-                ))  # fmt: skip
-            else:
-                results.append(admin_pb2.WorkerInstallResult(
-                    worker=name, status=FAILED, message=f"no answer within {wait_s:g} s"
-                ))  # fmt: skip
-        results.sort(key=lambda r: r.worker)
-        log.info("InstallDependencies %s: %s", list(request.packages)[:8],
-                 ", ".join(f"{r.worker} {r.status}" for r in results))  # fmt: skip
-        return admin_pb2.InstallDependenciesResponse(results=results)
-
-
-#: Beyond the workers' own pip limit, how long InstallDependencies waits for their answers.
-_INSTALL_ANSWER_GRACE_S = 5.0
-
-
-class _InstallRequests:
-    """Install requests waiting for workers' answers, by request id and worker stream.
-
-    Shell state, not scheduling state: nothing here is stored or replayed; a coordinator that
-    restarts mid-install fails its caller's call, which asks again. Streams are keyed by
-    identity (``id``): a worker that reconnected owes nothing on its new stream.
-    """
-
-    def __init__(self) -> None:
-        self._pending: dict[str, dict[int, asyncio.Future]] = {}  # request id -> {id(session): answer}
-
-    def expect(self, request_id: str, sessions: list) -> dict[int, asyncio.Future]:
-        loop = asyncio.get_running_loop()
-        answers = {id(session): loop.create_future() for session in sessions}
-        self._pending[request_id] = answers
-        return answers
-
-    def answer(self, session, result: worker_pb2.InstallResult) -> None:
-        future = self._pending.get(result.request_id, {}).get(id(session))
-        if future is None:
-            log.info("install answer %s from worker %s matches no request (late); ignored",
-                     result.request_id[:16], session.worker_id)  # fmt: skip
-        elif not future.done():
-            future.set_result(result)
-
-    def lost(self, session) -> None:
-        """A worker stream ended: what it owed is FAILED now, not after the whole timeout."""
-        for answers in self._pending.values():
-            future = answers.get(id(session))
-            if future is not None and not future.done():
-                future.set_result(worker_pb2.InstallResult(
-                    status=FAILED, message="the worker disconnected before answering"
-                ))  # fmt: skip
-
-    def forget(self, request_id: str) -> None:
-        self._pending.pop(request_id, None)
-
-
 class Coordinator:
     """One coordinator process: store, engine and gRPC server.
 
@@ -782,8 +616,8 @@ class Coordinator:
             self.metrics = CoordinatorMetrics(metrics, lambda: self.engine.state)
         self.engine = self._new_engine()
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
-        #: InstallDependencies calls waiting for workers (see :class:`_InstallRequests`).
-        self.installs = _InstallRequests()
+        #: InstallDependencies calls waiting for workers (see :class:`~._admin.InstallRequests`).
+        self.installs = InstallRequests()
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -860,7 +694,7 @@ class Coordinator:
         # Audited calls are recorded as "local" when auth is off (see _auditlog.audit_local_calls).
         pipeline_pb2_grpc.add_PipelineServiceServicer_to_server(audit_local_calls(_PipelineService(self), self.audit), guarded)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(_WorkerService(self), guarded)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(_AdminService(self), self.audit), guarded)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(AdminServicer(self), self.audit), guarded)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
         governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)

@@ -189,7 +189,7 @@ def _run_against_impostor(tmp_path: Path, batch: worker_pb2.AssignmentBatch, tru
 
 def test_the_worker_refuses_unsigned_foreign_and_tampered_principals_without_running_them(tmp_path: Path) -> None:
     trusted, other = RunSigner.generate(), RunSigner.generate()
-    markers = {name: tmp_path / f"ran-{name}" for name in ("unsigned", "foreign", "tampered", "replayed", "good")}
+    markers = {name: tmp_path / f"ran-{name}" for name in ("unsigned", "foreign", "tampered", "good")}
     batch = worker_pb2.AssignmentBatch()
     tampered = trusted.sign("sam", ("code:command",), "tampered")
     tampered.grants.append("code:pickle")  # sam never held it
@@ -197,7 +197,6 @@ def test_the_worker_refuses_unsigned_foreign_and_tampered_principals_without_run
         "unsigned": None,
         "foreign": other.sign("local", ("code:pickle",), "foreign"),  # a coordinator this worker never met
         "tampered": tampered,
-        "replayed": trusted.sign("local", ("code:pickle",), "good"),  # another run's principal
         "good": trusted.sign("local", ("code:pickle",), "good"),
     }
     for run_id, principal in principals.items():
@@ -210,7 +209,6 @@ def test_the_worker_refuses_unsigned_foreign_and_tampered_principals_without_run
         "unsigned": "carries no signed principal",
         "foreign": "signed with key",
         "tampered": "bad signature",
-        "replayed": "was signed for run 'good'",
     }
     for run_id, words in expected.items():
         event = outcomes[run_id]
