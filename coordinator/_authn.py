@@ -183,8 +183,9 @@ class CallAuth:
         if pipeline is not None and not getattr(request, "run_id", ""):  # SubmitPipeline
             return pipeline.namespace or DEFAULT_NAMESPACE, pipeline.name
         run_id = request.run_id
+        task = getattr(request, "task", "")  # results and logs: the audit target names the task
         # An unknown run: the permission alone is checked, and the handler answers NOT_FOUND.
-        return await self.run_namespace(run_id), run_id
+        return await self.run_namespace(run_id), f"{run_id}/{task}" if task else run_id
 
     async def _refuse(self, context, method: str, name: str, target: str, refusal: Refusal) -> None:
         self._audit().record(principal=name, action=method, target=target,

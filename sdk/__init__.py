@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .telemetry._task import record_metric
     from .security._require import require_permission
+    from .security._privacy import comply_with_gdpr, ensure_privacy_compliance
     from ._types import (
         CircuitInfo,
         ClusterStatus,
@@ -81,6 +82,7 @@ _LAZY = {
     "handle_errors": "._policies",
     "record_metric": ".telemetry._task",
     "require_permission": ".security._require",
+    **dict.fromkeys(("comply_with_gdpr", "ensure_privacy_compliance"), ".security._privacy"),
     "PipelineResult": "._result",
     "TaskRunInfo": "._result",
     "DataQualityReport": "._result",
@@ -142,6 +144,8 @@ __all__ = [
     "WorkerInstall",
     "XpipeError",
     "audit_data_access",
+    "comply_with_gdpr",
+    "ensure_privacy_compliance",
     "handle_errors",
     "handler",
     "log_data_access",
