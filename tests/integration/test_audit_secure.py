@@ -46,7 +46,7 @@ def test_audit_with_auth_and_encryption_at_rest(tmp_path: Path) -> None:
         seen = [(e.principal, e.action.rpartition("/")[2], e.target, e.outcome) for e in log]
         assert ("submitter", "WatchRun", run_id, "ok") in seen, seen
         assert ("worker-cert", "Connect", "", "ok") in seen, seen  # with auth on, a worker's stream has a name
-        assert ("submitter", "GetTaskResult", run_id, "ok") in seen, seen  # the guard names the run only
+        assert ("submitter", "GetTaskResult", f"{run_id}/b", "ok") in seen, seen  # the run and the task, as with auth off
         assert ("submitter", "task.data_access", f"{run_id}/b", "ok") in seen, seen
         refused = [e for e in log if e.outcome == "refused"]
         assert [(e.principal, e.action.rpartition("/")[2]) for e in refused] == [("viewer", "CancelRun")]
