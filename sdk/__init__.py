@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .security._data_decorators import audit_data_access, log_data_access, track_data_lineage
     from ._manager import PipelineManager
     from ._options import RetryPolicy, TaskOptions
-    from ._unbuilt import DataStream, StreamPipeline, StreamTask
+    from .streams import DataStream, StreamPipeline, StreamTask
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .telemetry._task import record_metric
@@ -76,8 +76,8 @@ _LAZY = {
     **dict.fromkeys(("audit_data_access", "log_data_access", "track_data_lineage"), ".security._data_decorators"),
     "PipelineManager": "._manager",
     "RetryPolicy": "._options",
-    # Placeholders of the seed's stream API (issue 14): importable, making one raises.
-    **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), "._unbuilt"),
+    # The seed's stream API (issue 14): building and planning; the runtime is its next part.
+    **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), ".streams"),
     "TaskOptions": "._options",
     "handle_errors": "._policies",
     "record_metric": ".telemetry._task",

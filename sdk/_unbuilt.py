@@ -2,9 +2,8 @@
 
 A user who runs a sample from the seed design must learn why it stops and which issue
 builds the missing part, never meet an ``AttributeError``. The methods are attached to
-:class:`~xpipe.PipelineManager` and :class:`~xpipe.Pipeline`; the stream classes are
-importable placeholders (a subclass can be defined, as the seed does; making one raises).
-The list is also in the README ("Not built yet"), and shrinks as the issues land.
+:class:`~xpipe.PipelineManager` and :class:`~xpipe.Pipeline` (and ``StreamPipeline.start``
+names entry 14). The list is also in the README ("Not built yet"), and shrinks as the issues land.
 """
 
 from __future__ import annotations
@@ -12,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-__all__ = ["not_built", "StreamPipeline", "StreamTask", "DataStream", "UNBUILT_FEATURES"]
+__all__ = ["UNBUILT_FEATURES", "not_built"]
 
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
-    14: "stream pipelines",
+    14: "the stream runtime",
     15: "the monitoring dashboard, insights and alerts",
     16: "developer experience (result cache, debug sessions, hot reload, dynamic fan-out)",
     17: "operations (autoscaling, the resource manager, checkpoints)",
@@ -37,31 +36,3 @@ def not_built(call: str, issue: int, hint: str = "") -> Callable[..., NoReturn]:
     method.__name__ = call.split(".")[-1].rstrip("()")
     method.__doc__ = f"Not built yet ({UNBUILT_FEATURES[issue]}, issue {issue}).\n\nRaises:\n    NotImplementedError: always."
     return method
-
-
-class _Placeholder:
-    """Base of the placeholders: defining a subclass works, making an instance raises."""
-
-    _call = ""
-    _issue = 14
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _refuse(f"{self._call or type(self).__name__}(...)", self._issue, "")
-
-
-class StreamPipeline(_Placeholder):
-    """The seed's ``StreamPipeline``: not built yet (stream pipelines, issue 14)."""
-
-    _call = "StreamPipeline"
-
-
-class StreamTask(_Placeholder):
-    """The seed's ``StreamTask`` base class: not built yet (stream pipelines, issue 14)."""
-
-    _call = "StreamTask"
-
-
-class DataStream(_Placeholder):
-    """The seed's ``DataStream``: not built yet (stream pipelines, issue 14)."""
-
-    _call = "DataStream"

@@ -1,0 +1,51 @@
+"""Stream pipelines (issue 14): the API and its pure core.
+
+``StreamPipeline``, ``StreamTask`` and ``DataStream`` build a pipeline and check it;
+``StreamPipeline.plan()`` gives the frozen :class:`StreamPlan` the stream runtime runs. The
+runtime itself (workers, brokers, ``start()``) is issue 14's next part. The parts the runtime
+uses, one concept per module: source/sink URIs (``_uri``), the record codec and key
+partitioning (``_records``), windows and watermarks (``_windows``), the bounded buffer and its
+backpressure strategies (``_buffer``) and the token bucket (``_ratelimit``).
+"""
+
+from ._api import DataStream, StreamPipeline, StreamTask
+from ._buffer import BACKPRESSURE_STRATEGIES, BoundedBuffer, BufferClosedError
+from ._plan import CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, dlq_stream, late_stream
+from ._ratelimit import TokenBucket
+from ._records import CODECS, RecordError, decode_record, encode_record, partition_of, record_key
+from ._uri import KAFKA_BOOTSTRAP_ENV, SCHEMES, StreamURI, kafka_bootstrap, parse_uri
+from ._windows import FiredWindow, LateRecord, Windower, WindowSpec, event_time_s, window_spec
+
+__all__ = [
+    "BACKPRESSURE_STRATEGIES",
+    "CODECS",
+    "KAFKA_BOOTSTRAP_ENV",
+    "SCHEMES",
+    "BoundedBuffer",
+    "BufferClosedError",
+    "CodeRef",
+    "DataStream",
+    "FiredWindow",
+    "LateRecord",
+    "RecordError",
+    "SinkPlan",
+    "SourcePlan",
+    "StagePlan",
+    "StreamPipeline",
+    "StreamPlan",
+    "StreamTask",
+    "StreamURI",
+    "TokenBucket",
+    "WindowSpec",
+    "Windower",
+    "decode_record",
+    "dlq_stream",
+    "encode_record",
+    "event_time_s",
+    "kafka_bootstrap",
+    "late_stream",
+    "parse_uri",
+    "partition_of",
+    "record_key",
+    "window_spec",
+]
