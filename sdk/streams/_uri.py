@@ -113,6 +113,9 @@ def parse_uri(uri: str) -> StreamURI:
     if port == 0:
         raise _fail(uri, "port 0 is not a broker's port")
     segments = path.split("/")[1:] if path.startswith("/") else []
+    if not any(segments):
+        what = {"kafka": "topic", "redis": "stream key", "nats": "subject"}[scheme]
+        raise _fail(uri, f"names no {what} after the host")
     if scheme == "redis":
         if len(segments) == 2 and segments[0].isdigit():
             return StreamURI("redis", host, port, _checked_name(uri, scheme, segments[1]), int(segments[0]))
