@@ -7,7 +7,6 @@ import json
 import pickle
 
 import pytest
-
 import xpipe
 from xpipe import DataStream, DataStreamError, StreamPipeline, StreamTask
 from xpipe.streams import CodeRef, StreamPlan, StreamURI, WindowSpec
@@ -48,7 +47,11 @@ def test_the_seed_sample_builds_and_plans():
     first, second = plan.stages
     assert (first.name, first.input, first.parallelism, first.buffer_size, first.window) == (
         "enrichment_stream", "events", 4, 1000, None)  # fmt: skip
-    assert (second.input, second.parallelism, second.window) == ("enrichment_stream", 2, WindowSpec(300.0, 300.0))
+    assert (second.input, second.parallelism, second.window) == (
+        "enrichment_stream",
+        2,
+        WindowSpec(300.0, 300.0),
+    )
     assert second.key_field == "user"  # a stage's output keeps its input's partitioning
     assert first.task_class.import_path == f"{__name__}:EnrichmentStream"  # importable: sent by name
     assert (second.late_stream, second.dlq_stream) == ("analytics_stream.late", "analytics_stream.dlq")
@@ -88,7 +91,9 @@ def test_a_task_class_that_cannot_be_imported_travels_pickled():
             return [self.scale(x) for x in batch]
 
     sp = StreamPipeline("local")
-    sp.output(sp.transform(DataStream("numbers", source="memory://numbers", codec="bytes"), Local()), "memory://out")
+    sp.output(
+        sp.transform(DataStream("numbers", source="memory://numbers", codec="bytes"), Local()), "memory://out"
+    )
     stage = StreamPlan.from_dict(json.loads(json.dumps(sp.plan().to_dict()))).stages[0]
     assert stage.task_class.import_path == "" and stage.task_class.pickled and stage.task_class.code_hash
     assert stage.load_task().process_batch([1, 2]) == [3, 6]
@@ -98,10 +103,15 @@ def test_a_task_class_that_cannot_be_imported_travels_pickled():
 def test_a_stage_whose_task_cannot_be_loaded_says_so():
     stage = seed_pipeline()[0].plan().stages[0]
     missing = dataclasses.replace(stage, task_class=CodeRef("no_such_module_here:Task"))
-    with pytest.raises(DataStreamError, match="stage 'enrichment_stream': cannot load its task: SerializationError.*no_such_module_here"):
+    with pytest.raises(
+        DataStreamError,
+        match="stage 'enrichment_stream': cannot load its task: SerializationError.*no_such_module_here",
+    ):
         missing.load_task()
     not_a_task = dataclasses.replace(stage, task_class=CodeRef("json:dumps"))
-    with pytest.raises(DataStreamError, match="stage 'enrichment_stream': json.dumps is not a StreamTask subclass"):
+    with pytest.raises(
+        DataStreamError, match="stage 'enrichment_stream': json.dumps is not a StreamTask subclass"
+    ):
         not_a_task.load_task()
 
 
@@ -177,7 +187,9 @@ def test_bad_arguments_are_refused_at_once_naming_argument_and_value(call, probl
 def test_streams_of_another_pipeline_and_duplicate_sinks_are_refused():
     sp, enriched, _ = seed_pipeline()
     other = StreamPipeline("other")
-    with pytest.raises(DataStreamError, match="'enrichment_stream' is the output of a stage of another pipeline"):
+    with pytest.raises(
+        DataStreamError, match="'enrichment_stream' is the output of a stage of another pipeline"
+    ):
         other.transform(enriched, EnrichmentStream())
     with pytest.raises(DataStreamError, match="already writes to redis://127.0.0.1:6379/analytics-results"):
         sp.output(enriched, "redis://127.0.0.1:6379/analytics-results")
@@ -226,8 +238,16 @@ def test_start_then_says_the_runtime_is_issue_14s_next_part():
     manager = xpipe.PipelineManager(coordinator="127.0.0.1:9", connect_timeout_s=0.5)  # never contacted
     try:
         for strategy in ("block", "drop_oldest", "drop_newest"):
-            with pytest.raises(NotImplementedError, match=r"StreamPipeline.start\(\) is not built yet: the stream runtime is issue 14"):
-                sp.start(backpressure_strategy=strategy, max_throughput_per_second=10000, auto_scaling=True, manager=manager)
+            with pytest.raises(
+                NotImplementedError,
+                match=r"StreamPipeline.start\(\) is not built yet: the stream runtime is issue 14",
+            ):
+                sp.start(
+                    backpressure_strategy=strategy,
+                    max_throughput_per_second=10000,
+                    auto_scaling=True,
+                    manager=manager,
+                )
     finally:
         manager.close()
 

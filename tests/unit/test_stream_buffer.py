@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from xpipe.errors import DataStreamError
 from xpipe.streams import BACKPRESSURE_STRATEGIES, BoundedBuffer, BufferClosedError
 

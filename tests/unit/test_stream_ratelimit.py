@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from xpipe.errors import DataStreamError
 from xpipe.streams import TokenBucket
 from xpipe.streams._ratelimit import check_rate

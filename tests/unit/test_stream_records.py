@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from xpipe.errors import DataStreamError
 from xpipe.streams import RecordError, decode_record, encode_record, partition_of, record_key
 
@@ -63,7 +62,9 @@ def test_partitions_are_stable_across_processes_and_spread_keys():
     keys = [f"user-{i}" for i in range(2000)]
     here = [partition_of(k, 8) for k in keys]
     # Another interpreter, with another PYTHONHASHSEED, must agree: Python's hash() would not.
-    code = "from xpipe.streams import partition_of; print([partition_of(f'user-{i}', 8) for i in range(2000)])"
+    code = (
+        "from xpipe.streams import partition_of; print([partition_of(f'user-{i}', 8) for i in range(2000)])"
+    )
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "12345", "PATH": ""}, timeout=60).stdout  # fmt: skip
     assert str(here) == there.strip()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from xpipe.errors import DataStreamError
 from xpipe.streams import KAFKA_BOOTSTRAP_ENV, SCHEMES, StreamURI, kafka_bootstrap, parse_uri
 
@@ -15,7 +14,10 @@ from xpipe.streams import KAFKA_BOOTSTRAP_ENV, SCHEMES, StreamURI, kafka_bootstr
         ("kafka://events-topic", StreamURI("kafka", None, None, "events-topic")),
         ("kafka://broker/events", StreamURI("kafka", "broker", 9092, "events")),
         ("KAFKA://[::1]:19092/t.1", StreamURI("kafka", "::1", 19092, "t.1")),
-        ("redis://127.0.0.1:6379/analytics-results", StreamURI("redis", "127.0.0.1", 6379, "analytics-results", 0)),
+        (
+            "redis://127.0.0.1:6379/analytics-results",
+            StreamURI("redis", "127.0.0.1", 6379, "analytics-results", 0),
+        ),
         ("redis://127.0.0.1:6380/3/results", StreamURI("redis", "127.0.0.1", 6380, "results", 3)),
         ("redis://localhost/results", StreamURI("redis", "localhost", 6379, "results", 0)),
         ("nats://127.0.0.1:4222/orders.eu", StreamURI("nats", "127.0.0.1", 4222, "orders.eu")),
@@ -34,7 +36,10 @@ def test_an_unknown_scheme_names_the_supported_ones():
     with pytest.raises(DataStreamError) as info:
         parse_uri("elasticsearch://127.0.0.1:9200/index")
     message = str(info.value)
-    assert "'elasticsearch://127.0.0.1:9200/index'" in message and "unsupported scheme 'elasticsearch'" in message
+    assert (
+        "'elasticsearch://127.0.0.1:9200/index'" in message
+        and "unsupported scheme 'elasticsearch'" in message
+    )
     assert "kafka, redis, nats, file, memory" in message
     assert SCHEMES == ("kafka", "redis", "nats", "file", "memory")
 
@@ -78,7 +83,10 @@ def test_a_uri_must_be_a_string():
 
 def test_bare_kafka_reads_the_bootstrap_setting():
     bare = parse_uri("kafka://events")
-    assert kafka_bootstrap(bare, {KAFKA_BOOTSTRAP_ENV: "10.0.0.1:9092,10.0.0.2:9092"}) == "10.0.0.1:9092,10.0.0.2:9092"
+    assert (
+        kafka_bootstrap(bare, {KAFKA_BOOTSTRAP_ENV: "10.0.0.1:9092,10.0.0.2:9092"})
+        == "10.0.0.1:9092,10.0.0.2:9092"
+    )
     assert kafka_bootstrap(parse_uri("kafka://[::1]:19092/t"), {}) == "[::1]:19092"  # the URI's own host wins
     with pytest.raises(DataStreamError, match=f"names no broker and {KAFKA_BOOTSTRAP_ENV} is not set"):
         kafka_bootstrap(bare, {})

@@ -6,9 +6,15 @@ import json
 from datetime import timedelta
 
 import pytest
-
 from xpipe.errors import DataStreamError
-from xpipe.streams import FiredWindow, LateRecord, RecordError, Windower, WindowSpec, event_time_s, window_spec
+from xpipe.streams import (
+    FiredWindow,
+    RecordError,
+    Windower,
+    WindowSpec,
+    event_time_s,
+    window_spec,
+)
 
 
 def feed(windower, times, *, field="t"):
@@ -127,7 +133,10 @@ def test_a_restored_windower_resumes_as_if_never_stopped():
 def test_a_checkpoint_from_other_window_options_or_malformed_is_refused():
     w = Windower(window_spec("10s", time_field="t"))
     w.add({"t": 1}, now_s=0)
-    with pytest.raises(DataStreamError, match="window checkpoint was taken with .*size_s=10.0.* the stage now has .*size_s=20.0"):
+    with pytest.raises(
+        DataStreamError,
+        match="window checkpoint was taken with .*size_s=10.0.* the stage now has .*size_s=20.0",
+    ):
         Windower.restore(window_spec("20s", time_field="t"), w.snapshot())
     with pytest.raises(DataStreamError, match="window checkpoint is malformed: KeyError"):
         Windower.restore(w.spec, {"spec": [10.0, 10.0, "t", 0.0]})
@@ -155,4 +164,6 @@ def test_bad_window_options_name_the_argument_and_value(kwargs, problem):
 
 def test_window_options_take_seconds_timedeltas_and_strings():
     assert window_spec(None) is None and window_spec(None, allowed_lateness=0) is None
-    assert window_spec(timedelta(minutes=1), slide=30, allowed_lateness="1.5s") == WindowSpec(60.0, 30.0, None, 1.5)
+    assert window_spec(timedelta(minutes=1), slide=30, allowed_lateness="1.5s") == WindowSpec(
+        60.0, 30.0, None, 1.5
+    )
