@@ -69,6 +69,9 @@ class WindowSpec:
     def windows_of(self, t: float) -> list[Window]:
         """The windows containing time ``t``, oldest first."""
         size, slide = self.size_s, self.slide_s
+        if slide == size:  # tumbling: exactly one window, no loop
+            start = math.floor(t / size) * size
+            return [(start, start + size)]
         last = math.floor(t / slide)
         first = math.floor((t - size) / slide) + 1
         found = []
@@ -192,6 +195,7 @@ class Windower:
     late_count: int = 0
     fired_count: int = 0
     _open: dict[Window, list[Any]] = field(default_factory=dict)
+    _next_end_s: float = math.inf  # the earliest end among the open windows: nothing fires before it
 
     def add(
         self, record: Any, *, now_s: float, source: str = ""
@@ -219,6 +223,7 @@ class Windower:
                 bucket = self._open.get(window)
                 if bucket is None:
                     self._open[window] = bucket = []
+                    self._next_end_s = min(self._next_end_s, window[1])
                 bucket.append(record)
         late = None
         if missed:
@@ -240,12 +245,13 @@ class Windower:
             return []
         self.watermark_s = t
         horizon = t - self.spec.allowed_lateness_s
-        due = [w for w in self._open if w[1] <= horizon]
-        if not due:
+        if horizon < self._next_end_s:  # the common case: no window is due, and no scan
             return []
-        due.sort(key=lambda w: (w[1], w[0]))
+        due = sorted((w for w in self._open if w[1] <= horizon), key=lambda w: (w[1], w[0]))
         self.fired_count += len(due)
-        return [FiredWindow(w[0], w[1], self._open.pop(w)) for w in due]
+        fired = [FiredWindow(w[0], w[1], self._open.pop(w)) for w in due]
+        self._next_end_s = min((w[1] for w in self._open), default=math.inf)
+        return fired
 
     @property
     def open_windows(self) -> list[Window]:
@@ -285,6 +291,7 @@ class Windower:
             )
             for start, end, records in snapshot["windows"]:
                 windower._open[(float(start), float(end))] = list(records)
+            windower._next_end_s = min((w[1] for w in windower._open), default=math.inf)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataStreamError(f"window checkpoint is malformed: {type(exc).__name__}: {exc}") from None
         if taken != spec:

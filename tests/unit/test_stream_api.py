@@ -280,3 +280,23 @@ def test_a_task_or_key_that_cannot_travel_is_refused_when_the_stage_is_added():
     keyed = DataStream("keyed", source="memory://keyed", key=lambda r: (lock, r)[1])
     with pytest.raises(DataStreamError, match="DataStream 'keyed': key: cannot ship callable"):
         sp.transform(keyed, EnrichmentStream())
+
+
+def test_building_and_planning_a_stream_pipeline_loads_no_grpc():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, xpipe\n"
+        "class T(xpipe.StreamTask):\n"
+        "    def process_batch(self, batch): return batch\n"
+        "sp = xpipe.StreamPipeline('p')\n"
+        "sp.output(sp.transform(xpipe.DataStream('e', source='memory://e'), T(), window_size='1s'), 'memory://o')\n"
+        "sp.plan().to_dict()\n"
+        "print(sorted(m for m in ('grpc', 'xpipe._client', 'xpipe._manager') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
