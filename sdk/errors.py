@@ -13,7 +13,9 @@
     ├── RequestRejectedError         the coordinator refused a request (a bad field, over a limit)
     │   ├── AuthenticationError      no valid credential (UNAUTHENTICATED), or TLS is needed
     │   └── PermissionDeniedError    the caller lacks a permission or namespace (PERMISSION_DENIED)
-    └── DataStreamError              a stream pipeline failed
+    └── DataStreamError              a stream pipeline failed, or is built wrong
+        ├── RecordError              one record is unusable (xpipe.streams; goes to <stage>.dlq)
+        └── BufferClosedError        a record was offered to a stopping stage (xpipe.streams)
 
 gRPC status codes are translated into these in exactly one place, next to the client:
 :func:`xpipe._client.translate_rpc_errors` (with :func:`xpipe._client.from_grpc_error`, also

@@ -147,8 +147,12 @@ class StreamPipeline:
         self._stages: dict[str, StagePlan] = {}
         self._sinks: list[SinkPlan] = []
 
-    def _stream_in(self, stream: Any, what: str) -> str:
-        """The name of ``stream`` in this pipeline, adding it as a source if it is a new one."""
+    def _stream_in(self, stream: Any, what: str) -> tuple[str, SourcePlan | None]:
+        """The name of ``stream`` in this pipeline, and its SourcePlan if it is a source new here.
+
+        Changes nothing: the caller adds the source once every other argument was accepted,
+        so a refused call leaves the pipeline as it was.
+        """
         if not isinstance(stream, DataStream):
             raise DataStreamError(
                 f"{what}: expected a DataStream, got {type(stream).__name__} {stream!r:.80}"
@@ -158,22 +162,22 @@ class StreamPipeline:
                 raise DataStreamError(
                     f"{what}: stream {stream.name!r} is the output of a stage of another pipeline"
                 )
-            return stream.name
-        known = self._sources.get(stream.name)
+            return stream.name, None
         key_field, key_fn = (stream.key, None) if not callable(stream.key) else (None, stream.key)
         source = SourcePlan(
             stream.name, stream.uri, stream.codec, key_field,
             None if key_fn is None else code_ref(key_fn, what=f"DataStream {stream.name!r}: key"), stream.time_field,
         )  # fmt: skip
+        known = self._sources.get(stream.name)
         if known is None:
             if stream.name in self._stages:
                 raise DataStreamError(f"{what}: stream name {stream.name!r} is already the name of a stage")
-            self._sources[stream.name] = source
-        elif known != source:
+            return stream.name, source
+        if known != source:
             raise DataStreamError(
                 f"{what}: two different streams are named {stream.name!r} in pipeline {self.name!r}"
             )
-        return stream.name
+        return stream.name, None
 
     def transform(
         self,
@@ -205,7 +209,7 @@ class StreamPipeline:
         Raises:
             DataStreamError: any bad argument, named with its value.
         """
-        upstream = self._stream_in(stream, "transform(stream=...)")
+        upstream, new_source = self._stream_in(stream, "transform(stream=...)")
         if not isinstance(task, StreamTask):
             raise DataStreamError(
                 f"transform(task={task!r:.80}): expected an instance of a StreamTask subclass, got {type(task).__name__}"
@@ -219,7 +223,7 @@ class StreamPipeline:
         if time_field is None and window_size is not None:
             time_field = stream.time_field  # the stream's event time, unless the stage names another
         window = window_spec(window_size, slide, time_field, allowed_lateness)
-        stage = self._stage_name(name, task)
+        stage = self._stage_name(name, task, also_taken=upstream)
         try:
             attrs = _pickled_attrs(task)
         except Exception as exc:
@@ -232,12 +236,17 @@ class StreamPipeline:
             window, stream.codec, key_field,
             None if key_fn is None else code_ref(key_fn, what=f"DataStream {stream.name!r}: key"),
         )  # fmt: skip
+        if new_source is not None:
+            self._sources[upstream] = new_source
         return DataStream._output_of(stage, self, stream)
 
-    def _stage_name(self, name: str | None, task: StreamTask) -> str:
+    def _stage_name(self, name: str | None, task: StreamTask, *, also_taken: str) -> str:
+        def taken(candidate: str) -> bool:
+            return candidate in self._stages or candidate in self._sources or candidate == also_taken
+
         if name is not None:
             check_name("stage", name)
-            if name in self._stages or name in self._sources:
+            if taken(name):
                 raise DataStreamError(
                     f"transform(name={name!r}): pipeline {self.name!r} already has a stream or stage by that name"
                 )
@@ -245,7 +254,7 @@ class StreamPipeline:
         base = _snake(type(task).__name__)
         base = base if NAME_RE.fullmatch(base) else "stage"
         candidate, n = base, 1
-        while candidate in self._stages or candidate in self._sources:
+        while taken(candidate):
             n += 1
             candidate = f"{base}-{n}"
         return candidate
@@ -256,12 +265,14 @@ class StreamPipeline:
         Raises:
             DataStreamError: not a stream of this pipeline, a bad URI, or a sink already used.
         """
-        name = self._stream_in(stream, "output(stream=...)")
+        name, new_source = self._stream_in(stream, "output(stream=...)")
         sink = SinkPlan(name, parse_uri(uri))
         if any(existing.uri == sink.uri for existing in self._sinks):
             raise DataStreamError(
                 f"output(uri={uri!r:.200}): pipeline {self.name!r} already writes to {sink.uri}"
             )
+        if new_source is not None:
+            self._sources[name] = new_source
         self._sinks.append(sink)
 
     def plan(self) -> StreamPlan:

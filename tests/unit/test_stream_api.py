@@ -300,3 +300,18 @@ def test_building_and_planning_a_stream_pipeline_loads_no_grpc():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_refused_call_leaves_the_pipeline_as_it_was():
+    sp, _, _ = seed_pipeline()
+    before = sp.plan()
+    fresh = DataStream("clicks", source="memory://clicks")
+    with pytest.raises(DataStreamError, match="parallelism=0"):
+        sp.transform(fresh, EnrichmentStream(), parallelism=0)
+    with pytest.raises(DataStreamError, match="unsupported scheme"):
+        sp.output(fresh, "ftp://127.0.0.1/x")
+    assert sp.plan() == before  # "clicks" was not added as a source by the refused calls
+    sp.output(fresh, "memory://clicks-copy")  # a source may go straight to a sink
+    assert [s.stream for s in sp.plan().sources] == ["events", "clicks"]
+    with pytest.raises(DataStreamError, match="transform\\(name='clicks'\\)"):
+        sp.transform(fresh, EnrichmentStream(), name="clicks")  # a stage cannot take its input's name
