@@ -45,6 +45,8 @@ MAX_WINDOWS_PER_RECORD = 1000
 
 Window = tuple[float, float]  # (start, end) in epoch seconds, end exclusive
 
+_NS_PER_S = 1_000_000_000
+
 
 @dataclass(frozen=True, slots=True)
 class WindowSpec:
@@ -67,19 +69,20 @@ class WindowSpec:
         return self.slide_s == self.size_s
 
     def windows_of(self, t: float) -> list[Window]:
-        """The windows containing time ``t``, oldest first."""
-        size, slide = self.size_s, self.slide_s
-        if slide == size:  # tumbling: exactly one window, no loop
-            start = math.floor(t / size) * size
-            return [(start, start + size)]
-        last = math.floor(t / slide)
-        first = math.floor((t - size) / slide) + 1
-        found = []
-        for k in range(first, last + 1):
-            start = k * slide
-            if start <= t < start + size:  # float edges: keep the half-open rule exact
-                found.append((start, start + size))
-        return found
+        """The windows containing time ``t``, oldest first.
+
+        The arithmetic is done in whole nanoseconds, so that a time on a window's edge (0.3 s
+        in windows of 0.1 s) belongs to exactly one side of it, as in the hand-computed
+        answer; float division would put it on either side.
+        """
+        t_ns = round(t * _NS_PER_S)
+        size = round(self.size_s * _NS_PER_S)
+        slide = round(self.slide_s * _NS_PER_S)
+        if slide == size:  # tumbling: exactly one window
+            start = t_ns // size * size
+            return [(start / _NS_PER_S, (start + size) / _NS_PER_S)]
+        first, last = (t_ns - size) // slide + 1, t_ns // slide
+        return [(k * slide / _NS_PER_S, (k * slide + size) / _NS_PER_S) for k in range(first, last + 1)]
 
 
 def _duration(name: str, value: Any) -> float:

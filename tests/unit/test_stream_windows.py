@@ -167,3 +167,17 @@ def test_window_options_take_seconds_timedeltas_and_strings():
     assert window_spec(timedelta(minutes=1), slide=30, allowed_lateness="1.5s") == WindowSpec(
         60.0, 30.0, None, 1.5
     )
+
+
+@pytest.mark.parametrize("size", [0.1, 0.3, 0.7, 60.0])
+def test_every_time_falls_in_its_windows_despite_float_rounding(size):
+    tumbling, sliding = window_spec(size), window_spec(size, slide=size / 2)
+    for k in range(-50, 2000):
+        for t in (k * size, k * size / 2, k * size + 1e-9):  # edges, where rounding bites
+            ((start, end),) = tumbling.windows_of(t)
+            assert start - 1e-9 <= t < end + 1e-9 and end - start == pytest.approx(
+                size
+            )  # read to the nanosecond
+            windows = sliding.windows_of(t)
+            assert len(windows) == 2 and all(a - 1e-9 <= t < b + 1e-9 for a, b in windows)
+        assert tumbling.windows_of(k * size) == tumbling.windows_of(k * size + 1e-12)  # one side of the edge
