@@ -8,13 +8,36 @@ partitioning (``_records``), windows and watermarks (``_windows``), the bounded 
 backpressure strategies (``_buffer``) and the token bucket (``_ratelimit``).
 """
 
-from ._api import DataStream, StreamPipeline, StreamTask
-from ._buffer import BACKPRESSURE_STRATEGIES, BoundedBuffer, BufferClosedError
-from ._plan import CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, dlq_stream, late_stream
-from ._ratelimit import TokenBucket
-from ._records import CODECS, RecordError, decode_record, encode_record, partition_of, record_key
-from ._uri import KAFKA_BOOTSTRAP_ENV, SCHEMES, StreamURI, kafka_bootstrap, parse_uri
-from ._windows import FiredWindow, LateRecord, Windower, WindowSpec, event_time_s, window_spec
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ._api import DataStream, StreamPipeline, StreamTask
+    from ._buffer import BoundedBuffer, BufferClosedError
+    from ._options import BACKPRESSURE_STRATEGIES
+    from ._plan import CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, dlq_stream, late_stream
+    from ._ratelimit import TokenBucket
+    from ._records import CODECS, RecordError, decode_record, encode_record, partition_of, record_key
+    from ._uri import KAFKA_BOOTSTRAP_ENV, SCHEMES, StreamURI, kafka_bootstrap, parse_uri
+    from ._windows import FiredWindow, LateRecord, Windower, WindowSpec, event_time_s, window_spec
+
+# Imported on first use, as in ``xpipe`` itself: building a pipeline loads neither asyncio
+# (the buffer and the token bucket) nor anything else only the runtime needs.
+_LAZY = {
+    **dict.fromkeys(("DataStream", "StreamPipeline", "StreamTask"), "._api"),
+    **dict.fromkeys(("BoundedBuffer", "BufferClosedError"), "._buffer"),
+    "BACKPRESSURE_STRATEGIES": "._options",
+    **dict.fromkeys(("CodeRef", "SinkPlan", "SourcePlan", "StagePlan", "StreamPlan", "dlq_stream", "late_stream"), "._plan"),
+    "TokenBucket": "._ratelimit",
+    **dict.fromkeys(("CODECS", "RecordError", "decode_record", "encode_record", "partition_of", "record_key"), "._records"),
+    **dict.fromkeys(("KAFKA_BOOTSTRAP_ENV", "SCHEMES", "StreamURI", "kafka_bootstrap", "parse_uri"), "._uri"),
+    **dict.fromkeys(
+        ("FiredWindow", "LateRecord", "Windower", "WindowSpec", "event_time_s", "window_spec"), "._windows"
+    ),
+}  # fmt: skip
+
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
 
 __all__ = [
     "BACKPRESSURE_STRATEGIES",

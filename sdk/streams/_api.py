@@ -14,9 +14,8 @@ from typing import Any, Self
 
 from .._unbuilt import UNBUILT_FEATURES
 from ..errors import DataStreamError
-from ._buffer import check_buffer_size, check_strategy
+from ._options import check_buffer_size, check_rate, check_strategy
 from ._plan import NAME_RE, SinkPlan, SourcePlan, StagePlan, StreamPlan, check_name, code_ref
-from ._ratelimit import check_rate
 from ._records import check_codec
 from ._uri import StreamURI, parse_uri
 from ._windows import window_spec

@@ -18,37 +18,13 @@ from collections import deque
 from typing import Any
 
 from ..errors import DataStreamError
+from ._options import check_buffer_size, check_strategy
 
-__all__ = [
-    "BACKPRESSURE_STRATEGIES",
-    "BoundedBuffer",
-    "BufferClosedError",
-    "check_buffer_size",
-    "check_strategy",
-]
-
-#: What a full buffer does with one more record.
-BACKPRESSURE_STRATEGIES = ("block", "drop_oldest", "drop_newest")
+__all__ = ["BoundedBuffer", "BufferClosedError"]
 
 
 class BufferClosedError(DataStreamError):
     """A record was put into a buffer that was closed (the stage is stopping)."""
-
-
-def check_strategy(strategy: Any) -> str:
-    """``strategy`` if it is one of :data:`BACKPRESSURE_STRATEGIES`, else a DataStreamError naming them."""
-    if strategy not in BACKPRESSURE_STRATEGIES:
-        raise DataStreamError(
-            f"backpressure_strategy={strategy!r:.80}: expected one of {', '.join(map(repr, BACKPRESSURE_STRATEGIES))}"
-        )
-    return strategy
-
-
-def check_buffer_size(buffer_size: Any) -> int:
-    """``buffer_size`` if it is an int >= 1, else a DataStreamError naming the value."""
-    if isinstance(buffer_size, bool) or not isinstance(buffer_size, int) or buffer_size < 1:
-        raise DataStreamError(f"buffer_size={buffer_size!r:.80}: must be an integer >= 1 (records)")
-    return buffer_size
 
 
 class BoundedBuffer:

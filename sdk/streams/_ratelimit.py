@@ -10,32 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-import numbers
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import DataStreamError
+from ._options import check_rate
 
-__all__ = ["TokenBucket", "check_rate"]
+__all__ = ["TokenBucket"]
 
 #: A default burst of this many seconds' worth of tokens: smooth, but not one sleep per record.
 DEFAULT_BURST_S = 0.1
-
-
-def check_rate(rate: Any) -> float | None:
-    """``max_throughput_per_second`` as a positive float, or None (no limit).
-
-    Raises:
-        DataStreamError: not a finite number > 0; the message names the value.
-    """
-    if rate is None:
-        return None
-    if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not math.isfinite(rate) or rate <= 0:
-        raise DataStreamError(
-            f"max_throughput_per_second={rate!r:.80}: must be a number > 0 (records per second) or None"
-        )
-    return float(rate)
 
 
 class TokenBucket:

@@ -282,7 +282,7 @@ def test_a_task_or_key_that_cannot_travel_is_refused_when_the_stage_is_added():
         sp.transform(keyed, EnrichmentStream())
 
 
-def test_building_and_planning_a_stream_pipeline_loads_no_grpc():
+def test_building_and_planning_a_stream_pipeline_loads_no_grpc_and_no_asyncio():
     import subprocess
     import sys
 
@@ -293,7 +293,7 @@ def test_building_and_planning_a_stream_pipeline_loads_no_grpc():
         "sp = xpipe.StreamPipeline('p')\n"
         "sp.output(sp.transform(xpipe.DataStream('e', source='memory://e'), T(), window_size='1s'), 'memory://o')\n"
         "sp.plan().to_dict()\n"
-        "print(sorted(m for m in ('grpc', 'xpipe._client', 'xpipe._manager') if m in sys.modules))"
+        "print(sorted(m for m in ('grpc', 'asyncio', 'xpipe._client', 'xpipe._manager') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
@@ -315,3 +315,13 @@ def test_a_refused_call_leaves_the_pipeline_as_it_was():
     assert [s.stream for s in sp.plan().sources] == ["events", "clicks"]
     with pytest.raises(DataStreamError, match="transform\\(name='clicks'\\)"):
         sp.transform(fresh, EnrichmentStream(), name="clicks")  # a stage cannot take its input's name
+
+
+def test_every_name_of_the_streams_package_is_there():
+    import xpipe.streams
+
+    assert len(set(xpipe.streams.__all__)) == len(xpipe.streams.__all__)
+    for name in xpipe.streams.__all__:
+        assert getattr(xpipe.streams, name) is not None
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        xpipe.streams.Nope  # noqa: B018

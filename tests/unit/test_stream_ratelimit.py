@@ -8,7 +8,7 @@ import time
 import pytest
 from xpipe.errors import DataStreamError
 from xpipe.streams import TokenBucket
-from xpipe.streams._ratelimit import check_rate
+from xpipe.streams._options import check_rate
 
 
 class FakeClock:
