@@ -15,7 +15,7 @@ from typing import Any, Self
 from .._unbuilt import UNBUILT_FEATURES
 from ..errors import DataStreamError
 from ._options import check_buffer_size, check_rate, check_strategy
-from ._plan import NAME_RE, SinkPlan, SourcePlan, StagePlan, StreamPlan, check_name, code_ref
+from ._plan import NAME_RE, CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, check_name, code_ref
 from ._records import check_codec
 from ._uri import StreamURI, parse_uri
 from ._windows import window_spec
@@ -162,11 +162,7 @@ class StreamPipeline:
                     f"{what}: stream {stream.name!r} is the output of a stage of another pipeline"
                 )
             return stream.name, None
-        key_field, key_fn = (stream.key, None) if not callable(stream.key) else (None, stream.key)
-        source = SourcePlan(
-            stream.name, stream.uri, stream.codec, key_field,
-            None if key_fn is None else code_ref(key_fn, what=f"DataStream {stream.name!r}: key"), stream.time_field,
-        )  # fmt: skip
+        source = SourcePlan(stream.name, stream.uri, stream.codec, *_key_parts(stream), stream.time_field)
         known = self._sources.get(stream.name)
         if known is None:
             if stream.name in self._stages:
@@ -229,11 +225,9 @@ class StreamPipeline:
             raise DataStreamError(
                 f"transform(task=...): the attributes of {type(task).__name__} cannot be pickled: {exc}"
             ) from exc
-        key_field, key_fn = (stream.key, None) if not callable(stream.key) else (None, stream.key)
         self._stages[stage] = StagePlan(
             stage, upstream, code_ref(type(task), what=f"stage {stage!r}: task class"), attrs, parallelism, buffer_size,
-            window, stream.codec, key_field,
-            None if key_fn is None else code_ref(key_fn, what=f"DataStream {stream.name!r}: key"),
+            window, stream.codec, *_key_parts(stream),
         )  # fmt: skip
         if new_source is not None:
             self._sources[upstream] = new_source
@@ -326,6 +320,13 @@ class StreamPipeline:
 
     def __repr__(self) -> str:
         return f"StreamPipeline({self.name!r}, stages={list(self._stages)}, sinks={[str(s.uri) for s in self._sinks]})"
+
+
+def _key_parts(stream: DataStream) -> tuple[str | None, CodeRef | None]:
+    """A stream's key as the plan holds it: ``(field name, None)`` or ``(None, the function's CodeRef)``."""
+    if not callable(stream.key):
+        return stream.key, None
+    return None, code_ref(stream.key, what=f"DataStream {stream.name!r}: key")
 
 
 def _pickled_attrs(task: StreamTask) -> bytes:
