@@ -81,7 +81,11 @@ def _session_broker(tmp_path_factory: pytest.TempPathFactory, make) -> Iterator:
     try:
         server = make(tmp_path_factory.mktemp("brokers"))
     except BrokerMissing as exc:
-        missing_broker(exc)
+        missing = exc
+    else:
+        missing = None
+    if missing is not None:  # outside the except: the skip/fail message stands alone
+        missing_broker(missing)
     server.start()
     try:
         yield server

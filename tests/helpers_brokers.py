@@ -189,6 +189,11 @@ class _Server:
             self.proc.terminate(STOP_GRACE_S)
         shutil.rmtree(self.root, ignore_errors=True)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash would, keeping its files: ``start()`` again recovers from them."""
+        if self.proc is not None:
+            self.proc.kill()
+
     def log_tail(self, lines: int = 40) -> str:
         return self.proc.log_tail(lines) if self.proc is not None else ""
 

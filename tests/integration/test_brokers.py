@@ -157,6 +157,19 @@ def test_nats_jetstream_durable_pull_acks(nats_server, broker_ns) -> None:
     assert info.delivered.stream_seq == len(_RECORDS)
 
 
+@pytest.mark.parametrize(("appendonly", "survivors"), [(True, 3), (False, 0)])
+def test_redis_appendonly_keeps_acknowledged_entries_across_a_crash(tmp_path, appendonly, survivors) -> None:
+    """With ``appendonly`` what XADD acknowledged survives SIGKILL; without it nothing does."""
+    with RedisServer(tmp_path, appendonly=appendonly) as server:
+        with server.client() as client:
+            for record in _RECORDS[:3]:
+                client.xadd("events", {"data": _encode(record)})
+        server.kill()
+        server.start()
+        with server.client() as client:
+            assert client.xlen("events") == survivors
+
+
 # --------------------------------------------------------------------------- namespaces
 
 
