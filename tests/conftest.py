@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, EtcdServer, assert_no_leaks, describe_pids
+from tests.harness import SESSION_PIDS, Cluster, EtcdServer, assert_no_leaks, describe_pids
 
 _INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 # Processes take a moment to exit after SIGTERM/SIGKILL; poll this long for them.
@@ -72,7 +72,7 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
 # --------------------------------------------------------------------------- brokers
 # Real Kafka, Redis and NATS for the stream tests (tests/helpers_brokers.py). Each is
 # started once per session, on first use only, so a run that touches no broker starts
-# none; being session-scoped, it is up before a test's leak baseline is taken.
+# none; its pid is in SESSION_PIDS, so no leak check counts it against a test.
 
 
 def _session_broker(tmp_path_factory: pytest.TempPathFactory, make) -> Iterator:
@@ -87,10 +87,12 @@ def _session_broker(tmp_path_factory: pytest.TempPathFactory, make) -> Iterator:
     if missing is not None:  # outside the except: the skip/fail message stands alone
         missing_broker(missing)
     server.start()
+    SESSION_PIDS.add(server.proc.pid)
     try:
         yield server
     finally:
         server.stop()
+        SESSION_PIDS.discard(server.proc.pid)
 
 
 @pytest.fixture(scope="session")

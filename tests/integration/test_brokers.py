@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO_ROOT
+from tests.harness import REPO_ROOT, SESSION_PIDS, assert_no_leaks
 from tests.helpers_brokers import (
     BrokerMissing,
     KafkaServer,
     RedisServer,
+    find_kafka_libs,
     find_program,
     missing_broker,
     new_namespace,
@@ -210,6 +211,13 @@ def test_namespaces_are_fresh(run, kafka_server, redis_server, nats_server, brok
     assert asyncio.run(_nats_count(nats_server.server_url, broker_ns, name, mine)) == 3
 
 
+def test_session_brokers_are_not_counted_as_leaks(redis_server, nats_server) -> None:
+    """A test that checks for leaked children itself must not see the shared brokers."""
+    assert redis_server.proc.alive() and nats_server.proc.alive()
+    assert {redis_server.proc.pid, nats_server.proc.pid} <= SESSION_PIDS
+    assert assert_no_leaks() == set()
+
+
 def test_new_namespace_is_valid_everywhere() -> None:
     ns = new_namespace("test_x[Kafka/Redis] ünï")
     assert ns != new_namespace("test_x[Kafka/Redis] ünï")
@@ -263,11 +271,17 @@ def _fetch_kafka(*args: str, env_path: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_fetch_kafka_is_a_no_op_once_cached_and_names_maven_when_it_must_fetch(kafka_server) -> None:
+def test_fetch_kafka_is_a_no_op_once_cached_and_names_maven_when_it_must_fetch() -> None:
     """With no mvn or java on PATH, a cached version is still found (no network, no Maven)."""
+    try:
+        libs, missing = find_kafka_libs(), None
+    except BrokerMissing as exc:
+        libs, missing = None, exc
+    if missing is not None:
+        missing_broker(missing)
     cached = _fetch_kafka(env_path="/nonexistent")
     assert cached.returncode == 0, cached.stderr
-    assert Path(cached.stdout.strip()) == kafka_server.libs
+    assert Path(cached.stdout.strip()) == libs
 
     missing = _fetch_kafka("--version", "0.0.0-none", env_path="/nonexistent")
     assert missing.returncode == 1
