@@ -365,6 +365,10 @@ class KafkaServer(_Server):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # A restart after kill() waits out the dead process's broker session before it
+            # may register again: 3 s instead of the default 9 s.
+            "broker.session.timeout.ms": "3000",
+            "broker.heartbeat.interval.ms": "500",
             "log.segment.bytes": str(1024 * 1024),
             "log.retention.ms": str(10 * 60 * 1000),
             "log.retention.check.interval.ms": str(60 * 1000),
@@ -375,9 +379,15 @@ class KafkaServer(_Server):
         return "".join(f"{key}={value}\n" for key, value in settings.items())
 
     def _prepare(self) -> None:
-        """Write server.properties and format the log dir (``kafka-storage format``)."""
+        """Write server.properties and format the log dir (``kafka-storage format``).
+
+        A restart after :meth:`kill` keeps the formatted log dir (and its records);
+        formatting it again would fail.
+        """
         self.config_path.write_text(self._properties())
         (self.root / "log4j2.properties").write_text(_KAFKA_LOG4J)
+        if (self.data_dir / "meta.properties").is_file():
+            return
         fmt = Proc("kafka-storage-format", self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                                                       "-c", str(self.config_path)),
                    log_dir=self.log_dir, cwd=self.root)  # fmt: skip

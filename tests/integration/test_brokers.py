@@ -21,6 +21,7 @@ from tests.harness import REPO_ROOT, SESSION_PIDS, assert_no_leaks
 from tests.helpers_brokers import (
     BrokerMissing,
     KafkaServer,
+    NatsServer,
     RedisServer,
     find_kafka_libs,
     find_program,
@@ -169,6 +170,48 @@ def test_redis_appendonly_keeps_acknowledged_entries_across_a_crash(tmp_path, ap
         server.start()
         with server.client() as client:
             assert client.xlen("events") == survivors
+
+
+def test_kafka_restart_after_a_crash_keeps_committed_records_and_offsets(tmp_path) -> None:
+    """SIGKILL and start again on the same ports and log dir: records and the group's offset stay."""
+    try:
+        server, missing = KafkaServer(tmp_path), None
+    except BrokerMissing as exc:
+        server, missing = None, exc
+    if missing is not None:
+        missing_broker(missing)
+    with server:
+        asyncio.run(_kafka_produce(server.bootstrap, "events", _RECORDS))
+        assert asyncio.run(_kafka_consume_all(server.bootstrap, "events", "g", len(_RECORDS))) == _RECORDS
+        server.kill()
+        server.start()
+        assert asyncio.run(_kafka_committed(server.bootstrap, "events", "g")) == len(_RECORDS)
+        asyncio.run(_kafka_produce(server.bootstrap, "events", [{"id": 99, "user": "u9"}]))
+        assert asyncio.run(_kafka_consume_all(server.bootstrap, "events", "g", 1)) == [
+            {"id": 99, "user": "u9"}
+        ]
+        # A new group reads the log from its start: what was there before the crash is still there.
+        everything = asyncio.run(_kafka_consume_all(server.bootstrap, "events", "fresh", len(_RECORDS) + 1))
+        assert everything == [*_RECORDS, {"id": 99, "user": "u9"}]
+
+
+async def _nats_stream_messages(server_url: str, stream: str) -> int:
+    import nats
+
+    nc = await nats.connect(server_url, connect_timeout=5, max_reconnect_attempts=0)
+    try:
+        return (await nc.jetstream().stream_info(stream)).state.messages
+    finally:
+        await nc.close()
+
+
+def test_nats_restart_after_a_crash_keeps_jetstream_messages(tmp_path) -> None:
+    """JetStream's file store (``-sd``) keeps what a publish ack confirmed across SIGKILL."""
+    with NatsServer(tmp_path) as server:
+        assert asyncio.run(_nats_count(server.server_url, "crash", "crash.events", _RECORDS)) == len(_RECORDS)
+        server.kill()
+        server.start()
+        assert asyncio.run(_nats_stream_messages(server.server_url, "crash")) == len(_RECORDS)
 
 
 # --------------------------------------------------------------------------- namespaces
