@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -331,3 +333,25 @@ def test_fetch_kafka_is_a_no_op_once_cached_and_names_maven_when_it_must_fetch()
     assert "needs Java 17+ and Maven" in missing.stderr
     check = _fetch_kafka("--check", "--version", "0.0.0-none", env_path="/nonexistent")
     assert check.returncode == 1 and "Kafka 0.0.0-none is not cached" in check.stderr
+
+
+def test_fetch_kafka_reports_a_failed_maven_run_and_leaves_no_partial_cache(tmp_path) -> None:
+    """Real Maven, offline with an empty local repository (no network): it fails, we say so."""
+    if shutil.which("mvn") is None or shutil.which("java") is None:
+        missing_broker(BrokerMissing("mvn and java are needed to fetch Kafka: apt-get install maven"))
+    (tmp_path / ".m2").mkdir()
+    (tmp_path / ".m2" / "settings.xml").write_text(
+        f"<settings><offline>true</offline><localRepository>{tmp_path / 'repo'}</localRepository></settings>"
+    )
+    cache = tmp_path / "cache"
+    # Maven finds settings.xml under Java's user.home (from the password file, not $HOME).
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "XPIPE_CACHE_DIR": str(cache),
+           "MAVEN_OPTS": f"-Duser.home={tmp_path}"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "fetch_kafka.py")],
+        capture_output=True, text=True, env=env, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "mvn copy-dependencies for org.apache.kafka:kafka_2.13:" in done.stderr
+    assert "offline" in done.stderr.lower()  # Maven's own reason is passed on
+    assert list(cache.iterdir()) == []  # the temporary directory is gone, nothing looks fetched
