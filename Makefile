@@ -2,7 +2,9 @@
 #
 # `make install` is idempotent: the venv is created once, `pip install -e '.[dev]'`
 # reruns only when pyproject.toml is newer than the stamp file, and the system
-# dependencies script is a no-op once etcd and slapd are present.
+# dependencies script is a no-op once etcd, slapd, redis-server and nats-server are
+# present, and the Kafka jars are fetched with Maven once into ~/.cache/xpipe (a no-op
+# that touches no network once cached; see scripts/fetch_kafka.py).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -17,17 +19,22 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help install system-deps test proto demo bench clean
+.PHONY: help install system-deps kafka test proto demo bench clean
 
 help:
-	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd and slapd"
+	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd, slapd,"
+	@echo "               redis-server and nats-server, fetch the Kafka jars into ~/.cache/xpipe"
 	@echo "make test      check generated stubs are fresh, then run the test suite"
 	@echo "make proto     regenerate sdk/_proto from proto/xpipe/v1"
 	@echo "make demo      run examples/demo.py"
 	@echo "make bench     install bench extras and run python -m bench"
 	@echo "make clean     remove .venv and caches (bench/results stays)"
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) kafka
+
+# Kafka for the stream tests: no Debian package exists, so Maven fetches the server jars.
+kafka: | system-deps
+	$(PYTHON) scripts/fetch_kafka.py
 
 # System packages come first: on a bare Debian they include python3-venv, which
 # `python3 -m venv` needs.

@@ -7,6 +7,11 @@
 # - slapd and ldap-utils (OpenLDAP): the LDAP tests start their own slapd with a throwaway
 #   config on a free loopback port; the package's own service is kept from starting
 #   (policy-rc.d) and never relied on.
+# - redis-server and nats-server (Debian's; NATS 2.9 with JetStream): the stream tests
+#   start their own brokers on free loopback ports (tests/helpers_brokers.py); the
+#   packages' own services are kept from starting (policy-rc.d) and never relied on.
+#   Kafka has no Debian package: `make install` fetches its jars with Maven instead
+#   (scripts/fetch_kafka.py), which needs Java 17+ and Maven, checked here.
 # - python3-venv, only when the python3 in use is Debian's and lacks ensurepip
 #   (a bare Debian 12), since `python3 -m venv` fails without it.
 #
@@ -54,6 +59,27 @@ else
     packages+=(ldap-utils)
 fi
 
+if path="$(find_sbin redis-server)"; then
+    log "redis-server already installed at ${path}"
+else
+    log "redis-server not found on PATH nor in /usr/sbin; will install redis-server"
+    packages+=(redis-server)
+fi
+
+if path="$(find_sbin nats-server)"; then
+    log "nats-server already installed at ${path}"
+else
+    log "nats-server not found on PATH nor in /usr/sbin; will install nats-server"
+    packages+=(nats-server)
+fi
+
+if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
+    log "java and mvn present (for the Kafka jars)"
+else
+    command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+    command -v mvn >/dev/null 2>&1 || packages+=(maven)
+fi
+
 if "${PYTHON}" -c 'import ensurepip, venv' >/dev/null 2>&1; then
     log "${PYTHON} can create virtual environments"
 else
@@ -79,7 +105,7 @@ fi
 command -v apt-get >/dev/null 2>&1 || die "apt-get is not available; install ${packages[*]} by hand"
 
 # Keep a package's init script from starting a system-wide etcd on :2379 (or slapd on
-# :389) during the install (exit 101 = "action forbidden"). Only add our own policy file when none
+# :389, redis on :6379, nats on :4222) during the install (exit 101 = "action forbidden"). Only add our own policy file when none
 # exists, and remove it afterwards.
 policy=/usr/sbin/policy-rc.d
 added_policy=0
@@ -105,6 +131,12 @@ if [[ " ${packages[*]} " == *" slapd "* ]]; then
     path="$(find_sbin slapd)" || die "slapd installed but no slapd binary on PATH or in /usr/sbin"
     log "installed $("${path}" -VV 2>&1 | head -n 1 || echo slapd) at ${path}"
 fi
+for server in redis-server nats-server; do
+    if [[ " ${packages[*]} " == *" ${server} "* ]]; then
+        path="$(find_sbin "${server}")" || die "${server} installed but not on PATH nor in /usr/sbin"
+        log "installed $("${path}" --version 2>&1 | head -n 1) at ${path}"
+    fi
+done
 if [[ " ${packages[*]} " == *" python3-venv "* ]]; then
     "${PYTHON}" -c 'import ensurepip, venv' || die "python3-venv installed but ${PYTHON} still lacks ensurepip"
     log "installed python3-venv"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, EtcdServer, assert_no_leaks, describe_pids
+from tests.harness import SESSION_PIDS, Cluster, EtcdServer, assert_no_leaks, describe_pids
 
 _INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 # Processes take a moment to exit after SIGTERM/SIGKILL; poll this long for them.
@@ -67,3 +67,65 @@ def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
         if server.proc is not None and not server.proc.alive():
             print(server.proc.log_tail())
         server.stop()
+
+
+# --------------------------------------------------------------------------- brokers
+# Real Kafka, Redis and NATS for the stream tests (tests/helpers_brokers.py). Each is
+# started once per session, on first use only, so a run that touches no broker starts
+# none; its pid is in SESSION_PIDS, so no leak check counts it against a test.
+
+
+def _session_broker(tmp_path_factory: pytest.TempPathFactory, make) -> Iterator:
+    from tests.helpers_brokers import BrokerMissing, missing_broker
+
+    try:
+        server = make(tmp_path_factory.mktemp("brokers"))
+    except BrokerMissing as exc:
+        missing = exc
+    else:
+        missing = None
+    if missing is not None:  # outside the except: the skip/fail message stands alone
+        missing_broker(missing)
+    server.start()
+    SESSION_PIDS.add(server.proc.pid)
+    try:
+        yield server
+    finally:
+        server.stop()
+        SESSION_PIDS.discard(server.proc.pid)
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real Kafka 4 (KRaft) on loopback for the session; ``.bootstrap``, ``.url(topic)``."""
+    from tests.helpers_brokers import KafkaServer
+
+    yield from _session_broker(tmp_path_factory, KafkaServer)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real redis-server on loopback for the session; ``.port``, ``.url(key)``."""
+    from tests.helpers_brokers import RedisServer
+
+    yield from _session_broker(tmp_path_factory, RedisServer)
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real nats-server with JetStream for the session; ``.server_url``, ``.url(subject)``."""
+    from tests.helpers_brokers import NatsServer
+
+    yield from _session_broker(tmp_path_factory, NatsServer)
+
+
+@pytest.fixture
+def broker_ns(request: pytest.FixtureRequest) -> str:
+    """A fresh prefix for this test's topics, stream keys, subjects and groups.
+
+    Valid in all three brokers (``[a-z0-9-]``); use it as ``f"{broker_ns}.events"``
+    (a NATS JetStream stream name must be the bare prefix: no dots).
+    """
+    from tests.helpers_brokers import new_namespace
+
+    return new_namespace(request.node.originalname)

@@ -42,6 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Helper processes that live for the whole test session by design (started lazily by
 # the stdlib); they are not leaks of any one test.
 _SESSION_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+#: Pids of our own session-long processes (the shared brokers of tests/conftest.py),
+#: added when started and removed when stopped: not leaks of the test that started them.
+SESSION_PIDS: set[int] = set()
 
 
 # --------------------------------------------------------------------------- waiting
@@ -356,7 +359,7 @@ def _is_session_helper(proc: psutil.Process) -> bool:
 def _live_children(ignore: Collection[int]) -> set[int]:
     live = set()
     for child in psutil.Process().children(recursive=True):
-        if child.pid in ignore:
+        if child.pid in ignore or child.pid in SESSION_PIDS:
             continue
         try:
             if child.status() == psutil.STATUS_ZOMBIE or _is_session_helper(child):
