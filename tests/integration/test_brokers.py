@@ -312,7 +312,9 @@ def test_kafka_without_jars_fails_naming_the_format_step(tmp_path) -> None:
 def _fetch_kafka(*args: str, env_path: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "fetch_kafka.py"), *args],
-        capture_output=True, text=True, env={"PATH": env_path, "HOME": str(Path.home())}, check=False,
+        capture_output=True, text=True, check=False,
+        env={"PATH": env_path, "HOME": str(Path.home()),
+             **{k: os.environ[k] for k in ("XPIPE_CACHE_DIR", "XDG_CACHE_HOME") if k in os.environ}},
     )  # fmt: skip
 
 
