@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -27,7 +28,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,30 @@ def make_private_dir(path: str | Path) -> Path:
             continue  # made by someone else meanwhile: theirs
         os.chmod(directory, PRIVATE_DIR_MODE)
     return path
+
+
+@contextlib.contextmanager
+def _writing(db: sqlite3.Connection, where: str, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
+    """One write transaction on ``db``: committed, or rolled back and raised as a :class:`StoreFault`.
+
+    SQLite has already rolled back after some errors (SQLITE_FULL among them): a second
+    ROLLBACK would fail and hide the real cause, so it is tried only while a transaction is
+    open, and its own failure is logged. SQLite and OS errors become a ``StoreFault``
+    naming ``where``; anything else is raised as it is.
+    """
+    db.execute(begin)
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                log.exception("rollback after a failed write to %s failed too", where)
+        if isinstance(exc, (sqlite3.Error, OSError)):
+            raise StoreFault.wrap(exc, where) from exc
+        raise
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -523,8 +548,7 @@ class SQLiteStore(Store):
         db = self._db
         assert db is not None
         crypt = self.crypt
-        try:
-            db.execute("BEGIN")
+        with _writing(db, str(self.path), "BEGIN"):
             if new_runs:
                 rows = [
                     (r.run_id, r.name, r.state, r.created_at, r.finished_at, r.total,
@@ -564,18 +588,6 @@ class SQLiteStore(Store):
                     if crypt is not None:
                         measured = [(r, n, crypt.seal(m, _aad("telemetry", r, n))) for r, n, m in measured]
                     db.executemany("INSERT OR REPLACE INTO task_telemetry VALUES (?,?,?)", measured)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            # SQLite has already rolled back after some errors (SQLITE_FULL among them): a
-            # second ROLLBACK would fail and hide the real cause.
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback after a failed commit failed too")
-            if isinstance(exc, (sqlite3.Error, OSError)):
-                raise StoreFault.wrap(exc, str(self.path)) from exc
-            raise
         self.commits += 1
         self.rows_written += len(new_runs) + len(run_updates) + len(tasks)
 
@@ -757,8 +769,7 @@ class SQLiteStore(Store):
 
     def _delete_chunk_sync(self, db: sqlite3.Connection, run_ids: list[str]) -> int:
         marks = ",".join("?" * len(run_ids))
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with _writing(db, str(self.path)):
             # Checked again inside the transaction: only a finished run is ever deleted.
             gone = [r for (r,) in db.execute(
                 f"SELECT run_id FROM runs WHERE run_id IN ({marks}) AND state IN (?,?,?)", (*run_ids, *_FINISHED)
@@ -767,13 +778,6 @@ class SQLiteStore(Store):
                 gmarks = ",".join("?" * len(gone))
                 for table in ("tasks", "task_history", "task_telemetry", "runs"):
                     db.execute(f"DELETE FROM {table} WHERE run_id IN ({gmarks})", gone)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise StoreFault.wrap(exc, str(self.path)) from exc
-            raise
         return len(gone)
 
     async def finished_results(
@@ -805,16 +809,8 @@ class SQLiteStore(Store):
         for i in range(0, len(changes), GOVERNANCE_CHUNK_TASKS):  # short transactions, as for deletes
             rows = [(self._sealed_result(run_id, name, p), run_id, name)
                     for run_id, name, p in changes[i : i + GOVERNANCE_CHUNK_TASKS]]  # fmt: skip
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with _writing(db, str(self.path)):
                 db.executemany("UPDATE tasks SET result=? WHERE run_id=? AND name=?", rows)
-                db.execute("COMMIT")
-            except BaseException as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreFault.wrap(exc, str(self.path)) from exc
-                raise
 
     async def finished_specs(self, after: str = "", limit: int = 100) -> list[tuple[str, pb.PipelineSpec]]:
         """A page of ``(run_id, spec)`` of finished runs, in run id order after ``after``."""
@@ -880,8 +876,7 @@ class SQLiteStore(Store):
     def _append_audit_sync(self, entries: list[AuditEntry]) -> None:
         db = self._audit_conn()
         head = json.dumps({"seq": entries[-1].seq, "hash": entries[-1].hash})
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with _writing(db, f"{self.path} (audit log)"):
             db.executemany(
                 "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
@@ -891,16 +886,6 @@ class SQLiteStore(Store):
                 ],
             )  # fmt: skip
             db.execute("INSERT OR REPLACE INTO meta VALUES ('audit_head', ?)", (head,))
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                try:
-                    db.execute("ROLLBACK")
-                except sqlite3.Error:
-                    log.exception("rollback after a failed audit write failed too")
-            if isinstance(exc, (sqlite3.Error, OSError)):
-                raise StoreFault.wrap(exc, f"{self.path} (audit log)") from exc
-            raise
 
     async def read_audit(self, *, after_seq: int = 0, since: float = 0.0, principal: str = "", limit: int = 1000) -> AuditPage:
         return await self._call(self._read_audit_sync, after_seq, since, principal, limit)
@@ -931,16 +916,8 @@ class SQLiteStore(Store):
 
     def _put_lineage_sync(self, nodes: list[tuple[str, str, bytes]]) -> None:
         db = self._audit_conn()
-        try:
-            db.execute("BEGIN IMMEDIATE")
+        with _writing(db, f"{self.path} (lineage)"):
             db.executemany("INSERT OR REPLACE INTO lineage VALUES (?,?,?)", nodes)
-            db.execute("COMMIT")
-        except BaseException as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            if isinstance(exc, (sqlite3.Error, OSError)):
-                raise StoreFault.wrap(exc, f"{self.path} (lineage)") from exc
-            raise
 
     async def get_lineage(self, run_id: str) -> list[bytes]:
         return await self._call(self._get_lineage_sync, run_id)
