@@ -93,7 +93,17 @@ def test_the_default_directory_is_per_worker_name(monkeypatch, tmp_path):
 
 
 def pip_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "pip" in " ".join(p.cmdline())]
+    """pip processes under this one (``python -m pip ...``; a session broker whose command line
+    merely holds "xpipe" in a path is not one)."""
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            argv = p.cmdline()
+        except psutil.Error:
+            continue
+        if any(argv[i : i + 2] == ["-m", "pip"] for i in range(len(argv) - 1)):
+            out.append(p)
+    return out
 
 
 def test_a_worker_without_allow_install_refuses_and_runs_nothing(tmp_path):
