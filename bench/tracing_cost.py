@@ -29,14 +29,13 @@ import time
 
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
-from xpipe.coordinator._engine import Engine, EngineConfig, _Session
-from xpipe.coordinator._events import Assign, RunSubmitted, TaskSucceeded, WorkerConnected
-from xpipe.coordinator._validate import validate_spec
+from xpipe.coordinator._engine import Engine, EngineConfig
+from xpipe.coordinator._events import Assign
 from xpipe.telemetry._tracing import Tracing, TracingConfig
 
+from bench._enginewide import TASKS, run_wide, wide_engine, wide_spec
+
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-TASKS = 10_000
-WORKERS, SLOTS = 4, 8
 
 
 _RECEIVER = """if True:
@@ -65,31 +64,10 @@ def _receiver() -> tuple[subprocess.Popen, str]:
 
 def wide_run_s(trace_context: str, tracing: Tracing | None) -> float:
     """Seconds of CPU the coordinator's core spends on a wide run of TASKS no-op tasks."""
-    engine = Engine(store=None, config=EngineConfig(tracing=tracing))  # type: ignore[arg-type]
-    state = engine.state
-    for w in range(WORKERS):
-        state.handle(WorkerConnected(0.0, f"w{w}", f"w{w}", "host", SLOTS))
-        engine.sessions[f"w{w}"] = _Session(f"w{w}")
-    spec = pb.PipelineSpec(name="wide", trace_context=trace_context)
-    for i in range(TASKS):
-        spec.tasks.add(name=f"t{i}").python.import_path = "bench.tasks:noop"
-    result = pb.Payload(codec=pb.CODEC_RAW, data=b"")
+    engine = wide_engine(EngineConfig(tracing=tracing))
+    spec = wide_spec(trace_context=trace_context)
     started = time.process_time()
-    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
-    done = 0
-    now = 0.0
-    while done < TASKS:
-        actions: list = []
-        state.schedule(now, actions)
-        engine._dispatch(actions)
-        for action in actions:
-            if isinstance(action, Assign):
-                now += 1e-6
-                state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, result))
-                done += 1
-        for session in engine.sessions.values():
-            while not session.outbox.empty():
-                session.outbox.get_nowait()
+    run_wide(engine, spec)
     if tracing is not None:
         tracing.flush(30)
     return time.process_time() - started
