@@ -633,7 +633,7 @@ class SQLiteStore(Store):
         def clear(kind: str, value: bytes, name: str = "") -> bytes:  # a stored value as it was written
             return open_value(crypt, value, _aad(kind, run_id, name), f"{kind} of {run_id}{'/' + name if name else ''}")
 
-        spec = pb.PipelineSpec.FromString(_zd.decompress(clear("spec", row[6]))) if row[6] else None
+        spec = self._stored_spec(run_id, row[6]) if row[6] else None
         header = RunRecord(*row[:6])
         result_col = "result" if with_results else "NULL"
         tasks = {}
