@@ -478,14 +478,7 @@ class Client:
 
     def _call_on(self, stub_class: type[S], fn: Callable[[S], T]) -> T:
         """Like :meth:`_call`, for an RPC of another service: retried, errors translated."""
-        attempts = _Attempts(self)
-        while True:
-            try:
-                with translate_rpc_errors(keep=_RETRYABLE):
-                    return fn(self._stub(stub_class))
-            except grpc.RpcError as exc:  # kept untranslated: retryable
-                error = exc
-            attempts.failed(error)
+        return self._call(lambda *_: fn(self._stub(stub_class)))
 
     def _next_address(self) -> None:
         with self._lock:
