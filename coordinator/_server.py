@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, MAX_SLOTS, MIN_PING_INTERVAL_MS
 from xpipe._limits import shown as quoted
-from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc
+from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc, stream_pb2, stream_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
 from xpipe.security._principal import DEFAULT_NAMESPACE
 from xpipe.security._atrest import at_rest
@@ -38,6 +38,7 @@ from ._caller import caller
 from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
+from ._stream_service import StreamServicer
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
@@ -697,6 +698,7 @@ class Coordinator:
         admin_pb2_grpc.add_AdminServiceServicer_to_server(audit_local_calls(AdminServicer(self), self.audit), guarded)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(self), guarded)
         governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
+        stream_pb2_grpc.add_StreamServiceServicer_to_server(audit_local_calls(StreamServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
@@ -704,6 +706,7 @@ class Coordinator:
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             audit_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
             governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
+            stream_pb2.DESCRIPTOR.services_by_name["StreamService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]

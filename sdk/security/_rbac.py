@@ -62,20 +62,26 @@ PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "data:gc": "delete data past retention (xpipe gc)",
     "data:forget": "erase what is stored about a data subject (pm.forget_subject)",
     "api:describe": "use gRPC server reflection",
+    "stream:read": "see stream pipelines' status (GetStreams, xpipe streams)",
+    "stream:control": "stop and restart stream pipelines",
+    "stream:io": "read and write memory:// streams on the coordinator's memory broker",
+    "stream:run": "run stream stage instances: report, checkpoint (workers hold it)",
 })  # fmt: skip
 
-_VIEW = ("run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe")
-_SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command")
+_VIEW = ("run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe", "stream:read")
+_SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command", "stream:control", "stream:io")
 _OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
 
 #: Built-in roles. ``admin`` holds every permission, custom ones included. Workers hold only
-#: ``worker:connect``. Nobody but ``admin`` holds ``code:pickle`` unless a policy grants it.
+#: ``worker:connect`` and what the stream instances they run need. Nobody but ``admin`` holds
+#: ``code:pickle`` unless a policy grants it.
 BUILTIN_ROLES: Mapping[str, frozenset[str]] = MappingProxyType({
     "viewer": frozenset(_VIEW),
     "submitter": frozenset(_SUBMIT),
     "operator": frozenset(_OPERATE),
     "admin": frozenset(PERMISSIONS),
-    "worker": frozenset({"worker:connect"}),
+    # Stream instances run in workers' task processes with the worker's credential.
+    "worker": frozenset({"worker:connect", "stream:run", "stream:io"}),
 })  # fmt: skip
 ROLES: tuple[str, ...] = tuple(BUILTIN_ROLES)
 
@@ -106,6 +112,16 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.AuditService/GetLineage": "lineage:read",
     "/xpipe.v1.GovernanceService/CollectGarbage": "data:gc",
     "/xpipe.v1.GovernanceService/ForgetSubject": "data:forget",
+    "/xpipe.v1.StreamService/Produce": "stream:io",
+    "/xpipe.v1.StreamService/Fetch": "stream:io",
+    "/xpipe.v1.StreamService/Commit": "stream:io",
+    "/xpipe.v1.StreamService/DescribeStream": "stream:io",
+    "/xpipe.v1.StreamService/ReportInstance": "stream:run",
+    "/xpipe.v1.StreamService/SaveCheckpoint": "stream:run",
+    "/xpipe.v1.StreamService/LoadCheckpoint": "stream:run",
+    "/xpipe.v1.StreamService/GetStreams": "stream:read",
+    "/xpipe.v1.StreamService/StopStream": "stream:control",
+    "/xpipe.v1.StreamService/RestartStreams": "stream:control",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
@@ -141,6 +157,8 @@ RPC_AUDIT: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.AdminService/InstallDependencies": "mutation",
     "/xpipe.v1.GovernanceService/CollectGarbage": "mutation",
     "/xpipe.v1.GovernanceService/ForgetSubject": "mutation",
+    "/xpipe.v1.StreamService/StopStream": "mutation",
+    "/xpipe.v1.StreamService/RestartStreams": "mutation",
 })  # fmt: skip
 
 
