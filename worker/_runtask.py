@@ -641,7 +641,7 @@ def _run(
     task = assignment.task
     if task.WhichOneof("kind") == "command":  # its own process: it cannot record metrics
         return _outcome(assignment, code, cache, artifact_root, command_limit, None, span)
-    recorder = AttemptRecorder(task)
+    recorder = AttemptRecorder(task, assignment.attempt)
     try:
         event = _outcome(assignment, code, cache, artifact_root, command_limit, recorder, span)
     finally:

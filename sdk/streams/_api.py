@@ -3,7 +3,7 @@
 Building a pipeline checks every argument at once, so a mistake shows where it is made, with
 a :class:`~xpipe.DataStreamError` naming the argument and the value. :meth:`StreamPipeline.plan`
 gives the frozen :class:`~xpipe.streams.StreamPlan` the runtime runs; :meth:`StreamPipeline.start`
-checks its own arguments and then stops: the stream runtime is the next part of issue 14.
+runs it on the cluster and returns a :class:`~xpipe.streams.StreamHandle`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import re
 from collections.abc import Callable
 from typing import Any, Self
 
-from .._unbuilt import UNBUILT_FEATURES
 from ..errors import DataStreamError
 from ._options import check_buffer_size, check_rate, check_strategy
 from ._plan import NAME_RE, CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, check_name, code_ref
@@ -291,18 +290,30 @@ class StreamPipeline:
         auto_scaling: bool = False,
         manager: Any = None,
     ) -> Any:
-        """Run the pipeline on the cluster: not built yet.
+        """Run the pipeline on the cluster; returns a :class:`~xpipe.streams.StreamHandle`.
 
-        The arguments are checked first, so a mistake is reported now rather than when the
-        runtime lands.
+        Each stage runs as ``parallelism`` long-lived instances on the workers, placed and
+        supervised by the coordinator (see docs/streams.md, "How it runs").
+
+        Args:
+            backpressure_strategy: what a full instance buffer does: ``"block"`` (pause
+                fetching; lag grows in the broker), ``"drop_oldest"`` or ``"drop_newest"``
+                (drop and count).
+            max_throughput_per_second: records per second read from the sources at most
+                (a token bucket, shared by the instances of each source stage); None: no limit.
+            auto_scaling: move each stage's active instances between 1 and ``parallelism`` by lag.
+            manager: the PipelineManager whose cluster runs it; None: the embedded default
+                (one per process, started on first use).
 
         Raises:
-            DataStreamError: a bad argument (named with its value), or a pipeline without a
-                stage or output.
-            NotImplementedError: always after that; the stream runtime is issue 14's next part.
+            DataStreamError: a bad argument (named with its value), a pipeline without a
+                stage or output, a broker that cannot be reached, or a task that cannot load.
         """
-        check_strategy(backpressure_strategy)
-        check_rate(max_throughput_per_second)
+        from ._instance import InstanceOptions
+        from ._start import start_stream
+
+        strategy = check_strategy(backpressure_strategy)
+        rate = check_rate(max_throughput_per_second)
         if not isinstance(auto_scaling, bool):
             raise DataStreamError(f"auto_scaling={auto_scaling!r:.80}: must be True or False")
         if manager is not None:
@@ -312,11 +323,8 @@ class StreamPipeline:
                 raise DataStreamError(
                     f"manager={manager!r:.80}: expected a PipelineManager or None (the embedded default)"
                 )
-        self.plan()
-        raise NotImplementedError(
-            f"StreamPipeline.start() is not built yet: {UNBUILT_FEATURES[14]} is issue 14's next part; "
-            f"StreamPipeline.plan() gives what it will run"
-        )
+        plan = self.plan()
+        return start_stream(plan, InstanceOptions(strategy, rate, auto_scaling), manager)
 
     def __repr__(self) -> str:
         return f"StreamPipeline({self.name!r}, stages={list(self._stages)}, sinks={[str(s.uri) for s in self._sinks]})"

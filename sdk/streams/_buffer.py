@@ -71,6 +71,10 @@ class BoundedBuffer:
     def closed(self) -> bool:
         return self._closed
 
+    def oldest(self) -> Any:
+        """The record that :meth:`get_batch` would return first, or None when empty."""
+        return self._items[0] if self._items else None
+
     def put_nowait(self, item: Any) -> bool:
         """Put without waiting; True if the record was kept.
 

@@ -256,6 +256,14 @@ class Windower:
         self._next_end_s = min((w[1] for w in self._open), default=math.inf)
         return fired
 
+    def flush(self) -> list[FiredWindow]:
+        """Fire every open window now, oldest first, with what it holds (a drain's last step)."""
+        due = self.open_windows
+        self.fired_count += len(due)
+        fired = [FiredWindow(w[0], w[1], self._open.pop(w)) for w in due]
+        self._next_end_s = math.inf
+        return fired
+
     @property
     def open_windows(self) -> list[Window]:
         """The windows holding records that have not fired, oldest first."""

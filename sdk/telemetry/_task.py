@@ -50,6 +50,7 @@ __all__ = [
     "AttemptRecorder",
     "TaskPerformance",
     "TaskMetrics",
+    "current_attempt",
 ]
 
 #: The recorder of the attempt running in this thread (the thread executor runs several at once).
@@ -60,6 +61,19 @@ _MAIN_THREAD_ATTEMPT: AttemptRecorder | None = None
 _MAIN_THREAD_ID = threading.main_thread().ident
 #: ``ru_maxrss`` is in KiB on Linux (bytes on macOS).
 _RSS_UNIT_BYTES = 1 if os.uname().sysname == "Darwin" else 1024
+
+
+def current_attempt() -> tuple[str, str, int] | None:
+    """``(run_id, task, attempt)`` of the Python task running here, or None outside a task.
+
+    A stream instance (a long-lived task) names itself with it in its reports, so the
+    coordinator can tell a stale attempt from the current one.
+    """
+    recorder = _CURRENT.get() or _MAIN_THREAD_ATTEMPT
+    if recorder is None or recorder.attempt is None:
+        return None
+    ref = recorder.attempt
+    return (ref.run_id, ref.task, ref.attempt)
 
 
 def metric_name_problem(name: Any) -> str:
@@ -229,11 +243,12 @@ class AttemptRecorder:
     send (None when the attempt recorded nothing).
     """
 
-    __slots__ = ("spec", "points", "warnings", "dropped", "performance", "_perf", "_token", "_main", "_t0", "_cpu0")
+    __slots__ = ("spec", "attempt", "points", "warnings", "dropped", "performance", "_perf", "_token", "_main", "_t0", "_cpu0")
 
-    def __init__(self, spec: pb.TaskSpec):
+    def __init__(self, spec: pb.TaskSpec, attempt: Any = None):  # a worker_pb2.AttemptRef
         # Lists are made on first use: most attempts record nothing and should pay nothing.
         self.spec = spec
+        self.attempt = attempt
         self.points: list[pb.MetricPoint] | None = None
         self.warnings: list[str] | None = None
         self.dropped = 0

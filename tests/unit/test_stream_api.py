@@ -1,4 +1,4 @@
-"""The stream API as the seed writes it, up to start(): building, checking, planning."""
+"""The stream API as the seed writes it: building, checking, planning, and start()'s checks."""
 
 from __future__ import annotations
 
@@ -233,21 +233,20 @@ def test_start_checks_its_arguments_first(kwargs, problem):
     assert problem in str(info.value)
 
 
-def test_start_then_says_the_runtime_is_issue_14s_next_part():
-    sp, _, _ = seed_pipeline()
+def test_start_with_an_unreachable_broker_says_which_before_contacting_the_cluster():
+    from tests.harness import free_port
+
+    port = free_port()  # nothing listens there
+    sp = StreamPipeline("unreachable")
+    sp.output(
+        sp.transform(DataStream("events", source=f"kafka://127.0.0.1:{port}/events"), EnrichmentStream()),
+        "file:///tmp/unreachable.jsonl",
+    )
     manager = xpipe.PipelineManager(coordinator="127.0.0.1:9", connect_timeout_s=0.5)  # never contacted
     try:
         for strategy in ("block", "drop_oldest", "drop_newest"):
-            with pytest.raises(
-                NotImplementedError,
-                match=r"StreamPipeline.start\(\) is not built yet: the stream runtime is issue 14",
-            ):
-                sp.start(
-                    backpressure_strategy=strategy,
-                    max_throughput_per_second=10000,
-                    auto_scaling=True,
-                    manager=manager,
-                )
+            with pytest.raises(DataStreamError, match=f"127.0.0.1:{port}"):
+                sp.start(backpressure_strategy=strategy, max_throughput_per_second=10000, auto_scaling=True, manager=manager)
     finally:
         manager.close()
 
