@@ -335,17 +335,18 @@ class StageInstance:
     # ------------------------------------------------------------------ fetch
 
     async def _fetch_loop(self, source: Source, filtering: bool, assignment: int) -> None:
-        buffer, counters = self.buffer, self.counters
+        buffer, counters, bucket = self.buffer, self.counters, self._bucket
         codec, source_label = self.topology.input_codec, self._source_label
         active = max(1, min(assignment, self.stage.parallelism))
+        # Under a rate limit, fetch about a tenth of a second's worth at a time: smooth, not bursty.
+        max_fetch = MAX_FETCH_RECORDS if bucket is None else max(1, min(MAX_FETCH_RECORDS, int(bucket.rate_per_s / 10)))
         try:
             while not self.stopping and not self.fenced and self.active == assignment:
-                messages = await source.fetch(MAX_FETCH_RECORDS, FETCH_WAIT_S)
+                messages = await source.fetch(max_fetch, FETCH_WAIT_S)
                 if not messages:
                     continue
-                if self._bucket is not None:
-                    await self._bucket.take(len(messages))
                 now = time.monotonic()
+                kept: list[tuple[int, Any, float]] = []
                 for message in messages:
                     index = self._next_index
                     self._next_index += 1
@@ -359,20 +360,25 @@ class StageInstance:
                         record = decode_record(message.value, codec, source=source_label)
                         if filtering:
                             key_value = record_key(record, self.input_key, source=source_label)
-                            mine = partition_of(key_value, active) if key_value is not None else seq % active
-                            if mine != self.index:
+                            if partition_of(seq if key_value is None else key_value, active) != self.index:
                                 continue  # another instance's key: done here
                     except RecordError as exc:
-                        self._fetch_current = index
+                        self._fetch_current = kept[0][0] if kept else index
                         await self._dead_letter([(message.value, None)], str(exc))
                         self._fetch_current = None
                         continue
-                    counters.records_in += 1
-                    item = (index, record, now)
+                    kept.append((index, record, now))
+                if not kept:
+                    continue
+                counters.records_in += len(kept)
+                if bucket is not None:  # the limit counts the records this instance keeps
+                    self._fetch_current = kept[0][0]
+                    await bucket.take(len(kept))
+                for item in kept:
                     if not buffer.put_nowait(item) and buffer.strategy == "block":
-                        self._fetch_current = index
+                        self._fetch_current = item[0]
                         await buffer.put(item)
-                        self._fetch_current = None
+                self._fetch_current = None
         finally:
             self._fetch_current = None
             buffer.close()  # the processor finishes what the buffer holds, then ends

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import functools
+import logging
 import threading
 from typing import Any
 
@@ -23,6 +25,8 @@ from ._uri import StreamURI
 
 __all__ = ["default_manager", "start_stream"]
 
+log = logging.getLogger(__name__)
+
 #: A broker that does not answer within this is reported unreachable by start().
 CHECK_TIMEOUT_S = 5.0
 #: An instance that fails is tried again this many times, with backoff up to a minute: a
@@ -30,6 +34,10 @@ CHECK_TIMEOUT_S = 5.0
 INSTANCE_RETRIES = 10_000
 INSTANCE_RETRY_DELAY_S = 1.0
 INSTANCE_MAX_RETRY_DELAY_S = 60.0
+
+#: Worker slots of the embedded default's workers when a stream starts it: every stage
+#: instance holds a slot for as long as it runs, and the seed's sample has six instances.
+DEFAULT_SLOTS_PER_WORKER = 8
 
 _default: Any = None
 _default_lock = threading.Lock()
@@ -42,7 +50,7 @@ def default_manager() -> Any:
         if _default is None:
             from .._manager import PipelineManager
 
-            _default = PipelineManager()
+            _default = PipelineManager(slots_per_worker=DEFAULT_SLOTS_PER_WORKER)
             atexit.register(_default.close)
         return _default
 
@@ -94,6 +102,16 @@ async def _prepare(plan: StreamPlan) -> None:
             await connector_for(uri).ensure(uri, partitions=1)
 
 
+def _run_sync(coro: Any) -> Any:
+    """Run ``coro`` to the end from synchronous code, also under a running loop (a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
 def _check_topology(plan: StreamPlan) -> None:
     sources = {s.stream for s in plan.sources}
     for sink in plan.sinks:
@@ -105,6 +123,29 @@ def _check_topology(plan: StreamPlan) -> None:
     for stage in plan.stages:
         stage_topology(plan, stage)  # every input resolves
         stage.load_task()  # the task loads here as it will on workers
+
+
+def _check_capacity(plan: StreamPlan, manager: Any) -> None:
+    """Refuse a pipeline whose instances could never all run: each holds a worker slot.
+
+    A stage left without a slot would starve: its input piles up in the broker for good.
+    Fewer free slots than instances is only logged: running batch tasks give theirs back.
+    """
+    needed = sum(stage.parallelism for stage in plan.stages)
+    workers = [w for w in manager.client.list_workers() if w.state in ("ready", "busy")]
+    total = sum(w.slots for w in workers)
+    if needed > total:
+        per_stage = ", ".join(f"{s.name}: {s.parallelism}" for s in plan.stages)
+        raise DataStreamError(
+            f"stream pipeline {plan.name!r} needs {needed} worker slots, one per stage instance ({per_stage}); "
+            f"the cluster's {len(workers)} connected worker(s) have {total}. Add workers or slots, or lower parallelism"
+        )
+    free = sum(max(0, w.slots - w.running) for w in workers)
+    if needed > free:
+        log.warning(
+            "stream pipeline %r needs %d slots and %d are free now: some instances wait for running tasks to end",
+            plan.name, needed, free,
+        )
 
 
 def _pipeline(plan: StreamPlan, options: InstanceOptions, namespace: str | None) -> Any:
@@ -145,12 +186,13 @@ def start_stream(plan: StreamPlan, options: InstanceOptions, manager: Any = None
     manager = manager if manager is not None else default_manager()
     if any(uri.scheme == "memory" for uri in _uris(plan)) or plan.sources[0].uri.scheme == "file":
         _configure_memory(manager)
-    asyncio.run(_prepare(plan))
+    _run_sync(_prepare(plan))
     spec = _pipeline(plan, options, namespace).to_proto(retry_on_failure=True)
     spec.labels[STREAM_LABEL] = plan.name
     spec.labels[STAGES_LABEL] = stages_label(
         [{"name": s.name, "input": s.input, "parallelism": s.parallelism} for s in plan.stages]
     )
     spec.labels[AUTO_SCALING_LABEL] = "1" if options.auto_scaling else "0"
+    _check_capacity(plan, manager)
     run_id = manager.client._submit_spec(spec)
     return StreamHandle(manager, plan.name, run_id)
