@@ -71,13 +71,8 @@ def _uris(plan: StreamPlan) -> list[StreamURI]:
     return uris
 
 
-async def _prepare(plan: StreamPlan) -> None:
-    """Reach every broker, then create the internal streams with their partitions.
-
-    The internal streams are made here, before any instance starts, so a downstream
-    instance never sees a stream that its upstream has not created yet (it would take it
-    for one partition).
-    """
+async def _reach(plan: StreamPlan) -> None:
+    """Reach every broker the pipeline uses, or say which cannot be reached."""
     seen: set[tuple[str, str | None, int | None]] = set()
     for uri in _uris(plan):
         where = (uri.scheme, uri.host, uri.port)
@@ -85,6 +80,14 @@ async def _prepare(plan: StreamPlan) -> None:
             continue
         seen.add(where)
         await connector_for(uri).check(uri, timeout_s=CHECK_TIMEOUT_S)
+
+
+async def _prepare(plan: StreamPlan) -> None:
+    """Create the internal streams with their partitions.
+
+    They are made here, before any instance starts, so a downstream instance never sees a
+    stream that its upstream has not created yet (it would take it for one partition).
+    """
     first = plan.sources[0].uri
     for stage in plan.stages:
         readers = readers_of(plan, stage.name)
@@ -186,6 +189,8 @@ def start_stream(plan: StreamPlan, options: InstanceOptions, manager: Any = None
     manager = manager if manager is not None else default_manager()
     if any(uri.scheme == "memory" for uri in _uris(plan)) or plan.sources[0].uri.scheme == "file":
         _configure_memory(manager)
+    _run_sync(_reach(plan))
+    _check_capacity(plan, manager)
     _run_sync(_prepare(plan))
     spec = _pipeline(plan, options, namespace).to_proto(retry_on_failure=True)
     spec.labels[STREAM_LABEL] = plan.name
@@ -193,6 +198,5 @@ def start_stream(plan: StreamPlan, options: InstanceOptions, manager: Any = None
         [{"name": s.name, "input": s.input, "parallelism": s.parallelism} for s in plan.stages]
     )
     spec.labels[AUTO_SCALING_LABEL] = "1" if options.auto_scaling else "0"
-    _check_capacity(plan, manager)
     run_id = manager.client._submit_spec(spec)
     return StreamHandle(manager, plan.name, run_id)
