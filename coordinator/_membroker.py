@@ -285,23 +285,42 @@ class MemoryBroker:
 
 
 class _Wakeups:
-    """One event per waited-on ``(stream, partition)``, set (and forgotten) by the next append."""
+    """One event per waited-on ``(stream, partition)``, set (and forgotten) by the next append.
+
+    Forgotten too when its last waiter times out, so polls of streams nobody writes leave nothing behind.
+    """
 
     def __init__(self) -> None:
-        self._events: dict[tuple[str, int], asyncio.Event] = {}
+        self._events: dict[tuple[str, int], tuple[asyncio.Event, list[int]]] = {}
 
     def appended(self, stream: str, partition: int) -> None:
-        event = self._events.pop((stream, partition), None)
-        if event is not None:
-            event.set()
+        entry = self._events.pop((stream, partition), None)
+        if entry is not None:
+            entry[0].set()
 
-    def event(self, stream: str, partition: int) -> asyncio.Event:
-        return self._events.setdefault((stream, partition), asyncio.Event())
+    async def wait(self, stream: str, partition: int, timeout_s: float) -> None:
+        key = (stream, partition)
+        entry = self._events.get(key)
+        if entry is None:
+            entry = self._events[key] = (asyncio.Event(), [0])
+        event, waiters = entry
+        waiters[0] += 1
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except TimeoutError:
+            pass
+        finally:
+            waiters[0] -= 1
+            if waiters[0] == 0 and self._events.get(key) is entry:
+                del self._events[key]
+
+    def __len__(self) -> int:
+        return len(self._events)
 
 
 def _wakeups(broker: MemoryBroker) -> _Wakeups:
-    hook = broker.on_append
-    owner = getattr(hook, "__self__", None)
+    """The broker's wake-ups, made on first use (the pure core only calls ``on_append``)."""
+    owner = getattr(broker.on_append, "__self__", None)
     if isinstance(owner, _Wakeups):
         return owner
     wakeups = _Wakeups()
@@ -348,11 +367,7 @@ async def fetch(broker: MemoryBroker, request: stream_pb2.FetchRequest, context)
         if found.records or remaining_s <= 0:
             break
         # No await between the fetch above and taking the event: no append can slip between.
-        event = wakeups.event(request.stream, request.partition)
-        try:
-            await asyncio.wait_for(event.wait(), remaining_s)
-        except TimeoutError:
-            pass
+        await wakeups.wait(request.stream, request.partition, remaining_s)
     return stream_pb2.FetchResponse(
         records=[
             stream_pb2.StreamRecord(key=r.key, value=r.value, partition=request.partition, offset=o, timestamp=r.timestamp_s)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from xpipe.coordinator._membroker import BadRequest, MemoryBroker, OffsetOutOfRange, UnknownStream
 from xpipe.streams._memory_limits import MAX_PARTITIONS, MAX_RECORD_BYTES, MAX_STREAM_NAME_CHARS
@@ -117,3 +119,26 @@ def test_on_append_names_each_partition_once_per_produce():
     broker.on_append = lambda s, p: seen.append((s, p))
     broker.produce("s", [(b"", b"v", 1), (b"", b"v", 0), (b"", b"v", 1)], partitions=2, now_s=0)
     assert seen == [("s", 0), ("s", 1)]
+
+
+def test_fetch_long_polls_until_a_produce_and_leaves_no_waiter_behind():
+    from xpipe._proto import stream_pb2
+    from xpipe.coordinator import _membroker
+
+    broker = MemoryBroker()
+
+    async def main():
+        request = stream_pb2.FetchRequest(stream="s", group="g", from_committed=True, wait_ms=5000)
+        poll = asyncio.ensure_future(_membroker.fetch(broker, request, context=None))
+        wakeups = _membroker._wakeups(broker)
+        while not len(wakeups):  # until the poll waits on its partition
+            await asyncio.sleep(0)
+        assert not poll.done()
+        broker.produce("s", [(b"", b"v", 0)], partitions=1, now_s=1.0)
+        answer = await asyncio.wait_for(poll, 1.0)
+        idle = await _membroker.fetch(broker, stream_pb2.FetchRequest(stream="t", group="g", wait_ms=10), None)
+        return answer, idle, len(wakeups)
+
+    answer, idle, waiting = asyncio.run(main())
+    assert [(r.offset, r.value, r.timestamp) for r in answer.records] == [(0, b"v", 1.0)]
+    assert list(idle.records) == [] and waiting == 0
