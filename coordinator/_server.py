@@ -785,6 +785,7 @@ class Coordinator:
         engine = self._new_engine()
         await engine.start()
         self.engine = engine
+        self.stream_broker = MemoryBroker()  # memory streams of an earlier term here may be stale: start empty
         log.info("leading term %d with %d runs resumed", term, len(engine.state.runs))
         return asyncio.ensure_future(engine.wait())
 

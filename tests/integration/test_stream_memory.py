@@ -236,3 +236,45 @@ def test_tokens_worker_role_reads_and_writes_viewer_is_refused(tmp_path, broker_
             assert str(uri) in str(caught.value)
         finally:
             _memory.configure(None)
+
+
+def test_follows_the_leader_and_a_new_leader_starts_empty(tmp_path, broker_ns):
+    """Under HA a follower names the leader; the connector goes there. The broker is the leader's."""
+    from tests.integration.test_ha import HACluster
+
+    uri = parse_uri(f"memory://{broker_ns}.ha")
+
+    async def roundtrip(value: bytes) -> list[bytes]:
+        sink = memory.sink(uri)
+        await sink.start()
+        await sink.write([OutRecord(value)])
+        await sink.stop()
+        source = memory.source(uri, group="g", partitions=None)
+        await source.start()
+        got = await drain(source, 1)
+        await source.stop()
+        return [m.value for m in got]
+
+    with HACluster(tmp_path, n=2, ttl_s=2) as ha:
+        leader = ha.wait_leader()
+        follower = next(a for a in ha.addresses if a != leader)
+        try:
+            _memory.configure(follower)  # knows only the follower
+            assert asyncio.run(roundtrip(b"first")) == [b"first"]
+            with grpc.insecure_channel(leader) as channel:  # it is held by the leader
+                held = stream_pb2_grpc.StreamServiceStub(channel).DescribeStream(
+                    stream_pb2.DescribeStreamRequest(stream=uri.name), timeout=5
+                )
+            assert list(held.end_offsets) == [1]
+            with grpc.insecure_channel(follower) as channel, pytest.raises(grpc.RpcError) as refused:
+                stream_pb2_grpc.StreamServiceStub(channel).DescribeStream(
+                    stream_pb2.DescribeStreamRequest(stream=uri.name), timeout=5
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and leader in refused.value.details()
+            ha.coordinators[leader].terminate()
+            new_leader = ha.wait_leader(among=[follower])
+            assert new_leader == follower
+            _memory.configure(",".join(ha.addresses))  # the dead one first: skipped
+            assert asyncio.run(roundtrip(b"second")) == [b"second"]  # the old leader's record is gone
+        finally:
+            _memory.configure(None)
