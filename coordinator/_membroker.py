@@ -12,8 +12,9 @@ the partition (one :class:`asyncio.Event` per waited-on partition, never a sleep
 Memory is bounded per stream (:mod:`xpipe.streams._memory_limits`): each partition holds an
 equal share of the stream's records and bytes, and a Produce past it trims the partition's
 oldest records (counted, and reported in ``FetchResponse.trimmed``). Records that every group
-known in a partition (one that fetched from its committed offset, or committed) has committed are dropped early; a
-group that first reads later starts at the oldest record kept, as with a Kafka topic's retention.
+known in a partition (one that fetched from its committed offset, or committed) has committed
+are dropped early; a group that first reads later starts at the oldest record kept, as with a
+Kafka topic's retention.
 """
 
 from __future__ import annotations
