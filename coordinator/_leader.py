@@ -15,7 +15,7 @@ A leader steps down, stopping its engine at once, when
 After stepping down it revokes its lease when it can, starts a new session and campaigns
 again. Followers watch the leader key and campaign as soon as it is deleted.
 
-Followers stay healthy. :class:`LeaderGate` answers their ``PipelineService`` and admin calls
+Followers stay healthy. :class:`LeaderGate` answers their ``PipelineService``, ``StreamService`` and admin calls
 with ``UNAVAILABLE`` naming the leader (details ``not leader; leader is HOST:PORT`` and the
 trailing metadata ``xpipe-leader``), and worker streams with one ``NotLeader`` message.
 """
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 LEADER_METADATA_KEY = "xpipe-leader"
 #: Methods every member answers itself, leader or not.
 _ANY_MEMBER = ("/xpipe.v1.AdminService/GetClusterStatus",)
-_GATED = ("/xpipe.v1.PipelineService/", "/xpipe.v1.WorkerService/", "/xpipe.v1.AdminService/")
+_GATED = ("/xpipe.v1.PipelineService/", "/xpipe.v1.WorkerService/", "/xpipe.v1.AdminService/", "/xpipe.v1.StreamService/")
 
 #: ``on_elected(term)`` starts leading and returns an awaitable that ends when leading fails.
 OnElected = Callable[[int], Awaitable[Awaitable[None]]]

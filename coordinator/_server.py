@@ -39,6 +39,7 @@ from ._lineage import DataTap
 from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._stream_service import StreamServicer
+from ._membroker import MemoryBroker
 from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
@@ -619,6 +620,8 @@ class Coordinator:
         self.coordinator_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
         #: InstallDependencies calls waiting for workers (see :class:`~._admin.InstallRequests`).
         self.installs = InstallRequests()
+        #: memory:// streams, in this process's memory only (lost on restart; see ._membroker).
+        self.stream_broker = MemoryBroker()
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -782,6 +785,7 @@ class Coordinator:
         engine = self._new_engine()
         await engine.start()
         self.engine = engine
+        self.stream_broker = MemoryBroker()  # memory streams of an earlier term here may be stale: start empty
         log.info("leading term %d with %d runs resumed", term, len(engine.state.runs))
         return asyncio.ensure_future(engine.wait())
 

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import grpc
 from xpipe._proto import stream_pb2, stream_pb2_grpc
 
+from . import _membroker as membroker
+
 if TYPE_CHECKING:
     from ._server import Coordinator
 
@@ -27,16 +29,16 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
     # ------------------------------------------------------------ memory broker (._membroker)
 
     async def Produce(self, request: stream_pb2.ProduceRequest, context) -> stream_pb2.ProduceResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the memory broker is not built yet")
+        return await membroker.produce(self.coordinator.stream_broker, request, context)
 
     async def Fetch(self, request: stream_pb2.FetchRequest, context) -> stream_pb2.FetchResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the memory broker is not built yet")
+        return await membroker.fetch(self.coordinator.stream_broker, request, context)
 
     async def Commit(self, request: stream_pb2.CommitRequest, context) -> stream_pb2.CommitResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the memory broker is not built yet")
+        return await membroker.commit(self.coordinator.stream_broker, request, context)
 
     async def DescribeStream(self, request: stream_pb2.DescribeStreamRequest, context) -> stream_pb2.DescribeStreamResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the memory broker is not built yet")
+        return await membroker.describe_stream(self.coordinator.stream_broker, request, context)
 
     # ------------------------------------------------------------ control and view (._streams)
 
