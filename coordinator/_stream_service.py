@@ -19,7 +19,7 @@ from xpipe.security._rbac import authorize
 from ._caller import caller
 from ._events import CancelRequested
 from ._store import StoreFault
-from ._streams import MAX_CHECKPOINT_BYTES, BadInstance, StreamRegistry, current_runs, namespace_of, stream_of
+from ._streams import MAX_CHECKPOINT_BYTES, BadInstance, StreamRegistry, current_runs, is_stale, namespace_of, stream_of
 
 if TYPE_CHECKING:
     from ._server import Coordinator
@@ -67,7 +67,7 @@ class StreamServicer(stream_pb2_grpc.StreamServiceServicer):
                                 f"over the limit of {MAX_CHECKPOINT_BYTES} bytes (64 MiB)")  # fmt: skip
         run = await self._instance_run(ref.stream, ref.stage, ref.instance, "SaveCheckpoint", context)
         task = self.streams.instance_task(run, ref.stage, ref.instance)
-        if ref.run_id and (ref.run_id != run.run_id or ref.attempt < task.attempt):
+        if is_stale(ref, run, task):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"SaveCheckpoint: fenced: {ref.stream}/{ref.stage}[{ref.instance}] run {ref.run_id} "
                                 f"attempt {ref.attempt} is not the current one (run {run.run_id} attempt {task.attempt})")  # fmt: skip

@@ -178,6 +178,15 @@ def current_runs(runs: Iterable[RunEntry]) -> dict[str, RunEntry]:
     return best
 
 
+def is_stale(ref: stream_pb2.InstanceRef, run: RunEntry, task) -> bool:
+    """An instance of an older run, or an older attempt than the task's current one: fenced.
+
+    An empty run_id or a zero attempt is "not known to the instance" and is not held
+    against it (the other field still fences it).
+    """
+    return bool(ref.run_id and ref.run_id != run.run_id) or 0 < ref.attempt < task.attempt
+
+
 def instance_problem(task_state: int, seen: _Seen | None, started_at: float, now: float, error: str = "") -> str:
     """Why an instance is unhealthy, or "" when it is not."""
     if task_state == pb.FAILED:
@@ -221,7 +230,7 @@ class StreamRegistry:
         ref = req.ref
         current = self.current(runs, ref.stream)
         task = self.instance_task(current, ref.stage, ref.instance)
-        if ref.run_id != current.run_id or ref.attempt < task.attempt:
+        if is_stale(ref, current, task):
             log.info("fenced a report of %s/%s[%d] (run %s attempt %d; current run %s attempt %d)", ref.stream,
                      ref.stage, ref.instance, ref.run_id, ref.attempt, current.run_id, task.attempt)  # fmt: skip
             return stream_pb2.InstanceControl(fenced=True)

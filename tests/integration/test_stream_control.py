@@ -70,7 +70,7 @@ def test_an_instance_shows_on_its_worker_with_throughput_and_drains_on_stop(tmp_
         assert final.state == "stopped" and final.healthy
         info = pm.client.get_run(run_id, include_results=True)
         assert info.state == "SUCCEEDED"
-        assert info.tasks["enrich[0]"].state == "SUCCEEDED" and info.tasks["enrich[0]"].result == "drained"
+        assert info.task("enrich[0]").state == "SUCCEEDED" and info.task("enrich[0]").result == "drained"
 
 
 def test_stop_of_an_unknown_stream_and_bad_reports_are_refused_by_name(tmp_path: Path) -> None:
