@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from tests import helpers_streamtasks as hs
+from tests import helpers_tasks as ht
 from tests.harness import Cluster, child_env, eventually
 from xpipe import Pipeline, PipelineManager, Task
 from xpipe._proto import pipeline_pb2, stream_pb2, stream_pb2_grpc
@@ -28,14 +29,14 @@ IMPORTS = ("tests.helpers_tasks", "tests.helpers_streamtasks")
 
 
 def _start_stream(pm: PipelineManager, name: str, parallelism: int = 1, marker_dir: str = "", fail_first: bool = False,
-                  namespace: str | None = None) -> str:  # fmt: skip
+                  namespace: str | None = None, fn=hs.instance, args: tuple | None = None) -> str:  # fmt: skip
     """Submit a one-stage stream run as ``start()`` will; returns its run id (known in advance)."""
     key = uuid.uuid4().hex
     run_id = uuid.uuid5(uuid.NAMESPACE_URL, key).hex[:16]  # how the coordinator names a keyed submit
     p = Pipeline(name, namespace=namespace)
     for i in range(parallelism):
-        p.add_task(Task(instance_task_name("enrich", i), hs.instance, args=(name, "enrich", i, run_id, marker_dir, fail_first),
-                        max_retries=5, retry_delay_s=0.1))  # fmt: skip
+        task_args = args if args is not None else (name, "enrich", i, run_id, marker_dir, fail_first)
+        p.add_task(Task(instance_task_name("enrich", i), fn, args=task_args, max_retries=5, retry_delay_s=0.1))
     spec = p.to_proto()
     spec.labels[STREAM_LABEL] = name
     spec.labels[STAGES_LABEL] = stages_label([{"name": "enrich", "input": "memory://in", "parallelism": parallelism}])
@@ -172,3 +173,34 @@ def test_worker_exports_what_a_task_needs_to_reach_the_coordinator(tmp_path: Pat
         assert env["XPIPE_COORDINATOR"] == c.address
         assert env["XPIPE_WORKER_ID"] == c.list_workers()[0].worker_id and env["XPIPE_WORKER_ID"].startswith("w0-")
         assert env["XPIPE_TLS_CA"] is None
+
+
+def test_namespaces_scope_the_view_and_the_control_of_streams(tmp_path: Path) -> None:
+    from tests.harness import SecureSetup
+    from xpipe import Client
+
+    setup = SecureSetup(tmp_path, principals={**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"], "teamb": ["submitter"]},
+                        namespaces={"teama": ["team-a"], "teamb": ["team-b"]})  # fmt: skip
+    with Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS, security=setup) as c:
+        def manager(who: str) -> PipelineManager:
+            return PipelineManager(coordinator=c.address, connect_timeout_s=10, **c.client_options(who))
+
+        with manager("teama") as a, manager("teamb") as b, manager("admin") as admin:
+            # Under TLS the worker hands its task processes the CA, certificate and key paths too.
+            p = Pipeline("env", namespace="team-a")
+            p.add_task(Task("env", hs.env_of_task, args=("XPIPE_TLS_CA", "XPIPE_TLS_CERT", "XPIPE_COORDINATOR")))
+            env = a.execute_pipeline(p, monitor=False, timeout_s=60).outputs["env"]
+            assert env["XPIPE_TLS_CA"] == setup.ca and env["XPIPE_TLS_CERT"] == setup.cert("worker-cert")[0]
+            run_a = _start_stream(a, "stream-a", namespace="team-a", fn=ht.sleep, args=(120,))
+            run_b = _start_stream(b, "stream-b", namespace="team-b", fn=ht.sleep, args=(120,))
+            assert set(a.get_stream_health().streams) == {"stream-a"}
+            assert a.get_stream_health().streams["stream-a"].namespace == "team-a"
+            assert set(admin.get_stream_health().streams) == {"stream-a", "stream-b"}
+            for call in (lambda: a.restart_unhealthy_streams(["stream-b"]),
+                         lambda: a.client._call_on(stream_pb2_grpc.StreamServiceStub, lambda s: s.StopStream(
+                             stream_pb2.StopStreamRequest(name="stream-b", drain=True), timeout=30))):  # fmt: skip
+                with pytest.raises(Exception, match="namespace 'team-b'"):
+                    call()
+            assert b.get_stream_health().streams["stream-b"].run_id == run_b  # untouched
+            admin.client.cancel(run_a)
+            admin.client.cancel(run_b)
