@@ -161,8 +161,18 @@ def namespace_of(run: RunEntry) -> str:
     return run.spec.namespace or DEFAULT_NAMESPACE
 
 
+_parsed_stages: dict[str, tuple[str, list[dict]]] = {}
+
+
 def _stages(run: RunEntry) -> list[dict]:
-    return stages_from_label(run.spec.labels.get(STAGES_LABEL, ""))
+    """The run's stages label, parsed once per label value (reports read it every second)."""
+    label = run.spec.labels.get(STAGES_LABEL, "")
+    cached = _parsed_stages.get(run.run_id)
+    if cached is None or cached[0] != label:
+        if len(_parsed_stages) > 4096:  # runs come and go: keep this bounded
+            _parsed_stages.clear()
+        cached = _parsed_stages[run.run_id] = (label, stages_from_label(label))
+    return cached[1]
 
 
 def current_runs(runs: Iterable[RunEntry]) -> dict[str, RunEntry]:
@@ -218,6 +228,7 @@ class StreamRegistry:
         self._seen: dict[tuple[str, str, int], _Seen] = {}
         self._stops: dict[str, _Stop] = {}
         self._scaling: dict[tuple[str, str], _Scaling] = {}
+        self._current: dict[str, str] = {}  # stream -> its current run id, to skip a scan
 
     # ------------------------------------------------------------ instances
 
@@ -228,7 +239,11 @@ class StreamRegistry:
             BadInstance: the stream, stage or instance is unknown (names which).
         """
         ref = req.ref
-        current = self.current(runs, ref.stream)
+        own = runs.get(ref.run_id) if ref.run_id else None
+        if own is not None and own.state == pb.RUN_RUNNING and stream_of(own) == ref.stream:
+            current = own  # the common case, O(1): a restart cancels the old run before it submits
+        else:
+            current = self.current(runs, ref.stream)
         task = self.instance_task(current, ref.stage, ref.instance)
         if is_stale(ref, current, task):
             log.info("fenced a report of %s/%s[%d] (run %s attempt %d; current run %s attempt %d)", ref.stream,
@@ -270,7 +285,12 @@ class StreamRegistry:
         """The stream's current run. Raises BadInstance (NOT_FOUND) for an unknown stream."""
         if not name:
             raise BadInstance("INVALID_ARGUMENT", "stream name is empty")
+        known = runs.get(self._current.get(name, ""))
+        if known is not None and known.state == pb.RUN_RUNNING and stream_of(known) == name:
+            return known  # a restart cancels the old run first: a running one is the newest
         run = current_runs(runs.values()).get(name)
+        if run is not None:
+            self._current[name] = run.run_id
         if run is None:
             raise BadInstance("NOT_FOUND", f"no stream pipeline {name!r} is known to the coordinator")
         return run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -204,3 +205,18 @@ def test_namespaces_scope_the_view_and_the_control_of_streams(tmp_path: Path) ->
             assert b.get_stream_health().streams["stream-b"].run_id == run_b  # untouched
             admin.client.cancel(run_a)
             admin.client.cancel(run_b)
+
+
+def test_a_stream_that_does_not_drain_in_time_is_cancelled(tmp_path: Path) -> None:
+    with Cluster(tmp_path, workers=1, slots=2, imports=IMPORTS) as c, PipelineManager(coordinator=c.address) as pm:
+        run_id = _start_stream(pm, "stuck", fn=ht.sleep, args=(120,))  # never reports, never drains
+        eventually(lambda: pm.client.get_run(run_id).task("enrich[0]").state == "RUNNING", timeout_s=30)
+        from xpipe.streams._handle import StreamHandle
+
+        started = time.monotonic()
+        final = StreamHandle(pm.client, "stuck", run_id).stop(drain=True, timeout_s=1.0)
+        assert final.state == "stopped" and time.monotonic() - started < 10
+        assert pm.client.get_run(run_id).state == "CANCELLED"
+        assert "cancelling run" in c.coordinator.log_text()
+        with pytest.raises(Exception, match="no stream pipeline 'ghost'"):
+            pm.restart_unhealthy_streams(["ghost"])
