@@ -58,7 +58,7 @@ from xpipe.security._atrest import AtRest, open_value
 from xpipe.security._audit import GENESIS_HASH, AuditEntry
 
 from ._events import RunRecord, TaskRecord, task_info
-from ._store import AuditPage, Store, StoredRun, _page, decode_history, encode_history
+from ._store import AuditPage, CheckpointKey, Store, StoredRun, _page, decode_history, encode_history
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
 
@@ -721,3 +721,48 @@ class EtcdStore(Store):
         prefix = self.prefix + f"lineage/{run_id}/".encode()
         response = await self._range(rpc.RangeRequest(key=prefix, range_end=_prefix_end(prefix)), f"lineage of {run_id}")
         return [self._unpack(kv.value, f"lineage of {run_id}") for kv in response.kvs]
+
+    # ------------------------------------------------------------------ stream checkpoints
+
+    def _checkpoint_key(self, key: CheckpointKey) -> bytes:
+        stream, stage, instance = key
+        return self.prefix + b"checkpoints/" + json.dumps([stream, stage, instance]).encode()
+
+    async def put_checkpoint(self, key: CheckpointKey, seq: int, data: bytes) -> bool:
+        """Write unless the stored seq is >= ``seq``; fenced, and compared on the key's revision
+        so two writers cannot both pass the seq check. The value is ``<seq>:`` then the packed bytes.
+
+        Raises:
+            FencedError: this coordinator no longer leads; nothing was written.
+        """
+        etcd_key = self._checkpoint_key(key)
+        what = f"checkpoint of {key[0]}/{key[1]}[{key[2]}]"
+        found = await self._range(rpc.RangeRequest(key=etcd_key), what)
+        mod_revision = 0
+        if found.kvs:
+            stored_seq = int(found.kvs[0].value.split(b":", 1)[0])
+            if stored_seq >= seq:
+                return False
+            mod_revision = found.kvs[0].mod_revision
+        unchanged = rpc.Compare(key=etcd_key, target=rpc.Compare.MOD, result=rpc.Compare.EQUAL, mod_revision=mod_revision)
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=etcd_key, value=f"{seq}:".encode() + self._pack(data, etcd_key)))
+        fence = self.fence
+        # On failure, read the leader key back: a lost fence is an error, a lost race is not.
+        failure = [rpc.RequestOp(request_range=rpc.RangeRequest(key=fence.key))] if fence is not None else []
+        request = rpc.TxnRequest(compare=[*self._fence_compares(), unchanged], success=[put], failure=failure)
+        response = await self._txn(request, what)
+        if not response.succeeded:
+            if fence is not None:
+                leader = response.responses[0].response_range.kvs
+                if not leader or leader[0].create_revision != fence.create_revision:
+                    raise FencedError(f"{what} refused: this coordinator no longer leads cluster {self.cluster!r}")
+            return False  # another save of this instance won the race: the newer one stays
+        return True
+
+    async def get_checkpoint(self, key: CheckpointKey) -> bytes | None:
+        etcd_key = self._checkpoint_key(key)
+        what = f"checkpoint of {key[0]}/{key[1]}[{key[2]}]"
+        found = await self._range(rpc.RangeRequest(key=etcd_key), what)
+        if not found.kvs:
+            return None
+        return self._unpack(found.kvs[0].value.split(b":", 1)[1], what, etcd_key)

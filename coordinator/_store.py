@@ -154,6 +154,10 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+#: A stream instance's checkpoint key: (stream, stage, instance).
+CheckpointKey = tuple[str, str, int]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredRun:
     """A run as read back from a store."""
@@ -269,6 +273,22 @@ class Store(abc.ABC):
         mem = self.__dict__.get("_mem_lineage", {})
         return [node for (r, _task), node in sorted(mem.items()) if r == run_id]
 
+    # ------------------------------------------------------------------ stream checkpoints
+    # One value per stream instance (``_streams``): the instance's serialized StreamCheckpoint.
+
+    async def put_checkpoint(self, key: CheckpointKey, seq: int, data: bytes) -> bool:
+        """Store an instance's checkpoint unless the stored one has a seq >= ``seq``; True if stored."""
+        mem = self.__dict__.setdefault("_mem_checkpoints", {})
+        if key in mem and mem[key][0] >= seq:
+            return False
+        mem[key] = (seq, data)
+        return True
+
+    async def get_checkpoint(self, key: CheckpointKey) -> bytes | None:
+        """The instance's last stored checkpoint, or None."""
+        found = self.__dict__.get("_mem_checkpoints", {}).get(key)
+        return None if found is None else found[1]
+
 
 @dataclass(frozen=True, slots=True)
 class AuditPage:
@@ -317,6 +337,14 @@ CREATE TABLE IF NOT EXISTS audit (
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS stream_checkpoints (
+    stream TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    instance INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (stream, stage, instance)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS lineage (
     run_id TEXT NOT NULL,
     task TEXT NOT NULL,
@@ -926,10 +954,40 @@ class SQLiteStore(Store):
         rows = self._audit_conn().execute("SELECT node FROM lineage WHERE run_id=? ORDER BY task", (run_id,))
         return [bytes(node) for (node,) in rows]
 
+    async def put_checkpoint(self, key: CheckpointKey, seq: int, data: bytes) -> bool:
+        return await self._call(self._put_checkpoint_sync, key, seq, data)
+
+    def _put_checkpoint_sync(self, key: CheckpointKey, seq: int, data: bytes) -> bool:
+        db = self._audit_conn()  # off the engine's connection, like the audit log
+        if self.crypt is not None:
+            data = self.crypt.seal(data, _checkpoint_aad(key))
+        with _writing(db, f"{self.path} (stream checkpoint)"):
+            row = db.execute("SELECT seq FROM stream_checkpoints WHERE stream=? AND stage=? AND instance=?", key).fetchone()
+            if row is not None and row[0] >= seq:
+                return False
+            db.execute("INSERT OR REPLACE INTO stream_checkpoints VALUES (?,?,?,?,?)", (*key, seq, data))
+        return True
+
+    async def get_checkpoint(self, key: CheckpointKey) -> bytes | None:
+        return await self._call(self._get_checkpoint_sync, key)
+
+    def _get_checkpoint_sync(self, key: CheckpointKey) -> bytes | None:
+        row = self._audit_conn().execute(
+            "SELECT data FROM stream_checkpoints WHERE stream=? AND stage=? AND instance=?", key
+        ).fetchone()
+        if row is None:
+            return None
+        return open_value(self.crypt, bytes(row[0]), _checkpoint_aad(key), f"checkpoint of {key[0]}/{key[1]}[{key[2]}]")
+
 
 def _aad(kind: str, run_id: str, name: str = "") -> bytes:
     """Where a sealed value belongs (its AES-GCM associated data): a value moved elsewhere fails."""
     return f"{kind}:{run_id}/{name}".encode()
+
+
+def _checkpoint_aad(key: CheckpointKey) -> bytes:
+    """A checkpoint's associated data: sealed for one instance, it opens for no other."""
+    return _aad("checkpoint", f"{key[0]}/{key[1]}", str(key[2]))
 
 
 def _seal_task_row(crypt: AtRest, row: tuple) -> tuple:

@@ -477,21 +477,29 @@ class PipelineManager:
             "(issue 15); create_execution_plan shows the critical path and estimated durations"
         )
 
-    def get_stream_health(self) -> Any:
-        """Health of the stream pipelines (``.failed_streams``): not built yet.
+    def get_stream_health(self, names: Sequence[str] | None = None) -> Any:
+        """Health of the stream pipelines (all, or ``names``): a ``StreamHealth``.
 
-        Raises:
-            NotImplementedError: always; stream pipelines are issue 14.
+        ``.streams`` maps each name to its ``StreamStatus``; ``.failed_streams`` names the
+        unhealthy ones, which :meth:`restart_unhealthy_streams` takes.
         """
-        raise NotImplementedError("get_stream_health(): stream pipelines are not built yet (issue 14)")
+        from .streams._handle import StreamHealth, get_streams
 
-    def restart_unhealthy_streams(self, failed_streams: Sequence[Any] = ()) -> None:
-        """Restart the streams :meth:`get_stream_health` reported failed: not built yet.
+        return StreamHealth(get_streams(self.client, names or ()))
 
-        Raises:
-            NotImplementedError: always; stream pipelines are issue 14.
+    def restart_unhealthy_streams(self, names: Sequence[str] | None = None) -> dict[str, str]:
+        """Restart stream pipelines as new runs (offsets and checkpoints carry over).
+
+        Args:
+            names: the streams to restart (e.g. ``health.failed_streams``); None or empty:
+                every unhealthy one.
+
+        Returns:
+            stream name -> its new run id.
         """
-        raise NotImplementedError("restart_unhealthy_streams(): stream pipelines are not built yet (issue 14)")
+        from .streams._handle import restart_streams
+
+        return restart_streams(self.client, names or ())
 
     # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
     get_monitoring_dashboard = not_built("pm.get_monitoring_dashboard()", 15)

@@ -9,13 +9,14 @@ import os
 import signal
 import socket
 import sys
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
-from xpipe.security._tls import TLSConfig, client_token
+from xpipe.security._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN, TLSConfig, client_token
 from xpipe.security._atrest import ENV_KEY_FILE, AtRest, configure
 from xpipe.security._errors import SecurityConfigError
 from xpipe.security._codetrust import CODE_KINDS, parse_allowed_code
@@ -165,6 +166,27 @@ def configure_encryption(path: Path | None) -> None:
     os.environ[ENV_KEY_FILE] = str(path)
 
 
+def export_for_tasks(config: WorkerConfig) -> None:
+    """Put what a task needs to call the coordinator into this process's environment.
+
+    Stream instances are long-lived tasks that report to the coordinator themselves
+    (``StreamService``); task processes inherit the environment, so they find the
+    coordinators, this worker's credentials and its id there. TLS variables are set only
+    when TLS is on; otherwise stale ones are removed so a task never uses settings this
+    worker does not.
+    """
+    os.environ["XPIPE_COORDINATOR"] = ",".join(config.coordinators)
+    os.environ["XPIPE_WORKER_ID"] = config.worker_id
+    if config.token:
+        os.environ[ENV_TOKEN] = config.token
+    tls = config.tls
+    for var, value in ((ENV_TLS_CA, tls and tls.ca), (ENV_TLS_CERT, tls and tls.cert), (ENV_TLS_KEY, tls and tls.key)):
+        if value:
+            os.environ[var] = str(Path(value).resolve())  # tasks may run elsewhere
+        else:
+            os.environ.pop(var, None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = p.parse_args(argv)
@@ -201,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         coordinators=coordinators, name=opts.name, slots=opts.slots, imports=tuple(opts.imports), labels=labels,
         resources=resources, executor=opts.executor, allow_pickled=not opts.no_pickled_code, grace_s=opts.grace_s,
         allowed_code=allowed_code,
-        worker_id=opts.worker_id, artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
+        worker_id=opts.worker_id or f"{opts.name}-{uuid.uuid4().hex[:8]}", artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
         task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token),
     )  # fmt: skip
+    export_for_tasks(config)
     metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-worker")
     try:
         import uvloop

@@ -116,10 +116,9 @@ def test_seed_calls_not_built_yet_name_their_issue(pm):
         pm.scale_up_resources({"cpu_cores": 64})
     with pytest.raises(NotImplementedError, match="issue 15"):
         pm.optimize_pipeline_performance("anything")
-    with pytest.raises(NotImplementedError, match="issue 14"):
-        pm.get_stream_health()
-    with pytest.raises(NotImplementedError, match="issue 14"):
-        pm.restart_unhealthy_streams([])
+    health = pm.get_stream_health()  # built (issue 14): no stream pipelines here
+    assert health.healthy and health.failed_streams == []
+    assert pm.restart_unhealthy_streams(health.failed_streams) == {}
 
 
 def _raw_spec(name: str, deps: dict[str, list[str]]) -> common_pb2.PipelineSpec:

@@ -330,3 +330,58 @@ def test_etcd_refusals_are_named(shared_etcd, tmp_path) -> None:
                 await store.get_run("junk")
 
     run(main())
+
+
+# --------------------------------------------------------------------------- stream checkpoints
+
+
+def test_a_stream_checkpoint_round_trips_and_an_older_seq_is_ignored(make_store) -> None:
+    key = ("clicks", "enrich", 2)
+
+    async def main() -> None:
+        async with make_store() as store:
+            assert await store.get_checkpoint(key) is None
+            assert await store.put_checkpoint(key, 2, b"state-2")
+            assert not await store.put_checkpoint(key, 2, b"same seq")
+            assert not await store.put_checkpoint(key, 1, b"older")
+            assert await store.get_checkpoint(key) == b"state-2"
+            assert await store.put_checkpoint(key, 3, b"x" * 300_000)  # big: etcd keeps a reference
+            assert await store.get_checkpoint(key) == b"x" * 300_000
+            assert await store.get_checkpoint(("clicks", "enrich", 1)) is None
+
+    run(main())
+
+
+def test_sqlite_checkpoints_survive_a_reopen_sealed_at_rest(tmp_path) -> None:
+    from xpipe.security._atrest import AtRest
+    from xpipe.security._keys import create_keyring
+
+    create_keyring(tmp_path / "keys.json")
+    crypt = AtRest(tmp_path / "keys.json")
+    path = tmp_path / "db.sqlite"
+
+    async def main() -> None:
+        async with SQLiteStore(path, crypt=crypt) as store:
+            await store.put_checkpoint(("s", "st", 0), 1, b"SECRET-STATE-MARK")
+        on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite*"))
+        assert b"SECRET-STATE-MARK" not in on_disk and len(on_disk) > 0
+        async with SQLiteStore(path, crypt=crypt) as store:
+            assert await store.get_checkpoint(("s", "st", 0)) == b"SECRET-STATE-MARK"
+
+    run(main())
+
+
+def test_a_deposed_leader_cannot_write_a_checkpoint(shared_etcd, tmp_path) -> None:
+    async def main() -> None:
+        async with _etcd_store(shared_etcd, tmp_path) as store:
+            shared_etcd.put(store.leader_key, b"127.0.0.1:1")
+            reply = shared_etcd._gateway("/v3/kv/range", {"key": base64.b64encode(store.leader_key).decode()})
+            store.fence = Fence(store.leader_key, int(reply["kvs"][0]["create_revision"]))
+            assert await store.put_checkpoint(("s", "st", 0), 1, b"one")
+            shared_etcd._gateway("/v3/kv/deleterange", {"key": base64.b64encode(store.leader_key).decode()})
+            shared_etcd.put(store.leader_key, b"127.0.0.1:2")
+            with pytest.raises(FencedError, match="checkpoint of s/st\\[0\\] refused"):
+                await store.put_checkpoint(("s", "st", 0), 2, b"two")
+            assert await store.get_checkpoint(("s", "st", 0)) == b"one"
+
+    run(main())

@@ -23,8 +23,6 @@ NOT_BUILT_ON_MANAGER = {
     "enable_hot_reload": 16,
     "scale_up_resources": 17,
     "optimize_pipeline_performance": 15,
-    "get_stream_health": 14,
-    "restart_unhealthy_streams": 14,
 }
 NOT_BUILT_ON_PIPELINE = {
     "configure_auto_scaling": 17,
