@@ -94,7 +94,7 @@ def test_unreachable_fails_in_time(broker_ns) -> None:
     ):
         exc, took_s = asyncio.run(scenarios.timed(call, 10.0))
         assert isinstance(exc, DataStreamError), exc
-        assert str(uri) in str(exc) and took_s < 10.0
+        assert str(uri) in str(exc) and took_s < 3.0  # refused: fails at once, not at the timeout
 
 
 def test_bad_partitions_are_named(redis_server, broker_ns) -> None:
