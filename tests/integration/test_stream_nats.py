@@ -124,3 +124,35 @@ def test_bad_input_is_named(nats_server, broker_ns) -> None:
             await connector.ensure(uri, partitions=0)
 
     asyncio.run(scenario())
+
+
+def test_a_users_own_jetstream_stream_is_used(nats_server, broker_ns) -> None:
+    """A subject already captured by the user's stream (``<ns>.>``) is read and written there."""
+    uri = _uri(nats_server, f"{broker_ns}.orders")
+    mine = f"USR_{broker_ns}"
+
+    async def scenario():
+        nc = await nats.connect(nats_server.server_url, connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name=mine, subjects=[f"{broker_ns}.>"])
+            await js.publish(uri.name, b'{"n": 1}')
+            connector = NatsConnector()
+            assert await connector.partitions(uri) == 1
+            sink = connector.sink(uri)
+            await sink.start()
+            await sink.write([OutRecord(b'{"n": 2}', b"k")])
+            await sink.stop()
+            source = connector.source(uri, group="g", partitions=None)
+            await source.start()
+            try:
+                got = await scenarios.drain(source, 2)
+            finally:
+                await source.stop()
+            return got, (await js.stream_info(mine)).state.messages
+        finally:
+            await nc.close()
+
+    got, held = asyncio.run(scenario())
+    assert [(m.value, m.key) for m in got] == [(b'{"n": 1}', None), (b'{"n": 2}', b"k")]
+    assert held == 2

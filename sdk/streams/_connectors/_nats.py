@@ -111,18 +111,27 @@ async def _connect(uri: StreamURI, timeout_s: float) -> NATS:
     raise DataStreamError(f"{uri}: unreachable: no connection to NATS within {timeout_s:g} s")
 
 
-async def _partitions(js: JetStreamContext, uri: StreamURI) -> int | None:
-    """The stream's partition count, None if it does not exist."""
+async def _find(js: JetStreamContext, uri: StreamURI) -> tuple[str, int] | None:
+    """The JetStream stream holding ``uri`` and its partition count, None if there is none.
+
+    Ours first (:func:`stream_name`); else a stream the user made whose subjects take the
+    subject (such as ``ORDERS`` with ``orders.>``): a new stream could not overlap it.
+    """
     try:
         info = await js.stream_info(stream_name(uri.name))
     except NotFoundError:
-        return None
+        try:
+            info = await js.stream_info(await js.find_stream_name_by_subject(uri.name))
+        except NotFoundError:
+            return None
+        return info.config.name, 1
     found = _DESCRIPTION.fullmatch(info.config.description or "")
-    return int(found.group(1)) if found else 1
+    return info.config.name, int(found.group(1)) if found else 1
 
 
-async def _ensure(js: JetStreamContext, uri: StreamURI, partitions: int) -> int:
-    known = await _partitions(js, uri)
+async def _ensure(js: JetStreamContext, uri: StreamURI, partitions: int) -> tuple[str, int]:
+    """Find or create the stream of ``uri``; its name and partition count."""
+    known = await _find(js, uri)
     if known is not None:
         return known
     subjects = [uri.name] if partitions == 1 else [f"{uri.name}.*"]
@@ -134,11 +143,11 @@ async def _ensure(js: JetStreamContext, uri: StreamURI, partitions: int) -> int:
         await js.add_stream(config)
     except nats.js.errors.BadRequestError as exc:
         # A concurrent ensure created it first (same name): take its count.
-        known = await _partitions(js, uri)
+        known = await _find(js, uri)
         if known is None:
             raise DataStreamError(f"{uri}: cannot create JetStream stream {config.name}: {exc}") from exc
         return known
-    return partitions
+    return config.name, partitions
 
 
 class NatsConnector(Connector):
@@ -157,14 +166,16 @@ class NatsConnector(Connector):
             raise DataStreamError(f"{uri}: partitions must be >= 1, got {partitions}")
         nc = await _connect(uri, timeout_s)
         try:
-            return await _bounded(uri, "ensure", _ensure(nc.jetstream(), uri, partitions), timeout_s)
+            _, count = await _bounded(uri, "ensure", _ensure(nc.jetstream(), uri, partitions), timeout_s)
+            return count
         finally:
             await nc.close()
 
     async def partitions(self, uri: StreamURI, *, timeout_s: float = 10.0) -> int:
         nc = await _connect(uri, timeout_s)
         try:
-            return await _bounded(uri, "partitions", _partitions(nc.jetstream(), uri), timeout_s) or 1
+            found = await _bounded(uri, "partitions", _find(nc.jetstream(), uri), timeout_s)
+            return 1 if found is None else found[1]
         finally:
             await nc.close()
 
@@ -200,7 +211,11 @@ class NatsSource(Source):
         self._durables: dict[int, str] = {}
         self._backlog: deque[Message] = deque()
         self._poller: PartitionPoller = PartitionPoller(self._poll)
-        self._batch = 1000
+        #: Per partition: the stream sequence acked last (a commit at or below it is done).
+        self._acked: dict[int, int] = {}
+        #: Batch of the polls the current fetch starts: its max_records, so what is read and
+        #: not yet returned stays within one fetch's worth per partition.
+        self._batch = 1
 
     async def start(self) -> None:
         self._nc = await _connect(self.uri, self._start_timeout_s)
@@ -208,12 +223,11 @@ class NatsSource(Source):
         await _bounded(self.uri, "start", self._join(), self._start_timeout_s)
 
     async def _join(self) -> None:
-        count = await _ensure(self._js, self.uri, 1)
+        stream, count = await _ensure(self._js, self.uri, 1)
         owned = list(range(count)) if self._wanted is None else self._wanted
         for p in owned:
             if not 0 <= p < count:
                 raise DataStreamError(f"{self.uri}: partition {p} out of range; the stream has {count}")
-        stream = stream_name(self.uri.name)
         for p in owned:
             durable = _INVALID.sub("_", f"{self.group}_p{p}")
             config = ConsumerConfig(
@@ -235,6 +249,7 @@ class NatsSource(Source):
                 info = None
             if info is None:
                 await self._js.add_consumer(stream, config)
+            self._acked[p] = 0
             self._subs[p] = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
             self._durables[p] = durable
 
@@ -250,6 +265,7 @@ class NatsSource(Source):
         if self._nc is None:
             raise DataStreamError(f"{self.uri}: fetch before start")
         if not self._backlog:
+            self._batch = max_records
             results, error = await self._poller.wait(self._subs, timeout_s)
             for p, msgs in results:
                 for msg in msgs:
@@ -274,8 +290,11 @@ class NatsSource(Source):
                 raise DataStreamError(f"{self.uri}: commit of partition {p}, which this source does not own")
         # AckPolicy.ALL: acking the last message of a partition acks all before it. Acked
         # synchronously so a commit that returned is one the server took.
-        acks = [m.offset.ack_sync(timeout=_REQUEST_TIMEOUT_S) for m in last.values() if not m.offset._ackd]
+        todo = {p: m for p, m in last.items() if m.seq > self._acked.get(p, 0)}
+        acks = [m.offset.ack_sync(timeout=_REQUEST_TIMEOUT_S) for m in todo.values()]
         await _bounded(self.uri, "commit", asyncio.gather(*acks), _REQUEST_TIMEOUT_S)
+        for p, m in todo.items():
+            self._acked[p] = m.seq
 
     async def lag(self) -> int | None:
         if self._nc is None:
@@ -306,13 +325,16 @@ class NatsSink(Sink):
         self._start_timeout_s = start_timeout_s
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
+        self._stream = ""
         self._count = 1
         self._next = 0
 
     async def start(self) -> None:
         self._nc = await _connect(self.uri, self._start_timeout_s)
         self._js = self._nc.jetstream()
-        self._count = await _bounded(self.uri, "start", _ensure(self._js, self.uri, 1), self._start_timeout_s)
+        self._stream, self._count = await _bounded(
+            self.uri, "start", _ensure(self._js, self.uri, 1), self._start_timeout_s
+        )
 
     def _subject(self, record: OutRecord, index: int) -> str:
         p = record.partition
@@ -342,7 +364,7 @@ class NatsSink(Sink):
         if self._nc is None:
             raise DataStreamError(f"{self.uri}: write before start")
         planned = [(self._subject(r, i), r.value, self._headers(r, i, self.uri)) for i, r in enumerate(records)]
-        stream = stream_name(self.uri.name)
+        stream = self._stream
         # publish_async sends in call order (order per partition kept) and returns futures
         # of the acks; gathering them is one round trip's wait for the whole batch.
         async def publish() -> list:

@@ -140,8 +140,9 @@ class RedisSource(Source):
         self._unacked: dict[int, deque[str]] = {}
         self._backlog: deque[Message] = deque()
         self._poller: PartitionPoller = PartitionPoller(self._poll)
-        #: COUNT of a long poll: what one fetch usually takes; more waits in the backlog.
-        self._poll_count = 1000
+        #: COUNT of the long polls the current fetch starts: its max_records, so what is read
+        #: and not yet returned stays within one fetch's worth per partition.
+        self._poll_count = 1
 
     def _consumer(self, partition: int) -> str:
         # Fixed per (group, partition): a restarted source reads its predecessor's pending list.
@@ -188,6 +189,7 @@ class RedisSource(Source):
                 for (p, at), reply in zip(asked, replies, strict=True):
                     await self._add(p, at, reply[0][1] if reply else [])
         if not self._backlog and timeout_s > 0:
+            self._poll_count = max_records
             idle = [p for p in self._keys if self._pending_from[p] is None]
             self._take(*await self._poller.wait(idle, timeout_s))
         out = []
