@@ -156,3 +156,23 @@ def test_a_users_own_jetstream_stream_is_used(nats_server, broker_ns) -> None:
     got, held = asyncio.run(scenario())
     assert [(m.value, m.key) for m in got] == [(b'{"n": 1}', None), (b'{"n": 2}', b"k")]
     assert held == 2
+
+
+def test_write_reports_records_not_taken(nats_server, broker_ns) -> None:
+    """The stream is deleted under a started sink: no stream takes the subject, write fails naming it."""
+    uri = _uri(nats_server, f"{broker_ns}.gone")
+
+    async def scenario() -> None:
+        sink = NatsConnector().sink(uri)
+        await sink.start()
+        try:
+            await sink.write([OutRecord(b"1")])
+            nc = await nats.connect(nats_server.server_url, connect_timeout=5, max_reconnect_attempts=0)
+            await nc.jetstream().delete_stream(stream_name(uri.name))
+            await nc.close()
+            with pytest.raises(DataStreamError, match=rf"{uri}: 2 of 2 records not written; record 0: "):
+                await sink.write([OutRecord(b"2"), OutRecord(b"3")])
+        finally:
+            await sink.stop()
+
+    asyncio.run(scenario())

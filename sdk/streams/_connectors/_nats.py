@@ -364,11 +364,12 @@ class NatsSink(Sink):
         if self._nc is None:
             raise DataStreamError(f"{self.uri}: write before start")
         planned = [(self._subject(r, i), r.value, self._headers(r, i, self.uri)) for i, r in enumerate(records)]
-        stream = self._stream
         # publish_async sends in call order (order per partition kept) and returns futures
-        # of the acks; gathering them is one round trip's wait for the whole batch.
+        # of the acks; gathering them is one round trip's wait for the whole batch. No
+        # expected-stream header: it would be stored with every message and parsed on every
+        # read, and a subject no stream takes fails anyway (no responders).
         async def publish() -> list:
-            futures = [await self._js.publish_async(s, v, stream=stream, headers=h) for s, v, h in planned]
+            futures = [await self._js.publish_async(s, v, headers=h) for s, v, h in planned]
             return await asyncio.gather(*futures, return_exceptions=True)
 
         replies = await _bounded(self.uri, "write", publish(), _REQUEST_TIMEOUT_S)
