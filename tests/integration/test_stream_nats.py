@@ -8,12 +8,12 @@ import json
 import nats
 import pytest
 from nats.js.api import StorageType
-
-from tests import helpers_connectors as scenarios
 from xpipe import DataStreamError
 from xpipe.streams._connectors._base import OutRecord, connector_for
 from xpipe.streams._connectors._nats import KEY_HEADER, NatsConnector, stream_name
 from xpipe.streams._uri import parse_uri
+
+from tests import helpers_connectors as scenarios
 
 
 def _uri(nats_server, subject: str):
@@ -52,7 +52,9 @@ def test_two_sources_split_four_partitions(nats_server, broker_ns) -> None:
 
 
 def test_restarted_source_gets_uncommitted_first(nats_server, broker_ns) -> None:
-    asyncio.run(scenarios.at_least_once(NatsConnector(), _uri(nats_server, f"{broker_ns}.alo"), f"{broker_ns}-g"))
+    asyncio.run(
+        scenarios.at_least_once(NatsConnector(), _uri(nats_server, f"{broker_ns}.alo"), f"{broker_ns}-g")
+    )
 
 
 def test_lag_counts_uncommitted(nats_server, broker_ns) -> None:
@@ -174,5 +176,21 @@ def test_write_reports_records_not_taken(nats_server, broker_ns) -> None:
                 await sink.write([OutRecord(b"2"), OutRecord(b"3")])
         finally:
             await sink.stop()
+
+    asyncio.run(scenario())
+
+
+def test_colliding_stream_names_fail_clearly(nats_server, broker_ns) -> None:
+    """``<ns>.x`` and ``<ns>_x`` map to one JetStream name: the second is refused, naming both."""
+
+    async def scenario() -> None:
+        connector = NatsConnector()
+        assert await connector.ensure(_uri(nats_server, f"{broker_ns}.x"), partitions=2) == 2
+        other = _uri(nats_server, f"{broker_ns}_x")
+        assert await connector.partitions(other) == 1  # not the first one's count
+        with pytest.raises(
+            DataStreamError, match=rf"cannot create JetStream stream XP_.* for subject '{other.name}'"
+        ):
+            await connector.ensure(other, partitions=1)
 
     asyncio.run(scenario())

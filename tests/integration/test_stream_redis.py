@@ -6,12 +6,12 @@ import asyncio
 import json
 
 import pytest
-
-from tests import helpers_connectors as scenarios
 from xpipe import DataStreamError
 from xpipe.streams._connectors._base import OutRecord, connector_for
 from xpipe.streams._connectors._redis import PARTITIONS_HASH, RedisConnector, partition_key
 from xpipe.streams._uri import parse_uri
+
+from tests import helpers_connectors as scenarios
 
 
 def _uri(redis_server, key: str, db: int = 0):
@@ -38,11 +38,15 @@ def test_two_sources_split_four_partitions(redis_server, broker_ns) -> None:
 
 
 def test_restarted_source_gets_uncommitted_first(redis_server, broker_ns) -> None:
-    asyncio.run(scenarios.at_least_once(RedisConnector(), _uri(redis_server, f"{broker_ns}.alo"), f"{broker_ns}-g"))
+    asyncio.run(
+        scenarios.at_least_once(RedisConnector(), _uri(redis_server, f"{broker_ns}.alo"), f"{broker_ns}-g")
+    )
 
 
 def test_lag_counts_uncommitted(redis_server, broker_ns) -> None:
-    asyncio.run(scenarios.lag_after(RedisConnector(), _uri(redis_server, f"{broker_ns}.lag"), f"{broker_ns}-g"))
+    asyncio.run(
+        scenarios.lag_after(RedisConnector(), _uri(redis_server, f"{broker_ns}.lag"), f"{broker_ns}-g")
+    )
 
 
 def test_db_in_uri_is_used(redis_server, broker_ns) -> None:

@@ -57,7 +57,11 @@ T = TypeVar("T")
 
 
 def stream_name(subject: str) -> str:
-    """The JetStream stream that holds ``subject``: ``XP_`` and the subject, ``.`` and other invalid characters as ``_``."""
+    """The JetStream stream made for ``subject``: ``XP_`` and the subject, ``.`` and other invalid characters as ``_``.
+
+    Names can collide (``a.b`` and ``a_b``): :func:`_find` takes a stream of this name only
+    if its subjects are the subject's, and the second one gets an error naming the first.
+    """
     return "XP_" + _INVALID.sub("_", subject)
 
 
@@ -119,6 +123,8 @@ async def _find(js: JetStreamContext, uri: StreamURI) -> tuple[str, int] | None:
     """
     try:
         info = await js.stream_info(stream_name(uri.name))
+        if not {uri.name, f"{uri.name}.*"} & set(info.config.subjects or ()):
+            raise NotFoundError  # the name of another subject's stream (see stream_name)
     except NotFoundError:
         try:
             info = await js.stream_info(await js.find_stream_name_by_subject(uri.name))
@@ -145,7 +151,9 @@ async def _ensure(js: JetStreamContext, uri: StreamURI, partitions: int) -> tupl
         # A concurrent ensure created it first (same name): take its count.
         known = await _find(js, uri)
         if known is None:
-            raise DataStreamError(f"{uri}: cannot create JetStream stream {config.name}: {exc}") from exc
+            raise DataStreamError(
+                f"{uri}: cannot create JetStream stream {config.name} for subject {uri.name!r}: {exc}"
+            ) from exc
         return known
     return config.name, partitions
 
@@ -155,7 +163,9 @@ class NatsConnector(Connector):
 
     scheme = "nats"
 
-    def source(self, uri: StreamURI, *, group: str, partitions: Sequence[int] | None, codec: str = "json") -> Source:
+    def source(
+        self, uri: StreamURI, *, group: str, partitions: Sequence[int] | None, codec: str = "json"
+    ) -> Source:
         return NatsSource(uri, group=group, partitions=partitions)
 
     def sink(self, uri: StreamURI, *, codec: str = "json") -> Sink:
@@ -345,7 +355,9 @@ class NatsSink(Sink):
                 self._next += 1
                 p = self._next % self._count
         elif not 0 <= p < self._count:
-            raise DataStreamError(f"{self.uri}: record {index} is for partition {p}, but the stream has {self._count}")
+            raise DataStreamError(
+                f"{self.uri}: record {index} is for partition {p}, but the stream has {self._count}"
+            )
         return partition_subject(self.uri.name, p, self._count)
 
     @staticmethod
@@ -363,7 +375,10 @@ class NatsSink(Sink):
     async def write(self, records: Sequence[OutRecord]) -> None:
         if self._nc is None:
             raise DataStreamError(f"{self.uri}: write before start")
-        planned = [(self._subject(r, i), r.value, self._headers(r, i, self.uri)) for i, r in enumerate(records)]
+        planned = [
+            (self._subject(r, i), r.value, self._headers(r, i, self.uri)) for i, r in enumerate(records)
+        ]
+
         # publish_async sends in call order (order per partition kept) and returns futures
         # of the acks; gathering them is one round trip's wait for the whole batch. No
         # expected-stream header: it would be stored with every message and parsed on every

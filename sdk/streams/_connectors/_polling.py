@@ -61,7 +61,9 @@ class PartitionPoller(Generic[T]):
             if p not in self._inflight:
                 self._inflight[p] = asyncio.create_task(self._poll(p, timeout_s), name=f"poll-p{p}")
         if self._inflight:
-            await asyncio.wait(self._inflight.values(), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                self._inflight.values(), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
         return self.collect()
 
     async def close(self) -> None:

@@ -82,7 +82,9 @@ class RedisConnector(Connector):
 
     scheme = "redis"
 
-    def source(self, uri: StreamURI, *, group: str, partitions: Sequence[int] | None, codec: str = "json") -> Source:
+    def source(
+        self, uri: StreamURI, *, group: str, partitions: Sequence[int] | None, codec: str = "json"
+    ) -> Source:
         return RedisSource(uri, group=group, partitions=partitions)
 
     def sink(self, uri: StreamURI, *, codec: str = "json") -> Sink:
@@ -229,7 +231,8 @@ class RedisSource(Source):
             entry_id = raw_id.decode()
             if fields is None:
                 # Deleted (XDEL/XTRIM) while pending: nothing to deliver; ack so it leaves the list.
-                await _bounded(self.uri, "fetch", self._client.xack(self._keys[p], self.group, entry_id), _COMMAND_TIMEOUT_S)
+                gone = self._client.xack(self._keys[p], self.group, entry_id)
+                await _bounded(self.uri, "fetch", gone, _COMMAND_TIMEOUT_S)
                 continue
             self._unacked[p].append(entry_id)
             self._backlog.append(self._message(p, entry_id, fields))
@@ -241,7 +244,10 @@ class RedisSource(Source):
             # Not written as a record (no `data` field): hand over all fields as a JSON object
             # rather than drop the entry; the codec sees a well-formed object.
             value = json.dumps(
-                {k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace") for k, v in fields.items()}
+                {
+                    k.decode(errors="backslashreplace"): v.decode(errors="backslashreplace")
+                    for k, v in fields.items()
+                }
             ).encode()
         ms = int(entry_id.partition("-")[0])
         return Message(value, fields.get(b"key"), partition, entry_id, _id_seq(entry_id), ms / 1000)
@@ -314,7 +320,9 @@ class RedisSink(Sink):
 
     async def start(self) -> None:
         self._client = _client(self.uri, self._start_timeout_s)
-        self._count = await _bounded(self.uri, "start", _count(self._client, self.uri.name), self._start_timeout_s)
+        self._count = await _bounded(
+            self.uri, "start", _count(self._client, self.uri.name), self._start_timeout_s
+        )
 
     def _partition(self, record: OutRecord, index: int) -> int:
         p = record.partition
@@ -340,9 +348,7 @@ class RedisSink(Sink):
             if record.key is not None:
                 fields[b"key"] = record.key
             pipe.xadd(partition_key(self.uri.name, self._partition(record, i), self._count), fields)
-        replies = await _bounded(
-            self.uri, "write", pipe.execute(raise_on_error=False), _COMMAND_TIMEOUT_S
-        )
+        replies = await _bounded(self.uri, "write", pipe.execute(raise_on_error=False), _COMMAND_TIMEOUT_S)
         failed = [(i, r) for i, r in enumerate(replies) if isinstance(r, Exception)]
         if failed:
             i, first = failed[0]
