@@ -134,3 +134,29 @@ async def timed(call, limit_s: float) -> tuple[BaseException | None, float]:
     except BaseException as exc:  # noqa: BLE001 - the caller asserts the type
         return exc, time.monotonic() - started
     return None, time.monotonic() - started
+
+
+async def restart_during_long_poll(connector: Connector, uri: StreamURI, group: str) -> None:
+    """A source stopped while its long poll waits: its successor gets what comes next at once."""
+    first = connector.source(uri, group=group, partitions=None)
+    await first.start()
+    try:
+        assert await first.fetch(10, 0.5) == []
+        poll = asyncio.ensure_future(first.fetch(10, 20.0))  # still waiting when stopped
+        await asyncio.wait({poll}, timeout=0.3)
+        assert not poll.done()
+    finally:
+        await first.stop()
+    poll.cancel()
+    second = connector.source(uri, group=group, partitions=None)
+    await second.start()
+    sink = connector.sink(uri)
+    await sink.start()
+    try:
+        await sink.write([OutRecord(b'{"after": 1}')])
+        started = time.monotonic()
+        got = await drain(second, 1, timeout_s=10.0)
+        assert [m.value for m in got] == [b'{"after": 1}'] and time.monotonic() - started < 3.0
+    finally:
+        await sink.stop()
+        await second.stop()

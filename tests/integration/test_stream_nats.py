@@ -194,3 +194,8 @@ def test_colliding_stream_names_fail_clearly(nats_server, broker_ns) -> None:
             await connector.ensure(other, partitions=1)
 
     asyncio.run(scenario())
+
+
+def test_restart_during_a_long_poll_loses_nothing(nats_server, broker_ns) -> None:
+    uri = _uri(nats_server, f"{broker_ns}.poll")
+    asyncio.run(scenarios.restart_during_long_poll(NatsConnector(), uri, f"{broker_ns}-g"))

@@ -135,3 +135,8 @@ def test_write_reports_a_rejected_record(redis_server, broker_ns) -> None:
             await sink.stop()
 
     asyncio.run(scenario())
+
+
+def test_restart_during_a_long_poll_loses_nothing(redis_server, broker_ns) -> None:
+    uri = _uri(redis_server, f"{broker_ns}.poll")
+    asyncio.run(scenarios.restart_during_long_poll(RedisConnector(), uri, f"{broker_ns}-g"))

@@ -66,3 +66,23 @@ def test_nothing_within_the_timeout_returns_empty_and_close_cancels() -> None:
         assert not poller.busy(0)
 
     asyncio.run(scenario())
+
+
+def test_close_during_a_wait_ends_it_and_starts_no_poll() -> None:
+    started: list[int] = []
+
+    async def poll(p: int, timeout_s: float) -> list[int]:
+        started.append(p)
+        await asyncio.sleep(60)
+        return [p]
+
+    async def scenario() -> None:
+        poller = PartitionPoller(poll)
+        waiting = asyncio.ensure_future(poller.wait([0, 1], 30.0))
+        while len(started) < 2:  # both polls under way
+            await asyncio.wait({waiting}, timeout=0.01)
+        await poller.close()
+        assert await asyncio.wait_for(waiting, 5.0) == ([], None)
+        assert started == [0, 1] and not poller.busy(0)
+
+    asyncio.run(scenario())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -30,6 +31,7 @@ class PartitionPoller(Generic[T]):
     def __init__(self, poll: Callable[[int, float], Awaitable[list[T]]]) -> None:
         self._poll = poll
         self._inflight: dict[int, asyncio.Task[list[T]]] = {}
+        self._closed = False
 
     def busy(self, partition: int) -> bool:
         """Whether ``partition`` has a poll in flight (read it only through this poller)."""
@@ -56,18 +58,37 @@ class PartitionPoller(Generic[T]):
     async def wait(
         self, partitions: Iterable[int], timeout_s: float
     ) -> tuple[list[tuple[int, list[T]]], BaseException | None]:
-        """Start a poll on each of ``partitions`` not polled yet, wait for the first to finish, collect."""
-        for p in partitions:
-            if p not in self._inflight:
-                self._inflight[p] = asyncio.create_task(self._poll(p, timeout_s), name=f"poll-p{p}")
-        if self._inflight:
-            await asyncio.wait(
-                self._inflight.values(), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
-        return self.collect()
+        """Poll ``partitions`` until one returns records or fails, or ``timeout_s`` passes; collect.
+
+        A poll started by an earlier call may end empty before this call's timeout: that
+        partition is polled again for the time left, so the caller's wait is the one it asked.
+        """
+        wanted = list(partitions)
+        deadline = time.monotonic() + timeout_s
+        out: list[tuple[int, list[T]]] = []
+        while True:
+            left_s = deadline - time.monotonic()
+            if self._closed:
+                return out, None  # stopped while waiting: start nothing on a closed source
+            if left_s > 0:
+                for p in wanted:
+                    if p not in self._inflight:
+                        self._inflight[p] = asyncio.create_task(self._poll(p, left_s), name=f"poll-p{p}")
+            if self._inflight and left_s > 0:
+                await asyncio.wait(
+                    self._inflight.values(), timeout=left_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            results, error = self.collect()
+            out += [(p, records) for p, records in results if records]
+            if out or error is not None or time.monotonic() >= deadline:
+                return out, error
 
     async def close(self) -> None:
-        """Cancel the polls in flight (what they had read comes back to a restarted source)."""
+        """Cancel the polls in flight (what they had read comes back to a restarted source).
+
+        A :meth:`wait` under way returns what it has, and starts no new poll.
+        """
+        self._closed = True
         tasks, self._inflight = list(self._inflight.values()), {}
         for task in tasks:
             task.cancel()
