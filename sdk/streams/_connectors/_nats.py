@@ -32,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from ...errors import DataStreamError
 from .._uri import StreamURI
@@ -147,7 +147,7 @@ async def _ensure(js: JetStreamContext, uri: StreamURI, partitions: int) -> tupl
     )  # fmt: skip
     try:
         await js.add_stream(config)
-    except nats.js.errors.BadRequestError as exc:
+    except BadRequestError as exc:
         # A concurrent ensure created it first (same name): take its count.
         known = await _find(js, uri)
         if known is None:
@@ -218,7 +218,6 @@ class NatsSource(Source):
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._subs: dict[int, JetStreamContext.PullSubscription] = {}
-        self._durables: dict[int, str] = {}
         self._backlog: deque[Message] = deque()
         self._poller: PartitionPoller = PartitionPoller(self._poll)
         #: Per partition: the stream sequence acked last (a commit at or below it is done).
@@ -261,7 +260,6 @@ class NatsSource(Source):
                 await self._js.add_consumer(stream, config)
             self._acked[p] = 0
             self._subs[p] = await self._js.pull_subscribe_bind(durable=durable, stream=stream)
-            self._durables[p] = durable
 
     async def _poll(self, p: int, timeout_s: float) -> list:
         try:
