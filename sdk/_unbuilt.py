@@ -2,8 +2,8 @@
 
 A user who runs a sample from the seed design must learn why it stops and which issue
 builds the missing part, never meet an ``AttributeError``. The methods are attached to
-:class:`~xpipe.PipelineManager` and :class:`~xpipe.Pipeline` (and ``StreamPipeline.start``
-names entry 14). The list is also in the README ("Not built yet"), and shrinks as the issues land.
+:class:`~xpipe.PipelineManager` and :class:`~xpipe.Pipeline`. The list is also in the README
+("Not built yet"), and shrinks as the issues land.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ __all__ = ["UNBUILT_FEATURES", "not_built"]
 
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
-    14: "the stream runtime",
     15: "the monitoring dashboard, insights and alerts",
     16: "developer experience (result cache, debug sessions, hot reload, dynamic fan-out)",
     17: "operations (autoscaling, the resource manager, checkpoints)",

@@ -86,9 +86,14 @@ async def _prepare(plan: StreamPlan) -> None:
     """Create the internal streams with their partitions.
 
     They are made here, before any instance starts, so a downstream instance never sees a
-    stream that its upstream has not created yet (it would take it for one partition).
+    stream that its upstream has not created yet (it would take it for one partition). A
+    NATS source or sink gets its JetStream stream here too (unless one of the user's
+    captures the subject), so records published after start() are kept.
     """
     first = plan.sources[0].uri
+    for uri in [s.uri for s in plan.sources] + [s.uri for s in plan.sinks]:
+        if uri.scheme == "nats":  # a subject keeps records only once a JetStream stream captures it
+            await connector_for(uri).ensure(uri, partitions=1)
     for stage in plan.stages:
         readers = readers_of(plan, stage.name)
         if readers:
@@ -199,4 +204,4 @@ def start_stream(plan: StreamPlan, options: InstanceOptions, manager: Any = None
     )
     spec.labels[AUTO_SCALING_LABEL] = "1" if options.auto_scaling else "0"
     run_id = manager.client._submit_spec(spec)
-    return StreamHandle(manager, plan.name, run_id)
+    return StreamHandle(manager.client, plan.name, run_id)
