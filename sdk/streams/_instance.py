@@ -176,6 +176,7 @@ class _Output:
         self.uri, self.sink, self.partitions, self.spread = uri, sink, partitions, 0
 
     def record(self, value: bytes, key: bytes | None, key_value: Any) -> OutRecord:
+        """The record to write; ``partitions`` 0 leaves the partition to the connector."""
         if self.partitions <= 1:
             return OutRecord(value, key, 0 if self.partitions == 1 else None)
         if key_value is None:  # unkeyed: round robin, so instances downstream share the load
@@ -493,10 +494,13 @@ class StageInstance:
 
     async def _open_outputs(self) -> None:
         topo = self.topology
+        internal = internal_uri(_first_source(self.plan), self.plan.name, self.stage.name)
         for uri in topo.outputs:
             connector = connector_for(uri)
-            internal = uri.name == f"{self.plan.name}.{self.stage.name}" and uri == internal_uri(_first_source(self.plan), self.plan.name, self.stage.name)
-            partitions = await connector.ensure(uri, partitions=topo.internal_partitions) if internal else await connector.partitions(uri)
+            # Our own stream: we spread records over its partitions by key (CRC-32), as every
+            # instance downstream expects. A user's sink: its broker's own rule (Kafka's
+            # murmur2 of the key), so our records land where the user's other producers' do.
+            partitions = await connector.ensure(uri, partitions=topo.internal_partitions) if uri == internal else 0
             sink = connector.sink(uri, codec=self.stage.codec)
             await sink.start()
             self._outputs.append(_Output(uri, sink, partitions))
