@@ -90,6 +90,11 @@ def _quiet_aiokafka_repeats() -> None:
 _quiet_aiokafka_repeats()
 
 
+def _retrieve(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _unreachable(uri: StreamURI, bootstrap: str, exc: BaseException) -> DataStreamError:
     cause = str(exc) or type(exc).__name__
     if isinstance(exc, asyncio.TimeoutError):
@@ -147,7 +152,7 @@ async def _default_replication(admin: AIOKafkaAdminClient) -> int:
 
 
 class KafkaConnector(Connector):
-    """Kafka topics: sources by manual partition assignment, idempotent sinks, admin via AIOKafkaAdminClient."""
+    """Kafka topics: sources by manual partition assignment, idempotent sinks, an admin client."""
 
     scheme = "kafka"
 
@@ -196,7 +201,9 @@ class KafkaConnector(Connector):
             (result,) = response.to_object()["topic_errors"]
             error = for_code(result["error_code"]) if result["error_code"] else None
             if error is None:
-                logger.info("created Kafka topic %s with %d partitions (replication %d)", uri, partitions, replication)
+                logger.info(
+                    "created Kafka topic %s with %d partitions (replication %d)", uri, partitions, replication
+                )
                 return partitions
             if error is not TopicAlreadyExistsError:  # another instance may have won the race
                 raise DataStreamError(
@@ -262,14 +269,17 @@ class KafkaSource(Source):
         self._consumer = consumer
         try:
             async with asyncio.timeout(self.start_timeout_s):
-                await consumer.start()
                 wanted = self._wanted
                 if wanted is None:
-                    await consumer.topics()  # a full metadata refresh, so the count is current
-                    wanted = sorted(consumer.partitions_for_topic(self.uri.name) or {0})
+                    count = await KafkaConnector().partitions(self.uri, timeout_s=self.start_timeout_s)
+                    wanted = list(range(count))
+                await consumer.start()
                 self._owned = [TopicPartition(self.uri.name, p) for p in wanted]
                 # Positions come from the group's committed offsets, else auto_offset_reset.
                 consumer.assign(self._owned)
+        except DataStreamError:
+            await self.stop()
+            raise
         except _BROKER_ERRORS as exc:
             await self.stop()
             raise _unreachable(self.uri, self._bootstrap, exc) from exc
@@ -395,7 +405,8 @@ class KafkaSink(Sink):
         topic = self.uri.name
         if any(r.partition is not None for r in records):
             await self._check_partitions(producer, records)
-        # Enqueue all, then wait for all: one round trip per batch, not per record.
+        # Enqueue all, then wait for all: one round trip per batch, not per record. One deadline
+        # covers both: aiokafka retries a lost broker's batches without end.
         futures: list[asyncio.Future] = []
         failure: BaseException | None = None
         try:
@@ -403,24 +414,38 @@ class KafkaSink(Sink):
                 send = producer.send
                 for r in records:
                     futures.append(await send(topic, r.value, key=r.key, partition=r.partition))
+                await asyncio.wait(futures)
         except _BROKER_ERRORS as exc:
             failure = exc
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        if failure is not None or failed:
-            cause = failure if failure is not None else failed[0]
-            unsent = len(records) - len(futures)
+        failed = 0
+        for future in futures:
+            if not future.done():
+                # Still queued: it may land later (at-least-once allows that); its result is
+                # retrieved then, so asyncio does not log it as never retrieved.
+                future.add_done_callback(_retrieve)
+                failed += 1
+            elif future.exception() is not None:
+                failed += 1
+                failure = failure or future.exception()
+        failed += len(records) - len(futures)
+        if failed:
+            if isinstance(failure, asyncio.TimeoutError):
+                cause = f"not acknowledged within {self.delivery_timeout_s:g} s"
+            else:
+                cause = repr(failure)
             raise DataStreamError(
-                f"{self.uri}: {len(failed) + unsent} of {len(records)} records were not written to "
-                f"Kafka topic {topic!r}: {cause or type(cause).__name__}"
-            ) from cause
+                f"{self.uri}: {failed} of {len(records)} records were not written to Kafka topic "
+                f"{topic!r}: {cause}"
+            ) from failure
 
     async def _check_partitions(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
         try:
             async with asyncio.timeout(self.delivery_timeout_s):
                 known = await producer.partitions_for(self.uri.name)
         except _BROKER_ERRORS as exc:
-            raise DataStreamError(f"{self.uri}: cannot read the partitions of topic {self.uri.name!r}: {exc}") from exc
+            raise DataStreamError(
+                f"{self.uri}: cannot read the partitions of topic {self.uri.name!r}: {exc!r}"
+            ) from exc
         bad = sorted({r.partition for r in records if r.partition is not None and r.partition not in known})
         if bad:
             raise DataStreamError(
