@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -57,16 +57,19 @@ class _RepeatFilter(logging.Filter):
     and the next one after the interval says how many were dropped in between.
     """
 
-    def __init__(self, interval_s: float = LOG_REPEAT_INTERVAL_S) -> None:
+    def __init__(
+        self, interval_s: float = LOG_REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         super().__init__()
         self.interval_s = interval_s
+        self._clock = clock
         self._seen: dict[tuple[str, object], tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return True
         key = (record.name, record.msg)
-        now = time.monotonic()
+        now = self._clock()
         last = self._seen.get(key)
         if last is not None and now - last[0] < self.interval_s:
             self._seen[key] = (last[0], last[1] + 1)
