@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
+from aiokafka.partitioner import murmur2
 
 from ...errors import DataStreamError
 from .._uri import StreamURI, kafka_bootstrap
@@ -406,31 +408,37 @@ class KafkaSink(Sink):
         if not records:
             return
         topic = self.uri.name
-        if any(r.partition is not None for r in records):
-            await self._check_partitions(producer, records)
-        # Enqueue all, then wait for all: one round trip per batch, not per record. One deadline
-        # covers both: aiokafka retries a lost broker's batches without end.
-        futures: list[asyncio.Future] = []
+        # Whole batches per partition, then one wait for all: a round trip per batch, not per
+        # record, and no per-record future. One deadline covers both, since aiokafka retries
+        # a lost broker's batches without end.
+        sent: list[tuple[asyncio.Future, int]] = []
         failure: BaseException | None = None
         try:
             async with asyncio.timeout(self.delivery_timeout_s):
-                send = producer.send
-                for r in records:
-                    futures.append(await send(topic, r.value, key=r.key, partition=r.partition))
-                await asyncio.wait(futures)
+                grouped = self._by_partition(records, await producer.partitions_for(topic))
+                for partition, group in grouped.items():
+                    batch = producer.create_batch()
+                    for r in group:
+                        if batch.append(key=r.key, value=r.value, timestamp=None) is None:  # full
+                            future = await producer.send_batch(batch, topic, partition=partition)
+                            sent.append((future, batch.record_count()))
+                            batch = producer.create_batch()
+                            batch.append(key=r.key, value=r.value, timestamp=None)  # a first record fits
+                    future = await producer.send_batch(batch, topic, partition=partition)
+                    sent.append((future, batch.record_count()))
+                await asyncio.wait([future for future, _ in sent])
         except _BROKER_ERRORS as exc:
             failure = exc
-        failed = 0
-        for future in futures:
+        failed = len(records) - sum(count for _, count in sent)
+        for future, count in sent:
             if not future.done():
                 # Still queued: it may land later (at-least-once allows that); its result is
                 # retrieved then, so asyncio does not log it as never retrieved.
                 future.add_done_callback(_retrieve)
-                failed += 1
+                failed += count
             elif future.exception() is not None:
-                failed += 1
+                failed += count
                 failure = failure or future.exception()
-        failed += len(records) - len(futures)
         if failed:
             if isinstance(failure, asyncio.TimeoutError):
                 cause = f"not acknowledged within {self.delivery_timeout_s:g} s"
@@ -441,20 +449,34 @@ class KafkaSink(Sink):
                 f"{topic!r}: {cause}"
             ) from failure
 
-    async def _check_partitions(self, producer: AIOKafkaProducer, records: Sequence[OutRecord]) -> None:
-        try:
-            async with asyncio.timeout(self.delivery_timeout_s):
-                known = await producer.partitions_for(self.uri.name)
-        except _BROKER_ERRORS as exc:
-            raise DataStreamError(
-                f"{self.uri}: cannot read the partitions of topic {self.uri.name!r}: {exc!r}"
-            ) from exc
+    def _by_partition(self, records: Sequence[OutRecord], known: set[int]) -> dict[int, list[OutRecord]]:
+        """Records grouped by partition, in order: the asked one, the key's hash, or one per write.
+
+        Keys hash as every Kafka client does (murmur2 modulo the count), so a key lands where
+        other producers put it; keyless records of one write go to one random partition
+        together (Kafka's sticky partitioning), which keeps batches large.
+
+        Raises:
+            DataStreamError: a record asks for a partition the topic lacks; nothing is sent.
+        """
+        partitions = sorted(known)
         bad = sorted({r.partition for r in records if r.partition is not None and r.partition not in known})
         if bad:
             raise DataStreamError(
-                f"{self.uri}: no partition {bad[0]} in topic {self.uri.name!r}; it has {len(known)} "
-                f"(0..{len(known) - 1}); nothing of this write was sent"
+                f"{self.uri}: no partition {bad[0]} in topic {self.uri.name!r}; it has "
+                f"{len(partitions)} (0..{len(partitions) - 1}); nothing of this write was sent"
             )
+        sticky = random.choice(partitions)
+        grouped: dict[int, list[OutRecord]] = {}
+        for r in records:
+            if r.partition is not None:
+                partition = r.partition
+            elif r.key is not None:
+                partition = partitions[(murmur2(r.key) & 0x7FFFFFFF) % len(partitions)]
+            else:
+                partition = sticky
+            grouped.setdefault(partition, []).append(r)
+        return grouped
 
     async def stop(self) -> None:
         producer, self._producer = self._producer, None
