@@ -67,6 +67,17 @@ def test_ensure_creates_partitions_and_a_second_ensure_keeps_the_count(kafka_ser
         asyncio.run(kafka.ensure(uri, partitions=0))
 
 
+def test_a_topic_kafka_refuses_is_an_error_naming_it_and_kafkas_reason(kafka_server, broker_ns) -> None:
+    kafka = KafkaConnector()
+    underscore = parse_uri(kafka_server.url(f"{broker_ns}_x"))
+    dot = parse_uri(kafka_server.url(f"{broker_ns}.x"))  # Kafka forbids names differing only in . and _
+    assert asyncio.run(kafka.ensure(underscore, partitions=2)) == 2
+    expected = rf"^{dot}: Kafka refused to create topic '{broker_ns}\.x' with 2 partitions: InvalidTopicError: "
+    expected += r".*collides"
+    with pytest.raises(DataStreamError, match=expected):
+        asyncio.run(kafka.ensure(dot, partitions=2))
+
+
 def test_two_sources_on_split_partitions_read_exactly_what_was_written_in_order(
     kafka_server, broker_ns
 ) -> None:

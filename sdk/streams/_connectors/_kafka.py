@@ -157,7 +157,11 @@ async def _default_replication(admin: AIOKafkaAdminClient) -> int:
 
 
 class KafkaConnector(Connector):
-    """Kafka topics: sources by manual partition assignment, idempotent sinks, an admin client."""
+    """Kafka topics: sources by manual partition assignment, idempotent sinks, an admin client.
+
+    ``codec`` is not used here: Kafka records are bytes both ways, and the runtime encodes
+    and decodes them.
+    """
 
     scheme = "kafka"
 
