@@ -29,11 +29,17 @@ BATCH_RECORDS = 1000
 """Most records one ``getmany`` hands the plain loop."""
 
 
-async def _plain_stage(bootstrap: str, src: str, dst: str, group: str, fn: Callable[[dict], dict | None]) -> None:
+async def _plain_stage(
+    bootstrap: str, src: str, dst: str, group: str, fn: Callable[[dict], dict | None]
+) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(
-        src, bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest"
+        src,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await consumer.start()
@@ -69,7 +75,9 @@ async def run_plain(bootstrap: str, topics: tuple[str, str, str], group: str) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: [t.cancel() for t in stages])
     done = await asyncio.gather(*stages, return_exceptions=True)
-    failed = [exc for exc in done if isinstance(exc, BaseException) and not isinstance(exc, asyncio.CancelledError)]
+    failed = [
+        exc for exc in done if isinstance(exc, BaseException) and not isinstance(exc, asyncio.CancelledError)
+    ]
     if failed:
         raise failed[0]
 
@@ -80,7 +88,6 @@ def run_quix(bootstrap: str, topics: tuple[str, str, str], group: str) -> None:
 
     from bench.streams import enrich, keep
 
-    source, middle, output = topics
     app = Application(
         broker_address=bootstrap,
         consumer_group=group,
@@ -88,7 +95,9 @@ def run_quix(bootstrap: str, topics: tuple[str, str, str], group: str) -> None:
         processing_guarantee="at-least-once",
         auto_create_topics=False,
     )
-    t_in, t_mid, t_out = (app.topic(name, value_deserializer="json", value_serializer="json") for name in topics)
+    t_in, t_mid, t_out = (
+        app.topic(name, value_deserializer="json", value_serializer="json") for name in topics
+    )
     first = app.dataframe(t_in)
     first = first.apply(enrich)
     first.to_topic(t_mid)

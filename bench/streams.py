@@ -46,11 +46,12 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
+
+from xpipe import StreamTask
 
 from bench._report import BenchError, machine_info, percentile, source_info, write_json
 from bench._streams_peers import quix_missing
-from xpipe import StreamTask
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,9 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        )
     finally:
         await admin.close()
 
@@ -216,7 +219,7 @@ class Collector:
         self.seen = Seen([], [], [])
         self._consumer: Any = None
 
-    async def __aenter__(self) -> Collector:
+    async def __aenter__(self) -> Self:
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
@@ -244,9 +247,13 @@ class Collector:
         deadline = time.monotonic() + timeout_s
         while len(seen.ids) < count:
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.topic}: {len(seen.ids)} of {count} output records after {timeout_s:g} s")
+                raise BenchError(
+                    f"{self.topic}: {len(seen.ids)} of {count} output records after {timeout_s:g} s"
+                )
             if (why := self.failure()) is not None:
-                raise BenchError(f"the pipeline stopped with {len(seen.ids)} of {count} output records: {why}")
+                raise BenchError(
+                    f"the pipeline stopped with {len(seen.ids)} of {count} output records: {why}"
+                )
             batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
             now = time.time()
             for records in batches.values():
@@ -261,7 +268,9 @@ class Collector:
 async def _partitions(consumer: Any, topic: str) -> set[int]:
     if partitions := consumer.partitions_for_topic(topic):
         return partitions
-    await consumer._client.force_metadata_update()  # aiokafka's only way to learn a topic's partitions unsubscribed
+    await (
+        consumer._client.force_metadata_update()
+    )  # aiokafka's only way to learn a topic's partitions unsubscribed
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
         raise BenchError(f"topic {topic!r} has no partitions; was it created?")
@@ -301,7 +310,8 @@ class PeerProcess:
     """A peer of :mod:`bench._streams_peers` in its own process, its output in a log file."""
 
     def __init__(self, kind: str, bootstrap: str, topics: Topics) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix=f"xpipe-bench-{kind}-", suffix=".log", delete=False)
+        # Open for the process's whole life, closed in stop(): no ``with`` can hold it.
+        self.log = tempfile.NamedTemporaryFile(prefix=f"xpipe-bench-{kind}-", suffix=".log", delete=False)  # noqa: SIM115
         argv = [sys.executable, "-m", "bench._streams_peers", kind, bootstrap,
                 topics.source, topics.middle, topics.output, f"{topics.prefix}-group"]  # fmt: skip
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT)
@@ -321,7 +331,9 @@ class PeerProcess:
             try:
                 self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                logger.warning("peer %s ignored SIGTERM for %g s; killing it", self.proc.args[3], STOP_GRACE_S)
+                logger.warning(
+                    "peer %s ignored SIGTERM for %g s; killing it", self.proc.args[3], STOP_GRACE_S
+                )
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
@@ -415,7 +427,14 @@ def measure_throughput(
 
 
 def measure_latency(
-    bootstrap: str, topics: Topics, n: int, rate_per_s: float, start: Starter, *, partitions: int, timeout_s: float
+    bootstrap: str,
+    topics: Topics,
+    n: int,
+    rate_per_s: float,
+    start: Starter,
+    *,
+    partitions: int,
+    timeout_s: float,
 ) -> dict[str, Any]:
     """Warm the started pipeline up, then ``n`` events at ``rate_per_s``: p50/p99 latency."""
     warm = list(range(n, n + WARMUP_EVENTS))
@@ -512,7 +531,7 @@ def run_scenario(bootstrap: str, sizes: StreamSizes, *, repeats: int = 1,
     status = {name: "measured" for name in starters} | {n: f"skipped: {why}" for n, why in skipped.items()}
     names = list(starters)
     for repeat in range(repeats):
-        order = names[repeat % len(names):] + names[: repeat % len(names)]
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
         for position, name in enumerate(order):
             if status[name] != "measured":
                 continue
@@ -569,7 +588,11 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
     rows = []
     for metric in METRICS:
-        row: dict[str, Any] = {"metric": metric.key, "label": metric.label, "higher_is_better": metric.higher_is_better}
+        row: dict[str, Any] = {
+            "metric": metric.key,
+            "label": metric.label,
+            "higher_is_better": metric.higher_is_better,
+        }
         for system in SYSTEMS:
             values = [s[metric.key] for s in samples.get(system, ()) if s.get(metric.key) is not None]
             row[system] = (
@@ -607,7 +630,9 @@ def format_table(entry: dict[str, Any]) -> str:
         lines.append([row["label"], *(cell(row[s]) for s in SYSTEMS), *ratios, row["goal"] or "", met])
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in lines)])
+    return "\n".join(
+        [fmt.format(*header), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in lines)]
+    )
 
 
 @contextlib.contextmanager
@@ -616,9 +641,9 @@ def kafka(partitions: int, workdir: Path | None) -> Iterator[Any]:
     sys.path.insert(0, str(REPO))  # tests.helpers_brokers lives beside the package, not in it
     from tests.helpers_brokers import KafkaServer
 
-    with tempfile.TemporaryDirectory(prefix="xpipe-bench-kafka-", dir=workdir) as tmp:
-        with KafkaServer(Path(tmp), partitions=partitions) as server:
-            yield server
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-bench-kafka-", dir=workdir))
+        yield stack.enter_context(KafkaServer(Path(tmp), partitions=partitions))
 
 
 def _positive_int(text: str) -> int:
@@ -630,14 +655,24 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n\n")[0])
-    p.add_argument("--events", type=_positive_int, default=DEFAULT_EVENTS, help="events preloaded for the throughput run")
-    p.add_argument("--paced-events", type=int, default=DEFAULT_PACED_EVENTS, help="events of the latency run (0: none)")
-    p.add_argument("--paced-rate", type=float, default=DEFAULT_PACED_RATE_PER_S, help="events/s of the latency run")
-    p.add_argument("--partitions", type=_positive_int, default=DEFAULT_PARTITIONS, help="partitions of every topic")
+    p.add_argument(
+        "--events", type=_positive_int, default=DEFAULT_EVENTS, help="events preloaded for the throughput run"
+    )
+    p.add_argument(
+        "--paced-events", type=int, default=DEFAULT_PACED_EVENTS, help="events of the latency run (0: none)"
+    )
+    p.add_argument(
+        "--paced-rate", type=float, default=DEFAULT_PACED_RATE_PER_S, help="events/s of the latency run"
+    )
+    p.add_argument(
+        "--partitions", type=_positive_int, default=DEFAULT_PARTITIONS, help="partitions of every topic"
+    )
     p.add_argument("--parallelism", type=_positive_int, default=2, help="instances of each xpipe stage")
     p.add_argument("--repeats", type=_positive_int, default=1, help="samples per system")
     p.add_argument("--timeout-s", type=float, default=600.0, help="longest one run may take")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"directory for the JSON (default {DEFAULT_OUT})")
+    p.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"directory for the JSON (default {DEFAULT_OUT})"
+    )
     p.add_argument("--workdir", type=Path, help="where Kafka keeps its data (default: system temp)")
     return p
 
@@ -653,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              f"{opts.paced_rate}")  # fmt: skip
     sizes = StreamSizes(opts.events, opts.paced_events, opts.paced_rate, opts.partitions, opts.parallelism,
                         opts.timeout_s)  # fmt: skip
-    started = _dt.datetime.now(_dt.timezone.utc)
+    started = _dt.datetime.now(_dt.UTC)
     document: dict[str, Any] = {
         "schema": 2,
         "timestamp": started.isoformat(timespec="seconds"),
@@ -676,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - recorded in the JSON and turned into the exit status
         document["error"] = f"{type(exc).__name__}: {exc}"
         code = 1
-    document["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    document["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     path = write_json(opts.out, document, mode="streams", stamp=started.strftime("%Y%m%dT%H%M%SZ"))
     if "streams" in document["scenarios"]:
         print(format_table(document["scenarios"]["streams"]))

@@ -71,7 +71,9 @@ def test_a_peer_that_dies_fails_the_measurement(kafka_server, broker_ns) -> None
     def start_broken(bootstrap: str, topics: streams.Topics) -> streams.Running:
         return streams.PeerProcess("no-such-peer", bootstrap, topics)
 
-    with pytest.raises(BenchError, match=r"the pipeline stopped with 0 of \d+ output records: exit 1: .*no-such-peer"):
+    with pytest.raises(
+        BenchError, match=r"the pipeline stopped with 0 of \d+ output records: exit 1: .*no-such-peer"
+    ):
         streams.measure_throughput(kafka_server.bootstrap, streams.Topics(broker_ns), 10, start_broken,
                                    partitions=1, timeout_s=30.0)  # fmt: skip
 
