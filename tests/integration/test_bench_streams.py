@@ -61,6 +61,9 @@ def test_scenario_fills_the_figures_and_reports_xpipe_not_run(kafka_server) -> N
     for key in ("events_per_s", "steady_events_per_s", "startup_s", "p50_ms", "p99_ms", "produced_per_s"):
         assert plain[key] > 0, key
     assert plain["p50_ms"] <= plain["p99_ms"] <= plain["max_ms"]
+    assert (
+        isinstance(plain["kept_up"], bool) and plain["drain_s"] > -1.0
+    )  # seen after the input, within clock steps
     rows = {row["metric"]: row for row in entry["summary"]}
     assert rows["events_per_s"]["aiokafka"]["n"] == 1
     assert rows["events_per_s"]["xpipe"] is None and rows["events_per_s"]["met"] is None
