@@ -161,16 +161,38 @@ class Topics:
 # --- Kafka helpers -----------------------------------------------------------------------
 
 
+TOPIC_READY_TIMEOUT_S = 30.0
+"""How long new topics may take to get a leader for every partition."""
+
+
 async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -> None:
-    """Create ``names`` with ``partitions`` partitions each, before any client auto-creates them."""
+    """Create ``names`` with ``partitions`` partitions each, and wait until every one has a leader.
+
+    Before any client can auto-create them with the broker's default; and a client that
+    comes before the leaders only logs retries (``NotLeaderForPartitionError``).
+
+    Raises:
+        BenchError: a partition still had no leader after ``TOPIC_READY_TIMEOUT_S``.
+    """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics(
-            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
-        )
+        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
+        while True:
+            described = await admin.describe_topics(list(names))
+            waiting = [
+                t["topic"] for t in described
+                if t["error_code"] or len(t["partitions"]) < partitions
+                or any(p["error_code"] or p["leader"] < 0 for p in t["partitions"])
+            ]  # fmt: skip
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"topics {waiting} have no leader yet after {TOPIC_READY_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.05)  # polls the broker's metadata; there is no event to wait on
     finally:
         await admin.close()
 
