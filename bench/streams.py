@@ -50,6 +50,7 @@ from typing import Any, Protocol, Self
 
 from xpipe import StreamTask
 
+from bench.__main__ import _positive_float, _positive_int  # the CLI's number checks, shared
 from bench._report import BenchError, machine_info, percentile, source_info, write_json
 from bench._streams_peers import quix_missing
 
@@ -179,7 +180,9 @@ async def create_topics(bootstrap: str, names: Sequence[str], partitions: int) -
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names])
+        await admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
+        )
         deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
         while True:
             described = await admin.describe_topics(list(names))
@@ -560,14 +563,17 @@ def _starters(sizes: StreamSizes) -> tuple[dict[str, Starter], dict[str, str]]:
     return {"xpipe": xpipe, **starters}, skipped
 
 
-def run_scenario(bootstrap: str, sizes: StreamSizes, *, repeats: int = 1,
+def run_scenario(bootstrap: str, sizes: StreamSizes, *, repeats: int = 1, systems: Sequence[str] = SYSTEMS,
                  log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:  # fmt: skip
-    """Measure every system ``repeats`` times, the order rotating; the scenario's JSON entry.
+    """Measure each of ``systems`` ``repeats`` times, the order rotating; the scenario's JSON entry.
 
     A system whose start raises ``NotImplementedError`` (xpipe before its runtime lands)
     is reported as ``"not run: <the error>"`` and left out of the remaining repeats.
     """
     starters, skipped = _starters(sizes)
+    for name in set(SYSTEMS) - set(systems):
+        starters.pop(name, None)
+        skipped[name] = "left out (--systems)"
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in starters}
     status = {name: "measured" for name in starters} | {n: f"skipped: {why}" for n, why in skipped.items()}
     names = list(starters)
@@ -687,11 +693,28 @@ def kafka(partitions: int, workdir: Path | None) -> Iterator[Any]:
         yield stack.enter_context(KafkaServer(Path(tmp), partitions=partitions))
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+def _systems(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SYSTEMS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown system(s) {unknown or [text]}; choose from {', '.join(SYSTEMS)}"
+        )
+    return names
+
+
+def _non_negative_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -700,21 +723,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--events", type=_positive_int, default=DEFAULT_EVENTS, help="events preloaded for the throughput run"
     )
     p.add_argument(
-        "--paced-events", type=int, default=DEFAULT_PACED_EVENTS, help="events of the latency run (0: none)"
+        "--paced-events",
+        type=_non_negative_int,
+        default=DEFAULT_PACED_EVENTS,
+        help="events of the latency run (0: none)",
     )
     p.add_argument(
-        "--paced-rate", type=float, default=DEFAULT_PACED_RATE_PER_S, help="events/s of the latency run"
+        "--paced-rate",
+        type=_positive_float,
+        default=DEFAULT_PACED_RATE_PER_S,
+        help="events/s of the latency run",
     )
     p.add_argument(
         "--partitions", type=_positive_int, default=DEFAULT_PARTITIONS, help="partitions of every topic"
     )
     p.add_argument("--parallelism", type=_positive_int, default=2, help="instances of each xpipe stage")
     p.add_argument("--repeats", type=_positive_int, default=1, help="samples per system")
-    p.add_argument("--timeout-s", type=float, default=600.0, help="longest one run may take")
+    p.add_argument("--timeout-s", type=_positive_float, default=600.0, help="longest one run may take")
     p.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"directory for the JSON (default {DEFAULT_OUT})"
     )
     p.add_argument("--workdir", type=Path, help="where Kafka keeps its data (default: system temp)")
+    p.add_argument("--systems", type=_systems, default=list(SYSTEMS),
+                   help=f"comma-separated subset of: {','.join(SYSTEMS)}")  # fmt: skip
     return p
 
 
@@ -725,9 +756,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # aiokafka logs each retried produce at WARNING; a freshly created topic's leader takes
     # a moment, and those retries are expected, not news.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    if opts.paced_events < 0 or not opts.paced_rate > 0:
-        build_parser().error(f"--paced-events must be >= 0 and --paced-rate > 0, got {opts.paced_events}, "
-                             f"{opts.paced_rate}")  # fmt: skip
     sizes = StreamSizes(opts.events, opts.paced_events, opts.paced_rate, opts.partitions, opts.parallelism,
                         opts.timeout_s)  # fmt: skip
     started = _dt.datetime.now(_dt.UTC)
@@ -746,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     try:
         with kafka(sizes.partitions, opts.workdir) as server:
-            entry = run_scenario(server.bootstrap, sizes, repeats=opts.repeats,
+            entry = run_scenario(server.bootstrap, sizes, repeats=opts.repeats, systems=opts.systems,
                                  log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
         document["systems"] = entry.pop("systems")
         document["scenarios"]["streams"] = entry

@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import subprocess
+import sys
 
 import pytest
 
 from bench import streams
 from bench._report import BenchError
 from bench._streams_peers import quix_missing
+from tests.harness import REPO_ROOT
 
 EVENTS = 2_000
 PARTITIONS = 4
@@ -54,8 +57,9 @@ def test_peer_delivers_every_event_once(kafka_server, broker_ns, start) -> None:
 def test_scenario_fills_the_figures_and_reports_xpipe_not_run(kafka_server) -> None:
     sizes = streams.StreamSizes(events=500, paced_events=500, paced_rate_per_s=5_000.0, partitions=PARTITIONS,
                                 timeout_s=60.0)  # fmt: skip
-    entry = streams.run_scenario(kafka_server.bootstrap, sizes)
+    entry = streams.run_scenario(kafka_server.bootstrap, sizes, systems=["xpipe", "aiokafka"])  # quix: above
     assert entry["systems"]["xpipe"].startswith("not run: StreamPipeline.start() is not built yet")
+    assert entry["systems"]["quix"] == "skipped: left out (--systems)"
     assert entry["samples"]["xpipe"] == []
     plain = entry["samples"]["aiokafka"][0]
     for key in ("events_per_s", "steady_events_per_s", "startup_s", "p50_ms", "p99_ms", "produced_per_s"):
@@ -87,3 +91,46 @@ def test_lost_or_duplicated_events_are_named() -> None:
     with pytest.raises(BenchError, match=r"1 missing \(e\.g\. \[2\]\), 2 extra \(e\.g\. \[3, 4\]\)"):
         streams.check_ids(seen, expected, "run x")
     streams.check_ids(streams.Seen([3, 2, 1], [0.0] * 3, [0.0] * 3), expected, "run y")  # same multiset: fine
+
+
+def test_a_pipeline_that_never_delivers_times_out_with_the_count(kafka_server, broker_ns) -> None:
+    topic = f"{broker_ns}-out"
+    asyncio.run(streams.create_topics(kafka_server.bootstrap, [topic], 2))
+
+    async def wait_for_one() -> None:
+        async with streams.Collector(kafka_server.bootstrap, topic, lambda: None) as collector:
+            await collector.until(1, timeout_s=0.5)
+
+    with pytest.raises(BenchError, match=rf"{topic}: 0 of 1 output records after 0.5 s"):
+        asyncio.run(wait_for_one())
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--events", "0"], "--events: must be at least 1, got 0"),
+        (["--paced-rate", "0"], "--paced-rate: must be above 0, got 0.0"),
+        (["--paced-events", "-1"], "--paced-events: must be 0 or more, got -1"),
+        (["--paced-events", "many"], "--paced-events: expected a whole number, got 'many'"),
+        (["--timeout-s", "soon"], "--timeout-s: expected a number, got 'soon'"),
+        (["--systems", "xpipe,flink"], "--systems: unknown system(s) ['flink']"),
+    ],
+)
+def test_bad_arguments_are_refused_before_kafka_starts(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        streams.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_quix_not_installed_is_reported_as_skipped() -> None:
+    # A real interpreter in which ``import quixstreams`` fails, as where the bench extra is missing.
+    code = (
+        "import sys; sys.modules['quixstreams'] = None\n"
+        "from bench import streams\n"
+        "starters, skipped = streams._starters(streams.StreamSizes())\n"
+        "print(sorted(starters), skipped['quix'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)  # fmt: skip
+    assert "['aiokafka', 'xpipe'] quixstreams is not installed" in done.stdout
