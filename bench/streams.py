@@ -568,7 +568,8 @@ def run_scenario(bootstrap: str, sizes: StreamSizes, *, repeats: int = 1, system
     """Measure each of ``systems`` ``repeats`` times, the order rotating; the scenario's JSON entry.
 
     A system whose start raises ``NotImplementedError`` (xpipe before its runtime lands)
-    is reported as ``"not run: <the error>"`` and left out of the remaining repeats.
+    is reported as ``"not run: <the error>"``, one whose run fails (:class:`BenchError`)
+    as ``"failed: <why>"``; either is left out of the remaining repeats.
     """
     starters, skipped = _starters(sizes)
     for name in set(SYSTEMS) - set(systems):
@@ -593,6 +594,12 @@ def run_scenario(bootstrap: str, sizes: StreamSizes, *, repeats: int = 1, system
                     ))  # fmt: skip
             except NotImplementedError as exc:
                 status[name] = f"not run: {exc}"
+                log(f"[bench.streams] {name}: {status[name]}")
+                continue
+            except BenchError as exc:
+                # One system failing (lost events, a crash, a timeout) says nothing of the
+                # others: they are still measured, and the run's exit status is 1.
+                status[name] = f"failed: {exc}"
                 log(f"[bench.streams] {name}: {status[name]}")
                 continue
             sample.update(repeat=repeat, position=position)
@@ -778,6 +785,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  log=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
         document["systems"] = entry.pop("systems")
         document["scenarios"]["streams"] = entry
+        failed = [name for name, status in document["systems"].items() if status.startswith("failed")]
+        if failed:
+            document["error"] = f"failed: {', '.join(failed)}"
+            code = 1
     except Exception as exc:  # noqa: BLE001 - recorded in the JSON and turned into the exit status
         document["error"] = f"{type(exc).__name__}: {exc}"
         code = 1

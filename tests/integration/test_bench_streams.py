@@ -85,6 +85,20 @@ def test_a_peer_that_dies_fails_the_measurement(kafka_server, broker_ns) -> None
                                    partitions=1, timeout_s=30.0)  # fmt: skip
 
 
+def test_a_failing_system_is_reported_and_the_others_still_measured(kafka_server, monkeypatch) -> None:
+    def start_broken(bootstrap: str, topics: streams.Topics) -> streams.Running:
+        return streams.PeerProcess("no-such-peer", bootstrap, topics)
+
+    # The aiokafka slot runs a peer process that exits at once; quix still runs for real.
+    monkeypatch.setattr(streams, "start_plain", start_broken)
+    sizes = streams.StreamSizes(events=200, paced_events=0, partitions=PARTITIONS, timeout_s=30.0)
+    if quix_missing() is not None:
+        pytest.skip(quix_missing())
+    entry = streams.run_scenario(kafka_server.bootstrap, sizes, systems=["aiokafka", "quix"])
+    assert entry["systems"]["aiokafka"].startswith("failed: the pipeline stopped with 0 of")
+    assert entry["systems"]["quix"] == "measured" and entry["samples"]["quix"][0]["events"] == 200
+
+
 def test_lost_or_duplicated_events_are_named() -> None:
     expected = collections.Counter([1, 2, 3])
     seen = streams.Seen(ids=[1, 3, 3, 4], ts_s=[0.0] * 4, seen_s=[0.0] * 4)
