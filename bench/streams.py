@@ -50,7 +50,6 @@ from typing import Any, Protocol, Self
 
 from xpipe import StreamTask
 
-from bench.__main__ import _positive_float, _positive_int  # the CLI's number checks, shared
 from bench._report import BenchError, machine_info, percentile, source_info, write_json
 from bench._streams_peers import quix_missing
 
@@ -725,6 +724,10 @@ def _whole_number(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # Imported here: xpipe's workers import this module for Enrich and Keep, and need
+    # none of python -m bench's runner.
+    from bench.__main__ import _positive_float, _positive_int
+
     p = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--events", type=_positive_int, default=DEFAULT_EVENTS, help="events preloaded for the throughput run"
