@@ -51,6 +51,7 @@ from typing import Any, Protocol, Self
 from xpipe import StreamTask
 
 from bench._report import BenchError, machine_info, percentile, source_info, write_json
+from bench._report import _cell as cell  # median [min-max], as python -m bench prints it
 from bench._streams_peers import quix_missing
 
 logger = logging.getLogger(__name__)
@@ -668,12 +669,6 @@ def summarise(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
 
 def format_table(entry: dict[str, Any]) -> str:
     """The streams table: median [min-max] per system, xpipe's ratios, the goal."""
-
-    def cell(stats: dict[str, float] | None) -> str:
-        if stats is None:
-            return "-"
-        text = f"{stats['median']:,.0f}" if stats["median"] >= 100 else f"{stats['median']:.3g}"
-        return text if stats["n"] == 1 else f"{text} [{stats['min']:.4g}-{stats['max']:.4g}]"
 
     header = ["metric", *SYSTEMS, "vs aiokafka", "vs quix", "goal", "met"]
     lines = []
