@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help install system-deps kafka test proto demo bench clean
+.PHONY: help install system-deps kafka test proto demo bench bench-streams clean
 
 help:
 	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd, slapd,"
@@ -28,6 +28,7 @@ help:
 	@echo "make proto     regenerate sdk/_proto from proto/xpipe/v1"
 	@echo "make demo      run examples/demo.py"
 	@echo "make bench     install bench extras and run python -m bench"
+	@echo "make bench-streams the streams scenario on Kafka: xpipe, aiokafka loop, Quix Streams"
 	@echo "make clean     remove .venv and caches (bench/results stays)"
 
 install: system-deps $(STAMP) kafka
@@ -62,6 +63,11 @@ demo: install
 bench: install
 	$(VPIP) install -e '.[bench]'
 	$(VPY) -m bench
+
+# Not part of `make bench`: it starts a Kafka and measures other peers (docs/performance.md, "Streams").
+bench-streams: install
+	$(VPIP) install -e '.[bench]'
+	$(VPY) -m bench.streams
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist ./*.egg-info
