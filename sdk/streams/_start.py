@@ -23,7 +23,7 @@ from ._labels import AUTO_SCALING_LABEL, STAGES_LABEL, STREAM_LABEL, instance_ta
 from ._plan import StreamPlan
 from ._uri import StreamURI
 
-__all__ = ["default_manager", "start_stream"]
+__all__ = ["close_default_manager", "default_manager", "start_stream"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ INSTANCE_MAX_RETRY_DELAY_S = 60.0
 
 #: Worker slots of the embedded default's workers when a stream starts it: every stage
 #: instance holds a slot for as long as it runs, and the seed's sample has six instances.
-DEFAULT_SLOTS_PER_WORKER = 8
+DEFAULT_SLOTS_PER_WORKER = 4
 
 _default: Any = None
 _default_lock = threading.Lock()
@@ -51,8 +51,17 @@ def default_manager() -> Any:
             from .._manager import PipelineManager
 
             _default = PipelineManager(slots_per_worker=DEFAULT_SLOTS_PER_WORKER)
-            atexit.register(_default.close)
+            atexit.register(close_default_manager)
         return _default
+
+
+def close_default_manager() -> None:
+    """Close the embedded default (and its processes), if one was started; idempotent."""
+    global _default
+    with _default_lock:
+        manager, _default = _default, None
+    if manager is not None:
+        manager.close()
 
 
 def _configure_memory(manager: Any) -> None:

@@ -411,3 +411,43 @@ def test_unreachable_broker_fails_start_with_a_clear_error(pm, broker_ns):
         sp.start(manager=pm)
     assert time.monotonic() - started < 15
     assert not [s for s in pm.get_stream_health().streams if s == sp.name]
+
+
+def test_the_seed_sample_runs_on_the_embedded_default(kafka_server, broker_ns, monkeypatch):
+    """The seed's stream sample as written, but for its URIs (see docs/streams.md)."""
+    from xpipe import StreamTask
+    from xpipe.streams._start import close_default_manager
+
+    monkeypatch.setenv("XPIPE_KAFKA_BOOTSTRAP", kafka_server.bootstrap)  # the seed's bare kafka:// URIs
+
+    class EnrichmentStream(StreamTask):  # defined here: the classes travel cloudpickled
+        def process_batch(self, batch):
+            return [dict(r, enriched=True) for r in batch]
+
+    class AnalyticsStream(StreamTask):
+        def process_batch(self, batch):
+            return [{"window": list(self.window), "count": len(batch), "enriched": all(r["enriched"] for r in batch)}]
+
+    stream_pipeline = StreamPipeline(f"{broker_ns}-seed")
+    data_stream = DataStream("events", source=f"kafka://{broker_ns}.events-topic")
+    enriched_stream = stream_pipeline.transform(data_stream, EnrichmentStream(), parallelism=4, buffer_size=1000)
+    analytics_stream = stream_pipeline.transform(enriched_stream, AnalyticsStream(), parallelism=2, window_size="5min")
+    with pytest.raises(DataStreamError, match="unsupported scheme 'elasticsearch'; supported: kafka, redis, nats"):
+        stream_pipeline.output(analytics_stream, "elasticsearch://metrics")
+    stream_pipeline.output(analytics_stream, f"kafka://{broker_ns}.analytics-results")
+    try:
+        handle = stream_pipeline.start(backpressure_strategy="drop_oldest", max_throughput_per_second=10000, auto_scaling=True)
+        kafka_produce(kafka_server.bootstrap, f"{broker_ns}.events-topic", events(100), key="")
+
+        def both_stages_read_all():
+            stages = {s.name: s for s in handle.status().stages}
+            return stages if stages and stages["analytics_stream"].records_in >= 100 else None
+
+        stages = eventually(both_stages_read_all, timeout_s=60)
+        assert stages["enrichment_stream"].records_out == 100 and len(stages["enrichment_stream"].instances) == 4
+        final = handle.stop(drain=True, timeout_s=30)  # a drain fires the open 5-minute windows
+        assert final.state == "stopped"
+        windows = flat(kafka_read(kafka_server.bootstrap, f"{broker_ns}.analytics-results", 1, timeout_s=20))
+        assert sum(w["count"] for w in windows) == 100 and all(w["enriched"] for w in windows)
+    finally:
+        close_default_manager()
