@@ -115,6 +115,14 @@ def kafka_topic(bootstrap: str, topic: str, partitions: int) -> None:
     asyncio.run(go())
 
 
+def redis_feed(client, key: str, records: list[dict]) -> None:
+    """Each record as one entry ``data=<json>`` of stream ``key``, as the issue says a user writes them."""
+    pipe = client.pipeline(transaction=False)
+    for record in records:
+        pipe.xadd(key, {"data": json.dumps(record)})
+    pipe.execute()
+
+
 def flat(by_partition: dict[int, list[dict]]) -> list[dict]:
     return [r for records in by_partition.values() for r in records]
 
@@ -236,8 +244,7 @@ def test_event_time_windows_with_late_records_match_a_hand_computed_answer(pm, r
     # 10-second tumbling windows on event time "t"; allowed lateness 0.
     times = [0, 1, 5, 9, 10, 12, 19, 3, 21, 25, 30, 2, 41]  # 3 is late once 12 was seen; 2 is late too
     base = 1_700_000_000  # a multiple of 10
-    for i, t in enumerate(times):
-        r.xadd(key, {"data": json.dumps({"id": i, "t": base + t, "user": "a"})})
+    redis_feed(r, key, [{"id": i, "t": base + t, "user": "a"} for i, t in enumerate(times)])
 
     sp = StreamPipeline(f"{broker_ns}-w")
     stream = DataStream("events", source=redis_server.url(key), time_field="t")
@@ -302,10 +309,7 @@ def test_drop_oldest_under_a_slow_stage_bounds_the_buffer_and_counts_drops(pm, r
     r = redis.Redis(port=redis_server.port)
     key, out_key = f"{broker_ns}:in", f"{broker_ns}:out"
     n = 3000
-    pipe = r.pipeline(transaction=False)
-    for record in events(n):
-        pipe.xadd(key, {"data": json.dumps(record)})
-    pipe.execute()
+    redis_feed(r, key, events(n))
 
     sp = StreamPipeline(f"{broker_ns}-d")
     stream = DataStream("events", source=redis_server.url(key))
@@ -350,10 +354,7 @@ def test_max_throughput_is_honoured_within_ten_percent(pm, redis_server, broker_
 
     r = redis.Redis(port=redis_server.port)
     key, out_key = f"{broker_ns}:in", f"{broker_ns}:out"
-    pipe = r.pipeline(transaction=False)
-    for record in events(4000):
-        pipe.xadd(key, {"data": json.dumps(record)})
-    pipe.execute()
+    redis_feed(r, key, events(4000))
     rate = 500.0
 
     sp = StreamPipeline(f"{broker_ns}-r")
@@ -376,8 +377,7 @@ def test_state_survives_a_restart_of_the_instance(cluster, pm, redis_server, bro
 
     r = redis.Redis(port=redis_server.port)
     key, out_key = f"{broker_ns}:in", f"{broker_ns}:out"
-    for record in events(100):
-        r.xadd(key, {"data": json.dumps(record)})
+    redis_feed(r, key, events(100))
     sp = StreamPipeline(f"{broker_ns}-s")
     stream = DataStream("events", source=redis_server.url(key))
     sp.output(sp.transform(stream, Counting(), parallelism=1, name="count"), redis_server.url(out_key))
@@ -389,8 +389,7 @@ def test_state_survives_a_restart_of_the_instance(cluster, pm, redis_server, bro
         before = eventually(lambda: (s := handle.status().stages[0]).lag == 0 and s, timeout_s=15)
         victim = before.instances[0].worker_name
         cluster.workers[victim].stop_signal(signal.SIGKILL, group=True)
-        for record in events(150)[100:]:
-            r.xadd(key, {"data": json.dumps(record)})
+        redis_feed(r, key, events(150)[100:])
         assert eventually(lambda: r.xlen(out_key) >= 150, timeout_s=60)
         after = [json.loads(fields[b"data"]) for _, fields in r.xrange(out_key)][100:]
         # The restarted instance went on counting from its checkpoint (from 0 it would say 1..50).
