@@ -45,7 +45,9 @@ class TaskEntry:
         self.dependents: list[str] = []
         self.failures = 0
         self.retry_at = 0.0
-        self.request = Request.of(spec.resources if spec.HasField("resources") else None, spec.labels)
+        self.request = Request.of(
+            spec.resources if spec.HasField("resources") else None, spec.labels, pinned=spec.long_running
+        )
         self.code = code_kind(spec)  # its kind of code: placement sends it only to workers that run it
         self.cp = 1  # tasks on the longest path from here to a sink, this one included
         self.wait_until = 0.0  # waiting for a worker that fits to join, until then

@@ -95,11 +95,12 @@ class Request:
     gpu: int = 0
     custom: tuple[tuple[str, int], ...] = ()  # (name, thousandths), sorted
     labels: tuple[tuple[str, str], ...] = ()  # sorted
+    pinned: bool = False  # a long-running task: it holds a slot of its own until it ends
 
     @classmethod
-    def of(cls, resources: pb.Resources | None, labels: Mapping[str, str] | None = None) -> Request:
-        """From a TaskSpec's ``resources`` and ``labels``; cpu 0 (unset) means 1 core."""
-        if resources is None and not labels and cls is Request:
+    def of(cls, resources: pb.Resources | None, labels: Mapping[str, str] | None = None, *, pinned: bool = False) -> Request:
+        """From a TaskSpec's ``resources``, ``labels`` and ``long_running``; cpu 0 (unset) means 1 core."""
+        if resources is None and not labels and not pinned and cls is Request:
             return _ONE_CORE  # most tasks: one shared (frozen) instance, built once
         res = resources if resources is not None else pb.Resources()
         return cls(
@@ -108,6 +109,7 @@ class Request:
             gpu=res.gpu,
             custom=tuple(sorted((k, _milli(v)) for k, v in res.custom.items() if v > 0)),
             labels=tuple(sorted((labels or {}).items())),
+            pinned=pinned,
         )
 
     @classmethod
@@ -151,7 +153,7 @@ class _Node:
     __slots__ = (
         "worker_id", "seq", "slots", "credit", "cpu", "memory", "gpu", "custom", "labels", "handlers",
         "code_kinds", "eligible", "used_cpu", "used_memory", "used_gpu", "used_custom", "held", "load",
-        "version", "headroom",
+        "version", "headroom", "pinned",
     )  # fmt: skip
 
     def __init__(self, worker_id: str, seq: int):
@@ -175,6 +177,9 @@ class _Node:
         # one only when its own resources are free (see worker/_daemon.py), so what may be
         # *held* is the capacity scaled by credit/slots, while what *runs* never exceeds it.
         self.headroom = 1.0
+        # Held long-running attempts (stream instances): each keeps a slot for good, so the
+        # worker takes other work (prefetch included) only while a slot is not pinned.
+        self.pinned = 0
 
     def _cap(self, total: int) -> int:
         return total if total == UNBOUNDED else int(total * self.headroom)
@@ -190,10 +195,17 @@ class _Node:
         return max(self.cpu, self._cap(self.cpu) // _MILLI * _MILLI)
 
     def has_room(self) -> bool:
-        return self.eligible and len(self.held) < self.credit and self.used_cpu < self._cap_cpu()
+        return (
+            self.eligible and len(self.held) < self.credit and self.pinned < self.slots
+            and self.used_cpu < self._cap_cpu()
+        )  # fmt: skip
 
     def fits_now(self, r: Request) -> bool:
-        if len(self.held) >= self.credit or not self.fits_ever(r):
+        # A long-running attempt needs a slot free now: queued behind others it would wait
+        # for them, and a slot it took as prefetch would never come back.
+        if len(self.held) >= (self.slots if r.pinned else self.credit) or self.pinned >= self.slots:
+            return False
+        if not self.fits_ever(r):
             return False
         if self.used_cpu + r.cpu_milli > self._cap_cpu() or self.used_memory + r.memory_bytes > self._cap(self.memory):
             return False
@@ -347,6 +359,8 @@ class PlacementIndex:
         if node is None or key in node.held:
             return
         node.held[key] = request
+        if request.pinned:
+            node.pinned += 1
         node.used_cpu += request.cpu_milli
         node.used_memory += request.memory_bytes
         node.used_gpu += request.gpu
@@ -362,6 +376,8 @@ class PlacementIndex:
         request = node.held.pop(key, None)
         if request is None:
             return
+        if request.pinned:
+            node.pinned -= 1
         node.used_cpu -= request.cpu_milli
         node.used_memory -= request.memory_bytes
         node.used_gpu -= request.gpu

@@ -34,6 +34,9 @@ CHECK_TIMEOUT_S = 5.0
 INSTANCE_RETRIES = 10_000
 INSTANCE_RETRY_DELAY_S = 1.0
 INSTANCE_MAX_RETRY_DELAY_S = 60.0
+#: Cores each instance asks of its worker's ledger. An instance mostly waits on its broker,
+#: and the default request of a task (one core) would let a 2-core worker run two.
+INSTANCE_CPU_CORES = 0.25
 
 #: Worker slots of the embedded default's workers when a stream starts it: every stage
 #: instance holds a slot for as long as it runs, and the seed's sample has six instances.
@@ -185,6 +188,7 @@ def _pipeline(plan: StreamPlan, options: InstanceOptions, namespace: str | None)
                     instance_task_name(stage.name, i), entry, args=(data, stage.name, i, options.to_dict()),
                     max_retries=INSTANCE_RETRIES, retry_delay_s=INSTANCE_RETRY_DELAY_S, retry_backoff="exponential",
                     max_retry_delay_s=INSTANCE_MAX_RETRY_DELAY_S,
+                    resource_requirements={"cpu_cores": INSTANCE_CPU_CORES},
                 )
             )  # fmt: skip
     return pipeline
@@ -207,6 +211,8 @@ def start_stream(plan: StreamPlan, options: InstanceOptions, manager: Any = None
     _check_capacity(plan, manager)
     _run_sync(_prepare(plan))
     spec = _pipeline(plan, options, namespace).to_proto(retry_on_failure=True)
+    for task in spec.tasks:
+        task.long_running = True  # a slot of its own, free now: never queued behind other work
     spec.labels[STREAM_LABEL] = plan.name
     spec.labels[STAGES_LABEL] = stages_label(
         [{"name": s.name, "input": s.input, "parallelism": s.parallelism} for s in plan.stages]

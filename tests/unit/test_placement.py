@@ -68,6 +68,24 @@ def test_gpu_request_goes_only_to_the_gpu_worker():
     assert idx.pick(req(1, gpu=1)) == "gpu0"
 
 
+def test_long_running_attempts_take_free_slots_only_and_keep_them_from_prefetch():
+    idx = PlacementIndex()
+    idx.upsert("w", slots=2, credit=4, resources=res(8, 32), labels={})  # two slots, two more as prefetch
+    pinned = Request.of(res(0.25), pinned=True)
+    idx.hold("w", "batch-1", req(1))
+    idx.hold("w", "batch-2", req(1))
+    assert idx.pick(pinned) is None  # both slots busy: a stream instance would wait behind them
+    assert idx.pick(req(1)) == "w"  # a batch task may still queue as prefetch
+    idx.release("w", "batch-1")
+    idx.release("w", "batch-2")
+    idx.hold("w", "stream-0", pinned)
+    assert idx.pick(req(1)) == "w"  # one slot is still free
+    idx.hold("w", "stream-1", pinned)
+    assert idx.pick(req(1)) is None and idx.pick(pinned) is None  # every slot pinned: nothing queues there
+    idx.release("w", "stream-1")
+    assert idx.pick(req(1)) == "w" and idx.pick(pinned) == "w"
+
+
 def test_memory_heavy_request_goes_where_it_fits_and_nobody_is_over_committed():
     idx = PlacementIndex()
     idx.upsert("small", slots=8, credit=8, resources=res(8, 4), labels={})
