@@ -76,7 +76,7 @@ _LAZY = {
     **dict.fromkeys(("audit_data_access", "log_data_access", "track_data_lineage"), ".security._data_decorators"),
     "PipelineManager": "._manager",
     "RetryPolicy": "._options",
-    # The seed's stream API (issue 14): building and planning; the runtime is its next part.
+    # The seed's stream API (docs/streams.md).
     **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), ".streams"),
     "TaskOptions": "._options",
     "handle_errors": "._policies",

@@ -1,11 +1,13 @@
-"""Stream pipelines (issue 14): the API and its pure core.
+"""Stream pipelines (docs/streams.md): the API, its pure core, and the runtime.
 
 ``StreamPipeline``, ``StreamTask`` and ``DataStream`` build a pipeline and check it;
-``StreamPipeline.plan()`` gives the frozen :class:`StreamPlan` the stream runtime runs. The
-runtime itself (workers, brokers, ``start()``) is issue 14's next part. The parts the runtime
-uses, one concept per module: source/sink URIs (``_uri``), the record codec and key
-partitioning (``_records``), windows and watermarks (``_windows``), the bounded buffer and its
-backpressure strategies (``_buffer``) and the token bucket (``_ratelimit``).
+``StreamPipeline.plan()`` gives the frozen :class:`StreamPlan`, and ``start()`` runs it on the
+cluster and returns a :class:`StreamHandle`. One concept per module: source/sink URIs
+(``_uri``), the record codec and key partitioning (``_records``), windows and watermarks
+(``_windows``), the bounded buffer and its backpressure strategies (``_buffer``), the token
+bucket (``_ratelimit``), the connectors by scheme (``_connectors``), the stage instance that
+workers run (``_instance``), its line to the coordinator (``_control``), ``start()``
+(``_start``) and the handle and status types (``_handle``).
 """
 
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ from .._lazy import lazy_exports
 if TYPE_CHECKING:
     from ._api import DataStream, StreamPipeline, StreamTask
     from ._buffer import BoundedBuffer, BufferClosedError
+    from ._handle import InstanceStatus, StageStatus, StreamHandle, StreamHealth, StreamStatus
     from ._options import BACKPRESSURE_STRATEGIES
     from ._plan import CodeRef, SinkPlan, SourcePlan, StagePlan, StreamPlan, dlq_stream, late_stream
     from ._ratelimit import TokenBucket
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
 _LAZY = {
     **dict.fromkeys(("DataStream", "StreamPipeline", "StreamTask"), "._api"),
     **dict.fromkeys(("BoundedBuffer", "BufferClosedError"), "._buffer"),
+    **dict.fromkeys(("InstanceStatus", "StageStatus", "StreamHandle", "StreamHealth", "StreamStatus"), "._handle"),
     "BACKPRESSURE_STRATEGIES": "._options",
     **dict.fromkeys(("CodeRef", "SinkPlan", "SourcePlan", "StagePlan", "StreamPlan", "dlq_stream", "late_stream"), "._plan"),
     "TokenBucket": "._ratelimit",
@@ -49,13 +53,18 @@ __all__ = [
     "CodeRef",
     "DataStream",
     "FiredWindow",
+    "InstanceStatus",
     "LateRecord",
     "RecordError",
     "SinkPlan",
     "SourcePlan",
+    "StageStatus",
     "StagePlan",
+    "StreamHandle",
+    "StreamHealth",
     "StreamPipeline",
     "StreamPlan",
+    "StreamStatus",
     "StreamTask",
     "StreamURI",
     "TokenBucket",
