@@ -45,6 +45,7 @@ class InstanceStatus:
     buffer_fill: int
     buffer_size: int
     last_error: str
+    partitions: tuple[int, ...] = ()  # the input partitions it reads
 
     @classmethod
     def from_proto(cls, m: stream_pb2.InstanceStatus) -> InstanceStatus:
@@ -53,7 +54,7 @@ class InstanceStatus:
             instance=m.instance, task=m.task, task_state=m.task_state, worker_id=m.worker_id, worker_name=m.worker_name,
             state=r.state, reported_at=m.reported_at, healthy=m.healthy, problem=m.problem, records_in=r.records_in,
             records_out=r.records_out, lag=r.lag, buffer_fill=r.buffer_fill, buffer_size=r.buffer_size,
-            last_error=r.last_error,
+            last_error=r.last_error, partitions=tuple(r.partitions),
         )  # fmt: skip
 
 

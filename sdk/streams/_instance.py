@@ -252,7 +252,7 @@ class StageInstance:
             await self._open_outputs()
             while not self.stopping and not self.fenced:
                 if self.index >= self.active:
-                    self.state_name = "paused"
+                    self.state_name, self.partitions = "paused", []
                     await self._wait_changed()
                     continue
                 await self._session()

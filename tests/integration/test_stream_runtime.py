@@ -450,3 +450,32 @@ def test_the_seed_sample_runs_on_the_embedded_default(kafka_server, broker_ns, m
         assert sum(w["count"] for w in windows) == 100 and all(w["enriched"] for w in windows)
     finally:
         close_default_manager()
+
+
+def test_auto_scaling_parks_an_idle_instance_and_the_other_takes_its_partitions(pm, kafka_server, broker_ns):
+    bootstrap = kafka_server.bootstrap
+    source, sink = f"{broker_ns}.in", f"{broker_ns}.out"
+    kafka_topic(bootstrap, source, 2)
+    kafka_topic(bootstrap, sink, 1)
+    sent = events(400)
+    kafka_produce(bootstrap, source, sent[:200])
+
+    sp = StreamPipeline(f"{broker_ns}-a")
+    stream = DataStream("events", source=f"kafka://{bootstrap}/{source}", key="user")
+    sp.output(sp.transform(stream, Enrich(), parallelism=2, name="enrich"), f"kafka://{bootstrap}/{sink}")
+    handle = sp.start(auto_scaling=True, manager=pm)
+    try:
+        assert len(flat(kafka_read(bootstrap, sink, 200))) >= 200
+        # No lag for the down cooldown (30 s): one instance is enough, the other parks, and
+        # the one left running takes the parked one's partition.
+        def scaled_in():
+            stage = handle.status().stages[0]
+            seen = sorted((i.state, i.partitions) for i in stage.instances)
+            return stage.active == 1 and seen == [("paused", ()), ("running", (0, 1))]
+
+        eventually(scaled_in, timeout_s=75)
+        kafka_produce(bootstrap, source, sent[200:])
+        records = flat(kafka_read(bootstrap, sink, len(sent)))
+        assert sorted(r["id"] for r in records) == list(range(len(sent)))  # nothing lost, nothing twice
+    finally:
+        handle.stop(drain=True, timeout_s=30)
