@@ -180,6 +180,3 @@ def internal_uri(first_source: StreamURI, pipeline: str, stream: str) -> StreamU
         return StreamURI("memory", None, None, name)
     return StreamURI(first_source.scheme, first_source.host, first_source.port, name, first_source.db)
 
-
-def _connectors() -> Mapping[str, str]:
-    return _CONNECTORS
