@@ -43,7 +43,10 @@ log = logging.getLogger(__name__)
 LEADER_METADATA_KEY = "xpipe-leader"
 #: Methods every member answers itself, leader or not.
 _ANY_MEMBER = ("/xpipe.v1.AdminService/GetClusterStatus",)
-_GATED = ("/xpipe.v1.PipelineService/", "/xpipe.v1.WorkerService/", "/xpipe.v1.AdminService/", "/xpipe.v1.StreamService/")
+_GATED = (
+    "/xpipe.v1.PipelineService/", "/xpipe.v1.WorkerService/", "/xpipe.v1.AdminService/", "/xpipe.v1.StreamService/",
+    "/xpipe.v1.InsightsService/",
+)  # fmt: skip
 
 #: ``on_elected(term)`` starts leading and returns an awaitable that ends when leading fails.
 OnElected = Callable[[int], Awaitable[Awaitable[None]]]

@@ -465,17 +465,27 @@ class PipelineManager:
             "start a worker that offers these resources (xpipe-worker --resources cpu=N,memory=SIZE,gpu=N)"
         )
 
-    def optimize_pipeline_performance(self, pipeline: Pipeline | str) -> None:
-        """Plan a faster shape for ``pipeline`` from its history: not built yet.
+    def optimize_pipeline_performance(self, pipeline: Pipeline | str) -> Any:
+        """Apply the safe suggestions from ``pipeline``'s history to it; say what changed.
 
-        Raises:
-            NotImplementedError: always; performance plans and insights are issue 15.
+        Safe means what cannot change a result: task priorities (the critical path first) and
+        resource requests (down to what was used, with headroom). The pipeline object is
+        changed in place, for its next run; the returned report lists each change and why.
         """
-        name = pipeline.name if isinstance(pipeline, Pipeline) else pipeline
-        raise NotImplementedError(
-            f"optimize_pipeline_performance({name!r}): performance plans and insights are not built yet "
-            "(issue 15); create_execution_plan shows the critical path and estimated durations"
-        )
+        from .insights._optimize import optimize_pipeline
+
+        return optimize_pipeline(self, self._resolve(pipeline))
+
+    def get_monitoring_dashboard(self) -> Any:
+        """Insights over this cluster's history, and the web dashboard's ``.url``.
+
+        Returns a :class:`~xpipe.insights.MonitoringDashboard`: ``start_real_time_view``,
+        ``generate_performance_report``, ``detect_anomalies``, ``get_optimization_suggestions``,
+        ``predict_failures``, ``forecast_duration`` (docs/observability.md).
+        """
+        from .insights import MonitoringDashboard
+
+        return MonitoringDashboard(self)
 
     def get_stream_health(self, names: Sequence[str] | None = None) -> Any:
         """Health of the stream pipelines (all, or ``names``): a ``StreamHealth``.
@@ -502,7 +512,6 @@ class PipelineManager:
         return restart_streams(self.client, names or ())
 
     # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
-    get_monitoring_dashboard = not_built("pm.get_monitoring_dashboard()", 15)
     get_resource_manager = not_built("pm.get_resource_manager()", 17)
     cache_strategy = not_built("pm.cache_strategy()", 16)
     warm_cache = not_built("pm.warm_cache()", 16)

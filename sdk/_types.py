@@ -335,6 +335,7 @@ class ClusterStatus:
             disconnected; :meth:`PipelineManager.recover_unhealthy_nodes` forgets them.
         active_runs: runs not yet ended.
         circuits: circuit breakers not closed.
+        dashboard_url: the web dashboard (``--http-listen``), or "" when it is off.
     """
 
     leader: str
@@ -346,6 +347,7 @@ class ClusterStatus:
     circuits: tuple[CircuitInfo, ...]
     coordinator_id: str = ""
     version: str = ""
+    dashboard_url: str = ""
 
     def __getitem__(self, key: str) -> Any:
         """``status["workers"]``: the dict access of before, kept for a while.
@@ -378,6 +380,7 @@ class ClusterStatus:
             circuits=tuple(CircuitInfo.from_proto(c) for c in s.circuits),
             coordinator_id=s.coordinator_id,
             version=s.version,
+            dashboard_url=s.dashboard_url,
         )
 
 

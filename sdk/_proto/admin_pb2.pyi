@@ -13,7 +13,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits", "unhealthy_workers")
+    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits", "unhealthy_workers", "dashboard_url")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class ClusterStatus(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CIRCUITS_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     leader_address: str
     members: _containers.RepeatedScalarFieldContainer[str]
@@ -32,7 +33,8 @@ class ClusterStatus(_message.Message):
     version: str
     circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
     unhealthy_workers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., unhealthy_workers: _Optional[_Iterable[str]] = ...) -> None: ...
+    dashboard_url: str
+    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., unhealthy_workers: _Optional[_Iterable[str]] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
 
 class CircuitInfo(_message.Message):
     __slots__ = ("name", "state", "failures", "opened_at")

@@ -66,9 +66,12 @@ PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "stream:control": "stop and restart stream pipelines",
     "stream:io": "read and write memory:// streams on the coordinator's memory broker",
     "stream:run": "run stream stage instances: report, checkpoint (workers hold it)",
+    "alert:read": "see the alerts the coordinator raised and their deliveries (xpipe alerts)",
 })  # fmt: skip
 
-_VIEW = ("run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe", "stream:read")
+_VIEW = (
+    "run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe", "stream:read", "alert:read",
+)  # fmt: skip
 _SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command", "stream:control", "stream:io")
 _OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
 
@@ -122,6 +125,8 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.StreamService/GetStreams": "stream:read",
     "/xpipe.v1.StreamService/StopStream": "stream:control",
     "/xpipe.v1.StreamService/RestartStreams": "stream:control",
+    "/xpipe.v1.InsightsService/GetHistory": "run:read",
+    "/xpipe.v1.InsightsService/ListAlerts": "alert:read",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,

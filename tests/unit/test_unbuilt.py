@@ -15,14 +15,12 @@ import xpipe
 from xpipe import Pipeline, PipelineManager
 
 NOT_BUILT_ON_MANAGER = {
-    "get_monitoring_dashboard": 15,
     "get_resource_manager": 17,
     "cache_strategy": 16,
     "warm_cache": 16,
     "create_debug_session": 16,
     "enable_hot_reload": 16,
     "scale_up_resources": 17,
-    "optimize_pipeline_performance": 15,
 }
 NOT_BUILT_ON_PIPELINE = {
     "configure_auto_scaling": 17,
@@ -39,7 +37,7 @@ def pm():
 
 @pytest.mark.parametrize(("name", "issue"), sorted(NOT_BUILT_ON_MANAGER.items()))
 def test_a_seed_call_on_the_manager_names_the_issue_that_builds_it(pm, name, issue):
-    args = {"scale_up_resources": ({"cpu_cores": 4},), "optimize_pipeline_performance": ("p",)}.get(name, ())
+    args = {"scale_up_resources": ({"cpu_cores": 4},)}.get(name, ())
     with pytest.raises(NotImplementedError, match=rf"not built yet.*issue {issue}\b"):
         getattr(pm, name)(*args)
 

@@ -1,0 +1,34 @@
+"""Robust statistics shared by anomaly detection (SDK) and the anomaly alert rule (coordinator).
+
+A leaf: no imports of ours. Median and MAD (median absolute deviation) resist the outliers
+they are meant to find, where mean and standard deviation are dragged by them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+__all__ = ["MAD_SCALE", "median_mad", "robust_z"]
+
+#: MAD times this estimates the standard deviation of normally distributed data.
+MAD_SCALE = 1.4826
+
+
+def median_mad(values: Sequence[float]) -> tuple[float, float]:
+    """``(median, MAD)`` of ``values`` (at least one)."""
+    median = statistics.median(values)
+    return median, statistics.median(abs(v - median) for v in values)
+
+
+def robust_z(value: float, history: Sequence[float], *, floor_fraction: float = 0.05) -> float:
+    """How many robust standard deviations ``value`` is from ``history``'s median.
+
+    The spread is floored at ``floor_fraction`` of the median, so a perfectly steady history
+    (MAD 0) does not turn a 1% wobble into an anomaly. Returns 0.0 for an empty history.
+    """
+    if not history:
+        return 0.0
+    median, mad = median_mad(history)
+    spread = max(mad * MAD_SCALE, abs(median) * floor_fraction, 1e-9)
+    return (value - median) / spread
