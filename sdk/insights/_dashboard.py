@@ -57,7 +57,8 @@ class MonitoringDashboard:
         from ._anomalies import detect_anomalies
 
         return detect_anomalies(
-            self.history(pipeline), time_window=time_window, sensitivity=sensitivity, ml_model=ml_model
+            self.history(pipeline), time_window=time_window, sensitivity=sensitivity, ml_model=ml_model,
+            monitoring=getattr(pipeline, "monitoring", None),
         )
 
     def get_optimization_suggestions(self, pipeline: Any = None) -> list[Any]:
