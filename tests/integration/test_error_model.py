@@ -114,8 +114,8 @@ def test_apply_data_fixes_refuses_what_it_cannot_rerun(pm):
 def test_seed_calls_not_built_yet_name_their_issue(pm):
     with pytest.raises(NotImplementedError, match="issue 17"):
         pm.scale_up_resources({"cpu_cores": 64})
-    with pytest.raises(NotImplementedError, match="issue 15"):
-        pm.optimize_pipeline_performance("anything")
+    with pytest.raises(PipelineValidationError, match="no pipeline named 'anything' is registered"):
+        pm.optimize_pipeline_performance("anything")  # built (issue 15): it needs a pipeline
     health = pm.get_stream_health()  # built (issue 14): no stream pipelines here
     assert health.healthy and health.failed_streams == []
     assert pm.restart_unhealthy_streams(health.failed_streams) == {}
