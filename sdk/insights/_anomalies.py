@@ -33,7 +33,12 @@ from ._history import History, RunRecord, TaskRecord
 from ._robust import robust_z
 
 __all__ = [
-    "Anomaly", "MODELS", "MIN_HISTORY", "SENSITIVITY_Z", "SENSITIVITY_CONTAMINATION", "detect_anomalies",
+    "MIN_HISTORY",
+    "MODELS",
+    "SENSITIVITY_CONTAMINATION",
+    "SENSITIVITY_Z",
+    "Anomaly",
+    "detect_anomalies",
     "window_s",
 ]  # fmt: skip
 
@@ -204,7 +209,9 @@ def detect_anomalies(
     return sorted(found, key=lambda a: -a.score)
 
 
-def _median_mad(samples: list[tuple[RunRecord, TaskRecord]], start: float, sensitivity: str) -> Iterable[Anomaly]:
+def _median_mad(
+    samples: list[tuple[RunRecord, TaskRecord]], start: float, sensitivity: str
+) -> Iterable[Anomaly]:
     threshold = SENSITIVITY_Z[sensitivity]
     for metric in METRICS:
         earlier: list[float] = []
@@ -216,7 +223,9 @@ def _median_mad(samples: list[tuple[RunRecord, TaskRecord]], start: float, sensi
                 z = robust_z(value, earlier, floor_fraction=SPREAD_FLOOR_FRACTION)
                 median = statistics.median(earlier)
                 if abs(z) >= threshold and _material(metric, value, median):
-                    yield Anomaly(run.run_id, task.name, metric, value, median, abs(z), _reason(metric, value, median))
+                    yield Anomaly(
+                        run.run_id, task.name, metric, value, median, abs(z), _reason(metric, value, median)
+                    )
             earlier.append(value)
 
 
@@ -259,4 +268,6 @@ def _isolation_forest(
                 best = (ratio, metric, value, median)
         if best is not None:
             _, metric, value, median = best
-            yield Anomaly(run.run_id, task.name, metric, value, median, float(scores[i]), _reason(metric, value, median))
+            yield Anomaly(
+                run.run_id, task.name, metric, value, median, float(scores[i]), _reason(metric, value, median)
+            )

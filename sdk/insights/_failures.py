@@ -45,4 +45,6 @@ def failure_probabilities(history: History) -> dict[str, float]:
             failures = task.attempts if task.state == "FAILED" else min(task.retries, task.attempts)
             failed[key] += weight * failures
             attempts[key] += weight * task.attempts
-    return {key: (_PRIOR_FAILURES + failed[key]) / (_PRIOR_ATTEMPTS + attempts[key]) for key in sorted(attempts)}
+    return {
+        key: (_PRIOR_FAILURES + failed[key]) / (_PRIOR_ATTEMPTS + attempts[key]) for key in sorted(attempts)
+    }

@@ -26,7 +26,7 @@ from .._limits import RESOURCE_ALIASES, normalize_resources
 from ._history import History, load_history
 from ._suggestions import MIN_RUNS
 
-__all__ = ["Change", "OptimizationReport", "optimize_pipeline", "optimize_from_history", "HEADROOM"]
+__all__ = ["HEADROOM", "Change", "OptimizationReport", "optimize_from_history", "optimize_pipeline"]
 
 #: Lowered requests keep this much room above the most that was used.
 HEADROOM = 1.5
@@ -115,7 +115,9 @@ def _priorities(pipeline: Any, median_s: dict[str, float], notes: list[str]) -> 
 
     def bottom_level(name: str) -> float:  # the DAG is validated acyclic when tasks are added
         if name not in level:
-            level[name] = median_s.get(name, 0.0) + max((bottom_level(c) for c in children[name]), default=0.0)
+            level[name] = median_s.get(name, 0.0) + max(
+                (bottom_level(c) for c in children[name]), default=0.0
+            )
         return level[name]
 
     ranked = sorted(tasks, key=lambda n: (bottom_level(n), n))  # ascending: the longest chain last
@@ -143,7 +145,9 @@ def _requests(task: Any, cores_used: list[float], rss: list[int]) -> list[Change
     changes: list[Change] = []
     new = dict(asked)
     if amounts.cpu_cores and len(cores_used) >= MIN_RUNS:
-        cores = max(CPU_FLOOR_CORES, math.ceil(max(cores_used) * HEADROOM / CPU_FLOOR_CORES) * CPU_FLOOR_CORES)
+        cores = max(
+            CPU_FLOOR_CORES, math.ceil(max(cores_used) * HEADROOM / CPU_FLOOR_CORES) * CPU_FLOOR_CORES
+        )
         if cores < amounts.cpu_cores:
             _drop(new, "cpu_cores")
             new["cpu"] = cores
@@ -155,7 +159,9 @@ def _requests(task: Any, cores_used: list[float], rss: list[int]) -> list[Change
             _drop(new, "memory_bytes")
             new["memory"] = memory
             why = f"peak RSS at most {max(rss) / _MIB:.0f} MiB in {len(rss)} runs; x{HEADROOM} headroom"
-            changes.append(Change(task.name, "resource_requirements.memory", amounts.memory_bytes, memory, why))
+            changes.append(
+                Change(task.name, "resource_requirements.memory", amounts.memory_bytes, memory, why)
+            )
     if changes:
         task.resource_requirements = new
     return changes

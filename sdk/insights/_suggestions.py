@@ -31,7 +31,7 @@ from typing import Any
 
 from ._history import History, RunRecord, TaskRecord
 
-__all__ = ["Suggestion", "optimization_suggestions", "MIN_RUNS"]
+__all__ = ["MIN_RUNS", "Suggestion", "optimization_suggestions"]
 
 #: Finished runs of a pipeline needed before any rule speaks about it.
 MIN_RUNS = 5
@@ -187,7 +187,9 @@ def _busy_at(t: float, intervals: Sequence[tuple[float, float]]) -> int:
     return sum(1 for start, end in intervals if start <= t < end)
 
 
-def _slot_bound(pipeline: str, runs: Sequence[RunRecord], history: History, workers: Sequence[Any]) -> Iterable[Suggestion]:
+def _slot_bound(
+    pipeline: str, runs: Sequence[RunRecord], history: History, workers: Sequence[Any]
+) -> Iterable[Suggestion]:
     slots = sum(w.slots for w in workers if w.state in ("ready", "busy"))
     if slots <= 0:
         return
@@ -198,13 +200,20 @@ def _slot_bound(pipeline: str, runs: Sequence[RunRecord], history: History, work
         if len(timed) < MIN_RUNS:
             continue
         wait_s = statistics.median(t.queue_wait_s for t in timed)
-        if wait_s >= MIN_QUEUE_WAIT_S and wait_s >= QUEUE_WAIT_SHARE * statistics.median(t.duration_s for t in timed):
+        if wait_s >= MIN_QUEUE_WAIT_S and wait_s >= QUEUE_WAIT_SHARE * statistics.median(
+            t.duration_s for t in timed
+        ):
             waiting.append(f"{name} {wait_s:.2f} s")
             long_waits.extend(t for t in timed if t.queue_wait_s >= MIN_QUEUE_WAIT_S)
     if not waiting:
         return
     # Busy slots over the whole history (every pipeline's tasks hold slots), at each wait's middle.
-    intervals = [(t.started_at, t.finished_at) for r in history.runs for t in r.tasks if t.started_at > 0 and t.finished_at > 0]
+    intervals = [
+        (t.started_at, t.finished_at)
+        for r in history.runs
+        for t in r.tasks
+        if t.started_at > 0 and t.finished_at > 0
+    ]
     full = sum(1 for t in long_waits if _busy_at((t.ready_at + t.started_at) / 2, intervals) >= slots)
     if full * 2 <= len(long_waits):
         return

@@ -15,14 +15,18 @@ NOW = 1_800_000_000.0
 HOUR_S = 3600.0
 
 
-def _task(name: str, duration_s: float, *, cpu_s: float = 0.0, rss: int = 0, wait_s: float = 0.05, t0: float) -> TaskRecord:
+def _task(
+    name: str, duration_s: float, *, cpu_s: float = 0.0, rss: int = 0, wait_s: float = 0.05, t0: float
+) -> TaskRecord:
     return TaskRecord(
         name, "SUCCEEDED", ready_at=t0, started_at=t0 + wait_s, finished_at=t0 + wait_s + duration_s,
         duration_s=duration_s, queue_wait_s=wait_s, cpu_s=cpu_s, peak_rss_bytes=rss,
     )  # fmt: skip
 
 
-def _history(n_runs: int, *, slow_last: float = 1.0, jitter: float = 0.2, seed: int = 7, spacing_s: float = HOUR_S) -> History:
+def _history(
+    n_runs: int, *, slow_last: float = 1.0, jitter: float = 0.2, seed: int = 7, spacing_s: float = HOUR_S
+) -> History:
     """``n_runs`` runs of extract (2 s) -> load (1 s), one per ``spacing_s``, newest last
     made ``slow_last`` times slower in extract; each figure jittered by +-``jitter``."""
     rng = random.Random(seed)
@@ -30,8 +34,10 @@ def _history(n_runs: int, *, slow_last: float = 1.0, jitter: float = 0.2, seed: 
     for i in range(n_runs):
         created = NOW - (n_runs - i) * spacing_s
         factor = slow_last if i == n_runs - 1 else 1.0
-        wobble = lambda: 1 + rng.uniform(-jitter, jitter)  # noqa: E731
-        extract = _task("extract", 2.0 * wobble() * factor, cpu_s=1.8 * wobble() * factor, rss=200 * 2**20, t0=created)
+        wobble = lambda: 1 + rng.uniform(-jitter, jitter)
+        extract = _task(
+            "extract", 2.0 * wobble() * factor, cpu_s=1.8 * wobble() * factor, rss=200 * 2**20, t0=created
+        )
         load = _task("load", 1.0 * wobble(), cpu_s=0.5 * wobble(), rss=100 * 2**20, t0=created + 3)
         runs.append(RunRecord(f"r{i}", "etl", "SUCCEEDED", created, created + 4, tasks=(extract, load)))
     return History(tuple(reversed(runs)))
@@ -112,7 +118,9 @@ def test_memory_and_queue_wait_are_judged_when_measured():
 
 def test_defaults_come_from_the_pipelines_anomaly_detection_config():
     history = _history(20, slow_last=10.0)
-    config = parse_monitoring_config({"anomaly_detection": {"sensitivity": "low", "ml_model": "isolation_forest"}})
+    config = parse_monitoring_config(
+        {"anomaly_detection": {"sensitivity": "low", "ml_model": "isolation_forest"}}
+    )
     found = detect_anomalies(history, monitoring=config, now=NOW)
     assert found and found[0].score < 1  # the forest's score is in 0..1; a z-score here would be >> 1
     unknown = parse_monitoring_config({"anomaly_detection": {"ml_model": "prophet"}})

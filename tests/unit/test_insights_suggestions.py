@@ -13,7 +13,9 @@ T0 = 1_800_000_000.0
 MIB = 2**20
 
 
-def _run(i: int, *tasks: TaskRecord, pipeline: str = "etl", state: str = "SUCCEEDED", spacing_s: float = 100.0) -> RunRecord:
+def _run(
+    i: int, *tasks: TaskRecord, pipeline: str = "etl", state: str = "SUCCEEDED", spacing_s: float = 100.0
+) -> RunRecord:
     created = T0 + i * spacing_s
     end = max((t.finished_at for t in tasks), default=created)
     shifted = tuple(
@@ -73,7 +75,9 @@ def test_dominating_only_in_a_minority_of_runs_is_not_reported():
 
 
 def test_too_little_history_gives_no_suggestion():
-    history = History(tuple(_run(i, _t("extract", 0, 1.0), _t("train", 1.0, 9.0)) for i in range(MIN_RUNS - 1)))
+    history = History(
+        tuple(_run(i, _t("extract", 0, 1.0), _t("train", 1.0, 9.0)) for i in range(MIN_RUNS - 1))
+    )
     assert optimization_suggestions(history, workers=[_worker("idle")]) == []
 
 
@@ -90,7 +94,10 @@ def test_a_task_that_retries_often_is_named():
 
 
 def test_retrying_in_a_fifth_of_runs_or_less_is_not_often():
-    runs = [_run(i, _t("fetch", 0, 2.0, retries=1 if i == 0 else 0), _t("a", 0, 2.0), _t("b", 2.0, 2.0)) for i in range(5)]
+    runs = [
+        _run(i, _t("fetch", 0, 2.0, retries=1 if i == 0 else 0), _t("a", 0, 2.0), _t("b", 2.0, 2.0))
+        for i in range(5)
+    ]
     assert optimization_suggestions(History(tuple(runs))) == []
 
 
@@ -107,19 +114,28 @@ def test_memory_requested_far_above_peak_rss_is_named_and_unmeasured_is_not():
     found = optimization_suggestions(over)
     assert _kinds(found) == {("overrequested_memory", "etl/extract")}
     assert "1024 MiB but its peak RSS was at most 100 MiB" in found[0].message
-    assert optimization_suggestions(_balanced(peak_rss_bytes=300 * MIB, requested_memory_bytes=1024 * MIB)) == []
+    assert (
+        optimization_suggestions(_balanced(peak_rss_bytes=300 * MIB, requested_memory_bytes=1024 * MIB)) == []
+    )
     assert optimization_suggestions(_balanced(requested_memory_bytes=1024 * MIB)) == []  # never measured
 
 
 def test_a_worker_that_ran_nothing_is_idle():
-    found = optimization_suggestions(_balanced(), workers=[_worker("w1"), _worker("w2"), _worker("gone", state="lost")])
+    found = optimization_suggestions(
+        _balanced(), workers=[_worker("w1"), _worker("w2"), _worker("gone", state="lost")]
+    )
     assert _kinds(found) == {("idle_worker", "w2")}
 
 
 def test_waiting_long_while_every_slot_is_busy_is_slot_bound():
     # Two slots; three 5 s tasks ready at once: the third waits 5 s for a slot each run.
     def run(i: int) -> RunRecord:
-        return _run(i, _t("a", 0, 5.0, worker="w1"), _t("b", 0, 5.0, worker="w1"), _t("c", 5.0, 5.0, wait_s=5.0, worker="w1"))
+        return _run(
+            i,
+            _t("a", 0, 5.0, worker="w1"),
+            _t("b", 0, 5.0, worker="w1"),
+            _t("c", 5.0, 5.0, wait_s=5.0, worker="w1"),
+        )
 
     history = History(tuple(run(i) for i in range(6)))
     found = optimization_suggestions(history, workers=[_worker("w1", slots=2)])
@@ -127,14 +143,18 @@ def test_waiting_long_while_every_slot_is_busy_is_slot_bound():
     slot = next(s for s in found if s.kind == "slot_bound")
     assert slot.estimated_gain == pytest.approx(5.0) and "all 2 slots were busy" in slot.message
     # With 3 slots the same waits were not for a slot (something else held the task).
-    assert "slot_bound" not in {s.kind for s in optimization_suggestions(history, workers=[_worker("w1", slots=3)])}
+    assert "slot_bound" not in {
+        s.kind for s in optimization_suggestions(history, workers=[_worker("w1", slots=3)])
+    }
 
 
 def test_short_waits_are_not_slot_bound():
     history = History(tuple(
         _run(i, _t("a", 0, 5.0, worker="w1"), _t("b", 0, 5.0, worker="w1"), _t("c", 5.1, 5.0, wait_s=0.1, worker="w1"))
         for i in range(6)))  # fmt: skip
-    assert "slot_bound" not in {s.kind for s in optimization_suggestions(history, workers=[_worker("w1", slots=2)])}
+    assert "slot_bound" not in {
+        s.kind for s in optimization_suggestions(history, workers=[_worker("w1", slots=2)])
+    }
 
 
 def test_failure_probability_is_smoothed_and_weighted_to_recent_runs():
