@@ -5,7 +5,7 @@ task name) in the runs created BEFORE it, over all the history the coordinator k
 run early in the window still has a baseline. Two models:
 
 * ``"median_mad"`` (the default): per metric, the robust z-score against the median and MAD
-  (:func:`._robust.robust_z`); sensitivity low/medium/high means |z| >= 6/4/3.
+  (:func:`._robust.robust_z`, kept incrementally); sensitivity low/medium/high means |z| >= 6/4/3.
 * ``"isolation_forest"``: scikit-learn's IsolationForest on (duration, CPU, memory, queue
   wait) per task, fitted once per task on its kept samples, with the contamination taken
   from the sensitivity (an optional extra: ``pip install 'xpipe-cluster[insights]'``).
@@ -20,6 +20,8 @@ by chance. A task needs
 
 from __future__ import annotations
 
+import bisect
+import math
 import statistics
 import time
 from collections import defaultdict
@@ -30,7 +32,7 @@ from typing import Any
 
 from .._retry import parse_duration_s
 from ._history import History, RunRecord, TaskRecord
-from ._robust import robust_z
+from ._robust import z_from
 
 __all__ = [
     "MIN_HISTORY",
@@ -209,24 +211,72 @@ def detect_anomalies(
     return sorted(found, key=lambda a: -a.score)
 
 
+class _Baseline:
+    """Earlier values of one metric of one task, kept sorted: median and MAD in O(log^2 n).
+
+    Judging each of a task's runs against all before it would cost O(n^2 log n) by sorting
+    afresh; here an insert is one ``insort`` and the MAD is the k-th smallest of two sorted
+    sequences (the distances below and above the median), found by bisection.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, value: float) -> None:
+        bisect.insort(self.values, value)
+
+    def median(self) -> float:
+        v, n = self.values, len(self.values)
+        return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+    def mad(self, median: float) -> float:
+        n = len(self.values)
+        return self._kth_distance(n // 2, median) if n % 2 else (
+            self._kth_distance(n // 2 - 1, median) + self._kth_distance(n // 2, median)
+        ) / 2  # fmt: skip
+
+    def _kth_distance(self, k: int, median: float) -> float:
+        """The k-th smallest (from 0) of |v - median|: merge below (walking down) and above."""
+        v = self.values
+        split = bisect.bisect_left(v, median)
+        n_below, n_above = split, len(v) - split
+        below = lambda j: median - v[split - 1 - j]  # noqa: E731  ascending in j
+        above = lambda j: v[split + j] - median  # noqa: E731  ascending in j
+        need = k + 1
+        lo, hi = max(0, need - n_above), min(need, n_below)
+        while lo < hi:  # the fewest taken from below such that the next one below is not smaller
+            taken = (lo + hi) // 2
+            if below(taken) < above(need - taken - 1):
+                lo = taken + 1
+            else:
+                hi = taken
+        taken = lo
+        last_below = below(taken - 1) if taken > 0 else -math.inf
+        last_above = above(need - taken - 1) if need - taken > 0 else -math.inf
+        return max(last_below, last_above)
+
+
 def _median_mad(
     samples: list[tuple[RunRecord, TaskRecord]], start: float, sensitivity: str
 ) -> Iterable[Anomaly]:
     threshold = SENSITIVITY_Z[sensitivity]
     for metric in METRICS:
-        earlier: list[float] = []
+        earlier = _Baseline()
         for run, task in samples:
             value = _value(task, metric)
             if value is None:
                 continue
             if run.created_at >= start and len(earlier) >= MIN_HISTORY:
-                z = robust_z(value, earlier, floor_fraction=SPREAD_FLOOR_FRACTION)
-                median = statistics.median(earlier)
+                median = earlier.median()
+                z = z_from(value, median, earlier.mad(median), floor_fraction=SPREAD_FLOOR_FRACTION)
                 if abs(z) >= threshold and _material(metric, value, median):
                     yield Anomaly(
                         run.run_id, task.name, metric, value, median, abs(z), _reason(metric, value, median)
                     )
-            earlier.append(value)
+            earlier.add(value)
 
 
 def _load_forest() -> Any:
@@ -244,17 +294,19 @@ def _isolation_forest(
     samples: list[tuple[RunRecord, TaskRecord]], start: float, sensitivity: str
 ) -> Iterable[Anomaly]:
     forest_class = _load_forest()
-    if not any(run.created_at >= start for run, _ in samples) or len(samples) <= MIN_HISTORY:
+    judged = [i for i, (run, _) in enumerate(samples) if i >= MIN_HISTORY and run.created_at >= start]
+    if not judged:  # no fit for a task with nothing to judge
         return
     rows = [[_value(task, m) or 0.0 for m in METRICS] for _, task in samples]
     forest = forest_class(
         n_estimators=100, contamination=SENSITIVITY_CONTAMINATION[sensitivity], random_state=0
     ).fit(rows)
-    flagged = forest.predict(rows)
-    scores = -forest.score_samples(rows)  # 0..1, higher is stranger
-    for i, (run, task) in enumerate(samples):
-        if run.created_at < start or i < MIN_HISTORY or flagged[i] != -1:
+    # score_samples is -(the paper's anomaly score, 0..1); below offset_ is what predict() calls -1.
+    raw = forest.score_samples([rows[i] for i in judged])
+    for i, score in zip(judged, raw):
+        if score >= forest.offset_:
             continue
+        run, task = samples[i]
         # Name the metric that moved most from the task's earlier median, if any moved materially.
         best: tuple[float, str, float, float] | None = None
         for column, metric in enumerate(METRICS):
@@ -269,5 +321,5 @@ def _isolation_forest(
         if best is not None:
             _, metric, value, median = best
             yield Anomaly(
-                run.run_id, task.name, metric, value, median, float(scores[i]), _reason(metric, value, median)
+                run.run_id, task.name, metric, value, median, float(-score), _reason(metric, value, median)
             )

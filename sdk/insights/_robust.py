@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["MAD_SCALE", "median_mad", "robust_z"]
+__all__ = ["MAD_SCALE", "median_mad", "robust_z", "z_from"]
 
 #: MAD times this estimates the standard deviation of normally distributed data.
 MAD_SCALE = 1.4826
@@ -30,5 +30,10 @@ def robust_z(value: float, history: Sequence[float], *, floor_fraction: float = 
     if not history:
         return 0.0
     median, mad = median_mad(history)
+    return z_from(value, median, mad, floor_fraction=floor_fraction)
+
+
+def z_from(value: float, median: float, mad: float, *, floor_fraction: float = 0.05) -> float:
+    """:func:`robust_z` from a median and MAD already known (a baseline kept sorted, say)."""
     spread = max(mad * MAD_SCALE, abs(median) * floor_fraction, 1e-9)
     return (value - median) / spread

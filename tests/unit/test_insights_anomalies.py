@@ -6,9 +6,12 @@ import random
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from xpipe.insights import History, RunRecord, TaskRecord
-from xpipe.insights._anomalies import Anomaly, detect_anomalies, window_s
+from xpipe.insights._anomalies import Anomaly, _Baseline, detect_anomalies, window_s
+from xpipe.insights._robust import median_mad
 from xpipe.telemetry._monitoring import parse_monitoring_config
 
 NOW = 1_800_000_000.0
@@ -158,3 +161,15 @@ def test_anomaly_is_frozen():
     a = Anomaly("r", "t", "duration", 2.0, 1.0, 5.0, "duration 2 s is 2.0x its median 1 s")
     with pytest.raises(AttributeError):
         a.score = 1.0  # type: ignore[misc]
+
+
+@given(
+    st.lists(st.floats(min_value=0, max_value=1e6) | st.integers(0, 5).map(float), min_size=1, max_size=60)
+)
+def test_the_sorted_baseline_agrees_with_median_mad(values):
+    """The incremental median/MAD used per task equals the plain one on any values (ties too)."""
+    baseline = _Baseline()
+    for v in values:
+        baseline.add(v)
+    median, mad = median_mad(values)
+    assert baseline.median() == pytest.approx(median) and baseline.mad(median) == pytest.approx(mad)
