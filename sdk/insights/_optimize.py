@@ -16,7 +16,6 @@ The pipeline is changed in place, for its next run; the report lists each change
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -24,17 +23,11 @@ from typing import Any
 
 from .._limits import RESOURCE_ALIASES, normalize_resources
 from ._history import History, load_history
-from ._suggestions import MIN_RUNS
+from ._suggestions import (  # noqa: F401  the floors are named in the docstring above
+    CPU_FLOOR_CORES, HEADROOM, MEMORY_FLOOR_BYTES, MIN_RUNS, lowered_cpu, lowered_memory,
+)  # fmt: skip
 
-__all__ = ["HEADROOM", "Change", "OptimizationReport", "optimize_from_history", "optimize_pipeline"]
-
-#: Lowered requests keep this much room above the most that was used.
-HEADROOM = 1.5
-#: Fewest cores a lowered CPU request asks for; requests are rounded up to this step too.
-CPU_FLOOR_CORES = 0.25
-#: Fewest bytes a lowered memory request asks for; requests are rounded up to whole MiB.
-MEMORY_FLOOR_BYTES = 64 * 2**20
-_MIB = 2**20
+__all__ = ["Change", "OptimizationReport", "optimize_from_history", "optimize_pipeline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,20 +138,18 @@ def _requests(task: Any, cores_used: list[float], rss: list[int]) -> list[Change
     changes: list[Change] = []
     new = dict(asked)
     if amounts.cpu_cores and len(cores_used) >= MIN_RUNS:
-        cores = max(
-            CPU_FLOOR_CORES, math.ceil(max(cores_used) * HEADROOM / CPU_FLOOR_CORES) * CPU_FLOOR_CORES
-        )
+        cores = lowered_cpu(max(cores_used))
         if cores < amounts.cpu_cores:
             _drop(new, "cpu_cores")
             new["cpu"] = cores
             why = f"used at most {max(cores_used):.2f} cores in {len(cores_used)} runs; x{HEADROOM} headroom"
             changes.append(Change(task.name, "resource_requirements.cpu", amounts.cpu_cores, cores, why))
     if amounts.memory_bytes and len(rss) >= MIN_RUNS:
-        memory = max(MEMORY_FLOOR_BYTES, math.ceil(max(rss) * HEADROOM / _MIB) * _MIB)
+        memory = lowered_memory(max(rss))
         if memory < amounts.memory_bytes:
             _drop(new, "memory_bytes")
             new["memory"] = memory
-            why = f"peak RSS at most {max(rss) / _MIB:.0f} MiB in {len(rss)} runs; x{HEADROOM} headroom"
+            why = f"peak RSS at most {max(rss) / 2**20:.0f} MiB in {len(rss)} runs; x{HEADROOM} headroom"
             changes.append(
                 Change(task.name, "resource_requirements.memory", amounts.memory_bytes, memory, why)
             )

@@ -13,7 +13,9 @@ The rules:
   duration times its mean retries (the time spent on attempts that failed).
 * ``overrequested_cpu`` / ``overrequested_memory``: a task asks for at least
   :data:`CPU_OVERREQUEST` times the cores it used (``cpu_s / duration_s``, at most), or
-  :data:`MEMORY_OVERREQUEST` times its peak RSS, when measured (``track_performance``).
+  :data:`MEMORY_OVERREQUEST` times its peak RSS, when measured (``track_performance``);
+  the default one core is not such a request. The figure suggested (:func:`lowered_cpu`,
+  :func:`lowered_memory`) is what ``pm.optimize_pipeline_performance`` applies.
 * ``idle_worker``: a worker (from ``client.list_workers()``) that ran no task of the history.
 * ``slot_bound``: a pipeline with tasks that wait long (a task's median queue wait at least
   :data:`QUEUE_WAIT_SHARE` of its median duration, and :data:`MIN_QUEUE_WAIT_S`) while
@@ -23,6 +25,7 @@ The rules:
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -31,7 +34,7 @@ from typing import Any
 
 from ._history import History, RunRecord, TaskRecord
 
-__all__ = ["MIN_RUNS", "Suggestion", "optimization_suggestions"]
+__all__ = ["MIN_RUNS", "Suggestion", "lowered_cpu", "lowered_memory", "optimization_suggestions"]
 
 #: Finished runs of a pipeline needed before any rule speaks about it.
 MIN_RUNS = 5
@@ -43,6 +46,13 @@ RETRY_RATE = 0.2
 CPU_OVERREQUEST = 2.0
 #: Requested memory at least this many times the peak RSS is over-asking.
 MEMORY_OVERREQUEST = 4.0
+#: Lowered requests keep this much room above the most that was used.
+HEADROOM = 1.5
+#: Fewest cores a lowered CPU request asks for; lowered requests are rounded up to this step too.
+CPU_FLOOR_CORES = 0.25
+#: Fewest bytes a lowered memory request asks for; lowered requests are rounded up to whole MiB.
+MEMORY_FLOOR_BYTES = 64 * 2**20
+_MIB = 2**20
 #: Queue waits this long relative to the duration mean the pipeline waits for slots...
 QUEUE_WAIT_SHARE = 0.5
 #: ...and at least this long in absolute terms.
@@ -147,17 +157,29 @@ def _retries(pipeline: str, tasks: dict[str, list[TaskRecord]]) -> Iterable[Sugg
             )  # fmt: skip
 
 
+def lowered_cpu(used_cores: float) -> float:
+    """The request to suggest for a task that used at most ``used_cores``: with headroom, in steps, floored."""
+    return max(CPU_FLOOR_CORES, math.ceil(used_cores * HEADROOM / CPU_FLOOR_CORES) * CPU_FLOOR_CORES)
+
+
+def lowered_memory(peak_rss_bytes: int) -> int:
+    """The request to suggest for a task whose peak RSS was at most ``peak_rss_bytes``: in whole MiB, floored."""
+    return max(MEMORY_FLOOR_BYTES, math.ceil(peak_rss_bytes * HEADROOM / _MIB) * _MIB)
+
+
 def _overrequested(pipeline: str, tasks: dict[str, list[TaskRecord]]) -> Iterable[Suggestion]:
     for name, records in sorted(tasks.items()):
         measured = [t for t in records if t.cpu_s > 0 and t.duration_s > 0]
-        if len(measured) >= MIN_RUNS:
+        asked = records[0].requested_cpu
+        # One core is what a task gets when it asks for nothing (insights.proto): not a request to undo.
+        if len(measured) >= MIN_RUNS and asked > 1:
             used_cores = max(t.cpu_s / t.duration_s for t in measured)
-            asked = records[0].requested_cpu
             if asked >= CPU_OVERREQUEST * used_cores:
+                better = lowered_cpu(used_cores)
                 yield Suggestion(
                     "overrequested_cpu", f"{pipeline}/{name}",
                     f"asks for {asked:g} cores but used at most {used_cores:.2f} in {len(measured)} runs: "
-                    f"ask for about {max(used_cores * 1.5, 0.25):.2f} to free {asked - used_cores * 1.5:.2f} cores",
+                    f"ask for {better:g} (pm.optimize_pipeline_performance does) to free {asked - better:g} cores",
                     0.0,
                 )  # fmt: skip
         rss = [t.peak_rss_bytes for t in records if t.peak_rss_bytes > 0]
@@ -165,8 +187,9 @@ def _overrequested(pipeline: str, tasks: dict[str, list[TaskRecord]]) -> Iterabl
         if len(rss) >= MIN_RUNS and asked_bytes and asked_bytes >= MEMORY_OVERREQUEST * max(rss):
             yield Suggestion(
                 "overrequested_memory", f"{pipeline}/{name}",
-                f"asks for {asked_bytes / 2**20:.0f} MiB but its peak RSS was at most {max(rss) / 2**20:.0f} MiB "
-                f"in {len(rss)} runs: ask for about {max(rss) * 1.5 / 2**20:.0f} MiB",
+                f"asks for {asked_bytes / _MIB:.0f} MiB but its peak RSS was at most {max(rss) / _MIB:.0f} MiB "
+                f"in {len(rss)} runs: ask for {lowered_memory(max(rss)) / _MIB:.0f} MiB "
+                "(pm.optimize_pipeline_performance does)",
                 0.0,
             )  # fmt: skip
 

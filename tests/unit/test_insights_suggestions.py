@@ -105,15 +105,23 @@ def test_cpu_requested_far_above_use_is_named_and_near_use_is_not():
     over = _balanced(cpu_s=4.0 * 0.5, requested_cpu=4.0)  # used 0.5 of 4 cores
     found = optimization_suggestions(over)
     assert _kinds(found) == {("overrequested_cpu", "etl/extract")}
-    assert "asks for 4 cores but used at most 0.50" in found[0].message and found[0].estimated_gain == 0
-    assert optimization_suggestions(_balanced(cpu_s=4.0 * 0.9, requested_cpu=1.0)) == []
+    assert found[0].message == (
+        "asks for 4 cores but used at most 0.50 in 8 runs: ask for 0.75 "
+        "(pm.optimize_pipeline_performance does) to free 3.25 cores"
+    )
+    assert found[0].estimated_gain == 0
+    assert optimization_suggestions(_balanced(cpu_s=4.0 * 0.9, requested_cpu=1.5)) == []  # 0.9 of 1.5
+
+
+def test_the_default_one_core_is_not_an_overrequest():
+    assert optimization_suggestions(_balanced(cpu_s=0.1, requested_cpu=1.0)) == []  # a sleeper on the default
 
 
 def test_memory_requested_far_above_peak_rss_is_named_and_unmeasured_is_not():
     over = _balanced(peak_rss_bytes=100 * MIB, requested_memory_bytes=1024 * MIB)
     found = optimization_suggestions(over)
     assert _kinds(found) == {("overrequested_memory", "etl/extract")}
-    assert "1024 MiB but its peak RSS was at most 100 MiB" in found[0].message
+    assert "1024 MiB but its peak RSS was at most 100 MiB in 8 runs: ask for 150 MiB" in found[0].message
     assert (
         optimization_suggestions(_balanced(peak_rss_bytes=300 * MIB, requested_memory_bytes=1024 * MIB)) == []
     )
