@@ -1,0 +1,161 @@
+"""Run history, the performance report, the real-time view and forecasts on a real cluster.
+
+A real coordinator and worker on loopback run a pipeline a few times (one task slow by
+design, one that fails once and is retried, one that measures itself); ``GetHistory``
+must tell each run as it happened, and the insights built on it must agree.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+from xpipe import Pipeline, PipelineManager, Task
+from xpipe._client import Client
+from xpipe.insights._history import load_history
+from xpipe.insights._report import percentile
+
+from tests import helpers_tasks as ht
+from tests.harness import Cluster, SecureSetup, eventually
+
+SLOW_S = 0.6
+FAST_S = 0.05
+BUSY_CPU_S = 0.1
+#: Slack for a task's measured duration over what it sleeps (process start is not in it).
+SLACK_S = 0.5
+RUNS = 3
+
+
+def burn() -> str:
+    """Real CPU work, so the history's cpu_s is a measurement."""
+    started = time.process_time()
+    while time.process_time() - started < BUSY_CPU_S:
+        pass
+    return "burnt"
+
+
+def history_pipeline(counter_dir: Path, name: str = "insights_hist") -> Pipeline:
+    counter_dir.mkdir(parents=True, exist_ok=True)
+    p = Pipeline(name)
+    fast = Task("fast", ht.sleep, args=(FAST_S,))
+    slow = Task("slow", ht.sleep, args=(SLOW_S,))
+    p.add_tasks([
+        fast, slow, Task("sum", ht.add, depends_on=[fast, slow]),
+        Task("flaky", ht.fail_times, args=(str(counter_dir), 1), max_retries=1, retry_delay_s=0.05),
+    ])  # fmt: skip
+    p.track_performance(burn)
+    return p
+
+
+def test_history_report_and_forecast_follow_real_runs(tmp_path: Path):
+    with Cluster(tmp_path, workers=1, slots=4) as cluster, PipelineManager(coordinator=cluster.address) as pm:
+        results = [pm.execute_pipeline(history_pipeline(tmp_path / f"c{i}"), monitor=False, timeout_s=60)
+                   for i in range(RUNS)]  # fmt: skip
+        assert all(r.succeeded for r in results)
+        dashboard = pm.get_monitoring_dashboard()
+        h = dashboard.history("insights_hist")
+        assert [r.run_id for r in h.runs] == [r.run_id for r in reversed(results)]  # newest first
+        assert h.note == ""
+        for run in h.runs:
+            info = pm.client.get_run(run.run_id)
+            assert (run.state, run.namespace, run.pipeline) == ("RUN_SUCCEEDED", "default", "insights_hist")
+            assert run.finished_at == pytest.approx(info.summary.finished_at)
+            tasks = {t.name: t for t in run.tasks}
+            assert set(tasks) == {"fast", "slow", "sum", "flaky", "burn"}
+            for t in run.tasks:
+                assert t.state == "SUCCEEDED" and t.worker == "w0"
+                assert t.started_at == pytest.approx(info.task(t.name).started_at)
+                assert t.duration_s == pytest.approx(t.finished_at - t.started_at)
+                assert t.requested_cpu == 1.0
+                assert t.ready_at > 0 and 0 <= t.queue_wait_s < 5, t
+            assert SLOW_S <= tasks["slow"].duration_s < SLOW_S + SLACK_S
+            assert FAST_S <= tasks["fast"].duration_s < FAST_S + SLACK_S
+            assert (tasks["flaky"].attempts, tasks["flaky"].retries) == (2, 1)
+            assert (tasks["slow"].attempts, tasks["slow"].retries) == (1, 0)
+            assert tasks["sum"].depends_on == ("fast", "slow")
+            # sum became READY when slow (its last upstream) ended.
+            assert tasks["sum"].ready_at >= tasks["slow"].finished_at - 0.05
+            assert tasks["burn"].cpu_s >= BUSY_CPU_S * 0.9 and tasks["burn"].peak_rss_bytes > 10 * 2**20
+            assert tasks["slow"].cpu_s == 0.0  # not measured: left 0
+
+        # Bounded: max_runs cuts the answer and says so.
+        cut = load_history(pm.client, "insights_hist", max_runs=2)
+        assert len(cut.runs) == 2 and cut.note == "only the newest 2 of 3 runs (max_runs)"
+        assert load_history(pm.client, "insights_hist", since=h.runs[0].created_at).runs == h.runs[:1]
+        assert load_history(pm.client, "no_such_pipeline").runs == ()
+
+        report = dashboard.generate_performance_report("insights_hist")
+        by = {t.name: t for t in report.tasks}
+        slow_durations = [next(t for t in r.tasks if t.name == "slow").duration_s for r in h.runs]
+        assert by["slow"].p50_s == pytest.approx(statistics.median(slow_durations))
+        assert by["slow"].p95_s == pytest.approx(percentile(slow_durations, 95))
+        assert by["slow"].max_s == pytest.approx(max(slow_durations))
+        assert by["slow"].critical_share == 1.0 and by["fast"].critical_share == 0.0
+        assert by["flaky"].retries == RUNS and by["flaky"].failure_rate == pytest.approx(0.5)
+        assert by["slow"].failure_rate == 0.0
+        assert by["burn"].cpu_s >= BUSY_CPU_S * 0.9 and by["slow"].cpu_s is None
+        (p,) = report.pipelines
+        assert (p.pipeline, p.runs, p.succeeded, p.failed) == ("insights_hist", RUNS, RUNS, 0)
+        assert p.max_s == pytest.approx(max(r.duration_s for r in h.runs))
+        assert "slow" in str(report)
+        page = report.to_html(tmp_path / "report.html").read_text()
+        assert page.count("<svg") == 2
+
+        forecast = dashboard.forecast_duration(history_pipeline(tmp_path / "plan"))
+        measured = statistics.median(r.duration_s for r in h.runs)
+        assert forecast.has_basis and forecast.low_s <= measured <= forecast.high_s, (forecast, measured)
+        assert measured * 0.5 <= forecast.expected_s <= measured * 1.5
+        assert forecast.expected_s >= SLOW_S
+
+
+def test_real_time_view_follows_the_current_run_then_the_next(tmp_path: Path):
+    with Cluster(tmp_path, workers=1, slots=2) as cluster, PipelineManager(coordinator=cluster.address) as pm:
+        dashboard = pm.get_monitoring_dashboard()
+        p = Pipeline("insights_rt")
+        p.add_task(Task("hold", ht.sleep, args=(1.0,)))
+        view = dashboard.start_real_time_view("insights_rt", interval_s=0.1)
+        assert view.wait_for_poll() and view.snapshot()["run_id"] == ""  # nothing ran yet
+        first = pm.submit(p)
+        snap = eventually(lambda: (s := view.snapshot())["run_id"] == first and s["tasks"][0]["state"] == "RUNNING"
+                          and s["tasks"][0]["duration_s"] > 0 and s, timeout_s=20, message="first run seen running")  # fmt: skip
+        assert snap["state"] == "RUNNING" and snap["counts"] == {"RUNNING": 1} and snap["elapsed_s"] > 0
+        assert snap["tasks"][0]["worker"] == "w0" and snap["error"] == ""
+        done = eventually(lambda: (s := view.snapshot())["state"] == "SUCCEEDED" and s, timeout_s=20,
+                          message="first run seen finished")  # fmt: skip
+        assert done["run_id"] == first and done["counts"] == {"SUCCEEDED": 1}
+        assert done["tasks"][0]["duration_s"] >= 1.0
+        second = pm.submit(p)
+        eventually(lambda: view.snapshot()["run_id"] == second, timeout_s=20, message="the next run followed")
+        assert view.url == (f"{dashboard.url.rstrip('/')}/#/runs/{second}" if dashboard.url else "")
+        view.stop()
+        assert not view.running
+        stopped_at = view.snapshot()["updated_at"]
+        other = dashboard.start_real_time_view(p, interval_s=0.1)
+        assert other.wait_for_poll() and other.snapshot()["run_id"] == second
+        assert view.snapshot()["updated_at"] == stopped_at  # a stopped view polls no more
+        with pytest.raises(ValueError, match="interval_s must be a number of seconds from 0.05 to 3600, got 0"):
+            dashboard.start_real_time_view(p, interval_s=0)
+        pm.client.cancel(second)
+    assert not other.running  # the manager's close stopped it
+
+
+def test_history_shows_only_the_namespaces_the_caller_may_read(tmp_path: Path):
+    principals = {**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"], "teamb": ["submitter"]}
+    setup = SecureSetup(tmp_path, principals=principals, namespaces={"teama": ["team-a"], "teamb": ["team-b"]})
+    with Cluster(tmp_path, workers=1, slots=2, security=setup) as cluster:
+        run_ids = {}
+        for team, namespace in (("teama", "team-a"), ("teamb", "team-b")):
+            with Client(cluster.address, **cluster.client_options(team)) as client:
+                p = Pipeline("shared_name", namespace=namespace)
+                p.add_task(Task("one", ht.echo, args=(1,)))
+                run_ids[team] = client.submit(p)
+        with Client(cluster.address, **cluster.client_options("admin")) as admin:
+            eventually(lambda: all(admin.get_run(r).summary.finished for r in run_ids.values()), timeout_s=30,
+                       message="both runs finished")  # fmt: skip
+            assert {r.run_id for r in load_history(admin, "shared_name").runs} == set(run_ids.values())
+        for team, namespace in (("teama", "team-a"), ("teamb", "team-b")):
+            with Client(cluster.address, **cluster.client_options(team)) as client:
+                runs = load_history(client, "shared_name").runs
+                assert [(r.run_id, r.namespace) for r in runs] == [(run_ids[team], namespace)]
