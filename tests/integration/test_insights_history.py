@@ -159,3 +159,81 @@ def test_history_shows_only_the_namespaces_the_caller_may_read(tmp_path: Path):
             with Client(cluster.address, **cluster.client_options(team)) as client:
                 runs = load_history(client, "shared_name").runs
                 assert [(r.run_id, r.namespace) for r in runs] == [(run_ids[team], namespace)]
+
+
+# ---- bounds and answer time: a real coordinator in this process, its store filled with finished runs
+
+
+def _finished_runs(n_runs: int, n_tasks: int, t0: float) -> list:
+    """Records of ``n_runs`` finished runs of a chain of ``n_tasks`` tasks (each 0.01 s)."""
+    from xpipe._proto import common_pb2 as pb
+    from xpipe.coordinator._events import RunRecord, TaskRecord
+
+    records = []
+    for i in range(n_runs):
+        run_id = f"hist{i:04d}"
+        spec = pb.PipelineSpec(name="filled", namespace="default")
+        for j in range(n_tasks):
+            spec.tasks.add(name=f"t{j}", depends_on=[f"t{j - 1}"] if j else [])
+        created = t0 + i
+        records.append(RunRecord(run_id, "filled", pb.RUN_SUCCEEDED, created, created + n_tasks * 0.01, n_tasks, spec))
+        records += [TaskRecord(run_id, f"t{j}", pb.SUCCEEDED, 1, "w0", created + j * 0.01, created + (j + 1) * 0.01)
+                    for j in range(n_tasks)]  # fmt: skip
+    return records
+
+
+@pytest.fixture
+def filled(tmp_path: Path, monkeypatch):
+    """An in-process coordinator serving real gRPC on loopback, 100 finished runs of 100 tasks kept."""
+    import asyncio
+    import threading
+
+    from xpipe.coordinator._engine import EngineConfig
+    from xpipe.coordinator._server import Coordinator
+    from xpipe.coordinator._store import SQLiteStore
+
+    path = tmp_path / "data" / "xpipe.db"
+    path.parent.mkdir(parents=True)
+
+    async def fill() -> None:
+        async with SQLiteStore(path) as store:
+            await store.commit(_finished_runs(100, 100, time.time() - 1000))
+
+    asyncio.run(fill())
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="coordinator-loop", daemon=True)
+    thread.start()
+    run = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)  # noqa: E731
+    coordinator = Coordinator(SQLiteStore(path), listen="127.0.0.1:0", config=EngineConfig())
+    address = run(coordinator.start())
+    try:
+        with Client(address) as client:
+            yield client
+    finally:
+        run(coordinator.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+
+def test_history_of_100_runs_of_100_tasks_answers_quickly(filled):
+    load_history(filled, "filled", max_runs=1)  # the connection is up
+    started = time.perf_counter()
+    h = load_history(filled, "filled")
+    took_s = time.perf_counter() - started
+    print(f"GetHistory: 100 runs x 100 tasks in {took_s * 1000:.0f} ms")
+    assert len(h.runs) == 100 and all(len(r.tasks) == 100 for r in h.runs) and h.note == ""
+    newest = h.runs[0]
+    assert newest.run_id == "hist0099" and newest.tasks[5].depends_on == ("t4",)
+    # No transition log for a stored run: t5 became READY when t4 (its upstream) ended.
+    assert newest.tasks[5].ready_at == pytest.approx(newest.tasks[4].finished_at)
+    assert newest.tasks[5].duration_s == pytest.approx(0.01)
+    assert took_s < 5.0
+
+
+def test_history_past_the_task_cap_leaves_older_runs_out_and_says_so(filled, monkeypatch):
+    from xpipe.coordinator import _history
+
+    monkeypatch.setattr(_history, "HISTORY_MAX_TASKS", 250)  # the real cap is 200,000: too big to fill here
+    h = load_history(filled, "filled")
+    assert [r.run_id for r in h.runs] == ["hist0099", "hist0098"]
+    assert h.note == "only the newest 2 of 100 runs: the next would pass 250 tasks in all"
