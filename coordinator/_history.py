@@ -8,7 +8,6 @@ field is derived from facts that are (see :func:`_ready_times`) or left 0.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -24,8 +23,6 @@ if TYPE_CHECKING:
     from ._server import Coordinator
 
 __all__ = ["get_history", "HISTORY_SCAN_RUNS", "ERROR_CHARS"]
-
-log = logging.getLogger(__name__)
 
 #: Run headers read (newest first) to find the runs a request's pipeline and ``since`` select.
 HISTORY_SCAN_RUNS = 20_000

@@ -117,9 +117,11 @@ class RealTimeView:
         try:
             snap = self._read()
         except Exception as exc:  # the coordinator away for a moment: keep the last view, say why
-            log.debug("real-time view of %s: %s", self.pipeline, exc)
+            error = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                snap = {**self._snapshot, "error": f"{type(exc).__name__}: {exc}", "updated_at": time.time()}
+                if error != self._snapshot["error"]:  # once per new error, not once per poll
+                    log.warning("real-time view of %s cannot poll the coordinator: %s", self.pipeline, error)
+                snap = {**self._snapshot, "error": error, "updated_at": time.time()}
         with self._polled:
             self._snapshot = snap
             self._polls += 1
@@ -137,7 +139,7 @@ class RealTimeView:
         info = self._client.get_run(newest.run_id)
         tasks = []
         for t in info.tasks:
-            end = t.finished_at or (now if t.state in ("RUNNING",) else None)
+            end = t.finished_at or (now if t.state == "RUNNING" else None)
             duration_s = max(0.0, end - t.started_at) if t.started_at and end else 0.0
             tasks.append({"name": t.name, "state": t.state, "attempts": t.attempts, "worker": t.worker,
                           "duration_s": duration_s})  # fmt: skip
@@ -154,10 +156,10 @@ class RealTimeView:
 class _LiveTable:
     """The TTY form: a ``rich`` Live table redrawn after each poll."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Any = None) -> None:
         from rich.live import Live
 
-        self._live = Live(auto_refresh=False, transient=False)
+        self._live = Live(console=console, auto_refresh=False, transient=False)
         self._live.start()
 
     def update(self, snap: dict[str, Any]) -> None:

@@ -237,3 +237,24 @@ def test_history_past_the_task_cap_leaves_older_runs_out_and_says_so(filled, mon
     h = load_history(filled, "filled")
     assert [r.run_id for r in h.runs] == ["hist0099", "hist0098"]
     assert h.note == "only the newest 2 of 100 runs: the next would pass 250 tasks in all"
+
+
+def test_real_time_view_says_when_the_coordinator_is_away_and_recovers(tmp_path: Path):
+    with Cluster(tmp_path, workers=1, slots=1) as cluster, PipelineManager(
+        coordinator=cluster.address, connect_timeout_s=1.0
+    ) as pm:
+        p = Pipeline("insights_away")
+        p.add_task(Task("one", ht.echo, args=(1,)))
+        run_id = pm.execute_pipeline(p, monitor=False, timeout_s=30).run_id
+        dashboard = pm.get_monitoring_dashboard()
+        with pytest.raises(ValueError, match="pipeline must be a Pipeline or a pipeline name, got 7"):
+            dashboard.start_real_time_view(7)
+        with dashboard.start_real_time_view(p, interval_s=0.1) as view:
+            eventually(lambda: view.snapshot()["state"] == "SUCCEEDED", timeout_s=20, message="run seen")
+            cluster.coordinator.terminate()
+            away = eventually(lambda: (s := view.snapshot())["error"] and s, timeout_s=30, message="error shown")
+            assert away["run_id"] == run_id and away["state"] == "SUCCEEDED"  # the last view is kept
+            assert view.running
+            cluster.restart_coordinator()
+            eventually(lambda: view.snapshot()["error"] == "", timeout_s=30, message="the view recovered")
+        assert not view.running

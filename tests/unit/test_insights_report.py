@@ -160,3 +160,19 @@ def test_forecast_without_history_says_it_has_no_basis():
     p.add_task(Task("x", print))
     g = forecast_duration(p, history(run(0)))
     assert not g.has_basis and "no task of pipeline 'fresh'" in g.basis
+
+
+def test_the_tty_view_draws_a_snapshot_as_a_table():
+    from rich.console import Console
+    from xpipe.insights._realtime import _LiveTable
+
+    console = Console(record=True, force_terminal=True, width=100)
+    table = _LiveTable(console)
+    table.update({"pipeline": "etl", "run_id": "r42", "state": "RUNNING", "elapsed_s": 3.25, "error": "",
+                  "counts": {"RUNNING": 1, "SUCCEEDED": 1},
+                  "tasks": [{"name": "extract", "state": "SUCCEEDED", "attempts": 1, "worker": "w0", "duration_s": 1.0},
+                            {"name": "load", "state": "RUNNING", "attempts": 2, "worker": "w1", "duration_s": 2.25}]})  # fmt: skip
+    table.close()
+    text = console.export_text()
+    assert "etl  run r42  RUNNING  3.2s" in text and "running 1, succeeded 1" in text
+    assert "load" in text and "2.2" in text and "w1" in text
