@@ -47,14 +47,8 @@ async def get_history(
             break
         if not request.pipeline or rec.name == request.pipeline:
             chosen.append(rec)
-    auth = coordinator.guard.auth
-    visible = None if auth is None else await auth.readable([rec.run_id for rec in chosen])
-    if visible is not None:
-        chosen = [rec for rec in chosen if rec.run_id in visible]
-    notes = []
-    if len(chosen) > max_runs:
-        notes.append(f"only the newest {max_runs} of {len(chosen)} runs (max_runs)")
-        chosen = chosen[:max_runs]
+    chosen, more = await _readable(coordinator, chosen, max_runs)
+    notes = [f"only the newest {max_runs} of {more} runs (max_runs)"] if more else []
     answer = insights_pb2.GetHistoryResponse()
     ready_by_task = _ready_times(engine.state.transitions, {rec.run_id for rec in chosen})
     tasks_left = HISTORY_MAX_TASKS
@@ -84,6 +78,26 @@ async def get_history(
     coordinator.name_workers(t for r in answer.runs for t in r.tasks)
     answer.note = "; ".join(notes)
     return answer
+
+
+async def _readable(coordinator: Coordinator, runs: list, max_runs: int) -> tuple[list, int | str]:
+    """The newest ``max_runs`` of ``runs`` the caller may read, and how many there were when
+    more (0 when none was left out; "more than N" when the count was not finished).
+
+    Namespaces are looked up a page at a time, so a short answer costs a short lookup.
+    """
+    auth = coordinator.guard.auth
+    if auth is None:
+        return runs[:max_runs], len(runs) if len(runs) > max_runs else 0
+    out: list = []
+    for start in range(0, len(runs), max_runs + 1):
+        page = runs[start : start + max_runs + 1]
+        visible = await auth.readable([rec.run_id for rec in page])
+        out += page if visible is None else [rec for rec in page if rec.run_id in visible]
+        if len(out) > max_runs:
+            left = start + len(page) < len(runs)
+            return out[:max_runs], f"more than {max_runs}" if left else len(out)
+    return out, 0
 
 
 def _ready_times(transitions: Iterable[tuple], run_ids: set[str]) -> dict[tuple[str, str], float]:

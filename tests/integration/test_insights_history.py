@@ -145,20 +145,32 @@ def test_history_shows_only_the_namespaces_the_caller_may_read(tmp_path: Path):
     principals = {**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"], "teamb": ["submitter"]}
     setup = SecureSetup(tmp_path, principals=principals, namespaces={"teama": ["team-a"], "teamb": ["team-b"]})
     with Cluster(tmp_path, workers=1, slots=2, security=setup) as cluster:
-        run_ids = {}
-        for team, namespace in (("teama", "team-a"), ("teamb", "team-b")):
+        run_ids: dict[str, list[str]] = {}
+        for team, namespace, n in (("teamb", "team-b", 1), ("teama", "team-a", 3)):  # team-a's are newest
             with Client(cluster.address, **cluster.client_options(team)) as client:
                 p = Pipeline("shared_name", namespace=namespace)
                 p.add_task(Task("one", ht.echo, args=(1,)))
-                run_ids[team] = client.submit(p)
+                run_ids[team] = [client.submit(p) for _ in range(n)][::-1]  # newest first
+        every = run_ids["teama"] + run_ids["teamb"]
         with Client(cluster.address, **cluster.client_options("admin")) as admin:
-            eventually(lambda: all(admin.get_run(r).summary.finished for r in run_ids.values()), timeout_s=30,
-                       message="both runs finished")  # fmt: skip
-            assert {r.run_id for r in load_history(admin, "shared_name").runs} == set(run_ids.values())
+            eventually(lambda: all(admin.get_run(r).summary.finished for r in every), timeout_s=30,
+                       message="every run finished")  # fmt: skip
+            assert [r.run_id for r in load_history(admin, "shared_name").runs] == every
         for team, namespace in (("teama", "team-a"), ("teamb", "team-b")):
             with Client(cluster.address, **cluster.client_options(team)) as client:
-                runs = load_history(client, "shared_name").runs
-                assert [(r.run_id, r.namespace) for r in runs] == [(run_ids[team], namespace)]
+                h = load_history(client, "shared_name")
+                assert [(r.run_id, r.namespace) for r in h.runs] == [(r, namespace) for r in run_ids[team]]
+                assert h.note == ""
+        with Client(cluster.address, **cluster.client_options("teamb")) as client:
+            h = load_history(client, "shared_name", max_runs=1)  # team-b's one run is behind team-a's three
+            assert [r.run_id for r in h.runs] == run_ids["teamb"] and h.note == ""
+        with Client(cluster.address, **cluster.client_options("teama")) as client:
+            h = load_history(client, "shared_name", max_runs=1)
+            assert [r.run_id for r in h.runs] == run_ids["teama"][:1]
+            assert h.note == "only the newest 1 of more than 1 runs (max_runs)"
+            h = load_history(client, "shared_name", max_runs=2)
+            assert [r.run_id for r in h.runs] == run_ids["teama"][:2]
+            assert h.note == "only the newest 2 of more than 2 runs (max_runs)"  # team-b's run not looked up
 
 
 # ---- bounds and answer time: a real coordinator in this process, its store filled with finished runs
