@@ -8,6 +8,7 @@ field is derived from facts that are (see :func:`_ready_times`) or left 0.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,8 @@ __all__ = ["get_history", "HISTORY_SCAN_RUNS", "ERROR_CHARS"]
 HISTORY_SCAN_RUNS = 20_000
 #: An error message in a history is cut to this many characters (the full one is in GetRun).
 ERROR_CHARS = 500
+#: After a run of at least this many tasks (~12 µs each), the answer yields the event loop.
+YIELD_EVERY_TASKS = 1_000
 
 
 async def get_history(
@@ -51,8 +54,9 @@ async def get_history(
     notes = [f"only the newest {max_runs} of {more} runs (max_runs)"] if more else []
     answer = insights_pb2.GetHistoryResponse()
     ready_by_task = _ready_times(engine.state.transitions, {rec.run_id for rec in chosen})
+    worker_names = {w.worker_id: w.name for w in engine.state.workers.values()}  # rows hold worker ids
     tasks_left = HISTORY_MAX_TASKS
-    for i, rec in enumerate(chosen):
+    for rec in chosen:
         live = engine.state.runs.get(rec.run_id)
         if live is not None:
             spec, created_at, finished_at, state = live.spec, live.created_at, live.finished_at, live.state
@@ -66,7 +70,8 @@ async def get_history(
         count = len(spec.tasks) if spec is not None else len(records)
         if count > tasks_left:
             notes.append(
-                f"only the newest {i} of {len(chosen)} runs: the next would pass {HISTORY_MAX_TASKS} tasks in all"
+                f"only the newest {len(answer.runs)} of {len(chosen)} runs: the next would pass "
+                f"{HISTORY_MAX_TASKS} tasks in all"
             )
             break
         tasks_left -= count
@@ -74,8 +79,9 @@ async def get_history(
             run_id=rec.run_id, pipeline=rec.name, state=pb.RunState.Name(state), created_at=created_at,
             finished_at=finished_at, namespace=(spec.namespace if spec is not None else "") or DEFAULT_NAMESPACE,
         )  # fmt: skip
-        _add_tasks(run, spec, records, created_at, ready_by_task)
-    coordinator.name_workers(t for r in answer.runs for t in r.tasks)
+        _add_tasks(run, spec, records, created_at, ready_by_task, worker_names)
+        if count >= YIELD_EVERY_TASKS:
+            await asyncio.sleep(0)  # a big run: let the engine take its turn before the next
     answer.note = "; ".join(notes)
     return answer
 
@@ -117,7 +123,7 @@ def _ready_times(transitions: Iterable[tuple], run_ids: set[str]) -> dict[tuple[
 
 def _add_tasks(
     run: insights_pb2.RunHistory, spec: pb.PipelineSpec | None, records: Mapping[str, TaskRecord],
-    created_at: float, ready_by_task: Mapping[tuple[str, str], float],
+    created_at: float, ready_by_task: Mapping[tuple[str, str], float], worker_names: Mapping[str, str],
 ) -> None:  # fmt: skip
     """One ``TaskHistory`` per task of the spec (in its order), from its row.
 
@@ -173,7 +179,7 @@ def _add_tasks(
             if telemetry.metrics:
                 fields["metrics"] = {p.name: p.value for p in telemetry.metrics}  # the last value of each name
         out.append(insights_pb2.TaskHistory(
-            state=state_name(rec.state), attempts=rec.attempt, worker=rec.worker, started_at=started,
-            finished_at=finished, **fields,
+            state=state_name(rec.state), attempts=rec.attempt, worker=worker_names.get(rec.worker, rec.worker),
+            started_at=started, finished_at=finished, **fields,
         ))  # fmt: skip
     run.tasks.extend(out)
