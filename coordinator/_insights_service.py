@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 import grpc
 from xpipe._proto import insights_pb2, insights_pb2_grpc
 
+from ._history import get_history
+
 if TYPE_CHECKING:
     from ._server import Coordinator
 
@@ -22,7 +24,7 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         self.coordinator = coordinator
 
     async def GetHistory(self, request: insights_pb2.GetHistoryRequest, context) -> insights_pb2.GetHistoryResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "run history is not built yet")
+        return await get_history(self.coordinator, request)
 
     async def ListAlerts(self, request: insights_pb2.ListAlertsRequest, context) -> insights_pb2.ListAlertsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts are not built yet")

@@ -27,7 +27,7 @@ __all__ = [
     "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
     "labels_problem", "command_problem", "KEEPALIVE_TIME_MS", "KEEPALIVE_TIMEOUT_MS", "MIN_PING_INTERVAL_MS",
     "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS", "TRANSITION_LOG_ENTRIES", "STORY_HISTORY_ENTRIES",
-    "MAX_INSTALL_PACKAGES", "MAX_REQUIREMENT_CHARS",
+    "MAX_INSTALL_PACKAGES", "MAX_REQUIREMENT_CHARS", "HISTORY_DEFAULT_RUNS", "HISTORY_MAX_TASKS",
     "DEFAULT_INSTALL_TIMEOUT_S", "MAX_INSTALL_TIMEOUT_S", "INSTALL_OUTPUT_TAIL_CHARS",
     "METRIC_NAME_RE", "METRIC_LABEL_RE", "RESERVED_METRIC_LABELS", "MAX_METRIC_NAME_CHARS", "MAX_METRIC_LABELS",
     "MAX_METRIC_LABEL_VALUE_CHARS", "MAX_METRIC_POINTS", "MAX_METRIC_WARNINGS", "MAX_MONITORING_CONFIG_CHARS",
@@ -66,6 +66,10 @@ TRANSITION_LOG_ENTRIES = 100_000
 #: Story entries of earlier attempts kept with one task's row in the store (oldest dropped first),
 #: so a task retried without end cannot grow its row without end.
 STORY_HISTORY_ENTRIES = 64
+#: Runs one GetHistory answer carries when the request names no ``max_runs`` (MAX_LIST_RUNS at most).
+HISTORY_DEFAULT_RUNS = 1_000
+#: Tasks one GetHistory answer carries in all: older runs are left out past it, with a note.
+HISTORY_MAX_TASKS = 200_000
 #: Longest duration anywhere (timeouts, retry delays, waits, circuit windows): one year.
 #: Longer is indistinguishable from "never" and only makes a run that cannot end.
 MAX_DURATION_S = 366 * 24 * 3600.0

@@ -134,6 +134,7 @@ class PipelineManager:
         #: The report of the last DATA_QUALITY_FAILURE this manager raised (apply_data_fixes' default).
         self.last_quality_report: DataQualityReport | None = None
         self._local: LocalCluster | None = None
+        self._on_close: list[Callable[[], None]] = []  # e.g. real-time views' stop, run by close()
         if coordinator is None:
             self._local = LocalCluster(
                 workers=workers or cfg.get("workers") or cfg.get("worker_nodes") or 2,
@@ -735,8 +736,15 @@ class PipelineManager:
         """
         return collect_garbage(self.client, dry_run=dry_run)
 
+    def on_close(self, stop: Callable[[], None]) -> None:
+        """Call ``stop`` when this manager closes (before its connection does)."""
+        self._on_close.append(stop)
+
     def close(self) -> None:
         """Close the connection and stop the embedded processes, if any (idempotent)."""
+        for stop in self.__dict__.get("_on_close", ())[:]:
+            stop()
+        self.__dict__.get("_on_close", []).clear()
         self.client.close() if hasattr(self, "client") else None
         if self._local is not None:
             self._local.stop()

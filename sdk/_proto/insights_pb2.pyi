@@ -84,10 +84,12 @@ class RunHistory(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[str] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., namespace: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskHistory, _Mapping]]] = ...) -> None: ...
 
 class GetHistoryResponse(_message.Message):
-    __slots__ = ("runs",)
+    __slots__ = ("runs", "note")
     RUNS_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
     runs: _containers.RepeatedCompositeFieldContainer[RunHistory]
-    def __init__(self, runs: _Optional[_Iterable[_Union[RunHistory, _Mapping]]] = ...) -> None: ...
+    note: str
+    def __init__(self, runs: _Optional[_Iterable[_Union[RunHistory, _Mapping]]] = ..., note: _Optional[str] = ...) -> None: ...
 
 class ListAlertsRequest(_message.Message):
     __slots__ = ("since", "limit", "rule")

@@ -73,17 +73,18 @@ class RunRecord:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    """Runs, newest first."""
+    """Runs, newest first; ``note`` says why the coordinator cut the answer short ("" if it did not)."""
 
     runs: tuple[RunRecord, ...] = ()
+    note: str = ""
 
     def of(self, pipeline: str) -> History:
         """Only the runs of ``pipeline``."""
-        return History(tuple(r for r in self.runs if r.pipeline == pipeline))
+        return History(tuple(r for r in self.runs if r.pipeline == pipeline), self.note)
 
     def since(self, t: float) -> History:
         """Only the runs created at or after ``t`` (Unix seconds)."""
-        return History(tuple(r for r in self.runs if r.created_at >= t))
+        return History(tuple(r for r in self.runs if r.created_at >= t), self.note)
 
 
 def load_history(client: Any, pipeline: str | None = None, since: float | None = None, max_runs: int = 0) -> History:
@@ -94,4 +95,4 @@ def load_history(client: Any, pipeline: str | None = None, since: float | None =
     answer = client._call_on(
         insights_pb2_grpc.InsightsServiceStub, lambda stub: stub.GetHistory(request, timeout=client.call_timeout_s)
     )
-    return History(tuple(RunRecord.from_proto(r) for r in answer.runs))
+    return History(tuple(RunRecord.from_proto(r) for r in answer.runs), answer.note)
