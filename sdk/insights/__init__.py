@@ -2,11 +2,14 @@
 
 from ._anomalies import Anomaly
 from ._dashboard import MonitoringDashboard
+from ._forecast import Forecast
 from ._history import History, RunRecord, TaskRecord
 from ._optimize import Change, OptimizationReport
+from ._realtime import RealTimeView
+from ._report import PerformanceReport
 from ._suggestions import Suggestion
 
 __all__ = [
-    "Anomaly", "Change", "History", "MonitoringDashboard", "OptimizationReport", "RunRecord", "Suggestion",
-    "TaskRecord",
+    "Anomaly", "Change", "Forecast", "History", "MonitoringDashboard", "OptimizationReport", "PerformanceReport",
+    "RealTimeView", "RunRecord", "Suggestion", "TaskRecord",
 ]  # fmt: skip
