@@ -35,6 +35,7 @@ import uuid
 from collections import OrderedDict, deque
 from typing import Any
 
+from xpipe._domain import error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import insights_pb2
 from xpipe.insights._robust import median_mad, robust_z
@@ -289,7 +290,7 @@ class Alerting:
         run = state.runs.get(rec.run_id)
         pipeline = run.name if run is not None else ""
         error = rec.error
-        why = f"{error.type}: {error.message}"[:300] if error is not None else "failed"
+        why = f"{error_type_name(error)}: {error.message}"[:300] if error is not None else "failed"
         self.raise_alert(scope, "task_failed", f"task {rec.name} of {pipeline} failed after {rec.attempt} "
                          f"attempts (run {rec.run_id}): {why}", now, target=f"{pipeline}/{rec.name}",
                          run_id=rec.run_id, pipeline=pipeline, task=rec.name, worker=rec.worker,
