@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 HISTORY_CAP = 10_000
 #: Dedupe keys remembered at most (oldest forgotten first).
 _DEDUPE_KEYS_CAP = 10_000
+#: (pipeline, task) names whose recent durations are kept at most (oldest forgotten first).
+_DURATION_KEYS_CAP = 100_000
 #: How often changed alerts are written to the store.
 _FLUSH_INTERVAL_S = 0.5
 _SEVERITY = {"run_failed": "critical", "task_failed": "warning", "run_slow": "warning", "anomaly": "warning",
@@ -303,6 +305,8 @@ class Alerting:
         key = (pipeline, rec.name)
         durations = self._durations.get(key)
         if durations is None:
+            if len(self._durations) >= _DURATION_KEYS_CAP:  # forget the oldest task name first
+                del self._durations[next(iter(self._durations))]
             durations = self._durations[key] = _Durations(int(settings["window"]))
         value = rec.finished_at - rec.started_at
         values = durations.values

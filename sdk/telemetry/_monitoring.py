@@ -7,8 +7,10 @@ that builds on it, so a typo never passes silently:
   ``track_metric``), ``business_metrics`` (``track_business_metric``), ``system_metrics``
   (``track_performance`` for every Python task of the pipeline) and ``collection_interval``
   (a duration, stored);
-* ``alerting``, ``anomaly_detection``, ``predictive_analytics``: stored with the run
-  (``PipelineSpec.monitoring_json``) for issue 15, which delivers alerts and finds anomalies.
+* ``alerting`` (checked by ``._alertconfig``, the table the coordinator's
+  ``--alerting-config`` shares): stored with the run (``PipelineSpec.monitoring_json``);
+  the coordinator reads it and raises and delivers the run's alerts;
+* ``anomaly_detection``, ``predictive_analytics``: stored with the run for issue 15's insights.
 
 A pure module: it turns a dict into a frozen :class:`MonitoringConfig` or raises
 :class:`~xpipe.errors.PipelineValidationError` naming the key path, e.g.
