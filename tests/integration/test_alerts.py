@@ -231,6 +231,17 @@ def test_embedded_default_drops_external_targets_unsent(tmp_path):
         assert slack["last_error"] == "dropped: the embedded default delivers alerts only to loopback addresses"
         assert next(d for d in alert["deliveries"] if d["channel"] == "webhook")["status"] == "delivered"
 
+        import grpc
+
+        from xpipe._proto import insights_pb2, insights_pb2_grpc
+
+        with grpc.insecure_channel(pm.address) as channel:
+            with pytest.raises(grpc.RpcError) as refused:
+                insights_pb2_grpc.InsightsServiceStub(channel).ListAlerts(
+                    insights_pb2.ListAlertsRequest(rule="run_faild"), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "rule 'run_faild' is unknown; known: run_failed," in refused.value.details()
+
 
 @pytest.mark.parametrize(
     ("name", "text", "named"),
@@ -297,3 +308,48 @@ def test_full_queue_drops_and_counts(tmp_path):
     with Receiver() as http:
         asyncio.run(scenario(f"{http.url}/q"))
         assert len(http.bodies("/q")) == 2
+
+
+def test_rate_limit_give_up_and_unusable_routes_are_recorded(tmp_path):
+    from xpipe.coordinator._alerting import Alerting
+
+    async def settle(alerting, alerts):
+        for _ in range(400):  # bounded wait for the delivery task (no fixed sleep decides anything)
+            if all(d.status != "pending" for a in alerts for d in a.deliveries):
+                return
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"deliveries still pending: {alerts}")
+
+    async def scenario(url: str):
+        limited = Alerting({"webhook": f"{url}/ok", "rate_per_minute": 1})
+        await limited.start()
+        try:
+            alerts = [limited.raise_alert(limited.cluster, "worker_lost", f"w{i}", 10.0 + i, target=f"w{i}") for i in range(2)]
+            await settle(limited, alerts)
+            assert [a.deliveries[0].status for a in alerts] == ["delivered", "dropped"]
+            assert alerts[1].deliveries[0].last_error == "dropped: rate limit of 1 per minute to this webhook target"
+        finally:
+            await limited.stop()
+
+        failing = Alerting({"webhook": f"{url}/down"}, backoff_initial_s=0.01)
+        await failing.start()
+        try:
+            alert = failing.raise_alert(failing.cluster, "run_failed", "r failed", 1.0, target="p")
+            await settle(failing, [alert])
+            (delivery,) = alert.deliveries
+            assert (delivery.status, delivery.attempts, delivery.delivered_at) == ("failed", 5, 0.0)
+            assert delivery.last_error == f"RuntimeError: HTTP 500 from {url}/down"
+        finally:
+            await failing.stop()
+
+        unusable = Alerting({"email_alerts": ["ops@example.com"], "pager_duty": True})
+        alert = unusable.raise_alert(unusable.cluster, "run_failed", "r failed", 1.0, target="p")
+        assert [(d.channel, d.status, d.last_error) for d in alert.deliveries] == [
+            ("email", "dropped", "dropped: no smtp server configured for e-mail alerts (alerting.smtp)"),
+            ("pagerduty", "dropped", "dropped: pager_duty needs a routing_key (alerting.pager_duty)"),
+        ]
+
+    with Receiver() as http:
+        http.fail_first["/down"] = 1_000
+        asyncio.run(scenario(http.url))
+        assert len(http.bodies("/ok")) == 1 and len(http.bodies("/down")) == 5

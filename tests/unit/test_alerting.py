@@ -55,6 +55,15 @@ def test_without_any_config_alerting_is_inactive_and_watches_no_run():
     assert not alerting.active
 
 
+def test_a_run_whose_alerting_config_is_bad_is_not_watched_and_the_reason_logged(caplog):
+    alerting = Alerting()
+    spec = spec_of("p", ["a"])
+    spec.monitoring_json = '{"alerting": {"webhook": "ftp://x"}}'  # a client that skipped the SDK's checks
+    alerting.watch_run("r1", spec)
+    assert not alerting.active
+    assert "run r1: its alerting config is refused" in caplog.text and "['webhook']: must be an http(s) URL" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [("localhost", True), ("127.0.0.1", True), ("127.8.9.1", True), ("::1", True), ("[::1]", True),
