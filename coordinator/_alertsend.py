@@ -4,7 +4,8 @@ Delivery never blocks scheduling: the engine's loop only puts a delivery on a bo
 queue (a full queue drops it, counted and recorded as ``dropped``). One asyncio task takes
 deliveries off the queue and runs each in its own tracked task: a channel is a blocking
 function (urllib, smtplib) run in a thread, retried with exponential backoff, limited to
-so many sends per minute per channel and target.
+so many sends per minute per channel and target. A failure that trying again cannot fix
+(refused SMTP credentials, an HTTP 4xx other than 408 and 429) is not retried.
 
 Channels are a registry keyed by name (:data:`SENDERS`): adding one touches this table.
 With ``loopback_only`` (the embedded default of ``xpipe.PipelineManager()``), a target
@@ -33,7 +34,7 @@ from urllib.parse import urlsplit
 from google.protobuf.json_format import MessageToDict
 from xpipe._proto import insights_pb2
 
-__all__ = ["Deliverer", "LOOPBACK_ONLY_REASON", "Route", "SENDERS", "is_loopback_host"]
+__all__ = ["Deliverer", "LOOPBACK_ONLY_REASON", "PermanentDeliveryError", "Route", "SENDERS", "is_loopback_host"]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ def _alert_dict(alert: insights_pb2.Alert) -> dict[str, Any]:
     return body
 
 
+class PermanentDeliveryError(RuntimeError):
+    """A send that trying again cannot fix (refused credentials, HTTP 4xx but 408/429): not retried."""
+
+
 def _post_json(url: str, body: dict[str, Any]) -> None:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
@@ -94,7 +99,8 @@ def _post_json(url: str, body: dict[str, Any]) -> None:
         with urllib.request.urlopen(request, timeout=SEND_TIMEOUT_S) as reply:  # noqa: S310 (http(s) only, checked)
             reply.read()
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"HTTP {exc.code} from {url}") from None
+        permanent = 400 <= exc.code < 500 and exc.code not in (408, 429)
+        raise (PermanentDeliveryError if permanent else RuntimeError)(f"HTTP {exc.code} from {url}") from None
 
 
 def _send_slack(route: Route, alert: insights_pb2.Alert) -> None:
@@ -131,7 +137,10 @@ def _send_email(route: Route, alert: insights_pb2.Alert) -> None:
             client.starttls(context=ssl.create_default_context())
         if smtp.get("username"):
             password = Path(smtp["password_file"]).read_text().strip() if smtp.get("password_file") else ""
-            client.login(smtp["username"], password)
+            try:
+                client.login(smtp["username"], password)
+            except smtplib.SMTPAuthenticationError as exc:
+                raise PermanentDeliveryError(f"SMTPAuthenticationError: {exc.smtp_code} {exc.smtp_error!r}") from None
         client.send_message(message)
 
 
@@ -281,7 +290,7 @@ class Deliverer:
                 delivery.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 log.info("alert %s to %s %s: try %d of %d failed: %s", alert.id, route.channel, route.target,
                          attempt, self.tries, delivery.last_error)  # fmt: skip
-                if attempt == self.tries:
+                if attempt == self.tries or isinstance(exc, PermanentDeliveryError):
                     break
                 self.stats.retries += 1
                 self._changed(alert)
@@ -297,5 +306,5 @@ class Deliverer:
         delivery.status = "failed"
         self.stats.failed += 1
         log.warning("alert %s to %s %s failed after %d tries: %s", alert.id, route.channel, route.target,
-                    self.tries, delivery.last_error)  # fmt: skip
+                    delivery.attempts, delivery.last_error)  # fmt: skip
         self._changed(alert)

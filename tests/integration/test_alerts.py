@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 
 from tests import helpers_tasks as ht
 from tests.harness import Cluster, child_env, eventually, free_port
@@ -43,7 +44,7 @@ class Receiver:
                     receiver.posts.append((self.path, body))
                     left = receiver.fail_first.get(self.path, 0)
                     receiver.fail_first[self.path] = left - 1
-                self.send_response(500 if left > 0 else 200)
+                self.send_response(404 if self.path == "/gone" else 500 if left > 0 else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -70,8 +71,9 @@ class Receiver:
 class Mailbox:
     """An aiosmtpd SMTP server on a free loopback port, keeping each message's text."""
 
-    def __init__(self):
+    def __init__(self, *, password: str = ""):
         self.messages: list[str] = []
+        self.logins: list[tuple[str, bool]] = []  # (user, accepted)
         self.port = free_port()
         mailbox = self
 
@@ -80,7 +82,14 @@ class Mailbox:
                 mailbox.messages.append(envelope.content.decode("utf-8", "replace"))
                 return "250 OK"
 
-        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+        def authenticator(server, session, envelope, mechanism, auth_data):
+            accepted = auth_data.password.decode() == password
+            mailbox.logins.append((auth_data.login.decode(), accepted))
+            return AuthResult(success=accepted, handled=False)  # not handled: the server answers 535
+
+        # Plain-text AUTH on loopback: the test checks the login, not TLS (aiosmtpd warns about it).
+        auth = {"authenticator": authenticator, "auth_require_tls": False, "auth_required": True} if password else {}
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, **auth)
 
     def __enter__(self) -> Mailbox:
         self.controller.start()
@@ -310,7 +319,7 @@ def test_full_queue_drops_and_counts(tmp_path):
         assert len(http.bodies("/q")) == 2
 
 
-def test_rate_limit_give_up_and_unusable_routes_are_recorded(tmp_path):
+def test_rate_limit_give_up_no_retry_on_4xx_and_unusable_routes_are_recorded(tmp_path):
     from xpipe.coordinator._alerting import Alerting
 
     async def settle(alerting, alerts):
@@ -342,6 +351,16 @@ def test_rate_limit_give_up_and_unusable_routes_are_recorded(tmp_path):
         finally:
             await failing.stop()
 
+        refused = Alerting({"webhook": f"{url}/gone"}, backoff_initial_s=0.01)
+        await refused.start()
+        try:
+            alert = refused.raise_alert(refused.cluster, "run_failed", "r failed", 1.0, target="p")
+            await settle(refused, [alert])
+            assert (alert.deliveries[0].status, alert.deliveries[0].attempts) == ("failed", 1)
+            assert alert.deliveries[0].last_error == f"PermanentDeliveryError: HTTP 404 from {url}/gone"
+        finally:
+            await refused.stop()
+
         unusable = Alerting({"email_alerts": ["ops@example.com"], "pager_duty": True})
         alert = unusable.raise_alert(unusable.cluster, "run_failed", "r failed", 1.0, target="p")
         assert [(d.channel, d.status, d.last_error) for d in alert.deliveries] == [
@@ -353,3 +372,36 @@ def test_rate_limit_give_up_and_unusable_routes_are_recorded(tmp_path):
         http.fail_first["/down"] = 1_000
         asyncio.run(scenario(http.url))
         assert len(http.bodies("/ok")) == 1 and len(http.bodies("/down")) == 5
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+def test_email_logs_in_with_the_password_file_and_a_wrong_password_fails(tmp_path):
+    from xpipe.coordinator._alerting import Alerting
+
+    password_file = tmp_path / "smtp-password"
+    password_file.write_text("s3cret\n")
+    wrong_file = tmp_path / "wrong-password"
+    wrong_file.write_text("guess\n")
+
+    async def send(mail: Mailbox, secret_file) -> object:
+        smtp = {"host": "127.0.0.1", "port": mail.port, "username": "xpipe", "password_file": str(secret_file)}
+        alerting = Alerting({"email_alerts": ["ops@example.com"], "smtp": smtp}, backoff_initial_s=0.01)
+        await alerting.start()
+        try:
+            alert = alerting.raise_alert(alerting.cluster, "run_failed", "run r-42 failed", 1.0, target="p", run_id="r-42")
+            for _ in range(400):
+                if alert.deliveries[0].status != "pending":
+                    break
+                await asyncio.sleep(0.025)
+            return alert.deliveries[0]
+        finally:
+            await alerting.stop()
+
+    with Mailbox(password="s3cret") as mail:
+        good = asyncio.run(send(mail, password_file))
+        assert (good.status, good.attempts) == ("delivered", 1)
+        assert mail.logins == [("xpipe", True)] and "r-42" in mail.messages[0]
+        bad = asyncio.run(send(mail, wrong_file))
+        # Refused credentials are not retried: trying again cannot fix them.
+        assert (bad.status, bad.attempts) == ("failed", 1) and "SMTPAuthenticationError: 535" in bad.last_error, bad
+        assert len(mail.messages) == 1
