@@ -54,7 +54,8 @@ class Route:
 
     Attributes:
         channel: a :data:`SENDERS` key (slack | webhook | email | pagerduty).
-        target: the URL or e-mail address, as shown (holds no secret).
+        target: the URL or e-mail address it is sent to (a Slack webhook's path is its
+            secret: history shows :meth:`shown`).
         settings: what the channel needs beyond the target (smtp table, routing key).
         problem: set when the route cannot deliver (no smtp server, no routing key): its
             deliveries are recorded as ``dropped`` with this reason.
@@ -64,6 +65,19 @@ class Route:
     target: str
     settings: tuple[tuple[str, Any], ...] = ()
     problem: str = ""
+
+    def shown(self) -> str:
+        """The target as history shows it: no credentials, query, or Slack webhook token."""
+        if self.channel == "email":
+            return self.target
+        parts = urlsplit(self.target)
+        host = parts.hostname or ""
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        path = parts.path
+        if self.channel == "slack":  # the path after /services/ is the webhook's secret
+            path = "/".join(path.split("/")[:2]) + "/…" if path.count("/") > 1 else path
+        return f"{parts.scheme}://{host}{path}"
 
     def host(self) -> str:
         if self.channel == "email":
@@ -224,7 +238,7 @@ class Deliverer:
 
     def offer(self, alert: insights_pb2.Alert, route: Route) -> None:
         """Add a delivery of ``alert`` to ``route`` (never waits; drops when it cannot queue)."""
-        delivery = alert.deliveries.add(channel=route.channel, target=route.target, status="pending")
+        delivery = alert.deliveries.add(channel=route.channel, target=route.shown(), status="pending")
         index = len(alert.deliveries) - 1
         if route.problem:
             delivery.status, delivery.last_error = "dropped", route.problem

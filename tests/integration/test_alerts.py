@@ -237,6 +237,7 @@ def test_embedded_default_drops_external_targets_unsent(tmp_path):
         alert = eventually(settled, timeout_s=20, message="both deliveries settled")
         slack = next(d for d in alert["deliveries"] if d["channel"] == "slack")
         assert slack["status"] == "dropped" and slack["attempts"] == 0
+        assert slack["target"] == "https://hooks.slack.com/services/…"  # the webhook's token is left out
         assert slack["last_error"] == "dropped: the embedded default delivers alerts only to loopback addresses"
         assert next(d for d in alert["deliveries"] if d["channel"] == "webhook")["status"] == "delivered"
 

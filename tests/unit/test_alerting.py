@@ -87,3 +87,15 @@ def test_the_alert_table_keeps_only_the_newest(tmp_path):
 
     kept = asyncio.run(scenario())
     assert [a.id for a in kept] == ["a2", "a3", "a4"] and kept[-1].summary == "rewritten"
+
+
+@pytest.mark.parametrize(
+    ("channel", "target", "shown"),
+    [("slack", "https://hooks.slack.com/services/T000/B000/XXXX", "https://hooks.slack.com/services/…"),
+     ("webhook", "http://user:pw@127.0.0.1:9000/hook?token=abc", "http://127.0.0.1:9000/hook"),
+     ("email", "ops@example.com", "ops@example.com")],
+)  # fmt: skip
+def test_history_shows_targets_without_their_secrets(channel, target, shown):
+    from xpipe.coordinator._alertsend import Route
+
+    assert Route(channel, target).shown() == shown
