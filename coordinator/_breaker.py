@@ -147,21 +147,32 @@ class CircuitBreakers:
         if circuit.state == CLOSED and not circuit.failures:
             del self._circuits[name]
 
-    def record_failure(self, name: str, now: float) -> None:
+    def record_failure(self, name: str, now: float) -> bool:
         """An attempt through the circuit failed: count it; open the circuit if it is time.
 
         CLOSED: ``threshold`` failures within ``window_s`` open it. HALF_OPEN: the probe
         failed, so it opens again for another ``open_s``. OPEN: an attempt let through
         before it opened failed late; it changes nothing.
+
+        Returns:
+            True when this failure opened the circuit (alerting reports it).
         """
         circuit = self._get(name)
         if circuit.state == HALF_OPEN:
             self._open(circuit, now)
-        elif circuit.state == CLOSED:
+            return True
+        if circuit.state == CLOSED:
             circuit.failures.append(now)
             self._expire(circuit, now)
             if len(circuit.failures) >= circuit.threshold:
                 self._open(circuit, now)
+                return True
+        return False
+
+    def threshold_of(self, name: str) -> int:
+        """The failures within its window that open this circuit."""
+        circuit = self._circuits.get(name)
+        return self.threshold if circuit is None else circuit.threshold
 
     @staticmethod
     def _open(circuit: _Circuit, now: float) -> None:

@@ -62,6 +62,7 @@ from ._store import Store, StoreFault
 from ._validate import validate_spec
 
 if TYPE_CHECKING:  # OpenTelemetry is imported only when metrics are on
+    from ._alerting import Alerting
     from ._lineage import DataTap
     from ._metrics import CoordinatorMetrics
 
@@ -201,6 +202,9 @@ class Engine:
         #: Audit and lineage of marked tasks (``_lineage.DataTap``, set by the Coordinator);
         #: runs without marks cost one dict check per turn.
         self.tap: DataTap | None = None
+        #: Alert rules (``_alerting.Alerting``, set by the Coordinator); without an alerting
+        #: config anywhere it costs one attribute check per turn.
+        self.alerting: Alerting | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,6 +224,8 @@ class Engine:
                 self.config.signer.resign(stored.spec, run_id)
             if self.tap is not None:
                 self.tap.watch(run_id, stored.spec)
+            if self.alerting is not None:
+                self.alerting.watch_run(run_id, stored.spec)
             if self.metrics is not None:
                 self.metrics.restored(run_id, stored.tasks, now)
             self.post(
@@ -291,6 +297,8 @@ class Engine:
         self._submits[run_id] = fut
         if self.tap is not None:
             self.tap.watch(run_id, spec)
+        if self.alerting is not None:
+            self.alerting.watch_run(run_id, spec)
         self.post(RunSubmitted(time.time(), run_id, spec, order, stimulus_id=f"rpc-submit-{run_id}"))
         try:
             await fut
@@ -411,6 +419,12 @@ class Engine:
                 self.tap.observe(records, state)
         if self.metrics is not None:
             self.metrics.turn(actions, state.runs, now, commit_s)
+        alerting = self.alerting
+        if alerting is not None and alerting.active:
+            try:
+                alerting.observe(actions, state, now)
+            except Exception:  # a bug in a rule must not stop scheduling
+                log.exception("alerting failed on turn %d; its alerts are lost", self.turns)
 
     def _contain(self, event: Event, exc: Exception, actions: list[Action]) -> str:
         """A bug handling ``event``: fail its run (if it names one) and go on; return why."""

@@ -44,6 +44,8 @@ __all__ = [
     "CancelAttempts",
     "DrainWorker",
     "ResetWorker",
+    "WorkerLost",
+    "CircuitOpened",
     "task_info",
     "StoryEntry",
 ]
@@ -251,6 +253,26 @@ class ResetWorker(Action):
 
     worker_id: str
     reason: str
+
+
+@_message
+class WorkerLost(Action):
+    """A worker went unheard past its deadline (for alerting; nothing to carry out)."""
+
+    worker_id: str
+    name: str
+    silent_s: float
+    attempts: int  # attempts it held, requeued
+
+
+@_message
+class CircuitOpened(Action):
+    """A circuit breaker opened on this failure (for alerting; nothing to carry out)."""
+
+    circuit: str
+    run_id: str
+    task: str
+    failures: int
 
 
 def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.TaskInfo:

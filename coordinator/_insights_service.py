@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING
 
 import grpc
 from xpipe._proto import insights_pb2, insights_pb2_grpc
+from xpipe.telemetry._alertconfig import RULES
+
+from ._alerting import HISTORY_CAP
 
 from ._history import get_history
 
@@ -17,6 +20,9 @@ if TYPE_CHECKING:
     from ._server import Coordinator
 
 __all__ = ["InsightsServicer"]
+
+#: Alerts ListAlerts returns when the request names no limit (insights.proto).
+DEFAULT_ALERTS_LIMIT = 100
 
 
 class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
@@ -27,4 +33,11 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         return await get_history(self.coordinator, request)
 
     async def ListAlerts(self, request: insights_pb2.ListAlertsRequest, context) -> insights_pb2.ListAlertsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "alerts are not built yet")
+        if request.rule and request.rule not in RULES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"rule {request.rule!r:.80} is unknown; known: {', '.join(RULES)}")  # fmt: skip
+        if not request.since >= 0:  # also NaN
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"since must be >= 0 Unix seconds, got {request.since}")
+        limit = min(request.limit or DEFAULT_ALERTS_LIMIT, HISTORY_CAP)
+        alerts = self.coordinator.alerting.history(since=request.since, limit=limit, rule=request.rule)
+        return insights_pb2.ListAlertsResponse(alerts=alerts)

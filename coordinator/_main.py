@@ -21,6 +21,7 @@ from xpipe.telemetry._listen import metrics_listen_default, serve_metrics_flag
 from xpipe.telemetry._logformat import LOG_FORMATS, configure_logging
 from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_arguments
 
+from ._alerting import Alerting, load_alerting_config
 from ._authn import Security
 from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
@@ -75,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lineage-export", default="", metavar="file:PATH|http://HOST:PORT/PATH",
                    help="send OpenLineage events of tracked tasks as they finish: JSON lines appended "
                         "to PATH, or POSTed to the URL (default: off; see docs/security.md)")  # fmt: skip
+    p.add_argument("--alerting-config", type=Path, metavar="FILE",
+                   help="cluster-wide alert channels and rules (JSON, or TOML if FILE ends in .toml)")
+    p.add_argument("--alert-loopback-only", action="store_true",
+                   help="deliver alerts only to loopback hosts; others are recorded as dropped (the embedded default)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_security_arguments(p)
     add_tracing_arguments(p)
@@ -190,6 +195,7 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
         tracing = tracing_from_arguments(opts, service_name="xpipe-coordinator")
         signer = RunSigner.load(opts.signing_key_file) if opts.signing_key_file else None
         opts.lineage_target = parse_lineage_target(opts.lineage_export) if opts.lineage_export else None
+        opts.alerting_config_checked = load_alerting_config(opts.alerting_config) if opts.alerting_config else None
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
@@ -213,11 +219,12 @@ async def _run(
         tracing=tracing,
         signer=signer,
     )
+    alerting = Alerting(opts.alerting_config_checked, loopback_only=opts.alert_loopback_only)
     # Task logs live in the data directory whatever the store: see _logs.
     task_logs = TaskLogStore(opts.data_dir / TASK_LOG_DB, crypt=at_rest())
     coordinator = Coordinator(
         store, listen=opts.listen, config=config, election=election, metrics=metrics, task_logs=task_logs,
-        security=security,
+        security=security, alerting=alerting,
     )  # fmt: skip
     if policy is not None:
         coordinator.policy = policy

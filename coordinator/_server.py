@@ -599,6 +599,7 @@ class Coordinator:
         metrics: MetricsEndpoint | None = None,
         task_logs: TaskLogStore | None = None,
         security: Security | None = None,
+        alerting: Alerting | None = None,
     ):
         self.store = store
         #: TLS credentials and how callers are known (``--tls-*``, ``--auth``); None: plaintext, auth off.
@@ -625,7 +626,8 @@ class Coordinator:
         #: memory:// streams, in this process's memory only (lost on restart; see ._membroker).
         self.stream_broker = MemoryBroker()
         #: Alert rules and delivery (issue 15); the dashboard and ListAlerts read its history.
-        self.alerting = Alerting()
+        self.alerting = alerting if alerting is not None else Alerting()
+        self.engine.alerting = self.alerting
         self.address = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -655,6 +657,7 @@ class Coordinator:
     def _new_engine(self) -> Engine:
         engine = Engine(self.store, self.config, metrics=self.metrics)
         engine.tap = getattr(self, "data_tap", None)
+        engine.alerting = getattr(self, "alerting", None)
         return engine
 
     def _live_namespace(self, run_id: str) -> str | None:
@@ -679,6 +682,7 @@ class Coordinator:
         """Open the store, resume runs, serve; returns the bound address."""
         await self.store.open()
         await self.task_logs.open()
+        await self.alerting.start(getattr(self.store, "path", None))  # SQLite: alert history in its database
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -780,6 +784,7 @@ class Coordinator:
                 pass  # clients kept calling through the whole grace: the server stops under them
             await self._server.stop(max(0.0, deadline - loop.time()))
         await self.task_logs.close()
+        await self.alerting.stop()
         await self.data_tap.stop()
         await self.audit.stop()
         await self.store.close()

@@ -61,6 +61,7 @@ from ._events import (
     AttemptKey,
     CancelAttempts,
     CancelRequested,
+    CircuitOpened,
     DrainRequested,
     DrainWorker,
     Event,
@@ -79,6 +80,7 @@ from ._events import (
     Tick,
     WorkerConnected,
     WorkerDisconnected,
+    WorkerLost,
 )
 from ._events import WorkersForgotten
 
@@ -436,7 +438,8 @@ class SchedulerState(RecoveryFlow, StateQueries):
             if isinstance(ev, TaskSucceeded) and not ev.fallback_used:
                 self.breakers.record_success(task.circuit, ev.now)
             elif isinstance(ev, TaskSucceeded) or error_type_name(ev.error) != "CANCELLED":
-                self.breakers.record_failure(task.circuit, ev.now)
+                if self.breakers.record_failure(task.circuit, ev.now):
+                    out.append(CircuitOpened(task.circuit, run.run_id, task.name, self.breakers.threshold_of(task.circuit)))
         if isinstance(ev, TaskSucceeded):
             # A skip or a fallback keeps the exception behind it as the task's error, with
             # its own type, so the run shows why; a flag says which of the two happened.
@@ -751,6 +754,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
 
     def _lose_worker(self, worker: WorkerEntry, now: float, out: list[Action]) -> None:
         log.warning("worker %s (%s) lost: no word for %.1fs", worker.name, worker.worker_id, now - worker.last_seen)
+        out.append(WorkerLost(worker.worker_id, worker.name, now - worker.last_seen, len(worker.assigned)))
         worker.state = "lost"
         worker.connected = False
         self.placement.remove(worker.worker_id)

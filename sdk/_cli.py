@@ -20,6 +20,7 @@ from typing import Any
 
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from .errors import PipelineExecutionError, XpipeError
+from ._alerts_cli import register as register_alerts_command
 from ._audit_cli import register as register_audit_command
 from .streams._cli import register as register_streams_command
 from .security._cli import register as register_security_commands
@@ -470,6 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(fn=cmd_gc)
     register_security_commands(sub)
     register_audit_command(sub, common, _client)
+    register_alerts_command(sub, common, _client)
     register_streams_command(sub, common, _client)
     return p
 

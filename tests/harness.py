@@ -619,6 +619,7 @@ class Cluster:
             sys.executable, "-m", "xpipe.coordinator",
             "--listen", self.address,
             "--data-dir", str(self.data_dir),
+            "--alert-loopback-only",  # no test may send an alert past loopback (the seed's Slack URL)
             *self._metrics_args("coordinator"),
             *self.coordinator_args,
         ]  # fmt: skip

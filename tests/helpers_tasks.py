@@ -200,3 +200,11 @@ def probe_module(module: str) -> Any:
     import importlib
 
     return importlib.import_module(module).VALUE
+
+
+def record_rows(rows: float) -> float:
+    """Record the custom metric ``rows`` (alerting's metric_threshold rule watches it)."""
+    import xpipe
+
+    xpipe.record_metric("rows", rows)
+    return rows

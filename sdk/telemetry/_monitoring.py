@@ -7,8 +7,10 @@ that builds on it, so a typo never passes silently:
   ``track_metric``), ``business_metrics`` (``track_business_metric``), ``system_metrics``
   (``track_performance`` for every Python task of the pipeline) and ``collection_interval``
   (a duration, stored);
-* ``alerting``, ``anomaly_detection``, ``predictive_analytics``: stored with the run
-  (``PipelineSpec.monitoring_json``) for issue 15, which delivers alerts and finds anomalies.
+* ``alerting`` (checked by ``._alertconfig``, the table the coordinator's
+  ``--alerting-config`` shares): stored with the run (``PipelineSpec.monitoring_json``);
+  the coordinator reads it and raises and delivers the run's alerts;
+* ``anomaly_detection``, ``predictive_analytics``: stored with the run for issue 15's insights.
 
 A pure module: it turns a dict into a frozen :class:`MonitoringConfig` or raises
 :class:`~xpipe.errors.PipelineValidationError` naming the key path, e.g.
@@ -25,6 +27,7 @@ from typing import Any
 
 from .._limits import MAX_MONITORING_CONFIG_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 from .._retry import parse_duration_s
+from ._alertconfig import AlertConfigError, parse_alerting
 from ..errors import PipelineValidationError
 
 __all__ = ["MonitoringConfig", "parse_monitoring_config", "SENSITIVITIES"]
@@ -36,8 +39,8 @@ DEFAULT_COLLECTION_INTERVAL_S = 10.0
 
 
 class _Refused(Exception):
-    def __init__(self, path: str, problem: str):
-        super().__init__(f"{path}: {problem}")
+    def __init__(self, path: str, problem: str | None = None):
+        super().__init__(path if problem is None else f"{path}: {problem}")
 
 
 def _bool(path: str, value: Any) -> bool:
@@ -56,23 +59,6 @@ def _interval(path: str, value: Any) -> float:
     if seconds <= 0:
         raise _Refused(path, f"must be longer than 0 s, got {value!r}")
     return seconds
-
-
-def _url(path: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith(("https://", "http://")) or len(value) > MAX_TEXT_CHARS:
-        raise _Refused(path, f"must be an http(s) URL of at most {MAX_TEXT_CHARS} chars, got {value!r:.80}")
-    return value
-
-
-def _emails(path: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        raise _Refused(path, f"must be a list of e-mail addresses, got {type(value).__name__}")
-    for i, address in enumerate(value):
-        if not isinstance(address, str) or "@" not in address.strip("@") or len(address) > MAX_NAME_CHARS:
-            raise _Refused(f"{path}[{i}]", f"is not an e-mail address: {address!r:.80}")
-    return list(value)
 
 
 def _sensitivity(path: str, value: Any) -> str:
@@ -95,7 +81,7 @@ _SCHEMA: dict[str, dict[str, Callable[[str, Any], Any]]] = {
         "custom_metrics": _bool,
         "collection_interval": _interval,
     },
-    "alerting": {"slack_webhook": _url, "email_alerts": _emails, "pager_duty": _bool},
+    "alerting": {},  # checked whole by ._alertconfig (shared with --alerting-config)
     "anomaly_detection": {"enabled": _bool, "sensitivity": _sensitivity, "ml_model": _model},
     "predictive_analytics": {
         "failure_prediction": _bool,
@@ -152,6 +138,12 @@ def _parse(config: Any, where: str) -> MonitoringConfig:
         keys = _SCHEMA.get(section) if isinstance(section, str) else None
         if keys is None:
             raise _Refused(path, f"unknown section; known: {', '.join(_SCHEMA)}")
+        if section == "alerting":
+            try:
+                checked[section] = parse_alerting(body, path)
+            except AlertConfigError as exc:
+                raise _Refused(str(exc)) from None
+            continue
         if not isinstance(body, Mapping):
             raise _Refused(path, f"must be a dict with keys {', '.join(keys)}, got {type(body).__name__}")
         out: dict[str, Any] = {}
