@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 import uuid
 from collections import OrderedDict, deque
 from typing import Any

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from .._limits import MAX_MONITORING_CONFIG_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .._limits import MAX_MONITORING_CONFIG_CHARS, MAX_NAME_CHARS
 from .._retry import parse_duration_s
 from ._alertconfig import AlertConfigError, parse_alerting
 from ..errors import PipelineValidationError

@@ -178,7 +178,6 @@ def test_worker_exports_what_a_task_needs_to_reach_the_coordinator(tmp_path: Pat
 
 def test_namespaces_scope_the_view_and_the_control_of_streams(tmp_path: Path) -> None:
     from tests.harness import SecureSetup
-    from xpipe import Client
 
     setup = SecureSetup(tmp_path, principals={**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"], "teamb": ["submitter"]},
                         namespaces={"teama": ["team-a"], "teamb": ["team-b"]})  # fmt: skip
