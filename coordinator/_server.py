@@ -627,6 +627,8 @@ class Coordinator:
         #: Alert rules and delivery (issue 15); the dashboard and ListAlerts read its history.
         self.alerting = Alerting()
         self.address = ""
+        #: The web dashboard's URL once ``--http-listen`` serves it (see ``_web``); "" when off.
+        self.dashboard_url = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_names: list[str] = []

@@ -110,7 +110,7 @@ class LocalCluster:
         atexit.register(self.stop)
         coordinator = self._spawn(
             "coordinator",
-            ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
+            ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
              "--ready-file", str(ready), "--log-level", "WARNING", *self.extra_args, *self.coordinator_args],
         )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s

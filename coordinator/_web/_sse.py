@@ -1,0 +1,254 @@
+"""Server-Sent Event streams: a run's task changes, and a task's log as it is written.
+
+Run events reuse WatchRun's source (``Engine.watch``): the engine does per-task work only
+for runs somebody watches, one queue item per engine turn. Each client coalesces what
+came in into at most :data:`MAX_MESSAGES_PER_S` messages a second (latest state per
+task), and is dropped when it falls behind (:data:`MAX_QUEUED_TURNS` turns unread, or a
+write blocked for :data:`WRITE_TIMEOUT_S`): nothing is buffered without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from aiohttp import web
+from xpipe._domain import TERMINAL_RUN_STATES, error_type_name
+from xpipe.telemetry._tasklogs import STDERR, TASK_LOG_SETTLE_S
+
+from .._logs import READ_ROWS, logs_awaited
+from ._api import load_run, needs, query_int, run_view_json
+from ._app import COORDINATOR, SERVER
+from ._rows import TASK_FIELDS, run_json, task_columns, task_state_name
+
+__all__ = ["add_routes"]
+
+log = logging.getLogger(__name__)
+
+#: Most run-event messages a client gets per second (changes in between are coalesced).
+MAX_MESSAGES_PER_S = 10
+#: A heartbeat comment this often keeps idle streams open through proxies.
+HEARTBEAT_S = 15.0
+#: Engine turns a client may leave unread before it is dropped (it reconnects).
+MAX_QUEUED_TURNS = 2000
+#: A write that blocks this long means the client stopped reading: it is dropped.
+WRITE_TIMEOUT_S = 10.0
+#: Log rows a plain (not following) read answers at most; ``next_after_seq`` pages on.
+LOG_ROWS_PER_READ = READ_ROWS
+
+
+class _Dropped(Exception):
+    """The client fell behind; its stream ends."""
+
+
+async def _open(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})  # fmt: skip
+    await response.prepare(request)
+    return response
+
+
+async def _send(response: web.StreamResponse, event: str, data) -> None:
+    payload = f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n" if event else data
+    try:
+        await asyncio.wait_for(response.write(payload.encode()), WRITE_TIMEOUT_S)
+    except TimeoutError:
+        raise _Dropped(f"a write blocked for {WRITE_TIMEOUT_S:.0f}s") from None
+
+
+def _tracked(handler):
+    """Register the stream's task with the server, so stopping the server ends it."""
+
+    async def run(request: web.Request):
+        streams = request.app[SERVER].streams
+        task = asyncio.current_task()
+        streams.add(task)
+        try:
+            return await handler(request)
+        except (ConnectionResetError, _Dropped) as exc:
+            log.info("dashboard stream %s ended: %s", request.path, exc or type(exc).__name__)
+            return web.Response(status=200)
+        finally:
+            streams.discard(task)
+
+    run.permission = handler.permission
+    return run
+
+
+# ---------------------------------------------------------------------- run events
+
+
+def _info_columns(infos, worker_name) -> dict[str, list]:
+    """Parallel arrays (:data:`TASK_FIELDS`) of WatchRun's TaskInfo messages."""
+    cols: dict[str, list] = {f: [] for f in TASK_FIELDS}
+    for t in infos:
+        cols["name"].append(t.name)
+        cols["state"].append(task_state_name(t.state))
+        cols["attempt"].append(t.attempts)
+        cols["worker"].append((worker_name(t.worker) or t.worker) if t.worker else "")
+        cols["started_at"].append(t.started_at)
+        cols["finished_at"].append(t.finished_at)
+        has_error = t.HasField("error") and (t.error.message or t.error.exception_type or t.error.type)
+        cols["error_type"].append(error_type_name(t.error) if has_error else "")
+        cols["error_message"].append(t.error.message if has_error else "")
+    return cols
+
+
+@needs("run:read")
+async def run_events(request: web.Request) -> web.StreamResponse:
+    c = request.app[COORDINATOR]
+    run_id = request.match_info["run_id"]
+    engine = c.engine
+    run = engine.state.runs.get(run_id)
+    if run is None or run.state in TERMINAL_RUN_STATES:  # finished: one snapshot and the end
+        view, tasks, _, _ = await load_run(c, run_id)  # 404 for an unknown run
+        now = time.time()
+        response = await _open(request)
+        summary = run_view_json(view, tasks, now)
+        await _send(response, "run", summary)
+        await _send(response, "tasks", task_columns(tasks, engine.state.worker_name))
+        await _send(response, "end", summary)
+        return response
+    # Subscribe and snapshot with no await in between, so no change falls in the gap.
+    queue = engine.watch(run_id, tasks=True)
+    try:
+        tasks = list(run.tasks.values())
+        states = {t.name: t.state for t in tasks}
+        counts: dict[int, int] = {}
+        for s in states.values():
+            counts[s] = counts.get(s, 0) + 1
+        namespace = run.spec.namespace or "default"
+        first = task_columns(tasks, engine.state.worker_name)
+
+        def summary_json(summary) -> dict:
+            return run_json(run_id, summary.pipeline, namespace, summary.state, summary.created_at, summary.finished_at,
+                            summary.total_tasks, {task_state_name(k): v for k, v in counts.items() if v}, time.time())  # fmt: skip
+
+        summary = run.summary()
+        response = await _open(request)
+        await _send(response, "run", summary_json(summary))
+        await _send(response, "tasks", first)
+        loop = asyncio.get_running_loop()
+        interval_s = 1.0 / MAX_MESSAGES_PER_S
+        last_sent = loop.time()
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+            except TimeoutError:
+                await _send(response, "", ": heartbeat\n\n")
+                continue
+            # Coalesce: what comes within this message's interval rides along.
+            wait_s = last_sent + interval_s - loop.time()
+            if wait_s > 0 and event is not None and event.summary.state not in TERMINAL_RUN_STATES:
+                await asyncio.sleep(wait_s)
+            if queue.qsize() > MAX_QUEUED_TURNS:
+                raise _Dropped(f"{queue.qsize()} engine turns unread")
+            changed: dict[str, object] = {}
+            stopped = False
+            while event is not None:
+                summary = event.summary
+                for info in event.changed:
+                    changed[info.name] = info
+                if queue.empty():
+                    break
+                event = queue.get_nowait()
+            else:
+                stopped = True
+            for name, info in changed.items():
+                old = states.get(name)
+                if old is not None:
+                    counts[old] -= 1
+                states[name] = info.state
+                counts[info.state] = counts.get(info.state, 0) + 1
+            now_summary = summary_json(summary)
+            await _send(response, "run", now_summary)
+            if changed:
+                await _send(response, "tasks", _info_columns(changed.values(), engine.state.worker_name))
+            last_sent = loop.time()
+            if summary.state in TERMINAL_RUN_STATES:
+                await _send(response, "end", now_summary)
+                return response
+            if stopped:  # the engine stopped (shutdown, store fault, HA step-down): the client reconnects
+                return response
+    finally:
+        engine.unwatch(run_id, queue)
+
+
+# ---------------------------------------------------------------------- task logs
+
+
+def _line(row) -> dict:
+    return {"seq": row.seq, "attempt": row.attempt, "stream": "stderr" if row.stream == STDERR else "stdout",
+            "data": row.data.decode("utf-8", errors="replace"), "truncated_bytes": row.dropped_bytes, "at": row.at}  # fmt: skip
+
+
+@needs("logs:read")
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    c = request.app[COORDINATOR]
+    run_id, task = request.match_info["run_id"], request.match_info["task"]
+    attempt = query_int(request, "attempt", 0, 0, 1_000_000)
+    seq = query_int(request, "after_seq", 0, 0, (1 << 63) - 1)
+    follow = request.query.get("follow", "")
+    if follow not in ("", "0", "1", "true", "false"):
+        from ._api import BadParameter
+
+        raise BadParameter("follow", f"{follow!r} is not 0 or 1")
+    _, tasks, _, _ = await load_run(c, run_id)
+    if all(t.name != task for t in tasks):
+        from ._api import _no_task
+
+        raise _no_task(run_id, task)
+    logs = c.task_logs
+    if follow not in ("1", "true"):
+        rows = await logs.read(run_id, task, attempt, after_seq=seq)
+        rows = rows[:LOG_ROWS_PER_READ]
+        lines = [_line(r) for r in rows if not r.final]
+        return web.json_response({"lines": lines, "next_after_seq": rows[-1].seq if rows else seq})
+    changed = logs.watch(run_id)
+    loop = asyncio.get_running_loop()
+    finals: set[tuple[str, int]] = set()
+    settle_until: float | None = None
+    try:
+        response = await _open(request)
+        quiet_since = loop.time()
+        while True:
+            changed.clear()
+            rows = await logs.read(run_id, task, attempt, after_seq=seq)
+            for row in rows:
+                seq = row.seq
+                if row.final:
+                    finals.add((row.task, row.attempt))
+                else:
+                    await _send(response, "log", _line(row))
+            if len(rows) >= READ_ROWS:
+                continue
+            waiting = logs_awaited(c.engine.state.runs.get(run_id), task, attempt, finals)
+            if waiting is None:
+                break
+            now = loop.time()
+            if rows:
+                quiet_since = now
+            elif now - quiet_since >= HEARTBEAT_S:
+                await _send(response, "", ": heartbeat\n\n")
+                quiet_since = now
+            wait_s = 1.0  # a task that ends without writing sets no event: look at its state again
+            if not waiting:  # finished; its final entry may still be on the way
+                settle_until = settle_until or now + TASK_LOG_SETTLE_S
+                if now >= settle_until:
+                    break
+                wait_s = min(0.25, settle_until - now)
+            try:
+                await asyncio.wait_for(changed.wait(), wait_s)
+            except TimeoutError:
+                pass
+        await _send(response, "end", {"next_after_seq": seq})
+        return response
+    finally:
+        logs.unwatch(run_id, changed)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/api/runs/{run_id}/events", _tracked(run_events))
+    app.router.add_get("/api/runs/{run_id}/tasks/{task}/logs", _tracked(task_logs))
