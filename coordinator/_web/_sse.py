@@ -1,7 +1,8 @@
 """Server-Sent Event streams: a run's task changes, and a task's log as it is written.
 
-Run events reuse WatchRun's source (``Engine.watch``): the engine does per-task work only
-for runs somebody watches, one queue item per engine turn. Each client coalesces what
+Run events hook into WatchRun's source (``Engine.watch``, summaries only: one queue item
+per engine turn) plus :meth:`Engine.track_changes` (a set add per changed task of a
+watched run, nothing for other runs); rows are built from the tasks' entries when sent. Each client coalesces what
 came in into at most :data:`MAX_MESSAGES_PER_S` messages a second (latest state per
 task), and is dropped when it falls behind (:data:`MAX_QUEUED_TURNS` turns unread, or a
 write blocked for :data:`WRITE_TIMEOUT_S`): nothing is buffered without bound.
@@ -15,13 +16,13 @@ import logging
 import time
 
 from aiohttp import web
-from xpipe._domain import TERMINAL_RUN_STATES, error_type_name
+from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe.telemetry._tasklogs import STDERR, TASK_LOG_SETTLE_S
 
 from .._logs import READ_ROWS, logs_awaited
 from ._api import load_run, needs, query_int, run_view_json
 from ._app import COORDINATOR, SERVER
-from ._rows import TASK_FIELDS, run_json, task_columns, task_state_name
+from ._rows import run_json, task_columns, task_state_name
 
 __all__ = ["add_routes"]
 
@@ -39,6 +40,10 @@ WRITE_TIMEOUT_S = 10.0
 LOG_ROWS_PER_READ = READ_ROWS
 
 
+#: The request's prepared event-stream response, returned as it is when the stream is cut.
+_STREAM = web.RequestKey("sse", web.StreamResponse)
+
+
 class _Dropped(Exception):
     """The client fell behind; its stream ends."""
 
@@ -47,6 +52,7 @@ async def _open(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})  # fmt: skip
     await response.prepare(request)
+    request[_STREAM] = response
     return response
 
 
@@ -68,8 +74,11 @@ def _tracked(handler):
         try:
             return await handler(request)
         except (ConnectionResetError, _Dropped) as exc:
-            log.info("dashboard stream %s ended: %s", request.path, exc or type(exc).__name__)
-            return web.Response(status=200)
+            # Cut the connection: a client that stopped reading gets no orderly end it would wait for.
+            log.info("dashboard stream %s dropped: %s", request.path, exc or type(exc).__name__)
+            if request.transport is not None:
+                request.transport.close()
+            return request.get(_STREAM) or web.Response(status=204)
         finally:
             streams.discard(task)
 
@@ -78,22 +87,6 @@ def _tracked(handler):
 
 
 # ---------------------------------------------------------------------- run events
-
-
-def _info_columns(infos, worker_name) -> dict[str, list]:
-    """Parallel arrays (:data:`TASK_FIELDS`) of WatchRun's TaskInfo messages."""
-    cols: dict[str, list] = {f: [] for f in TASK_FIELDS}
-    for t in infos:
-        cols["name"].append(t.name)
-        cols["state"].append(task_state_name(t.state))
-        cols["attempt"].append(t.attempts)
-        cols["worker"].append((worker_name(t.worker) or t.worker) if t.worker else "")
-        cols["started_at"].append(t.started_at)
-        cols["finished_at"].append(t.finished_at)
-        has_error = t.HasField("error") and (t.error.message or t.error.exception_type or t.error.type)
-        cols["error_type"].append(error_type_name(t.error) if has_error else "")
-        cols["error_message"].append(t.error.message if has_error else "")
-    return cols
 
 
 @needs("run:read")
@@ -111,16 +104,19 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await _send(response, "tasks", task_columns(tasks, engine.state.worker_name))
         await _send(response, "end", summary)
         return response
-    # Subscribe and snapshot with no await in between, so no change falls in the gap.
-    queue = engine.watch(run_id, tasks=True)
+    # Subscribe and snapshot with no await in between, so no change falls in the gap. Summary
+    # events wake the stream once per engine turn; the changed tasks' names are collected by
+    # the engine in a set (no message per task) and read from their entries when sending.
+    queue = engine.watch(run_id, tasks=False)
+    dirty = engine.track_changes(run_id)
     try:
-        tasks = list(run.tasks.values())
-        states = {t.name: t.state for t in tasks}
+        entries = run.tasks
+        states = {name: t.state for name, t in entries.items()}
         counts: dict[int, int] = {}
-        for s in states.values():
-            counts[s] = counts.get(s, 0) + 1
+        for st in states.values():
+            counts[st] = counts.get(st, 0) + 1
         namespace = run.spec.namespace or "default"
-        first = task_columns(tasks, engine.state.worker_name)
+        first = task_columns(entries.values(), engine.state.worker_name)
 
         def summary_json(summary) -> dict:
             return run_json(run_id, summary.pipeline, namespace, summary.state, summary.created_at, summary.finished_at,
@@ -145,27 +141,26 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                 await asyncio.sleep(wait_s)
             if queue.qsize() > MAX_QUEUED_TURNS:
                 raise _Dropped(f"{queue.qsize()} engine turns unread")
-            changed: dict[str, object] = {}
             stopped = False
             while event is not None:
                 summary = event.summary
-                for info in event.changed:
-                    changed[info.name] = info
                 if queue.empty():
                     break
                 event = queue.get_nowait()
             else:
                 stopped = True
-            for name, info in changed.items():
-                old = states.get(name)
+            changed = [entries[name] for name in dirty if name in entries]
+            dirty.clear()
+            for t in changed:
+                old = states.get(t.name)
                 if old is not None:
                     counts[old] -= 1
-                states[name] = info.state
-                counts[info.state] = counts.get(info.state, 0) + 1
+                states[t.name] = t.state
+                counts[t.state] = counts.get(t.state, 0) + 1
             now_summary = summary_json(summary)
             await _send(response, "run", now_summary)
             if changed:
-                await _send(response, "tasks", _info_columns(changed.values(), engine.state.worker_name))
+                await _send(response, "tasks", task_columns(changed, engine.state.worker_name))
             last_sent = loop.time()
             if summary.state in TERMINAL_RUN_STATES:
                 await _send(response, "end", now_summary)
@@ -174,6 +169,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
                 return response
     finally:
         engine.unwatch(run_id, queue)
+        engine.untrack_changes(run_id, dirty)
 
 
 # ---------------------------------------------------------------------- task logs

@@ -6,6 +6,7 @@ are read line by line as a browser's EventSource would.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -234,3 +235,59 @@ def test_dashboard_port_in_use_exits_2(tmp_path):
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("xpipe-coordinator: --http-listen: cannot serve the dashboard on 127.0.0.1:") and str(port) in last
+
+
+def test_a_client_that_falls_behind_is_dropped_and_unsubscribed(monkeypatch):
+    """In-process: a real engine (no store) and the real web server; the stream is dropped
+    once more engine turns pile up than it may leave unread, and the engine forgets it."""
+    import aiohttp
+    from xpipe._proto import common_pb2 as pb
+    from xpipe.coordinator._engine import Engine, EngineConfig, _Session
+    from xpipe.coordinator._events import RunSubmitted, WorkerConnected
+    from xpipe.coordinator._server import Coordinator
+    from xpipe.coordinator._validate import validate_spec
+    from xpipe.coordinator._web import WebServer, _sse
+
+    monkeypatch.setattr(_sse, "MAX_QUEUED_TURNS", 3)
+
+    async def scenario() -> list[str]:
+        c = Coordinator(store=None)  # never started: only its engine and web server are used
+        engine = c.engine = Engine(store=None, config=EngineConfig())
+        engine.state.handle(WorkerConnected(0.0, "w0", "w0", "host", 1000))
+        engine.sessions["w0"] = _Session("w0")
+        spec = pb.PipelineSpec(name="drop")
+        for i in range(100):
+            spec.tasks.add(name=f"t{i}").python.import_path = "tests.helpers_tasks:noop"
+        engine.state.handle(RunSubmitted(time.time(), "r1", spec, tuple(validate_spec(spec))))
+        web = WebServer(c, "127.0.0.1:0")
+        await web.start()
+        names: list[str] = []
+        try:
+            async with aiohttp.ClientSession() as http, http.get(f"{web.url}api/runs/r1/events") as response:
+                with pytest.raises(aiohttp.ClientPayloadError):  # the server cut the stream
+                    async for line in response.content:
+                        if line.startswith(b"event: "):
+                            names.append(line[7:].strip().decode())
+                        if names == ["run", "tasks"]:
+                            # Ten engine turns at once, each with a change, while the stream waits
+                            # out its coalescing interval: more than it may leave unread.
+                            for i in range(10):
+                                actions: list = []
+                                engine.state.schedule(time.time(), actions)
+                                engine._notify([a for a in actions if type(a).__name__ == "TaskRecord"] or
+                                               [_record(engine, f"t{i}")])  # fmt: skip
+                            names.append("pushed")
+            assert "r1" not in engine._watchers and "r1" not in engine._changed_names
+        finally:
+            await web.stop()
+        return names
+
+    names = asyncio.run(scenario())
+    assert names[:3] == ["run", "tasks", "pushed"] and "end" not in names  # closed without the end event
+
+
+def _record(engine, name: str):
+    from xpipe.coordinator._events import TaskRecord
+
+    t = engine.state.runs["r1"].tasks[name]
+    return TaskRecord("r1", name, t.state, t.attempt)
