@@ -291,3 +291,46 @@ def _record(engine, name: str):
 
     t = engine.state.runs["r1"].tasks[name]
     return TaskRecord("r1", name, t.state, t.attempt)
+
+
+def test_ha_follower_answers_503_naming_the_leader(tmp_path, etcd):
+    """Two coordinators on one etcd, each serving the dashboard: the leader's API answers,
+    the follower's answers 503 with the leader's address."""
+    from tests.harness import Proc, terminate_all
+
+    grpc_ports, http_ports = [free_port(), free_port()], [free_port(), free_port()]
+    procs = [
+        Proc(f"coordinator{i}", [
+            sys.executable, "-m", "xpipe.coordinator", "--listen", f"127.0.0.1:{grpc_ports[i]}",
+            "--data-dir", str(tmp_path / f"c{i}"), "--store", f"etcd://{etcd.endpoint}", "--cluster", "web-ha",
+            "--lease-ttl-s", "2", "--artifact-dir", str(tmp_path / "artifacts"),
+            "--http-listen", f"127.0.0.1:{http_ports[i]}",
+        ], log_dir=tmp_path / "logs")  # fmt: skip
+        for i in range(2)
+    ]
+    try:
+        def answers() -> list[int]:
+            out = []
+            for port in http_ports:
+                try:
+                    out.append(get(f"http://127.0.0.1:{port}/api/runs")[0])
+                except OSError:
+                    out.append(0)
+            return out
+
+        eventually(lambda: sorted(answers()) == [200, 503], timeout_s=30, message="one leader, one follower")
+        leader = answers().index(200)
+        status, body = get(f"http://127.0.0.1:{http_ports[1 - leader]}/api/runs")
+        assert status == 503 and "not the leader" in body["error"]
+        assert body["leader_address"] == f"127.0.0.1:{grpc_ports[leader]}"
+    finally:
+        terminate_all(procs)
+
+
+def test_the_embedded_default_serves_the_dashboard_on_loopback(tmp_path, monkeypatch):
+    monkeypatch.delenv("XPIPE_COORDINATOR", raising=False)
+    with PipelineManager(workers=1, slots_per_worker=1, data_dir=tmp_path / "embedded") as pm:
+        url = pm.client.cluster_status().dashboard_url
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/")
+        status, cluster = get(f"{url}api/cluster")
+        assert status == 200 and cluster["dashboard_url"] == url
