@@ -10,10 +10,8 @@ gRPC guard: the same credential parsing, principal and permission per endpoint, 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
-import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -233,10 +231,3 @@ class WebServer:
         return web.Response(text="<!doctype html><title>xpipe</title><p>xpipe dashboard: see /api/runs</p>",
                             content_type="text/html")  # fmt: skip
 
-
-def now_s() -> float:
-    return time.time()
-
-
-def dumps(value) -> str:
-    return json.dumps(value, separators=(",", ":"))

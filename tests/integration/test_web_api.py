@@ -211,6 +211,14 @@ def test_auth_tokens_cookie_and_permissions(tmp_path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             opener.open(bad_login, timeout=10)
         assert refused.value.code == 401
+        not_json = urllib.request.Request(f"{url}api/login", data=b"token=abc", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(not_json, timeout=10)
+        assert refused.value.code == 400 and json.loads(refused.value.read())["parameter"] == "body"
+        wrong_method = urllib.request.Request(f"{url}api/runs", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(wrong_method, timeout=10)
+        assert refused.value.code == 405 and "use GET" in json.loads(refused.value.read())["error"]
 
 
 def _coordinator(tmp_path, *args: str) -> subprocess.CompletedProcess:
