@@ -19,6 +19,7 @@ from aiohttp import web
 from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe.telemetry._tasklogs import STDERR, TASK_LOG_SETTLE_S
 
+from .._caller import CALLER
 from .._logs import READ_ROWS, logs_awaited
 from ._api import load_run, needs, query_int, run_view_json
 from ._app import COORDINATOR, SERVER
@@ -36,6 +37,8 @@ HEARTBEAT_S = 15.0
 MAX_QUEUED_TURNS = 2000
 #: A write that blocks this long means the client stopped reading: it is dropped.
 WRITE_TIMEOUT_S = 10.0
+#: The audit action of a log read: the RPC it mirrors, so one query finds every log read.
+_LOGS_ACTION = "/xpipe.v1.PipelineService/GetTaskLogs"
 #: Log rows a plain (not following) read answers at most; ``next_after_seq`` pages on.
 LOG_ROWS_PER_READ = READ_ROWS
 
@@ -196,6 +199,10 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         from ._api import _no_task
 
         raise _no_task(run_id, task)
+    # Log lines are task data: recorded like the GetTaskLogs call they mirror (auth off: as 'local').
+    principal = CALLER.get()
+    c.audit.record(principal=principal.name if principal is not None else "anonymous", action=_LOGS_ACTION,
+                   target=f"{run_id}/{task}", detail={"via": "dashboard"})  # fmt: skip
     logs = c.task_logs
     if follow not in ("1", "true"):
         rows = await logs.read(run_id, task, attempt, after_seq=seq)

@@ -125,6 +125,12 @@ def test_runs_run_detail_task_logs_and_errors(web, pm):
     eventually(lambda: any("out hello" in d for d in talk_lines()), timeout_s=10, message="talk's stdout")
     followed = [data["data"] for name, data in events(f"{url}api/runs/{run_id}/tasks/talk/logs?follow=1") if name == "log"]
     assert any("err hello" in d for d in followed) and any("out hello" in d for d in followed)
+    def log_reads() -> list:
+        return [e for e in pm.get_audit() if e.action.endswith("/GetTaskLogs") and e.target == f"{run_id}/talk"]
+
+    # Recorded like the RPC's reads (the audit log is written in batches).
+    eventually(lambda: len(log_reads()) >= 2, timeout_s=10, message="the dashboard's log reads in the audit log")
+    assert log_reads()[-1].principal == "local"
 
     # Errors name what is wrong.
     assert get(f"{url}api/runs/nope") == (404, {"error": "no run 'nope'", "status": 404})
