@@ -348,3 +348,26 @@ def test_the_embedded_default_serves_the_dashboard_on_loopback(tmp_path, monkeyp
         assert url.startswith("http://127.0.0.1:") and url.endswith("/")
         status, cluster = get(f"{url}api/cluster")
         assert status == 200 and cluster["dashboard_url"] == url
+
+
+def test_runs_are_filtered_by_namespace_like_list_runs(tmp_path):
+    principals = {**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["viewer"]}
+    setup = SecureSetup(tmp_path, principals=principals, namespaces={"teama": ["team-a"]}, mtls=False)
+    port = free_port()
+    with Cluster(tmp_path, workers=0, security=setup, coordinator_args=("--http-listen", f"127.0.0.1:{port}")) as cluster, \
+            PipelineManager(coordinator=cluster.address, **cluster.client_options("submitter")) as pm:  # fmt: skip
+        ids = {}
+        for ns in ("team-a", "team-b"):
+            p = Pipeline(f"ns_{ns}", namespace=ns)
+            p.add_task(Task("one", ht.noop))
+            ids[ns] = pm.submit(p)
+        url = f"https://127.0.0.1:{port}/"
+        tls = ssl.create_default_context(cafile=setup.ca)
+        teama = {"Authorization": f"Bearer {setup.tokens['teama']}"}
+        assert [r["run_id"] for r in get(f"{url}api/runs", headers=teama, context=tls)[1]["runs"]] == [ids["team-a"]]
+        assert get(f"{url}api/runs/{ids['team-a']}", headers=teama, context=tls)[0] == 200
+        status, body = get(f"{url}api/runs/{ids['team-b']}", headers=teama, context=tls)
+        assert status == 403 and body["permission"] == "run:read" and "team-b" in body["error"]
+        assert get(f"{url}api/runs/{ids['team-b']}/events", headers=teama, context=tls)[0] == 403
+        admin = {"Authorization": f"Bearer {setup.tokens['admin']}"}
+        assert len(get(f"{url}api/runs", headers=admin, context=tls)[1]["runs"]) == 2
