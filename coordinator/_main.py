@@ -246,7 +246,8 @@ async def _run(
     if opts.http_listen:
         from ._web import WebServer  # aiohttp loads only when the dashboard is on
 
-        web = WebServer(coordinator, opts.http_listen, tls_cert=opts.tls_cert, tls_key=opts.tls_key)
+        web = WebServer(coordinator, opts.http_listen, tls_cert=opts.tls_cert, tls_key=opts.tls_key,
+                        tls_ca=opts.tls_ca, client_certs=opts.tls_client_auth == "require")  # fmt: skip
         try:
             await web.start()
         except OSError as exc:  # a port in use: one line naming it, like --metrics-listen

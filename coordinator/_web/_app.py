@@ -21,6 +21,7 @@ from xpipe.security._auth import parse_authorization
 from xpipe.security._errors import AuthUnavailableError
 from xpipe.security._rbac import authorize
 
+from .._authn import _cert_principal
 from .._caller import CALLER, LOCAL
 
 if TYPE_CHECKING:
@@ -52,15 +53,24 @@ class WebServer:
         coordinator: Whose state is shown.
         listen: Where to bind.
         tls_cert, tls_key: PEM files: serve HTTPS with the gRPC server's certificate.
+        tls_ca: With ``client_certs``: the CA client certificates must chain to.
+        client_certs: ``--tls-client-auth require``: a client certificate from ``tls_ca`` is
+            an identity, as on gRPC. Optional here (a browser may log in with a token instead).
     """
 
-    def __init__(self, coordinator: Coordinator, listen: str, *, tls_cert: str = "", tls_key: str = ""):
+    def __init__(
+        self, coordinator: Coordinator, listen: str, *, tls_cert: str = "", tls_key: str = "", tls_ca: str = "",
+        client_certs: bool = False,
+    ):  # fmt: skip
         self.c = coordinator
         self.listen = listen
         self._ssl: ssl.SSLContext | None = None
         if tls_cert:
             self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self._ssl.load_cert_chain(tls_cert, tls_key)
+            if client_certs and tls_ca:
+                self._ssl.load_verify_locations(tls_ca)
+                self._ssl.verify_mode = ssl.CERT_OPTIONAL
         self.url = ""
         #: worker_id -> (last_seen, deque of (at, cpu_percent, memory_used_bytes)).
         self.samples: dict[str, tuple[float, deque]] = {}
@@ -192,7 +202,7 @@ class WebServer:
             cookie = request.cookies.get(TOKEN_COOKIE, "")
             header = f"Bearer {cookie}" if cookie else ""
         try:
-            principal = await self.principal_of(header) if header else None
+            principal = await self.principal_of(header) if header else self._cert_principal(request)
         except PermissionError as exc:
             return json_error(401, f"{exc}; {permission} is needed", permission=permission)
         except AuthUnavailableError as exc:
@@ -207,6 +217,15 @@ class WebServer:
             return json_error(status, refusal.message, permission=permission)
         CALLER.set(principal)
         return await handler(request)
+
+    def _cert_principal(self, request: web.Request):
+        """The identity in a verified client certificate (mTLS), or None."""
+        security = self.c.security
+        if security is None or not security.client_certs or request.transport is None:
+            return None
+        tls = request.transport.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        return _cert_principal(der) if der else None
 
     async def principal_of(self, header: str):
         """The principal of an ``Authorization`` value. Raises PermissionError when it is not valid."""

@@ -371,3 +371,18 @@ def test_runs_are_filtered_by_namespace_like_list_runs(tmp_path):
         assert get(f"{url}api/runs/{ids['team-b']}/events", headers=teama, context=tls)[0] == 403
         admin = {"Authorization": f"Bearer {setup.tokens['admin']}"}
         assert len(get(f"{url}api/runs", headers=admin, context=tls)[1]["runs"]) == 2
+
+
+def test_a_client_certificate_is_an_identity_under_mtls(tmp_path):
+    setup = SecureSetup(tmp_path)  # mTLS: --tls-client-auth require
+    port = free_port()
+    with Cluster(tmp_path, workers=0, security=setup, coordinator_args=("--http-listen", f"127.0.0.1:{port}")):
+        url = f"https://127.0.0.1:{port}/api/runs"
+        plain = ssl.create_default_context(cafile=setup.ca)
+        assert get(url, context=plain)[0] == 401  # no certificate, no token
+        with_cert = ssl.create_default_context(cafile=setup.ca)
+        with_cert.load_cert_chain(*setup.cert("client"))
+        status, body = get(url, context=with_cert)  # known by its certificate, whose role grants nothing here
+        assert status == 403 and "'client'" in body["error"] and body["permission"] == "run:read"
+        admin = {"Authorization": f"Bearer {setup.tokens['admin']}"}
+        assert get(url, headers=admin, context=with_cert) == (200, {"runs": []})  # the token wins, as on gRPC
