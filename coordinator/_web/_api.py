@@ -15,6 +15,7 @@ from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from xpipe._domain import VERSION, error_type_name
 from xpipe._limits import MAX_LIST_RUNS
+from xpipe.security._auth import authorization_value
 from xpipe.security._principal import DEFAULT_NAMESPACE
 
 from .._caller import CALLER
@@ -334,14 +335,12 @@ async def login(request: web.Request) -> web.Response:
         token = f"{body['username']}:{body.get('password', '')}"
     if not isinstance(token, str) or not token:
         return json_error(400, 'token: missing (send {"token": "..."})', parameter="token")
-    from xpipe.security._auth import authorization_value
-
     try:
         principal = await server.principal_of(authorization_value(token))
     except PermissionError as exc:
         return json_error(401, str(exc))
     response = web.json_response({"principal": principal.name})
-    # The cookie holds the credential as the Authorization value's tail would: Bearer token.
+    # The cookie holds the credential itself; each call turns it into Bearer (or Basic for user:password).
     response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/api/")
     return response
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from xpipe.security._auth import parse_authorization
+from xpipe.security._auth import authorization_value, parse_authorization
 from xpipe.security._errors import AuthUnavailableError
 from xpipe.security._rbac import authorize
 
@@ -200,7 +200,7 @@ class WebServer:
         header = request.headers.get("Authorization") or ""
         if not header:
             cookie = request.cookies.get(TOKEN_COOKIE, "")
-            header = f"Bearer {cookie}" if cookie else ""
+            header = authorization_value(cookie) if cookie else ""  # Bearer, or Basic for user:password
         try:
             principal = await self.principal_of(header) if header else self._cert_principal(request)
         except PermissionError as exc:
