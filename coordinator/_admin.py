@@ -55,6 +55,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
                 for c in state.breakers.snapshot(time.time())
             ],
             unhealthy_workers=state.unhealthy_workers(),
+            dashboard_url=self.c.dashboard_url,
         )
 
     async def ListWorkers(self, request, context):

@@ -184,6 +184,8 @@ class Engine:
         self.sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
         self._wants_tasks: set[asyncio.Queue] = set()  # watchers that want each task change
+        #: run_id -> name sets of changed tasks, one per dashboard stream (see :meth:`track_changes`).
+        self._changed_names: dict[str, list[set[str]]] = {}
         self._inbox: list[Event] = []
         self._submits: dict[str, asyncio.Future] = {}
         self._wake = asyncio.Event()
@@ -330,6 +332,24 @@ class Engine:
         if tasks:
             self._wants_tasks.add(q)
         return q
+
+    def track_changes(self, run_id: str) -> set[str]:
+        """A set the engine adds the names of the run's changed tasks to (the caller clears it).
+
+        The cheapest hook for a dashboard stream: a set add per changed task of a watched
+        run, no message built; the stream reads the tasks' entries when it sends. Pair it
+        with a summary-only :meth:`watch` for wake-ups, and call :meth:`untrack_changes`.
+        """
+        names: set[str] = set()
+        self._changed_names.setdefault(run_id, []).append(names)
+        return names
+
+    def untrack_changes(self, run_id: str, names: set[str]) -> None:
+        sets = self._changed_names.get(run_id)
+        if sets is not None:
+            sets[:] = [s for s in sets if s is not names]
+            if not sets:
+                del self._changed_names[run_id]
 
     def unwatch(self, run_id: str, q: asyncio.Queue) -> None:
         self._wants_tasks.discard(q)
@@ -516,12 +536,16 @@ class Engine:
         changed: dict[str, list[pipeline_pb2.TaskInfo]] = defaultdict(list)
         finished: list[str] = []
         want = {run_id for run_id, queues in self._watchers.items() if not queues.isdisjoint(self._wants_tasks)}
+        tracked = self._changed_names
         for rec in records:
             if isinstance(rec, TaskRecord):
                 if rec.run_id in want:
                     changed[rec.run_id].append(task_info(rec))
                 elif rec.run_id in self._watchers:
                     changed.setdefault(rec.run_id, [])
+                if tracked and rec.run_id in tracked:
+                    for names in tracked[rec.run_id]:
+                        names.add(rec.name)
             elif rec.state in TERMINAL_RUN_STATES:
                 finished.append(rec.run_id)
                 changed.setdefault(rec.run_id, [])

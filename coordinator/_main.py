@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", default=metrics_listen_default(), metavar="HOST:PORT",
                    help="serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; "
                         "default: $XPIPE_METRICS_LISTEN, else off)")  # fmt: skip
+    p.add_argument("--http-listen", default="", metavar="HOST:PORT",
+                   help="serve the web dashboard and its JSON API (docs/api.md) at http://HOST:PORT/ "
+                        "(https with --tls-cert; port 0 picks one; default: off)")  # fmt: skip
     p.add_argument("--retention-days", type=float, metavar="DAYS",
                    help="delete finished runs (records, results, logs, artifacts) older than DAYS "
                         "(fractions allowed; default: keep forever)")
@@ -141,15 +144,19 @@ def security_from_arguments(opts: argparse.Namespace) -> tuple[Security | None, 
         credentials=credentials, authenticator=authenticator, client_certs=opts.tls_client_auth == "require",
         blocking=opts.auth.startswith("ldap"),
     )  # fmt: skip
-    if not _is_loopback(opts.listen) and not opts.insecure:
+    # The dashboard shows task data and errors to whoever reaches it: the same rule as gRPC.
+    for flag, listen in (("listen", opts.listen), ("http-listen", getattr(opts, "http_listen", ""))):
+        if not listen or _is_loopback(listen) or opts.insecure:
+            continue
         missing = [(what, add) for what, add, ok in (
             ("TLS", "--tls-cert/--tls-key", credentials is not None),
             ("authentication", "--auth or --tls-client-auth require", security.auth_on),
         ) if not ok]  # fmt: skip
         if missing:
+            what = "listen" if flag == "listen" else "serve the dashboard (--http-listen)"
             raise SecurityConfigError(
-                f"refusing to listen on non-loopback {opts.listen} without {' and '.join(w for w, _ in missing)} "
-                f"(anyone reaching the port could run code on every worker): add "
+                f"refusing to {what} on non-loopback {listen} without {' and '.join(w for w, _ in missing)} "
+                f"(anyone reaching the port could {'run code on every worker' if flag == 'listen' else 'read runs, errors and logs'}): add "
                 f"{' and '.join(a for _, a in missing)}, or --insecure"
             )
     if credentials is None and not security.auth_on:
@@ -242,6 +249,19 @@ async def _run(
         print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
         return 2
     coordinator.retention.start()
+    web = None
+    if opts.http_listen:
+        from ._web import WebServer  # aiohttp loads only when the dashboard is on
+
+        web = WebServer(coordinator, opts.http_listen, tls_cert=opts.tls_cert, tls_key=opts.tls_key,
+                        tls_ca=opts.tls_ca, client_certs=opts.tls_client_auth == "require")  # fmt: skip
+        try:
+            await web.start()
+        except OSError as exc:  # a port in use: one line naming it, like --metrics-listen
+            await coordinator.retention.stop()
+            await coordinator.stop()
+            print(f"xpipe-coordinator: --http-listen: {exc.strerror or exc}", file=sys.stderr, flush=True)
+            return 2
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
@@ -254,6 +274,8 @@ async def _run(
         log.critical("engine stopped: %r", exc or coordinator.engine.error)
         code = 1
     stopper.cancel()
+    if web is not None:
+        await web.stop()
     await coordinator.retention.stop()
     await coordinator.stop()
     engine_failed.cancel()

@@ -629,6 +629,8 @@ class Coordinator:
         self.alerting = alerting if alerting is not None else Alerting()
         self.engine.alerting = self.alerting
         self.address = ""
+        #: The web dashboard's URL once ``--http-listen`` serves it (see ``_web``); "" when off.
+        self.dashboard_url = ""
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_names: list[str] = []

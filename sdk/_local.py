@@ -110,8 +110,8 @@ class LocalCluster:
         atexit.register(self.stop)
         coordinator = self._spawn(
             "coordinator",
-            ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--data-dir", str(self.data_dir),
-             "--ready-file", str(ready), "--log-level", "WARNING",
+            ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+             "--data-dir", str(self.data_dir), "--ready-file", str(ready), "--log-level", "WARNING",
              # pipelines run here send alerts to loopback receivers only (docs/operator-guide.md)
              "--alert-loopback-only", *self.extra_args, *self.coordinator_args],
         )  # fmt: skip
