@@ -1,0 +1,154 @@
+// The dashboard shell: a hash router, the API client (with the token when auth is on)
+// and small helpers the pages share. Pages are thin clients of /api/ (docs/api.md).
+
+const TOKEN_KEY = "xpipe.token";
+
+/** The stored token, or "" when none was given. */
+export function token() {
+  return sessionStorage.getItem(TOKEN_KEY) || "";
+}
+
+/** Ask for a token (the coordinator answered 401) and resolve once one is entered. */
+function askToken(message) {
+  const dialog = document.getElementById("login");
+  document.getElementById("login-error").textContent = message || "";
+  if (!dialog.open) dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => {
+      sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+      resolve();
+    }, { once: true });
+  });
+}
+
+/** GET a JSON document from the API; on 401 asks for a token and tries again. */
+export async function api(path) {
+  for (;;) {
+    const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
+    const resp = await fetch(path, { headers });
+    if (resp.status === 401) {
+      await askToken(token() ? "That token was refused." : "");
+      continue;
+    }
+    if (!resp.ok) {
+      let detail = "";
+      try { detail = (await resp.json()).error || ""; } catch { /* not JSON */ }
+      throw new Error(`${path}: HTTP ${resp.status} ${detail}`);
+    }
+    return resp.json();
+  }
+}
+
+/** An EventSource on ``path``; EventSource cannot send headers, so the token goes in the query. */
+export function events(path) {
+  const url = new URL(path, location.href);
+  if (token()) url.searchParams.set("token", token());
+  return new EventSource(url);
+}
+
+/** Lower-case state name without the enum prefix: "TASK_RUNNING"/"RUN_RUNNING" -> "running". */
+export function stateName(s) {
+  if (s === undefined || s === null || s === "") return "unknown";
+  return String(s).toLowerCase().replace(/^(task_|run_)(state_)?/, "");
+}
+
+/** Milliseconds since the epoch from seconds, milliseconds or an ISO string; null when absent. */
+export function toMs(t) {
+  if (t === undefined || t === null || t === "" || t === 0) return null;
+  if (typeof t === "number") return t < 1e11 ? t * 1000 : t;
+  const n = Number(t);
+  if (!Number.isNaN(n)) return toMs(n);
+  const d = Date.parse(t);
+  return Number.isNaN(d) ? null : d;
+}
+
+/** "1h 02m", "3.2 s", "-" for a duration in milliseconds. */
+export function fmtDuration(ms) {
+  if (ms === null || ms === undefined || Number.isNaN(ms)) return "-";
+  if (ms < 60e3) return `${(ms / 1000).toFixed(1)} s`;
+  const s = Math.round(ms / 1000), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}h ${String(m).padStart(2, "0")}m` : `${m}m ${String(s % 60).padStart(2, "0")}s`;
+}
+
+export function fmtTime(t) {
+  const ms = toMs(t);
+  return ms === null ? "-" : new Date(ms).toLocaleString();
+}
+
+export function fmtBytes(b) {
+  if (b === undefined || b === null) return "-";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let i = 0;
+  while (b >= 1024 && i < units.length - 1) { b /= 1024; i++; }
+  return `${b.toFixed(i ? 1 : 0)} ${units[i]}`;
+}
+
+/** Element builder: h("td", {class: "x"}, "text", child). Strings become text (never HTML). */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+  return el;
+}
+
+export function stateBadge(s) {
+  const name = stateName(s);
+  return h("span", { class: "state", "data-state": name }, name);
+}
+
+/** A list from a response that is either the list or an object holding it under ``key``. */
+export function listOf(doc, key) {
+  if (Array.isArray(doc)) return doc;
+  return (doc && Array.isArray(doc[key])) ? doc[key] : [];
+}
+
+export function setStatus(text) {
+  document.getElementById("status").textContent = text;
+}
+
+// --------------------------------------------------------------------------- router
+
+const routes = [
+  [/^\/?$/, () => import("./runs.js").then((m) => m.runsPage)],
+  [/^\/runs$/, () => import("./runs.js").then((m) => m.runsPage)],
+  [/^\/runs\/([^/]+)$/, () => import("./run.js").then((m) => m.runPage)],
+  [/^\/workers$/, () => import("./workers.js").then((m) => m.workersPage)],
+  [/^\/circuits$/, () => import("./tables.js").then((m) => m.circuitsPage)],
+  [/^\/alerts$/, () => import("./tables.js").then((m) => m.alertsPage)],
+];
+
+let cleanup = null; // the current page's stop function: closes its streams and timers
+
+async function route() {
+  const [path, query] = (location.hash.slice(1) || "/runs").split("?");
+  if (cleanup) { cleanup(); cleanup = null; }
+  document.getElementById("panel").hidden = true;
+  const main = document.getElementById("main");
+  main.replaceChildren();
+  for (const a of document.querySelectorAll("nav a")) {
+    a.classList.toggle("active", path.startsWith(`/${a.dataset.page}`));
+  }
+  for (const [re, load] of routes) {
+    const m = path.match(re);
+    if (!m) continue;
+    const page = await load();
+    const params = new URLSearchParams(query || "");
+    try {
+      cleanup = await page(main, m.slice(1).map((p) => p && decodeURIComponent(p)), params) || null;
+    } catch (err) {
+      main.append(h("p", { class: "error" }, String(err.message || err)));
+    }
+    return;
+  }
+  main.append(h("p", { class: "error" }, `No page at ${path}`));
+}
+
+addEventListener("hashchange", route);
+route();
