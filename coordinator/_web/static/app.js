@@ -1,33 +1,35 @@
 // The dashboard shell: a hash router, the API client (with the token when auth is on)
 // and small helpers the pages share. Pages are thin clients of /api/ (docs/api.md).
 
-const TOKEN_KEY = "xpipe.token";
-
-/** The stored token, or "" when none was given. */
-export function token() {
-  return sessionStorage.getItem(TOKEN_KEY) || "";
-}
-
-/** Ask for a token (the coordinator answered 401) and resolve once one is entered. */
-function askToken(message) {
+/**
+ * Ask for a token (the coordinator answered 401) and log in with it: POST /api/login sets
+ * an HttpOnly cookie that every later call, the event streams included, carries
+ * (EventSource cannot send an Authorization header). Resolves once a login succeeded.
+ */
+async function login(message) {
   const dialog = document.getElementById("login");
+  const input = document.getElementById("token");
   document.getElementById("login-error").textContent = message || "";
   if (!dialog.open) dialog.showModal();
-  return new Promise((resolve) => {
-    dialog.addEventListener("close", () => {
-      sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
-      resolve();
-    }, { once: true });
+  await new Promise((resolve) => dialog.addEventListener("close", resolve, { once: true }));
+  const resp = await fetch("/api/login", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ token: input.value.trim() }),
   });
+  input.value = "";
+  if (!resp.ok) return login("That token was refused.");
 }
 
-/** GET a JSON document from the API; on 401 asks for a token and tries again. */
+let loggingIn = null; // one login dialog at a time, however many calls got a 401
+
+/** GET a JSON document from the API; on 401 asks for a token, logs in and tries again. */
 export async function api(path) {
   for (;;) {
-    const headers = token() ? { Authorization: `Bearer ${token()}` } : {};
-    const resp = await fetch(path, { headers });
+    const resp = await fetch(path, { credentials: "same-origin" });
     if (resp.status === 401) {
-      await askToken(token() ? "That token was refused." : "");
+      loggingIn ||= login("").finally(() => { loggingIn = null; });
+      await loggingIn;
       continue;
     }
     if (!resp.ok) {
@@ -39,11 +41,25 @@ export async function api(path) {
   }
 }
 
-/** An EventSource on ``path``; EventSource cannot send headers, so the token goes in the query. */
+/** An EventSource on ``path``; the login cookie authenticates it. */
 export function events(path) {
-  const url = new URL(path, location.href);
-  if (token()) url.searchParams.set("token", token());
-  return new EventSource(url);
+  return new EventSource(path, { withCredentials: true });
+}
+
+/**
+ * Parallel arrays ({name: [...], state: [...]}) as one object per index: the API sends a
+ * 10,000-task run that way because it is several times smaller than a list of objects.
+ */
+export function rows(columns) {
+  const names = Object.keys(columns || {});
+  const n = names.length ? Math.max(...names.map((k) => (columns[k] || []).length)) : 0;
+  const out = new Array(n);
+  for (let i = 0; i < n; i++) {
+    const r = {};
+    for (const k of names) r[k] = columns[k][i];
+    out[i] = r;
+  }
+  return out;
 }
 
 /** Lower-case state name without the enum prefix: "TASK_RUNNING"/"RUN_RUNNING" -> "running". */

@@ -71,8 +71,8 @@ export function criticalPath(tasks, order, now = Date.now()) {
 }
 
 /**
- * Draw ``tasks`` into ``container``. Returns {nodes: Map name -> element, setState(name,
- * state), detailed, markCritical(set)}; the element carries data-task and data-state.
+ * Draw ``tasks`` into ``container``. Returns {nodes: Map name -> element, order (topological),
+ * setState(name, state), detailed, markCritical(set)}; the element carries data-task and data-state.
  */
 export function drawDag(container, tasks, onPick) {
   const { layer, order } = layers(tasks);
@@ -151,6 +151,7 @@ export function drawDag(container, tasks, onPick) {
   let critical = new Set();
   return {
     nodes,
+    order,
     detailed,
     setState(name, state) {
       const node = nodes.get(name);

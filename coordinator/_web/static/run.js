@@ -1,8 +1,8 @@
 // Run: the live DAG, counts per state, duration and critical path. Loads the run once,
 // then follows /api/runs/{id}/events (SSE) and changes only the affected nodes.
-import { api, events, h, stateName, stateBadge, toMs, fmtDuration, listOf, setStatus } from "./app.js";
-import { drawDag, criticalPath, layers } from "./dag.js";
-import { openTask } from "./task.js";
+import { api, events, h, rows, stateName, stateBadge, toMs, fmtDuration, setStatus } from "./app.js";
+import { drawDag, criticalPath } from "./dag.js";
+import { openTask, closeTask } from "./task.js";
 
 const STATES = ["pending", "ready", "assigned", "running", "succeeded", "failed", "retry_wait",
   "skipped", "cancelled", "upstream_failed", "recovering"];
@@ -10,20 +10,15 @@ const TERMINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
 // The critical path depends on durations, so it is recomputed at most this often.
 const CRITICAL_EVERY_MS = 2000;
 
-/** One task from the API in the page's shape; tolerant of absent fields. */
-function normTask(t) {
-  return {
-    ...t,
-    name: t.name ?? t.task ?? t.task_id,
-    deps: t.deps ?? t.depends_on ?? t.upstream ?? [],
-    state: stateName(t.state),
-  };
-}
-
 export async function runPage(main, [runId]) {
   const t0 = performance.now();
-  const run = await api(`/api/runs/${encodeURIComponent(runId)}`);
-  const tasks = listOf(run, "tasks").map(normTask);
+  const doc = await api(`/api/runs/${encodeURIComponent(runId)}`);
+  const run = doc.run || {};
+  const tasks = rows(doc.tasks);
+  for (const t of tasks) {
+    t.deps = (t.depends_on || []).map((i) => tasks[i]?.name).filter((n) => n !== undefined);
+    t.state = stateName(t.state);
+  }
   const byName = new Map(tasks.map((t) => [t.name, t]));
   const counts = Object.fromEntries(STATES.map((s) => [s, 0]));
   for (const t of tasks) counts[t.state] = (counts[t.state] || 0) + 1;
@@ -47,8 +42,8 @@ export async function runPage(main, [runId]) {
     countsEl.append(h("span", {}, h("i", { "data-state": s }), `${s} `, n));
   }
   const dag = drawDag(dagEl, tasks, (name) => openTask(runId, name, byName.get(name)));
-  const { order } = layers(tasks);
-  const started = toMs(run.started_at || run.submitted_at);
+  const { order } = dag;
+  const started = toMs(run.created_at);
   let finished = toMs(run.finished_at);
   let state = stateName(run.state);
 
@@ -65,36 +60,43 @@ export async function runPage(main, [runId]) {
   function tick() {
     duration.textContent = started ? fmtDuration((finished || Date.now()) - started) : "-";
   }
-  updateCritical();
+  if (Array.isArray(doc.critical_path)) {
+    dag.markCritical(new Set(doc.critical_path));
+    critEl.textContent = `${doc.critical_path.length} tasks, ${fmtDuration((doc.critical_path_s || 0) * 1000)}`;
+  } else {
+    updateCritical();
+  }
   tick();
   dagEl.setAttribute("data-ready", "1");
   dagEl.setAttribute("data-load-ms", String(Math.round(performance.now() - t0)));
   setStatus(`${tasks.length} tasks drawn in ${Math.round(performance.now() - t0)} ms`);
 
-  /** Apply one task event: counts, the node's data-state, and the record the panel reads. */
+  /** Apply one changed task (a row of a `tasks` event): counts, its node, its record. */
   function applyTask(ev) {
-    const name = ev.task ?? ev.name ?? ev.task_id;
-    const t = byName.get(name);
+    const t = byName.get(ev.name);
     if (!t || ev.state === undefined) return;
     const s = stateName(ev.state);
-    for (const k of ["started_at", "finished_at", "worker", "worker_id", "attempt", "error"]) {
+    for (const k of ["started_at", "finished_at", "worker", "attempt", "error_type", "error_message"]) {
       if (ev[k] !== undefined) t[k] = ev[k];
     }
     if (s === t.state) return;
-    counts[t.state]--;
-    counts[s] = (counts[s] || 0) + 1;
-    countCells.get(t.state)?.replaceChildren(String(counts[t.state]));
-    countCells.get(s)?.replaceChildren(String(counts[s]));
+    setCount(t.state, counts[t.state] - 1);
+    setCount(s, (counts[s] || 0) + 1);
     t.state = s;
-    dag.setState(name, s);
-    if (s === "running" && !t.started_at) t.started_at = Date.now();
-    if ((s === "succeeded" || s === "failed") && !t.finished_at) t.finished_at = Date.now();
+    dag.setState(t.name, s);
     critDirty = true;
   }
-  function applyRun(ev) {
-    state = stateName(ev.state);
-    runState.replaceChildren(stateBadge(state));
-    if (TERMINAL_RUN.has(state)) finished = toMs(ev.finished_at) ?? Date.now();
+  function setCount(s, n) {
+    counts[s] = n;
+    countCells.get(s)?.replaceChildren(String(n));
+  }
+  /** A `run` event: its state and, authoritative, its counts per task state. */
+  function applyRun(r) {
+    state = stateName(r.state);
+    runState.replaceChildren(stateBadge(r.state));
+    if (r.finished_at) finished = toMs(r.finished_at);
+    if (r.counts) for (const s of STATES) setCount(s, r.counts[s.toUpperCase()] ?? 0);
+    tick();
   }
 
   let critDirty = false;
@@ -105,20 +107,18 @@ export async function runPage(main, [runId]) {
   const durTimer = setInterval(tick, 1000);
 
   const source = events(`/api/runs/${encodeURIComponent(runId)}/events`);
-  const onMessage = (msg) => {
-    let ev;
-    try { ev = JSON.parse(msg.data); } catch { return; }
-    // One message may batch several events.
-    for (const e of Array.isArray(ev) ? ev : (ev.events ?? [ev])) {
-      const kind = e.type ?? e.kind ?? msg.type;
-      if (kind === "run" || (e.task === undefined && e.name === undefined && e.task_id === undefined)) applyRun(e);
-      else applyTask(e);
-    }
-  };
-  source.onmessage = onMessage;
-  for (const kind of ["task", "run", "snapshot"]) source.addEventListener(kind, onMessage);
-  source.onerror = () => setStatus("event stream interrupted; reconnecting");
+  const parse = (msg) => { try { return JSON.parse(msg.data); } catch { return null; } };
+  source.addEventListener("run", (msg) => { const r = parse(msg); if (r) applyRun(r); });
+  source.addEventListener("tasks", (msg) => { for (const t of rows(parse(msg))) applyTask(t); });
+  source.addEventListener("end", (msg) => {
+    const r = parse(msg);
+    if (r) applyRun(r);
+    source.close(); // the run is over; EventSource would otherwise reconnect
+    updateCritical();
+    setStatus(`run ${state}`);
+  });
+  source.onerror = () => { if (source.readyState !== EventSource.CLOSED) setStatus("event stream interrupted; reconnecting"); };
   source.onopen = () => setStatus(`live: ${tasks.length} tasks`);
 
-  return () => { source.close(); clearInterval(timer); clearInterval(durTimer); };
+  return () => { source.close(); clearInterval(timer); clearInterval(durTimer); closeTask(); };
 }

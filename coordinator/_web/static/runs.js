@@ -1,5 +1,5 @@
 // Runs: a table of runs with state and pipeline filters, kept live by polling /api/runs.
-import { api, h, stateBadge, stateName, listOf, fmtTime, fmtDuration, toMs, setStatus } from "./app.js";
+import { api, h, stateBadge, stateName, listOf, fmtTime, fmtDuration, setStatus } from "./app.js";
 
 const POLL_MS = 2000;
 
@@ -26,7 +26,7 @@ export async function runsPage(main, _args, params) {
       const runs = listOf(await api(`/api/runs?${q}`), "runs")
         // Filter here as well, so a server that ignores a filter still shows the right rows.
         .filter((r) => !stateSel.value || stateName(r.state) === stateSel.value)
-        .filter((r) => !pipeInput.value.trim() || String(r.pipeline || "").includes(pipeInput.value.trim()));
+        .filter((r) => !pipeInput.value.trim() || r.pipeline === pipeInput.value.trim());
       body.replaceChildren(...runs.map(row));
       if (!runs.length) body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No runs.")));
       setStatus(`updated ${new Date().toLocaleTimeString()}`);
@@ -40,23 +40,21 @@ export async function runsPage(main, _args, params) {
     refresh();
   }
   stateSel.addEventListener("change", refilter);
-  pipeInput.addEventListener("input", refilter);
+  pipeInput.addEventListener("change", refilter); // an exact name: filter once it is typed
   await refresh();
   return () => { stopped = true; clearTimeout(timer); };
 }
 
 function row(r) {
-  const id = r.run_id || r.id;
-  const started = toMs(r.started_at || r.submitted_at);
-  const ended = toMs(r.finished_at || r.ended_at);
-  const counts = r.counts || r.task_counts || {};
-  const total = r.total_tasks ?? r.tasks ?? Object.values(counts).reduce((a, b) => a + b, 0);
-  const done = counts.succeeded ?? counts.SUCCEEDED ?? r.succeeded_tasks;
-  return h("tr", { "data-run": id },
+  const id = r.run_id;
+  const counts = r.counts || {};
+  const total = r.total_tasks ?? Object.values(counts).reduce((a, b) => a + b, 0);
+  const done = counts.SUCCEEDED ?? 0;
+  return h("tr", { "data-run": id, "data-state": stateName(r.state) },
     h("td", {}, h("a", { href: `#/runs/${encodeURIComponent(id)}` }, id)),
-    h("td", {}, r.pipeline || r.pipeline_name || ""),
+    h("td", {}, r.pipeline || ""),
     h("td", {}, stateBadge(r.state)),
-    h("td", {}, done !== undefined ? `${done}/${total}` : (total || "")),
-    h("td", {}, fmtTime(started)),
-    h("td", {}, started ? fmtDuration((ended || Date.now()) - started) : "-"));
+    h("td", { title: Object.entries(counts).map(([k, v]) => `${k}: ${v}`).join(", ") }, `${done}/${total}`),
+    h("td", {}, fmtTime(r.created_at)),
+    h("td", {}, r.duration_s !== undefined ? fmtDuration(r.duration_s * 1000) : "-"));
 }

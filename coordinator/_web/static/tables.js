@@ -26,18 +26,18 @@ function tablePage(title, path, key, columns) {
 }
 
 export const circuitsPage = tablePage("Circuits", "/api/circuits", "circuits", [
-  ["Name", (c) => c.name ?? c.key ?? c.circuit],
+  ["Name", (c) => c.name],
   ["State", (c) => stateBadge(c.state)],
-  ["Failures", (c) => c.failures ?? c.failure_count],
+  ["Failures", (c) => c.failures],
   ["Opened", (c) => fmtTime(c.opened_at)],
-  ["Retry at", (c) => fmtTime(c.retry_at ?? c.half_open_at)],
 ]);
 
 export const alertsPage = tablePage("Alerts", "/api/alerts", "alerts", [
-  ["Time", (a) => fmtTime(a.time ?? a.created_at ?? a.fired_at)],
-  ["Rule", (a) => a.rule ?? a.kind],
+  ["Time", (a) => fmtTime(a.at)],
+  ["Rule", (a) => a.rule],
   ["Severity", (a) => a.severity],
-  ["Subject", (a) => a.subject ?? a.run_id ?? a.target],
-  ["Message", (a) => a.message ?? a.summary],
-  ["Delivery", (a) => a.delivery ?? a.status ?? (Array.isArray(a.deliveries) ? a.deliveries.map((d) => `${d.sink}:${d.state ?? d.status}`).join(", ") : "")],
+  ["About", (a) => [a.pipeline, a.run_id, a.task, a.worker].filter(Boolean).join(" / ")],
+  ["Summary", (a) => a.summary],
+  ["Delivery", (a) => (a.deliveries || []).map((d) => (typeof d === "object"
+    ? [d.sink ?? d.channel, d.state ?? d.status].filter(Boolean).join(": ") : String(d))).join(", ")],
 ]);

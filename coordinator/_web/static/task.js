@@ -4,13 +4,19 @@ import { api, events, h, stateBadge, fmtTime, fmtDuration, toMs, listOf } from "
 
 let closePanel = null; // closes the open panel's log stream
 
+/** Close the panel and its log stream (the run page calls it when it is left). */
+export function closeTask() {
+  closePanel?.();
+  document.getElementById("panel").hidden = true;
+}
+
 export async function openTask(runId, name, known = {}) {
   if (closePanel) closePanel();
   const panel = document.getElementById("panel");
   const base = `/api/runs/${encodeURIComponent(runId)}/tasks/${encodeURIComponent(name)}`;
   const logs = h("pre", { id: "task-logs" });
   const body = h("div", { id: "task-body" }, h("p", { class: "muted" }, "Loading…"));
-  const close = h("button", { id: "panel-close", onclick: () => { closePanel?.(); panel.hidden = true; } }, "Close");
+  const close = h("button", { id: "panel-close", onclick: closeTask }, "Close");
   panel.replaceChildren(close, h("h3", { id: "task-name", "data-task": name }, name), body, h("h4", {}, "Logs"), logs);
   panel.hidden = false;
 
@@ -22,57 +28,61 @@ export async function openTask(runId, name, known = {}) {
     task = known;
   }
   const attempts = listOf(task, "attempts");
-  const last = attempts[attempts.length - 1] || {};
-  const error = task.error || last.error || "";
-  const traceback = task.traceback || last.traceback || "";
-  const worker = task.worker || task.worker_id || last.worker || last.worker_id || "-";
-  const started = toMs(task.started_at ?? last.started_at), ended = toMs(task.finished_at ?? last.finished_at);
+  // The run page's row has error_type/error_message; the task document an error object.
+  const error = task.error && typeof task.error === "object"
+    ? task.error
+    : (task.error_message ? { type: task.error_type, message: task.error_message } : null);
+  const started = toMs(task.started_at), ended = toMs(task.finished_at);
   const dl = (pairs) => h("table", {}, pairs.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))));
+  const telemetry = task.telemetry || {};
   body.replaceChildren(
     dl([
       ["State", stateBadge(task.state)],
-      ["Worker", h("span", { id: "task-worker" }, worker)],
+      ["Worker", h("span", { id: "task-worker" }, task.worker || "-")],
+      ["Attempt", task.attempt ?? "-"],
       ["Started", fmtTime(started)],
       ["Duration", started ? fmtDuration((ended ?? Date.now()) - started) : "-"],
-      ["Queue wait", task.queue_wait_s !== undefined ? fmtDuration(task.queue_wait_s * 1000) : "-"],
+      ["Upstream", (task.depends_on || []).join(", ") || "-"],
     ]),
-    error ? h("div", { id: "task-error" }, h("h4", {}, "Error"), h("p", { class: "error" }, String(error))) : null,
-    traceback ? h("pre", { id: "task-traceback" }, String(traceback)) : null,
+    error ? h("div", { id: "task-error" }, h("h4", {}, "Error"),
+      h("p", { class: "error" }, [error.exception_type || error.type, error.message].filter(Boolean).join(": ")),
+      error.non_retryable ? h("p", { class: "muted" }, "not retryable") : null,
+      error.traceback ? h("pre", { id: "task-traceback" }, error.traceback) : null) : null,
     h("h4", {}, `Attempts (${attempts.length})`),
     h("table", { id: "task-attempts" },
-      h("tr", {}, ["#", "State", "Worker", "Started", "Duration", "Error"].map((t) => h("th", {}, t))),
+      h("tr", {}, ["#", "State", "Worker", "Started", "Duration", "Moves"].map((t) => h("th", {}, t))),
       attempts.map((a, i) => {
         const s = toMs(a.started_at), e = toMs(a.finished_at);
         return h("tr", {},
           h("td", {}, a.attempt ?? i + 1), h("td", {}, stateBadge(a.state)),
-          h("td", {}, a.worker || a.worker_id || "-"), h("td", {}, fmtTime(s)),
-          h("td", {}, s ? fmtDuration((e ?? Date.now()) - s) : "-"), h("td", { class: "error" }, a.error || ""));
+          h("td", {}, a.worker || "-"), h("td", {}, fmtTime(s)),
+          h("td", {}, s ? fmtDuration((e ?? Date.now()) - s) : "-"),
+          h("td", { class: "muted" }, (a.transitions || []).map((m) => `${m.from}→${m.to}${m.reason ? ` (${m.reason})` : ""}`).join(", ")));
       })),
-    metricsTable(task.metrics));
+    metricsTable("Metrics", telemetry.metrics),
+    metricsTable("Performance", Object.fromEntries(Object.entries(telemetry).filter(([k, v]) => k !== "metrics" && typeof v !== "object"))));
 
   // Logs: what exists now, then new lines as they come.
-  const source = events(`${base}/logs`);
-  const onLine = (msg) => {
-    let line = msg.data;
-    try {
-      const rec = JSON.parse(msg.data);
-      line = rec.line ?? rec.message ?? rec.text ?? msg.data;
-    } catch { /* a plain text line */ }
+  const source = events(`${base}/logs?follow=1`);
+  source.addEventListener("log", (msg) => {
+    let line;
+    try { line = JSON.parse(msg.data); } catch { return; }
     const atEnd = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
-    logs.append(`${line}\n`);
+    const span = h("span", { class: line.stream === "stderr" ? "error" : "" }, line.data);
+    logs.append(span);
+    if (line.truncated_bytes) logs.append(h("span", { class: "muted" }, `[${line.truncated_bytes} bytes truncated]\n`));
     if (atEnd) logs.scrollTop = logs.scrollHeight; // follow only when already following
-  };
-  source.onmessage = onLine;
-  source.addEventListener("log", onLine);
-  source.addEventListener("end", () => source.close());
+  });
+  source.addEventListener("end", () => { source.close(); logs.append(h("span", { class: "muted" }, "[end of output]")); });
+  source.onerror = () => { if (source.readyState === EventSource.CLOSED) logs.append(h("span", { class: "error" }, "[log stream closed]")); };
   closePanel = () => { source.close(); closePanel = null; };
 }
 
-function metricsTable(metrics) {
+function metricsTable(title, metrics) {
   if (!metrics || typeof metrics !== "object" || !Object.keys(metrics).length) return null;
   const rows = Array.isArray(metrics)
     ? metrics.map((m) => [m.name, m.value])
     : Object.entries(metrics);
-  return h("div", { id: "task-metrics" }, h("h4", {}, "Metrics"),
+  return h("div", { class: "task-metrics" }, h("h4", {}, title),
     h("table", {}, rows.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, typeof v === "object" ? JSON.stringify(v) : v)))));
 }

@@ -1,10 +1,9 @@
 // Workers: slots, resources, labels, state, and CPU / memory sparklines (inline SVG).
-// The API's history arrays are drawn when present; otherwise the page keeps its own
-// samples from each poll, so the sparkline still grows while the page is open.
+// The coordinator keeps each worker's last heartbeats' figures (`samples`), so a page that
+// has just opened already draws a history; each poll redraws from the newest samples.
 import { api, h, stateBadge, listOf, fmtBytes, setStatus } from "./app.js";
 
 const POLL_MS = 2000;
-const KEEP = 60; // samples per sparkline
 
 /** A polyline sparkline of ``values`` scaled to ``max`` (or the data's own maximum). */
 export function sparkline(values, max, cls) {
@@ -26,42 +25,36 @@ export function sparkline(values, max, cls) {
   return svg;
 }
 
-function history(w, key, fallback) {
-  const hist = w[`${key}_history`] ?? w.history?.[key];
-  if (Array.isArray(hist)) return hist.map((p) => (typeof p === "number" ? p : p?.value ?? p?.[1]));
-  return fallback;
-}
-
 export async function workersPage(main) {
   const body = h("tbody");
   main.append(h("h2", {}, "Workers"),
     h("table", { id: "workers" },
       h("thead", {}, h("tr", {}, ["Worker", "State", "Slots", "Resources", "Labels", "CPU", "Memory"].map((t) => h("th", {}, t)))),
       body));
-  const samples = new Map(); // worker -> {cpu: [], mem: []}
   let timer = null, stopped = false;
   async function refresh() {
     try {
       const workers = listOf(await api("/api/workers"), "workers");
       body.replaceChildren(...workers.map((w) => {
-        const id = w.worker_id ?? w.id ?? w.name;
-        const own = samples.get(id) ?? { cpu: [], mem: [] };
-        samples.set(id, own);
-        const cpu = w.cpu_percent ?? w.cpu?.percent ?? w.cpu_load;
-        const mem = w.memory_used_bytes ?? w.memory?.used_bytes ?? w.rss_bytes;
-        if (typeof cpu === "number") own.cpu = [...own.cpu, cpu].slice(-KEEP);
-        if (typeof mem === "number") own.mem = [...own.mem, mem].slice(-KEEP);
-        const res = w.resources ?? {};
-        const slotsUsed = w.slots_used ?? w.busy_slots ?? w.running;
-        const memTotal = w.memory_total_bytes ?? res.memory_bytes;
-        return h("tr", { "data-worker": id },
-          h("td", {}, id),
+        const m = w.metrics || {};
+        const samples = w.samples || {};
+        const res = w.resources || {};
+        const resText = [
+          res.cpu_cores !== undefined ? `${res.cpu_cores} cores` : null,
+          res.memory_bytes ? fmtBytes(res.memory_bytes) : null,
+          res.gpu ? `gpu ${res.gpu}` : null,
+          ...Object.entries(res.custom || {}).map(([k, v]) => `${k}=${v}`),
+        ].filter(Boolean).join(", ");
+        return h("tr", { "data-worker": w.worker_id, "data-state": w.state },
+          h("td", { title: w.host || "" }, w.name || w.worker_id),
           h("td", {}, stateBadge(w.state)),
-          h("td", {}, slotsUsed !== undefined ? `${slotsUsed}/${w.slots ?? "?"}` : (w.slots ?? "-")),
-          h("td", {}, Object.entries(res).map(([k, v]) => `${k}=${/bytes$/.test(k) ? fmtBytes(v) : v}`).join(", ") || "-"),
-          h("td", {}, Object.entries(w.labels ?? {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
-          h("td", {}, sparkline(history(w, "cpu", own.cpu), 100, "cpu"), " ", typeof cpu === "number" ? `${cpu.toFixed(0)}%` : ""),
-          h("td", {}, sparkline(history(w, "memory", own.mem), memTotal, "mem"), " ", fmtBytes(mem)));
+          h("td", {}, `${w.running ?? 0}/${w.slots ?? "?"}`),
+          h("td", {}, resText || "-"),
+          h("td", {}, Object.entries(w.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
+          h("td", {}, sparkline(samples.cpu_percent || [], 100, "cpu"), " ",
+            typeof m.cpu_percent === "number" ? `${m.cpu_percent.toFixed(0)}%` : ""),
+          h("td", {}, sparkline(samples.memory_used_bytes || [], res.memory_bytes, "mem"), " ",
+            m.memory_used_bytes !== undefined ? fmtBytes(m.memory_used_bytes) : ""));
       }));
       if (!workers.length) body.append(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No workers.")));
       setStatus(`updated ${new Date().toLocaleTimeString()}`);
