@@ -1,0 +1,151 @@
+"""The web dashboard in a real headless chromium against a real coordinator and workers.
+
+What a person sees is asserted: a node's state attribute changing while the page stays
+loaded, a failed task's error in the task panel, the workers listed, and a 10,000-task
+run's page drawn in under 2 s and still updating. Waits are Playwright's selector waits
+(event driven, with deadlines) and ``eventually``; screenshots go to tests/artifacts/.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from xpipe import Pipeline, PipelineManager, Task
+
+from tests import helpers_dashboard as hd
+from tests import helpers_tasks as ht
+from tests.browser.conftest import ARTIFACTS
+from tests.harness import REPO_ROOT, Cluster
+
+_IMPORTS = ("tests.helpers_tasks", "tests.helpers_dashboard")
+_HTTP = ("--http-listen", "127.0.0.1:0")
+#: The brief's bound for a 10,000-task run page, navigation to DAG drawn.
+_BIG_RUN_LOAD_S = 2.0
+_BIG_RUN_TASKS = 10_000
+
+
+def _dashboard(pm: PipelineManager) -> str:
+    url = pm.get_cluster_status().dashboard_url
+    assert url.startswith("http://127.0.0.1:"), f"dashboard_url {url!r} is not a loopback http URL"
+    return url.rstrip("/")
+
+
+def _node(task: str, state: str) -> str:
+    return f'#dag [data-task="{task}"][data-state="{state}"]'
+
+
+def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browser) -> None:
+    gate_a, gate_b = tmp_path / "release-a", tmp_path / "release-b"
+    with Cluster(tmp_path, workers=2, imports=_IMPORTS, coordinator_args=_HTTP) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("live-dag")
+        p.add_tasks([
+            Task("extract", hd.wait_for_file, args=(str(gate_a),)),
+            Task("side", ht.noop),
+            Task("transform", hd.wait_for_file, depends_on=["extract"], args=(str(gate_b),)),
+            Task("load", ht.echo, depends_on=["transform"]),
+        ])  # fmt: skip
+        run_id = pm.submit(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(f"{_dashboard(pm)}/#/runs/{run_id}")
+        page.wait_for_selector(_node("extract", "running"), timeout=20_000)
+        page.wait_for_selector(_node("side", "succeeded"), timeout=20_000)
+        assert page.get_attribute('#dag [data-task="load"]', "data-state") == "pending"
+        page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+
+        gate_a.touch()
+        page.wait_for_selector(_node("extract", "succeeded"), timeout=20_000)
+        page.wait_for_selector(_node("transform", "running"), timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "run-page-running.png"), full_page=True)
+        gate_b.touch()
+        page.wait_for_selector(_node("load", "succeeded"), timeout=20_000)
+        page.wait_for_selector('.summary .state[data-state="succeeded"]', timeout=20_000)
+        assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        assert page.text_content('[data-count="succeeded"]') == "4"
+        # The critical path is the chain that took the time, not the quick side task.
+        crit = page.eval_on_selector_all("#dag .node.crit", "els => els.map(e => e.dataset.task)")
+        assert set(crit) == {"extract", "transform", "load"}
+        shot = ARTIFACTS / "run-page.png"
+        page.screenshot(path=str(shot), full_page=True)
+        page.close()
+    docs_image = REPO_ROOT / "docs" / "images" / "dashboard-run.png"
+    docs_image.parent.mkdir(exist_ok=True)
+    shutil.copyfile(ARTIFACTS / "run-page-running.png", docs_image)
+
+
+def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) -> None:
+    with Cluster(tmp_path, workers=1, imports=_IMPORTS, coordinator_args=_HTTP) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("failing")
+        p.add_tasks([
+            Task("ok", ht.noop),
+            Task("boom", ht.fail_with_value_error, depends_on=["ok"], args=("disk quota exceeded on /data/42",),
+                 max_retries=0),
+        ])  # fmt: skip
+        result = pm.execute_pipeline(p, monitor=False, timeout_s=60)
+        assert not result.succeeded
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page.goto(f"{_dashboard(pm)}/#/runs/{result.run_id}")
+        page.click(_node("boom", "failed"), timeout=20_000)
+        error = page.wait_for_selector("#task-error", timeout=10_000)
+        assert "disk quota exceeded on /data/42" in error.text_content()
+        assert "ValueError" in error.text_content()
+        assert "Traceback" in page.text_content("#task-traceback")
+        assert page.text_content("#task-worker") not in ("", "-")
+        page.screenshot(path=str(ARTIFACTS / "task-panel-failed.png"), full_page=True)
+        page.close()
+
+
+def test_workers_page_lists_the_workers(tmp_path: Path, browser) -> None:
+    with Cluster(tmp_path, workers=2, slots=3, imports=_IMPORTS, coordinator_args=_HTTP) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        page = browser.new_page(viewport={"width": 1400, "height": 600})
+        page.goto(f"{_dashboard(pm)}/#/workers")
+        page.wait_for_function("document.querySelectorAll('#workers tr[data-worker]').length === 2", timeout=20_000)
+        text = page.text_content("#workers")
+        for name in c.workers:
+            assert name in text, f"worker {name} not on the page: {text!r}"
+        assert text.count("/3") == 2, f"each worker's 3 slots should show: {text!r}"
+        # The sparklines draw the heartbeats' samples; they grow while the page polls.
+        page.wait_for_selector("#workers svg.spark.cpu polyline", timeout=20_000)
+        page.screenshot(path=str(ARTIFACTS / "workers-page.png"), full_page=True)
+        page.close()
+
+
+def test_ten_thousand_task_run_page_loads_fast_and_keeps_updating(tmp_path: Path, browser) -> None:
+    gate, never = tmp_path / "release-gate", tmp_path / "never"
+    with Cluster(tmp_path, workers=2, imports=_IMPORTS, coordinator_args=_HTTP) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        # A gate, then 1,000 chains of 10: eleven layers. The chains wait on a file that is
+        # never created, so only the slots' worth run and the browser shares the CPU with little.
+        width = 1_000
+        tasks = [Task("gate", hd.wait_for_file, args=(str(gate),))]
+        for i in range(_BIG_RUN_TASKS - 1):
+            up = "gate" if i < width else f"t{i - width}"
+            tasks.append(Task(f"t{i}", hd.wait_for_file, depends_on=[up], args=(str(never),)))
+        p = Pipeline("ten-thousand")
+        p.add_tasks(tasks)
+        run_id = pm.submit(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        try:
+            start = time.monotonic()
+            page.goto(f"{_dashboard(pm)}/#/runs/{run_id}")
+            page.wait_for_selector("#dag[data-ready]", timeout=30_000)
+            load_s = time.monotonic() - start
+            cells = page.eval_on_selector_all("#dag [data-task]", "els => els.length")
+            print(f"10,000-task run page: DAG drawn {load_s:.2f}s after navigation "
+                  f"(in-page {page.get_attribute('#dag', 'data-load-ms')} ms), {cells} cells")
+            assert cells == _BIG_RUN_TASKS
+            assert page.get_attribute("#dag svg", "class") == "lod", "above 500 tasks the page draws cells"
+            assert load_s < _BIG_RUN_LOAD_S, f"the page took {load_s:.2f}s (limit {_BIG_RUN_LOAD_S}s)"
+
+            page.wait_for_selector(_node("gate", "running"), timeout=20_000)
+            gate.touch()
+            page.wait_for_selector(_node("gate", "succeeded"), timeout=20_000)
+            page.wait_for_selector(_node("t0", "running"), timeout=20_000)
+            page.screenshot(path=str(ARTIFACTS / "run-page-10k.png"))
+        finally:
+            page.close()
+            pm.cancel(run_id)

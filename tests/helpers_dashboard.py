@@ -1,0 +1,25 @@
+"""Task functions for the dashboard's browser tests (tests/browser): tasks the test releases.
+
+A task that waits for a file lets the test decide when it finishes, so the page can be
+watched while a node is running and again once it has succeeded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+
+def wait_for_file(path: str, *_upstream: Any, timeout_s: float = 120.0) -> str:
+    """Return once ``path`` exists; upstream results (positional) are ignored.
+
+    Raises:
+        TimeoutError: the file did not appear within ``timeout_s`` (a test that forgot it).
+    """
+    deadline = time.monotonic() + timeout_s
+    while not Path(path).exists():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:g}s")
+        time.sleep(0.05)  # in the task, polling a file the test creates; not test synchronization
+    return path
