@@ -114,9 +114,10 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-export function stateBadge(s) {
+/** A coloured state badge; ``kind`` "w" marks worker and circuit states (their own palette). */
+export function stateBadge(s, kind = "") {
   const name = stateName(s);
-  return h("span", { class: "state", "data-state": name }, name);
+  return h("span", { class: kind ? `state ${kind}` : "state", "data-state": name }, name);
 }
 
 /** A list from a response that is either the list or an object holding it under ``key``. */

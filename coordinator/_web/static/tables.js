@@ -27,7 +27,7 @@ function tablePage(title, path, key, columns) {
 
 export const circuitsPage = tablePage("Circuits", "/api/circuits", "circuits", [
   ["Name", (c) => c.name],
-  ["State", (c) => stateBadge(c.state)],
+  ["State", (c) => stateBadge(c.state, "w")],
   ["Failures", (c) => c.failures],
   ["Opened", (c) => fmtTime(c.opened_at)],
 ]);

@@ -47,7 +47,7 @@ export async function workersPage(main) {
         ].filter(Boolean).join(", ");
         return h("tr", { "data-worker": w.worker_id, "data-state": w.state },
           h("td", { title: w.host || "" }, w.name || w.worker_id),
-          h("td", {}, stateBadge(w.state)),
+          h("td", {}, stateBadge(w.state, "w")),
           h("td", {}, `${w.running ?? 0}/${w.slots ?? "?"}`),
           h("td", {}, resText || "-"),
           h("td", {}, Object.entries(w.labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "-"),
