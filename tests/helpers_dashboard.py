@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 
-def wait_for_file(path: str, *_upstream: Any, timeout_s: float = 120.0) -> str:
-    """Return once ``path`` exists; upstream results (positional) are ignored.
+def wait_for_file(*_upstream: Any, path: str, timeout_s: float = 120.0) -> str:
+    """Return once ``path`` exists; upstream results (the positional arguments) are ignored.
 
     Raises:
         TimeoutError: the file did not appear within ``timeout_s`` (a test that forgot it).

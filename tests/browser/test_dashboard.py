@@ -42,9 +42,9 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
             PipelineManager(coordinator=c.address) as pm:  # fmt: skip
         p = Pipeline("live-dag")
         p.add_tasks([
-            Task("extract", hd.wait_for_file, args=(str(gate_a),)),
+            Task("extract", hd.wait_for_file, kwargs={"path": str(gate_a)}),
             Task("side", ht.noop),
-            Task("transform", hd.wait_for_file, depends_on=["extract"], args=(str(gate_b),)),
+            Task("transform", hd.wait_for_file, depends_on=["extract"], kwargs={"path": str(gate_b)}),
             Task("load", ht.echo, depends_on=["transform"]),
         ])  # fmt: skip
         run_id = pm.submit(p)
@@ -81,10 +81,9 @@ def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) 
         p = Pipeline("failing")
         p.add_tasks([
             Task("ok", ht.noop),
-            Task("boom", ht.fail_with_value_error, depends_on=["ok"], args=("disk quota exceeded on /data/42",),
-                 max_retries=0),
+            Task("boom", ht.fail_with_value_error, args=("disk quota exceeded on /data/42",), max_retries=0),
         ])  # fmt: skip
-        result = pm.execute_pipeline(p, monitor=False, timeout_s=60)
+        result = pm.execute_pipeline(p, monitor=False, timeout_s=60, raise_on_failure=False)
         assert not result.succeeded
         page = browser.new_page(viewport={"width": 1400, "height": 800})
         page.goto(f"{_dashboard(pm)}/#/runs/{result.run_id}")
@@ -121,10 +120,10 @@ def test_ten_thousand_task_run_page_loads_fast_and_keeps_updating(tmp_path: Path
         # A gate, then 1,000 chains of 10: eleven layers. The chains wait on a file that is
         # never created, so only the slots' worth run and the browser shares the CPU with little.
         width = 1_000
-        tasks = [Task("gate", hd.wait_for_file, args=(str(gate),))]
+        tasks = [Task("gate", hd.wait_for_file, kwargs={"path": str(gate)})]
         for i in range(_BIG_RUN_TASKS - 1):
             up = "gate" if i < width else f"t{i - width}"
-            tasks.append(Task(f"t{i}", hd.wait_for_file, depends_on=[up], args=(str(never),)))
+            tasks.append(Task(f"t{i}", hd.wait_for_file, depends_on=[up], kwargs={"path": str(never)}))
         p = Pipeline("ten-thousand")
         p.add_tasks(tasks)
         run_id = pm.submit(p)
