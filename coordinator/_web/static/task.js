@@ -35,7 +35,7 @@ export async function openTask(runId, name, known = {}) {
   const started = toMs(task.started_at), ended = toMs(task.finished_at);
   const dl = (pairs) => h("table", {}, pairs.map(([k, v]) => h("tr", {}, h("th", {}, k), h("td", {}, v))));
   const telemetry = task.telemetry || {};
-  body.replaceChildren(
+  body.replaceChildren(...[
     dl([
       ["State", stateBadge(task.state)],
       ["Worker", h("span", { id: "task-worker" }, task.worker || "-")],
@@ -60,7 +60,8 @@ export async function openTask(runId, name, known = {}) {
           h("td", { class: "muted" }, (a.transitions || []).map((m) => `${m.from}→${m.to}${m.reason ? ` (${m.reason})` : ""}`).join(", ")));
       })),
     metricsTable("Metrics", telemetry.metrics),
-    metricsTable("Performance", Object.fromEntries(Object.entries(telemetry).filter(([k, v]) => k !== "metrics" && typeof v !== "object"))));
+    metricsTable("Performance", Object.fromEntries(Object.entries(telemetry).filter(([k, v]) => k !== "metrics" && typeof v !== "object"))),
+  ].filter(Boolean)); // replaceChildren would print an absent section as "null"
 
   // Logs: what exists now, then new lines as they come.
   const source = events(`${base}/logs?follow=1`);
