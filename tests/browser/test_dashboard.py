@@ -8,7 +8,6 @@ run's page drawn in under 2 s and still updating. Waits are Playwright's selecto
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from xpipe import Pipeline, PipelineManager, Task
 from tests import helpers_dashboard as hd
 from tests import helpers_tasks as ht
 from tests.browser.conftest import ARTIFACTS
-from tests.harness import REPO_ROOT, Cluster
+from tests.harness import Cluster, SecureSetup, free_port
 
 _IMPORTS = ("tests.helpers_tasks", "tests.helpers_dashboard")
 _HTTP = ("--http-listen", "127.0.0.1:0")
@@ -44,11 +43,14 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
         p.add_tasks([
             Task("extract", hd.wait_for_file, kwargs={"path": str(gate_a)}),
             Task("side", ht.noop),
+            Task("audit", ht.describe, depends_on=["side"]),
             Task("transform", hd.wait_for_file, depends_on=["extract"], kwargs={"path": str(gate_b)}),
-            Task("load", ht.echo, depends_on=["transform"]),
+            Task("validate", ht.describe, depends_on=["extract"]),
+            Task("load", ht.describe, depends_on=["transform", "validate"]),
+            Task("publish", ht.describe, depends_on=["load", "audit"]),
         ])  # fmt: skip
         run_id = pm.submit(p)
-        page = browser.new_page(viewport={"width": 1400, "height": 800})
+        page = browser.new_page(viewport={"width": 1100, "height": 330})
         page.goto(f"{_dashboard(pm)}/#/runs/{run_id}")
         page.wait_for_selector(_node("extract", "running"), timeout=20_000)
         page.wait_for_selector(_node("side", "succeeded"), timeout=20_000)
@@ -58,22 +60,19 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
         gate_a.touch()
         page.wait_for_selector(_node("extract", "succeeded"), timeout=20_000)
         page.wait_for_selector(_node("transform", "running"), timeout=20_000)
-        page.screenshot(path=str(ARTIFACTS / "run-page-running.png"), full_page=True)
+        page.wait_for_selector('#dag .node.crit[data-task="transform"]', timeout=10_000)
+        page.screenshot(path=str(ARTIFACTS / "run-page-running.png"))
         gate_b.touch()
-        page.wait_for_selector(_node("load", "succeeded"), timeout=20_000)
+        page.wait_for_selector(_node("publish", "succeeded"), timeout=20_000)
         page.wait_for_selector('.summary .state[data-state="succeeded"]', timeout=20_000)
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
         counts = page.eval_on_selector_all("[data-count]", "els => Object.fromEntries(els.map(e => [e.dataset.count, +e.textContent]))")
-        assert counts["succeeded"] == 4 and sum(counts.values()) == 4, f"counts per state: {counts}"
+        assert counts["succeeded"] == 7 and sum(counts.values()) == 7, f"counts per state: {counts}"
         # The critical path is the chain that took the time, not the quick side task.
         crit = page.eval_on_selector_all("#dag .node.crit", "els => els.map(e => e.dataset.task)")
-        assert set(crit) == {"extract", "transform", "load"}
-        shot = ARTIFACTS / "run-page.png"
-        page.screenshot(path=str(shot), full_page=True)
+        assert set(crit) == {"extract", "transform", "load", "publish"}
+        page.screenshot(path=str(ARTIFACTS / "run-page.png"), full_page=True)
         page.close()
-    docs_image = REPO_ROOT / "docs" / "images" / "dashboard-run.png"
-    docs_image.parent.mkdir(exist_ok=True)
-    shutil.copyfile(ARTIFACTS / "run-page-running.png", docs_image)
 
 
 def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) -> None:
@@ -96,6 +95,16 @@ def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) 
         assert page.text_content("#task-worker") not in ("", "-")
         assert "null" not in page.text_content("#task-body"), "an absent section printed as null"
         page.screenshot(path=str(ARTIFACTS / "task-panel-failed.png"), full_page=True)
+
+        # The runs page, filtered by state, lists the failed run and not the others.
+        fine = Pipeline("fine")
+        fine.add_task(Task("ok", ht.noop))
+        ok = pm.execute_pipeline(fine, monitor=False, timeout_s=60)
+        page.goto(f"{_dashboard(pm)}/#/runs")
+        page.wait_for_selector(f'#runs tr[data-run="{ok.run_id}"]', timeout=10_000)
+        page.select_option("#filter-state", "failed")
+        page.wait_for_selector(f'#runs tr[data-run="{ok.run_id}"]', state="detached", timeout=10_000)
+        assert page.get_attribute(f'#runs tr[data-run="{result.run_id}"]', "data-state") == "failed"
         page.close()
 
 
@@ -150,3 +159,22 @@ def test_ten_thousand_task_run_page_loads_fast_and_keeps_updating(tmp_path: Path
         finally:
             page.close()
             pm.cancel(run_id)
+
+
+def test_with_auth_on_the_page_asks_for_a_token_and_refuses_a_bad_one(tmp_path: Path, browser) -> None:
+    setup = SecureSetup(tmp_path, mtls=False)
+    port = free_port()
+    with Cluster(tmp_path, workers=0, security=setup, coordinator_args=("--http-listen", f"127.0.0.1:{port}")):
+        # The coordinator's certificate comes from the test's own CA, unknown to chromium.
+        context = browser.new_context(ignore_https_errors=True)
+        page = context.new_page()
+        page.goto(f"https://127.0.0.1:{port}/#/runs")
+        page.wait_for_selector("#login[open]", timeout=10_000)
+        page.fill("#token", "xpt_not_a_token")
+        page.click("#login button")
+        page.wait_for_selector("#login-error:has-text('refused')", timeout=10_000)
+        page.fill("#token", setup.tokens["viewer"])
+        page.click("#login button")
+        page.wait_for_selector("#runs td:has-text('No runs.')", timeout=10_000)
+        assert not page.is_visible("#login"), "the login dialog stayed open after a good token"
+        context.close()

@@ -47,7 +47,9 @@ export async function runPage(main, [runId]) {
   let finished = toMs(run.finished_at);
   let state = stateName(run.state);
 
+  let critAt = 0;
   function updateCritical() {
+    critAt = Date.now();
     const path = criticalPath(tasks, order);
     dag.markCritical(path);
     let ms = 0;
@@ -117,6 +119,8 @@ export async function runPage(main, [runId]) {
   source.addEventListener("tasks", (msg) => {
     for (const t of rows(parse(msg))) applyTask(t);
     recount();
+    // A state change moves the critical path at once; durations alone wait for the timer.
+    if (critDirty && Date.now() - critAt >= CRITICAL_EVERY_MS / 4) { critDirty = false; updateCritical(); }
   });
   source.addEventListener("end", (msg) => {
     const r = parse(msg);
