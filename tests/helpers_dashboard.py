@@ -23,3 +23,11 @@ def wait_for_file(*_upstream: Any, path: str, timeout_s: float = 120.0) -> str:
             raise TimeoutError(f"{path} did not appear within {timeout_s:g}s")
         time.sleep(0.05)  # in the task, polling a file the test creates; not test synchronization
     return path
+
+
+def say_wait_say(*_upstream: Any, path: str, timeout_s: float = 120.0) -> str:
+    """Print a line, wait for ``path`` (see :func:`wait_for_file`), print another: a live log."""
+    print(f"waiting for {Path(path).name}", flush=True)
+    wait_for_file(path=path, timeout_s=timeout_s)
+    print(f"released by {Path(path).name}", flush=True)
+    return path

@@ -44,7 +44,7 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
             Task("extract", hd.wait_for_file, kwargs={"path": str(gate_a)}),
             Task("side", ht.noop),
             Task("audit", ht.describe, depends_on=["side"]),
-            Task("transform", hd.wait_for_file, depends_on=["extract"], kwargs={"path": str(gate_b)}),
+            Task("transform", hd.say_wait_say, depends_on=["extract"], kwargs={"path": str(gate_b)}),
             Task("validate", ht.describe, depends_on=["extract"]),
             Task("load", ht.describe, depends_on=["transform", "validate"]),
             Task("publish", ht.describe, depends_on=["load", "audit"]),
@@ -62,7 +62,13 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
         page.wait_for_selector(_node("transform", "running"), timeout=20_000)
         page.wait_for_selector('#dag .node.crit[data-task="transform"]', timeout=10_000)
         page.screenshot(path=str(ARTIFACTS / "run-page-running.png"))
+        # The task panel follows the running task's log: the first line now, the next on release.
+        page.click(_node("transform", "running"))
+        page.wait_for_selector("#task-logs:has-text('waiting for release-b')", timeout=10_000)
+        assert "released" not in page.text_content("#task-logs")
         gate_b.touch()
+        page.wait_for_selector("#task-logs:has-text('released by release-b')", timeout=10_000)
+        page.wait_for_selector("#task-logs:has-text('[end of output]')", timeout=10_000)
         page.wait_for_selector(_node("publish", "succeeded"), timeout=20_000)
         page.wait_for_selector('.summary .state[data-state="succeeded"]', timeout=20_000)
         assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
@@ -152,9 +158,11 @@ def test_ten_thousand_task_run_page_loads_fast_and_keeps_updating(tmp_path: Path
             assert load_s < _BIG_RUN_LOAD_S, f"the page took {load_s:.2f}s (limit {_BIG_RUN_LOAD_S}s)"
 
             page.wait_for_selector(_node("gate", "running"), timeout=20_000)
+            page.evaluate("window.__svg = document.querySelector('#dag svg')")
             gate.touch()
             page.wait_for_selector(_node("gate", "succeeded"), timeout=20_000)
             page.wait_for_selector(_node("t0", "running"), timeout=20_000)
+            assert page.evaluate("document.querySelector('#dag svg') === window.__svg"), "the SVG was redrawn"
             page.screenshot(path=str(ARTIFACTS / "run-page-10k.png"))
         finally:
             page.close()
