@@ -102,6 +102,10 @@ def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) 
         assert "null" not in page.text_content("#task-body"), "an absent section printed as null"
         page.screenshot(path=str(ARTIFACTS / "task-panel-failed.png"), full_page=True)
 
+        # An unknown run is named in the page's error, not a blank page.
+        page.goto(f"{_dashboard(pm)}/#/runs/no-such-run")
+        assert "no run 'no-such-run'" in page.wait_for_selector("#page-error", timeout=10_000).text_content()
+
         # The runs page, filtered by state, lists the failed run and not the others.
         fine = Pipeline("fine")
         fine.add_task(Task("ok", ht.noop))

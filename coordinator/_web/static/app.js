@@ -33,9 +33,12 @@ export async function api(path) {
       continue;
     }
     if (!resp.ok) {
-      let detail = "";
-      try { detail = (await resp.json()).error || ""; } catch { /* not JSON */ }
-      throw new Error(`${path}: HTTP ${resp.status} ${detail}`);
+      let body = {};
+      try { body = await resp.json(); } catch { /* not JSON */ }
+      const err = new Error(`${path}: HTTP ${resp.status} ${body.error || resp.statusText}`);
+      // An HA follower names the leader's dashboard: the page offers the link.
+      err.leader = body.leader_dashboard_url || "";
+      throw err;
     }
     return resp.json();
   }
@@ -160,7 +163,11 @@ async function route() {
     try {
       cleanup = await page(main, m.slice(1).map((p) => p && decodeURIComponent(p)), params) || null;
     } catch (err) {
-      main.append(h("p", { class: "error" }, String(err.message || err)));
+      main.append(h("p", { class: "error", id: "page-error" }, String(err.message || err)));
+      if (err.leader) {
+        main.append(h("p", {}, "This coordinator is a follower: ",
+          h("a", { href: `${err.leader.replace(/\/$/, "")}/${location.hash}` }, "open the leader's dashboard")));
+      }
     }
     return;
   }
