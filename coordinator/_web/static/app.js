@@ -35,10 +35,9 @@ export async function api(path) {
     if (!resp.ok) {
       let body = {};
       try { body = await resp.json(); } catch { /* not JSON */ }
-      const err = new Error(`${path}: HTTP ${resp.status} ${body.error || resp.statusText}`);
-      // An HA follower names the leader's dashboard: the page offers the link.
-      err.leader = body.leader_dashboard_url || "";
-      throw err;
+      // An HA follower names the leader's dashboard; the message passes it on.
+      const leader = body.leader_dashboard_url ? ` (the leader's dashboard: ${body.leader_dashboard_url})` : "";
+      throw new Error(`${path}: HTTP ${resp.status} ${body.error || resp.statusText}${leader}`);
     }
     return resp.json();
   }
@@ -164,10 +163,6 @@ async function route() {
       cleanup = await page(main, m.slice(1).map((p) => p && decodeURIComponent(p)), params) || null;
     } catch (err) {
       main.append(h("p", { class: "error", id: "page-error" }, String(err.message || err)));
-      if (err.leader) {
-        main.append(h("p", {}, "This coordinator is a follower: ",
-          h("a", { href: `${err.leader.replace(/\/$/, "")}/${location.hash}` }, "open the leader's dashboard")));
-      }
     }
     return;
   }
