@@ -81,6 +81,36 @@ def test_run_page_shows_nodes_change_state_without_reload(tmp_path: Path, browse
         page.close()
 
 
+def test_run_page_reconnects_after_a_coordinator_restart_and_catches_up(tmp_path: Path, browser) -> None:
+    gate = tmp_path / "release"
+    port = free_port()  # the same dashboard address after the restart
+    with Cluster(tmp_path, workers=1, imports=_IMPORTS, coordinator_args=("--http-listen", f"127.0.0.1:{port}")) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("survives-restart")
+        p.add_tasks([
+            Task("first", hd.wait_for_file, kwargs={"path": str(gate)}),
+            Task("second", ht.describe, depends_on=["first"]),
+        ])  # fmt: skip
+        run_id = pm.submit(p)
+        page = browser.new_page()
+        page.goto(f"{_dashboard(pm)}/#/runs/{run_id}")
+        page.wait_for_selector(_node("first", "running"), timeout=20_000)
+        page.wait_for_selector('#dag[data-stream="live"]', timeout=10_000)
+        page.evaluate("window.__sameDocument = true")
+
+        c.coordinator.terminate()
+        page.wait_for_selector('#dag[data-stream="interrupted"]', timeout=10_000)
+        c.restart_coordinator()
+        page.wait_for_selector('#dag[data-stream="live"]', timeout=20_000)
+        assert page.get_attribute('#dag [data-task="first"]', "data-state") == "running"
+        gate.touch()  # the changes now come over the new stream
+        page.wait_for_selector(_node("second", "succeeded"), timeout=30_000)
+        page.wait_for_selector('#dag[data-stream="ended"]', timeout=10_000)
+        assert page.get_attribute('#dag [data-task="first"]', "data-state") == "succeeded"
+        assert page.evaluate("window.__sameDocument") is True, "the page reloaded"
+        page.close()
+
+
 def test_failed_task_shows_its_error_in_the_task_panel(tmp_path: Path, browser) -> None:
     with Cluster(tmp_path, workers=1, imports=_IMPORTS, coordinator_args=_HTTP) as c, \
             PipelineManager(coordinator=c.address) as pm:  # fmt: skip

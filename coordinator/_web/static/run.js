@@ -113,24 +113,53 @@ export async function runPage(main, [runId]) {
   }, CRITICAL_EVERY_MS);
   const durTimer = setInterval(tick, 1000);
 
-  const source = events(`/api/runs/${encodeURIComponent(runId)}/events`);
-  const parse = (msg) => { try { return JSON.parse(msg.data); } catch { return null; } };
-  source.addEventListener("run", (msg) => { const r = parse(msg); if (r) applyRun(r); });
-  source.addEventListener("tasks", (msg) => {
-    for (const t of rows(parse(msg))) applyTask(t);
-    recount();
-    // A state change moves the critical path at once; durations alone wait for the timer.
-    if (critDirty && Date.now() - critAt >= CRITICAL_EVERY_MS / 4) { critDirty = false; updateCritical(); }
-  });
-  source.addEventListener("end", (msg) => {
-    const r = parse(msg);
-    if (r) applyRun(r);
-    source.close(); // the run is over; EventSource would otherwise reconnect
-    updateCritical();
-    setStatus(`run ${state}`);
-  });
-  source.onerror = () => { if (source.readyState !== EventSource.CLOSED) setStatus("event stream interrupted; reconnecting"); };
-  source.onopen = () => setStatus(`live: ${tasks.length} tasks`);
+  // EventSource retries a dropped connection by itself, but gives up for good on an HTTP
+  // error (a coordinator that is still starting answers 503): then open a new one, backing
+  // off. The first `tasks` message of every stream holds every task, so whatever changed
+  // while the page was cut off is caught up at once.
+  let source = null, ended = false, retryTimer = null, backoffMs = 500;
+  function connect() {
+    source = events(`/api/runs/${encodeURIComponent(runId)}/events`);
+    const parse = (msg) => { try { return JSON.parse(msg.data); } catch { return null; } };
+    source.addEventListener("run", (msg) => { const r = parse(msg); if (r) applyRun(r); });
+    source.addEventListener("tasks", (msg) => {
+      for (const t of rows(parse(msg))) applyTask(t);
+      recount();
+      // A state change moves the critical path at once; durations alone wait for the timer.
+      if (critDirty && Date.now() - critAt >= CRITICAL_EVERY_MS / 4) { critDirty = false; updateCritical(); }
+    });
+    source.addEventListener("end", (msg) => {
+      const r = parse(msg);
+      if (r) applyRun(r);
+      ended = true;
+      source.close(); // the run is over; EventSource would otherwise reconnect
+      dagEl.dataset.stream = "ended";
+      updateCritical();
+      setStatus(`run ${state}`);
+    });
+    source.onerror = () => {
+      if (ended) return;
+      dagEl.dataset.stream = "interrupted";
+      setStatus("event stream interrupted; reconnecting");
+      if (source.readyState === EventSource.CLOSED) {
+        retryTimer = setTimeout(connect, backoffMs);
+        backoffMs = Math.min(backoffMs * 2, 10_000);
+      }
+    };
+    source.onopen = () => {
+      backoffMs = 500;
+      dagEl.dataset.stream = "live";
+      setStatus(`live: ${tasks.length} tasks`);
+    };
+  }
+  connect();
 
-  return () => { source.close(); clearInterval(timer); clearInterval(durTimer); closeTask(); };
+  return () => {
+    ended = true;
+    source.close();
+    clearTimeout(retryTimer);
+    clearInterval(timer);
+    clearInterval(durTimer);
+    closeTask();
+  };
 }
