@@ -9,10 +9,14 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from tests.harness import REPO_ROOT, assert_no_leaks, describe_pids
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 _BROWSER_DIR = Path(__file__).resolve().parent
 #: Screenshots of the pages, kept as test artifacts (git-ignored).
@@ -53,7 +57,7 @@ def _no_leaked_processes() -> Iterator[None]:
 
 
 @pytest.fixture
-def browser() -> Iterator["object"]:
+def browser() -> Iterator[Browser]:
     """A headless chromium (Debian's package) under Playwright; closed after the test."""
     executable = shutil.which("chromium")
     if executable is None:
