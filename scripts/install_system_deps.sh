@@ -12,6 +12,8 @@
 #   packages' own services are kept from starting (policy-rc.d) and never relied on.
 #   Kafka has no Debian package: `make install` fetches its jars with Maven instead
 #   (scripts/fetch_kafka.py), which needs Java 17+ and Maven, checked here.
+# - chromium (Debian's): the dashboard's browser tests (tests/browser) drive it with
+#   Playwright for Python through its executable path; no browser is downloaded.
 # - python3-venv, only when the python3 in use is Debian's and lacks ensurepip
 #   (a bare Debian 12), since `python3 -m venv` fails without it.
 #
@@ -71,6 +73,13 @@ if path="$(find_sbin nats-server)"; then
 else
     log "nats-server not found on PATH nor in /usr/sbin; will install nats-server"
     packages+=(nats-server)
+fi
+
+if path="$(command -v chromium 2>/dev/null)"; then
+    log "chromium already installed at ${path}"
+else
+    log "chromium not found on PATH; will install chromium (for the browser tests)"
+    packages+=(chromium)
 fi
 
 if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
@@ -137,6 +146,10 @@ for server in redis-server nats-server; do
         log "installed $("${path}" --version 2>&1 | head -n 1) at ${path}"
     fi
 done
+if [[ " ${packages[*]} " == *" chromium "* ]]; then
+    path="$(command -v chromium)" || die "chromium installed but not on PATH"
+    log "installed $("${path}" --version 2>&1 | head -n 1) at ${path}"
+fi
 if [[ " ${packages[*]} " == *" python3-venv "* ]]; then
     "${PYTHON}" -c 'import ensurepip, venv' || die "python3-venv installed but ${PYTHON} still lacks ensurepip"
     log "installed python3-venv"

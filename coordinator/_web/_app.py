@@ -102,7 +102,7 @@ class WebServer:
             raise OSError(f"--http-listen {self.listen!r}: the port is not a number") from None
         self._runner = web.AppRunner(self.build_app(), access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port_number, ssl_context=self._ssl, reuse_address=False)
+        site = web.TCPSite(self._runner, host, port_number, ssl_context=self._ssl)
         try:
             await site.start()
         except OSError as exc:
