@@ -31,6 +31,11 @@ log = logging.getLogger(__name__)
 
 #: Most run-event messages a client gets per second (changes in between are coalesced).
 MAX_MESSAGES_PER_S = 10
+#: A big run's page (the pages' level-of-detail view, above this many tasks) gets at most
+#: MAX_MESSAGES_PER_S_BIG: each message restyles thousands of cells in the browser, which
+#: costs the viewer's CPU per message far more than per change.
+BIG_RUN_TASKS = 500
+MAX_MESSAGES_PER_S_BIG = 2
 #: A heartbeat comment this often keeps idle streams open through proxies.
 HEARTBEAT_S = 15.0
 #: Engine turns a client may leave unread before it is dropped (it reconnects).
@@ -130,7 +135,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
         await _send(response, "run", summary_json(summary))
         await _send(response, "tasks", first)
         loop = asyncio.get_running_loop()
-        interval_s = 1.0 / MAX_MESSAGES_PER_S
+        interval_s = 1.0 / (MAX_MESSAGES_PER_S_BIG if len(entries) > BIG_RUN_TASKS else MAX_MESSAGES_PER_S)
         last_sent = loop.time()
         while True:
             try:

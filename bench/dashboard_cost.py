@@ -1,0 +1,118 @@
+"""The cost of watching: the wide scenario with the dashboard's run page open, and without.
+
+Issue 15: "With that page open, the bench's wide figure stays within 5% of the same run
+without it." One cluster (a coordinator with ``--http-listen`` and the bench's two
+workers) runs the wide pipeline (10,000 no-op tasks) in alternating rounds: unwatched, then
+watched by a real headless Chromium showing the run's page from the moment it is submitted.
+Each round reports tasks/s (building the pipeline to the run's end, as ``wide`` times it,
+without downloading the outputs) and the coordinator's CPU per task.
+
+The browser runs on the same 2 cores as the cluster, so its rendering competes with the
+scheduler: the tasks/s ratio includes that. The coordinator's CPU per task is the cost the
+dashboard puts on the coordinator itself.
+
+    python -m bench.dashboard_cost [--tasks 10000] [--rounds 3] [--out bench/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench import tasks
+from bench._xpipe import XpipeCluster, _wait_terminal, _warm_up
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str) -> dict[str, float]:
+    from xpipe import Pipeline, Task
+
+    pm = cluster.manager
+    coordinator = psutil.Process(cluster.coordinator_pid)
+    cpu0 = coordinator.cpu_times()
+    start = time.perf_counter()
+    p = Pipeline("wide")
+    p.add_tasks([Task(f"t{i}", tasks.noop, args=(i,)) for i in range(n)])
+    run_id = pm.submit(p)
+    if page is not None:
+        page.goto(f"{dashboard}#/runs/{run_id}")
+    _wait_terminal(pm, run_id, 600.0)
+    seconds = time.perf_counter() - start
+    cpu1 = coordinator.cpu_times()
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    if page is not None:  # the page really followed the run: every cell is drawn as succeeded
+        page.wait_for_function(
+            f"document.querySelectorAll('[data-state=\"succeeded\"]').length >= {n}", timeout=60_000
+        )
+    return {"tasks_per_s": n / seconds, "coordinator_cpu_us_per_task": cpu_s / n * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.dashboard_cost", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument(
+        "--browser-nice", action="store_true",
+        help="run the browser at nice 19: it renders in the cluster's idle time, as a viewer's own machine would",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        print("bench.dashboard_cost: no chromium on PATH (scripts/install_system_deps.sh installs it)", file=sys.stderr)
+        return 2
+    from playwright.sync_api import sync_playwright
+
+    samples: dict[str, list[dict[str, float]]] = {"unwatched": [], "watched": []}
+    with tempfile.TemporaryDirectory(prefix="xpipe-bench-dash-") as tmp, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True)
+        if args.browser_nice:  # its renderers, started later, inherit it
+            for proc in psutil.Process().children(recursive=True):
+                if "chrom" in proc.name():
+                    proc.nice(19)
+        try:
+            with XpipeCluster(Path(tmp), coordinator_args=["--http-listen", "127.0.0.1:0"]) as cluster:
+                _warm_up(cluster.manager)
+                dashboard = cluster.manager.client.cluster_status().dashboard_url
+                page = browser.new_page()
+                for round_ in range(args.rounds):
+                    for mode in ("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched"):
+                        sample = _one(cluster, args.tasks, page if mode == "watched" else None, dashboard)
+                        if mode == "watched":
+                            page.goto("about:blank")  # closes the run's event stream
+                        samples[mode].append(sample)
+                        print(f"[bench.dashboard_cost] round {round_ + 1} {mode}: "
+                              f"{sample['tasks_per_s']:.0f} tasks/s, {sample['coordinator_cpu_us_per_task']:.0f} µs "
+                              "coordinator CPU per task", flush=True)  # fmt: skip
+        finally:
+            browser.close()
+    summary = {
+        mode: {key: statistics.median(s[key] for s in rows) for key in rows[0]} for mode, rows in samples.items()
+    }
+    ratio = summary["watched"]["tasks_per_s"] / summary["unwatched"]["tasks_per_s"]
+    cpu_delta = summary["watched"]["coordinator_cpu_us_per_task"] - summary["unwatched"]["coordinator_cpu_us_per_task"]
+    print(f"[bench.dashboard_cost] median tasks/s unwatched {summary['unwatched']['tasks_per_s']:.0f}, "
+          f"watched {summary['watched']['tasks_per_s']:.0f} (ratio {ratio:.3f}); coordinator CPU per task "
+          f"{cpu_delta:+.1f} µs with the page open")  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = out / f"{stamp}-dashboard-cost.json"
+    path.write_text(json.dumps({"tasks": args.tasks, "rounds": args.rounds, "browser_nice": args.browser_nice,
+                                "samples": samples, "summary": summary, "watched_over_unwatched": ratio}, indent=2))  # fmt: skip
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
