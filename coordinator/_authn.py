@@ -86,6 +86,25 @@ class Unauthenticated(Exception):
     """A credential was presented and is not valid (refused even under a valid certificate)."""
 
 
+async def principal_from_authorization(security: Security, header: str) -> Principal:
+    """The principal of an ``authorization`` value (gRPC metadata, or an HTTP header).
+
+    Raises:
+        Unauthenticated: it is malformed, or names no valid credential.
+        AuthUnavailableError: the identity source cannot answer now.
+    """
+    credential = parse_authorization(header)
+    if credential is None:
+        raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>' or 'Basic ...')")
+    if security.blocking:
+        principal = await asyncio.to_thread(security.authenticator.check, credential)
+    else:
+        principal = security.authenticator.check(credential)
+    if principal is None:
+        raise Unauthenticated("the credential sent is not valid (unknown, revoked or expired)")
+    return principal
+
+
 class CallAuth:
     """Authenticates a call and authorizes it against the policy; see the module docs.
 
@@ -124,16 +143,7 @@ class CallAuth:
                     header = value
                     break
         if header is not None:
-            credential = parse_authorization(header)
-            if credential is None:
-                raise Unauthenticated("malformed authorization metadata (expected 'Bearer <token>' or 'Basic ...')")
-            if security.blocking:
-                principal = await asyncio.to_thread(security.authenticator.check, credential)
-            else:
-                principal = security.authenticator.check(credential)
-            if principal is None:
-                raise Unauthenticated("the credential sent is not valid (unknown, revoked or expired)")
-            return principal
+            return await principal_from_authorization(security, header)
         if security.client_certs:
             certs = context.auth_context().get("x509_pem_cert")
             if certs:

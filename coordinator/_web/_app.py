@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from xpipe.security._auth import authorization_value, parse_authorization
+from xpipe.security._auth import authorization_value
 from xpipe.security._errors import AuthUnavailableError
 from xpipe.security._rbac import authorize
 
-from .._authn import _cert_principal
+from .._authn import Unauthenticated, _cert_principal, principal_from_authorization
 from .._caller import CALLER, LOCAL
 
 if TYPE_CHECKING:
@@ -232,16 +232,10 @@ class WebServer:
         security = self.c.security
         if security is None or security.authenticator is None:
             raise PermissionError("this coordinator takes no tokens (client certificates only)")
-        credential = parse_authorization(header)
-        if credential is None:
-            raise PermissionError("malformed credential (expected 'Bearer <token>' or 'Basic ...')")
-        if security.blocking:
-            principal = await asyncio.to_thread(security.authenticator.check, credential)
-        else:
-            principal = security.authenticator.check(credential)
-        if principal is None:
-            raise PermissionError("the credential sent is not valid (unknown, revoked or expired)")
-        return principal
+        try:
+            return await principal_from_authorization(security, header)
+        except Unauthenticated as exc:
+            raise PermissionError(str(exc).replace("authorization metadata", "credential")) from None
 
     async def _index(self, request: web.Request) -> web.StreamResponse:
         index = STATIC_DIR / "index.html"
