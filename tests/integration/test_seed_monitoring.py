@@ -1,6 +1,7 @@
 """The seed's monitoring sample, as written, on the embedded default (issue 15's "done means").
 
-The sample's text is read from the seed itself. Its user functions are filled in, and its
+The sample's text is the seed's, verbatim (``tests/helpers_seed.py``; a test checks it against
+the seed when the seed is next to the repository). Its user functions are filled in, and its
 tasks, which take ``data`` but have no upstream, are given the data as their argument
 between the sample's two halves. The pipeline runs a few times first, so the insights have
 history to work from; then the sample's own lines ask for the dashboard, a real-time view,
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers_seed import SEED_MONITORING, SEED_MONITORING_INSIGHTS
 from xpipe import Pipeline, PipelineManager
 
 pytestmark = pytest.mark.integration
@@ -35,19 +37,15 @@ def calculate_revenue_impact(data):
     return float(sum(row["amount"] or 0 for row in data))
 
 
-def seed_sample() -> tuple[str, str]:
-    """The sample's two halves: building the pipeline, then running it and asking for insights."""
-    text = SEED.read_text()
-    start = text.index("monitoring_config = {")
-    end = text.index("optimization_suggestions = monitoring_dashboard.get_optimization_suggestions()")
-    sample = text[start : end + len("optimization_suggestions = monitoring_dashboard.get_optimization_suggestions()")]
-    split = sample.index("# Execute with comprehensive monitoring")
-    return sample[:split], sample[split:]
-
-
 @pytest.mark.skipif(not SEED.exists(), reason="the seed design is not next to the repository")
+def test_the_sample_here_is_the_seeds_own_text():
+    seed = SEED.read_text()
+    assert SEED_MONITORING.strip() in seed
+    assert SEED_MONITORING_INSIGHTS.strip() in seed
+
+
 def test_the_seed_monitoring_sample_prints_a_report_anomalies_and_suggestions(capsys):
-    build, insights = seed_sample()
+    build, insights = SEED_MONITORING, SEED_MONITORING_INSIGHTS
     pm = PipelineManager()  # the embedded default: it sends alerts to loopback receivers only
     try:
         namespace = {

@@ -13,57 +13,12 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster
+from tests.helpers_seed import SEED_MONITORING
 from xpipe import Pipeline, PipelineManager, PipelineValidationError, RunNotFoundError, record_metric
 
 #: The seed's sample, from ``monitoring_config = {`` to its last tracked task (seed lines
 #: 193-242, ``xlibrary.pipeline`` read as ``xpipe``), unchanged.
-SEED_MONITORING = '''
-monitoring_config = {
-    "metrics_collection": {
-        "system_metrics": True,
-        "business_metrics": True,
-        "custom_metrics": True,
-        "collection_interval": "10s"
-    },
-    "alerting": {
-        "slack_webhook": "https://hooks.slack.com/...",
-        "email_alerts": ["ops@company.com"],
-        "pager_duty": True
-    },
-    "anomaly_detection": {
-        "enabled": True,
-        "sensitivity": "medium",
-        "ml_model": "isolation_forest"
-    },
-    "predictive_analytics": {
-        "failure_prediction": True,
-        "performance_forecasting": True,
-        "resource_optimization": True
-    }
-}
 
-# Enhanced pipeline with monitoring
-monitored_pipeline = Pipeline("production_etl")
-monitored_pipeline.enable_monitoring(monitoring_config)
-
-# Custom metrics
-@monitored_pipeline.track_metric("data_quality_score")
-def data_quality_task(data):
-    quality_score = calculate_data_quality(data)
-    return {"processed_data": data, "quality_score": quality_score}
-
-# Performance tracking
-@monitored_pipeline.track_performance
-def expensive_computation(data):
-    # Track execution time, memory usage, CPU utilization
-    return complex_algorithm(data)
-
-# Business metrics
-@monitored_pipeline.track_business_metric("revenue_impact")
-def revenue_calculation(data):
-    revenue = calculate_revenue_impact(data)
-    return {"data": data, "revenue": revenue}
-'''
 
 #: How long complex_algorithm sleeps and how much CPU it burns, so performance can be checked.
 SLEEP_S = 0.3
