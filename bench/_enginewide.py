@@ -30,10 +30,10 @@ def wide_engine(config: EngineConfig) -> Engine:
     return engine
 
 
-def wide_spec(**fields) -> pb.PipelineSpec:
-    """A pipeline of ``TASKS`` importable no-op tasks (``fields`` set on the spec)."""
+def wide_spec(tasks: int = TASKS, **fields) -> pb.PipelineSpec:
+    """A pipeline of ``tasks`` importable no-op tasks (``fields`` set on the spec)."""
     spec = pb.PipelineSpec(name="wide", **fields)
-    for i in range(TASKS):
+    for i in range(tasks):
         spec.tasks.add(name=f"t{i}").python.import_path = "bench.tasks:noop"
     return spec
 

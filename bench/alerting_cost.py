@@ -23,20 +23,15 @@ from xpipe.coordinator._events import Assign, RunSubmitted, TaskSucceeded, Worke
 from xpipe.coordinator._state import SchedulerState
 from xpipe.coordinator._validate import validate_spec
 
+from bench._enginewide import wide_spec
+
 RULES = {"rules": {"anomaly": {"min_samples": 1}, "metric_threshold": [{"metric": "rows", "above": 1e9}]}}
-
-
-def _spec(tasks: int) -> pb.PipelineSpec:
-    spec = pb.PipelineSpec(name="wide")
-    for i in range(tasks):
-        spec.tasks.add(name=f"t{i}").python.import_path = "tests.helpers_tasks:noop"
-    return spec
 
 
 def drive(tasks: int, alerting: Alerting | None, run_id: str) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside Alerting.observe)."""
     state = SchedulerState(prefetch=64)
-    spec = _spec(tasks)
+    spec = wide_spec(tasks)
     order = tuple(validate_spec(spec))
     payload = pb.Payload(codec=pb.CODEC_PICKLE, data=b"N.")
     if alerting is not None:

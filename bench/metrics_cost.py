@@ -28,19 +28,14 @@ from xpipe.coordinator._state import SchedulerState
 from xpipe.coordinator._validate import validate_spec
 from xpipe.telemetry._export import start_metrics
 
-
-def _spec(tasks: int) -> pb.PipelineSpec:
-    spec = pb.PipelineSpec(name="wide")
-    for i in range(tasks):
-        spec.tasks.add(name=f"t{i}").python.import_path = "tests.helpers_tasks:noop"
-    return spec
+from bench._enginewide import wide_spec
 
 
 def drive(tasks: int, metrics: CoordinatorMetrics | None, box: list) -> tuple[float, float]:
     """(seconds for the whole run, seconds of it inside CoordinatorMetrics.turn)."""
     state = SchedulerState(prefetch=64)
     box[:] = [state]
-    spec = _spec(tasks)
+    spec = wide_spec(tasks)
     order = tuple(validate_spec(spec))
     payload = pb.Payload(codec=pb.CODEC_PICKLE, data=b"N.")
     in_metrics = 0.0
