@@ -52,7 +52,7 @@ def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str) -> dict[str, 
     cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     if page is not None:  # the page really followed the run: every cell is drawn as succeeded
         page.wait_for_function(
-            f"document.querySelectorAll('[data-state=\"succeeded\"]').length >= {n}", timeout=60_000
+            f"document.querySelector('#dag')?.xpipeDag?.drawnCount('succeeded') >= {n}", timeout=60_000
         )
     return {"tasks_per_s": n / seconds, "coordinator_cpu_us_per_task": cpu_s / n * 1e6}
 

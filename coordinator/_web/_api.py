@@ -22,7 +22,7 @@ from .._caller import CALLER
 from ._app import COORDINATOR, SERVER, TOKEN_COOKIE, json_error
 from ._rows import counts_of, critical_path, run_json, run_state_names, task_columns, task_state_name
 
-__all__ = ["add_routes", "needs", "query_int", "query_float", "BadParameter", "load_run"]
+__all__ = ["add_routes", "needs", "query_int", "query_float", "BadParameter", "load_run", "run_detail_json"]
 
 #: Most runs ``GET /api/runs`` lists, and its default.
 MAX_RUNS_LISTED = 1000
@@ -189,15 +189,22 @@ async def get_run(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     run_id = request.match_info["run_id"]
     view, tasks, deps, _ = await load_run(c, run_id)
-    state = c.engine.state
-    cols = task_columns(tasks, state.worker_name)
+    body = run_detail_json(view, tasks, deps, c.engine.state.worker_name, time.time())
+    return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
+
+
+def run_detail_json(view, tasks, deps, worker_name, now: float) -> dict:
+    """A run with every task (parallel arrays plus ``depends_on``) and its critical path.
+
+    The run detail's body, and the first message of the run's event stream: a page loads
+    the run once, from either.
+    """
+    cols = task_columns(tasks, worker_name)
     index = {name: i for i, name in enumerate(cols["name"])}
     dep_idx = [[index[d] for d in deps.get(name, ()) if d in index] for name in cols["name"]]
     cols["depends_on"] = dep_idx
-    now = time.time()
     path, path_s = critical_path(cols["name"], dep_idx, cols["started_at"], cols["finished_at"], now)
-    body = {"run": run_view_json(view, tasks, now), "tasks": cols, "critical_path": path, "critical_path_s": path_s}
-    return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
+    return {"run": run_view_json(view, tasks, now), "tasks": cols, "critical_path": path, "critical_path_s": path_s}
 
 
 @needs("run:read")

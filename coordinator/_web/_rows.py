@@ -40,11 +40,16 @@ def task_columns(tasks: Iterable[Any], worker_name) -> dict[str, list]:
     cols: dict[str, list] = {f: [] for f in TASK_FIELDS}
     names, states, attempts, workers = cols["name"], cols["state"], cols["attempt"], cols["worker"]
     started, finished, etypes, emsgs = cols["started_at"], cols["finished_at"], cols["error_type"], cols["error_message"]
+    shown: dict[str, str] = {"": ""}  # worker id -> name: a handful of workers for thousands of tasks
     for t in tasks:
         names.append(t.name)
         states.append(_TASK_STATES.get(t.state, str(t.state)))
         attempts.append(t.attempt)
-        workers.append(worker_name(t.worker) or t.worker if t.worker else "")
+        w = t.worker or ""
+        name = shown.get(w)
+        if name is None:
+            name = shown[w] = worker_name(w) or w
+        workers.append(name)
         started.append(t.started_at)
         finished.append(t.finished_at)
         error = t.error
@@ -68,6 +73,10 @@ def critical_path(
     n = len(names)
     if n == 0:
         return [], 0.0
+    if not any(deps):  # no edges (a wide run): the longest single task
+        own = [0.0 if not s else max(0.0, (f or now) - s) for s, f in zip(started, finished)]
+        end = max(range(n), key=own.__getitem__)
+        return [names[end]], own[end]
     indegree = [0] * n
     down: list[list[int]] = [[] for _ in range(n)]
     for i, ups in enumerate(deps):

@@ -17,13 +17,14 @@ import time
 
 from aiohttp import web
 from xpipe._domain import TERMINAL_RUN_STATES
+from xpipe._proto.common_pb2 import TaskState
 from xpipe.telemetry._tasklogs import STDERR, TASK_LOG_SETTLE_S
 
 from .._caller import CALLER
 from .._logs import READ_ROWS, logs_awaited
-from ._api import load_run, needs, query_int, run_view_json
+from ._api import load_run, needs, query_int, run_detail_json
 from ._app import COORDINATOR, SERVER
-from ._rows import run_json, task_columns, task_state_name
+from ._rows import critical_path, run_json, task_columns, task_state_name
 
 __all__ = ["add_routes"]
 
@@ -36,6 +37,9 @@ MAX_MESSAGES_PER_S = 10
 #: costs the viewer's CPU per message far more than per change.
 BIG_RUN_TASKS = 500
 MAX_MESSAGES_PER_S_BIG = 2
+#: A big run's critical path is computed here (O(tasks)), at most this often and at its end;
+#: its change messages carry only indices and state numbers, no times to compute it from.
+CRITICAL_EVERY_S_BIG = 5.0
 #: A heartbeat comment this often keeps idle streams open through proxies.
 HEARTBEAT_S = 15.0
 #: Engine turns a client may leave unread before it is dropped (it reconnects).
@@ -104,39 +108,47 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     engine = c.engine
     run = engine.state.runs.get(run_id)
     if run is None or run.state in TERMINAL_RUN_STATES:  # finished: one snapshot and the end
-        view, tasks, _, _ = await load_run(c, run_id)  # 404 for an unknown run
-        now = time.time()
+        view, tasks, deps, _ = await load_run(c, run_id)  # 404 for an unknown run
+        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time())
         response = await _open(request)
-        summary = run_view_json(view, tasks, now)
-        await _send(response, "run", summary)
-        await _send(response, "tasks", task_columns(tasks, engine.state.worker_name))
-        await _send(response, "end", summary)
+        await _send(response, "snapshot", detail)
+        await _send(response, "end", detail["run"])
         return response
-    # Subscribe and snapshot with no await in between, so no change falls in the gap. Summary
+    # Subscribe before the snapshot: a change in between is sent again, never missed. Summary
     # events wake the stream once per engine turn; the changed tasks' names are collected by
     # the engine in a set (no message per task) and read from their entries when sending.
     queue = engine.watch(run_id, tasks=False)
     dirty = engine.track_changes(run_id)
     try:
+        # A live run is read from memory: no await suspends here, so the run cannot end in between.
+        view, tasks, deps, _ = await load_run(c, run_id)
         entries = run.tasks
         states = {name: t.state for name, t in entries.items()}
         counts: dict[int, int] = {}
         for st in states.values():
             counts[st] = counts.get(st, 0) + 1
         namespace = run.spec.namespace or "default"
-        first = task_columns(entries.values(), engine.state.worker_name)
+        big = len(entries) > BIG_RUN_TASKS
+        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time())
 
         def summary_json(summary) -> dict:
             return run_json(run_id, summary.pipeline, namespace, summary.state, summary.created_at, summary.finished_at,
                             summary.total_tasks, {task_state_name(k): v for k, v in counts.items() if v}, time.time())  # fmt: skip
 
         summary = run.summary()
+        if big:  # changes name tasks by their index in the snapshot's arrays
+            cols = detail["tasks"]
+            order = [entries[name] for name in cols["name"]]
+            index = {name: i for i, name in enumerate(cols["name"])}
+            detail["task_states"] = {number: task_state_name(number) for number in TaskState.values()}
+            big_deps, big_names = cols["depends_on"], cols["name"]
         response = await _open(request)
-        await _send(response, "run", summary_json(summary))
-        await _send(response, "tasks", first)
+        await _send(response, "snapshot", detail)
+        del detail, tasks, deps
         loop = asyncio.get_running_loop()
-        interval_s = 1.0 / (MAX_MESSAGES_PER_S_BIG if len(entries) > BIG_RUN_TASKS else MAX_MESSAGES_PER_S)
+        interval_s = 1.0 / (MAX_MESSAGES_PER_S_BIG if big else MAX_MESSAGES_PER_S)
         last_sent = loop.time()
+        critical_at = last_sent
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
@@ -168,8 +180,17 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             now_summary = summary_json(summary)
             await _send(response, "run", now_summary)
             if changed:
-                await _send(response, "tasks", task_columns(changed, engine.state.worker_name))
+                if big:
+                    rows = {"index": [index[t.name] for t in changed], "state": [t.state for t in changed]}
+                else:
+                    rows = task_columns(changed, engine.state.worker_name)
+                await _send(response, "tasks", rows)
             last_sent = loop.time()
+            if big and (summary.state in TERMINAL_RUN_STATES or last_sent - critical_at >= CRITICAL_EVERY_S_BIG):
+                critical_at = last_sent
+                path, path_s = critical_path(big_names, big_deps, [t.started_at for t in order],
+                                             [t.finished_at for t in order], time.time())  # fmt: skip
+                await _send(response, "critical", {"critical_path": path, "critical_path_s": path_s})
             if summary.state in TERMINAL_RUN_STATES:
                 await _send(response, "end", now_summary)
                 return response

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from xpipe import Pipeline, PipelineManager, Task
+from xpipe._proto.common_pb2 import SUCCEEDED
 
 from tests import helpers_logs as hl
 from tests import helpers_tasks as ht
@@ -175,18 +176,50 @@ def test_events_stream_task_state_changes_live(web, pm):
     runs: list[dict] = []
     snapshot = None
     for name, data in events(f"{url}api/runs/{run_id}/events"):
-        if name == "tasks":
-            snapshot = snapshot or data
+        if name == "snapshot":  # the first event: the run detail, every task with its upstreams
+            assert snapshot is None, "one snapshot per stream"
+            snapshot = data
+        elif name == "tasks":
             seen += [s for n, s in zip(data["name"], data["state"]) if n == "slow"]
         elif name in ("run", "end"):
             runs.append(data)
-    assert set(snapshot["name"]) == {"first", "slow"}  # the first tasks event holds every task
-    assert snapshot["state"][snapshot["name"].index("slow")] == "PENDING"  # it waited for "first"
+    tasks = snapshot["tasks"]
+    assert set(tasks["name"]) == {"first", "slow"} and snapshot["run"]["run_id"] == run_id
+    assert tasks["state"][tasks["name"].index("slow")] == "PENDING"  # it waited for "first"
+    assert tasks["depends_on"][tasks["name"].index("slow")] == [tasks["name"].index("first")]
+    assert "critical_path" in snapshot
     assert "RUNNING" in seen and seen[-1] == "SUCCEEDED" and seen.index("RUNNING") < len(seen) - 1
     assert runs[-1]["state"] == "RUN_SUCCEEDED" and runs[-1]["counts"] == {"SUCCEEDED": 2}
     # A finished run answers its end at once.
     names = [name for name, _ in events(f"{url}api/runs/{run_id}/events", timeout_s=5)]
-    assert names == ["run", "tasks", "end"]
+    assert names == ["snapshot", "end"]
+
+
+def test_a_big_runs_events_are_lean_indices_and_the_server_sends_its_critical_path(web, pm):
+    """Above 500 tasks, changes are (snapshot index, state number) pairs; no times, so the
+    server computes the critical path and sends it (``critical``) before ``end``."""
+    _, url = web
+    p = Pipeline("web_big")
+    p.add_task(Task("gate", ht.sleep, args=(0.5,)))  # the stream is open before the rest run
+    for i in range(600):
+        p.add_task(Task(f"t{i}", ht.describe, depends_on=["gate"]))
+    run_id = pm.submit(p)
+    got = list(events(f"{url}api/runs/{run_id}/events", timeout_s=60))
+    names = [name for name, _ in got]
+    assert names[0] == "snapshot" and names[-2:] == ["critical", "end"], names
+    snapshot = got[0][1]
+    order, legend = snapshot["tasks"]["name"], snapshot["task_states"]
+    assert legend[str(SUCCEEDED)] == "SUCCEEDED"
+    last: dict[str, str] = dict(zip(order, snapshot["tasks"]["state"]))
+    for name, data in got:
+        if name == "tasks":
+            assert set(data) == {"index", "state"}, data.keys()
+            for i, state in zip(data["index"], data["state"]):
+                last[order[i]] = legend[str(state)]
+    assert set(last.values()) == {"SUCCEEDED"}, "every task's last change was seen"
+    critical = dict(got)["critical"]
+    assert critical["critical_path"][0] == "gate" and len(critical["critical_path"]) == 2
+    assert critical["critical_path_s"] >= 0.5
 
 
 def test_auth_tokens_cookie_and_permissions(tmp_path):
@@ -282,7 +315,7 @@ def test_a_client_that_falls_behind_is_dropped_and_unsubscribed(monkeypatch):
                     async for line in response.content:
                         if line.startswith(b"event: "):
                             names.append(line[7:].strip().decode())
-                        if names == ["run", "tasks"]:
+                        if names == ["snapshot"]:
                             # Ten engine turns at once, each with a change, while the stream waits
                             # out its coalescing interval: more than it may leave unread.
                             for i in range(10):
@@ -297,7 +330,7 @@ def test_a_client_that_falls_behind_is_dropped_and_unsubscribed(monkeypatch):
         return names
 
     names = asyncio.run(scenario())
-    assert names[:3] == ["run", "tasks", "pushed"] and "end" not in names  # closed without the end event
+    assert names[:2] == ["snapshot", "pushed"] and "end" not in names  # closed without the end event
 
 
 def _record(engine, name: str):

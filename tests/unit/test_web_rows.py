@@ -27,3 +27,14 @@ def test_critical_path_counts_running_tasks_up_to_now_and_unstarted_as_zero():
 
 def test_counts_name_the_states():
     assert counts_of([5, 5, 6, 1]) == {"SUCCEEDED": 2, "FAILED": 1, "PENDING": 1}
+
+
+def test_critical_path_of_a_run_without_edges_is_its_longest_task():
+    names = ["a", "b", "c", "d"]
+    started = [10.0, 10.0, 0.0, 11.0]  # c never started
+    finished = [12.0, 0.0, 0.0, 12.5]  # b still running
+    path, seconds = critical_path(names, [[], [], [], []], started, finished, now=15.0)
+    assert path == ["b"] and seconds == 5.0
+    # The same answer as the general walk, given an edge that does not change it.
+    general, general_s = critical_path([*names, "e"], [[], [], [], [], [0]], [*started, 0.0], [*finished, 0.0], now=15.0)
+    assert general == ["b"] and general_s == seconds

@@ -1,10 +1,11 @@
 // The run's DAG as SVG: layout by dependency layer, the critical path, and in-place updates.
 //
 // Layer = longest path from a root, so every edge points right. Up to DETAIL_LIMIT tasks
-// draw as labelled boxes with edges; above it (a 10,000-task run) each layer is a column
-// of small cells, one per task, without edges, so the browser draws a few thousand plain
-// rects instead of tens of thousands of paths. Either way an update only sets one
-// element's data-state: the SVG is drawn once per page load.
+// draw as labelled SVG boxes with edges; an update sets one element's data-state. Above it
+// (a 10,000-task run) each layer is a column of small cells, one per task, without edges,
+// painted on a canvas: no element per task, so loading the page and restyling thousands of
+// cells per message cost the viewer's CPU a few milliseconds, not a second (measured in
+// bench/dashboard_cost.py). An update there repaints only the changed cells, once a frame.
 import { stateName, toMs } from "./app.js";
 
 export const DETAIL_LIMIT = 500;
@@ -73,6 +74,7 @@ export function criticalPath(tasks, order, now = Date.now()) {
 /**
  * Draw ``tasks`` into ``container``. Returns {nodes: Map name -> element, order (topological),
  * setState(name, state), detailed, markCritical(set)}; the element carries data-task and data-state.
+ * Above DETAIL_LIMIT tasks it returns drawCells's canvas view instead (same interface).
  */
 export function drawDag(container, tasks, onPick) {
   const { layer, order } = layers(tasks);
@@ -83,13 +85,14 @@ export function drawDag(container, tasks, onPick) {
   for (const t of tasks) if (!placed.has(t.name)) (byLayer[0] ||= []).push(t.name);
   const byName = new Map(tasks.map((t) => [t.name, t]));
   const detailed = tasks.length <= DETAIL_LIMIT;
+  if (!detailed) return drawCells(container, tasks, byLayer, order, byName, onPick);
   const nodes = new Map();
-  const svg = el("svg", { class: detailed ? "detail" : "lod", "data-tasks": tasks.length });
+  const svg = el("svg", { class: "detail", "data-tasks": tasks.length });
   const frag = document.createDocumentFragment();
   const pos = new Map();
   let width = 0, height = 0;
 
-  if (detailed) {
+  {
     byLayer.forEach((names, li) => names.forEach((n, i) => {
       pos.set(n, [li * (NODE_W + COL_GAP) + 10, i * (NODE_H + ROW_GAP) + 10]);
     }));
@@ -119,24 +122,6 @@ export function drawDag(container, tasks, onPick) {
       width = Math.max(width, x + NODE_W + 10);
       height = Math.max(height, y + NODE_H + 10);
     }
-  } else {
-    // Level of detail: per layer, columns of CELLS_PER_COL cells; a label with the layer size.
-    let x = 10;
-    byLayer.forEach((names, li) => {
-      const cols = Math.ceil(names.length / CELLS_PER_COL);
-      const label = el("text", { x, y: 12 });
-      label.textContent = `L${li} (${names.length})`;
-      frag.append(label);
-      names.forEach((n, i) => {
-        const cx = x + Math.floor(i / CELLS_PER_COL) * CELL, cy = 20 + (i % CELLS_PER_COL) * CELL;
-        const r = el("rect", { class: "cell", x: cx, y: cy, width: CELL - 1, height: CELL - 1, "data-task": n, "data-state": stateName(byName.get(n).state) });
-        frag.append(r);
-        nodes.set(n, r);
-      });
-      x += Math.max(cols * CELL, 50) + LAYER_GAP;
-      height = Math.max(height, 20 + Math.min(names.length, CELLS_PER_COL) * CELL + 10);
-    });
-    width = x;
   }
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
@@ -161,15 +146,152 @@ export function drawDag(container, tasks, onPick) {
     markCritical(path) {
       for (const n of critical) if (!path.has(n)) nodes.get(n)?.classList.remove("crit");
       for (const n of path) nodes.get(n)?.classList.add("crit");
-      if (detailed) {
-        for (const e of svg.querySelectorAll(".edge.crit")) e.classList.remove("crit");
-        for (const n of path) {
-          for (const e of svg.querySelectorAll(`.edge[data-to="${CSS.escape(n)}"]`)) {
-            if (path.has(e.getAttribute("data-from"))) e.classList.add("crit");
-          }
+      for (const e of svg.querySelectorAll(".edge.crit")) e.classList.remove("crit");
+      for (const n of path) {
+        for (const e of svg.querySelectorAll(`.edge[data-to="${CSS.escape(n)}"]`)) {
+          if (path.has(e.getAttribute("data-from"))) e.classList.add("crit");
         }
       }
       critical = path;
     },
   };
+}
+
+/**
+ * The level-of-detail view: per layer, columns of CELLS_PER_COL cells on one canvas. Same
+ * interface as drawDag's, plus ``stateOf(name)`` and ``drawnCount(state)`` (what is painted),
+ * which tests and tools read, as the cells are not elements. The canvas carries
+ * ``data-tasks`` and a title naming the task under the pointer.
+ */
+function drawCells(container, tasks, byLayer, order, byName, onPick) {
+  const pos = new Map();
+  const columns = []; // [x0, names] per layer, for hit-testing
+  const labels = [];
+  let x = 10, height = 0;
+  byLayer.forEach((names, li) => {
+    const cols = Math.ceil(names.length / CELLS_PER_COL);
+    labels.push([`L${li} (${names.length})`, x]);
+    columns.push([x, names]);
+    names.forEach((n, i) => pos.set(n, [x + Math.floor(i / CELLS_PER_COL) * CELL, 20 + (i % CELLS_PER_COL) * CELL]));
+    x += Math.max(cols * CELL, 50) + LAYER_GAP;
+    height = Math.max(height, 20 + Math.min(names.length, CELLS_PER_COL) * CELL + 10);
+  });
+  const width = x;
+  const canvas = document.createElement("canvas");
+  canvas.className = "lod";
+  canvas.dataset.tasks = String(tasks.length);
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", `${tasks.length} tasks in ${byLayer.length} layers`);
+  const ratio = window.devicePixelRatio || 1;
+  canvas.width = Math.ceil(width * ratio);
+  canvas.height = Math.ceil(height * ratio);
+  canvas.style.width = `${width}px`;
+  canvas.style.height = `${height}px`;
+  const ctx = canvas.getContext("2d");
+  ctx.scale(ratio, ratio);
+  const css = getComputedStyle(document.documentElement);
+  const colour = (state) => (css.getPropertyValue(`--${state}`) || css.getPropertyValue("--muted")).trim() || "#666";
+  const colours = new Map();
+  const fill = (state) => {
+    let c = colours.get(state);
+    if (c === undefined) colours.set(state, (c = colour(state)));
+    return c;
+  };
+  const critColour = colour("critical");
+
+  const want = new Map(); // name -> state to show
+  const painted = new Map(); // name -> state painted
+  const counts = new Map(); // state -> cells painted in it
+  let critical = new Set();
+  const dirty = new Set();
+  let scheduled = false;
+
+  function paint(n) {
+    const p = pos.get(n);
+    if (!p) return;
+    const s = want.get(n);
+    ctx.clearRect(p[0], p[1], CELL - 1, CELL - 1);
+    ctx.fillStyle = fill(s);
+    ctx.fillRect(p[0], p[1], CELL - 1, CELL - 1);
+    if (critical.has(n)) {
+      ctx.strokeStyle = critColour;
+      ctx.lineWidth = 1.5;
+      ctx.strokeRect(p[0] + 0.75, p[1] + 0.75, CELL - 2.5, CELL - 2.5);
+    }
+    const before = painted.get(n);
+    if (before !== undefined) counts.set(before, counts.get(before) - 1);
+    counts.set(s, (counts.get(s) || 0) + 1);
+    painted.set(n, s);
+  }
+  function flush() {
+    scheduled = false;
+    for (const n of dirty) paint(n);
+    dirty.clear();
+  }
+  function schedule(n) {
+    dirty.add(n);
+    if (scheduled) return;
+    scheduled = true;
+    // A hidden page gets no animation frames; it still paints, less often.
+    if (document.hidden) setTimeout(flush, 100);
+    else requestAnimationFrame(flush);
+  }
+
+  ctx.fillStyle = css.getPropertyValue("--fg").trim() || "#000";
+  ctx.font = "11px system-ui, sans-serif";
+  for (const [text, lx] of labels) ctx.fillText(text, lx, 12);
+  for (const n of pos.keys()) {
+    want.set(n, stateName(byName.get(n).state));
+    paint(n);
+  }
+
+  function nameAt(ev) {
+    const r = canvas.getBoundingClientRect();
+    const px = ev.clientX - r.left, py = ev.clientY - r.top;
+    for (const [x0, names] of columns) {
+      if (px < x0 || px >= x0 + Math.ceil(names.length / CELLS_PER_COL) * CELL) continue;
+      const row = Math.floor((py - 20) / CELL);
+      if (row < 0 || row >= CELLS_PER_COL) return null;
+      return names[Math.floor((px - x0) / CELL) * CELLS_PER_COL + row] ?? null;
+    }
+    return null;
+  }
+  canvas.addEventListener("click", (ev) => {
+    const n = nameAt(ev);
+    if (n !== null) onPick(n);
+  });
+  canvas.addEventListener("mousemove", (ev) => {
+    const n = nameAt(ev);
+    canvas.title = n === null ? "" : `${n} (${want.get(n)})`;
+    canvas.style.cursor = n === null ? "" : "pointer";
+  });
+  container.replaceChildren(canvas);
+
+  const view = {
+    nodes: pos,
+    order,
+    detailed: false,
+    cells: pos.size,
+    setState(name, state) {
+      if (!pos.has(name)) return;
+      want.set(name, stateName(state));
+      schedule(name);
+    },
+    markCritical(path) {
+      const was = critical;
+      critical = path;
+      for (const n of was) if (!path.has(n)) schedule(n);
+      for (const n of path) if (!was.has(n)) schedule(n);
+    },
+    /** The state a cell shows (or is about to, this frame); undefined for an unknown task. */
+    stateOf(name) {
+      return want.get(name);
+    },
+    /** How many cells are painted in ``state`` now. */
+    drawnCount(state) {
+      return counts.get(state) || 0;
+    },
+  };
+  container.xpipeDag = view;
+  return view;
 }

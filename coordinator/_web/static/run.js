@@ -10,9 +10,31 @@ const TERMINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
 // The critical path depends on durations, so it is recomputed at most this often.
 const CRITICAL_EVERY_MS = 2000;
 
+/**
+ * Open the run's event stream and wait for its first message, the run with every task: one
+ * snapshot per page load. A stream that fails first (a sign-in is needed, no such run, a
+ * coordinator still starting) falls back to the run detail, whose errors the page can read.
+ */
+function openWithSnapshot(runId) {
+  const source = events(`/api/runs/${encodeURIComponent(runId)}/events`);
+  return new Promise((resolve) => {
+    const onSnapshot = (msg) => {
+      source.removeEventListener("snapshot", onSnapshot);
+      source.onerror = null;
+      let doc = null;
+      try { doc = JSON.parse(msg.data); } catch { /* fall back below */ }
+      if (doc) resolve({ source, doc });
+      else { source.close(); resolve({ source: null, doc: null }); }
+    };
+    source.addEventListener("snapshot", onSnapshot);
+    source.onerror = () => { source.close(); resolve({ source: null, doc: null }); };
+  });
+}
+
 export async function runPage(main, [runId]) {
   const t0 = performance.now();
-  const doc = await api(`/api/runs/${encodeURIComponent(runId)}`);
+  let { source, doc } = await openWithSnapshot(runId);
+  if (!doc) doc = await api(`/api/runs/${encodeURIComponent(runId)}`);
   const fetchedMs = performance.now() - t0;
   const run = doc.run || {};
   const tasks = rows(doc.tasks);
@@ -110,26 +132,59 @@ export async function runPage(main, [runId]) {
   }
 
   let critDirty = false;
+  // A big run's changes carry no times: the server sends its critical path (`critical`).
+  const serverCritical = !dag.detailed;
   const timer = setInterval(() => {
     tick();
-    if (critDirty || !TERMINAL_RUN.has(state)) { critDirty = false; updateCritical(); }
+    if (!serverCritical && (critDirty || !TERMINAL_RUN.has(state))) { critDirty = false; updateCritical(); }
   }, CRITICAL_EVERY_MS);
+  function showCritical(d) {
+    dag.markCritical(new Set(d.critical_path));
+    critEl.textContent = `${d.critical_path.length} tasks, ${fmtDuration((d.critical_path_s || 0) * 1000)}`;
+  }
+  // A big run's changes name tasks by index into the stream's snapshot, states by number.
+  let streamNames = doc.tasks?.name || [];
+  let stateNames = doc.task_states || {};
+  function applyIndexed(d) {
+    for (let k = 0; k < d.index.length; k++) {
+      const t = byName.get(streamNames[d.index[k]]);
+      const s = stateNames[d.state[k]];
+      if (!t || s === undefined) continue;
+      const name = stateName(s);
+      if (name === t.state) continue;
+      t.state = name;
+      dag.setState(t.name, name);
+    }
+  }
   const durTimer = setInterval(tick, 1000);
 
   // EventSource retries a dropped connection by itself, but gives up for good on an HTTP
   // error (a coordinator that is still starting answers 503): then open a new one, backing
-  // off. The first `tasks` message of every stream holds every task, so whatever changed
-  // while the page was cut off is caught up at once.
-  let source = null, ended = false, retryTimer = null, backoffMs = 500;
-  function connect() {
-    source = events(`/api/runs/${encodeURIComponent(runId)}/events`);
+  // off. The first message of every stream (`snapshot`) holds every task, so whatever
+  // changed while the page was cut off is caught up at once.
+  let ended = false, retryTimer = null, backoffMs = 500;
+  function connect(opened = null) {
+    source = opened || events(`/api/runs/${encodeURIComponent(runId)}/events`);
     const parse = (msg) => { try { return JSON.parse(msg.data); } catch { return null; } };
+    // A reconnected stream starts with a fresh snapshot: whatever changed meanwhile.
+    source.addEventListener("snapshot", (msg) => {
+      const d = parse(msg);
+      if (!d) return;
+      streamNames = d.tasks?.name || [];
+      stateNames = d.task_states || {};
+      for (const t of rows(d.tasks)) applyTask(t);
+      recount();
+      if (d.run) applyRun(d.run);
+    });
+    source.addEventListener("critical", (msg) => { const d = parse(msg); if (d) showCritical(d); });
     source.addEventListener("run", (msg) => { const r = parse(msg); if (r) applyRun(r); });
     source.addEventListener("tasks", (msg) => {
-      for (const t of rows(parse(msg))) applyTask(t);
+      const d = parse(msg);
+      if (d && Array.isArray(d.index)) applyIndexed(d);
+      else for (const t of rows(d)) applyTask(t);
       recount();
       // A state change moves the critical path at once; durations alone wait for the timer.
-      if (critDirty && Date.now() - critAt >= CRITICAL_EVERY_MS / 4) { critDirty = false; updateCritical(); }
+      if (!serverCritical && critDirty && Date.now() - critAt >= CRITICAL_EVERY_MS / 4) { critDirty = false; updateCritical(); }
     });
     source.addEventListener("end", (msg) => {
       const r = parse(msg);
@@ -137,7 +192,7 @@ export async function runPage(main, [runId]) {
       ended = true;
       source.close(); // the run is over; EventSource would otherwise reconnect
       dagEl.dataset.stream = "ended";
-      updateCritical();
+      if (!serverCritical) updateCritical();
       setStatus(`run ${state}`);
     });
     source.onerror = () => {
@@ -154,8 +209,9 @@ export async function runPage(main, [runId]) {
       dagEl.dataset.stream = "live";
       setStatus(`live: ${tasks.length} tasks`);
     };
+    if (opened) source.onopen(); // already open: its snapshot drew the page
   }
-  connect();
+  connect(source);
 
   return () => {
     ended = true;
