@@ -19,7 +19,7 @@ from xpipe.security._auth import authorization_value
 from xpipe.security._principal import DEFAULT_NAMESPACE
 
 from .._caller import CALLER
-from ._app import COORDINATOR, SERVER, TOKEN_COOKIE, json_error
+from ._app import COORDINATOR, SERVER, SESSION_TTL_S, TOKEN_COOKIE, json_error
 from ._rows import counts_of, critical_path, run_json, run_state_names, task_columns, task_state_name
 
 __all__ = ["add_routes", "needs", "query_int", "query_float", "BadParameter", "load_run", "run_detail_json"]
@@ -347,12 +347,15 @@ async def login(request: web.Request) -> web.Response:
     except PermissionError as exc:
         return json_error(401, str(exc))
     response = web.json_response({"principal": principal.name})
-    # The cookie holds the credential itself; each call turns it into Bearer (or Basic for user:password).
-    response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/api/")
+    # The cookie holds a session id; the credential stays in the coordinator's memory.
+    session = server.open_session(token)
+    response.set_cookie(TOKEN_COOKIE, session, httponly=True, samesite="Strict", secure=request.secure, path="/api/",
+                        max_age=int(SESSION_TTL_S))  # fmt: skip
     return response
 
 
 async def logout(request: web.Request) -> web.Response:
+    request.app[SERVER].close_session(request.cookies.get(TOKEN_COOKIE, ""))
     response = web.json_response({"principal": ""})
     response.del_cookie(TOKEN_COOKIE, path="/api/")
     return response

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import ssl
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,8 +36,12 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 #: Heartbeat samples kept per worker for the workers page's sparklines.
 WORKER_SAMPLES = 120
-#: The cookie ``POST /api/login`` sets; read when no ``Authorization`` header came.
+#: The cookie ``POST /api/login`` sets; read when no ``Authorization`` header came. It holds
+#: an opaque session id, never the credential (an LDAP password must not sit in a browser).
 TOKEN_COOKIE = "xpipe_token"
+#: How long a login lasts, and how many logins are kept (the oldest is dropped past it).
+SESSION_TTL_S = 12 * 3600.0
+MAX_SESSIONS = 10_000
 #: Keys of the aiohttp app.
 COORDINATOR = web.AppKey("coordinator", object)
 SERVER = web.AppKey("server", object)
@@ -78,6 +84,38 @@ class WebServer:
         self._sampler: asyncio.Task | None = None
         #: Open event streams; each ends when the server stops.
         self.streams: set[asyncio.Task] = set()
+        #: Logins: session id -> (credential, expires at). In memory only: a restarted or new
+        #: leader coordinator asks its viewers to log in again.
+        self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
+
+    def open_session(self, credential: str) -> str:
+        """A new session id standing for ``credential`` (checked by the caller) until it expires.
+
+        The credential is checked again on every call, as a header would be, so revoking a
+        token or disabling an LDAP account ends its sessions at once.
+        """
+        now = time.monotonic()
+        while self._sessions:  # expired ones first, then the oldest past the cap
+            oldest, (_, expires) = next(iter(self._sessions.items()))
+            if expires > now and len(self._sessions) < MAX_SESSIONS:
+                break
+            del self._sessions[oldest]
+        session = secrets.token_urlsafe(32)
+        self._sessions[session] = (credential, now + SESSION_TTL_S)
+        return session
+
+    def session_credential(self, session: str) -> str | None:
+        """The credential behind a live session id, or None (unknown, expired, logged out)."""
+        entry = self._sessions.get(session)
+        if entry is None:
+            return None
+        if entry[1] <= time.monotonic():
+            del self._sessions[session]
+            return None
+        return entry[0]
+
+    def close_session(self, session: str) -> None:
+        self._sessions.pop(session, None)
 
     def build_app(self) -> web.Application:
         from . import _api, _sse
@@ -199,8 +237,10 @@ class WebServer:
             return await handler(request)
         header = request.headers.get("Authorization") or ""
         if not header:
-            cookie = request.cookies.get(TOKEN_COOKIE, "")
-            header = authorization_value(cookie) if cookie else ""  # Bearer, or Basic for user:password
+            session = request.cookies.get(TOKEN_COOKIE, "")
+            # An unknown session (expired, logged out, another coordinator's) counts as none.
+            credential = self.session_credential(session) if session else None
+            header = authorization_value(credential) if credential else ""  # Bearer, or Basic for user:password
         try:
             principal = await self.principal_of(header) if header else self._cert_principal(request)
         except PermissionError as exc:

@@ -245,7 +245,15 @@ def test_auth_tokens_cookie_and_permissions(tmp_path):
             cookie = response.headers["Set-Cookie"]
             assert json.loads(response.read()) == {"principal": "viewer"}
         assert "HttpOnly" in cookie and "Secure" in cookie
-        assert get(f"{url}api/cluster", headers={"Cookie": cookie.split(";")[0]}, context=tls)[1]["principal"] == "viewer"
+        session = cookie.split(";")[0]
+        assert setup.tokens["viewer"] not in cookie, "the cookie holds a session id, not the credential"
+        assert get(f"{url}api/cluster", headers={"Cookie": session}, context=tls)[1]["principal"] == "viewer"
+        assert get(f"{url}api/runs", headers={"Cookie": session}, context=tls)[0] == 200
+        assert get(f"{url}api/runs", headers={"Cookie": "xpipe_token=forged"}, context=tls)[0] == 401
+        logout = urllib.request.Request(f"{url}api/logout", data=b"", headers={"Cookie": session}, method="POST")
+        with opener.open(logout, timeout=10) as response:
+            assert json.loads(response.read()) == {"principal": ""}
+        assert get(f"{url}api/runs", headers={"Cookie": session}, context=tls)[0] == 401, "logged out: the session ended"
         bad_login = urllib.request.Request(f"{url}api/login", data=b'{"token": "xpt_nope"}', method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             opener.open(bad_login, timeout=10)
