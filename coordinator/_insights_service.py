@@ -39,5 +39,19 @@ class InsightsServicer(insights_pb2_grpc.InsightsServiceServicer):
         if not request.since >= 0:  # also NaN
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"since must be >= 0 Unix seconds, got {request.since}")
         limit = min(request.limit or DEFAULT_ALERTS_LIMIT, HISTORY_CAP)
-        alerts = self.coordinator.alerting.history(since=request.since, limit=limit, rule=request.rule)
+        alerts = await readable_alerts(self.coordinator, since=request.since, limit=limit, rule=request.rule)
         return insights_pb2.ListAlertsResponse(alerts=alerts)
+
+
+async def readable_alerts(coordinator: Coordinator, *, since: float, limit: int, rule: str) -> list:
+    """The newest alerts the caller may read: a run's alert only if its run is readable (its
+    namespace, as ListRuns filters); cluster alerts (a lost worker, a circuit) to every holder
+    of ``alert:read``. ``xpipe alerts`` and the dashboard's alerts page both answer from here.
+    """
+    alerts = coordinator.alerting.history(since=since, limit=limit, rule=rule)
+    auth = coordinator.guard.auth
+    run_ids = list({a.run_id for a in alerts if a.run_id})
+    visible = None if auth is None or not run_ids else await auth.readable(run_ids)
+    if visible is None:
+        return alerts
+    return [a for a in alerts if not a.run_id or a.run_id in visible]

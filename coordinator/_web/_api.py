@@ -19,6 +19,7 @@ from xpipe.security._auth import authorization_value
 from xpipe.security._principal import DEFAULT_NAMESPACE
 
 from .._caller import CALLER
+from .._insights_service import readable_alerts
 from ._app import COORDINATOR, SERVER, SESSION_TTL_S, TOKEN_COOKIE, json_error
 from ._rows import counts_of, critical_path, run_json, run_state_names, task_columns, task_state_name
 
@@ -297,7 +298,7 @@ async def list_alerts(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", DEFAULT_ALERTS_LISTED, 1, MAX_ALERTS_LISTED)
     since = query_float(request, "since", 0.0)
     alerts = []
-    for a in c.alerting.history(since=since, limit=limit, rule=request.query.get("rule", "")):
+    for a in await readable_alerts(c, since=since, limit=limit, rule=request.query.get("rule", "")):
         d = MessageToDict(a, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         raw = d.pop("details_json", "")
         try:

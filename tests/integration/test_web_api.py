@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 from xpipe import Pipeline, PipelineManager, Task
+from xpipe._proto import insights_pb2, insights_pb2_grpc
 from xpipe._proto.common_pb2 import SUCCEEDED
 
 from tests import helpers_logs as hl
@@ -393,15 +394,21 @@ def test_the_embedded_default_serves_the_dashboard_on_loopback(tmp_path, monkeyp
 
 def test_runs_are_filtered_by_namespace_like_list_runs(tmp_path):
     principals = {**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["viewer"]}
-    setup = SecureSetup(tmp_path, principals=principals, namespaces={"teama": ["team-a"]}, mtls=False)
+    setup = SecureSetup(tmp_path, principals=principals, namespaces={"teama": ["team-a"]})
     port = free_port()
-    with Cluster(tmp_path, workers=0, security=setup, coordinator_args=("--http-listen", f"127.0.0.1:{port}")) as cluster, \
+    # Alerts go to a loopback port nobody listens on: delivery fails, the history keeps them.
+    alerting = tmp_path / "alerting.json"
+    alerting.write_text(json.dumps({"webhook": f"http://127.0.0.1:{free_port()}/hook"}))
+    args = ("--http-listen", f"127.0.0.1:{port}", "--alerting-config", str(alerting))
+    with Cluster(tmp_path, workers=1, security=setup, coordinator_args=args) as cluster, \
             PipelineManager(coordinator=cluster.address, **cluster.client_options("submitter")) as pm:  # fmt: skip
         ids = {}
         for ns in ("team-a", "team-b"):
             p = Pipeline(f"ns_{ns}", namespace=ns)
-            p.add_task(Task("one", ht.noop))
+            p.add_task(Task("one", ht.fail_with_value_error))
             ids[ns] = pm.submit(p)
+        for run_id in ids.values():
+            assert pm.wait(run_id, timeout_s=60, raise_on_failure=False).status == "failed"
         url = f"https://127.0.0.1:{port}/"
         tls = ssl.create_default_context(cafile=setup.ca)
         teama = {"Authorization": f"Bearer {setup.tokens['teama']}"}
@@ -412,6 +419,16 @@ def test_runs_are_filtered_by_namespace_like_list_runs(tmp_path):
         assert get(f"{url}api/runs/{ids['team-b']}/events", headers=teama, context=tls)[0] == 403
         admin = {"Authorization": f"Bearer {setup.tokens['admin']}"}
         assert len(get(f"{url}api/runs", headers=admin, context=tls)[1]["runs"]) == 2
+        # Alerts follow their runs' namespaces, on the page and through ListAlerts alike.
+        def run_alerts(headers) -> set[str]:
+            return {a["run_id"] for a in get(f"{url}api/alerts", headers=headers, context=tls)[1]["alerts"] if a["run_id"]}
+
+        eventually(lambda: run_alerts(admin) == set(ids.values()), timeout_s=30)
+        assert run_alerts(teama) == {ids["team-a"]}
+        with PipelineManager(coordinator=cluster.address, **cluster.client_options("teama")) as viewer:
+            request = insights_pb2.ListAlertsRequest(limit=100)
+            listed = viewer.client._call_on(insights_pb2_grpc.InsightsServiceStub, lambda s: s.ListAlerts(request, timeout=10))
+        assert {a.run_id for a in listed.alerts if a.run_id} == {ids["team-a"]}
 
 
 def test_a_client_certificate_is_an_identity_under_mtls(tmp_path):
