@@ -30,9 +30,11 @@ from xpipe._domain import TERMINAL_TASK_STATES
 from xpipe._limits import MAX_NAME_CHARS
 from xpipe._proto import worker_pb2
 from xpipe.security._atrest import AtRest, open_value
-from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_LAG_S, TASK_LOG_MAX_BYTES
+from xpipe.telemetry._tasklogs import STDERR, STDOUT, TASK_LOG_LAG_S, TASK_LOG_MAX_BYTES, TASK_LOG_SETTLE_S
 
-__all__ = ["READ_ROWS", "TASK_LOG_DB", "LogRow", "TaskLogStore", "check_log_batch", "logs_awaited", "logs_lag_s"]
+__all__ = [
+    "READ_ROWS", "TASK_LOG_DB", "LogFollower", "LogRow", "TaskLogStore", "check_log_batch", "logs_awaited", "logs_lag_s",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -443,3 +445,69 @@ def logs_lag_s(run: Any, task: str, attempt: int, finals: Finals, now: float) ->
             entry.name, attempt or entry.attempt) not in finals:  # fmt: skip
             wait_s = max(wait_s, entry.finished_at + TASK_LOG_LAG_S - now)
     return min(wait_s, TASK_LOG_LAG_S)
+
+
+class LogFollower:
+    """Reads a task's (or a run's) stored log rows, and with ``follow`` waits for more.
+
+    The one loop behind ``GetTaskLogs`` and the dashboard's log stream. :meth:`rows` yields
+    each row but the final markers, and ``None`` after every wait that brought nothing, so
+    a caller can send a heartbeat or notice a shutdown. It ends when everything asked about
+    is done: every task finished and its worker's final entry for the attempt arrived, or
+    :data:`TASK_LOG_SETTLE_S` passed since it finished (it printed nothing, or its worker
+    died before sending the rest). Without ``follow`` it ends once the stored rows are read,
+    after giving a task that just finished a moment for its final entry (:func:`logs_lag_s`).
+
+    Args:
+        logs: the store; runs: the state machine's runs by id (a run not there is long finished).
+        task: "" for every task of the run; attempt: 0 for every attempt.
+        after_seq: resume after this row; :attr:`seq` is the last row read (a resumer's next ``after_seq``).
+    """
+
+    def __init__(self, logs: TaskLogStore, runs: Any, run_id: str, task: str, attempt: int, *, after_seq: int,
+                 follow: bool):  # fmt: skip
+        self.logs, self.runs = logs, runs
+        self.run_id, self.task, self.attempt, self.follow = run_id, task, attempt, follow
+        self.seq = after_seq
+
+    async def rows(self):
+        logs, run_id, task, attempt = self.logs, self.run_id, self.task, self.attempt
+        changed = logs.watch(run_id)
+        loop = asyncio.get_running_loop()
+        finals: Finals = set()
+        settle_until: float | None = None
+        try:
+            while True:
+                changed.clear()
+                rows = await logs.read(run_id, task, attempt, after_seq=self.seq)
+                for row in rows:
+                    self.seq = row.seq
+                    if row.final:
+                        finals.add((row.task, row.attempt))
+                    else:
+                        yield row
+                if len(rows) >= READ_ROWS:
+                    continue  # more is stored: read on before waiting
+                run = self.runs.get(run_id)
+                if not self.follow:
+                    wait_s = logs_lag_s(run, task, attempt, finals, time.time())
+                    if wait_s <= 0:
+                        return
+                else:
+                    waiting = logs_awaited(run, task, attempt, finals)
+                    if waiting is None:
+                        return
+                    wait_s = 1.0  # a task that ends without writing sets no event: look at its state again
+                    if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
+                        now = loop.time()
+                        settle_until = settle_until or now + TASK_LOG_SETTLE_S
+                        if now >= settle_until:
+                            return
+                        wait_s = min(0.25, settle_until - now)
+                try:
+                    await asyncio.wait_for(changed.wait(), wait_s)
+                except TimeoutError:
+                    pass
+                yield None
+        finally:
+            logs.unwatch(run_id, changed)

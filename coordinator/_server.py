@@ -42,7 +42,7 @@ from ._alerting import Alerting
 from ._insights_service import InsightsServicer
 from ._stream_service import StreamServicer
 from ._membroker import MemoryBroker
-from ._logs import READ_ROWS, TaskLogStore, check_log_batch, logs_awaited, logs_lag_s
+from ._logs import LogFollower, TaskLogStore, check_log_batch
 from ._guard import CallGuard, GuardedRegistrar, Malformed, abort_malformed, checks_itself
 from ._events import (
     CancelRequested,
@@ -56,7 +56,6 @@ from ._events import (
     task_info,
 )
 from xpipe._domain import TERMINAL_RUN_STATES
-from xpipe.telemetry._tasklogs import TASK_LOG_SETTLE_S
 from ._store import Store, StoreFault
 from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
@@ -321,62 +320,23 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
     async def GetTaskLogs(self, request, context):
         """Stream stored log rows; with ``follow``, new ones until the task (or run) is done.
 
-        Done means: every task asked about is finished and the worker's final log entry
-        for its last attempt has arrived, or :data:`TASK_LOG_SETTLE_S` passed since it
-        finished (it printed nothing, or its worker died before sending the rest). Without
-        ``follow``, a task that just finished is given a moment for its final entry, which
-        travels right behind its outcome (:func:`~._logs.logs_lag_s`).
+        When it is done is :class:`~._logs.LogFollower`'s rule, shared with the dashboard.
         """
         run_id, task = request.run_id, request.task
         problem = await self._log_target_problem(run_id, task)
         if problem:
             await context.abort(grpc.StatusCode.NOT_FOUND, problem)
-        logs = self.c.task_logs
-        changed = logs.watch(run_id)
-        loop = asyncio.get_running_loop()
-        seq = min(request.after_seq, _MAX_SEQ)  # SQLite's integers are signed 64-bit
-        finals: set[tuple[str, int]] = set()
-        settle_until: float | None = None
-        try:
-            while True:
-                changed.clear()
-                rows = await logs.read(run_id, task, request.attempt, after_seq=seq)
-                for row in rows:
-                    seq = row.seq
-                    if row.final:
-                        finals.add((row.task, row.attempt))
-                    else:
-                        yield pipeline_pb2.TaskLogChunk(
-                            task=row.task, attempt=row.attempt, stream=row.stream, data=row.data,
-                            truncated_bytes=row.dropped_bytes, received_at=row.at, seq=row.seq,
-                        )  # fmt: skip
-                if len(rows) >= READ_ROWS:
-                    continue  # more is stored: read on before waiting
-                run = self.engine.state.runs.get(run_id)  # None: finished long ago, its logs are complete
-                if not request.follow:
-                    wait_s = logs_lag_s(run, task, request.attempt, finals, time.time())
-                    if wait_s <= 0:
-                        return
-                else:
-                    waiting = logs_awaited(run, task, request.attempt, finals)
-                    if waiting is None:
-                        return
-                    wait_s = 1.0
-                    if not waiting:  # finished, but a final entry is missing: wait a little for stragglers
-                        now = loop.time()
-                        settle_until = settle_until or now + TASK_LOG_SETTLE_S
-                        if now >= settle_until:
-                            return
-                        wait_s = min(0.25, settle_until - now)
-                try:
-                    await asyncio.wait_for(changed.wait(), wait_s)
-                except TimeoutError:
-                    pass
-                if self.c.stopping:
-                    why = "coordinator is shutting down; follow again"
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, why)
-        finally:
-            logs.unwatch(run_id, changed)
+        follower = LogFollower(self.c.task_logs, self.engine.state.runs, run_id, task, request.attempt,
+                               after_seq=min(request.after_seq, _MAX_SEQ), follow=request.follow)  # fmt: skip
+        async with contextlib.aclosing(follower.rows()) as rows:
+            async for row in rows:
+                if row is not None:
+                    yield pipeline_pb2.TaskLogChunk(
+                        task=row.task, attempt=row.attempt, stream=row.stream, data=row.data,
+                        truncated_bytes=row.dropped_bytes, received_at=row.at, seq=row.seq,
+                    )  # fmt: skip
+                elif self.c.stopping:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "coordinator is shutting down; follow again")
 
     async def _log_target_problem(self, run_id: str, task: str) -> str:
         """Why GetTaskLogs has nothing to serve ("" when the run, and the task if named, exist)."""

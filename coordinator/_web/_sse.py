@@ -11,6 +11,7 @@ write blocked for :data:`WRITE_TIMEOUT_S`): nothing is buffered without bound.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -18,10 +19,10 @@ import time
 from aiohttp import web
 from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe._proto.common_pb2 import TaskState
-from xpipe.telemetry._tasklogs import STDERR, TASK_LOG_SETTLE_S
+from xpipe.telemetry._tasklogs import STDERR
 
 from .._caller import CALLER
-from .._logs import READ_ROWS, logs_awaited
+from .._logs import READ_ROWS, LogFollower
 from ._api import load_run, needs, query_int, run_detail_json
 from ._app import COORDINATOR, SERVER
 from ._rows import critical_path, run_json, task_columns, task_state_name
@@ -235,47 +236,21 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
         rows = rows[:LOG_ROWS_PER_READ]
         lines = [_line(r) for r in rows if not r.final]
         return web.json_response({"lines": lines, "next_after_seq": rows[-1].seq if rows else seq})
-    changed = logs.watch(run_id)
+    follower = LogFollower(logs, c.engine.state.runs, run_id, task, attempt, after_seq=seq, follow=True)
     loop = asyncio.get_running_loop()
-    finals: set[tuple[str, int]] = set()
-    settle_until: float | None = None
-    try:
-        response = await _open(request)
-        quiet_since = loop.time()
-        while True:
-            changed.clear()
-            rows = await logs.read(run_id, task, attempt, after_seq=seq)
-            for row in rows:
-                seq = row.seq
-                if row.final:
-                    finals.add((row.task, row.attempt))
-                else:
-                    await _send(response, "log", _line(row))
-            if len(rows) >= READ_ROWS:
-                continue
-            waiting = logs_awaited(c.engine.state.runs.get(run_id), task, attempt, finals)
-            if waiting is None:
-                break
+    response = await _open(request)
+    quiet_since = loop.time()
+    async with contextlib.aclosing(follower.rows()) as rows:
+        async for row in rows:
             now = loop.time()
-            if rows:
+            if row is not None:
+                await _send(response, "log", _line(row))
                 quiet_since = now
             elif now - quiet_since >= HEARTBEAT_S:
                 await _send(response, "", ": heartbeat\n\n")
                 quiet_since = now
-            wait_s = 1.0  # a task that ends without writing sets no event: look at its state again
-            if not waiting:  # finished; its final entry may still be on the way
-                settle_until = settle_until or now + TASK_LOG_SETTLE_S
-                if now >= settle_until:
-                    break
-                wait_s = min(0.25, settle_until - now)
-            try:
-                await asyncio.wait_for(changed.wait(), wait_s)
-            except TimeoutError:
-                pass
-        await _send(response, "end", {"next_after_seq": seq})
-        return response
-    finally:
-        logs.unwatch(run_id, changed)
+    await _send(response, "end", {"next_after_seq": follower.seq})
+    return response
 
 
 def add_routes(app: web.Application) -> None:
