@@ -27,6 +27,7 @@ restart. Under etcd the history is memory-only (it starts empty on a new leader)
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ from typing import Any
 from xpipe._domain import error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import insights_pb2
-from xpipe.insights._robust import median_mad, robust_z
+from xpipe.insights._robust import SENSITIVITY_Z, median_mad, robust_z
 from xpipe.telemetry._alertconfig import (
     DEFAULT_DEDUPE_WINDOW_S, DEFAULT_PAGERDUTY_URL, DEFAULT_RATE_PER_MINUTE, RULES, AlertConfigError, parse_alerting,
     rule_settings,
@@ -104,6 +105,29 @@ class _Scope:
             if all((r.channel, r.target) != (route.channel, route.target) for r in routes):
                 routes.append(route)
         self.routes: list[Route] = routes
+
+
+def _with_detection(scope: _Scope, detection: Any, own: dict[str, Any] | None) -> _Scope:
+    """``scope`` with the run's ``anomaly_detection`` applied to its anomaly rule.
+
+    ``enabled: False`` turns the rule off for the run; a ``sensitivity`` sets its threshold
+    (:data:`SENSITIVITY_Z`, as ``detect_anomalies`` uses) unless the run's own alerting rules
+    name a threshold.
+    """
+    if not isinstance(detection, dict) or scope.anomaly is None:
+        return scope
+    if detection.get("enabled") is False:
+        anomaly = None
+    else:
+        z = SENSITIVITY_Z.get(detection.get("sensitivity"))  # type: ignore[arg-type]
+        given = ((own or {}).get("rules") or {}).get("anomaly")
+        if z is None or (isinstance(given, dict) and "threshold" in given) or z == scope.anomaly["threshold"]:
+            return scope
+        anomaly = {**scope.anomaly, "threshold": z}
+    tuned = copy.copy(scope)
+    tuned.rules = {**scope.rules, "anomaly": anomaly}
+    tuned.anomaly = anomaly
+    return tuned
 
 
 def _routes(config: dict[str, Any], cluster: dict[str, Any]) -> list[Route]:
@@ -238,16 +262,22 @@ class Alerting:
     def watch_run(self, run_id: str, spec: pb.PipelineSpec) -> None:
         """A run was submitted or resumed: note which rules and channels apply to it (once per run)."""
         own = None
+        detection: Any = None
         if spec.monitoring_json:
             try:
-                section = json.loads(spec.monitoring_json).get("alerting")
+                monitoring = json.loads(spec.monitoring_json)
+                section = monitoring.get("alerting")
+                detection = monitoring.get("anomaly_detection")
                 own = parse_alerting(section, 'monitoring_config["alerting"]') if section else None
             except (ValueError, AttributeError) as exc:  # a client that skipped the SDK's checks
                 log.error("run %s: its alerting config is refused, alerting uses the cluster's: %s", run_id, exc)
         if own is not None:
-            self._runs[run_id] = _Scope(own, self.cluster)
+            scope = _Scope(own, self.cluster)
         elif self.cluster is not None:
-            self._runs[run_id] = self.cluster
+            scope = self.cluster
+        else:
+            return
+        self._runs[run_id] = _with_detection(scope, detection, own)
 
     # ------------------------------------------------------------------ rules
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from .._retry import parse_duration_s
 from ._history import History, RunRecord, TaskRecord
-from ._robust import z_from
+from ._robust import SENSITIVITY_Z, z_from
 
 __all__ = [
     "MIN_HISTORY",
@@ -47,7 +47,6 @@ __all__ = [
 #: ``ml_model`` values; the first is the default.
 MODELS = ("median_mad", "isolation_forest")
 #: Sensitivity -> the |robust z| at which the median/MAD model calls a value anomalous.
-SENSITIVITY_Z: dict[str, float] = {"low": 6.0, "medium": 4.0, "high": 3.0}
 #: Sensitivity -> the isolation forest's contamination (the share of samples it may flag).
 SENSITIVITY_CONTAMINATION: dict[str, float] = {"low": 0.01, "medium": 0.05, "high": 0.1}
 #: Earlier samples of a task needed before one of its attempts is judged.

@@ -9,7 +9,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-__all__ = ["MAD_SCALE", "median_mad", "robust_z", "z_from"]
+__all__ = ["MAD_SCALE", "SENSITIVITY_Z", "median_mad", "robust_z", "z_from"]
+
+#: ``anomaly_detection.sensitivity`` -> the robust z a value must pass to be an anomaly: the
+#: one table for ``detect_anomalies`` and the coordinator's anomaly alerts.
+SENSITIVITY_Z: dict[str, float] = {"low": 6.0, "medium": 4.0, "high": 3.0}
 
 #: MAD times this estimates the standard deviation of normally distributed data.
 MAD_SCALE = 1.4826

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -13,6 +14,8 @@ from xpipe.coordinator._alertstore import AlertStore
 from xpipe.coordinator._events import CircuitOpened, Tick, WorkerConnected, WorkerLost
 from xpipe.coordinator._recovery_codec import PICKLE_CODEC
 from xpipe.coordinator._state import SchedulerState
+from xpipe._proto import common_pb2 as pb
+from xpipe.insights._robust import SENSITIVITY_Z
 
 
 def test_the_failure_that_opens_a_circuit_reports_it_once_and_alerting_raises_circuit_open():
@@ -99,3 +102,26 @@ def test_history_shows_targets_without_their_secrets(channel, target, shown):
     from xpipe.coordinator._alertsend import Route
 
     assert Route(channel, target).shown() == shown
+
+
+def _spec(monitoring: dict) -> pb.PipelineSpec:
+    return pb.PipelineSpec(name="p", monitoring_json=json.dumps(monitoring))
+
+
+def test_a_runs_anomaly_sensitivity_sets_the_anomaly_rules_threshold():
+    alerting = Alerting({"webhook": "http://127.0.0.1:9/hook"})
+    assert alerting.cluster.anomaly["threshold"] == 5.0  # the rule's own default
+    alerting.watch_run("high", _spec({"anomaly_detection": {"sensitivity": "high"}}))
+    alerting.watch_run("low", _spec({"anomaly_detection": {"sensitivity": "low"}}))
+    alerting.watch_run("off", _spec({"anomaly_detection": {"enabled": False, "sensitivity": "high"}}))
+    alerting.watch_run("plain", _spec({}))
+    explicit = {"anomaly_detection": {"sensitivity": "high"}, "alerting": {"rules": {"anomaly": {"threshold": 8}}}}
+    alerting.watch_run("explicit", _spec(explicit))
+    runs = alerting._runs
+    assert runs["high"].anomaly["threshold"] == SENSITIVITY_Z["high"] == 3.0
+    assert runs["low"].anomaly["threshold"] == SENSITIVITY_Z["low"] == 6.0
+    assert runs["off"].anomaly is None and runs["off"].rules["anomaly"] is None
+    assert runs["plain"] is alerting.cluster
+    assert runs["explicit"].anomaly["threshold"] == 8
+    assert alerting.cluster.anomaly["threshold"] == 5.0, "the cluster's own rule is untouched"
+    assert runs["high"].routes == alerting.cluster.routes
