@@ -208,12 +208,12 @@ class Alerting:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self, store_path=None) -> None:
-        """Load the kept history (SQLite store at ``store_path``) and start delivering."""
+    async def start(self, store_path=None, crypt=None) -> None:
+        """Load the kept history (SQLite store at ``store_path``, sealed with ``crypt``) and start delivering."""
         if store_path is not None and self.store is None:
             from ._alertstore import AlertStore
 
-            self.store = AlertStore(store_path, cap=HISTORY_CAP)
+            self.store = AlertStore(store_path, cap=HISTORY_CAP, crypt=crypt)
             kept = await self.store.load()
             self._history.extend(kept)
         self.deliverer.start()

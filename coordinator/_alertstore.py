@@ -3,7 +3,9 @@
 A table of its own on its own connection and thread (like the audit log's), written in
 batches by :class:`~._alerting.Alerting`'s flusher, so the engine's commits never wait on
 it. Each row holds the ``insights_pb2.Alert`` message with its deliveries, rewritten when
-a delivery changes. Under etcd the history is kept in memory only (see ``_alerting``).
+a delivery changes; with ``--encryption-key-file`` that body is sealed (an alert quotes task
+errors, which may hold data), bound to the alert's id. Under etcd the history is kept in
+memory only (see ``_alerting``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from xpipe._proto import insights_pb2
+from xpipe.security._atrest import AtRest, open_value
 
 from ._store import _writing
 
@@ -32,11 +35,15 @@ CREATE INDEX IF NOT EXISTS alerts_at ON alerts (at);
 
 
 class AlertStore:
-    """The ``alerts`` table of the store database at ``path``, keeping the newest ``cap`` rows."""
+    """The ``alerts`` table of the store database at ``path``, keeping the newest ``cap`` rows.
 
-    def __init__(self, path: str | Path, *, cap: int):
+    With ``crypt`` (the store's keyring) bodies are sealed; plain rows from before stay readable.
+    """
+
+    def __init__(self, path: str | Path, *, cap: int, crypt: AtRest | None = None):
         self.path = Path(path)
         self.cap = cap
+        self.crypt = crypt
         self._pool: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
 
@@ -57,12 +64,15 @@ class AlertStore:
         return await self._call(self._load_sync)
 
     def _load_sync(self) -> list[insights_pb2.Alert]:
-        rows = self._conn().execute("SELECT body FROM alerts ORDER BY at DESC LIMIT ?", (self.cap,)).fetchall()
-        return [insights_pb2.Alert.FromString(body) for (body,) in reversed(rows)]
+        rows = self._conn().execute("SELECT id, body FROM alerts ORDER BY at DESC LIMIT ?", (self.cap,)).fetchall()
+        return [insights_pb2.Alert.FromString(open_value(self.crypt, body, _aad(id_), f"alert {id_}"))
+                for id_, body in reversed(rows)]  # fmt: skip
 
     async def put(self, alerts: Sequence[insights_pb2.Alert]) -> None:
         """Insert or rewrite these alerts, then forget all but the newest ``cap``."""
-        rows = [(a.id, a.at, a.rule, a.SerializeToString()) for a in alerts]
+        crypt = self.crypt
+        rows = [(a.id, a.at, a.rule, crypt.seal(a.SerializeToString(), _aad(a.id)) if crypt else a.SerializeToString())
+                for a in alerts]  # fmt: skip
         await self._call(self._put_sync, rows)
 
     def _put_sync(self, rows: list[tuple[str, float, str, bytes]]) -> None:
@@ -84,3 +94,8 @@ class AlertStore:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+
+def _aad(alert_id: str) -> bytes:
+    """A sealed alert body's place (AES-GCM associated data): it opens only as its own row."""
+    return b"alert:" + alert_id.encode()

@@ -644,7 +644,8 @@ class Coordinator:
         """Open the store, resume runs, serve; returns the bound address."""
         await self.store.open()
         await self.task_logs.open()
-        await self.alerting.start(getattr(self.store, "path", None))  # SQLite: alert history in its database
+        # SQLite: the alert history lives in its database, sealed like the rest of it.
+        await self.alerting.start(getattr(self.store, "path", None), getattr(self.store, "crypt", None))
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

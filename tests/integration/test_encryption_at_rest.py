@@ -8,6 +8,7 @@ is grepped for it. The SDK still reads it all back through the coordinator.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,13 +19,14 @@ import grpc
 import pytest
 from aetcd import rpc
 from xpipe import Pipeline, PipelineManager, Task
+from xpipe._proto import insights_pb2, insights_pb2_grpc
 from xpipe.errors import RequestRejectedError
 from xpipe.security._atrest import sealed_key_id
 from xpipe.security._keys import create_keyring, rotate_keyring
 
 from tests import helpers_atrest as ha
 from tests import helpers_tasks
-from tests.harness import Cluster, EtcdServer, Proc, eventually
+from tests.harness import Cluster, EtcdServer, Proc, eventually, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -266,3 +268,33 @@ def test_an_unfinished_run_under_a_key_the_keyring_lacks_stops_the_start_naming_
         text = proc.log_path.read_text()
         assert f"xpipe-coordinator: cannot decrypt spec of {run_id}: key id '{key_id}' is not in keyring" in text
         assert "Traceback" not in text
+
+
+@pytest.mark.parametrize("sealed", [False, True], ids=["plain-control", "sealed"])
+def test_alert_history_is_sealed_like_the_rest_of_the_store(tmp_path, sealed):
+    """An alert quotes the task's error; under a key its stored row holds no plaintext."""
+    key = tmp_path / "keys.json"
+    if sealed:
+        create_keyring(key)
+    alerting = tmp_path / "alerting.json"  # delivered nowhere (nobody listens), kept in the history
+    alerting.write_text(json.dumps({"webhook": f"http://127.0.0.1:{free_port()}/hook"}))
+    marker = _marker()
+    with _cluster(tmp_path, key if sealed else None, coordinator_args=("--alerting-config", str(alerting))) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
+        p = Pipeline("alerted")
+        p.add_task(Task("boom", helpers_tasks.fail_with_value_error, args=(marker,)))
+        _finish(pm, p)
+
+        def alerts() -> list:
+            request = insights_pb2.ListAlertsRequest(limit=100)
+            reply = pm.client._call_on(insights_pb2_grpc.InsightsServiceStub, lambda s: s.ListAlerts(request, timeout=10))
+            return [a for a in reply.alerts if marker in a.summary]
+
+        eventually(lambda: [a.rule for a in alerts()] == ["task_failed"], timeout_s=30)  # it quotes the error
+        c.restart_coordinator()  # the history is read back (opened) from the store
+        assert [a.rule for a in alerts()] == ["task_failed"]
+        found = _files_holding(c.data_dir, marker.encode())
+        if sealed:
+            assert found == []
+        else:
+            assert any("xpipe.db" in f for f in found), found
