@@ -79,6 +79,8 @@ class TaskInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     performance: TaskPerformance | None = None
     metric_warnings: tuple[str, ...] = ()
+    #: Its result came from the result cache: its code did not run (docs/cache.md).
+    cache_hit: bool = False
 
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskInfo:
@@ -101,6 +103,7 @@ class TaskInfo:
             metrics=measured.metrics,
             performance=measured.performance,
             metric_warnings=measured.warnings,
+            cache_hit=info.cache_hit,
         )
 
 
