@@ -119,6 +119,8 @@ class RunSummary:
     total_tasks: int
     succeeded_tasks: int
     failed_tasks: int
+    #: Tasks whose result came from the result cache (docs/cache.md).
+    cache_hits: int = 0
 
     @property
     def finished(self) -> bool:
@@ -135,6 +137,7 @@ class RunSummary:
             total_tasks=s.total_tasks,
             succeeded_tasks=s.succeeded_tasks,
             failed_tasks=s.failed_tasks,
+            cache_hits=s.cache_hits,
         )
 
 

@@ -103,7 +103,7 @@ class CacheManager:
         chosen = [(n, f) for n, (f, only) in self.strategies.items() if only is None or pipeline.name in only]
         if not chosen:
             return
-        from ..insights import load_history
+        from ..insights._history import load_history
 
         history = load_history(self._pm.client, pipeline.name)
         token = _WARMING.set(pipeline)
