@@ -140,6 +140,15 @@ def test_warm_cache_strategies_unpicklable_results_and_ttl(tmp_path: Path) -> No
         assert _hits(run) == {"extract": False, "transform": True, "load": True}
         pm._cache.strategies.clear()
 
+        # a big result (it travels through the artifact store) is stored by content
+        p = Pipeline("big")
+        p.add_task(Task("big", h.big, args=(counter, 400_000), cache=True))
+        p.add_task(Task("size", len, depends_on=["big"]))
+        assert pm.execute_pipeline(p, monitor=False).outputs["size"] == 400_000
+        again = pm.execute_pipeline(p, monitor=False)
+        assert again.tasks["big"].cache_hit and again.outputs["size"] == 400_000
+        assert h.calls(counter).count("big") == 1
+
         # an unpicklable result is not cached, and the task says why
         p = Pipeline("bad")
         p.add_task(Task("lock", h.unpicklable, args=(counter,), cache=True))

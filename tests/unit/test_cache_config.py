@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xpipe import Pipeline, PipelineValidationError, Task
+from xpipe import Pipeline, PipelineValidationError, Task, task
 from xpipe.cache import REDIS_URL_ENV, CacheSettings, code_id, parse_cache_config
 from xpipe.cache._spec import apply_cache
 
@@ -55,6 +55,12 @@ def test_a_bad_config_is_refused_naming_the_level_and_key(config, message):
 def test_task_cache_settings_are_checked():
     t = Task("t", print, cache=True, cache_ttl="1h", cache_version=2)
     assert t.cache == CacheSettings(3600.0, "2")
+
+    @task(cache=True, cache_ttl=30)
+    def decorated():
+        return 1
+
+    assert decorated.cache == CacheSettings(30.0, "")
     with pytest.raises(PipelineValidationError, match=r"task 't': cache_ttl and cache_version need cache=True"):
         Task("t", print, cache_ttl="1h")
     with pytest.raises(PipelineValidationError, match=r"task 't' cache_ttl: ttl 'soon'"):
