@@ -168,6 +168,10 @@ class CacheManager:
         warm = Pipeline(pipeline.name, namespace=pipeline.namespace)
         warm.cache_default = pipeline.cache_default
         if task is None:
+            if inputs is not None and not isinstance(inputs, Mapping):
+                raise TypeError(f"warm_cache: for a whole pipeline, inputs must be a dict of task name -> the value "
+                                f"it is taken to return, got {type(inputs).__name__}; pass task=... for one task's "
+                                "upstream values")  # fmt: skip
             given = dict(inputs or {})
             unknown = sorted(set(given) - set(tasks))
             if unknown:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from xpipe import PipelineManager
+from xpipe import Pipeline, PipelineManager, Task
 from xpipe._proto import common_pb2
 from xpipe.cache import CacheLevelConfig, CacheLevelDown, DiskLevel, MemoryLevel, MultiLevelCache, RedisLevel
 from xpipe.cache._levels import namespace
@@ -153,6 +153,20 @@ def test_a_bad_cache_config_stops_the_manager_before_anything_starts():
             pm.configure_cache({"l2": {"type": "redis"}})
         with pytest.raises(TypeError, match=r"one-argument form warm_cache\(inputs\) works only inside"):
             pm.warm_cache([1, 2])
+        p = Pipeline("p")
+        p.add_task(Task("a", print, cache=True))
+        p.add_task(Task("b", print, depends_on=["a"]))
+        with pytest.raises(TypeError, match=r"for a whole pipeline, inputs must be a dict of task name"):
+            pm.warm_cache(p, inputs=[1])
+        with pytest.raises(ValueError, match=r"pipeline 'p' has no tasks \['zz'\]"):
+            pm.warm_cache(p, inputs={"zz": 1})
+        with pytest.raises(ValueError, match=r"task 'b' of pipeline 'p' is not cached"):
+            pm.warm_cache(p, task="b", inputs=[1])
+        p.add_task(Task("c", print, depends_on=["a", "b"], cache=True))
+        with pytest.raises(ValueError, match=r"task 'c' takes 2 upstream inputs \(\['a', 'b'\]\), got 1"):
+            pm.warm_cache(p, task="c", inputs=[1])
+        with pytest.raises(ValueError, match=r"task 'c' needs inputs for \['a', 'b'\]; missing \['b'\], unknown \['x'\]"):
+            pm.warm_cache(p, task="c", inputs={"a": 1, "x": 2})
         with pytest.raises(ValueError, match=r"invalidate_cache\(task=\.\.\.\) needs the pipeline too"):
             pm.invalidate_cache(task="t")
     finally:
