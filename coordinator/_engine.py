@@ -644,6 +644,7 @@ class Engine:
             total_tasks=h.total,
             succeeded_tasks=sum(1 for i in infos if i.state == pb.SUCCEEDED),
             failed_tasks=sum(1 for i in infos if i.state in (pb.FAILED, pb.UPSTREAM_FAILED)),
+            cache_hits=sum(1 for i in infos if i.cache_hit),
         )  # fmt: skip
         return pipeline_pb2.RunInfo(summary=summary, tasks=infos)
 

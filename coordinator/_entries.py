@@ -26,7 +26,7 @@ class TaskEntry:
     __slots__ = (
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
-        "recovered", "assigned_entry", "started_entry", "history", "telemetry", "code",
+        "recovered", "assigned_entry", "started_entry", "history", "telemetry", "code", "cache_hit",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -61,6 +61,7 @@ class TaskEntry:
         self.history: tuple = ()
         # What the last finished attempt recorded (TaskTelemetry); None for most tasks.
         self.telemetry: pb.TaskTelemetry | None = None
+        self.cache_hit = False  # its result came from the result cache (docs/cache.md)
 
 
 class RunEntry:
@@ -68,7 +69,7 @@ class RunEntry:
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
         "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted", "big_results",
-        "traceparent", "principal",
+        "traceparent", "principal", "cache_hits",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -82,6 +83,7 @@ class RunEntry:
         self.terminal = 0
         self.succeeded = 0
         self.failed = 0
+        self.cache_hits = 0  # tasks whose result came from the result cache
         self.code = {blob.code_hash: blob for blob in spec.code}
         self.retry_on_failure = spec.retry_on_failure
         self.max_parallel = spec.max_parallel
@@ -166,7 +168,7 @@ class RunEntry:
         return pipeline_pb2.RunSummary(
             run_id=self.run_id, pipeline=self.name, state=self.state, created_at=self.created_at,
             finished_at=self.finished_at, total_tasks=len(self.tasks), succeeded_tasks=self.succeeded,
-            failed_tasks=self.failed,
+            failed_tasks=self.failed, cache_hits=self.cache_hits,
         )  # fmt: skip
 
 

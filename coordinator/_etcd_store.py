@@ -458,7 +458,7 @@ class EtcdStore(Store):
                 info.error if info.HasField("error") else None,
                 info.result if with_results and info.HasField("result") else None,
                 history=decode_history(run_id, name, histories.get(name)),
-                telemetry=info.telemetry if info.HasField("telemetry") else None,
+                telemetry=info.telemetry if info.HasField("telemetry") else None, cache_hit=info.cache_hit,
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 

@@ -133,6 +133,7 @@ class TaskSucceeded(Event):
     fallback_used: bool = False  # result came from the task's fallback
     cause: common_pb2.TaskError | None = None  # the exception behind a skip or a fallback
     telemetry: common_pb2.TaskTelemetry | None = None  # what the attempt recorded; None: nothing
+    cache_hit: bool = False  # the result came from the result cache: the code did not run
 
 
 @_message
@@ -217,6 +218,8 @@ class TaskRecord(Action):
     #: What the task's last finished attempt recorded (metrics, performance); None for most
     #: tasks. An empty message replaces one a retried attempt recorded before.
     telemetry: common_pb2.TaskTelemetry | None = None
+    #: Its result came from the result cache (docs/cache.md).
+    cache_hit: bool = False
 
 
 @_message
@@ -287,6 +290,8 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
         info.result.CopyFrom(rec.result)
     if rec.telemetry is not None:
         info.telemetry.CopyFrom(rec.telemetry)
+    if rec.cache_hit:
+        info.cache_hit = True
     return info
 
 

@@ -87,7 +87,7 @@ class StateQueries:
         for t in run.tasks.values():
             yield TaskRecord(
                 run_id, t.name, t.state, t.attempt, t.worker, t.started_at, t.finished_at, t.error, t.result,
-                stimulus_id=self._stimulus, history=t.history, telemetry=t.telemetry,
+                stimulus_id=self._stimulus, history=t.history, telemetry=t.telemetry, cache_hit=t.cache_hit,
             )  # fmt: skip
 
     # ------------------------------------------------------------------ unhealthy workers

@@ -306,7 +306,9 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         for task in info.tasks:
             if task.name == request.task:
-                return pipeline_pb2.TaskResult(state=task.state, result=task.result, error=task.error)
+                return pipeline_pb2.TaskResult(
+                    state=task.state, result=task.result, error=task.error, cache_hit=task.cache_hit
+                )
         await context.abort(grpc.StatusCode.NOT_FOUND, f"run {quoted(request.run_id)} has no task {quoted(request.task)}")
 
     async def GetTaskStats(self, request, context):
@@ -479,7 +481,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 post(TaskSucceeded(
                     now, worker_id, key, ev.at, done.result, ev.started_at, done.skipped,
                     done.fallback_used, done.cause if done.HasField("cause") else None,
-                    ev.telemetry if ev.HasField("telemetry") else None, stimulus_id=sid,
+                    ev.telemetry if ev.HasField("telemetry") else None, ev.cache_hit, stimulus_id=sid,
                 ))  # fmt: skip
             elif kind == "failed":
                 post(TaskFailed(

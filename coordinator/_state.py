@@ -265,6 +265,9 @@ class SchedulerState(RecoveryFlow, StateQueries):
             if rec.result is not None and rec.result.artifact_ref:
                 run.big_results = True
             task.history = rec.history
+            if rec.cache_hit:
+                task.cache_hit = True
+                run.cache_hits += 1
             self.transitions.extend(restored_entries(rec))
             if rec.state in TERMINAL_TASK_STATES:
                 self._count_terminal(run, task)
@@ -452,6 +455,9 @@ class SchedulerState(RecoveryFlow, StateQueries):
                     set_error_type(task.error, "TASK_FAILURE")
                 task.error.skipped, task.error.fallback_used = ev.skipped, not ev.skipped
             task.result = None if ev.skipped else ev.result
+            if ev.cache_hit:
+                task.cache_hit = True
+                run.cache_hits += 1
             if task.result is not None and task.result.artifact_ref:
                 run.big_results = True
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
@@ -815,7 +821,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
                 task.error, task.result if to == pb.SUCCEEDED else None, self._stimulus, task.history,
-                task.telemetry,
+                task.telemetry, task.cache_hit,
             )  # fmt: skip
         )
 

@@ -389,6 +389,11 @@ CREATE TABLE IF NOT EXISTS task_telemetry (
     telemetry BLOB NOT NULL,
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS task_cache_hits (
+    run_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
@@ -616,6 +621,10 @@ class SQLiteStore(Store):
                     if crypt is not None:
                         measured = [(r, n, crypt.seal(m, _aad("telemetry", r, n))) for r, n, m in measured]
                     db.executemany("INSERT OR REPLACE INTO task_telemetry VALUES (?,?,?)", measured)
+                # Tasks whose result came from the result cache (docs/cache.md): a row each.
+                hits = [(t.run_id, t.name) for t in tasks.values() if t.cache_hit]
+                if hits:
+                    db.executemany("INSERT OR REPLACE INTO task_cache_hits VALUES (?,?)", hits)
         self.commits += 1
         self.rows_written += len(new_runs) + len(run_updates) + len(tasks)
 
@@ -667,6 +676,7 @@ class SQLiteStore(Store):
         tasks = {}
         stories = dict(db.execute("SELECT name, history FROM task_history WHERE run_id=?", (run_id,)))
         measured = dict(db.execute("SELECT name, telemetry FROM task_telemetry WHERE run_id=?", (run_id,)))
+        hits = {name for (name,) in db.execute("SELECT name FROM task_cache_hits WHERE run_id=?", (run_id,))}
         for name, state, attempt, worker, started, finished, error, result in db.execute(
             f"SELECT name, state, attempt, worker, started_at, finished_at, error, {result_col} "
             "FROM tasks WHERE run_id=?",
@@ -679,6 +689,7 @@ class SQLiteStore(Store):
                 pb.Payload.FromString(clear("result", result, name)) if result is not None else None,
                 history=decode_history(run_id, name, clear("history", story, name) if story else None),
                 telemetry=pb.TaskTelemetry.FromString(clear("telemetry", measured[name], name)) if name in measured else None,
+                cache_hit=name in hits,
             )  # fmt: skip
         return StoredRun(header, spec, tasks)
 
@@ -804,7 +815,7 @@ class SQLiteStore(Store):
             )]  # fmt: skip
             if gone:
                 gmarks = ",".join("?" * len(gone))
-                for table in ("tasks", "task_history", "task_telemetry", "runs"):
+                for table in ("tasks", "task_history", "task_telemetry", "task_cache_hits", "runs"):
                     db.execute(f"DELETE FROM {table} WHERE run_id IN ({gmarks})", gone)
         return len(gone)
 

@@ -131,13 +131,15 @@ def cmd_run(opts) -> int:
         "status": result.status,
         "outputs": {k: _jsonable(v) for k, v in shown.items()},
         "tasks": {n: {"status": t.status, "attempts": t.attempts, "worker": t.worker, "duration_s": t.duration_s,
-                      "error": t.error} for n, t in result.tasks.items()},  # fmt: skip
+                      "error": t.error, "cache_hit": t.cache_hit} for n, t in result.tasks.items()},  # fmt: skip
     }
     lines = [f"run {result.run_id} of {result.pipeline}: {result.status}"]
     for name, info in result.tasks.items():
         line = f"  {name:30} {info.status:16} {info.worker or '-':12}"
         if info.duration_s is not None:
             line += f" {info.duration_s * 1000:8.1f} ms"
+        if info.cache_hit:
+            line += "  (cache hit)"
         if info.error:
             line += f"  {info.error_type}: {info.error}"
         lines.append(line)
@@ -261,7 +263,8 @@ def cmd_status(opts) -> int:
     s = info.summary
     tasks = {
         t.name: {"status": t.state.lower(), "attempts": t.attempts, "worker": t.worker,
-                 "started_at": t.started_at, "finished_at": t.finished_at, "error": t.error}
+                 "started_at": t.started_at, "finished_at": t.finished_at, "error": t.error,
+                 "cache_hit": t.cache_hit}
         for t in info.tasks
     }  # fmt: skip
     data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": s.state.lower(),
@@ -273,7 +276,8 @@ def cmd_status(opts) -> int:
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     lines = [f"run {s.run_id} of {s.pipeline}: {data['status']} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"]
     for name, t in list(tasks.items())[: opts.limit]:
-        lines.append(f"  {name:30} {t['status']:16} {t['worker'] or '-':12} {t['error'] or ''}")
+        cached = "(cache hit) " if t["cache_hit"] else ""
+        lines.append(f"  {name:30} {t['status']:16} {t['worker'] or '-':12} {cached}{t['error'] or ''}")
     if len(tasks) > opts.limit:
         lines.append(f"  ... {len(tasks) - opts.limit} more (use --json for all)")
     lines += _circuit_lines(circuits)

@@ -51,6 +51,8 @@ from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
 from ._unbuilt import not_built
 from .errors import PipelineValidationError
+from .cache._config import CacheSettings
+from .cache._spec import apply_cache
 from .security._marks import GOVERNANCE_ATTR, governance_of, mark
 from .security._principal import check_name
 from .telemetry._tracking import Monitored, Tracking
@@ -221,12 +223,16 @@ class Task:
         labels: dict[str, str] | None = None,
         priority: int | None = None,
         circuit: str | None = None,
+        cache: bool | None = None,
+        cache_ttl: str | float | timedelta | None = None,
+        cache_version: str | int | None = None,
     ):
         """Options come as ``options=TaskOptions(...)`` and ``retry=RetryPolicy(...)``, or as flat
         keywords named like their fields (see :data:`xpipe._options.FLAT_OPTIONS`); None means
         not given. ``_s`` keywords take seconds; ``timeout``, ``retry_delay`` and
         ``max_retry_delay`` also read strings such as ``"1h"``. A field given both flat and
-        structured is refused.
+        structured is refused. ``cache=True`` caches the task's result (docs/cache.md), for
+        ``cache_ttl`` ("1h") if given; bump ``cache_version`` to make old entries misses.
         """
         flat = None
         if (
@@ -249,6 +255,12 @@ class Task:
         elif not callable(func):
             raise _invalid(name, "func", f"must be callable, got {type(func).__name__}")
         self.func: Callable[..., Any] | None = func
+        if cache is not None or cache_ttl is not None or cache_version is not None:
+            try:
+                settings = CacheSettings.make(f"task {name!r}", cache, cache_ttl, cache_version)
+            except ValueError as exc:
+                raise PipelineValidationError(str(exc)) from None
+            self.cache = False if cache is False else settings  # False: opted out of the pipeline's
 
     def _setup(
         self,
@@ -311,6 +323,9 @@ class Task:
     #: What its attempts record (``@pipeline.track_metric`` and friends); None: nothing but
     #: ``record_metric`` calls.
     tracking: Tracking | None = None
+    #: Its result cache settings (``cache=True``, docs/cache.md); None: not cached (unless
+    #: the pipeline's ``enable_cache`` applies).
+    cache: CacheSettings | bool | None = None
 
     def _check_depends_on(self, depends_on: Any) -> list[str]:
         if isinstance(depends_on, (str, Task)):  # one dependency given bare
@@ -668,6 +683,21 @@ class Pipeline(Monitored):
     # The seed's calls on a pipeline that are not built yet: each raises NotImplementedError naming its issue.
     configure_auto_scaling = not_built("pipeline.configure_auto_scaling()", 17)
 
+    #: Set by :meth:`enable_cache`: the cache settings of tasks that set none; None: off.
+    cache_default: CacheSettings | None = None
+
+    def enable_cache(self, *, ttl: str | float | timedelta | None = None, version: str | int | None = None) -> Pipeline:
+        """Cache the result of every task of this pipeline that sets no ``cache`` itself.
+
+        For pipelines of pure tasks; a side-effecting task opts out with ``cache=False``.
+        See docs/cache.md. Returns the pipeline, for chaining.
+        """
+        try:
+            self.cache_default = CacheSettings.make(f"pipeline {self.name!r}", True, ttl, version)
+        except ValueError as exc:
+            raise PipelineValidationError(str(exc)) from None
+        return self
+
     def configure_fault_tolerance(
         self,
         *,
@@ -835,6 +865,7 @@ class Pipeline(Monitored):
         made.wait_for_resources_s = self.wait_for_resources_s
         if self.namespace:
             made.namespace = self.namespace
+        apply_cache(self, made)  # cached tasks get their CacheSpec (the default levels until a manager sets its own)
         self._monitor_spec(made)
         marks = governance_of(self)
         if marks is not None:  # a pipeline's marks apply to every task

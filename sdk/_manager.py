@@ -23,10 +23,12 @@ from ._install import distributions_for
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S
 from ._local import LocalCluster
 from ._plan import ExecutionPlan, PlanWorker, build_plan
-from ._proto import pipeline_pb2
+from ._proto import common_pb2, pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary, format_logs
 from ._unbuilt import not_built
+from .cache._config import CacheConfig
+from .cache._manage import CacheManager
 from .telemetry._task import TaskMetrics
 from .errors import (
     DistributedExecutionError,
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 # in a warning rather than silently dropped. The enterprise sections are acted on or
 # refused key by key (_enterprise).
 _CONFIG_KEYS = {"coordinator", "workers", "worker_nodes", "slots_per_worker", "data_dir", "imports", "connect_timeout_s",
-                *ENTERPRISE_SECTIONS}  # fmt: skip
+                "cache", *ENTERPRISE_SECTIONS}  # fmt: skip
 _SEED_KEYS_NOT_ACTED_ON = {"cluster_mode", "resource_allocation", "fault_tolerance"}
 #: Runs whose Pipeline object the manager keeps, newest last, so apply_data_fixes can rerun one.
 _KEPT_RUNS = 256
@@ -129,6 +131,8 @@ class PipelineManager:
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
         #: What the enterprise sections ask for (checked before any process starts).
         self.enterprise = enterprise_settings(cfg, embedded=coordinator is None)
+        #: The result cache's levels, strategies and invalidation (docs/cache.md).
+        self._cache = CacheManager(self, cfg.get("cache"))
         self.pipelines: dict[str, Pipeline] = {}
         self._ran: OrderedDict[str, Pipeline] = OrderedDict()  # run id -> the Pipeline it ran
         #: The report of the last DATA_QUALITY_FAILURE this manager raised (apply_data_fixes' default).
@@ -205,10 +209,16 @@ class PipelineManager:
 
     # ------------------------------------------------------------------ runs
 
+    def _to_proto(self, pipeline: Pipeline, retry_on_failure: bool) -> common_pb2.PipelineSpec:
+        """The spec to submit: the result cache's levels set, its warming strategies run first."""
+        spec = pipeline.to_proto(retry_on_failure=retry_on_failure)
+        self._cache.prepare(pipeline, spec)
+        return spec
+
     def submit(self, pipeline: Pipeline | str, *, retry_on_failure: bool = True) -> str:
         """Validate and submit a pipeline; returns its run id as soon as the run is durable."""
         resolved = self._resolve(pipeline)
-        run_id = self.client._submit_spec(resolved.to_proto(retry_on_failure=retry_on_failure))
+        run_id = self.client._submit_spec(self._to_proto(resolved, retry_on_failure))
         self._remember(run_id, resolved)
         return run_id
 
@@ -247,7 +257,7 @@ class PipelineManager:
             CoordinatorUnavailableError: no coordinator answered for ``connect_timeout_s``.
         """
         resolved = self._resolve(pipeline)
-        spec = resolved.to_proto(retry_on_failure=retry_on_failure)
+        spec = self._to_proto(resolved, retry_on_failure)
         if not parallel:
             spec.max_parallel = 1
         if placement_strategy is not None:
@@ -326,7 +336,7 @@ class PipelineManager:
         """
         if not isinstance(plan, ExecutionPlan) or plan.pipeline is None:
             raise TypeError(f"execute_with_plan needs a plan from create_execution_plan, got {type(plan).__name__}")
-        spec = plan.pipeline.to_proto(retry_on_failure=retry_on_failure)
+        spec = self._to_proto(plan.pipeline, retry_on_failure)
         spec.placement_strategy = plan.placement_strategy
         limits = plan.resource_limits()
         if limits is not None:
@@ -443,7 +453,7 @@ class PipelineManager:
         if task is None:
             raise ValueError(f"apply_data_fixes: pipeline {pipeline.name!r} has no task {report.task!r}")
         _check_takes_fixes(task)
-        spec = pipeline.to_proto(retry_on_failure=True)
+        spec = self._to_proto(pipeline, True)
         (task_spec,) = [t for t in spec.tasks if t.name == task.name]
         args, kwargs = ((), {})
         if task_spec.HasField("args"):
@@ -514,8 +524,39 @@ class PipelineManager:
 
     # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
     get_resource_manager = not_built("pm.get_resource_manager()", 17)
-    cache_strategy = not_built("pm.cache_strategy()", 16)
-    warm_cache = not_built("pm.warm_cache()", 16)
+    # ------------------------------------------------------------------ result cache (docs/cache.md)
+
+    def configure_cache(self, cache_config: Mapping[str, Any]) -> CacheConfig:
+        """Use these cache levels (the seed's dict) from the next run on; checked first.
+
+        Raises:
+            ValueError: an unknown key, a bad type, size or TTL, a redis level with no URL.
+        """
+        return self._cache.configure(cache_config)
+
+    def cache_strategy(self, name: str, *, pipelines: Sequence[str] | None = None) -> Callable[[Callable], Callable]:
+        """Decorator: ``fn(pipeline, historical_data)`` runs before each run of a pipeline with
+        cached tasks (or of ``pipelines``), with the pipeline's past runs; it may call
+        :meth:`warm_cache`. A strategy that raises is logged and the run goes on."""
+        return self._cache.strategy(name, pipelines)
+
+    def warm_cache(self, pipeline: Any = None, task: str | None = None, inputs: Any = None) -> PipelineResult:
+        """Precompute cache entries: run ``task`` of ``pipeline`` (or all of it) on ``inputs``.
+
+        ``inputs`` for one task: its upstream values (a list in ``depends_on`` order, or a
+        dict by task name); for the whole pipeline: ``{task name: value it returns}``.
+        Inside a :meth:`cache_strategy` function, ``warm_cache(inputs)`` warms that pipeline.
+        """
+        return self._cache.warm(pipeline, task, inputs)
+
+    def invalidate_cache(self, pipeline: Pipeline | str | None = None, task: str | None = None) -> dict[str, Any]:
+        """Remove cached results of ``task`` of ``pipeline``, of the pipeline, or all of them.
+
+        Shared levels lose the entries at once; per-worker levels (memory, disk without a
+        path) have them retired by a generation bump (docs/cache.md).
+        """
+        return self._cache.invalidate(pipeline, task)
+
     create_debug_session = not_built("pm.create_debug_session()", 16)
     enable_hot_reload = not_built("pm.enable_hot_reload()", 16)
 
@@ -745,6 +786,8 @@ class PipelineManager:
         for stop in self.__dict__.get("_on_close", ())[:]:
             stop()
         self.__dict__.get("_on_close", []).clear()
+        if "_cache" in self.__dict__:
+            self._cache.close()
         self.client.close() if hasattr(self, "client") else None
         if self._local is not None:
             self._local.stop()

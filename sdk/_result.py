@@ -54,6 +54,8 @@ class TaskRunInfo:
     performance: TaskPerformance | None = None
     #: What could not be recorded (a tracked value not found in the return, points dropped).
     metric_warnings: tuple[str, ...] = ()
+    #: Its result came from the result cache: its code did not run (docs/cache.md).
+    cache_hit: bool = False
 
     @property
     def duration_s(self) -> float | None:
@@ -82,6 +84,7 @@ class TaskRunInfo:
             metrics=measured.metrics,
             performance=measured.performance,
             metric_warnings=measured.warnings,
+            cache_hit=info.cache_hit,
         )
 
 

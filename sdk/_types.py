@@ -79,6 +79,8 @@ class TaskInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     performance: TaskPerformance | None = None
     metric_warnings: tuple[str, ...] = ()
+    #: Its result came from the result cache: its code did not run (docs/cache.md).
+    cache_hit: bool = False
 
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskInfo:
@@ -101,6 +103,7 @@ class TaskInfo:
             metrics=measured.metrics,
             performance=measured.performance,
             metric_warnings=measured.warnings,
+            cache_hit=info.cache_hit,
         )
 
 
@@ -116,6 +119,8 @@ class RunSummary:
     total_tasks: int
     succeeded_tasks: int
     failed_tasks: int
+    #: Tasks whose result came from the result cache (docs/cache.md).
+    cache_hits: int = 0
 
     @property
     def finished(self) -> bool:
@@ -132,6 +137,7 @@ class RunSummary:
             total_tasks=s.total_tasks,
             succeeded_tasks=s.succeeded_tasks,
             failed_tasks=s.failed_tasks,
+            cache_hits=s.cache_hits,
         )
 
 

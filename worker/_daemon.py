@@ -46,6 +46,7 @@ from xpipe.telemetry._tracing import TracingConfig
 from xpipe.security._codetrust import CODE_KINDS
 
 from . import _state as core
+from ._cache import WorkerCache, default_cache_dir
 from ._codegate import CodeGate, Refused
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
@@ -142,6 +143,8 @@ class WorkerConfig:
     tls: TLSConfig | None = None
     #: Sent as ``authorization`` when the stream opens (``--token`` or ``XPIPE_TOKEN``); None: none.
     token: str | None = None
+    #: Where per-worker disk cache levels live (``--cache-dir``); empty: :func:`default_cache_dir`.
+    cache_dir: str = ""
 
 
 def detect_resources() -> pb.Resources:
@@ -226,6 +229,8 @@ class WorkerDaemon:
         # that wakes the stream when some has waited long enough.
         self._logs = TaskLogBuffer(config.task_log_max_bytes)
         self._log_timer: asyncio.TimerHandle | None = None
+        #: The result cache's levels and counts (docs/cache.md); used by cached tasks only.
+        self.cache = WorkerCache(config.cache_dir or default_cache_dir(config.name))
         self._installer = PipInstaller(config.install_dir or default_install_dir(config.name), allowed=config.allow_install)
 
     @property
@@ -271,6 +276,7 @@ class WorkerDaemon:
                 if isinstance(result, Exception):
                     log.error("worker task failed", exc_info=result)
             await self._executor.stop(grace_s=0)
+            self.cache.close()
             if self._log_timer is not None:
                 self._log_timer.cancel()
             log.info(self._state.counts().line(unsent=len(self._pending_events)))
@@ -604,8 +610,17 @@ class WorkerDaemon:
         if spec.pii_fields:  # a privacy-marked task: its log lines are scrubbed (see _tasklogs.protect)
             pii = tuple(spec.pii_fields)
             self._logs.protect(key, pii, pii_values_of(pii, spec.args, *head.upstream))
+        cached = spec.HasField("cache")  # the result cache (docs/cache.md); most tasks skip it
+        event = None
         try:
-            event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
+            if cached:
+                entry, event, cache_warnings = await self.cache.lookup(key, head, self._artifact_dir or None)
+            if event is None:
+                event = await executor.run(head, self._code.get(code_hash) if code_hash else None, encoded=encoded)
+                if cached and entry:
+                    cache_warnings += await self.cache.store(key, head, entry, event, self._artifact_dir or None)
+                if cached and cache_warnings:
+                    event.telemetry.warnings.extend(cache_warnings)
         except Exception as exc:
             log.exception("executor failed on %s", key, extra=log_ids(key))
             event = _failed(key, "TASK_FAILURE", f"executor error: {type(exc).__name__}: {exc}")

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--install-dir", default="", metavar="DIR",
                    help="where --allow-install puts packages, on tasks' sys.path "
                         "(default: $XDG_DATA_HOME/xpipe/packages/NAME); the environment itself is never changed")  # fmt: skip
+    p.add_argument("--cache-dir", default="", metavar="DIR",
+                   help="where result cache disk levels without a 'path' keep this worker's entries "
+                        "(default: $XDG_CACHE_HOME/xpipe/workers/NAME; docs/cache.md)")  # fmt: skip
     p.add_argument("--task-log-max-bytes", default="1Mi", metavar="SIZE",
                    help="output kept per task attempt (stdout and stderr together), e.g. 512Ki or 4Mi; past it "
                         "a marker counts the bytes dropped; 0 keeps none (default: 1Mi)")  # fmt: skip
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         allowed_code=allowed_code,
         worker_id=opts.worker_id or f"{opts.name}-{uuid.uuid4().hex[:8]}", artifact_dir=opts.artifact_dir, task_memory_limit_bytes=task_memory_limit_bytes,
         allow_install=opts.allow_install, install_dir=opts.install_dir, tracing=tracing,
-        task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token),
+        task_log_max_bytes=task_log_max_bytes, tls=tls, token=client_token(opts.token), cache_dir=opts.cache_dir,
     )  # fmt: skip
     export_for_tasks(config)
     metrics = serve_metrics_flag(opts.metrics_listen, "xpipe-worker")

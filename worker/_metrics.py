@@ -41,3 +41,12 @@ def register_worker_metrics(endpoint: MetricsEndpoint, daemon: WorkerDaemon) -> 
         "xpipe_worker_memory", [lambda _: sampled("memory_used_bytes")], unit="By",
         description="Memory in use on the machine, total minus available (the heartbeat's last psutil sample)",
     )  # fmt: skip
+    # The result cache (docs/cache.md): counts the daemon keeps anyway, read at scrape time.
+    m.create_observable_counter(
+        "xpipe_task_cache_hits", [lambda _: [Observation(daemon.cache.hits)]],
+        description="Cached tasks whose result came from the result cache (their code did not run)",
+    )  # fmt: skip
+    m.create_observable_counter(
+        "xpipe_task_cache_misses", [lambda _: [Observation(daemon.cache.misses)]],
+        description="Cached tasks no cache level had a fresh result for (they ran)",
+    )  # fmt: skip

@@ -204,7 +204,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running", "cache")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -233,6 +233,7 @@ class TaskSpec(_message.Message):
     TRACK_LINEAGE_FIELD_NUMBER: _ClassVar[int]
     PII_FIELDS_FIELD_NUMBER: _ClassVar[int]
     LONG_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     python: PythonCall
@@ -254,7 +255,8 @@ class TaskSpec(_message.Message):
     track_lineage: bool
     pii_fields: _containers.RepeatedScalarFieldContainer[str]
     long_running: bool
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ...) -> None: ...
+    cache: CacheSpec
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ...) -> None: ...
 
 class TrackedMetric(_message.Message):
     __slots__ = ("name", "kind", "key")
@@ -429,3 +431,35 @@ class TaskTelemetry(_message.Message):
     performance: TaskPerformance
     warnings: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, metrics: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., performance: _Optional[_Union[TaskPerformance, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CacheLevel(_message.Message):
+    __slots__ = ("name", "type", "size_bytes", "ttl_s", "url", "path", "prefix")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    size_bytes: int
+    ttl_s: float
+    url: str
+    path: str
+    prefix: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., ttl_s: _Optional[float] = ..., url: _Optional[str] = ..., path: _Optional[str] = ..., prefix: _Optional[str] = ...) -> None: ...
+
+class CacheSpec(_message.Message):
+    __slots__ = ("code_id", "ttl_s", "levels", "pipeline", "generation")
+    CODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    LEVELS_FIELD_NUMBER: _ClassVar[int]
+    PIPELINE_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    code_id: str
+    ttl_s: float
+    levels: _containers.RepeatedCompositeFieldContainer[CacheLevel]
+    pipeline: str
+    generation: int
+    def __init__(self, code_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[CacheLevel, _Mapping]]] = ..., pipeline: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...

@@ -79,7 +79,7 @@ class GetTaskResultRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry")
+    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry", "cache_hit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class TaskInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: _common_pb2.TaskState
     attempts: int
@@ -98,10 +99,11 @@ class TaskInfo(_message.Message):
     error: _common_pb2.TaskError
     result: _common_pb2.Payload
     telemetry: _common_pb2.TaskTelemetry
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "total_tasks", "succeeded_tasks", "failed_tasks")
+    __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "total_tasks", "succeeded_tasks", "failed_tasks", "cache_hits")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +112,7 @@ class RunSummary(_message.Message):
     TOTAL_TASKS_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_TASKS_FIELD_NUMBER: _ClassVar[int]
     FAILED_TASKS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HITS_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     pipeline: str
     state: _common_pb2.RunState
@@ -118,7 +121,8 @@ class RunSummary(_message.Message):
     total_tasks: int
     succeeded_tasks: int
     failed_tasks: int
-    def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., total_tasks: _Optional[int] = ..., succeeded_tasks: _Optional[int] = ..., failed_tasks: _Optional[int] = ...) -> None: ...
+    cache_hits: int
+    def __init__(self, run_id: _Optional[str] = ..., pipeline: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.RunState, str]] = ..., created_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., total_tasks: _Optional[int] = ..., succeeded_tasks: _Optional[int] = ..., failed_tasks: _Optional[int] = ..., cache_hits: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
     __slots__ = ("summary", "tasks")
@@ -137,14 +141,16 @@ class RunEvent(_message.Message):
     def __init__(self, summary: _Optional[_Union[RunSummary, _Mapping]] = ..., changed: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
 
 class TaskResult(_message.Message):
-    __slots__ = ("state", "result", "error")
+    __slots__ = ("state", "result", "error", "cache_hit")
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     state: _common_pb2.TaskState
     result: _common_pb2.Payload
     error: _common_pb2.TaskError
-    def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class GetTaskStatsRequest(_message.Message):
     __slots__ = ("names",)

@@ -119,7 +119,7 @@ class Heartbeat(_message.Message):
     def __init__(self, metrics: _Optional[_Union[WorkerMetrics, _Mapping]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
-    __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at", "telemetry")
+    __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at", "telemetry", "cache_hit")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STARTED_FIELD_NUMBER: _ClassVar[int]
     SUCCEEDED_FIELD_NUMBER: _ClassVar[int]
@@ -128,6 +128,7 @@ class TaskEvent(_message.Message):
     AT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     started: Started
     succeeded: Succeeded
@@ -136,7 +137,8 @@ class TaskEvent(_message.Message):
     at: float
     started_at: float
     telemetry: _common_pb2.TaskTelemetry
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., succeeded: _Optional[_Union[Succeeded, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., at: _Optional[float] = ..., started_at: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ...) -> None: ...
+    cache_hit: bool
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., started: _Optional[_Union[Started, _Mapping]] = ..., succeeded: _Optional[_Union[Succeeded, _Mapping]] = ..., failed: _Optional[_Union[Failed, _Mapping]] = ..., released: _Optional[_Union[Released, _Mapping]] = ..., at: _Optional[float] = ..., started_at: _Optional[float] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ()
@@ -285,7 +287,7 @@ class AssignmentHead(_message.Message):
     def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
 
 class TaskHead(_message.Message):
-    __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources", "pii_fields")
+    __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources", "pii_fields", "cache")
     NAME_FIELD_NUMBER: _ClassVar[int]
     PYTHON_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +296,7 @@ class TaskHead(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     PII_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     python: _common_pb2.PythonCall
     command: NotRead
@@ -302,7 +305,8 @@ class TaskHead(_message.Message):
     timeout_s: float
     resources: _common_pb2.Resources
     pii_fields: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., python: _Optional[_Union[_common_pb2.PythonCall, _Mapping]] = ..., command: _Optional[_Union[NotRead, _Mapping]] = ..., handler: _Optional[_Union[NotRead, _Mapping]] = ..., args: _Optional[bytes] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., pii_fields: _Optional[_Iterable[str]] = ...) -> None: ...
+    cache: _common_pb2.CacheSpec
+    def __init__(self, name: _Optional[str] = ..., python: _Optional[_Union[_common_pb2.PythonCall, _Mapping]] = ..., command: _Optional[_Union[NotRead, _Mapping]] = ..., handler: _Optional[_Union[NotRead, _Mapping]] = ..., args: _Optional[bytes] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., pii_fields: _Optional[_Iterable[str]] = ..., cache: _Optional[_Union[_common_pb2.CacheSpec, _Mapping]] = ...) -> None: ...
 
 class NotRead(_message.Message):
     __slots__ = ()
