@@ -27,7 +27,7 @@ from ._levels import CacheLevelDown, DiskLevel, RedisLevel, namespace
 from ._spec import apply_cache, settings_of
 
 if TYPE_CHECKING:
-    from .._dag import Pipeline, Task
+    from .._dag import Pipeline
     from .._manager import PipelineManager
 
 __all__ = ["CacheManager", "constant"]
