@@ -18,7 +18,6 @@ NOT_BUILT_ON_MANAGER = {
     "get_resource_manager": 17,
     "cache_strategy": 16,
     "warm_cache": 16,
-    "create_debug_session": 16,
     "enable_hot_reload": 16,
     "scale_up_resources": 17,
 }
