@@ -172,13 +172,13 @@ class DebugSession:
         pause, or None if the run ended first (see :attr:`result`).
 
         Raises:
-            ValueError: an unknown task, or ``task`` already ran.
+            ValueError: an unknown task, or ``task`` already ended.
             TimeoutError: the run neither paused nor ended within ``timeout_s`` (it stays
                 as it is; call again to go on).
             RuntimeError: the session is over (finished, failed or aborted).
         """
         self._check_task(task, "step_through_task")
-        if task in self._states and self._states[task] not in _NOT_STARTED:
+        if self._states.get(task) in TERMINAL_TASK_STATES:
             raise ValueError(f"step_through_task({task!r}): task {task!r} is already {_state_name(self._states[task])}")
         return self._drive(target=task, timeout_s=timeout_s)
 

@@ -157,3 +157,22 @@ def test_works_on_the_embedded_default(tmp_path):
         assert len(debug.inspect_data("data")) == 10
         assert debug.continue_(timeout_s=60) is None
         assert debug.result.outputs["generate_insights"] == expected_insight(10)
+
+
+def test_a_step_that_times_out_leaves_the_run_going_and_close_aborts_it(cluster):
+    from tests import helpers_tasks as ht
+
+    slow = Pipeline("slow_debug")
+    slow.add_tasks([Task("nap", ht.sleep, args=(1.0,)), Task("after", ht.noop, depends_on=["nap"])])
+    with PipelineManager(coordinator=cluster.address) as pm:
+        debug = pm.create_debug_session(slow)
+        with pytest.raises(TimeoutError, match=r"waited task 'nap' to finish past the timeout; it goes on"):
+            debug.step_through_task("nap", timeout_s=0.2)
+        assert debug.state == "running"
+        pause = debug.step_through_task("nap", timeout_s=30)
+        assert (pause.task, pause.before) == ("nap", False)
+        run_id = debug.run_id
+    # Closing the manager aborted the run it left paused: no task stays held for ever.
+    with PipelineManager(coordinator=cluster.address) as pm:
+        run = pm.get_run(run_id)
+        assert run.status == "cancelled" and run.tasks["after"].status == "cancelled"
