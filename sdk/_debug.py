@@ -347,6 +347,12 @@ class DebugSession:
             raise item
         for info in item.changed:
             self._states[info.name] = info.state
+        if len(item.changed) == item.summary.total_tasks:
+            # A whole snapshot: the first event, or one after a reconnect (a coordinator
+            # restart or failover). A release the old coordinator never stored shows as
+            # HELD again: forget it, so it is decided and released once more (harmless
+            # for a task already released: the coordinator leaves a task not HELD alone).
+            self._released.difference_update(i.name for i in item.changed if i.state == pb.HELD)
         return True
 
     def _finish(self) -> None:

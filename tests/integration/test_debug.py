@@ -176,3 +176,19 @@ def test_a_step_that_times_out_leaves_the_run_going_and_close_aborts_it(cluster)
     with PipelineManager(coordinator=cluster.address) as pm:
         run = pm.get_run(run_id)
         assert run.status == "cancelled" and run.tasks["after"].status == "cancelled"
+
+
+def test_a_paused_run_stays_paused_across_a_coordinator_restart(tmp_path):
+    with Cluster(tmp_path, workers=1, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+        register_user_analytics(pm, users=20)
+        debug = pm.create_debug_session("user_analytics")
+        debug.step_through_task("extract_users", timeout_s=30)
+        c.restart_coordinator()
+        # HELD is stored with the task: the new coordinator holds it too, and runs nothing.
+        assert pm.get_run(debug.run_id).tasks["analyze_behavior"].status == "held"
+        assert debug.state == "paused" and len(debug.inspect_data("user_data")) == 20
+        debug.set_breakpoint("generate_insights", condition="behavior_data['users'] == 20")
+        pause = debug.continue_(timeout_s=60)  # the watch resumes on the new coordinator
+        assert (pause.task, pause.before) == ("generate_insights", True)
+        assert debug.continue_(timeout_s=60) is None
+        assert debug.result.outputs["generate_insights"] == expected_insight(20)
