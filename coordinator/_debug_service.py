@@ -26,18 +26,21 @@ class DebugServicer(debug_pb2_grpc.DebugServiceServicer):
     def __init__(self, coordinator: Coordinator):
         self.coordinator = coordinator
 
-    async def ReleaseTasks(self, request: debug_pb2.ReleaseTasksRequest, context) -> debug_pb2.ReleaseTasksResponse:
+    async def ReleaseTasks(
+        self, request: debug_pb2.ReleaseTasksRequest, context
+    ) -> debug_pb2.ReleaseTasksResponse:
         engine = self.coordinator.engine
         run = engine.state.runs.get(request.run_id)
         if run is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no live run {quoted(request.run_id)}")
         if not run.debug:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"run {request.run_id} is not a debug run; only a debug session's run holds tasks")  # fmt: skip
+            message = f"run {request.run_id} is not a debug run; only a debug session's run holds tasks"
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, message)
         unknown = [name for name in request.tasks if name not in run.tasks]
         if unknown:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"run {request.run_id} has no task {quoted(unknown[0])}; known: {', '.join(sorted(run.tasks))}")  # fmt: skip
+            known = ", ".join(sorted(run.tasks))
+            message = f"run {request.run_id} has no task {quoted(unknown[0])}; known: {known}"
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
         if engine.fault is not None:
             from ._server import _abort_store_fault  # at call time: _server imports this module
 

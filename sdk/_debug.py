@@ -142,11 +142,14 @@ class DebugSession:
             self._breakpoints[task] = _Breakpoint(None, None)
             return
         if not isinstance(condition, str) or not condition.strip():
-            raise ValueError(f"set_breakpoint({task!r}): condition must be a non-empty string or None, got {condition!r}")
+            raise ValueError(
+                f"set_breakpoint({task!r}): condition must be a non-empty string or None, got {condition!r}"
+            )
         try:
             parsed = SimpleEval().parse(condition)
         except SyntaxError as exc:
-            raise ValueError(f"set_breakpoint({task!r}): condition {condition!r} does not parse: {exc.msg}") from None
+            message = f"set_breakpoint({task!r}): condition {condition!r} does not parse: {exc.msg}"
+            raise ValueError(message) from None
         known = self._names_of(task)
         if known is not None:
             used = {node.id for node in ast.walk(parsed) if isinstance(node, ast.Name)}
@@ -165,7 +168,9 @@ class DebugSession:
 
     # ------------------------------------------------------------------ moving on
 
-    def step_through_task(self, task: str, *, timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S) -> DebugPause | None:
+    def step_through_task(
+        self, task: str, *, timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S
+    ) -> DebugPause | None:
         """Run up to and including ``task`` (only it and what it needs), then pause after it.
 
         A breakpoint on the way pauses there first (call again to go on). Returns the
@@ -179,7 +184,8 @@ class DebugSession:
         """
         self._check_task(task, "step_through_task")
         if self._states.get(task) in TERMINAL_TASK_STATES:
-            raise ValueError(f"step_through_task({task!r}): task {task!r} is already {_state_name(self._states[task])}")
+            state = _state_name(self._states[task])
+            raise ValueError(f"step_through_task({task!r}): task {task!r} is already {state}")
         return self._drive(target=task, timeout_s=timeout_s)
 
     def continue_(self, *, timeout_s: float | None = DEFAULT_STEP_TIMEOUT_S) -> DebugPause | None:
@@ -229,7 +235,9 @@ class DebugSession:
         if name in self._tasks:
             state = self._states.get(name, pb.PENDING)
             if state not in _SATISFIED:
-                raise LookupError(f"inspect_data({name!r}): task {name!r} has no output: it is {_state_name(state)}")
+                raise LookupError(
+                    f"inspect_data({name!r}): task {name!r} has no output: it is {_state_name(state)}"
+                )
             return self._output(name)
         known: list[str] = []
         for task in self._next_tasks():
@@ -268,7 +276,8 @@ class DebugSession:
             if reached in _SATISFIED:
                 return self._pause_at(DebugPause(target, False, f"step through {target!r}"))
             if reached in TERMINAL_TASK_STATES:  # failed, cancelled: the step can go no further
-                return self._pause_at(DebugPause(target, False, f"task {target!r} ended {_state_name(reached)}"))
+                ended = f"task {target!r} ended {_state_name(reached)}"
+                return self._pause_at(DebugPause(target, False, ended))
             pause = self._decide(allowed)
             if pause is not None:
                 return self._pause_at(pause)
@@ -295,15 +304,17 @@ class DebugSession:
             return DebugPause(name, True, "breakpoint")
         try:
             names = self._inputs(self._tasks[name])
-            holds = SimpleEval(functions=CONDITION_FUNCTIONS, names=names).eval(bp.condition, previously_parsed=bp.parsed)
+            evaluator = SimpleEval(functions=CONDITION_FUNCTIONS, names=names)
+            holds = evaluator.eval(bp.condition, previously_parsed=bp.parsed)
         except Exception as exc:  # a condition must never crash the session: pause and say why
-            return DebugPause(name, True, f"breakpoint condition {bp.condition!r} failed: {type(exc).__name__}: {exc}")
+            why = f"breakpoint condition {bp.condition!r} failed: {type(exc).__name__}: {exc}"
+            return DebugPause(name, True, why)
         return DebugPause(name, True, f"breakpoint: {bp.condition}") if holds else None
 
     def _pause_at(self, pause: DebugPause) -> DebugPause:
         self.state, self.pause = "paused", pause
-        log.info("debug run %s paused %s %s: %s", self.run_id, "before" if pause.before else "after", pause.task,
-                 pause.reason)  # fmt: skip
+        where = "before" if pause.before else "after"
+        log.info("debug run %s paused %s %s: %s", self.run_id, where, pause.task, pause.reason)
         return pause
 
     def _release(self, names: list[str]) -> None:
@@ -311,7 +322,9 @@ class DebugSession:
             return
         request = debug_pb2.ReleaseTasksRequest(run_id=self.run_id, tasks=names)
         client = self._pm.client
-        client._call_on(debug_pb2_grpc.DebugServiceStub, lambda s: s.ReleaseTasks(request, timeout=client.call_timeout_s))
+        client._call_on(
+            debug_pb2_grpc.DebugServiceStub, lambda s: s.ReleaseTasks(request, timeout=client.call_timeout_s)
+        )
         self._released.update(names)
 
     def _start(self) -> None:

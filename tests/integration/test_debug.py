@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster
-from xpipe import Pipeline, PipelineManager, Task, task
-from xpipe._debug import DebugPause
+from xpipe import DebugPause, Pipeline, PipelineManager, Task, task
 
 USERS = 1500  # more than the seed's breakpoint threshold (len(data) > 1000)
 
@@ -179,7 +178,10 @@ def test_a_step_that_times_out_leaves_the_run_going_and_close_aborts_it(cluster)
 
 
 def test_a_paused_run_stays_paused_across_a_coordinator_restart(tmp_path):
-    with Cluster(tmp_path, workers=1, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+    # A short heartbeat deadline: the restarted coordinator waits that long for workers to report.
+    args = ("--heartbeat-timeout-s", "2", "--heartbeat-interval-s", "0.25")
+    with Cluster(tmp_path, workers=1, slots=1, coordinator_args=args) as c, \
+            PipelineManager(coordinator=c.address) as pm:  # fmt: skip
         register_user_analytics(pm, users=20)
         debug = pm.create_debug_session("user_analytics")
         debug.step_through_task("extract_users", timeout_s=30)
@@ -192,3 +194,26 @@ def test_a_paused_run_stays_paused_across_a_coordinator_restart(tmp_path):
         assert (pause.task, pause.before) == ("generate_insights", True)
         assert debug.continue_(timeout_s=60) is None
         assert debug.result.outputs["generate_insights"] == expected_insight(20)
+
+
+def test_release_tasks_refuses_what_it_cannot_release(pm):
+    from xpipe import RequestRejectedError, RunNotFoundError
+    from xpipe._proto import debug_pb2, debug_pb2_grpc
+
+    def release(run_id: str, *tasks: str) -> list[str]:
+        request = debug_pb2.ReleaseTasksRequest(run_id=run_id, tasks=tasks)
+        reply = pm.client._call_on(debug_pb2_grpc.DebugServiceStub, lambda s: s.ReleaseTasks(request))
+        return list(reply.released)
+
+    with pytest.raises(RunNotFoundError, match="no live run 'nope'"):
+        release("nope", "a")
+    normal = pm.execute_pipeline("user_analytics", monitor=False, timeout_s=30)
+    with pytest.raises(RequestRejectedError, match=r"FAILED_PRECONDITION: run \S+ is not a debug run"):
+        release(normal.run_id, "extract_users")
+    debug = pm.create_debug_session("user_analytics")
+    debug.set_breakpoint("extract_users")
+    assert debug.continue_(timeout_s=30).task == "extract_users"
+    with pytest.raises(RequestRejectedError, match=r"no task 'extract'; known: analyze_behavior, extract_users, gen"):
+        release(debug.run_id, "extract")
+    assert release(debug.run_id, "generate_insights") == []  # not held: left alone
+    debug.abort(timeout_s=30)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from xpipe._proto import common_pb2 as pb
-from xpipe.coordinator._events import CancelRequested, DebugReleaseRequested, RunRecord, RunRestored, RunSubmitted
-from xpipe.coordinator._events import TaskRecord
+from xpipe.coordinator._events import CancelRequested, DebugReleaseRequested, RunRecord, RunRestored
+from xpipe.coordinator._events import RunSubmitted, TaskRecord
 from xpipe.coordinator._state import SchedulerState
 from xpipe.coordinator._validate import validate_spec
 
@@ -55,7 +55,7 @@ def test_held_tasks_stay_held_after_a_restart():
     spec = spec_of({"a": [], "b": ["a"], "c": ["a"]})
     spec.debug = True
     records = {
-        "a": TaskRecord("r1", "a", pb.SUCCEEDED, 1, "w1", 0.0, 1.0, None, pb.Payload(codec=pb.CODEC_RAW, data=b"A")),
+        "a": TaskRecord("r1", "a", pb.SUCCEEDED, 1, "w1", 0.0, 1.0, None, pb.Payload(data=b"A")),
         "b": TaskRecord("r1", "b", pb.HELD, 0, ""),
     }
     s.handle(RunRestored(100.0, "r1", spec, ("a", "b", "c"), 0.0, records))

@@ -35,14 +35,15 @@ def pm() -> Iterator[PipelineManager]:
 
 
 def test_an_unknown_pipeline_names_the_registered_ones(pm):
-    with pytest.raises(PipelineValidationError, match=r"no pipeline named 'nope' is registered; known: \['user_analytics'\]"):
+    known = r"known: \['user_analytics'\]"
+    with pytest.raises(PipelineValidationError, match=rf"no pipeline named 'nope' is registered; {known}"):
         pm.create_debug_session("nope")
 
 
 def test_an_unknown_task_names_the_pipelines_tasks(pm):
     debug = pm.create_debug_session("user_analytics")
     known = r"its tasks: \['extract_users', 'analyze_behavior', 'report'\]"
-    with pytest.raises(ValueError, match=rf"set_breakpoint\('analyse'\): pipeline 'user_analytics' has no task 'analyse'; {known}"):
+    with pytest.raises(ValueError, match=rf"set_breakpoint\('analyse'\): pipeline 'user_analytics' has no task 'analyse'; {known}"):  # noqa: E501
         debug.set_breakpoint("analyse", condition="len(data) > 1")
     with pytest.raises(ValueError, match=rf"step_through_task\('extract'\): .* has no task 'extract'; {known}"):
         debug.step_through_task("extract")
@@ -73,5 +74,5 @@ def test_inspect_data_of_an_unknown_name_lists_what_there_is(pm):
     debug = pm.create_debug_session("user_analytics")
     with pytest.raises(LookupError, match=r"task 'extract_users' has no output: it is pending"):
         debug.inspect_data("extract_users")
-    with pytest.raises(LookupError, match=r"no task and no input of a waiting task has that name; tasks: \['extract_users'"):
+    with pytest.raises(LookupError, match=r"no task and no input of a waiting task has that name; tasks: \['extract_"):
         debug.inspect_data("nope")
