@@ -38,6 +38,7 @@ from ._proto import common_pb2 as pb
 from ._proto import debug_pb2, debug_pb2_grpc
 
 if TYPE_CHECKING:
+    from ._client import Client
     from ._dag import Pipeline, Task
     from ._manager import PipelineManager
     from ._result import PipelineResult
@@ -113,8 +114,11 @@ class DebugSession:
         self._states: dict[str, int] = {}
         self._released: set[str] = set()
         self._outputs: dict[str, Any] = {}  # task -> decoded output, fetched once
-        self._events: queue.Queue = queue.Queue()
+        # (watch generation, RunEvent | _END | the exception that ended that watch)
+        self._events: queue.Queue[tuple[int, Any]] = queue.Queue()
         self._watcher: threading.Thread | None = None
+        self._generation = 0  # of the current watch thread; an older one's error is stale
+        self._watch_failed = False
         self._run_ended = False  # the watch stream ended: the run did
 
     @property
@@ -207,6 +211,7 @@ class DebugSession:
             self.state = "aborted"
             return
         self._pm.client.cancel(self.run_id)
+        self._ensure_watch()
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while self._pump(deadline, what="the run to be cancelled"):
             pass
@@ -263,6 +268,7 @@ class DebugSession:
             passing = self.pause.task  # go on past the breakpoint we stopped at
         if self.run_id is None:
             self._start()
+        self._ensure_watch()
         self.state, self.pause = "running", None
         if passing is not None:
             self._release([passing])
@@ -333,23 +339,38 @@ class DebugSession:
         self.run_id = self._pm.client._submit_spec(spec)
         self._pm._remember(self.run_id, self.pipeline)
         self._run_ended = False
-        self._watcher = threading.Thread(target=self._watch, name=f"xpipe-debug-{self.run_id}", daemon=True)
+
+    def _ensure_watch(self) -> None:
+        """Follow the run's events in a thread, unless one does: again after one failed."""
+        if self._run_ended or (self._watcher is not None and not self._watch_failed):
+            return
+        self._generation += 1
+        self._watch_failed = False
+        name = f"xpipe-debug-{self.run_id}-{self._generation}"
+        self._watcher = threading.Thread(target=self._watch, args=(self._generation,), name=name, daemon=True)
         self._watcher.start()
 
-    def _watch(self) -> None:
-        """Thread: carry the run's events to the controller's queue, then _END (or the error)."""
+    def _watch(self, generation: int) -> None:
+        """Thread: carry the run's events to the controller's queue, then _END (or the error).
+
+        On a client of its own: a Client's reconnect closes its channel, which must not
+        pull the channel from under the user's calls (releases, fetches) in the other thread.
+        """
         try:
-            for event in self._pm.client._watch_pb(self.run_id):
-                self._events.put(event)
-        except BaseException as exc:  # handed to the controller, which raises it in the user's call
-            self._events.put(exc)
-        self._events.put(_END)
+            with _twin(self._pm.client) as client:
+                for event in client._watch_pb(self.run_id):
+                    self._events.put((generation, event))
+        except BaseException as exc:  # raised in the user's call (once); the next call watches again
+            self._watch_failed = True
+            self._events.put((generation, exc))
+            return
+        self._events.put((generation, _END))
 
     def _pump(self, deadline: float | None, *, what: str) -> bool:
         """Apply the next watch event (waiting until ``deadline``); False once the run ended."""
         left_s = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            item = self._events.get(timeout=left_s)
+            generation, item = self._events.get(timeout=left_s)
         except queue.Empty:
             raise TimeoutError(f"debug run {self.run_id}: waited {what} past the timeout; it goes on "
                                "when you call step_through_task or continue_ again") from None  # fmt: skip
@@ -357,6 +378,8 @@ class DebugSession:
             self._run_ended = True
             return False
         if isinstance(item, BaseException):
+            if generation != self._generation:
+                return True  # a watch given up before the current one started: nothing new
             raise item
         for info in item.changed:
             self._states[info.name] = info.state
@@ -447,6 +470,16 @@ class DebugSession:
     def __repr__(self) -> str:
         where = f" at {self.paused_at!r}" if self.paused_at else ""
         return f"<DebugSession {self.pipeline.name!r} run={self.run_id} {self.state}{where}>"
+
+
+def _twin(client: Client) -> Client:
+    """A new Client to the same coordinators, with the same credentials and timeouts."""
+    from ._client import Client
+
+    return Client(
+        list(client.addresses), connect_timeout_s=client.connect_timeout_s, call_timeout_s=client.call_timeout_s,
+        tls=client.tls if client.tls is not None else False, token=client._token, namespace=client.namespace,
+    )  # fmt: skip
 
 
 def _callable_of(task: Task) -> Any:

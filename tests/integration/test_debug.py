@@ -217,3 +217,23 @@ def test_release_tasks_refuses_what_it_cannot_release(pm):
         release(debug.run_id, "extract")
     assert release(debug.run_id, "generate_insights") == []  # not held: left alone
     debug.abort(timeout_s=30)
+
+
+def test_a_coordinator_gone_past_the_connect_timeout_is_an_error_and_the_next_call_goes_on(tmp_path):
+    from tests.harness import eventually
+    from xpipe import CoordinatorUnavailableError
+
+    args = ("--heartbeat-timeout-s", "2", "--heartbeat-interval-s", "0.25")
+    with Cluster(tmp_path, workers=1, slots=1, coordinator_args=args) as c, \
+            PipelineManager(coordinator=c.address, connect_timeout_s=1.0) as pm:  # fmt: skip
+        register_user_analytics(pm, users=20)
+        debug = pm.create_debug_session("user_analytics")
+        debug.step_through_task("extract_users", timeout_s=30)
+        c.coordinator.terminate()
+        # The session's watch gives up after connect_timeout_s; so does a call.
+        eventually(lambda: not debug._watcher.is_alive(), timeout_s=15, message="the watch never gave up")
+        with pytest.raises(CoordinatorUnavailableError):
+            debug.continue_(timeout_s=30)
+        c.restart_coordinator()
+        assert debug.continue_(timeout_s=60) is None  # watches again, releases what is held
+        assert debug.result.outputs["generate_insights"] == expected_insight(20)
