@@ -36,6 +36,7 @@ from simpleeval import SimpleEval
 from ._domain import TERMINAL_TASK_STATES
 from ._proto import common_pb2 as pb
 from ._proto import debug_pb2, debug_pb2_grpc
+from .errors import SerializationError
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -58,8 +59,8 @@ DATA_NAME = "data"
 
 _SATISFIED = frozenset({pb.SUCCEEDED, pb.SKIPPED})
 _NOT_STARTED = frozenset({pb.PENDING, pb.HELD})
-#: A debug session's state once its run ended, by ``PipelineResult.status``.
-_ENDED = {"succeeded": "finished", "failed": "failed", "cancelled": "aborted"}
+#: A debug session's state once its run ended, by the run's state.
+_ENDED = {pb.RUN_SUCCEEDED: "finished", pb.RUN_FAILED: "failed", pb.RUN_CANCELLED: "aborted"}
 _END = object()  # the watch thread's last item
 
 
@@ -120,6 +121,7 @@ class DebugSession:
         self._generation = 0  # of the current watch thread; an older one's error is stale
         self._watch_failed = False
         self._run_ended = False  # the watch stream ended: the run did
+        self._run_state = pb.RUN_PENDING  # as the last watch event said
 
     @property
     def paused_at(self) -> str | None:
@@ -310,6 +312,9 @@ class DebugSession:
             return DebugPause(name, True, "breakpoint")
         try:
             names = self._inputs(self._tasks[name])
+        except SerializationError as exc:  # e.g. a class this process cannot import: the user decides
+            return DebugPause(name, True, f"breakpoint: the inputs of {name!r} cannot be decoded here: {exc}")
+        try:
             evaluator = SimpleEval(functions=CONDITION_FUNCTIONS, names=names)
             holds = evaluator.eval(bp.condition, previously_parsed=bp.parsed)
         except Exception as exc:  # a condition must never crash the session: pause and say why
@@ -381,6 +386,7 @@ class DebugSession:
             if generation != self._generation:
                 return True  # a watch given up before the current one started: nothing new
             raise item
+        self._run_state = item.summary.state
         for info in item.changed:
             self._states[info.name] = info.state
         if len(item.changed) == item.summary.total_tasks:
@@ -392,9 +398,15 @@ class DebugSession:
         return True
 
     def _finish(self) -> None:
+        """The run ended: set the state from its last event, then fetch the result.
+
+        Raises:
+            SerializationError: an output cannot be decoded in this process (the state is
+                set all the same; ``result`` stays None).
+        """
         self.pause = None
+        self.state = _ENDED.get(self._run_state, "failed")
         self.result = self._pm.get_run(self.run_id)
-        self.state = _ENDED.get(self.result.status, "failed")
 
     # ------------------------------------------------------------------ inputs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Cluster
-from xpipe import DebugPause, Pipeline, PipelineManager, Task, task
+from xpipe import DebugPause, Pipeline, PipelineManager, SerializationError, Task, task
 
 USERS = 1500  # more than the seed's breakpoint threshold (len(data) > 1000)
 
@@ -237,3 +237,27 @@ def test_a_coordinator_gone_past_the_connect_timeout_is_an_error_and_the_next_ca
         c.restart_coordinator()
         assert debug.continue_(timeout_s=60) is None  # watches again, releases what is held
         assert debug.result.outputs["generate_insights"] == expected_insight(20)
+
+
+def test_inputs_this_process_cannot_decode_pause_and_say_why(pm):
+    def make_worker_only_value():
+        import sys
+        import types
+
+        module = types.ModuleType("xpipe_debug_test_worker_only")
+        exec("class Secret:\n    pass\n", module.__dict__)
+        sys.modules[module.__name__] = module  # importable on the worker only
+        return module.Secret()
+
+    p = Pipeline("undecodable")
+    p.add_tasks([Task("make", make_worker_only_value), Task("use", lambda data: 1, depends_on=["make"])])
+    debug = pm.create_debug_session(p)
+    debug.set_breakpoint("use", condition="data is not None")
+    pause = debug.continue_(timeout_s=30)
+    assert (pause.task, pause.before) == ("use", True)
+    assert pause.reason.startswith("breakpoint: the inputs of 'use' cannot be decoded here: cannot decode")
+    assert "xpipe_debug_test_worker_only" in pause.reason
+    # The run ends; its result holds that value too, which this process cannot decode.
+    with pytest.raises(SerializationError, match="cannot decode result of task 'make'"):
+        debug.continue_(timeout_s=30)
+    assert (debug.state, debug.result) == ("finished", None)
