@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import logging
 import queue
@@ -406,6 +407,8 @@ class DebugSession:
         """
         self.pause = None
         self.state = _ENDED.get(self._run_state, "failed")
+        with contextlib.suppress(ValueError):  # nothing left to abort on the manager's close
+            self._pm._on_close.remove(self.close)
         self.result = self._pm.get_run(self.run_id)
 
     # ------------------------------------------------------------------ inputs
