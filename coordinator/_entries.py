@@ -69,7 +69,7 @@ class RunEntry:
         "run_id", "name", "spec", "created_at", "finished_at", "state", "tasks", "terminal", "succeeded",
         "failed", "code", "retry_on_failure", "max_parallel", "inflight", "fail_fast", "strategy", "limits",
         "used", "wait_for_resources_s", "handler", "recovering", "recovery_seq", "halted", "big_results",
-        "traceparent", "principal", "cache_hits",
+        "traceparent", "principal", "cache_hits", "debug",
     )  # fmt: skip
 
     def __init__(self, run_id: str, spec: pb.PipelineSpec, created_at: float):
@@ -107,6 +107,8 @@ class RunEntry:
         self.halted = False  # a recovery handler answered halt_pipeline
         # Some task's result travels by reference: placement then looks for locality.
         self.big_results = False
+        # A debug session's run: tasks wait in HELD for the debugger (_debug_flow).
+        self.debug = spec.debug
         # The run's W3C traceparent (PipelineSpec.trace_context, set at submit); "": not traced.
         self.traceparent = spec.trace_context.partition("\n")[0]
         # The signed RunPrincipal as field ``Assignment.principal``, encoded once per run:

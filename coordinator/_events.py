@@ -34,6 +34,7 @@ __all__ = [
     "TaskFailed",
     "TaskReleased",
     "CancelRequested",
+    "DebugReleaseRequested",
     "DrainRequested",
     "Tick",
     "RunEvicted",
@@ -157,6 +158,14 @@ class TaskReleased(Event):
 @_message
 class CancelRequested(Event):
     run_id: str
+
+
+@_message
+class DebugReleaseRequested(Event):
+    """A debugger releases HELD tasks of a debug run (DebugService.ReleaseTasks)."""
+
+    run_id: str
+    tasks: tuple[str, ...]
 
 
 @_message

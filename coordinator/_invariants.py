@@ -31,7 +31,7 @@ def check_invariants(state: SchedulerState) -> None:
         for task in run.tasks.values():
             if task.state in TERMINAL_TASK_STATES:
                 terminal += 1
-            if task.state in (pb.READY, pb.ASSIGNED, pb.RUNNING):
+            if task.state in (pb.READY, pb.HELD, pb.ASSIGNED, pb.RUNNING):
                 for dep in task.deps:
                     assert run.tasks[dep].state in SATISFIED, f"{task.name} active before {dep} succeeded"
             if task.state == pb.RECOVERING:

@@ -21,6 +21,7 @@ from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, M
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc, insights_pb2, insights_pb2_grpc, stream_pb2, stream_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
+from xpipe._proto import debug_pb2, debug_pb2_grpc
 from xpipe.security._principal import DEFAULT_NAMESPACE
 from xpipe.security._atrest import at_rest
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
@@ -40,6 +41,7 @@ from ._engine import Engine, EngineConfig, InternalError
 from ._governance import GovernanceServicer
 from ._alerting import Alerting
 from ._insights_service import InsightsServicer
+from ._debug_service import DebugServicer
 from ._stream_service import StreamServicer
 from ._membroker import MemoryBroker
 from ._logs import LogFollower, TaskLogStore, check_log_batch
@@ -676,6 +678,7 @@ class Coordinator:
         governance_pb2_grpc.add_GovernanceServiceServicer_to_server(audit_local_calls(GovernanceServicer(self), self.audit), guarded)
         stream_pb2_grpc.add_StreamServiceServicer_to_server(audit_local_calls(StreamServicer(self), self.audit), guarded)
         insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(self), guarded)
+        debug_pb2_grpc.add_DebugServiceServicer_to_server(audit_local_calls(DebugServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
@@ -685,6 +688,7 @@ class Coordinator:
             governance_pb2.DESCRIPTOR.services_by_name["GovernanceService"].full_name,
             stream_pb2.DESCRIPTOR.services_by_name["StreamService"].full_name,
             insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
+            debug_pb2.DESCRIPTOR.services_by_name["DebugService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]

@@ -9,6 +9,7 @@ therefore never loses a transition that a worker or client has seen.
 Task attempt states follow DESIGN.md::
 
     PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING
+    (a debug run: PENDING -> HELD -> READY, see ``_debug_flow``)
     (and SKIPPED, CANCELLED, UPSTREAM_FAILED from the non-terminal states)
 
 A run with ``circuit_breaker_enabled`` asks the task's circuit (``_breaker``) before each
@@ -55,6 +56,7 @@ from ._story import ERROR_MOVES, restored_entries
 from ._recovery import RecoveryCodec, recovered_task, recovery_name
 from ._queries import StateQueries
 from ._recovery_flow import _RECOVERY_REQUEST, RecoveryFlow
+from ._debug_flow import DebugFlow
 from ._events import (
     Action,
     Assign,
@@ -62,6 +64,7 @@ from ._events import (
     CancelAttempts,
     CancelRequested,
     CircuitOpened,
+    DebugReleaseRequested,
     DrainRequested,
     DrainWorker,
     Event,
@@ -102,7 +105,9 @@ INTERNAL_ERROR = "INTERNAL"
 
 #: Every allowed task transition. ``_move`` refuses anything else.
 _ALLOWED: dict[int, frozenset[int]] = {
-    pb.PENDING: frozenset({pb.READY, pb.UPSTREAM_FAILED, pb.CANCELLED, pb.SKIPPED}),
+    pb.PENDING: frozenset({pb.READY, pb.HELD, pb.UPSTREAM_FAILED, pb.CANCELLED, pb.SKIPPED}),
+    # A debug run's task waits for the debugger (_debug_flow): released, or cancelled.
+    pb.HELD: frozenset({pb.READY, pb.CANCELLED}),
     # READY -> RETRY_WAIT/FAILED/RECOVERING: an attempt failed fast on an open circuit.
     pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED, pb.RETRY_WAIT, pb.RECOVERING}),
     pb.ASSIGNED: frozenset(
@@ -121,7 +126,7 @@ class InvalidTransition(RuntimeError):
     """A transition not in the table was attempted: a bug in the state machine."""
 
 
-class SchedulerState(RecoveryFlow, StateQueries):
+class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
     """All runs, tasks and workers a coordinator knows, and the rules that move them.
 
     Args:
@@ -184,6 +189,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             WorkerConnected: self._on_worker_connected,
             WorkerDisconnected: self._on_worker_disconnected,
             CancelRequested: self._on_cancel,
+            DebugReleaseRequested: self._on_debug_release,
             DrainRequested: self._on_drain,
             Tick: self._on_tick,
             RunEvicted: self._on_evicted,
@@ -247,7 +253,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             task = run.tasks[name]
             task.waiting = len(task.deps)
             if not task.deps:
-                self._move(run, task, pb.READY, out)
+                self._make_ready(run, task, out)
 
     def _on_restored(self, ev: RunRestored, out: list[Action]) -> None:
         run = RunEntry(ev.run_id, ev.spec, ev.created_at)
@@ -291,7 +297,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             task = run.tasks[name]
             task.waiting = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
             if task.state == pb.PENDING and task.waiting == 0:
-                self._move(run, task, pb.READY, out)
+                self._make_ready(run, task, out)
         self._maybe_finish(run, ev.now, out)
 
     def _on_worker_connected(self, ev: WorkerConnected, out: list[Action]) -> None:
@@ -472,7 +478,7 @@ class SchedulerState(RecoveryFlow, StateQueries):
             child = run.tasks[name]
             child.waiting -= 1
             if child.waiting == 0 and child.state == pb.PENDING:
-                self._move(run, child, pb.READY, out)
+                self._make_ready(run, child, out)
 
     def _fail_attempt(self, run: RunEntry, task: TaskEntry, error: pb.TaskError, now: float, out: list[Action]) -> None:
         """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task."""

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from ._domain import VERSION as __version__  # noqa: F401 - served by __getattr__
     from ._client import Client
     from ._dag import DataFlow, Pipeline, Task, pipeline, task
+    from ._debug import DebugPause, DebugSession
     from ._handlers import handler
     from ._lineage import LineageGraph
     from .security._data_decorators import audit_data_access, log_data_access, track_data_lineage
@@ -75,6 +76,7 @@ _LAZY = {
     "LineageGraph": "._lineage",
     **dict.fromkeys(("audit_data_access", "log_data_access", "track_data_lineage"), ".security._data_decorators"),
     "PipelineManager": "._manager",
+    **dict.fromkeys(("DebugPause", "DebugSession"), "._debug"),  # docs/debugging.md
     "RetryPolicy": "._options",
     # The seed's stream API (docs/streams.md).
     **dict.fromkeys(("StreamPipeline", "StreamTask", "DataStream"), ".streams"),
@@ -114,6 +116,8 @@ __all__ = [
     "DataQualityReport",
     "DataStream",
     "DataStreamError",
+    "DebugPause",
+    "DebugSession",
     "DistributedExecutionError",
     "HandlerNotFoundError",
     "InstallReport",

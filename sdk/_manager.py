@@ -15,6 +15,7 @@ from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
 from ._client import Client, check_seconds
 from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, wait_option
+from ._debug import DebugSession
 from ._dag import pipeline as _pipeline_decorator
 from ._domain import TERMINAL_RUN_STATES
 from ._enterprise import ENTERPRISE_SECTIONS, enterprise_settings, prepare_keyring
@@ -522,8 +523,6 @@ class PipelineManager:
 
         return restart_streams(self.client, names or ())
 
-    # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
-    get_resource_manager = not_built("pm.get_resource_manager()", 17)
     # ------------------------------------------------------------------ result cache (docs/cache.md)
 
     def configure_cache(self, cache_config: Mapping[str, Any]) -> CacheConfig:
@@ -557,7 +556,8 @@ class PipelineManager:
         """
         return self._cache.invalidate(pipeline, task)
 
-    create_debug_session = not_built("pm.create_debug_session()", 16)
+    # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
+    get_resource_manager = not_built("pm.get_resource_manager()", 17)
     enable_hot_reload = not_built("pm.enable_hot_reload()", 16)
 
     def _remember(self, run_id: str, pipeline: Pipeline) -> None:
@@ -609,6 +609,19 @@ class PipelineManager:
     def get_run(self, run_id: str) -> PipelineResult:
         """The run's current state (outputs of the tasks that finished so far)."""
         return PipelineResult.from_proto(self.client._get_run_pb(run_id, include_results=True))
+
+    def create_debug_session(self, pipeline: Pipeline | str) -> DebugSession:
+        """A debug session of ``pipeline`` (a registered name or a Pipeline): see docs/debugging.md.
+
+        Its run starts at the first ``step_through_task`` or ``continue_``; :meth:`close`
+        aborts a session's run that is still going.
+
+        Raises:
+            PipelineValidationError: no such pipeline, or a malformed one.
+        """
+        session = DebugSession(self, self._resolve(pipeline))
+        self._on_close.append(session.close)
+        return session
 
     def get_metrics(self, run_id: str) -> dict[str, TaskMetrics]:
         """What each task of a run recorded, read back from the coordinator (a past run too).

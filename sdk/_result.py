@@ -31,7 +31,7 @@ class TaskRunInfo:
     """How one task of a run went."""
 
     name: str
-    status: str  # pending, ready, assigned, running, succeeded, failed, retry_wait, recovering, skipped, cancelled, upstream_failed
+    status: str  # pending, ready, assigned, running, succeeded, failed, retry_wait, recovering, skipped, cancelled, upstream_failed, held
     attempts: int
     worker: str
     started_at: float | None  # unix seconds

@@ -44,6 +44,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCELLED: _ClassVar[TaskState]
     UPSTREAM_FAILED: _ClassVar[TaskState]
     RECOVERING: _ClassVar[TaskState]
+    HELD: _ClassVar[TaskState]
 
 class ErrorType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -95,6 +96,7 @@ SKIPPED: TaskState
 CANCELLED: TaskState
 UPSTREAM_FAILED: TaskState
 RECOVERING: TaskState
+HELD: TaskState
 ERROR_TYPE_UNSPECIFIED: ErrorType
 ERROR_TYPE_TASK_FAILURE: ErrorType
 ERROR_TYPE_DEPENDENCY_FAILURE: ErrorType
@@ -277,7 +279,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage", "debug")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +303,7 @@ class PipelineSpec(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    DEBUG_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -317,7 +320,8 @@ class PipelineSpec(_message.Message):
     principal: RunPrincipal
     namespace: str
     lineage: bool
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ...) -> None: ...
+    debug: bool
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ..., debug: _Optional[bool] = ...) -> None: ...
 
 class RunPrincipal(_message.Message):
     __slots__ = ("name", "grants", "run_id", "signature", "key_id")

@@ -67,12 +67,14 @@ PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "stream:io": "read and write memory:// streams on the coordinator's memory broker",
     "stream:run": "run stream stage instances: report, checkpoint (workers hold it)",
     "alert:read": "see the alerts the coordinator raised and their deliveries (xpipe alerts)",
+    "run:debug": "release the held tasks of a debug session's run (DebugService.ReleaseTasks)",
 })  # fmt: skip
 
 _VIEW = (
     "run:read", "story:read", "cluster:read", "worker:read", "lineage:read", "api:describe", "stream:read", "alert:read",
 )  # fmt: skip
-_SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command", "stream:control", "stream:io")
+_SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command", "stream:control", "stream:io",
+           "run:debug")  # fmt: skip
 _OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
 
 #: Built-in roles. ``admin`` holds every permission, custom ones included. Workers hold only
@@ -127,6 +129,7 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.StreamService/RestartStreams": "stream:control",
     "/xpipe.v1.InsightsService/GetHistory": "run:read",
     "/xpipe.v1.InsightsService/ListAlerts": "alert:read",
+    "/xpipe.v1.DebugService/ReleaseTasks": "run:debug",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
@@ -146,6 +149,7 @@ NAMESPACED_RPCS: frozenset[str] = frozenset({
     "/xpipe.v1.PipelineService/GetTaskResult",
     "/xpipe.v1.PipelineService/GetTaskLogs",
     "/xpipe.v1.AuditService/GetLineage",
+    "/xpipe.v1.DebugService/ReleaseTasks",
 })  # fmt: skip
 
 #: What the audit log records of each call besides refusals (which it records for every
@@ -164,6 +168,7 @@ RPC_AUDIT: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.GovernanceService/ForgetSubject": "mutation",
     "/xpipe.v1.StreamService/StopStream": "mutation",
     "/xpipe.v1.StreamService/RestartStreams": "mutation",
+    "/xpipe.v1.DebugService/ReleaseTasks": "mutation",
 })  # fmt: skip
 
 

@@ -26,7 +26,8 @@ def test_the_public_names_are_pinned_exactly():
     """Adding or dropping a public name is a decision: change this list with it (httpx's habit)."""
     assert xpipe.__all__ == [
         "AuthenticationError", "CircuitInfo", "Client", "ClusterStatus", "CoordinatorUnavailableError",
-        "DataFlow", "DataQualityReport", "DataStream", "DataStreamError", "DistributedExecutionError",
+        "DataFlow", "DataQualityReport", "DataStream", "DataStreamError", "DebugPause", "DebugSession",
+        "DistributedExecutionError",
         "HandlerNotFoundError", "InstallReport", "LineageGraph", "LogChunk", "NodeRecovery",
         "PermissionDeniedError", "Pipeline", "PipelineExecutionError", "PipelineManager", "PipelineResult",
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo",

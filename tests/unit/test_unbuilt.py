@@ -16,7 +16,6 @@ from xpipe import Pipeline, PipelineManager
 
 NOT_BUILT_ON_MANAGER = {
     "get_resource_manager": 17,
-    "create_debug_session": 16,
     "enable_hot_reload": 16,
     "scale_up_resources": 17,
 }
