@@ -500,7 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     plan = sub.add_parser("plan", parents=[common], help="print the execution plan of FILE.py[:OBJECT]")
     plan.add_argument("target", help="a Python file and optionally the Pipeline object in it")
-    plan.add_argument("--strategy", default="time_optimal", choices=["time_optimal", "resource_optimal", "cost_optimal"])
+    plan.add_argument("--strategy", default="time_optimal", choices=["time_optimal", "resource_optimal", "cost_optimal"],
+                      help="what the plan optimizes")
     plan.add_argument("--cpu-cores", type=float, default=None, help="resource constraint: cores in flight at most")
     plan.add_argument("--memory-gb", type=float, default=None, help="resource constraint: memory in flight at most")
     plan.add_argument("--gpu", type=int, default=None, help="resource constraint: GPUs in flight at most")
@@ -525,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", parents=[common], help="what a run's tasks printed and logged")
     logs.add_argument("run_id")
     logs.add_argument("task", nargs="?", default="", help="only this task")
-    logs.add_argument("--attempt", type=int, default=0, help="only this attempt (default: every attempt)")
+    logs.add_argument("--attempt", type=int, default=0, help="only this attempt (default: 0, every attempt)")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="keep printing as the tasks write, until they (or the run) finish")  # fmt: skip
     logs.set_defaults(fn=cmd_logs)
