@@ -274,3 +274,25 @@ def test_a_refused_connection_fails_fast_naming_the_address(tmp_path):
     assert bad.returncode == 1 and "XPIPE_CONNECT_TIMEOUT='soon': expected a number of seconds >= 0" in bad.stderr
     shown = _xpipe("runs", "--help", env=child_env({"XPIPE_CONNECT_TIMEOUT": "3"}))
     assert "$XPIPE_CONNECT_TIMEOUT" in shown.stdout
+
+
+# ---------------------------------------------------------------------- missing_dependencies
+
+
+def test_pickled_code_needing_a_module_the_worker_lacks_fails_dependency_failure_naming_it(tmp_path):
+    from xpipe import PipelineManager
+    from xpipe._cli import load_pipeline
+    from xpipe.errors import PipelineExecutionError
+
+    here = tmp_path / "client"  # the workers run in tmp_path: this is not on their path
+    here.mkdir()
+    (here / "only_here.py").write_text("def twice(x):\n    return 2 * x\n")
+    script = _script(here, "needs", "import only_here\n\ndef use():\n    return only_here.twice(21)\n\n"
+                                       "p = Pipeline('needs')\np.add_task(Task('use', use, max_retries=0))\n")  # fmt: skip
+    pipeline = load_pipeline(str(script))  # its functions travel by value, only_here by name
+    with Cluster(tmp_path, workers=1, slots=1) as cluster, PipelineManager(coordinator=cluster.address) as pm:
+        with pytest.raises(PipelineExecutionError) as caught:
+            pm.execute_pipeline(pipeline, monitor=False, timeout_s=60)
+    assert caught.value.error_type == "DEPENDENCY_FAILURE", caught.value
+    assert caught.value.missing_dependencies == ["only_here"]
+    assert caught.value.result.tasks["use"].missing_dependencies == ("only_here",)
