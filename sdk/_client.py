@@ -318,7 +318,7 @@ class _Attempts:
     caller's own deadline (``wait(timeout_s=...)``), which no reconnect extends.
     """
 
-    __slots__ = ("backoff", "client", "deadline", "jumps", "refused", "started", "timeout_s", "until", "what")
+    __slots__ = ("backoff", "client", "deadline", "jumps", "refused", "refused_since", "timeout_s", "until", "what")
 
     def __init__(self, client: Client, *, timeout_s: float | None = None, what: str = ""):
         self.client = client
@@ -326,8 +326,9 @@ class _Attempts:
         self.until = None if timeout_s is None else time.monotonic() + timeout_s
         self.what = what
         self.backoff: Backoff | None = None  # made on the first failure: most operations never need one
-        self.started = time.monotonic()
-        self.refused: set[str] = set()  # addresses that refused the connection, before any answer
+        #: Addresses that refused the connection in a row, and since when (made on the first refusal).
+        self.refused: set[str] | None = None
+        self.refused_since = 0.0
         self.answered()
 
     def answered(self) -> None:
@@ -386,11 +387,13 @@ class _Attempts:
         """
         client = self.client
         if client._reached or client.connect_timeout_s is None or _REFUSED not in (exc.details() or ""):
-            self.refused.clear()
+            self.refused = None
             return
+        if self.refused is None:
+            self.refused, self.refused_since = set(), now
         self.refused.add(client.address)
         waited_s = min(REFUSED_GRACE_S, client.connect_timeout_s)
-        if now - self.started >= waited_s and self.refused.issuperset(client.addresses):
+        if now - self.refused_since >= waited_s and self.refused.issuperset(client.addresses):
             raise CoordinatorUnavailableError(
                 f"no coordinator answered at {','.join(client.addresses)} within {waited_s:g}s: connection "
                 f"refused, nothing listens there (is the coordinator running, and is the address right?)",
