@@ -224,7 +224,8 @@ def cmd_plan(opts) -> int:
     if opts.coordinator:
         with _client(opts) as client:
             durations = client.task_stats(pipeline.validate())
-            workers = [PlanWorker.from_info(w) for w in client.list_workers() if w.state != "lost"]
+            workers = [PlanWorker.from_info(w) for w in client.list_workers()
+                       if w.state not in DEPARTED_WORKER_STATES]
     plan = build_plan(
         pipeline, optimization_strategy=opts.strategy, resource_constraints=constraints or None,
         cost_optimization=opts.cost_optimization, durations=durations, workers=workers,

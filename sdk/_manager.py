@@ -17,7 +17,7 @@ from ._client import Client, check_seconds
 from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, wait_option
 from ._dag import pipeline as _pipeline_decorator
-from ._domain import TERMINAL_RUN_STATES
+from ._domain import DEPARTED_WORKER_STATES, TERMINAL_RUN_STATES
 from ._enterprise import ENTERPRISE_SECTIONS, enterprise_settings, prepare_keyring
 from ._governance import ForgetReport, GarbageReport, collect_garbage, forget_subject
 from ._install import distributions_for
@@ -305,7 +305,8 @@ class PipelineManager:
             resource_constraints=resource_constraints,
             cost_optimization=cost_optimization,
             durations=self.client.task_stats(names),
-            workers=[PlanWorker.from_info(w) for w in self.client.list_workers() if w.state != "lost"],
+            workers=[PlanWorker.from_info(w) for w in self.client.list_workers()
+                     if w.state not in DEPARTED_WORKER_STATES],
         )
 
     def execute_with_plan(
