@@ -79,7 +79,9 @@ def load_pipeline(target: str, *, command: str = "run"):
     found = [v for v in vars(module).values() if isinstance(v, Pipeline)]
     if len(found) != 1:
         names = [k for k, v in vars(module).items() if isinstance(v, Pipeline)]
-        raise SystemExit(f"xpipe {command}: {path_text} defines {len(found)} pipelines {names}; name one as FILE.py:OBJECT")
+        raise SystemExit(
+            f"xpipe {command}: {path_text} defines {len(found)} pipelines {names}; name one as FILE.py:OBJECT"
+        )
     return found[0]
 
 
@@ -501,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=cmd_run)
     plan = sub.add_parser("plan", parents=[common], help="print the execution plan of FILE.py[:OBJECT]")
     plan.add_argument("target", help="a Python file and optionally the Pipeline object in it")
-    plan.add_argument("--strategy", default="time_optimal", choices=["time_optimal", "resource_optimal", "cost_optimal"],
-                      help="what the plan optimizes")
+    plan.add_argument("--strategy", default="time_optimal", help="what the plan optimizes",
+                      choices=["time_optimal", "resource_optimal", "cost_optimal"])
     plan.add_argument("--cpu-cores", type=float, default=None, help="resource constraint: cores in flight at most")
     plan.add_argument("--memory-gb", type=float, default=None, help="resource constraint: memory in flight at most")
     plan.add_argument("--gpu", type=int, default=None, help="resource constraint: GPUs in flight at most")

@@ -78,7 +78,8 @@ class PipelineManager:
         workers, slots_per_worker, data_dir, imports: shape of the embedded default.
         connect_timeout_s: how long a call, ``wait`` or ``execute_pipeline`` keeps trying to
             reach a coordinator before it raises :class:`CoordinatorUnavailableError`
-            (not given: ``XPIPE_CONNECT_TIMEOUT``, else 30 s); a run that was being followed gets this again after each break.
+            (not given: ``XPIPE_CONNECT_TIMEOUT``, else 30 s); a run that was being followed
+            gets this again after each break.
             None keeps trying for ever.
         otlp_endpoint: ``HOST:PORT`` of an OTLP/gRPC collector: each run is one trace, from
             this process through the coordinator to the workers (docs/tracing.md). The
@@ -124,7 +125,8 @@ class PipelineManager:
         self.config = cfg
         # Checked before the embedded processes start, so a bad value leaves none behind.
         connect_timeout_s = check_seconds(
-            "connect_timeout_s", connect_timeout_setting(cfg.get("connect_timeout_s", connect_timeout_s)), allow_none=True
+            "connect_timeout_s", connect_timeout_setting(cfg.get("connect_timeout_s", connect_timeout_s)),
+            allow_none=True,
         )
         tracing_args = tracing_arguments(otlp_endpoint, trace_sample_ratio)
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None

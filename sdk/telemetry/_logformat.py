@@ -13,7 +13,9 @@ import json
 import logging
 import time
 
-__all__ = ["CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "iso_time", "log_ids"]
+__all__ = [
+    "CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "iso_time", "log_ids",
+]  # fmt: skip
 
 #: Values of ``--log-format``.
 LOG_FORMATS = ("text", "json")

@@ -148,7 +148,8 @@ def test_run_and_status_show_progress_a_compact_summary_and_the_failed_tasks_tra
         assert slowest.startswith("  nap ") and " s " in slowest  # 1.5 s, the slowest by far
         assert "Traceback" not in done.stderr
 
-        verbose = _xpipe("run", str(script), "--coordinator", cluster.address, "--verbose", "--progress-interval-s", "0")
+        verbose = _xpipe("run", str(script), "--coordinator", cluster.address, "--verbose",
+                         "--progress-interval-s", "0")  # fmt: skip
         assert all(any(line.startswith(f"  t{i} ") for line in verbose.stdout.splitlines()) for i in range(30))
         assert "[" not in verbose.stdout.splitlines()[1]  # --progress-interval-s 0: no progress lines
 

@@ -33,7 +33,8 @@ def test_every_option_with_a_default_says_it_in_its_help():
         rendered = _flat(parser.format_help())  # renders without error, defaults expanded
         formatter = parser._get_formatter()
         for action in parser._actions:
-            if not action.option_strings or action.default in (None, argparse.SUPPRESS) or isinstance(action.default, bool):
+            default = action.default
+            if not action.option_strings or default in (None, argparse.SUPPRESS) or isinstance(default, bool):
                 continue
             helped = _flat(formatter._expand_help(action))
             where = f"{path} {'/'.join(action.option_strings)}"
