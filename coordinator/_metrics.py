@@ -175,7 +175,7 @@ class CoordinatorMetrics:
         m.create_observable_gauge("xpipe_runs_active", [self._observe_runs], description="Runs not yet finished")
         m.create_observable_gauge(
             "xpipe_workers", [self._observe_workers],
-            description="Workers known to this coordinator, by state (ready|busy|draining|disconnected|lost)",
+            description="Workers known to this coordinator, by state (ready|busy|draining|disconnected|drained|lost)",
         )  # fmt: skip
         m.create_observable_counter(
             "xpipe_metric_points_dropped", [self._observe_dropped],
