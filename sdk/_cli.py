@@ -24,7 +24,8 @@ from ._graph_cli import register as register_graph_command
 from ._domain import DEPARTED_WORKER_STATES
 from ._limits import DEFAULT_INSTALL_TIMEOUT_S, MEMORY_UNITS
 from ._run_cli import (
-    COMPACT_AFTER_TASKS, DEFAULT_PROGRESS_INTERVAL_S, RunInterrupted, follow_run, task_lines, task_rows,
+    COMPACT_AFTER_TASKS, DEFAULT_PROGRESS_INTERVAL_S, RunInterrupted, exit_on_sigterm, follow_run, task_lines,
+    task_rows,
 )  # fmt: skip
 from .errors import PipelineExecutionError, XpipeError
 from ._alerts_cli import register as register_alerts_command
@@ -174,16 +175,20 @@ def cmd_run(opts) -> int:
 
     pipeline = load_pipeline(opts.target)
     try:
-        pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
-                             otlp_endpoint=opts.otlp_endpoint or None, tls=_tls(opts) if opts.coordinator else None,
-                             token=opts.token or None, namespace=opts.namespace or None)  # fmt: skip
-    except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
-        raise SystemExit(f"xpipe run: {exc}") from None
-    try:
-        with pm:
-            result = follow_run(pm, pipeline, out=sys.stderr if opts.json else sys.stdout,
-                                progress_interval_s=opts.progress_interval_s,
-                                cancel_on_interrupt=opts.cancel_on_interrupt, embedded=not opts.coordinator)  # fmt: skip
+        # SIGTERM unwinds like an exception, so the embedded default's processes are stopped.
+        with exit_on_sigterm():
+            try:
+                pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
+                                     otlp_endpoint=opts.otlp_endpoint or None,
+                                     tls=_tls(opts) if opts.coordinator else None, token=opts.token or None,
+                                     namespace=opts.namespace or None)  # fmt: skip
+            except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
+                raise SystemExit(f"xpipe run: {exc}") from None
+            with pm:
+                result = follow_run(pm, pipeline, out=sys.stderr if opts.json else sys.stdout,
+                                    progress_interval_s=opts.progress_interval_s,
+                                    cancel_on_interrupt=opts.cancel_on_interrupt,
+                                    embedded=not opts.coordinator)  # fmt: skip
     except RunInterrupted as stopped:
         _emit(opts, {"run_id": stopped.run_id, "status": "interrupted", "cancelled": stopped.cancelled},
               f"run {stopped.run_id}: interrupted")  # fmt: skip

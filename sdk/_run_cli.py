@@ -8,6 +8,8 @@ cancel (or cancels), and a big run ends in a compact summary instead of a line p
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ __all__ = [
     "DEFAULT_PROGRESS_INTERVAL_S",
     "SLOWEST_SHOWN",
     "RunInterrupted",
+    "exit_on_sigterm",
     "follow_run",
     "task_lines",
     "task_rows",
@@ -112,6 +115,29 @@ def task_lines(rows: Mapping[str, Mapping[str, Any]], *, verbose: bool) -> list[
 
 
 # ---------------------------------------------------------------------- following a run
+
+
+@contextlib.contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into ``SystemExit(143)`` while the block runs, so cleanup runs.
+
+    Without it a terminated ``xpipe run`` dies at once and leaves the embedded default's
+    coordinator and workers (in sessions of their own) running. Only the main thread can
+    set a handler; elsewhere (``main()`` called from a thread) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
 
 
 class _ProgressLines:

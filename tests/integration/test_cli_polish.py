@@ -19,6 +19,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.harness import REPO_ROOT, Cluster, child_env, eventually, free_port
@@ -114,6 +115,26 @@ def test_ctrl_c_cancels_when_stdin_is_not_a_terminal_asks_on_one_and_prints_no_t
             os.close(slave)
         assert proc.returncode == 130 and "Traceback" not in err, err
         eventually(lambda: client.get_run(asked).summary.state == "CANCELLED", timeout_s=20)
+
+
+def test_sigterm_on_run_with_the_embedded_default_stops_its_processes(tmp_path):
+    script = _script(tmp_path, "long", "p = Pipeline('long')\np.add_task(Task('nap', ht.sleep, args=(120,)))\n")
+    env = child_env()
+    env.pop("XPIPE_COORDINATOR", None)  # the embedded default
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "xpipe._cli", "run", str(script)], stdin=subprocess.DEVNULL,
+                                stdout=out, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO_ROOT)  # fmt: skip
+    try:
+        _started_run_id(tmp_path / "out.txt", proc)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert len(children) >= 3  # its coordinator and two workers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "Traceback" not in err, err
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, f"left running: {alive}"
 
 
 # ---------------------------------------------------------------------- progress, summary, failures
