@@ -37,7 +37,7 @@ from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
 from xpipe.errors import SerializationError
-from xpipe.telemetry._logformat import log_ids
+from xpipe.telemetry._logformat import iso_time, log_ids
 
 from ._events import (
     Action,
@@ -496,7 +496,7 @@ class Engine:
         if batches and not self._dispatched_any:
             # Failover time is measured from a kill to this line of the new leader.
             self._dispatched_any = True
-            log.info("first assignment dispatched at %.3f", time.time())
+            log.info("first assignment dispatched at %s", iso_time(time.time()))
         if batches and self.metrics is not None:
             self.metrics.dispatched(len(b.assignments) for b in batches.values())
         for worker_id, batch in batches.items():

@@ -32,6 +32,7 @@ from aetcd import rpc
 
 from xpipe._backoff import Backoff
 from xpipe._proto import worker_pb2
+from xpipe.telemetry._logformat import iso_time
 
 from ._etcd_store import EtcdStore, EtcdStoreError, Fence, deposed_fence
 
@@ -178,7 +179,7 @@ class LeaderElection:
     async def _lead(self, term: int, keepalive: asyncio.Task, on_elected: OnElected, on_deposed: OnDeposed) -> None:
         store = self.store
         store.fence = Fence(store.leader_key, term)
-        log.info("elected leader of cluster %r (term %d) at %.3f", store.cluster, term, time.time())
+        log.info("elected leader of cluster %r (term %d) at %s", store.cluster, term, iso_time(time.time()))
         try:
             engine_done = await on_elected(term)
         except BaseException:

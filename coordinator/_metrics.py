@@ -26,7 +26,7 @@ import re
 from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
-from xpipe._domain import TERMINAL_RUN_STATES, error_type_name
+from xpipe._domain import TERMINAL_RUN_STATES, WORKER_STATES, error_type_name
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._export import BucketHistogram, LastValueGauge, MetricsEndpoint
 
@@ -45,8 +45,6 @@ log = logging.getLogger(__name__)
 
 #: The values of the ``outcome`` label of ``xpipe_task_attempts_total``.
 ATTEMPT_OUTCOMES = ("succeeded", "failed", "timeout", "cancelled", "skipped")
-#: The values of the ``state`` label of ``xpipe_workers`` (SchedulerState.worker_shown_state).
-WORKER_STATES = ("ready", "busy", "draining", "disconnected", "lost")
 
 #: Buckets (seconds) of task durations and queue waits: 5 ms to an hour.
 TASK_SECONDS_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
@@ -177,7 +175,7 @@ class CoordinatorMetrics:
         m.create_observable_gauge("xpipe_runs_active", [self._observe_runs], description="Runs not yet finished")
         m.create_observable_gauge(
             "xpipe_workers", [self._observe_workers],
-            description="Workers known to this coordinator, by state (ready|busy|draining|disconnected|lost)",
+            description="Workers known to this coordinator, by state (ready|busy|draining|disconnected|drained|lost)",
         )  # fmt: skip
         m.create_observable_counter(
             "xpipe_metric_points_dropped", [self._observe_dropped],

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from xpipe._domain import TERMINAL_RUN_STATES
+from xpipe._domain import DEPARTED_WORKER_STATES, TERMINAL_RUN_STATES
 
 from ._events import StoryEntry, TaskRecord
 from ._invariants import check_invariants
@@ -54,7 +54,7 @@ class StateQueries:
 
     def worker_by_name(self, name: str) -> WorkerEntry | None:
         for worker in self.workers.values():
-            if worker.name == name and worker.state != "lost":
+            if worker.name == name and worker.state not in DEPARTED_WORKER_STATES:
                 return worker
         return None
 
@@ -65,9 +65,9 @@ class StateQueries:
 
     @staticmethod
     def worker_shown_state(worker: WorkerEntry) -> str:
-        """What operators see: lost, disconnected, draining, busy (every slot taken) or ready."""
-        if worker.state == "lost":
-            return "lost"
+        """What operators see: one of ``xpipe._domain.WORKER_STATES``."""
+        if worker.state in DEPARTED_WORKER_STATES:
+            return worker.state
         if not worker.connected:
             return "disconnected"
         if worker.state == "draining":
@@ -95,13 +95,18 @@ class StateQueries:
 
     @staticmethod
     def is_unhealthy(worker: WorkerEntry) -> bool:
-        """Lost (past its heartbeat deadline) or disconnected (its stream ended)."""
-        return worker.state == "lost" or not worker.connected
+        """Lost (past its heartbeat deadline) or disconnected (its stream ended); a drained worker left as asked."""
+        return worker.state == "lost" or (not worker.connected and worker.state != "drained")
+
+    @classmethod
+    def is_forgettable(cls, worker: WorkerEntry) -> bool:
+        """Unhealthy, or drained: what ForgetWorkers may drop (never a connected worker)."""
+        return worker.state == "drained" or cls.is_unhealthy(worker)
 
     def unhealthy_workers(self) -> list[str]:
         """Names of unhealthy workers, sorted; a name also held by a healthy worker (one
         restarted under a new id) is healthy, whatever ghost entries it left."""
-        healthy = {w.name for w in self.workers.values() if not self.is_unhealthy(w)}
+        healthy = {w.name for w in self.workers.values() if not self.is_forgettable(w)}
         return sorted({w.name for w in self.workers.values() if self.is_unhealthy(w)} - healthy)
 
     def sort_for_forgetting(self, names: Iterable[str]) -> tuple[list[str], list[str], list[str], list[str]]:
@@ -119,7 +124,7 @@ class StateQueries:
             if not entries:
                 unknown.append(name)
                 continue
-            sick = [w.worker_id for w in entries if self.is_unhealthy(w)]
+            sick = [w.worker_id for w in entries if self.is_forgettable(w)]
             (forgotten if sick else healthy).append(name)
             ids.extend(sick)
         return forgotten, healthy, unknown, ids

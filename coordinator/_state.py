@@ -40,7 +40,7 @@ import math
 import random
 from collections import deque
 
-from xpipe._domain import TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
+from xpipe._domain import DEPARTED_WORKER_STATES, TERMINAL_RUN_STATES, TERMINAL_TASK_STATES
 from xpipe._domain import error_type_name, set_error_type, task_error
 from xpipe._limits import STORY_HISTORY_ENTRIES, TRANSITION_LOG_ENTRIES
 from xpipe._proto import common_pb2 as pb
@@ -228,10 +228,16 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
 
     def _on_worker_disconnected(self, ev: WorkerDisconnected, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
-        if worker is not None and worker.state != "lost":
+        if worker is not None and worker.state not in DEPARTED_WORKER_STATES:
             worker.connected = False
             worker.last_seen = ev.now
             self.placement.set_eligible(worker.worker_id, False)
+            if worker.state == "draining" and not worker.assigned:
+                # A drain that finished: the worker left as asked, so it is not lost
+                # (no heartbeat deadline, no WorkerLost alert), only shown as departed.
+                log.info("worker %s (%s) drained and left", worker.name, worker.worker_id)
+                worker.state = "drained"
+                self.placement.remove(worker.worker_id)
 
     def _on_drain(self, ev: DrainRequested, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
@@ -302,7 +308,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
 
     def _on_worker_connected(self, ev: WorkerConnected, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
-        if worker is None or worker.state == "lost":
+        if worker is None or worker.state in DEPARTED_WORKER_STATES:
             worker = self.workers[ev.worker_id] = WorkerEntry(ev.worker_id, ev.now)
         worker.name, worker.host, worker.slots = ev.name, ev.host, max(0, ev.slots)
         worker.handlers, worker.labels, worker.resources = ev.handlers, dict(ev.labels), ev.resources
@@ -332,7 +338,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
 
     def _on_heartbeat(self, ev: HeartbeatReceived, out: list[Action]) -> None:
         worker = self.workers.get(ev.worker_id)
-        if worker is None:
+        if worker is None or worker.state == "drained":
             return
         if worker.state == "lost":
             self._heard_from(worker, out)
@@ -404,7 +410,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
         worker.avg_task_s = took if worker.avg_task_s is None else 0.8 * worker.avg_task_s + 0.2 * took
         prefetch = self._prefetch_for(worker)
         old = worker.credit - worker.slots
-        if worker.state != "lost" and abs(prefetch - old) >= max(1, old // 4):
+        if worker.state not in DEPARTED_WORKER_STATES and abs(prefetch - old) >= max(1, old // 4):
             self._index_worker(worker)
 
     def _on_result(self, ev: TaskSucceeded | TaskFailed, out: list[Action]) -> None:
@@ -610,7 +616,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
                     self._fail_unplaceable(run, task, error_type, why, now, out, waited=True)
         deadline = now - self.heartbeat_timeout_s
         for worker in self.workers.values():
-            if worker.state != "lost" and worker.last_seen < deadline:
+            if worker.state not in DEPARTED_WORKER_STATES and worker.last_seen < deadline:
                 self._lose_worker(worker, now, out)
 
     # ------------------------------------------------------------------ scheduling
@@ -928,9 +934,9 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
     def _on_workers_forgotten(self, ev: WorkersForgotten, out: list[Action]) -> None:
         for worker_id in ev.worker_ids:
             worker = self.workers.get(worker_id)
-            if worker is None or not self.is_unhealthy(worker):
+            if worker is None or not self.is_forgettable(worker):
                 continue  # gone already, or it came back after the operator looked
-            if worker.state != "lost":
+            if worker.state not in DEPARTED_WORKER_STATES:
                 self._lose_worker(worker, ev.now, out)  # requeues what it held
             log.warning("forgetting unhealthy worker %s (%s) at an operator's request", worker.name, worker_id)
             del self.workers[worker_id]

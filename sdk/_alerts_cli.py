@@ -65,6 +65,7 @@ def register(sub, common: argparse.ArgumentParser, client_factory: Callable[[Any
 
     alerts = sub.add_parser("alerts", parents=[common], help="alerts the coordinator raised and their deliveries")
     alerts.add_argument("--since", type=parse_since, default=None, help="90s, 15m, 1h, 7d, or an ISO 8601 time")
-    alerts.add_argument("--rule", default="", choices=["", *RULES], metavar="RULE", help=f"only one rule: {', '.join(RULES)}")
+    alerts.add_argument("--rule", default="", choices=["", *RULES], metavar="RULE",
+                        help=f"only one rule: {', '.join(RULES)} (default: every rule)")
     alerts.add_argument("--limit", type=_limit, default=100, help="most alerts shown (default 100)")
     alerts.set_defaults(fn=lambda opts: cmd_alerts(opts, client_factory))

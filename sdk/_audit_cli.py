@@ -94,7 +94,7 @@ def register(sub, common: argparse.ArgumentParser, client_factory: Callable[[Any
     """Add ``xpipe audit`` to the ``xpipe`` subcommands."""
     audit = sub.add_parser("audit", parents=[common], help="show the audit log, or check it with --verify")
     audit.add_argument("--since", type=parse_since, default=None, help="90s, 15m, 1h, 7d, or an ISO 8601 time")
-    audit.add_argument("--principal", default="", help="only this principal's entries")
+    audit.add_argument("--principal", default="", help="only this principal's entries (default: every principal)")
     audit.add_argument("--verify", action="store_true",
                        help="recompute the hash chain over every entry; exit 1 naming the first entry changed, "
                             "removed or reordered")  # fmt: skip

@@ -22,13 +22,45 @@ This module imports nothing of ours.
 from __future__ import annotations
 
 import math
+import os
 import random
 
-__all__ = ["Backoff", "DEFAULT_CONNECT_TIMEOUT_S"]
+__all__ = ["Backoff", "DEFAULT_CONNECT_TIMEOUT_S", "REFUSED_GRACE_S", "CONNECT_TIMEOUT_ENV", "connect_timeout_setting"]
 
 #: How long an SDK client (and so ``PipelineManager`` and ``xpipe``) keeps trying to reach
 #: some coordinator before it raises ``CoordinatorUnavailableError``.
 DEFAULT_CONNECT_TIMEOUT_S = 30.0
+#: The environment variable that replaces that default (seconds, or ``none``: keep trying).
+CONNECT_TIMEOUT_ENV = "XPIPE_CONNECT_TIMEOUT"
+#: How long a client that never reached a coordinator retries addresses that all refuse the
+#: connection (nothing listens there) before it gives up: long enough for a coordinator
+#: that is binding its port, short enough that a typo is not a silent wait.
+REFUSED_GRACE_S = 1.0
+
+
+def connect_timeout_setting(value: object = ...) -> object:
+    """``value``, or when not given (``...``), ``$XPIPE_CONNECT_TIMEOUT``, else the default.
+
+    Returns the value as given (the caller checks it): a float, None (keep trying), or
+    whatever a bad environment held, named so that the caller's error points at it.
+
+    Raises:
+        ValueError: ``XPIPE_CONNECT_TIMEOUT`` is not a number of seconds >= 0 or ``none``.
+    """
+    if value is not ...:
+        return value
+    text = os.environ.get(CONNECT_TIMEOUT_ENV, "").strip()
+    if not text:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    if text.lower() == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (0 <= seconds < math.inf):
+        raise ValueError(f"{CONNECT_TIMEOUT_ENV}={text!r}: expected a number of seconds >= 0 or 'none'")
+    return seconds
 
 
 #: Jitter source of every Backoff not given its own: seeding a fresh ``random.Random`` reads

@@ -1,7 +1,8 @@
 """The ``xpipe`` command: run pipelines and inspect a cluster.
 
 Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``), ``--json`` and
-``--connect-timeout-s``. ``xpipe run`` without a coordinator uses the embedded default,
+``--connect-timeout`` (default ``$XPIPE_CONNECT_TIMEOUT``, else 10 s); every ``--help``
+shows the defaults. ``xpipe run`` without a coordinator uses the embedded default,
 like ``PipelineManager()``. Errors end the command with one line on stderr and a non-zero
 exit status (1: the run failed; 2: the cluster or the request; 130: interrupted), never a
 traceback.
@@ -18,7 +19,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._limits import DEFAULT_INSTALL_TIMEOUT_S
+from ._backoff import CONNECT_TIMEOUT_ENV, REFUSED_GRACE_S, connect_timeout_setting
+from ._graph_cli import register as register_graph_command
+from ._domain import DEPARTED_WORKER_STATES
+from ._limits import DEFAULT_INSTALL_TIMEOUT_S, MEMORY_UNITS
+from ._run_cli import (
+    COMPACT_AFTER_TASKS, DEFAULT_PROGRESS_INTERVAL_S, RunInterrupted, exit_on_sigterm, follow_run, task_lines,
+    task_rows,
+)  # fmt: skip
 from .errors import PipelineExecutionError, XpipeError
 from ._alerts_cli import register as register_alerts_command
 from ._audit_cli import register as register_audit_command
@@ -35,7 +43,7 @@ def _fmt_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
 
-def load_pipeline(target: str):
+def load_pipeline(target: str, *, command: str = "run"):
     """Load ``FILE.py[:OBJECT]`` and return the Pipeline it names (or its only one).
 
     The file is loaded under a private module name and its code is pickled by value, so
@@ -48,7 +56,7 @@ def load_pipeline(target: str):
         path_text, _, obj_name = target.rpartition(":")
     path = Path(path_text)
     if not path.is_file():
-        raise SystemExit(f"xpipe run: no such file {path_text!r}")
+        raise SystemExit(f"xpipe {command}: no such file {path_text!r}")
     module_name = f"_xpipe_run_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
@@ -62,17 +70,19 @@ def load_pipeline(target: str):
         del sys.modules[module_name]
     if obj_name:
         if not hasattr(module, obj_name):
-            raise SystemExit(f"xpipe run: {path_text} has no object {obj_name!r}")
+            raise SystemExit(f"xpipe {command}: {path_text} has no object {obj_name!r}")
         obj = getattr(module, obj_name)
         if callable(obj) and not isinstance(obj, Pipeline):
             obj = obj()
         if not isinstance(obj, Pipeline):
-            raise SystemExit(f"xpipe run: {target} is a {type(obj).__name__}, not a Pipeline")
+            raise SystemExit(f"xpipe {command}: {target} is a {type(obj).__name__}, not a Pipeline")
         return obj
     found = [v for v in vars(module).values() if isinstance(v, Pipeline)]
     if len(found) != 1:
         names = [k for k, v in vars(module).items() if isinstance(v, Pipeline)]
-        raise SystemExit(f"xpipe run: {path_text} defines {len(found)} pipelines {names}; name one as FILE.py:OBJECT")
+        raise SystemExit(
+            f"xpipe {command}: {path_text} defines {len(found)} pipelines {names}; name one as FILE.py:OBJECT"
+        )
     return found[0]
 
 
@@ -108,6 +118,54 @@ def _connect_timeout_s(text: str) -> float | None:
     return value
 
 
+def _default_connect_timeout_s() -> float | None:
+    """``$XPIPE_CONNECT_TIMEOUT`` if set (checked), else the CLI's own shorter default."""
+    if not os.environ.get(CONNECT_TIMEOUT_ENV, "").strip():
+        return CLI_CONNECT_TIMEOUT_S
+    try:
+        return connect_timeout_setting()
+    except ValueError as exc:
+        raise SystemExit(f"xpipe: {exc}") from None
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to an option's help unless the help already names its default.
+
+    Like ``argparse.ArgumentDefaultsHelpFormatter``, without the noise it adds to flags and
+    to options whose default is empty (their help says where the value comes from).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or "default" in text or action.default in (None, "", argparse.SUPPRESS):
+            return text
+        if isinstance(action.default, bool):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every subcommand below it (ours and the registered ones) the formatter."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:  # argparse keeps its subparsers here; no public accessor
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                show_defaults(child)
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    """``xpipe run``'s own options: how it follows the run."""
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help=f"a line per task even past {COMPACT_AFTER_TASKS} tasks (else counts, failures, slowest)")
+    run.add_argument("--progress-interval-s", type=float, default=DEFAULT_PROGRESS_INTERVAL_S, metavar="SECONDS",
+                     help="when stdout is not a terminal, a progress line this often (0: none; "
+                          "a terminal gets a progress bar)")  # fmt: skip
+    run.add_argument("--cancel-on-interrupt", action=argparse.BooleanOptionalAction, default=None,
+                     help="on Ctrl-C, cancel the run (--no-cancel-on-interrupt: leave it running) instead of "
+                          "asking; default: ask when stdin is a terminal, else cancel (the embedded default "
+                          "always cancels: its cluster stops with the command)")  # fmt: skip
+
+
 def _emit(opts, data: Any, text: str) -> None:
     print(json.dumps(data, indent=2, sort_keys=True) if opts.json else text)
 
@@ -117,35 +175,41 @@ def cmd_run(opts) -> int:
 
     pipeline = load_pipeline(opts.target)
     try:
-        pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
-                             otlp_endpoint=opts.otlp_endpoint or None, tls=_tls(opts) if opts.coordinator else None,
-                             token=opts.token or None, namespace=opts.namespace or None)  # fmt: skip
-    except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
-        raise SystemExit(f"xpipe run: {exc}") from None
-    with pm:
-        result = pm.execute_pipeline(pipeline, monitor=not opts.json, raise_on_failure=False)
+        # SIGTERM unwinds like an exception, so the embedded default's processes are stopped.
+        with exit_on_sigterm():
+            try:
+                pm = PipelineManager(coordinator=opts.coordinator or None, connect_timeout_s=opts.connect_timeout_s,
+                                     otlp_endpoint=opts.otlp_endpoint or None,
+                                     tls=_tls(opts) if opts.coordinator else None, token=opts.token or None,
+                                     namespace=opts.namespace or None)  # fmt: skip
+            except ValueError as exc:  # a malformed --coordinator, an unusable TLS file
+                raise SystemExit(f"xpipe run: {exc}") from None
+            with pm:
+                result = follow_run(pm, pipeline, out=sys.stderr if opts.json else sys.stdout,
+                                    progress_interval_s=opts.progress_interval_s,
+                                    cancel_on_interrupt=opts.cancel_on_interrupt,
+                                    embedded=not opts.coordinator)  # fmt: skip
+    except RunInterrupted as stopped:
+        _emit(opts, {"run_id": stopped.run_id, "status": "interrupted", "cancelled": stopped.cancelled},
+              f"run {stopped.run_id}: interrupted")  # fmt: skip
+        return 130
     shown = _shown_outputs(pipeline, result.outputs)
+    rows = task_rows(list(result.tasks.values()))
     data = {
         "run_id": result.run_id,
         "pipeline": result.pipeline,
         "status": result.status,
         "outputs": {k: _jsonable(v) for k, v in shown.items()},
-        "tasks": {n: {"status": t.status, "attempts": t.attempts, "worker": t.worker, "duration_s": t.duration_s,
-                      "error": t.error, "cache_hit": t.cache_hit} for n, t in result.tasks.items()},  # fmt: skip
+        "tasks": rows,
     }
     lines = [f"run {result.run_id} of {result.pipeline}: {result.status}"]
-    for name, info in result.tasks.items():
-        line = f"  {name:30} {info.status:16} {info.worker or '-':12}"
-        if info.duration_s is not None:
-            line += f" {info.duration_s * 1000:8.1f} ms"
-        if info.cache_hit:
-            line += "  (cache hit)"
-        if info.error:
-            line += f"  {info.error_type}: {info.error}"
-        lines.append(line)
-    for name, value in shown.items():
+    lines += task_lines(rows, verbose=opts.verbose)
+    listed = shown if opts.verbose else dict(list(shown.items())[:COMPACT_AFTER_TASKS])
+    for name, value in listed.items():
         text = repr(value)
         lines.append(f"  -> {name} = {text if len(text) < 200 else text[:197] + '...'}")
+    if len(listed) < len(shown):
+        lines.append(f"  ... {len(shown) - len(listed)} more outputs (--verbose, or --json)")
     _emit(opts, data, "\n".join(lines))
     return 0 if result.succeeded else 1
 
@@ -154,7 +218,7 @@ def cmd_plan(opts) -> int:
     """Print the execution plan of FILE.py[:OBJECT]; with a coordinator, from its history and workers."""
     from ._plan import PlanWorker, build_plan
 
-    pipeline = load_pipeline(opts.target)
+    pipeline = load_pipeline(opts.target, command="plan")
     constraints = {}
     if opts.cpu_cores is not None:
         constraints["cpu_cores"] = opts.cpu_cores
@@ -167,7 +231,8 @@ def cmd_plan(opts) -> int:
     if opts.coordinator:
         with _client(opts) as client:
             durations = client.task_stats(pipeline.validate())
-            workers = [PlanWorker.from_info(w) for w in client.list_workers() if w.state != "lost"]
+            workers = [PlanWorker.from_info(w) for w in client.list_workers()
+                       if w.state not in DEPARTED_WORKER_STATES]
     plan = build_plan(
         pipeline, optimization_strategy=opts.strategy, resource_constraints=constraints or None,
         cost_optimization=opts.cost_optimization, durations=durations, workers=workers,
@@ -261,12 +326,7 @@ def cmd_status(opts) -> int:
         info = client.get_run(opts.run_id)
         circuits = _circuits(client.cluster_status())
     s = info.summary
-    tasks = {
-        t.name: {"status": t.state.lower(), "attempts": t.attempts, "worker": t.worker,
-                 "started_at": t.started_at, "finished_at": t.finished_at, "error": t.error,
-                 "cache_hit": t.cache_hit}
-        for t in info.tasks
-    }  # fmt: skip
+    tasks = task_rows(info.tasks)
     data = {"run_id": s.run_id, "pipeline": s.pipeline, "status": s.state.lower(),
             "total_tasks": s.total_tasks, "succeeded_tasks": s.succeeded_tasks, "failed_tasks": s.failed_tasks,
             "created_at": s.created_at, "finished_at": s.finished_at, "tasks": tasks,
@@ -275,11 +335,10 @@ def cmd_status(opts) -> int:
     for t in tasks.values():
         counts[t["status"]] = counts.get(t["status"], 0) + 1
     lines = [f"run {s.run_id} of {s.pipeline}: {data['status']} ({', '.join(f'{v} {k}' for k, v in sorted(counts.items()))})"]
-    for name, t in list(tasks.items())[: opts.limit]:
-        cached = "(cache hit) " if t["cache_hit"] else ""
-        lines.append(f"  {name:30} {t['status']:16} {t['worker'] or '-':12} {cached}{t['error'] or ''}")
+    listed = dict(list(tasks.items())[: opts.limit])
+    lines += task_lines(listed, verbose=opts.verbose)
     if len(tasks) > opts.limit:
-        lines.append(f"  ... {len(tasks) - opts.limit} more (use --json for all)")
+        lines.append(f"  ... {len(tasks) - opts.limit} more (--limit, or --json for all)")
     lines += _circuit_lines(circuits)
     _emit(opts, data, "\n".join(lines))
     return 0
@@ -332,8 +391,11 @@ def cmd_logs(opts) -> int:
 
 
 def cmd_workers(opts) -> int:
+    """Live workers (not drained or lost), with their resources; ``--all``: the departed too."""
     with _client(opts) as client:
         workers = client.list_workers()
+    if not opts.all:
+        workers = [w for w in workers if w.state not in DEPARTED_WORKER_STATES]
     data = []
     for w in workers:
         res = {("cpu" if k == "cpu_cores" else k): v for k, v in w.resources.items()}
@@ -344,12 +406,28 @@ def cmd_workers(opts) -> int:
             "metrics": {"cpu_percent": w.metrics.get("cpu_percent", 0.0),
                         "memory_percent": w.metrics.get("memory_percent", 0.0)},
         })  # fmt: skip
-    lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5} {'MEMLIMIT':8}  HOST"]
+    lines = [f"{'NAME':16} {'STATE':12} {'SLOTS':>5} {'RUNNING':>7} {'CPU%':>5} {'MEMLIMIT':8} {'RESOURCES':28} HOST"]
     lines += [f"{d['name'][:16]:16} {d['state']:12} {d['slots']:>5} {d['running']:>7} "
-              f"{d['metrics']['cpu_percent']:>5.0f} {d['memory_enforcement'] or '-':8}  {d['host']}"
+              f"{d['metrics']['cpu_percent']:>5.0f} {d['memory_enforcement'] or '-':8} "
+              f"{_resources_text(d['resources']):28} {d['host']}"
               for d in data]  # fmt: skip
+    if not data:
+        lines.append("(no live workers; --all shows those that left)" if not opts.all else "(no workers)")
     _emit(opts, data, "\n".join(lines))
     return 0
+
+
+def _resources_text(resources: dict[str, Any]) -> str:
+    """``cpu=4 memory=7.6GiB gpu=1``: what a worker offers, memory in binary units."""
+    parts = []
+    for key, value in sorted(resources.items()):
+        if not value:
+            continue
+        if "memory" in key and isinstance(value, (int, float)):
+            parts.append(f"{key.removesuffix('_bytes')}={value / MEMORY_UNITS['gi']:.1f}Gi")
+        else:
+            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
+    return " ".join(parts) or "-"
 
 
 def cmd_drain(opts) -> int:
@@ -403,9 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--coordinator", default=os.environ.get("XPIPE_COORDINATOR", ""),
                         help="HOST:PORT[,HOST:PORT...] (default: $XPIPE_COORDINATOR)")  # fmt: skip
     common.add_argument("--json", action="store_true", help="print JSON")
-    common.add_argument("--connect-timeout-s", type=_connect_timeout_s, default=CLI_CONNECT_TIMEOUT_S,
-                        help=f"give up after this many seconds without reaching a coordinator "
-                             f"(default {CLI_CONNECT_TIMEOUT_S:g}; 'none': keep trying)")  # fmt: skip
+    common.add_argument("--connect-timeout", "--connect-timeout-s", dest="connect_timeout_s", type=_connect_timeout_s,
+                        default=_default_connect_timeout_s(), metavar="SECONDS",
+                        help=f"give up after this many seconds without reaching a coordinator; 'none': keep "
+                             f"trying (default: ${CONNECT_TIMEOUT_ENV}, else {CLI_CONNECT_TIMEOUT_S:g}; a refused "
+                             f"connection fails after {REFUSED_GRACE_S:g}s)")  # fmt: skip
     common.add_argument("--otlp-endpoint", default="", metavar="HOST:PORT",
                         help="export a trace of what this command submits over OTLP/gRPC "
                              "(default: $OTEL_EXPORTER_OTLP_ENDPOINT, else off)")  # fmt: skip
@@ -416,25 +496,33 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
     common.add_argument("--token", default="", help="credential sent to the coordinator (default: $XPIPE_TOKEN)")
     common.add_argument("--namespace", default="", help="namespace of the runs `xpipe run` submits (default: default)")
-    p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.")
+    p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.",
+                                formatter_class=DefaultsHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it")
+    run = sub.add_parser("run", parents=[common], help="run FILE.py[:OBJECT] and wait for it",
+                         description="Run FILE.py[:OBJECT] and wait for it. Without --coordinator (or "
+                                     "$XPIPE_COORDINATOR) it falls back to the embedded default: a coordinator "
+                                     "and workers started on this machine for this run, as PipelineManager() does.")  # fmt: skip
     run.add_argument("target", help="a Python file and optionally the Pipeline object in it")
+    _add_run_options(run)
     run.set_defaults(fn=cmd_run)
     plan = sub.add_parser("plan", parents=[common], help="print the execution plan of FILE.py[:OBJECT]")
     plan.add_argument("target", help="a Python file and optionally the Pipeline object in it")
-    plan.add_argument("--strategy", default="time_optimal", choices=["time_optimal", "resource_optimal", "cost_optimal"])
+    plan.add_argument("--strategy", default="time_optimal", help="what the plan optimizes",
+                      choices=["time_optimal", "resource_optimal", "cost_optimal"])
     plan.add_argument("--cpu-cores", type=float, default=None, help="resource constraint: cores in flight at most")
     plan.add_argument("--memory-gb", type=float, default=None, help="resource constraint: memory in flight at most")
     plan.add_argument("--gpu", type=int, default=None, help="resource constraint: GPUs in flight at most")
     plan.add_argument("--cost-optimization", action="store_true", help="price tasks on the cheapest fitting worker")
     plan.set_defaults(fn=cmd_plan)
     runs = sub.add_parser("runs", parents=[common], help="list recent runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=int, default=20, help="most recent runs to list")
     runs.set_defaults(fn=cmd_runs)
     status = sub.add_parser("status", parents=[common], help="show one run")
     status.add_argument("run_id")
     status.add_argument("--limit", type=int, default=50, help="tasks to list")
+    status.add_argument("--verbose", "-v", action="store_true",
+                        help=f"a line per task even past {COMPACT_AFTER_TASKS} tasks (else counts, failures, slowest)")
     status.set_defaults(fn=cmd_status)
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run")
     cancel.add_argument("run_id")
@@ -446,11 +534,14 @@ def build_parser() -> argparse.ArgumentParser:
     logs = sub.add_parser("logs", parents=[common], help="what a run's tasks printed and logged")
     logs.add_argument("run_id")
     logs.add_argument("task", nargs="?", default="", help="only this task")
-    logs.add_argument("--attempt", type=int, default=0, help="only this attempt (default: every attempt)")
+    logs.add_argument("--attempt", type=int, default=0, help="only this attempt (default: 0, every attempt)")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="keep printing as the tasks write, until they (or the run) finish")  # fmt: skip
     logs.set_defaults(fn=cmd_logs)
-    sub.add_parser("workers", parents=[common], help="list workers").set_defaults(fn=cmd_workers)
+    workers = sub.add_parser("workers", parents=[common], help="list live workers (--all: departed ones too)")
+    workers.add_argument("--all", action="store_true", help="also workers that left: drained or lost")
+    workers.set_defaults(fn=cmd_workers)
+    register_graph_command(sub)
     drain = sub.add_parser("drain", parents=[common], help="drain a worker: no new work, finish what runs")
     drain.add_argument("worker", help="the worker's name")
     drain.set_defaults(fn=cmd_drain)
@@ -477,6 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_audit_command(sub, common, _client)
     register_alerts_command(sub, common, _client)
     register_streams_command(sub, common, _client)
+    show_defaults(p)
     return p
 
 

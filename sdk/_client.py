@@ -17,11 +17,12 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from ._backoff import DEFAULT_CONNECT_TIMEOUT_S, Backoff
+from ._backoff import REFUSED_GRACE_S, Backoff, connect_timeout_setting
 from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY, TERMINAL_RUN_STATES
 from ._install import requirements_problem, timeout_problem
 from ._limits import CLIENT_KEEPALIVE_OPTIONS, DEFAULT_INSTALL_TIMEOUT_S, MAX_MESSAGE_BYTES
@@ -90,6 +91,8 @@ _MAX_HINT_JUMPS = 3
 #: at most once a coordinator stays away.
 _RECONNECT_INITIAL_S = 0.05
 _RECONNECT_MAX_S = 2.0
+#: What gRPC's details say when nothing listens at the address (the TCP connect was refused).
+_REFUSED = "Connection refused"
 
 
 _UNAVAILABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
@@ -315,7 +318,7 @@ class _Attempts:
     caller's own deadline (``wait(timeout_s=...)``), which no reconnect extends.
     """
 
-    __slots__ = ("backoff", "client", "deadline", "jumps", "timeout_s", "until", "what")
+    __slots__ = ("backoff", "client", "deadline", "jumps", "refused", "refused_since", "timeout_s", "until", "what")
 
     def __init__(self, client: Client, *, timeout_s: float | None = None, what: str = ""):
         self.client = client
@@ -323,6 +326,9 @@ class _Attempts:
         self.until = None if timeout_s is None else time.monotonic() + timeout_s
         self.what = what
         self.backoff: Backoff | None = None  # made on the first failure: most operations never need one
+        #: Addresses that refused the connection in a row, and since when (made on the first refusal).
+        self.refused: set[str] | None = None
+        self.refused_since = 0.0
         self.answered()
 
     def answered(self) -> None:
@@ -355,6 +361,7 @@ class _Attempts:
         now = time.monotonic()
         if self.until is not None and now >= self.until:
             raise self.timed_out(exc) from exc
+        self._check_refused(exc, now)
         if self.deadline is not None and now >= self.deadline:
             raise CoordinatorUnavailableError(
                 f"no coordinator answered at {','.join(client.addresses)} within "
@@ -369,6 +376,30 @@ class _Attempts:
         log.debug("coordinator %s unavailable (%s); next attempt in %.2fs", client.address, _describe(exc), delay_s)
         client._next_address()
         time.sleep(delay_s)
+
+    def _check_refused(self, exc: grpc.RpcError, now: float) -> None:
+        """Give up early when every address refused the connection and none ever answered.
+
+        A refused connection means nothing listens there: a typo or a coordinator not
+        started, which waiting ``connect_timeout_s`` in silence does not heal. A client that
+        once reached a coordinator keeps the whole budget (a restart or failover refuses
+        for a moment), and so does ``connect_timeout_s=None`` (keep trying).
+        """
+        client = self.client
+        if client._reached or client.connect_timeout_s is None or _REFUSED not in (exc.details() or ""):
+            self.refused = None
+            return
+        if self.refused is None:
+            self.refused, self.refused_since = set(), now
+        self.refused.add(client.address)
+        waited_s = min(REFUSED_GRACE_S, client.connect_timeout_s)
+        if now - self.refused_since >= waited_s and self.refused.issuperset(client.addresses):
+            raise CoordinatorUnavailableError(
+                f"no coordinator answered at {','.join(client.addresses)} within {waited_s:g}s: connection "
+                f"refused, nothing listens there (is the coordinator running, and is the address right?)",
+                addresses=list(client.addresses),
+                last_error=_describe(exc),
+            ) from exc
 
     def timed_out(self, exc: grpc.RpcError | None = None) -> TimeoutError:
         message = f"{self.what} did not finish within {self.timeout_s:g}s"
@@ -386,8 +417,10 @@ class Client:
     Args:
         coordinator: ``"host:port[,host:port...]"`` or a list of them.
         connect_timeout_s: how long an operation keeps trying to reach a coordinator
-            before it raises :class:`CoordinatorUnavailableError` (default 30 s); None
-            keeps trying for ever.
+            before it raises :class:`CoordinatorUnavailableError`; None keeps trying for
+            ever. Not given: ``XPIPE_CONNECT_TIMEOUT`` (seconds, or ``none``), else 30 s.
+            A client that never reached a coordinator and finds every address refusing
+            the connection gives up after 1 s (``REFUSED_GRACE_S``) instead.
         call_timeout_s: deadline of each unary call.
         otlp_endpoint: ``HOST:PORT`` of an OTLP/gRPC collector (plaintext): each submit
             starts a trace, ``run <pipeline>``, that the coordinator and the workers join
@@ -411,7 +444,7 @@ class Client:
         self,
         coordinator: str | Sequence[str],
         *,
-        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        connect_timeout_s: float | None | EllipsisType = ...,
         call_timeout_s: float = 30.0,
         otlp_endpoint: str | None = None,
         trace_sample_ratio: float | None = None,
@@ -430,7 +463,10 @@ class Client:
         self._token = client_token(token)
         #: Addresses whose first failure was checked for a TLS mismatch (see transport_problem).
         self._transport_checked: set[str] = set()
-        self.connect_timeout_s = check_seconds("connect_timeout_s", connect_timeout_s, allow_none=True)
+        self.connect_timeout_s = check_seconds("connect_timeout_s", connect_timeout_setting(connect_timeout_s),
+                                               allow_none=True)  # fmt: skip
+        #: A coordinator answered this client once: refusals are then a restart, not a typo.
+        self._reached = False
         self.call_timeout_s = check_seconds("call_timeout_s", call_timeout_s, allow_none=False)
         #: Where run spans go; None: tracing off (nothing of the OTel SDK is loaded).
         self._tracing = setup_tracing(otlp_endpoint, service_name="xpipe-sdk", sample_ratio=trace_sample_ratio)
@@ -507,9 +543,12 @@ class Client:
         while True:
             try:
                 with translate_rpc_errors(keep=_RETRYABLE):
-                    return fn(*self._stubs())
+                    reply = fn(*self._stubs())
             except grpc.RpcError as exc:  # kept untranslated: retryable
                 error = exc
+            else:
+                self._reached = True
+                return reply
             attempts.failed(error)
 
     def _watch(
@@ -557,6 +596,7 @@ class Client:
                 with translate_rpc_errors(keep=_STREAM_RETRYABLE if attempts.until is None else _STREAM_KEPT):
                     for item in stream:
                         yield item
+                self._reached = True
                 return
             except grpc.RpcError as exc:  # kept untranslated: retryable, or the caller's deadline
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -566,6 +606,7 @@ class Client:
             finally:
                 stream.cancel()
             if item is not None:
+                self._reached = True
                 attempts.answered()
                 resumed(item)
             attempts.failed(error)

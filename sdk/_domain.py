@@ -29,6 +29,8 @@ __all__ = [
     "REJECTED_FIELD",
     "PRIVATE_FILE_MODE",
     "PRIVATE_DIR_MODE",
+    "WORKER_STATES",
+    "DEPARTED_WORKER_STATES",
 ]
 
 #: The version of xpipe (``xpipe.__version__``, the coordinator's ``ClusterStatus.version``,
@@ -118,3 +120,11 @@ RECOVERY_DECISIONS = ("halt_pipeline", "retry_with_fallback", "skip", "continue"
 PRIVATE_FILE_MODE = 0o600
 #: Mode of the directories made for them.
 PRIVATE_DIR_MODE = 0o700
+
+#: What ``ListWorkers`` (``xpipe workers``) and the ``xpipe_workers`` metric show per worker:
+#: ``ready`` and ``busy`` (every slot taken) take work; ``draining`` finishes what it holds;
+#: ``disconnected`` lost its stream and may come back before its heartbeat deadline;
+#: ``drained`` left cleanly after a drain; ``lost`` missed its heartbeat deadline.
+WORKER_STATES = ("ready", "busy", "draining", "disconnected", "drained", "lost")
+#: Workers that left: kept to be shown by ``xpipe workers --all`` until forgotten, never placed on.
+DEPARTED_WORKER_STATES = frozenset({"drained", "lost"})

@@ -9,15 +9,16 @@ import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
-from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
+from ._backoff import connect_timeout_setting
 from ._client import Client, check_seconds
 from ._codec import decode, encode
 from ._dag import Pipeline, check_strategy, wait_option
 from ._debug import DebugSession
 from ._dag import pipeline as _pipeline_decorator
-from ._domain import TERMINAL_RUN_STATES
+from ._domain import DEPARTED_WORKER_STATES, TERMINAL_RUN_STATES
 from ._enterprise import ENTERPRISE_SECTIONS, enterprise_settings, prepare_keyring
 from ._governance import ForgetReport, GarbageReport, collect_garbage, forget_subject
 from ._install import distributions_for
@@ -80,7 +81,8 @@ class PipelineManager:
         workers, slots_per_worker, data_dir, imports: shape of the embedded default.
         connect_timeout_s: how long a call, ``wait`` or ``execute_pipeline`` keeps trying to
             reach a coordinator before it raises :class:`CoordinatorUnavailableError`
-            (default 30 s); a run that was being followed gets this again after each break.
+            (not given: ``XPIPE_CONNECT_TIMEOUT``, else 30 s); a run that was being followed
+            gets this again after each break.
             None keeps trying for ever.
         otlp_endpoint: ``HOST:PORT`` of an OTLP/gRPC collector: each run is one trace, from
             this process through the coordinator to the workers (docs/tracing.md). The
@@ -109,7 +111,7 @@ class PipelineManager:
         slots_per_worker: int | None = None,
         data_dir: str | os.PathLike | None = None,
         imports: tuple[str, ...] = (),
-        connect_timeout_s: float | None = DEFAULT_CONNECT_TIMEOUT_S,
+        connect_timeout_s: float | None | EllipsisType = ...,
         otlp_endpoint: str | None = None,
         trace_sample_ratio: float | None = None,
         tls: TLSConfig | None = None,
@@ -126,7 +128,8 @@ class PipelineManager:
         self.config = cfg
         # Checked before the embedded processes start, so a bad value leaves none behind.
         connect_timeout_s = check_seconds(
-            "connect_timeout_s", cfg.get("connect_timeout_s", connect_timeout_s), allow_none=True
+            "connect_timeout_s", connect_timeout_setting(cfg.get("connect_timeout_s", connect_timeout_s)),
+            allow_none=True,
         )
         tracing_args = tracing_arguments(otlp_endpoint, trace_sample_ratio)
         coordinator = coordinator or cfg.get("coordinator") or os.environ.get("XPIPE_COORDINATOR") or None
@@ -315,7 +318,8 @@ class PipelineManager:
             resource_constraints=resource_constraints,
             cost_optimization=cost_optimization,
             durations=self.client.task_stats(names),
-            workers=[PlanWorker.from_info(w) for w in self.client.list_workers() if w.state != "lost"],
+            workers=[PlanWorker.from_info(w) for w in self.client.list_workers()
+                     if w.state not in DEPARTED_WORKER_STATES],
         )
 
     def execute_with_plan(

@@ -266,7 +266,7 @@ class WorkerInfo:
     """A worker the coordinator knows (``Client.list_workers``).
 
     Attributes:
-        state: ``ready``, ``busy`` (every slot taken), ``draining``, ``disconnected`` or ``lost``.
+        state: ``ready``, ``busy`` (every slot taken), ``draining``, ``disconnected``, ``drained`` or ``lost``.
         resources: ``{"cpu_cores", "memory_bytes", "gpu", <custom>...}`` as it registered them.
         last_heartbeat: unix seconds of the last word from it.
         metrics: its last psutil figures (``cpu_percent``, ``memory_percent``,

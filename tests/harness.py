@@ -734,7 +734,7 @@ class Cluster:
                 if proc is not None and not proc.alive():
                     raise StopWaiting(f"worker {name} exited with {proc.returncode}")
             infos = self.list_workers()
-            ready = {info.name for info in infos if info.state != "lost"}
+            ready = {info.name for info in infos if info.state not in ("lost", "drained")}
             missing = wanted - ready
             if missing:
                 raise LookupError(f"not registered yet: {sorted(missing)}; listed: "

@@ -315,8 +315,12 @@ def _python_callable(task: common_pb2.TaskSpec, code: bytes | None, cache: dict)
     try:
         func = load_pickled(code)
     except SerializationError as exc:
+        # Code pickled by value refers to the modules it uses by name: one this worker lacks
+        # is a missing dependency (installable), not corrupt code.
+        missing = _missing_modules(exc.__cause__)
         raise _TaskFailed(
-            "SERIALIZATION", f"task {task.name!r}: {exc}", type(exc).__name__, traceback.format_exc()
+            "DEPENDENCY_FAILURE" if missing else "SERIALIZATION", f"task {task.name!r}: {exc}", type(exc).__name__,
+            traceback.format_exc(), missing_dependencies=missing,
         ) from exc
     cache[call.code_hash] = func
     return func

@@ -114,9 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument(
         "--roles",
         default="",
-        help="comma-separated roles: viewer, submitter, operator, admin, worker, or a --policy role",
+        help="comma-separated roles: viewer, submitter, operator, admin, worker, or a --policy role (default: none)",
     )
-    create.add_argument("--permissions", default="", help="comma-separated extra permissions")
+    create.add_argument("--permissions", default="", help="comma-separated extra permissions (default: none)")
     create.add_argument(
         "--namespace", action="append", metavar="NS", help="restrict to this namespace (repeat)"
     )

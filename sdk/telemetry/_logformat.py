@@ -13,13 +13,25 @@ import json
 import logging
 import time
 
-__all__ = ["CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "configure_logging", "log_ids"]
+__all__ = [
+    "CONTEXT_FIELDS", "LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "iso_time", "log_ids",
+]  # fmt: skip
 
 #: Values of ``--log-format``.
 LOG_FORMATS = ("text", "json")
 #: Record attributes copied into JSON lines when a call passed them with ``extra=``.
 CONTEXT_FIELDS = ("run_id", "task", "attempt", "stimulus_id", "worker_id")
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def iso_time(epoch_s: float) -> str:
+    """``2026-11-30T03:50:12.345Z``: a unix time as ISO 8601 in UTC, to the millisecond.
+
+    Every time our daemons log is written so (never a raw epoch float), and in UTC, so
+    lines of machines in different zones sort and compare as they are.
+    """
+    ms = int(epoch_s * 1000) % 1000
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s)) + f".{ms:03d}Z"
 
 
 def log_ids(key: tuple[str, str, int] | None = None, *, run_id: str = "", stimulus_id: str = "") -> dict[str, object]:
@@ -39,7 +51,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -55,6 +67,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """``<ISO 8601 UTC time> LEVEL logger: message`` (logging's own asctime is local, with a comma)."""
+
+    def __init__(self) -> None:
+        super().__init__(_TEXT_FORMAT)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
+        return iso_time(record.created)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     """Set up the root logger of a daemon (replaces ``logging.basicConfig``).
 
@@ -64,5 +86,5 @@ def configure_logging(level: str, log_format: str) -> None:
     if log_format not in LOG_FORMATS:
         raise ValueError(f"unknown log format {log_format!r}; expected one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     logging.basicConfig(level=level, handlers=[handler], force=True)

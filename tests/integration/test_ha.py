@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import asyncio
@@ -197,9 +198,9 @@ class HACluster:
 def _first_dispatch_at(proc: Proc, after_line: int) -> float | None:
     lines = proc.log_text().splitlines()[after_line:]
     for line in lines:
-        m = re.search(r"first assignment dispatched at (\d+\.\d+)", line)
-        if m:
-            return float(m.group(1))
+        m = re.search(r"first assignment dispatched at (\S+)", line)
+        if m:  # ISO 8601 in UTC, as every time our daemons log
+            return datetime.fromisoformat(m.group(1)).timestamp()
     return None
 
 

@@ -476,11 +476,13 @@ def test_worker_queries_say_what_operators_see():
     assert s.worker_shown_state(busy) == "busy" and s.worker_shown_state(idle) == "ready"
     s.handle(DrainRequested(0.1, idle.worker_id))
     assert s.worker_shown_state(idle) == "draining"
-    s.handle(WorkerDisconnected(0.2, idle.worker_id))
-    assert s.worker_shown_state(idle) == "disconnected" and s.connected_workers() == 1
+    s.handle(WorkerDisconnected(0.2, idle.worker_id))  # a drain that finished: it left as asked
+    assert s.worker_shown_state(idle) == "drained" and s.connected_workers() == 1
     s.handle(HeartbeatReceived(9.0, busy.worker_id, (a.attempt,)))
-    s.handle(Tick(10.5))  # the disconnected one has been silent since 0.2: lost
-    assert s.worker_shown_state(idle) == "lost"
+    s.handle(WorkerDisconnected(9.5, busy.worker_id))
+    assert s.worker_shown_state(busy) == "disconnected"
+    s.handle(Tick(20.0))  # the disconnected one has been silent since 9.5: lost; the drained one stays drained
+    assert s.worker_shown_state(busy) == "lost" and s.worker_shown_state(idle) == "drained"
 
 
 def test_a_handler_no_worker_registered_fails_handler_not_found_instead_of_waiting_for_ever():
