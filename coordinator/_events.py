@@ -287,6 +287,10 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
         info.result.CopyFrom(rec.result)
     if rec.telemetry is not None:
         info.telemetry.CopyFrom(rec.telemetry)
+    if rec.name[-1] == "]":  # maybe a fan-out's sub-task, "parent[i]"
+        parent, _, index = rec.name[:-1].rpartition("[")
+        if parent and index.isdigit():
+            info.map_parent, info.map_index = parent, int(index)
     return info
 
 

@@ -228,9 +228,9 @@ def split_value(value: Any, *, task: str, strategy: str = "", params: Mapping[st
     """
     how = "the upstream result"
     if splitter is not None:
-        value, how = splitter(value), f"partitioning_strategy {getattr(splitter, '__name__', 'callable')!r}"
+        value, how = splitter(value), f"what partitioning_strategy {getattr(splitter, '__name__', 'callable')!r} returned"
     elif strategy:
-        value, how = STRATEGIES[strategy][0](value, **dict(params or {})), f"partitioning strategy {strategy!r}"
+        value, how = STRATEGIES[strategy][0](value, **dict(params or {})), f"what partitioning strategy {strategy!r} returned"
     if isinstance(value, Mapping):
         keys, values = list(value.keys()), list(value.values())
     elif isinstance(value, (list, tuple)):
