@@ -294,3 +294,31 @@ def test_restore_mid_fan_out_keeps_finished_sub_tasks():
     assert run.tasks["m"].state == pb.MAPPED
     assert run.tasks["m[0]"].state == pb.SUCCEEDED and run.tasks["m[0]"].result.data == b"zero"
     assert fresh.runs["r1"].tasks["m"].fan.open <= 2
+
+
+# ---- the coordinator's checks of a submitted spec ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.ClearField("depends_on"), "task 'm': map: depends_on is empty"),
+        (lambda m: setattr(m.map, "parallelism", 10**6), "map.parallelism is 1000000; the limit is 100000"),
+        (lambda m: m.map.splitter.ClearField("import_path"), "map.splitter needs an import_path"),
+        (lambda m: setattr(m.map.split_args, "artifact_ref", "file:///x"), "map.split_args must be an inline Payload"),
+    ],
+)
+def test_the_coordinator_checks_a_submitted_map(change, message):
+    spec = mapped_spec()
+    change(spec.tasks[1])
+    with pytest.raises(PipelineValidationError, match=message):
+        validate_spec(spec)
+
+
+def test_a_task_named_like_a_sub_task_is_refused():
+    spec = mapped_spec()
+    spec.tasks.add(name="m[3]").python.import_path = "m:f"
+    with pytest.raises(PipelineValidationError, match=r"task 'm\[3\]': is named like sub-task 3 of fanned-out task 'm'"):
+        validate_spec(spec)
+    spec.tasks[-1].name = "m[x]"
+    validate_spec(spec)  # not a sub-task's name
