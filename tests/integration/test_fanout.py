@@ -291,3 +291,17 @@ def test_seed_distributed_sample_runs_on_the_embedded_default():
     assert sorted(n for n in cluster_result.tasks if n.startswith("process_partition[")) == [
         f"process_partition[{i}]" for i in range(5)
     ]
+
+
+def test_fanout_bench_runs_at_a_small_size():
+    """``python -m bench.fanout`` end to end (both modes), small: it runs and reports its figures."""
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-m", "bench.fanout", "--tasks", "200", "--repeat", "1", "--json"],
+                         cwd=repo, env=child_env(), capture_output=True, text=True, timeout=180)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout)
+    assert doc["tasks"] == 200
+    for mode in ("engine", "cluster"):
+        figures = doc[mode]
+        assert figures["wide_tasks_per_s"] > 0 and figures["mapped_tasks_per_s"] > 0
+        assert figures["ratio"] == pytest.approx(figures["mapped_tasks_per_s"] / figures["wide_tasks_per_s"])
