@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpipe._graph import sub_task_of
 from xpipe._proto import common_pb2, pipeline_pb2
 
 __all__ = [
@@ -287,10 +288,10 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
         info.result.CopyFrom(rec.result)
     if rec.telemetry is not None:
         info.telemetry.CopyFrom(rec.telemetry)
-    if rec.name[-1] == "]":  # maybe a fan-out's sub-task, "parent[i]"
-        parent, _, index = rec.name[:-1].rpartition("[")
-        if parent and index.isdigit():
-            info.map_parent, info.map_index = parent, int(index)
+    if rec.name[-1:] == "]":  # maybe a fan-out's sub-task, "parent[i]"
+        sub = sub_task_of(rec.name)
+        if sub is not None:
+            info.map_parent, info.map_index = sub
     return info
 
 

@@ -20,11 +20,13 @@ the machine's own helpers and is as pure.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
 from xpipe._domain import TERMINAL_TASK_STATES, task_error
+from xpipe._graph import sub_task_name
 from xpipe._limits import MAX_PARTITIONS
 from xpipe._proto import common_pb2 as pb
 from xpipe.security._codetrust import code_kind
@@ -96,7 +98,8 @@ class MappingFlow:
         if parts is not None and len(parts.parts) > MAX_PARTITIONS:
             problem = f"it split into {len(parts.parts)} partitions; the limit is {MAX_PARTITIONS} (MAX_PARTITIONS)"
         if not problem and parts is not None:
-            clash = next((f"{task.name}[{i}]" for i in range(len(parts.parts)) if f"{task.name}[{i}]" in run.tasks), "")
+            clash = next((n for n in map(functools.partial(sub_task_name, task.name), range(len(parts.parts)))
+                          if n in run.tasks), "")  # fmt: skip
             if clash:
                 problem = f"its sub-task name {clash!r} is taken by another task of the pipeline"
         if problem:
@@ -121,7 +124,7 @@ class MappingFlow:
         fan.children, fan.queue, fan.open, fan.done = [], deque(), 0, 0
         for i, part in enumerate(parts.parts):
             child = TaskEntry(fan.child_spec)
-            child.name = f"{task.name}[{i}]"
+            child.name = sub_task_name(task.name, i)
             child.deps = ()  # it waits for nothing: its parent's inputs are all there
             child.parent, child.part = task.name, part
             child.cp, child.circuit, child.request = task.cp, task.circuit, task.request

@@ -15,7 +15,7 @@ at most ``SHOWN_CHARS`` of a hostile value, so the error itself stays small.
 from __future__ import annotations
 
 from xpipe._domain import REJECTED_FIELD, REJECTED_GRAPH
-from xpipe._graph import validate_graph
+from xpipe._graph import sub_task_of, validate_graph
 from xpipe._install import INSTALL_STATUSES, requirements_problem, timeout_problem
 from xpipe._limits import (
     INSTALL_OUTPUT_TAIL_CHARS,
@@ -297,14 +297,13 @@ def _mapped(task: pb.TaskSpec, kind: str) -> None:
 
 def check_sub_task_names(names: list[str], mapped: list[str]) -> None:
     """No task may be named like a sub-task ``name[i]`` of a fanned-out task."""
-    prefixes = tuple(f"{name}[" for name in mapped)
+    fanned = set(mapped)
     for name in names:
-        if name.startswith(prefixes) and name.endswith("]"):
-            parent, _, index = name[:-1].rpartition("[")
-            if parent in mapped and index.isdigit():
-                raise _invalid(
-                    f"task {shown(name)}", f"is named like sub-task {index} of fanned-out task {shown(parent)}; rename it"
-                )
+        sub = sub_task_of(name)
+        if sub is not None and sub[0] in fanned:
+            raise _invalid(
+                f"task {shown(name)}", f"is named like sub-task {sub[1]} of fanned-out task {shown(sub[0])}; rename it"
+            )
 
 
 _TRACKED_KINDS = frozenset({pb.METRIC_KIND_TRACKED, pb.METRIC_KIND_BUSINESS})

@@ -322,3 +322,29 @@ def test_a_task_named_like_a_sub_task_is_refused():
         validate_spec(spec)
     spec.tasks[-1].name = "m[x]"
     validate_spec(spec)  # not a sub-task's name
+
+
+# ---- metrics: sub-tasks count as their task (one series, not one per partition) ---------
+
+
+def test_sub_task_durations_are_one_metric_series_of_their_task():
+    from xpipe.coordinator._metrics import CoordinatorMetrics
+    from xpipe.telemetry._export import start_metrics
+
+    from tests.helpers_metrics import scrape, value
+
+    endpoint = start_metrics("127.0.0.1:0", service="test")
+    try:
+        s, _ = start(n=3, parallelism=0)
+        metrics = CoordinatorMetrics(endpoint, lambda: s)
+        actions: list = []
+        s.schedule(3.0, actions)
+        sent = [a for a in actions if isinstance(a, Assign)]
+        for a in sent:
+            s.handle(TaskSucceeded(4.0, "w1", a.attempt, 4.0, pb.Payload(), started_at=3.5), actions)
+        metrics.turn(actions, s.runs, 4.0, 0.001)
+        samples = scrape(endpoint.url)
+        assert value(samples, "xpipe_task_duration_seconds_count", pipeline="p", task="m") == 3
+        assert not [key for key in samples if any(v.startswith("m[") for _, v in key[1])]
+    finally:
+        endpoint.stop()
