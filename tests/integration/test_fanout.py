@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Cluster, child_env, eventually
+from tests.harness import Cluster, EtcdServer, child_env, eventually
 from xpipe import Pipeline, PipelineManager, Task
 from xpipe.errors import PipelineExecutionError
 
@@ -213,23 +213,45 @@ def test_big_partitions_travel_by_artifact_reference(pm, cluster):
     assert {"size.part0.1", "size.part2.1"} <= stored, stored
 
 
-def test_coordinator_restart_mid_fan_out_loses_no_finished_sub_task(tmp_path):
-    log_dir = tmp_path / "ran"
-    log_dir.mkdir()
-    with Cluster(tmp_path, workers=1, slots=1) as c, PipelineManager(coordinator=c.address) as pm:
+def _restart_mid_fan_out(c: Cluster, log_dir: Path) -> None:
+    with PipelineManager(coordinator=c.address) as pm:
         p = Pipeline("restart_fan")
         src = Task("src", numbers, args=(8,))
         p.add_tasks([src, Task.map("c", counted, over=src, args=(str(log_dir),), parallelism=1)])
         run_id = pm.submit(p)
-        eventually(lambda: pm.get_run(run_id).tasks.get("c[2]") is not None
-                   and pm.get_run(run_id).tasks["c[2]"].status == "succeeded", timeout_s=60)  # fmt: skip
+
+        def third_done() -> bool:
+            sub = pm.get_run(run_id).tasks.get("c[2]")
+            return sub is not None and sub.status == "succeeded"
+
+        eventually(third_done, timeout_s=60, message="c[2] succeeded")
         assert pm.get_run(run_id).tasks["c"].status == "mapped"
         c.coordinator.kill()
         c.restart_coordinator()
         result = pm.wait(run_id, timeout_s=90)
         assert result.succeeded and result.outputs["c"] == [i * 10 for i in range(8)]
-        runs = {f.name: len(f.read_text()) for f in log_dir.iterdir()}
-        assert all(runs[f"ran-{i}"] == 1 for i in range(3)), runs  # finished before the kill: not run again
+    runs = {f.name: len(f.read_text()) for f in log_dir.iterdir()}
+    assert all(runs[f"ran-{i}"] == 1 for i in range(3)), runs  # finished before the kill: not run again
+    assert sorted(runs) == sorted(f"ran-{i}" for i in range(8))
+
+
+def test_coordinator_restart_mid_fan_out_loses_no_finished_sub_task(tmp_path):
+    log_dir = tmp_path / "ran"
+    log_dir.mkdir()
+    with Cluster(tmp_path, workers=1, slots=1) as c:
+        _restart_mid_fan_out(c, log_dir)
+
+
+def test_restart_mid_fan_out_on_the_etcd_store(tmp_path):
+    log_dir = tmp_path / "ran"
+    log_dir.mkdir()
+    etcd = EtcdServer(tmp_path)
+    etcd.start()
+    try:
+        with Cluster(tmp_path, workers=1, slots=1, coordinator_args=("--store", f"etcd://{etcd.endpoint}")) as c:
+            _restart_mid_fan_out(c, log_dir)
+    finally:
+        etcd.stop()
 
 
 # ---- the seed's DistributedDataProcessor sample, with its one missing depends_on ---------
