@@ -275,6 +275,62 @@ def test_a_split_without_parts_fails_the_task_naming_why():
     assert task.state == pb.FAILED and "returned no partitions" in task.error.message
 
 
+def split_answer(result):
+    """A run at its split attempt, answered with ``result``; returns the fanned-out task."""
+    s = SchedulerState(prefetch=0, validate=True)
+    s.handle(WorkerConnected(0.0, "w1", "w1", "host", 8))
+    spec = mapped_spec()
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    (a,) = [x for x in s.schedule(0.0) if isinstance(x, Assign)]
+    s.handle(ok(a.attempt))
+    (split,) = [x for x in s.schedule(1.0) if isinstance(x, Assign)]
+    s.handle(TaskSucceeded(2.0, "w1", split.attempt, 2.0, result))
+    return s.runs["r1"].tasks["m"]
+
+
+def test_corrupt_parts_fail_the_task_naming_why():
+    task = split_answer(pb.Payload(codec=pb.CODEC_MAP_PARTS, data=b"\xff\xff"))
+    assert task.state == pb.FAILED and "cannot fan out: its partitions cannot be read" in task.error.message
+
+
+def test_too_many_parts_fail_the_task_naming_the_limit(monkeypatch):
+    from xpipe.coordinator import _mapping_flow
+
+    monkeypatch.setattr(_mapping_flow, "MAX_PARTITIONS", 3)
+    task = split_answer(parts_payload(4))
+    assert task.state == pb.FAILED
+    assert "it split into 4 partitions; the limit is 3 (MAX_PARTITIONS)" in task.error.message
+
+
+def test_unreadable_stored_parts_fail_the_task_on_restore():
+    spec = mapped_spec()
+    records = {
+        "src": TaskRecord("r1", "src", pb.SUCCEEDED, 1, "w1", 1.0, 1.0, None, pb.Payload()),
+        "m": TaskRecord("r1", "m", pb.MAPPED, 1, "w1", 2.0, 2.0, None,
+                        pb.Payload(codec=pb.CODEC_MAP_PARTS, data=b"\xff\xff")),
+    }  # fmt: skip
+    s = SchedulerState(prefetch=0, validate=True)
+    s.handle(RunRestored(5.0, "r1", spec, tuple(validate_spec(spec)), 0.0, records))
+    task = s.runs["r1"].tasks["m"]
+    assert task.state == pb.FAILED and "stored partitions of task 'm' cannot be read" in task.error.message
+    assert s.runs["r1"].tasks["after"].state == pb.UPSTREAM_FAILED
+
+
+def test_restore_after_every_sub_task_finished_finishes_the_task():
+    spec = mapped_spec()
+    records = {
+        "src": TaskRecord("r1", "src", pb.SUCCEEDED, 1, "w1", 1.0, 1.0, None, pb.Payload()),
+        "m": TaskRecord("r1", "m", pb.MAPPED, 1, "w1", 2.0, 2.0, None, parts_payload(2)),
+        "m[0]": TaskRecord("r1", "m[0]", pb.SUCCEEDED, 1, "w1", 3.0, 3.0, None, _codec.encode("a")),
+        "m[1]": TaskRecord("r1", "m[1]", pb.SUCCEEDED, 1, "w1", 3.0, 3.0, None, _codec.encode("b")),
+    }
+    s = SchedulerState(prefetch=0, validate=True)
+    s.handle(RunRestored(5.0, "r1", spec, tuple(validate_spec(spec)), 0.0, records))
+    run = s.runs["r1"]
+    assert run.tasks["m"].state == pb.SUCCEEDED and _codec.decode(run.tasks["m"].result) == ["a", "b"]
+    assert run.tasks["after"].state == pb.READY
+
+
 def test_restore_mid_fan_out_keeps_finished_sub_tasks():
     s, out = start(n=4, parallelism=2)
     records = {r.name: r for r in out if isinstance(r, TaskRecord)}
@@ -348,3 +404,19 @@ def test_sub_task_durations_are_one_metric_series_of_their_task():
         assert not [key for key in samples if any(v.startswith("m[") for _, v in key[1])]
     finally:
         endpoint.stop()
+
+
+def test_restore_with_a_sub_task_failed_before_the_restart_fails_the_task():
+    spec = mapped_spec()
+    error = pb.TaskError(error_type="TASK_FAILURE", message="boom")
+    records = {
+        "src": TaskRecord("r1", "src", pb.SUCCEEDED, 1, "w1", 1.0, 1.0, None, pb.Payload()),
+        "m": TaskRecord("r1", "m", pb.MAPPED, 1, "w1", 2.0, 2.0, None, parts_payload(3)),
+        "m[0]": TaskRecord("r1", "m[0]", pb.FAILED, 1, "w1", 3.0, 3.0, error),
+    }
+    s = SchedulerState(prefetch=0, validate=True)
+    s.handle(RunRestored(5.0, "r1", spec, tuple(validate_spec(spec)), 0.0, records))
+    run = s.runs["r1"]
+    assert run.tasks["m"].state == pb.FAILED and "sub-task 'm[0]' failed: boom" in run.tasks["m"].error.message
+    assert [run.tasks[f"m[{i}]"].state for i in (1, 2)] == [pb.CANCELLED, pb.CANCELLED]
+    assert run.state == pb.RUN_FAILED
