@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -75,6 +76,10 @@ def broken(x):
     if x == 3:
         raise ValueError(f"partition {x} is bad")
     return x
+
+
+def total_len(blobs):
+    return sum(len(b) for b in blobs)
 
 
 def scalar():
@@ -202,15 +207,25 @@ def test_sub_tasks_show_in_cli_status_json(cluster, pm):
     assert tasks["sq"]["status"] == "succeeded" and tasks["sq[1]"]["status"] == "succeeded"
 
 
-def test_big_partitions_travel_by_artifact_reference(pm, cluster):
+def noise(seed):
+    """300 KiB of incompressible bytes: over the artifact threshold."""
+    return random.Random(seed).randbytes(300 * 1024)
+
+
+def test_big_partitions_and_big_sub_task_results_travel_by_artifact_reference(pm, cluster):
     blob = os.urandom(300 * 1024)  # over the artifact threshold, incompressible
     p = Pipeline("big_parts")
     src = Task("src", lambda: [blob, b"small", blob])
-    p.add_tasks([src, Task.map("size", len, over=src)])
+    size = Task.map("size", len, over=src)
+    seeds = Task("seeds", numbers, args=(2,))
+    big = Task.map("big", noise, over=seeds)
+    p.add_tasks([src, size, seeds, big, Task("sizes", total_len, depends_on=[big])])
     result = pm.execute_pipeline(p, monitor=False)
     assert result.outputs["size"] == [len(blob), 5, len(blob)]
+    assert result.outputs["big"] == [noise(0), noise(1)]  # the client gets the bytes, not references
+    assert result.outputs["sizes"] == 2 * 300 * 1024  # and so does the downstream task
     stored = {f.name for f in (cluster.data_dir / "artifacts" / result.run_id).iterdir()}
-    assert {"size.part0.1", "size.part2.1"} <= stored, stored
+    assert {"size.part0.1", "size.part2.1", "big[0].1", "big[1].1"} <= stored, stored
 
 
 def _restart_mid_fan_out(c: Cluster, log_dir: Path) -> None:
