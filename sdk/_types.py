@@ -62,6 +62,8 @@ class TaskInfo:
         error, error_type, exception_type, traceback: what its last failed attempt reported.
         metrics, performance, metric_warnings: what its last finished attempt recorded
             (see docs/task-metrics.md).
+        map_parent, map_index: for a fan-out's sub-task ``name[i]``, its task and ``i``;
+            None otherwise.
     """
 
     name: str
@@ -79,6 +81,8 @@ class TaskInfo:
     metrics: dict[str, float] = field(default_factory=dict)
     performance: TaskPerformance | None = None
     metric_warnings: tuple[str, ...] = ()
+    map_parent: str | None = None
+    map_index: int | None = None
 
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskInfo:
@@ -101,6 +105,8 @@ class TaskInfo:
             metrics=measured.metrics,
             performance=measured.performance,
             metric_warnings=measured.warnings,
+            map_parent=info.map_parent or None,
+            map_index=info.map_index if info.map_parent else None,
         )
 
 

@@ -119,6 +119,9 @@ def test_list_and_dict_fan_out_keep_partition_order(pm):
     subs = [n for n in run.tasks if n.startswith("square[")]
     assert subs == [f"square[{i}]" for i in range(6)]
     assert all(run.tasks[n].status == "succeeded" for n in subs)
+    by_name = {t.name: t for t in pm.client.get_run(result.run_id).tasks}
+    assert (by_name["square[4]"].map_parent, by_name["square[4]"].map_index) == ("square", 4)
+    assert by_name["square"].map_parent is None and by_name["square"].map_index is None
 
 
 def test_each_splitter_and_a_callable_splitter(pm):
