@@ -20,7 +20,6 @@ the machine's own helpers and is as pure.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections import deque
 from typing import TYPE_CHECKING
@@ -97,11 +96,7 @@ class MappingFlow:
                 problem = f"its partitions cannot be read: {exc}"
         if parts is not None and len(parts.parts) > MAX_PARTITIONS:
             problem = f"it split into {len(parts.parts)} partitions; the limit is {MAX_PARTITIONS} (MAX_PARTITIONS)"
-        if not problem and parts is not None:
-            clash = next((n for n in map(functools.partial(sub_task_name, task.name), range(len(parts.parts)))
-                          if n in run.tasks), "")  # fmt: skip
-            if clash:
-                problem = f"its sub-task name {clash!r} is taken by another task of the pipeline"
+        # (No task of the run is named like a sub-task: validate_spec refuses such specs.)
         if problem:
             error = task_error("TASK_FAILURE", f"task {task.name!r} cannot fan out: {problem}", non_retryable=True)
             self._fail_attempt(run, task, error, now, out)
