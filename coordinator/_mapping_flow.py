@@ -148,6 +148,7 @@ class MappingFlow:
 
     def _child_finished(self, run: RunEntry, child: TaskEntry, out: list[Action]) -> None:
         """A sub-task ended: release the next, or finish its parent (success or failure)."""
+        child.part = None  # it will not run again: free its input
         task = run.tasks[child.parent]
         fan = task.fan
         if task.state != pb.MAPPED:
