@@ -420,3 +420,16 @@ def test_restore_with_a_sub_task_failed_before_the_restart_fails_the_task():
     assert run.tasks["m"].state == pb.FAILED and "sub-task 'm[0]' failed: boom" in run.tasks["m"].error.message
     assert [run.tasks[f"m[{i}]"].state for i in (1, 2)] == [pb.CANCELLED, pb.CANCELLED]
     assert run.state == pb.RUN_FAILED
+
+
+def test_cancel_mid_fan_out_cancels_the_task_and_its_sub_tasks():
+    from xpipe.coordinator._events import CancelRequested
+
+    s, _ = start(n=4, parallelism=2)
+    sent = [x for x in s.schedule(3.0) if isinstance(x, Assign)]
+    out = s.handle(CancelRequested(4.0, "r1"))
+    run = s.runs["r1"]
+    assert run.state == pb.RUN_CANCELLED
+    assert {run.tasks[n].state for n in ("m", "m[0]", "m[1]", "m[2]", "m[3]", "after")} == {pb.CANCELLED}
+    (cancel,) = [x for x in out if isinstance(x, CancelAttempts)]
+    assert sorted(cancel.attempts) == sorted(a.attempt for a in sent)
