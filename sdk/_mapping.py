@@ -68,7 +68,9 @@ def _date_key(raw: Any, period: str, index: int, field: str) -> str:
         try:
             day = _dt.datetime.fromisoformat(raw)
         except ValueError:
-            raise ValueError(f"partitioning strategy 'by_date': row {index} field {field!r} is not an ISO date: {raw!r:.40}") from None
+            raise ValueError(
+                f"partitioning strategy 'by_date': row {index} field {field!r} is not an ISO date: {raw!r:.40}"
+            ) from None
     if isinstance(day, _dt.datetime):
         day = day.date()
     if not isinstance(day, _dt.date):
@@ -127,8 +129,14 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
-def check_strategy(strategy: Any, parallelism: int | None) -> tuple[str, dict[str, Any], Callable[..., Any] | None]:
-    """``partitioning_strategy`` read as (name, parameters, callable); raises ValueError naming the problem."""
+def check_strategy(
+    strategy: Any, parallelism: int | None
+) -> tuple[str, dict[str, Any], Callable[..., Any] | None]:
+    """``partitioning_strategy`` read as (name, parameters, callable).
+
+    Raises:
+        ValueError: naming the problem (an unknown name, a missing or bad parameter).
+    """
     if strategy is None:
         return "", {}, None
     if callable(strategy) and not isinstance(strategy, (str, tuple)):
@@ -152,11 +160,14 @@ def check_strategy(strategy: Any, parallelism: int | None) -> tuple[str, dict[st
         raise ValueError(f"{strategy!r} needs parameter(s) {missing}, e.g. ({strategy!r}, {{{missing[0]!r}: ...}})")
     for name in ("partitions", "size"):
         if name in params and not (_positive_int(params[name]) and params[name] <= MAX_PARTITIONS):
-            raise ValueError(f"{strategy!r} parameter {name!r} must be an int from 1 to {MAX_PARTITIONS}, got {params[name]!r}")
+            raise ValueError(
+                f"{strategy!r} parameter {name!r} must be an int from 1 to {MAX_PARTITIONS}, got {params[name]!r}"
+            )
     if "field" in params and not isinstance(params["field"], str):
         raise ValueError(f"{strategy!r} parameter 'field' must be a string, got {params['field']!r}")
     if "period" in params and params["period"] not in _PERIODS:
-        raise ValueError(f"'by_date' parameter 'period' must be one of {', '.join(_PERIODS)}, got {params['period']!r}")
+        periods = ", ".join(_PERIODS)
+        raise ValueError(f"'by_date' parameter 'period' must be one of {periods}, got {params['period']!r}")
     return strategy, params, None
 
 
@@ -195,7 +206,8 @@ def map_spec(task: Any) -> common_pb2.MapSpec | None:
     kwargs = {"task": task.name, "strategy": name if func is None else "", "params": params, "splitter": func}
     spec = common_pb2.MapSpec(parallelism=parallelism or 0, strategy=name)
     spec.splitter.import_path = SPLIT_IMPORT_PATH
-    spec.split_args.CopyFrom(_codec.encode(((), kwargs), "pickle", what=f"partitioning_strategy of task {task.name!r}"))
+    what = f"partitioning_strategy of task {task.name!r}"
+    spec.split_args.CopyFrom(_codec.encode(((), kwargs), "pickle", what=what))
     return spec
 
 
@@ -228,9 +240,11 @@ def split_value(value: Any, *, task: str, strategy: str = "", params: Mapping[st
     """
     how = "the upstream result"
     if splitter is not None:
-        value, how = splitter(value), f"what partitioning_strategy {getattr(splitter, '__name__', 'callable')!r} returned"
+        how = f"what partitioning_strategy {getattr(splitter, '__name__', 'callable')!r} returned"
+        value = splitter(value)
     elif strategy:
-        value, how = STRATEGIES[strategy][0](value, **dict(params or {})), f"what partitioning strategy {strategy!r} returned"
+        how = f"what partitioning strategy {strategy!r} returned"
+        value = STRATEGIES[strategy][0](value, **dict(params or {}))
     if isinstance(value, Mapping):
         keys, values = list(value.keys()), list(value.values())
     elif isinstance(value, (list, tuple)):
