@@ -25,7 +25,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from xpipe._domain import TERMINAL_TASK_STATES, task_error
-from xpipe._graph import sub_task_name
+from xpipe._graph import sub_task_name, sub_task_of
 from xpipe._limits import MAX_PARTITIONS
 from xpipe._proto import common_pb2 as pb
 from xpipe.security._codetrust import code_kind
@@ -118,14 +118,19 @@ class MappingFlow:
         fan.keys = parts.keys if parts.HasField("keys") else None
         fan.children, fan.queue, fan.open, fan.done = [], deque(), 0, 0
         for i, part in enumerate(parts.parts):
-            child = TaskEntry(fan.child_spec)
-            child.name = sub_task_name(task.name, i)
-            child.deps = ()  # it waits for nothing: its parent's inputs are all there
-            child.parent, child.part = task.name, part
-            child.cp, child.circuit, child.request = task.cp, task.circuit, task.request
-            run.tasks[child.name] = child
-            fan.children.append(child.name)
-            fan.queue.append(child.name)
+            name = self._add_child(run, task, sub_task_name(task.name, i), part)
+            fan.children.append(name)
+            fan.queue.append(name)
+
+    @staticmethod
+    def _add_child(run: RunEntry, task: TaskEntry, name: str, part: pb.Payload | None) -> str:
+        child = TaskEntry(task.fan.child_spec)
+        child.name = name
+        child.deps = ()  # it waits for nothing: its parent's inputs are all there
+        child.parent, child.part = task.name, part
+        child.cp, child.circuit, child.request = task.cp, task.circuit, task.request
+        run.tasks[name] = child
+        return name
 
     def _release_children(self, run: RunEntry, task: TaskEntry, out: list[Action]) -> None:
         """Make sub-tasks READY while the fan-out's parallelism allows."""
@@ -193,7 +198,9 @@ class MappingFlow:
             self._stop_run_after_failure(run, task, now, out)
 
     def _restore_children(self, run: RunEntry, records: dict[str, TaskRecord]) -> None:
-        """Before a restored run's rows are applied: remake the sub-tasks of MAPPED tasks."""
+        """Before a restored run's rows are applied: remake the sub-tasks of MAPPED tasks
+        (from their stored parts), and those of finished fan-outs that have rows (so the
+        run still shows them)."""
         for name, rec in records.items():
             task = run.tasks.get(name)
             if task is None or task.fan is None or rec.state != pb.MAPPED or rec.result is None:
@@ -204,6 +211,14 @@ class MappingFlow:
                 log.error("run %s: stored partitions of task %r cannot be read", run.run_id, name)
                 continue
             self._make_children(run, task, parts)
+        finished = sorted(
+            (sub[0], sub[1], name)
+            for name in records
+            if name not in run.tasks and (sub := sub_task_of(name)) is not None
+            and sub[0] in run.tasks and run.tasks[sub[0]].fan is not None
+        )  # fmt: skip
+        for parent, _, name in finished:
+            self._add_child(run, run.tasks[parent], name, None)
 
     def _resume_fanouts(self, run: RunEntry, out: list[Action]) -> None:
         """After a restored run's rows are applied: recount each MAPPED task's sub-tasks, then

@@ -433,3 +433,20 @@ def test_cancel_mid_fan_out_cancels_the_task_and_its_sub_tasks():
     assert {run.tasks[n].state for n in ("m", "m[0]", "m[1]", "m[2]", "m[3]", "after")} == {pb.CANCELLED}
     (cancel,) = [x for x in out if isinstance(x, CancelAttempts)]
     assert sorted(cancel.attempts) == sorted(a.attempt for a in sent)
+
+
+def test_restore_after_the_fan_out_finished_still_shows_its_sub_tasks():
+    spec = mapped_spec()
+    gathered = Partitions(["a", "b"], None).to_payload("m")
+    records = {
+        "m[1]": TaskRecord("r1", "m[1]", pb.SUCCEEDED, 1, "w1", 3.0, 3.0, None, _codec.encode("b")),
+        "src": TaskRecord("r1", "src", pb.SUCCEEDED, 1, "w1", 1.0, 1.0, None, pb.Payload()),
+        "m": TaskRecord("r1", "m", pb.SUCCEEDED, 1, "w1", 2.0, 4.0, None, gathered),
+        "m[0]": TaskRecord("r1", "m[0]", pb.SUCCEEDED, 1, "w1", 3.0, 3.0, None, _codec.encode("a")),
+    }
+    s = SchedulerState(prefetch=0, validate=True)
+    s.handle(RunRestored(5.0, "r1", spec, tuple(validate_spec(spec)), 0.0, records))
+    run = s.runs["r1"]
+    assert list(run.tasks) == ["src", "m", "after", "m[0]", "m[1]"]
+    assert run.tasks["m[1]"].state == pb.SUCCEEDED and run.tasks["after"].state == pb.READY
+    assert [r.name for r in s.iter_records("r1")][-2:] == ["m[0]", "m[1]"]
