@@ -8,8 +8,11 @@ therefore never loses a transition that a worker or client has seen.
 
 Task attempt states follow DESIGN.md::
 
-    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING
+    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING | MAPPED
     (and SKIPPED, CANCELLED, UPSTREAM_FAILED from the non-terminal states)
+
+A fanned-out task (``TaskSpec.map``) is MAPPED while its sub-tasks ``name[i]``, tasks of the
+run in their own right, run; ``_mapping_flow`` (a mixin, like ``_recovery_flow``) holds that part.
 
 A run with ``circuit_breaker_enabled`` asks the task's circuit (``_breaker``) before each
 attempt is placed; an open circuit fails the attempt at once with ``CIRCUIT_OPEN``. A run
