@@ -598,7 +598,7 @@ class Engine:
             del info.tasks[:]
             info.tasks.extend(wanted)
         if info is not None and include_results and self.config.artifact_dir:
-            refs = [t.result for t in info.tasks if t.result.artifact_ref]
+            refs = [t.result for t in info.tasks if t.result.artifact_ref or t.result.codec == pb.CODEC_MAP_PARTS]
             if refs:
                 await asyncio.to_thread(inline_artifacts, refs, self.config.artifact_dir)
         return info
@@ -657,6 +657,14 @@ def inline_artifacts(payloads: list[pb.Payload], artifact_dir: str) -> None:
     coordinator must not serve arbitrary files on its behalf.
     """
     for payload in payloads:
+        if payload.codec == pb.CODEC_MAP_PARTS:  # a fan-out's parts: each may travel by reference
+            parts = pb.MapParts.FromString(payload.data)
+            nested = [part for part in parts.parts if part.artifact_ref]
+            if nested:
+                inline_artifacts(nested, artifact_dir)
+                payload.data = parts.SerializeToString()
+                payload.size_bytes = len(payload.data)
+            continue
         ref = payload.artifact_ref
         try:
             payload.data = read_artifact(ref, artifact_root=artifact_dir, what="a task result")

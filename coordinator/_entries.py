@@ -27,6 +27,7 @@ class TaskEntry:
         "name", "spec", "state", "attempt", "worker", "started_at", "finished_at", "error", "result",
         "deps", "waiting", "dependents", "failures", "retry_at", "request", "cp", "wait_until", "circuit",
         "recovered", "assigned_entry", "started_entry", "history", "telemetry", "code", "cache_hit",
+        "fan", "parent", "part",
     )  # fmt: skip
 
     def __init__(self, spec: pb.TaskSpec):
@@ -62,6 +63,11 @@ class TaskEntry:
         # What the last finished attempt recorded (TaskTelemetry); None for most tasks.
         self.telemetry: pb.TaskTelemetry | None = None
         self.cache_hit = False  # its result came from the result cache (docs/cache.md)
+        # Dynamic fan-out (``_mapping_flow``): a fanned-out task's FanOut; a sub-task's parent
+        # task name and its part (given in place of the first upstream result).
+        self.fan = None
+        self.parent: str | None = None
+        self.part: pb.Payload | None = None
 
 
 class RunEntry:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from xpipe._graph import sub_task_of
 from xpipe._proto import common_pb2, pipeline_pb2
 
 __all__ = [
@@ -301,6 +302,10 @@ def task_info(rec: TaskRecord, include_result: bool = False) -> pipeline_pb2.Tas
         info.telemetry.CopyFrom(rec.telemetry)
     if rec.cache_hit:
         info.cache_hit = True
+    if rec.name[-1:] == "]":  # maybe a fan-out's sub-task, "parent[i]"
+        sub = sub_task_of(rec.name)
+        if sub is not None:
+            info.map_parent, info.map_index = sub
     return info
 
 

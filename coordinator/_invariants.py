@@ -40,6 +40,7 @@ def check_invariants(state: SchedulerState) -> None:
                 unmet = sum(1 for d in task.deps if run.tasks[d].state not in SATISFIED)
                 assert unmet == task.waiting, f"{task.name}: waiting={task.waiting}, unmet deps={unmet}"
         assert terminal == run.terminal, f"run {run.run_id}: terminal count {run.terminal} != {terminal}"
+        state.check_fanouts(run)
     for worker in state.workers.values():
         if worker.state == "lost":
             assert not worker.assigned, f"lost worker {worker.name} still holds attempts"

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from xpipe._domain import TERMINAL_RUN_STATES, WORKER_STATES, error_type_name
+from xpipe._graph import sub_task_of
 from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._export import BucketHistogram, LastValueGauge, MetricsEndpoint
 
@@ -80,6 +81,7 @@ _OUTCOME_OF_STATE = {
     pb.FAILED: "failed",  # refined by the error's type, see _outcome
     pb.RETRY_WAIT: "failed",
     pb.RECOVERING: "failed",
+    pb.MAPPED: "succeeded",  # a fan-out's split attempt succeeded (its sub-tasks are attempts of their own)
 }
 #: Outcomes whose attempt a worker ran to an end: their run time goes into the duration.
 _TIMED_OUTCOMES = frozenset({"succeeded", "failed", "timeout", "skipped"})
@@ -261,13 +263,17 @@ class CoordinatorMetrics:
                 if counts is None:
                     counts = self.attempts[pipeline] = dict.fromkeys(ATTEMPT_OUTCOMES, 0)
                 counts[outcome] += 1
+                name = a.name
+                if name[-1] == "]":  # a fan-out's sub-task counts as its task: one series, not one each
+                    sub = sub_task_of(name)
+                    name = sub[0] if sub is not None else name
                 if started_at and outcome in _TIMED_OUTCOMES and a.finished_at >= started_at:
-                    self.duration.observe((pipeline, a.name), a.finished_at - started_at)
+                    self.duration.observe((pipeline, name), a.finished_at - started_at)
                 telemetry = a.telemetry
                 if telemetry is not None and telemetry.metrics:
                     # Here, not where the worker's message is decoded: an outcome re-sent
                     # after a reconnect is stale and makes no record, so it is exported once.
-                    self.task_telemetry(pipeline, a.name, telemetry)
+                    self.task_telemetry(pipeline, name, telemetry)
         if commit_s >= 0:
             self.commit.observe((), commit_s)
 

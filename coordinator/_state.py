@@ -8,9 +8,12 @@ therefore never loses a transition that a worker or client has seen.
 
 Task attempt states follow DESIGN.md::
 
-    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING
+    PENDING -> READY -> ASSIGNED -> RUNNING -> SUCCEEDED | FAILED | RETRY_WAIT | RECOVERING | MAPPED
     (a debug run: PENDING -> HELD -> READY, see ``_debug_flow``)
     (and SKIPPED, CANCELLED, UPSTREAM_FAILED from the non-terminal states)
+
+A fanned-out task (``TaskSpec.map``) is MAPPED while its sub-tasks ``name[i]``, tasks of the
+run in their own right, run; ``_mapping_flow`` (a mixin, like ``_recovery_flow``) holds that part.
 
 A run with ``circuit_breaker_enabled`` asks the task's circuit (``_breaker``) before each
 attempt is placed; an open circuit fails the attempt at once with ``CIRCUIT_OPEN``. A run
@@ -57,6 +60,7 @@ from ._recovery import RecoveryCodec, recovered_task, recovery_name
 from ._queries import StateQueries
 from ._recovery_flow import _RECOVERY_REQUEST, RecoveryFlow
 from ._debug_flow import DebugFlow
+from ._mapping_flow import MappingFlow
 from ._events import (
     Action,
     Assign,
@@ -111,9 +115,13 @@ _ALLOWED: dict[int, frozenset[int]] = {
     # READY -> RETRY_WAIT/FAILED/RECOVERING: an attempt failed fast on an open circuit.
     pb.READY: frozenset({pb.ASSIGNED, pb.CANCELLED, pb.FAILED, pb.SKIPPED, pb.RETRY_WAIT, pb.RECOVERING}),
     pb.ASSIGNED: frozenset(
-        {pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING}
+        {pb.RUNNING, pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING, pb.MAPPED}
     ),
-    pb.RUNNING: frozenset({pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING}),
+    pb.RUNNING: frozenset(
+        {pb.SUCCEEDED, pb.FAILED, pb.RETRY_WAIT, pb.READY, pb.CANCELLED, pb.SKIPPED, pb.RECOVERING, pb.MAPPED}
+    ),
+    # A fanned-out task's split is done and its sub-tasks run (``_mapping_flow``).
+    pb.MAPPED: frozenset({pb.SUCCEEDED, pb.FAILED, pb.CANCELLED}),
     pb.RETRY_WAIT: frozenset({pb.READY, pb.CANCELLED}),
     # The recovery handler's answer: retry_with_fallback, halt/continue, skip; or a cancel.
     pb.RECOVERING: frozenset({pb.READY, pb.FAILED, pb.SKIPPED, pb.CANCELLED}),
@@ -126,7 +134,7 @@ class InvalidTransition(RuntimeError):
     """A transition not in the table was attempted: a bug in the state machine."""
 
 
-class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
+class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
     """All runs, tasks and workers a coordinator knows, and the rules that move them.
 
     Args:
@@ -254,6 +262,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
         self.runs[run.run_id] = run
         run.set_critical_paths(ev.order)
         self._configure_circuits(run)
+        self._setup_fanouts(run)
         out.append(self._run_record(run, spec=ev.spec))
         for name in ev.order:
             task = run.tasks[name]
@@ -267,6 +276,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
         run.set_critical_paths(ev.order)
         self._configure_circuits(run)
         self._settle_until = max(self._settle_until, ev.now + self.heartbeat_timeout_s)
+        self._setup_fanouts(run)
+        self._restore_children(run, ev.tasks)
         for name, rec in ev.tasks.items():
             task = run.tasks.get(name)
             if task is None:
@@ -304,6 +315,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
             task.waiting = sum(1 for d in task.deps if run.tasks[d].state not in _SATISFIED)
             if task.state == pb.PENDING and task.waiting == 0:
                 self._make_ready(run, task, out)
+        self._resume_fanouts(run, out)
         self._maybe_finish(run, ev.now, out)
 
     def _on_worker_connected(self, ev: WorkerConnected, out: list[Action]) -> None:
@@ -466,6 +478,10 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
                 if not task.error.type and not task.error.error_type:
                     set_error_type(task.error, "TASK_FAILURE")
                 task.error.skipped, task.error.fallback_used = ev.skipped, not ev.skipped
+            if task.fan is not None:  # a fanned-out task's split: its sub-tasks come next
+                self._on_split(run, task, ev.result, ev.now, out)
+                self._maybe_finish(run, ev.now, out)
+                return
             task.result = None if ev.skipped else ev.result
             if ev.cache_hit:
                 task.cache_hit = True
@@ -740,6 +756,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
         upstream = tuple(run.tasks[d].result or pb.Payload() for d in spec.depends_on) + tuple(
             run.tasks[f.source_task].result or pb.Payload() for f in spec.flows
         )
+        if task.part is not None:  # a fan-out's sub-task: its part in place of the first upstream result
+            upstream = (task.part, *upstream[1:])
         code: tuple[pb.CodeBlob, ...] = ()
         code_hash = spec.python.code_hash if spec.WhichOneof("kind") == "python" else ""
         if code_hash and code_hash not in worker.sent_code:
@@ -832,10 +850,12 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
         out.append(
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
-                task.error, task.result if to == pb.SUCCEEDED else None, self._stimulus, task.history,
-                task.telemetry, task.cache_hit,
+                task.error, task.result if to == pb.SUCCEEDED or to == pb.MAPPED else None, self._stimulus,
+                task.history, task.telemetry, task.cache_hit,
             )  # fmt: skip
         )
+        if task.parent is not None and to in TERMINAL_TASK_STATES:
+            self._child_finished(run, task, out)
 
     def _push_ready(self, run: RunEntry, task: TaskEntry) -> None:
         rank = task.cp
@@ -863,7 +883,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, StateQueries):
             run.state = pb.RUN_CANCELLED
         elif (run.fail_fast or run.halted) and run.failed:  # tasks were cancelled because one failed
             run.state = pb.RUN_FAILED
-        elif any(t.state == pb.CANCELLED for t in run.tasks.values()):
+        # (Sub-tasks cancelled because a sibling failed leave the run FAILED, not CANCELLED.)
+        elif any(t.state == pb.CANCELLED and t.parent is None for t in run.tasks.values()):
             run.state = pb.RUN_CANCELLED
         elif run.failed:
             run.state = pb.RUN_FAILED

@@ -15,12 +15,13 @@ at most ``SHOWN_CHARS`` of a hostile value, so the error itself stays small.
 from __future__ import annotations
 
 from xpipe._domain import REJECTED_FIELD, REJECTED_GRAPH
-from xpipe._graph import validate_graph
+from xpipe._graph import sub_task_of, validate_graph
 from xpipe._install import INSTALL_STATUSES, requirements_problem, timeout_problem
 from xpipe._limits import (
     INSTALL_OUTPUT_TAIL_CHARS,
     MAX_CUSTOM_RESOURCES,
     MAX_DEPENDS_ON,
+    MAX_PARALLELISM,
     MAX_DURATION_S,
     MAX_GPUS,
     MAX_HANDLERS,
@@ -142,6 +143,7 @@ def validate_spec(spec: pb.PipelineSpec, *, restored: bool = False) -> list[str]
         except _Bad as exc:
             raise _invalid(where, str(exc)) from None
     code = {blob.code_hash for blob in spec.code}
+    mapped: list[str] = []  # fanned-out tasks
     names: list[str] = []
     deps: dict[str, list[str]] = {}
     for task in spec.tasks:
@@ -172,6 +174,10 @@ def validate_spec(spec: pb.PipelineSpec, *, restored: bool = False) -> list[str]
             raise _invalid(f"task {shown(name)}", str(exc)) from None
         names.append(name)
         deps[name] = [*task.depends_on, *(f.source_task for f in flows)] if flows else [*task.depends_on]
+        if task.HasField("map"):
+            mapped.append(name)
+    if mapped:
+        check_sub_task_names(names, mapped)
     if spec.HasField("recovery_handler"):
         handler = spec.recovery_handler
         if not handler.import_path and not handler.code_hash:
@@ -268,6 +274,36 @@ def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
         _text("flows.parameter", flow.parameter, MAX_NAME_CHARS)
     if task.track:
         _tracked(task.track)
+    if task.HasField("map"):
+        _mapped(task, kind)
+
+
+def _mapped(task: pb.TaskSpec, kind: str) -> None:
+    """A fanned-out task (``TaskSpec.map``, see ``xpipe._mapping``)."""
+    spec = task.map
+    if kind == "command":
+        raise _Bad("map: a command task cannot fan out; use a python or handler task")
+    if not task.depends_on:
+        raise _Bad("map: depends_on is empty; a fanned-out task maps over its first upstream task's result")
+    if spec.parallelism > MAX_PARALLELISM:
+        raise _Bad(f"map.parallelism is {spec.parallelism}; the limit is {MAX_PARALLELISM}")
+    if not spec.splitter.import_path:
+        raise _Bad("map.splitter needs an import_path (xpipe._mapping:split_upstream)")
+    _text("map.splitter.import_path", spec.splitter.import_path, MAX_TEXT_CHARS)
+    _text("map.strategy", spec.strategy, MAX_NAME_CHARS)
+    if spec.split_args.artifact_ref or spec.split_args.codec not in _CODECS:
+        raise _Bad("map.split_args must be an inline Payload in a known codec")
+
+
+def check_sub_task_names(names: list[str], mapped: list[str]) -> None:
+    """No task may be named like a sub-task ``name[i]`` of a fanned-out task."""
+    fanned = set(mapped)
+    for name in names:
+        sub = sub_task_of(name)
+        if sub is not None and sub[0] in fanned:
+            raise _invalid(
+                f"task {shown(name)}", f"is named like sub-task {sub[1]} of fanned-out task {shown(sub[0])}; rename it"
+            )
 
 
 _TRACKED_KINDS = frozenset({pb.METRIC_KIND_TRACKED, pb.METRIC_KIND_BUSINESS})

@@ -247,6 +247,8 @@ def decode(
     Raises:
         SerializationError: the payload is corrupt or uses an unknown codec.
     """
+    if payload.codec == common_pb2.CODEC_MAP_PARTS:
+        return _decode_parts(payload, what, artifact_root, unpickle)
     if payload.artifact_ref and artifact_data is not None:
         data = artifact_data
     elif payload.artifact_ref:
@@ -281,3 +283,24 @@ def decode(
     if payload.codec == common_pb2.CODEC_UNSPECIFIED and not payload.data:
         return None
     raise SerializationError(f"cannot decode {what}: unknown codec {payload.codec}")
+
+
+def _decode_parts(
+    payload: common_pb2.Payload, what: str, artifact_root: str | None, unpickle: Callable[[bytes], Any]
+) -> list[Any] | dict[Any, Any]:
+    """A fan-out's parts (``xpipe._mapping``): the list of its decoded parts, or a dict when
+    it carries keys. Each part is a payload of its own (inline or by artifact reference)."""
+    try:
+        parts = common_pb2.MapParts.FromString(payload.data)
+    except Exception as exc:
+        raise SerializationError(f"cannot decode {what}: corrupt fan-out parts: {exc}") from exc
+    values = [
+        decode(part, what=f"{what}[{i}]", artifact_root=artifact_root, unpickle=unpickle)
+        for i, part in enumerate(parts.parts)
+    ]
+    if not parts.HasField("keys"):
+        return values
+    keys = decode(parts.keys, what=f"keys of {what}", artifact_root=artifact_root, unpickle=unpickle)
+    if not isinstance(keys, list) or len(keys) != len(values):
+        raise SerializationError(f"cannot decode {what}: its fan-out keys do not match its {len(values)} parts")
+    return dict(zip(keys, values))

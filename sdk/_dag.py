@@ -29,6 +29,7 @@ from ._domain import PLACEMENT_STRATEGIES
 from ._graph import check_task_name as _check_name
 from ._graph import validate_graph
 from ._handlers import get_handler
+from ._mapping import map_spec
 from ._limits import (
     MAX_DEPENDS_ON,
     MAX_DURATION_S,
@@ -226,6 +227,9 @@ class Task:
         cache: bool | None = None,
         cache_ttl: str | float | timedelta | None = None,
         cache_version: str | int | None = None,
+        parallelism: int | None = None,
+        partitioning_strategy: Any = None,
+        expand: bool = False,
     ):
         """Options come as ``options=TaskOptions(...)`` and ``retry=RetryPolicy(...)``, or as flat
         keywords named like their fields (see :data:`xpipe._options.FLAT_OPTIONS`); None means
@@ -233,6 +237,11 @@ class Task:
         ``max_retry_delay`` also read strings such as ``"1h"``. A field given both flat and
         structured is refused. ``cache=True`` caches the task's result (docs/cache.md), for
         ``cache_ttl`` ("1h") if given; bump ``cache_version`` to make old entries misses.
+        structured is refused.
+
+        ``parallelism``, ``partitioning_strategy`` and ``expand`` make the task fan out over
+        its first upstream's result, one sub-task per partition (see :mod:`xpipe._mapping`
+        and :meth:`Task.map`); they are checked when the pipeline is built.
         """
         flat = None
         if (
@@ -261,6 +270,41 @@ class Task:
             except ValueError as exc:
                 raise PipelineValidationError(str(exc)) from None
             self.cache = False if cache is False else settings  # False: opted out of the pipeline's
+        #: Fan-out (read at to_proto time, so a subclass may set them after super().__init__).
+        self.parallelism: int | None = parallelism
+        self.partitioning_strategy: Any = partitioning_strategy
+        self.expand: bool = expand
+
+    @staticmethod
+    def map(
+        name: str,
+        func: Callable[..., Any],
+        over: Task | str,
+        *,
+        parallelism: int | None = None,
+        partitioning_strategy: Any = None,
+        depends_on: Iterable[Task | str] = (),
+        **options: Any,
+    ) -> Task:
+        """A task that runs ``func`` once per partition of ``over``'s result (dynamic fan-out).
+
+        ``over``'s result must be a list, tuple or dict (or is split by
+        ``partitioning_strategy``); sub-task ``name[i]`` gets partition i as its first
+        argument, then the results of ``depends_on`` and the task's ``args``/``kwargs``, and
+        the task's result is the list (or dict) of their results in partition order::
+
+            squares = Task.map("square", lambda x: x * x, over=numbers, parallelism=8)
+
+        ``options`` are the keyword options of :class:`Task` (``max_retries``, ...): each
+        sub-task is retried and timed out by them.
+        """
+        over_name = over.name if isinstance(over, Task) else over
+        others = [depends_on] if isinstance(depends_on, (str, Task)) else list(depends_on)
+        upstream = [over, *(d for d in others if (d.name if isinstance(d, Task) else d) != over_name)]
+        return Task(
+            name, func, upstream, parallelism=parallelism, partitioning_strategy=partitioning_strategy,
+            expand=True, **options,
+        )  # fmt: skip
 
     def _setup(
         self,
@@ -533,6 +577,12 @@ class Task:
             spec.resources.CopyFrom(_resources_proto(self.name, opts.resource_requirements))
         if self.tracking is not None:
             self.tracking.apply(spec)
+        try:
+            mapping = map_spec(self)
+        except ValueError as exc:
+            raise _invalid(self.name, *exc.args) from None
+        if mapping is not None:
+            spec.map.CopyFrom(mapping)
         marks = governance_of(self, self.func)
         if marks is not None:
             marks.apply(spec)

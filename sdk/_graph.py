@@ -16,7 +16,7 @@ from typing import Any
 from ._limits import MAX_NAME_CHARS, NAME_RE
 from .errors import PipelineValidationError
 
-__all__ = ["validate_graph", "check_task_name"]
+__all__ = ["validate_graph", "check_task_name", "sub_task_name", "sub_task_of"]
 
 # Whatever NAME_RE refuses besides '/': whitespace and control characters.
 _BAD_NAME_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -174,3 +174,22 @@ def _find_cycle(names: Sequence[str], dep_index: list[list[int]], indegree: list
     first = loop.index(min(loop))  # start at the task given first, for a stable message
     loop = loop[first:] + loop[:first]
     return [names[i] for i in loop] + [names[loop[0]]]
+
+
+def sub_task_name(parent: str, index: int) -> str:
+    """The name of a fanned-out task's sub-task ``index`` (``"square[3]"``)."""
+    return f"{parent}[{index}]"
+
+
+def sub_task_of(name: str) -> tuple[str, int] | None:
+    """(parent, index) when ``name`` reads as a sub-task's name ``parent[i]``, else None.
+
+    Only a fanned-out task has sub-tasks, and the coordinator refuses other tasks named
+    like them, so in a run such a name is a sub-task's when ``parent`` fans out.
+    """
+    if not name or name[-1] != "]":
+        return None
+    parent, _, index = name[:-1].rpartition("[")
+    if not parent or not index.isdigit():
+        return None
+    return parent, int(index)

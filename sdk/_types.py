@@ -62,6 +62,8 @@ class TaskInfo:
         error, error_type, exception_type, traceback: what its last failed attempt reported.
         metrics, performance, metric_warnings: what its last finished attempt recorded
             (see docs/task-metrics.md).
+        map_parent, map_index: for a fan-out's sub-task ``name[i]``, its task and ``i``;
+            None otherwise.
     """
 
     name: str
@@ -81,6 +83,8 @@ class TaskInfo:
     metric_warnings: tuple[str, ...] = ()
     #: Its result came from the result cache: its code did not run (docs/cache.md).
     cache_hit: bool = False
+    map_parent: str | None = None
+    map_index: int | None = None
 
     @classmethod
     def from_proto(cls, info: pipeline_pb2.TaskInfo) -> TaskInfo:
@@ -104,6 +108,8 @@ class TaskInfo:
             performance=measured.performance,
             metric_warnings=measured.warnings,
             cache_hit=info.cache_hit,
+            map_parent=info.map_parent or None,
+            map_index=info.map_index if info.map_parent else None,
         )
 
 

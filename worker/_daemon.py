@@ -633,7 +633,10 @@ class WorkerDaemon:
             self._logs.scrub_error(key, event.failed.error)
         if key not in self._state.running:
             return  # given back at shutdown: the coordinator requeues it, do not report twice
-        if event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES:
+        if (
+            event.WhichOneof("kind") == "succeeded" and len(event.succeeded.result.data) >= ARTIFACT_MIN_BYTES
+            and event.succeeded.result.codec != pb.CODEC_MAP_PARTS  # a fan-out's split: the coordinator reads it
+        ):  # fmt: skip
             await self._spill(key, event.succeeded.result)
         event.started_at = started
         self._handle(core.AttemptEnded(time.monotonic(), key, event))

@@ -40,6 +40,7 @@ from xpipe import _codec
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._handlers import HandlerNotFoundError, get_handler
+from xpipe._mapping import Partitions
 from xpipe._policies import ErrorPolicy, error_policy_of
 from xpipe._proto import common_pb2, worker_pb2
 from xpipe.errors import SerializationError
@@ -335,6 +336,8 @@ def _handler_callable(task: common_pb2.TaskSpec) -> Callable[..., Any]:
 
 def _encode_result(task: common_pb2.TaskSpec, value: Any, codec: str) -> common_pb2.Payload:
     try:
+        if type(value) is Partitions:  # a fan-out's split (xpipe._mapping): each part on its own
+            return value.to_payload(f"result of task {task.name!r}")
         return _codec.encode(value, codec, what=f"result of task {task.name!r}")
     except SerializationError as exc:
         raise _TaskFailed("SERIALIZATION", str(exc), type(exc).__name__) from exc
@@ -618,6 +621,8 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
     if event.WhichOneof("kind") != "succeeded":
         return event
     result = event.succeeded.result
+    if result.codec == common_pb2.CODEC_MAP_PARTS:
+        return _store_big_parts(event, artifact_root)
     if len(result.data) < ARTIFACT_MIN_BYTES:
         return event
     ref = event.attempt
@@ -630,6 +635,27 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
     if written:
         result.artifact_ref = written
         result.data = b""
+    return event
+
+
+def _store_big_parts(event: worker_pb2.TaskEvent, artifact_root: str | None) -> worker_pb2.TaskEvent:
+    """A fan-out's split: its big partitions go to the artifact directory one by one; the
+    parts message itself stays inline, since the coordinator reads it."""
+    result = event.succeeded.result
+    if len(result.data) < ARTIFACT_MIN_BYTES:
+        return event
+    parts = common_pb2.MapParts.FromString(result.data)
+    ref = event.attempt
+    for i, part in enumerate(parts.parts):
+        if len(part.data) < ARTIFACT_MIN_BYTES:
+            continue
+        try:
+            written = store_result(LOCAL_OBJECTS, artifact_root, (ref.run_id, f"{ref.task}.part{i}", ref.attempt), part.data)
+        except OSError:
+            return event  # inline, as a plain result is when its file cannot be written
+        if written:
+            part.artifact_ref, part.data = written, b""
+    result.data = parts.SerializeToString()
     return event
 
 

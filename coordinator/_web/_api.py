@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 from google.protobuf.json_format import MessageToDict
 from xpipe._domain import VERSION, error_type_name
+from xpipe._graph import sub_task_of
 from xpipe._limits import MAX_LIST_RUNS
 from xpipe.security._auth import authorization_value
 from xpipe.security._principal import DEFAULT_NAMESPACE
@@ -97,7 +98,8 @@ async def load_run(c, run_id: str):
         tasks = list(run.tasks.values())
         view = _RunView(run_id, run.name, run.spec.namespace or DEFAULT_NAMESPACE, run.state, run.created_at,
                         run.finished_at, len(tasks))  # fmt: skip
-        return view, tasks, {t.name: t.deps for t in tasks}, True
+        # A fan-out's sub-task hangs off its parent in the drawn DAG.
+        return view, tasks, {t.name: t.deps or ((t.parent,) if t.parent else ()) for t in tasks}, True
     stored = await engine.store.get_run(run_id)
     if stored is None:
         raise _no_run(run_id)
@@ -111,7 +113,8 @@ async def load_run(c, run_id: str):
     for name in stored.tasks:
         if name not in deps:
             order.append(name)
-            deps[name] = ()
+            sub = sub_task_of(name)  # a fan-out's sub-task hangs off its parent in the drawn DAG
+            deps[name] = (sub[0],) if sub is not None and sub[0] in deps else ()
     tasks = [stored.tasks[name] if name in stored.tasks else _Pending(name) for name in order]
     namespace = (stored.spec.namespace if stored.spec is not None else "") or DEFAULT_NAMESPACE
     view = _RunView(run_id, h.name, namespace, h.state, h.created_at, h.finished_at, h.total or len(tasks))

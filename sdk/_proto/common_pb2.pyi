@@ -13,6 +13,7 @@ class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CODEC_PICKLE: _ClassVar[Codec]
     CODEC_JSON: _ClassVar[Codec]
     CODEC_RAW: _ClassVar[Codec]
+    CODEC_MAP_PARTS: _ClassVar[Codec]
 
 class RetryBackoff(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ class TaskState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UPSTREAM_FAILED: _ClassVar[TaskState]
     RECOVERING: _ClassVar[TaskState]
     HELD: _ClassVar[TaskState]
+    MAPPED: _ClassVar[TaskState]
 
 class ErrorType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -74,6 +76,7 @@ CODEC_UNSPECIFIED: Codec
 CODEC_PICKLE: Codec
 CODEC_JSON: Codec
 CODEC_RAW: Codec
+CODEC_MAP_PARTS: Codec
 RETRY_BACKOFF_UNSPECIFIED: RetryBackoff
 BACKOFF_FIXED: RetryBackoff
 BACKOFF_LINEAR: RetryBackoff
@@ -97,6 +100,7 @@ CANCELLED: TaskState
 UPSTREAM_FAILED: TaskState
 RECOVERING: TaskState
 HELD: TaskState
+MAPPED: TaskState
 ERROR_TYPE_UNSPECIFIED: ErrorType
 ERROR_TYPE_TASK_FAILURE: ErrorType
 ERROR_TYPE_DEPENDENCY_FAILURE: ErrorType
@@ -206,7 +210,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running", "cache")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running", "map", "cache")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +239,7 @@ class TaskSpec(_message.Message):
     TRACK_LINEAGE_FIELD_NUMBER: _ClassVar[int]
     PII_FIELDS_FIELD_NUMBER: _ClassVar[int]
     LONG_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
@@ -257,8 +262,9 @@ class TaskSpec(_message.Message):
     track_lineage: bool
     pii_fields: _containers.RepeatedScalarFieldContainer[str]
     long_running: bool
+    map: MapSpec
     cache: CacheSpec
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ..., map: _Optional[_Union[MapSpec, _Mapping]] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ...) -> None: ...
 
 class TrackedMetric(_message.Message):
     __slots__ = ("name", "kind", "key")
@@ -467,3 +473,23 @@ class CacheSpec(_message.Message):
     pipeline: str
     generation: int
     def __init__(self, code_id: _Optional[str] = ..., ttl_s: _Optional[float] = ..., levels: _Optional[_Iterable[_Union[CacheLevel, _Mapping]]] = ..., pipeline: _Optional[str] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class MapSpec(_message.Message):
+    __slots__ = ("parallelism", "splitter", "split_args", "strategy")
+    PARALLELISM_FIELD_NUMBER: _ClassVar[int]
+    SPLITTER_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_ARGS_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    parallelism: int
+    splitter: PythonCall
+    split_args: Payload
+    strategy: str
+    def __init__(self, parallelism: _Optional[int] = ..., splitter: _Optional[_Union[PythonCall, _Mapping]] = ..., split_args: _Optional[_Union[Payload, _Mapping]] = ..., strategy: _Optional[str] = ...) -> None: ...
+
+class MapParts(_message.Message):
+    __slots__ = ("parts", "keys")
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    parts: _containers.RepeatedCompositeFieldContainer[Payload]
+    keys: Payload
+    def __init__(self, parts: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., keys: _Optional[_Union[Payload, _Mapping]] = ...) -> None: ...

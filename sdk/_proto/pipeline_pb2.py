@@ -26,7 +26,7 @@ from . import common_pb2 as xpipe_dot_v1_dot_common__pb2
 from . import worker_pb2 as xpipe_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xpipe/v1/pipeline.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x83\x01\n\x15SubmitPipelineRequest\x12(\n\x08pipeline\x18\x01 \x01(\x0b\x32\x16.xpipe.v1.PipelineSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"(\n\x16SubmitPipelineResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_results\x18\x02 \x01(\x08\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"6\n\x10ListRunsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.RunSummary\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"&\n\x11\x43\x61ncelRunResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x80\x01\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\x12\x16\n\x0eresults_on_end\x18\x03 \x01(\x08\x12/\n\x06submit\x18\x04 \x01(\x0b\x32\x1f.xpipe.v1.SubmitPipelineRequest\"4\n\x14GetTaskResultRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\x8d\x02\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.TaskError\x12!\n\x06result\x18\x08 \x01(\x0b\x32\x11.xpipe.v1.Payload\x12*\n\ttelemetry\x18\t \x01(\x0b\x32\x17.xpipe.v1.TaskTelemetry\x12\x11\n\tcache_hit\x18\x0f \x01(\x08\"\xd2\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.xpipe.v1.RunState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12\x13\n\x0btotal_tasks\x18\x06 \x01(\r\x12\x17\n\x0fsucceeded_tasks\x18\x07 \x01(\r\x12\x14\n\x0c\x66\x61iled_tasks\x18\x08 \x01(\r\x12\x12\n\ncache_hits\x18\x0b \x01(\r\"S\n\x07RunInfo\x12%\n\x07summary\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RunSummary\x12!\n\x05tasks\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.TaskInfo\"V\n\x08RunEvent\x12%\n\x07summary\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RunSummary\x12#\n\x07\x63hanged\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.TaskInfo\"\x8a\x01\n\nTaskResult\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12!\n\x06result\x18\x02 \x01(\x0b\x32\x11.xpipe.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.xpipe.v1.TaskError\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\"$\n\x13GetTaskStatsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"5\n\tTaskStats\x12\x17\n\x0fmean_duration_s\x18\x01 \x01(\x01\x12\x0f\n\x07samples\x18\x02 \x01(\r\"\x93\x01\n\x14GetTaskStatsResponse\x12\x38\n\x05stats\x18\x01 \x03(\x0b\x32).xpipe.v1.GetTaskStatsResponse.StatsEntry\x1a\x41\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.xpipe.v1.TaskStats:\x02\x38\x01\"f\n\x12GetTaskLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x11\n\tafter_seq\x18\x05 \x01(\x04\"\x9b\x01\n\x0cTaskLogChunk\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12#\n\x06stream\x18\x03 \x01(\x0e\x32\x13.xpipe.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x17\n\x0ftruncated_bytes\x18\x05 \x01(\x04\x12\x13\n\x0breceived_at\x18\x06 \x01(\x01\x12\x0b\n\x03seq\x18\x07 \x01(\x04\x32\xbf\x04\n\x0fPipelineService\x12S\n\x0eSubmitPipeline\x12\x1f.xpipe.v1.SubmitPipelineRequest\x1a .xpipe.v1.SubmitPipelineResponse\x12\x34\n\x06GetRun\x12\x17.xpipe.v1.GetRunRequest\x1a\x11.xpipe.v1.RunInfo\x12\x41\n\x08ListRuns\x12\x19.xpipe.v1.ListRunsRequest\x1a\x1a.xpipe.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.xpipe.v1.CancelRunRequest\x1a\x1b.xpipe.v1.CancelRunResponse\x12;\n\x08WatchRun\x12\x19.xpipe.v1.WatchRunRequest\x1a\x12.xpipe.v1.RunEvent0\x01\x12\x45\n\rGetTaskResult\x12\x1e.xpipe.v1.GetTaskResultRequest\x1a\x14.xpipe.v1.TaskResult\x12M\n\x0cGetTaskStats\x12\x1d.xpipe.v1.GetTaskStatsRequest\x1a\x1e.xpipe.v1.GetTaskStatsResponse\x12\x45\n\x0bGetTaskLogs\x12\x1c.xpipe.v1.GetTaskLogsRequest\x1a\x16.xpipe.v1.TaskLogChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xpipe/v1/pipeline.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x83\x01\n\x15SubmitPipelineRequest\x12(\n\x08pipeline\x18\x01 \x01(\x0b\x32\x16.xpipe.v1.PipelineSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\x12\x13\n\x0btraceparent\x18\n \x01(\t\x12\x12\n\ntracestate\x18\x0b \x01(\t\"(\n\x16SubmitPipelineResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"8\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_results\x18\x02 \x01(\x08\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"6\n\x10ListRunsResponse\x12\"\n\x04runs\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.RunSummary\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"&\n\x11\x43\x61ncelRunResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"\x80\x01\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x14\n\x0csummary_only\x18\x02 \x01(\x08\x12\x16\n\x0eresults_on_end\x18\x03 \x01(\x08\x12/\n\x06submit\x18\x04 \x01(\x0b\x32\x1f.xpipe.v1.SubmitPipelineRequest\"4\n\x14GetTaskResultRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xb4\x02\n\x08TaskInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05state\x18\x02 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12\x0e\n\x06worker\x18\x04 \x01(\t\x12\x12\n\nstarted_at\x18\x05 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x06 \x01(\x01\x12\"\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.TaskError\x12!\n\x06result\x18\x08 \x01(\x0b\x32\x11.xpipe.v1.Payload\x12*\n\ttelemetry\x18\t \x01(\x0b\x32\x17.xpipe.v1.TaskTelemetry\x12\x12\n\nmap_parent\x18\n \x01(\t\x12\x11\n\tmap_index\x18\x0b \x01(\r\x12\x11\n\tcache_hit\x18\x0f \x01(\x08\"\xd2\x01\n\nRunSummary\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08pipeline\x18\x02 \x01(\t\x12!\n\x05state\x18\x03 \x01(\x0e\x32\x12.xpipe.v1.RunState\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x05 \x01(\x01\x12\x13\n\x0btotal_tasks\x18\x06 \x01(\r\x12\x17\n\x0fsucceeded_tasks\x18\x07 \x01(\r\x12\x14\n\x0c\x66\x61iled_tasks\x18\x08 \x01(\r\x12\x12\n\ncache_hits\x18\x0b \x01(\r\"S\n\x07RunInfo\x12%\n\x07summary\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RunSummary\x12!\n\x05tasks\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.TaskInfo\"V\n\x08RunEvent\x12%\n\x07summary\x18\x01 \x01(\x0b\x32\x14.xpipe.v1.RunSummary\x12#\n\x07\x63hanged\x18\x02 \x03(\x0b\x32\x12.xpipe.v1.TaskInfo\"\x8a\x01\n\nTaskResult\x12\"\n\x05state\x18\x01 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12!\n\x06result\x18\x02 \x01(\x0b\x32\x11.xpipe.v1.Payload\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x13.xpipe.v1.TaskError\x12\x11\n\tcache_hit\x18\x06 \x01(\x08\"$\n\x13GetTaskStatsRequest\x12\r\n\x05names\x18\x01 \x03(\t\"5\n\tTaskStats\x12\x17\n\x0fmean_duration_s\x18\x01 \x01(\x01\x12\x0f\n\x07samples\x18\x02 \x01(\r\"\x93\x01\n\x14GetTaskStatsResponse\x12\x38\n\x05stats\x18\x01 \x03(\x0b\x32).xpipe.v1.GetTaskStatsResponse.StatsEntry\x1a\x41\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\"\n\x05value\x18\x02 \x01(\x0b\x32\x13.xpipe.v1.TaskStats:\x02\x38\x01\"f\n\x12GetTaskLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\x12\x11\n\tafter_seq\x18\x05 \x01(\x04\"\x9b\x01\n\x0cTaskLogChunk\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12#\n\x06stream\x18\x03 \x01(\x0e\x32\x13.xpipe.v1.LogStream\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x17\n\x0ftruncated_bytes\x18\x05 \x01(\x04\x12\x13\n\x0breceived_at\x18\x06 \x01(\x01\x12\x0b\n\x03seq\x18\x07 \x01(\x04\x32\xbf\x04\n\x0fPipelineService\x12S\n\x0eSubmitPipeline\x12\x1f.xpipe.v1.SubmitPipelineRequest\x1a .xpipe.v1.SubmitPipelineResponse\x12\x34\n\x06GetRun\x12\x17.xpipe.v1.GetRunRequest\x1a\x11.xpipe.v1.RunInfo\x12\x41\n\x08ListRuns\x12\x19.xpipe.v1.ListRunsRequest\x1a\x1a.xpipe.v1.ListRunsResponse\x12\x44\n\tCancelRun\x12\x1a.xpipe.v1.CancelRunRequest\x1a\x1b.xpipe.v1.CancelRunResponse\x12;\n\x08WatchRun\x12\x19.xpipe.v1.WatchRunRequest\x1a\x12.xpipe.v1.RunEvent0\x01\x12\x45\n\rGetTaskResult\x12\x1e.xpipe.v1.GetTaskResultRequest\x1a\x14.xpipe.v1.TaskResult\x12M\n\x0cGetTaskStats\x12\x1d.xpipe.v1.GetTaskStatsRequest\x1a\x1e.xpipe.v1.GetTaskStatsResponse\x12\x45\n\x0bGetTaskLogs\x12\x1c.xpipe.v1.GetTaskLogsRequest\x1a\x16.xpipe.v1.TaskLogChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,27 +54,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETTASKRESULTREQUEST']._serialized_start=614
   _globals['_GETTASKRESULTREQUEST']._serialized_end=666
   _globals['_TASKINFO']._serialized_start=669
-  _globals['_TASKINFO']._serialized_end=938
-  _globals['_RUNSUMMARY']._serialized_start=941
-  _globals['_RUNSUMMARY']._serialized_end=1151
-  _globals['_RUNINFO']._serialized_start=1153
-  _globals['_RUNINFO']._serialized_end=1236
-  _globals['_RUNEVENT']._serialized_start=1238
-  _globals['_RUNEVENT']._serialized_end=1324
-  _globals['_TASKRESULT']._serialized_start=1327
-  _globals['_TASKRESULT']._serialized_end=1465
-  _globals['_GETTASKSTATSREQUEST']._serialized_start=1467
-  _globals['_GETTASKSTATSREQUEST']._serialized_end=1503
-  _globals['_TASKSTATS']._serialized_start=1505
-  _globals['_TASKSTATS']._serialized_end=1558
-  _globals['_GETTASKSTATSRESPONSE']._serialized_start=1561
-  _globals['_GETTASKSTATSRESPONSE']._serialized_end=1708
-  _globals['_GETTASKSTATSRESPONSE_STATSENTRY']._serialized_start=1643
-  _globals['_GETTASKSTATSRESPONSE_STATSENTRY']._serialized_end=1708
-  _globals['_GETTASKLOGSREQUEST']._serialized_start=1710
-  _globals['_GETTASKLOGSREQUEST']._serialized_end=1812
-  _globals['_TASKLOGCHUNK']._serialized_start=1815
-  _globals['_TASKLOGCHUNK']._serialized_end=1970
-  _globals['_PIPELINESERVICE']._serialized_start=1973
-  _globals['_PIPELINESERVICE']._serialized_end=2548
+  _globals['_TASKINFO']._serialized_end=977
+  _globals['_RUNSUMMARY']._serialized_start=980
+  _globals['_RUNSUMMARY']._serialized_end=1190
+  _globals['_RUNINFO']._serialized_start=1192
+  _globals['_RUNINFO']._serialized_end=1275
+  _globals['_RUNEVENT']._serialized_start=1277
+  _globals['_RUNEVENT']._serialized_end=1363
+  _globals['_TASKRESULT']._serialized_start=1366
+  _globals['_TASKRESULT']._serialized_end=1504
+  _globals['_GETTASKSTATSREQUEST']._serialized_start=1506
+  _globals['_GETTASKSTATSREQUEST']._serialized_end=1542
+  _globals['_TASKSTATS']._serialized_start=1544
+  _globals['_TASKSTATS']._serialized_end=1597
+  _globals['_GETTASKSTATSRESPONSE']._serialized_start=1600
+  _globals['_GETTASKSTATSRESPONSE']._serialized_end=1747
+  _globals['_GETTASKSTATSRESPONSE_STATSENTRY']._serialized_start=1682
+  _globals['_GETTASKSTATSRESPONSE_STATSENTRY']._serialized_end=1747
+  _globals['_GETTASKLOGSREQUEST']._serialized_start=1749
+  _globals['_GETTASKLOGSREQUEST']._serialized_end=1851
+  _globals['_TASKLOGCHUNK']._serialized_start=1854
+  _globals['_TASKLOGCHUNK']._serialized_end=2009
+  _globals['_PIPELINESERVICE']._serialized_start=2012
+  _globals['_PIPELINESERVICE']._serialized_end=2587
 # @@protoc_insertion_point(module_scope)

@@ -79,7 +79,7 @@ class GetTaskResultRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry", "cache_hit")
+    __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry", "map_parent", "map_index", "cache_hit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,8 @@ class TaskInfo(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_FIELD_NUMBER: _ClassVar[int]
+    MAP_PARENT_FIELD_NUMBER: _ClassVar[int]
+    MAP_INDEX_FIELD_NUMBER: _ClassVar[int]
     CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: _common_pb2.TaskState
@@ -99,8 +101,10 @@ class TaskInfo(_message.Message):
     error: _common_pb2.TaskError
     result: _common_pb2.Payload
     telemetry: _common_pb2.TaskTelemetry
+    map_parent: str
+    map_index: int
     cache_hit: bool
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.TaskState, str]] = ..., attempts: _Optional[int] = ..., worker: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., telemetry: _Optional[_Union[_common_pb2.TaskTelemetry, _Mapping]] = ..., map_parent: _Optional[str] = ..., map_index: _Optional[int] = ..., cache_hit: _Optional[bool] = ...) -> None: ...
 
 class RunSummary(_message.Message):
     __slots__ = ("run_id", "pipeline", "state", "created_at", "finished_at", "total_tasks", "succeeded_tasks", "failed_tasks", "cache_hits")

@@ -25,7 +25,7 @@ def test_a_cache_hit_is_recorded_counted_and_shown():
     assert s.runs["r1"].summary().cache_hits == 1
 
 
-def test_the_cache_hit_flag_round_trips_through_the_store(make_store) -> None:
+def test_the_cache_hit_flag_round_trips_through_the_store(make_store) -> None:  # noqa: F811 - a fixture
     async def main() -> None:
         async with make_store() as store:
             await store.commit([

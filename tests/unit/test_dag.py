@@ -71,8 +71,9 @@ def test_seed_fan_out_fan_in_orders_every_dependency_first():
 
 
 class DistributedDataProcessor(Task):
-    def __init__(self):
-        super().__init__("process_partition")
+    def __init__(self, depends_on=("partition",)):
+        # The seed's line plus its one missing depends_on (a fan-out maps over its upstream).
+        super().__init__("process_partition", depends_on=depends_on)
         self.partitioning_strategy = "by_date"
         self.parallelism = 20
 
@@ -102,12 +103,20 @@ def test_seed_task_subclass_without_func_runs_method_named_like_the_task():
     )
     spec = p.to_proto()
     sent = spec.tasks[1]
+    assert sent.map.parallelism == 20 and sent.map.strategy == "by_date"
     assert sent.python.import_path == "" and sent.python.code_hash
     blobs = {blob.code_hash: blob.data for blob in spec.code}
     shipped = load_pickled(blobs[sent.python.code_hash])  # what a worker gets
     assert shipped([1]) == [20]
     # The shipped object re-resolved its own method rather than carrying a stale copy.
     assert shipped.__self__.func.__self__ is shipped.__self__
+
+
+def test_seed_subclass_without_depends_on_is_refused_naming_the_fix():
+    p = Pipeline("large_scale_etl")
+    p.add_tasks([Task("partition", extract_data_func), DistributedDataProcessor(depends_on=())])
+    with pytest.raises(PipelineValidationError, match="task 'process_partition': depends_on is empty"):
+        p.to_proto()
 
 
 def test_task_subclass_overriding_run_uses_run():

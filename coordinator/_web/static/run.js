@@ -5,7 +5,7 @@ import { drawDag, criticalPath } from "./dag.js";
 import { openTask, closeTask } from "./task.js";
 
 const STATES = ["pending", "ready", "assigned", "running", "succeeded", "failed", "retry_wait",
-  "skipped", "cancelled", "upstream_failed", "recovering", "held"];
+  "skipped", "cancelled", "upstream_failed", "recovering", "held", "mapped"];
 const TERMINAL_RUN = new Set(["succeeded", "failed", "cancelled"]);
 // The critical path depends on durations, so it is recomputed at most this often.
 const CRITICAL_EVERY_MS = 2000;
