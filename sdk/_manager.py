@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _hotreload
 from ._backoff import DEFAULT_CONNECT_TIMEOUT_S
 from ._client import Client, check_seconds
 from ._codec import decode, encode
@@ -517,7 +518,10 @@ class PipelineManager:
     cache_strategy = not_built("pm.cache_strategy()", 16)
     warm_cache = not_built("pm.warm_cache()", 16)
     create_debug_session = not_built("pm.create_debug_session()", 16)
-    enable_hot_reload = not_built("pm.enable_hot_reload()", 16)
+    # Hot reload (sdk/_hotreload.py, docs/dev-loop.md); close() stops it too.
+    enable_hot_reload = _hotreload.enable_hot_reload
+    disable_hot_reload = _hotreload.disable_hot_reload
+    hot_reload_status = _hotreload.hot_reload_status
 
     def _remember(self, run_id: str, pipeline: Pipeline) -> None:
         self._ran[run_id] = pipeline

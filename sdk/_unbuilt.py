@@ -16,7 +16,7 @@ __all__ = ["UNBUILT_FEATURES", "not_built"]
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
     15: "the monitoring dashboard, insights and alerts",
-    16: "developer experience (result cache, debug sessions, hot reload, dynamic fan-out)",
+    16: "developer experience (result cache, debug sessions, dynamic fan-out)",
     17: "operations (autoscaling, the resource manager, checkpoints)",
 }
 

@@ -19,7 +19,6 @@ NOT_BUILT_ON_MANAGER = {
     "cache_strategy": 16,
     "warm_cache": 16,
     "create_debug_session": 16,
-    "enable_hot_reload": 16,
     "scale_up_resources": 17,
 }
 NOT_BUILT_ON_PIPELINE = {

@@ -1,0 +1,171 @@
+"""Hot reload without a cluster: the real watcher on real files, and content hashes.
+
+The manager points at a port nothing listens on: hot reload needs no coordinator, and
+nothing here reaches one. The end-to-end path (runs on workers) is in
+tests/integration/test_hot_reload.py.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.harness import eventually
+from xpipe import Pipeline, PipelineManager, PipelineValidationError, Task, task
+from xpipe._callables import callable_ref
+
+SOURCE = '''
+from xpipe import Task, pipeline
+
+
+def double(x):
+    return x * 2
+
+
+def shout(x):
+    return f"{x}!"
+
+
+@pipeline("{name}")
+def build():
+    return [Task("a", func=double, args=(21,)), Task("b", func=shout, depends_on=["a"])]
+'''
+
+
+@pytest.fixture
+def pm():
+    manager = PipelineManager(coordinator="127.0.0.1:9", connect_timeout_s=0.5)
+    yield manager
+    manager.close()
+
+
+@pytest.fixture
+def module(tmp_path, monkeypatch):
+    """A fresh module file on sys.path (a unique name: modules are cached process-wide)."""
+    name = f"hr_unit_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(SOURCE.replace("{name}", name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module(name)
+    yield mod
+    sys.modules.pop(name, None)
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} is not in {path}"
+    path.write_text(text.replace(old, new))
+
+
+def _threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("xpipe-hot-reload")}
+
+
+def test_an_unchanged_function_keeps_its_hash_when_its_module_reloads(pm, module):
+    """With a cache keyed on code_hash, only the changed task (and its dependents) would rerun."""
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name)
+    before = {name: callable_ref(t.func) for name, t in module.build.tasks.items()}
+    assert before["a"][0] == "" and before["a"][2], "a watched module's function must be shipped by value"
+    _edit(Path(module.__file__), 'f"{x}!"', 'f"{x}?!"')  # shout changes; double does not
+    assert reloader.reload()
+    after = {name: callable_ref(t.func) for name, t in pm.pipelines[module.build.name].tasks.items()}
+    assert after["a"][2] == before["a"][2]
+    assert after["b"][2] != before["b"][2]
+    assert after["b"][0] == ""
+
+
+def test_disabling_ships_the_module_by_import_path_again(pm, module):
+    name = module.build.name
+    pm.enable_hot_reload(module.build)
+    assert callable_ref(module.double)[0] == ""
+    pm.disable_hot_reload(name)
+    assert callable_ref(module.double) == (f"{module.__name__}:double", None, "")
+    with pytest.raises(KeyError, match=name):
+        pm.hot_reload_status(name)
+
+
+def test_the_watcher_reloads_on_an_edit_and_stops_without_leaking(pm, module):
+    baseline_threads = _threads()
+    open_files = {f.path for f in psutil.Process().open_files()}
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name, debounce_ms=50)
+    assert reloader.files == (str(Path(module.__file__).resolve()),)
+    assert _threads() - baseline_threads
+    _edit(Path(module.__file__), "x * 2", "x * 3")
+    eventually(lambda: pm.hot_reload_status(module.build.name).version == 2, timeout_s=10, message="reloaded")
+    status = pm.hot_reload_status(module.build.name)
+    assert status.last_error is None and status.reloaded_at is not None and status.watching
+    assert pm.pipelines[module.build.name].tasks["a"].func(1) == 3
+    pm.close()
+    assert not reloader.watching
+    assert _threads() == baseline_threads
+    assert {f.path for f in psutil.Process().open_files()} <= open_files
+
+
+def test_a_syntax_error_keeps_the_last_good_version_and_says_where(pm, module, caplog):
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name)
+    old = pm.pipelines[module.build.name].tasks["a"].func
+    path = Path(module.__file__)
+    _edit(path, "return x * 2", "return x *")
+    assert not reloader.reload()
+    assert reloader.version == 1
+    assert reloader.last_error.startswith(f"SyntaxError at {path}:6")
+    assert "keeping version 1" in caplog.text
+    assert pm.pipelines[module.build.name].tasks["a"].func is old
+    _edit(path, "return x *", "return x * 4")
+    assert reloader.reload()
+    assert reloader.version == 2 and reloader.last_error is None
+    assert pm.pipelines[module.build.name].tasks["a"].func(1) == 4
+
+
+def test_an_exception_while_the_module_runs_restores_its_namespace(pm, module):
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name)
+    path = Path(module.__file__)
+    # double is redefined before the failing line runs; the old version must still use the old one
+    text = path.read_text().replace("x * 2", "x * 9").replace("def shout", "1 / 0\n\n\ndef shout")
+    path.write_text(text)
+    assert not reloader.reload()
+    assert reloader.last_error.startswith(f"ZeroDivisionError at {path}:")
+    assert module.double(1) == 2
+    assert pm.pipelines[module.build.name].tasks["a"].func(1) == 2
+
+
+def test_a_builder_that_returns_something_invalid_keeps_the_last_good_version(pm, module):
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name)
+    _edit(Path(module.__file__), 'depends_on=["a"]', 'depends_on=["nope"]')
+    assert not reloader.reload()
+    assert "PipelineValidationError" in reloader.last_error and "nope" in reloader.last_error
+    assert pm.pipelines[module.build.name].tasks["b"].depends_on == ["a"]
+
+
+def test_bad_calls_name_the_problem(pm, module):
+    with pytest.raises(PipelineValidationError, match="no pipeline named 'missing'"):
+        pm.enable_hot_reload("missing")
+    by_hand = Pipeline("by_hand")
+    by_hand.add_tasks([Task("t", func=module.double, args=(1,))])
+    with pytest.raises(ValueError, match="built by hand"):
+        pm.enable_hot_reload(by_hand)
+
+    @task
+    def local(x):
+        return x
+
+    in_main = Pipeline("in_main")
+    in_main.builder = lambda: [local]
+    in_main.builder.__module__ = "__main__"
+    with pytest.raises(ValueError, match="cannot be re-imported"):
+        pm.enable_hot_reload(in_main)
+    with pytest.raises(ValueError, match="debounce_ms must be an int from 1 to 60000"):
+        pm.enable_hot_reload(module.build, debounce_ms=0)
+    with pytest.raises(KeyError, match="not enabled"):
+        pm.hot_reload_status("in_main")
