@@ -176,7 +176,12 @@ class HotReloader:
         log.info("hot reload of pipeline %r: watching %s", self.name, ", ".join(self.files))
 
     def stop(self) -> None:
-        """Stop watching, wait for the thread, and ship the modules by import path again (idempotent)."""
+        """Stop watching and wait for the thread (idempotent).
+
+        Modules never reloaded go back to shipping by import path. Reloaded ones stay
+        shipped by value for the life of this process: a worker that imported one before
+        would otherwise run its old code.
+        """
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -185,8 +190,9 @@ class HotReloader:
                 log.warning("hot reload of pipeline %r: the watcher thread did not end in %.0f s",
                             self.name, _JOIN_TIMEOUT_S)  # fmt: skip
         with self._lock:
-            for module in self._shipped:
-                ship_by_reference(module)
+            if self.version == 1:
+                for module in self._shipped:
+                    ship_by_reference(module)
             self._shipped.clear()
 
     @property

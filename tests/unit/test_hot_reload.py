@@ -81,7 +81,7 @@ def test_an_unchanged_function_keeps_its_hash_when_its_module_reloads(pm, module
     assert after["b"][0] == ""
 
 
-def test_disabling_ships_the_module_by_import_path_again(pm, module):
+def test_disabling_before_any_reload_ships_the_module_by_import_path_again(pm, module):
     name = module.build.name
     pm.enable_hot_reload(module.build)
     assert callable_ref(module.double)[0] == ""
@@ -169,3 +169,13 @@ def test_bad_calls_name_the_problem(pm, module):
         pm.enable_hot_reload(module.build, debounce_ms=0)
     with pytest.raises(KeyError, match="not enabled"):
         pm.hot_reload_status("in_main")
+
+
+def test_a_reloaded_module_stays_shipped_by_value_after_disable(pm, module):
+    """A worker that imported the module before would run its old code from an import path."""
+    pm.enable_hot_reload(module.build)
+    _edit(Path(module.__file__), "x * 2", "x * 5")
+    assert pm.enable_hot_reload(module.build).reload()
+    pm.disable_hot_reload()
+    path, pickled, code_hash = callable_ref(module.double)
+    assert path == "" and pickled is not None and code_hash
