@@ -25,6 +25,7 @@ thread. See docs/dev-loop.md.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.util
@@ -150,7 +151,10 @@ class HotReloader:
                             "edits to it need a new enable_hot_reload", self.name, _describe(func))  # fmt: skip
             elif module is not builder_module:
                 found.setdefault(module.__name__, module)
-        return [*found.values(), builder_module]
+        modules = [*found.values(), builder_module]
+        for module in modules:
+            _refuse_a_manager(module)
+        return modules
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -259,6 +263,8 @@ class HotReloader:
         return True
 
     def _rebuild(self) -> Pipeline:
+        for module in self.modules:
+            _refuse_a_manager(module)
         for module in self.modules:
             _drop_cached_bytecode(module)
             importlib.reload(module)
@@ -405,6 +411,43 @@ def _walk(obj: Any, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _runs_at_import(body: list[ast.stmt]) -> Iterable[ast.AST]:
+    """The nodes of a module's top level that run when it is imported (not the main guard)."""
+    for stmt in body:
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from stmt.decorator_list  # decorators run at import, bodies do not
+            yield from stmt.args.defaults
+        elif isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test) and "__name__" in ast.unparse(stmt.test):
+            yield from _runs_at_import(stmt.orelse)
+        else:
+            yield stmt
+
+
+def _refuse_a_manager(module: ModuleType) -> None:
+    """Raise if re-executing ``module`` would make a new PipelineManager (and start a cluster).
+
+    Raises:
+        ValueError: naming the module and line; a file that does not parse is left to the
+            reload, which reports it with its line.
+    """
+    file = module.__file__ or ""
+    try:
+        tree = ast.parse(Path(file).read_bytes(), filename=file)
+    except (OSError, SyntaxError, ValueError):
+        return
+    for top in _runs_at_import(tree.body):
+        for node in ast.walk(top):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if called == "PipelineManager":
+                    raise ValueError(
+                        f"module {module.__name__!r} makes a PipelineManager when imported ({file}:{node.lineno}); "
+                        "re-importing it would start another one: make the manager outside the watched "
+                        "modules (in the script or notebook) and register the builder with pm.pipeline(name)"
+                    )
 
 
 def _drop_cached_bytecode(module: ModuleType) -> None:

@@ -179,3 +179,18 @@ def test_a_reloaded_module_stays_shipped_by_value_after_disable(pm, module):
     pm.disable_hot_reload()
     path, pickled, code_hash = callable_ref(module.double)
     assert path == "" and pickled is not None and code_hash
+
+
+def test_a_module_that_makes_a_manager_is_refused_before_a_reload_could_start_another(pm, module):
+    path = Path(module.__file__)
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name)
+    path.write_text(path.read_text() + '\nif __name__ == "__main__":\n    PipelineManager()\n')
+    assert reloader.reload(), "a manager made under the main guard does not run on re-import"
+    path.write_text(path.read_text() + "\nfrom xpipe import PipelineManager\n\npm = PipelineManager()\n")
+    assert not reloader.reload()
+    assert "makes a PipelineManager when imported" in reloader.last_error
+    assert f"{path}:" in reloader.last_error
+    pm.disable_hot_reload()
+    with pytest.raises(ValueError, match="make the manager outside the watched modules"):
+        pm.enable_hot_reload(module.build)
