@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import eventually
-from xpipe import PipelineManager, task
+from tests.harness import Cluster, eventually
+from xpipe import PipelineExecutionError, PipelineManager
 
 SOURCE = '''
 from xpipe import Task
@@ -103,3 +103,16 @@ def test_disable_stops_reloading_one_pipeline_while_another_still_reloads(tmp_pa
         # because "other" ships the same module, so the worker runs the old extract.
         assert pm.execute_pipeline("etl", monitor=False).outputs["transform"] == [10, 20, 30]
     assert not other.watching
+
+
+def test_a_worker_that_refuses_pickled_code_refuses_hot_reloaded_tasks(tmp_path, module):
+    """Hot reload ships code by value, so the code-trust rules for pickled code apply to it."""
+    with Cluster(tmp_path / "cluster", workers=0) as cluster:
+        cluster.add_worker("importonly", 1, ["--allow-code", "import,handler"])
+        with PipelineManager(coordinator=cluster.address) as pm:
+            pm.pipeline("etl")(module.build)
+            pm.enable_hot_reload("etl")
+            with pytest.raises(PipelineExecutionError) as info:
+                pm.execute_pipeline("etl", monitor=False)
+    assert info.value.error_type == "PICKLED_CODE_REFUSED" and info.value.task == "extract"
+    assert "--allow-code without pickle" in str(info.value)
