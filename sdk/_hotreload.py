@@ -146,10 +146,10 @@ class HotReloader:
             funcs.append(pipeline.recovery_handler_func)
         for func in funcs:
             module = _module_of(func)
-            if module is None:
+            if module is None and getattr(getattr(func, "__func__", func), "__module__", None) == "__main__":
                 log.warning("hot reload of pipeline %r: %s is not in a module file it can re-import; "
                             "edits to it need a new enable_hot_reload", self.name, _describe(func))  # fmt: skip
-            elif module is not builder_module:
+            elif module is not None and module is not builder_module:
                 found.setdefault(module.__name__, module)
         modules = [*found.values(), builder_module]
         for module in modules:
@@ -419,6 +419,9 @@ def _runs_at_import(body: list[ast.stmt]) -> Iterable[ast.AST]:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield from stmt.decorator_list  # decorators run at import, bodies do not
             yield from stmt.args.defaults
+        elif isinstance(stmt, ast.ClassDef):  # a class body runs, its methods' bodies do not
+            yield from stmt.decorator_list
+            yield from _runs_at_import(stmt.body)
         elif isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test) and "__name__" in ast.unparse(stmt.test):
             yield from _runs_at_import(stmt.orelse)
         else:

@@ -186,7 +186,8 @@ def test_a_module_that_makes_a_manager_is_refused_before_a_reload_could_start_an
     pm.pipelines[module.build.name] = module.build
     reloader = pm.enable_hot_reload(module.build.name)
     path.write_text(path.read_text() + '\nif __name__ == "__main__":\n    PipelineManager()\n')
-    assert reloader.reload(), "a manager made under the main guard does not run on re-import"
+    path.write_text(path.read_text() + "\n\nclass Later:\n    def make(self):\n        return PipelineManager()\n")
+    assert reloader.reload(), "a manager made under the main guard or in a method does not run on re-import"
     path.write_text(path.read_text() + "\nfrom xpipe import PipelineManager\n\npm = PipelineManager()\n")
     assert not reloader.reload()
     assert "makes a PipelineManager when imported" in reloader.last_error
@@ -194,3 +195,26 @@ def test_a_module_that_makes_a_manager_is_refused_before_a_reload_could_start_an
     pm.disable_hot_reload()
     with pytest.raises(ValueError, match="make the manager outside the watched modules"):
         pm.enable_hot_reload(module.build)
+
+
+def test_task_functions_in_another_module_are_watched_and_reloaded_before_the_builder(pm, tmp_path, monkeypatch):
+    suffix = uuid.uuid4().hex[:8]
+    tasks_name, pipe_name = f"hr_tasks_{suffix}", f"hr_pipe_{suffix}"
+    tasks_file = tmp_path / f"{tasks_name}.py"
+    tasks_file.write_text("def double(x):\n    return x * 2\n")
+    (tmp_path / f"{pipe_name}.py").write_text(
+        f"from xpipe import Task\nfrom {tasks_name} import double\n\n\n"
+        "def build():\n    return [Task('a', func=double, args=(1,))]\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        pipe = importlib.import_module(pipe_name)
+        pm.pipeline("two_modules")(pipe.build)
+        reloader = pm.enable_hot_reload("two_modules")
+        assert reloader.files == (str(tasks_file.resolve()), str(Path(pipe.__file__).resolve()))
+        _edit(tasks_file, "x * 2", "x * 7")
+        eventually(lambda: reloader.version == 2, timeout_s=10, message="reloaded after the task module's edit")
+        assert pm.pipelines["two_modules"].tasks["a"].func(1) == 7
+    finally:
+        sys.modules.pop(tasks_name, None)
+        sys.modules.pop(pipe_name, None)
