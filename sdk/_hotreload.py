@@ -229,6 +229,7 @@ class HotReloader:
             log.exception("hot reload of pipeline %r: the file watcher failed; reloads stopped", self.name)
             with self._lock:
                 self.last_error = f"the file watcher failed: {type(exc).__name__}: {exc}"
+            self._stop.set()  # not watching from now on, whatever the thread's last instants
         finally:
             self._ready.set()
 
@@ -264,6 +265,8 @@ class HotReloader:
 
     def _rebuild(self) -> Pipeline:
         for module in self.modules:
+            if not os.path.isfile(module.__file__ or ""):
+                raise FileNotFoundError(f"{module.__file__} is gone (deleted or moved); restore it to reload")
             _refuse_a_manager(module)
         for module in self.modules:
             _drop_cached_bytecode(module)

@@ -218,3 +218,31 @@ def test_task_functions_in_another_module_are_watched_and_reloaded_before_the_bu
     finally:
         sys.modules.pop(tasks_name, None)
         sys.modules.pop(pipe_name, None)
+
+
+def test_a_deleted_file_keeps_the_last_good_version_until_it_is_back(pm, module):
+    pm.pipelines[module.build.name] = module.build
+    reloader = pm.enable_hot_reload(module.build.name, debounce_ms=50)
+    path = Path(module.__file__)
+    text = path.read_text()
+    path.unlink()
+    eventually(lambda: reloader.last_error, timeout_s=10, message="the deletion reported")
+    assert reloader.last_error == f"FileNotFoundError: {path} is gone (deleted or moved); restore it to reload"
+    assert reloader.version == 1 and reloader.watching
+    path.write_text(text.replace("x * 2", "x * 6"))
+    eventually(lambda: reloader.version == 2, timeout_s=10, message="reloaded once the file is back")
+    assert pm.pipelines[module.build.name].tasks["a"].func(1) == 6
+
+
+def test_a_watcher_that_cannot_watch_reports_why_and_stops(pm, module):
+    from xpipe._hotreload import HotReloader
+
+    reloader = HotReloader(pm, module.build)
+    folder = Path(module.__file__).parent
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+    reloader.start()  # the folder is gone before the watch begins
+    assert not reloader.watching
+    assert reloader.last_error.startswith("the file watcher failed: FileNotFoundError")
+    reloader.stop()
