@@ -51,7 +51,7 @@ from .errors import PipelineValidationError
 if TYPE_CHECKING:
     from ._manager import PipelineManager
 
-__all__ = ["HotReloader", "HotReloadStatus", "enable_hot_reload", "disable_hot_reload", "hot_reload_status"]
+__all__ = ["HotReloadStatus", "HotReloader", "disable_hot_reload", "enable_hot_reload", "hot_reload_status"]
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,9 @@ class HotReloader:
             module without a source file (nothing to re-import).
     """
 
-    def __init__(self, manager: PipelineManager, pipeline: Pipeline, *, debounce_ms: int = DEFAULT_DEBOUNCE_MS):
+    def __init__(
+        self, manager: PipelineManager, pipeline: Pipeline, *, debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    ):
         self.manager = manager
         self.pipeline = pipeline
         self.name = pipeline.name
@@ -176,7 +178,11 @@ class HotReloader:
         self._thread = threading.Thread(target=self._watch, name=f"xpipe-hot-reload-{self.name}", daemon=True)
         self._thread.start()
         if not self._ready.wait(_READY_TIMEOUT_S):
-            log.warning("hot reload of pipeline %r: the watcher was not ready after %.0f s", self.name, _READY_TIMEOUT_S)
+            log.warning(
+                "hot reload of pipeline %r: the watcher was not ready after %.0f s",
+                self.name,
+                _READY_TIMEOUT_S,
+            )
         log.info("hot reload of pipeline %r: watching %s", self.name, ", ".join(self.files))
 
     def stop(self) -> None:
@@ -207,7 +213,9 @@ class HotReloader:
     def status(self) -> HotReloadStatus:
         """A consistent snapshot of this reloader."""
         with self._lock:
-            return HotReloadStatus(self.name, self.files, self.version, self.reloaded_at, self.last_error, self.watching)
+            return HotReloadStatus(
+                self.name, self.files, self.version, self.reloaded_at, self.last_error, self.watching
+            )
 
     def _watch(self) -> None:
         import watchfiles
@@ -217,7 +225,7 @@ class HotReloader:
                 dirs = sorted({os.path.dirname(f) for f in self.files})
                 wanted = {os.path.realpath(f) for f in self.files}
                 changes = watchfiles.watch(
-                    *dirs, watch_filter=lambda _change, path: os.path.realpath(path) in wanted,
+                    *dirs, watch_filter=lambda _change, path, wanted=wanted: os.path.realpath(path) in wanted,
                     debounce=self.debounce_ms, step=_WAKE_MS, rust_timeout=_WAKE_MS, yield_on_timeout=True,
                     stop_event=self._stop, recursive=False, raise_interrupt=False,
                 )  # fmt: skip
@@ -248,7 +256,7 @@ class HotReloader:
             try:
                 fresh = self._rebuild()
                 modules = self._modules_of(fresh)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the user's code raised, keep the last good version
                 for module, namespace in saved:  # the last good version's functions see their old globals
                     module.__dict__.clear()
                     module.__dict__.update(namespace)
@@ -405,7 +413,9 @@ def _module_of(func: Any) -> ModuleType | None:
     if not isinstance(file, str) or not file.endswith(".py"):
         return None
     resolved = str(Path(file).resolve())
-    if resolved.startswith(_XPIPE_DIR + os.sep) or any(resolved.startswith(d + os.sep) for d in _LIBRARY_DIRS):
+    if resolved.startswith(_XPIPE_DIR + os.sep) or any(
+        resolved.startswith(d + os.sep) for d in _LIBRARY_DIRS
+    ):
         return None
     return module
 
@@ -414,6 +424,16 @@ def _walk(obj: Any, qualname: str) -> Any:
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _is_main_guard(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round): false when a module is re-imported."""
+    if not isinstance(test, ast.Compare) or len(test.ops) != 1 or not isinstance(test.ops[0], ast.Eq):
+        return False
+    sides = [test.left, test.comparators[0]]
+    return any(isinstance(n, ast.Name) and n.id == "__name__" for n in sides) and any(
+        isinstance(n, ast.Constant) and n.value == "__main__" for n in sides
+    )
 
 
 def _runs_at_import(body: list[ast.stmt]) -> Iterable[ast.AST]:
@@ -425,7 +445,7 @@ def _runs_at_import(body: list[ast.stmt]) -> Iterable[ast.AST]:
         elif isinstance(stmt, ast.ClassDef):  # a class body runs, its methods' bodies do not
             yield from stmt.decorator_list
             yield from _runs_at_import(stmt.body)
-        elif isinstance(stmt, ast.If) and "__main__" in ast.unparse(stmt.test) and "__name__" in ast.unparse(stmt.test):
+        elif isinstance(stmt, ast.If) and _is_main_guard(stmt.test):
             yield from _runs_at_import(stmt.orelse)
         else:
             yield stmt

@@ -15,11 +15,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-
-from tests.harness import Cluster, eventually
 from xpipe import PipelineExecutionError, PipelineManager
 
-SOURCE = '''
+from tests.harness import Cluster, eventually
+
+SOURCE = """
 from xpipe import Task
 
 
@@ -37,7 +37,7 @@ def build():
 
 def build_other():
     return [Task("extract", func=extract)]
-'''
+"""
 
 RELOAD_TIMEOUT_S = 15.0
 
@@ -72,7 +72,9 @@ def test_an_edited_task_changes_the_next_run_and_a_syntax_error_keeps_the_old_on
         assert pm.execute_pipeline("etl", monitor=False).outputs["transform"] == [101, 102, 103]
 
         _edit(path, "r + 100", "r +")  # a syntax error: version 2 stays
-        eventually(lambda: reloader.last_error, timeout_s=RELOAD_TIMEOUT_S, message="the syntax error reported")
+        eventually(
+            lambda: reloader.last_error, timeout_s=RELOAD_TIMEOUT_S, message="the syntax error reported"
+        )
         assert reloader.last_error.startswith(f"SyntaxError at {path}:")
         assert pm.hot_reload_status("etl").version == 2
         assert pm.execute_pipeline("etl", monitor=False).outputs["transform"] == [101, 102, 103]

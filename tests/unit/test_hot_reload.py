@@ -15,12 +15,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-
-from tests.harness import eventually
 from xpipe import Pipeline, PipelineManager, PipelineValidationError, Task, task
 from xpipe._callables import callable_ref
 
-SOURCE = '''
+from tests.harness import eventually
+
+SOURCE = """
 from xpipe import Task, pipeline
 
 
@@ -35,7 +35,7 @@ def shout(x):
 @pipeline("{name}")
 def build():
     return [Task("a", func=double, args=(21,)), Task("b", func=shout, depends_on=["a"])]
-'''
+"""
 
 
 @pytest.fixture
@@ -186,7 +186,9 @@ def test_a_module_that_makes_a_manager_is_refused_before_a_reload_could_start_an
     pm.pipelines[module.build.name] = module.build
     reloader = pm.enable_hot_reload(module.build.name)
     path.write_text(path.read_text() + '\nif __name__ == "__main__":\n    PipelineManager()\n')
-    path.write_text(path.read_text() + "\n\nclass Later:\n    def make(self):\n        return PipelineManager()\n")
+    path.write_text(
+        path.read_text() + "\n\nclass Later:\n    def make(self):\n        return PipelineManager()\n"
+    )
     assert reloader.reload(), "a manager made under the main guard or in a method does not run on re-import"
     path.write_text(path.read_text() + "\nfrom xpipe import PipelineManager\n\npm = PipelineManager()\n")
     assert not reloader.reload()
@@ -197,7 +199,9 @@ def test_a_module_that_makes_a_manager_is_refused_before_a_reload_could_start_an
         pm.enable_hot_reload(module.build)
 
 
-def test_task_functions_in_another_module_are_watched_and_reloaded_before_the_builder(pm, tmp_path, monkeypatch):
+def test_task_functions_in_another_module_are_watched_and_reloaded_before_the_builder(
+    pm, tmp_path, monkeypatch
+):
     suffix = uuid.uuid4().hex[:8]
     tasks_name, pipe_name = f"hr_tasks_{suffix}", f"hr_pipe_{suffix}"
     tasks_file = tmp_path / f"{tasks_name}.py"
@@ -213,7 +217,9 @@ def test_task_functions_in_another_module_are_watched_and_reloaded_before_the_bu
         reloader = pm.enable_hot_reload("two_modules")
         assert reloader.files == (str(tasks_file.resolve()), str(Path(pipe.__file__).resolve()))
         _edit(tasks_file, "x * 2", "x * 7")
-        eventually(lambda: reloader.version == 2, timeout_s=10, message="reloaded after the task module's edit")
+        eventually(
+            lambda: reloader.version == 2, timeout_s=10, message="reloaded after the task module's edit"
+        )
         assert pm.pipelines["two_modules"].tasks["a"].func(1) == 7
     finally:
         sys.modules.pop(tasks_name, None)
@@ -227,7 +233,9 @@ def test_a_deleted_file_keeps_the_last_good_version_until_it_is_back(pm, module)
     text = path.read_text()
     path.unlink()
     eventually(lambda: reloader.last_error, timeout_s=10, message="the deletion reported")
-    assert reloader.last_error == f"FileNotFoundError: {path} is gone (deleted or moved); restore it to reload"
+    assert (
+        reloader.last_error == f"FileNotFoundError: {path} is gone (deleted or moved); restore it to reload"
+    )
     assert reloader.version == 1 and reloader.watching
     path.write_text(text.replace("x * 2", "x * 6"))
     eventually(lambda: reloader.version == 2, timeout_s=10, message="reloaded once the file is back")
