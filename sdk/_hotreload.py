@@ -256,7 +256,7 @@ class HotReloader:
             try:
                 fresh = self._rebuild()
                 modules = self._modules_of(fresh)
-            except Exception as exc:  # noqa: BLE001 - whatever the user's code raised, keep the last good version
+            except Exception as exc:  # noqa: BLE001 - whatever the user's code raised
                 for module, namespace in saved:  # the last good version's functions see their old globals
                     module.__dict__.clear()
                     module.__dict__.update(namespace)
