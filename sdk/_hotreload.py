@@ -70,7 +70,7 @@ _LIBRARY_DIRS = tuple(
     {str(Path(p).resolve()) for key in ("stdlib", "platstdlib", "purelib", "platlib")
      if (p := sysconfig.get_paths().get(key))}
 )  # fmt: skip
-_XPIPE_DIR = str(Path(__file__).resolve().parent.parent)
+_XPIPE_DIR = str(Path(__file__).resolve().parent)  # the xpipe package (sdk/), not its checkout
 
 
 @dataclass(frozen=True, slots=True)
