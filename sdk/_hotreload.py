@@ -16,6 +16,10 @@ on it stays valid. Pickled code follows the code-trust rules: workers must allow
 (``--allow-code`` includes ``pickle``) and, under ``--auth``, the submitter needs
 ``code:pickle``.
 
+A builder in a script (``__main__``, run as ``python script.py``) or in a module that makes
+a ``PipelineManager`` when imported cannot be re-imported without running it all again:
+its ``def`` is re-read from the file and re-defined alone instead (sdk/_scriptreload.py).
+
 A failed reload (a syntax error, an exception while the module runs, a builder that now
 returns something invalid) keeps the last good version: the modules' namespaces are put
 back as they were, the error is logged with its file and line, and kept in
@@ -46,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 from ._callables import ship_by_reference, ship_by_value
 from ._dag import Pipeline
 from ._dag import pipeline as _pipeline_decorator
+from ._scriptreload import SourceBuilder
 from .errors import PipelineValidationError
 
 if TYPE_CHECKING:
@@ -100,12 +105,12 @@ class HotReloader:
     Args:
         manager: the manager whose ``pipelines`` registry gets the reloaded pipeline.
         pipeline: the pipeline to keep current; it must have been built by ``@pipeline``
-            or ``@pm.pipeline`` from a builder function in an importable module.
+            or ``@pm.pipeline`` from a builder function in a source file.
         debounce_ms: how long changes are gathered before one reload.
 
     Raises:
-        ValueError: the pipeline has no builder function, or it lives in ``__main__`` or a
-            module without a source file (nothing to re-import).
+        ValueError: the pipeline has no builder function, or one hot reload cannot find
+            again (not a top-level def, or not in a source file).
     """
 
     def __init__(
@@ -123,37 +128,50 @@ class HotReloader:
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self._shipped: list[ModuleType] = []
+        self._stopped = False  # by stop(): reload() no longer does anything
+        #: Set when the builder is re-defined from its file rather than re-imported.
+        self.script = self._source_builder(pipeline)
         self.modules = self._modules_of(pipeline)
-        self._ship(self.modules)
+        self._ship([*self.modules, *([self.script.module] if self.script and self.script.module else [])])
 
     # ------------------------------------------------------------------ what is watched
 
-    def _modules_of(self, pipeline: Pipeline) -> list[ModuleType]:
-        """The modules to re-import, the builder's last: it imports the task modules."""
+    def _source_builder(self, pipeline: Pipeline) -> SourceBuilder | None:
+        """A SourceBuilder when the builder's module cannot be re-imported safely, else None."""
         builder = pipeline.builder
         if builder is None:
             raise ValueError(
                 f"hot reload of pipeline {self.name!r}: it was built by hand, not by a @pipeline / "
                 "@pm.pipeline function, so there is no builder to re-run"
             )
-        builder_module = _module_of(builder)
-        if builder_module is None:
-            raise ValueError(
-                f"hot reload of pipeline {self.name!r}: its builder {builder.__qualname__!r} is defined in "
-                f"{builder.__module__!r}, which cannot be re-imported; define it in a module file and import it"
-            )
+        module = _module_of(builder)
+        if module is not None and _manager_made_at(module) is None:
+            return None  # an ordinary module: re-imported whole
+        try:  # __main__, or a module whose import makes a manager: re-define the builder alone
+            return SourceBuilder(builder, self.name)
+        except ValueError as exc:
+            raise ValueError(f"hot reload of pipeline {self.name!r}: {exc}") from None
+
+    def _modules_of(self, pipeline: Pipeline) -> list[ModuleType]:
+        """The modules to re-import, the builder's last: it imports the task modules."""
+        builder = pipeline.builder
+        assert builder is not None  # checked by _source_builder
+        builder_module = None if self.script is not None else _module_of(builder)
         found: dict[str, ModuleType] = {}
         funcs = [task.func for task in pipeline.tasks.values() if task.func is not None]
         if pipeline.recovery_handler_func is not None:
             funcs.append(pipeline.recovery_handler_func)
         for func in funcs:
+            plain = getattr(func, "__func__", func)
+            if self.script is not None and getattr(plain, "__globals__", None) is self.script.namespace:
+                continue  # the builder's file: re-defined from its source
             module = _module_of(func)
-            if module is None and getattr(getattr(func, "__func__", func), "__module__", None) == "__main__":
+            if module is None and getattr(plain, "__module__", None) == "__main__":
                 log.warning("hot reload of pipeline %r: %s is not in a module file it can re-import; "
                             "edits to it need a new enable_hot_reload", self.name, _describe(func))  # fmt: skip
             elif module is not None and module is not builder_module:
                 found.setdefault(module.__name__, module)
-        modules = [*found.values(), builder_module]
+        modules = [*found.values(), *([builder_module] if builder_module is not None else [])]
         for module in modules:
             _refuse_a_manager(module)
         return modules
@@ -161,7 +179,8 @@ class HotReloader:
     @property
     def files(self) -> tuple[str, ...]:
         """The watched source files."""
-        return tuple(_source_file(m) for m in self.modules)
+        files = tuple(_source_file(m) for m in self.modules)
+        return (*files, self.script.file) if self.script is not None else files
 
     def _ship(self, modules: Iterable[ModuleType]) -> None:
         for module in modules:
@@ -200,6 +219,7 @@ class HotReloader:
                 log.warning("hot reload of pipeline %r: the watcher thread did not end in %.0f s",
                             self.name, _JOIN_TIMEOUT_S)  # fmt: skip
         with self._lock:
+            self._stopped = True
             if self.version == 1:
                 for module in self._shipped:
                     ship_by_reference(module)
@@ -250,7 +270,7 @@ class HotReloader:
         logged and kept in :attr:`last_error`; nothing is raised.
         """
         with self._lock:
-            if not self._shipped:  # stopped
+            if self._stopped:
                 return False
             saved = [(m, dict(m.__dict__)) for m in self.modules]
             try:
@@ -260,15 +280,24 @@ class HotReloader:
                 for module, namespace in saved:  # the last good version's functions see their old globals
                     module.__dict__.clear()
                     module.__dict__.update(namespace)
+                if self.script is not None:
+                    self.script.rollback()
                 self.last_error = _explain(exc, self.files)
                 log.error("hot reload of pipeline %r failed, keeping version %d: %s",
                           self.name, self.version, self.last_error)  # fmt: skip
                 return False
+            if self.script is not None:
+                self.script.commit()
             self._install(fresh, modules)
             self.version += 1
             self.reloaded_at = time.time()
             self.last_error = None
-        log.info("hot reload of pipeline %r: version %d loaded", self.name, self.version)
+        redefined = (
+            f" (re-defined from {self.script.file}: {', '.join(self.script.redefined)})"
+            if self.script and self.script.redefined
+            else ""
+        )
+        log.info("hot reload of pipeline %r: version %d loaded%s", self.name, self.version, redefined)
         return True
 
     def _rebuild(self) -> Pipeline:
@@ -276,9 +305,16 @@ class HotReloader:
             if not os.path.isfile(module.__file__ or ""):
                 raise FileNotFoundError(f"{module.__file__} is gone (deleted or moved); restore it to reload")
             _refuse_a_manager(module)
+        if self.script is not None and not os.path.isfile(self.script.file):
+            raise FileNotFoundError(f"{self.script.file} is gone (deleted or moved); restore it to reload")
         for module in self.modules:
             _drop_cached_bytecode(module)
             importlib.reload(module)
+        if self.script is not None:
+            linecache.checkcache(self.script.file)  # tracebacks show the new source
+            fresh = _pipeline_decorator(self.name)(self.script.load())
+            fresh.validate()
+            return fresh
         builder = self.pipeline.builder
         assert builder is not None  # checked in __init__
         module = self.modules[-1]
@@ -451,29 +487,39 @@ def _runs_at_import(body: list[ast.stmt]) -> Iterable[ast.AST]:
             yield stmt
 
 
-def _refuse_a_manager(module: ModuleType) -> None:
-    """Raise if re-executing ``module`` would make a new PipelineManager (and start a cluster).
+def _manager_made_at(module: ModuleType) -> int | None:
+    """The line where importing ``module`` makes a PipelineManager, if it does.
 
-    Raises:
-        ValueError: naming the module and line; a file that does not parse is left to the
-            reload, which reports it with its line.
+    A file that does not parse says None: the reload reports it with its line.
     """
     file = module.__file__ or ""
     try:
         tree = ast.parse(Path(file).read_bytes(), filename=file)
     except (OSError, SyntaxError, ValueError):
-        return
+        return None
     for top in _runs_at_import(tree.body):
         for node in ast.walk(top):
             if isinstance(node, ast.Call):
                 func = node.func
                 called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 if called == "PipelineManager":
-                    raise ValueError(
-                        f"module {module.__name__!r} makes a PipelineManager when imported ({file}:{node.lineno}); "
-                        "re-importing it would start another one: make the manager outside the watched "
-                        "modules (in the script or notebook) and register the builder with pm.pipeline(name)"
-                    )
+                    return node.lineno
+    return None
+
+
+def _refuse_a_manager(module: ModuleType) -> None:
+    """Raise if re-executing ``module`` would make a new PipelineManager (and start a cluster).
+
+    Raises:
+        ValueError: naming the module and line.
+    """
+    line = _manager_made_at(module)
+    if line is not None:
+        raise ValueError(
+            f"module {module.__name__!r} makes a PipelineManager when imported ({module.__file__}:{line}); "
+            "re-importing it would start another one: make the manager outside the watched "
+            "modules (in the script or notebook) and register the builder with pm.pipeline(name)"
+        )
 
 
 def _drop_cached_bytecode(module: ModuleType) -> None:
