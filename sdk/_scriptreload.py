@@ -17,6 +17,7 @@ in the file runs. See docs/dev-loop.md ("Scripts").
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import os
@@ -32,6 +33,10 @@ from .errors import PipelineValidationError
 __all__ = ["SourceBuilder"]
 
 _FunctionDef = (ast.FunctionDef, ast.AsyncFunctionDef)
+#: The compiler flags of ``from __future__ import ...``: a re-defined def keeps its file's.
+_FUTURE_FLAGS = 0
+for _feature in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
 #: The decorator that registers a builder: ``@pipeline(...)``, ``@pm.pipeline(...)``, ``@xpipe.pipeline``.
 _PIPELINE_DECORATOR = "pipeline"
 
@@ -42,6 +47,8 @@ class _Staged:
 
     #: Re-defined top-level names and their new values.
     rebound: dict[str, Any] = field(default_factory=dict)
+    #: The names already put into the script's globals: a rollback undoes only these.
+    installed: list[str] = field(default_factory=list)
     #: What those names held before (absent names are not in it).
     before: dict[str, Any] = field(default_factory=dict)
     #: The new top-level defs' dumps, for the next comparison.
@@ -92,6 +99,7 @@ class SourceBuilder:
         #: The top-level functions the last successful reload re-defined.
         self.redefined: tuple[str, ...] = ()
         self._line = code.co_firstlineno
+        self._future_flags = code.co_flags & _FUTURE_FLAGS
         self._dumps: dict[str, str] = {}
         self._staged: _Staged | None = None
         try:
@@ -129,6 +137,7 @@ class SourceBuilder:
         for name, value in staged.rebound.items():  # the new builder must see them: install now
             if name in self.namespace:
                 staged.before[name] = self.namespace[name]
+            staged.installed.append(name)
             self.namespace[name] = value
         return self._define(node, keep_decorators=False)
 
@@ -145,7 +154,7 @@ class SourceBuilder:
         staged, self._staged = self._staged, None
         if staged is None:
             return
-        for name in staged.rebound:
+        for name in staged.installed:
             if name in staged.before:
                 self.namespace[name] = staged.before[name]
             else:
@@ -171,7 +180,8 @@ class SourceBuilder:
             if marks:
                 self._check_name(node.decorator_list[marks[-1]])
                 node.decorator_list = node.decorator_list[marks[-1] + 1 :]
-        code = compile(ast.Module(body=[node], type_ignores=[]), self.file, "exec")
+        module = ast.Module(body=[node], type_ignores=[])
+        code = compile(module, self.file, "exec", flags=self._future_flags, dont_inherit=True)
         local: dict[str, Any] = {}
         exec(code, self.namespace, local)  # noqa: S102 - the user's own file, as the script ran it
         return local[node.name]

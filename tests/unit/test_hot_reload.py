@@ -269,3 +269,114 @@ def test_a_watcher_that_cannot_watch_reports_why_and_stops(pm, module):
     assert not reloader.watching
     assert reloader.last_error.startswith("the file watcher failed: FileNotFoundError")
     reloader.stop()
+
+
+SCRIPT = """from __future__ import annotations
+from xpipe import Task, pipeline, task
+
+RUNS = []
+RUNS.append(1)
+
+
+def scale(x):
+    return x * 10
+
+
+def extract():
+    return 2
+
+
+if False:
+
+    def build():  # another def of the same name: the builder is the one at its own line
+        return [Task("decoy", func=extract)]
+
+
+@pipeline("{name}")
+def build():
+    @task("double", depends_on=["extract"])
+    def double(x: Rows) -> Rows:  # never defined: fine only as the file says, under the future import
+        return scale(x) + 1
+
+    return [Task("extract", func=extract), double]
+"""
+
+
+@pytest.fixture
+def script(tmp_path):
+    """A script's namespace, as ``python script.py`` makes it: ``__main__``, not in sys.modules."""
+    path = tmp_path / "script.py"
+    name = f"hr_script_{uuid.uuid4().hex[:8]}"
+    path.write_text(SCRIPT.replace("{name}", name))
+    namespace = {"__name__": "__main__", "__file__": str(path)}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)  # noqa: S102
+    return path, namespace
+
+
+def test_a_script_builder_is_re_defined_from_its_file_without_running_the_script(pm, script):
+    path, ns = script
+    name = ns["build"].name
+    pm.pipelines[name] = ns["build"]
+    reloader = pm.enable_hot_reload(name)
+    assert reloader.script is not None and reloader.files == (str(path),)
+    before = {n: callable_ref(t.func) for n, t in ns["build"].tasks.items()}
+    assert before["extract"][0] == "", "__main__ functions travel by value"
+
+    _edit(path, "return 2", "return 3")  # a top-level task function: re-defined, the others not
+    assert reloader.reload(), reloader.last_error
+    assert reloader.script.redefined == ("extract",)
+    after = {n: callable_ref(t.func) for n, t in pm.pipelines[name].tasks.items()}
+    assert after["extract"][2] != before["extract"][2]
+    assert after["double"][2] == before["double"][2], "an unchanged nested task keeps its code hash"
+
+    _edit(path, "scale(x) + 1", "scale(x) + 2")  # the nested task
+    _edit(path, "x * 10", "x * 100")  # the helper it calls
+    assert reloader.reload(), reloader.last_error
+    tasks = pm.pipelines[name].tasks
+    assert sorted(tasks) == ["double", "extract"], "the decoy def of the same name was not taken"
+    assert tasks["double"].func(1) == 102 and tasks["extract"].func() == 3
+    assert ns["scale"](1) == 100, "a changed top-level function is re-defined in the script's namespace"
+    assert ns["RUNS"] == [1], "the script's top level did not run again"
+    assert pm.pipelines[name] is ns["build"], "the script's name for its pipeline still holds it"
+
+
+def test_a_failed_script_reload_keeps_the_last_good_version_and_the_script_s_functions(pm, script):
+    path, ns = script
+    name = ns["build"].name
+    pm.pipelines[name] = ns["build"]
+    reloader = pm.enable_hot_reload(name)
+    good = path.read_text()
+    old_scale = ns["scale"]
+
+    def fails(edit: tuple[str, str], error: str) -> None:
+        path.write_text(good.replace("x * 10", "x * 100").replace(*edit))
+        assert not reloader.reload()
+        assert error in reloader.last_error, reloader.last_error
+        assert reloader.version == 1 and ns["scale"] is old_scale, "the re-defined helper is put back"
+        assert pm.pipelines[name].tasks["double"].func(1) == 11
+
+    fails(('depends_on=["extract"]', 'depends_on=["nope"]'), "nope")
+    fails(("@pipeline(", "@pipeline('other') #"), "the builder now names its pipeline 'other'")
+    fails(("def build():", "def built():"), f"{path} no longer defines the builder 'build'")  # both defs
+    fails(("def extract", "@undefined_decorator\ndef extract"), f"NameError at {path}:12")
+    fails(("return x * 100", "return x *"), f"SyntaxError at {path}:9")
+    path.unlink()
+    assert not reloader.reload()
+    assert (
+        reloader.last_error == f"FileNotFoundError: {path} is gone (deleted or moved); restore it to reload"
+    )
+    path.write_text(good.replace("x * 10", "x * 100"))
+    assert reloader.reload() and reloader.last_error is None
+    assert pm.pipelines[name].tasks["double"].func(1) == 101
+
+
+def test_a_script_that_no_longer_parses_when_enabled_re_defines_every_function_once_fixed(pm, script):
+    path, ns = script
+    name = ns["build"].name
+    pm.pipelines[name] = ns["build"]
+    good = path.read_text()
+    path.write_text(good + "\n(\n")  # edited between the script's start and enable
+    reloader = pm.enable_hot_reload(name)
+    path.write_text(good)
+    assert reloader.reload(), reloader.last_error
+    assert reloader.script.redefined == ("scale", "extract")
