@@ -381,7 +381,8 @@ def enable_hot_reload(
 
     Raises:
         PipelineValidationError: no pipeline of that name is registered.
-        ValueError: the pipeline has no builder in an importable module, or a bad ``debounce_ms``.
+        ValueError: the pipeline has no builder, or one that is not a top-level def in a .py file,
+            or a bad ``debounce_ms``.
     """
     if isinstance(debounce_ms, bool) or not isinstance(debounce_ms, int) or not 1 <= debounce_ms <= 60_000:
         raise ValueError(f"debounce_ms must be an int from 1 to 60000 (milliseconds), got {debounce_ms!r}")

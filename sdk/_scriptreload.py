@@ -20,6 +20,7 @@ from __future__ import annotations
 import __future__
 
 import ast
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -70,6 +71,7 @@ class SourceBuilder:
     """
 
     def __init__(self, builder: Callable[..., Any], pipeline: str):
+        builder = inspect.unwrap(builder)  # under a functools.wraps decorator: the user's own def
         code = getattr(builder, "__code__", None)
         qualname = getattr(builder, "__qualname__", repr(builder))
         name = getattr(builder, "__name__", "")

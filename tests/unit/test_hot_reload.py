@@ -380,3 +380,31 @@ def test_a_script_that_no_longer_parses_when_enabled_re_defines_every_function_o
     path.write_text(good)
     assert reloader.reload(), reloader.last_error
     assert reloader.script.redefined == ("scale", "extract")
+
+
+def test_a_script_builder_under_a_wrapping_decorator_keeps_it_and_is_found_in_its_own_file(
+    pm, tmp_path, monkeypatch
+):
+    helper = f"hr_traced_{uuid.uuid4().hex[:8]}"  # the decorator lives in another file
+    (tmp_path / f"{helper}.py").write_text(
+        "import functools\n\nCALLS = []\n\n\ndef traced(fn):\n    @functools.wraps(fn)\n"
+        "    def wrapper():\n        CALLS.append(fn.__name__)\n        return fn()\n\n    return wrapper\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "wrapped.py"
+    path.write_text(
+        f"from xpipe import Task, pipeline\nfrom {helper} import traced\n\n\n"
+        "@pipeline('wrapped')\n@traced\ndef build():\n    return [Task('a', func=abs, args=(-1,))]\n"
+    )
+    ns = {"__name__": "__main__", "__file__": str(path)}
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), ns)  # noqa: S102
+        pm.pipelines["wrapped"] = ns["build"]
+        reloader = pm.enable_hot_reload("wrapped")
+        assert reloader.files == (str(path),), "the def's file, not the decorator's"
+        _edit(path, "args=(-1,)", "args=(-5,)")
+        assert reloader.reload(), reloader.last_error
+        assert pm.pipelines["wrapped"].tasks["a"].args == (-5,)
+        assert sys.modules[helper].CALLS == ["build", "build"], "the decorator under @pipeline still wraps it"
+    finally:
+        sys.modules.pop(helper, None)
