@@ -381,7 +381,7 @@ def enable_hot_reload(
 
     Raises:
         PipelineValidationError: no pipeline of that name is registered.
-        ValueError: the pipeline has no builder, or one that is not a top-level def in a .py file,
+        ValueError: the pipeline has no builder, or one that is not a top-level def in a file,
             or a bad ``debounce_ms``.
     """
     if isinstance(debounce_ms, bool) or not isinstance(debounce_ms, int) or not 1 <= debounce_ms <= 60_000:

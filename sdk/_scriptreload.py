@@ -81,10 +81,10 @@ class SourceBuilder:
                 "its file: define it with def at the top level of the script or module"
             )
         file = os.path.abspath(code.co_filename)
-        if not os.path.isfile(file) or not file.endswith(".py"):
+        if not os.path.isfile(file):  # an extension-less script (#!/usr/bin/env python) counts
             raise ValueError(
                 f"its builder {qualname!r} has no source file ({code.co_filename!r}: a REPL, a notebook cell "
-                "or python -c); define it in a .py file"
+                "or python -c); define it in a file"
             )
         #: The builder's name, and the file it is re-read from (absolute).
         self.name = name
@@ -106,8 +106,8 @@ class SourceBuilder:
         self._staged: _Staged | None = None
         try:
             tree = self._parse()
-        except SyntaxError:  # edited since it ran: every top-level def counts as changed next time
-            return
+        except (SyntaxError, ValueError, OSError):  # edited or moved since it ran: every top-level
+            return  # def counts as changed at the first reload that reads the file
         self._dumps = {node.name: _dump(node) for node in _top_level_defs(tree)}
 
     def _parse(self) -> ast.Module:
