@@ -408,3 +408,20 @@ def test_a_script_builder_under_a_wrapping_decorator_keeps_it_and_is_found_in_it
         assert sys.modules[helper].CALLS == ["build", "build"], "the decorator under @pipeline still wraps it"
     finally:
         sys.modules.pop(helper, None)
+
+
+def test_a_top_level_task_decorated_with_task_in_a_script_is_re_made_by_its_decorator(pm, tmp_path):
+    path = tmp_path / "tasks_at_top.py"
+    path.write_text(
+        "from xpipe import pipeline, task\n\n\n@task('t')\ndef t():\n    return 1\n\n\n"
+        "@pipeline('top')\ndef build():\n    return [t]\n"
+    )
+    ns = {"__name__": "__main__", "__file__": str(path)}
+    exec(compile(path.read_text(), str(path), "exec"), ns)  # noqa: S102
+    old_task = ns["t"]
+    pm.pipelines["top"] = ns["build"]
+    reloader = pm.enable_hot_reload("top")
+    _edit(path, "return 1", "return 2")
+    assert reloader.reload(), reloader.last_error
+    assert reloader.script.redefined == ("t",)
+    assert ns["t"] is not old_task and pm.pipelines["top"].tasks["t"].func() == 2
