@@ -80,13 +80,13 @@ class SourceBuilder:
                 f"its builder {qualname!r} is not a top-level def, so hot reload cannot re-define it from "
                 "its file: define it with def at the top level of the script or module"
             )
-        file = os.path.abspath(code.co_filename)
+        file = str(Path(code.co_filename).resolve())  # as the watcher and error messages name files
         if not os.path.isfile(file):  # an extension-less script (#!/usr/bin/env python) counts
             raise ValueError(
                 f"its builder {qualname!r} has no source file ({code.co_filename!r}: a REPL, a notebook cell "
                 "or python -c); define it in a file"
             )
-        #: The builder's name, and the file it is re-read from (absolute).
+        #: The builder's name, and the file it is re-read from (absolute, symlinks resolved).
         self.name = name
         self.file = file
         self.pipeline = pipeline
