@@ -3,7 +3,9 @@
 A worker that has the user's code installed should import it, which is faster and keeps
 tracebacks readable, so an importable function is sent as ``"module:qualname"``. Anything
 else (lambdas, nested functions, code in ``__main__``, bound methods) is cloudpickled and
-sent once per worker under the sha256 of its bytes.
+sent once per worker under the sha256 of its bytes. The functions of a module under hot
+reload (:func:`ship_by_value`) are cloudpickled too, so that a worker, which caches the
+modules it imported, runs the reloaded code.
 """
 
 from __future__ import annotations
@@ -12,14 +14,45 @@ import hashlib
 import importlib
 import pickle
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from .errors import SerializationError
 
-__all__ = ["callable_ref", "load_callable", "load_pickled", "describe_callable"]
+__all__ = ["callable_ref", "load_callable", "load_pickled", "describe_callable", "ship_by_value", "ship_by_reference"]
 
 _PICKLE_PROTOCOL = 5
+#: Module name -> how many hot reloaders ship its functions by value (sdk/_hotreload.py).
+_BY_VALUE: Counter[str] = Counter()
+
+
+def ship_by_value(module: Any) -> None:
+    """Ship ``module``'s functions by value from now on, until :func:`ship_by_reference`.
+
+    A reloaded module's functions must reach workers as code, not as an import path that
+    a worker resolves against the stale module it imported before; by value, a function's
+    ``code_hash`` changes exactly when its code (or a global it uses) changes. Calls nest.
+    """
+    if _BY_VALUE[module.__name__] == 0:
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    _BY_VALUE[module.__name__] += 1
+
+
+def ship_by_reference(module: Any) -> None:
+    """Undo one :func:`ship_by_value` of ``module``; the last undo restores import paths."""
+    name = module.__name__
+    if _BY_VALUE[name] <= 0:
+        return
+    _BY_VALUE[name] -= 1
+    if _BY_VALUE[name] == 0:
+        del _BY_VALUE[name]
+        import cloudpickle
+
+        if name in cloudpickle.list_registry_pickle_by_value():
+            cloudpickle.unregister_pickle_by_value(module)
 
 
 def describe_callable(func: Any) -> str:
@@ -53,6 +86,8 @@ def _import_path(func: Any) -> str | None:
     if not isinstance(module_name, str) or not isinstance(qualname, str):
         return None
     if module_name == "__main__" or "<locals>" in qualname or "<lambda>" in qualname:
+        return None
+    if module_name in _BY_VALUE:  # under hot reload: a worker's import would be stale
         return None
     module = sys.modules.get(module_name)
     if module is None:

@@ -667,6 +667,8 @@ class Pipeline(Monitored):
         self.wait_for_resources_s: float = 0.0
         #: Set by :meth:`recovery_handler`; None: a task that fails for good just fails.
         self.recovery_handler_func: Callable[..., Any] | None = None
+        #: The function ``@pipeline`` built it from, which hot reload re-runs; None: built by hand.
+        self.builder: Callable[[], Any] | None = None
 
     def recovery_handler(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Decorator: decide what happens when a task of this pipeline fails for good.
@@ -1010,6 +1012,7 @@ def pipeline(name: str) -> Callable[[Callable[[], Any]], Pipeline]:
         made = Pipeline(name, description=description)
         made.add_tasks(items)
         made.validate()
+        made.builder = build
         marks = governance_of(build)  # @comply_with_gdpr and friends under @pipeline
         if marks is not None:
             setattr(made, GOVERNANCE_ATTR, marks)

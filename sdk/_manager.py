@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
+from . import _hotreload
 from ._backoff import connect_timeout_setting
 from ._client import Client, check_seconds
 from ._codec import decode, encode
@@ -562,7 +563,10 @@ class PipelineManager:
 
     # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
     get_resource_manager = not_built("pm.get_resource_manager()", 17)
-    enable_hot_reload = not_built("pm.enable_hot_reload()", 16)
+    # Hot reload (sdk/_hotreload.py, docs/dev-loop.md); close() stops it too.
+    enable_hot_reload = _hotreload.enable_hot_reload
+    disable_hot_reload = _hotreload.disable_hot_reload
+    hot_reload_status = _hotreload.hot_reload_status
 
     def _remember(self, run_id: str, pipeline: Pipeline) -> None:
         self._ran[run_id] = pipeline

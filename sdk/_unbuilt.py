@@ -15,8 +15,6 @@ __all__ = ["UNBUILT_FEATURES", "not_built"]
 
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
-    15: "the monitoring dashboard, insights and alerts",
-    16: "developer experience (hot reload)",
     17: "operations (autoscaling, the resource manager, checkpoints)",
 }
 

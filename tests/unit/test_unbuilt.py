@@ -16,7 +16,6 @@ from xpipe import Pipeline, PipelineManager
 
 NOT_BUILT_ON_MANAGER = {
     "get_resource_manager": 17,
-    "enable_hot_reload": 16,
     "scale_up_resources": 17,
 }
 NOT_BUILT_ON_PIPELINE = {
