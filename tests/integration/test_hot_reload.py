@@ -118,3 +118,54 @@ def test_a_worker_that_refuses_pickled_code_refuses_hot_reloaded_tasks(tmp_path,
                 pm.execute_pipeline("etl", monitor=False)
     assert info.value.error_type == "PICKLED_CODE_REFUSED" and info.value.task == "extract"
     assert "--allow-code without pickle" in str(info.value)
+
+
+CACHED_SOURCE = """
+from xpipe import Task
+
+
+def extract():
+    return [1, 2, 3]
+
+
+def transform(rows):
+    return [r * 10 for r in rows]
+
+
+def load(rows):
+    return sum(rows)
+
+
+def build():
+    return [Task("extract", func=extract, cache=True),
+            Task("transform", func=transform, depends_on=["extract"], cache=True),
+            Task("load", func=load, depends_on=["transform"], cache=True)]
+"""
+
+
+def test_with_the_cache_on_only_the_edited_task_and_its_dependents_rerun(tmp_path, monkeypatch):
+    """Unchanged functions keep their content hash across a reload, so their cache keys hold."""
+    name = f"hr_cache_{uuid.uuid4().hex[:8]}"
+    src = tmp_path / "src"
+    src.mkdir()
+    path = src / f"{name}.py"
+    path.write_text(CACHED_SOURCE)
+    monkeypatch.syspath_prepend(str(src))
+    module = importlib.import_module(name)
+    try:
+        with PipelineManager(workers=1, slots_per_worker=2, data_dir=tmp_path / "local") as pm:
+            pm.pipeline("etl")(module.build)
+            reloader = pm.enable_hot_reload("etl", debounce_ms=50)
+            first = pm.execute_pipeline("etl", monitor=False)
+            assert first.outputs["load"] == 60 and not any(t.cache_hit for t in first.tasks.values())
+            again = pm.execute_pipeline("etl", monitor=False)
+            assert all(t.cache_hit for t in again.tasks.values()), "nothing changed: every task hits"
+
+            _edit(path, "r * 10", "r * 100")
+            eventually(lambda: reloader.version == 2, timeout_s=RELOAD_TIMEOUT_S, message="reload after the edit")
+            edited = pm.execute_pipeline("etl", monitor=False)
+            assert edited.outputs["load"] == 600
+            hits = {n: t.cache_hit for n, t in edited.tasks.items()}
+            assert hits == {"extract": True, "transform": False, "load": False}, hits
+    finally:
+        sys.modules.pop(name, None)
