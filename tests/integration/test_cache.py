@@ -163,3 +163,47 @@ def test_warm_cache_strategies_unpicklable_results_and_ttl(tmp_path: Path) -> No
         assert not pm.execute_pipeline(p, monitor=False).tasks["once"].cache_hit
         assert pm.execute_pipeline(p, monitor=False).tasks["once"].cache_hit
         eventually(lambda: not pm.execute_pipeline(p, monitor=False).tasks["once"].cache_hit, timeout_s=15, interval_s=0.2)
+
+
+def test_the_seeds_caching_sample_runs_as_written(tmp_path: Path, monkeypatch) -> None:
+    """The seed's "Advanced Caching Strategy" sample, its ``ml_model`` filled in: the dict as
+    given (its redis level takes its URL from XPIPE_CACHE_REDIS_URL), a predictive warming
+    strategy that warms with the one-argument ``pm.warm_cache(input_data)``, then a run whose
+    transform is served from the warmed cache."""
+    counter = str(tmp_path / "calls")
+    with RedisServer(tmp_path / "redis") as redis_server, _cluster(tmp_path) as c:
+        monkeypatch.setenv("XPIPE_CACHE_REDIS_URL", f"redis://{redis_server.address}/0")
+        pm = PipelineManager(coordinator=c.address)
+        try:
+            # --- the seed, as written ---
+            cache_config = {
+                "l1_cache": {"type": "memory", "size": "2GB", "ttl": "1h"},
+                "l2_cache": {"type": "redis", "size": "10GB", "ttl": "24h"},
+                "l3_cache": {"type": "disk", "size": "100GB", "ttl": "7d"}
+            }  # fmt: skip
+
+            class ml_model:  # the user's model: predicts tomorrow's extract from the past runs
+                @staticmethod
+                def predict_pipeline_inputs(pipeline, historical_data):
+                    assert historical_data.of(pipeline.name) is not None
+                    return [{"extract": list(range(7))}]
+
+            @pm.cache_strategy("predictive_warming")
+            def cache_warming_strategy(pipeline, historical_data):
+                # Predict what data will be needed
+                predicted_inputs = ml_model.predict_pipeline_inputs(
+                    pipeline, historical_data
+                )
+
+                # Pre-populate cache
+                for input_data in predicted_inputs:
+                    pm.warm_cache(input_data)
+            # --- end of the seed ---
+            pm.configure_cache(cache_config)  # the seed defines the dict; this hands it to the manager
+            run = pm.execute_pipeline(_etl(counter, 7), monitor=False)
+            # The strategy warmed transform and load on extract's predicted value, before the run.
+            assert _hits(run) == {"extract": False, "transform": True, "load": True}
+            assert run.outputs["load"] == sum(2 * i for i in range(7))
+            assert h.calls(counter).count("extract") == 1  # the real one; warming stood in for it
+        finally:
+            pm.close()
