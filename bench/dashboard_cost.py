@@ -18,7 +18,11 @@ the cluster's idle time, the nearest this one machine comes to the viewer's own.
 coordinator's CPU per task, the cost the dashboard puts on the coordinator itself, is
 reported either way.
 
-    python -m bench.dashboard_cost [--tasks 10000] [--rounds 3] [--browser same|idle] [--out bench/results]
+``--viewer stream`` replaces the browser with a plain program reading the run page's event
+stream: the server's whole share of a viewer, with no browser on these cores.
+
+    python -m bench.dashboard_cost [--tasks 10000] [--rounds 3] [--viewer browser|stream]
+                                   [--browser same|idle] [--out bench/results]
 """
 
 from __future__ import annotations
@@ -44,7 +48,18 @@ from bench._xpipe import XpipeCluster, _wait_terminal, _warm_up
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str) -> dict[str, float]:
+#: ``--viewer stream``: the page's event stream read by a plain program, no browser.
+_READER = """
+import sys, urllib.request
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+with opener.open(sys.argv[1], timeout=600) as r:
+    for line in r:
+        if line.startswith(b"event: end"):
+            break
+"""
+
+
+def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str, *, stream: bool = False) -> dict[str, float]:
     from xpipe import Pipeline, Task
 
     pm = cluster.manager
@@ -54,10 +69,15 @@ def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str) -> dict[str, 
     p = Pipeline("wide")
     p.add_tasks([Task(f"t{i}", tasks.noop, args=(i,)) for i in range(n)])
     run_id = pm.submit(p)
+    reader = None
     if page is not None:  # the viewer, on the runs list, opens the new run (the app's own route change)
         page.evaluate(f"location.hash = '#/runs/{run_id}'")
+    elif stream:
+        reader = subprocess.Popen([sys.executable, "-c", _READER, f"{dashboard}api/runs/{run_id}/events"])
     _wait_terminal(pm, run_id, 600.0)
     seconds = time.perf_counter() - start
+    if reader is not None and reader.wait(60) != 0:
+        raise RuntimeError(f"the event stream reader failed with status {reader.returncode}")
     cpu1 = coordinator.cpu_times()
     cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
     if page is not None:  # the page really followed the run: every cell is drawn as succeeded
@@ -107,6 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument(
+        "--viewer", choices=("browser", "stream"), default="browser",
+        help="browser: Chromium shows the run page; stream: a plain program reads the page's event stream "
+             "(the server's side of a viewer, without a browser on these cores)",
+    )  # fmt: skip
+    parser.add_argument(
         "--browser", choices=("same", "idle"), default="same",
         help="same: Chromium competes for the cores like any process; idle: it runs in a scheduling group "
              "of nice 19, in the cluster's idle time, as on a viewer's own machine",
@@ -132,10 +157,12 @@ def main(argv: list[str] | None = None) -> int:
                 page = browser.new_page()
                 for round_ in range(args.rounds):
                     for mode in ("unwatched", "watched") if round_ % 2 == 0 else ("watched", "unwatched"):
-                        if mode == "watched":  # the dashboard is open on its runs list before the run starts
+                        browse = mode == "watched" and args.viewer == "browser"
+                        if browse:  # the dashboard is open on its runs list before the run starts
                             page.goto(f"{dashboard}#/runs")
                             page.wait_for_selector("#runs", timeout=30_000)
-                        sample = _one(cluster, args.tasks, page if mode == "watched" else None, dashboard)
+                        sample = _one(cluster, args.tasks, page if browse else None, dashboard,
+                                      stream=mode == "watched" and args.viewer == "stream")  # fmt: skip
                         if mode == "watched":
                             page.goto("about:blank")  # closes the run's event stream
                         samples[mode].append(sample)
@@ -159,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = out / f"{stamp}-dashboard-cost.json"
-    path.write_text(json.dumps({"tasks": args.tasks, "rounds": args.rounds, "browser": args.browser,
+    path.write_text(json.dumps({"tasks": args.tasks, "rounds": args.rounds, "viewer": args.viewer, "browser": args.browser,
                                 "samples": samples, "summary": summary, "watched_over_unwatched": ratio}, indent=2))  # fmt: skip
     print(f"results: {path}")
     return 0
