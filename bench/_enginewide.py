@@ -15,7 +15,7 @@ from xpipe.coordinator._engine import Engine, EngineConfig, _Session
 from xpipe.coordinator._events import Assign, RunSubmitted, TaskSucceeded, WorkerConnected
 from xpipe.coordinator._validate import validate_spec
 
-__all__ = ["SLOTS", "TASKS", "WORKERS", "run_wide", "wide_engine", "wide_spec"]
+__all__ = ["SLOTS", "TASKS", "WORKERS", "drive", "run_wide", "wide_engine", "wide_spec"]
 
 TASKS = 10_000
 WORKERS, SLOTS = 4, 8
@@ -38,24 +38,32 @@ def wide_spec(tasks: int = TASKS, **fields) -> pb.PipelineSpec:
     return spec
 
 
+def drive(engine: Engine, spec: pb.PipelineSpec, answers: dict[str, pb.Payload] | None = None) -> None:
+    """Submit ``spec`` as run r1 and drive it until the run ends: every assignment is answered
+    at once, with ``answers[task]`` or an empty result, and the outboxes drained."""
+    state = engine.state
+    empty = pb.Payload(codec=pb.CODEC_RAW, data=b"")
+    answers = answers or {}
+    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    run = state.runs["r1"]
+    now = 0.0
+    while run.state == pb.RUN_RUNNING:
+        actions: list = []
+        state.schedule(now, actions)
+        engine._dispatch(actions)
+        sent = [a for a in actions if isinstance(a, Assign)]
+        if not sent:
+            raise RuntimeError("the run stalled: nothing was assigned")
+        for action in sent:
+            now += 1e-6
+            state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, answers.get(action.attempt[1], empty)))
+        for session in engine.sessions.values():
+            while not session.outbox.empty():
+                session.outbox.get_nowait()
+
+
 def run_wide(engine: Engine, spec: pb.PipelineSpec, before: Callable[[], None] | None = None) -> None:
     """Submit ``spec`` as run r1 and drive it to the end (``before`` runs first, in the timed part)."""
     if before is not None:
         before()
-    state = engine.state
-    result = pb.Payload(codec=pb.CODEC_RAW, data=b"")
-    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
-    done = 0
-    now = 0.0
-    while done < TASKS:
-        actions: list = []
-        state.schedule(now, actions)
-        engine._dispatch(actions)
-        for action in actions:
-            if isinstance(action, Assign):
-                now += 1e-6
-                state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, result))
-                done += 1
-        for session in engine.sessions.values():
-            while not session.outbox.empty():
-                session.outbox.get_nowait()
+    drive(engine, spec)

@@ -24,10 +24,8 @@ import time
 from xpipe._mapping import Partitions
 from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._engine import EngineConfig
-from xpipe.coordinator._events import Assign, RunSubmitted, TaskSucceeded
-from xpipe.coordinator._validate import validate_spec
 
-from bench._enginewide import wide_engine, wide_spec
+from bench._enginewide import drive, wide_engine, wide_spec
 
 __all__ = ["mapped_spec", "engine_seconds", "cluster_seconds", "main"]
 
@@ -51,30 +49,16 @@ def mapped_spec(tasks: int) -> pb.PipelineSpec:
     return p.to_proto()
 
 
-def _drive(spec: pb.PipelineSpec, answers: dict[str, pb.Payload], end: str) -> float:
-    """CPU seconds to drive ``spec`` to its end in-process; ``answers`` by task name, else empty."""
+def _drive(spec: pb.PipelineSpec, answers: dict[str, pb.Payload] | None = None) -> float:
+    """CPU seconds to drive ``spec`` to its end in-process (``answers`` by task name, else empty)."""
     engine = wide_engine(EngineConfig())
-    state = engine.state
-    empty = pb.Payload(codec=pb.CODEC_RAW, data=b"")
     started = time.process_time()
-    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
-    run = state.runs["r1"]
-    now = 0.0
-    while run.tasks[end].state != pb.SUCCEEDED:
-        actions: list = []
-        state.schedule(now, actions)
-        engine._dispatch(actions)
-        sent = [a for a in actions if isinstance(a, Assign)]
-        if not sent:
-            raise RuntimeError(f"the run stalled: {end} is {pb.TaskState.Name(run.tasks[end].state)}")
-        for action in sent:
-            now += 1e-6
-            result = answers.get(action.attempt[1], empty)
-            state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, result))
-        for session in engine.sessions.values():
-            while not session.outbox.empty():
-                session.outbox.get_nowait()
-    return time.process_time() - started
+    drive(engine, spec, answers)
+    seconds = time.process_time() - started
+    run = engine.state.runs["r1"]
+    if run.state != pb.RUN_SUCCEEDED:
+        raise RuntimeError(f"the run ended {pb.RunState.Name(run.state)}")
+    return seconds
 
 
 def engine_seconds(tasks: int, repeat: int) -> dict[str, float]:
@@ -82,34 +66,9 @@ def engine_seconds(tasks: int, repeat: int) -> dict[str, float]:
     wide = wide_spec(tasks)
     parts = Partitions(list(range(tasks)), None).to_payload("src")
     mapped = mapped_spec(tasks)
-    best_wide = min(_drive_all(wide, tasks) for _ in range(repeat))
-    best_mapped = min(_drive(mapped, {"m": parts}, "m") for _ in range(repeat))
+    best_wide = min(_drive(wide) for _ in range(repeat))
+    best_mapped = min(_drive(mapped, {"m": parts}) for _ in range(repeat))
     return {"wide_s": best_wide, "mapped_s": best_mapped}
-
-
-def _drive_all(spec: pb.PipelineSpec, tasks: int) -> float:
-    """The wide shape ends when its last-scheduled task does: drive until every task ended."""
-    engine = wide_engine(EngineConfig())
-    state = engine.state
-    empty = pb.Payload(codec=pb.CODEC_RAW, data=b"")
-    started = time.process_time()
-    state.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
-    run = state.runs["r1"]
-    now = 0.0
-    while run.state == pb.RUN_RUNNING:
-        actions: list = []
-        state.schedule(now, actions)
-        engine._dispatch(actions)
-        for action in actions:
-            if isinstance(action, Assign):
-                now += 1e-6
-                state.handle(TaskSucceeded(now, action.worker_id, action.attempt, now, empty))
-        for session in engine.sessions.values():
-            while not session.outbox.empty():
-                session.outbox.get_nowait()
-    if run.succeeded != tasks:
-        raise RuntimeError(f"the wide run ended with {run.succeeded} of {tasks} tasks succeeded")
-    return time.process_time() - started
 
 
 def cluster_seconds(tasks: int, workers: int, slots: int) -> dict[str, float]:

@@ -161,15 +161,19 @@ class MappingFlow:
         fan.open -= 1
         if child.state in _DONE:
             fan.done += 1
-            if fan.done == len(fan.children):
-                task.result = self._gathered(run, task)
-                task.finished_at = self._now
-                self._move(run, task, pb.SUCCEEDED, out)
-                self._release_dependents(run, task, out)
-            else:
-                self._release_children(run, task, out)
+            self._go_on(run, task, out)
             return
         self._fail_parent(run, task, child, out)
+
+    def _go_on(self, run: RunEntry, task: TaskEntry, out: list[Action]) -> None:
+        """A fan-out with no failed sub-task: it succeeds once all are done, else releases more."""
+        if task.fan.done == len(task.fan.children):
+            task.result = self._gathered(run, task)
+            task.finished_at = self._now
+            self._move(run, task, pb.SUCCEEDED, out)
+            self._release_dependents(run, task, out)
+        else:
+            self._release_children(run, task, out)
 
     def _fail_parent(self, run: RunEntry, task: TaskEntry, child: TaskEntry, out: list[Action]) -> None:
         """A sub-task failed for good (or was cancelled): so does its parent; the rest are cancelled."""
@@ -238,13 +242,8 @@ class MappingFlow:
             failed = next((c for c in ended if c.state not in _DONE), None)
             if failed is not None:
                 self._fail_parent(run, task, failed, out)
-            elif fan.done == len(fan.children):
-                task.result = self._gathered(run, task)
-                task.finished_at = self._now
-                self._move(run, task, pb.SUCCEEDED, out)
-                self._release_dependents(run, task, out)
             else:
-                self._release_children(run, task, out)
+                self._go_on(run, task, out)
 
     def check_fanouts(self, run: RunEntry) -> None:
         """Invariants of fan-outs (see ``_invariants``): the parallelism cap holds."""
