@@ -44,8 +44,14 @@ def function_identity(func: Callable[..., Any]) -> bytes:
         return repr(target).encode()
 
 
-def code_id(spec: common_pb2.TaskSpec, func: Callable[..., Any] | None, version: str, pipeline: str) -> str:
-    """sha256 hex of what ``spec`` runs plus ``version``, ``pipeline`` and the task's name."""
+def code_id(
+    spec: common_pb2.TaskSpec, func: Callable[..., Any] | None, version: str, pipeline: str, namespace: str = ""
+) -> str:
+    """sha256 hex of what ``spec`` runs plus ``version``, the namespace, ``pipeline`` and the task's name.
+
+    The namespace keeps tenants' entries apart: two teams' same-named pipelines running the
+    same code on the same inputs do not read each other's results.
+    """
     h = hashlib.sha256(_KEY_VERSION)
     kind = spec.WhichOneof("kind")
     if kind == "python":
@@ -60,7 +66,7 @@ def code_id(spec: common_pb2.TaskSpec, func: Callable[..., Any] | None, version:
         h.update(b"command\0" + json.dumps([list(c.argv), dict(sorted(c.env.items())), c.cwd]).encode())
     else:
         h.update(b"handler\0" + spec.handler.name.encode())
-    for part in (version, pipeline, spec.name):
+    for part in (version, namespace or "default", pipeline, spec.name):
         h.update(b"\0" + part.encode())
     return h.hexdigest()
 

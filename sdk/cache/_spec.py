@@ -57,7 +57,7 @@ def apply_cache(
         cache = task_spec.cache
         cache.Clear()
         func = getattr(task, "func", None) if task_spec.WhichOneof("kind") == "python" else None
-        cache.code_id = code_id(task_spec, func, settings.version, spec.name)
+        cache.code_id = code_id(task_spec, func, settings.version, spec.name, spec.namespace)
         cache.ttl_s = settings.ttl_s or 0.0
         cache.levels.extend(levels)
         cache.pipeline = spec.name

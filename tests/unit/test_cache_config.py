@@ -86,8 +86,8 @@ def test_only_cached_tasks_get_a_cache_spec_and_a_pipeline_default_applies_unles
     assert specs["b"].cache.ttl_s == 600.0 and not specs["c"].HasField("cache")
 
 
-def _code_id(func, version="", pipeline="p", name="t"):
-    p = Pipeline(pipeline)
+def _code_id(func, version="", pipeline="p", name="t", namespace=None):
+    p = Pipeline(pipeline, namespace=namespace)
     p.add_task(Task(name, func, cache=True, cache_version=version or None))
     return p.to_proto().tasks[0].cache.code_id
 
@@ -107,6 +107,8 @@ def test_the_code_identity_changes_with_the_code_the_version_and_the_names():
     assert base != _code_id(f1, version="2")
     assert base != _code_id(f1, pipeline="q")
     assert base != _code_id(f1, name="u")
+    assert base != _code_id(f1, namespace="team-b"), "tenants' entries stay apart"
+    assert base == _code_id(f1, namespace="default")
     # a pickled (not importable) callable: by its content
     assert _code_id(lambda x: x + 1) != _code_id(lambda x: x + 3)
 
