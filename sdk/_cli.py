@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._config import add_config_argument, register_command as register_config_command
+from ._config import parse_args as parse_config_args
 from ._backoff import CONNECT_TIMEOUT_ENV, REFUSED_GRACE_S, connect_timeout_setting
 from ._graph_cli import register as register_graph_command
 from ._domain import DEPARTED_WORKER_STATES
@@ -496,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
     common.add_argument("--token", default="", help="credential sent to the coordinator (default: $XPIPE_TOKEN)")
     common.add_argument("--namespace", default="", help="namespace of the runs `xpipe run` submits (default: default)")
+    add_config_argument(common)  # [client] holds these shared options; a subcommand's own are flags only
     p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.",
                                 formatter_class=DefaultsHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
@@ -568,12 +571,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_audit_command(sub, common, _client)
     register_alerts_command(sub, common, _client)
     register_streams_command(sub, common, _client)
+    register_config_command(p, sub, common)
     show_defaults(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    opts = parse_config_args(build_parser(), "client", argv)  # flags > XPIPE_* > --config [client] > defaults
     try:
         return opts.fn(opts)
     except PipelineExecutionError as exc:
