@@ -367,17 +367,19 @@ def resolve(
         table: ``coordinator``, ``worker`` or ``client``.
         argv: the command line (only ``--config`` is read here).
         environ: the environment (default: ``os.environ``).
-        options_parser: the parser whose options are settings (``xpipe``: the options its
-            subcommands share); default ``parser``.
+        options_parser: the parser whose options are settings; default: the options
+            ``xpipe``'s subcommands share when ``parser`` is ``xpipe``'s (see
+            :func:`register_command`), else ``parser``.
 
     Raises:
         ConfigError: the file cannot be read, or a key, a type or a value is wrong; the
             message names the key, the table and the file (or the variable).
     """
     environ = os.environ if environ is None else environ
-    options = options_of(options_parser or parser)
+    options_parser = options_parser or _SHARED.get(parser) or parser
+    options = options_of(options_parser)
     path = _config_path(argv, environ)
-    resolution = Resolution(table, path, options_parser or parser, options)
+    resolution = Resolution(table, path, options_parser, options)
     by_key = {k: o for o in options for k in o.keys}
     if path is not None:
         seen: dict[str, str] = {}
@@ -427,7 +429,7 @@ def parse_args(
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        resolution = resolve(parser, table, argv, environ, options_parser=_SHARED.get(parser))
+        resolution = resolve(parser, table, argv, environ)
     except ConfigError as exc:
         parser.exit(2, f"{parser.prog}: {exc}\n")
     namespace = parser.parse_args(argv)
