@@ -342,3 +342,13 @@ def test_the_deploy_example_is_a_valid_config_for_each_binary(table):
         resolve(parser, table, argv, {})
         opts = parser.parse_args(argv)
     assert opts.config == str(DEPLOY_EXAMPLE)
+
+
+def test_the_embedded_default_does_not_read_the_operators_config_file(tmp_path, monkeypatch):
+    """``$XPIPE_CONFIG`` names the operator's cluster (an etcd store, TLS...); the embedded one has its own flags."""
+    from xpipe._local import LocalCluster
+
+    monkeypatch.setenv("XPIPE_CONFIG", str(tmp_path / "cluster.toml"))
+    monkeypatch.setenv("XPIPE_LABELS", "zone=a")  # a plain setting variable still reaches its daemons
+    env = LocalCluster(workers=1, data_dir=tmp_path)._env()
+    assert "XPIPE_CONFIG" not in env and env["XPIPE_LABELS"] == "zone=a"
