@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import re
 import shlex
@@ -54,8 +53,6 @@ __all__ = [
     "options_of", "resolve", "parse_args", "register_command",
 ]  # fmt: skip
 
-log = logging.getLogger(__name__)
-
 #: Prefix of every setting's environment variable.
 ENV_PREFIX = "XPIPE_"
 #: Where the config file's path comes from when ``--config`` is not given.
@@ -71,7 +68,7 @@ ENV_EXCEPTIONS: dict[str, frozenset[str]] = {
 #: Values of these keys are shown masked by ``xpipe config show``.
 SECRET_KEY_RE = re.compile(r"token|secret|password")
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
+_FALSE = frozenset({"0", "false", "no", "off"})
 _SKIPPED_ACTIONS = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
 
 
@@ -182,8 +179,8 @@ def options_of(parser: argparse.ArgumentParser) -> list[Option]:
     return found
 
 
-def _config_path(argv: Sequence[str], environ: Mapping[str, str]) -> Path | None:
-    probe = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+def _config_path(argv: Sequence[str], environ: Mapping[str, str], prog: str) -> Path | None:
+    probe = argparse.ArgumentParser(prog=prog, add_help=False, allow_abbrev=False)
     probe.add_argument("--config", default=None)
     known, _ = probe.parse_known_args(list(argv))
     text = known.config if known.config is not None else environ.get(CONFIG_ENV, "")
@@ -210,7 +207,11 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
 
 
 def _load_file(path: Path, table: str) -> dict[str, tuple[Any, str, str]]:
-    """The binary's table, flattened (``autoscale.provider`` -> ``autoscale_provider``): name -> (value, what, place)."""
+    """The binary's table, flattened (``autoscale.provider`` -> ``autoscale_provider``).
+
+    Returns:
+        name -> (value, what to call it in an error, ``PATH:LINE``).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -276,11 +277,11 @@ def _scalar(option: Option, raw: Any, where: str, *, text: bool) -> Any:
                 value = kind(raw)
             except (ValueError, TypeError, argparse.ArgumentTypeError):
                 value = kind(str(parse_duration_s(raw.strip())))
-        elif option.is_size and (isinstance(raw, str) or isinstance(raw, int)):
+        elif option.is_size and isinstance(raw, (str, int, float)):
             size = parse_quantity(raw.strip()) if isinstance(raw, str) else float(raw)
             if not 0 <= size < float("inf"):
                 raise ValueError(f"a size must be >= 0 bytes, got {raw!r:.80}")
-            value = int(size) if kind is int else (raw if isinstance(raw, str) else str(raw))
+            value = int(size) if kind is int else (raw if isinstance(raw, str) else str(int(size)))
         elif text:
             value = kind(raw) if kind is not None else raw
         elif kind in (None, str) or isinstance(kind, type) and issubclass(kind, os.PathLike | str):
@@ -378,7 +379,7 @@ def resolve(
     environ = os.environ if environ is None else environ
     options_parser = options_parser or _SHARED.get(parser) or parser
     options = options_of(options_parser)
-    path = _config_path(argv, environ)
+    path = _config_path(argv, environ, parser.prog)
     resolution = Resolution(table, path, options_parser, options)
     by_key = {k: o for o in options for k in o.keys}
     if path is not None:

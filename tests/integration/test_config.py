@@ -49,8 +49,8 @@ connect_timeout = "20s"
                            log_dir=tmp_path / "logs", env=_clean_env(), cwd=tmp_path)  # fmt: skip
         procs.append(coordinator)
         # The worker gets its file from XPIPE_CONFIG, and its name from XPIPE_NAME over the file's.
-        worker = Proc("worker", [sys.executable, "-m", "xpipe.worker"], log_dir=tmp_path / "logs",
-                      env=_clean_env({"XPIPE_CONFIG": str(config), "XPIPE_NAME": "from-env"}), cwd=tmp_path)  # fmt: skip
+        env = _clean_env({"XPIPE_CONFIG": str(config), "XPIPE_NAME": "from-env"})
+        worker = Proc("worker", [sys.executable, "-m", "xpipe.worker"], log_dir=tmp_path / "logs", env=env, cwd=tmp_path)
         procs.append(worker)
 
         def registered():
