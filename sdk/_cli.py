@@ -4,9 +4,9 @@ Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``), ``--j
 ``--connect-timeout`` (default ``$XPIPE_CONNECT_TIMEOUT``, else 10 s); every ``--help``
 shows the defaults. The options every subcommand shares are also settings of the ``[client]``
 table of ``--config FILE`` and ``XPIPE_*`` variables (``_config``). ``xpipe run`` without a
-coordinator uses the embedded default, like ``PipelineManager()``. Errors end the command with one line on stderr and a non-zero
-exit status (1: the run failed; 2: the cluster or the request; 130: interrupted), never a
-traceback.
+coordinator uses the embedded default, like ``PipelineManager()``. Errors end the command
+with one line on stderr and a non-zero exit status (1: the run failed; 2: the cluster or the
+request; 130: interrupted), never a traceback.
 """
 
 from __future__ import annotations
