@@ -38,7 +38,6 @@ import os
 import re
 import shlex
 import sys
-import tomllib
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -212,6 +211,8 @@ def _load_file(path: Path, table: str) -> dict[str, tuple[Any, str, str]]:
     Returns:
         name -> (value, what to call it in an error, ``PATH:LINE``).
     """
+    import tomllib  # only when a file is given: the command's start-up stays as it was
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
