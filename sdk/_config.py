@@ -162,8 +162,10 @@ _UNSET = _Unset()
 def add_config_argument(parser: argparse.ArgumentParser) -> None:
     """``--config FILE``, the same on every binary."""
     parser.add_argument("--config", metavar="FILE", default=None,
-                        help=f"settings file (TOML) read under this binary's table; flags and {ENV_PREFIX}* "
-                             f"variables win over it (default: ${CONFIG_ENV}; docs/user-guide.md)")  # fmt: skip
+                        help=f"settings file (TOML): each --some-flag is the key some_flag in this binary's table "
+                             f"({', '.join(f'[{t}]' for t in TABLES)}) and also the variable {ENV_PREFIX}SOME_FLAG; "
+                             f"flags win over variables, variables over the file (default: ${CONFIG_ENV}; "
+                             f"docs/user-guide.md)")  # fmt: skip
 
 
 def options_of(parser: argparse.ArgumentParser) -> list[Option]:
