@@ -201,9 +201,9 @@ def _key_lines(text: str) -> dict[tuple[str, ...], int]:
         if header:
             table = tuple(p.strip().strip('"') for p in header.group(1).split("."))
             continue
-        key = re.match(r"\s*([A-Za-z0-9_-]+)\s*=", line)
+        key = re.match(r"\s*([A-Za-z0-9_.\s-]+?)\s*=", line)  # a dotted key too: autoscale.provider = ...
         if key:
-            lines.setdefault((*table, key.group(1)), number)
+            lines.setdefault((*table, *(p.strip() for p in key.group(1).split("."))), number)
     return lines
 
 

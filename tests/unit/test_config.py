@@ -177,6 +177,8 @@ def test_an_unknown_key_names_the_key_the_table_the_file_and_the_line(tmp_path):
     assert "did you mean 'slots'" in message
     message = _error("coordinator", "[coordinator.autoscale]\nprovidr = 'local'\n", tmp_path)
     assert "'providr' in [coordinator.autoscale]" in message and "--autoscale-providr" in message
+    message = _error("coordinator", "[coordinator]\nlisten = '127.0.0.1:1'\nautoscale.providr = 'local'\n", tmp_path)
+    assert "'providr' in [coordinator.autoscale]" in message and message.split(": ")[0].endswith("bad.toml:3")
     assert "unknown key or table 'workers'" in _error("worker", "[workers]\nslots = 1\n", tmp_path)
     # a subcommand's own option is not a [client] setting
     assert "xpipe has no option --limit" in _error("client", "[client]\nlimit = 5\n", tmp_path)
