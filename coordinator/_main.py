@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from xpipe._config import add_config_argument, parse_args
 from xpipe._lineage import parse_lineage_target
 from xpipe.security._auth import authenticator_from_spec
 from xpipe.security._rbac import Policy
@@ -38,6 +39,7 @@ log = logging.getLogger("xpipe.coordinator")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xpipe-coordinator", description="Run an xpipe coordinator.")
+    add_config_argument(p)
     p.add_argument("--listen", default="127.0.0.1:7400", help="HOST:PORT to serve gRPC on (port 0 picks one)")
     p.add_argument("--data-dir", default="./xpipe-data", type=Path, help="directory for the store and artifacts")
     p.add_argument("--store", default="sqlite",
@@ -283,7 +285,7 @@ async def _run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    opts = parse_args(build_parser(), "coordinator", argv)  # flags > XPIPE_* > --config file > defaults
     configure_logging(opts.log_level, opts.log_format)
     try:
         import uvloop

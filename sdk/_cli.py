@@ -2,10 +2,11 @@
 
 Every subcommand takes ``--coordinator`` (default ``$XPIPE_COORDINATOR``), ``--json`` and
 ``--connect-timeout`` (default ``$XPIPE_CONNECT_TIMEOUT``, else 10 s); every ``--help``
-shows the defaults. ``xpipe run`` without a coordinator uses the embedded default,
-like ``PipelineManager()``. Errors end the command with one line on stderr and a non-zero
-exit status (1: the run failed; 2: the cluster or the request; 130: interrupted), never a
-traceback.
+shows the defaults. The options every subcommand shares are also settings of the ``[client]``
+table of ``--config FILE`` and ``XPIPE_*`` variables (``_config``). ``xpipe run`` without a
+coordinator uses the embedded default, like ``PipelineManager()``. Errors end the command
+with one line on stderr and a non-zero exit status (1: the run failed; 2: the cluster or the
+request; 130: interrupted), never a traceback.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ._config import add_config_argument, register_command as register_config_command
+from ._config import parse_args as parse_config_args
 from ._backoff import CONNECT_TIMEOUT_ENV, REFUSED_GRACE_S, connect_timeout_setting
 from ._graph_cli import register as register_graph_command
 from ._domain import DEPARTED_WORKER_STATES
@@ -496,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--tls-key", default="", metavar="FILE", help="its private key (default: $XPIPE_TLS_KEY)")
     common.add_argument("--token", default="", help="credential sent to the coordinator (default: $XPIPE_TOKEN)")
     common.add_argument("--namespace", default="", help="namespace of the runs `xpipe run` submits (default: default)")
+    add_config_argument(common)  # [client] holds these shared options; a subcommand's own are flags only
     p = argparse.ArgumentParser(prog="xpipe", description="Run pipelines and inspect an xpipe cluster.",
                                 formatter_class=DefaultsHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
@@ -568,12 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     register_audit_command(sub, common, _client)
     register_alerts_command(sub, common, _client)
     register_streams_command(sub, common, _client)
+    register_config_command(p, sub, common)
     show_defaults(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = build_parser().parse_args(argv)
+    opts = parse_config_args(build_parser(), "client", argv)  # flags > XPIPE_* > --config [client] > defaults
     try:
         return opts.fn(opts)
     except PipelineExecutionError as exc:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._config import CONFIG_ENV
 from .errors import DistributedExecutionError
 from .security._tls import CLIENT_SECURITY_ENV
 from .telemetry._listen import METRICS_LISTEN_ENV
@@ -83,6 +84,9 @@ class LocalCluster:
         # token settings are not its workers' (they would fail the handshake).
         for key in CLIENT_SECURITY_ENV:
             env.pop(key, None)
+        # $XPIPE_CONFIG describes the operator's cluster (its store, listen address, TLS):
+        # the embedded cluster is this process's own, configured by its flags here.
+        env.pop(CONFIG_ENV, None)
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:

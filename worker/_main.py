@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+from xpipe._config import add_config_argument, parse_args
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
 from xpipe.security._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN, TLSConfig, client_token
@@ -43,6 +44,7 @@ log = logging.getLogger("xpipe.worker")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xpipe-worker", description="Run an xpipe worker.")
+    add_config_argument(p)
     p.add_argument(
         "--coordinator",
         default=os.environ.get("XPIPE_COORDINATOR", "127.0.0.1:7400"),
@@ -192,7 +194,7 @@ def export_for_tasks(config: WorkerConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
-    opts = p.parse_args(argv)
+    opts = parse_args(p, "worker", argv)  # flags > XPIPE_* > --config file > defaults
     configure_logging(opts.log_level, opts.log_format)
     if not 1 <= opts.slots <= MAX_SLOTS:
         p.error(f"--slots must be between 1 and {MAX_SLOTS}, got {opts.slots}")
