@@ -70,7 +70,9 @@ class KubernetesProvider:
         timeout_s: float = 10.0,
     ) -> None:  # fmt: skip
         if not namespace or not deployment:
-            raise ValueError(f"kubernetes provider: namespace ({namespace!r}) and deployment ({deployment!r}) are required")
+            raise ValueError(
+                f"kubernetes provider: namespace ({namespace!r}) and deployment ({deployment!r}) are required"
+            )
         if not timeout_s > 0:
             raise ValueError(f"kubernetes provider: timeout_s must be positive, got {timeout_s!r}")
         self.namespace = namespace

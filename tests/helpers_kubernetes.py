@@ -206,7 +206,8 @@ def cross_reference_problems(docs: list[Doc], parsers: dict[str, argparse.Argume
         problems += _workload_problems(w, by_kind)
     for name, binding in by_kind.get("RoleBinding", {}).items():
         if binding["roleRef"]["name"] not in by_kind.get(binding["roleRef"]["kind"], {}):
-            problems.append(f"RoleBinding {name}: {binding['roleRef']['kind']} {binding['roleRef']['name']} does not exist")
+            ref = binding["roleRef"]
+            problems.append(f"RoleBinding {name}: {ref['kind']} {ref['name']} does not exist")
         for s in binding.get("subjects", []):
             if s["kind"] == "ServiceAccount" and s["name"] not in by_kind.get("ServiceAccount", {}):
                 problems.append(f"RoleBinding {name}: ServiceAccount {s['name']} does not exist")
@@ -233,15 +234,18 @@ def _workload_problems(w: Doc, by_kind: dict[str, dict[str, Doc]]) -> list[str]:
     volumes = {v["name"]: v for v in spec.get("volumes", [])}
     claims = {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
     for volume in volumes.values():
-        if "configMap" in volume and volume["configMap"]["name"] not in by_kind.get("ConfigMap", {}):
-            problems.append(f"{name}: volume {volume['name']} names ConfigMap {volume['configMap']['name']}, which does not exist")
+        cm = volume.get("configMap", {}).get("name")
+        if cm and cm not in by_kind.get("ConfigMap", {}):
+            problems.append(f"{name}: volume {volume['name']} names ConfigMap {cm}, which does not exist")
         pvc = volume.get("persistentVolumeClaim", {}).get("claimName")
         if pvc and pvc not in by_kind.get("PersistentVolumeClaim", {}):
             problems.append(f"{name}: volume {volume['name']} names PersistentVolumeClaim {pvc}, which does not exist")
     if w["kind"] == "StatefulSet":
         svc = by_kind.get("Service", {}).get(w["spec"]["serviceName"])
-        if svc is None or svc["spec"].get("clusterIP") != "None" or not _selects(svc["spec"].get("selector", {}), _labels(w)):
-            problems.append(f"{name}: serviceName {w['spec']['serviceName']} is not a headless Service selecting its pods")
+        headless = svc is not None and svc["spec"].get("clusterIP") == "None"
+        if not headless or not _selects(svc["spec"].get("selector", {}), _labels(w)):
+            service = w["spec"]["serviceName"]
+            problems.append(f"{name}: serviceName {service} is not a headless Service selecting its pods")
     for c in containers(w):
         env = {e["name"] for e in c.get("env", [])}
         for mount in c.get("volumeMounts", []):
@@ -266,7 +270,9 @@ def _config_mount_problems(name: str, c: Doc, volumes: dict[str, Doc], path: str
         volume = volumes.get(mount["name"], {})
         if mount["mountPath"] == directory and "configMap" in volume:
             data = by_kind.get("ConfigMap", {}).get(volume["configMap"]["name"], {}).get("data", {})
-            return [] if key in data else [f"{name}: --config={path}: ConfigMap {volume['configMap']['name']} has no key {key}"]
+            if key in data:
+                return []
+            return [f"{name}: --config={path}: ConfigMap {volume['configMap']['name']} has no key {key}"]
     return [f"{name}: --config={path} is not in a mounted ConfigMap"]
 
 
@@ -297,12 +303,14 @@ def _config_problems(docs: list[Doc], by_kind, parsers: dict[str, argparse.Argum
                 continue
             action = flags.get("--" + key.replace("_", "-"))
             if action is None:
-                problems.append(f"xpipe.toml [{table}] {key}: xpipe-{table} has no flag --{key.replace('_', '-')}")
+                problems.append(f"xpipe.toml [{table}] {key}: {parser.prog} has no flag --{key.replace('_', '-')}")
             elif not _value_fits(action, value):
                 problems.append(f"xpipe.toml [{table}] {key} = {value!r}: not a value --{key.replace('_', '-')} takes")
     for key in set(config.get("coordinator", {}).get("autoscale", {})) - AUTOSCALE_KEYS:
-        problems.append(f"xpipe.toml [coordinator.autoscale] {key}: unknown key (known: {', '.join(sorted(AUTOSCALE_KEYS))})")
-    addresses = [("[coordinator] store", a) for a in config.get("coordinator", {}).get("store", "").removeprefix("etcd://").split(",") if a]
+        known = ", ".join(sorted(AUTOSCALE_KEYS))
+        problems.append(f"xpipe.toml [coordinator.autoscale] {key}: unknown key (known: {known})")
+    store = config.get("coordinator", {}).get("store", "").removeprefix("etcd://")
+    addresses = [("[coordinator] store", a) for a in store.split(",") if a]
     addresses += [("[worker] coordinator", a) for a in config.get("worker", {}).get("coordinator", "").split(",") if a]
     addresses += [("[client] coordinator", a) for a in config.get("client", {}).get("coordinator", "").split(",") if a]
     for where, address in addresses:

@@ -129,8 +129,8 @@ class FakeApiServer:
         if isinstance(body, web.Response):
             return body
         self.pods[pod].update(body["metadata"]["annotations"])
-        return web.json_response({"kind": "Pod", "apiVersion": "v1",
-                                  "metadata": {"name": pod, "namespace": NS, "annotations": self.pods[pod]}})  # fmt: skip
+        metadata = {"name": pod, "namespace": NS, "annotations": self.pods[pod]}
+        return web.json_response({"kind": "Pod", "apiVersion": "v1", "metadata": metadata})
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
