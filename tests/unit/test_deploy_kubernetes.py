@@ -238,10 +238,13 @@ def test_worker_grace_covers_the_drain_and_pods_are_locked_down() -> None:
         spec = pod_spec(doc)
         if spec is None:
             continue
+        # What the namespace's "restricted" Pod Security profile demands, and a read-only root.
         assert spec["securityContext"]["runAsNonRoot"] is True, doc["metadata"]["name"]
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         for c in containers(doc):
             assert c["securityContext"]["readOnlyRootFilesystem"] is True
             assert c["securityContext"]["allowPrivilegeEscalation"] is False
+            assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
             assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
 
 
