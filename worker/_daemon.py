@@ -36,6 +36,7 @@ from xpipe._limits import (
 )
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe._sdnotify import notifier
 from xpipe.security._auth import AUTHORIZATION_KEY, authorization_value
 from xpipe.security._tls import TLSConfig
 from xpipe.security._atrest import AtRest, at_rest
@@ -297,6 +298,7 @@ class WorkerDaemon:
 
     async def _shutdown(self, grace_s: float) -> None:
         log.info("draining: no new work; %d attempts running", len(self._state.running))
+        notifier().stopping(f"draining: {len(self._state.running)} attempts running, grace {grace_s:g}s")
         self._handle(core.DrainRequested(time.monotonic()))
         self._heartbeat_now()
         try:
@@ -340,6 +342,8 @@ class WorkerDaemon:
                 address, hops = addresses[i % len(addresses)], 0
                 i += 1
             started = time.monotonic()
+            if not self._stop.is_set() and self._shutting_down is None:
+                notifier().status(f"connecting to {address}")
             try:
                 await self._session(address)
             except EncryptionMismatch as exc:
@@ -441,6 +445,8 @@ class WorkerDaemon:
                         self._send = send
                         self.connected.set()
                         log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
+                        if self._shutting_down is None:  # READY again on a reconnect: systemd ignores repeats
+                            notifier().ready(f"registered with {address} ({self.config.slots} slots)")
                         self._wake.set()  # events held while disconnected go out now
                         background = [
                             asyncio.create_task(self._heartbeats(send)),
