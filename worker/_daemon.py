@@ -75,6 +75,9 @@ STARTED_REPORT_DELAY_S = 0.05
 _HEALTHY_SESSION_S = 5.0
 #: While a live member says a leader is being elected, ask again at least this often.
 _ELECTION_POLL_S = 0.2
+#: After the drain grace, how long the last outcomes may take to leave. The systemd unit's
+#: TimeoutStopSec covers the grace plus this (deploy/systemd/xpipe-worker@.service).
+SHUTDOWN_FLUSH_S = 5.0
 
 #: The stream is opened by path so that replies parse as CoordinatorMessageView (the same
 #: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
@@ -307,7 +310,7 @@ class WorkerDaemon:
             log.warning("grace of %.1fs over; giving back %d running attempts", grace_s, len(self._state.running))
             self._handle(core.GraceExpired(time.monotonic()))
             await asyncio.gather(*[t for t in self._tasks if t.get_name() == "xpipe-cancel"], return_exceptions=True)
-        await self._flush_events(timeout_s=5.0)
+        await self._flush_events(timeout_s=SHUTDOWN_FLUSH_S)
         self._stop.set()
 
     async def _wait_idle(self) -> None:
