@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._sdnotify import NOTIFY_ENV
 from .errors import DistributedExecutionError
 from .security._tls import CLIENT_SECURITY_ENV
 from .telemetry._listen import METRICS_LISTEN_ENV
@@ -82,6 +83,10 @@ class LocalCluster:
         # The embedded cluster is plaintext on loopback without auth: a client's TLS and
         # token settings are not its workers' (they would fail the handshake).
         for key in CLIENT_SECURITY_ENV:
+            env.pop(key, None)
+        # A program that runs as a Type=notify unit and embeds xpipe is systemd's service;
+        # its helper daemons must not report READY or STOPPING for it.
+        for key in NOTIFY_ENV:
             env.pop(key, None)
         return env
 

@@ -20,9 +20,12 @@ import os
 import socket
 from collections.abc import MutableMapping
 
-__all__ = ["Notifier", "init_from_environ", "notifier"]
+__all__ = ["NOTIFY_ENV", "Notifier", "init_from_environ", "notifier"]
 
 log = logging.getLogger(__name__)
+
+#: The variables systemd gives the one process it supervises (taken out of children's environment).
+NOTIFY_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
@@ -108,8 +111,7 @@ def init_from_environ(environ: MutableMapping[str, str] | None = None) -> Notifi
     """
     global _process
     env = os.environ if environ is None else environ
-    address = env.pop("NOTIFY_SOCKET", "")
-    usec_text, pid_text = env.pop("WATCHDOG_USEC", ""), env.pop("WATCHDOG_PID", "")
+    address, usec_text, pid_text = (env.pop(name, "") for name in NOTIFY_ENV)
     try:
         usec = int(usec_text or 0)
         if pid_text and int(pid_text) != os.getpid():

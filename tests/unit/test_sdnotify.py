@@ -100,3 +100,14 @@ def test_watchdog_pings_at_half_the_interval(bound):
 
     asyncio.run(main())
     assert asyncio.run(Notifier("").watchdog()) is None  # no watchdog: returns at once
+
+
+def test_the_embedded_clusters_daemons_do_not_get_the_callers_notify_socket(monkeypatch, tmp_path):
+    """A Type=notify service embedding PipelineManager() is the one that talks to systemd."""
+    from xpipe._local import LocalCluster
+
+    for name in _sdnotify.NOTIFY_ENV:
+        monkeypatch.setenv(name, "/run/systemd/notify" if name == "NOTIFY_SOCKET" else "1")
+    env = LocalCluster(data_dir=tmp_path)._env()
+    assert not set(_sdnotify.NOTIFY_ENV) & set(env)
+    assert os.environ["NOTIFY_SOCKET"] == "/run/systemd/notify"  # the caller's own stays
