@@ -32,6 +32,7 @@ from aetcd import rpc
 
 from xpipe._backoff import Backoff
 from xpipe._proto import worker_pb2
+from xpipe._sdnotify import notifier
 from xpipe.telemetry._logformat import iso_time
 
 from ._etcd_store import EtcdStore, EtcdStoreError, Fence, deposed_fence
@@ -85,6 +86,14 @@ class LeaderElection:
         self._stop = asyncio.Event()
         self._lease_id = 0
         self._seen_revision = 0
+
+    def role_line(self) -> str:
+        """This member's role in one line (systemd's ``STATUS=``, shown by ``systemctl status``)."""
+        if self.is_leader:
+            return f"leader of cluster {self.store.cluster!r} (term {self.term}) at {self.address}"
+        if self.leader_address == self.address:
+            return f"elected leader of cluster {self.store.cluster!r} (term {self.term}); resuming runs"
+        return f"follower at {self.address}; leader: {self.leader_address or 'none elected yet'}"
 
     @property
     def _member_key(self) -> bytes:
@@ -170,9 +179,11 @@ class LeaderElection:
             # Our own key of this session (a blip shorter than the lease): we still lead that term.
             leader = self.address if kv.lease == lease_id else kv.value.decode()
             term = kv.create_revision
-        if (term, leader) != (self.term, self.leader_address):
-            log.info("leader of cluster %r is %s (term %d)", self.store.cluster, leader, term)
+        changed = (term, leader) != (self.term, self.leader_address)
         self.term, self.leader_address = term, leader
+        if changed:
+            log.info("leader of cluster %r is %s (term %d)", self.store.cluster, leader, term)
+            notifier().status(self.role_line())
         self._seen_revision = response.header.revision
         return term, leader
 
@@ -188,6 +199,7 @@ class LeaderElection:
             raise
         self.is_leader = True
         self.elections_won += 1
+        notifier().status(self.role_line())
         engine_task = asyncio.ensure_future(engine_done)
         stop_task = asyncio.ensure_future(self._stop.wait())
         reason = ""
@@ -207,6 +219,7 @@ class LeaderElection:
             if self.leader_address == self.address:
                 self.leader_address = ""
             log.warning("stepping down as leader of cluster %r (term %d): %s", store.cluster, term, reason)
+            notifier().status(self.role_line())
             stop_task.cancel()
             await on_deposed(reason or "cancelled")
             if not engine_task.done():

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from xpipe._config import add_config_argument, parse_args
 from xpipe._lineage import parse_lineage_target
+from xpipe._sdnotify import init_from_environ, notifier
 from xpipe.security._auth import authenticator_from_spec
 from xpipe.security._rbac import Policy
 from xpipe.security._tls import CLIENT_AUTH_MODES, TLSConfig, server_credentials
@@ -267,6 +268,9 @@ async def _run(
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)
+    systemd = notifier()
+    systemd.ready(serving_status(coordinator))
+    watchdog = asyncio.ensure_future(systemd.watchdog())
     engine_failed = asyncio.ensure_future(coordinator.wait_fatal())
     stopper = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({engine_failed, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -276,6 +280,9 @@ async def _run(
         log.critical("engine stopped: %r", exc or coordinator.engine.error)
         code = 1
     stopper.cancel()
+    systemd.stopping("stopping: engine failed" if code else "stopping")
+    watchdog.cancel()
+    await asyncio.gather(watchdog, return_exceptions=True)
     if web is not None:
         await web.stop()
     await coordinator.retention.stop()
@@ -284,9 +291,18 @@ async def _run(
     return code
 
 
+def serving_status(coordinator: Coordinator) -> str:
+    """The ``systemctl status`` line of a serving coordinator; HA members update it as roles change."""
+    election = coordinator.election
+    if election is None:
+        return f"serving on {coordinator.address}"
+    return election.role_line()
+
+
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(build_parser(), "coordinator", argv)  # flags > XPIPE_* > --config file > defaults
     configure_logging(opts.log_level, opts.log_format)
+    init_from_environ()  # before any child process starts: they must not inherit NOTIFY_SOCKET
     try:
         import uvloop
 

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from ._config import CONFIG_ENV
+from ._sdnotify import NOTIFY_ENV
 from .errors import DistributedExecutionError
 from .security._tls import CLIENT_SECURITY_ENV
 from .telemetry._listen import METRICS_LISTEN_ENV
@@ -87,6 +88,10 @@ class LocalCluster:
         # $XPIPE_CONFIG describes the operator's cluster (its store, listen address, TLS):
         # the embedded cluster is this process's own, configured by its flags here.
         env.pop(CONFIG_ENV, None)
+        # A program that runs as a Type=notify unit and embeds xpipe is systemd's service;
+        # its helper daemons must not report READY or STOPPING for it.
+        for key in NOTIFY_ENV:
+            env.pop(key, None)
         return env
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:

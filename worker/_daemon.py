@@ -36,6 +36,7 @@ from xpipe._limits import (
 )
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe._sdnotify import notifier
 from xpipe.security._auth import AUTHORIZATION_KEY, authorization_value
 from xpipe.security._tls import TLSConfig
 from xpipe.security._atrest import AtRest, at_rest
@@ -74,6 +75,9 @@ STARTED_REPORT_DELAY_S = 0.05
 _HEALTHY_SESSION_S = 5.0
 #: While a live member says a leader is being elected, ask again at least this often.
 _ELECTION_POLL_S = 0.2
+#: After the drain grace, how long the last outcomes may take to leave. The systemd unit's
+#: TimeoutStopSec covers the grace plus this (deploy/systemd/xpipe-worker@.service).
+SHUTDOWN_FLUSH_S = 5.0
 
 #: The stream is opened by path so that replies parse as CoordinatorMessageView (the same
 #: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
@@ -297,6 +301,7 @@ class WorkerDaemon:
 
     async def _shutdown(self, grace_s: float) -> None:
         log.info("draining: no new work; %d attempts running", len(self._state.running))
+        notifier().stopping(f"draining: {len(self._state.running)} attempts running, grace {grace_s:g}s")
         self._handle(core.DrainRequested(time.monotonic()))
         self._heartbeat_now()
         try:
@@ -305,7 +310,7 @@ class WorkerDaemon:
             log.warning("grace of %.1fs over; giving back %d running attempts", grace_s, len(self._state.running))
             self._handle(core.GraceExpired(time.monotonic()))
             await asyncio.gather(*[t for t in self._tasks if t.get_name() == "xpipe-cancel"], return_exceptions=True)
-        await self._flush_events(timeout_s=5.0)
+        await self._flush_events(timeout_s=SHUTDOWN_FLUSH_S)
         self._stop.set()
 
     async def _wait_idle(self) -> None:
@@ -340,6 +345,8 @@ class WorkerDaemon:
                 address, hops = addresses[i % len(addresses)], 0
                 i += 1
             started = time.monotonic()
+            if not self._stop.is_set() and self._shutting_down is None:
+                notifier().status(f"connecting to {address}")
             try:
                 await self._session(address)
             except EncryptionMismatch as exc:
@@ -441,6 +448,8 @@ class WorkerDaemon:
                         self._send = send
                         self.connected.set()
                         log.info("registered with coordinator %s at %s", reg.coordinator_id, address)
+                        if self._shutting_down is None:  # READY again on a reconnect: systemd ignores repeats
+                            notifier().ready(f"registered with {address} ({self.config.slots} slots)")
                         self._wake.set()  # events held while disconnected go out now
                         background = [
                             asyncio.create_task(self._heartbeats(send)),

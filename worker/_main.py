@@ -17,6 +17,7 @@ import grpc
 from xpipe._config import add_config_argument, parse_args
 from xpipe._limits import MAX_NAME_CHARS, MAX_SLOTS
 from xpipe._proto import common_pb2 as pb
+from xpipe._sdnotify import init_from_environ, notifier
 from xpipe.security._tls import ENV_TLS_CA, ENV_TLS_CERT, ENV_TLS_KEY, ENV_TOKEN, TLSConfig, client_token
 from xpipe.security._atrest import ENV_KEY_FILE, AtRest, configure
 from xpipe.security._errors import SecurityConfigError
@@ -116,12 +117,16 @@ async def _run(config: WorkerConfig, metrics: MetricsEndpoint | None = None) -> 
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    watchdog = loop.create_task(notifier().watchdog(), name="xpipe-watchdog")
     try:
         await daemon.run()
     except grpc.aio.AioRpcError as exc:
         if exc.code() in REFUSED_CODES or exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
             return 2  # logged where it happened, with the coordinator's reason
         raise
+    finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
     for task in stopping:
         await task
     return 0
@@ -196,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     opts = parse_args(p, "worker", argv)  # flags > XPIPE_* > --config file > defaults
     configure_logging(opts.log_level, opts.log_format)
+    init_from_environ()  # before the executor starts: tasks must not inherit NOTIFY_SOCKET
     if not 1 <= opts.slots <= MAX_SLOTS:
         p.error(f"--slots must be between 1 and {MAX_SLOTS}, got {opts.slots}")
     if not 0 < len(opts.name) <= MAX_NAME_CHARS or len(opts.worker_id) > MAX_NAME_CHARS:
