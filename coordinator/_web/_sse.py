@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 #: Most run-event messages a client gets per second (changes in between are coalesced).
 MAX_MESSAGES_PER_S = 10
 #: A big run's page (the pages' level-of-detail view, above this many tasks) gets at most
-#: MAX_MESSAGES_PER_S_BIG: each message restyles thousands of cells in the browser, which
-#: costs the viewer's CPU per message far more than per change.
+#: MAX_MESSAGES_PER_S_BIG: each message repaints thousands of cells in the browser, which
+#: costs the viewer's CPU per message far more than per change (one a second instead of two
+#: cut Chromium's CPU while following a 10,000-task run from 0.31 s to 0.22 s).
 BIG_RUN_TASKS = 500
-MAX_MESSAGES_PER_S_BIG = 2
+MAX_MESSAGES_PER_S_BIG = 1
 #: A big run's critical path is computed here (O(tasks)), at most this often and at its end;
 #: its change messages carry only indices and state numbers, no times to compute it from.
 CRITICAL_EVERY_S_BIG = 5.0
