@@ -22,7 +22,7 @@ from xpipe.security._principal import DEFAULT_NAMESPACE
 from .._caller import CALLER
 from .._insights_service import readable_alerts
 from ._app import COORDINATOR, SERVER, SESSION_TTL_S, TOKEN_COOKIE, json_error
-from ._rows import counts_of, critical_path, run_json, run_state_names, task_columns, task_state_name
+from ._rows import counts_of, critical_path, lean_columns, run_json, run_state_names, task_columns, task_state_name
 
 __all__ = ["add_routes", "needs", "query_int", "query_float", "BadParameter", "load_run", "run_detail_json"]
 
@@ -197,13 +197,13 @@ async def get_run(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
-def run_detail_json(view, tasks, deps, worker_name, now: float) -> dict:
+def run_detail_json(view, tasks, deps, worker_name, now: float, *, lean: bool = False) -> dict:
     """A run with every task (parallel arrays plus ``depends_on``) and its critical path.
 
     The run detail's body, and the first message of the run's event stream: a page loads
-    the run once, from either.
+    the run once, from either. ``lean``: only the columns of :func:`lean_columns`.
     """
-    cols = task_columns(tasks, worker_name)
+    cols = lean_columns(tasks) if lean else task_columns(tasks, worker_name)
     index = {name: i for i, name in enumerate(cols["name"])}
     dep_idx = [[index[d] for d in deps.get(name, ()) if d in index] for name in cols["name"]]
     cols["depends_on"] = dep_idx

@@ -13,7 +13,7 @@ from typing import Any
 from xpipe._domain import error_type_name
 from xpipe._proto import common_pb2
 
-__all__ = ["TASK_FIELDS", "critical_path", "run_json", "run_state_name", "task_columns", "task_state_name"]
+__all__ = ["TASK_FIELDS", "critical_path", "run_json", "run_state_name", "lean_columns", "task_columns", "task_state_name"]
 
 #: Task state number -> proto name ("RUNNING"), and run state number -> name ("RUN_RUNNING").
 _TASK_STATES = {v.number: v.name for v in common_pb2.TaskState.DESCRIPTOR.values}
@@ -60,6 +60,21 @@ def task_columns(tasks: Iterable[Any], worker_name) -> dict[str, list]:
             etypes.append("")
             emsgs.append("")
     return cols
+
+
+def lean_columns(tasks: Iterable[Any]) -> dict[str, list]:
+    """Only ``name, state, started_at, finished_at``: a big run's snapshot for its page, which
+    paints cells from these (the task panel reads the rest from the task's own document)."""
+    names: list = []
+    states: list = []
+    started: list = []
+    finished: list = []
+    for t in tasks:
+        names.append(t.name)
+        states.append(_TASK_STATES.get(t.state, str(t.state)))
+        started.append(t.started_at)
+        finished.append(t.finished_at)
+    return {"name": names, "state": states, "started_at": started, "finished_at": finished}
 
 
 def critical_path(

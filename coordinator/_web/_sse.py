@@ -111,7 +111,8 @@ async def run_events(request: web.Request) -> web.StreamResponse:
     run = engine.state.runs.get(run_id)
     if run is None or run.state in TERMINAL_RUN_STATES:  # finished: one snapshot and the end
         view, tasks, deps, _ = await load_run(c, run_id)  # 404 for an unknown run
-        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time())
+        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time(),
+                                 lean=len(tasks) > BIG_RUN_TASKS)  # fmt: skip
         response = await _open(request)
         await _send(response, "snapshot", detail)
         await _send(response, "end", detail["run"])
@@ -131,7 +132,7 @@ async def run_events(request: web.Request) -> web.StreamResponse:
             counts[st] = counts.get(st, 0) + 1
         namespace = run.spec.namespace or "default"
         big = len(entries) > BIG_RUN_TASKS
-        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time())
+        detail = run_detail_json(view, tasks, deps, engine.state.worker_name, time.time(), lean=big)
 
         def summary_json(summary) -> dict:
             return run_json(run_id, summary.pipeline, namespace, summary.state, summary.created_at, summary.finished_at,

@@ -209,6 +209,7 @@ def test_a_big_runs_events_are_lean_indices_and_the_server_sends_its_critical_pa
     names = [name for name, _ in got]
     assert names[0] == "snapshot" and names[-2:] == ["critical", "end"], names
     snapshot = got[0][1]
+    assert set(snapshot["tasks"]) == {"name", "state", "started_at", "finished_at", "depends_on"}, "a lean snapshot"
     order, legend = snapshot["tasks"]["name"], snapshot["task_states"]
     assert legend[str(SUCCEEDED)] == "SUCCEEDED"
     last: dict[str, str] = dict(zip(order, snapshot["tasks"]["state"]))
