@@ -35,7 +35,7 @@ from typing import Any, Callable
 from . import _codec
 from ._limits import MAX_TASK_CHECKPOINT_BYTES
 from ._proto import common_pb2, worker_pb2
-from .errors import SerializationError
+from .errors import SerializationError, XpipeError
 
 __all__ = ["checkpoint", "last_checkpoint", "TaskCheckpoints", "CheckpointOutsideTaskError"]
 
@@ -47,7 +47,7 @@ _MAIN_THREAD: TaskCheckpoints | None = None
 _MAIN_THREAD_ID = threading.main_thread().ident
 
 
-class CheckpointOutsideTaskError(RuntimeError):
+class CheckpointOutsideTaskError(XpipeError, RuntimeError):
     """:func:`checkpoint` or :func:`last_checkpoint` was called outside a running task."""
 
 

@@ -72,3 +72,23 @@ def big_state(size_bytes: int, digest_file: str) -> dict:
         raise RuntimeError("first attempt fails after saving a big state")
     got = xpipe.last_checkpoint()
     return {"size": len(got), "sha256": hashlib.sha256(got).hexdigest()}
+
+
+def save_each(values: list) -> dict:
+    """Save each value in turn; report what this attempt started with and ended with."""
+    started = xpipe.last_checkpoint()
+    for value in values:
+        xpipe.checkpoint(value)
+    return {"started": started, "last": xpipe.last_checkpoint()}
+
+
+def save_unpicklable() -> None:
+    """Save a state pickle refuses (a lock)."""
+    import threading
+
+    xpipe.checkpoint({"lock": threading.Lock()})
+
+
+def save_bytes(size_bytes: int) -> None:
+    """Save ``size_bytes`` of incompressible bytes."""
+    xpipe.checkpoint(os.urandom(size_bytes))
