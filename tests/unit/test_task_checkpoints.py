@@ -175,3 +175,74 @@ def test_the_coordinator_refuses_a_malformed_save_naming_the_field():
     big = worker_pb2.CheckpointSave(attempt=good.attempt, seq=1,
                                     state=common_pb2.Payload(data=b"x" * (MAX_TASK_CHECKPOINT_BYTES + 1)))  # fmt: skip
     assert f"over the limit of {MAX_TASK_CHECKPOINT_BYTES} bytes" in check_checkpoint_save(big)
+
+
+# ---- the coordinator's book, on a real SQLite store -------------------------------
+
+
+def _save(run_id: str, attempt: int, seq: int, state: Any) -> worker_pb2.CheckpointSave:
+    ref = worker_pb2.AttemptRef(run_id=run_id, task="t", attempt=attempt)
+    return worker_pb2.CheckpointSave(attempt=ref, seq=seq, state=_codec.encode(state))
+
+
+def _running(state: Any, run_id: str, worker: str, attempt: int) -> None:
+    """Put ``run_id`` in the scheduler's state with task ``t`` running ``attempt`` on ``worker``."""
+    from xpipe.coordinator._entries import RunEntry
+
+    run = state.runs.get(run_id) or RunEntry(run_id, common_pb2.PipelineSpec(name="p", tasks=[{"name": "t"}]), 1.0)
+    state.runs[run_id] = run
+    entry = run.tasks["t"]
+    entry.state, entry.worker, entry.attempt = common_pb2.RUNNING, worker, attempt
+
+
+def test_book_keeps_the_current_attempts_newest_save_sealed_and_reloads_it(tmp_path):
+    from xpipe.coordinator._events import RunRecord
+    from xpipe.coordinator._state import SchedulerState
+    from xpipe.coordinator._store import SQLiteStore
+    from xpipe.coordinator._task_checkpoints import TaskCheckpointBook
+    from xpipe.security._atrest import AtRest
+    from xpipe.security._keys import create_keyring
+
+    keyfile = tmp_path / "keys.json"
+    create_keyring(keyfile)
+    marker = "MARKER-checkpoint-41c9"
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "xpipe.db", crypt=AtRest(keyfile))
+        await store.open()
+        try:
+            state = SchedulerState()
+            book = TaskCheckpointBook(store, state)
+            _running(state, "r1", "w1", 1)
+            assert await book.save("w1", _save("r1", 1, 1, {"step": 1, "note": marker}))
+            assert not await book.save("w2", _save("r1", 1, 2, "from a worker that does not run it"))
+            assert not await book.save("w1", _save("r1", 0, 9, "from an older attempt"))
+            assert await book.save("w1", _save("r1", 1, 3, {"step": 3, "note": marker}))
+            assert not await book.save("w1", _save("r1", 1, 2, "older than the stored seq"))
+            assert book.field(("r1", "t", 1)) == b""  # the running attempt has its own
+            sent = worker_pb2.Assignment.FromString(book.field(("r1", "t", 2)))
+            assert _codec.decode(sent.checkpoint) == {"step": 3, "note": marker}
+            _running(state, "r1", "w2", 2)  # the task moved on: attempt 1 is stale now
+            assert not await book.save("w1", _save("r1", 1, 4, "stale"))
+            assert book.written == 2
+
+            reloaded = TaskCheckpointBook(store, SchedulerState())  # as a restarted coordinator
+            await reloaded.restore(["r1"])
+            again = worker_pb2.Assignment.FromString(reloaded.field(("r1", "t", 2)))
+            assert _codec.decode(again.checkpoint) == {"step": 3, "note": marker}
+            reloaded.drop_runs(["r1"])
+            assert reloaded.field(("r1", "t", 2)) == b"" and not reloaded
+
+            # Sealed at rest: the marker is nowhere in the database file.
+            db_bytes = b"".join(p.read_bytes() for p in tmp_path.glob("xpipe.db*") if p.is_file())
+            assert marker.encode() not in db_bytes
+
+            # Deleted with its run (retention, xpipe gc).
+            await store.commit([RunRecord("r1", "p", common_pb2.RUN_SUCCEEDED, 1.0, 2.0, 1,
+                                          spec=common_pb2.PipelineSpec(name="p"))])  # fmt: skip
+            assert await store.delete_runs(["r1"]) == 1
+            assert await store.task_checkpoints("r1") == []
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
