@@ -37,7 +37,7 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
-from xpipe._checkpoint import TaskCheckpoints
+from xpipe._checkpoint import AttemptCheckpoints, TaskCheckpoints
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._handlers import HandlerNotFoundError, get_handler
@@ -700,24 +700,28 @@ def _run(
 
 def _checkpoints(
     assignment: worker_pb2.Assignment, artifact_root: str | None, send: Callable[[bytes], None] | None
-) -> TaskCheckpoints:
-    """The attempt's :class:`~xpipe._checkpoint.TaskCheckpoints`, current in this thread from now on."""
-    ref = assignment.attempt
-    key = (ref.run_id, f"{ref.task}.checkpoint", ref.attempt)
+) -> AttemptCheckpoints:
+    """The attempt's checkpoints, current in this thread from now on (its book made on first use)."""
 
-    def store_big(data: bytes) -> str:
-        # One file per attempt, rewritten by each save (atomically): a chatty task leaves one file.
-        if len(data) < ARTIFACT_MIN_BYTES:
-            return ""
-        try:
-            return write_artifact(artifact_root, key, data) if artifact_root and os.path.isdir(artifact_root) else ""
-        except OSError:
-            return ""  # it travels inline then, as a result does when its file cannot be written
+    def make() -> TaskCheckpoints:
+        ref = assignment.attempt
+        key = (ref.run_id, f"{ref.task}.checkpoint", ref.attempt)
 
-    checkpoints = TaskCheckpoints(
-        ref, assignment.task, assignment.checkpoint if assignment.HasField("checkpoint") else None,
-        send if send is not None else _drop, store_big=store_big, artifact_root=artifact_root,
-    )  # fmt: skip
+        def store_big(data: bytes) -> str:
+            # One file per attempt, rewritten by each save (atomically): a chatty task leaves one file.
+            if len(data) < ARTIFACT_MIN_BYTES or not artifact_root or not os.path.isdir(artifact_root):
+                return ""
+            try:
+                return write_artifact(artifact_root, key, data)
+            except OSError:
+                return ""  # it travels inline then, as a result does when its file cannot be written
+
+        return TaskCheckpoints(
+            ref, assignment.task, assignment.checkpoint if assignment.HasField("checkpoint") else None,
+            send if send is not None else _drop, store_big=store_big, artifact_root=artifact_root,
+        )  # fmt: skip
+
+    checkpoints = AttemptCheckpoints(make)
     checkpoints.start()
     return checkpoints
 
