@@ -53,14 +53,24 @@ def chatty(calls: int, spread_s: float, fail_first: bool = False) -> Any:
     return {"last": xpipe.last_checkpoint()}
 
 
-def hold_after_save(state: Any, release_file: str) -> Any:
-    """Save ``state`` on the first attempt, then wait for ``release_file``; a later attempt returns what it got."""
-    if _attempt() == 1:
-        xpipe.checkpoint(state)
-        while not os.path.exists(release_file):
-            time.sleep(0.02)
-        return {"attempt": 1}
-    return {"attempt": _attempt(), "resumed_from": xpipe.last_checkpoint()}
+def save_twice_and_hold(marks_dir: str) -> Any:
+    """Attempt 1: save ``{"part": 1}``, wait for ``go``, save ``{"part": 2}``, then hold until
+    ``release``; each save leaves ``saved-<n>``. A later attempt returns what it got."""
+    marks = Path(marks_dir)
+    if _attempt() > 1:
+        return {"attempt": _attempt(), "resumed_from": xpipe.last_checkpoint()}
+    xpipe.checkpoint({"part": 1})
+    (marks / "saved-1").touch()
+    _wait_for(marks / "go")
+    xpipe.checkpoint({"part": 2})
+    (marks / "saved-2").touch()
+    _wait_for(marks / "release")
+    return {"attempt": 1}
+
+
+def _wait_for(path: Path) -> None:
+    while not path.exists():
+        time.sleep(0.02)
 
 
 def big_state(size_bytes: int, digest_file: str) -> dict:

@@ -287,18 +287,20 @@ class AssignmentBatchView(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class AssignmentHead(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try", "principal")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "principal", "checkpoint")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: TaskHead
     upstream: _containers.RepeatedScalarFieldContainer[bytes]
     last_try: bool
     principal: _common_pb2.RunPrincipal
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
+    checkpoint: bytes
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ..., checkpoint: _Optional[bytes] = ...) -> None: ...
 
 class TaskHead(_message.Message):
     __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources", "pii_fields", "cache")

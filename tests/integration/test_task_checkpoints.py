@@ -88,19 +88,25 @@ def test_interval_paces_saves_and_a_failed_attempt_sends_its_held_save(tmp_path)
         assert _stored(c, result.run_id, "every") == (1, 100, 100)  # no interval: every call is saved
 
 
-def test_checkpoint_survives_a_coordinator_restart(tmp_path):
-    release = tmp_path / "release"
+def test_checkpoints_survive_a_coordinator_restart_and_a_save_made_while_it_is_down(tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
     with Cluster(tmp_path, workers=1, slots=1, imports=IMPORTS, coordinator_args=FAST_LOSS) as c, \
             PipelineManager(coordinator=c.address) as pm:  # fmt: skip
         p = Pipeline("restart")
-        p.add_task(Task("held", hc.hold_after_save, args=({"rows_done": 1234}, str(release))))
+        p.add_task(Task("held", hc.save_twice_and_hold, args=(str(marks),)))
         run_id = pm.submit(p)
         eventually(lambda: _stored(c, run_id, "held") is not None, timeout_s=30, message="checkpoint never stored")
+        c.coordinator.terminate()
+        (marks / "go").touch()  # the second save happens with no coordinator: the worker holds it
+        eventually(lambda: (marks / "saved-2").exists(), timeout_s=30, message="second save never made")
         c.restart_coordinator()
+        # Sent when the worker registers again, to the restarted coordinator, which stores it.
+        eventually(lambda: _stored(c, run_id, "held")[1] == 2, timeout_s=30, message="held save never stored")
         c.workers["w0"].kill()  # the new coordinator must place attempt 2, with the stored state
         c.add_worker("w1")
         result = pm.wait(run_id, timeout_s=60)
-        assert result.outputs["held"] == {"attempt": 2, "resumed_from": {"rows_done": 1234}}
+        assert result.outputs["held"] == {"attempt": 2, "resumed_from": {"part": 2}}
 
 
 def test_big_checkpoint_goes_by_artifact(tmp_path):

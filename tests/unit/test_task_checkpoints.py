@@ -246,3 +246,23 @@ def test_book_keeps_the_current_attempts_newest_save_sealed_and_reloads_it(tmp_p
             await store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_store_that_refuses_the_write_is_logged_and_nothing_is_kept(tmp_path, caplog):
+    from xpipe.coordinator._state import SchedulerState
+    from xpipe.coordinator._store import SQLiteStore
+    from xpipe.coordinator._task_checkpoints import TaskCheckpointBook
+
+    async def scenario() -> None:
+        store = SQLiteStore(tmp_path / "xpipe.db")
+        await store.open()
+        await store.close()  # every write now fails: "store is not open"
+        state = SchedulerState()
+        book = TaskCheckpointBook(store, state)
+        _running(state, "r1", "w1", 1)
+        assert not await book.save("w1", _save("r1", 1, 1, "lost"))
+        assert book.field(("r1", "t", 2)) == b"" and book.written == 0
+
+    with caplog.at_level("WARNING", logger="xpipe.coordinator._task_checkpoints"):
+        asyncio.run(scenario())
+    assert "checkpoint 1 of task 't' (run r1, attempt 1) was not stored: store is not open" in caplog.text
