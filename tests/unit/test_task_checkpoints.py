@@ -266,3 +266,30 @@ def test_a_store_that_refuses_the_write_is_logged_and_nothing_is_kept(tmp_path, 
     with caplog.at_level("WARNING", logger="xpipe.coordinator._task_checkpoints"):
         asyncio.run(scenario())
     assert "checkpoint 1 of task 't' (run r1, attempt 1) was not stored: store is not open" in caplog.text
+
+
+def test_the_worker_sends_a_save_holds_it_while_disconnected_and_drops_a_malformed_one(caplog):
+    from xpipe.worker._daemon import WorkerConfig, WorkerDaemon
+
+    daemon = WorkerDaemon(WorkerConfig(coordinators=("127.0.0.1:1",)))
+    key = ("run-1", "t", 2)
+    save = _save("run-1", 1, 1, {"step": 4})  # names attempt 1: the executor's key wins
+
+    daemon._checkpoint_out(key, save.SerializeToString())  # not connected, attempt not running: dropped
+    assert daemon._held_checkpoints == {}
+    daemon._state.running.add(key)
+    daemon._checkpoint_out(key, save.SerializeToString())
+    daemon._checkpoint_out(key, _save("run-1", 2, 2, {"step": 5}).SerializeToString())
+    held = daemon._held_checkpoints[key]
+    assert (held.attempt.attempt, held.seq, _codec.decode(held.state)) == (2, 2, {"step": 5})  # newest per attempt
+
+    queue: asyncio.Queue = asyncio.Queue()
+    daemon._send = queue
+    daemon._checkpoint_out(key, save.SerializeToString())
+    message = queue.get_nowait()
+    assert message.checkpoint.attempt.attempt == 2 and message.checkpoint.seq == 1
+
+    with caplog.at_level("WARNING", logger="xpipe.worker._daemon"):
+        daemon._checkpoint_out(key, b"\xff\xff\xff")
+    assert "dropped a malformed checkpoint of ('run-1', 't', 2)" in caplog.text
+    assert queue.empty()
