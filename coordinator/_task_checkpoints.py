@@ -17,8 +17,10 @@ the in-memory default.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from xpipe._limits import MAX_PATH_CHARS, MAX_TASK_CHECKPOINT_BYTES
 from xpipe._proto import common_pb2 as pb
@@ -26,6 +28,8 @@ from xpipe._proto import worker_pb2
 from xpipe.telemetry._logformat import log_ids
 
 if TYPE_CHECKING:
+    from xpipe.security._atrest import AtRest
+
     from ._state import SchedulerState
     from ._store import Store
 
@@ -144,16 +148,22 @@ class TaskCheckpointBook:
 class SQLiteTaskCheckpoints:
     """SQLiteStore's task checkpoints: written off the engine's connection, like stream checkpoints."""
 
+    # What SQLiteStore provides.
+    path: Path
+    crypt: AtRest | None
+    _call: Callable[..., Awaitable[Any]]
+    _audit_conn: Callable[[], sqlite3.Connection]
+
     async def put_task_checkpoint(self, run_id: str, task: str, attempt: int, seq: int, data: bytes) -> None:
-        await self._call(self._put_task_checkpoint_sync, run_id, task, attempt, seq, data)  # type: ignore[attr-defined]
+        await self._call(self._put_task_checkpoint_sync, run_id, task, attempt, seq, data)
 
     def _put_task_checkpoint_sync(self, run_id: str, task: str, attempt: int, seq: int, data: bytes) -> None:
         from ._store import _aad, _writing
 
-        db = self._audit_conn()  # type: ignore[attr-defined]
-        if self.crypt is not None:  # type: ignore[attr-defined]
-            data = self.crypt.seal(data, _aad("task_checkpoint", run_id, task))  # type: ignore[attr-defined]
-        with _writing(db, f"{self.path} (task checkpoint)"):  # type: ignore[attr-defined]
+        db = self._audit_conn()
+        if self.crypt is not None:
+            data = self.crypt.seal(data, _aad("task_checkpoint", run_id, task))
+        with _writing(db, f"{self.path} (task checkpoint)"):
             db.execute(
                 "INSERT INTO task_checkpoints VALUES (?,?,?,?,1,?) ON CONFLICT (run_id, name) DO UPDATE SET "
                 "attempt=excluded.attempt, seq=excluded.seq, data=excluded.data, writes=writes+1",
@@ -161,23 +171,32 @@ class SQLiteTaskCheckpoints:
             )
 
     async def task_checkpoints(self, run_id: str) -> list[bytes]:
-        return await self._call(self._task_checkpoints_sync, run_id)  # type: ignore[attr-defined]
+        return await self._call(self._task_checkpoints_sync, run_id)
 
     def _task_checkpoints_sync(self, run_id: str) -> list[bytes]:
         from ._store import _aad, open_value
 
-        rows = self._audit_conn().execute(  # type: ignore[attr-defined]
+        rows = self._audit_conn().execute(
             "SELECT name, data FROM task_checkpoints WHERE run_id=? ORDER BY name", (run_id,)
         ).fetchall()
-        return [open_value(self.crypt, bytes(data), _aad("task_checkpoint", run_id, name),  # type: ignore[attr-defined]
+        return [open_value(self.crypt, bytes(data), _aad("task_checkpoint", run_id, name),
                            f"checkpoint of task {run_id}/{name}") for name, data in rows]  # fmt: skip
 
 
 class EtcdTaskCheckpoints:
     """EtcdStore's task checkpoints: one fenced key per task, deleted with the run's other keys."""
 
+    # What EtcdStore provides.
+    prefix: bytes
+    cluster: str
+    _pack: Callable[..., bytes]
+    _unpack: Callable[..., bytes]
+    _txn: Callable[..., Awaitable[Any]]
+    _scan: Callable[..., AsyncIterator[Any]]
+    _fence_compares: Callable[[], list]
+
     def _task_checkpoints_prefix(self, run_id: str) -> bytes:
-        return self.prefix + f"task_checkpoints/{run_id}/".encode()  # type: ignore[attr-defined]
+        return self.prefix + f"task_checkpoints/{run_id}/".encode()
 
     async def put_task_checkpoint(self, run_id: str, task: str, attempt: int, seq: int, data: bytes) -> None:
         from aetcd import rpc
@@ -185,15 +204,15 @@ class EtcdTaskCheckpoints:
         from ._etcd_store import FencedError
 
         key = self._task_checkpoints_prefix(run_id) + task.encode()
-        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=self._pack(data, key)))  # type: ignore[attr-defined]
-        request = rpc.TxnRequest(compare=self._fence_compares(), success=[put])  # type: ignore[attr-defined]
-        response = await self._txn(request, f"checkpoint of task {run_id}/{task}")  # type: ignore[attr-defined]
+        put = rpc.RequestOp(request_put=rpc.PutRequest(key=key, value=self._pack(data, key)))
+        request = rpc.TxnRequest(compare=self._fence_compares(), success=[put])
+        what = f"checkpoint of task {run_id}/{task}"
+        response = await self._txn(request, what)
         if not response.succeeded:
-            raise FencedError(f"checkpoint of task {run_id}/{task} refused: this coordinator no longer leads cluster "
-                              f"{self.cluster!r}")  # type: ignore[attr-defined]  # fmt: skip
+            raise FencedError(f"{what} refused: this coordinator no longer leads cluster {self.cluster!r}")
 
     async def task_checkpoints(self, run_id: str) -> list[bytes]:
         prefix = self._task_checkpoints_prefix(run_id)
-        return [self._unpack(kv.value, f"checkpoint of task {run_id}", kv.key)  # type: ignore[attr-defined]
-                async for kv in self._scan(prefix)]  # type: ignore[attr-defined]  # fmt: skip
+        return [self._unpack(kv.value, f"checkpoint of task {run_id}", kv.key)
+                async for kv in self._scan(prefix)]  # fmt: skip
 
