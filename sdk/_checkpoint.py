@@ -10,8 +10,9 @@ encoded, or is over :data:`~xpipe._limits.MAX_TASK_CHECKPOINT_BYTES`, fails at t
 and hands it to its worker daemon, which sends it on its stream to the coordinator, which
 stores it with the task and puts it in the task's next assignment. The save is
 asynchronous: :func:`checkpoint` returns once the worker daemon has it (a pipe write),
-not once the coordinator stored it; a worker killed at that moment loses at most that last
-save, and the next attempt resumes from the one before. Acknowledged saves would cost a
+not once the coordinator stored it; a worker killed at that moment loses the saves still on
+their way (at a normal pace only the last), and the next attempt resumes from the newest
+one the coordinator stored. Acknowledged saves would cost a
 round trip to the coordinator and a store commit per call; a task that checkpoints to skip
 work can afford to redo one step.
 
