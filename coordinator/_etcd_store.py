@@ -58,6 +58,7 @@ from xpipe.security._atrest import AtRest, open_value
 from xpipe.security._audit import GENESIS_HASH, AuditEntry
 
 from ._events import RunRecord, TaskRecord, task_info
+from ._task_checkpoints import EtcdTaskCheckpoints
 from ._store import AuditPage, CheckpointKey, Store, StoredRun, _page, decode_history, encode_history
 
 __all__ = ["EtcdStore", "EtcdStoreError", "EtcdUnavailableError", "Fence", "FencedError", "parse_etcd_url"]
@@ -133,7 +134,7 @@ class _Stubs:
     watch: rpc.WatchStub
 
 
-class EtcdStore(Store):
+class EtcdStore(EtcdTaskCheckpoints, Store):
     """Run and task state in etcd; see the module docs for the layout and limits.
 
     Args:
@@ -556,7 +557,8 @@ class EtcdStore(Store):
                 continue
             digests = {kv.value[1:].decode() for kv in header.kvs if kv.value[:1] == b"a"}
             spec_digests: set[str] = set()
-            for prefix in (self._tasks_prefix(run_id), self._story_prefix(run_id)):
+            runs_keys = (self._tasks_prefix(run_id), self._story_prefix(run_id), self._task_checkpoints_prefix(run_id))
+            for prefix in runs_keys:
                 digests |= {kv.value[1:].decode() async for kv in self._scan(prefix) if kv.value[:1] == b"a"}
             spec = await self._range(rpc.RangeRequest(key=self._spec_key(run_id)), f"run {run_id} spec")
             spec_digests = {kv.value[1:].decode() for kv in spec.kvs if kv.value[:1] == b"a"}
@@ -566,7 +568,7 @@ class EtcdStore(Store):
                 for key in (self._run_key(run_id), self._spec_key(run_id), self._bytime_key(rec))
             ] + [
                 rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=prefix, range_end=_prefix_end(prefix)))
-                for prefix in (self._tasks_prefix(run_id), self._story_prefix(run_id))
+                for prefix in runs_keys
             ]
             unfinished = rpc.Compare(
                 key=self._active_key(run_id), target=rpc.Compare.VERSION, result=rpc.Compare.EQUAL, version=0

@@ -59,6 +59,7 @@ from ._events import (
 )
 from xpipe._domain import TERMINAL_RUN_STATES
 from ._store import Store, StoreFault
+from ._task_checkpoints import check_checkpoint_save
 from ._trust import RunSigner, check_submission, code_grants
 from ._validate import (
     check_event,
@@ -530,6 +531,13 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     if problem:
                         return problem
                     self.c.task_logs.append(message.task_logs, now)
+                elif body == "checkpoint":
+                    problem = check_checkpoint_save(message.checkpoint)
+                    if problem:
+                        return problem
+                    # Awaited here: the store write (off the engine's turn) precedes the
+                    # attempt's outcome, which comes after it on this stream.
+                    await self.engine.checkpoints.save(worker_id, message.checkpoint)
                 elif body == "install_result":
                     problem = check_install_result(message.install_result)
                     if problem:

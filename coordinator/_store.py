@@ -44,6 +44,7 @@ from xpipe.security._audit import GENESIS_HASH, AuditEntry
 
 from ._events import RunRecord, TaskRecord
 from ._story import decode_history, encode_history
+from ._task_checkpoints import TASK_CHECKPOINT_SCHEMA, SQLiteTaskCheckpoints
 
 __all__ = [
     "Store", "SQLiteStore", "StoredRun", "StoreError", "StoreFault", "StoreRefused", "open_store", "make_private_dir",
@@ -273,6 +274,18 @@ class Store(abc.ABC):
         mem = self.__dict__.get("_mem_lineage", {})
         return [node for (r, _task), node in sorted(mem.items()) if r == run_id]
 
+    # ------------------------------------------------------------------ task checkpoints
+    # One value per task (``_task_checkpoints``): its newest serialized CheckpointSave.
+
+    async def put_task_checkpoint(self, run_id: str, task: str, attempt: int, seq: int, data: bytes) -> None:
+        """Store a task's newest checkpoint (the caller checked it is newer)."""
+        self.__dict__.setdefault("_mem_task_checkpoints", {})[(run_id, task)] = data
+
+    async def task_checkpoints(self, run_id: str) -> list[bytes]:
+        """The stored checkpoints of the run's tasks, by task name."""
+        mem = self.__dict__.get("_mem_task_checkpoints", {})
+        return [data for (r, _task), data in sorted(mem.items()) if r == run_id]
+
     # ------------------------------------------------------------------ stream checkpoints
     # One value per stream instance (``_streams``): the instance's serialized StreamCheckpoint.
 
@@ -395,7 +408,7 @@ CREATE TABLE IF NOT EXISTS task_cache_hits (
     PRIMARY KEY (run_id, name)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+""" + TASK_CHECKPOINT_SCHEMA
 _FINISHED = (pb.RUN_SUCCEEDED, pb.RUN_FAILED, pb.RUN_CANCELLED)
 #: Commits of at most this many records (no spec or result over 64 KiB) run on the event loop.
 INLINE_COMMIT_RECORDS = 32
@@ -406,7 +419,7 @@ GOVERNANCE_CHUNK_TASKS = 2000
 _RUN_ROW_WEIGHT = 5
 
 
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteTaskCheckpoints, Store):
     """The embedded default: one SQLite file in the coordinator's data directory.
 
     Reads and big commits run on one dedicated thread. Commits of a few small rows (the
@@ -815,7 +828,7 @@ class SQLiteStore(Store):
             )]  # fmt: skip
             if gone:
                 gmarks = ",".join("?" * len(gone))
-                for table in ("tasks", "task_history", "task_telemetry", "task_cache_hits", "runs"):
+                for table in ("tasks", "task_history", "task_telemetry", "task_cache_hits", "task_checkpoints", "runs"):
                     db.execute(f"DELETE FROM {table} WHERE run_id IN ({gmarks})", gone)
         return len(gone)
 

@@ -243,6 +243,8 @@ def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
         _text("handler.name", task.handler.name, MAX_NAME_CHARS)
     if not 0.0 <= task.timeout_s <= MAX_DURATION_S:
         _seconds("timeout_s", task.timeout_s)
+    if task.checkpoint_interval_s:  # task checkpoints (xpipe._checkpoint): most tasks leave it 0
+        _seconds("checkpoint_interval_s", task.checkpoint_interval_s)
     retry = task.retry
     if not (
         0.0 <= retry.retry_delay_s <= MAX_DURATION_S

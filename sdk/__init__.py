@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._policies import handle_errors
     from ._result import DataQualityReport, PipelineResult, TaskRunInfo
     from .telemetry._task import record_metric
+    from ._checkpoint import checkpoint, last_checkpoint
     from .security._require import require_permission
     from .security._privacy import comply_with_gdpr, ensure_privacy_compliance
     from ._types import (
@@ -67,6 +68,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "__version__": "._domain",
     "Client": "._client",
+    **dict.fromkeys(("checkpoint", "last_checkpoint"), "._checkpoint"),  # task checkpoints (user-guide)
     "DataFlow": "._dag",
     "Pipeline": "._dag",
     "Task": "._dag",
@@ -148,10 +150,12 @@ __all__ = [
     "WorkerInstall",
     "XpipeError",
     "audit_data_access",
+    "checkpoint",
     "comply_with_gdpr",
     "ensure_privacy_compliance",
     "handle_errors",
     "handler",
+    "last_checkpoint",
     "log_data_access",
     "pipeline",
     "record_metric",

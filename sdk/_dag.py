@@ -902,6 +902,8 @@ class Pipeline(Monitored):
                     spec.retry.max_retries = ft.max_retries_per_task
                 if retry.backoff is None:
                     spec.retry.backoff = BACKOFF_STRATEGIES[ft.retry_backoff_strategy]
+                # The task process paces its own xpipe.checkpoint() saves (xpipe._checkpoint).
+                spec.checkpoint_interval_s = ft.checkpoint_interval_s
         made = common_pb2.PipelineSpec(
             name=self.name,
             tasks=specs,

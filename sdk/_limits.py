@@ -31,7 +31,7 @@ __all__ = [
     "DEFAULT_INSTALL_TIMEOUT_S", "MAX_INSTALL_TIMEOUT_S", "INSTALL_OUTPUT_TAIL_CHARS",
     "METRIC_NAME_RE", "METRIC_LABEL_RE", "RESERVED_METRIC_LABELS", "MAX_METRIC_NAME_CHARS", "MAX_METRIC_LABELS",
     "MAX_METRIC_LABEL_VALUE_CHARS", "MAX_METRIC_POINTS", "MAX_METRIC_WARNINGS", "MAX_MONITORING_CONFIG_CHARS",
-    "MAX_PARTITIONS", "MAX_PARALLELISM",
+    "MAX_PARTITIONS", "MAX_PARALLELISM", "MAX_TASK_CHECKPOINT_BYTES",
 ]  # fmt: skip
 
 #: Largest gRPC message sent or accepted by any of our channels (a whole pipeline spec travels in one).
@@ -58,6 +58,9 @@ MAX_DEPENDS_ON = 100_000
 MAX_PARTITIONS = 100_000
 #: Largest ``parallelism`` of a fanned-out task (sub-tasks released at once).
 MAX_PARALLELISM = 100_000
+#: Largest state one ``xpipe.checkpoint()`` may save (encoded): below the codec's limit for
+#: one value, so the error names this limit; bigger progress belongs in the task's own files.
+MAX_TASK_CHECKPOINT_BYTES = 32 * 1024 * 1024
 #: Characters of one command's argv and env together (Linux caps argv+env near 2 MiB).
 MAX_COMMAND_CHARS = 1 << 20
 #: Slots one worker may claim; more is a lie or a typo.

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import psutil
+from google.protobuf.message import DecodeError
 from xpipe._backoff import Backoff
 from xpipe._domain import task_error
 from xpipe._handlers import handler_names
@@ -233,6 +234,8 @@ class WorkerDaemon:
         # that wakes the stream when some has waited long enough.
         self._logs = TaskLogBuffer(config.task_log_max_bytes)
         self._log_timer: asyncio.TimerHandle | None = None
+        #: The newest checkpoint save of each attempt, held while no stream is up.
+        self._held_checkpoints: dict[tuple[str, str, int], worker_pb2.CheckpointSave] = {}
         #: The result cache's levels and counts (docs/cache.md); used by cached tasks only.
         self.cache = WorkerCache(config.cache_dir or default_cache_dir(config.name))
         self._installer = PipInstaller(config.install_dir or default_install_dir(config.name), allowed=config.allow_install)
@@ -258,6 +261,7 @@ class WorkerDaemon:
         )  # fmt: skip
         self._executor.set_artifact_root(self._artifact_dir)
         self._executor.set_log_sink(self._log_output)
+        self._executor.set_checkpoint_sink(self._checkpoint_out)
         await self._executor.start()
         default = self.config.task_memory_limit_bytes
         log.info(
@@ -451,6 +455,9 @@ class WorkerDaemon:
                         if self._shutting_down is None:  # READY again on a reconnect: systemd ignores repeats
                             notifier().ready(f"registered with {address} ({self.config.slots} slots)")
                         self._wake.set()  # events held while disconnected go out now
+                        held, self._held_checkpoints = self._held_checkpoints, {}
+                        for save in held.values():
+                            self._put(send, worker_pb2.WorkerMessage(checkpoint=save))
                         background = [
                             asyncio.create_task(self._heartbeats(send)),
                             asyncio.create_task(self._stop_watch(call)),
@@ -688,6 +695,20 @@ class WorkerDaemon:
             wait_s = self._logs.wait_s(now)
             if wait_s is not None:
                 self._log_timer = asyncio.get_running_loop().call_later(wait_s, self._logs_due)
+
+    def _checkpoint_out(self, key: tuple[str, str, int], data: bytes) -> None:
+        """The executors' checkpoint sink: send the save now, or hold the newest per attempt
+        while disconnected (sent on registering again, if the attempt still runs)."""
+        try:
+            save = worker_pb2.CheckpointSave.FromString(data)
+        except DecodeError as exc:  # written by our own runner: a bug, or a task scribbling on its pipe
+            log.warning("dropped a malformed checkpoint of %s: %s", key, exc)
+            return
+        save.attempt.CopyFrom(_ref(key))  # the attempt the executor runs, whatever the bytes said
+        if self._send is not None:
+            self._put(self._send, worker_pb2.WorkerMessage(checkpoint=save))
+        elif key in self._state.running:
+            self._held_checkpoints[key] = save
 
     def _logs_due(self) -> None:
         self._log_timer = None

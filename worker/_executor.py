@@ -29,7 +29,7 @@ import socket
 import struct
 import subprocess
 import sys
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import psutil
 from xpipe._backoff import Backoff
@@ -47,6 +47,8 @@ __all__ = ["TaskExecutor", "ProcessExecutor", "ExecutorStartError", "make_execut
 logger = logging.getLogger(__name__)
 
 AttemptKey = tuple[str, str, int]
+#: Takes an attempt's checkpoint save (see :meth:`TaskExecutor.set_checkpoint_sink`).
+CheckpointSink = Callable[[AttemptKey, bytes], None]
 
 #: Extra time a child gets to time out a command by itself (and survive) before it is killed.
 _COMMAND_TIMEOUT_SLACK_S = 1.0
@@ -101,6 +103,7 @@ class TaskExecutor(abc.ABC):
     memory_enforcement: str
     _artifact_root: str = ""
     _log_sink: LogSink | None = None
+    _checkpoint_sink: CheckpointSink | None = None
 
     def set_log_sink(self, sink: LogSink | None) -> None:
         """Send what tasks write to ``sink(attempt, stream, data)`` (call before :meth:`start`).
@@ -109,6 +112,13 @@ class TaskExecutor(abc.ABC):
         be cheap and must not block (the daemon's is a :class:`~._tasklogs.TaskLogBuffer`).
         """
         self._log_sink = sink
+
+    def set_checkpoint_sink(self, sink: CheckpointSink | None) -> None:
+        """Send tasks' ``xpipe.checkpoint()`` saves to ``sink(attempt, serialized CheckpointSave)``.
+
+        Called on the event loop's thread, in the order the task saved; it must not block.
+        """
+        self._checkpoint_sink = sink
 
     def set_artifact_root(self, path: str) -> None:
         """Read artifact references in tasks' arguments from inside ``path`` only ("" refuses all)."""
@@ -636,8 +646,9 @@ class ProcessExecutor(TaskExecutor):
         buffer = child.buffer
         while len(buffer) >= 4:
             (size,) = _SIZE.unpack_from(buffer)
+            kind = size
             start = 4
-            if size == -1:
+            if size < 0:  # -1: a big answer; CHECKPOINT_FRAME: a save (both with a 64-bit size)
                 if len(buffer) < 12:
                     break
                 (size,) = _SIZE64.unpack_from(buffer, 4)
@@ -646,7 +657,10 @@ class ProcessExecutor(TaskExecutor):
                 break
             message = bytes(buffer[start : start + size])
             del buffer[: start + size]
-            self._on_message(child, message)
+            if kind == _runtask.CHECKPOINT_FRAME:
+                self._on_checkpoint(child, message)
+            else:
+                self._on_message(child, message)
 
     def _on_message(self, child: _Child, message: bytes) -> None:
         if child.state == "starting":
@@ -670,6 +684,12 @@ class ProcessExecutor(TaskExecutor):
             return
         self._finish(child, event)
         self._release(child)
+
+    def _on_checkpoint(self, child: _Child, message: bytes) -> None:
+        """A save of the attempt the child runs: to the sink (dropped once the attempt ended)."""
+        sink = self._checkpoint_sink
+        if sink is not None and child.state == "busy" and child.key is not None:
+            sink(child.key, message)
 
     def _on_exit(self, child: _Child) -> None:
         assert self._loop is not None

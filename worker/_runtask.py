@@ -37,6 +37,7 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
+from xpipe._checkpoint import AttemptCheckpoints, TaskCheckpoints
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._domain import ERROR_TYPES, set_error_type
 from xpipe._handlers import HandlerNotFoundError, get_handler
@@ -50,7 +51,7 @@ from xpipe.telemetry._task import AttemptRecorder
 from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
 
-from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result
+from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result, write_artifact
 from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
 
 __all__ = [
@@ -77,6 +78,10 @@ REQUEST_HAS_ROOT = 2
 #: First byte of a child's start-up report: ready, or import failure (message follows).
 CHILD_READY = b"R"
 CHILD_IMPORT_FAILED = b"E"
+#: Size word of a frame from a child that holds a ``CheckpointSave`` (an 8-byte length and
+#: the message follow), not the attempt's answer: ``multiprocessing`` frames use sizes >= -1.
+CHECKPOINT_FRAME = -2
+_CHECKPOINT_HEADER = struct.Struct("!iQ")
 #: ``python -c`` program of an executor child; argv: sys.path (JSON), socket fd, parent
 #: pid, modules to import (JSON), default task memory limit in bytes (0: none), tracing
 #: (:func:`child_tracing_argument`; "" when off). The parent's sys.path comes first so
@@ -537,6 +542,7 @@ def run_assignment(
     memory_limit_source: str = "",
     tracing: Tracing | None = None,
     worker_name: str = "",
+    checkpoint_send: Callable[[bytes], None] | None = None,
 ) -> worker_pb2.TaskEvent:
     """Run ``assignment`` here and now; return its succeeded or failed TaskEvent.
 
@@ -555,16 +561,19 @@ def run_assignment(
             ``traceparent`` then runs inside a ``task <name>`` span that is current while
             the task runs, so the task's own spans are its children.
         worker_name: the ``xpipe.worker`` attribute of that span.
+        checkpoint_send: hands the task's ``xpipe.checkpoint()`` saves (serialized
+            ``CheckpointSave``) to the worker daemon; None: saves go nowhere.
     """
+    limits = (memory_limit_bytes, memory_limit_source, checkpoint_send)
     if tracing is None or not assignment.traceparent:
-        return _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, None)
+        return _run_limited(assignment, code, cache, artifact_root, limits, None)
     ref = assignment.attempt
     span, token = tracing.start_task_span(
         f"task {ref.task}", assignment.traceparent, {"xpipe.task": ref.task, "xpipe.attempt": ref.attempt},
         (("xpipe.run_id", ref.run_id), ("xpipe.worker", worker_name)),
     )  # fmt: skip
     try:
-        event = _run_limited(assignment, code, cache, artifact_root, memory_limit_bytes, memory_limit_source, span)
+        event = _run_limited(assignment, code, cache, artifact_root, limits, span)
     except BaseException:
         if span is not None:  # a bug of ours broke the attempt: its span still ends
             span.end()
@@ -585,16 +594,18 @@ def _run_limited(
     code: bytes | None,
     cache: dict,
     artifact_root: str | None,
-    memory_limit_bytes: int,
-    memory_limit_source: str,
+    limits: tuple[int, str, Callable[[bytes], None] | None],
     span: Any,
 ) -> worker_pb2.TaskEvent:
     task = assignment.task
+    memory_limit_bytes, memory_limit_source, send = limits
     if task.WhichOneof("kind") == "command" or not memory_limit_bytes:
-        return _store_big_result(_run(assignment, code, cache, artifact_root, memory_limit_bytes, span), artifact_root)
+        return _store_big_result(
+            _run(assignment, code, cache, artifact_root, memory_limit_bytes, span, send), artifact_root
+        )
     LOCAL_OBJECTS.clear()  # the limit is the task's: kept results must not count against it
     with memory_limit(memory_limit_bytes):
-        event = _run(assignment, code, cache, artifact_root, 0, span)
+        event = _run(assignment, code, cache, artifact_root, 0, span, send)
     _store_big_result(event, artifact_root)
     if event.WhichOneof("kind") == "failed" and event.failed.error.exception_type == "MemoryError":
         error = event.failed.error
@@ -666,20 +677,73 @@ def _run(
     artifact_root: str | None,
     command_limit: int,
     span: Any = None,
+    checkpoint_send: Callable[[bytes], None] | None = None,
 ) -> worker_pb2.TaskEvent:
     """Run the task; a traced attempt's ``span`` gets the exception that failed it."""
     task = assignment.task
     if task.WhichOneof("kind") == "command":  # its own process: it cannot record metrics
         return _outcome(assignment, code, cache, artifact_root, command_limit, None, span)
     recorder = AttemptRecorder(task, assignment.attempt)
+    checkpoints = _checkpoints(assignment, artifact_root, checkpoint_send)
+    event = None
     try:
         event = _outcome(assignment, code, cache, artifact_root, command_limit, recorder, span)
     finally:
         recorder.close()
+        # A held save goes out before the answer when the attempt failed: its retry wants it.
+        checkpoints.close(flush=event is None or event.WhichOneof("kind") == "failed")
     telemetry = recorder.telemetry()
     if telemetry is not None:  # most attempts record nothing and send nothing extra
         event.telemetry.CopyFrom(telemetry)
     return event
+
+
+def _checkpoints(
+    assignment: worker_pb2.Assignment, artifact_root: str | None, send: Callable[[bytes], None] | None
+) -> AttemptCheckpoints:
+    """The attempt's checkpoints, current in this thread from now on (its book made on first use)."""
+
+    def make() -> TaskCheckpoints:
+        ref = assignment.attempt
+        key = (ref.run_id, f"{ref.task}.checkpoint", ref.attempt)
+
+        def store_big(data: bytes) -> str:
+            # One file per attempt, rewritten by each save (atomically): a chatty task leaves one file.
+            if len(data) < ARTIFACT_MIN_BYTES or not artifact_root or not os.path.isdir(artifact_root):
+                return ""
+            try:
+                return write_artifact(artifact_root, key, data)
+            except OSError:
+                return ""  # it travels inline then, as a result does when its file cannot be written
+
+        return TaskCheckpoints(
+            ref, assignment.task, assignment.checkpoint if assignment.HasField("checkpoint") else None,
+            send if send is not None else _drop, store_big=store_big, artifact_root=artifact_root,
+        )  # fmt: skip
+
+    checkpoints = AttemptCheckpoints(make)
+    checkpoints.start()
+    return checkpoints
+
+
+def _drop(data: bytes) -> None:
+    """Where saves go when the caller gave no sender (a direct ``run_assignment`` call)."""
+
+
+def checkpoint_sender(conn: Any) -> Callable[[bytes], None]:
+    """What sends an executor child's saves to its parent: a :data:`CHECKPOINT_FRAME` on ``conn``.
+
+    Written straight to the socket (blocking here), never interleaved with an answer: the
+    attempt's saves end (``TaskCheckpoints.close``) before its answer is sent.
+    """
+    fd = conn.fileno()
+
+    def send(data: bytes) -> None:
+        view = memoryview(_CHECKPOINT_HEADER.pack(CHECKPOINT_FRAME, len(data)) + data)
+        while view:
+            view = view[os.write(fd, view):]
+
+    return send
 
 
 def _outcome(
@@ -845,6 +909,7 @@ def child_main(
     cache: dict = {}
     header_size = REQUEST_HEADER.size
     artifact_root: str | None = None
+    send_checkpoint = checkpoint_sender(conn)
     while True:
         try:
             request = conn.recv_bytes()
@@ -865,7 +930,7 @@ def child_main(
         source = "declared by the task" if declared else "the worker's --task-memory-limit" if limit else ""
         event = run_assignment(
             assignment, code, cache, artifact_root=artifact_root, memory_limit_bytes=limit, memory_limit_source=source,
-            tracing=tracing, worker_name=worker_name,
+            tracing=tracing, worker_name=worker_name, checkpoint_send=send_checkpoint,
         )  # fmt: skip
         _flush_std_streams()
         conn.send_bytes(event.SerializeToString())

@@ -120,7 +120,7 @@ class ThreadExecutor(TaskExecutor):
         work = self._pool.submit(
             run_in_attempt, key,
             functools.partial(run_assignment, artifact_root=self._artifact_root or None, tracing=self._tracing,
-                              worker_name=self._worker_name),
+                              worker_name=self._worker_name, checkpoint_send=self._checkpoint_sender(key, loop)),
             assignment, code, self._cache,
         )  # fmt: skip
         self._running[key] = (work, outcome)
@@ -154,6 +154,13 @@ class ThreadExecutor(TaskExecutor):
             outcome.set_exception(exc)
         else:
             outcome.set_result(done.result())
+
+    def _checkpoint_sender(self, key: AttemptKey, loop: asyncio.AbstractEventLoop):
+        """Hands a pool thread's saves to the sink, on the event loop's thread (None: no sink)."""
+        sink = self._checkpoint_sink
+        if sink is None:
+            return None
+        return lambda data: loop.call_soon_threadsafe(sink, key, data)
 
     def _time_out(self, outcome: asyncio.Future, key: AttemptKey, timeout_s: float) -> None:
         if outcome.done():

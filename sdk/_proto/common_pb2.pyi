@@ -210,7 +210,7 @@ class RetryPolicy(_message.Message):
     def __init__(self, max_retries: _Optional[int] = ..., retry_delay_s: _Optional[float] = ..., backoff: _Optional[_Union[RetryBackoff, str]] = ..., max_retry_delay_s: _Optional[float] = ..., jitter: _Optional[float] = ...) -> None: ...
 
 class TaskSpec(_message.Message):
-    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running", "map", "cache")
+    __slots__ = ("name", "depends_on", "python", "command", "handler", "args", "flows", "retry", "timeout_s", "resources", "labels", "priority", "circuit", "track", "track_performance", "custom_metrics_off", "required_permissions", "audit_data_access", "track_lineage", "pii_fields", "long_running", "map", "cache", "checkpoint_interval_s")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class TaskSpec(_message.Message):
     LONG_RUNNING_FIELD_NUMBER: _ClassVar[int]
     MAP_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     python: PythonCall
@@ -264,7 +265,8 @@ class TaskSpec(_message.Message):
     long_running: bool
     map: MapSpec
     cache: CacheSpec
-    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ..., map: _Optional[_Union[MapSpec, _Mapping]] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ...) -> None: ...
+    checkpoint_interval_s: float
+    def __init__(self, name: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., python: _Optional[_Union[PythonCall, _Mapping]] = ..., command: _Optional[_Union[CommandCall, _Mapping]] = ..., handler: _Optional[_Union[HandlerCall, _Mapping]] = ..., args: _Optional[_Union[Payload, _Mapping]] = ..., flows: _Optional[_Iterable[_Union[DataFlowBinding, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., timeout_s: _Optional[float] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., circuit: _Optional[str] = ..., track: _Optional[_Iterable[_Union[TrackedMetric, _Mapping]]] = ..., track_performance: _Optional[bool] = ..., custom_metrics_off: _Optional[bool] = ..., required_permissions: _Optional[_Iterable[str]] = ..., audit_data_access: _Optional[bool] = ..., track_lineage: _Optional[bool] = ..., pii_fields: _Optional[_Iterable[str]] = ..., long_running: _Optional[bool] = ..., map: _Optional[_Union[MapSpec, _Mapping]] = ..., cache: _Optional[_Union[CacheSpec, _Mapping]] = ..., checkpoint_interval_s: _Optional[float] = ...) -> None: ...
 
 class TrackedMetric(_message.Message):
     __slots__ = ("name", "kind", "key")

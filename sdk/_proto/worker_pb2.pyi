@@ -18,18 +18,30 @@ LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
 
 class WorkerMessage(_message.Message):
-    __slots__ = ("register", "heartbeat", "events", "install_result", "task_logs")
+    __slots__ = ("register", "heartbeat", "events", "install_result", "task_logs", "checkpoint")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     INSTALL_RESULT_FIELD_NUMBER: _ClassVar[int]
     TASK_LOGS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     events: TaskEventBatch
     install_result: InstallResult
     task_logs: TaskLogBatch
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ..., install_result: _Optional[_Union[InstallResult, _Mapping]] = ..., task_logs: _Optional[_Union[TaskLogBatch, _Mapping]] = ...) -> None: ...
+    checkpoint: CheckpointSave
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., events: _Optional[_Union[TaskEventBatch, _Mapping]] = ..., install_result: _Optional[_Union[InstallResult, _Mapping]] = ..., task_logs: _Optional[_Union[TaskLogBatch, _Mapping]] = ..., checkpoint: _Optional[_Union[CheckpointSave, _Mapping]] = ...) -> None: ...
+
+class CheckpointSave(_message.Message):
+    __slots__ = ("attempt", "seq", "state")
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    attempt: AttemptRef
+    seq: int
+    state: _common_pb2.Payload
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., seq: _Optional[int] = ..., state: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
 
 class TaskLogBatch(_message.Message):
     __slots__ = ("entries",)
@@ -223,20 +235,22 @@ class Registered(_message.Message):
     def __init__(self, coordinator_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., prefetch: _Optional[int] = ..., artifact_dir: _Optional[str] = ..., signing_key: _Optional[bytes] = ..., signing_key_id: _Optional[str] = ..., encryption_at_rest: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent", "principal")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "traceparent", "principal", "checkpoint")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: _common_pb2.TaskSpec
     upstream: _containers.RepeatedCompositeFieldContainer[_common_pb2.Payload]
     last_try: bool
     traceparent: str
     principal: _common_pb2.RunPrincipal
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ..., traceparent: _Optional[str] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
+    checkpoint: _common_pb2.Payload
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[_common_pb2.TaskSpec, _Mapping]] = ..., upstream: _Optional[_Iterable[_Union[_common_pb2.Payload, _Mapping]]] = ..., last_try: _Optional[bool] = ..., traceparent: _Optional[str] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ..., checkpoint: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
 
 class AssignmentBatch(_message.Message):
     __slots__ = ("assignments", "code")
@@ -273,18 +287,20 @@ class AssignmentBatchView(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[bytes]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class AssignmentHead(_message.Message):
-    __slots__ = ("attempt", "task", "upstream", "last_try", "principal")
+    __slots__ = ("attempt", "task", "upstream", "last_try", "principal", "checkpoint")
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     LAST_TRY_FIELD_NUMBER: _ClassVar[int]
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     attempt: AttemptRef
     task: TaskHead
     upstream: _containers.RepeatedScalarFieldContainer[bytes]
     last_try: bool
     principal: _common_pb2.RunPrincipal
-    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ...) -> None: ...
+    checkpoint: bytes
+    def __init__(self, attempt: _Optional[_Union[AttemptRef, _Mapping]] = ..., task: _Optional[_Union[TaskHead, _Mapping]] = ..., upstream: _Optional[_Iterable[bytes]] = ..., last_try: _Optional[bool] = ..., principal: _Optional[_Union[_common_pb2.RunPrincipal, _Mapping]] = ..., checkpoint: _Optional[bytes] = ...) -> None: ...
 
 class TaskHead(_message.Message):
     __slots__ = ("name", "python", "command", "handler", "args", "timeout_s", "resources", "pii_fields", "cache")

@@ -387,7 +387,7 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
 
     # Which bodies a WorkerMessage may carry comes from the descriptor; each needs a base here.
     bodies = {f.name for f in worker_pb2.WorkerMessage.DESCRIPTOR.oneofs_by_name["body"].fields}
-    assert bodies == {"register", "heartbeat", "events", "install_result", "task_logs"}, (
+    assert bodies == {"register", "heartbeat", "events", "install_result", "task_logs", "checkpoint"}, (
         f"a new WorkerMessage body needs a base: {bodies}")
     for label, reg in cases_for(valid_register("template")):
         if reg.worker_id == "template":
@@ -405,8 +405,11 @@ def test_worker_stream_survives_hostile_messages(hostile, channel):
     task_logs = worker_pb2.TaskLogBatch(entries=[worker_pb2.TaskLogEntry(
         attempt=worker_pb2.AttemptRef(run_id="no-such-run", task="t", attempt=1), stream=worker_pb2.LOG_STREAM_STDOUT,
         data=b"hello\n", dropped_bytes=3, final=True)])  # fmt: skip
+    # A save of an attempt no run has: ignored (logged) when valid, refused naming the field when not.
+    checkpoint = worker_pb2.CheckpointSave(attempt=worker_pb2.AttemptRef(run_id="no-such-run", task="t", attempt=1),
+                                           seq=1, state=common_pb2.Payload(codec=common_pb2.CODEC_PICKLE, data=b"x"))
     for body, base in (("heartbeat", heartbeat), ("events", events), ("install_result", install_result),
-                       ("task_logs", task_logs)):  # fmt: skip
+                       ("task_logs", task_logs), ("checkpoint", checkpoint)):  # fmt: skip
         for label, msg in cases_for(base):
             messages = [
                 worker_pb2.WorkerMessage(register=valid_register(fresh())),

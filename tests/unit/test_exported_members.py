@@ -33,7 +33,8 @@ def test_the_public_names_are_pinned_exactly():
         "PipelineValidationError", "RequestRejectedError", "RetryPolicy", "RunEvent", "RunInfo",
         "RunNotFoundError", "RunSummary", "SerializationError", "StreamPipeline", "StreamTask", "Task",
         "TaskInfo", "TaskOptions", "TaskResult", "TaskRunInfo", "WorkerInfo", "WorkerInstall", "XpipeError",
-        "audit_data_access", "comply_with_gdpr", "ensure_privacy_compliance", "handle_errors", "handler", "log_data_access", "pipeline", "record_metric",
+        "audit_data_access", "checkpoint", "comply_with_gdpr", "ensure_privacy_compliance", "handle_errors", "handler",
+        "last_checkpoint", "log_data_access", "pipeline", "record_metric",
         "require_permission", "task", "track_data_lineage",
     ]  # fmt: skip
     assert xpipe.__all__ == sorted(xpipe.__all__)

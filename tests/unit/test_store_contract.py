@@ -385,3 +385,38 @@ def test_a_deposed_leader_cannot_write_a_checkpoint(shared_etcd, tmp_path) -> No
             assert await store.get_checkpoint(("s", "st", 0)) == b"one"
 
     run(main())
+
+
+def test_task_checkpoints_are_kept_per_task_and_deleted_with_their_run(make_store) -> None:
+    async def main() -> None:
+        async with make_store() as store:
+            await store.commit([_new_run("r1", 1.0), _new_run("r2", 2.0)])
+            assert await store.task_checkpoints("r1") == []
+            await store.put_task_checkpoint("r1", "t0", 1, 1, b"t0-first")
+            await store.put_task_checkpoint("r1", "t0", 2, 1, b"t0-newer")  # one per task: the newest
+            await store.put_task_checkpoint("r1", "t1", 1, 4, b"y" * 300_000)  # big: etcd keeps a reference
+            await store.put_task_checkpoint("r2", "t0", 1, 1, b"other run")
+            assert await store.task_checkpoints("r1") == [b"t0-newer", b"y" * 300_000]
+            finished = RunRecord("r1", "p-r1", pb.RUN_SUCCEEDED, 1.0, 3.0, 2, _spec("p-r1"))
+            await store.commit([finished])
+            assert await store.delete_runs(["r1", "r2"]) == 1  # r2 is unfinished: it stays
+            assert await store.task_checkpoints("r1") == []
+            assert await store.task_checkpoints("r2") == [b"other run"]
+
+    run(main())
+
+
+def test_a_deposed_leader_cannot_write_a_task_checkpoint(shared_etcd, tmp_path) -> None:
+    async def main() -> None:
+        async with _etcd_store(shared_etcd, tmp_path) as store:
+            shared_etcd.put(store.leader_key, b"127.0.0.1:1")
+            reply = shared_etcd._gateway("/v3/kv/range", {"key": base64.b64encode(store.leader_key).decode()})
+            store.fence = Fence(store.leader_key, int(reply["kvs"][0]["create_revision"]))
+            await store.put_task_checkpoint("r1", "t0", 1, 1, b"one")
+            shared_etcd._gateway("/v3/kv/deleterange", {"key": base64.b64encode(store.leader_key).decode()})
+            shared_etcd.put(store.leader_key, b"127.0.0.1:2")
+            with pytest.raises(FencedError, match="checkpoint of task r1/t0 refused"):
+                await store.put_task_checkpoint("r1", "t0", 1, 2, b"two")
+            assert await store.task_checkpoints("r1") == [b"one"]
+
+    run(main())
