@@ -84,6 +84,23 @@ def _seconds(field: str, value: float) -> None:
         raise _Bad(f"{field} {finite_problem(value, high=MAX_DURATION_S)}")
 
 
+#: Most levels a task's result cache may list (the seed's config has three).
+MAX_CACHE_LEVELS = 8
+
+
+def _cache(cache: pb.CacheSpec) -> None:
+    """A task's cache settings: workers read the TTLs, paths and URLs, so they are checked here."""
+    _seconds("cache.ttl_s", cache.ttl_s)
+    _text("cache.code_id", cache.code_id, MAX_TEXT_CHARS)
+    _text("cache.pipeline", cache.pipeline, MAX_TEXT_CHARS)
+    if len(cache.levels) > MAX_CACHE_LEVELS:
+        raise _Bad(f"cache.levels has {len(cache.levels)} levels; the limit is {MAX_CACHE_LEVELS}")
+    for i, level in enumerate(cache.levels):
+        _seconds(f"cache.levels[{i}].ttl_s", level.ttl_s)
+        for field in ("name", "type", "url", "path", "prefix"):
+            _text(f"cache.levels[{i}].{field}", getattr(level, field), MAX_TEXT_CHARS)
+
+
 def _labels(field: str, labels) -> None:
     problem = labels_problem(field, labels)
     if problem:
@@ -245,6 +262,8 @@ def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
         _seconds("timeout_s", task.timeout_s)
     if task.checkpoint_interval_s:  # task checkpoints (xpipe._checkpoint): most tasks leave it 0
         _seconds("checkpoint_interval_s", task.checkpoint_interval_s)
+    if task.HasField("cache"):  # the result cache (docs/cache.md): most tasks have none
+        _cache(task.cache)
     retry = task.retry
     if not (
         0.0 <= retry.retry_delay_s <= MAX_DURATION_S
