@@ -23,7 +23,7 @@ order (docs/autoscaling.md):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xpipe._scaling import AutoscaleSettings
 
@@ -77,9 +77,9 @@ class Observation:
         seen = [w.memory_fraction for w in self.active if w.memory_fraction is not None]
         return sum(seen) / len(seen) if seen else None
 
-    def utilization(self) -> float:
+    def utilization(self, use_cpu: bool = True) -> float:
         """The higher of slot and CPU utilization: either one full means the cluster is."""
-        cpu = self.cpu_utilization()
+        cpu = self.cpu_utilization() if use_cpu else None
         return max(self.slot_utilization(), cpu if cpu is not None else 0.0)
 
 
@@ -104,14 +104,22 @@ def tighten(cluster: AutoscaleSettings, pipelines: list[AutoscaleSettings], ceil
     """The settings in force while pipelines with their own settings have active runs.
 
     Their bounds apply: the highest ``min_workers`` and the tightest (lowest)
-    ``max_workers`` win, never above ``ceiling`` (the operator's cap); thresholds and
-    cooldowns are the cluster's. With none, the cluster's settings apply.
+    ``max_workers`` win, never above ``ceiling`` (the operator's cap). Of their thresholds
+    and cooldowns, the ones that keep capacity win: the lowest scale-up threshold and
+    cooldown, the lowest scale-down threshold and the longest scale-down cooldown. The
+    interval and ``use_cpu`` stay the cluster's. With none, the cluster's settings apply.
     """
     if not pipelines:
         return cluster
     high = min(min(p.max_workers for p in pipelines), ceiling)
     low = min(max(p.min_workers for p in pipelines), high)
-    return cluster.with_bounds(low, high)
+    return replace(
+        cluster, min_workers=low, max_workers=high,
+        scale_up_threshold=min(p.scale_up_threshold for p in pipelines),
+        scale_down_threshold=min(p.scale_down_threshold for p in pipelines),
+        scale_up_cooldown_s=min(p.scale_up_cooldown_s for p in pipelines),
+        scale_down_cooldown_s=max(p.scale_down_cooldown_s for p in pipelines),
+    )  # fmt: skip
 
 
 @dataclass
@@ -148,10 +156,12 @@ class Autoscaler:
             if want < n:
                 return self._down(now, obs, want, f"resource manager asked for {want} workers")
         if n < s.min_workers:
+            if held >= s.min_workers and now - self.last_up_at < s.scale_up_cooldown_s:
+                return self._hold(held, f"waiting for {held - n} workers asked for to register")
             return self._up(now, max(held, s.min_workers), f"{n} workers is below min_workers={s.min_workers}")
         if n > s.max_workers:
             return self._down(now, obs, s.max_workers, f"{n} workers is above max_workers={s.max_workers}")
-        util = obs.utilization()
+        util = obs.utilization(s.use_cpu)
         if (util >= s.scale_up_threshold or obs.backlog) and n < s.max_workers:
             if now - self.last_up_at < s.scale_up_cooldown_s:
                 return self._hold(held, f"scale-up cooldown ({util:.0%} busy, {obs.backlog} waiting)")

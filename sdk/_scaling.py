@@ -3,7 +3,7 @@
 The SDK checks them at ``pipeline.configure_auto_scaling(...)``, the coordinator checks its
 ``--autoscale-*`` flags and every submitted pipeline's settings with the same function, and
 the pure autoscaler (``xpipe.coordinator._autoscale``) reads them. A leaf module: it imports
-only the duration parser.
+only the duration parser and the generated message.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 
+from ._proto import autoscale_pb2
 from ._retry import parse_duration_s
 
-__all__ = ["AutoscaleSettings", "MAX_AUTOSCALE_WORKERS", "PROVIDERS", "scaling_from_options"]
+__all__ = ["AutoscaleSettings", "MAX_AUTOSCALE_WORKERS", "scaling_from_options"]
 
 #: Most workers any autoscaler setting may name (a typo like 10000000 is refused, not obeyed).
 MAX_AUTOSCALE_WORKERS = 100_000
-#: The autoscaler's providers, by ``--autoscale-provider`` name ("none": observe only).
-PROVIDERS = ("none", "local", "command", "kubernetes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +35,8 @@ class AutoscaleSettings:
         scale_up_cooldown_s: seconds after a scale-up (or the start) before the next one.
         scale_down_cooldown_s: seconds after any scaling before the next scale-down.
         interval_s: seconds between two decisions of the coordinator's loop.
+        use_cpu: count CPU from heartbeats as utilization; off for workers that share one
+            host (the local provider), whose CPU says nothing about needing more of them.
     """
 
     min_workers: int = 1
@@ -45,6 +46,7 @@ class AutoscaleSettings:
     scale_up_cooldown_s: float = 60.0
     scale_down_cooldown_s: float = 300.0
     interval_s: float = 10.0
+    use_cpu: bool = True
 
     def __post_init__(self) -> None:
         for name in ("min_workers", "max_workers"):
@@ -73,6 +75,20 @@ class AutoscaleSettings:
 
     def to_dict(self) -> dict[str, float]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_proto(cls, msg: autoscale_pb2.AutoscaleSettings) -> AutoscaleSettings:
+        """Raises: ValueError naming the field (a client in another language skipped our checks)."""
+        return cls(msg.min_workers, msg.max_workers, msg.scale_up_threshold, msg.scale_down_threshold,
+                   msg.scale_up_cooldown_s, msg.scale_down_cooldown_s)  # fmt: skip
+
+    def to_proto(self) -> autoscale_pb2.AutoscaleSettings:
+        """The pipeline's part (the interval is the coordinator's own)."""
+        return autoscale_pb2.AutoscaleSettings(
+            min_workers=self.min_workers, max_workers=self.max_workers, scale_up_threshold=self.scale_up_threshold,
+            scale_down_threshold=self.scale_down_threshold, scale_up_cooldown_s=self.scale_up_cooldown_s,
+            scale_down_cooldown_s=self.scale_down_cooldown_s,
+        )  # fmt: skip
 
     def with_bounds(self, min_workers: int, max_workers: int) -> AutoscaleSettings:
         return replace(self, min_workers=min_workers, max_workers=max_workers)

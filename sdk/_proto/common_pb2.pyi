@@ -1,3 +1,4 @@
+from . import autoscale_pb2 as _autoscale_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -285,7 +286,7 @@ class CodeBlob(_message.Message):
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage", "debug")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage", "debug", "autoscale")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +311,7 @@ class PipelineSpec(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -327,7 +329,8 @@ class PipelineSpec(_message.Message):
     namespace: str
     lineage: bool
     debug: bool
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ..., debug: _Optional[bool] = ...) -> None: ...
+    autoscale: _autoscale_pb2.AutoscaleSettings
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ..., debug: _Optional[bool] = ..., autoscale: _Optional[_Union[_autoscale_pb2.AutoscaleSettings, _Mapping]] = ...) -> None: ...
 
 class RunPrincipal(_message.Message):
     __slots__ = ("name", "grants", "run_id", "signature", "key_id")

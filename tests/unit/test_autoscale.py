@@ -114,6 +114,15 @@ def test_no_workers_and_a_backlog_asks_for_one():
     assert d.action == "up" and d.desired == 3  # no slots known: one per waiting task, up to max
 
 
+def test_cpu_can_be_left_out_for_workers_that_share_a_host():
+    busy_host = cluster(0, 0, cpu=1.0)  # another program keeps the host busy; the workers are idle
+    assert Autoscaler(S).decide(0, busy_host).action == "up"
+    from dataclasses import replace
+
+    d = Autoscaler(replace(S, use_cpu=False)).decide(1000, cluster(0, 0, cpu=1.0))
+    assert d.action == "down" and d.desired == 1
+
+
 def test_the_resource_manager_sets_the_count_within_bounds():
     a = Autoscaler(S)
     assert a.request(50) == 5
@@ -130,6 +139,10 @@ def test_pipeline_bounds_tighten_the_cluster_settings():
     eff = tighten(S.with_bounds(1, 8), [p1, p2], ceiling=8)
     assert (eff.min_workers, eff.max_workers) == (2, 4)  # highest min, tightest max
     assert tighten(S, [], ceiling=8) is S
+    eager = AutoscaleSettings(1, 4, 0.6, 0.2, 5.0, 900.0)
+    eff = tighten(S, [eager, S], ceiling=8)
+    assert (eff.scale_up_threshold, eff.scale_down_threshold) == (0.6, 0.2)  # the thresholds that keep capacity
+    assert (eff.scale_up_cooldown_s, eff.scale_down_cooldown_s, eff.interval_s) == (5.0, 900.0, S.interval_s)
     assert tighten(S, [S.with_bounds(9, 50)], ceiling=8).max_workers == 8  # never above the operator's cap
     assert tighten(S, [S.with_bounds(9, 50)], ceiling=8).min_workers == 8
 
