@@ -72,5 +72,6 @@ class AutoscaleServicer(autoscale_pb2_grpc.AutoscaleServiceServicer):
         except AtMaxWorkers as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except ProviderError as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"provider {loop.provider.name}: {exc}")
+            # ABORTED, not UNAVAILABLE: clients retry UNAVAILABLE, and a failing script is not a lost connection.
+            await context.abort(grpc.StatusCode.ABORTED, f"provider {loop.provider.name}: {exc}")
         return autoscale_pb2.AddWorkerResponse(worker=name or "", resources=resources_spec(resources))

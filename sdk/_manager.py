@@ -481,7 +481,8 @@ class PipelineManager:
 
         Raises:
             ValueError: an unknown or bad resource (names it).
-            DistributedExecutionError: no provider, or the cluster is at ``max_workers``.
+            RequestRejectedError: no provider (FAILED_PRECONDITION), the cluster is at
+                ``max_workers`` (RESOURCE_EXHAUSTED), or the provider failed (ABORTED).
         """
         from ._resources import add_worker
 

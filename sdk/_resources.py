@@ -172,7 +172,7 @@ class ResourceManager:
 
         Raises:
             ValueError: ``factor`` below 1 or not a number.
-            DistributedExecutionError: the coordinator runs no autoscale provider.
+            RequestRejectedError: the coordinator runs no autoscale provider.
         """
         return self._scale(_factor("increase_resources", factor, above_one=True))
 
