@@ -13,7 +13,7 @@ import numbers
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 
-from ._proto import autoscale_pb2
+from ._proto import common_pb2
 from ._retry import parse_duration_s
 
 __all__ = ["AutoscaleSettings", "MAX_AUTOSCALE_WORKERS", "scaling_from_options"]
@@ -77,14 +77,14 @@ class AutoscaleSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_proto(cls, msg: autoscale_pb2.AutoscaleSettings) -> AutoscaleSettings:
+    def from_proto(cls, msg: common_pb2.AutoscaleSettings) -> AutoscaleSettings:
         """Raises: ValueError naming the field (a client in another language skipped our checks)."""
         return cls(msg.min_workers, msg.max_workers, msg.scale_up_threshold, msg.scale_down_threshold,
                    msg.scale_up_cooldown_s, msg.scale_down_cooldown_s)  # fmt: skip
 
-    def to_proto(self) -> autoscale_pb2.AutoscaleSettings:
+    def to_proto(self) -> common_pb2.AutoscaleSettings:
         """The pipeline's part (the interval is the coordinator's own)."""
-        return autoscale_pb2.AutoscaleSettings(
+        return common_pb2.AutoscaleSettings(
             min_workers=self.min_workers, max_workers=self.max_workers, scale_up_threshold=self.scale_up_threshold,
             scale_down_threshold=self.scale_down_threshold, scale_up_cooldown_s=self.scale_up_cooldown_s,
             scale_down_cooldown_s=self.scale_down_cooldown_s,

@@ -15,7 +15,7 @@ __all__ = ["UNBUILT_FEATURES", "not_built"]
 
 #: issue number -> what it builds, for the messages (and the README's list).
 UNBUILT_FEATURES = {
-    17: "operations (autoscaling, the resource manager, checkpoints)",
+    17: "operations (deploy/, one config file, task checkpoints)",
 }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xpipe/v1/autoscale.proto\x12\x08xpipe.v1\"\xb3\x01\n\x11\x41utoscaleSettings\x12\x13\n\x0bmin_workers\x18\x01 \x01(\r\x12\x13\n\x0bmax_workers\x18\x02 \x01(\r\x12\x1a\n\x12scale_up_threshold\x18\x03 \x01(\x01\x12\x1c\n\x14scale_down_threshold\x18\x04 \x01(\x01\x12\x1b\n\x13scale_up_cooldown_s\x18\x05 \x01(\x01\x12\x1d\n\x15scale_down_cooldown_s\x18\x06 \x01(\x01\"\x11\n\x0fGetUsageRequest\"\xf3\x01\n\x05Usage\x12\x17\n\x0f\x63pu_utilization\x18\x01 \x01(\x01\x12\x1a\n\x12memory_utilization\x18\x02 \x01(\x01\x12\x15\n\rqueue_backlog\x18\x03 \x01(\r\x12\x0f\n\x07workers\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x12\n\nbusy_slots\x18\x06 \x01(\r\x12\x17\n\x0f\x64\x65sired_workers\x18\x07 \x01(\r\x12\x13\n\x0bmin_workers\x18\x08 \x01(\r\x12\x13\n\x0bmax_workers\x18\t \x01(\r\x12\x10\n\x08provider\x18\n \x01(\t\x12\x15\n\rlast_decision\x18\x0b \x01(\t\"%\n\x13ScaleWorkersRequest\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x01\"b\n\x14ScaleWorkersResponse\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\r\x12\x13\n\x0bmin_workers\x18\x03 \x01(\r\x12\x13\n\x0bmax_workers\x18\x04 \x01(\r\"\xaf\x01\n\x10\x41\x64\x64WorkerRequest\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0b\n\x03gpu\x18\x03 \x01(\r\x12\x36\n\x06\x63ustom\x18\x04 \x03(\x0b\x32&.xpipe.v1.AddWorkerRequest.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x11\x41\x64\x64WorkerResponse\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x11\n\tresources\x18\x02 \x01(\t2\xdf\x01\n\x10\x41utoscaleService\x12\x36\n\x08GetUsage\x12\x19.xpipe.v1.GetUsageRequest\x1a\x0f.xpipe.v1.Usage\x12M\n\x0cScaleWorkers\x12\x1d.xpipe.v1.ScaleWorkersRequest\x1a\x1e.xpipe.v1.ScaleWorkersResponse\x12\x44\n\tAddWorker\x12\x1a.xpipe.v1.AddWorkerRequest\x1a\x1b.xpipe.v1.AddWorkerResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18xpipe/v1/autoscale.proto\x12\x08xpipe.v1\"\x11\n\x0fGetUsageRequest\"\xf3\x01\n\x05Usage\x12\x17\n\x0f\x63pu_utilization\x18\x01 \x01(\x01\x12\x1a\n\x12memory_utilization\x18\x02 \x01(\x01\x12\x15\n\rqueue_backlog\x18\x03 \x01(\r\x12\x0f\n\x07workers\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x12\n\nbusy_slots\x18\x06 \x01(\r\x12\x17\n\x0f\x64\x65sired_workers\x18\x07 \x01(\r\x12\x13\n\x0bmin_workers\x18\x08 \x01(\r\x12\x13\n\x0bmax_workers\x18\t \x01(\r\x12\x10\n\x08provider\x18\n \x01(\t\x12\x15\n\rlast_decision\x18\x0b \x01(\t\"%\n\x13ScaleWorkersRequest\x12\x0e\n\x06\x66\x61\x63tor\x18\x01 \x01(\x01\"b\n\x14ScaleWorkersResponse\x12\x0f\n\x07workers\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65sired\x18\x02 \x01(\r\x12\x13\n\x0bmin_workers\x18\x03 \x01(\r\x12\x13\n\x0bmax_workers\x18\x04 \x01(\r\"\xaf\x01\n\x10\x41\x64\x64WorkerRequest\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x0b\n\x03gpu\x18\x03 \x01(\r\x12\x36\n\x06\x63ustom\x18\x04 \x03(\x0b\x32&.xpipe.v1.AddWorkerRequest.CustomEntry\x1a-\n\x0b\x43ustomEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"6\n\x11\x41\x64\x64WorkerResponse\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x11\n\tresources\x18\x02 \x01(\t2\xdf\x01\n\x10\x41utoscaleService\x12\x36\n\x08GetUsage\x12\x19.xpipe.v1.GetUsageRequest\x1a\x0f.xpipe.v1.Usage\x12M\n\x0cScaleWorkers\x12\x1d.xpipe.v1.ScaleWorkersRequest\x1a\x1e.xpipe.v1.ScaleWorkersResponse\x12\x44\n\tAddWorker\x12\x1a.xpipe.v1.AddWorkerRequest\x1a\x1b.xpipe.v1.AddWorkerResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,22 +33,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._loaded_options = None
   _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._serialized_options = b'8\001'
-  _globals['_AUTOSCALESETTINGS']._serialized_start=39
-  _globals['_AUTOSCALESETTINGS']._serialized_end=218
-  _globals['_GETUSAGEREQUEST']._serialized_start=220
-  _globals['_GETUSAGEREQUEST']._serialized_end=237
-  _globals['_USAGE']._serialized_start=240
-  _globals['_USAGE']._serialized_end=483
-  _globals['_SCALEWORKERSREQUEST']._serialized_start=485
-  _globals['_SCALEWORKERSREQUEST']._serialized_end=522
-  _globals['_SCALEWORKERSRESPONSE']._serialized_start=524
-  _globals['_SCALEWORKERSRESPONSE']._serialized_end=622
-  _globals['_ADDWORKERREQUEST']._serialized_start=625
-  _globals['_ADDWORKERREQUEST']._serialized_end=800
-  _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._serialized_start=755
-  _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._serialized_end=800
-  _globals['_ADDWORKERRESPONSE']._serialized_start=802
-  _globals['_ADDWORKERRESPONSE']._serialized_end=856
-  _globals['_AUTOSCALESERVICE']._serialized_start=859
-  _globals['_AUTOSCALESERVICE']._serialized_end=1082
+  _globals['_GETUSAGEREQUEST']._serialized_start=38
+  _globals['_GETUSAGEREQUEST']._serialized_end=55
+  _globals['_USAGE']._serialized_start=58
+  _globals['_USAGE']._serialized_end=301
+  _globals['_SCALEWORKERSREQUEST']._serialized_start=303
+  _globals['_SCALEWORKERSREQUEST']._serialized_end=340
+  _globals['_SCALEWORKERSRESPONSE']._serialized_start=342
+  _globals['_SCALEWORKERSRESPONSE']._serialized_end=440
+  _globals['_ADDWORKERREQUEST']._serialized_start=443
+  _globals['_ADDWORKERREQUEST']._serialized_end=618
+  _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._serialized_start=573
+  _globals['_ADDWORKERREQUEST_CUSTOMENTRY']._serialized_end=618
+  _globals['_ADDWORKERRESPONSE']._serialized_start=620
+  _globals['_ADDWORKERRESPONSE']._serialized_end=674
+  _globals['_AUTOSCALESERVICE']._serialized_start=677
+  _globals['_AUTOSCALESERVICE']._serialized_end=900
 # @@protoc_insertion_point(module_scope)

@@ -6,22 +6,6 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class AutoscaleSettings(_message.Message):
-    __slots__ = ("min_workers", "max_workers", "scale_up_threshold", "scale_down_threshold", "scale_up_cooldown_s", "scale_down_cooldown_s")
-    MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
-    SCALE_UP_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    SCALE_DOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    SCALE_UP_COOLDOWN_S_FIELD_NUMBER: _ClassVar[int]
-    SCALE_DOWN_COOLDOWN_S_FIELD_NUMBER: _ClassVar[int]
-    min_workers: int
-    max_workers: int
-    scale_up_threshold: float
-    scale_down_threshold: float
-    scale_up_cooldown_s: float
-    scale_down_cooldown_s: float
-    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., scale_up_threshold: _Optional[float] = ..., scale_down_threshold: _Optional[float] = ..., scale_up_cooldown_s: _Optional[float] = ..., scale_down_cooldown_s: _Optional[float] = ...) -> None: ...
-
 class GetUsageRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

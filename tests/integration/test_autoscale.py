@@ -235,3 +235,19 @@ def test_a_pipelines_settings_bound_the_cluster_while_it_runs(tmp_path: Path):
             assert pm.wait(run_id, timeout_s=60).status == "succeeded"
             # Its run ended: the cluster's max 1 applies again, by draining.
             eventually(lambda: len(live(c)) == 1, timeout_s=30, message="back to the cluster's max_workers=1")
+
+
+def test_the_embedded_default_grows_for_a_pipelines_settings_and_shrinks_after(tmp_path: Path):
+    def live_embedded(pm: PipelineManager) -> list:
+        return [w for w in pm.client.list_workers() if w.state in ("ready", "busy")]
+
+    with PipelineManager(workers=1, slots_per_worker=1, data_dir=tmp_path / "embedded") as pm:
+        assert pm.get_resource_manager().get_current_usage().provider == "local"
+        p = sleepers("grow", 4, 1.0)
+        p.configure_auto_scaling(min_workers=2, max_workers=2, scale_up_threshold=0.8, scale_down_threshold=0.3,
+                                 scale_up_cooldown="1s", scale_down_cooldown="1s")  # fmt: skip
+        run_id = pm.submit(p)
+        eventually(lambda: len(live_embedded(pm)) == 2, timeout_s=40, message="the embedded default grew to 2")
+        assert pm.wait(run_id, timeout_s=60).status == "succeeded"
+        # Its run ended: the configured worker count (1) applies again, by draining one.
+        eventually(lambda: len(live_embedded(pm)) == 1, timeout_s=30, message="the embedded default shrank to 1")

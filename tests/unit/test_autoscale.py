@@ -168,3 +168,25 @@ def test_the_seed_spelling_reads_durations():
     s = scaling_from_options(min_workers=2, max_workers=50, scale_up_threshold=0.8, scale_down_threshold=0.3,
                              scale_up_cooldown="5min", scale_down_cooldown="10min")  # fmt: skip
     assert (s.scale_up_cooldown_s, s.scale_down_cooldown_s) == (300.0, 600.0)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"min_workers": 5, "max_workers": 2}, "autoscale.min_workers=5 is above max_workers=2"),
+    ({"min_workers": 1, "max_workers": 2, "scale_up_threshold": 0.8, "scale_down_threshold": float("nan")},
+     "autoscale.scale_down_threshold=nan"),
+    ({"min_workers": 1, "max_workers": 2, "scale_up_threshold": 0.8, "scale_down_threshold": 0.3,
+      "scale_up_cooldown_s": float("inf")}, "autoscale.scale_up_cooldown_s=inf"),
+])  # fmt: skip
+def test_the_coordinator_checks_a_submitted_pipelines_settings(fields, message):
+    """A client in another language skips the SDK's checks: the coordinator refuses, naming the field."""
+    from xpipe._proto import common_pb2 as pb
+    from xpipe.coordinator._validate import validate_spec
+    from xpipe.errors import PipelineValidationError
+
+    spec = pb.PipelineSpec(name="p", tasks=[pb.TaskSpec(name="t", python=pb.PythonCall(import_path="m:f"))])
+    spec.autoscale.CopyFrom(pb.AutoscaleSettings(**fields))
+    with pytest.raises(PipelineValidationError, match=message.replace(".", r"\.", 1)):
+        validate_spec(spec)
+    spec.autoscale.CopyFrom(pb.AutoscaleSettings(min_workers=1, max_workers=2, scale_up_threshold=0.8,
+                                                 scale_down_threshold=0.3))  # fmt: skip
+    assert validate_spec(spec) == ["t"]
