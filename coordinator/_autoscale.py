@@ -22,17 +22,19 @@ order (docs/autoscaling.md):
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import NamedTuple
 
 from xpipe._scaling import AutoscaleSettings
 
 __all__ = ["Autoscaler", "Decision", "Observation", "WorkerLoad", "tighten"]
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerLoad:
-    """One connected worker as the autoscaler sees it.
+class WorkerLoad(NamedTuple):
+    """One connected worker as the autoscaler sees it (a tuple: 10,000 are made per decision).
 
     Attributes:
         cpu_fraction: its host's CPU use from its last heartbeat (0..1), None before one.
@@ -48,26 +50,28 @@ class WorkerLoad:
     draining: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Observation:
     """What the loop read off the state machine: connected workers and ready tasks waiting."""
 
     workers: tuple[WorkerLoad, ...] = ()
     backlog: int = 0
 
-    @property
+    @cached_property
     def active(self) -> tuple[WorkerLoad, ...]:
         return tuple(w for w in self.workers if not w.draining)
 
     def slots(self) -> int:
         return sum(w.slots for w in self.active)
 
+    def busy_slots(self) -> int:
+        return sum(min(w.busy, w.slots) for w in self.active)
+
     def slot_utilization(self) -> float:
-        active = self.active
-        slots = sum(w.slots for w in active)
+        slots = self.slots()
         if slots == 0:
             return 1.0 if self.backlog else 0.0
-        return sum(min(w.busy, w.slots) for w in active) / slots
+        return self.busy_slots() / slots
 
     def cpu_utilization(self) -> float | None:
         seen = [w.cpu_fraction for w in self.active if w.cpu_fraction is not None]
@@ -196,7 +200,8 @@ class Autoscaler:
     def _down(self, now: float, obs: Observation, desired: int, reason: str) -> Decision:
         active = obs.active
         # Idle first, then least busy, then least CPU: the cheapest workers to lose.
-        order = sorted(active, key=lambda w: (w.busy, w.cpu_fraction or 0.0, w.worker_id))
-        drain = tuple(w.worker_id for w in order[: max(0, len(active) - desired)])
+        count = max(0, len(active) - desired)
+        order = heapq.nsmallest(count, active, key=lambda w: (w.busy, w.cpu_fraction or 0.0, w.worker_id))
+        drain = tuple(w.worker_id for w in order)
         self.desired, self.last_down_at = desired, now
         return Decision(desired, drain, "down", reason)

@@ -243,7 +243,7 @@ def usage_of(obs: Observation, loop: AutoscaleLoop | None) -> dict[str, float | 
         "queue_backlog": obs.backlog,
         "workers": len(active),
         "slots": obs.slots(),
-        "busy_slots": sum(min(w.busy, w.slots) for w in active),
+        "busy_slots": obs.busy_slots(),
         "provider": "none",
     }
     if loop is not None:
