@@ -251,3 +251,54 @@ def test_the_embedded_default_grows_for_a_pipelines_settings_and_shrinks_after(t
         assert pm.wait(run_id, timeout_s=60).status == "succeeded"
         # Its run ended: the configured worker count (1) applies again, by draining one.
         eventually(lambda: len(live_embedded(pm)) == 1, timeout_s=30, message="the embedded default shrank to 1")
+
+
+FAILING_RECORDER = r"""
+import sys
+with open(sys.argv[1], "a") as f:
+    f.write(" ".join(sys.argv[2:]) + "\n")
+sys.exit(1)  # always fails: the leader's loop calls again every interval
+"""
+
+
+def test_only_the_leader_scales_and_a_new_leader_takes_over(tmp_path: Path, etcd):
+    import grpc
+
+    from tests.harness import Proc, free_ports
+    from xpipe._proto import admin_pb2, admin_pb2_grpc
+
+    script = tmp_path / "scale.py"
+    script.write_text(FAILING_RECORDER)
+    addresses = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    coordinators = []
+    try:
+        for i, address in enumerate(addresses):
+            command = shlex.join([sys.executable, str(script), str(tmp_path / f"calls-{i}")])
+            argv = [sys.executable, "-m", "xpipe.coordinator", "--listen", address, "--data-dir", str(tmp_path / f"c{i}"),
+                    "--store", f"etcd://{etcd.endpoint}", "--cluster", "autoscale-ha", "--lease-ttl-s", "2",
+                    "--artifact-dir", str(tmp_path / "artifacts"), "--autoscale-provider", "command",
+                    "--autoscale-command", command, *FAST]  # fmt: skip
+            coordinators.append(Proc(f"coordinator{i}", argv, log_dir=tmp_path / "logs"))
+
+        def leader() -> str:
+            with grpc.insecure_channel(addresses[0]) as channel:
+                status = admin_pb2_grpc.AdminServiceStub(channel).GetClusterStatus(
+                    admin_pb2.GetClusterStatusRequest(), timeout=2.0)  # fmt: skip
+            return status.leader_address if status.leader_address in addresses else ""
+
+        first = eventually(leader, timeout_s=30, message="a leader is elected")
+        lead, follow = addresses.index(first), 1 - addresses.index(first)
+
+        def calls(i: int) -> list[str]:
+            path = tmp_path / f"calls-{i}"
+            return path.read_text().splitlines() if path.exists() else []
+
+        # Five intervals of the leader asking (and failing): the follower asked nothing meanwhile.
+        eventually(lambda: len(calls(lead)) >= 5, timeout_s=30, message="the leader's loop calls its provider")
+        assert calls(lead)[0] == "scale 1" and calls(follow) == []
+        coordinators[lead].kill()
+        eventually(lambda: len(calls(follow)) >= 1, timeout_s=30, message="the new leader's loop took over")
+        assert calls(follow)[0] == "scale 1"
+    finally:
+        for proc in coordinators:
+            proc.terminate(timeout_s=5)
