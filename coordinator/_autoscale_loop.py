@@ -44,7 +44,8 @@ def add_autoscale_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--autoscale-min-workers", type=int, default=d.min_workers, help="never fewer workers")
     g.add_argument("--autoscale-max-workers", type=int, default=d.max_workers, help="never more workers")
     g.add_argument("--autoscale-ceiling-workers", type=int, default=None,
-                   help="most workers a pipeline's configure_auto_scaling may ask for (default: --autoscale-max-workers)")
+                   help="most workers a pipeline's configure_auto_scaling may ask for "
+                        "(default: --autoscale-max-workers)")
     g.add_argument("--autoscale-scale-up-threshold", type=float, default=d.scale_up_threshold,
                    help="utilization (busy slots / slots, or CPU) at which workers are added (0..1)")
     g.add_argument("--autoscale-scale-down-threshold", type=float, default=d.scale_down_threshold,
@@ -63,8 +64,10 @@ def add_autoscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="command provider: a call running longer is killed and retried next interval")
     g.add_argument("--autoscale-worker-args", default="", metavar="FLAGS",
                    help="local provider: flags every started xpipe-worker gets, e.g. '--slots 4 --import mymod'")
-    g.add_argument("--autoscale-k8s-namespace", default="default", help="kubernetes provider: the Deployment's namespace")
-    g.add_argument("--autoscale-k8s-deployment", default="xpipe-worker", help="kubernetes provider: the workers' Deployment")
+    g.add_argument("--autoscale-k8s-namespace", default="default",
+                   help="kubernetes provider: the Deployment's namespace")
+    g.add_argument("--autoscale-k8s-deployment", default="xpipe-worker",
+                   help="kubernetes provider: the workers' Deployment")
 
 
 def settings_from_arguments(opts: argparse.Namespace) -> AutoscaleSettings:
@@ -194,7 +197,7 @@ class AutoscaleLoop:
         fixed = 0 if managed is None else sum(1 for w in obs.active if not self.provider.owns(w.worker_id))
         target = max(0, decision.desired - fixed)
         call = (target, tuple(gone))
-        if call != self._told or self.provider.name == "local":  # local re-checks its processes each time
+        if call != self._told or self.provider.call_every_interval:
             try:
                 await self.provider.scale_to(target, gone)
             except ProviderError as exc:
@@ -204,9 +207,6 @@ class AutoscaleLoop:
             self._told = call
             self._drained.difference_update(gone)
         return decision
-
-    def usage(self) -> dict[str, float | int | str]:
-        return usage_of(observe(self.c.engine.state), self)
 
     async def scale_by(self, factor: float) -> tuple[int, int, AutoscaleSettings]:
         """The resource manager's increase/reduce: (workers, desired, bounds in force)."""
@@ -255,7 +255,11 @@ def usage_of(obs: Observation, loop: AutoscaleLoop | None) -> dict[str, float | 
     return out
 
 
-def prepare_autoscaler(opts: argparse.Namespace) -> tuple[AutoscaleSettings, int, Provider | None]:
+#: What :func:`prepare_autoscaler` checked: (settings, ceiling, provider or None).
+Prepared = tuple[AutoscaleSettings, int, "Provider | None"]
+
+
+def prepare_autoscaler(opts: argparse.Namespace) -> Prepared:
     """Check the ``--autoscale-*`` flags before anything starts: (settings, ceiling, provider).
 
     The provider is None for ``--autoscale-provider none``; a local provider learns the
@@ -267,13 +271,15 @@ def prepare_autoscaler(opts: argparse.Namespace) -> tuple[AutoscaleSettings, int
     settings = settings_from_arguments(opts)
     ceiling = opts.autoscale_ceiling_workers if opts.autoscale_ceiling_workers is not None else settings.max_workers
     if ceiling < settings.max_workers:
-        raise ValueError(f"--autoscale-ceiling-workers={ceiling} is below --autoscale-max-workers={settings.max_workers}")
+        raise ValueError(
+            f"--autoscale-ceiling-workers={ceiling} is below --autoscale-max-workers={settings.max_workers}"
+        )
     if opts.autoscale_provider == "none":
         return settings, ceiling, None
     return settings, ceiling, make_provider(opts, "")
 
 
-def start_autoscaler(coordinator: Coordinator, prepared: tuple[AutoscaleSettings, int, Provider | None]) -> AutoscaleLoop | None:
+def start_autoscaler(coordinator: Coordinator, prepared: Prepared) -> AutoscaleLoop | None:
     """Start the loop on a serving coordinator (None without a provider)."""
     settings, ceiling, provider = prepared
     if provider is None:

@@ -29,8 +29,10 @@ from pathlib import Path
 
 from xpipe._limits import normalize_resources
 
-__all__ = ["AtMaxWorkers", "CommandProvider", "LocalProvider", "NoProvider", "Provider", "ProviderError", "make_provider",
-           "resources_spec"]  # fmt: skip
+__all__ = [
+    "AtMaxWorkers", "CommandProvider", "LocalProvider", "Provider", "ProviderError", "make_provider",
+    "resources_spec",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +126,9 @@ class Provider:
     """The interface; the base class is also the ``none`` provider (it changes nothing)."""
 
     name = "none"
+    #: Called each interval even when nothing changed (it checks its own workers, cheaply);
+    #: otherwise only when the desired count or the workers to remove change, or it failed.
+    call_every_interval = False
 
     async def scale_to(self, desired: int, remove: list[str]) -> None:
         """Run ``desired`` workers of this provider's; ``remove`` have drained and may go."""
@@ -144,7 +149,6 @@ class Provider:
         """Stop what this provider started in this process (idempotent)."""
 
 
-NoProvider = Provider
 
 
 class LocalProvider(Provider):
@@ -158,6 +162,7 @@ class LocalProvider(Provider):
     """
 
     name = "local"
+    call_every_interval = True  # a worker that died is started again
 
     def __init__(self, coordinator: str, log_dir: Path, worker_args: list[str] = (), stop_timeout_s: float = 30.0):
         self.coordinator = coordinator

@@ -197,7 +197,9 @@ class ResourceManager:
             ValueError: ``interval_s`` not a positive number.
         """
         if not isinstance(interval_s, numbers.Real) or isinstance(interval_s, bool) or not interval_s > 0:
-            raise ValueError(f"optimize_continuously: interval_s={interval_s!r:.80} must be a positive number of seconds")
+            raise ValueError(
+                f"optimize_continuously: interval_s={interval_s!r:.80} must be a positive number of seconds"
+            )
 
         def decorate(func: Callable[[], Any]) -> Callable[[], Any]:
             if not callable(func):
