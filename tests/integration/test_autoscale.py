@@ -60,6 +60,28 @@ def sleepers(name: str, n: int, seconds: float) -> Pipeline:
     return p
 
 
+def gone(pids: list[int]) -> bool:
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    return not any(running(pid) for pid in pids)
+
+
+def test_the_local_providers_workers_stop_with_the_coordinator(tmp_path: Path):
+    args = local_args(tmp_path, min_workers=2, max_workers=2)
+    with Cluster(tmp_path, workers=0, coordinator_args=args) as c:
+        eventually(lambda: len(live(c)) == 2, timeout_s=30, message="min_workers=2 started")
+        pids = [p.pid for p in worker_processes(c)]
+        assert len(pids) == 2
+        c.coordinator.terminate()  # SIGTERM: the coordinator drains and reaps its workers first
+        assert c.coordinator.returncode == 0
+    # Orphans would escape the leak check (they are no longer our descendants): look for them by pid.
+    assert gone(pids)
+
+
 def test_local_provider_scales_up_under_a_backlog_and_down_by_draining(local_cluster: Cluster):
     c = local_cluster
     eventually(lambda: len(live(c)) == 1, timeout_s=30, message="min_workers=1 started")
