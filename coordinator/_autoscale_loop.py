@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from xpipe._domain import DEPARTED_WORKER_STATES
+from xpipe._retry import parse_duration_s
 from xpipe._scaling import AutoscaleSettings
 
 from ._autoscale import Autoscaler, Decision, Observation, WorkerLoad, tighten
@@ -33,6 +34,14 @@ __all__ = ["AutoscaleLoop", "add_autoscale_arguments", "observe", "pipeline_sett
            "start_autoscaler"]
 
 log = logging.getLogger(__name__)
+
+
+def _seconds(text: str) -> float:
+    """A duration flag: seconds, or a string like "5min" (the SDK's units)."""
+    try:
+        return parse_duration_s(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_autoscale_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,14 +59,14 @@ def add_autoscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="utilization (busy slots / slots, or CPU) at which workers are added (0..1)")
     g.add_argument("--autoscale-scale-down-threshold", type=float, default=d.scale_down_threshold,
                    help="utilization below which idle workers are drained and removed (0..1)")
-    g.add_argument("--autoscale-scale-up-cooldown", type=float, default=d.scale_up_cooldown_s, metavar="SECONDS",
-                   help="seconds between two scale-ups")
-    g.add_argument("--autoscale-scale-down-cooldown", type=float, default=d.scale_down_cooldown_s, metavar="SECONDS",
-                   help="seconds after any scaling before a scale-down")
+    g.add_argument("--autoscale-scale-up-cooldown", type=_seconds, default=d.scale_up_cooldown_s, metavar="DURATION",
+                   help="time between two scale-ups: seconds, or 30s, 5min, 1h")
+    g.add_argument("--autoscale-scale-down-cooldown", type=_seconds, default=d.scale_down_cooldown_s,
+                   metavar="DURATION", help="time after any scaling before a scale-down (seconds, or 10min)")
     g.add_argument("--autoscale-ignore-cpu", action="store_true",
                    help="size by busy slots and backlog only, not by hosts' CPU (workers sharing one host)")
-    g.add_argument("--autoscale-interval", type=float, default=d.interval_s, metavar="SECONDS",
-                   help="seconds between two decisions")
+    g.add_argument("--autoscale-interval", type=_seconds, default=d.interval_s, metavar="DURATION",
+                   help="time between two decisions (seconds, or 30s)")
     g.add_argument("--autoscale-command", default="", metavar="SCRIPT",
                    help="command provider: the script run as SCRIPT scale DESIRED [WORKER...] and SCRIPT add RESOURCES")
     g.add_argument("--autoscale-command-timeout-s", type=float, default=60.0,

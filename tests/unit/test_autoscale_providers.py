@@ -57,7 +57,6 @@ def test_resources_spec_uses_the_worker_flag_spelling():
     (["--autoscale-min-workers", "5", "--autoscale-max-workers", "2"], "--autoscale-min-workers: min_workers=5 is above"),
     (["--autoscale-scale-up-threshold", "2"], "--autoscale-scale-up-threshold: scale_up_threshold=2.0"),
     (["--autoscale-interval", "0"], "--autoscale-interval: interval_s=0.0"),
-    (["--autoscale-scale-down-cooldown", "-1"], "--autoscale-scale-down-cooldown: scale_down_cooldown_s=-1.0"),
     (["--autoscale-ceiling-workers", "3"], "--autoscale-ceiling-workers=3 is below --autoscale-max-workers=10"),
     (["--autoscale-provider", "command"], "--autoscale-provider command needs --autoscale-command"),
     (["--autoscale-provider", "command", "--autoscale-command", " "], "--autoscale-command is empty"),
@@ -79,3 +78,13 @@ def test_the_kubernetes_provider_is_loaded_only_when_chosen():
     except ImportError:
         with pytest.raises(ValueError, match="kubernetes is not available in this build"):
             prepare_autoscaler(build_parser().parse_args(["--autoscale-provider", "kubernetes"]))
+
+
+def test_duration_flags_read_units_and_refuse_bad_ones(capsys):
+    opts = build_parser().parse_args(["--autoscale-scale-up-cooldown", "5min", "--autoscale-scale-down-cooldown", "90",
+                                      "--autoscale-interval", "2s"])  # fmt: skip
+    settings, _, _ = prepare_autoscaler(opts)
+    assert (settings.scale_up_cooldown_s, settings.scale_down_cooldown_s, settings.interval_s) == (300.0, 90.0, 2.0)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--autoscale-scale-down-cooldown", "-1"])
+    assert "argument --autoscale-scale-down-cooldown: cannot read duration '-1'" in capsys.readouterr().err
