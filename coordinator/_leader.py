@@ -47,7 +47,7 @@ LEADER_METADATA_KEY = "xpipe-leader"
 _ANY_MEMBER = ("/xpipe.v1.AdminService/GetClusterStatus",)
 _GATED = (
     "/xpipe.v1.PipelineService/", "/xpipe.v1.WorkerService/", "/xpipe.v1.AdminService/", "/xpipe.v1.StreamService/",
-    "/xpipe.v1.InsightsService/",
+    "/xpipe.v1.InsightsService/", "/xpipe.v1.AutoscaleService/",
 )  # fmt: skip
 
 #: ``on_elected(term)`` starts leading and returns an awaitable that ends when leading fails.

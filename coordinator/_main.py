@@ -25,6 +25,7 @@ from xpipe.telemetry._tracing import add_tracing_arguments, tracing_from_argumen
 
 from ._alerting import Alerting, load_alerting_config
 from ._authn import Security
+from ._autoscale_loop import add_autoscale_arguments, prepare_autoscaler, start_autoscaler
 from ._engine import EngineConfig
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._retention import SWEEP_INTERVAL_S, Retention, RetentionPolicy
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_security_arguments(p)
     add_tracing_arguments(p)
+    add_autoscale_arguments(p)
     p.add_argument("--log-format", default="text", choices=list(LOG_FORMATS),
                    help="this coordinator's own log: text lines, or JSON lines with run_id, task, attempt "
                         "and stimulus_id fields")  # fmt: skip
@@ -206,6 +208,7 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
         signer = RunSigner.load(opts.signing_key_file) if opts.signing_key_file else None
         opts.lineage_target = parse_lineage_target(opts.lineage_export) if opts.lineage_export else None
         opts.alerting_config_checked = load_alerting_config(opts.alerting_config) if opts.alerting_config else None
+        opts.autoscale_prepared = prepare_autoscaler(opts)
     except ValueError as exc:
         raise SystemExit(f"xpipe-coordinator: {exc}") from None
     try:
@@ -252,6 +255,7 @@ async def _run(
         print(f"xpipe-coordinator: {exc}", file=sys.stderr, flush=True)
         return 2
     coordinator.retention.start()
+    autoscaler = start_autoscaler(coordinator, opts.autoscale_prepared)
     web = None
     if opts.http_listen:
         from ._web import WebServer  # aiohttp loads only when the dashboard is on
@@ -261,6 +265,8 @@ async def _run(
         try:
             await web.start()
         except OSError as exc:  # a port in use: one line naming it, like --metrics-listen
+            if autoscaler is not None:
+                await autoscaler.stop()
             await coordinator.retention.stop()
             await coordinator.stop()
             print(f"xpipe-coordinator: --http-listen: {exc.strerror or exc}", file=sys.stderr, flush=True)
@@ -283,6 +289,8 @@ async def _run(
     systemd.stopping("stopping: engine failed" if code else "stopping")
     watchdog.cancel()
     await asyncio.gather(watchdog, return_exceptions=True)
+    if autoscaler is not None:
+        await autoscaler.stop()  # its workers drain while the coordinator still serves them
     if web is not None:
         await web.stop()
     await coordinator.retention.stop()

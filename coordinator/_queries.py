@@ -30,6 +30,12 @@ class StateQueries:
     workers: dict[str, WorkerEntry]
     transitions: deque
     _stimulus: str
+    _ready: list
+
+    def ready_backlog(self) -> int:
+        """Ready tasks waiting for a slot (the autoscaler's backlog; an upper bound, as the
+        ready heap drops cancelled entries lazily)."""
+        return len(self._ready)
 
     def story(self, run_id: str, task: str = "") -> list[StoryEntry] | None:
         """The transition log's entries of one run (``task``: of that task), oldest first.

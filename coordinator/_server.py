@@ -21,7 +21,7 @@ from xpipe._limits import KEEPALIVE_TIME_MS, MAX_LIST_RUNS, MAX_MESSAGE_BYTES, M
 from xpipe._limits import shown as quoted
 from xpipe._proto import admin_pb2, admin_pb2_grpc, audit_pb2, audit_pb2_grpc, governance_pb2, governance_pb2_grpc, insights_pb2, insights_pb2_grpc, stream_pb2, stream_pb2_grpc
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc, worker_pb2, worker_pb2_grpc
-from xpipe._proto import debug_pb2, debug_pb2_grpc
+from xpipe._proto import autoscale_pb2, autoscale_pb2_grpc, debug_pb2, debug_pb2_grpc
 from xpipe.security._principal import DEFAULT_NAMESPACE
 from xpipe.security._atrest import at_rest
 from xpipe.security._rbac import DEFAULT_POLICY, Policy
@@ -33,6 +33,7 @@ from xpipe._backoff import Backoff
 
 from ._admin import AdminServicer, InstallRequests
 from ._audit_service import AuditServicer
+from ._autoscale_service import AutoscaleServicer
 from ._auditlog import AuditLog, audit_local_calls
 from ._authn import CallAuth, NamespaceCache, Security
 from ._caller import caller
@@ -72,6 +73,7 @@ from ._validate import (
 if TYPE_CHECKING:
     from xpipe.telemetry._export import MetricsEndpoint
 
+    from ._autoscale_loop import AutoscaleLoop
     from ._leader import LeaderElection
     from ._metrics import CoordinatorMetrics
 
@@ -627,6 +629,8 @@ class Coordinator:
         self._recovered_at = -1e9
         #: Waits between store probes: 0.2 s doubling up to 5 s, so a freed disk is noticed within seconds.
         self._fault_backoff = Backoff(initial_s=0.2, max_s=5.0, jitter=0.2)
+        #: The autoscaler's loop (``--autoscale-provider``; see ``_autoscale_loop``); None when off.
+        self.autoscaler: AutoscaleLoop | None = None
 
     def _new_engine(self) -> Engine:
         engine = Engine(self.store, self.config, metrics=self.metrics)
@@ -687,6 +691,7 @@ class Coordinator:
         stream_pb2_grpc.add_StreamServiceServicer_to_server(audit_local_calls(StreamServicer(self), self.audit), guarded)
         insights_pb2_grpc.add_InsightsServiceServicer_to_server(InsightsServicer(self), guarded)
         debug_pb2_grpc.add_DebugServiceServicer_to_server(audit_local_calls(DebugServicer(self), self.audit), guarded)
+        autoscale_pb2_grpc.add_AutoscaleServiceServicer_to_server(audit_local_calls(AutoscaleServicer(self), self.audit), guarded)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, guarded)
         names = [
             pipeline_pb2.DESCRIPTOR.services_by_name["PipelineService"].full_name,
@@ -697,6 +702,7 @@ class Coordinator:
             stream_pb2.DESCRIPTOR.services_by_name["StreamService"].full_name,
             insights_pb2.DESCRIPTOR.services_by_name["InsightsService"].full_name,
             debug_pb2.DESCRIPTOR.services_by_name["DebugService"].full_name,
+            autoscale_pb2.DESCRIPTOR.services_by_name["AutoscaleService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         ]

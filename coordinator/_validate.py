@@ -45,6 +45,7 @@ from xpipe._limits import (
 )
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe._scaling import AutoscaleSettings
 from xpipe.errors import PipelineValidationError
 from xpipe.security._codetrust import CODE_KINDS
 from xpipe.telemetry._task import metric_name_problem
@@ -230,6 +231,11 @@ def _check_pipeline_fields(spec: pb.PipelineSpec) -> None:
         _text("recovery_handler.code_hash", spec.recovery_handler.code_hash, MAX_TEXT_CHARS)
     if spec.monitoring_json:
         _text("monitoring_json", spec.monitoring_json, MAX_MONITORING_CONFIG_CHARS)
+    if spec.HasField("autoscale"):
+        try:
+            AutoscaleSettings.from_proto(spec.autoscale)
+        except ValueError as exc:
+            raise _Bad(f"autoscale.{exc}") from None
 
 
 def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:

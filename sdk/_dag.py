@@ -50,7 +50,7 @@ from ._options import (
 from ._policies import FaultTolerance, check_recovery_handler
 from ._proto import common_pb2
 from ._retry import BACKOFF_STRATEGIES, duration_string_problem, parse_duration_s
-from ._unbuilt import not_built
+from ._scaling import AutoscaleSettings, scaling_from_options
 from .errors import PipelineValidationError
 from .cache._config import CacheSettings
 from .cache._spec import apply_cache
@@ -732,8 +732,39 @@ class Pipeline(Monitored):
 
         return decorate
 
-    # The seed's calls on a pipeline that are not built yet: each raises NotImplementedError naming its issue.
-    configure_auto_scaling = not_built("pipeline.configure_auto_scaling()", 17)
+    #: Set by :meth:`configure_auto_scaling`; None: the cluster's autoscaling settings apply.
+    auto_scaling: AutoscaleSettings | None = None
+
+    def configure_auto_scaling(
+        self,
+        *,
+        min_workers: int = 1,
+        max_workers: int = 10,
+        scale_up_threshold: float = 0.8,
+        scale_down_threshold: float = 0.3,
+        scale_up_cooldown: str | float | timedelta = "1min",
+        scale_down_cooldown: str | float | timedelta = "5min",
+    ) -> AutoscaleSettings:
+        """Bound the cluster's worker count while a run of this pipeline is active.
+
+        The coordinator's autoscaler (``--autoscale-provider``) applies the bounds of every
+        pipeline with active runs: the highest ``min_workers`` and the lowest
+        ``max_workers`` win, never above the operator's ``--autoscale-ceiling-workers``.
+        Thresholds are fractions of utilization (busy slots / slots, or CPU); cooldowns are
+        seconds, a timedelta or strings like "5min". See docs/autoscaling.md.
+
+        Raises:
+            PipelineValidationError: a setting out of range (the message names it).
+        """
+        try:
+            self.auto_scaling = scaling_from_options(
+                min_workers=min_workers, max_workers=max_workers, scale_up_threshold=scale_up_threshold,
+                scale_down_threshold=scale_down_threshold, scale_up_cooldown=scale_up_cooldown,
+                scale_down_cooldown=scale_down_cooldown,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise PipelineValidationError(f"pipeline {self.name!r}: configure_auto_scaling: {exc}") from None
+        return self.auto_scaling
 
     #: Set by :meth:`enable_cache`: the cache settings of tasks that set none; None: off.
     cache_default: CacheSettings | None = None
@@ -912,6 +943,8 @@ class Pipeline(Monitored):
         )
         if ft is not None:
             made.fault_tolerance.CopyFrom(ft.to_proto())
+        if self.auto_scaling is not None:
+            made.autoscale.CopyFrom(self.auto_scaling.to_proto())
         if handler is not None:
             made.recovery_handler.CopyFrom(handler)
         if self.placement_strategy:

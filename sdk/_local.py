@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -122,7 +123,7 @@ class LocalCluster:
             ["-m", "xpipe.coordinator", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
              "--data-dir", str(self.data_dir), "--ready-file", str(ready), "--log-level", "WARNING",
              # pipelines run here send alerts to loopback receivers only (docs/operator-guide.md)
-             "--alert-loopback-only", *self.extra_args, *self.coordinator_args],
+             "--alert-loopback-only", *self._autoscale_args(), *self.extra_args, *self.coordinator_args],
         )  # fmt: skip
         deadline = time.monotonic() + self.start_timeout_s
         while not ready.exists():
@@ -147,6 +148,24 @@ class LocalCluster:
             argv += self.extra_args
             self._spawn(f"worker-{i}", argv)
         return self.address
+
+    def _autoscale_args(self) -> list[str]:
+        """The coordinator's local provider keeps ``workers`` workers (replacing one that dies);
+        a pipeline's ``configure_auto_scaling`` may grow it up to the CPU count while it runs.
+
+        Workers it starts get the same flags as these (docs/autoscaling.md).
+        """
+        worker_args = ["--slots", str(self.slots_per_worker), "--log-level", "WARNING", "--grace-s", "5",
+                       "--allow-install", "--install-dir", str(self.data_dir / "packages" / "autoscaled")]  # fmt: skip
+        for module in self.imports:
+            worker_args += ["--import", module]
+        worker_args += self.extra_args
+        n = str(self.workers)
+        return ["--autoscale-provider", "local", "--autoscale-min-workers", n, "--autoscale-max-workers", n,
+                "--autoscale-ceiling-workers", str(max(self.workers, os.cpu_count() or 1)),
+                # Local workers share this host: its CPU says nothing about needing more of them.
+                "--autoscale-ignore-cpu", "--autoscale-interval", "2",
+                "--autoscale-worker-args", shlex.join(worker_args)]  # fmt: skip
 
     def wait_for_workers(self, client, timeout_s: float | None = None) -> None:
         """Block until every worker has registered (so the first run spreads evenly)."""

@@ -29,7 +29,6 @@ from ._plan import ExecutionPlan, PlanWorker, build_plan
 from ._proto import common_pb2, pipeline_pb2
 from ._result import RUN_STATUS, DataQualityReport, PipelineResult
 from ._types import ClusterStatus, InstallReport, NodeRecovery, RunSummary, format_logs
-from ._unbuilt import not_built
 from .cache._config import CacheConfig
 from .cache._manage import CacheManager
 from .telemetry._task import TaskMetrics
@@ -47,6 +46,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._lineage import LineageGraph
+    from ._resources import AddedWorker, ResourceManager
     from .security._audit import AuditEntry
     from .security._tls import TLSConfig
 
@@ -471,16 +471,30 @@ class PipelineManager:
         events = self.client._submit_and_watch_pb(spec, summary_only=True, results_on_end=True, timeout_s=timeout_s)
         return self._follow(events, monitor=monitor, raise_on_failure=raise_on_failure, pipeline=pipeline)
 
-    def scale_up_resources(self, required_resources: Mapping[str, Any]) -> None:
-        """Add workers that fit ``required_resources`` (``e.required_resources``): not built yet.
+    def scale_up_resources(self, required_resources: Mapping[str, Any]) -> AddedWorker:
+        """Ask the coordinator's autoscale provider for a worker that fits ``required_resources``.
+
+        For the seed's ``RESOURCE_EXHAUSTION`` handler: ``pm.scale_up_resources(e.required_resources)``.
+        The local and command providers start ``xpipe-worker --resources ...`` with at least
+        these amounts (docs/autoscaling.md); the task that waited runs once it registers,
+        if its run still waits for resources (``configure_placement(wait_for_resources=...)``).
 
         Raises:
-            NotImplementedError: always; autoscaling is issue 17.
+            ValueError: an unknown or bad resource (names it).
+            RequestRejectedError: no provider (FAILED_PRECONDITION), the cluster is at
+                ``max_workers`` (RESOURCE_EXHAUSTED), or the provider failed (ABORTED).
         """
-        raise NotImplementedError(
-            f"scale_up_resources({dict(required_resources)!r}): autoscaling is not built yet (issue 17); "
-            "start a worker that offers these resources (xpipe-worker --resources cpu=N,memory=SIZE,gpu=N)"
-        )
+        from ._resources import add_worker
+
+        return add_worker(self, required_resources)
+
+    def get_resource_manager(self) -> ResourceManager:
+        """The cluster's usage, scaling through the autoscaler, and ``@optimize_continuously`` policies."""
+        from ._resources import ResourceManager
+
+        if "_resource_manager" not in self.__dict__:
+            self._resource_manager = ResourceManager(self)
+        return self._resource_manager
 
     def optimize_pipeline_performance(self, pipeline: Pipeline | str) -> Any:
         """Apply the safe suggestions from ``pipeline``'s history to it; say what changed.
@@ -561,8 +575,6 @@ class PipelineManager:
         """
         return self._cache.invalidate(pipeline, task)
 
-    # The seed's other calls that are not built yet: each raises NotImplementedError naming its issue.
-    get_resource_manager = not_built("pm.get_resource_manager()", 17)
     # Hot reload (sdk/_hotreload.py, docs/dev-loop.md); close() stops it too.
     enable_hot_reload = _hotreload.enable_hot_reload
     disable_hot_reload = _hotreload.disable_hot_reload

@@ -286,8 +286,24 @@ class CodeBlob(_message.Message):
     data: bytes
     def __init__(self, code_hash: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class AutoscaleSettings(_message.Message):
+    __slots__ = ("min_workers", "max_workers", "scale_up_threshold", "scale_down_threshold", "scale_up_cooldown_s", "scale_down_cooldown_s")
+    MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UP_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SCALE_UP_COOLDOWN_S_FIELD_NUMBER: _ClassVar[int]
+    SCALE_DOWN_COOLDOWN_S_FIELD_NUMBER: _ClassVar[int]
+    min_workers: int
+    max_workers: int
+    scale_up_threshold: float
+    scale_down_threshold: float
+    scale_up_cooldown_s: float
+    scale_down_cooldown_s: float
+    def __init__(self, min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., scale_up_threshold: _Optional[float] = ..., scale_down_threshold: _Optional[float] = ..., scale_up_cooldown_s: _Optional[float] = ..., scale_down_cooldown_s: _Optional[float] = ...) -> None: ...
+
 class PipelineSpec(_message.Message):
-    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage", "debug")
+    __slots__ = ("name", "tasks", "code", "retry_on_failure", "labels", "max_parallel", "placement_strategy", "wait_for_resources_s", "resource_limits", "fault_tolerance", "recovery_handler", "monitoring_json", "trace_context", "principal", "namespace", "lineage", "debug", "autoscale")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -312,6 +328,7 @@ class PipelineSpec(_message.Message):
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     LINEAGE_FIELD_NUMBER: _ClassVar[int]
     DEBUG_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALE_FIELD_NUMBER: _ClassVar[int]
     name: str
     tasks: _containers.RepeatedCompositeFieldContainer[TaskSpec]
     code: _containers.RepeatedCompositeFieldContainer[CodeBlob]
@@ -329,7 +346,8 @@ class PipelineSpec(_message.Message):
     namespace: str
     lineage: bool
     debug: bool
-    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ..., debug: _Optional[bool] = ...) -> None: ...
+    autoscale: AutoscaleSettings
+    def __init__(self, name: _Optional[str] = ..., tasks: _Optional[_Iterable[_Union[TaskSpec, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[CodeBlob, _Mapping]]] = ..., retry_on_failure: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., max_parallel: _Optional[int] = ..., placement_strategy: _Optional[str] = ..., wait_for_resources_s: _Optional[float] = ..., resource_limits: _Optional[_Union[Resources, _Mapping]] = ..., fault_tolerance: _Optional[_Union[FaultTolerance, _Mapping]] = ..., recovery_handler: _Optional[_Union[PythonCall, _Mapping]] = ..., monitoring_json: _Optional[str] = ..., trace_context: _Optional[str] = ..., principal: _Optional[_Union[RunPrincipal, _Mapping]] = ..., namespace: _Optional[str] = ..., lineage: _Optional[bool] = ..., debug: _Optional[bool] = ..., autoscale: _Optional[_Union[AutoscaleSettings, _Mapping]] = ...) -> None: ...
 
 class RunPrincipal(_message.Message):
     __slots__ = ("name", "grants", "run_id", "signature", "key_id")

@@ -68,6 +68,7 @@ PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "stream:run": "run stream stage instances: report, checkpoint (workers hold it)",
     "alert:read": "see the alerts the coordinator raised and their deliveries (xpipe alerts)",
     "run:debug": "release the held tasks of a debug session's run (DebugService.ReleaseTasks)",
+    "cluster:scale": "change the autoscaler's desired worker count and add workers (AutoscaleService)",
 })  # fmt: skip
 
 _VIEW = (
@@ -75,7 +76,7 @@ _VIEW = (
 )  # fmt: skip
 _SUBMIT = (*_VIEW, "run:submit", "run:cancel", "result:read", "logs:read", "code:command", "stream:control", "stream:io",
            "run:debug")  # fmt: skip
-_OPERATE = (*_SUBMIT, "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
+_OPERATE = (*_SUBMIT, "cluster:scale", "worker:drain", "worker:forget", "worker:install", "audit:read", "data:gc")
 
 #: Built-in roles. ``admin`` holds every permission, custom ones included. Workers hold only
 #: ``worker:connect`` and what the stream instances they run need. Nobody but ``admin`` holds
@@ -130,6 +131,9 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.InsightsService/GetHistory": "run:read",
     "/xpipe.v1.InsightsService/ListAlerts": "alert:read",
     "/xpipe.v1.DebugService/ReleaseTasks": "run:debug",
+    "/xpipe.v1.AutoscaleService/GetUsage": "cluster:read",
+    "/xpipe.v1.AutoscaleService/ScaleWorkers": "cluster:scale",
+    "/xpipe.v1.AutoscaleService/AddWorker": "cluster:scale",
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.health.v1.Health/List": PUBLIC,
@@ -169,6 +173,8 @@ RPC_AUDIT: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.StreamService/StopStream": "mutation",
     "/xpipe.v1.StreamService/RestartStreams": "mutation",
     "/xpipe.v1.DebugService/ReleaseTasks": "mutation",
+    "/xpipe.v1.AutoscaleService/ScaleWorkers": "mutation",
+    "/xpipe.v1.AutoscaleService/AddWorker": "mutation",
 })  # fmt: skip
 
 
