@@ -73,10 +73,12 @@ def add_autoscale_arguments(p: argparse.ArgumentParser) -> None:
                    help="command provider: a call running longer is killed and retried next interval")
     g.add_argument("--autoscale-worker-args", default="", metavar="FLAGS",
                    help="local provider: flags every started xpipe-worker gets, e.g. '--slots 4 --import mymod'")
-    g.add_argument("--autoscale-k8s-namespace", default="default",
-                   help="kubernetes provider: the Deployment's namespace")
+    g.add_argument("--autoscale-k8s-namespace", default="",
+                   help="kubernetes provider: the Deployment's namespace (empty: the coordinator pod's own)")
     g.add_argument("--autoscale-k8s-deployment", default="xpipe-worker",
                    help="kubernetes provider: the workers' Deployment")
+    g.add_argument("--autoscale-k8s-kubeconfig", default="", metavar="FILE",
+                   help="kubernetes provider: a kubeconfig file (empty: the pod's service account, in the cluster)")
 
 
 def settings_from_arguments(opts: argparse.Namespace) -> AutoscaleSettings:

@@ -24,6 +24,8 @@ from typing import Any
 from xpipe._limits import normalize_resources
 from xpipe.errors import DistributedExecutionError
 
+from ._providers import Provider
+
 __all__ = ["DELETION_COST_ANNOTATION", "REMOVE_FIRST_COST", "KubernetesProvider", "KubernetesProviderError"]
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ class KubernetesProviderError(DistributedExecutionError):
     the Deployment and the HTTP status), or the client cannot be configured."""
 
 
-class KubernetesProvider:
+class KubernetesProvider(Provider):
     """Scales Deployment ``deployment`` in ``namespace``; see the module docstring.
 
     Args:
@@ -171,9 +173,12 @@ class KubernetesProvider:
         await self.scale_to(replicas, [])
         return f"{self.deployment}#{replicas}"
 
-    def close(self) -> None:
+    def release(self) -> None:
         """Release the client's connection pool."""
         self._api_client.close()
+
+    async def close(self) -> None:
+        self.release()
 
     async def _mark_for_removal(self, pod: str) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -295,9 +295,15 @@ def _kubernetes(opts) -> Provider:
             f"--autoscale-provider kubernetes is not available in this build ({exc}); "
             "use local, command or none"
         ) from None
-    in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ
-    return KubernetesProvider(opts.autoscale_k8s_namespace, opts.autoscale_k8s_deployment, in_cluster,
-                              os.environ.get("KUBECONFIG"))  # fmt: skip
+    from ._provider_k8s import KubernetesProviderError
+
+    try:
+        return KubernetesProvider.from_settings({
+            "namespace": opts.autoscale_k8s_namespace, "deployment": opts.autoscale_k8s_deployment,
+            "kubeconfig": opts.autoscale_k8s_kubeconfig,
+        })  # fmt: skip
+    except KubernetesProviderError as exc:  # a start-up error, one line like every bad flag
+        raise ValueError(f"--autoscale-provider kubernetes: {exc}") from None
 
 
 def _local(opts, address: str) -> Provider:

@@ -73,11 +73,30 @@ def test_the_kubernetes_provider_is_loaded_only_when_chosen():
     assert provider is None and ceiling == settings.max_workers == 10
     _, _, local = prepare_autoscaler(build_parser().parse_args(["--autoscale-provider", "local"]))
     assert local.name == "local" and "xpipe.coordinator._provider_k8s" not in sys.modules
+
+
+def test_the_kubernetes_provider_is_built_from_its_flags(tmp_path: Path, monkeypatch):
+    from xpipe.coordinator._provider_k8s import KubernetesProvider
+    from xpipe.coordinator._providers import Provider
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: k, cluster: {server: 'http://127.0.0.1:1'}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\nusers: [{name: u, user: {token: t}}]\n"
+    )
+    flags = ["--autoscale-provider", "kubernetes", "--autoscale-k8s-namespace", "team-a",
+             "--autoscale-k8s-kubeconfig", str(kubeconfig)]  # fmt: skip
+    _, _, provider = prepare_autoscaler(build_parser().parse_args(flags))
     try:
-        import xpipe.coordinator._provider_k8s  # noqa: F401 - built by another part of issue 17
-    except ImportError:
-        with pytest.raises(ValueError, match="kubernetes is not available in this build"):
-            prepare_autoscaler(build_parser().parse_args(["--autoscale-provider", "kubernetes"]))
+        assert isinstance(provider, KubernetesProvider) and isinstance(provider, Provider)
+        assert (provider.namespace, provider.deployment) == ("team-a", "xpipe-worker")
+    finally:
+        asyncio.run(provider.close())
+    # Outside a pod and with no kubeconfig: one line naming what could not be loaded.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(ValueError, match="--autoscale-provider kubernetes: .*cannot load the in-cluster service account"):
+        prepare_autoscaler(build_parser().parse_args(["--autoscale-provider", "kubernetes"]))
 
 
 def test_duration_flags_read_units_and_refuse_bad_ones(capsys):

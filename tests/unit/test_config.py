@@ -156,10 +156,19 @@ def test_durations_and_sizes_where_the_flag_takes_seconds_or_bytes(tmp_path):
 
 
 def test_flags_added_later_get_a_key_a_sub_table_and_a_variable_with_no_more_code(tmp_path):
-    parser = _parser("coordinator")  # as the autoscaler's flags will be added to it
-    parser.add_argument("--autoscale-provider", default="", choices=["", "local", "command", "kubernetes"])
-    parser.add_argument("--autoscale-max-workers", type=int, default=0)
-    parser.add_argument("--autoscale-scale-up-cooldown", type=parse_duration_s, default=300.0)
+    parser = _parser("coordinator")  # as the autoscaler's flags were added to it
+    parser.add_argument("--later-mode", default="", choices=["", "a", "b"])
+    parser.add_argument("--later-limit", type=int, default=0)
+    parser.add_argument("--later-cooldown", type=parse_duration_s, default=300.0)
+    path = tmp_path / "x.toml"
+    path.write_text("[coordinator.later]\nmode = 'a'\nlimit = 50\ncooldown = '5min'\n")
+    resolve(parser, "coordinator", ["--config", str(path)], {"XPIPE_LATER_LIMIT": "60"})
+    opts = parser.parse_args(["--config", str(path)])
+    assert (opts.later_mode, opts.later_limit, opts.later_cooldown) == ("a", 60, 300.0)
+
+
+def test_the_autoscale_table_sets_the_autoscalers_flags(tmp_path):
+    parser = _parser("coordinator")
     path = tmp_path / "x.toml"
     path.write_text("[coordinator.autoscale]\nprovider = 'local'\nmax_workers = 50\nscale_up_cooldown = '5min'\n")
     resolve(parser, "coordinator", ["--config", str(path)], {"XPIPE_AUTOSCALE_MAX_WORKERS": "60"})

@@ -162,7 +162,7 @@ def run_with_server(fake: FakeApiServer, tmp_path: Path, scenario, *, token: str
         try:
             return await scenario(provider)
         finally:
-            provider.close()
+            provider.release()
             await runner.cleanup()
 
     return asyncio.run(asyncio.wait_for(main(), timeout=30))
@@ -296,7 +296,7 @@ def test_an_unreachable_api_server_is_named(tmp_path: Path) -> None:
             asyncio.run(provider.scale_to(1, []))
         assert asyncio.run(provider.current()) is None
     finally:
-        provider.close()
+        provider.release()
 
 
 def test_a_missing_kubeconfig_is_named(tmp_path: Path) -> None:
@@ -324,4 +324,4 @@ def test_settings_with_a_kubeconfig_use_it(fake: FakeApiServer, tmp_path: Path) 
         assert (provider.namespace, provider.deployment) == ("team-a", "xpipe-worker")
         assert provider._api_client.configuration.host == "http://127.0.0.1:1"
     finally:
-        provider.close()
+        provider.release()
