@@ -66,8 +66,12 @@ class _Sim:
             )  # fmt: skip
 
     def send(self, command: str) -> None:
-        self.popen.stdin.write(command + "\n")
-        self.popen.stdin.flush()
+        try:
+            self.popen.stdin.write(command + "\n")
+            self.popen.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            self.popen.poll()
+            raise BenchError(f"simulator {self.prefix} exited ({self.popen.returncode}): {self._log_tail()}") from None
 
     def answer(self, event: str) -> dict[str, Any]:
         """The next answer (blocking); BenchError if the process died or answered an error."""
@@ -125,6 +129,17 @@ def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.1):
         time.sleep(interval_s)
 
 
+def _requeue_reasons(log_path: Path) -> dict[str, int]:
+    """Counts of the coordinator's "requeueing attempt ...: REASON [stimulus]" lines, by reason."""
+    reasons: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in log_path.read_text(errors="replace").splitlines():
+            if "requeueing attempt" in line:
+                reason = line.split("): ", 1)[-1].rsplit(" [", 1)[0]
+                reasons[reason] = reasons.get(reason, 0) + 1
+    return reasons
+
+
 def _wide_spec(n: int):
     from xpipe import Pipeline, Task
 
@@ -135,7 +150,7 @@ def _wide_spec(n: int):
 
 def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
-    heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None,
+    heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -150,8 +165,9 @@ def run_fleet(
         extra += ["--prefetch", str(prefetch)]
     result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost,
                               "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s}  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir) as tmp, \
-            XpipeCluster(Path(tmp), workers=0, coordinator_args=extra) as cluster:  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
+        cluster = stack.enter_context(XpipeCluster(Path(tmp), workers=0, coordinator_args=extra))
         coordinator = psutil.Process(cluster.coordinator_pid)
         sampler = RssSampler(cluster.coordinator_pid).start()
         env = cluster._env()
@@ -199,8 +215,12 @@ def run_fleet(
             if status != "succeeded":
                 raise BenchError(f"run {run_id} ended {status}")
             done = sum(a["done"] - b["done"] for a, b in zip(after, before))
-            if done != tasks_n:
+            if done < tasks_n:
                 raise BenchError(f"simulated workers answered {done} assignments for {tasks_n} tasks")
+            # More answers than tasks: some attempts were requeued (at-least-once); say why.
+            result["extra_answers"] = done - tasks_n
+            if done > tasks_n:
+                result["requeue_reasons"] = _requeue_reasons(cluster.coordinator.log_path)
             sim_cpu = [a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before)]
             result.update(
                 run_s=seconds, tasks_per_s=tasks_n / seconds, coordinator_cpu_s=cpu1 - cpu0,
@@ -260,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-timeout-s", type=float, default=5.0, help="the coordinator's flag (default there: 10)")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="the coordinator's flag (its default: 1)")
     p.add_argument("--prefetch", type=int, default=None, help="the coordinator's --prefetch (default: its own)")
+    p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the JSON results")
     opts = p.parse_args(argv)
     for name in ("tasks", "procs", "lost"):
@@ -277,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = run_fleet(n, tasks_n=opts.tasks, procs=opts.procs, idle_s=opts.idle_s, lost=opts.lost,
                           heartbeat_timeout_s=opts.heartbeat_timeout_s, heartbeat_interval_s=opts.heartbeat_interval_s,
-                          prefetch=opts.prefetch)  # fmt: skip
+                          prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})
