@@ -17,7 +17,7 @@ real coordinator, speaking the same wire format as ``xpipe-worker`` (``worker/_d
   registering again, as the real worker does.
 
 The driver talks to this process by lines on stdin (commands) and stdout (one JSON object per
-answer); logs go to stderr. Commands: ``connect``, ``stats``, ``cut K`` (end K streams at once
+answer); logs go to stderr. Commands: ``connect [RATE_PER_S]``, ``stats``, ``cut K`` (end K streams at once
 without a goodbye: the call is cancelled, an RST_STREAM, as when a worker's host dies), and
 ``stop``.
 """
@@ -47,6 +47,8 @@ _NONE_RESULT = pb.Payload(codec=pb.CODEC_PICKLE, data=b"\x80\x05N.", size_bytes=
 _METRICS = worker_pb2.WorkerMetrics(cpu_percent=5.0, memory_percent=20.0, memory_used_bytes=2**30, load_1m=0.1)
 _RESOURCES = pb.Resources(cpu_cores=4, memory_bytes=8 * 2**30)
 _parse_head = worker_pb2.AssignmentHead.FromString
+#: With a connect rate, workers start in groups of this many.
+_CONNECT_CHUNK = 20
 
 
 class SimWorker:
@@ -183,11 +185,14 @@ class Simulator:
         self.channels.append(channel)
         return channel
 
-    async def connect(self) -> dict:
+    async def connect(self, rate_per_s: float) -> dict:
+        """Start every worker, ``rate_per_s`` a second at most (0: all at once); answer when all are registered."""
         self._all_registered = asyncio.Event()
         self.connect_started = time.time()
         channel = None
         for i in range(self.count):
+            if rate_per_s > 0 and i and i % _CONNECT_CHUNK == 0:
+                await asyncio.sleep(max(0.0, self.connect_started + i / rate_per_s - time.time()))
             if i % self.streams_per_channel == 0:
                 channel = self._channel()
             worker = SimWorker(self, i, channel)
@@ -239,7 +244,7 @@ async def _main(opts: argparse.Namespace) -> None:
     while True:
         command, _, arg = (await commands.get()).partition(" ")
         if command == "connect":
-            task = asyncio.create_task(sim.connect())
+            task = asyncio.create_task(sim.connect(float(arg or 0)))
             task.add_done_callback(lambda t: _reply(t.result()) if not t.exception() else _reply({"event": "error", "error": repr(t.exception())}))
             background.add(task)
         elif command == "stats":

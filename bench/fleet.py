@@ -31,17 +31,20 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from bench import tasks
+from bench._profile import PySpy, format_top, read_profile
 from bench._report import BenchError, machine_info
 from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster
 
@@ -50,6 +53,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 _REGISTER_TIMEOUT_S = 300.0
 _RUN_TIMEOUT_S = 900.0
 _SIM_STOP_TIMEOUT_S = 30.0
+#: How long a simulator may take to answer a command other than connect.
+_ANSWER_TIMEOUT_S = 30.0
 
 
 class _Sim:
@@ -73,8 +78,10 @@ class _Sim:
             self.popen.poll()
             raise BenchError(f"simulator {self.prefix} exited ({self.popen.returncode}): {self._log_tail()}") from None
 
-    def answer(self, event: str) -> dict[str, Any]:
-        """The next answer (blocking); BenchError if the process died or answered an error."""
+    def answer(self, event: str, timeout_s: float = _ANSWER_TIMEOUT_S) -> dict[str, Any]:
+        """The next answer; BenchError if none within ``timeout_s``, the process died, or it answered an error."""
+        if not select.select([self.popen.stdout], [], [], timeout_s)[0]:
+            raise BenchError(f"simulator {self.prefix} gave no {event!r} answer within {timeout_s:g}s: {self._log_tail()}")
         line = self.popen.stdout.readline()
         if not line:
             raise BenchError(f"simulator {self.prefix} exited ({self.popen.poll()}): {self._log_tail()}")
@@ -129,6 +136,21 @@ def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.1):
         time.sleep(interval_s)
 
 
+@contextlib.contextmanager
+def _profiled(out_dir: Path | None, pid: int, stem: str) -> Iterator[None]:
+    """py-spy on the coordinator for the body (when ``out_dir``); the top frames go to STEM.top.txt."""
+    if out_dir is None:
+        yield
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spy = PySpy(pid, out_dir / f"{stem}-coordinator.txt")
+    try:
+        yield
+    finally:
+        path = spy.stop()
+        (out_dir / f"{stem}.top.txt").write_text(format_top(f"coordinator, {stem}", read_profile(path), limit=25) + "\n")
+
+
 def _requeue_reasons(log_path: Path) -> dict[str, int]:
     """Counts of the coordinator's "requeueing attempt ...: REASON [stimulus]" lines, by reason."""
     reasons: dict[str, int] = {}
@@ -151,6 +173,7 @@ def _wide_spec(n: int):
 def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
+    profile_dir: Path | None = None, connect_rate_per_s: float = 0.0,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -163,7 +186,7 @@ def run_fleet(
     extra = ["--heartbeat-timeout-s", str(heartbeat_timeout_s), "--heartbeat-interval-s", str(heartbeat_interval_s)]
     if prefetch is not None:
         extra += ["--prefetch", str(prefetch)]
-    result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost,
+    result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost, "connect_rate_per_s": connect_rate_per_s,
                               "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
@@ -179,9 +202,11 @@ def run_fleet(
                 sim.answer("ready")
             # -- register
             t0 = time.time()
+            rate = f" {connect_rate_per_s / len(sims):g}" if connect_rate_per_s else ""
             for sim in sims:
-                sim.send("connect")
-            registered = [sim.answer("registered") for sim in sims]
+                sim.send("connect" + rate)
+            deadline = time.monotonic() + _REGISTER_TIMEOUT_S
+            registered = [sim.answer("registered", max(0.1, deadline - time.monotonic())) for sim in sims]
             result["register_s"] = max(r["last_at"] for r in registered) - t0
             pm = cluster.manager
             _wait(lambda: sum(w.state == "ready" for w in pm.client.list_workers()) == workers, 60.0, f"{workers} ready workers listed")
@@ -189,7 +214,8 @@ def run_fleet(
             # -- idle heartbeats (the window is the measurement, not a synchronization)
             time.sleep(2 * heartbeat_interval_s)
             before, cpu0 = _stats(sims), _cpu_s(coordinator)
-            time.sleep(idle_s)
+            with _profiled(profile_dir, coordinator.pid, f"{workers}-idle"):
+                time.sleep(idle_s)
             after, cpu1 = _stats(sims), _cpu_s(coordinator)
             beats = sum(a["heartbeats"] - b["heartbeats"] for a, b in zip(after, before))
             result.update(
@@ -201,16 +227,17 @@ def run_fleet(
             # -- throughput
             spec = _wide_spec(tasks_n)
             before, cpu0 = _stats(sims), _cpu_s(coordinator)
-            start = time.perf_counter()
-            run_id = pm.submit(spec)
-            status = "unknown"
-            for event in pm.client.watch(run_id, summary_only=True):
-                status = event.summary.state.lower()
-                if status in ("succeeded", "failed", "cancelled"):
-                    break
-                if time.perf_counter() - start > _RUN_TIMEOUT_S:
-                    raise BenchError(f"run {run_id} did not finish within {_RUN_TIMEOUT_S:g}s")
-            seconds = time.perf_counter() - start
+            with _profiled(profile_dir, coordinator.pid, f"{workers}-run"):
+                start = time.perf_counter()
+                run_id = pm.submit(spec)
+                status = "unknown"
+                for event in pm.client.watch(run_id, summary_only=True):
+                    status = event.summary.state.lower()
+                    if status in ("succeeded", "failed", "cancelled"):
+                        break
+                    if time.perf_counter() - start > _RUN_TIMEOUT_S:
+                        raise BenchError(f"run {run_id} did not finish within {_RUN_TIMEOUT_S:g}s")
+                seconds = time.perf_counter() - start
             after, cpu1 = _stats(sims), _cpu_s(coordinator)
             if status != "succeeded":
                 raise BenchError(f"run {run_id} ended {status}")
@@ -281,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="the coordinator's flag (its default: 1)")
     p.add_argument("--prefetch", type=int, default=None, help="the coordinator's --prefetch (default: its own)")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
+    p.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_S",
+                   help="workers connecting per second, all simulators together (default 0: all at once)")
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the coordinator (idle window, run) into DIR")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the JSON results")
     opts = p.parse_args(argv)
     for name in ("tasks", "procs", "lost"):
@@ -298,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             r = run_fleet(n, tasks_n=opts.tasks, procs=opts.procs, idle_s=opts.idle_s, lost=opts.lost,
                           heartbeat_timeout_s=opts.heartbeat_timeout_s, heartbeat_interval_s=opts.heartbeat_interval_s,
-                          prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None)  # fmt: skip
+                          prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None,
+                          profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})
@@ -316,4 +347,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # SIGTERM unwinds like Ctrl-C, so the coordinator and the simulators are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
