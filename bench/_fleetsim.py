@@ -35,6 +35,7 @@ import time
 
 import grpc
 import psutil
+from xpipe._backoff import Backoff
 from xpipe._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
@@ -47,6 +48,8 @@ _NONE_RESULT = pb.Payload(codec=pb.CODEC_PICKLE, data=b"\x80\x05N.", size_bytes=
 _METRICS = worker_pb2.WorkerMetrics(cpu_percent=5.0, memory_percent=20.0, memory_used_bytes=2**30, load_1m=0.1)
 _RESOURCES = pb.Resources(cpu_cores=4, memory_bytes=8 * 2**30)
 _parse_head = worker_pb2.AssignmentHead.FromString
+#: As in worker/_daemon.py: after a session this long, reconnecting starts from the shortest wait.
+_HEALTHY_SESSION_S = 5.0
 #: With a connect rate, workers start in groups of this many.
 _CONNECT_CHUNK = 20
 
@@ -66,7 +69,11 @@ class SimWorker:
 
     async def run(self) -> None:
         """Keep a session until cut or stopped; register again after Reset/NotLeader or a broken stream."""
+        # The same waits between attempts as xpipe-worker's connect loop (worker/_daemon.py).
+        backoff = Backoff(initial_s=0.05, max_s=2.0)
         while not self.cut and not self.sim.stopping:
+            started = time.monotonic()
+            why = "ended"
             try:
                 await self._session()
             except grpc.aio.AioRpcError as exc:
@@ -76,12 +83,15 @@ class SimWorker:
                     log.error("worker %s refused: %s", self.name, exc.details())
                     self.sim.errors += 1
                     return
-                log.info("stream of %s ended: %s %s", self.name, exc.code().name, exc.details())
+                why = exc.code().name
+                log.info("stream of %s ended: %s %s", self.name, why, exc.details())
             except asyncio.CancelledError:
                 return
             if not (self.cut or self.sim.stopping):
-                self.sim.reconnects += 1
-                await asyncio.sleep(0.05)
+                self.sim.reconnects[why] = self.sim.reconnects.get(why, 0) + 1
+                if time.monotonic() - started > _HEALTHY_SESSION_S:
+                    backoff.reset()
+                await asyncio.sleep(backoff.next_delay())
 
     async def _session(self) -> None:
         send: asyncio.Queue[worker_pb2.WorkerMessage | None] = asyncio.Queue()
@@ -127,6 +137,7 @@ class SimWorker:
                     send.put_nowait(None)
                     self.cut = True  # a drained worker leaves for good
                 elif body in ("reset", "not_leader"):
+                    self.sim.resets += 1
                     return
                 # "cancel": nothing is held by the time it arrives; "install": not simulated.
         finally:
@@ -162,7 +173,8 @@ class Simulator:
         self.streams_per_channel = streams_per_channel
         self.host = f"fleet-{prefix}"
         self.stopping = False
-        self.heartbeats = self.done = self.reconnects = self.errors = self.registered = 0
+        self.heartbeats = self.done = self.errors = self.registered = self.resets = 0
+        self.reconnects: dict[str, int] = {}  # why a stream ended (a gRPC status, or "ended"): count
         self.workers: list[SimWorker] = []
         self.channels: list[grpc.aio.Channel] = []
         self.tasks: list[asyncio.Task] = []
@@ -205,7 +217,7 @@ class Simulator:
     def stats(self) -> dict:
         cpu = psutil.Process().cpu_times()
         return {"event": "stats", "cpu_s": cpu.user + cpu.system, "heartbeats": self.heartbeats, "done": self.done,
-                "registered": self.registered, "reconnects": self.reconnects, "errors": self.errors,
+                "registered": self.registered, "reconnects": self.reconnects, "resets": self.resets, "errors": self.errors,
                 "rss_bytes": psutil.Process().memory_info().rss, "at": time.time()}  # fmt: skip
 
     def cut(self, k: int) -> dict:

@@ -254,7 +254,7 @@ def run_fleet(
                 coordinator_cpu_us_per_task=1e6 * (cpu1 - cpu0) / tasks_n,
                 coordinator_cpu_pct=100 * (cpu1 - cpu0) / seconds,
                 sim_cpu_pct_total=100 * sum(sim_cpu) / seconds, sim_cpu_pct_max=100 * max(sim_cpu) / seconds,
-                reconnects=sum(a["reconnects"] for a in after), errors=sum(a["errors"] for a in after),
+                errors=sum(a["errors"] for a in after), resets=sum(a["resets"] for a in after),
                 sim_rss_bytes=sum(a["rss_bytes"] for a in after),
             )  # fmt: skip
             # -- lost detection: spread the cut over the simulators
@@ -279,6 +279,12 @@ def run_fleet(
             result["lost_detect_s"] = time.time() - cut_at
             result["lost_polls"] = polls
             result["rss_peak_bytes"] = sampler.stop()
+            # Streams that ended and registered again over the whole sample, by why they ended.
+            reconnects: dict[str, int] = {}
+            for stats in _stats(sims):
+                for why, count in stats["reconnects"].items():
+                    reconnects[why] = reconnects.get(why, 0) + count
+            result["reconnects"] = reconnects
         finally:
             for sim in sims:
                 sim.stop()
