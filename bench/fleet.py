@@ -13,8 +13,10 @@ worker. Measured, in this order:
   heartbeat at the coordinator's interval, divided by the heartbeats sent in that window;
 * **throughput**: a wide pipeline of ``--tasks`` no-op tasks submitted through the SDK
   (``PipelineManager.submit``), timed until the run's summary says succeeded; tasks/s, the
-  coordinator's CPU seconds per task, and the simulators' CPU (to tell which side is the
-  limit). Every task must have been answered exactly once;
+  coordinator's CPU seconds per task (also net of the idle heartbeats' CPU over the same time),
+  and the simulators' CPU (to tell which side is the
+  limit). Every task must have been answered at least once; extra answers are counted, with
+  the coordinator's reasons for requeueing;
 * **lost detection**: ``--lost`` workers cut at once (streams cancelled, no goodbye); the
   time from the cut until ``ListWorkers`` shows every one of them as lost. It is bounded
   below by ``--heartbeat-timeout-s`` (the coordinator's flag, short here) plus one tick;
@@ -125,6 +127,18 @@ def _cpu_s(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def _main_thread_cpu_s(proc: psutil.Process) -> float:
+    """CPU of the process's main thread (its asyncio loop, where the GIL-bound work runs).
+
+    The rest of a coordinator's CPU is mostly gRPC's own threads (polling, HTTP/2), which can
+    run on another core: the main thread's share is what caps tasks/s.
+    """
+    for t in proc.threads():
+        if t.id == proc.pid:
+            return t.user_time + t.system_time
+    return 0.0
+
+
 def _wait(condition, timeout_s: float, what: str, interval_s: float = 0.1):
     deadline = time.monotonic() + timeout_s
     while True:
@@ -213,10 +227,11 @@ def run_fleet(
             result["rss_registered_bytes"] = coordinator.memory_info().rss
             # -- idle heartbeats (the window is the measurement, not a synchronization)
             time.sleep(2 * heartbeat_interval_s)
-            before, cpu0 = _stats(sims), _cpu_s(coordinator)
+            before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
             with _profiled(profile_dir, coordinator.pid, f"{workers}-idle"):
                 time.sleep(idle_s)
-            after, cpu1 = _stats(sims), _cpu_s(coordinator)
+            after, cpu1, main1 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
+            result["idle_coordinator_main_thread_cpu_pct"] = 100 * (main1 - main0) / idle_s
             beats = sum(a["heartbeats"] - b["heartbeats"] for a, b in zip(after, before))
             result.update(
                 idle_window_s=idle_s, idle_heartbeats=beats, idle_coordinator_cpu_s=cpu1 - cpu0,
@@ -226,7 +241,7 @@ def run_fleet(
             )  # fmt: skip
             # -- throughput
             spec = _wide_spec(tasks_n)
-            before, cpu0 = _stats(sims), _cpu_s(coordinator)
+            before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
             with _profiled(profile_dir, coordinator.pid, f"{workers}-run"):
                 start = time.perf_counter()
                 run_id = pm.submit(spec)
@@ -238,7 +253,8 @@ def run_fleet(
                     if time.perf_counter() - start > _RUN_TIMEOUT_S:
                         raise BenchError(f"run {run_id} did not finish within {_RUN_TIMEOUT_S:g}s")
                 seconds = time.perf_counter() - start
-            after, cpu1 = _stats(sims), _cpu_s(coordinator)
+            after, cpu1, main1 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
+            result["coordinator_main_thread_cpu_pct"] = 100 * (main1 - main0) / seconds
             if status != "succeeded":
                 raise BenchError(f"run {run_id} ended {status}")
             done = sum(a["done"] - b["done"] for a, b in zip(after, before))
@@ -253,6 +269,8 @@ def run_fleet(
                 run_s=seconds, tasks_per_s=tasks_n / seconds, coordinator_cpu_s=cpu1 - cpu0,
                 coordinator_cpu_us_per_task=1e6 * (cpu1 - cpu0) / tasks_n,
                 coordinator_cpu_pct=100 * (cpu1 - cpu0) / seconds,
+                # The same, less what the idle heartbeats cost over as long: the tasks' own share.
+                coordinator_cpu_us_per_task_net=1e6 * max(0.0, cpu1 - cpu0 - result["idle_coordinator_cpu_s"] * seconds / idle_s) / tasks_n,
                 sim_cpu_pct_total=100 * sum(sim_cpu) / seconds, sim_cpu_pct_max=100 * max(sim_cpu) / seconds,
                 errors=sum(a["errors"] for a in after), resets=sum(a["resets"] for a in after),
                 sim_rss_bytes=sum(a["rss_bytes"] for a in after),
@@ -294,12 +312,12 @@ def run_fleet(
 
 
 def _row(r: dict[str, Any]) -> str:
-    return (f"{r['workers']:>7} {r['register_s']:>9.2f} {r['tasks_per_s']:>8.0f} {r['coordinator_cpu_us_per_task']:>10.0f} "
+    return (f"{r['workers']:>7} {r['register_s']:>9.2f} {r['tasks_per_s']:>8.0f} {r['coordinator_cpu_us_per_task']:>10.0f} {r['coordinator_cpu_us_per_task_net']:>8.0f} "
             f"{r['coordinator_cpu_pct']:>7.0f} {r['sim_cpu_pct_total']:>7.0f} {r['heartbeat_cpu_us']:>8.0f} "
             f"{r['idle_coordinator_cpu_pct']:>8.1f} {r['rss_peak_bytes'] / 2**20:>8.0f} {r['lost_detect_s']:>7.2f}")  # fmt: skip
 
 
-HEADER = (f"{'workers':>7} {'register':>9} {'tasks/s':>8} {'cpu us/t':>10} {'coord%':>7} {'sims%':>7} "
+HEADER = (f"{'workers':>7} {'register':>9} {'tasks/s':>8} {'cpu us/t':>10} {'net us/t':>8} {'coord%':>7} {'sims%':>7} "
           f"{'us/hb':>8} {'idle%':>8} {'RSS MiB':>8} {'lost s':>7}")  # fmt: skip
 
 
