@@ -187,7 +187,7 @@ def _wide_spec(n: int):
 def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
-    profile_dir: Path | None = None, connect_rate_per_s: float = 0.0,
+    profile_dir: Path | None = None, connect_rate_per_s: float = 0.0, run_timeout_s: float = _RUN_TIMEOUT_S,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -250,8 +250,9 @@ def run_fleet(
                     status = event.summary.state.lower()
                     if status in ("succeeded", "failed", "cancelled"):
                         break
-                    if time.perf_counter() - start > _RUN_TIMEOUT_S:
-                        raise BenchError(f"run {run_id} did not finish within {_RUN_TIMEOUT_S:g}s")
+                    if time.perf_counter() - start > run_timeout_s:
+                        raise BenchError(f"run {run_id} did not finish within {run_timeout_s:g}s; requeues by reason: "
+                                         f"{_requeue_reasons(cluster.coordinator.log_path)}")
                 seconds = time.perf_counter() - start
             after, cpu1, main1 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
             result["coordinator_main_thread_cpu_pct"] = 100 * (main1 - main0) / seconds
@@ -334,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
     p.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_S",
                    help="workers connecting per second, all simulators together (default 0: all at once)")
+    p.add_argument("--run-timeout-s", type=float, default=_RUN_TIMEOUT_S, help="the wide run fails after this long")
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the coordinator (idle window, run) into DIR")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the JSON results")
     opts = p.parse_args(argv)
@@ -347,13 +349,26 @@ def main(argv: list[str] | None = None) -> int:
                            "argv": sys.argv[1:] if argv is None else list(argv), "samples": []}  # fmt: skip
     print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(HEADER, flush=True)
+    try:
+        status = _run_sizes(opts, out)
+    finally:  # also on Ctrl-C or SIGTERM: the samples taken so far are kept
+        opts.out.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = opts.out / f"{stamp}-fleet.json"
+        path.write_text(json.dumps(out, indent=2))
+        print(f"wrote {path}")
+    return status
+
+
+def _run_sizes(opts: argparse.Namespace, out: dict[str, Any]) -> int:
     status = 0
     for n in opts.workers:
         try:
             r = run_fleet(n, tasks_n=opts.tasks, procs=opts.procs, idle_s=opts.idle_s, lost=opts.lost,
                           heartbeat_timeout_s=opts.heartbeat_timeout_s, heartbeat_interval_s=opts.heartbeat_interval_s,
                           prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None,
-                          profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate)  # fmt: skip
+                          profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate,
+                          run_timeout_s=opts.run_timeout_s)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})
@@ -362,11 +377,6 @@ def main(argv: list[str] | None = None) -> int:
         r["load_after"] = os.getloadavg()
         out["samples"].append(r)
         print(_row(r), flush=True)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = opts.out / f"{stamp}-fleet.json"
-    path.write_text(json.dumps(out, indent=2))
-    print(f"wrote {path}")
     return status
 
 
