@@ -113,10 +113,12 @@ class SimWorker:
             response_deserializer=worker_pb2.CoordinatorMessageView.FromString,
         )(outgoing())
         heartbeats: asyncio.Task | None = None
+        self.received = 0  # assignments received on this stream, as a real worker counts them
         try:
             async for message in call:
                 body = message.WhichOneof("body")
                 if body == "assignments":
+                    self.received += len(message.assignments.assignments)
                     now = time.time()
                     events = [
                         worker_pb2.TaskEvent(attempt=_parse_head(raw).attempt, succeeded=worker_pb2.Succeeded(result=_NONE_RESULT),
@@ -149,9 +151,10 @@ class SimWorker:
     async def _heartbeats(self, send: asyncio.Queue, interval_s: float) -> None:
         # A random phase, as real workers started at different times have: no thundering herd.
         await asyncio.sleep(interval_s * (hash(self.name) % 1000) / 1000)
-        message = worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(metrics=_METRICS))
         while True:
-            send.put_nowait(message)
+            # Everything received is answered at once, so nothing is held: the count alone.
+            send.put_nowait(worker_pb2.WorkerMessage(
+                heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, assignments_received=self.received)))
             self.sim.heartbeats += 1
             await asyncio.sleep(interval_s)
 

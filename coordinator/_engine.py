@@ -169,6 +169,21 @@ class _Session:
     reset_reason: str = ""
     #: Start of the stimulus ids of this stream's messages (``"ws-<worker>-<stream>."``).
     stimulus_prefix: str = ""
+    #: Assignments queued on this stream so far, and each unconfirmed attempt's number among
+    #: them: a heartbeat's ``assignments_received`` confirms those it covers (see :meth:`confirm`).
+    queued: int = 0
+    unconfirmed: dict = field(default_factory=dict)
+    #: Whether the worker's heartbeats count what it received: None until its first one says;
+    #: False (an older worker) stops the numbering, which nothing would ever confirm.
+    counts: bool | None = None
+
+    def confirm(self, received: int) -> frozenset:
+        """Forget the attempts the worker has received (``received`` counts them); the rest,
+        still on their way to it, are returned: they must not be taken for lost."""
+        unconfirmed = self.unconfirmed
+        for key in [key for key, number in unconfirmed.items() if number <= received]:
+            del unconfirmed[key]
+        return frozenset(unconfirmed)
 
 
 class Engine:
@@ -474,8 +489,13 @@ class Engine:
         batches: dict[str, worker_pb2.AssignmentBatchView] = {}
         traced: dict[str, list[Assign]] | None = {} if self.config.tracing is not None else None
         checkpoints = self.checkpoints
+        sessions = self.sessions
         for action in actions:
             if isinstance(action, Assign):
+                session = sessions.get(action.worker_id)
+                if session is not None and session.counts is not False:  # numbered in stream order, for heartbeats
+                    session.queued += 1
+                    session.unconfirmed[action.attempt] = session.queued
                 batch = batches.get(action.worker_id)
                 if batch is None:
                     batch = batches[action.worker_id] = worker_pb2.AssignmentBatchView()

@@ -115,6 +115,8 @@ class HeartbeatReceived(Event):
     running: tuple[AttemptKey, ...] = ()
     metrics: Any = None
     draining: bool = False
+    #: Attempts sent to the worker that it had not received when it sent this heartbeat.
+    on_their_way: frozenset = frozenset()
 
 
 @_message

@@ -524,8 +524,18 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                     problem = check_heartbeat(hb)
                     if problem:
                         return problem
+                    # A worker that counts what it received confirms those attempts; the rest
+                    # are on their way, not lost (an older worker: time alone decides).
+                    on_their_way = frozenset()
+                    if hb.HasField("assignments_received"):
+                        session.counts = True
+                        on_their_way = session.confirm(hb.assignments_received)
+                    elif session.counts is None:
+                        session.counts = False
+                        session.unconfirmed.clear()
                     post(HeartbeatReceived(
-                        now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, stimulus_id=sid,
+                        now, worker_id, tuple(_key(r) for r in hb.running), hb.metrics, hb.draining, on_their_way,
+                        stimulus_id=sid,
                     ))  # fmt: skip
                 elif body == "task_logs":
                     # Not the engine's: logs go to their own store, off the scheduling path.

@@ -362,12 +362,15 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         if ev.draining and worker.state == "ready":
             worker.state = "draining"
             self.placement.set_eligible(worker.worker_id, False)
-        # An attempt the worker does not hold, sent long enough ago to have arrived, was lost
-        # in transit (a stream that broke mid-batch): requeue it.
+        # An attempt the worker does not hold, that it has received (its heartbeat's count
+        # covers it) or that was sent long enough ago to have arrived, was lost in transit
+        # (a stream that broke mid-batch): requeue it. One still on its way is not lost: on an
+        # overloaded coordinator, writes can lag placement by more than the grace.
         held = set(ev.running)
+        on_their_way = ev.on_their_way
         grace = max(2.0, self.heartbeat_timeout_s / 2)
         for key, sent_at in list(worker.assigned.items()):
-            if key not in held and ev.now - sent_at > grace:
+            if key not in held and key not in on_their_way and ev.now - sent_at > grace:
                 self._unhold(worker, key)
                 self._requeue(key, ev.now, out, reason="not held by its worker")
 

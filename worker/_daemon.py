@@ -233,6 +233,8 @@ class WorkerDaemon:
         # Captured task output waiting for the stream (see ``_tasklogs``), and the timer
         # that wakes the stream when some has waited long enough.
         self._logs = TaskLogBuffer(config.task_log_max_bytes)
+        #: Assignments received on the current stream; heartbeats carry it (Heartbeat.assignments_received).
+        self._received = 0
         self._log_timer: asyncio.TimerHandle | None = None
         #: The newest checkpoint save of each attempt, held while no stream is up.
         self._held_checkpoints: dict[tuple[str, str, int], worker_pb2.CheckpointSave] = {}
@@ -431,6 +433,7 @@ class WorkerDaemon:
         token = self.config.token
         metadata = ((AUTHORIZATION_KEY, authorization_value(token)),) if token else None
         async with channel:
+            self._received = 0  # assignments received on this stream (its heartbeats say how many)
             call = channel.stream_stream(
                 _CONNECT_METHOD,
                 request_serializer=worker_pb2.WorkerMessage.SerializeToString,
@@ -441,6 +444,7 @@ class WorkerDaemon:
                 async for message in call:
                     body = message.WhichOneof("body")
                     if body == "assignments":
+                        self._received += len(message.assignments.assignments)
                         self._accept(message.assignments)
                     elif body == "registered":
                         reg = message.registered
@@ -548,6 +552,7 @@ class WorkerDaemon:
                         metrics=sample,
                         running=[_ref(k) for k in self._state.held],
                         draining=self._state.draining,
+                        assignments_received=self._received,
                     )
                 )
             )
@@ -558,7 +563,9 @@ class WorkerDaemon:
             self._put(
                 self._send,
                 worker_pb2.WorkerMessage(
-                    heartbeat=worker_pb2.Heartbeat(running=[_ref(k) for k in self._state.held], draining=True)
+                    heartbeat=worker_pb2.Heartbeat(
+                        running=[_ref(k) for k in self._state.held], draining=True, assignments_received=self._received
+                    )
                 ),
             )
 

@@ -121,14 +121,16 @@ class WorkerMetrics(_message.Message):
     def __init__(self, cpu_percent: _Optional[float] = ..., memory_percent: _Optional[float] = ..., memory_used_bytes: _Optional[int] = ..., load_1m: _Optional[float] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("metrics", "running", "draining")
+    __slots__ = ("metrics", "running", "draining", "assignments_received")
     METRICS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENTS_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     metrics: WorkerMetrics
     running: _containers.RepeatedCompositeFieldContainer[AttemptRef]
     draining: bool
-    def __init__(self, metrics: _Optional[_Union[WorkerMetrics, _Mapping]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
+    assignments_received: int
+    def __init__(self, metrics: _Optional[_Union[WorkerMetrics, _Mapping]] = ..., running: _Optional[_Iterable[_Union[AttemptRef, _Mapping]]] = ..., draining: _Optional[bool] = ..., assignments_received: _Optional[int] = ...) -> None: ...
 
 class TaskEvent(_message.Message):
     __slots__ = ("attempt", "started", "succeeded", "failed", "released", "at", "started_at", "telemetry", "cache_hit")

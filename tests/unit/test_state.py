@@ -314,6 +314,31 @@ def test_attempt_not_held_by_worker_is_requeued_after_grace():
     assert states(s)["a"] == "READY"
 
 
+def test_an_attempt_still_on_its_way_is_not_requeued_however_late():
+    """On an overloaded coordinator the write of an assignment can lag its placement past the
+    grace; a heartbeat whose count does not cover it says it is on its way, not lost."""
+    s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0)
+    connect(s, "w1")
+    submit(s, {"a": []})
+    (a,) = assigns(s.schedule(0.0))
+    s.handle(HeartbeatReceived(60.0, "w1", running=(), on_their_way=frozenset({a.attempt})))
+    assert states(s)["a"] == "ASSIGNED", "not received yet: not lost"
+    s.handle(HeartbeatReceived(61.0, "w1", running=()))  # its count covers it now, and it is not held
+    assert states(s)["a"] == "READY"
+
+
+def test_a_stream_session_confirms_what_the_worker_counted():
+    from xpipe.coordinator._engine import _Session
+
+    session = _Session("w1")
+    for n, key in enumerate([("r", "a", 1), ("r", "b", 1), ("r", "c", 1)], start=1):
+        session.queued = n
+        session.unconfirmed[key] = n
+    assert session.confirm(0) == {("r", "a", 1), ("r", "b", 1), ("r", "c", 1)}
+    assert session.confirm(2) == {("r", "c", 1)} and list(session.unconfirmed) == [("r", "c", 1)]
+    assert session.confirm(3) == frozenset() and session.unconfirmed == {}
+
+
 def test_started_then_disconnect_then_reconnect_keeps_attempt():
     s = SchedulerState(prefetch=0, heartbeat_timeout_s=10.0)
     connect(s, "w1")
