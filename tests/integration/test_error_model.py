@@ -111,8 +111,9 @@ def test_apply_data_fixes_refuses_what_it_cannot_rerun(pm):
         pm.apply_data_fixes(["x"], info.value.quality_report)
 
 
-def test_seed_calls_not_built_yet_name_their_issue(pm):
-    with pytest.raises(NotImplementedError, match="issue 17"):
+def test_seed_calls_without_what_they_need_say_why(pm):
+    # Built (issue 17): a coordinator with no autoscale provider refuses, naming the flag.
+    with pytest.raises(RequestRejectedError, match="runs no autoscale provider; start it with --autoscale-provider"):
         pm.scale_up_resources({"cpu_cores": 64})
     with pytest.raises(PipelineValidationError, match="no pipeline named 'anything' is registered"):
         pm.optimize_pipeline_performance("anything")  # built (issue 15): it needs a pipeline
