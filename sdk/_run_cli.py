@@ -220,7 +220,25 @@ def follow_run(
         if lines is not None:
             lines.start()
             events = lines.tap(events)
-        return pm._follow(events, monitor=terminal, raise_on_failure=False, pipeline=pipeline)
+        # The stream is followed in a thread while this (main) thread waits in short, always
+        # interruptible steps: a Ctrl-C must reach us whatever the RPC library is doing then.
+        outcome: dict[str, Any] = {}
+        done = threading.Event()
+
+        def follow() -> None:
+            try:
+                outcome["result"] = pm._follow(events, monitor=terminal, raise_on_failure=False, pipeline=pipeline)
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread as it is
+                outcome["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=follow, name="xpipe-run-follow", daemon=True).start()
+        while not done.wait(0.2):
+            pass
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
     except KeyboardInterrupt:
         if lines is not None:
             lines.stop()

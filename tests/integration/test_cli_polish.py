@@ -64,6 +64,15 @@ def _started_run_id(out_path: Path, proc: subprocess.Popen) -> str:
     return eventually(run_id, timeout_s=60, message="xpipe run printing the run id as the run starts")
 
 
+def _finished(proc: subprocess.Popen) -> str:
+    """The command's stderr once it exited; one that hangs is killed and its stderr shown."""
+    try:
+        return proc.communicate(timeout=CLI_TIMEOUT_S)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError(f"xpipe run did not exit within {CLI_TIMEOUT_S}s; stderr: {proc.communicate()[1]}") from None
+
+
 def _interrupt_when_running(client: Client, run_id: str, proc: subprocess.Popen) -> None:
     eventually(lambda: client.get_run(run_id).tasks[0].state == "RUNNING", timeout_s=30, message="the task running")
     proc.send_signal(signal.SIGINT)
@@ -77,7 +86,7 @@ def test_ctrl_c_cancels_when_stdin_is_not_a_terminal_asks_on_one_and_prints_no_t
         try:
             run_id = _started_run_id(tmp_path / "out1.txt", proc)
             _interrupt_when_running(client, run_id, proc)
-            _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+            err = _finished(proc)
         finally:
             proc.kill()
         assert proc.returncode == 130 and "Traceback" not in err, err
@@ -89,7 +98,7 @@ def test_ctrl_c_cancels_when_stdin_is_not_a_terminal_asks_on_one_and_prints_no_t
         try:
             kept = _started_run_id(tmp_path / "out2.txt", proc)
             _interrupt_when_running(client, kept, proc)
-            _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+            err = _finished(proc)
         finally:
             proc.kill()
         assert proc.returncode == 130 and "Traceback" not in err, err
@@ -107,7 +116,7 @@ def test_ctrl_c_cancels_when_stdin_is_not_a_terminal_asks_on_one_and_prints_no_t
                 eventually(lambda: f"cancel run {asked}? [y/N]" in (tmp_path / "out3.txt").read_text(),
                            timeout_s=20, message="the question")  # fmt: skip
                 os.write(master, b"y\n")
-                _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+                err = _finished(proc)
             finally:
                 proc.kill()
         finally:
@@ -129,7 +138,7 @@ def test_sigterm_on_run_with_the_embedded_default_stops_its_processes(tmp_path):
         children = psutil.Process(proc.pid).children(recursive=True)
         assert len(children) >= 3  # its coordinator and two workers
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=CLI_TIMEOUT_S)
+        err = _finished(proc)
     finally:
         proc.kill()
     assert proc.returncode == 143 and "Traceback" not in err, err
