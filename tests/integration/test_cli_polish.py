@@ -45,9 +45,16 @@ def _script(tmp_path: Path, name: str, body: str) -> Path:
 # ---------------------------------------------------------------------- Ctrl-C
 
 
+#: ``xpipe run`` as a user starts it in a terminal's foreground. A command started in the
+#: background of a shell without job control (as a CI runner may start the whole suite)
+#: inherits SIGINT ignored, and Python then keeps ignoring it: make it Python's default again.
+_FOREGROUND = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv[0] = 'xpipe'; runpy.run_module('xpipe._cli', run_name='__main__')")  # fmt: skip
+
+
 def _start_run(script: Path, address: str, out_path: Path, *extra: str, stdin=subprocess.DEVNULL) -> subprocess.Popen:
     with open(out_path, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "xpipe._cli", "run", str(script), "--coordinator", address,
+        return subprocess.Popen([sys.executable, "-c", _FOREGROUND, "run", str(script), "--coordinator", address,
                                  *extra], stdin=stdin, stdout=out, stderr=subprocess.PIPE, text=True,
                                 env=child_env(), cwd=REPO_ROOT)  # fmt: skip
 
