@@ -31,7 +31,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe.security._codetrust import code_kind
 
 from ._entries import TaskEntry
-from ._events import Action, AttemptKey, CancelAttempts, TaskRecord
+from ._events import Action, TaskRecord
 
 if TYPE_CHECKING:
     from ._entries import RunEntry
@@ -185,18 +185,7 @@ class MappingFlow:
         task.error, task.result, task.finished_at = error, None, now
         self._move(run, task, pb.FAILED, out)
         why = f"cancelled: sub-task {child.name!r} of {task.name!r} did not succeed"
-        by_worker: dict[str, list[AttemptKey]] = {}
-        for name in task.fan.children:
-            sibling = run.tasks[name]
-            if sibling.state in TERMINAL_TASK_STATES:
-                continue
-            self._collect_attempt(run, sibling, by_worker)
-            sibling.error = task_error("CANCELLED", why)
-            sibling.finished_at = now
-            self._move(run, sibling, pb.CANCELLED, out, why)
-        for worker_id, keys in by_worker.items():
-            if worker_id in self.workers and self.workers[worker_id].connected:
-                out.append(CancelAttempts(worker_id, tuple(keys)))
+        self._cancel_tasks(run, [run.tasks[name] for name in task.fan.children], now, out, why, set_error=True)
         self._fail_dependents(run, task, out)
         if run.fail_fast:
             self._stop_run_after_failure(run, task, now, out)

@@ -593,8 +593,12 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         latter gives each task a CANCELLED error naming ``why`` (a cancelled task keeps
         the error it had, if any, on a user's cancel).
         """
+        self._cancel_tasks(run, run.tasks.values(), now, out, why, set_error=set_error)
+
+    def _cancel_tasks(self, run: RunEntry, tasks, now: float, out: list[Action], why: str, *, set_error: bool) -> None:
+        """Cancel the unfinished ones of ``tasks``, and the attempts workers hold for them."""
         by_worker: dict[str, list[AttemptKey]] = {}
-        for task in run.tasks.values():
+        for task in tasks:
             if task.state in TERMINAL_TASK_STATES:
                 continue
             self._collect_attempt(run, task, by_worker)
