@@ -122,18 +122,20 @@ METRIC_KIND_TRACKED: MetricKind
 METRIC_KIND_BUSINESS: MetricKind
 
 class Payload(_message.Message):
-    __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes")
+    __slots__ = ("codec", "zstd", "data", "artifact_ref", "size_bytes", "artifact_sha256")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     ZSTD_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_REF_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     codec: Codec
     zstd: bool
     data: bytes
     artifact_ref: str
     size_bytes: int
-    def __init__(self, codec: _Optional[_Union[Codec, str]] = ..., zstd: _Optional[bool] = ..., data: _Optional[bytes] = ..., artifact_ref: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+    artifact_sha256: str
+    def __init__(self, codec: _Optional[_Union[Codec, str]] = ..., zstd: _Optional[bool] = ..., data: _Optional[bytes] = ..., artifact_ref: _Optional[str] = ..., size_bytes: _Optional[int] = ..., artifact_sha256: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
     __slots__ = ("cpu_cores", "memory_bytes", "gpu", "custom")
@@ -384,7 +386,7 @@ class FaultTolerance(_message.Message):
     def __init__(self, checkpoint_interval_s: _Optional[float] = ..., max_retries_per_task: _Optional[int] = ..., retry_backoff: _Optional[_Union[RetryBackoff, str]] = ..., fail_fast: _Optional[bool] = ..., circuit_breaker_enabled: _Optional[bool] = ..., circuit_failure_threshold: _Optional[int] = ..., circuit_window_s: _Optional[float] = ..., circuit_open_s: _Optional[float] = ...) -> None: ...
 
 class TaskError(_message.Message):
-    __slots__ = ("error_type", "type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report", "output", "missing_dependencies", "fallback_used", "skipped")
+    __slots__ = ("error_type", "type", "exception_type", "message", "traceback", "non_retryable", "required_resources", "quality_report", "output", "missing_dependencies", "fallback_used", "skipped", "exit_code")
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     EXCEPTION_TYPE_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +399,7 @@ class TaskError(_message.Message):
     MISSING_DEPENDENCIES_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_USED_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     error_type: str
     type: ErrorType
     exception_type: str
@@ -409,7 +412,8 @@ class TaskError(_message.Message):
     missing_dependencies: _containers.RepeatedScalarFieldContainer[str]
     fallback_used: bool
     skipped: bool
-    def __init__(self, error_type: _Optional[str] = ..., type: _Optional[_Union[ErrorType, str]] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[TaskOutput, _Mapping]] = ..., missing_dependencies: _Optional[_Iterable[str]] = ..., fallback_used: _Optional[bool] = ..., skipped: _Optional[bool] = ...) -> None: ...
+    exit_code: int
+    def __init__(self, error_type: _Optional[str] = ..., type: _Optional[_Union[ErrorType, str]] = ..., exception_type: _Optional[str] = ..., message: _Optional[str] = ..., traceback: _Optional[str] = ..., non_retryable: _Optional[bool] = ..., required_resources: _Optional[_Union[Resources, _Mapping]] = ..., quality_report: _Optional[_Union[Payload, _Mapping]] = ..., output: _Optional[_Union[TaskOutput, _Mapping]] = ..., missing_dependencies: _Optional[_Iterable[str]] = ..., fallback_used: _Optional[bool] = ..., skipped: _Optional[bool] = ..., exit_code: _Optional[int] = ...) -> None: ...
 
 class TaskOutput(_message.Message):
     __slots__ = ("stdout_tail", "stderr_tail", "stdout_bytes", "stderr_bytes")

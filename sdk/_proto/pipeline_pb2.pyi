@@ -27,12 +27,16 @@ class SubmitPipelineResponse(_message.Message):
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
-    __slots__ = ("run_id", "include_results")
+    __slots__ = ("run_id", "include_results", "inline_max_bytes", "accept_compression")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     include_results: bool
-    def __init__(self, run_id: _Optional[str] = ..., include_results: _Optional[bool] = ...) -> None: ...
+    inline_max_bytes: int
+    accept_compression: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., include_results: _Optional[bool] = ..., inline_max_bytes: _Optional[int] = ..., accept_compression: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit",)
@@ -59,24 +63,32 @@ class CancelRunResponse(_message.Message):
     def __init__(self, cancelled: _Optional[bool] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "summary_only", "results_on_end", "submit")
+    __slots__ = ("run_id", "summary_only", "results_on_end", "submit", "inline_max_bytes", "accept_compression")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_ONLY_FIELD_NUMBER: _ClassVar[int]
     RESULTS_ON_END_FIELD_NUMBER: _ClassVar[int]
     SUBMIT_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     summary_only: bool
     results_on_end: bool
     submit: SubmitPipelineRequest
-    def __init__(self, run_id: _Optional[str] = ..., summary_only: _Optional[bool] = ..., results_on_end: _Optional[bool] = ..., submit: _Optional[_Union[SubmitPipelineRequest, _Mapping]] = ...) -> None: ...
+    inline_max_bytes: int
+    accept_compression: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., summary_only: _Optional[bool] = ..., results_on_end: _Optional[bool] = ..., submit: _Optional[_Union[SubmitPipelineRequest, _Mapping]] = ..., inline_max_bytes: _Optional[int] = ..., accept_compression: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTaskResultRequest(_message.Message):
-    __slots__ = ("run_id", "task")
+    __slots__ = ("run_id", "task", "inline_max_bytes", "accept_compression")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ...) -> None: ...
+    inline_max_bytes: int
+    accept_compression: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., inline_max_bytes: _Optional[int] = ..., accept_compression: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
     __slots__ = ("name", "state", "attempts", "worker", "started_at", "finished_at", "error", "result", "telemetry", "map_parent", "map_index", "cache_hit")
@@ -184,18 +196,20 @@ class GetTaskStatsResponse(_message.Message):
     def __init__(self, stats: _Optional[_Mapping[str, TaskStats]] = ...) -> None: ...
 
 class GetTaskLogsRequest(_message.Message):
-    __slots__ = ("run_id", "task", "attempt", "follow", "after_seq")
+    __slots__ = ("run_id", "task", "attempt", "follow", "after_seq", "accept_compression")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     task: str
     attempt: int
     follow: bool
     after_seq: int
-    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    accept_compression: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., attempt: _Optional[int] = ..., follow: _Optional[bool] = ..., after_seq: _Optional[int] = ..., accept_compression: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TaskLogChunk(_message.Message):
     __slots__ = ("task", "attempt", "stream", "data", "truncated_bytes", "received_at", "seq")
@@ -214,3 +228,35 @@ class TaskLogChunk(_message.Message):
     received_at: float
     seq: int
     def __init__(self, task: _Optional[str] = ..., attempt: _Optional[int] = ..., stream: _Optional[_Union[_worker_pb2.LogStream, str]] = ..., data: _Optional[bytes] = ..., truncated_bytes: _Optional[int] = ..., received_at: _Optional[float] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class GetArtifactRequest(_message.Message):
+    __slots__ = ("run_id", "task", "ref", "accept_compression", "chunk_bytes")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ACCEPT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    task: str
+    ref: str
+    accept_compression: _containers.RepeatedScalarFieldContainer[str]
+    chunk_bytes: int
+    def __init__(self, run_id: _Optional[str] = ..., task: _Optional[str] = ..., ref: _Optional[str] = ..., accept_compression: _Optional[_Iterable[str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("data", "offset", "total_bytes", "compression", "codec", "size_bytes", "sha256")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    offset: int
+    total_bytes: int
+    compression: str
+    codec: _common_pb2.Codec
+    size_bytes: int
+    sha256: str
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., total_bytes: _Optional[int] = ..., compression: _Optional[str] = ..., codec: _Optional[_Union[_common_pb2.Codec, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...

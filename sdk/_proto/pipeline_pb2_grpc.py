@@ -74,6 +74,11 @@ class PipelineServiceStub:
                 request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.SerializeToString,
                 response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.FromString,
                 _registered_method=True)
+        self.GetArtifact = channel.unary_stream(
+                '/xpipe.v1.PipelineService/GetArtifact',
+                request_serializer=xpipe_dot_v1_dot_pipeline__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=xpipe_dot_v1_dot_pipeline__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class PipelineServiceServicer:
@@ -131,6 +136,14 @@ class PipelineServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifact(self, request, context):
+        """The bytes of a result that travels by reference (Payload.artifact_ref), in chunks,
+        after checking them against the content hash recorded with the task's result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PipelineServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +186,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
                     servicer.GetTaskLogs,
                     request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.FromString,
                     response_serializer=xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=xpipe_dot_v1_dot_pipeline__pb2.GetArtifactRequest.FromString,
+                    response_serializer=xpipe_dot_v1_dot_pipeline__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +409,33 @@ class PipelineService:
             '/xpipe.v1.PipelineService/GetTaskLogs',
             xpipe_dot_v1_dot_pipeline__pb2.GetTaskLogsRequest.SerializeToString,
             xpipe_dot_v1_dot_pipeline__pb2.TaskLogChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/xpipe.v1.PipelineService/GetArtifact',
+            xpipe_dot_v1_dot_pipeline__pb2.GetArtifactRequest.SerializeToString,
+            xpipe_dot_v1_dot_pipeline__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -171,10 +171,12 @@ class Succeeded(_message.Message):
     def __init__(self, result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ..., skipped: _Optional[bool] = ..., fallback_used: _Optional[bool] = ..., cause: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
 
 class Failed(_message.Message):
-    __slots__ = ("error",)
+    __slots__ = ("error", "result")
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     error: _common_pb2.TaskError
-    def __init__(self, error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ...) -> None: ...
+    result: _common_pb2.Payload
+    def __init__(self, error: _Optional[_Union[_common_pb2.TaskError, _Mapping]] = ..., result: _Optional[_Union[_common_pb2.Payload, _Mapping]] = ...) -> None: ...
 
 class Released(_message.Message):
     __slots__ = ("reason",)
