@@ -165,7 +165,7 @@ class PythonCall(_message.Message):
     def __init__(self, import_path: _Optional[str] = ..., code_hash: _Optional[str] = ...) -> None: ...
 
 class CommandCall(_message.Message):
-    __slots__ = ("argv", "env", "cwd")
+    __slots__ = ("argv", "env", "cwd", "stdout_limit_bytes")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -176,10 +176,12 @@ class CommandCall(_message.Message):
     ARGV_FIELD_NUMBER: _ClassVar[int]
     ENV_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
+    STDOUT_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     argv: _containers.RepeatedScalarFieldContainer[str]
     env: _containers.ScalarMap[str, str]
     cwd: str
-    def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ...) -> None: ...
+    stdout_limit_bytes: int
+    def __init__(self, argv: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., cwd: _Optional[str] = ..., stdout_limit_bytes: _Optional[int] = ...) -> None: ...
 
 class HandlerCall(_message.Message):
     __slots__ = ("name",)
