@@ -19,7 +19,7 @@ STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: help install system-deps kafka test proto demo bench bench-streams clean
+.PHONY: help install system-deps kafka clients test proto demo bench bench-streams clean
 
 help:
 	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd, slapd,"
@@ -31,11 +31,16 @@ help:
 	@echo "make bench-streams the streams scenario on Kafka: xpipe, aiokafka loop, Quix Streams"
 	@echo "make clean     remove .venv and caches (bench/results stays)"
 
-install: system-deps $(STAMP) kafka
+install: system-deps $(STAMP) kafka clients
 
 # Kafka for the stream tests: no Debian package exists, so Maven fetches the server jars.
 kafka: | system-deps
 	$(PYTHON) scripts/fetch_kafka.py
+
+# The Go, Java and Node client examples (examples/clients/): tests run them against a real
+# cluster. Each build caches its toolchain downloads (Go modules, ~/.m2, npm's cache).
+clients: $(STAMP)
+	bash examples/clients/build.sh
 
 # System packages come first: on a bare Debian they include python3-venv, which
 # `python3 -m venv` needs.
