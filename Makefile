@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml | $(VPY)
 
 test: install
 	$(VPY) scripts/gen_protos.py --check
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider --durations=30
 
 proto: $(STAMP)
 	$(VPY) scripts/gen_protos.py
