@@ -158,8 +158,10 @@ def test_workers_page_lists_the_workers(tmp_path: Path, browser) -> None:
         for name in c.workers:
             assert name in text, f"worker {name} not on the page: {text!r}"
         assert text.count("/3") == 2, f"each worker's 3 slots should show: {text!r}"
-        # The sparklines draw the heartbeats' samples; they grow while the page polls.
-        page.wait_for_selector("#workers svg.spark.cpu polyline", timeout=20_000)
+        # The sparklines draw the heartbeats' samples; they grow while the page polls. Attached,
+        # not visible: on a saturated machine every sample is 100%, a flat line of zero height,
+        # which Playwright counts as not visible.
+        page.wait_for_selector("#workers svg.spark.cpu polyline", state="attached", timeout=20_000)
         page.screenshot(path=str(ARTIFACTS / "workers-page.png"), full_page=True)
         page.close()
 

@@ -206,26 +206,42 @@ function drawCells(container, tasks, byLayer, order, byName, onPick) {
   const dirty = new Set();
   let scheduled = false;
 
-  function paint(n) {
-    const p = pos.get(n);
-    if (!p) return;
-    const s = want.get(n);
-    ctx.clearRect(p[0], p[1], CELL - 1, CELL - 1);
-    ctx.fillStyle = fill(s);
-    ctx.fillRect(p[0], p[1], CELL - 1, CELL - 1);
-    if (critical.has(n)) {
+  /**
+   * Paint ``names`` (an iterable of task names): grouped by state, so the fill colour is set
+   * once per state rather than once per cell. A cell's fill is opaque and covers its whole
+   * square, outline included, so nothing is cleared first.
+   */
+  function paint(names) {
+    const byState = new Map();
+    for (const n of names) {
+      if (!pos.has(n)) continue;
+      const s = want.get(n);
+      let group = byState.get(s);
+      if (group === undefined) byState.set(s, (group = []));
+      group.push(n);
+    }
+    const outlined = [];
+    for (const [s, group] of byState) {
+      ctx.fillStyle = fill(s);
+      for (const n of group) {
+        const p = pos.get(n);
+        ctx.fillRect(p[0], p[1], CELL - 1, CELL - 1);
+        if (critical.has(n)) outlined.push(p);
+        const before = painted.get(n);
+        if (before !== undefined) counts.set(before, counts.get(before) - 1);
+        painted.set(n, s);
+      }
+      counts.set(s, (counts.get(s) || 0) + group.length);
+    }
+    if (outlined.length) {
       ctx.strokeStyle = critColour;
       ctx.lineWidth = 1.5;
-      ctx.strokeRect(p[0] + 0.75, p[1] + 0.75, CELL - 2.5, CELL - 2.5);
+      for (const p of outlined) ctx.strokeRect(p[0] + 0.75, p[1] + 0.75, CELL - 2.5, CELL - 2.5);
     }
-    const before = painted.get(n);
-    if (before !== undefined) counts.set(before, counts.get(before) - 1);
-    counts.set(s, (counts.get(s) || 0) + 1);
-    painted.set(n, s);
   }
   function flush() {
     scheduled = false;
-    for (const n of dirty) paint(n);
+    paint(dirty);
     dirty.clear();
   }
   function schedule(n) {
@@ -240,10 +256,8 @@ function drawCells(container, tasks, byLayer, order, byName, onPick) {
   ctx.fillStyle = css.getPropertyValue("--fg").trim() || "#000";
   ctx.font = "11px system-ui, sans-serif";
   for (const [text, lx] of labels) ctx.fillText(text, lx, 12);
-  for (const n of pos.keys()) {
-    want.set(n, stateName(byName.get(n).state));
-    paint(n);
-  }
+  for (const n of pos.keys()) want.set(n, stateName(byName.get(n).state));
+  paint(pos.keys());
 
   function nameAt(ev) {
     const r = canvas.getBoundingClientRect();

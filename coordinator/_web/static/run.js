@@ -105,19 +105,22 @@ export async function runPage(main, [runId]) {
     for (const k of ["started_at", "finished_at", "worker", "attempt", "error_type", "error_message"]) {
       if (ev[k] !== undefined) t[k] = ev[k];
     }
-    const s = stateName(ev.state);
-    if (s === t.state) return;
-    t.state = s;
-    dag.setState(t.name, s);
-    critDirty = true;
+    if (moveTask(t, stateName(ev.state))) critDirty = true;
   }
   /**
-   * Count tasks per state from the tasks themselves, once per message: one source, so the
-   * figures cannot drift from the nodes (10,000 tasks take well under a millisecond).
+   * Every state change goes through here: the node, and the counts by one each way, so the
+   * figures cannot drift from the nodes and no message recounts 10,000 tasks.
    */
+  function moveTask(t, s) {
+    if (s === t.state) return false;
+    counts[t.state] -= 1;
+    counts[s] = (counts[s] || 0) + 1;
+    t.state = s;
+    dag.setState(t.name, s);
+    return true;
+  }
+  /** Show the counts (moveTask keeps them), once per message. */
   function recount() {
-    for (const s of STATES) counts[s] = 0;
-    for (const t of tasks) counts[t.state] = (counts[t.state] || 0) + 1;
     for (const [s, cell] of countCells) {
       const text = String(counts[s] || 0);
       if (cell.textContent !== text) cell.textContent = text;
@@ -150,10 +153,7 @@ export async function runPage(main, [runId]) {
       const t = byName.get(streamNames[d.index[k]]);
       const s = stateNames[d.state[k]];
       if (!t || s === undefined) continue;
-      const name = stateName(s);
-      if (name === t.state) continue;
-      t.state = name;
-      dag.setState(t.name, name);
+      moveTask(t, stateName(s));
     }
   }
   const durTimer = setInterval(tick, 1000);
