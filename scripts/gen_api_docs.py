@@ -22,7 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 API_MD = ROOT / "docs" / "api.md"
-BEGIN = "<!-- generated from proto/: begin (scripts/gen_api_docs.py; edit the .proto comments, then `make proto`) -->"
+BEGIN = (
+    "<!-- generated from proto/: begin "
+    "(scripts/gen_api_docs.py; edit the .proto comments, then `make proto`) -->"
+)
 END = "<!-- generated from proto/: end -->"
 PACKAGE = "xpipe.v1"
 
@@ -54,12 +57,11 @@ def build_descriptor_set(proto_dir: Path = PROTO_DIR):
     from grpc_tools import protoc  # a dev dependency, imported only here
 
     protos = sorted(str(p.relative_to(proto_dir)) for p in (proto_dir / "xpipe" / "v1").glob("*.proto"))
+    args = ["grpc_tools.protoc", f"-I{proto_dir}", "--include_source_info"]
     include = str(Path(protoc.__file__).parent / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "set.binpb"
-        rc = protoc.main(
-            ["grpc_tools.protoc", f"-I{proto_dir}", f"-I{include}", "--include_source_info", f"--descriptor_set_out={out}", *protos]
-        )
+        rc = protoc.main([*args, f"-I{include}", f"--descriptor_set_out={out}", *protos])
         if rc != 0:
             raise SystemExit(f"protoc failed with exit code {rc}")
         fds = descriptor_pb2.FileDescriptorSet()
@@ -68,7 +70,9 @@ def build_descriptor_set(proto_dir: Path = PROTO_DIR):
 
 
 def _comments(file) -> dict[tuple[int, ...], str]:
-    return {tuple(loc.path): _clean(loc.leading_comments) for loc in file.source_code_info.location if loc.leading_comments.strip()}
+    """{SourceCodeInfo path: leading comment} of one file; only leading comments count, as for buf."""
+    locations = file.source_code_info.location
+    return {tuple(loc.path): text for loc in locations if (text := _clean(loc.leading_comments))}
 
 
 def _clean(text: str) -> str:
@@ -82,7 +86,8 @@ def elements(fds) -> Iterator[Element]:
         for i, svc in enumerate(file.service):
             yield Element("service", svc.name, docs.get((_FILE_SERVICE, i), ""))
             for j, m in enumerate(svc.method):
-                yield Element("rpc", f"{svc.name}.{m.name}", docs.get((_FILE_SERVICE, i, _SERVICE_METHOD, j), ""))
+                comment = docs.get((_FILE_SERVICE, i, _SERVICE_METHOD, j), "")
+                yield Element("rpc", f"{svc.name}.{m.name}", comment)
         for i, msg in enumerate(file.message_type):
             yield from _message_elements(msg, msg.name, (_FILE_MESSAGE, i), docs)
         for i, enum in enumerate(file.enum_type):
@@ -117,26 +122,24 @@ def missing_comments(fds) -> list[str]:
 
 # ---- rendering ----
 
+# Clients read PipelineService and the messages it shares first; the rest follow by name.
+_FIRST = ("xpipe/v1/pipeline.proto", "xpipe/v1/common.proto", "xpipe/v1/worker.proto")
+_INTRO = """\
+## Reference (generated from the protos)
+
+Every service, RPC, message, field and enum value of `xpipe.v1`, with the comment it has
+in `proto/xpipe/v1/`. Times are unix seconds and durations seconds unless a name says
+otherwise (`*_s`, `*_bytes`). A field left unset reads as its zero value.
+"""
+
 
 def _anchor(kind: str, name: str) -> str:
-    """GitHub's heading slug of ``#### kind `name` ``: lower case, punctuation dropped."""
+    """GitHub's slug of the heading ``#### kind `name` ``: lower case, punctuation dropped."""
     return re.sub(r"[^a-z0-9 _-]", "", f"{kind} {name}".lower()).replace(" ", "-")
 
 
-def _link(type_name: str) -> str:
-    """A Markdown link to a message or enum of ours; other types as code."""
-    full = type_name.lstrip(".")
-    if full.startswith(PACKAGE + "."):
-        short = full[len(PACKAGE) + 1 :]
-        return f"[`{short}`](#{_anchor(_kinds[short], short)})"
-    return f"`{full}`"
-
-
-_kinds: dict[str, str] = {}  # short name -> "message" or "enum", filled by render()
-
-
 def _md(text: str) -> str:
-    """A comment as Markdown text: outside `code`, <...> (not HTML) and * (not emphasis) escaped."""
+    """A comment as Markdown: outside `code`, <...> (not HTML) and * (not emphasis) escaped."""
     parts = text.split("`")
     for i in range(0, len(parts), 2):  # even parts are outside backticks
         parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;").replace("*", "\\*")
@@ -147,106 +150,113 @@ def _cell(text: str) -> str:
     return _md(text).replace("|", "\\|") or " "
 
 
-def _field_type(field, maps: dict[str, tuple]) -> str:
-    if field.type in (_TYPE_MESSAGE, _TYPE_ENUM):
-        entry = maps.get(field.type_name.lstrip("."))
-        if entry is not None:
-            return f"map&lt;{_field_type(entry[0], maps)}, {_field_type(entry[1], maps)}&gt;"
-        base = _link(field.type_name)
-    else:
-        base = f"`{_SCALARS[field.type]}`"
-    if field.label == _LABEL_REPEATED:
-        return f"repeated {base}"
-    if field.proto3_optional:
-        return f"optional {base}"
-    return base
-
-
-# Clients read PipelineService and the messages it shares first; the rest follow by name.
-_FIRST = ("xpipe/v1/pipeline.proto", "xpipe/v1/common.proto", "xpipe/v1/worker.proto")
-
-
 def _file_order(file) -> tuple[int, str]:
     return (_FIRST.index(file.name) if file.name in _FIRST else len(_FIRST), file.name)
 
 
-def render(fds) -> str:
-    """The generated reference: per file its services, messages and enums."""
-    maps: dict[str, tuple] = {}
-    _kinds.clear()
+class _Renderer:
+    """Markdown for one FileDescriptorSet; knows every type of the package, to link to it."""
 
-    def index(msgs, prefix: str) -> None:
+    def __init__(self, fds) -> None:
+        self.fds = fds
+        self.kinds: dict[str, str] = {}  # short name ("RunInfo", "Outer.Inner") -> "message" | "enum"
+        self.maps: dict[str, tuple] = {}  # full name of a map entry -> (key field, value field)
+        for file in fds.file:
+            self._index(file.message_type, "")
+            for enum in file.enum_type:
+                self.kinds[enum.name] = "enum"
+
+    def _index(self, msgs, prefix: str) -> None:
         for msg in msgs:
             name = f"{prefix}{msg.name}"
             if msg.options.map_entry:
-                maps[f"{PACKAGE}.{name}"] = (msg.field[0], msg.field[1])
+                self.maps[f"{PACKAGE}.{name}"] = (msg.field[0], msg.field[1])
                 continue
-            _kinds[name] = "message"
-            index(msg.nested_type, name + ".")
+            self.kinds[name] = "message"
+            self._index(msg.nested_type, name + ".")
             for enum in msg.enum_type:
-                _kinds[f"{name}.{enum.name}"] = "enum"
+                self.kinds[f"{name}.{enum.name}"] = "enum"
 
-    for file in fds.file:
-        index(file.message_type, "")
-        for enum in file.enum_type:
-            _kinds[enum.name] = "enum"
+    def link(self, type_name: str) -> str:
+        """A Markdown link to a message or enum of ours; other types as code."""
+        full = type_name.lstrip(".")
+        if not full.startswith(PACKAGE + "."):
+            return f"`{full}`"
+        short = full[len(PACKAGE) + 1 :]
+        return f"[`{short}`](#{_anchor(self.kinds[short], short)})"
 
-    out = [
-        "## Reference (generated from the protos)",
-        "",
-        "Every service, RPC, message, field and enum value of `xpipe.v1`, with the comment it has",
-        "in `proto/xpipe/v1/`. Times are unix seconds and durations seconds unless a name says",
-        "otherwise (`*_s`, `*_bytes`). A field left unset reads as its zero value.",
-        "",
-    ]
-    for file in sorted(fds.file, key=_file_order):
-        docs = _comments(file)
-        out += [f"### `{file.name}`", ""]
-        header = docs.get((12,), "")  # the comment before `syntax`
-        if header:
-            out += [_md(header), ""]
-        for i, svc in enumerate(file.service):
-            out += [f"#### service `{svc.name}`", "", _md(docs.get((_FILE_SERVICE, i), "")), ""]
-            out += ["| rpc | request | response | does |", "| --- | --- | --- | --- |"]
-            for j, m in enumerate(svc.method):
-                req = ("stream " if m.client_streaming else "") + _link(m.input_type)
-                resp = ("stream " if m.server_streaming else "") + _link(m.output_type)
-                out.append(f"| `{m.name}` | {req} | {resp} | {_cell(docs.get((_FILE_SERVICE, i, _SERVICE_METHOD, j), ''))} |")
+    def field_type(self, field) -> str:
+        if field.type in (_TYPE_MESSAGE, _TYPE_ENUM):
+            entry = self.maps.get(field.type_name.lstrip("."))
+            if entry is not None:
+                return f"map&lt;{self.field_type(entry[0])}, {self.field_type(entry[1])}&gt;"
+            base = self.link(field.type_name)
+        else:
+            base = f"`{_SCALARS[field.type]}`"
+        if field.label == _LABEL_REPEATED:
+            return f"repeated {base}"
+        return f"optional {base}" if field.proto3_optional else base
+
+    def render(self) -> str:
+        out = [_INTRO]
+        for file in sorted(self.fds.file, key=_file_order):
+            docs = _comments(file)
+            out += [f"### `{file.name}`", ""]
+            header = docs.get((12,), "")  # the comment before `syntax`
+            if header:
+                out += [_md(header), ""]
+            for i, svc in enumerate(file.service):
+                out += self.service(svc, (_FILE_SERVICE, i), docs)
+            for i, msg in enumerate(file.message_type):
+                out += self.message(msg, msg.name, (_FILE_MESSAGE, i), docs)
+            for i, enum in enumerate(file.enum_type):
+                out += self.enum(enum, enum.name, (_FILE_ENUM, i), docs)
+        return "\n".join(out).rstrip() + "\n"
+
+    def service(self, svc, path, docs) -> list[str]:
+        out = [f"#### service `{svc.name}`", "", _md(docs.get(path, "")), ""]
+        out += ["| rpc | request | response | does |", "| --- | --- | --- | --- |"]
+        for j, m in enumerate(svc.method):
+            req = ("stream " if m.client_streaming else "") + self.link(m.input_type)
+            resp = ("stream " if m.server_streaming else "") + self.link(m.output_type)
+            does = _cell(docs.get(path + (_SERVICE_METHOD, j), ""))
+            out.append(f"| `{m.name}` | {req} | {resp} | {does} |")
+        return out + [""]
+
+    def message(self, msg, name: str, path, docs) -> list[str]:
+        if msg.options.map_entry:
+            return []
+        out = [f"#### message `{name}`", "", _md(docs.get(path, "")), ""]
+        oneofs = {j: o.name for j, o in enumerate(msg.oneof_decl) if not o.name.startswith("_")}
+        if msg.field:
+            out += ["| # | field | type | meaning |", "| --- | --- | --- | --- |"]
+            for j, field in enumerate(msg.field):
+                comment = docs.get(path + (_MSG_FIELD, j), "")
+                if field.HasField("oneof_index") and field.oneof_index in oneofs:
+                    comment = f"(one of `{oneofs[field.oneof_index]}`) {comment}"
+                kind = self.field_type(field)
+                out.append(f"| {field.number} | `{field.name}` | {kind} | {_cell(comment)} |")
             out.append("")
-        for i, msg in enumerate(file.message_type):
-            out += _render_message(msg, msg.name, (_FILE_MESSAGE, i), docs, maps)
-        for i, enum in enumerate(file.enum_type):
-            out += _render_enum(enum, enum.name, (_FILE_ENUM, i), docs)
-    return "\n".join(out).rstrip() + "\n"
+        for j, oneof in sorted(oneofs.items()):
+            out += [f"`{oneof}` (oneof): {_md(docs.get(path + (_MSG_ONEOF, j), ''))}", ""]
+        for j, nested in enumerate(msg.nested_type):
+            out += self.message(nested, f"{name}.{nested.name}", path + (_MSG_NESTED, j), docs)
+        for j, enum in enumerate(msg.enum_type):
+            out += self.enum(enum, f"{name}.{enum.name}", path + (_MSG_ENUM, j), docs)
+        return out
+
+    def enum(self, enum, name: str, path, docs) -> list[str]:
+        out = [f"#### enum `{name}`", "", _md(docs.get(path, "")), ""]
+        out += ["| # | value | meaning |", "| --- | --- | --- |"]
+        for j, value in enumerate(enum.value):
+            meaning = _cell(docs.get(path + (_ENUM_VALUE, j), ""))
+            out.append(f"| {value.number} | `{value.name}` | {meaning} |")
+        return out + [""]
 
 
-def _render_message(msg, name: str, path, docs, maps) -> list[str]:
-    if msg.options.map_entry:
-        return []
-    out = [f"#### message `{name}`", "", _md(docs.get(path, "")), ""]
-    oneofs = {j: o.name for j, o in enumerate(msg.oneof_decl) if not o.name.startswith("_")}
-    if msg.field:
-        out += ["| # | field | type | meaning |", "| --- | --- | --- | --- |"]
-        for j, field in enumerate(msg.field):
-            comment = docs.get(path + (_MSG_FIELD, j), "")
-            if field.HasField("oneof_index") and field.oneof_index in oneofs:
-                comment = f"(one of `{oneofs[field.oneof_index]}`) {comment}"
-            out.append(f"| {field.number} | `{field.name}` | {_field_type(field, maps)} | {_cell(comment)} |")
-        out.append("")
-    for j, oneof in sorted(oneofs.items()):
-        out += [f"`{oneof}` (oneof): {_md(docs.get(path + (_MSG_ONEOF, j), ''))}", ""]
-    for j, nested in enumerate(msg.nested_type):
-        out += _render_message(nested, f"{name}.{nested.name}", path + (_MSG_NESTED, j), docs, maps)
-    for j, enum in enumerate(msg.enum_type):
-        out += _render_enum(enum, f"{name}.{enum.name}", path + (_MSG_ENUM, j), docs)
-    return out
-
-
-def _render_enum(enum, name: str, path, docs) -> list[str]:
-    out = [f"#### enum `{name}`", "", _md(docs.get(path, "")), "", "| # | value | meaning |", "| --- | --- | --- |"]
-    for j, value in enumerate(enum.value):
-        out.append(f"| {value.number} | `{value.name}` | {_cell(docs.get(path + (_ENUM_VALUE, j), ''))} |")
-    return out + [""]
+def render(fds) -> str:
+    """The generated reference: per file its services, messages and enums, linked by anchors."""
+    return _Renderer(fds).render()
 
 
 def splice(page: str, reference: str) -> str:
@@ -272,7 +282,8 @@ def main() -> int:
     fresh = splice(page, render(fds))
     if opts.check:
         if fresh != page:
-            print("docs/api.md is stale: its reference differs from proto/xpipe/v1; run `make proto`", file=sys.stderr)
+            print("docs/api.md is stale: its reference differs from proto/xpipe/v1; run `make proto`",
+                  file=sys.stderr)
             return 1
         return 0
     if fresh != page:

@@ -59,7 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 needs_grpcurl = pytest.mark.skipif(
     not os.access(GRPCURL, os.X_OK),
-    reason=f"grpcurl is not built: run scripts/install_grpcurl.sh (needs go; `make install` runs it) to get {GRPCURL}",
+    reason=f"no {GRPCURL}: scripts/install_grpcurl.sh builds it (needs go; `make install` runs it)",
 )
 
 
@@ -69,7 +69,9 @@ def grpcurl(cluster: Cluster, *args: str, data: object = None) -> subprocess.Com
         cmd += ["-d", "@"]
     cmd += [cluster.address, *args]
     stdin = json.dumps(data) if data is not None else None
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT)
+    return subprocess.run(
+        cmd, check=False, input=stdin, capture_output=True, text=True, timeout=30, cwd=REPO_ROOT
+    )
 
 
 def _json_stream(text: str) -> list[dict]:
@@ -142,7 +144,11 @@ class ReflectedClient:
         resp_cls = message_factory.GetMessageClass(desc.output_type)
         request = json_format.ParseDict(request_json, req_cls())
         kind = self.channel.unary_stream if stream else self.channel.unary_unary
-        stub = kind(f"/{method}", request_serializer=req_cls.SerializeToString, response_deserializer=resp_cls.FromString)
+        stub = kind(
+            f"/{method}",
+            request_serializer=req_cls.SerializeToString,
+            response_deserializer=resp_cls.FromString,
+        )
         answer = stub(request, timeout=20)
         if stream:
             return [json_format.MessageToDict(m) for m in answer]
@@ -189,4 +195,5 @@ def test_reflection_client_gets_invalid_argument_for_a_cycle(reflected: Reflecte
 def test_reflection_client_gets_a_clear_error_for_an_unknown_field(reflected: ReflectedClient) -> None:
     """A typo in the JSON is caught by the client's parser, naming the field, before any call."""
     with pytest.raises(json_format.ParseError, match="dependOn"):
-        reflected.call("xpipe.v1.PipelineService/SubmitPipeline", {"pipeline": {"name": "x", "tasks": [{"name": "a", "dependOn": []}]}})
+        bad = {"pipeline": {"name": "x", "tasks": [{"name": "a", "dependOn": []}]}}
+        reflected.call("xpipe.v1.PipelineService/SubmitPipeline", bad)

@@ -30,7 +30,7 @@ def fds():
 def test_api_md_is_not_stale() -> None:
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "scripts" / "gen_api_docs.py"), "--check"],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 0, f"docs/api.md is stale (run `make proto`):\n{result.stdout}{result.stderr}"
 
