@@ -25,7 +25,7 @@ help:
 	@echo "make install   create .venv, install xpipe editable with dev extras, install etcd, slapd,"
 	@echo "               redis-server and nats-server, fetch the Kafka jars into ~/.cache/xpipe"
 	@echo "make test      check generated stubs are fresh, then run the test suite"
-	@echo "make proto     regenerate sdk/_proto from proto/xpipe/v1"
+	@echo "make proto     regenerate sdk/_proto and the reference in docs/api.md from proto/xpipe/v1"
 	@echo "make demo      run examples/demo.py"
 	@echo "make bench     install bench extras and run python -m bench"
 	@echo "make bench-streams the streams scenario on Kafka: xpipe, aiokafka loop, Quix Streams"
@@ -41,6 +41,7 @@ kafka: | system-deps
 # cluster. Each build caches its toolchain downloads (Go modules, ~/.m2, npm's cache).
 clients: $(STAMP)
 	bash examples/clients/build.sh
+	bash scripts/install_grpcurl.sh
 
 # System packages come first: on a bare Debian they include python3-venv, which
 # `python3 -m venv` needs.
@@ -61,6 +62,7 @@ test: install
 
 proto: $(STAMP)
 	$(VPY) scripts/gen_protos.py
+	$(VPY) scripts/gen_api_docs.py
 
 demo: install
 	$(VPY) examples/demo.py

@@ -26,7 +26,10 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and control for operators and the CLI (xpipe status, workers, drain,
+    forget, story, install). Standard grpc.health.v1.Health and server reflection are served
+    beside it.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,22 +70,28 @@ class AdminServiceStub:
 
 
 class AdminServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and control for operators and the CLI (xpipe status, workers, drain,
+    forget, story, install). Standard grpc.health.v1.Health and server reflection are served
+    beside it.
+    """
 
     def GetClusterStatus(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The coordinator, its HA group, and counts of workers and active runs.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListWorkers(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Every worker the coordinator knows, the departed (drained, lost) too until forgotten.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DrainWorker(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Tell the named worker to take no new work and leave once idle.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -151,7 +160,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """Missing associated documentation comment in .proto file."""
+    """Cluster status and control for operators and the CLI (xpipe status, workers, drain,
+    forget, story, install). Standard grpc.health.v1.Health and server reflection are served
+    beside it.
+    """
 
     @staticmethod
     def GetClusterStatus(request,

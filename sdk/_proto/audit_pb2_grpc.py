@@ -29,6 +29,7 @@ class AuditServiceStub:
     """The audit log and data lineage (issue 13; docs/security.md). Owned by the audit work:
     messages here grow with it.
 
+    The audit log and data lineage: who did what, and what each task read and wrote.
     """
 
     def __init__(self, channel):
@@ -53,6 +54,7 @@ class AuditServiceServicer:
     """The audit log and data lineage (issue 13; docs/security.md). Owned by the audit work:
     messages here grow with it.
 
+    The audit log and data lineage: who did what, and what each task read and wrote.
     """
 
     def GetAudit(self, request, context):
@@ -94,6 +96,7 @@ class AuditService:
     """The audit log and data lineage (issue 13; docs/security.md). Owned by the audit work:
     messages here grow with it.
 
+    The audit log and data lineage: who did what, and what each task read and wrote.
     """
 
     @staticmethod

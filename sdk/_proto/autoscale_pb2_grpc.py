@@ -26,7 +26,8 @@ if _version_not_supported:
 
 
 class AutoscaleServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """The cluster's autoscaler and resource manager (docs/autoscaling.md).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -52,7 +53,8 @@ class AutoscaleServiceStub:
 
 
 class AutoscaleServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """The cluster's autoscaler and resource manager (docs/autoscaling.md).
+    """
 
     def GetUsage(self, request, context):
         """What the cluster uses now and what the autoscaler wants (permission cluster:read).
@@ -104,7 +106,8 @@ def add_AutoscaleServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AutoscaleService:
-    """Missing associated documentation comment in .proto file."""
+    """The cluster's autoscaler and resource manager (docs/autoscaling.md).
+    """
 
     @staticmethod
     def GetUsage(request,

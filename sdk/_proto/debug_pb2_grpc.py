@@ -30,6 +30,7 @@ class DebugServiceStub:
     keeps each task whose upstreams are done in HELD (no worker slot); the SDK's debug
     controller (xpipe._debug) watches the run, decides on breakpoints, and releases tasks here.
 
+    Debug sessions: releases HELD tasks of a debug run one step at a time.
     """
 
     def __init__(self, channel):
@@ -50,6 +51,7 @@ class DebugServiceServicer:
     keeps each task whose upstreams are done in HELD (no worker slot); the SDK's debug
     controller (xpipe._debug) watches the run, decides on breakpoints, and releases tasks here.
 
+    Debug sessions: releases HELD tasks of a debug run one step at a time.
     """
 
     def ReleaseTasks(self, request, context):
@@ -81,6 +83,7 @@ class DebugService:
     keeps each task whose upstreams are done in HELD (no worker slot); the SDK's debug
     controller (xpipe._debug) watches the run, decides on breakpoints, and releases tasks here.
 
+    Debug sessions: releases HELD tasks of a debug run one step at a time.
     """
 
     @staticmethod

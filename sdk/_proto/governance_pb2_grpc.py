@@ -29,6 +29,7 @@ class GovernanceServiceStub:
     """Data governance: retention and the right to be forgotten (issue 13; docs/security.md).
     Owned by the governance work: messages here grow with it.
 
+    Retention sweeps and the right to be forgotten (docs/security.md).
     """
 
     def __init__(self, channel):
@@ -53,6 +54,7 @@ class GovernanceServiceServicer:
     """Data governance: retention and the right to be forgotten (issue 13; docs/security.md).
     Owned by the governance work: messages here grow with it.
 
+    Retention sweeps and the right to be forgotten (docs/security.md).
     """
 
     def CollectGarbage(self, request, context):
@@ -94,6 +96,7 @@ class GovernanceService:
     """Data governance: retention and the right to be forgotten (issue 13; docs/security.md).
     Owned by the governance work: messages here grow with it.
 
+    Retention sweeps and the right to be forgotten (docs/security.md).
     """
 
     @staticmethod

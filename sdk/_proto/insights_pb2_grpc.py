@@ -29,6 +29,7 @@ class InsightsServiceStub:
     """Insights and alerts (issue 15; docs/observability.md). History comes from the store
     (finished and running runs the coordinator keeps), never from samples.
 
+    Run history and alerts, from the store (docs/observability.md).
     """
 
     def __init__(self, channel):
@@ -53,6 +54,7 @@ class InsightsServiceServicer:
     """Insights and alerts (issue 15; docs/observability.md). History comes from the store
     (finished and running runs the coordinator keeps), never from samples.
 
+    Run history and alerts, from the store (docs/observability.md).
     """
 
     def GetHistory(self, request, context):
@@ -95,6 +97,7 @@ class InsightsService:
     """Insights and alerts (issue 15; docs/observability.md). History comes from the store
     (finished and running runs the coordinator keeps), never from samples.
 
+    Run history and alerts, from the store (docs/observability.md).
     """
 
     @staticmethod

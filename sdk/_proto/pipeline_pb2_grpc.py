@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class PipelineServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """What clients in any language use to submit pipelines and follow their runs: submit,
+    watch, read results, logs and artifacts, cancel. Plaintext or TLS gRPC on the
+    coordinator's --listen address; with --auth, a bearer token in the `authorization`
+    metadata, and runs are scoped by namespace.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -82,28 +86,39 @@ class PipelineServiceStub:
 
 
 class PipelineServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What clients in any language use to submit pipelines and follow their runs: submit,
+    watch, read results, logs and artifacts, cancel. Plaintext or TLS gRPC on the
+    coordinator's --listen address; with --auth, a bearer token in the `authorization`
+    metadata, and runs are scoped by namespace.
+    """
 
     def SubmitPipeline(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Validates, persists and starts a run; answers once the run is durable. A pipeline that
+        breaks a rule (a cycle, an unknown dependency, a duplicate name, no tasks, a value over
+        a limit: docs/api.md#limits) is INVALID_ARGUMENT naming the problem, with trailing
+        metadata xpipe-rejected = "graph" or "field". The same idempotency_key returns the same run.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """A run's summary and tasks (with their results when asked); NOT_FOUND for an unknown id.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Recent runs, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Cancels a run's unfinished tasks; cancelled=false when the run had already ended.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -116,7 +131,8 @@ class PipelineServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTaskResult(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One task's state, result and error; NOT_FOUND for an unknown run or task.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -131,6 +147,7 @@ class PipelineServiceServicer:
     def GetTaskLogs(self, request, context):
         """The captured stdout/stderr/logging of a run's task attempts, oldest first; with
         follow, keeps streaming until the task (or run) has finished and its logs arrived.
+        NOT_FOUND for an unknown run or task (docs/logs.md).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +156,9 @@ class PipelineServiceServicer:
     def GetArtifact(self, request, context):
         """The bytes of a result that travels by reference (Payload.artifact_ref), in chunks,
         after checking them against the content hash recorded with the task's result.
+        NOT_FOUND: unknown run or task, a ref that task's result does not name, or a missing
+        file; PERMISSION_DENIED: a run the caller may not read; DATA_LOSS: the stored bytes do
+        not match the recorded hash (nothing is sent); INVALID_ARGUMENT: chunk_bytes over 1 MiB.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,7 +221,11 @@ def add_PipelineServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PipelineService:
-    """Missing associated documentation comment in .proto file."""
+    """What clients in any language use to submit pipelines and follow their runs: submit,
+    watch, read results, logs and artifacts, cancel. Plaintext or TLS gRPC on the
+    coordinator's --listen address; with --auth, a bearer token in the `authorization`
+    metadata, and runs are scoped by namespace.
+    """
 
     @staticmethod
     def SubmitPipeline(request,

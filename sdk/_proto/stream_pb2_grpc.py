@@ -36,6 +36,8 @@ class StreamServiceStub:
     - the instances' control channel: reports, control answers, state checkpoints;
     - the users' view and control: status, stop (with drain), restart.
 
+    Stream pipelines: the memory broker, the stage instances' control channel, and the users'
+    status and control (docs/streams.md).
     """
 
     def __init__(self, channel):
@@ -107,6 +109,8 @@ class StreamServiceServicer:
     - the instances' control channel: reports, control answers, state checkpoints;
     - the users' view and control: status, stop (with drain), restart.
 
+    Stream pipelines: the memory broker, the stage instances' control channel, and the users'
+    status and control (docs/streams.md).
     """
 
     def Produce(self, request, context):
@@ -251,6 +255,8 @@ class StreamService:
     - the instances' control channel: reports, control answers, state checkpoints;
     - the users' view and control: status, stop (with drain), restart.
 
+    Stream pipelines: the memory broker, the stage instances' control channel, and the users'
+    status and control (docs/streams.md).
     """
 
     @staticmethod

@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class WorkerServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """What xpipe-worker daemons speak: one bidirectional stream per worker. The worker sends
+    Register first, then Heartbeats, task outcomes and logs; the coordinator answers
+    Registered and sends assignments, cancels and drains. A message that breaks a limit ends
+    the stream INVALID_ARGUMENT naming the field (what came before stays accepted).
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -42,10 +46,15 @@ class WorkerServiceStub:
 
 
 class WorkerServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """What xpipe-worker daemons speak: one bidirectional stream per worker. The worker sends
+    Register first, then Heartbeats, task outcomes and logs; the coordinator answers
+    Registered and sends assignments, cancels and drains. A message that breaks a limit ends
+    the stream INVALID_ARGUMENT naming the field (what came before stays accepted).
+    """
 
     def Connect(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """The worker's stream; a follower coordinator answers NotLeader and ends it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -67,7 +76,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class WorkerService:
-    """Missing associated documentation comment in .proto file."""
+    """What xpipe-worker daemons speak: one bidirectional stream per worker. The worker sends
+    Register first, then Heartbeats, task outcomes and logs; the coordinator answers
+    Registered and sends assignments, cancels and drains. A message that breaks a limit ends
+    the stream INVALID_ARGUMENT naming the field (what came before stays accepted).
+    """
 
     @staticmethod
     def Connect(request_iterator,
