@@ -492,7 +492,7 @@ class Engine:
         Done before the turn's commit, not after it: a heartbeat read while the commit is
         awaited must find them on their way. Numbered at dispatch, they were neither held nor
         on their way to a heartbeat that came meanwhile, and a commit longer than the grace
-        (seconds, on a loaded machine with 1,000 workers) had them all requeued as lost.
+        (a big submit on a loaded machine) had them requeued as lost.
         """
         sessions = self.sessions
         numbered: dict[str, _Session] = {}
