@@ -119,6 +119,7 @@ class SimWorker:
                 body = message.WhichOneof("body")
                 if body == "assignments":
                     self.received += len(message.assignments.assignments)
+                    self.sim.assignment_messages += 1
                     now = time.time()
                     events = [
                         worker_pb2.TaskEvent(attempt=_parse_head(raw).attempt, succeeded=worker_pb2.Succeeded(result=_NONE_RESULT),
@@ -127,6 +128,7 @@ class SimWorker:
                     ]  # fmt: skip
                     self.sim.done += len(events)
                     send.put_nowait(worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events)))
+                    self.sim.event_messages += 1
                 elif body == "registered":
                     interval_s = message.registered.heartbeat_interval_s or 1.0
                     if not self.registered_at:
@@ -177,6 +179,8 @@ class Simulator:
         self.host = f"fleet-{prefix}"
         self.stopping = False
         self.heartbeats = self.done = self.errors = self.registered = self.resets = 0
+        #: Messages on the wire each way: AssignmentBatch received, TaskEventBatch sent.
+        self.assignment_messages = self.event_messages = 0
         self.reconnects: dict[str, int] = {}  # why a stream ended (a gRPC status, or "ended"): count
         self.workers: list[SimWorker] = []
         self.channels: list[grpc.aio.Channel] = []
@@ -220,6 +224,7 @@ class Simulator:
     def stats(self) -> dict:
         cpu = psutil.Process().cpu_times()
         return {"event": "stats", "cpu_s": cpu.user + cpu.system, "heartbeats": self.heartbeats, "done": self.done,
+                "assignment_messages": self.assignment_messages, "event_messages": self.event_messages,
                 "registered": self.registered, "reconnects": self.reconnects, "resets": self.resets, "errors": self.errors,
                 "rss_bytes": psutil.Process().memory_info().rss, "at": time.time()}  # fmt: skip
 

@@ -266,6 +266,9 @@ def run_fleet(
             if done > tasks_n:
                 result["requeue_reasons"] = _requeue_reasons(cluster.coordinator.log_path)
             sim_cpu = [a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before)]
+            # Messages per task each way: what batching saves is fixed per-message cost.
+            to_workers = sum(a["assignment_messages"] - b["assignment_messages"] for a, b in zip(after, before))
+            from_workers = sum(a["event_messages"] - b["event_messages"] for a, b in zip(after, before))
             result.update(
                 run_s=seconds, tasks_per_s=tasks_n / seconds, coordinator_cpu_s=cpu1 - cpu0,
                 coordinator_cpu_us_per_task=1e6 * (cpu1 - cpu0) / tasks_n,
@@ -273,6 +276,9 @@ def run_fleet(
                 # The same, less what the idle heartbeats cost over as long: the tasks' own share.
                 coordinator_cpu_us_per_task_net=1e6 * max(0.0, cpu1 - cpu0 - result["idle_coordinator_cpu_s"] * seconds / idle_s) / tasks_n,
                 sim_cpu_pct_total=100 * sum(sim_cpu) / seconds, sim_cpu_pct_max=100 * max(sim_cpu) / seconds,
+                sim_cpu_us_per_task=1e6 * sum(sim_cpu) / tasks_n,
+                assignment_messages=to_workers, event_messages=from_workers,
+                assignments_per_message=done / max(1, to_workers), events_per_message=done / max(1, from_workers),
                 errors=sum(a["errors"] for a in after), resets=sum(a["resets"] for a in after),
                 sim_rss_bytes=sum(a["rss_bytes"] for a in after),
             )  # fmt: skip
@@ -314,11 +320,13 @@ def run_fleet(
 
 def _row(r: dict[str, Any]) -> str:
     return (f"{r['workers']:>7} {r['register_s']:>9.2f} {r['tasks_per_s']:>8.0f} {r['coordinator_cpu_us_per_task']:>10.0f} {r['coordinator_cpu_us_per_task_net']:>8.0f} "
-            f"{r['coordinator_cpu_pct']:>7.0f} {r['sim_cpu_pct_total']:>7.0f} {r['heartbeat_cpu_us']:>8.0f} "
+            f"{r['coordinator_cpu_pct']:>7.0f} {r['sim_cpu_pct_total']:>7.0f} {r['sim_cpu_us_per_task']:>8.0f} "
+            f"{r['assignments_per_message']:>7.1f} {r['events_per_message']:>7.1f} {r['heartbeat_cpu_us']:>8.0f} "
             f"{r['idle_coordinator_cpu_pct']:>8.1f} {r['rss_peak_bytes'] / 2**20:>8.0f} {r['lost_detect_s']:>7.2f}")  # fmt: skip
 
 
 HEADER = (f"{'workers':>7} {'register':>9} {'tasks/s':>8} {'cpu us/t':>10} {'net us/t':>8} {'coord%':>7} {'sims%':>7} "
+          f"{'sim us/t':>8} {'asg/msg':>7} {'ev/msg':>7} "
           f"{'us/hb':>8} {'idle%':>8} {'RSS MiB':>8} {'lost s':>7}")  # fmt: skip
 
 

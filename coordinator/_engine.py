@@ -436,6 +436,7 @@ class Engine:
             self.contained += 1
             log.exception("internal error while scheduling (no run to blame); the next turn schedules again")
         records = [a for a in actions if isinstance(a, (RunRecord, TaskRecord))]
+        numbered = self._number_assignments(actions)
         commit_s = -1.0
         if records:
             began = time.perf_counter()
@@ -453,7 +454,7 @@ class Engine:
                     fut.set_exception(InternalError(failed_submits[run_id]))
                 else:
                     fut.set_result(run_id)
-        self._dispatch(actions)
+        self._dispatch(actions, numbered)
         if records:
             self._notify(records)
             if self.tap is not None and self.tap.runs:
@@ -484,17 +485,32 @@ class Engine:
             raise RuntimeError(f"could not fail run {run_id} after an internal error") from again
         return f"run {run_id} failed: {reason}"
 
-    def _dispatch(self, actions: list[Action]) -> None:
+    def _number_assignments(self, actions: list[Action], worker_id: str = "") -> dict[str, _Session]:
+        """Number this turn's assignments on their streams (all, or ``worker_id``'s); return the sessions used.
+
+        Done before the turn's commit, not after it: a heartbeat read while the commit is
+        awaited must find them on their way. Numbered at dispatch, they were neither held nor
+        on their way to a heartbeat that came meanwhile, and a commit longer than the grace
+        (a big submit on a loaded machine) had them requeued as lost.
+        """
+        sessions = self.sessions
+        numbered: dict[str, _Session] = {}
+        for action in actions:
+            if isinstance(action, Assign) and (not worker_id or action.worker_id == worker_id):
+                session = sessions.get(action.worker_id)
+                if session is not None and session.counts is not False:  # numbered in stream order, for heartbeats
+                    session.queued += 1
+                    session.unconfirmed[action.attempt] = session.queued
+                    numbered[action.worker_id] = session
+        return numbered
+
+    def _dispatch(self, actions: list[Action], numbered: dict[str, _Session]) -> None:
         batches: dict[str, worker_pb2.AssignmentBatchView] = {}
         traced: dict[str, list[Assign]] | None = {} if self.config.tracing is not None else None
         checkpoints = self.checkpoints
         sessions = self.sessions
         for action in actions:
             if isinstance(action, Assign):
-                session = sessions.get(action.worker_id)
-                if session is not None and session.counts is not False:  # numbered in stream order, for heartbeats
-                    session.queued += 1
-                    session.unconfirmed[action.attempt] = session.queued
                 batch = batches.get(action.worker_id)
                 if batch is None:
                     batch = batches[action.worker_id] = worker_pb2.AssignmentBatchView()
@@ -527,6 +543,10 @@ class Engine:
         if batches and self.metrics is not None:
             self.metrics.dispatched(len(b.assignments) for b in batches.values())
         for worker_id, batch in batches.items():
+            session = sessions.get(worker_id)
+            if session is not None and session.counts is not False and session is not numbered.get(worker_id):
+                # The worker connected again during the commit: number them on the new stream.
+                self._number_assignments(actions, worker_id)
             # Same wire format as CoordinatorMessage (the worker reads it as the view too).
             self._send(worker_id, worker_pb2.CoordinatorMessageView(assignments=batch))
         if traced:

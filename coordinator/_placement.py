@@ -273,6 +273,9 @@ class PlacementIndex:
         self._heaps: dict[str, list[tuple]] = {s: [] for s in STRATEGIES}
         self._free_cpu: list[tuple[int, int, str]] = []
         self._free_mem: list[tuple[int, int, str]] = []
+        # Nodes changed since the heaps were last read: their entries are pushed once, when
+        # a heap is next read (:meth:`_refresh`), not on every hold and release.
+        self._dirty: dict[str, _Node] = {}
         # Inverted indexes for narrow constraints.
         self._by_label: dict[tuple[str, str], set[str]] = {}
         self._by_resource: dict[str, set[str]] = {}  # "gpu" and custom names
@@ -432,6 +435,7 @@ class PlacementIndex:
         return holder
 
     def _pick(self, request: Request, strategy: str, handler: str, code: str) -> str | None:
+        self._refresh()
         # Quick reject: nobody has that much free cpu (or memory) right now.
         top = self._top(self._free_cpu)
         if top is None or -top[0] < request.cpu_milli:
@@ -506,6 +510,7 @@ class PlacementIndex:
 
     def has_room(self) -> bool:
         """Is any eligible worker able to take some task now? O(1) amortised."""
+        self._refresh()
         return self._top(self._free_cpu) is not None
 
     def why_never_fits(self, request: Request) -> str:
@@ -582,18 +587,36 @@ class PlacementIndex:
         self._failed_now.clear()
 
     def _touch(self, node: _Node) -> None:
-        """The node changed: bump its version and push fresh entries if it has room."""
+        """The node changed: bump its version (its heap entries go stale) and mark it dirty.
+
+        Its fresh entries are pushed by :meth:`_refresh` when a heap is next read. With 1,000
+        workers a turn's results release a few attempts on each of many workers, and pushing
+        five entries per release into heaps of thousands (most of them read by nobody before
+        the node changed again) cost a fifth of the coordinator's main thread.
+        """
         node.version += 1
-        if node.worker_id not in self.nodes or not node.has_room():
+        self._dirty[node.worker_id] = node
+
+    def _refresh(self) -> None:
+        """Push one fresh entry per heap for every node changed since the last read."""
+        if not self._dirty:
             return
-        balanced, pack, spread, free_cpu, free_mem = node.keys()
-        v, wid = node.version, node.worker_id
-        heapq.heappush(self._heaps["resource_balanced"], (*balanced, v, wid))
-        heapq.heappush(self._heaps["pack"], (*pack, v, wid))
-        heapq.heappush(self._heaps["spread"], (*spread, v, wid))
-        heapq.heappush(self._free_cpu, (-free_cpu, v, wid))
-        heapq.heappush(self._free_mem, (-free_mem, v, wid))
-        if len(self._free_cpu) > 4 * len(self.nodes) + 64:
+        dirty, self._dirty = self._dirty, {}
+        nodes = self.nodes
+        balanced_heap, pack_heap, spread_heap = (self._heaps[s] for s in ("resource_balanced", "pack", "spread"))
+        free_cpu_heap, free_mem_heap = self._free_cpu, self._free_mem
+        push = heapq.heappush
+        for wid, node in dirty.items():
+            if nodes.get(wid) is not node or not node.has_room():
+                continue
+            balanced, pack, spread, free_cpu, free_mem = node.keys()
+            v = node.version
+            push(balanced_heap, (*balanced, v, wid))
+            push(pack_heap, (*pack, v, wid))
+            push(spread_heap, (*spread, v, wid))
+            push(free_cpu_heap, (-free_cpu, v, wid))
+            push(free_mem_heap, (-free_mem, v, wid))
+        if len(self._free_cpu) > 4 * len(nodes) + 64:
             self._compact()
 
     def _compact(self) -> None:

@@ -42,6 +42,11 @@ def test_fleet_bench_small(tmp_path: Path) -> None:
     assert 0 < main_s <= total_s + 0.05, r
     assert isinstance(r["reconnects"], dict) and r["resets"] >= 0
     assert r["extra_answers"] >= 0 and r["errors"] == 0
+    # Messages each way, counted by the simulators: one TaskEventBatch answers each AssignmentBatch.
+    answered = 500 + r["extra_answers"]
+    assert 0 < r["assignment_messages"] == r["event_messages"] <= answered, r
+    assert r["assignments_per_message"] == pytest.approx(answered / r["assignment_messages"])
+    assert r["sim_cpu_us_per_task"] > 0
     # A cut worker is lost once it has been silent for the timeout, found by the next tick.
     assert _TIMEOUT_S <= r["lost_detect_s"] < _TIMEOUT_S + 10, r
     assert r["rss_peak_bytes"] >= r["rss_registered_bytes"] > 10 * 2**20

@@ -33,3 +33,83 @@ def test_a_retried_submit_waits_for_the_first_and_names_the_same_run(tmp_path):
             await store.close()
 
     asyncio.run(scenario())
+
+
+class _StalledStore(SQLiteStore):
+    """A real SQLite store whose commits wait while ``stalled`` is clear (a slow disk under load)."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.resume = asyncio.Event()
+        self.resume.set()
+        self.waiting = asyncio.Event()
+
+    async def commit(self, records) -> None:
+        if records and not self.resume.is_set():
+            self.waiting.set()
+            await self.resume.wait()
+        await super().commit(records)
+
+
+def test_assignments_are_on_their_way_while_their_turn_commits(tmp_path):
+    """A heartbeat read while a turn's commit is awaited must find that turn's assignments on
+    their way: counted nowhere, they were requeued as lost once the commit outlasted the grace."""
+    from xpipe.coordinator._events import WorkerConnected
+
+    async def scenario():
+        store = _StalledStore(tmp_path / "x.db")
+        await store.open()
+        engine = Engine(store)
+        await engine.start()
+        try:
+            session = engine.connect_worker("w1")
+            engine.post(WorkerConnected(0.0, "w1", "w1", "host", 1))
+            store.resume.clear()
+            submitted = asyncio.ensure_future(engine.submit(_spec("p")))
+            await asyncio.wait_for(store.waiting.wait(), 10)
+            (attempt,) = [key for key in engine.state.workers["w1"].assigned]
+            # The worker has received nothing yet: its heartbeat's count (0) leaves it on its way.
+            assert session.confirm(0) == {attempt}
+            assert session.outbox.empty(), "sent before its ASSIGNED record was committed"
+            store.resume.set()
+            run_id = await asyncio.wait_for(submitted, 10)
+            message = await asyncio.wait_for(session.outbox.get(), 10)
+            assert len(message.assignments.assignments) == 1 and attempt[0] == run_id
+            assert session.queued == 1, "numbered twice"
+            assert session.confirm(1) == frozenset()  # received: no longer on its way
+        finally:
+            await engine.stop()
+            await store.close()
+
+    asyncio.run(scenario())
+
+
+def test_assignments_are_numbered_on_the_stream_they_go_out_on(tmp_path):
+    """A worker that connects again while the commit is awaited gets the batch on its new
+    stream, numbered there (the worker counts from 0 on each stream)."""
+    from xpipe.coordinator._events import WorkerConnected
+
+    async def scenario():
+        store = _StalledStore(tmp_path / "x.db")
+        await store.open()
+        engine = Engine(store)
+        await engine.start()
+        try:
+            old = engine.connect_worker("w1")
+            engine.post(WorkerConnected(0.0, "w1", "w1", "host", 1))
+            store.resume.clear()
+            submitted = asyncio.ensure_future(engine.submit(_spec("p")))
+            await asyncio.wait_for(store.waiting.wait(), 10)
+            new = engine.connect_worker("w1")
+            assert old.outbox.get_nowait() is None  # the stale stream is told to end
+            store.resume.set()
+            await asyncio.wait_for(submitted, 10)
+            message = await asyncio.wait_for(new.outbox.get(), 10)
+            (attempt,) = engine.state.workers["w1"].assigned
+            assert len(message.assignments.assignments) == 1
+            assert new.queued == 1 and new.confirm(0) == {attempt}
+        finally:
+            await engine.stop()
+            await store.close()
+
+    asyncio.run(scenario())

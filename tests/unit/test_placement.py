@@ -250,6 +250,29 @@ def test_heaps_are_compacted():
     assert idx.pick(req(1)) == "w"
 
 
+def test_holds_and_releases_push_heap_entries_only_when_a_pick_reads_them():
+    # A turn's results release attempts on many workers, and its placements hold new ones:
+    # each worker costs one entry per heap when the heaps are next read, not one per change.
+    idx = PlacementIndex()
+    workers = [f"w{i}" for i in range(100)]
+    for w in workers:
+        idx.upsert(w, slots=1, credit=65, resources=res(4), labels={})
+    assert idx.pick(req(1)) == "w0"
+    read = len(idx._free_cpu)
+    assert read == len(workers)
+    for round_no in range(20):
+        for w in workers:
+            idx.hold(w, (w, round_no), req(0.1))
+    for w in workers:
+        for round_no in range(20 if w == "w7" else 19):
+            idx.release(w, (w, round_no))
+    assert len(idx._free_cpu) == read  # nothing pushed yet
+    # w7 alone holds nothing now; the others one attempt each. The entries read first
+    # (everyone empty, w0 first) are stale and must not be believed.
+    assert idx.pick(req(1)) == "w7"
+    assert len(idx._free_cpu) <= 2 * len(workers)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     workers=st.lists(
