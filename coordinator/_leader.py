@@ -15,6 +15,9 @@ A leader steps down, stopping its engine at once, when
 After stepping down it revokes its lease when it can, starts a new session and campaigns
 again. Followers watch the leader key and campaign as soon as it is deleted.
 
+A member key's value is JSON ``{"address", "dashboard_url"}``: a follower's dashboard names
+the leader's (:meth:`LeaderElection.dashboard_url_of`), so a browser can be sent there.
+
 Followers stay healthy. :class:`LeaderGate` answers their ``PipelineService``, ``StreamService`` and admin calls
 with ``UNAVAILABLE`` naming the leader (details ``not leader; leader is HOST:PORT`` and the
 trailing metadata ``xpipe-leader``), and worker streams with one ``NotLeader`` message.
@@ -23,6 +26,7 @@ trailing metadata ``xpipe-leader``), and worker streams with one ``NotLeader`` m
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -83,6 +87,8 @@ class LeaderElection:
         #: True only while this coordinator leads with a started engine.
         self.is_leader = False
         self.elections_won = 0
+        #: This member's dashboard (``--http-listen``), published in its member key; "" when off.
+        self.dashboard_url = ""
         self._stop = asyncio.Event()
         self._lease_id = 0
         self._seen_revision = 0
@@ -98,6 +104,53 @@ class LeaderElection:
     @property
     def _member_key(self) -> bytes:
         return self.store.members_prefix + self.address.encode()
+
+    def _member_value(self) -> bytes:
+        return json.dumps({"address": self.address, "dashboard_url": self.dashboard_url}).encode()
+
+    async def publish_dashboard(self, url: str) -> None:
+        """Name this member's dashboard in its member key (now, if a session holds one, and in later sessions).
+
+        The dashboard starts after the election's first session registered the member, so
+        the key is written again under the same lease. A failure is logged: the next session
+        writes it anyway.
+        """
+        self.dashboard_url = url
+        lease_id = self._lease_id
+        if not lease_id:
+            return
+        try:
+            await self.store.call(
+                lambda s: s.kv.Put(
+                    rpc.PutRequest(key=self._member_key, value=self._member_value(), lease=lease_id),
+                    timeout=self.store.call_timeout_s,
+                ),
+                what="member dashboard",
+            )
+        except (EtcdStoreError, grpc.aio.AioRpcError) as exc:
+            log.warning("could not publish the dashboard URL in the member key: %s", exc)
+
+    async def dashboard_url_of(self, address: str) -> str:
+        """The dashboard URL the member at ``address`` published; "" if none, or etcd cannot say."""
+        if not address:
+            return ""
+        if address == self.address:
+            return self.dashboard_url
+        key = self.store.members_prefix + address.encode()
+        try:
+            response = await self.store.call(
+                lambda s: s.kv.Range(rpc.RangeRequest(key=key), timeout=1.0), what="member dashboard", retry_s=0.5
+            )
+        except EtcdStoreError as exc:
+            log.info("leader's dashboard URL unknown: %s", exc)
+            return ""
+        if not response.kvs:
+            return ""
+        try:  # a member of the previous version wrote its bare address: no dashboard named
+            url = json.loads(response.kvs[0].value).get("dashboard_url", "")
+        except (ValueError, AttributeError):
+            return ""
+        return url if isinstance(url, str) else ""
 
     def stop(self) -> None:
         """Ask :meth:`run` to step down, revoke the lease and return."""
@@ -131,7 +184,7 @@ class LeaderElection:
         try:
             await store.call(
                 lambda s: s.kv.Put(
-                    rpc.PutRequest(key=self._member_key, value=self.address.encode(), lease=grant.ID),
+                    rpc.PutRequest(key=self._member_key, value=self._member_value(), lease=grant.ID),
                     timeout=store.call_timeout_s,
                 ),
                 what="member registration",

@@ -271,6 +271,8 @@ async def _run(
             await coordinator.stop()
             print(f"xpipe-coordinator: --http-listen: {exc.strerror or exc}", file=sys.stderr, flush=True)
             return 2
+        if coordinator.election is not None:  # followers' dashboards send browsers here
+            await coordinator.election.publish_dashboard(coordinator.dashboard_url)
     if opts.ready_file:
         write_ready_file(opts.ready_file, coordinator.address)
     print(f"xpipe-coordinator serving on {coordinator.address}", flush=True)

@@ -229,7 +229,7 @@ class WebServer:
             leader, _, _ = await self.c.cluster_view()
             return json_error(503, f"this coordinator is not the leader (leader: {leader or 'unknown'}); "
                                    "open the leader's dashboard", leader_address=leader,
-                              leader_dashboard_url=getattr(election, "leader_dashboard_url", ""))  # fmt: skip
+                              leader_dashboard_url=await election.dashboard_url_of(leader))  # fmt: skip
         permission = getattr(request.match_info.route.handler, "permission", None)
         auth = self.c.guard.auth
         if auth is None or permission is None:  # auth off: every caller is the admin 'local'

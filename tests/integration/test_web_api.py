@@ -352,7 +352,7 @@ def _record(engine, name: str):
 
 def test_ha_follower_answers_503_naming_the_leader(tmp_path, etcd):
     """Two coordinators on one etcd, each serving the dashboard: the leader's API answers,
-    the follower's answers 503 with the leader's address."""
+    the follower's answers 503 with the leader's address and dashboard URL."""
     from tests.harness import Proc, terminate_all
 
     grpc_ports, http_ports = [free_port(), free_port()], [free_port(), free_port()]
@@ -380,6 +380,8 @@ def test_ha_follower_answers_503_naming_the_leader(tmp_path, etcd):
         status, body = get(f"http://127.0.0.1:{http_ports[1 - leader]}/api/runs")
         assert status == 503 and "not the leader" in body["error"]
         assert body["leader_address"] == f"127.0.0.1:{grpc_ports[leader]}"
+        # The leader published its dashboard in its member key: a browser can be sent there.
+        assert body["leader_dashboard_url"].startswith(f"http://127.0.0.1:{http_ports[leader]}"), body
     finally:
         terminate_all(procs)
 
