@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Go client example: stubs from proto/xpipe/v1 (protoc-gen-go, protoc-gen-go-grpc),
-# `go vet`, then bin/polyglot-go. Idempotent: when nothing it reads changed since the last
-# build, it does nothing (no network, about a second). Downloads are cached: the plugins in
-# ~/.cache/xpipe/go-bin (XPIPE_GO_BIN), modules in Go's own module cache.
+# `go vet`, its unit tests, then bin/polyglot-go. Idempotent: when nothing it reads changed
+# since the last build, it does nothing (no network, well under a second). Downloads are
+# cached: the plugins in ~/.cache/xpipe/go-bin (XPIPE_GO_BIN), modules in Go's module cache.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -62,6 +62,7 @@ mkdir -p gen bin
     "${protos[@]#"$repo/proto/"}"
 
 go vet ./...
+go test ./...
 go build -o bin/polyglot-go .
 echo "$inputs" > "$stamp"
 echo "go client: built bin/polyglot-go"

@@ -109,7 +109,9 @@ func run(ctx context.Context, target string) error {
 	for _, name := range taskOrder {
 		res, err := readTaskResult(ctx, client, runID, name)
 		if err != nil {
-			return err
+			// Keep reading the other tasks: one report names every problem.
+			problems = append(problems, err.Error())
+			continue
 		}
 		line, problem := describe(name, res)
 		fmt.Println(line)
