@@ -32,7 +32,9 @@ RUN_TIMEOUT_S = 30
 # build.sh returns at once.
 BUILD_TIMEOUT_S = 900
 
-pytestmark = pytest.mark.skipif(shutil.which("go") is None, reason="go is not on PATH: cannot build the Go client")
+pytestmark = pytest.mark.skipif(
+    shutil.which("go") is None, reason="go is not on PATH: cannot build the Go client example"
+)
 
 
 @pytest.fixture(scope="module")

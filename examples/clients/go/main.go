@@ -66,7 +66,7 @@ type readResult struct {
 	task     *xpipev1.TaskResult
 	value    commandResult
 	artifact bool // the bytes came through GetArtifact
-	zstd     bool // the bytes were zstd-compressed (never, as this client does not accept zstd)
+	zstd     bool // the bytes came zstd-compressed (an error: this client does not accept zstd)
 }
 
 func main() {
@@ -199,19 +199,20 @@ func readTaskResult(ctx context.Context, client xpipev1.PipelineServiceClient, r
 	if payload == nil {
 		return out, nil // no kept result (describe says so)
 	}
-	data, codec := payload.GetData(), payload.GetCodec()
-	out.zstd = payload.GetZstd()
+	data, codec, compression := payload.GetData(), payload.GetCodec(), "identity"
+	if payload.GetZstd() {
+		compression = "zstd"
+	}
 	if payload.GetArtifactRef() != "" {
 		out.artifact = true
-		var compression string
 		data, codec, compression, err = readArtifact(ctx, client, runID, task, payload.GetArtifactRef())
 		if err != nil {
 			return out, err
 		}
-		out.zstd = compression == "zstd"
 	}
-	if out.zstd {
-		return out, fmt.Errorf("task %s: result came zstd-compressed although this client accepts identity only", task)
+	if compression != "identity" && compression != "" {
+		out.zstd = compression == "zstd"
+		return out, fmt.Errorf("task %s: result came %s-compressed although this client accepts identity only", task, compression)
 	}
 	if codec != xpipev1.Codec_CODEC_JSON {
 		return out, fmt.Errorf("task %s: result codec is %s, expected CODEC_JSON", task, codec)
