@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,43 @@ def test_go_client_names_the_status_of_a_failed_rpc(program):
     assert done.returncode == 1
     assert done.stdout == ""
     assert "SubmitPipeline failed: Unavailable:" in done.stderr, done.stderr
+
+
+def _copy_of_example(tmp_path) -> Path:
+    """The example's sources and the protos in a repo-shaped folder, so a build can fail there."""
+    example = tmp_path / "repo" / "examples" / "clients" / "go"
+    example.mkdir(parents=True)
+    for source in ("build.sh", "go.mod", "go.sum", *(p.name for p in GO_DIR.glob("*.go"))):
+        shutil.copy(GO_DIR / source, example / source)
+    shutil.copytree(REPO_ROOT / "proto", tmp_path / "repo" / "proto")
+    return example
+
+
+def test_build_without_grpc_tools_says_to_run_make_install(tmp_path, program):
+    # `program` first: the protoc plugins are cached, so the build gets as far as protoc.
+    example = _copy_of_example(tmp_path)
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=60)
+    done = subprocess.run(
+        ["bash", str(example / "build.sh")],
+        env={**os.environ, "XPIPE_PYTHON": str(bare / "bin" / "python")},
+        capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "has no grpc_tools (grpcio-tools); run 'make install' first" in done.stderr
+    assert not (example / "bin" / "polyglot-go").exists()
+
+
+def test_build_without_go_skips_with_a_reason(tmp_path):
+    go_dir = str(Path(shutil.which("go")).resolve().parent)
+    if shutil.which("dirname", path=go_dir) or shutil.which("sha256sum", path=go_dir):
+        pytest.skip(f"go lives beside the shell tools in {go_dir}: cannot hide it alone")
+    path = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep) if not shutil.which("go", path=d))
+    example = _copy_of_example(tmp_path)
+    done = subprocess.run(
+        [shutil.which("bash"), str(example / "build.sh")],
+        env={**os.environ, "PATH": path}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr  # make install goes on with the other examples
+    assert "go client: go is not on PATH; skipping" in done.stderr
+    assert not (example / "bin").exists()
