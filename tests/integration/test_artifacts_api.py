@@ -245,7 +245,8 @@ def test_stdout_limit_bytes_keeps_that_much_of_stdout_and_a_too_big_value_is_ref
     spec = pb.PipelineSpec(name="too-big", tasks=[_command("t", ["true"], stdout_limit_bytes=too_big)])
     code, details = _code(lambda: stub.SubmitPipeline(pipeline_pb2.SubmitPipelineRequest(pipeline=spec), timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "stdout_limit_bytes" in details and str(too_big) in details and str(MAX_COMMAND_STDOUT_LIMIT_BYTES) in details
+    assert "stdout_limit_bytes" in details and str(too_big) in details
+    assert str(MAX_COMMAND_STDOUT_LIMIT_BYTES) in details
     with pytest.raises(PipelineValidationError, match="stdout_limit_bytes must be an int from 0 to 67108864"):
         Task.command("t", ["true"], stdout_limit_bytes=too_big)
 
@@ -289,3 +290,22 @@ def test_a_run_in_another_namespace_is_permission_denied_never_the_bytes(tmp_pat
             b = pipeline_pb2_grpc.PipelineServiceStub(channel)
             code, details = _code(lambda: _read(b, run_id, "big", ref))
             assert code == grpc.StatusCode.PERMISSION_DENIED and "namespace 'team-a'" in details
+
+
+def test_a_sealed_artifact_is_served_decrypted_and_checked(tmp_path):
+    from xpipe.security._keys import create_keyring
+
+    key = tmp_path / "keyring.json"
+    create_keyring(key)
+    flag = ("--encryption-key-file", str(key))
+    with Cluster(tmp_path, workers=1, slots=1, coordinator_args=flag, worker_args=flag) as cluster:
+        with grpc.insecure_channel(cluster.address) as channel:
+            sealed = pipeline_pb2_grpc.PipelineServiceStub(channel)
+            run_id = _run(sealed, "sealed", [_big("big")])
+            ref = _result(sealed, run_id, "big", inline_max_bytes=1).result.artifact_ref
+            assert ref.endswith(".xpe")
+            on_disk = Path(ref.removeprefix("file://")).read_bytes()
+            assert _hex_text(100) not in on_disk  # sealed: no plain text at rest
+            first, _, data = _read(sealed, run_id, "big", ref)
+    assert first.compression == "identity" and first.sha256 == hashlib.sha256(data).hexdigest()
+    assert json.loads(data)["stdout"].encode() == _hex_text(16384)

@@ -71,7 +71,9 @@ def test_fan_out_parts_are_shaped_one_by_one(tmp_path):
     shaped = pb.MapParts.FromString(payload.data)
     assert [decode(p) for p in shaped.parts] == [TEXT, TEXT, 1]
     assert not any(p.zstd or p.artifact_ref for p in shaped.parts) and payload.size_bytes == len(payload.data)
-    assert _payload_naming(pb.Payload(codec=pb.CODEC_MAP_PARTS, data=parts.SerializeToString()), part.artifact_ref) == part
+    recorded = pb.Payload(codec=pb.CODEC_MAP_PARTS, data=parts.SerializeToString())
+    assert _payload_naming(recorded, part.artifact_ref) == part
+    assert _payload_naming(recorded, "file:///elsewhere") is None
 
 
 def test_a_corrupt_zstd_result_is_data_loss_for_a_client_without_zstd():
@@ -89,7 +91,8 @@ def test_get_artifact_refuses_a_file_outside_the_directory_and_needs_a_directory
     outside = pb.Payload(codec=pb.CODEC_RAW, artifact_ref=f"file://{store}/../secret", size_bytes=12)
     with pytest.raises(_Refused) as refused:
         _load(outside, outside.artifact_ref, str(store), accept_zstd=False)
-    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED and "outside the artifact directory" in refused.value.message
+    assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    assert "outside the artifact directory" in refused.value.message
     with pytest.raises(_Refused) as refused:
         _load(outside, outside.artifact_ref, "", accept_zstd=False)
     assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION
