@@ -272,6 +272,19 @@ def test_the_python_sdk_shows_a_failed_commands_result(cluster, stub, polyglot_r
     assert failed.value == {"stdout": "partial output\n", "stderr": "disk full\n", "exit_code": 3}
 
 
+def test_the_recorded_hash_and_a_failed_commands_result_survive_a_coordinator_restart(tmp_path):
+    with Cluster(tmp_path, workers=1, slots=2) as cluster, grpc.insecure_channel(cluster.address) as channel:
+        stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        run_id = _run(stub, "restart", [_big("big"), _command("fail", ["sh", "-c", "echo 'disk full' >&2; exit 3"])])
+        before = _result(stub, run_id, "big", inline_max_bytes=1).result
+        cluster.restart_coordinator()  # the results come back from SQLite now
+        after = _result(stub, run_id, "big", inline_max_bytes=1).result
+        assert after.artifact_sha256 == before.artifact_sha256 and after.artifact_ref == before.artifact_ref
+        assert _read(stub, run_id, "big", after.artifact_ref)[0].sha256  # still served, still checked
+        failed = _result(stub, run_id, "fail")
+        assert failed.error.exit_code == 3 and json.loads(failed.result.data)["stderr"] == "disk full\n"
+
+
 def test_a_run_in_another_namespace_is_permission_denied_never_the_bytes(tmp_path):
     setup = SecureSetup(tmp_path, principals={**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"],
                                               "teamb": ["submitter"]},
