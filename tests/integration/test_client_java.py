@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO_ROOT, Cluster
+from tests.harness import REPO_ROOT, Cluster, free_port
 from xpipe._proto import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 
 _EXAMPLE = REPO_ROOT / "examples" / "clients" / "java"
@@ -57,22 +57,24 @@ def client_jar() -> Iterator[Path]:
     yield _JAR
 
 
+def _run_client(jar: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["java", "-jar", str(jar), *args], capture_output=True, text=True, timeout=_RUN_TIMEOUT_S
+    )
+
+
 def _stdout_of(program: str) -> bytes:
     return subprocess.run([sys.executable, "-c", program], capture_output=True, check=True, timeout=30).stdout
 
 
 def test_java_client_reads_every_result_of_a_failed_run(client_jar: Path, cluster: Cluster) -> None:
-    run = subprocess.run(
-        ["java", "-jar", str(client_jar), "--target", cluster.address],
-        capture_output=True,
-        text=True,
-        timeout=_RUN_TIMEOUT_S,
-    )
+    run = _run_client(client_jar, "--target", cluster.address)
     assert run.returncode == 0, f"client exited {run.returncode}:\n{run.stderr}\n{run.stdout}"
     lines = run.stdout.splitlines()
 
     # WatchRun showed each task reach its end state.
-    for event in ("event greet SUCCEEDED", "event blob SUCCEEDED", "event json20k SUCCEEDED", "event fail FAILED"):
+    ends = ("greet SUCCEEDED", "blob SUCCEEDED", "json20k SUCCEEDED", "fail FAILED")
+    for event in (f"event {end}" for end in ends):
         assert event in lines, f"{event!r} not in the client's output:\n{run.stdout}"
 
     blob = _stdout_of(_BLOB_PY)
@@ -96,3 +98,27 @@ def test_java_client_reads_every_result_of_a_failed_run(client_jar: Path, cluste
         )
     assert info.summary.pipeline == "polyglot-java"
     assert info.summary.state == common_pb2.RUN_FAILED
+
+
+def test_java_client_names_each_mismatch_and_exits_1(client_jar: Path, tmp_path: Path) -> None:
+    # Workers that refuse commands: every task fails, so no result is what the client expects.
+    with Cluster(tmp_path, workers=1, worker_args=("--allow-code", "import")) as cluster:
+        run = _run_client(client_jar, "--target", cluster.address)
+    assert run.returncode == 1, run.stdout
+    problems = run.stderr.splitlines()
+    first = "xpipe-client-java: check failed: greet: state FAILED, expected SUCCEEDED"
+    assert problems[0].startswith(first), run.stderr
+    assert "refuses command code" in problems[0]
+    assert "fail: state UPSTREAM_FAILED, expected FAILED" in run.stderr
+    assert re.search(r"^run \S+ RUN_FAILED$", run.stdout, re.MULTILINE), run.stdout
+
+
+def test_java_client_reports_a_failed_rpc_and_a_bad_argument(client_jar: Path) -> None:
+    # Nothing listens on the port: the channel fails, and the client names the RPC and status.
+    run = _run_client(client_jar, "--target", f"127.0.0.1:{free_port()}")
+    assert run.returncode == 1
+    assert "xpipe-client-java: WatchRun failed: UNAVAILABLE" in run.stderr, run.stderr
+
+    run = _run_client(client_jar, "--target")
+    assert run.returncode == 1
+    assert "--target needs a value (HOST:PORT)" in run.stderr, run.stderr

@@ -26,9 +26,10 @@ exec 9>"$here/target/.build.lock"
 flock 9
 up_to_date && exit 0
 
-args=(-q -B -Dstyle.color=never package)
+args=(-q -B package)
 if [ -n "${MAVEN_REPO_LOCAL:-}" ]; then
     args+=("-Dmaven.repo.local=$MAVEN_REPO_LOCAL")
 fi
-mvn -f "$here/pom.xml" "${args[@]}"
+# Maven 3.8 writes colour resets even in batch mode; keep the log plain (pipefail keeps its status).
+mvn -f "$here/pom.xml" "${args[@]}" 2>&1 | sed 's/\x1b\[[0-9;]*m//g'
 echo "java client: built $jar"
