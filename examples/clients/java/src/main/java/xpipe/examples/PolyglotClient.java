@@ -104,8 +104,8 @@ public final class PolyglotClient {
       return;
     }
     if (target == null) { // --help
-      System.out.println("usage: xpipe-client-java [--target HOST:PORT]  (default $XPIPE_ADDRESS, else "
-          + DEFAULT_TARGET + ")");
+      System.out.println("usage: xpipe-client-java [--target HOST:PORT]"
+          + "  (default $XPIPE_ADDRESS, else " + DEFAULT_TARGET + ")");
       return;
     }
     ManagedChannel channel = ManagedChannelBuilder.forTarget(target).usePlaintext().build();
@@ -156,7 +156,8 @@ public final class PolyglotClient {
     return PipelineSpec.newBuilder()
         .setName("polyglot-" + LANG)
         .addTasks(command("greet", List.of(), 0, "sh", "-c", "echo hello from " + LANG))
-        .addTasks(command("blob", List.of("greet"), BLOB_STDOUT_LIMIT_BYTES, "python3", "-c", BLOB_PY))
+        .addTasks(command("blob", List.of("greet"), BLOB_STDOUT_LIMIT_BYTES,
+            "python3", "-c", BLOB_PY))
         .addTasks(command("json20k", List.of("greet"), 0, "python3", "-c", JSON_PY))
         // retry left unset: one attempt, so the run ends RUN_FAILED.
         .addTasks(command("fail", List.of("greet"), 0,
@@ -238,7 +239,8 @@ public final class PolyglotClient {
       case "greet": {
         String stdout = stripNewline(out.stdout());
         if (!stdout.equals("hello from " + LANG)) {
-          throw new CheckFailed("stdout " + quote(stdout) + ", expected \"hello from " + LANG + "\"");
+          throw new CheckFailed(
+              "stdout " + quote(stdout) + ", expected \"hello from " + LANG + "\"");
         }
         return "task greet " + state + " stdout=" + stdout;
       }
@@ -290,7 +292,8 @@ public final class PolyglotClient {
     }
     if (payload.getZstd()) {
       // We listed no compression, so the coordinator owed us identity bytes.
-      throw new CheckFailed("result came zstd-compressed although the client accepts only identity");
+      throw new CheckFailed(
+          "result came zstd-compressed although the client accepts only identity");
     }
     if (payload.getCodec() != Codec.CODEC_JSON) {
       throw new CheckFailed("result codec " + payload.getCodec().name() + ", expected CODEC_JSON");
@@ -302,7 +305,8 @@ public final class PolyglotClient {
    * Streams an artifact's bytes with GetArtifact and checks them: chunks in order, their sum
    * equal to total_bytes, and their SHA-256 (computed here) equal to the first chunk's sha256.
    */
-  static byte[] readArtifact(PipelineServiceBlockingStub stub, String runId, String task, String ref)
+  static byte[] readArtifact(
+      PipelineServiceBlockingStub stub, String runId, String task, String ref)
       throws RpcFailed, CheckFailed {
     GetArtifactRequest request = GetArtifactRequest.newBuilder()
         .setRunId(runId)
@@ -374,7 +378,8 @@ public final class PolyglotClient {
   private static int countRows(String json) throws CheckFailed {
     try {
       return JsonParser.parseString(json).getAsJsonObject().getAsJsonArray("rows").size();
-    } catch (JsonParseException | IllegalStateException | NullPointerException | ClassCastException e) {
+    } catch (JsonParseException | IllegalStateException | NullPointerException
+        | ClassCastException e) {
       throw new CheckFailed("stdout is not JSON with a rows array: " + e);
     }
   }
