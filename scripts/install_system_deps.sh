@@ -82,10 +82,11 @@ else
     packages+=(chromium)
 fi
 
-if command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
-    log "java and mvn present (for the Kafka jars)"
+# javac too: the Java client example (examples/clients/java) compiles with Maven.
+if command -v javac >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; then
+    log "javac and mvn present (for the Kafka jars and the Java client example)"
 else
-    command -v java >/dev/null 2>&1 || packages+=(openjdk-17-jre-headless)
+    command -v javac >/dev/null 2>&1 || packages+=(openjdk-17-jdk-headless)
     command -v mvn >/dev/null 2>&1 || packages+=(maven)
 fi
 
