@@ -31,12 +31,10 @@ from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from xpipe._codec import read_artifact
 from xpipe._domain import TERMINAL_RUN_STATES
 from xpipe._limits import shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, worker_pb2
-from xpipe.errors import SerializationError
 from xpipe.telemetry._logformat import iso_time, log_ids
 
 from ._events import (
@@ -55,6 +53,7 @@ from ._events import (
     Tick,
     task_info,
 )
+from ._artifacts import needs_shaping, shape_results
 from ._recovery_codec import PICKLE_CODEC
 from ._state import SchedulerState
 from ._story import story_from_records
@@ -618,18 +617,30 @@ class Engine:
     # ------------------------------------------------------------------ queries
 
     async def run_info(
-        self, run_id: str, *, include_results: bool, only_task: str = ""
-    ) -> pipeline_pb2.RunInfo | None:
-        """The run's summary and tasks (just ``only_task`` if given), results inlined if asked."""
+        self, run_id: str, *, include_results: bool, only_task: str = "", inline_max_bytes: int = 0,
+        accept_zstd: bool = True, shape: bool = True,
+    ) -> pipeline_pb2.RunInfo | None:  # fmt: skip
+        """The run's summary and tasks (just ``only_task`` if given), with results if asked.
+
+        Results are shaped for the reader (:func:`~._artifacts.shape_results`): artifacts
+        up to ``inline_max_bytes`` inlined (0: all), zstd decompressed unless
+        ``accept_zstd``. ``shape=False`` leaves them as recorded (``GetArtifact``).
+
+        Raises:
+            ResultDataLoss: a result the reader needs decompressed is corrupt.
+        """
         info = await self._run_info(run_id, include_results=include_results)
         if info is not None and only_task:
             wanted = [t for t in info.tasks if t.name == only_task]
             del info.tasks[:]
             info.tasks.extend(wanted)
-        if info is not None and include_results and self.config.artifact_dir:
-            refs = [t.result for t in info.tasks if t.result.artifact_ref or t.result.codec == pb.CODEC_MAP_PARTS]
-            if refs:
-                await asyncio.to_thread(inline_artifacts, refs, self.config.artifact_dir)
+        if info is not None and include_results and shape:
+            results = [t.result for t in info.tasks if t.HasField("result")]
+            if needs_shaping(results, accept_zstd=accept_zstd):
+                await asyncio.to_thread(
+                    shape_results, results, self.config.artifact_dir,
+                    inline_max_bytes=inline_max_bytes, accept_zstd=accept_zstd,
+                )  # fmt: skip
         return info
 
     async def story(self, run_id: str, task: str = "") -> list[StoryEntry] | None:
@@ -685,19 +696,4 @@ def inline_artifacts(payloads: list[pb.Payload], artifact_dir: str) -> None:
     Only files inside ``artifact_dir`` are read: a reference is data from a worker, and the
     coordinator must not serve arbitrary files on its behalf.
     """
-    for payload in payloads:
-        if payload.codec == pb.CODEC_MAP_PARTS:  # a fan-out's parts: each may travel by reference
-            parts = pb.MapParts.FromString(payload.data)
-            nested = [part for part in parts.parts if part.artifact_ref]
-            if nested:
-                inline_artifacts(nested, artifact_dir)
-                payload.data = parts.SerializeToString()
-                payload.size_bytes = len(payload.data)
-            continue
-        ref = payload.artifact_ref
-        try:
-            payload.data = read_artifact(ref, artifact_root=artifact_dir, what="a task result")
-        except SerializationError as exc:
-            log.warning("artifact left as a reference: %s", exc)
-            continue
-        payload.artifact_ref = ""
+    shape_results(payloads, artifact_dir)

@@ -148,6 +148,7 @@ class TaskFailed(Event):
     error: common_pb2.TaskError
     started_at: float = 0.0
     telemetry: common_pb2.TaskTelemetry | None = None  # what the attempt recorded; None: nothing
+    result: common_pb2.Payload | None = None  # a failed command's result, kept beside the error
 
 
 @_message

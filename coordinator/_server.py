@@ -32,6 +32,8 @@ from xpipe.telemetry._tracing import check_trace_context
 from xpipe._backoff import Backoff
 
 from ._admin import AdminServicer, InstallRequests
+from ._artifacts import ResultDataLoss, accepts_zstd
+from ._artifacts_service import serve_artifact
 from ._audit_service import AuditServicer
 from ._autoscale_service import AutoscaleServicer
 from ._auditlog import AuditLog, audit_local_calls
@@ -215,7 +217,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         return pipeline_pb2.SubmitPipelineResponse(run_id=run_id)
 
     async def GetRun(self, request, context):
-        info = await self.engine.run_info(request.run_id, include_results=request.include_results)
+        info = await self._run_info(request.run_id, request.include_results, request, context)
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         self.c.name_workers(info.tasks)
@@ -262,7 +264,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
         engine = self.engine
         run = engine.state.runs.get(run_id)
         if run is None:
-            info = await self.engine.run_info(run_id, include_results=request.results_on_end)
+            info = await self._run_info(run_id, request.results_on_end, request, context)
             if info is None:
                 await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(run_id)}")
             self.c.name_workers(info.tasks)
@@ -278,7 +280,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
             while True:
                 if event.summary.state in TERMINAL_RUN_STATES:
                     if request.results_on_end:
-                        info = await self.engine.run_info(run_id, include_results=True)
+                        info = await self._run_info(run_id, True, request, context)
                         if info is not None:
                             event = pipeline_pb2.RunEvent(summary=info.summary, changed=info.tasks)
                     self.c.name_workers(event.changed)
@@ -306,7 +308,7 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
 
     async def GetTaskResult(self, request, context):
         # Only this task's result is inlined: the others' artifacts stay on disk.
-        info = await self.engine.run_info(request.run_id, include_results=True, only_task=request.task)
+        info = await self._run_info(request.run_id, True, request, context, only_task=request.task)
         if info is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {quoted(request.run_id)}")
         for task in info.tasks:
@@ -315,6 +317,20 @@ class _PipelineService(_UsesEngine, pipeline_pb2_grpc.PipelineServiceServicer):
                     state=task.state, result=task.result, error=task.error, cache_hit=task.cache_hit
                 )
         await context.abort(grpc.StatusCode.NOT_FOUND, f"run {quoted(request.run_id)} has no task {quoted(request.task)}")
+
+    async def GetArtifact(self, request, context):
+        async for chunk in serve_artifact(self.engine, request, context):
+            yield chunk
+
+    async def _run_info(self, run_id: str, include_results: bool, request, context, only_task: str = ""):
+        """``Engine.run_info`` with results shaped as ``request`` asks (inline_max_bytes, accept_compression)."""
+        try:
+            return await self.engine.run_info(
+                run_id, include_results=include_results, only_task=only_task,
+                inline_max_bytes=request.inline_max_bytes, accept_zstd=accepts_zstd(request.accept_compression),
+            )  # fmt: skip
+        except ResultDataLoss as exc:
+            await context.abort(grpc.StatusCode.DATA_LOSS, f"run {quoted(run_id)}: {exc}")
 
     async def GetTaskStats(self, request, context):
         if len(request.names) > 100_000:
@@ -491,7 +507,8 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
             elif kind == "failed":
                 post(TaskFailed(
                     now, worker_id, key, ev.at, ev.failed.error, ev.started_at,
-                    ev.telemetry if ev.HasField("telemetry") else None, stimulus_id=sid,
+                    ev.telemetry if ev.HasField("telemetry") else None,
+                    ev.failed.result if ev.failed.HasField("result") else None, stimulus_id=sid,
                 ))  # fmt: skip
             elif kind == "started":
                 post(TaskStarted(now, worker_id, key, ev.at, stimulus_id=sid))

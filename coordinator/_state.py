@@ -494,7 +494,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             self._move(run, task, pb.SKIPPED if ev.skipped else pb.SUCCEEDED, out)
             self._release_dependents(run, task, out)
         else:
-            self._fail_attempt(run, task, ev.error, ev.now, out)
+            self._fail_attempt(run, task, ev.error, ev.now, out, ev.result)
         self._maybe_finish(run, ev.now, out)
 
     def _release_dependents(self, run: RunEntry, task: TaskEntry, out: list[Action]) -> None:
@@ -505,9 +505,17 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             if child.waiting == 0 and child.state == pb.PENDING:
                 self._make_ready(run, child, out)
 
-    def _fail_attempt(self, run: RunEntry, task: TaskEntry, error: pb.TaskError, now: float, out: list[Action]) -> None:
-        """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task."""
+    def _fail_attempt(
+        self, run: RunEntry, task: TaskEntry, error: pb.TaskError, now: float, out: list[Action],
+        result: pb.Payload | None = None,
+    ) -> None:  # fmt: skip
+        """An attempt failed: retry after the backoff, ask the recovery handler, or fail the task.
+
+        ``result`` is what the attempt returned all the same (a failed command's output): the
+        last attempt's is kept with the task, beside its error.
+        """
         task.error = error
+        task.result = result
         task.failures += 1
         retryable = error_type_name(error) != "CANCELLED" and not error.non_retryable
         if retryable and task.failures <= self._retries_of(run, task):
@@ -857,7 +865,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         out.append(
             TaskRecord(
                 run.run_id, task.name, to, task.attempt, task.worker, task.started_at, task.finished_at,
-                task.error, task.result if to == pb.SUCCEEDED or to == pb.MAPPED else None, self._stimulus,
+                task.error, task.result if to == pb.SUCCEEDED or to == pb.MAPPED or to == pb.FAILED else None,
+                self._stimulus,
                 task.history, task.telemetry, task.cache_hit,
             )  # fmt: skip
         )

@@ -27,6 +27,7 @@ from xpipe._limits import (
     MAX_HANDLERS,
     MAX_MEMORY_BYTES,
     MAX_METRIC_LABELS,
+    MAX_COMMAND_STDOUT_LIMIT_BYTES,
     MAX_METRIC_POINTS,
     MAX_METRIC_WARNINGS,
     MAX_MONITORING_CONFIG_CHARS,
@@ -262,6 +263,11 @@ def _check_task_fields(task: pb.TaskSpec, name: str, kind: str) -> None:
         problem = command_problem(command.argv, command.env, command.cwd)
         if problem:
             raise _Bad(problem)
+        if command.stdout_limit_bytes > MAX_COMMAND_STDOUT_LIMIT_BYTES:
+            raise _Bad(
+                f"command.stdout_limit_bytes is {command.stdout_limit_bytes}; the limit is "
+                f"{MAX_COMMAND_STDOUT_LIMIT_BYTES} (64 MiB)"
+            )
     else:
         _text("handler.name", task.handler.name, MAX_NAME_CHARS)
     if not 0.0 <= task.timeout_s <= MAX_DURATION_S:

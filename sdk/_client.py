@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from ._artifact_fetch import ACCEPT_COMPRESSION, INLINE_MAX_BYTES, fetch_artifacts
 from ._backoff import REFUSED_GRACE_S, Backoff, connect_timeout_setting
 from ._domain import REJECTED_GRAPH, REJECTION_KIND_KEY, TERMINAL_RUN_STATES
 from ._install import requirements_problem, timeout_problem
@@ -556,7 +557,20 @@ class Client:
     ) -> Iterator[pipeline_pb2.RunEvent]:
         """Check ``timeout_s`` now, then follow the stream lazily (see :meth:`_follow_stream`)."""
         timeout_s = check_seconds("timeout_s", timeout_s, allow_none=True)
-        return self._follow_stream(request, _Attempts(self, timeout_s=timeout_s, what=what))
+        if not request.results_on_end:
+            return self._follow_stream(request, _Attempts(self, timeout_s=timeout_s, what=what))
+        request.inline_max_bytes = INLINE_MAX_BYTES
+        request.accept_compression[:] = ACCEPT_COMPRESSION
+        return self._with_artifacts(self._follow_stream(request, _Attempts(self, timeout_s=timeout_s, what=what)))
+
+    def _with_artifacts(self, events: Iterator[pipeline_pb2.RunEvent]) -> Iterator[pipeline_pb2.RunEvent]:
+        """``events``, the final one's results that came by reference read with GetArtifact."""
+        for event in events:
+            if event.summary.state in TERMINAL_RUN_STATES:
+                self._fetch_artifacts(
+                    event.summary.run_id, [(t.name, t.result) for t in event.changed if t.HasField("result")]
+                )
+            yield event
 
     def _follow_stream(
         self, request: pipeline_pb2.WatchRunRequest, attempts: _Attempts
@@ -573,8 +587,9 @@ class Client:
             run_id = last.summary.run_id
             if current.HasField("submit") and run_id:  # submitted: follow it like any other run
                 current = pipeline_pb2.WatchRunRequest(
-                    run_id=run_id, summary_only=current.summary_only, results_on_end=current.results_on_end
-                )
+                    run_id=run_id, summary_only=current.summary_only, results_on_end=current.results_on_end,
+                    inline_max_bytes=current.inline_max_bytes, accept_compression=current.accept_compression,
+                )  # fmt: skip
                 attempts.what = f"run {run_id}"
 
         return self._resumable(lambda timeout: self._stubs()[0].WatchRun(current, timeout=timeout), attempts, resumed)
@@ -647,8 +662,19 @@ class Client:
         return RunInfo.from_proto(self._get_run_pb(run_id, include_results=include_results))
 
     def _get_run_pb(self, run_id: str, *, include_results: bool = False) -> pipeline_pb2.RunInfo:
-        request = pipeline_pb2.GetRunRequest(run_id=run_id, include_results=include_results)
-        return self._call(lambda p, a: p.GetRun(request, timeout=self.call_timeout_s))
+        request = pipeline_pb2.GetRunRequest(
+            run_id=run_id, include_results=include_results, inline_max_bytes=INLINE_MAX_BYTES,
+            accept_compression=ACCEPT_COMPRESSION,
+        )  # fmt: skip
+        info = self._call(lambda p, a: p.GetRun(request, timeout=self.call_timeout_s))
+        if include_results:
+            self._fetch_artifacts(run_id, [(t.name, t.result) for t in info.tasks if t.HasField("result")])
+        return info
+
+    def _fetch_artifacts(self, run_id: str, results: list[tuple[str, common_pb2.Payload]]) -> None:
+        """Read the results that came by reference (bigger than INLINE_MAX_BYTES) with GetArtifact."""
+        if any(p.artifact_ref or p.codec == common_pb2.CODEC_MAP_PARTS for _, p in results):
+            self._call(lambda p, a: fetch_artifacts(p, run_id, results, self.call_timeout_s))
 
     def list_runs(self, limit: int = 50) -> list[RunSummary]:
         """The newest ``limit`` runs, newest first.
@@ -669,8 +695,12 @@ class Client:
 
     def task_result(self, run_id: str, task: str) -> TaskResult:
         """One task's state and, once it succeeded, its decoded value."""
-        request = pipeline_pb2.GetTaskResultRequest(run_id=run_id, task=task)
+        request = pipeline_pb2.GetTaskResultRequest(
+            run_id=run_id, task=task, inline_max_bytes=INLINE_MAX_BYTES, accept_compression=ACCEPT_COMPRESSION
+        )
         reply = self._call(lambda p, a: p.GetTaskResult(request, timeout=self.call_timeout_s))
+        if reply.HasField("result"):
+            self._fetch_artifacts(run_id, [(task, reply.result)])
         return TaskResult.from_proto(reply, task=task)
 
     def task_stats(self, names: Sequence[str]) -> dict[str, tuple[float, int]]:

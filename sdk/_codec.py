@@ -7,6 +7,7 @@ zstd-compressed: below it, compression costs more time than the bytes it saves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -19,7 +20,7 @@ import zstandard
 from ._proto import common_pb2
 from .errors import SerializationError
 
-__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "encode_json", "empty", "read_artifact", "resolve_artifact_ref"]
+__all__ = ["ZSTD_THRESHOLD_BYTES", "MAX_INLINE_BYTES", "encode", "decode", "decompress", "content_sha256", "encode_json", "empty", "read_artifact", "resolve_artifact_ref"]
 
 #: Encoded values at least this large are zstd-compressed.
 ZSTD_THRESHOLD_BYTES = 16 * 1024
@@ -226,6 +227,39 @@ def _read_inside(path: str, root: str, ref: str, what: str) -> bytes:
         os.close(fd)
 
 
+def content_sha256(data: bytes | memoryview) -> str:
+    """Hex SHA-256 of an artifact's plain bytes (``Payload.artifact_sha256``): what a reader
+    (``GetArtifact``) checks the file against, after unsealing it, before serving a byte."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def decompress(data: bytes, size_bytes: int, *, what: str = "value") -> bytes:
+    """The zstd frame ``data`` decompressed, refused if it would be bigger than ``size_bytes``.
+
+    A hostile frame may claim any size: one that says more than the payload declared
+    (``Payload.size_bytes``), or than any value may be, is refused before allocating for it.
+
+    Raises:
+        SerializationError: the frame is corrupt, too big, or not ``size_bytes`` long.
+    """
+    try:
+        declared = zstandard.frame_content_size(data)
+    except zstandard.ZstdError as exc:
+        raise SerializationError(f"cannot decode {what}: not a zstd frame: {exc}") from None
+    if declared > size_bytes or size_bytes > MAX_DECODED_BYTES:
+        raise SerializationError(
+            f"cannot decode {what}: compressed frame claims {declared} bytes, "
+            f"payload declares {size_bytes} (limit {MAX_DECODED_BYTES})"
+        )
+    try:
+        out = _decompressor.decompress(data, max_output_size=max(size_bytes, 1))
+    except zstandard.ZstdError as exc:
+        raise SerializationError(f"cannot decode {what}: corrupt zstd frame: {exc}") from None
+    if len(out) != size_bytes:
+        raise SerializationError(f"cannot decode {what}: decompressed to {len(out)} bytes, payload declares {size_bytes}")
+    return out
+
+
 def decode(
     payload: common_pb2.Payload,
     *,
@@ -257,19 +291,7 @@ def decode(
         data = payload.data
     try:
         if payload.zstd:
-            # A hostile frame may claim any size: refuse one that says more than the payload
-            # declared or than any value may be, before allocating for it.
-            declared = zstandard.frame_content_size(data)
-            if declared > payload.size_bytes or payload.size_bytes > MAX_DECODED_BYTES:
-                raise SerializationError(
-                    f"cannot decode {what}: compressed frame claims {declared} bytes, "
-                    f"payload declares {payload.size_bytes} (limit {MAX_DECODED_BYTES})"
-                )
-            data = _decompressor.decompress(data, max_output_size=max(payload.size_bytes, 1))
-            if len(data) != payload.size_bytes:
-                raise SerializationError(
-                    f"cannot decode {what}: decompressed to {len(data)} bytes, payload declares {payload.size_bytes}"
-                )
+            data = decompress(data, payload.size_bytes, what=what)
         if payload.codec == common_pb2.CODEC_PICKLE:
             return unpickle(data)
         if payload.codec == common_pb2.CODEC_JSON:

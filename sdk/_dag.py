@@ -31,6 +31,7 @@ from ._graph import validate_graph
 from ._handlers import get_handler
 from ._mapping import map_spec
 from ._limits import (
+    MAX_COMMAND_STDOUT_LIMIT_BYTES,
     MAX_DEPENDS_ON,
     MAX_DURATION_S,
     MAX_NAME_CHARS,
@@ -325,6 +326,7 @@ class Task:
         self.argv: list[str] | None = None
         self.env: dict[str, str] | None = None
         self.cwd: str | None = None
+        self.stdout_limit_bytes: int = 0
         self.handler_name: str | None = None
         self.depends_on: list[str] = self._check_depends_on(depends_on)
 
@@ -426,10 +428,15 @@ class Task:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         depends_on: Iterable[Task | str] = (),
+        stdout_limit_bytes: int = 0,
         **opts: Any,
     ) -> Task:
         """A task that runs ``argv`` on a worker; its stdout and exit code are the result.
 
+        The result keeps the last ``stdout_limit_bytes`` of stdout (0: 64 KiB, the logs'
+        tail; at most 64 MiB): raise it for a command whose stdout is its data. A non-zero
+        exit fails the task, and the failed task keeps the same result
+        (``Client.task_result(...).value``).
         ``opts`` are the keyword options of :class:`Task` (``max_retries``, ``timeout_s``, ...).
         """
         _check_options("Task.command()", opts)
@@ -453,6 +460,15 @@ class Task:
         problem = command_problem(argv, env or {}, cwd or "")
         if problem:
             raise PipelineValidationError(f"task {name!r}: {problem}")
+        if (
+            isinstance(stdout_limit_bytes, bool) or not isinstance(stdout_limit_bytes, int)
+            or not 0 <= stdout_limit_bytes <= MAX_COMMAND_STDOUT_LIMIT_BYTES
+        ):  # fmt: skip
+            raise _invalid(
+                name, "stdout_limit_bytes",
+                f"must be an int from 0 to {MAX_COMMAND_STDOUT_LIMIT_BYTES} (64 MiB), got {stdout_limit_bytes!r}",
+            )  # fmt: skip
+        self.stdout_limit_bytes = stdout_limit_bytes
         self.argv = list(argv)
         self.env = dict(env) if env else {}
         self.cwd = cwd
@@ -545,6 +561,7 @@ class Task:
             spec.command.argv.extend(self.argv or ())
             spec.command.env.update(self.env or {})
             spec.command.cwd = self.cwd or ""
+            spec.command.stdout_limit_bytes = self.stdout_limit_bytes
         else:
             spec.handler.name = self.handler_name or ""
         flows = self.flows

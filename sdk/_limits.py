@@ -23,7 +23,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES", "MAX_LIST_RUNS", "MAX_NAME_CHARS", "MAX_LABEL_VALUE_CHARS", "MAX_TEXT_CHARS",
     "MAX_PATH_CHARS", "MAX_LABELS", "MAX_CUSTOM_RESOURCES", "MAX_TASKS", "MAX_DEPENDS_ON", "MAX_COMMAND_CHARS",
     "MAX_SLOTS", "MAX_HANDLERS", "MAX_RUNNING_REFS", "MAX_DURATION_S", "MAX_UNIX_TIME_S", "MAX_RESOURCE_AMOUNT",
-    "MAX_MEMORY_BYTES", "MAX_GPUS", "NAME_RE", "SHOWN_CHARS", "MEMORY_UNITS", "RESOURCE_ALIASES",
+    "MAX_MEMORY_BYTES", "MAX_GPUS", "MAX_COMMAND_STDOUT_LIMIT_BYTES", "MAX_ARTIFACT_CHUNK_BYTES", "NAME_RE", "SHOWN_CHARS", "MEMORY_UNITS", "RESOURCE_ALIASES",
     "ResourceAmounts", "normalize_resources", "parse_quantity", "finite_problem", "shown", "name_problem",
     "labels_problem", "command_problem", "KEEPALIVE_TIME_MS", "KEEPALIVE_TIMEOUT_MS", "MIN_PING_INTERVAL_MS",
     "CONNECT_ATTEMPT_TIMEOUT_MS", "CLIENT_KEEPALIVE_OPTIONS", "TRANSITION_LOG_ENTRIES", "STORY_HISTORY_ENTRIES",
@@ -61,6 +61,11 @@ MAX_PARALLELISM = 100_000
 #: Largest state one ``xpipe.checkpoint()`` may save (encoded): below the codec's limit for
 #: one value, so the error names this limit; bigger progress belongs in the task's own files.
 MAX_TASK_CHECKPOINT_BYTES = 32 * 1024 * 1024
+#: Most of a command's stdout its result may keep (``CommandCall.stdout_limit_bytes``): the
+#: result is held in memory by the worker and read whole by clients.
+MAX_COMMAND_STDOUT_LIMIT_BYTES = 64 * 1024 * 1024
+#: Largest ``GetArtifactRequest.chunk_bytes``: one chunk is one gRPC message, held whole.
+MAX_ARTIFACT_CHUNK_BYTES = 1024 * 1024
 #: Characters of one command's argv and env together (Linux caps argv+env near 2 MiB).
 MAX_COMMAND_CHARS = 1 << 20
 #: Slots one worker may claim; more is a lie or a typo.

@@ -23,6 +23,7 @@ import grpc
 import psutil
 from google.protobuf.message import DecodeError
 from xpipe._backoff import Backoff
+from xpipe._codec import content_sha256
 from xpipe._domain import task_error
 from xpipe._handlers import handler_names
 from xpipe._install import INSTALLED
@@ -677,10 +678,12 @@ class WorkerDaemon:
             return
         try:
             ref = await asyncio.to_thread(write_artifact, self._artifact_dir, key, result.data)
+            sha256 = await asyncio.to_thread(content_sha256, result.data)  # a big read: off the loop
         except OSError as exc:
             log.warning("cannot write artifact %s (%s); sending the result inline",
                         artifact_path(self._artifact_dir, *key), exc)  # fmt: skip
             return
+        result.artifact_sha256 = sha256
         result.artifact_ref = ref
         result.data = b""
 

@@ -37,6 +37,7 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
+from xpipe._codec import content_sha256
 from xpipe._checkpoint import AttemptCheckpoints, TaskCheckpoints
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._domain import ERROR_TYPES, set_error_type
@@ -52,7 +53,7 @@ from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
 
 from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result, write_artifact
-from ._task_limits import TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
+from ._task_limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
 
 __all__ = [
     "run_assignment",
@@ -104,7 +105,8 @@ class _TaskFailed(Exception):
     def __init__(
         self, error_type: str, message: str, exception_type: str = "", tb: str = "", *, non_retryable: bool = False,
         quality_report: common_pb2.Payload | None = None, output: common_pb2.TaskOutput | None = None,
-        missing_dependencies: list[str] | None = None,
+        missing_dependencies: list[str] | None = None, exit_code: int | None = None,
+        result: common_pb2.Payload | None = None,
     ):  # fmt: skip
         super().__init__(message)
         self.missing_dependencies = missing_dependencies or []
@@ -115,6 +117,9 @@ class _TaskFailed(Exception):
         self.non_retryable = non_retryable
         self.quality_report = quality_report
         self.output = output
+        self.exit_code = exit_code
+        #: A failed command's result ({"stdout", "stderr", "exit_code"}), kept beside the error.
+        self.result = result
 
     def to_proto(self) -> common_pb2.TaskError:
         error = common_pb2.TaskError(
@@ -126,6 +131,8 @@ class _TaskFailed(Exception):
             error.quality_report.CopyFrom(self.quality_report)
         if self.output is not None:
             error.output.CopyFrom(self.output)
+        if self.exit_code is not None:
+            error.exit_code = self.exit_code
         return error
 
 
@@ -392,16 +399,19 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _collect_output(proc: subprocess.Popen, timeout_s: float | None) -> tuple[TailBuffer, TailBuffer]:
+def _collect_output(
+    proc: subprocess.Popen, timeout_s: float | None, stdout_limit_bytes: int = TASK_OUTPUT_TAIL_BYTES
+) -> tuple[TailBuffer, TailBuffer]:
     """Read a command's stdout and stderr to EOF, keeping only the last bytes of each.
 
     Unlike ``communicate`` this holds at most two tails in memory, whatever the command
-    writes.
+    writes: ``stdout_limit_bytes`` of stdout (``CommandCall.stdout_limit_bytes``), the log
+    tail of stderr.
 
     Raises:
         subprocess.TimeoutExpired: the streams were still open after ``timeout_s``.
     """
-    tails = {proc.stdout: TailBuffer(), proc.stderr: TailBuffer()}
+    tails = {proc.stdout: TailBuffer(stdout_limit_bytes), proc.stderr: TailBuffer()}
     echo_to = {proc.stdout.fileno(): sys.stdout, proc.stderr.fileno(): sys.stderr}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     with selectors.DefaultSelector() as selector:
@@ -438,8 +448,9 @@ def _text(tail: TailBuffer) -> str:
 
 
 def _output_of(stdout: TailBuffer, stderr: TailBuffer) -> common_pb2.TaskOutput:
+    # The error's tails are the logs' size, whatever the result keeps of stdout.
     return common_pb2.TaskOutput(
-        stdout_tail=stdout.tail(), stderr_tail=stderr.tail(),
+        stdout_tail=stdout.tail()[-TASK_OUTPUT_TAIL_BYTES:], stderr_tail=stderr.tail(),
         stdout_bytes=stdout.total_bytes, stderr_bytes=stderr.total_bytes,
     )  # fmt: skip
 
@@ -454,8 +465,9 @@ def _run_command(
     """Run ``task.command``; its own process group lets a timeout kill all it started.
 
     The command gets ``memory_limit_bytes`` of heap (``RLIMIT_DATA``) from its start on,
-    and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept. A
-    traced attempt passes its span as ``TRACEPARENT`` in the command's environment, the
+    and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept (of
+    stdout: ``stdout_limit_bytes`` when set). A non-zero exit fails the task, and the
+    failure carries the same result a success has, with the exit code. A traced attempt passes its span as ``TRACEPARENT`` in the command's environment, the
     convention OTel uses for processes, so a traced command joins the run's trace.
     """
     command = task.command
@@ -490,7 +502,7 @@ def _run_command(
         ) from exc
     timeout_s = task.timeout_s if task.timeout_s > 0 else None
     try:
-        out, err = _collect_output(proc, timeout_s)
+        out, err = _collect_output(proc, timeout_s, command.stdout_limit_bytes or TASK_OUTPUT_TAIL_BYTES)
     except subprocess.TimeoutExpired:
         _kill_group(proc.pid)
         proc.wait()
@@ -502,23 +514,31 @@ def _run_command(
     finally:
         proc.stdout.close()
         proc.stderr.close()
+    result = _command_result(task, out, err, proc.returncode)
     if proc.returncode != 0:
         stderr_tail = err.tail()
         output = _output_of(out, err)
+        kept = {"exit_code": proc.returncode, "result": result}
         if memory_limit_bytes and _OUT_OF_MEMORY.search(stderr_tail[-COMMAND_STDERR_TAIL_CHARS * 4 :]):
             raise _TaskFailed(
                 "RESOURCE_EXHAUSTION",
                 f"command task {name!r} went over its memory limit of {format_bytes(memory_limit_bytes)} and exited "
                 f"with code {proc.returncode}: {_text(err)[-COMMAND_STDERR_TAIL_CHARS:]}",
-                "CommandError", non_retryable=True, output=output,
+                "CommandError", non_retryable=True, output=output, **kept,
             )  # fmt: skip
         raise _TaskFailed(
             "TASK_FAILURE",
             f"command exited with code {proc.returncode}: {_text(err)[-COMMAND_STDERR_TAIL_CHARS:]}",
             "CommandError",
             output=output,
+            **kept,
         )
-    result: dict[str, Any] = {"stdout": _text(out), "stderr": _text(err), "exit_code": proc.returncode}
+    return result
+
+
+def _command_result(task: common_pb2.TaskSpec, out: TailBuffer, err: TailBuffer, exit_code: int) -> common_pb2.Payload:
+    """A command's result, the JSON ``{"stdout", "stderr", "exit_code"}``, whatever its exit code."""
+    result: dict[str, Any] = {"stdout": _text(out), "stderr": _text(err), "exit_code": exit_code}
     if out.dropped_bytes or err.dropped_bytes:  # only the tails are kept: say how much is missing
         result["dropped_bytes"] = {"stdout": out.dropped_bytes, "stderr": err.dropped_bytes}
     return _encode_result(task, result, "json")
@@ -627,11 +647,15 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
 
     Writing it in the process that made it spares piping it to the daemon (see
     :mod:`xpipe.worker._objects`). If the file cannot be written the result stays inline and
-    the daemon tries once more.
+    the daemon tries once more. A failed command's kept result goes the same way.
     """
-    if event.WhichOneof("kind") != "succeeded":
+    kind = event.WhichOneof("kind")
+    if kind == "succeeded":
+        result = event.succeeded.result
+    elif kind == "failed" and event.failed.HasField("result"):
+        result = event.failed.result
+    else:
         return event
-    result = event.succeeded.result
     if result.codec == common_pb2.CODEC_MAP_PARTS:
         return _store_big_parts(event, artifact_root)
     if len(result.data) < ARTIFACT_MIN_BYTES:
@@ -644,6 +668,7 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
         # same write again and logs why it failed.
         return event
     if written:
+        result.artifact_sha256 = content_sha256(result.data)
         result.artifact_ref = written
         result.data = b""
     return event
@@ -665,6 +690,7 @@ def _store_big_parts(event: worker_pb2.TaskEvent, artifact_root: str | None) -> 
         except OSError:
             return event  # inline, as a plain result is when its file cannot be written
         if written:
+            part.artifact_sha256 = content_sha256(part.data)
             part.artifact_ref, part.data = written, b""
     result.data = parts.SerializeToString()
     return event
@@ -789,6 +815,8 @@ def _outcome(
         event = worker_pb2.TaskEvent(at=time.time())
         event.attempt.CopyFrom(assignment.attempt)
         event.failed.error.CopyFrom(failure.to_proto())
+        if failure.result is not None:
+            event.failed.result.CopyFrom(failure.result)
         return event
     except Exception as exc:  # a bug here (or memory running out) must still end the task, visibly
         if span is not None:

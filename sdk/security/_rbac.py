@@ -107,6 +107,7 @@ RPC_PERMISSIONS: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.PipelineService/GetTaskResult": "result:read",
     "/xpipe.v1.PipelineService/GetTaskStats": "run:read",
     "/xpipe.v1.PipelineService/GetTaskLogs": "logs:read",
+    "/xpipe.v1.PipelineService/GetArtifact": "result:read",
     "/xpipe.v1.WorkerService/Connect": "worker:connect",
     "/xpipe.v1.AdminService/GetClusterStatus": "cluster:read",
     "/xpipe.v1.AdminService/ListWorkers": "worker:read",
@@ -152,6 +153,7 @@ NAMESPACED_RPCS: frozenset[str] = frozenset({
     "/xpipe.v1.PipelineService/WatchRun",
     "/xpipe.v1.PipelineService/GetTaskResult",
     "/xpipe.v1.PipelineService/GetTaskLogs",
+    "/xpipe.v1.PipelineService/GetArtifact",
     "/xpipe.v1.AuditService/GetLineage",
     "/xpipe.v1.DebugService/ReleaseTasks",
 })  # fmt: skip
@@ -164,6 +166,7 @@ RPC_AUDIT: Mapping[str, str] = MappingProxyType({
     "/xpipe.v1.PipelineService/CancelRun": "mutation",
     "/xpipe.v1.PipelineService/GetTaskResult": "data-read",
     "/xpipe.v1.PipelineService/GetTaskLogs": "data-read",
+    "/xpipe.v1.PipelineService/GetArtifact": "data-read",
     "/xpipe.v1.WorkerService/Connect": "mutation",
     "/xpipe.v1.AdminService/DrainWorker": "mutation",
     "/xpipe.v1.AdminService/ForgetWorkers": "mutation",
