@@ -79,7 +79,7 @@ def _python_stdout(code: str) -> str:
 def test_node_client_reads_every_result_without_native_modules(node_client, tmp_path):
     blob = _python_stdout(BLOB_PY)
     assert len(blob) == 1_048_576
-    json_bytes = len(_python_stdout(JSON_PY).rstrip("\n").encode())
+    json_bytes = len(_python_stdout(JSON_PY).encode())  # with its newline: the whole stdout
 
     with Cluster(tmp_path, workers=2) as cluster:
         done = _run_client("--target", cluster.address, "--timeout-s", str(CLIENT_TIMEOUT_S))
