@@ -208,10 +208,8 @@ class _LyingPipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
                 ),
             )
         if request.task == "json20k":
-            document = json.loads(_python_stdout(JSON_PY))
-            payload = _json_payload(
-                {"stdout": json.dumps(document) + "\n", "stderr": "", "exit_code": 0}, zstd=self.lie == "zstd"
-            )
+            stdout = "rows: 640\n" if self.lie == "not json" else _python_stdout(JSON_PY)
+            payload = _json_payload({"stdout": stdout, "stderr": "", "exit_code": 0}, zstd=self.lie == "zstd")
             return pipeline_pb2.TaskResult(state=common_pb2.SUCCEEDED, result=payload)
         error = common_pb2.TaskError(message="command exited with code 3: disk full")
         if self.lie != "no exit_code":
@@ -249,8 +247,9 @@ class _LyingPipelineService(pipeline_pb2_grpc.PipelineServiceServicer):
             "error: task json20k: result came zstd-compressed although this client does not accept zstd",
         ),
         ("no exit_code", "error: task fail: TaskError.exit_code is none, expected 3"),
+        ("not json", "error: task json20k: stdout is not JSON: "),
     ],
-    ids=["honest", "sha256", "gap", "data-loss", "zstd", "no-exit-code"],
+    ids=["honest", "sha256", "gap", "data-loss", "zstd", "no-exit-code", "not-json"],
 )
 def test_node_client_catches_a_server_that_lies(node_client, lie, complaint):
     server = grpc.server(ThreadPoolExecutor(max_workers=4))

@@ -211,7 +211,15 @@ async function readResult(client, runId, task, deadline) {
   if (codec !== 'CODEC_JSON') {
     throw new ClientError(`task ${task}: result codec is ${codec}, expected CODEC_JSON`);
   }
-  return { result, value: JSON.parse(data.toString('utf8')), how };
+  return { result, value: parseJson(data.toString('utf8'), `task ${task}: the result`), how };
+}
+
+function parseJson(text, what) {
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ClientError(`${what} is not JSON: ${err.message.replace(/\s+/g, ' ')}`); // one line
+  }
 }
 
 const sha256Hex = (text) => createHash('sha256').update(text, 'utf8').digest('hex');
@@ -238,7 +246,7 @@ function reportTask(task, { result, value, how }) {
     if (!how.artifact) problems.push('task blob: the result came inline, expected it by artifact reference');
     if (bytes !== BLOB_BYTES) problems.push(`task blob: stdout is ${bytes} bytes, expected ${BLOB_BYTES}`);
   } else if (task === 'json20k') {
-    const rows = JSON.parse(stdout).rows?.length;
+    const rows = parseJson(stdout, 'task json20k: stdout').rows?.length;
     console.log(`task json20k ${result.state} zstd=${how.zstd ? 'yes' : 'no'} rows=${rows} bytes=${Buffer.byteLength(stdout, 'utf8')}`);
     if (rows !== JSON_ROWS) problems.push(`task json20k: ${rows} rows, expected ${JSON_ROWS}`);
   } else if (task === 'fail') {
