@@ -136,7 +136,9 @@ def _load(payload: pb.Payload, ref: str, artifact_dir: str | None, accept_zstd: 
     except SerializationError as exc:
         raise _Refused(grpc.StatusCode.PERMISSION_DENIED, str(exc)) from None
     if not os.path.lexists(path):
-        raise _Refused(grpc.StatusCode.NOT_FOUND, f"{what} is gone: no file {path} (deleted, or collected by retention)")
+        raise _Refused(
+            grpc.StatusCode.NOT_FOUND, f"{what} is gone: no file {path} (deleted, or collected by retention)"
+        )
     try:
         data = read_artifact(ref, artifact_root=artifact_dir, what="GetArtifact")
     except SerializationError as exc:

@@ -220,6 +220,7 @@ class MappingFlow:
             fan, tasks = task.fan, run.tasks
             if not fan.children:  # its parts were unreadable
                 task.error = task_error("INTERNAL", f"the stored partitions of task {task.name!r} cannot be read")
+                task.result = None  # the parts: a FAILED task keeps only a result its attempt returned
                 task.finished_at = self._now
                 self._move(run, task, pb.FAILED, out)
                 self._fail_dependents(run, task, out)

@@ -751,6 +751,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         if waited:
             message += f" (waited {run.wait_for_resources_s:g}s for one to join)"
         task.error = task_error(error_type, message, non_retryable=True, **fields)
+        task.result = None  # an earlier attempt's (a failed command's) is not this failure's
         task.finished_at = now
         self._move(run, task, pb.FAILED, out)
         self._fail_dependents(run, task, out)

@@ -81,14 +81,15 @@ def stub(cluster):
 
 @pytest.fixture(scope="module")
 def polyglot_run(stub) -> str:
-    """The client contract's run: greet, blob (1 MiB stdout), json20k, a failing command, and a
-    command whose stdout overflows its 1 MiB stdout_limit_bytes."""
+    """The client contract's run: greet, blob (1 MiB stdout), json20k, a failing command; and a
+    command whose stdout overflows its 1 MiB stdout_limit_bytes, and one killed by SIGKILL."""
     return _run(stub, "artifacts-api", [
         _command("greet", ["sh", "-c", "echo hello"]),
         _command("blob", [sys.executable, "-c", BLOB_PY], deps=("greet",), stdout_limit_bytes=2 * MIB),
         _command("json20k", [sys.executable, "-c", JSON_PY], deps=("greet",)),
         _command("fail", ["sh", "-c", "echo partial output; echo 'disk full' >&2; exit 3"], deps=("greet",)),
         _command("tail", [sys.executable, "-c", _hex_py(24576)], stdout_limit_bytes=MIB),  # 1.5 MiB written
+        _command("killed", ["sh", "-c", "echo before; kill -9 $$"]),
     ])  # fmt: skip
 
 
@@ -229,6 +230,9 @@ def test_a_failed_command_keeps_its_exit_code_stdout_and_stderr(stub, polyglot_r
     assert json.loads(fail.result.data)["stderr"] == "disk full\n" and fail.error.exit_code == 3
     ok = _result(stub, polyglot_run, "greet")
     assert not ok.error.HasField("exit_code")
+    killed = _result(stub, polyglot_run, "killed")
+    assert killed.state == pb.FAILED and killed.error.exit_code == -9  # negative: the signal
+    assert json.loads(killed.result.data) == {"stdout": "before\n", "stderr": "", "exit_code": -9}
 
 
 def test_stdout_limit_bytes_keeps_that_much_of_stdout_and_a_too_big_value_is_refused(stub, polyglot_run):
@@ -241,7 +245,8 @@ def test_stdout_limit_bytes_keeps_that_much_of_stdout_and_a_too_big_value_is_ref
     spec = pb.PipelineSpec(name="too-big", tasks=[_command("t", ["true"], stdout_limit_bytes=too_big)])
     code, details = _code(lambda: stub.SubmitPipeline(pipeline_pb2.SubmitPipelineRequest(pipeline=spec), timeout=10))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert "stdout_limit_bytes" in details and str(too_big) in details and str(MAX_COMMAND_STDOUT_LIMIT_BYTES) in details
+    assert "stdout_limit_bytes" in details and str(too_big) in details
+    assert str(MAX_COMMAND_STDOUT_LIMIT_BYTES) in details
     with pytest.raises(PipelineValidationError, match="stdout_limit_bytes must be an int from 0 to 67108864"):
         Task.command("t", ["true"], stdout_limit_bytes=too_big)
 

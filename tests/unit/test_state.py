@@ -188,6 +188,35 @@ def test_retry_waits_then_runs_a_new_attempt():
     assert states(s)["a"] == "FAILED"
 
 
+def test_a_failed_attempts_result_is_kept_with_the_failed_task_and_the_last_attempt_wins():
+    s = SchedulerState(prefetch=0, validate=True)
+    connect(s)
+    spec = spec_of({"a": []}, retries={"a": 1})
+    spec.tasks[0].retry.retry_delay_s = 1.0
+    s.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    (a1,) = assigns(s.schedule(0.0))
+    kept = pb.Payload(codec=pb.CODEC_JSON, data=b'{"stdout": "1", "stderr": "", "exit_code": 3}')
+    s.handle(TaskFailed(1.0, "w1", a1.attempt, 1.0, pb.TaskError(message="exit 3", exit_code=3), result=kept))
+    assert states(s)["a"] == "RETRY_WAIT"
+    s.handle(Tick(3.0))
+    (a2,) = assigns(s.schedule(3.0))
+    second = pb.Payload(codec=pb.CODEC_JSON, data=b'{"stdout": "2", "stderr": "", "exit_code": 4}')
+    out = s.handle(TaskFailed(4.0, "w1", a2.attempt, 4.0, pb.TaskError(message="exit 4", exit_code=4), result=second))
+    (record,) = [r for r in out if isinstance(r, TaskRecord) and r.name == "a"]
+    assert record.state == pb.FAILED and record.result == second and record.error.exit_code == 4
+    # A failure without a result (not a command) leaves none of an earlier attempt's behind.
+    s2 = SchedulerState(prefetch=0, validate=True)
+    connect(s2)
+    s2.handle(RunSubmitted(0.0, "r1", spec, tuple(validate_spec(spec))))
+    (b1,) = assigns(s2.schedule(0.0))
+    s2.handle(TaskFailed(1.0, "w1", b1.attempt, 1.0, pb.TaskError(message="exit 3"), result=kept))
+    s2.handle(Tick(3.0))
+    (b2,) = assigns(s2.schedule(3.0))
+    out = s2.handle(fail(b2.attempt, now=4.0))
+    (record,) = [r for r in out if isinstance(r, TaskRecord) and r.name == "a"]
+    assert record.state == pb.FAILED and record.result is None
+
+
 def test_retry_on_failure_false_turns_retries_off():
     s = SchedulerState(prefetch=0)
     connect(s)
