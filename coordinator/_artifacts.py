@@ -43,9 +43,10 @@ def accepts_zstd(accept_compression: Iterable[str]) -> bool:
 
 def needs_shaping(payloads: list[pb.Payload], *, accept_zstd: bool) -> bool:
     """Is there anything for :func:`shape_results` to do (so a thread is worth starting)?"""
-    return any(
-        p.artifact_ref or p.codec == pb.CODEC_MAP_PARTS or (p.zstd and not accept_zstd) for p in payloads
-    )  # fmt: skip
+    for p in payloads:  # a plain loop: this runs on every read of results, big or small
+        if p.artifact_ref or p.codec == pb.CODEC_MAP_PARTS or (p.zstd and not accept_zstd):
+            return True
+    return False
 
 
 def shape_results(

@@ -467,8 +467,9 @@ def _run_command(
     The command gets ``memory_limit_bytes`` of heap (``RLIMIT_DATA``) from its start on,
     and only the last :data:`TASK_OUTPUT_TAIL_BYTES` of each output stream are kept (of
     stdout: ``stdout_limit_bytes`` when set). A non-zero exit fails the task, and the
-    failure carries the same result a success has, with the exit code. A traced attempt passes its span as ``TRACEPARENT`` in the command's environment, the
-    convention OTel uses for processes, so a traced command joins the run's trace.
+    failure carries the same result a success has, with the exit code. A traced attempt
+    passes its span as ``TRACEPARENT`` in the command's environment, the convention OTel
+    uses for processes, so a traced command joins the run's trace.
     """
     command = task.command
     name = task.name

@@ -272,6 +272,19 @@ def test_the_python_sdk_shows_a_failed_commands_result(cluster, stub, polyglot_r
     assert failed.value == {"stdout": "partial output\n", "stderr": "disk full\n", "exit_code": 3}
 
 
+def test_the_recorded_hash_and_a_failed_commands_result_survive_a_coordinator_restart(tmp_path):
+    with Cluster(tmp_path, workers=1, slots=2) as cluster, grpc.insecure_channel(cluster.address) as channel:
+        stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+        run_id = _run(stub, "restart", [_big("big"), _command("fail", ["sh", "-c", "echo 'disk full' >&2; exit 3"])])
+        before = _result(stub, run_id, "big", inline_max_bytes=1).result
+        cluster.restart_coordinator()  # the results come back from SQLite now
+        after = _result(stub, run_id, "big", inline_max_bytes=1).result
+        assert after.artifact_sha256 == before.artifact_sha256 and after.artifact_ref == before.artifact_ref
+        assert _read(stub, run_id, "big", after.artifact_ref)[0].sha256  # still served, still checked
+        failed = _result(stub, run_id, "fail")
+        assert failed.error.exit_code == 3 and json.loads(failed.result.data)["stderr"] == "disk full\n"
+
+
 def test_a_run_in_another_namespace_is_permission_denied_never_the_bytes(tmp_path):
     setup = SecureSetup(tmp_path, principals={**SecureSetup.DEFAULT_PRINCIPALS, "teama": ["submitter"],
                                               "teamb": ["submitter"]},
@@ -290,3 +303,22 @@ def test_a_run_in_another_namespace_is_permission_denied_never_the_bytes(tmp_pat
             b = pipeline_pb2_grpc.PipelineServiceStub(channel)
             code, details = _code(lambda: _read(b, run_id, "big", ref))
             assert code == grpc.StatusCode.PERMISSION_DENIED and "namespace 'team-a'" in details
+
+
+def test_a_sealed_artifact_is_served_decrypted_and_checked(tmp_path):
+    from xpipe.security._keys import create_keyring
+
+    key = tmp_path / "keyring.json"
+    create_keyring(key)
+    flag = ("--encryption-key-file", str(key))
+    with Cluster(tmp_path, workers=1, slots=1, coordinator_args=flag, worker_args=flag) as cluster:
+        with grpc.insecure_channel(cluster.address) as channel:
+            sealed = pipeline_pb2_grpc.PipelineServiceStub(channel)
+            run_id = _run(sealed, "sealed", [_big("big")])
+            ref = _result(sealed, run_id, "big", inline_max_bytes=1).result.artifact_ref
+            assert ref.endswith(".xpe")
+            on_disk = Path(ref.removeprefix("file://")).read_bytes()
+            assert _hex_text(100) not in on_disk  # sealed: no plain text at rest
+            first, _, data = _read(sealed, run_id, "big", ref)
+    assert first.compression == "identity" and first.sha256 == hashlib.sha256(data).hexdigest()
+    assert json.loads(data)["stdout"].encode() == _hex_text(16384)
