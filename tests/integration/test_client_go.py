@@ -8,7 +8,6 @@ what it read itself and exits 1 naming a mismatch; this test checks its output a
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,16 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO_ROOT, Cluster, free_port
+from tests.helpers_clients import FINAL_EVENTS, expected_task_lines
 
 GO_DIR = REPO_ROOT / "examples" / "clients" / "go"
 PROGRAM = GO_DIR / "bin" / "polyglot-go"
-# The blob task's program, as the example runs it: 1 MiB of incompressible text.
-BLOB_PY = (
-    "import hashlib,sys; b=b''.join(hashlib.sha256(str(i).encode()).hexdigest().encode() "
-    "for i in range(16384)); sys.stdout.write(b.decode())"
-)
-# The json20k task's program: a ~20 KiB JSON document of 640 rows (zstd-compressed on the worker).
-JSON_PY = 'import json; print(json.dumps({"rows": [{"i": i, "name": "row-%05d" % i} for i in range(640)]}))'
 RUN_TIMEOUT_S = 30
 # A cold build downloads modules and compiles grpc-go (minutes on 2 busy cores); once built,
 # build.sh returns at once.
@@ -56,32 +49,20 @@ def _run(program: str, target: str, *extra: str) -> subprocess.CompletedProcess[
     )
 
 
-def _stdout_of(python_code: str) -> bytes:
-    return subprocess.run([sys.executable, "-c", python_code], capture_output=True, check=True).stdout
-
-
 def test_go_client_submits_watches_and_reads_every_result(tmp_path, program):
-    blob_sha256 = hashlib.sha256(_stdout_of(BLOB_PY)).hexdigest()
-    json_bytes = len(_stdout_of(JSON_PY))
     with Cluster(tmp_path, workers=2) as cluster:
         done = _run(program, cluster.address)
     assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     lines = done.stdout.splitlines()
 
     events = [line for line in lines if line.startswith("event ")]
-    for final in ("greet SUCCEEDED", "blob SUCCEEDED", "json20k SUCCEEDED", "fail FAILED"):
-        assert f"event {final}" in events, lines
+    for final in FINAL_EVENTS:
+        assert final in events, lines
     assert len(events) == len(set(events)), "an event line repeats a state the task already had"
 
     results = [line for line in lines if not line.startswith("event ")]
     run_id = results[-1].split()[1]
-    assert results == [
-        "task greet SUCCEEDED stdout=hello from go",
-        f"task blob SUCCEEDED artifact=yes bytes=1048576 sha256={blob_sha256}",
-        f"task json20k SUCCEEDED zstd=no rows=640 bytes={json_bytes}",
-        "task fail FAILED exit_code=3 stderr=disk full stdout=partial output",
-        f"run {run_id} RUN_FAILED",
-    ]
+    assert results == [*expected_task_lines("go"), f"run {run_id} RUN_FAILED"]
     assert lines.index(events[-1]) < lines.index(results[0]), "results are read after the run ended"
 
 

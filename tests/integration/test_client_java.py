@@ -8,17 +8,16 @@ examples/clients/java/README.md.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import REPO_ROOT, Cluster, free_port
+from tests.helpers_clients import FINAL_EVENTS, expected_task_lines
 from xpipe._proto import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 
 _EXAMPLE = REPO_ROOT / "examples" / "clients" / "java"
@@ -26,16 +25,6 @@ _JAR = _EXAMPLE / "target" / "xpipe-client-java.jar"
 # A cold build downloads grpc-java, protoc and Maven's plugins (minutes); a warm one is instant.
 _BUILD_TIMEOUT_S = 900
 _RUN_TIMEOUT_S = 30
-
-# The same programs the client submits (examples/clients/java), run here to know the answer.
-_BLOB_PY = (
-    "import hashlib,sys; b=b''.join(hashlib.sha256(str(i).encode()).hexdigest().encode()"
-    " for i in range(16384)); sys.stdout.write(b.decode())"
-)
-_JSON_PY = (
-    'import json; print(json.dumps({"rows": [{"i": i, "name": "row-%05d" % i}'
-    " for i in range(640)]}))"
-)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("java") is None or shutil.which("mvn") is None,
@@ -63,29 +52,16 @@ def _run_client(jar: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def _stdout_of(program: str) -> bytes:
-    return subprocess.run([sys.executable, "-c", program], capture_output=True, check=True, timeout=30).stdout
-
-
 def test_java_client_reads_every_result_of_a_failed_run(client_jar: Path, cluster: Cluster) -> None:
     run = _run_client(client_jar, "--target", cluster.address)
     assert run.returncode == 0, f"client exited {run.returncode}:\n{run.stderr}\n{run.stdout}"
     lines = run.stdout.splitlines()
 
     # WatchRun showed each task reach its end state.
-    ends = ("greet SUCCEEDED", "blob SUCCEEDED", "json20k SUCCEEDED", "fail FAILED")
-    for event in (f"event {end}" for end in ends):
+    for event in FINAL_EVENTS:
         assert event in lines, f"{event!r} not in the client's output:\n{run.stdout}"
 
-    blob = _stdout_of(_BLOB_PY)
-    assert len(blob) == 1_048_576
-    json20k = _stdout_of(_JSON_PY)
-    expected = [
-        "task greet SUCCEEDED stdout=hello from java",
-        f"task blob SUCCEEDED artifact=yes bytes=1048576 sha256={hashlib.sha256(blob).hexdigest()}",
-        f"task json20k SUCCEEDED zstd=no rows=640 bytes={len(json20k)}",
-        "task fail FAILED exit_code=3 stderr=disk full stdout=partial output",
-    ]
+    expected = expected_task_lines("java")
     reports = [line for line in lines if line.startswith(("task ", "run "))]
     assert reports[:4] == expected, run.stdout
     match = re.fullmatch(r"run (\S+) RUN_FAILED", reports[4]) if len(reports) == 5 else None

@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from tests.harness import REPO_ROOT, Cluster, free_port
+from tests.helpers_clients import BLOB_PY, JSON_PY, expected_task_lines
 from xpipe._proto import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 
 EXAMPLE_DIR = REPO_ROOT / "examples" / "clients" / "node"
@@ -30,13 +31,6 @@ CLIENT = EXAMPLE_DIR / "client.mjs"
 BUILD_TIMEOUT_S = 300.0  # a cold npm install; a warm build.sh returns in about a second
 CLIENT_TIMEOUT_S = 30.0
 
-# The client contract's 1 MiB task (docs: examples/clients/node/README.md): run here too,
-# so the test knows the sha256 the client must report without trusting the client.
-BLOB_PY = (
-    "import hashlib,sys; b=b''.join(hashlib.sha256(str(i).encode()).hexdigest().encode() "
-    "for i in range(16384)); sys.stdout.write(b.decode())"
-)
-JSON_PY = 'import json; print(json.dumps({"rows": [{"i": i, "name": "row-%05d" % i} for i in range(640)]}))'
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +71,6 @@ def _python_stdout(code: str) -> str:
 
 
 def test_node_client_reads_every_result_without_native_modules(node_client, tmp_path):
-    blob = _python_stdout(BLOB_PY)
-    assert len(blob) == 1_048_576
-    json_bytes = len(_python_stdout(JSON_PY).encode())  # with its newline: the whole stdout
-
     with Cluster(tmp_path, workers=2) as cluster:
         done = _run_client("--target", cluster.address, "--timeout-s", str(CLIENT_TIMEOUT_S))
     assert done.returncode == 0, (
@@ -101,12 +91,7 @@ def test_node_client_reads_every_result_without_native_modules(node_client, tmp_
     )  # blob depends on greet
 
     tasks = [line for line in lines if line.startswith("task ")]
-    assert tasks == [
-        "task greet SUCCEEDED stdout=hello from node",
-        f"task blob SUCCEEDED artifact=yes bytes=1048576 sha256={hashlib.sha256(blob.encode()).hexdigest()}",
-        f"task json20k SUCCEEDED zstd=no rows=640 bytes={json_bytes}",
-        "task fail FAILED exit_code=3 stderr=disk full stdout=partial output",
-    ]
+    assert tasks == expected_task_lines("node")
     (run_line,) = [line for line in lines if line.startswith("run ")]
     _, run_id, state = run_line.split(" ")
     assert run_id and state == "RUN_FAILED"
