@@ -30,6 +30,7 @@ __all__ = [
     "WorkerConnected",
     "WorkerDisconnected",
     "HeartbeatReceived",
+    "HeartbeatTimeoutChanged",
     "TaskStarted",
     "TaskSucceeded",
     "TaskFailed",
@@ -117,6 +118,13 @@ class HeartbeatReceived(Event):
     draining: bool = False
     #: Attempts sent to the worker that it had not received when it sent this heartbeat.
     on_their_way: frozenset = frozenset()
+
+
+@_message
+class HeartbeatTimeoutChanged(Event):
+    """The shell's heartbeat pacing (``_heartbeats.HeartbeatPacer``) changed the lost-detection timeout."""
+
+    timeout_s: float
 
 
 @_message

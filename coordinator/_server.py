@@ -432,7 +432,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         yield worker_pb2.CoordinatorMessage(
             registered=worker_pb2.Registered(
                 coordinator_id=self.c.coordinator_id,
-                heartbeat_interval_s=engine.config.heartbeat_interval_s,
+                heartbeat_interval_s=engine.pacer.announced.interval_s,
                 prefetch=engine.config.prefetch,
                 artifact_dir=engine.config.artifact_dir,
                 encryption_at_rest=at_rest() is not None,

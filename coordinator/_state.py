@@ -73,6 +73,7 @@ from ._events import (
     DrainWorker,
     Event,
     HeartbeatReceived,
+    HeartbeatTimeoutChanged,
     RunRecord,
     RunRestored,
     ResetWorker,
@@ -141,7 +142,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         prefetch: assignments a worker may hold beyond its slots, so it never idles
             waiting for the next round trip.
         heartbeat_timeout_s: a worker unheard of for this long is lost and its attempts
-            are requeued.
+            are requeued; the shell changes it as the fleet's heartbeat interval stretches
+            (a ``HeartbeatTimeoutChanged`` event).
         validate: check invariants after every event (tests turn this on).
         rng: source of retry jitter; tests pass a seeded one for a reproducible schedule.
         recovery_codec: how recovery handlers' arguments and answers are encoded; the
@@ -192,6 +194,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             TaskStarted: self._on_started,
             TaskReleased: self._on_released,
             HeartbeatReceived: self._on_heartbeat,
+            HeartbeatTimeoutChanged: self._on_heartbeat_timeout,
             RunSubmitted: self._on_submitted,
             RunRestored: self._on_restored,
             WorkerConnected: self._on_worker_connected,
@@ -373,6 +376,10 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             if key not in held and key not in on_their_way and ev.now - sent_at > grace:
                 self._unhold(worker, key)
                 self._requeue(key, ev.now, out, reason="not held by its worker")
+
+    def _on_heartbeat_timeout(self, ev: HeartbeatTimeoutChanged, out: list[Action]) -> None:
+        # The shell stretches the timeout with the fleet's heartbeat interval (see _heartbeats).
+        self.heartbeat_timeout_s = ev.timeout_s
 
     def _heard_from(self, worker: WorkerEntry, out: list[Action]) -> None:
         """A worker we gave up on is alive after all: make it register again.
