@@ -50,7 +50,7 @@ from ._events import (
     RunSubmitted,
     StoryEntry,
     TaskRecord,
-    HeartbeatTimeoutChanged,
+    HeartbeatPaceChanged,
     Tick,
     task_info,
 )
@@ -201,7 +201,8 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.state = SchedulerState(
-            prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s, recovery_codec=PICKLE_CODEC
+            prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s,
+            heartbeat_interval_s=config.heartbeat_interval_s, recovery_codec=PICKLE_CODEC,
         )
         self.sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
@@ -403,6 +404,9 @@ class Engine:
         pacer = self.pacer
         timeout_s = pacer.timeout_in_effect_s
         settings = pacer.update(now, len(self.sessions))
+        if settings is not None or pacer.timeout_in_effect_s != timeout_s:
+            self.post(HeartbeatPaceChanged(now, pacer.announced.interval_s, pacer.timeout_in_effect_s,
+                                           stimulus_id=f"tick-{ticks}"))  # fmt: skip
         if settings is not None:
             log.info("heartbeat interval now %.3g s, timeout %.3g s (%d workers, at most %g heartbeats/s)",
                      settings.interval_s, settings.timeout_s, len(self.sessions), pacer.max_per_s)  # fmt: skip
@@ -410,8 +414,6 @@ class Engine:
                 interval_s=settings.interval_s, timeout_s=settings.timeout_s))  # fmt: skip
             for session in self.sessions.values():
                 session.outbox.put_nowait(message)
-        if pacer.timeout_in_effect_s != timeout_s:
-            self.post(HeartbeatTimeoutChanged(now, pacer.timeout_in_effect_s, stimulus_id=f"tick-{ticks}"))
 
     async def _loop(self) -> None:
         while not self._stopping:

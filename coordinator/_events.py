@@ -30,7 +30,7 @@ __all__ = [
     "WorkerConnected",
     "WorkerDisconnected",
     "HeartbeatReceived",
-    "HeartbeatTimeoutChanged",
+    "HeartbeatPaceChanged",
     "TaskStarted",
     "TaskSucceeded",
     "TaskFailed",
@@ -121,9 +121,12 @@ class HeartbeatReceived(Event):
 
 
 @_message
-class HeartbeatTimeoutChanged(Event):
-    """The shell's heartbeat pacing (``_heartbeats.HeartbeatPacer``) changed the lost-detection timeout."""
+class HeartbeatPaceChanged(Event):
+    """The shell's heartbeat pacing (``_heartbeats.HeartbeatPacer``) changed what workers are told or the timeout in effect."""
 
+    #: The interval workers are told now (shown by metrics).
+    interval_s: float
+    #: Silence after which a worker is lost, from now on.
     timeout_s: float
 
 

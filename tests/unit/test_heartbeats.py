@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from xpipe.coordinator._events import HeartbeatReceived, HeartbeatTimeoutChanged, Tick, WorkerConnected
+from xpipe.coordinator._events import HeartbeatReceived, HeartbeatPaceChanged, Tick, WorkerConnected
 from xpipe.coordinator._heartbeats import (
     RECOMPUTE_EVERY_S,
     HeartbeatPacer,
@@ -96,7 +96,7 @@ def test_no_cap_never_announces():
 def test_the_state_machine_loses_workers_by_the_timeout_it_was_given():
     s = SchedulerState(heartbeat_timeout_s=5.0)
     s.handle(WorkerConnected(0.0, "w1", "w1", "h", 1))
-    s.handle(HeartbeatTimeoutChanged(1.0, 20.0))
+    s.handle(HeartbeatPaceChanged(1.0, 4.0, 20.0))
     s.handle(HeartbeatReceived(1.0, "w1"))
     s.handle(Tick(20.9))
     assert s.workers["w1"].state != "lost"
