@@ -408,8 +408,11 @@ class Engine:
             self.post(HeartbeatPaceChanged(now, pacer.announced.interval_s, pacer.timeout_in_effect_s,
                                            stimulus_id=f"tick-{ticks}"))  # fmt: skip
         if settings is not None:
-            log.info("heartbeat interval now %.3g s, timeout %.3g s (%d workers, at most %g heartbeats/s)",
-                     settings.interval_s, settings.timeout_s, len(self.sessions), pacer.max_per_s)  # fmt: skip
+            kept = pacer.timeout_in_effect_s
+            log.info("heartbeat interval now %.3g s, timeout %.3g s%s (%d workers, at most %g heartbeats/s)",
+                     settings.interval_s, settings.timeout_s,
+                     f" ({kept:.3g} s kept for one old timeout)" if kept > settings.timeout_s else "",
+                     len(self.sessions), pacer.max_per_s)  # fmt: skip
             message = worker_pb2.CoordinatorMessage(heartbeat_settings=worker_pb2.HeartbeatSettings(
                 interval_s=settings.interval_s, timeout_s=settings.timeout_s))  # fmt: skip
             for session in self.sessions.values():
