@@ -43,6 +43,7 @@ from ._events import (
     CancelAttempts,
     DrainWorker,
     Event,
+    HeartbeatPaceChanged,
     ResetWorker,
     RunEvicted,
     RunRecord,
@@ -50,7 +51,6 @@ from ._events import (
     RunSubmitted,
     StoryEntry,
     TaskRecord,
-    HeartbeatPaceChanged,
     Tick,
     task_info,
 )
