@@ -118,6 +118,7 @@ class SimWorker:
         )(outgoing())
         heartbeats: asyncio.Task | None = None
         self.received = 0  # assignments received on this stream, as a real worker counts them
+        self.beat_at = 0.0
         try:
             async for message in call:
                 body = message.WhichOneof("body")
@@ -145,7 +146,7 @@ class SimWorker:
                     self.sim.pace_changes += 1
                     if heartbeats is not None:  # re-aimed: the next beat one new interval after the last
                         heartbeats.cancel()
-                        first_s = max(0.0, self.beat_at + self.interval_s - time.monotonic())
+                        first_s = max(0.0, self.beat_at + self.interval_s - time.monotonic()) if self.beat_at else None
                         heartbeats = asyncio.create_task(self._heartbeats(send, first_s))
                 elif body == "drain":
                     send.put_nowait(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, draining=True)))

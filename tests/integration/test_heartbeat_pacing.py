@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from xpipe._proto import worker_pb2, worker_pb2_grpc
+
 from tests.harness import Cluster, child_env, eventually, terminate_all
 from tests.helpers_metrics import scrape, value
 
@@ -117,6 +119,26 @@ def test_a_capped_fleet_beats_slower_is_never_lost_by_a_change_and_a_dead_worker
         assert 1 <= log.count("heartbeat interval now 2 s, timeout 20 s") <= 2, log[-3000:]
         assert "heartbeat interval now 1.5 s, timeout 15 s (30 s kept for one old timeout)" in log, log[-3000:]
         assert "heartbeat interval now 3 s" in c.workers["w0"].log_text()  # the worker applied it
+        assert "heartbeat interval now 1.5 s" in c.workers["w4"].log_text()  # told on registering
+
+        # A new stream: Registered says the configured 0.2 s, which an older worker (that
+        # ignores HeartbeatSettings) keeps; the fleet's pace follows at once.
+        done = threading.Event()
+
+        def messages():
+            yield worker_pb2.WorkerMessage(register=worker_pb2.Register(worker_id="raw", name="raw", slots=1))
+            done.wait(20)
+
+        with c.channel() as channel:
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Connect(messages(), timeout=20)
+            try:
+                first, second = next(call), next(call)
+            finally:
+                done.set()
+                call.cancel()
+        assert first.registered.heartbeat_interval_s == 0.2
+        assert second.WhichOneof("body") == "heartbeat_settings", second
+        assert (second.heartbeat_settings.interval_s, second.heartbeat_settings.timeout_s) == (1.5, 15.0)
 
 
 @pytest.mark.parametrize("rate", ["-1", "nan", "inf"])
