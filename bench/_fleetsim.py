@@ -12,6 +12,8 @@ real coordinator, speaking the same wire format as ``xpipe-worker`` (``worker/_d
   ``Started``: ``started_at`` rides on the outcome. The coordinator never sends more than
   ``slots + prefetch``, and an instant task frees its slot at once, so prefetch is honoured
   by construction;
+* ``HeartbeatSettings`` (the coordinator stretching or shortening the fleet's interval,
+  ``--max-heartbeats-per-s``) changes the pace at once, as ``xpipe-worker`` does;
 * ``Cancel`` is ignored (nothing is ever held when it arrives), ``Drain`` is answered by a
   draining heartbeat and a clean end of the stream, ``Reset`` and ``NotLeader`` by
   registering again, as the real worker does.
@@ -66,6 +68,8 @@ class SimWorker:
         self.cut = False
         self.registered_at = 0.0
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
+        self.interval_s = 1.0
+        self.beat_at = 0.0  # monotonic time of the last heartbeat
 
     async def run(self) -> None:
         """Keep a session until cut or stopped; register again after Reset/NotLeader or a broken stream."""
@@ -114,6 +118,7 @@ class SimWorker:
         )(outgoing())
         heartbeats: asyncio.Task | None = None
         self.received = 0  # assignments received on this stream, as a real worker counts them
+        self.beat_at = 0.0
         try:
             async for message in call:
                 body = message.WhichOneof("body")
@@ -130,12 +135,19 @@ class SimWorker:
                     send.put_nowait(worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events)))
                     self.sim.event_messages += 1
                 elif body == "registered":
-                    interval_s = message.registered.heartbeat_interval_s or 1.0
+                    self.interval_s = message.registered.heartbeat_interval_s or 1.0
                     if not self.registered_at:
                         self.registered_at = time.time()
                         self.sim.on_registered()
                     if heartbeats is None:
-                        heartbeats = asyncio.create_task(self._heartbeats(send, interval_s))
+                        heartbeats = asyncio.create_task(self._heartbeats(send))
+                elif body == "heartbeat_settings":
+                    self.interval_s = message.heartbeat_settings.interval_s or self.interval_s
+                    self.sim.pace_changes += 1
+                    if heartbeats is not None:  # re-aimed: the next beat one new interval after the last
+                        heartbeats.cancel()
+                        first_s = max(0.0, self.beat_at + self.interval_s - time.monotonic()) if self.beat_at else None
+                        heartbeats = asyncio.create_task(self._heartbeats(send, first_s))
                 elif body == "drain":
                     send.put_nowait(worker_pb2.WorkerMessage(heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, draining=True)))
                     send.put_nowait(None)
@@ -150,15 +162,16 @@ class SimWorker:
                 heartbeats.cancel()
                 await asyncio.gather(heartbeats, return_exceptions=True)
 
-    async def _heartbeats(self, send: asyncio.Queue, interval_s: float) -> None:
+    async def _heartbeats(self, send: asyncio.Queue, first_s: float | None = None) -> None:
         # A random phase, as real workers started at different times have: no thundering herd.
-        await asyncio.sleep(interval_s * (hash(self.name) % 1000) / 1000)
+        await asyncio.sleep(self.interval_s * (hash(self.name) % 1000) / 1000 if first_s is None else first_s)
         while True:
             # Everything received is answered at once, so nothing is held: the count alone.
             send.put_nowait(worker_pb2.WorkerMessage(
                 heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, assignments_received=self.received)))
             self.sim.heartbeats += 1
-            await asyncio.sleep(interval_s)
+            self.beat_at = time.monotonic()
+            await asyncio.sleep(self.interval_s)
 
     def cut_now(self) -> None:
         """End the stream with no goodbye (RST_STREAM), as a dead host would; never come back."""
@@ -179,6 +192,7 @@ class Simulator:
         self.host = f"fleet-{prefix}"
         self.stopping = False
         self.heartbeats = self.done = self.errors = self.registered = self.resets = 0
+        self.pace_changes = 0  # HeartbeatSettings received, all workers together
         #: Messages on the wire each way: AssignmentBatch received, TaskEventBatch sent.
         self.assignment_messages = self.event_messages = 0
         self.reconnects: dict[str, int] = {}  # why a stream ended (a gRPC status, or "ended"): count
@@ -225,7 +239,7 @@ class Simulator:
         cpu = psutil.Process().cpu_times()
         return {"event": "stats", "cpu_s": cpu.user + cpu.system, "heartbeats": self.heartbeats, "done": self.done,
                 "assignment_messages": self.assignment_messages, "event_messages": self.event_messages,
-                "registered": self.registered, "reconnects": self.reconnects, "resets": self.resets, "errors": self.errors,
+                "registered": self.registered, "pace_changes": self.pace_changes, "reconnects": self.reconnects, "resets": self.resets, "errors": self.errors,
                 "rss_bytes": psutil.Process().memory_info().rss, "at": time.time()}  # fmt: skip
 
     def cut(self, k: int) -> dict:

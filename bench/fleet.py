@@ -19,7 +19,8 @@ worker. Measured, in this order:
   the coordinator's reasons for requeueing;
 * **lost detection**: ``--lost`` workers cut at once (streams cancelled, no goodbye); the
   time from the cut until ``ListWorkers`` shows every one of them as lost. It is bounded
-  below by ``--heartbeat-timeout-s`` (the coordinator's flag, short here) plus one tick;
+  below by ``--heartbeat-timeout-s`` (the coordinator's flag, short here), stretched by
+  ``--max-heartbeats-per-s`` for a big fleet, plus one tick;
 * the coordinator's peak RSS over the whole sample (psutil, sampled every 20 ms).
 
 Results are printed as a table and written as JSON under ``--out`` (``bench/results``).
@@ -188,6 +189,7 @@ def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
     profile_dir: Path | None = None, connect_rate_per_s: float = 0.0, run_timeout_s: float = _RUN_TIMEOUT_S,
+    max_heartbeats_per_s: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -200,8 +202,11 @@ def run_fleet(
     extra = ["--heartbeat-timeout-s", str(heartbeat_timeout_s), "--heartbeat-interval-s", str(heartbeat_interval_s)]
     if prefetch is not None:
         extra += ["--prefetch", str(prefetch)]
+    if max_heartbeats_per_s is not None:
+        extra += ["--max-heartbeats-per-s", str(max_heartbeats_per_s)]
     result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost, "connect_rate_per_s": connect_rate_per_s,
-                              "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s}  # fmt: skip
+                              "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s,
+                              "max_heartbeats_per_s": max_heartbeats_per_s}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
         cluster = stack.enter_context(XpipeCluster(Path(tmp), workers=0, coordinator_args=extra))
@@ -225,8 +230,9 @@ def run_fleet(
             pm = cluster.manager
             _wait(lambda: sum(w.state == "ready" for w in pm.client.list_workers()) == workers, 60.0, f"{workers} ready workers listed")
             result["rss_registered_bytes"] = coordinator.memory_info().rss
-            # -- idle heartbeats (the window is the measurement, not a synchronization)
-            time.sleep(2 * heartbeat_interval_s)
+            # -- idle heartbeats (the window is the measurement, not a synchronization); the
+            # coordinator may stretch the interval (--max-heartbeats-per-s) within a second.
+            time.sleep(2 * heartbeat_interval_s + 1.0)
             before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
             with _profiled(profile_dir, coordinator.pid, f"{workers}-idle"):
                 time.sleep(idle_s)
@@ -236,7 +242,8 @@ def run_fleet(
             result.update(
                 idle_window_s=idle_s, idle_heartbeats=beats, idle_coordinator_cpu_s=cpu1 - cpu0,
                 idle_coordinator_cpu_pct=100 * (cpu1 - cpu0) / idle_s,
-                heartbeat_cpu_us=1e6 * (cpu1 - cpu0) / max(1, beats),
+                heartbeat_cpu_us=1e6 * (cpu1 - cpu0) / max(1, beats), idle_heartbeats_per_s=beats / idle_s,
+                pace_changes=sum(a["pace_changes"] for a in after),
                 idle_sim_cpu_pct=100 * sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before)) / idle_s,
             )  # fmt: skip
             # -- throughput
@@ -300,7 +307,8 @@ def run_fleet(
                 polls += 1
                 return sum(w.name in cut_names and w.state == "lost" for w in pm.client.list_workers()) == len(cut_names)
 
-            _wait(all_lost, heartbeat_timeout_s + 60.0, f"{len(cut_names)} cut workers listed as lost", interval_s=0.05)
+            # The timeout stretches with the interval (--max-heartbeats-per-s): allow for it.
+            _wait(all_lost, heartbeat_timeout_s * max(1.0, workers / 100) + 60.0, f"{len(cut_names)} cut workers listed as lost", interval_s=0.05)
             result["lost_detect_s"] = time.time() - cut_at
             result["lost_polls"] = polls
             result["rss_peak_bytes"] = sampler.stop()
@@ -340,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heartbeat-timeout-s", type=float, default=5.0, help="the coordinator's flag (default there: 10)")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="the coordinator's flag (its default: 1)")
     p.add_argument("--prefetch", type=int, default=None, help="the coordinator's --prefetch (default: its own)")
+    p.add_argument("--max-heartbeats-per-s", type=float, default=None, metavar="RATE",
+                   help="the coordinator's flag (default: its own; 0: no cap)")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
     p.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_S",
                    help="workers connecting per second, all simulators together (default 0: all at once)")
@@ -376,7 +386,7 @@ def _run_sizes(opts: argparse.Namespace, out: dict[str, Any]) -> int:
                           heartbeat_timeout_s=opts.heartbeat_timeout_s, heartbeat_interval_s=opts.heartbeat_interval_s,
                           prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None,
                           profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate,
-                          run_timeout_s=opts.run_timeout_s)  # fmt: skip
+                          run_timeout_s=opts.run_timeout_s, max_heartbeats_per_s=opts.max_heartbeats_per_s)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})

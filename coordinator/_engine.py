@@ -43,6 +43,7 @@ from ._events import (
     CancelAttempts,
     DrainWorker,
     Event,
+    HeartbeatPaceChanged,
     ResetWorker,
     RunEvicted,
     RunRecord,
@@ -54,6 +55,7 @@ from ._events import (
     task_info,
 )
 from ._artifacts import needs_shaping, shape_results
+from ._heartbeats import DEFAULT_MAX_HEARTBEATS_PER_S, HeartbeatPacer
 from ._recovery_codec import PICKLE_CODEC
 from ._state import SchedulerState
 from ._story import story_from_records
@@ -123,6 +125,9 @@ class EngineConfig:
     heartbeat_timeout_s: float = 10.0
     #: How often workers send heartbeats (told to them on registration).
     heartbeat_interval_s: float = 1.0
+    #: The fleet's heartbeats a second at most: a big fleet's interval (and timeout) stretch
+    #: to keep under it (see ``_heartbeats``); 0: every worker beats at ``heartbeat_interval_s``.
+    max_heartbeats_per_s: float = DEFAULT_MAX_HEARTBEATS_PER_S
     #: How often timers (retries, heartbeat deadlines) are checked.
     tick_interval_s: float = 0.1
     #: Directory for results too big to travel inline (workers write, the coordinator reads);
@@ -196,7 +201,8 @@ class Engine:
         self.config = config
         self.metrics = metrics
         self.state = SchedulerState(
-            prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s, recovery_codec=PICKLE_CODEC
+            prefetch=config.prefetch, heartbeat_timeout_s=config.heartbeat_timeout_s,
+            heartbeat_interval_s=config.heartbeat_interval_s, recovery_codec=PICKLE_CODEC,
         )
         self.sessions: dict[str, _Session] = {}
         self._watchers: dict[str, set[asyncio.Queue]] = defaultdict(set)
@@ -226,6 +232,8 @@ class Engine:
         self.alerting: Alerting | None = None
         #: Tasks' saved states (``xpipe.checkpoint``), sent with their next attempt.
         self.checkpoints = TaskCheckpointBook(store, self.state)
+        #: The heartbeat interval workers are told and the timeout in effect (see ``_heartbeats``).
+        self.pacer = HeartbeatPacer(config.heartbeat_interval_s, config.heartbeat_timeout_s, config.max_heartbeats_per_s)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -387,7 +395,28 @@ class Engine:
         while True:
             await asyncio.sleep(self.config.tick_interval_s)
             ticks += 1
-            self.post(Tick(time.time(), stimulus_id=f"tick-{ticks}"))
+            now = time.time()
+            self._pace_heartbeats(now, ticks)
+            self.post(Tick(now, stimulus_id=f"tick-{ticks}"))
+
+    def _pace_heartbeats(self, now: float, ticks: int) -> None:
+        """Stretch or shorten the fleet's heartbeat interval with its size; tell every stream."""
+        pacer = self.pacer
+        timeout_s = pacer.timeout_in_effect_s
+        settings = pacer.update(now, len(self.sessions))
+        if settings is not None or pacer.timeout_in_effect_s != timeout_s:
+            self.post(HeartbeatPaceChanged(now, pacer.announced.interval_s, pacer.timeout_in_effect_s,
+                                           stimulus_id=f"tick-{ticks}"))  # fmt: skip
+        if settings is not None:
+            kept = pacer.timeout_in_effect_s
+            log.info("heartbeat interval now %.3g s, timeout %.3g s%s (%d workers, at most %g heartbeats/s)",
+                     settings.interval_s, settings.timeout_s,
+                     f" ({kept:.3g} s kept for one old timeout)" if kept > settings.timeout_s else "",
+                     len(self.sessions), pacer.max_per_s)  # fmt: skip
+            message = worker_pb2.CoordinatorMessage(heartbeat_settings=worker_pb2.HeartbeatSettings(
+                interval_s=settings.interval_s, timeout_s=settings.timeout_s))  # fmt: skip
+            for session in self.sessions.values():
+                session.outbox.put_nowait(message)
 
     async def _loop(self) -> None:
         while not self._stopping:

@@ -30,6 +30,7 @@ __all__ = [
     "WorkerConnected",
     "WorkerDisconnected",
     "HeartbeatReceived",
+    "HeartbeatPaceChanged",
     "TaskStarted",
     "TaskSucceeded",
     "TaskFailed",
@@ -117,6 +118,16 @@ class HeartbeatReceived(Event):
     draining: bool = False
     #: Attempts sent to the worker that it had not received when it sent this heartbeat.
     on_their_way: frozenset = frozenset()
+
+
+@_message
+class HeartbeatPaceChanged(Event):
+    """The shell's heartbeat pacing (``_heartbeats.HeartbeatPacer``) changed what workers are told or the timeout in effect."""
+
+    #: The interval workers are told now (shown by metrics).
+    interval_s: float
+    #: Silence after which a worker is lost, from now on.
+    timeout_s: float
 
 
 @_message

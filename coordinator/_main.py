@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import ipaddress
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from ._alerting import Alerting, load_alerting_config
 from ._authn import Security
 from ._autoscale_loop import add_autoscale_arguments, prepare_autoscaler, start_autoscaler
 from ._engine import EngineConfig
+from ._heartbeats import DEFAULT_MAX_HEARTBEATS_PER_S
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._retention import SWEEP_INTERVAL_S, Retention, RetentionPolicy
 from ._server import Coordinator, write_ready_file
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where big values go (default DATA_DIR/artifacts); all HA coordinators must share it")
     p.add_argument("--heartbeat-timeout-s", type=float, default=10.0, help="a silent worker is lost after this")
     p.add_argument("--heartbeat-interval-s", type=float, default=1.0, help="how often workers send heartbeats")
+    p.add_argument("--max-heartbeats-per-s", type=float, default=DEFAULT_MAX_HEARTBEATS_PER_S, metavar="RATE",
+                   help="the fleet's heartbeats a second at most: past RATE x interval workers, the interval "
+                        "and timeout stretch to workers / RATE (0: no cap)")  # fmt: skip
     p.add_argument("--prefetch", type=int, default=64,
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
     p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
@@ -177,6 +182,9 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
         raise SystemExit("xpipe-coordinator: heartbeat times must be positive")
     if opts.heartbeat_interval_s >= opts.heartbeat_timeout_s:
         raise SystemExit("xpipe-coordinator: --heartbeat-interval-s must be below --heartbeat-timeout-s")
+    if not (opts.max_heartbeats_per_s >= 0 and math.isfinite(opts.max_heartbeats_per_s)):
+        raise SystemExit(f"xpipe-coordinator: --max-heartbeats-per-s must be 0 (no cap) or a positive number, "
+                         f"not {opts.max_heartbeats_per_s}")  # fmt: skip
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
     if not opts.retention_interval_s > 0:
@@ -228,6 +236,7 @@ async def _run(
         prefetch=opts.prefetch,
         heartbeat_timeout_s=opts.heartbeat_timeout_s,
         heartbeat_interval_s=opts.heartbeat_interval_s,
+        max_heartbeats_per_s=opts.max_heartbeats_per_s,
         artifact_dir=str(artifact_dir),
         tracing=tracing,
         signer=signer,

@@ -179,6 +179,14 @@ class CoordinatorMetrics:
             "xpipe_workers", [self._observe_workers],
             description="Workers known to this coordinator, by state (ready|busy|draining|disconnected|drained|lost)",
         )  # fmt: skip
+        m.create_observable_gauge(
+            "xpipe_heartbeat_interval", [lambda _: [Observation(self._state_of().heartbeat_interval_s)]], unit="s",
+            description="Seconds between heartbeats workers are told (stretched by --max-heartbeats-per-s)",
+        )  # fmt: skip
+        m.create_observable_gauge(
+            "xpipe_heartbeat_timeout", [lambda _: [Observation(self._state_of().heartbeat_timeout_s)]], unit="s",
+            description="Seconds of silence after which a worker is lost, in effect now",
+        )  # fmt: skip
         m.create_observable_counter(
             "xpipe_metric_points_dropped", [self._observe_dropped],
             description="Task-recorded metric points dropped, by reason (see docs/metrics.md)",

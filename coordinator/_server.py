@@ -440,6 +440,13 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
                 signing_key_id=engine.config.signer.key_id,
             )
         )
+        # The fleet's pace comes as its own message, right after: an older worker ignores it
+        # and keeps the configured (shortest) interval, so no later shrink can leave it beating
+        # slower than the timeout in effect.
+        paced = engine.pacer.announced
+        if paced.interval_s != engine.config.heartbeat_interval_s:
+            yield worker_pb2.CoordinatorMessage(heartbeat_settings=worker_pb2.HeartbeatSettings(
+                interval_s=paced.interval_s, timeout_s=paced.timeout_s))  # fmt: skip
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
         try:
             outbox = session.outbox

@@ -72,6 +72,7 @@ from ._events import (
     DrainRequested,
     DrainWorker,
     Event,
+    HeartbeatPaceChanged,
     HeartbeatReceived,
     RunRecord,
     RunRestored,
@@ -141,7 +142,10 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         prefetch: assignments a worker may hold beyond its slots, so it never idles
             waiting for the next round trip.
         heartbeat_timeout_s: a worker unheard of for this long is lost and its attempts
-            are requeued.
+            are requeued; the shell changes it as the fleet's heartbeat interval stretches
+            (a ``HeartbeatPaceChanged`` event).
+        heartbeat_interval_s: the interval workers are told; kept to be shown, and changed
+            by the same event.
         validate: check invariants after every event (tests turn this on).
         rng: source of retry jitter; tests pass a seeded one for a reproducible schedule.
         recovery_codec: how recovery handlers' arguments and answers are encoded; the
@@ -155,6 +159,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         *,
         prefetch: int = 8,
         heartbeat_timeout_s: float = 10.0,
+        heartbeat_interval_s: float = 1.0,
         validate: bool = False,
         rng: random.Random | None = None,
         recovery_codec: RecoveryCodec | None = None,
@@ -164,6 +169,8 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
         self.recovery_codec = recovery_codec
         self.prefetch = prefetch
         self.heartbeat_timeout_s = heartbeat_timeout_s
+        #: The heartbeat interval workers are told: shown (metrics), never used here.
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.validate_each_step = validate
         self.runs: dict[str, RunEntry] = {}
         self.workers: dict[str, WorkerEntry] = {}
@@ -192,6 +199,7 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             TaskStarted: self._on_started,
             TaskReleased: self._on_released,
             HeartbeatReceived: self._on_heartbeat,
+            HeartbeatPaceChanged: self._on_heartbeat_pace,
             RunSubmitted: self._on_submitted,
             RunRestored: self._on_restored,
             WorkerConnected: self._on_worker_connected,
@@ -373,6 +381,11 @@ class SchedulerState(RecoveryFlow, DebugFlow, MappingFlow, StateQueries):
             if key not in held and key not in on_their_way and ev.now - sent_at > grace:
                 self._unhold(worker, key)
                 self._requeue(key, ev.now, out, reason="not held by its worker")
+
+    def _on_heartbeat_pace(self, ev: HeartbeatPaceChanged, out: list[Action]) -> None:
+        # The shell stretches the timeout with the fleet's heartbeat interval (see _heartbeats).
+        self.heartbeat_interval_s = ev.interval_s
+        self.heartbeat_timeout_s = ev.timeout_s
 
     def _heard_from(self, worker: WorkerEntry, out: list[Action]) -> None:
         """A worker we gave up on is alive after all: make it register again.

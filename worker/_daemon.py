@@ -225,6 +225,8 @@ class WorkerDaemon:
         self._idle = asyncio.Event()
         self._idle.set()
         self.heartbeat_interval_s = 1.0
+        #: Set when the coordinator changes the interval (HeartbeatSettings): the wait re-aims.
+        self._pace_changed = asyncio.Event()
         #: The heartbeat's last psutil sample (None before the first): the metrics read it.
         self.last_sample: worker_pb2.WorkerMetrics | None = None
         self.connected = asyncio.Event()
@@ -467,6 +469,12 @@ class WorkerDaemon:
                             asyncio.create_task(self._heartbeats(send)),
                             asyncio.create_task(self._stop_watch(call)),
                         ]
+                    elif body == "heartbeat_settings":
+                        # The fleet grew or shrank (--max-heartbeats-per-s): beat at the new pace now.
+                        self.heartbeat_interval_s = message.heartbeat_settings.interval_s or self.heartbeat_interval_s
+                        self._pace_changed.set()
+                        log.info("heartbeat interval now %.3g s (timeout %.3g s)", self.heartbeat_interval_s,
+                                 message.heartbeat_settings.timeout_s)  # fmt: skip
                     elif body == "cancel":
                         now = time.monotonic()
                         for ref in message.cancel.attempts:
@@ -557,7 +565,19 @@ class WorkerDaemon:
                     )
                 )
             )
-            await asyncio.sleep(self.heartbeat_interval_s)
+            await self._until_next_heartbeat(time.monotonic())
+
+    async def _until_next_heartbeat(self, sent_at: float) -> None:
+        """Wait one interval after ``sent_at``; a new interval meanwhile re-aims the wait, from the same start."""
+        while True:
+            self._pace_changed.clear()
+            delay_s = sent_at + self.heartbeat_interval_s - time.monotonic()
+            if delay_s <= 0:
+                return
+            try:
+                await asyncio.wait_for(self._pace_changed.wait(), delay_s)
+            except TimeoutError:
+                return
 
     def _heartbeat_now(self) -> None:
         if self._send is not None:

@@ -203,7 +203,7 @@ class InstallResult(_message.Message):
     def __init__(self, request_id: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., output_tail: _Optional[str] = ...) -> None: ...
 
 class CoordinatorMessage(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset", "heartbeat_settings")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -211,6 +211,7 @@ class CoordinatorMessage(_message.Message):
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     INSTALL_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatch
     cancel: Cancel
@@ -218,7 +219,16 @@ class CoordinatorMessage(_message.Message):
     not_leader: NotLeader
     install: InstallPackages
     reset: Reset
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
+    heartbeat_settings: HeartbeatSettings
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatch, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., heartbeat_settings: _Optional[_Union[HeartbeatSettings, _Mapping]] = ...) -> None: ...
+
+class HeartbeatSettings(_message.Message):
+    __slots__ = ("interval_s", "timeout_s")
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    timeout_s: float
+    def __init__(self, interval_s: _Optional[float] = ..., timeout_s: _Optional[float] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("coordinator_id", "heartbeat_interval_s", "prefetch", "artifact_dir", "signing_key", "signing_key_id", "encryption_at_rest")
@@ -265,7 +275,7 @@ class AssignmentBatch(_message.Message):
     def __init__(self, assignments: _Optional[_Iterable[_Union[Assignment, _Mapping]]] = ..., code: _Optional[_Iterable[_Union[_common_pb2.CodeBlob, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorMessageView(_message.Message):
-    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset")
+    __slots__ = ("registered", "assignments", "cancel", "drain", "not_leader", "install", "reset", "heartbeat_settings")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENTS_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
@@ -273,6 +283,7 @@ class CoordinatorMessageView(_message.Message):
     NOT_LEADER_FIELD_NUMBER: _ClassVar[int]
     INSTALL_FIELD_NUMBER: _ClassVar[int]
     RESET_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     assignments: AssignmentBatchView
     cancel: Cancel
@@ -280,7 +291,8 @@ class CoordinatorMessageView(_message.Message):
     not_leader: NotLeader
     install: InstallPackages
     reset: Reset
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ...) -> None: ...
+    heartbeat_settings: HeartbeatSettings
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., assignments: _Optional[_Union[AssignmentBatchView, _Mapping]] = ..., cancel: _Optional[_Union[Cancel, _Mapping]] = ..., drain: _Optional[_Union[Drain, _Mapping]] = ..., not_leader: _Optional[_Union[NotLeader, _Mapping]] = ..., install: _Optional[_Union[InstallPackages, _Mapping]] = ..., reset: _Optional[_Union[Reset, _Mapping]] = ..., heartbeat_settings: _Optional[_Union[HeartbeatSettings, _Mapping]] = ...) -> None: ...
 
 class AssignmentBatchView(_message.Message):
     __slots__ = ("assignments", "code")

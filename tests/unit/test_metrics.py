@@ -22,6 +22,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._events import (
     Assign,
     CancelRequested,
+    HeartbeatPaceChanged,
     RunSubmitted,
     TaskFailed,
     TaskStarted,
@@ -265,3 +266,14 @@ def test_a_bug_in_the_metrics_is_logged_and_the_caller_goes_on(endpoint, caplog)
     (sent,) = d.turn(RunSubmitted(d.now, "r1", spec, tuple(validate_spec(spec))))
     d.turn(TaskSucceeded(d.now, "w1", sent.attempt, d.now, pb.Payload(), started_at=d.now))
     assert value(scrape(endpoint.url), "xpipe_task_attempts_total", pipeline="after", outcome="succeeded") == 1
+
+
+def test_the_heartbeat_pace_is_shown(endpoint):
+    d = Driver(endpoint)
+    samples = scrape(endpoint.url)
+    assert value(samples, "xpipe_heartbeat_interval_seconds") == 1.0
+    assert value(samples, "xpipe_heartbeat_timeout_seconds") == 10.0
+    d.turn(HeartbeatPaceChanged(d.now, 4.0, 40.0))  # the fleet grew past --max-heartbeats-per-s
+    samples = scrape(endpoint.url)
+    assert value(samples, "xpipe_heartbeat_interval_seconds") == 4.0
+    assert value(samples, "xpipe_heartbeat_timeout_seconds") == 40.0
