@@ -11,10 +11,11 @@ The browser runs on the same 2 cores as the cluster, where a viewer's browser wo
 a machine of its own. A watched round starts with the dashboard open on its runs list (as a
 viewer keeps it) and opens the new run's page the moment it is submitted, by the app's own
 route change; an unwatched round has no dashboard open. ``--browser same`` (the default) lets it compete for them as any
-process does: the ratio then includes its rendering. ``--browser idle`` starts Chromium in
-a session of its own whose scheduling group has nice 19 (Linux autogroup: a plain ``nice``
-does not reach across sessions, the cluster's processes each lead one), so it renders in
-the cluster's idle time, the nearest this one machine comes to the viewer's own. The
+process does: the ratio then includes its rendering. ``--browser idle`` starts Chromium under
+``SCHED_IDLE`` (every process it forks inherits it) in a session of its own whose scheduling
+group has nice 19 (Linux autogroup), so it renders only on a core the cluster leaves idle:
+the nearest this one machine comes to the viewer's own. It still follows the whole run (the
+bench checks every cell is painted succeeded). The
 coordinator's CPU per task, the cost the dashboard puts on the coordinator itself, is
 reported either way.
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import socket
 import statistics
@@ -88,13 +90,16 @@ def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str, *, stream: bo
 
 
 def _idle_browser(pw: Any, chromium: str, profile: Path) -> tuple[subprocess.Popen, Any]:
-    """Chromium in a session of its own, its scheduling group at nice 19, driven over CDP."""
+    """Chromium under SCHED_IDLE in a session of its own (its group at nice 19), driven over CDP."""
     port = _free_port()
     proc = subprocess.Popen(
         [chromium, "--headless=new", "--no-sandbox", "--no-first-run", "--no-default-browser-check",
          f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", f"--remote-debugging-port={port}",
          "about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        # SCHED_IDLE, inherited by every process it forks: it runs only on a core that nothing
+        # else wants, the nearest this one machine comes to a viewer's machine of its own.
+        preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)),
     )  # fmt: skip
     try:
         Path(f"/proc/{proc.pid}/autogroup").write_text("19")  # the whole session, renderers included
@@ -133,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument(
         "--browser", choices=("same", "idle"), default="same",
-        help="same: Chromium competes for the cores like any process; idle: it runs in a scheduling group "
-             "of nice 19, in the cluster's idle time, as on a viewer's own machine",
+        help="same: Chromium competes for the cores like any process; idle: it runs under SCHED_IDLE, "
+             "in the cluster's idle time, as on a viewer's own machine",
     )  # fmt: skip
     args = parser.parse_args(argv)
     chromium = shutil.which("chromium")

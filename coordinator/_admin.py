@@ -42,6 +42,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetClusterStatus(self, request, context):
         state = self.engine.state
         leader, members, term = await self.c.cluster_view()
+        leading = self.c.election is None or self.c.election.is_leader
         return admin_pb2.ClusterStatus(
             coordinator_id=self.c.coordinator_id,
             leader_address=leader,
@@ -56,6 +57,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ],
             unhealthy_workers=state.unhealthy_workers(),
             dashboard_url=self.c.dashboard_url,
+            # A follower schedules nothing: it tells no worker a pace (0, like its counts).
+            heartbeat_interval_s=self.engine.pacer.announced.interval_s if leading else 0.0,
+            heartbeat_timeout_s=self.engine.pacer.timeout_in_effect_s if leading else 0.0,
         )
 
     async def ListWorkers(self, request, context):

@@ -446,9 +446,12 @@ def cmd_cluster(opts) -> int:
         s = client.cluster_status()
     data = {"leader": s.leader, "members": list(s.members), "term": s.term, "workers": s.workers,
             "unhealthy_nodes": list(s.unhealthy_nodes), "active_runs": s.active_runs,
-            "coordinator_id": s.coordinator_id, "version": s.version, "circuits": _circuits(s)}  # fmt: skip
+            "coordinator_id": s.coordinator_id, "version": s.version, "circuits": _circuits(s),
+            "heartbeat_interval_s": s.heartbeat_interval_s, "heartbeat_timeout_s": s.heartbeat_timeout_s}  # fmt: skip
     text = (f"leader {s.leader} (term {s.term}); members {', '.join(s.members)}; "
             f"{s.workers} workers; {s.active_runs} active runs")  # fmt: skip
+    if s.heartbeat_interval_s:
+        text += f"; heartbeats every {s.heartbeat_interval_s:g} s, lost after {s.heartbeat_timeout_s:g} s"
     if s.unhealthy_nodes:
         text += f"\nunhealthy workers (lost or disconnected): {', '.join(s.unhealthy_nodes)}"
     _emit(opts, data, "\n".join([text, *_circuit_lines(data["circuits"])]))

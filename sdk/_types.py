@@ -348,6 +348,9 @@ class ClusterStatus:
         active_runs: runs not yet ended.
         circuits: circuit breakers not closed.
         dashboard_url: the web dashboard (``--http-listen``), or "" when it is off.
+        heartbeat_interval_s: seconds between heartbeats the workers are told now (stretched
+            past ``--max-heartbeats-per-s``); 0 from a coordinator that does not say.
+        heartbeat_timeout_s: seconds of silence after which a worker is lost now.
     """
 
     leader: str
@@ -360,6 +363,8 @@ class ClusterStatus:
     coordinator_id: str = ""
     version: str = ""
     dashboard_url: str = ""
+    heartbeat_interval_s: float = 0.0
+    heartbeat_timeout_s: float = 0.0
 
     def __getitem__(self, key: str) -> Any:
         """``status["workers"]``: the dict access of before, kept for a while.
@@ -393,6 +398,8 @@ class ClusterStatus:
             coordinator_id=s.coordinator_id,
             version=s.version,
             dashboard_url=s.dashboard_url,
+            heartbeat_interval_s=s.heartbeat_interval_s,
+            heartbeat_timeout_s=s.heartbeat_timeout_s,
         )
 
 

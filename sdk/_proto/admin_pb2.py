@@ -26,7 +26,7 @@ from . import common_pb2 as xpipe_dot_v1_dot_common__pb2
 from . import worker_pb2 as xpipe_dot_v1_dot_worker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/admin.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x19\n\x17GetClusterStatusRequest\"\xf0\x01\n\rClusterStatus\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\'\n\x08\x63ircuits\x18\x08 \x03(\x0b\x32\x15.xpipe.v1.CircuitInfo\x12\x19\n\x11unhealthy_workers\x18\t \x03(\t\x12\x15\n\rdashboard_url\x18\n \x01(\t\"O\n\x0b\x43ircuitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x11\n\topened_at\x18\x04 \x01(\x01\"\x14\n\x12ListWorkersRequest\"\xe3\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .xpipe.v1.WorkerInfo.LabelsEntry\x12\x10\n\x08handlers\x18\t \x03(\t\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12\x1a\n\x12memory_enforcement\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.WorkerInfo\"\"\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x13\x44rainWorkerResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"%\n\x14\x46orgetWorkersRequest\x12\r\n\x05names\x18\x01 \x03(\t\"L\n\x15\x46orgetWorkersResponse\x12\x11\n\tforgotten\x18\x01 \x03(\t\x12\x0f\n\x07healthy\x18\x02 \x03(\t\x12\x0f\n\x07unknown\x18\x03 \x03(\t\"/\n\x0fGetStoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xae\x01\n\nStoryEntry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x13\n\x0bstimulus_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\'\n\nfrom_state\x18\x05 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12%\n\x08to_state\x18\x06 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12\x0e\n\x06reason\x18\x07 \x01(\t\"9\n\x10GetStoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.StoryEntry\"A\n\x1aInstallDependenciesRequest\x12\x10\n\x08packages\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"[\n\x13WorkerInstallResult\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0boutput_tail\x18\x04 \x01(\t\"M\n\x1bInstallDependenciesResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.xpipe.v1.WorkerInstallResult2\xef\x03\n\x0c\x41\x64minService\x12N\n\x10GetClusterStatus\x12!.xpipe.v1.GetClusterStatusRequest\x1a\x17.xpipe.v1.ClusterStatus\x12J\n\x0bListWorkers\x12\x1c.xpipe.v1.ListWorkersRequest\x1a\x1d.xpipe.v1.ListWorkersResponse\x12J\n\x0b\x44rainWorker\x12\x1c.xpipe.v1.DrainWorkerRequest\x1a\x1d.xpipe.v1.DrainWorkerResponse\x12P\n\rForgetWorkers\x12\x1e.xpipe.v1.ForgetWorkersRequest\x1a\x1f.xpipe.v1.ForgetWorkersResponse\x12\x41\n\x08GetStory\x12\x19.xpipe.v1.GetStoryRequest\x1a\x1a.xpipe.v1.GetStoryResponse\x12\x62\n\x13InstallDependencies\x12$.xpipe.v1.InstallDependenciesRequest\x1a%.xpipe.v1.InstallDependenciesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xpipe/v1/admin.proto\x12\x08xpipe.v1\x1a\x15xpipe/v1/common.proto\x1a\x15xpipe/v1/worker.proto\"\x19\n\x17GetClusterStatusRequest\"\xab\x02\n\rClusterStatus\x12\x16\n\x0e\x63oordinator_id\x18\x01 \x01(\t\x12\x16\n\x0eleader_address\x18\x02 \x01(\t\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x0f\n\x07workers\x18\x05 \x01(\r\x12\x13\n\x0b\x61\x63tive_runs\x18\x06 \x01(\r\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\'\n\x08\x63ircuits\x18\x08 \x03(\x0b\x32\x15.xpipe.v1.CircuitInfo\x12\x19\n\x11unhealthy_workers\x18\t \x03(\t\x12\x15\n\rdashboard_url\x18\n \x01(\t\x12\x1c\n\x14heartbeat_interval_s\x18\x0b \x01(\x01\x12\x1b\n\x13heartbeat_timeout_s\x18\x0c \x01(\x01\"O\n\x0b\x43ircuitInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x10\n\x08\x66\x61ilures\x18\x03 \x01(\r\x12\x11\n\topened_at\x18\x04 \x01(\x01\"\x14\n\x12ListWorkersRequest\"\xe3\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04host\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x0f\n\x07running\x18\x06 \x01(\r\x12&\n\tresources\x18\x07 \x01(\x0b\x32\x13.xpipe.v1.Resources\x12\x30\n\x06labels\x18\x08 \x03(\x0b\x32 .xpipe.v1.WorkerInfo.LabelsEntry\x12\x10\n\x08handlers\x18\t \x03(\t\x12\x16\n\x0elast_heartbeat\x18\n \x01(\x01\x12(\n\x07metrics\x18\x0b \x01(\x0b\x32\x17.xpipe.v1.WorkerMetrics\x12\x1a\n\x12memory_enforcement\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\x13ListWorkersResponse\x12%\n\x07workers\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.WorkerInfo\"\"\n\x12\x44rainWorkerRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"$\n\x13\x44rainWorkerResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"%\n\x14\x46orgetWorkersRequest\x12\r\n\x05names\x18\x01 \x03(\t\"L\n\x15\x46orgetWorkersResponse\x12\x11\n\tforgotten\x18\x01 \x03(\t\x12\x0f\n\x07healthy\x18\x02 \x03(\t\x12\x0f\n\x07unknown\x18\x03 \x03(\t\"/\n\x0fGetStoryRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xae\x01\n\nStoryEntry\x12\x0c\n\x04time\x18\x01 \x01(\x01\x12\x13\n\x0bstimulus_id\x18\x02 \x01(\t\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\'\n\nfrom_state\x18\x05 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12%\n\x08to_state\x18\x06 \x01(\x0e\x32\x13.xpipe.v1.TaskState\x12\x0e\n\x06reason\x18\x07 \x01(\t\"9\n\x10GetStoryResponse\x12%\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x14.xpipe.v1.StoryEntry\"A\n\x1aInstallDependenciesRequest\x12\x10\n\x08packages\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\"[\n\x13WorkerInstallResult\x12\x0e\n\x06worker\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0boutput_tail\x18\x04 \x01(\t\"M\n\x1bInstallDependenciesResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.xpipe.v1.WorkerInstallResult2\xef\x03\n\x0c\x41\x64minService\x12N\n\x10GetClusterStatus\x12!.xpipe.v1.GetClusterStatusRequest\x1a\x17.xpipe.v1.ClusterStatus\x12J\n\x0bListWorkers\x12\x1c.xpipe.v1.ListWorkersRequest\x1a\x1d.xpipe.v1.ListWorkersResponse\x12J\n\x0b\x44rainWorker\x12\x1c.xpipe.v1.DrainWorkerRequest\x1a\x1d.xpipe.v1.DrainWorkerResponse\x12P\n\rForgetWorkers\x12\x1e.xpipe.v1.ForgetWorkersRequest\x1a\x1f.xpipe.v1.ForgetWorkersResponse\x12\x41\n\x08GetStory\x12\x19.xpipe.v1.GetStoryRequest\x1a\x1a.xpipe.v1.GetStoryResponse\x12\x62\n\x13InstallDependencies\x12$.xpipe.v1.InstallDependenciesRequest\x1a%.xpipe.v1.InstallDependenciesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,37 +38,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_start=80
   _globals['_GETCLUSTERSTATUSREQUEST']._serialized_end=105
   _globals['_CLUSTERSTATUS']._serialized_start=108
-  _globals['_CLUSTERSTATUS']._serialized_end=348
-  _globals['_CIRCUITINFO']._serialized_start=350
-  _globals['_CIRCUITINFO']._serialized_end=429
-  _globals['_LISTWORKERSREQUEST']._serialized_start=431
-  _globals['_LISTWORKERSREQUEST']._serialized_end=451
-  _globals['_WORKERINFO']._serialized_start=454
-  _globals['_WORKERINFO']._serialized_end=809
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=764
-  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=809
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=811
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=871
-  _globals['_DRAINWORKERREQUEST']._serialized_start=873
-  _globals['_DRAINWORKERREQUEST']._serialized_end=907
-  _globals['_DRAINWORKERRESPONSE']._serialized_start=909
-  _globals['_DRAINWORKERRESPONSE']._serialized_end=945
-  _globals['_FORGETWORKERSREQUEST']._serialized_start=947
-  _globals['_FORGETWORKERSREQUEST']._serialized_end=984
-  _globals['_FORGETWORKERSRESPONSE']._serialized_start=986
-  _globals['_FORGETWORKERSRESPONSE']._serialized_end=1062
-  _globals['_GETSTORYREQUEST']._serialized_start=1064
-  _globals['_GETSTORYREQUEST']._serialized_end=1111
-  _globals['_STORYENTRY']._serialized_start=1114
-  _globals['_STORYENTRY']._serialized_end=1288
-  _globals['_GETSTORYRESPONSE']._serialized_start=1290
-  _globals['_GETSTORYRESPONSE']._serialized_end=1347
-  _globals['_INSTALLDEPENDENCIESREQUEST']._serialized_start=1349
-  _globals['_INSTALLDEPENDENCIESREQUEST']._serialized_end=1414
-  _globals['_WORKERINSTALLRESULT']._serialized_start=1416
-  _globals['_WORKERINSTALLRESULT']._serialized_end=1507
-  _globals['_INSTALLDEPENDENCIESRESPONSE']._serialized_start=1509
-  _globals['_INSTALLDEPENDENCIESRESPONSE']._serialized_end=1586
-  _globals['_ADMINSERVICE']._serialized_start=1589
-  _globals['_ADMINSERVICE']._serialized_end=2084
+  _globals['_CLUSTERSTATUS']._serialized_end=407
+  _globals['_CIRCUITINFO']._serialized_start=409
+  _globals['_CIRCUITINFO']._serialized_end=488
+  _globals['_LISTWORKERSREQUEST']._serialized_start=490
+  _globals['_LISTWORKERSREQUEST']._serialized_end=510
+  _globals['_WORKERINFO']._serialized_start=513
+  _globals['_WORKERINFO']._serialized_end=868
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_start=823
+  _globals['_WORKERINFO_LABELSENTRY']._serialized_end=868
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=870
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=930
+  _globals['_DRAINWORKERREQUEST']._serialized_start=932
+  _globals['_DRAINWORKERREQUEST']._serialized_end=966
+  _globals['_DRAINWORKERRESPONSE']._serialized_start=968
+  _globals['_DRAINWORKERRESPONSE']._serialized_end=1004
+  _globals['_FORGETWORKERSREQUEST']._serialized_start=1006
+  _globals['_FORGETWORKERSREQUEST']._serialized_end=1043
+  _globals['_FORGETWORKERSRESPONSE']._serialized_start=1045
+  _globals['_FORGETWORKERSRESPONSE']._serialized_end=1121
+  _globals['_GETSTORYREQUEST']._serialized_start=1123
+  _globals['_GETSTORYREQUEST']._serialized_end=1170
+  _globals['_STORYENTRY']._serialized_start=1173
+  _globals['_STORYENTRY']._serialized_end=1347
+  _globals['_GETSTORYRESPONSE']._serialized_start=1349
+  _globals['_GETSTORYRESPONSE']._serialized_end=1406
+  _globals['_INSTALLDEPENDENCIESREQUEST']._serialized_start=1408
+  _globals['_INSTALLDEPENDENCIESREQUEST']._serialized_end=1473
+  _globals['_WORKERINSTALLRESULT']._serialized_start=1475
+  _globals['_WORKERINSTALLRESULT']._serialized_end=1566
+  _globals['_INSTALLDEPENDENCIESRESPONSE']._serialized_start=1568
+  _globals['_INSTALLDEPENDENCIESRESPONSE']._serialized_end=1645
+  _globals['_ADMINSERVICE']._serialized_start=1648
+  _globals['_ADMINSERVICE']._serialized_end=2143
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,7 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits", "unhealthy_workers", "dashboard_url")
+    __slots__ = ("coordinator_id", "leader_address", "members", "term", "workers", "active_runs", "version", "circuits", "unhealthy_workers", "dashboard_url", "heartbeat_interval_s", "heartbeat_timeout_s")
     COORDINATOR_ID_FIELD_NUMBER: _ClassVar[int]
     LEADER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,8 @@ class ClusterStatus(_message.Message):
     CIRCUITS_FIELD_NUMBER: _ClassVar[int]
     UNHEALTHY_WORKERS_FIELD_NUMBER: _ClassVar[int]
     DASHBOARD_URL_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     coordinator_id: str
     leader_address: str
     members: _containers.RepeatedScalarFieldContainer[str]
@@ -34,7 +36,9 @@ class ClusterStatus(_message.Message):
     circuits: _containers.RepeatedCompositeFieldContainer[CircuitInfo]
     unhealthy_workers: _containers.RepeatedScalarFieldContainer[str]
     dashboard_url: str
-    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., unhealthy_workers: _Optional[_Iterable[str]] = ..., dashboard_url: _Optional[str] = ...) -> None: ...
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    def __init__(self, coordinator_id: _Optional[str] = ..., leader_address: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., term: _Optional[int] = ..., workers: _Optional[int] = ..., active_runs: _Optional[int] = ..., version: _Optional[str] = ..., circuits: _Optional[_Iterable[_Union[CircuitInfo, _Mapping]]] = ..., unhealthy_workers: _Optional[_Iterable[str]] = ..., dashboard_url: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_timeout_s: _Optional[float] = ...) -> None: ...
 
 class CircuitInfo(_message.Message):
     __slots__ = ("name", "state", "failures", "opened_at")

@@ -8,6 +8,7 @@ it, and every state each worker was in.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -100,6 +101,12 @@ def test_a_capped_fleet_beats_slower_is_never_lost_by_a_change_and_a_dead_worker
             grown = [c._spawn_worker(f"w{i}", 1, ()) for i in (4, 5, 6)]
             c.wait_for_workers(["w4", "w5", "w6"])
             _wait_pace(c, 3.0, 30.0)
+            # `xpipe cluster` says the same as the gauges.
+            shown = subprocess.run([sys.executable, "-m", "xpipe", "cluster", "--json", "--coordinator", c.address],
+                                   capture_output=True, text=True, timeout=30)  # fmt: skip
+            assert shown.returncode == 0, shown.stderr
+            status = json.loads(shown.stdout)
+            assert (status["heartbeat_interval_s"], status["heartbeat_timeout_s"]) == (3.0, 30.0), status
             # ... and shrinks: 3 workers, every 1.5 s, but 30 s stay in effect for one old timeout.
             terminate_all(grown)
             shrunk_at = _wait_pace(c, 1.5, 30.0)
