@@ -50,7 +50,7 @@ def drive(engine: Engine, spec: pb.PipelineSpec, answers: dict[str, pb.Payload] 
     while run.state == pb.RUN_RUNNING:
         actions: list = []
         state.schedule(now, actions)
-        engine._dispatch(actions)
+        engine._dispatch(actions, engine._number_assignments(actions))
         sent = [a for a in actions if isinstance(a, Assign)]
         if not sent:
             raise RuntimeError("the run stalled: nothing was assigned")

@@ -59,7 +59,7 @@ async def _drive(engine) -> None:
     while done < TASKS:
         actions: list = []
         state.schedule(now, actions)
-        engine._dispatch(actions)
+        engine._dispatch(actions, engine._number_assignments(actions))
         for action in list(actions):
             if isinstance(action, Assign):
                 now += 1e-6
