@@ -10,7 +10,10 @@ one field check each.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+
+import grpc
 
 from ._codec import content_sha256
 from ._limits import MAX_ARTIFACT_CHUNK_BYTES
@@ -18,6 +21,11 @@ from ._proto import common_pb2, pipeline_pb2, pipeline_pb2_grpc
 from .errors import SerializationError
 
 __all__ = ["ACCEPT_COMPRESSION", "INLINE_MAX_BYTES", "fetch_artifacts", "read_artifact_bytes"]
+
+log = logging.getLogger(__name__)
+
+#: What GetArtifact answers for a reference it will not serve: that task's result, not the call.
+_REFUSALS = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.DATA_LOSS)
 
 #: Results up to this many bytes (decoded) come inline; bigger ones through GetArtifact.
 INLINE_MAX_BYTES = 4 * 1024 * 1024
@@ -27,17 +35,27 @@ ACCEPT_COMPRESSION = ("zstd",)
 
 def fetch_artifacts(
     stub: pipeline_pb2_grpc.PipelineServiceStub, run_id: str, results: Iterable[tuple[str, common_pb2.Payload]],
-    timeout_s: float | None,
+    timeout_s: float | None, *, strict: bool = True,
 ) -> None:  # fmt: skip
     """Fill in place each of ``results`` (``(task, payload)``) that came by reference.
 
+    With ``strict`` False (a whole run's results), a reference the coordinator refuses
+    (NOT_FOUND, PERMISSION_DENIED, DATA_LOSS) is logged with its reason and left as it is:
+    that task's value then fails to decode, and the other tasks' values stay readable.
+
     Raises:
-        grpc.RpcError: GetArtifact failed (NOT_FOUND, PERMISSION_DENIED, DATA_LOSS...).
+        grpc.RpcError: GetArtifact failed (with ``strict``: any status; else not a refusal).
         SerializationError: the bytes received do not match the hash the coordinator sent.
     """
     for task, payload in results:
         if payload.artifact_ref:
-            _fill(stub, run_id, task, payload, timeout_s)
+            try:
+                _fill(stub, run_id, task, payload, timeout_s)
+            except grpc.RpcError as exc:
+                if strict or exc.code() not in _REFUSALS:
+                    raise
+                log.warning("the result of task %r stays unread: GetArtifact %s: %s", task, exc.code().name,
+                            exc.details())  # fmt: skip
         elif payload.codec == common_pb2.CODEC_MAP_PARTS:  # a fan-out's parts may be references
             parts = common_pb2.MapParts.FromString(payload.data)
             refs = [p for p in (*parts.parts, parts.keys) if p.artifact_ref]

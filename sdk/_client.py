@@ -568,7 +568,8 @@ class Client:
         for event in events:
             if event.summary.state in TERMINAL_RUN_STATES:
                 self._fetch_artifacts(
-                    event.summary.run_id, [(t.name, t.result) for t in event.changed if t.HasField("result")]
+                    event.summary.run_id, [(t.name, t.result) for t in event.changed if t.HasField("result")],
+                    strict=False,
                 )
             yield event
 
@@ -668,13 +669,21 @@ class Client:
         )  # fmt: skip
         info = self._call(lambda p, a: p.GetRun(request, timeout=self.call_timeout_s))
         if include_results:
-            self._fetch_artifacts(run_id, [(t.name, t.result) for t in info.tasks if t.HasField("result")])
+            self._fetch_artifacts(
+                run_id, [(t.name, t.result) for t in info.tasks if t.HasField("result")], strict=False
+            )
         return info
 
-    def _fetch_artifacts(self, run_id: str, results: list[tuple[str, common_pb2.Payload]]) -> None:
-        """Read the results that came by reference (bigger than INLINE_MAX_BYTES) with GetArtifact."""
+    def _fetch_artifacts(
+        self, run_id: str, results: list[tuple[str, common_pb2.Payload]], *, strict: bool = True
+    ) -> None:
+        """Read the results that came by reference (bigger than INLINE_MAX_BYTES) with GetArtifact.
+
+        ``strict`` False (a whole run's results): a reference the coordinator refuses stays
+        unread, so one bad result does not hide the others (see :func:`fetch_artifacts`).
+        """
         if any(p.artifact_ref or p.codec == common_pb2.CODEC_MAP_PARTS for _, p in results):
-            self._call(lambda p, a: fetch_artifacts(p, run_id, results, self.call_timeout_s))
+            self._call(lambda p, a: fetch_artifacts(p, run_id, results, self.call_timeout_s, strict=strict))
 
     def list_runs(self, limit: int = 50) -> list[RunSummary]:
         """The newest ``limit`` runs, newest first.

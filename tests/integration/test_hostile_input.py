@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -250,6 +251,24 @@ def finished_run(hostile: Cluster) -> str:
         return _real_pipeline(pm)
 
 
+@pytest.fixture(scope="module")
+def artifact_ref(hostile: Cluster, channel) -> tuple[str, str, str]:
+    """(run, task, ref) of a finished task whose result travels by reference (256 KiB or more,
+    compressed: 800 KB of hex is about 400 KB in zstd)."""
+    blob = Task.command(
+        "blob", [sys.executable, "-c", "import os,sys; sys.stdout.write(os.urandom(400_000).hex())"],
+        stdout_limit_bytes=2 << 20,
+    )  # fmt: skip
+    p = Pipeline("big-result")
+    p.add_task(blob)
+    with PipelineManager(coordinator=hostile.address) as pm:
+        run_id = pm.execute_pipeline(p, monitor=False).run_id
+    stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
+    reply = stub.GetTaskResult(pipeline_pb2.GetTaskResultRequest(run_id=run_id, task="blob", inline_max_bytes=1))
+    assert reply.result.artifact_ref, reply
+    return run_id, "blob", reply.result.artifact_ref
+
+
 def _real_pipeline(pm: PipelineManager) -> str:
     p = Pipeline("still-works")
     first = Task("first", ht.echo, args=(20,))
@@ -328,7 +347,7 @@ def _stream(stub: worker_pb2_grpc.WorkerServiceStub, label: str, messages: list[
     return Outcome(label, call.code(), call.details() or "")
 
 
-def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_run):
+def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_run, artifact_ref):
     stub = pipeline_pb2_grpc.PipelineServiceStub(channel)
     bases: list[tuple[str, Callable[..., Any], Message, Callable[..., Outcome]]] = [
         ("SubmitPipeline", stub.SubmitPipeline, pipeline_pb2.SubmitPipelineRequest(pipeline=valid_spec()), _unary),
@@ -343,6 +362,8 @@ def test_pipeline_service_survives_hostile_requests(hostile, channel, finished_r
         ("GetTaskLogs", stub.GetTaskLogs, pipeline_pb2.GetTaskLogsRequest(run_id=finished_run, task="first"),
          _first_event),
         ("WatchRun", stub.WatchRun, pipeline_pb2.WatchRunRequest(run_id=finished_run, summary_only=True), _first_event),
+        ("GetArtifact", stub.GetArtifact, pipeline_pb2.GetArtifactRequest(
+            run_id=artifact_ref[0], task=artifact_ref[1], ref=artifact_ref[2], chunk_bytes=65536), _first_event),
         ("WatchRun+submit", stub.WatchRun, pipeline_pb2.WatchRunRequest(
             submit=pipeline_pb2.SubmitPipelineRequest(pipeline=valid_spec()), summary_only=True), _first_event),
     ]  # fmt: skip
