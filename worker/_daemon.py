@@ -23,7 +23,6 @@ import grpc
 import psutil
 from google.protobuf.message import DecodeError
 from xpipe._backoff import Backoff
-from xpipe._codec import content_sha256
 from xpipe._domain import task_error
 from xpipe._handlers import handler_names
 from xpipe._install import INSTALLED
@@ -53,7 +52,7 @@ from ._cache import WorkerCache, default_cache_dir
 from ._codegate import CodeGate, Refused
 from ._executor import TaskExecutor, make_executor
 from ._install import PipInstaller, default_install_dir
-from ._objects import ARTIFACT_MIN_BYTES, artifact_path, write_artifact
+from ._objects import ARTIFACT_MIN_BYTES, artifact_path, by_reference, write_artifact
 from ._runtask import failed_event
 from ._state import ResourceLedger, WorkerState, task_request
 from ._tasklogs import TaskLogBuffer, pii_values_of
@@ -698,14 +697,11 @@ class WorkerDaemon:
             return
         try:
             ref = await asyncio.to_thread(write_artifact, self._artifact_dir, key, result.data)
-            sha256 = await asyncio.to_thread(content_sha256, result.data)  # a big read: off the loop
         except OSError as exc:
             log.warning("cannot write artifact %s (%s); sending the result inline",
                         artifact_path(self._artifact_dir, *key), exc)  # fmt: skip
             return
-        result.artifact_sha256 = sha256
-        result.artifact_ref = ref
-        result.data = b""
+        await asyncio.to_thread(by_reference, result, ref)  # hashing is a big read: off the loop
 
     def _remember(self, events: list[worker_pb2.TaskEvent]) -> None:
         """Keep sent outcomes, to send again on the next Register (see ``Register.recent``)."""

@@ -24,7 +24,7 @@ import os
 import threading
 from collections import OrderedDict
 
-from xpipe._codec import ARTIFACT_SCHEME
+from xpipe._codec import ARTIFACT_SCHEME, content_sha256
 from xpipe._domain import PRIVATE_DIR_MODE, PRIVATE_FILE_MODE
 from xpipe.security._atrest import seal_artifact
 
@@ -33,6 +33,7 @@ __all__ = [
     "LOCAL_OBJECTS_MAX_BYTES",
     "LocalObjects",
     "artifact_path",
+    "by_reference",
     "store_result",
     "write_artifact",
     "write_file",
@@ -49,6 +50,18 @@ LOCAL_OBJECTS_MAX_BYTES = 16 * 1024 * 1024
 def artifact_path(artifact_root: str, run_id: str, task: str, attempt: int) -> str:
     """Where the result of one attempt lives: unique per attempt, so never rewritten."""
     return os.path.join(artifact_root, run_id, f"{task}.{attempt}")
+
+
+def by_reference(payload, ref: str) -> None:
+    """Make ``payload`` (a ``Payload`` whose bytes ``ref``'s file now holds) travel by ``ref``.
+
+    Every result written to the artifact directory goes through here, so each reference
+    carries the SHA-256 of its plain bytes (``artifact_sha256``), which ``GetArtifact``
+    checks the file against. Hashing reads the whole value: call it off an event loop.
+    """
+    payload.artifact_sha256 = content_sha256(payload.data)
+    payload.artifact_ref = ref
+    payload.data = b""
 
 
 def write_file(path: str, data: bytes | memoryview) -> None:

@@ -37,7 +37,6 @@ import traceback
 from typing import Any, Callable
 
 from xpipe import _codec
-from xpipe._codec import content_sha256
 from xpipe._checkpoint import AttemptCheckpoints, TaskCheckpoints
 from xpipe._callables import describe_callable, load_callable, load_pickled
 from xpipe._domain import ERROR_TYPES, set_error_type
@@ -52,7 +51,7 @@ from xpipe.telemetry._task import AttemptRecorder
 from xpipe.telemetry._tasklogs import TASK_LOG_FORMAT
 from xpipe.telemetry._tracing import TRACEPARENT_ENV, Tracing, TracingConfig
 
-from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, store_result, write_artifact
+from ._objects import ARTIFACT_MIN_BYTES, LocalObjects, by_reference, store_result, write_artifact
 from ._task_limits import TASK_OUTPUT_TAIL_BYTES, TailBuffer, command_limit_preexec, format_bytes, memory_limit, peak_rss_bytes
 
 __all__ = [
@@ -669,9 +668,7 @@ def _store_big_result(event: worker_pb2.TaskEvent, artifact_root: str | None) ->
         # same write again and logs why it failed.
         return event
     if written:
-        result.artifact_sha256 = content_sha256(result.data)
-        result.artifact_ref = written
-        result.data = b""
+        by_reference(result, written)
     return event
 
 
@@ -691,8 +688,7 @@ def _store_big_parts(event: worker_pb2.TaskEvent, artifact_root: str | None) -> 
         except OSError:
             return event  # inline, as a plain result is when its file cannot be written
         if written:
-            part.artifact_sha256 = content_sha256(part.data)
-            part.artifact_ref, part.data = written, b""
+            by_reference(part, written)
     result.data = parts.SerializeToString()
     return event
 
