@@ -26,7 +26,7 @@ from xpipe.errors import SerializationError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ZSTD", "ResultDataLoss", "accepts_zstd", "needs_shaping", "shape_results"]
+__all__ = ["ZSTD", "ArtifactAltered", "ResultDataLoss", "accepts_zstd", "needs_shaping", "read_checked", "shape_results"]
 
 #: The one compression a client may list besides identity (``accept_compression``).
 ZSTD = "zstd"
@@ -34,6 +34,34 @@ ZSTD = "zstd"
 
 class ResultDataLoss(Exception):
     """A stored result cannot be turned into what the client reads (a corrupt zstd frame)."""
+
+
+class ArtifactAltered(Exception):
+    """An artifact's bytes do not match the SHA-256 recorded with its result."""
+
+
+def read_checked(payload: pb.Payload, artifact_dir: str, *, what: str) -> tuple[bytes, str]:
+    """The bytes of ``payload``'s artifact and their SHA-256, checked against the recorded one.
+
+    The one check every reader of an artifact makes before using a byte of it. A result
+    recorded without a hash (by an older worker) is read unchecked, and its hash is ""
+    (not computed). Blocking: run in a thread.
+
+    Raises:
+        SerializationError: the reference is refused or the file cannot be read.
+        ArtifactAltered: the bytes are not the ones the worker wrote.
+        DecryptionError: a sealed artifact cannot be opened with this coordinator's keyring.
+    """
+    data = read_artifact(payload.artifact_ref, artifact_root=artifact_dir, what=what)
+    if not payload.artifact_sha256:
+        return data, ""
+    sha256 = content_sha256(data)
+    if sha256 != payload.artifact_sha256:
+        raise ArtifactAltered(
+            f"artifact {payload.artifact_ref} does not match the SHA-256 recorded with its result "
+            f"{payload.artifact_sha256} (file has {sha256})"
+        )
+    return data, sha256
 
 
 def accepts_zstd(accept_compression: Iterable[str]) -> bool:
@@ -84,14 +112,13 @@ def _shape(payload: pb.Payload, artifact_dir: str | None, inline_max_bytes: int,
     if payload.artifact_ref:
         if not artifact_dir or (inline_max_bytes and payload.size_bytes > inline_max_bytes):
             return False
-        ref = payload.artifact_ref
         try:
-            data = read_artifact(ref, artifact_root=artifact_dir, what="a task result")
+            data, _ = read_checked(payload, artifact_dir, what="a task result")
         except SerializationError as exc:
             log.warning("artifact left as a reference: %s", exc)
             return False
-        if payload.artifact_sha256 and content_sha256(data) != payload.artifact_sha256:
-            log.error("artifact %s does not match the SHA-256 recorded with its result; left as a reference", ref)
+        except ArtifactAltered as exc:
+            log.error("%s; left as a reference", exc)
             return False
         payload.data = data
         payload.artifact_ref = ""

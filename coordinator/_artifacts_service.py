@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
-from xpipe._codec import content_sha256, decompress, read_artifact, resolve_artifact_ref
+from xpipe._codec import content_sha256, decompress, resolve_artifact_ref
 from xpipe._limits import MAX_ARTIFACT_CHUNK_BYTES, shown
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2
 from xpipe.errors import SerializationError
 
-from ._artifacts import accepts_zstd
+from ._artifacts import ArtifactAltered, accepts_zstd, read_checked
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -140,17 +140,16 @@ def _load(payload: pb.Payload, ref: str, artifact_dir: str | None, accept_zstd: 
             grpc.StatusCode.NOT_FOUND, f"{what} is gone: no file {path} (deleted, or collected by retention)"
         )
     try:
-        data = read_artifact(ref, artifact_root=artifact_dir, what="GetArtifact")
+        data, stored_sha256 = read_checked(payload, artifact_dir, what="GetArtifact")
     except SerializationError as exc:
         raise _Refused(grpc.StatusCode.NOT_FOUND, str(exc)) from None
-    stored_sha256 = content_sha256(data)
-    if payload.artifact_sha256 and stored_sha256 != payload.artifact_sha256:
-        log.error("GetArtifact: %s does not match its recorded SHA-256 %s (file has %s); not served",
-                  ref, payload.artifact_sha256, stored_sha256)  # fmt: skip
+    except ArtifactAltered as exc:
+        log.error("GetArtifact: %s; not served", exc)
         raise _Refused(
             grpc.StatusCode.DATA_LOSS,
             f"{what} does not match the SHA-256 recorded with its result (altered or corrupt on disk); not served",
-        )
+        ) from None
+    stored_sha256 = stored_sha256 or content_sha256(data)  # served with every artifact, checked or not
     if not payload.zstd:
         return _Served(data, "identity", stored_sha256)
     if accept_zstd:
