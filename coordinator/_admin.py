@@ -57,9 +57,10 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             ],
             unhealthy_workers=state.unhealthy_workers(),
             dashboard_url=self.c.dashboard_url,
-            # A follower schedules nothing: it tells no worker a pace (0, like its counts).
-            heartbeat_interval_s=self.engine.pacer.announced.interval_s if leading else 0.0,
-            heartbeat_timeout_s=self.engine.pacer.timeout_in_effect_s if leading else 0.0,
+            # As the metrics show them (the state's copy). A follower schedules nothing: it
+            # tells no worker a pace (0, like its counts).
+            heartbeat_interval_s=state.heartbeat_interval_s if leading else 0.0,
+            heartbeat_timeout_s=state.heartbeat_timeout_s if leading else 0.0,
         )
 
     async def ListWorkers(self, request, context):

@@ -413,8 +413,7 @@ class Engine:
                      settings.interval_s, settings.timeout_s,
                      f" ({kept:.3g} s kept for one old timeout)" if kept > settings.timeout_s else "",
                      len(self.sessions), pacer.max_per_s)  # fmt: skip
-            message = worker_pb2.CoordinatorMessage(heartbeat_settings=worker_pb2.HeartbeatSettings(
-                interval_s=settings.interval_s, timeout_s=settings.timeout_s))  # fmt: skip
+            message = settings.message()
             for session in self.sessions.values():
                 session.outbox.put_nowait(message)
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from xpipe._proto import worker_pb2
+
 __all__ = [
     "ANNOUNCE_CHANGE",
     "DEFAULT_MAX_HEARTBEATS_PER_S",
@@ -63,6 +65,12 @@ class HeartbeatSettings:
 
     interval_s: float
     timeout_s: float
+
+    def message(self) -> worker_pb2.CoordinatorMessage:
+        """The ``HeartbeatSettings`` message that tells a worker these settings."""
+        return worker_pb2.CoordinatorMessage(
+            heartbeat_settings=worker_pb2.HeartbeatSettings(interval_s=self.interval_s, timeout_s=self.timeout_s)
+        )
 
 
 class HeartbeatPacer:

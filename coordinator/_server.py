@@ -445,8 +445,7 @@ class _WorkerService(_UsesEngine, worker_pb2_grpc.WorkerServiceServicer):
         # slower than the timeout in effect.
         paced = engine.pacer.announced
         if paced.interval_s != engine.config.heartbeat_interval_s:
-            yield worker_pb2.CoordinatorMessage(heartbeat_settings=worker_pb2.HeartbeatSettings(
-                interval_s=paced.interval_s, timeout_s=paced.timeout_s))  # fmt: skip
+            yield paced.message()
         reader = asyncio.create_task(self._read(reg.worker_id, session, request_iterator))
         try:
             outbox = session.outbox
