@@ -1,6 +1,7 @@
 """The engine shell with a real SQLite store: durability before acknowledgement."""
 
 import asyncio
+import contextlib
 
 from xpipe._proto import common_pb2 as pb
 from xpipe.coordinator._engine import Engine
@@ -51,22 +52,36 @@ class _StalledStore(SQLiteStore):
         await super().commit(records)
 
 
+@contextlib.asynccontextmanager
+async def _submit_held_in_commit(tmp_path):
+    """An engine with worker w1 connected, and a submit whose commit is held (``store.resume``).
+
+    Yields (engine, store, w1's session, the submit's future), once the commit is waiting.
+    """
+    from xpipe.coordinator._events import WorkerConnected
+
+    store = _StalledStore(tmp_path / "x.db")
+    await store.open()
+    engine = Engine(store)
+    await engine.start()
+    try:
+        session = engine.connect_worker("w1")
+        engine.post(WorkerConnected(0.0, "w1", "w1", "host", 1))
+        store.resume.clear()
+        submitted = asyncio.ensure_future(engine.submit(_spec("p")))
+        await asyncio.wait_for(store.waiting.wait(), 10)
+        yield engine, store, session, submitted
+    finally:
+        await engine.stop()
+        await store.close()
+
+
 def test_assignments_are_on_their_way_while_their_turn_commits(tmp_path):
     """A heartbeat read while a turn's commit is awaited must find that turn's assignments on
     their way: counted nowhere, they were requeued as lost once the commit outlasted the grace."""
-    from xpipe.coordinator._events import WorkerConnected
 
     async def scenario():
-        store = _StalledStore(tmp_path / "x.db")
-        await store.open()
-        engine = Engine(store)
-        await engine.start()
-        try:
-            session = engine.connect_worker("w1")
-            engine.post(WorkerConnected(0.0, "w1", "w1", "host", 1))
-            store.resume.clear()
-            submitted = asyncio.ensure_future(engine.submit(_spec("p")))
-            await asyncio.wait_for(store.waiting.wait(), 10)
+        async with _submit_held_in_commit(tmp_path) as (engine, store, session, submitted):
             (attempt,) = [key for key in engine.state.workers["w1"].assigned]
             # The worker has received nothing yet: its heartbeat's count (0) leaves it on its way.
             assert session.confirm(0) == {attempt}
@@ -77,9 +92,6 @@ def test_assignments_are_on_their_way_while_their_turn_commits(tmp_path):
             assert len(message.assignments.assignments) == 1 and attempt[0] == run_id
             assert session.queued == 1, "numbered twice"
             assert session.confirm(1) == frozenset()  # received: no longer on its way
-        finally:
-            await engine.stop()
-            await store.close()
 
     asyncio.run(scenario())
 
@@ -87,19 +99,9 @@ def test_assignments_are_on_their_way_while_their_turn_commits(tmp_path):
 def test_assignments_are_numbered_on_the_stream_they_go_out_on(tmp_path):
     """A worker that connects again while the commit is awaited gets the batch on its new
     stream, numbered there (the worker counts from 0 on each stream)."""
-    from xpipe.coordinator._events import WorkerConnected
 
     async def scenario():
-        store = _StalledStore(tmp_path / "x.db")
-        await store.open()
-        engine = Engine(store)
-        await engine.start()
-        try:
-            old = engine.connect_worker("w1")
-            engine.post(WorkerConnected(0.0, "w1", "w1", "host", 1))
-            store.resume.clear()
-            submitted = asyncio.ensure_future(engine.submit(_spec("p")))
-            await asyncio.wait_for(store.waiting.wait(), 10)
+        async with _submit_held_in_commit(tmp_path) as (engine, store, old, submitted):
             new = engine.connect_worker("w1")
             assert old.outbox.get_nowait() is None  # the stale stream is told to end
             store.resume.set()
@@ -108,8 +110,5 @@ def test_assignments_are_numbered_on_the_stream_they_go_out_on(tmp_path):
             (attempt,) = engine.state.workers["w1"].assigned
             assert len(message.assignments.assignments) == 1
             assert new.queued == 1 and new.confirm(0) == {attempt}
-        finally:
-            await engine.stop()
-            await store.close()
 
     asyncio.run(scenario())
