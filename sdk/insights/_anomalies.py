@@ -7,8 +7,9 @@ run early in the window still has a baseline. Two models:
 * ``"median_mad"`` (the default): per metric, the robust z-score against the median and MAD
   (:func:`._robust.robust_z`, kept incrementally); sensitivity low/medium/high means |z| >= 6/4/3.
 * ``"isolation_forest"``: scikit-learn's IsolationForest on (duration, CPU, memory, queue
-  wait) per task, fitted once per task on its kept samples, with the contamination taken
-  from the sensitivity (an optional extra: ``pip install 'xpipe-cluster[insights]'``).
+  wait) per task, each as its log ratio to the task's median and 0 when not material
+  (:func:`_deviations`), fitted once per task on its kept samples, with the contamination
+  taken from the sensitivity (an optional extra: ``pip install 'xpipe-cluster[insights]'``).
 
 Either way a finding must also be material: at least :data:`MIN_DELTA` away from the median
 in the metric's unit and at least :data:`MIN_RATIO` times above it (or below 1/x of it), so
@@ -289,6 +290,29 @@ def _load_forest() -> Any:
     return IsolationForest
 
 
+def _deviations(rows: list[list[float]]) -> list[list[float]]:
+    """The forest's features: per metric, log(value / the task's median), 0 when not material.
+
+    Raw figures would let immaterial noise decide: with a handful of runs, a 10 MiB wobble
+    in memory or 0.2 s in queue wait can isolate a normal attempt faster than a 10x slower
+    duration isolates the slow one, and the slow one is missed (1 history in 12 did so).
+    Scaled to the task's own median and zeroed below :data:`MIN_DELTA` / :data:`MIN_RATIO`,
+    normal attempts are alike and only material departures, in any mix of metrics, stand out.
+    An unmeasured figure counts as normal.
+    """
+    medians = []
+    for column in range(len(METRICS)):
+        measured = [row[column] for row in rows if row[column] > 0]
+        medians.append(statistics.median(measured) if measured else 0.0)
+    features = []
+    for row in rows:
+        features.append([
+            math.log(value / median) if value > 0 and median > 0 and _material(metric, value, median) else 0.0
+            for metric, value, median in zip(METRICS, row, medians)
+        ])  # fmt: skip
+    return features
+
+
 def _isolation_forest(
     samples: list[tuple[RunRecord, TaskRecord]], start: float, sensitivity: str
 ) -> Iterable[Anomaly]:
@@ -297,11 +321,12 @@ def _isolation_forest(
     if not judged:  # no fit for a task with nothing to judge
         return
     rows = [[_value(task, m) or 0.0 for m in METRICS] for _, task in samples]
+    features = _deviations(rows)
     forest = forest_class(
         n_estimators=100, contamination=SENSITIVITY_CONTAMINATION[sensitivity], random_state=0
-    ).fit(rows)
+    ).fit(features)
     # score_samples is -(the paper's anomaly score, 0..1); below offset_ is what predict() calls -1.
-    raw = forest.score_samples([rows[i] for i in judged])
+    raw = forest.score_samples([features[i] for i in judged])
     for i, score in zip(judged, raw):
         if score >= forest.offset_:
             continue
