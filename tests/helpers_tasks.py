@@ -167,6 +167,17 @@ def sleep_then_mark(marker_dir: str, name: str, seconds: float) -> str:
     return name
 
 
+def wait_for_file_then_bytes(path: str, size: int) -> bytes:
+    """Wait (up to 60 s) until ``path`` exists, then return ``size`` random bytes (zstd cannot
+    shrink them): many of these finish together, with results big enough to take a while to send."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.001)
+    return os.urandom(size)
+
+
 class ReportedQualityError(Exception):
     """A data-quality failure that carries a report for the caller."""
 

@@ -221,6 +221,9 @@ class WorkerDaemon:
         self._wake = asyncio.Event()  # something to send: a message or task events
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
         self._stop = asyncio.Event()
+        #: Shutting down: the stream was half-closed; do not reconnect when it ends.
+        self._closing = False
+        self._stream_closed = asyncio.Event()  # set when a session ends after _closing
         self._idle = asyncio.Event()
         self._idle.set()
         self.heartbeat_interval_s = 1.0
@@ -318,8 +321,29 @@ class WorkerDaemon:
             log.warning("grace of %.1fs over; giving back %d running attempts", grace_s, len(self._state.running))
             self._handle(core.GraceExpired(time.monotonic()))
             await asyncio.gather(*[t for t in self._tasks if t.get_name() == "xpipe-cancel"], return_exceptions=True)
+        deadline = time.monotonic() + SHUTDOWN_FLUSH_S
         await self._flush_events(timeout_s=SHUTDOWN_FLUSH_S)
+        await self._close_stream(timeout_s=max(0.0, deadline - time.monotonic()))
         self._stop.set()
+
+    async def _close_stream(self, timeout_s: float) -> None:
+        """Half-close the stream and wait for the coordinator to end the call.
+
+        A message handed to gRPC may still be on its way: cancelling the call at once
+        (RST_STREAM) could drop the last outcomes, and the coordinator would requeue work
+        that had finished. Ending the requests instead lets the coordinator read all that
+        was sent, then end the call; only a coordinator that does not, within
+        ``timeout_s``, has the call cancelled (by ``_stop``).
+        """
+        send = self._send
+        if send is None:
+            return  # no stream: what is unsent stays held (and is logged as unsent)
+        self._closing = True
+        self._put(send, None)
+        try:
+            await asyncio.wait_for(self._stream_closed.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("the coordinator did not close the stream within %.1fs; cancelling it", timeout_s)
 
     async def _wait_idle(self) -> None:
         while not self._state.idle:
@@ -373,7 +397,7 @@ class WorkerDaemon:
             except Exception:
                 log.exception("stream to %s failed", address)
             self.connected.clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or self._closing:
                 break
             if self._leader_hint and hops < 3:
                 continue  # a follower named the leader: connect there now
@@ -492,11 +516,15 @@ class WorkerDaemon:
                         self._told_not_leader = True
                         self._leader_hint = leader if leader != address else ""
                         return
+                if self._closing:
+                    log.info("stream closed by the coordinator after the last outcomes")
             except asyncio.CancelledError:
                 if not self._stop.is_set():
                     raise
                 # _stop_watch cancelled the call: a clean shutdown, not an error.
             finally:
+                if self._closing:
+                    self._stream_closed.set()
                 self._send = None
                 self._put(send, None)
                 for task in background:

@@ -47,6 +47,35 @@ def test_sigterm_gives_back_queued_attempts_finishes_running_ones_and_logs_count
             assert (markers / f"s{i}").read_text() == "ran\n"
 
 
+def test_outcomes_that_finish_during_the_drain_are_recorded_before_the_worker_exits(tmp_path):
+    """Eight attempts finish together just after SIGTERM, with 200 KiB results each: the
+    worker closes its stream only once the coordinator has read them (it half-closes and
+    waits for the call to end), so none is lost and requeued. Alone in the cluster, a
+    requeued attempt would never run again."""
+    go = tmp_path / "go"
+    with Cluster(tmp_path, workers=1, slots=8) as c, PipelineManager(coordinator=c.address) as pm:
+        for round_ in range(3):
+            name = f"w{round_}"
+            go.unlink(missing_ok=True)
+            p = Pipeline(f"drain-outcomes-{round_}")
+            p.add_tasks([Task(f"t{i}", ht.wait_for_file_then_bytes, args=(str(go), 200 * 1024), resource_requirements={"cpu_cores": 0.25})
+                         for i in range(8)])  # fmt: skip
+            run_id = pm.submit(p)
+            eventually(lambda: all(t.status == "running" for t in pm.get_run(run_id).tasks.values()), timeout_s=30,
+                       message="not all eight attempts started")  # fmt: skip
+            worker = c.workers[name]
+            worker.stop_signal(signal.SIGTERM)
+            eventually(lambda: "draining" in worker.log_text(), timeout_s=10, message="the worker never began draining")
+            go.touch()
+            assert worker.wait(timeout_s=20) == 0
+            assert "closed by the coordinator" in worker.log_text(), worker.log_tail()
+            result = pm.wait(run_id, timeout_s=10)
+            assert result.succeeded, {n: t.status for n, t in result.tasks.items()}
+            assert all(t.attempts == 1 for t in result.tasks.values())
+            if round_ < 2:
+                c.add_worker(f"w{round_ + 1}", slots=8)
+
+
 def _spec(name: str) -> pb.PipelineSpec:
     spec = pb.PipelineSpec(name=name)
     spec.tasks.add(name="t").command.argv.append("true")
