@@ -5,7 +5,9 @@ Started by :mod:`bench.fleet` (``python -m bench._fleetsim --coordinator ADDR --
 real coordinator, speaking the same wire format as ``xpipe-worker`` (``worker/_daemon.py``):
 
 * it sends ``Register`` and, once ``Registered`` arrives, a ``Heartbeat`` every
-  ``heartbeat_interval_s`` the coordinator named, listing what it holds (nothing: see next);
+  ``heartbeat_interval_s`` the coordinator named, listing what it holds (nothing: see next),
+  skipping one due within an interval of sending outcomes, never two in a row, as
+  ``xpipe-worker`` does (``HeartbeatGate``; ``--no-heartbeat-skip`` beats every interval);
 * every ``AssignmentBatch`` is answered at once with one ``TaskEventBatch`` holding a
   ``Succeeded`` (result: pickled ``None``, as ``bench.tasks.noop`` returns) per assignment.
   Like the real worker, a task quicker than ``STARTED_REPORT_DELAY_S`` sends no separate
@@ -41,6 +43,7 @@ from xpipe._backoff import Backoff
 from xpipe._limits import CLIENT_KEEPALIVE_OPTIONS, MAX_MESSAGE_BYTES
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import worker_pb2
+from xpipe.worker._state import HeartbeatGate
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,8 @@ class SimWorker:
         self._send: asyncio.Queue[worker_pb2.WorkerMessage | None] | None = None
         self.interval_s = 1.0
         self.beat_at = 0.0  # monotonic time of the last heartbeat
+        # As xpipe-worker: a heartbeat due within an interval of sending outcomes is skipped.
+        self.gate = HeartbeatGate()
 
     async def run(self) -> None:
         """Keep a session until cut or stopped; register again after Reset/NotLeader or a broken stream."""
@@ -133,6 +138,8 @@ class SimWorker:
                     ]  # fmt: skip
                     self.sim.done += len(events)
                     send.put_nowait(worker_pb2.WorkerMessage(events=worker_pb2.TaskEventBatch(events=events)))
+                    if self.sim.skip_heartbeats:
+                        self.gate.results_sent(time.monotonic())
                     self.sim.event_messages += 1
                 elif body == "registered":
                     self.interval_s = message.registered.heartbeat_interval_s or 1.0
@@ -166,11 +173,14 @@ class SimWorker:
         # A random phase, as real workers started at different times have: no thundering herd.
         await asyncio.sleep(self.interval_s * (hash(self.name) % 1000) / 1000 if first_s is None else first_s)
         while True:
-            # Everything received is answered at once, so nothing is held: the count alone.
-            send.put_nowait(worker_pb2.WorkerMessage(
-                heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, assignments_received=self.received)))
-            self.sim.heartbeats += 1
-            self.beat_at = time.monotonic()
+            self.beat_at = now = time.monotonic()
+            if self.gate.due(now, self.interval_s):
+                # Everything received is answered at once, so nothing is held: the count alone.
+                send.put_nowait(worker_pb2.WorkerMessage(
+                    heartbeat=worker_pb2.Heartbeat(metrics=_METRICS, assignments_received=self.received)))
+                self.sim.heartbeats += 1
+            else:
+                self.sim.heartbeats_skipped += 1
             await asyncio.sleep(self.interval_s)
 
     def cut_now(self) -> None:
@@ -183,8 +193,10 @@ class SimWorker:
 class Simulator:
     """``count`` simulated workers of one process, and the command loop that drives them."""
 
-    def __init__(self, coordinator: str, prefix: str, count: int, slots: int, streams_per_channel: int):
+    def __init__(self, coordinator: str, prefix: str, count: int, slots: int, streams_per_channel: int,
+                 skip_heartbeats: bool = True):
         self.coordinator = coordinator
+        self.skip_heartbeats = skip_heartbeats
         self.prefix = prefix
         self.count = count
         self.slots = slots
@@ -192,6 +204,7 @@ class Simulator:
         self.host = f"fleet-{prefix}"
         self.stopping = False
         self.heartbeats = self.done = self.errors = self.registered = self.resets = 0
+        self.heartbeats_skipped = 0
         self.pace_changes = 0  # HeartbeatSettings received, all workers together
         #: Messages on the wire each way: AssignmentBatch received, TaskEventBatch sent.
         self.assignment_messages = self.event_messages = 0
@@ -238,6 +251,7 @@ class Simulator:
     def stats(self) -> dict:
         cpu = psutil.Process().cpu_times()
         return {"event": "stats", "cpu_s": cpu.user + cpu.system, "heartbeats": self.heartbeats, "done": self.done,
+                "heartbeats_skipped": self.heartbeats_skipped,
                 "assignment_messages": self.assignment_messages, "event_messages": self.event_messages,
                 "registered": self.registered, "pace_changes": self.pace_changes, "reconnects": self.reconnects, "resets": self.resets, "errors": self.errors,
                 "rss_bytes": psutil.Process().memory_info().rss, "at": time.time()}  # fmt: skip
@@ -263,7 +277,8 @@ def _reply(obj: dict) -> None:
 
 
 async def _main(opts: argparse.Namespace) -> None:
-    sim = Simulator(opts.coordinator, opts.prefix, opts.count, opts.slots, opts.streams_per_channel)
+    sim = Simulator(opts.coordinator, opts.prefix, opts.count, opts.slots, opts.streams_per_channel,
+                    skip_heartbeats=not opts.no_heartbeat_skip)
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[str] = asyncio.Queue()
 
@@ -301,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--count", type=int, required=True, help="workers this process simulates")
     p.add_argument("--slots", type=int, default=1)
     p.add_argument("--streams-per-channel", type=int, default=1, help="workers sharing one TCP connection")
+    p.add_argument("--no-heartbeat-skip", action="store_true",
+                   help="heartbeat every interval, even just after sending outcomes (xpipe-worker before 2026-11-30)")
     opts = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     asyncio.run(_main(opts))

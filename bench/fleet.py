@@ -23,6 +23,13 @@ worker. Measured, in this order:
   ``--max-heartbeats-per-s`` for a big fleet, plus one tick;
 * the coordinator's peak RSS over the whole sample (psutil, sampled every 20 ms).
 
+The simulators stand in for other machines but share this one's cores with the coordinator,
+and 1,000 streams cost them more CPU than 2 do. ``--sims idle`` runs them under
+``SCHED_IDLE`` (their session's group at nice 19), so they use only CPU the coordinator leaves:
+the nearest this machine comes to workers on hosts of their own. ``--no-heartbeat-skip``
+makes the simulated workers beat every interval, as ``xpipe-worker`` did before it skipped a
+beat its outcomes made redundant (``HeartbeatGate``).
+
 Results are printed as a table and written as JSON under ``--out`` (``bench/results``).
 Exit status 0 when every size ran, 1 when one failed (the JSON has the error).
 """
@@ -63,15 +70,22 @@ _ANSWER_TIMEOUT_S = 30.0
 class _Sim:
     """One simulator process, driven by lines on its stdin; answers are JSON lines on stdout."""
 
-    def __init__(self, address: str, prefix: str, count: int, log_dir: Path, env: dict[str, str]):
+    def __init__(self, address: str, prefix: str, count: int, log_dir: Path, env: dict[str, str], idle: bool = False,
+                 skip_heartbeats: bool = True):
         self.prefix, self.count = prefix, count
         self.log_path = log_dir / f"{prefix}.log"
         argv = [sys.executable, "-m", "bench._fleetsim", "--coordinator", address, "--prefix", prefix, "--count", str(count)]
+        if not skip_heartbeats:
+            argv.append("--no-heartbeat-skip")
         with open(self.log_path, "wb") as log:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(REPO_ROOT),
                 text=True, bufsize=1, start_new_session=True,
+                preexec_fn=_sched_idle if idle else None,
             )  # fmt: skip
+        if idle:
+            with contextlib.suppress(OSError):  # the session's group at nice 19 (Linux autogroup)
+                Path(f"/proc/{self.popen.pid}/autogroup").write_text("19")
 
     def send(self, command: str) -> None:
         try:
@@ -115,6 +129,10 @@ class _Sim:
         for stream in (self.popen.stdin, self.popen.stdout):
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
+
+
+def _sched_idle() -> None:
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def _stats(sims: Sequence[_Sim]) -> list[dict[str, Any]]:
@@ -189,7 +207,7 @@ def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
     profile_dir: Path | None = None, connect_rate_per_s: float = 0.0, run_timeout_s: float = _RUN_TIMEOUT_S,
-    max_heartbeats_per_s: float | None = None,
+    max_heartbeats_per_s: float | None = None, sims_idle: bool = False, skip_heartbeats: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -206,7 +224,8 @@ def run_fleet(
         extra += ["--max-heartbeats-per-s", str(max_heartbeats_per_s)]
     result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost, "connect_rate_per_s": connect_rate_per_s,
                               "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s,
-                              "max_heartbeats_per_s": max_heartbeats_per_s}  # fmt: skip
+                              "max_heartbeats_per_s": max_heartbeats_per_s, "sims_idle": sims_idle,
+                              "skip_heartbeats": skip_heartbeats}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
         cluster = stack.enter_context(XpipeCluster(Path(tmp), workers=0, coordinator_args=extra))
@@ -216,7 +235,8 @@ def run_fleet(
         sims: list[_Sim] = []
         try:
             shares = [workers // procs + (1 if i < workers % procs else 0) for i in range(procs)]
-            sims = [_Sim(cluster.address, f"sim{i}", n, Path(tmp) / "logs", env) for i, n in enumerate(shares)]
+            sims = [_Sim(cluster.address, f"sim{i}", n, Path(tmp) / "logs", env, idle=sims_idle, skip_heartbeats=skip_heartbeats)
+                    for i, n in enumerate(shares)]  # fmt: skip
             for sim in sims:
                 sim.answer("ready")
             # -- register
@@ -286,6 +306,8 @@ def run_fleet(
                 sim_cpu_us_per_task=1e6 * sum(sim_cpu) / tasks_n,
                 assignment_messages=to_workers, event_messages=from_workers,
                 assignments_per_message=done / max(1, to_workers), events_per_message=done / max(1, from_workers),
+                run_heartbeats=sum(a["heartbeats"] - b["heartbeats"] for a, b in zip(after, before)),
+                run_heartbeats_skipped=sum(a["heartbeats_skipped"] - b["heartbeats_skipped"] for a, b in zip(after, before)),
                 errors=sum(a["errors"] for a in after), resets=sum(a["resets"] for a in after),
                 sim_rss_bytes=sum(a["rss_bytes"] for a in after),
             )  # fmt: skip
@@ -350,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=None, help="the coordinator's --prefetch (default: its own)")
     p.add_argument("--max-heartbeats-per-s", type=float, default=None, metavar="RATE",
                    help="the coordinator's flag (default: its own; 0: no cap)")
+    p.add_argument("--sims", choices=("same", "idle"), default="same",
+                   help="idle: the simulators run under SCHED_IDLE, only on CPU the coordinator leaves (default: same)")
+    p.add_argument("--no-heartbeat-skip", action="store_true",
+                   help="simulated workers heartbeat every interval, even just after sending outcomes")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
     p.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_S",
                    help="workers connecting per second, all simulators together (default 0: all at once)")
@@ -386,7 +412,8 @@ def _run_sizes(opts: argparse.Namespace, out: dict[str, Any]) -> int:
                           heartbeat_timeout_s=opts.heartbeat_timeout_s, heartbeat_interval_s=opts.heartbeat_interval_s,
                           prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None,
                           profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate,
-                          run_timeout_s=opts.run_timeout_s, max_heartbeats_per_s=opts.max_heartbeats_per_s)  # fmt: skip
+                          run_timeout_s=opts.run_timeout_s, max_heartbeats_per_s=opts.max_heartbeats_per_s,
+                          sims_idle=opts.sims == "idle", skip_heartbeats=not opts.no_heartbeat_skip)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})

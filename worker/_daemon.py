@@ -84,6 +84,8 @@ SHUTDOWN_FLUSH_S = 5.0
 #: wire format as CoordinatorMessage, assignments kept as bytes): see ``_accept``.
 _CONNECT_METHOD = "/xpipe.v1.WorkerService/Connect"
 _parse_head = worker_pb2.AssignmentHead.FromString
+#: Outcomes the coordinator takes as a sign of life (``last_seen``), as a heartbeat.
+_RESULT_KINDS = frozenset({"succeeded", "failed"})
 
 #: A coordinator that refuses this worker's credential will refuse it again: the worker
 #: exits (status 2, one log line naming the reason) rather than retry for ever.
@@ -229,6 +231,8 @@ class WorkerDaemon:
         self.heartbeat_interval_s = 1.0
         #: Set when the coordinator changes the interval (HeartbeatSettings): the wait re-aims.
         self._pace_changed = asyncio.Event()
+        #: Skips a heartbeat that outcomes just sent made redundant (see core.HeartbeatGate).
+        self.heartbeats = core.HeartbeatGate()
         #: The heartbeat's last psutil sample (None before the first): the metrics read it.
         self.last_sample: worker_pb2.WorkerMetrics | None = None
         self.connected = asyncio.Event()
@@ -575,6 +579,10 @@ class WorkerDaemon:
         proc = psutil.Process()
         proc.cpu_percent()
         while True:
+            beat_at = time.monotonic()
+            if not self.heartbeats.due(beat_at, self.heartbeat_interval_s):
+                await self._until_next_heartbeat(beat_at)
+                continue
             mem = psutil.virtual_memory()
             self.last_sample = sample = worker_pb2.WorkerMetrics(
                 cpu_percent=psutil.cpu_percent(),
@@ -592,7 +600,7 @@ class WorkerDaemon:
                     )
                 )
             )
-            await self._until_next_heartbeat(time.monotonic())
+            await self._until_next_heartbeat(beat_at)
 
     async def _until_next_heartbeat(self, sent_at: float) -> None:
         """Wait one interval after ``sent_at``; a new interval meanwhile re-aims the wait, from the same start."""
@@ -735,7 +743,10 @@ class WorkerDaemon:
         """Keep sent outcomes, to send again on the next Register (see ``Register.recent``)."""
         outcomes = tuple((_key(e.attempt), e) for e in events if e.WhichOneof("kind") != "started")
         if outcomes:
-            self._state.handle(core.OutcomesSent(time.monotonic(), outcomes))
+            now = time.monotonic()
+            self._state.handle(core.OutcomesSent(now, outcomes))
+            if any(e.WhichOneof("kind") in _RESULT_KINDS for _, e in outcomes):
+                self.heartbeats.results_sent(now)
 
     def _put(self, send: asyncio.Queue, message: worker_pb2.WorkerMessage | None) -> None:
         send.put_nowait(message)

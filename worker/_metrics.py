@@ -41,12 +41,16 @@ def register_worker_metrics(endpoint: MetricsEndpoint, daemon: WorkerDaemon) -> 
         "xpipe_worker_memory", [lambda _: sampled("memory_used_bytes")], unit="By",
         description="Memory in use on the machine, total minus available (the heartbeat's last psutil sample)",
     )  # fmt: skip
-    # The result cache (docs/cache.md): counts the daemon keeps anyway, read at scrape time.
-    m.create_observable_counter(
-        "xpipe_task_cache_hits", [lambda _: [Observation(daemon.cache.hits)]],
-        description="Cached tasks whose result came from the result cache (their code did not run)",
+    # Counts the daemon keeps anyway, read at scrape time: its heartbeats, and the result
+    # cache (docs/cache.md).
+    counters = (
+        ("xpipe_worker_heartbeats_sent", lambda: daemon.heartbeats.sent, "Heartbeats sent to the coordinator"),
+        ("xpipe_worker_heartbeats_skipped", lambda: daemon.heartbeats.skipped,
+         "Heartbeats skipped: outcomes sent within the interval already showed the worker alive"),
+        ("xpipe_task_cache_hits", lambda: daemon.cache.hits,
+         "Cached tasks whose result came from the result cache (their code did not run)"),
+        ("xpipe_task_cache_misses", lambda: daemon.cache.misses,
+         "Cached tasks no cache level had a fresh result for (they ran)"),
     )  # fmt: skip
-    m.create_observable_counter(
-        "xpipe_task_cache_misses", [lambda _: [Observation(daemon.cache.misses)]],
-        description="Cached tasks no cache level had a fresh result for (they ran)",
-    )  # fmt: skip
+    for name, read, description in counters:
+        m.create_observable_counter(name, [lambda _, read=read: [Observation(read())]], description=description)

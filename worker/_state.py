@@ -42,6 +42,7 @@ __all__ = [
     "CancelQueued",
     "StopRunning",
     "ShutdownCounts",
+    "HeartbeatGate",
     "WorkerState",
     "RECENT_OUTCOMES_WINDOW_S",
     "RECENT_OUTCOMES_MAX",
@@ -238,6 +239,42 @@ class ShutdownCounts:
 
 
 # ---------------------------------------------------------------------- the state
+
+
+class HeartbeatGate:
+    """Whether a heartbeat is due, or the outcomes just sent already said the worker is alive.
+
+    The coordinator takes a Succeeded or Failed outcome as a sign of life, as it takes a
+    heartbeat (``last_seen``). So a heartbeat due within one interval of sending outcomes
+    is skipped: a busy fleet beats half as often, and a coordinator over a thousand workers
+    spends that CPU on their tasks instead. A heartbeat also lists what the worker holds
+    (the coordinator requeues what it sent that is not held) and carries the machine's
+    load, so never two are skipped in a row: the coordinator still hears one at least every
+    second interval, well inside its timeout (several intervals), and an idle worker beats
+    every interval.
+    """
+
+    __slots__ = ("results_at", "skipped_last", "sent", "skipped")
+
+    def __init__(self) -> None:
+        self.results_at = float("-inf")  # when outcomes were last handed to the stream
+        self.skipped_last = False
+        self.sent = 0
+        self.skipped = 0
+
+    def results_sent(self, now: float) -> None:
+        """Outcomes (Succeeded or Failed) went out at ``now``."""
+        self.results_at = now
+
+    def due(self, now: float, interval_s: float) -> bool:
+        """True: send the heartbeat due at ``now``; False: skip it (counted in ``skipped``)."""
+        if not self.skipped_last and now - self.results_at < interval_s:
+            self.skipped_last = True
+            self.skipped += 1
+            return False
+        self.skipped_last = False
+        self.sent += 1
+        return True
 
 
 @dataclass
