@@ -15,8 +15,12 @@ worker. Measured, in this order:
   (``PipelineManager.submit``), timed until the run's summary says succeeded; tasks/s, the
   coordinator's CPU seconds per task (also net of the idle heartbeats' CPU over the same time),
   and the simulators' CPU (to tell which side is the
-  limit). Every task must have been answered at least once; extra answers are counted, with
-  the coordinator's reasons for requeueing;
+  limit), the messages each way, the heartbeats sent and skipped during the run, and the
+  engine turns that committed (``xpipe_store_commit_seconds_count`` from the coordinator's
+  ``/metrics``). Every task must have been answered at least once; extra answers are counted, with
+  the coordinator's reasons for requeueing. With ``--warm``, a run of 2 no-op tasks per
+  worker goes first, so the coordinator has learnt how long tasks take, as it has in a
+  long-lived fleet, and gives each worker a deep queue from its first batch;
 * **lost detection**: ``--lost`` workers cut at once (streams cancelled, no goodbye); the
   time from the cut until ``ListWorkers`` shows every one of them as lost. It is bounded
   below by ``--heartbeat-timeout-s`` (the coordinator's flag, short here), stretched by
@@ -43,10 +47,12 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,6 +141,21 @@ def _sched_idle() -> None:
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _commits(port: int) -> int:
+    """The coordinator's store group commits so far (``xpipe_store_commit_seconds_count``)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("xpipe_store_commit_seconds_count"):
+                return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
 def _stats(sims: Sequence[_Sim]) -> list[dict[str, Any]]:
     for sim in sims:
         sim.send("stats")
@@ -195,10 +216,10 @@ def _requeue_reasons(log_path: Path) -> dict[str, int]:
     return reasons
 
 
-def _wide_spec(n: int):
+def _wide_spec(n: int, name: str = "fleet-wide"):
     from xpipe import Pipeline, Task
 
-    p = Pipeline(f"fleet-wide-{n}")
+    p = Pipeline(f"{name}-{n}")
     p.add_tasks([Task(f"t{i}", tasks.noop, args=(i,)) for i in range(n)])
     return p
 
@@ -207,7 +228,7 @@ def run_fleet(
     workers: int, *, tasks_n: int, procs: int, idle_s: float, lost: int, heartbeat_timeout_s: float,
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
     profile_dir: Path | None = None, connect_rate_per_s: float = 0.0, run_timeout_s: float = _RUN_TIMEOUT_S,
-    max_heartbeats_per_s: float | None = None, sims_idle: bool = False, skip_heartbeats: bool = True,
+    max_heartbeats_per_s: float | None = None, sims_idle: bool = False, skip_heartbeats: bool = True, warm: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -217,7 +238,9 @@ def run_fleet(
     """
     procs = max(1, min(procs, workers))
     lost = min(lost, workers // 2)
-    extra = ["--heartbeat-timeout-s", str(heartbeat_timeout_s), "--heartbeat-interval-s", str(heartbeat_interval_s)]
+    metrics_port = _free_port()
+    extra = ["--heartbeat-timeout-s", str(heartbeat_timeout_s), "--heartbeat-interval-s", str(heartbeat_interval_s),
+             "--metrics-listen", f"127.0.0.1:{metrics_port}"]  # fmt: skip
     if prefetch is not None:
         extra += ["--prefetch", str(prefetch)]
     if max_heartbeats_per_s is not None:
@@ -225,7 +248,7 @@ def run_fleet(
     result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost, "connect_rate_per_s": connect_rate_per_s,
                               "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s,
                               "max_heartbeats_per_s": max_heartbeats_per_s, "sims_idle": sims_idle,
-                              "skip_heartbeats": skip_heartbeats}  # fmt: skip
+                              "skip_heartbeats": skip_heartbeats, "warm": warm}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
         cluster = stack.enter_context(XpipeCluster(Path(tmp), workers=0, coordinator_args=extra))
@@ -266,9 +289,18 @@ def run_fleet(
                 pace_changes=sum(a["pace_changes"] for a in after),
                 idle_sim_cpu_pct=100 * sum(a["cpu_s"] - b["cpu_s"] for a, b in zip(after, before)) / idle_s,
             )  # fmt: skip
+            # -- warm-up (with --warm): a long-lived worker has run tasks before, so the
+            # coordinator knows how long they take and gives it a deep queue (prefetch) from the
+            # first batch. A fresh one gets one spare per slot until its first results come.
+            if warm:
+                warm_run = pm.submit(_wide_spec(2 * workers, "fleet-warmup"))
+                for event in pm.client.watch(warm_run, summary_only=True):
+                    if event.summary.state.lower() in ("succeeded", "failed", "cancelled"):
+                        break
             # -- throughput
             spec = _wide_spec(tasks_n)
             before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
+            commits0 = _commits(metrics_port)
             with _profiled(profile_dir, coordinator.pid, f"{workers}-run"):
                 start = time.perf_counter()
                 run_id = pm.submit(spec)
@@ -283,6 +315,9 @@ def run_fleet(
                 seconds = time.perf_counter() - start
             after, cpu1, main1 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
             result["coordinator_main_thread_cpu_pct"] = 100 * (main1 - main0) / seconds
+            # Engine turns that committed (one store group commit each): fewer, bigger turns
+            # amortise the per-turn cost over more tasks.
+            result["run_commits"] = _commits(metrics_port) - commits0
             if status != "succeeded":
                 raise BenchError(f"run {run_id} ended {status}")
             done = sum(a["done"] - b["done"] for a, b in zip(after, before))
@@ -376,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="idle: the simulators run under SCHED_IDLE, only on CPU the coordinator leaves (default: same)")
     p.add_argument("--no-heartbeat-skip", action="store_true",
                    help="simulated workers heartbeat every interval, even just after sending outcomes")
+    p.add_argument("--warm", action="store_true",
+                   help="run 2 no-op tasks per worker before the measured run, as a long-lived fleet has")
     p.add_argument("--keep", type=Path, metavar="DIR", help="keep the data and logs under DIR/N (default: removed)")
     p.add_argument("--connect-rate", type=float, default=0.0, metavar="PER_S",
                    help="workers connecting per second, all simulators together (default 0: all at once)")
@@ -413,7 +450,8 @@ def _run_sizes(opts: argparse.Namespace, out: dict[str, Any]) -> int:
                           prefetch=opts.prefetch, keep_dir=opts.keep / str(n) if opts.keep else None,
                           profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate,
                           run_timeout_s=opts.run_timeout_s, max_heartbeats_per_s=opts.max_heartbeats_per_s,
-                          sims_idle=opts.sims == "idle", skip_heartbeats=not opts.no_heartbeat_skip)  # fmt: skip
+                          sims_idle=opts.sims == "idle", skip_heartbeats=not opts.no_heartbeat_skip,
+                          warm=opts.warm)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})

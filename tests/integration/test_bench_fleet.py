@@ -26,6 +26,7 @@ def test_fleet_bench_small(tmp_path: Path) -> None:
     status = main([
         "--workers", "50", "--tasks", "500", "--procs", "2", "--idle-s", "1", "--lost", "10",
         "--heartbeat-timeout-s", str(_TIMEOUT_S), "--heartbeat-interval-s", "0.25", "--out", str(out),
+        "--warm",
     ])  # fmt: skip
     assert status == 0
     [path] = out.glob("*-fleet.json")
@@ -47,6 +48,10 @@ def test_fleet_bench_small(tmp_path: Path) -> None:
     assert 0 < r["assignment_messages"] == r["event_messages"] <= answered, r
     assert r["assignments_per_message"] == pytest.approx(answered / r["assignment_messages"])
     assert r["sim_cpu_us_per_task"] > 0
+    assert r["warm"] is True and r["sims_idle"] is False and r["skip_heartbeats"] is True
+    # Every outcome is recorded by some engine turn's commit: at least one, at most one per answer.
+    assert 1 <= r["run_commits"] <= answered, r
+    assert r["run_heartbeats"] >= 0 and r["run_heartbeats_skipped"] >= 0
     # A cut worker is lost once it has been silent for the timeout, found by the next tick.
     assert _TIMEOUT_S <= r["lost_detect_s"] < _TIMEOUT_S + 10, r
     assert r["rss_peak_bytes"] >= r["rss_registered_bytes"] > 10 * 2**20
