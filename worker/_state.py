@@ -246,10 +246,10 @@ class HeartbeatGate:
 
     The coordinator takes a Succeeded or Failed outcome as a sign of life, as it takes a
     heartbeat (``last_seen``). So a heartbeat due within one interval of sending outcomes
-    is skipped: a busy fleet beats half as often, and a coordinator over a thousand workers
-    spends that CPU on their tasks instead. A heartbeat also lists what the worker holds
-    (the coordinator requeues what it sent that is not held) and carries the machine's
-    load, so never two are skipped in a row: the coordinator still hears one at least every
+    is skipped: a busy worker beats at most half as often (a fleet of 1,000 in a wide run
+    sent 17-89 heartbeats a second instead of 250; docs/performance.md). A heartbeat also
+    lists what the worker holds (the coordinator requeues what it sent that is not held)
+    and carries the machine's load, so never two are skipped in a row: the coordinator still hears one at least every
     second interval, well inside its timeout (several intervals), and an idle worker beats
     every interval.
     """

@@ -295,7 +295,7 @@ def _deviations(rows: list[list[float]]) -> list[list[float]]:
 
     Raw figures would let immaterial noise decide: with a handful of runs, a 10 MiB wobble
     in memory or 0.2 s in queue wait can isolate a normal attempt faster than a 10x slower
-    duration isolates the slow one, and the slow one is missed (1 history in 12 did so).
+    duration isolates the slow one, and the slow one is missed (9 of 120 seeded histories).
     Scaled to the task's own median and zeroed below :data:`MIN_DELTA` / :data:`MIN_RATIO`,
     normal attempts are alike and only material departures, in any mix of metrics, stand out.
     An unmeasured figure counts as normal.
