@@ -249,9 +249,9 @@ class HeartbeatGate:
     is skipped: a busy worker beats at most half as often (a fleet of 1,000 in a wide run
     sent 17-89 heartbeats a second instead of 250; docs/performance.md). A heartbeat also
     lists what the worker holds (the coordinator requeues what it sent that is not held)
-    and carries the machine's load, so never two are skipped in a row: the coordinator still hears one at least every
-    second interval, well inside its timeout (several intervals), and an idle worker beats
-    every interval.
+    and carries the machine's load, so never two are skipped in a row: the coordinator
+    still hears one at least every second interval, well inside its timeout (several
+    intervals), and an idle worker beats every interval.
     """
 
     __slots__ = ("results_at", "skipped_last", "sent", "skipped")
