@@ -627,6 +627,26 @@ class Cluster:
             self._past.append(self.coordinator)
         self.coordinator = Proc("coordinator", argv, log_dir=self.log_dir, cwd=self.tmp_path)
         self.wait_healthy()
+        self.wait_started()
+
+    def wait_started(self, timeout_s: float | None = None) -> None:
+        """Wait for the coordinator's "xpipe-coordinator serving on" line.
+
+        gRPC health says SERVING as soon as the gRPC server is up; the dashboard
+        (``--http-listen``) and ``--ready-file`` come a moment later, and this line after
+        them. A test that called the dashboard right after health was refused its
+        connection once on CI.
+        """
+        coordinator = self.coordinator
+        assert coordinator is not None, "coordinator not started"
+
+        def started() -> bool:
+            if not coordinator.alive():
+                raise StopWaiting(f"coordinator exited with {coordinator.returncode}")
+            return "xpipe-coordinator serving on" in coordinator.log_text()
+
+        eventually(started, timeout_s=timeout_s or self.startup_timeout_s, interval_s=0.02,
+                   message=f"coordinator at {self.address} started (its 'serving on' line)")  # fmt: skip
 
     def wait_healthy(self, timeout_s: float | None = None) -> None:
         """Wait until the coordinator's standard gRPC health check answers SERVING."""
