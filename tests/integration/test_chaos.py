@@ -45,8 +45,9 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
     (Register.recent), so the task is recorded once and not run a second time."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    # Heartbeats far apart, so the only message the worker writes after the task ends is its outcome.
-    args = ("--heartbeat-timeout-s", "15", "--heartbeat-interval-s", "5")
+    # Heartbeats far apart, so the only message the worker writes while the coordinator is
+    # frozen is its outcome (a heartbeat right after outcomes is skipped anyway).
+    args = ("--heartbeat-timeout-s", "90", "--heartbeat-interval-s", "30")
     with Cluster(tmp_path, workers=1, slots=1, coordinator_args=args) as c, PipelineManager(coordinator=c.address) as pm:
         p = Pipeline("lost-result")
         first = Task("first", ht.sleep_then_mark, args=(str(marks), "first", 1.0))
@@ -54,8 +55,9 @@ def test_result_lost_with_a_killed_coordinator_is_recorded_once_not_rerun(tmp_pa
         run_id = pm.submit(p)
         eventually(lambda: pm.get_run(run_id).tasks["first"].status == "running", timeout_s=20)
         c.coordinator.stop_signal(signal.SIGSTOP)
-        eventually(lambda: (marks / "first").exists(), timeout_s=20, message="task never finished on the worker")
+        # Counted before the task ends: its outcome may reach the socket a moment after the mark.
         unread = _unread_bytes(c.port, c.workers["w0"].pid)
+        eventually(lambda: (marks / "first").exists(), timeout_s=20, message="task never finished on the worker")
         # The outcome is in the frozen coordinator's socket: more unread bytes than a ping (17).
         eventually(lambda: _unread_bytes(c.port, c.workers["w0"].pid) > unread + 17, timeout_s=10,
                    message="the worker's outcome written into the frozen coordinator's socket")  # fmt: skip
