@@ -28,13 +28,9 @@ import time
 from xpipe._proto import common_pb2
 from xpipe.cache import CacheLevelConfig, MultiLevelCache
 
+from bench._local import free_port
+
 SIZES = {"1KiB": 1024, "1MiB": 1024 * 1024}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _quantiles(samples: list[float]) -> tuple[float, float]:
@@ -58,7 +54,7 @@ def _lookups(level: CacheLevelConfig, size: int, n: int) -> tuple[float, float]:
 
 
 def bench_lookups(n: int) -> None:
-    port = _free_port()
+    port = free_port()
     workdir = tempfile.mkdtemp(prefix="xpipe-bench-redis-")
     redis = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                               "--appendonly", "no", "--dir", workdir], stdout=subprocess.DEVNULL)  # fmt: skip

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,6 +43,7 @@ from typing import Any
 import psutil
 
 from bench import tasks
+from bench._local import free_port, nice_session, sched_idle
 from bench._xpipe import XpipeCluster, _wait_terminal, _warm_up
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,7 +90,7 @@ def _one(cluster: XpipeCluster, n: int, page: Any, dashboard: str, *, stream: bo
 
 def _idle_browser(pw: Any, chromium: str, profile: Path) -> tuple[subprocess.Popen, Any]:
     """Chromium under SCHED_IDLE in a session of its own (its group at nice 19), driven over CDP."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [chromium, "--headless=new", "--no-sandbox", "--no-first-run", "--no-default-browser-check",
          f"--user-data-dir={profile}", "--remote-debugging-address=127.0.0.1", f"--remote-debugging-port={port}",
@@ -99,10 +98,10 @@ def _idle_browser(pw: Any, chromium: str, profile: Path) -> tuple[subprocess.Pop
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         # SCHED_IDLE, inherited by every process it forks: it runs only on a core that nothing
         # else wants, the nearest this one machine comes to a viewer's machine of its own.
-        preexec_fn=lambda: os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0)),
+        preexec_fn=sched_idle,
     )  # fmt: skip
     try:
-        Path(f"/proc/{proc.pid}/autogroup").write_text("19")  # the whole session, renderers included
+        nice_session(proc.pid)  # the whole session, renderers included
         deadline = time.monotonic() + 30
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
         while True:
@@ -118,12 +117,6 @@ def _idle_browser(pw: Any, chromium: str, profile: Path) -> tuple[subprocess.Pop
         proc.kill()
         proc.wait(10)
         raise
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,7 +47,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -60,9 +59,10 @@ from typing import Any
 import psutil
 
 from bench import tasks
+from bench._local import free_port, nice_session, sched_idle
 from bench._profile import PySpy, format_top, read_profile
 from bench._report import BenchError, machine_info
-from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster
+from bench._xpipe import REPO_ROOT, RssSampler, XpipeCluster, _wait_terminal
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: How long the simulators may take to register every worker, and a run to finish.
@@ -87,11 +87,10 @@ class _Sim:
             self.popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=env, cwd=str(REPO_ROOT),
                 text=True, bufsize=1, start_new_session=True,
-                preexec_fn=_sched_idle if idle else None,
+                preexec_fn=sched_idle if idle else None,
             )  # fmt: skip
         if idle:
-            with contextlib.suppress(OSError):  # the session's group at nice 19 (Linux autogroup)
-                Path(f"/proc/{self.popen.pid}/autogroup").write_text("19")
+            nice_session(self.popen.pid)
 
     def send(self, command: str) -> None:
         try:
@@ -135,16 +134,6 @@ class _Sim:
         for stream in (self.popen.stdin, self.popen.stdout):
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
-
-
-def _sched_idle() -> None:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _commits(port: int) -> int:
@@ -238,7 +227,7 @@ def run_fleet(
     """
     procs = max(1, min(procs, workers))
     lost = min(lost, workers // 2)
-    metrics_port = _free_port()
+    metrics_port = free_port()
     extra = ["--heartbeat-timeout-s", str(heartbeat_timeout_s), "--heartbeat-interval-s", str(heartbeat_interval_s),
              "--metrics-listen", f"127.0.0.1:{metrics_port}"]  # fmt: skip
     if prefetch is not None:
@@ -293,10 +282,7 @@ def run_fleet(
             # coordinator knows how long they take and gives it a deep queue (prefetch) from the
             # first batch. A fresh one gets one spare per slot until its first results come.
             if warm:
-                warm_run = pm.submit(_wide_spec(2 * workers, "fleet-warmup"))
-                for event in pm.client.watch(warm_run, summary_only=True):
-                    if event.summary.state.lower() in ("succeeded", "failed", "cancelled"):
-                        break
+                _wait_terminal(pm, pm.submit(_wide_spec(2 * workers, "fleet-warmup")), run_timeout_s)
             # -- throughput
             spec = _wide_spec(tasks_n)
             before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
