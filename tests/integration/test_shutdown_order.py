@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 
 import grpc
 
@@ -19,6 +20,7 @@ from tests.harness import Cluster, eventually
 from xpipe import Pipeline, PipelineManager, Task
 from xpipe._proto import common_pb2 as pb
 from xpipe._proto import pipeline_pb2, pipeline_pb2_grpc
+from xpipe.worker._daemon import SHUTDOWN_FLUSH_S
 
 FINAL_COUNTS = re.compile(r"worker stopped: (\d+) finished, (\d+) given back, (\d+) lost")
 
@@ -74,6 +76,25 @@ def test_outcomes_that_finish_during_the_drain_are_recorded_before_the_worker_ex
             assert all(t.attempts == 1 for t in result.tasks.values())
             if round_ < 2:
                 c.add_worker(f"w{round_ + 1}", slots=8)
+
+
+def test_a_coordinator_that_never_ends_the_call_is_cancelled_after_the_flush(tmp_path):
+    """A frozen coordinator cannot end the half-closed call: the worker gives up after the
+    5 s flush (SHUTDOWN_FLUSH_S), says so, cancels the call and still exits 0."""
+    with Cluster(tmp_path, workers=1, slots=1) as c:
+        worker = c.workers["w0"]
+        c.coordinator.stop_signal(signal.SIGSTOP)
+        try:
+            signalled = time.monotonic()
+            worker.stop_signal(signal.SIGTERM)
+            assert worker.wait(timeout_s=20) == 0
+            waited_s = time.monotonic() - signalled
+        finally:
+            c.coordinator.stop_signal(signal.SIGCONT)
+        log = worker.log_text()
+        assert "the coordinator did not close the stream within" in log, worker.log_tail()
+        assert "closed by the coordinator" not in log
+        assert SHUTDOWN_FLUSH_S - 0.5 <= waited_s < SHUTDOWN_FLUSH_S + 10, waited_s
 
 
 def _spec(name: str) -> pb.PipelineSpec:
