@@ -136,13 +136,23 @@ class _Sim:
                 stream.close()
 
 
-def _commits(port: int) -> int:
-    """The coordinator's store group commits so far (``xpipe_store_commit_seconds_count``)."""
+def _counters(port: int) -> dict[str, float]:
+    """The coordinator's store group commits, and its garbage collector's pauses, so far.
+
+    ``commits``: ``xpipe_store_commit_seconds_count``; ``gc_s``: the sum of
+    ``xpipe_gc_pause_seconds_total`` over generations; ``gc_full``: full collections.
+    """
+    out = {"commits": 0.0, "gc_s": 0.0, "gc_full": 0.0}
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
+            value = line.rsplit(" ", 1)[-1]
             if line.startswith("xpipe_store_commit_seconds_count"):
-                return int(float(line.rsplit(" ", 1)[1]))
-    return 0
+                out["commits"] = float(value)
+            elif line.startswith("xpipe_gc_pause_seconds_total{"):
+                out["gc_s"] += float(value)
+            elif line.startswith("xpipe_gc_collections_total{") and 'generation="2"' in line:
+                out["gc_full"] = float(value)
+    return out
 
 
 def _stats(sims: Sequence[_Sim]) -> list[dict[str, Any]]:
@@ -218,6 +228,7 @@ def run_fleet(
     heartbeat_interval_s: float, workdir: Path | None = None, prefetch: int | None = None, keep_dir: Path | None = None,
     profile_dir: Path | None = None, connect_rate_per_s: float = 0.0, run_timeout_s: float = _RUN_TIMEOUT_S,
     max_heartbeats_per_s: float | None = None, sims_idle: bool = False, skip_heartbeats: bool = True, warm: bool = False,
+    gc_threshold: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """One sample at ``workers`` simulated workers; see the module docstring for what is measured.
 
@@ -234,10 +245,12 @@ def run_fleet(
         extra += ["--prefetch", str(prefetch)]
     if max_heartbeats_per_s is not None:
         extra += ["--max-heartbeats-per-s", str(max_heartbeats_per_s)]
+    if gc_threshold is not None:
+        extra += ["--gc-threshold", str(gc_threshold)]
     result: dict[str, Any] = {"workers": workers, "tasks": tasks_n, "procs": procs, "lost": lost, "connect_rate_per_s": connect_rate_per_s,
                               "heartbeat_timeout_s": heartbeat_timeout_s, "heartbeat_interval_s": heartbeat_interval_s,
                               "max_heartbeats_per_s": max_heartbeats_per_s, "sims_idle": sims_idle,
-                              "skip_heartbeats": skip_heartbeats, "warm": warm}  # fmt: skip
+                              "skip_heartbeats": skip_heartbeats, "warm": warm, "gc_threshold": gc_threshold}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = keep_dir if keep_dir is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="xpipe-fleet-", dir=workdir))
         cluster = stack.enter_context(XpipeCluster(Path(tmp), workers=0, coordinator_args=extra))
@@ -286,7 +299,7 @@ def run_fleet(
             # -- throughput
             spec = _wide_spec(tasks_n)
             before, cpu0, main0 = _stats(sims), _cpu_s(coordinator), _main_thread_cpu_s(coordinator)
-            commits0 = _commits(metrics_port)
+            counters0 = _counters(metrics_port)
             with _profiled(profile_dir, coordinator.pid, f"{workers}-run"):
                 start = time.perf_counter()
                 run_id = pm.submit(spec)
@@ -303,7 +316,11 @@ def run_fleet(
             result["coordinator_main_thread_cpu_pct"] = 100 * (main1 - main0) / seconds
             # Engine turns that committed (one store group commit each): fewer, bigger turns
             # amortise the per-turn cost over more tasks.
-            result["run_commits"] = _commits(metrics_port) - commits0
+            counters1 = _counters(metrics_port)
+            result["run_commits"] = int(counters1["commits"] - counters0["commits"])
+            # The garbage collector's pauses on the coordinator during the run (--gc-threshold).
+            result["run_gc_s"] = counters1["gc_s"] - counters0["gc_s"]
+            result["run_gc_full"] = int(counters1["gc_full"] - counters0["gc_full"])
             if status != "succeeded":
                 raise BenchError(f"run {run_id} ended {status}")
             done = sum(a["done"] - b["done"] for a, b in zip(after, before))
@@ -373,12 +390,13 @@ def _row(r: dict[str, Any]) -> str:
     return (f"{r['workers']:>7} {r['register_s']:>9.2f} {r['tasks_per_s']:>8.0f} {r['coordinator_cpu_us_per_task']:>10.0f} {r['coordinator_cpu_us_per_task_net']:>8.0f} "
             f"{r['coordinator_cpu_pct']:>7.0f} {r['sim_cpu_pct_total']:>7.0f} {r['sim_cpu_us_per_task']:>8.0f} "
             f"{r['assignments_per_message']:>7.1f} {r['events_per_message']:>7.1f} {r['heartbeat_cpu_us']:>8.0f} "
-            f"{r['idle_coordinator_cpu_pct']:>8.1f} {r['rss_peak_bytes'] / 2**20:>8.0f} {r['lost_detect_s']:>7.2f}")  # fmt: skip
+            f"{r['idle_coordinator_cpu_pct']:>8.1f} {r['rss_peak_bytes'] / 2**20:>8.0f} {r['lost_detect_s']:>7.2f} "
+            f"{1000 * r['run_gc_s']:>6.0f}")  # fmt: skip
 
 
 HEADER = (f"{'workers':>7} {'register':>9} {'tasks/s':>8} {'cpu us/t':>10} {'net us/t':>8} {'coord%':>7} {'sims%':>7} "
           f"{'sim us/t':>8} {'asg/msg':>7} {'ev/msg':>7} "
-          f"{'us/hb':>8} {'idle%':>8} {'RSS MiB':>8} {'lost s':>7}")  # fmt: skip
+          f"{'us/hb':>8} {'idle%':>8} {'RSS MiB':>8} {'lost s':>7} {'gc ms':>6}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefetch", type=int, default=None, help="the coordinator's --prefetch (default: its own)")
     p.add_argument("--max-heartbeats-per-s", type=float, default=None, metavar="RATE",
                    help="the coordinator's flag (default: its own; 0: no cap)")
+    p.add_argument("--gc-threshold", type=int, default=None, metavar="N",
+                   help="the coordinator's --gc-threshold (default: its own; 700 is Python's)")
     p.add_argument("--sims", choices=("same", "idle"), default="same",
                    help="idle: the simulators run under SCHED_IDLE, only on CPU the coordinator leaves (default: same)")
     p.add_argument("--no-heartbeat-skip", action="store_true",
@@ -437,7 +457,7 @@ def _run_sizes(opts: argparse.Namespace, out: dict[str, Any]) -> int:
                           profile_dir=opts.profile, connect_rate_per_s=opts.connect_rate,
                           run_timeout_s=opts.run_timeout_s, max_heartbeats_per_s=opts.max_heartbeats_per_s,
                           sims_idle=opts.sims == "idle", skip_heartbeats=not opts.no_heartbeat_skip,
-                          warm=opts.warm)  # fmt: skip
+                          warm=opts.warm, gc_threshold=opts.gc_threshold)  # fmt: skip
         except BenchError as exc:
             print(f"{n:>7} FAILED: {exc}", file=sys.stderr)
             out["samples"].append({"workers": n, "error": str(exc)})

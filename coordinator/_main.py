@@ -28,6 +28,7 @@ from ._alerting import Alerting, load_alerting_config
 from ._authn import Security
 from ._autoscale_loop import add_autoscale_arguments, prepare_autoscaler, start_autoscaler
 from ._engine import EngineConfig
+from ._gc import GC_YOUNG_THRESHOLD, set_young_threshold
 from ._heartbeats import DEFAULT_MAX_HEARTBEATS_PER_S
 from ._logs import TASK_LOG_DB, TaskLogStore
 from ._retention import SWEEP_INTERVAL_S, Retention, RetentionPolicy
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and timeout stretch to workers / RATE (0: no cap)")  # fmt: skip
     p.add_argument("--prefetch", type=int, default=64,
                    help="most assignments a worker may hold beyond its slots (adapted to task duration)")
+    p.add_argument("--gc-threshold", type=int, default=GC_YOUNG_THRESHOLD, metavar="N",
+                   help="collect Python's youngest generation of objects after N net allocations "
+                        "(Python's own: 700; fewer collections pause scheduling less, see docs/performance.md)")  # fmt: skip
     p.add_argument("--encryption-key-file", type=Path, metavar="FILE",
                    help="keyring (xpipe keys create) sealing specs, code, results, errors, task logs and artifacts "
                         "at rest; re-read when the file changes (xpipe keys rotate)")  # fmt: skip
@@ -187,6 +191,10 @@ async def _serve_with(opts: argparse.Namespace, metrics: MetricsEndpoint | None)
                          f"not {opts.max_heartbeats_per_s}")  # fmt: skip
     if opts.prefetch < 0:
         raise SystemExit("xpipe-coordinator: --prefetch must not be negative")
+    try:
+        set_young_threshold(opts.gc_threshold)
+    except ValueError as exc:
+        raise SystemExit(f"xpipe-coordinator: {exc}") from None
     if not opts.retention_interval_s > 0:
         raise SystemExit("xpipe-coordinator: --retention-interval-s must be positive")
     try:

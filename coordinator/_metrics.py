@@ -32,6 +32,7 @@ from xpipe._proto import common_pb2 as pb
 from xpipe.telemetry._export import BucketHistogram, LastValueGauge, MetricsEndpoint
 
 from ._events import Action, TaskRecord
+from ._gc import GENERATIONS, process_pauses
 
 __all__ = [
     "ATTEMPT_OUTCOMES",
@@ -72,6 +73,10 @@ _RESERVED_LABELS = frozenset({"name", "pipeline", "task", "le", "quantile"})
 
 #: Why points are dropped: the ``reason`` label of ``xpipe_metric_points_dropped_total``.
 DROP_REASONS = ("invalid_name", "invalid_value", "invalid_labels", "series_limit")
+
+def _per_generation(values: list) -> list[Observation]:
+    return [Observation(values[g], {"generation": str(g)}) for g in GENERATIONS]
+
 
 _READY, _ASSIGNED, _RUNNING = pb.READY, pb.ASSIGNED, pb.RUNNING
 _OUTCOME_OF_STATE = {
@@ -190,6 +195,15 @@ class CoordinatorMetrics:
         m.create_observable_counter(
             "xpipe_metric_points_dropped", [self._observe_dropped],
             description="Task-recorded metric points dropped, by reason (see docs/metrics.md)",
+        )  # fmt: skip
+        pauses = process_pauses()
+        m.create_observable_counter(
+            "xpipe_gc_collections", [lambda _: _per_generation(pauses.collections)],
+            description="Garbage collections of this process, by generation (2: full); see --gc-threshold",
+        )  # fmt: skip
+        m.create_observable_counter(
+            "xpipe_gc_pause", [lambda _: _per_generation(pauses.seconds)], unit="s",
+            description="Seconds this process paused for garbage collection, by generation",
         )  # fmt: skip
         endpoint.bridge("xpipe_task_duration", self.duration, unit="s", labels=("pipeline", "task"),
                         description="Run time of task attempts that ended on a worker (worker clock)")  # fmt: skip

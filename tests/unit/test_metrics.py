@@ -7,6 +7,7 @@ scraping ``/metrics`` over HTTP and parsing it with ``prometheus_client``'s pars
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import socket
@@ -277,3 +278,16 @@ def test_the_heartbeat_pace_is_shown(endpoint):
     samples = scrape(endpoint.url)
     assert value(samples, "xpipe_heartbeat_interval_seconds") == 4.0
     assert value(samples, "xpipe_heartbeat_timeout_seconds") == 40.0
+
+
+def test_garbage_collections_and_their_pauses_are_counted_by_generation(endpoint):
+    Driver(endpoint)
+    before = scrape(endpoint.url)
+    for generation in (0, 1, 2):
+        gc.collect(generation)
+    after = scrape(endpoint.url)
+    for g in ("0", "1", "2"):
+        assert value(after, "xpipe_gc_collections_total", generation=g) >= value(
+            before, "xpipe_gc_collections_total", generation=g) + 1  # fmt: skip
+        assert value(after, "xpipe_gc_pause_seconds_total", generation=g) > value(
+            before, "xpipe_gc_pause_seconds_total", generation=g)  # fmt: skip
