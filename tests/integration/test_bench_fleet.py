@@ -26,7 +26,7 @@ def test_fleet_bench_small(tmp_path: Path) -> None:
     status = main([
         "--workers", "50", "--tasks", "500", "--procs", "2", "--idle-s", "1", "--lost", "10",
         "--heartbeat-timeout-s", str(_TIMEOUT_S), "--heartbeat-interval-s", "0.25", "--out", str(out),
-        "--warm",
+        "--warm", "--gc-threshold", "700",
     ])  # fmt: skip
     assert status == 0
     [path] = out.glob("*-fleet.json")
@@ -52,6 +52,9 @@ def test_fleet_bench_small(tmp_path: Path) -> None:
     # Every outcome is recorded by some engine turn's commit: at least one, at most one per answer.
     assert 1 <= r["run_commits"] <= answered, r
     assert r["run_heartbeats"] >= 0 and r["run_heartbeats_skipped"] >= 0
+    # The collector's pauses during the run, from the coordinator's /metrics (at Python's own
+    # threshold, 500 tasks allocate enough for some collection).
+    assert r["gc_threshold"] == 700 and r["run_gc_s"] > 0 and r["run_gc_full"] >= 0, r
     # A cut worker is lost once it has been silent for the timeout, found by the next tick.
     assert _TIMEOUT_S <= r["lost_detect_s"] < _TIMEOUT_S + 10, r
     assert r["rss_peak_bytes"] >= r["rss_registered_bytes"] > 10 * 2**20
