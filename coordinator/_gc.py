@@ -6,17 +6,16 @@ collection, once the objects that survived have grown by a quarter since the las
 one. A full collection walks every task entry, spec and payload the coordinator holds, on
 the thread that schedules. A run of 20,000 tasks is 20,000 of each.
 
-Measured with ``python -m bench.fleet``, 20,000 no-op tasks on a 2-core machine, summing the
-collector's pauses over the run:
-- at 1,000 workers: 0.36–0.39 s, four full collections of 60–73 ms each;
-- at 2 workers: 0.18–0.20 s.
-That is 8–15% of the run, and more of it with more workers: a fleet's connections add their
-own allocations and their own objects to walk.
+Measured with ``python -m bench.fleet`` (round 5 in docs/performance.md): a 20,000-task run,
+medians of 10 runs each on a 2-core machine.
+- At Python's threshold, the collector paused the coordinator for 445 ms at 1,000 workers, with 4
+  full collections. At 2 workers it paused for 132 ms, with 2.
+- At 10,000, it paused for 150 ms and 51 ms, with no full collection in either run.
+A fleet's connections add allocations, and objects for each collection to walk.
 
-With the youngest threshold at 10,000 instead, the same runs paused 0.15 s at 1,000 workers and
-0.06 s at 2, with no full collection during either run. The cost is memory that reference
-cycles hold a little longer: at most the cycles among 10,000 young objects. Garbage that is not
-in a cycle is freed by reference counting at once, whatever the threshold.
+The cost is memory that reference cycles hold a little longer: at most the cycles among 10,000
+young objects. Garbage that is not in a cycle is freed by reference counting at once, whatever
+the threshold. Peak RSS did not move in those runs.
 
 ``--gc-threshold`` sets the youngest generation's threshold. Its default is
 :data:`GC_YOUNG_THRESHOLD`; 700 gives back Python's own. The older generations keep Python's
