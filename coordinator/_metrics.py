@@ -74,6 +74,7 @@ _RESERVED_LABELS = frozenset({"name", "pipeline", "task", "le", "quantile"})
 #: Why points are dropped: the ``reason`` label of ``xpipe_metric_points_dropped_total``.
 DROP_REASONS = ("invalid_name", "invalid_value", "invalid_labels", "series_limit")
 
+
 def _per_generation(values: list) -> list[Observation]:
     return [Observation(values[g], {"generation": str(g)}) for g in GENERATIONS]
 
